@@ -1,0 +1,5 @@
+"""``python -m docstore`` runs the CLI."""
+
+from docstore.cli import app
+
+app()

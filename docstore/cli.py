@@ -1,0 +1,154 @@
+"""The ``docstore`` command line (typer + rich).
+
+Every command resolves its database like :func:`docstore.connect` (``--url``, then
+``DATABASE_URL``, ``MCPDOCS_DATABASE_URL``, the embedded server). Errors print one clean line
+and exit with status 1; passwords are never printed (tracebacks show no local variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from docstore.db import Store, connect
+from docstore.demo import DEMO_DOCS, hash_embedding
+from docstore.embedded import embedded_url, release_embedded
+from docstore.errors import DocstoreError
+
+app = typer.Typer(
+    help="docstore: the Doc Server's data layer on PostgreSQL + pgvector.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, else embedded).",
+        show_default=False,
+    ),
+]
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except DocstoreError as exc:
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Turn an async command body into a sync typer command with docstore's error handling."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _run(lambda: fn(*args, **kwargs))
+
+    return wrapper
+
+
+@app.command()
+@_command
+async def init(url: UrlOption = None) -> None:
+    """Create or upgrade docstore's schema (idempotent; safe to run from many processes)."""
+    async with connect(url, migrate=False) as store:
+        applied = await store.migrate()
+        status = await store.schema_status()
+    if applied:
+        console.print(f"applied schema migrations {applied}; now at version {status.current}")
+    else:
+        console.print(f"schema already at version {status.current}: nothing to do")
+
+
+@app.command()
+@_command
+async def health(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check connectivity and print server, pgvector and schema versions."""
+    async with connect(url, migrate=False) as store:
+        report = await store.health()
+    if as_json:
+        console.print_json(report.model_dump_json())
+        return
+    table = Table(title="docstore health", show_header=False)
+    for key, value in report.model_dump().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+async def _demo(store: Store) -> None:
+    dim = store.embedding_dim
+    rows = [
+        (source, path, text, hash_embedding(text, dim), len(text.split()))
+        for source, path, text in DEMO_DOCS
+    ]
+    await store.executemany(
+        "insert into documents (doc_type, source_name, doc_path, content, embedding, token_count)"
+        " values ('rust', $1, $2, $3, $4, $5)"
+        " on conflict (doc_type, source_name, doc_path) do update set content = excluded.content,"
+        " embedding = excluded.embedding, token_count = excluded.token_count",
+        rows,
+    )
+    query = "how do I run async tasks on the runtime"
+    hits = await store.fetch(
+        "select source_name, doc_path, 1 - (embedding <=> $1) as similarity from documents"
+        " where embedding is not null order by embedding <=> $1 limit 5",
+        hash_embedding(query, dim),
+    )
+    table = Table(title=f"top documents for {query!r}")
+    table.add_column("source")
+    table.add_column("doc_path")
+    table.add_column("similarity", justify="right")
+    for hit in hits:
+        table.add_row(hit["source_name"], hit["doc_path"], f"{hit['similarity']:.3f}")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the embedded database here (default: a throwaway directory)."),
+    ] = None,
+) -> None:
+    """Run docstore end to end on an embedded PostgreSQL: schema, documents, a vector search."""
+
+    async def body(directory: Path) -> None:
+        console.print(f"starting embedded PostgreSQL in {directory} ...")
+        async with connect(await embedded_url(directory)) as store:
+            report = await store.health()
+            console.print(
+                f"PostgreSQL {report.server_version}, pgvector {report.pgvector_version}, "
+                f"schema version {report.schema_version}, {store!r}"
+            )
+            await _demo(store)
+
+    if data_dir is not None:
+        _run(lambda: body(data_dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="docstore-demo-") as tmp:
+        try:
+            _run(lambda: body(Path(tmp)))
+        finally:
+            release_embedded(Path(tmp))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

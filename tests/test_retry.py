@@ -1,0 +1,90 @@
+"""Retry against a real server that goes away and comes back; no retry on fatal errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.embedded import EmbeddedServer
+from docstore.errors import DatabaseUnavailableError
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A private embedded server this test may stop and restart."""
+    server = EmbeddedServer(tmp_path / "restartable", cleanup="delete").start()
+    yield server
+    server.close()
+
+
+def _retries(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("transient failure" in r.getMessage() for r in caplog.records)
+
+
+async def test_connect_retries_until_the_server_is_back(
+    own_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_server.url("postgres")
+    await asyncio.to_thread(own_server.stop)
+    with caplog.at_level(logging.WARNING, logger="docstore"):
+        connecting = asyncio.create_task(
+            docstore.connect(
+                url, retry_attempts=40, retry_initial_delay=0.05, retry_max_delay=0.25
+            ).__aenter__()
+        )
+        while _retries(caplog) < 2:  # it is really retrying against a stopped server
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(own_server.restart_server)
+        store = await asyncio.wait_for(connecting, 60)
+    try:
+        assert await store.fetchval("select 1") == 1
+    finally:
+        await store.close()
+
+
+async def test_query_retries_across_a_server_restart(
+    own_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_server.url("postgres")
+    async with docstore.connect(
+        url, retry_attempts=40, retry_initial_delay=0.05, retry_max_delay=0.25
+    ) as store:
+        await store.execute("create table t (x int)")
+        await asyncio.to_thread(own_server.stop)
+        with caplog.at_level(logging.WARNING, logger="docstore"):
+            query = asyncio.create_task(store.fetchval("select count(*) from t"))
+            while _retries(caplog) < 2:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(own_server.restart_server)
+            assert await asyncio.wait_for(query, 60) == 0
+        # the pool recovered: later calls just work
+        assert await store.fetchval("select 2") == 2
+
+
+async def test_wrong_password_fails_at_once_without_retries(
+    own_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = await asyncpg.connect(own_server.url("postgres"))
+    try:
+        await admin.execute("create role pwuser login password 'right-one'")
+        hba = own_server.pgdata / "pg_hba.conf"
+        hba.write_text("local all pwuser scram-sha-256\n" + hba.read_text())
+        await admin.execute("select pg_reload_conf()")
+    finally:
+        await admin.close()
+    good = own_server.url("postgres").replace("//postgres:@", "//pwuser:right-one@", 1)
+    bad = good.replace("right-one", "hunter2")
+    async with docstore.connect(good, migrate=False) as store:
+        assert await store.fetchval("select current_user") == "pwuser"
+    with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as info:
+        await docstore.connect(bad, retry_attempts=10, migrate=False)
+    assert info.value.sqlstate == "28P01"
+    assert "authentication failed" in str(info.value)
+    assert _retries(caplog) == 0
+    assert "hunter2" not in str(info.value) and "hunter2" not in caplog.text

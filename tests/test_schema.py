@@ -1,0 +1,158 @@
+"""Schema bootstrap: versioned, idempotent, safe under concurrent appliers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.errors import SchemaError
+from docstore.schema.runner import LATEST_VERSION, MIGRATIONS
+from tests.conftest import PgCluster
+
+FINGERPRINT = """
+select 'col' as kind, table_name || '.' || column_name || ' ' || data_type || ' '
+       || coalesce(column_default, '') || ' ' || is_nullable as what
+  from information_schema.columns where table_schema = 'public'
+union all
+select 'idx', indexdef from pg_indexes where schemaname = 'public'
+union all
+select 'trg', tgname || ' on ' || tgrelid::regclass::text from pg_trigger where not tgisinternal
+union all
+select 'typ', a.attrelid::regclass::text || '.' || a.attname || ' '
+       || format_type(a.atttypid, a.atttypmod)
+  from pg_attribute a join pg_class c on c.oid = a.attrelid
+ where c.relname in ('documents', 'document_sources') and a.attnum > 0
+order by 1, 2
+"""
+
+
+async def _fingerprint(url: str) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [(r["kind"], r["what"]) for r in await conn.fetch(FINGERPRINT)]
+    finally:
+        await conn.close()
+
+
+async def _versions(url: str) -> list[int]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [
+            r["version"] for r in await conn.fetch("select version from docstore_schema_version")
+        ]
+    finally:
+        await conn.close()
+
+
+def _docstore_init(url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "docstore", "init"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_four_processes_applying_at_once_end_with_one_version(pg: PgCluster) -> None:
+    concurrent = pg.create_database()
+    single = pg.create_database()
+    try:
+        procs = [_docstore_init(pg.url(concurrent)) for _ in range(4)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+        applied = [out for out, _ in outputs if "applied schema migrations" in out]
+        assert len(applied) == 1, outputs
+        assert asyncio.run(_versions(pg.url(concurrent))) == [m.version for m in MIGRATIONS]
+
+        once = _docstore_init(pg.url(single))
+        once.communicate(timeout=120)
+        assert asyncio.run(_fingerprint(pg.url(concurrent))) == asyncio.run(
+            _fingerprint(pg.url(single))
+        )
+
+        again = _docstore_init(pg.url(concurrent))
+        out, err = again.communicate(timeout=120)
+        assert again.returncode == 0, err
+        assert "nothing to do" in out
+        assert asyncio.run(_versions(pg.url(concurrent))) == [m.version for m in MIGRATIONS]
+    finally:
+        pg.drop_database(concurrent)
+        pg.drop_database(single)
+
+
+async def test_connect_applies_schema_by_default_and_records_it(empty_database_url: str) -> None:
+    async with docstore.connect(empty_database_url) as store:
+        status = await store.schema_status()
+        assert status.current == LATEST_VERSION and status.up_to_date
+        assert status.embedding_dim == 3072
+        assert await store.migrate() == []
+
+
+async def test_auto_migrate_off_leaves_database_untouched(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCSTORE_AUTO_MIGRATE", "false")
+    async with docstore.connect(empty_database_url) as store:
+        assert (await store.schema_status()).current is None
+        assert await store.migrate() == [1]
+
+
+async def test_embedding_dimension_comes_from_settings(empty_database_url: str) -> None:
+    async with docstore.connect(empty_database_url, embedding_dim=1536) as store:
+        assert (await store.schema_status()).embedding_dim == 1536
+
+
+async def test_dimension_mismatch_is_a_schema_error(database_url: str) -> None:
+    with pytest.raises(SchemaError, match="DOCSTORE_EMBEDDING_DIM=3072"):
+        await docstore.connect(database_url, embedding_dim=1536)
+
+
+async def test_plan_schema_indexes_and_triggers_exist(store: docstore.Store) -> None:
+    indexes = {r["indexname"] for r in await store.fetch("select indexname from pg_indexes")}
+    assert {
+        "idx_documents_doc_type",
+        "idx_documents_source_name",
+        "idx_documents_type_source",
+        "idx_documents_metadata",
+    } <= indexes
+    await store.execute(
+        "insert into documents (source_name, doc_path, content) values ('s', 'p', 'c')"
+    )
+    before = await store.fetchval("select updated_at from documents")
+    await store.execute("update documents set content = 'd'")
+    assert await store.fetchval("select updated_at from documents") > before
+
+
+async def test_vector_extension_without_privilege_is_a_clear_schema_error(
+    pg: PgCluster, empty_database_url: str
+) -> None:
+    role = "docstore_plain_role"
+    database = urlsplit(empty_database_url).path.lstrip("/")
+    await pg.execute(
+        f"DROP ROLE IF EXISTS {role}",
+        f"CREATE ROLE {role} LOGIN",
+        f'GRANT ALL ON DATABASE "{database}" TO {role}',
+    )
+    try:
+        conn = await asyncpg.connect(empty_database_url)
+        await conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        await conn.close()
+        url = empty_database_url.replace("//postgres:@", f"//{role}@", 1)
+        assert role in url
+        with pytest.raises(SchemaError, match="CREATE EXTENSION vector"):
+            await docstore.connect(url)
+    finally:
+        await pg.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
+        conn = await asyncpg.connect(empty_database_url)
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.close()
+        await pg.execute(f"DROP ROLE IF EXISTS {role}")
