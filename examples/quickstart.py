@@ -1,6 +1,6 @@
 """Connect (embedded database unless DATABASE_URL is set), check health, run a query.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 from __future__ import annotations
