@@ -1,12 +1,13 @@
 """docstore: the Doc Server's async data layer on PostgreSQL + pgvector.
 
-Public API: :func:`connect`, :class:`Store`, :class:`Settings` and the errors in
-:mod:`docstore.errors`.
+Public API: :func:`connect`, :class:`Store`, :class:`Settings`, the models
+(:class:`Document`, :class:`Source`, :class:`UpsertResult`, :class:`SourceStats`) and the
+errors in :mod:`docstore.errors`.
 """
 
 from docstore import errors
 from docstore.config import Settings
-from docstore.db import Health, PoolTimeoutError, Store, connect
+from docstore.db import Health, PoolTimeoutError
 from docstore.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -18,6 +19,8 @@ from docstore.errors import (
     SchemaError,
     ValidationError,
 )
+from docstore.models import Document, Source, SourceStats, UpsertResult
+from docstore.store import Store, connect
 
 __version__ = "0.1.0"
 
@@ -25,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "DocstoreError",
+    "Document",
     "FilterError",
     "Health",
     "MigrationError",
@@ -33,7 +37,10 @@ __all__ = [
     "ReadOnlyError",
     "SchemaError",
     "Settings",
+    "Source",
+    "SourceStats",
     "Store",
+    "UpsertResult",
     "ValidationError",
     "__version__",
     "connect",

@@ -18,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from docstore.db import Store, connect
 from docstore.demo import DEMO_DOCS, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import DocstoreError
+from docstore.store import Store, connect
 
 app = typer.Typer(
     help="docstore: the Doc Server's data layer on PostgreSQL + pgvector.",

@@ -22,6 +22,22 @@ _BE_F16 = np.dtype(">f2")
 FloatArray = npt.NDArray[np.float32]
 
 
+class EncodedVector:
+    """A vector already in pgvector's binary ``vector`` format.
+
+    Passing these instead of arrays lets a batch encode each embedding once and lets asyncpg
+    bind them as scalars inside ``vector[]`` parameters (it would unpack a numpy array).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<EncodedVector {(len(self.data) - _HEADER.size) // 4} dims>"
+
+
 def _as_array(value: Any) -> npt.NDArray[Any]:
     if isinstance(value, Vector | HalfVector):
         value = value.to_numpy()
@@ -42,7 +58,9 @@ def _decode(data: bytes, dtype: np.dtype[Any]) -> FloatArray:
 
 
 def encode_vector(value: Any) -> bytes:
-    """numpy array / list / pgvector ``Vector`` → pgvector ``vector`` binary."""
+    """numpy array / list / pgvector ``Vector`` / :class:`EncodedVector` → ``vector`` binary."""
+    if isinstance(value, EncodedVector):
+        return value.data
     return _encode(value, _BE_F32)
 
 

@@ -1,7 +1,9 @@
-"""Connection pool, retry, read-only mode and error translation: the :class:`Store`.
+"""Connection pool, retry, read-only mode and error translation: :class:`Database`.
 
-``store = await docstore.connect()`` and ``async with docstore.connect() as store:`` both
-work, as with asyncpg's pool. The store owns an asyncpg pool whose ``init`` registers the
+:class:`Database` is the lower half of :class:`docstore.Store` (which adds the repositories
+and search on top). ``store = await docstore.connect()`` and
+``async with docstore.connect() as store:`` both work, as with asyncpg's pool. The store
+owns an asyncpg pool whose ``init`` registers the
 pgvector codecs on every connection; its ``execute/fetch/fetchrow/fetchval`` mirror asyncpg's
 query surface for notebooks and scripts.
 
@@ -18,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 import asyncpg
 import tenacity
@@ -115,10 +117,11 @@ class Health(BaseModel):
     in_recovery: bool
 
 
-class Store:
+class Database:
     """docstore's handle on one database: a pool plus the settings it was opened with.
 
-    Create it with :func:`connect`. ``repr(store)`` and :attr:`url` never show a password.
+    Create it with :func:`docstore.connect`. ``repr(store)`` and :attr:`url` never show a
+    password.
     """
 
     def __init__(
@@ -153,14 +156,14 @@ class Store:
         return self._pool
 
     def __repr__(self) -> str:
-        return f"<Store url={self.url!r} read_only={self.read_only}>"
+        return f"<{type(self).__name__} url={self.url!r} read_only={self.read_only}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def close(self) -> None:
         """Close the pool, waiting for checked-out connections to be released."""
         await self._pool.close()
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -325,17 +328,20 @@ class Store:
 # connect()
 
 
-class _StoreOpener:
-    """What :func:`connect` returns: awaitable (→ Store) and an async context manager."""
+D = TypeVar("D", bound=Database)
 
-    def __init__(self, opener: Callable[[], Awaitable[Store]]) -> None:
+
+class StoreOpener(Generic[D]):
+    """What :func:`connect` returns: awaitable (→ store) and an async context manager."""
+
+    def __init__(self, opener: Callable[[], Awaitable[D]]) -> None:
         self._opener = opener
-        self._store: Store | None = None
+        self._store: D | None = None
 
-    def __await__(self) -> Generator[Any, None, Store]:
+    def __await__(self) -> Generator[Any, None, D]:
         return self._opener().__await__()
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> D:
         self._store = await self._opener()
         return self._store
 
@@ -344,15 +350,16 @@ class _StoreOpener:
             await self._store.close()
 
 
-def connect(
+def open_database(
+    factory: type[D],
     url: str | None = None,
     *,
     read_only: bool | None = None,
     migrate: bool | None = None,
     settings: Settings | None = None,
     **overrides: Any,
-) -> _StoreOpener:
-    """Open a :class:`Store`.
+) -> StoreOpener[D]:
+    """Open a ``factory`` (a :class:`Database` subclass); see :func:`docstore.connect`.
 
     The URL is ``url``, else ``DATABASE_URL``, else ``MCPDOCS_DATABASE_URL``, else the
     embedded PostgreSQL (extra ``docstore[embedded]``). ``read_only`` defaults to ``READ_ONLY``.
@@ -365,18 +372,22 @@ def connect(
     Usage: ``store = await docstore.connect()`` or ``async with docstore.connect() as store:``.
     """
 
-    async def open_store() -> Store:
+    async def open_store() -> D:
         cfg = settings or load_settings(**overrides)
         if overrides and settings is not None:
             cfg = load_settings(**{**settings.model_dump(), **overrides})
-        return await _open(cfg, url, read_only, migrate)
+        return await _open(factory, cfg, url, read_only, migrate)
 
-    return _StoreOpener(open_store)
+    return StoreOpener(open_store)
 
 
 async def _open(
-    settings: Settings, url: str | None, read_only: bool | None, migrate: bool | None
-) -> Store:
+    factory: type[D],
+    settings: Settings,
+    url: str | None,
+    read_only: bool | None,
+    migrate: bool | None,
+) -> D:
     resolved, source = resolve_url(settings, url)
     if resolved is None:
         resolved = await embedded.embedded_url(settings.embedded_dir)
@@ -450,7 +461,7 @@ async def _open(
             raise
         raise _translate(exc, resolved, secrets) from None
     assert pool is not None
-    return Store(pool, settings=settings, url=resolved, url_source=source, read_only=ro)
+    return factory(pool, settings=settings, url=resolved, url_source=source, read_only=ro)
 
 
 def _retrying(settings: Settings, redacted: str, what: str) -> tenacity.AsyncRetrying:

@@ -1,0 +1,282 @@
+"""Pydantic models of documents and sources, and the result types of the repositories.
+
+Validation happens here, before anything reaches PostgreSQL, and fails with
+:class:`docstore.errors.ValidationError` (never pydantic's own error) whose message names the
+field and the document's key but never echoes a vector's values:
+
+- ``doc_type`` 1-50 characters, ``source_name`` 1-255, ``doc_path`` and ``content`` non-empty;
+  ``doc_path`` at most 2,048 UTF-8 bytes (it is part of a unique btree index), ``content`` at
+  most 10 MB;
+- no NUL byte in any text, metadata keys and string values included (PostgreSQL rejects it);
+- ``embedding``: None, a list or a numpy array, one-dimensional, every value finite in float32
+  (the repository also checks the configured dimension);
+- ``metadata``: a JSON object (no NaN/inf, only JSON types); ``token_count`` ≥ 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from docstore.codecs import FloatArray
+from docstore.errors import ValidationError
+
+MAX_DOC_TYPE = 50
+MAX_SOURCE_NAME = 255
+MAX_DOC_PATH_BYTES = 2048
+MAX_CONTENT_CHARS = 10_000_000
+MAX_METADATA_BYTES = 1_000_000
+
+
+# --- field validators ----------------------------------------------------------------------
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("contains a NUL byte (\\x00), which PostgreSQL cannot store")
+    return value
+
+
+def _doc_path(value: Any) -> Any:
+    _no_nul(value)
+    if isinstance(value, str) and len(value.encode("utf-8")) > MAX_DOC_PATH_BYTES:
+        raise ValueError(f"longer than {MAX_DOC_PATH_BYTES} bytes")
+    return value
+
+
+def _to_embedding(value: Any) -> FloatArray | None:
+    if value is None:
+        return None
+    if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray):
+        value = value.to_numpy()  # pgvector Vector / HalfVector
+    if isinstance(value, str | bytes | Mapping):
+        raise ValueError("must be a list or numpy array of floats")
+    try:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
+            array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("must be a list or numpy array of numbers") from None
+    if array.ndim != 1:
+        raise ValueError(f"must be one-dimensional (got an array with {array.ndim} axes)")
+    if array.size == 0:
+        raise ValueError("must not be empty")
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"must contain only finite values (NaN or inf at position {bad})")
+    return np.ascontiguousarray(array)
+
+
+def _check_json(value: Any, path: str = "metadata") -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path} contains a NUL byte (\\x00)")
+    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} is NaN or infinite, which JSON cannot represent")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path} has a non-string key")
+            if "\x00" in key:
+                raise ValueError(f"{path} has a key containing a NUL byte (\\x00)")
+            _check_json(item, f"{path}.{key[:40]}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]")
+    else:
+        raise ValueError(f"{path} holds a {type(value).__name__}, which is not a JSON type")
+
+
+def _metadata(value: Any) -> Any:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON object") from None
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a JSON object (a dict)")
+    _check_json(value)
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
+    return dict(value)
+
+
+def _naive_utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _embedding_json(value: FloatArray | None) -> list[float] | None:
+    return None if value is None else value.tolist()
+
+
+NoNulStr = Annotated[str, BeforeValidator(_no_nul)]
+Embedding = Annotated[
+    FloatArray | None,
+    BeforeValidator(_to_embedding),
+    PlainSerializer(_embedding_json, when_used="json"),
+]
+Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
+NaiveTimestamp = Annotated[datetime | None, BeforeValidator(_naive_utc)]
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def _describe(exc: pydantic.ValidationError, data: Mapping[str, Any]) -> tuple[str, str | None]:
+    problems = []
+    first_field = None
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in error.get("loc", ())) or "document"
+        first_field = first_field or field
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{field}: {message}")
+    return "; ".join(problems), first_field
+
+
+class _Model(BaseModel):
+    """Base: raise docstore's ValidationError (with the record's key) instead of pydantic's."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    _key_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **data: Any) -> None:
+        message = None
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            message, field = _describe(exc, data)
+        if message is not None:
+            key = _key_of(data, self._key_fields)
+            where = f" ({'/'.join(key)})" if key else ""
+            raise ValidationError(
+                f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
+            )
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        if isinstance(obj, cls):
+            return obj
+        if isinstance(obj, Mapping):
+            return cls(**obj)
+        return super().model_validate(obj, **kwargs)
+
+
+def _key_of(data: Mapping[str, Any], fields: tuple[str, ...]) -> tuple[str, ...] | None:
+    values = [data.get(f) for f in fields]
+    if not fields or not all(isinstance(v, str) for v in values):
+        return None
+    return tuple(str(v)[:80].replace("\x00", "\\x00") for v in values)
+
+
+class Document(_Model):
+    """One document of any doc type, keyed by ``(doc_type, source_name, doc_path)``."""
+
+    _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name", "doc_path")
+
+    id: int | None = None
+    doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
+    source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
+    doc_path: Annotated[str, BeforeValidator(_doc_path), Field(min_length=1)]
+    content: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
+    metadata: Metadata = Field(default_factory=dict)
+    embedding: Embedding = Field(default=None, repr=False)
+    token_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    created_at: NaiveTimestamp = None
+    updated_at: NaiveTimestamp = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The natural key ``(doc_type, source_name, doc_path)``."""
+        return (self.doc_type, self.source_name, self.doc_path)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield from super().__repr_args__()
+        if self.embedding is not None:
+            yield "embedding", f"<{self.embedding.shape[0]} dims>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Document):
+            return NotImplemented
+        mine = self.model_dump(exclude={"embedding"})
+        theirs = other.model_dump(exclude={"embedding"})
+        if mine != theirs:
+            return False
+        if self.embedding is None or other.embedding is None:
+            return self.embedding is None and other.embedding is None
+        return bool(np.array_equal(self.embedding, other.embedding))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable model with array field
+
+
+class Source(_Model):
+    """A documentation source (crate, API, repository), keyed by ``(doc_type, source_name)``."""
+
+    _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name")
+
+    id: int | None = None
+    doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
+    source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
+    config: Metadata = Field(default_factory=dict)
+    enabled: bool = True
+    last_checked: datetime | None = None
+    last_populated: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.doc_type, self.source_name)
+
+
+class UpsertResult(BaseModel):
+    """What :meth:`DocumentRepository.upsert_many` did, row by row."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    """Input rows superseded by a later row with the same key in the same call."""
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+    @property
+    def total(self) -> int:
+        """Distinct keys processed (inserted + updated + unchanged)."""
+        return self.inserted + self.updated + self.unchanged
+
+    def __iadd__(self, other: UpsertResult) -> UpsertResult:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.duplicates += other.duplicates
+        return self
+
+
+class SourceStats(BaseModel):
+    """Per ``(doc_type, source_name)`` figures from :meth:`DocumentRepository.stats`."""
+
+    doc_type: str
+    source_name: str
+    documents: int
+    with_embedding: int
+    without_embedding: int
+    tokens: int
+    content_bytes: int
+    """UTF-8 bytes of content."""
+    stored_bytes: int
+    """Bytes the rows occupy as stored (after TOAST compression)."""

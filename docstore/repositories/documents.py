@@ -1,0 +1,402 @@
+"""``store.documents``: typed access to the ``documents`` table, with COPY-speed batch upsert.
+
+How :meth:`DocumentRepository.upsert_many` writes a batch (chosen by measurement, see
+``bench/upsert.py`` and ``bench/RESULTS.md``), all in one transaction:
+
+1. every row is validated and its embedding encoded once, before anything is sent;
+2. one query finds which of the batch's keys already exist (keys only, no vectors);
+3. new rows go straight into ``documents`` with binary ``COPY`` (the fastest way in);
+4. existing rows go through one ``UPDATE … FROM unnest(…)`` guarded by
+   ``IS DISTINCT FROM``, so an identical row is not rewritten: no new tuple, no TOAST rewrite
+   of its 12 KB vector, ``updated_at`` unchanged.
+
+If a concurrent caller inserts one of the "new" keys first, the COPY fails with a unique
+violation inside a savepoint and those rows go through ``INSERT … ON CONFLICT DO UPDATE``
+instead, so overlapping concurrent upserts never fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import asyncpg
+import pydantic
+
+from docstore.codecs import EncodedVector, encode_vector
+from docstore.errors import ValidationError
+from docstore.models import Document, SourceStats, UpsertResult
+
+if TYPE_CHECKING:
+    from docstore.db import Database
+
+DEFAULT_BATCH_SIZE = 1000
+_COLUMNS = (
+    "id, doc_type, source_name, doc_path, content, metadata, embedding, token_count, "
+    "created_at, updated_at"
+)
+_DATA_COLUMNS = (
+    "doc_type",
+    "source_name",
+    "doc_path",
+    "content",
+    "metadata",
+    "embedding",
+    "token_count",
+)
+
+_SELECT_EXISTING = """
+SELECT d.doc_type, d.source_name, d.doc_path
+  FROM documents d
+  JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(doc_type, source_name, doc_path)
+    ON d.doc_type = k.doc_type AND d.source_name = k.source_name AND d.doc_path = k.doc_path
+"""
+
+_UNNEST = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::vector[],
+              $7::int[]) AS s(doc_type, source_name, doc_path, content, metadata, embedding,
+                              token_count)"""
+
+_GUARDED_UPDATE = f"""
+UPDATE documents AS d
+   SET content = s.content, metadata = s.metadata, embedding = s.embedding,
+       token_count = s.token_count
+  FROM {_UNNEST}
+ WHERE d.doc_type = s.doc_type AND d.source_name = s.source_name AND d.doc_path = s.doc_path
+   AND (d.content, d.metadata, d.embedding, d.token_count)
+       IS DISTINCT FROM (s.content, s.metadata, s.embedding, s.token_count)
+"""
+
+_GUARDED_UPSERT = f"""
+INSERT INTO documents AS d (doc_type, source_name, doc_path, content, metadata, embedding,
+                            token_count)
+SELECT * FROM {_UNNEST}
+ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
+   SET content = excluded.content, metadata = excluded.metadata,
+       embedding = excluded.embedding, token_count = excluded.token_count
+ WHERE (d.content, d.metadata, d.embedding, d.token_count)
+       IS DISTINCT FROM (excluded.content, excluded.metadata, excluded.embedding,
+                         excluded.token_count)
+RETURNING (xmax = 0) AS inserted
+"""
+
+
+class _Row(NamedTuple):
+    """A validated document in wire form (embedding already encoded)."""
+
+    doc_type: str
+    source_name: str
+    doc_path: str
+    content: str
+    metadata: str
+    embedding: EncodedVector | None
+    token_count: int | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.doc_type, self.source_name, self.doc_path)
+
+
+def prepare(item: Document | dict[str, Any], index: int, dim: int) -> _Row:
+    """Validate one input row (a Document or a dict) and encode it for the wire.
+
+    Raises :class:`ValidationError` naming the row's index and key.
+    """
+    try:
+        doc = item if isinstance(item, Document) else Document.model_validate(item)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"row {index}: {exc}", field=exc.field, index=index, key=exc.key
+        ) from None
+    except pydantic.ValidationError:
+        raise ValidationError(
+            f"row {index}: expected a Document or a dict, got {type(item).__name__}", index=index
+        ) from None
+    embedding = None
+    if doc.embedding is not None:
+        if doc.embedding.shape[0] != dim:
+            raise ValidationError(
+                f"row {index} ({'/'.join(doc.key)}): embedding has {doc.embedding.shape[0]} "
+                f"dimensions, expected {dim} (DOCSTORE_EMBEDDING_DIM)",
+                field="embedding",
+                index=index,
+                key=doc.key,
+            )
+        embedding = EncodedVector(encode_vector(doc.embedding))
+    return _Row(
+        doc.doc_type,
+        doc.source_name,
+        doc.doc_path,
+        doc.content,
+        json.dumps(doc.metadata, separators=(",", ":")),
+        embedding,
+        doc.token_count,
+        doc.created_at,
+        doc.updated_at,
+    )
+
+
+def _dedupe(rows: Iterable[_Row]) -> tuple[list[_Row], int]:
+    """Keep the last row of each key (in input order of those last rows)."""
+    latest: dict[tuple[str, str, str], _Row] = {}
+    count = 0
+    for row in rows:
+        count += 1
+        latest.pop(row.key, None)
+        latest[row.key] = row
+    return list(latest.values()), count - len(latest)
+
+
+def _columns(rows: Sequence[_Row]) -> list[list[Any]]:
+    return [list(col) for col in zip(*(row[:7] for row in rows), strict=True)] if rows else [[]] * 7
+
+
+async def _copy_new(conn: asyncpg.Connection, rows: list[_Row]) -> None:
+    """Binary COPY of brand-new rows, grouped by which timestamps the caller supplied."""
+    groups: dict[tuple[bool, bool], list[_Row]] = {}
+    for row in rows:
+        groups.setdefault((row.created_at is not None, row.updated_at is not None), []).append(row)
+    for (has_created, has_updated), group in groups.items():
+        columns = list(_DATA_COLUMNS)
+        columns += ["created_at"] if has_created else []
+        columns += ["updated_at"] if has_updated else []
+        records = [
+            row[:7]
+            + ((row.created_at,) if has_created else ())
+            + ((row.updated_at,) if has_updated else ())
+            for row in group
+        ]
+        await conn.copy_records_to_table("documents", records=records, columns=columns)
+
+
+async def write_batch(conn: asyncpg.Connection, rows: list[_Row]) -> UpsertResult:
+    """Upsert validated, de-duplicated rows on ``conn`` (the caller holds a transaction)."""
+    if not rows:
+        return UpsertResult()
+    rows = sorted(rows, key=lambda r: r.key)  # a stable lock order keeps concurrent callers apart
+    keys = _columns(rows)[:3]
+    existing = {tuple(r) for r in await conn.fetch(_SELECT_EXISTING, *keys)}
+    new = [row for row in rows if row.key not in existing]
+    old = [row for row in rows if row.key in existing]
+    result = UpsertResult()
+    if new:
+        try:
+            async with conn.transaction():  # savepoint: a racing inserter can't abort the batch
+                await _copy_new(conn, new)
+            result.inserted = len(new)
+        except asyncpg.UniqueViolationError:
+            flags = await conn.fetch(_GUARDED_UPSERT, *_columns(new))
+            result.inserted = sum(1 for f in flags if f["inserted"])
+            result.updated += len(flags) - result.inserted
+            result.unchanged += len(new) - len(flags)
+    if old:
+        status = await conn.execute(_GUARDED_UPDATE, *_columns(old))
+        changed = int(status.rsplit(" ", 1)[1])
+        result.updated += changed
+        result.unchanged += len(old) - changed
+    return result
+
+
+def _record_to_document(record: Any) -> Document:
+    data = dict(record)
+    if isinstance(data.get("metadata"), str):
+        data["metadata"] = json.loads(data["metadata"])
+    return Document.model_construct(**data)
+
+
+def _scope(doc_type: str | None, source_name: str | None, first: int = 1) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, value in (("doc_type", doc_type), ("source_name", source_name)):
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} = ${first + len(params) - 1}")
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
+@dataclass
+class DocumentRepository:
+    """Documents keyed by ``(doc_type, source_name, doc_path)``. Reached as ``store.documents``."""
+
+    store: Database
+
+    @property
+    def _dim(self) -> int:
+        return self.store.embedding_dim
+
+    # -- reads -----------------------------------------------------------------------------
+    async def get(self, id: int) -> Document | None:
+        """The document with this id, or None."""
+        record = await self.store.fetchrow(f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id)
+        return None if record is None else _record_to_document(record)
+
+    async def get_by_key(self, doc_type: str, source_name: str, doc_path: str) -> Document | None:
+        """The document with this natural key, or None."""
+        record = await self.store.fetchrow(
+            f"SELECT {_COLUMNS} FROM documents"
+            " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
+            doc_type,
+            source_name,
+            doc_path,
+        )
+        return None if record is None else _record_to_document(record)
+
+    async def count(self, doc_type: str | None = None, source_name: str | None = None) -> int:
+        """Number of documents, optionally of one doc_type and/or source."""
+        where, params = _scope(doc_type, source_name)
+        return int(
+            await self.store.fetchval(f"SELECT count(*) FROM documents WHERE {where}", *params)
+        )
+
+    async def iter(
+        self,
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> AsyncIterator[Document]:
+        """Every matching document in id order, fetched ``batch_size`` at a time.
+
+        Keyset pagination (``WHERE id > last``): constant memory and no long-held cursor or
+        transaction, whatever the table size.
+        """
+        if batch_size < 1:
+            raise ValidationError("batch_size must be at least 1", field="batch_size")
+        where, params = _scope(doc_type, source_name, first=2)
+        n = len(params) + 2
+        query = f"SELECT {_COLUMNS} FROM documents WHERE id > $1 AND {where} ORDER BY id LIMIT ${n}"
+        last = 0
+        while True:
+            records = await self.store.fetch(query, last, *params, batch_size)
+            for record in records:
+                yield _record_to_document(record)
+            if len(records) < batch_size:
+                return
+            last = records[-1]["id"]
+
+    async def stats(self) -> list[SourceStats]:
+        """Per (doc_type, source_name): documents, with/without embedding, tokens, bytes."""
+        records = await self.store.fetch(
+            """SELECT doc_type, source_name, count(*) AS documents,
+                      count(embedding) AS with_embedding,
+                      count(*) - count(embedding) AS without_embedding,
+                      coalesce(sum(token_count), 0) AS tokens,
+                      coalesce(sum(octet_length(content)), 0) AS content_bytes,
+                      coalesce(sum(pg_column_size(d.*)), 0) AS stored_bytes
+                 FROM documents d GROUP BY doc_type, source_name ORDER BY doc_type, source_name"""
+        )
+        return [SourceStats(**dict(r)) for r in records]
+
+    # -- writes ----------------------------------------------------------------------------
+    async def upsert(self, doc: Document | dict[str, Any]) -> Document:
+        """Insert or update one document; returns it as stored (id and timestamps filled)."""
+        await self.upsert_many([doc])
+        stored = Document.model_validate(doc) if isinstance(doc, dict) else doc
+        found = await self.get_by_key(*stored.key)
+        assert found is not None
+        return found
+
+    async def upsert_many(
+        self,
+        docs: Iterable[Document | dict[str, Any]] | AsyncIterable[Document | dict[str, Any]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        atomic: bool = False,
+    ) -> UpsertResult:
+        """Insert new documents and update changed ones; identical rows are left untouched.
+
+        ``docs`` is a list, any iterable, or an async iterable of :class:`Document` or dicts,
+        streamed in batches of ``batch_size``. A list is validated whole before anything is
+        written; a stream is validated batch by batch. The same key twice in one batch: the
+        last one wins. Each batch is one transaction (retried whole on transient failures);
+        with ``atomic=True`` the whole call is one transaction. ``created_at`` given for a new
+        row is kept (migrations); on an existing row it is ignored.
+
+        Raises :class:`ValidationError` naming the bad row (nothing of its batch is written)
+        and :class:`ReadOnlyError` in read-only mode.
+        """
+        self.store.ensure_writable()
+        if batch_size < 1:
+            raise ValidationError("batch_size must be at least 1", field="batch_size")
+        if isinstance(docs, Sequence):
+            prepared = [prepare(doc, i, self._dim) for i, doc in enumerate(docs)]
+            rows, dupes = _dedupe(prepared)
+            batches: AsyncIterable[tuple[list[_Row], int]] = _sequence_batches(
+                rows, dupes, batch_size
+            )
+        else:
+            batches = _stream_batches(docs, self._dim, batch_size)
+        if atomic:
+            async with self.store.transaction() as conn:
+                return await _write_all(conn, batches)
+        total = UpsertResult()
+        async for rows, dupes in batches:
+            result = await self.store.run_in_transaction(functools.partial(write_batch, rows=rows))
+            result.duplicates = dupes
+            total += result
+        return total
+
+    async def delete(self, id: int) -> bool:
+        """Delete one document by id; True if it existed."""
+        self.store.ensure_writable()
+        status = await self.store.execute("DELETE FROM documents WHERE id = $1", id)
+        return status == "DELETE 1"
+
+    async def delete_source(self, doc_type: str, source_name: str) -> int:
+        """Delete every document of one source of one doc_type; returns how many.
+
+        Scoped by both: ``("rust", "tokio")`` never touches ``("solana", "tokio")``.
+        """
+        self.store.ensure_writable()
+        status = await self.store.execute(
+            "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2", doc_type, source_name
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+
+async def _write_all(
+    conn: asyncpg.Connection, batches: AsyncIterable[tuple[list[_Row], int]]
+) -> UpsertResult:
+    total = UpsertResult()
+    async for rows, dupes in batches:
+        result = await write_batch(conn, rows)
+        result.duplicates = dupes
+        total += result
+    return total
+
+
+async def _sequence_batches(
+    rows: list[_Row], dupes: int, batch_size: int
+) -> AsyncIterator[tuple[list[_Row], int]]:
+    for start in range(0, len(rows), batch_size):
+        yield rows[start : start + batch_size], dupes if start == 0 else 0
+    if not rows and dupes:
+        yield [], dupes
+
+
+async def _stream_batches(
+    docs: Iterable[Any] | AsyncIterable[Any], dim: int, batch_size: int
+) -> AsyncIterator[tuple[list[_Row], int]]:
+    batch: list[_Row] = []
+    index = 0
+
+    async def items() -> AsyncIterator[Any]:
+        if isinstance(docs, AsyncIterable):
+            async for doc in docs:
+                yield doc
+        else:
+            for doc in docs:
+                yield doc
+
+    async for doc in items():
+        batch.append(prepare(doc, index, dim))
+        index += 1
+        if len(batch) >= batch_size:
+            yield _dedupe(batch)
+            batch = []
+    if batch:
+        yield _dedupe(batch)

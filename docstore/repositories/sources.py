@@ -1,0 +1,182 @@
+"""``store.sources``: documentation sources (crates, APIs, repos) in ``document_sources``."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from docstore.errors import ValidationError
+from docstore.models import Source
+
+if TYPE_CHECKING:
+    from docstore.db import Database
+
+_COLUMNS = (
+    "id, doc_type, source_name, config, enabled, last_checked, last_populated, created_at, "
+    "updated_at"
+)
+
+_UPSERT = f"""
+INSERT INTO document_sources AS s (doc_type, source_name, config, enabled, last_checked,
+                                   last_populated)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+ON CONFLICT (doc_type, source_name) DO UPDATE
+   SET config = excluded.config, enabled = excluded.enabled,
+       last_checked = coalesce(excluded.last_checked, s.last_checked),
+       last_populated = coalesce(excluded.last_populated, s.last_populated)
+ WHERE (s.config, s.enabled, s.last_checked, s.last_populated)
+       IS DISTINCT FROM (excluded.config, excluded.enabled,
+                         coalesce(excluded.last_checked, s.last_checked),
+                         coalesce(excluded.last_populated, s.last_populated))
+RETURNING {_COLUMNS}
+"""
+
+
+def _to_source(record: Any) -> Source:
+    data = dict(record)
+    if isinstance(data.get("config"), str):
+        data["config"] = json.loads(data["config"])
+    return Source.model_construct(**data)
+
+
+@dataclass
+class SourceRepository:
+    """Sources keyed by ``(doc_type, source_name)``. Reached as ``store.sources``."""
+
+    store: Database
+
+    async def upsert(self, source: Source | dict[str, Any]) -> Source:
+        """Insert or update a source (config and enabled replaced; timestamps kept if None).
+
+        An identical source is not rewritten (``updated_at`` unchanged).
+        """
+        self.store.ensure_writable()
+        src = source if isinstance(source, Source) else Source.model_validate(source)
+        record = await self.store.fetchrow(
+            _UPSERT,
+            src.doc_type,
+            src.source_name,
+            json.dumps(src.config),
+            src.enabled,
+            src.last_checked,
+            src.last_populated,
+        )
+        if record is None:  # unchanged: the guarded update returned nothing
+            found = await self.get(src.doc_type, src.source_name)
+            assert found is not None
+            return found
+        return _to_source(record)
+
+    async def get(self, doc_type: str, source_name: str) -> Source | None:
+        """The source, or None."""
+        record = await self.store.fetchrow(
+            f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2",
+            doc_type,
+            source_name,
+        )
+        return None if record is None else _to_source(record)
+
+    async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
+        """Sources ordered by (doc_type, source_name), optionally filtered."""
+        records = await self.store.fetch(
+            f"SELECT {_COLUMNS} FROM document_sources"
+            " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
+            " ORDER BY doc_type, source_name",
+            doc_type,
+            enabled,
+        )
+        return [_to_source(r) for r in records]
+
+    async def _set(self, doc_type: str, source_name: str, assignment: str, *args: Any) -> bool:
+        self.store.ensure_writable()
+        status = await self.store.execute(
+            f"UPDATE document_sources SET {assignment} WHERE doc_type = $1 AND source_name = $2",
+            doc_type,
+            source_name,
+            *args,
+        )
+        return status == "UPDATE 1"
+
+    async def set_enabled(self, doc_type: str, source_name: str, enabled: bool) -> bool:
+        """Enable or disable a source; False if it does not exist."""
+        return await self._set(doc_type, source_name, "enabled = $3", enabled)
+
+    async def mark_checked(
+        self, doc_type: str, source_name: str, at: datetime | None = None
+    ) -> bool:
+        """Record that the source was checked for updates (now, or ``at``)."""
+        return await self._set(doc_type, source_name, "last_checked = coalesce($3, now())", at)
+
+    async def mark_populated(
+        self, doc_type: str, source_name: str, at: datetime | None = None
+    ) -> bool:
+        """Record that the source's documents were (re)populated (now, or ``at``)."""
+        return await self._set(doc_type, source_name, "last_populated = coalesce($3, now())", at)
+
+    async def needing_update(self, older_than: timedelta) -> builtins.list[Source]:
+        """Enabled sources never checked, or last checked longer than ``older_than`` ago."""
+        records = await self.store.fetch(
+            f"SELECT {_COLUMNS} FROM document_sources WHERE enabled"
+            " AND (last_checked IS NULL OR last_checked < now() - $1::interval)"
+            " ORDER BY last_checked NULLS FIRST, doc_type, source_name",
+            older_than,
+        )
+        return [_to_source(r) for r in records]
+
+    async def delete(
+        self, doc_type: str, source_name: str, *, with_documents: bool = False
+    ) -> bool:
+        """Delete a source; False if it did not exist.
+
+        A source that still has documents is refused with :class:`ValidationError` unless
+        ``with_documents=True``, which deletes them in the same transaction.
+        """
+        self.store.ensure_writable()
+
+        async def work(conn: Any) -> bool:
+            docs = await conn.fetchval(
+                "SELECT count(*) FROM documents WHERE doc_type = $1 AND source_name = $2",
+                doc_type,
+                source_name,
+            )
+            if docs and not with_documents:
+                raise ValidationError(
+                    f"source {doc_type}/{source_name} still has {docs} documents: delete them "
+                    "first or pass with_documents=True",
+                    key=(doc_type, source_name),
+                )
+            if docs:
+                await conn.execute(
+                    "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2",
+                    doc_type,
+                    source_name,
+                )
+            status = await conn.execute(
+                "DELETE FROM document_sources WHERE doc_type = $1 AND source_name = $2",
+                doc_type,
+                source_name,
+            )
+            return bool(status == "DELETE 1")
+
+        return await self.store.run_in_transaction(work)
+
+    async def refresh_stats(self, doc_type: str, source_name: str) -> Source | None:
+        """Write ``total_docs`` and ``total_tokens`` into the source's config (as the legacy
+        ``crates`` table kept them); returns the updated source, or None if it doesn't exist.
+        """
+        self.store.ensure_writable()
+        record = await self.store.fetchrow(
+            f"""UPDATE document_sources s
+                   SET config = s.config || jsonb_build_object(
+                           'total_docs', t.docs, 'total_tokens', t.tokens)
+                  FROM (SELECT count(*) AS docs, coalesce(sum(token_count), 0) AS tokens
+                          FROM documents WHERE doc_type = $1 AND source_name = $2) t
+                 WHERE s.doc_type = $1 AND s.source_name = $2
+             RETURNING {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}""",
+            doc_type,
+            source_name,
+        )
+        return None if record is None else _to_source(record)

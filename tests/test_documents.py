@@ -1,0 +1,223 @@
+"""DocumentRepository against a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+import docstore
+from docstore import Document
+from docstore.errors import ReadOnlyError, ValidationError
+
+DIM = 3072
+rng = np.random.default_rng(7)
+
+
+def make_docs(
+    n: int, *, source: str = "tokio", doc_type: str = "rust", seed: int = 0
+) -> list[Document]:
+    gen = np.random.default_rng(seed)
+    return [
+        Document(
+            doc_type=doc_type,
+            source_name=source,
+            doc_path=f"{source}/doc{i}.html",
+            content=f"content {i} of {source}: 'quotes', tabs\t, newlines\n, unicode ✓",
+            metadata={"crate_version": "1.0", "i": i},
+            embedding=gen.standard_normal(DIM).astype(np.float32),
+            token_count=i,
+        )
+        for i in range(n)
+    ]
+
+
+async def snapshot(store: docstore.Store) -> list[tuple[object, ...]]:
+    rows = await store.fetch(
+        "select id, doc_type, source_name, doc_path, md5(content) c, metadata::text m,"
+        " md5(vector_send(embedding)) e, token_count, updated_at, xmin::text x"
+        " from documents order by id"
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_reupsert_with_ten_changed_reports_exact_counts(store: docstore.Store) -> None:
+    docs = make_docs(1000)
+    first = await store.documents.upsert_many(docs)
+    assert (first.inserted, first.updated, first.unchanged) == (1000, 0, 0)
+    changed = list(docs)
+    for i in range(0, 1000, 100):
+        changed[i] = changed[i].model_copy(update={"content": changed[i].content + " (edited)"})
+    second = await store.documents.upsert_many(changed)
+    assert (second.inserted, second.updated, second.unchanged) == (0, 10, 990)
+    assert await store.documents.count() == 1000
+    got = await store.documents.get_by_key("rust", "tokio", "tokio/doc100.html")
+    assert got is not None and got.content.endswith("(edited)")
+
+
+async def test_unchanged_rows_are_not_rewritten(store: docstore.Store) -> None:
+    docs = make_docs(50)
+    await store.documents.upsert_many(docs)
+    before = await snapshot(store)
+    result = await store.documents.upsert_many(docs)
+    assert result.unchanged == 50 and result.written == 0
+    assert await snapshot(store) == before  # same xmin: no new tuple; updated_at unchanged
+
+
+async def test_metadata_key_order_does_not_count_as_a_change(store: docstore.Store) -> None:
+    d = make_docs(1)[0].model_copy(update={"metadata": {"a": 1, "b": 2}})
+    await store.documents.upsert_many([d])
+    same = d.model_copy(update={"metadata": {"b": 2, "a": 1}})
+    assert (await store.documents.upsert_many([same])).unchanged == 1
+
+
+async def test_embedding_change_of_one_float_is_an_update(store: docstore.Store) -> None:
+    d = make_docs(1)[0]
+    await store.documents.upsert_many([d])
+    assert d.embedding is not None
+    emb = d.embedding.copy()
+    emb[1234] += 0.001
+    result = await store.documents.upsert_many([d.model_copy(update={"embedding": emb})])
+    assert result.updated == 1
+    stored = await store.documents.get_by_key(*d.key)
+    assert stored is not None and stored.embedding is not None
+    np.testing.assert_array_equal(stored.embedding, emb)
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ({"embedding": np.ones(1536, dtype=np.float32)}, "1536 dimensions"),
+        ({"embedding": np.r_[np.ones(3071), np.nan]}, "finite"),
+        ({"content": "nul \x00 byte"}, "NUL"),
+        ({"doc_type": "x" * 51}, "doc_type"),
+    ],
+)
+async def test_one_bad_row_rejects_the_batch_and_names_it(
+    store: docstore.Store, bad: dict[str, object], needle: str
+) -> None:
+    await store.documents.upsert_many(make_docs(5, source="before"))
+    before = await snapshot(store)
+    rows: list[object] = [d.model_dump() for d in make_docs(20)]
+    rows[13] = {**rows[13], **bad}  # type: ignore[dict-item]
+    with pytest.raises(ValidationError) as info:
+        await store.documents.upsert_many(rows)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "row 13" in message and needle in message
+    assert info.value.index == 13
+    assert "1.0" not in message.replace('1.0"', "")  # no vector values
+    assert await snapshot(store) == before
+
+
+async def test_same_key_twice_last_one_wins(store: docstore.Store) -> None:
+    a, b = make_docs(2)
+    twin = a.model_copy(update={"content": "second version"})
+    result = await store.documents.upsert_many([a, b, twin])
+    assert (result.inserted, result.duplicates) == (2, 1)
+    got = await store.documents.get_by_key(*a.key)
+    assert got is not None and got.content == "second version"
+
+
+async def test_async_generator_is_streamed_in_batches(store: docstore.Store) -> None:
+    async def gen() -> AsyncIterator[Document]:
+        for d in make_docs(250):
+            yield d
+
+    result = await store.documents.upsert_many(gen(), batch_size=64)
+    assert result.inserted == 250
+    assert await store.documents.count(source_name="tokio") == 250
+
+
+async def test_stream_with_bad_row_keeps_earlier_batches_unless_atomic(
+    store: docstore.Store,
+) -> None:
+    def rows(n_good: int) -> list[object]:
+        docs: list[object] = list(make_docs(n_good))
+        docs.append({"source_name": "tokio", "doc_path": "bad", "content": "\x00"})
+        return docs
+
+    with pytest.raises(ValidationError):
+        await store.documents.upsert_many(iter(rows(30)), batch_size=10, atomic=True)  # type: ignore[arg-type]
+    assert await store.documents.count() == 0
+    with pytest.raises(ValidationError):
+        await store.documents.upsert_many(iter(rows(30)), batch_size=10)  # type: ignore[arg-type]
+    assert await store.documents.count() == 30  # the three full batches before the bad one
+
+
+async def test_created_at_is_kept_for_new_rows(store: docstore.Store) -> None:
+    when = datetime(2024, 5, 1, 8, 30)
+    d = make_docs(1)[0].model_copy(update={"created_at": when})
+    plain = make_docs(2, source="other")[1]
+    await store.documents.upsert_many([d, plain])
+    got = await store.documents.get_by_key(*d.key)
+    assert got is not None and got.created_at == when
+    other = await store.documents.get_by_key(*plain.key)
+    assert other is not None and other.created_at is not None and other.created_at > when
+
+
+async def test_concurrent_overlapping_upserts_never_fail(database_url: str) -> None:
+    docs = make_docs(300)
+    async with docstore.connect(database_url, pool_max_size=8) as store:
+        results = await asyncio.gather(
+            *(
+                store.documents.upsert_many(docs[i * 50 : i * 50 + 200], batch_size=40)
+                for i in range(6)
+            )
+        )
+        assert await store.documents.count() == 300
+        assert sum(r.inserted for r in results) == 300
+
+
+async def test_delete_source_is_scoped_by_doc_type(store: docstore.Store) -> None:
+    await store.documents.upsert_many(make_docs(5, doc_type="rust", source="tokio"))
+    await store.documents.upsert_many(make_docs(3, doc_type="solana", source="tokio"))
+    await store.sources.upsert({"doc_type": "solana", "source_name": "tokio"})
+    assert await store.documents.delete_source("rust", "tokio") == 5
+    assert await store.documents.count("solana", "tokio") == 3
+    assert await store.documents.count("rust", "tokio") == 0
+    assert await store.sources.get("solana", "tokio") is not None
+
+
+async def test_get_delete_and_iter(store: docstore.Store) -> None:
+    await store.documents.upsert_many(make_docs(25))
+    await store.documents.upsert_many(make_docs(7, doc_type="birdeye", source="api"))
+    seen = [d async for d in store.documents.iter(doc_type="rust", batch_size=4)]
+    assert len(seen) == 25 and [d.id for d in seen] == sorted(d.id for d in seen)
+    assert all(d.embedding is not None and d.embedding.shape == (DIM,) for d in seen)
+    first = seen[0]
+    assert first.id is not None
+    assert await store.documents.get(first.id) == first
+    assert await store.documents.delete(first.id) is True
+    assert await store.documents.delete(first.id) is False
+    assert await store.documents.get(first.id) is None
+    assert await store.documents.count() == 31
+
+
+async def test_stats_count_documents_without_embeddings(store: docstore.Store) -> None:
+    docs = make_docs(4)
+    docs[0] = docs[0].model_copy(update={"embedding": None})
+    await store.documents.upsert_many(docs)
+    (stats,) = await store.documents.stats()
+    assert (stats.documents, stats.with_embedding, stats.without_embedding) == (4, 3, 1)
+    assert stats.tokens == 0 + 1 + 2 + 3
+    assert stats.content_bytes > 0 and stats.stored_bytes > stats.content_bytes
+
+
+async def test_upsert_single_returns_stored_document(store: docstore.Store) -> None:
+    stored = await store.documents.upsert(make_docs(1)[0])
+    assert stored.id is not None and stored.created_at is not None
+
+
+async def test_writes_refused_in_read_only_mode(database_url: str) -> None:
+    async with docstore.connect(database_url, read_only=True) as store:
+        with pytest.raises(ReadOnlyError):
+            await store.documents.upsert_many(make_docs(1))
+        with pytest.raises(ReadOnlyError):
+            await store.documents.delete_source("rust", "tokio")
+        with pytest.raises(ReadOnlyError):
+            await store.sources.upsert({"source_name": "tokio"})
+        with pytest.raises(ReadOnlyError):
+            await store.sources.mark_checked("rust", "tokio")
