@@ -1,0 +1,292 @@
+"""Benchmark: DocumentRepository.upsert_many against the floors, in one process.
+
+    python bench/upsert.py                 # 5,000 docs x 3072, 5 repetitions, + RSS check
+    python bench/upsert.py --rows 2000 --repeat 3 --rss-rows 0
+
+Each method runs once untimed (warm-up); then each pass starts from the same state (table
+truncated, and for passes 2 and 3 reloaded by COPY and vacuumed) and times one method.
+Methods are interleaved and the median is reported, with ratios against floors measured in
+the same run:
+
+  pass 1  insert into an empty table  floor: copy_records_to_table straight into documents
+  pass 2  re-upsert, all unchanged    floor: executemany INSERT ON CONFLICT ... WHERE DISTINCT
+  pass 3  re-upsert, 10% changed      floor: the same guarded executemany
+
+and against the unguarded executemany upsert (DO UPDATE without a WHERE) that the legacy
+server and vector-store libraries use. upsert_many is given Document objects built before
+timing (as the floors are given ready tuples); its time includes the dimension check and
+encoding of every embedding.
+
+The RSS check runs upsert_many over a generator of N documents in a fresh subprocess for two
+sizes and prints peak RSS (ru_maxrss) of each: flat memory means the two are about equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import docstore
+from docstore import Document
+from docstore.embedded import embedded_url, release_embedded
+
+DIM = 3072
+COLUMNS = ["doc_type", "source_name", "doc_path", "content", "metadata", "embedding", "token_count"]
+WORDS = [
+    "async",
+    "runtime",
+    "task",
+    "spawn",
+    "future",
+    "poll",
+    "waker",
+    "executor",
+    "thread",
+    "pool",
+    "channel",
+    "mutex",
+    "lock",
+    "stream",
+    "sink",
+    "buffer",
+    "bytes",
+    "serialize",
+    "deserialize",
+    "trait",
+    "impl",
+    "struct",
+    "enum",
+    "generic",
+    "lifetime",
+    "borrow",
+    "reference",
+    "ownership",
+    "macro",
+    "derive",
+    "error",
+    "result",
+    "option",
+    "iterator",
+    "closure",
+]
+
+_VALUES = "($1, $2, $3, $4, $5::jsonb, $6, $7)"
+UNGUARDED = f"""INSERT INTO documents AS d ({", ".join(COLUMNS)}) VALUES {_VALUES}
+ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE SET content = excluded.content,
+  metadata = excluded.metadata, embedding = excluded.embedding,
+  token_count = excluded.token_count"""
+GUARDED = (
+    UNGUARDED
+    + """ WHERE (d.content, d.metadata, d.embedding, d.token_count) IS DISTINCT FROM
+  (excluded.content, excluded.metadata, excluded.embedding, excluded.token_count)"""
+)
+
+
+def make_docs(n: int, seed: int = 1, source: str = "bench") -> Iterator[Document]:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        words = rng.choice(WORDS, size=int(rng.integers(80, 300)))
+        yield Document(
+            source_name=f"{source}{i % 40}",
+            doc_path=f"{source}/module{i // 40}/item{i}.html",
+            content=" ".join(words) + f"\n\t'quoted' \\ back ✓ {i}",
+            metadata={"crate_version": f"1.{i % 7}", "legacy_id": i},
+            embedding=rng.standard_normal(DIM).astype(np.float32),
+            token_count=len(words),
+        )
+
+
+def as_tuple(d: Document) -> tuple[Any, ...]:
+    return (
+        d.doc_type,
+        d.source_name,
+        d.doc_path,
+        d.content,
+        json.dumps(d.metadata),
+        d.embedding,
+        d.token_count,
+    )
+
+
+async def reset(store: docstore.Store, docs: list[Document] | None) -> None:
+    await store.execute("TRUNCATE documents")
+    if docs:
+        async with store.acquire() as conn:
+            await conn.copy_records_to_table(
+                "documents", records=[as_tuple(d) for d in docs], columns=COLUMNS
+            )
+    await store.execute("VACUUM ANALYZE documents")
+    await store.execute("CHECKPOINT")
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await work()
+    return time.perf_counter() - started
+
+
+async def run_passes(store: docstore.Store, rows: int, repeat: int) -> dict[str, dict[str, float]]:
+    docs = list(make_docs(rows))
+    changed = list(docs)
+    for i in range(0, rows, 10):
+        changed[i] = changed[i].model_copy(update={"content": changed[i].content + " v2"})
+    tuples = [as_tuple(d) for d in docs]
+    changed_tuples = [as_tuple(d) for d in changed]
+
+    async def copy_floor() -> None:
+        async with store.acquire() as conn:
+            await conn.copy_records_to_table("documents", records=tuples, columns=COLUMNS)
+
+    def executemany(sql: str, data: list[tuple[Any, ...]]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            async with store.transaction() as conn:
+                await conn.executemany(sql, data)
+
+        return run
+
+    def upsert(data: list[Document], expect: tuple[int, int, int]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            result = await store.documents.upsert_many(data)
+            got = (result.inserted, result.updated, result.unchanged)
+            assert got == expect, f"upsert_many reported {got}, expected {expect}"
+
+        return run
+
+    plan: dict[str, tuple[list[Document] | None, dict[str, Callable[[], Awaitable[None]]]]] = {
+        "1 insert into empty table": (
+            None,
+            {
+                "floor": copy_floor,
+                "unguarded": executemany(UNGUARDED, tuples),
+                "upsert_many": upsert(docs, (rows, 0, 0)),
+            },
+        ),
+        "2 re-upsert, unchanged": (
+            docs,
+            {
+                "floor": executemany(GUARDED, tuples),
+                "unguarded": executemany(UNGUARDED, tuples),
+                "upsert_many": upsert(docs, (0, 0, rows)),
+            },
+        ),
+        "3 re-upsert, 10% changed": (
+            docs,
+            {
+                "floor": executemany(GUARDED, changed_tuples),
+                "unguarded": executemany(UNGUARDED, changed_tuples),
+                "upsert_many": upsert(changed, (0, rows // 10, rows - rows // 10)),
+            },
+        ),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, (start, methods) in plan.items():
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for work in methods.values():  # warm-up: caches, plans, WAL segments
+            await reset(store, start)
+            await work()
+        for _ in range(repeat):
+            for method, work in methods.items():
+                await reset(store, start)
+                times[method].append(await timed(work))
+        results[name] = {m: statistics.median(t) for m, t in times.items()}
+    return results
+
+
+def rss_child(url: str, rows: int) -> None:
+    """In a fresh process: upsert ``rows`` generated documents, print peak RSS in MB."""
+
+    async def main() -> None:
+        async with docstore.connect(url) as store:
+            await store.execute("TRUNCATE documents")
+            result = await store.documents.upsert_many(make_docs(rows, seed=3), batch_size=1000)
+            assert result.inserted == rows
+
+    asyncio.run(main())
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def rss_check(url: str, sizes: list[int]) -> dict[int, float]:
+    peaks = {}
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(n), "--url", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[n] = float(out.stdout.strip().splitlines()[-1])
+    return peaks
+
+
+def report(results: dict[str, dict[str, float]], rows: int, peaks: dict[int, float]) -> bool:
+    ok = True
+    print(f"\nupsert benchmark: {rows} documents x {DIM} dims (median seconds)\n")
+    header = (
+        f"{'pass':28} {'floor':>8} {'unguarded':>10} {'upsert_many':>12}"
+        f" {'vs floor':>9} {'vs unguarded':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, t in results.items():
+        vs_floor = t["upsert_many"] / t["floor"]
+        vs_unguarded = t["upsert_many"] / t["unguarded"]
+        print(
+            f"{name:28} {t['floor']:8.3f} {t['unguarded']:10.3f} {t['upsert_many']:12.3f}"
+            f" {vs_floor:8.2f}x {vs_unguarded:12.2f}x"
+        )
+        ok &= vs_floor <= 1.3 and vs_unguarded <= 1.0
+        if name.startswith("2"):
+            speedup = t["unguarded"] / t["upsert_many"]
+            print(
+                f"{'':28} pass 2: upsert_many is {speedup:.1f}x faster than unguarded (goal >= 3x)"
+            )
+            ok &= speedup >= 3
+    for n, mb in peaks.items():
+        print(f"peak RSS upserting {n} generated documents: {mb:.0f} MB (goal < 250 MB)")
+        ok &= mb < 250
+    if len(peaks) >= 2:
+        small, large = min(peaks), max(peaks)
+        growth = peaks[large] / peaks[small]
+        print(f"RSS growth {small} -> {large} rows: {growth:.2f}x (flat means ~1.0)")
+        ok &= growth < 1.15
+    print("\ngoals met" if ok else "\nGOALS MISSED")
+    return ok
+
+
+async def main(args: argparse.Namespace) -> bool:
+    with tempfile.TemporaryDirectory(prefix="docstore-bench-") as tmp:
+        try:
+            url = args.url or await embedded_url(Path(tmp))
+            async with docstore.connect(url) as store:
+                results = await run_passes(store, args.rows, args.repeat)
+            sizes = [n for n in (args.rss_rows // 5, args.rss_rows) if n > 0]
+            peaks = await asyncio.to_thread(rss_check, url, sizes) if sizes else {}
+        finally:
+            release_embedded(Path(tmp))
+    return report(results, args.rows, peaks)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rss-rows", type=int, default=50_000)
+    parser.add_argument("--url", help="database to use (default: a throwaway embedded one)")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    if ns.rss_child is not None:
+        rss_child(ns.url, ns.rss_child)
+    else:
+        sys.exit(0 if asyncio.run(main(ns)) else 1)
