@@ -21,6 +21,7 @@ from rich.table import Table
 from docstore.demo import DEMO_DOCS, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import DocstoreError
+from docstore.models import Document
 from docstore.store import Store, connect
 
 app = typer.Typer(
@@ -95,16 +96,19 @@ async def health(
 
 async def _demo(store: Store) -> None:
     dim = store.embedding_dim
-    rows = [
-        (source, path, text, hash_embedding(text, dim), len(text.split()))
+    result = await store.documents.upsert_many(
+        Document(
+            source_name=source,
+            doc_path=path,
+            content=text,
+            embedding=hash_embedding(text, dim),
+            token_count=len(text.split()),
+        )
         for source, path, text in DEMO_DOCS
-    ]
-    await store.executemany(
-        "insert into documents (doc_type, source_name, doc_path, content, embedding, token_count)"
-        " values ('rust', $1, $2, $3, $4, $5)"
-        " on conflict (doc_type, source_name, doc_path) do update set content = excluded.content,"
-        " embedding = excluded.embedding, token_count = excluded.token_count",
-        rows,
+    )
+    console.print(
+        f"upserted demo documents: {result.inserted} inserted, {result.updated} updated, "
+        f"{result.unchanged} unchanged"
     )
     query = "how do I run async tasks on the runtime"
     hits = await store.fetch(

@@ -51,3 +51,19 @@ def test_demo_runs_a_similarity_query_on_an_embedded_database(
     assert result.exit_code == 0, result.output
     assert "tokio/runtime/index.html" in result.output
     assert "pgvector 0.8" in result.output
+    assert "7 inserted" in result.output
+
+
+def test_quickstart_example_runs(database_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    env = {**os.environ, "DATABASE_URL": database_url}
+    out = subprocess.run(
+        [sys.executable, str(example)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "documents: 0" in out.stdout and "pgvector 0.8" in out.stdout

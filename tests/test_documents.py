@@ -221,3 +221,12 @@ async def test_writes_refused_in_read_only_mode(database_url: str) -> None:
             await store.sources.upsert({"source_name": "tokio"})
         with pytest.raises(ReadOnlyError):
             await store.sources.mark_checked("rust", "tokio")
+
+
+async def test_model_copy_with_unvalidated_embedding_is_still_checked(
+    store: docstore.Store,
+) -> None:
+    d = make_docs(1)[0].model_copy(update={"embedding": [0.5] * 100})
+    with pytest.raises(ValidationError, match="100 dimensions"):
+        await store.documents.upsert_many([d])
+    assert await store.documents.count() == 0

@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
+import numpy as np
 import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
@@ -130,6 +131,9 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
         raise ValidationError(
             f"row {index}: expected a Document or a dict, got {type(item).__name__}", index=index
         ) from None
+    if doc.embedding is not None and not isinstance(doc.embedding, np.ndarray):
+        # model_copy(update=...) skips pydantic validation: validate that copy properly.
+        doc = Document.model_validate(doc.model_dump())
     if doc.embedding is not None and doc.embedding.shape[0] != dim:
         raise ValidationError(
             f"row {index} ({'/'.join(doc.key)}): embedding has {doc.embedding.shape[0]} "
