@@ -1,0 +1,284 @@
+"""Mongo-style search filters → a SQL ``WHERE`` clause with bound parameters (pure functions).
+
+Fields are the columns ``doc_type, source_name, doc_path, token_count, created_at,
+updated_at`` and metadata paths ``"metadata.crate_version"`` / ``"metadata.a.b"``.
+Operators: ``$eq $ne $lt $lte $gt $gte $in $nin $between $exists $like $ilike $contains``,
+combined with ``$and $or $not``; a plain value means ``$eq`` and several keys in one object
+mean AND. Every value *and every metadata key* is a bound parameter: nothing from the filter
+enters the SQL text except the fixed column names of the whitelist. Anything unknown or
+mis-shaped raises :class:`~docstore.errors.FilterError`.
+
+    >>> build_filter({"source_name": "tokio", "metadata.crate_version": {"$in": ["1.0"]}})
+    ('(d.source_name = $1 AND (d.metadata #> $2::text[]) = ANY($3::jsonb[]))', ['tokio', ['crate_version'], ['"1.0"']])
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from docstore.errors import FilterError
+
+# column name -> PostgreSQL type used for parameter casts
+COLUMNS: dict[str, str] = {
+    "doc_type": "text",
+    "source_name": "text",
+    "doc_path": "text",
+    "token_count": "integer",
+    "created_at": "timestamp",
+    "updated_at": "timestamp",
+}
+METADATA_PREFIX = "metadata."
+MAX_DEPTH = 32
+
+
+@dataclass
+class _Params:
+    values: list[Any] = field(default_factory=list)
+    first: int = 1
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${self.first + len(self.values) - 1}"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a condition applies to: a whitelisted column, or a metadata path."""
+
+    name: str
+    column: str | None = None
+    path: tuple[str, ...] = ()
+
+    def sql(self, alias: str, params: _Params, *, as_text: bool = False) -> str:
+        if self.column is not None:
+            return f"{alias}.{self.column}"
+        op = "#>>" if as_text else "#>"
+        return f"({alias}.metadata {op} {params.add(list(self.path))}::text[])"
+
+
+def _target(name: str) -> _Target:
+    if name in COLUMNS:
+        return _Target(name, column=name)
+    if name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX):
+        path = tuple(name[len(METADATA_PREFIX) :].split("."))
+        if any(part == "" for part in path):
+            raise FilterError(f"empty segment in metadata path {name[:80]!r}")
+        return _Target(name, path=path)
+    raise FilterError(
+        f"unknown filter field {name[:80]!r}: use one of {', '.join(COLUMNS)} or 'metadata.<key>'"
+    )
+
+
+# -- value checks -----------------------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _column_value(target: _Target, value: Any, op: str) -> Any:
+    kind = COLUMNS[target.column or ""]
+    ok = {
+        "text": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "timestamp": isinstance(value, datetime | date),
+    }[kind]
+    if not ok:
+        raise FilterError(f"{op} on {target.name} needs a {kind} value, got {type(value).__name__}")
+    if isinstance(value, str) and "\x00" in value:
+        raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
+    return value
+
+
+def _json(value: Any, target: _Target, op: str) -> str:
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise FilterError(f"{op} on {target.name}: value is not JSON-serializable") from None
+    if "\\u0000" in text:
+        raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
+    return text
+
+
+def _nested(path: tuple[str, ...], value: Any) -> Any:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+# -- operator builders: (target, value, params, alias) -> sql ---------------------------------
+
+Builder = Callable[[_Target, Any, _Params, str], str]
+
+
+def _eq(t: _Target, v: Any, p: _Params, a: str) -> str:
+    if t.column is not None:
+        if v is None:
+            return f"{t.sql(a, p)} IS NULL"
+        return f"{t.sql(a, p)} = {p.add(_column_value(t, v, '$eq'))}"
+    # containment uses the GIN index on metadata
+    return f"{a}.metadata @> {p.add(_json(_nested(t.path, v), t, '$eq'))}::jsonb"
+
+
+def _ne(t: _Target, v: Any, p: _Params, a: str) -> str:
+    return (
+        f"NOT ({_eq(t, v, p, a)})"
+        if t.column is None or v is None
+        else (f"{t.sql(a, p)} IS DISTINCT FROM {p.add(_column_value(t, v, '$ne'))}")
+    )
+
+
+def _comparison(sql_op: str, name: str) -> Builder:
+    def build(t: _Target, v: Any, p: _Params, a: str) -> str:
+        if t.column is not None:
+            return f"{t.sql(a, p)} {sql_op} {p.add(_column_value(t, v, name))}"
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise FilterError(f"{name} on {t.name} needs a number or a string")
+        if isinstance(v, str):
+            value = _column_value(_Target(t.name, column="doc_path"), v, name)
+            return (
+                f"(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'string' "
+                f"THEN {t.sql(a, p, as_text=True)} END) {sql_op} {p.add(value)}"
+            )
+        if v != v or v in (float("inf"), float("-inf")):
+            raise FilterError(f"{name} on {t.name} needs a finite number")
+        return (
+            f"(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'number' "
+            f"THEN {t.sql(a, p, as_text=True)}::numeric END) {sql_op} {p.add(v)}::numeric"
+        )
+
+    return build
+
+
+def _list(v: Any, t: _Target, op: str) -> list[Any]:
+    if not isinstance(v, list | tuple) or not v:
+        raise FilterError(f"{op} on {t.name} needs a non-empty list")
+    return list(v)
+
+
+def _in(t: _Target, v: Any, p: _Params, a: str) -> str:
+    items = _list(v, t, "$in")
+    if t.column is not None:
+        values = [_column_value(t, item, "$in") for item in items]
+        return f"{t.sql(a, p)} = ANY({p.add(values)}::{COLUMNS[t.column]}[])"
+    return f"{t.sql(a, p)} = ANY({p.add([_json(i, t, '$in') for i in items])}::jsonb[])"
+
+
+def _nin(t: _Target, v: Any, p: _Params, a: str) -> str:
+    return f"NOT coalesce({_in(t, v, p, a)}, false)"
+
+
+def _between(t: _Target, v: Any, p: _Params, a: str) -> str:
+    bounds = _list(v, t, "$between")
+    if len(bounds) != 2:
+        raise FilterError(f"$between on {t.name} needs [low, high]")
+    return f"({_OPS['$gte'](t, bounds[0], p, a)} AND {_OPS['$lte'](t, bounds[1], p, a)})"
+
+
+def _exists(t: _Target, v: Any, p: _Params, a: str) -> str:
+    if not isinstance(v, bool):
+        raise FilterError(f"$exists on {t.name} needs true or false")
+    return f"{t.sql(a, p)} IS {'NOT ' if v else ''}NULL"
+
+
+def _like(sql_op: str, name: str) -> Builder:
+    def build(t: _Target, v: Any, p: _Params, a: str) -> str:
+        if not isinstance(v, str):
+            raise FilterError(f"{name} on {t.name} needs a string pattern")
+        if t.column is not None and COLUMNS[t.column] != "text":
+            raise FilterError(f"{name} applies to text fields, not {t.name}")
+        value = _column_value(_Target(t.name, column="doc_path"), v, name)
+        return f"{t.sql(a, p, as_text=True)} {sql_op} {p.add(value)}"
+
+    return build
+
+
+def _contains(t: _Target, v: Any, p: _Params, a: str) -> str:
+    if t.column is not None:
+        if COLUMNS[t.column] != "text":
+            raise FilterError(f"$contains applies to text or metadata fields, not {t.name}")
+        return f"strpos({t.sql(a, p)}, {p.add(_column_value(t, v, '$contains'))}) > 0"
+    wrapped = v if isinstance(v, list | dict) else [v]
+    return f"coalesce({t.sql(a, p)} @> {p.add(_json(wrapped, t, '$contains'))}::jsonb, false)"
+
+
+_OPS: dict[str, Builder] = {
+    "$eq": _eq,
+    "$ne": _ne,
+    "$lt": _comparison("<", "$lt"),
+    "$lte": _comparison("<=", "$lte"),
+    "$gt": _comparison(">", "$gt"),
+    "$gte": _comparison(">=", "$gte"),
+    "$in": _in,
+    "$nin": _nin,
+    "$between": _between,
+    "$exists": _exists,
+    "$like": _like("LIKE", "$like"),
+    "$ilike": _like("ILIKE", "$ilike"),
+    "$contains": _contains,
+}
+OPERATORS = frozenset(_OPS)
+LOGICAL = frozenset({"$and", "$or", "$not"})
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+def _node(node: Any, p: _Params, alias: str, depth: int) -> str:
+    if depth > MAX_DEPTH:
+        raise FilterError(f"filter nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(node, Mapping) or not node:
+        raise FilterError("a filter must be a non-empty object")
+    parts = []
+    for key, value in node.items():
+        if not isinstance(key, str):
+            raise FilterError("filter keys must be strings")
+        if key in ("$and", "$or"):
+            if not isinstance(value, list | tuple) or not value:
+                raise FilterError(f"{key} needs a non-empty list of filters")
+            joiner = " AND " if key == "$and" else " OR "
+            parts.append("(" + joiner.join(_node(v, p, alias, depth + 1) for v in value) + ")")
+        elif key == "$not":
+            parts.append(f"NOT coalesce({_node(value, p, alias, depth + 1)}, false)")
+        elif key.startswith("$"):
+            raise FilterError(f"unknown logical operator {key[:40]!r}: use $and, $or or $not")
+        else:
+            parts.append(_condition(_target(key), value, p, alias))
+    return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+
+def _condition(target: _Target, spec: Any, p: _Params, alias: str) -> str:
+    is_ops = isinstance(spec, Mapping) and spec and all(isinstance(k, str) for k in spec)
+    if is_ops and any(k.startswith("$") for k in spec):
+        parts = []
+        for op, value in spec.items():
+            builder = _OPS.get(op)
+            if builder is None:
+                raise FilterError(
+                    f"unknown operator {op[:40]!r} on {target.name[:80]!r}: "
+                    f"use one of {', '.join(sorted(_OPS))}"
+                )
+            parts.append(builder(target, value, p, alias))
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+    if not isinstance(spec, _SCALARS) and target.column is not None:
+        raise FilterError(f"{target.name} needs a value or an operator object")
+    return _eq(target, spec, p, alias)
+
+
+def build_filter(
+    filter: Mapping[str, Any] | None, *, first_param: int = 1, alias: str = "d"
+) -> tuple[str, list[Any]]:
+    """Translate ``filter`` into ``(sql, params)`` for a ``WHERE`` clause on ``documents``.
+
+    Placeholders start at ``$first_param``; columns are qualified with ``alias``. ``None`` or
+    ``{}`` gives ``("TRUE", [])``. Raises :class:`FilterError` for unknown fields or
+    operators and for values of the wrong shape.
+    """
+    if filter is None or (isinstance(filter, Mapping) and not filter):
+        return "TRUE", []
+    if not alias.isidentifier():
+        raise FilterError("alias must be an identifier")
+    params = _Params(first=first_param)
+    return _node(filter, params, alias, 0), params.values

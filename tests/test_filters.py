@@ -1,0 +1,147 @@
+"""The filter builder: pure, no database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from docstore.errors import FilterError
+from docstore.search.filters import OPERATORS, build_filter
+
+MARK = "ZQXW"
+
+
+def test_empty_filter_is_true() -> None:
+    assert build_filter(None) == ("TRUE", [])
+    assert build_filter({}) == ("TRUE", [])
+
+
+def test_plain_values_and_several_keys_mean_and() -> None:
+    sql, params = build_filter({"doc_type": "rust", "source_name": "tokio"})
+    assert sql == "(d.doc_type = $1 AND d.source_name = $2)"
+    assert params == ["rust", "tokio"]
+
+
+def test_placeholders_start_where_asked() -> None:
+    sql, params = build_filter({"token_count": {"$gt": 5}}, first_param=3, alias="x")
+    assert sql == "x.token_count > $3" and params == [5]
+
+
+def test_metadata_equality_uses_containment_with_the_key_as_data() -> None:
+    sql, params = build_filter({"metadata.a.b": "v"})
+    assert sql == "d.metadata @> $1::jsonb"
+    assert params == ['{"a": {"b": "v"}}']
+
+
+def test_or_of_in_and_eq() -> None:
+    sql, params = build_filter(
+        {"$or": [{"metadata.crate_version": {"$in": ["1.0", "2.0"]}}, {"source_name": "tokio"}]}
+    )
+    assert sql == "((d.metadata #> $1::text[]) = ANY($2::jsonb[]) OR d.source_name = $3)"
+    assert params == [["crate_version"], ['"1.0"', '"2.0"'], "tokio"]
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"content": "x"},  # not a filterable column
+        {"nope": 1},
+        {"metadata.": 1},
+        {"metadata.a..b": 1},
+        {"source_name": {"$regex": "x"}},
+        {"$xor": []},
+        {"$and": []},
+        {"$or": {"a": 1}},
+        {"token_count": "many"},
+        {"token_count": {"$gt": True}},
+        {"created_at": {"$gt": "yesterday"}},
+        {"source_name": {"$in": []}},
+        {"source_name": {"$in": "tokio"}},
+        {"source_name": {"$between": ["a"]}},
+        {"source_name": {"$exists": "yes"}},
+        {"token_count": {"$like": "1%"}},
+        {"metadata.x": {"$gt": float("nan")}},
+        {"metadata.x": {"$gt": [1]}},
+        {"metadata.x": {"$eq": float("inf")}},
+        {"source_name": "nul\x00"},
+        {"source_name": ["a", "b"]},
+        [],
+        "source_name = 'x'",
+    ],
+)
+def test_malformed_filters_raise_filter_error(flt: Any) -> None:
+    with pytest.raises(FilterError):
+        build_filter(flt)
+
+
+def test_every_operator_builds() -> None:
+    samples = {
+        "$eq": "a",
+        "$ne": "a",
+        "$lt": "m",
+        "$lte": "m",
+        "$gt": "m",
+        "$gte": "m",
+        "$in": ["a"],
+        "$nin": ["a"],
+        "$between": ["a", "z"],
+        "$exists": True,
+        "$like": "a%",
+        "$ilike": "A%",
+        "$contains": "a",
+    }
+    assert set(samples) == OPERATORS
+    for op, value in samples.items():
+        for field in ("source_name", "metadata.k"):
+            sql, params = build_filter({field: {op: value}})
+            assert sql and (params or op == "$exists")
+
+
+def test_timestamps_compare_as_timestamps() -> None:
+    when = datetime(2026, 1, 1)
+    sql, params = build_filter({"created_at": {"$between": [when, when]}})
+    assert sql == "(d.created_at >= $1 AND d.created_at <= $2)" and params == [when, when]
+
+
+def test_too_deep_nesting_is_refused() -> None:
+    flt: dict[str, Any] = {"source_name": "x"}
+    for _ in range(40):
+        flt = {"$not": flt}
+    with pytest.raises(FilterError, match="deeper"):
+        build_filter(flt)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+marked_text = st.text().map(lambda s: s + MARK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=marked_text, value=json_values, op=st.sampled_from([*sorted(OPERATORS), "$bogus"]))
+def test_no_key_or_value_ever_reaches_the_sql_text(key: str, value: Any, op: str) -> None:
+    for field in (key, "metadata." + key, "source_name"):
+        for flt in ({field: {op: value}}, {field: value}, {"$or": [{field: value}]}):
+            try:
+                sql, _params = build_filter(flt)
+            except FilterError:
+                continue
+            assert MARK not in sql
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=marked_text, op=st.sampled_from(sorted(OPERATORS)))
+def test_marked_string_values_never_reach_the_sql_text(value: str, op: str) -> None:
+    for field in ("metadata.k", "doc_path"):
+        for v in (value, [value], [value, value]):
+            try:
+                sql, _ = build_filter({field: {op: v}})
+            except FilterError:
+                continue
+            assert MARK not in sql
