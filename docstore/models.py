@@ -135,7 +135,7 @@ NaiveTimestamp = Annotated[datetime | None, BeforeValidator(_naive_utc)]
 # --- models ----------------------------------------------------------------------------------
 
 
-def _describe(exc: pydantic.ValidationError, data: Mapping[str, Any]) -> tuple[str, str | None]:
+def _describe(exc: pydantic.ValidationError) -> tuple[str, str | None]:
     problems = []
     first_field = None
     for error in exc.errors(include_input=False, include_url=False):
@@ -157,7 +157,7 @@ class _Model(BaseModel):
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
-            message, field = _describe(exc, data)
+            message, field = _describe(exc)
         if message is not None:
             key = _key_of(data, self._key_fields)
             where = f" ({'/'.join(key)})" if key else ""

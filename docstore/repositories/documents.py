@@ -55,12 +55,14 @@ _DATA_COLUMNS = (
     "token_count",
 )
 
-_SELECT_EXISTING = """
-SELECT d.doc_type, d.source_name, d.doc_path
+# The batch's keys, joined to documents through the unique index.
+_BATCH_ROWS = """
   FROM documents d
   JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(doc_type, source_name, doc_path)
     ON d.doc_type = k.doc_type AND d.source_name = k.source_name AND d.doc_path = k.doc_path
 """
+
+_SELECT_EXISTING = "SELECT d.doc_type, d.source_name, d.doc_path" + _BATCH_ROWS
 
 _UNNEST = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::vector[],
               $7::int[]) AS s(doc_type, source_name, doc_path, content, metadata, embedding,
@@ -76,13 +78,9 @@ UPDATE documents AS d
 
 # Rows of the batch whose current version was written by this transaction (xmin): after the
 # guarded UPDATE these are exactly the rows it changed, since unchanged rows keep their tuple.
-_WRITTEN_HERE = """
-SELECT count(*)
-  FROM documents d
-  JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(doc_type, source_name, doc_path)
-    ON d.doc_type = k.doc_type AND d.source_name = k.source_name AND d.doc_path = k.doc_path
- WHERE d.xmin = pg_current_xact_id()::xid
-"""
+_WRITTEN_HERE = "SELECT count(*)" + _BATCH_ROWS + " WHERE d.xmin = pg_current_xact_id()::xid"
+
+DELETE_SOURCE_DOCUMENTS = "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2"
 
 _GUARDED_UPSERT = f"""
 INSERT INTO documents AS d (doc_type, source_name, doc_path, content, metadata, embedding,
@@ -110,10 +108,6 @@ class _Row(NamedTuple):
     token_count: int | None
     created_at: datetime | None
     updated_at: datetime | None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.doc_type, self.source_name, self.doc_path)
 
 
 def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
@@ -335,9 +329,9 @@ class DocumentRepository:
     # -- writes ----------------------------------------------------------------------------
     async def upsert(self, doc: Document | dict[str, Any]) -> Document:
         """Insert or update one document; returns it as stored (id and timestamps filled)."""
-        await self.upsert_many([doc])
-        stored = Document.model_validate(doc) if isinstance(doc, dict) else doc
-        found = await self.get_by_key(*stored.key)
+        checked = validate(doc, 0, self._dim)
+        await self.upsert_many([checked])
+        found = await self.get_by_key(*checked.key)
         assert found is not None
         return found
 
@@ -391,9 +385,7 @@ class DocumentRepository:
         Scoped by both: ``("rust", "tokio")`` never touches ``("solana", "tokio")``.
         """
         self.store.ensure_writable()
-        status = await self.store.execute(
-            "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2", doc_type, source_name
-        )
+        status = await self.store.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
         return int(status.rsplit(" ", 1)[1])
 
 
@@ -414,8 +406,6 @@ async def _write_all(conn: asyncpg.Connection, batches: Batches) -> UpsertResult
 async def _sequence_batches(docs: list[Document], dupes: int, batch_size: int) -> Batches:
     for start in range(0, len(docs), batch_size):
         yield docs[start : start + batch_size], dupes if start == 0 else 0
-    if not docs and dupes:
-        yield [], dupes
 
 
 async def _stream_batches(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from docstore.errors import ValidationError
 from docstore.models import Source
+from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS
 
 if TYPE_CHECKING:
     from docstore.db import Database
@@ -149,11 +150,7 @@ class SourceRepository:
                     key=(doc_type, source_name),
                 )
             if docs:
-                await conn.execute(
-                    "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2",
-                    doc_type,
-                    source_name,
-                )
+                await conn.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
             status = await conn.execute(
                 "DELETE FROM document_sources WHERE doc_type = $1 AND source_name = $2",
                 doc_type,

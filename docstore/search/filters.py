@@ -92,6 +92,15 @@ def _column_value(target: _Target, value: Any, op: str) -> Any:
     return value
 
 
+def _text_value(target: _Target, value: Any, op: str) -> str:
+    """A string operand (patterns, metadata string comparisons), checked for NUL bytes."""
+    if not isinstance(value, str):
+        raise FilterError(f"{op} on {target.name} needs a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
+    return value
+
+
 def _json(value: Any, target: _Target, op: str) -> str:
     try:
         text = json.dumps(value, allow_nan=False)
@@ -123,11 +132,9 @@ def _eq(t: _Target, v: Any, p: _Params, a: str) -> str:
 
 
 def _ne(t: _Target, v: Any, p: _Params, a: str) -> str:
-    return (
-        f"NOT ({_eq(t, v, p, a)})"
-        if t.column is None or v is None
-        else (f"{t.sql(a, p)} IS DISTINCT FROM {p.add(_column_value(t, v, '$ne'))}")
-    )
+    if t.column is not None and v is not None:
+        return f"{t.sql(a, p)} IS DISTINCT FROM {p.add(_column_value(t, v, '$ne'))}"
+    return f"NOT ({_eq(t, v, p, a)})"
 
 
 def _comparison(sql_op: str, name: str) -> Builder:
@@ -137,7 +144,7 @@ def _comparison(sql_op: str, name: str) -> Builder:
         if isinstance(v, bool) or not isinstance(v, int | float | str):
             raise FilterError(f"{name} on {t.name} needs a number or a string")
         if isinstance(v, str):
-            value = _column_value(_Target(t.name, column="doc_path"), v, name)
+            value = _text_value(t, v, name)
             return (
                 f"(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'string' "
                 f"THEN {t.sql(a, p, as_text=True)} END) {sql_op} {p.add(value)}"
@@ -185,11 +192,9 @@ def _exists(t: _Target, v: Any, p: _Params, a: str) -> str:
 
 def _like(sql_op: str, name: str) -> Builder:
     def build(t: _Target, v: Any, p: _Params, a: str) -> str:
-        if not isinstance(v, str):
-            raise FilterError(f"{name} on {t.name} needs a string pattern")
         if t.column is not None and COLUMNS[t.column] != "text":
             raise FilterError(f"{name} applies to text fields, not {t.name}")
-        value = _column_value(_Target(t.name, column="doc_path"), v, name)
+        value = _text_value(t, v, name)
         return f"{t.sql(a, p, as_text=True)} {sql_op} {p.add(value)}"
 
     return build
