@@ -210,7 +210,7 @@ def rss_child(url: str, rows: int) -> None:
     async def main() -> None:
         async with docstore.connect(url) as store:
             await store.execute("TRUNCATE documents")
-            result = await store.documents.upsert_many(make_docs(rows, seed=3), batch_size=1000)
+            result = await store.documents.upsert_many(make_docs(rows, seed=3))
             assert result.inserted == rows
 
     asyncio.run(main())

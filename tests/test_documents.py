@@ -230,3 +230,14 @@ async def test_model_copy_with_unvalidated_embedding_is_still_checked(
     with pytest.raises(ValidationError, match="100 dimensions"):
         await store.documents.upsert_many([d])
     assert await store.documents.count() == 0
+
+
+async def test_same_key_in_two_batches_of_one_atomic_stream_counts_exactly(
+    store: docstore.Store,
+) -> None:
+    a, b = make_docs(2)
+    await store.documents.upsert_many([a])
+    edited = a.model_copy(update={"content": "edited"})
+    # batch 1 updates a; batch 2 repeats the edit (unchanged) and inserts b
+    result = await store.documents.upsert_many(iter([edited, edited, b]), batch_size=1, atomic=True)
+    assert (result.inserted, result.updated, result.unchanged) == (1, 1, 1)
