@@ -241,3 +241,22 @@ async def test_same_key_in_two_batches_of_one_atomic_stream_counts_exactly(
     # batch 1 updates a; batch 2 repeats the edit (unchanged) and inserts b
     result = await store.documents.upsert_many(iter([edited, edited, b]), batch_size=1, atomic=True)
     assert (result.inserted, result.updated, result.unchanged) == (1, 1, 1)
+
+
+async def test_race_fallback_statement_upserts_with_exact_flags(store: docstore.Store) -> None:
+    """The INSERT ... ON CONFLICT used when a concurrent caller inserted a 'new' key first."""
+    from docstore.repositories.documents import _GUARDED_UPSERT, _columns
+
+    docs = make_docs(4)
+    await store.documents.upsert_many(docs[:2])
+    edited = docs[1].model_copy(update={"content": "changed"})
+    async with store.transaction() as conn:
+        flags = await conn.fetch(_GUARDED_UPSERT, *_columns([docs[0], edited, docs[2], docs[3]]))
+    # docs[0] unchanged (no row), edited updated (False), two inserts (True)
+    assert sorted(f["inserted"] for f in flags) == [False, True, True]
+    got = await store.documents.get_by_key(*edited.key)
+    assert got is not None and got.content == "changed"
+    stored = await store.documents.get_by_key(*docs[3].key)
+    assert stored is not None and docs[3].embedding is not None and stored.embedding is not None
+    np.testing.assert_array_equal(stored.embedding, docs[3].embedding)
+    assert await store.documents.count() == 4
