@@ -1,8 +1,9 @@
 """docstore: the Doc Server's async data layer on PostgreSQL + pgvector.
 
 Public API: :func:`connect`, :class:`Store`, :class:`Settings`, the models
-(:class:`Document`, :class:`Source`, :class:`UpsertResult`, :class:`SourceStats`) and the
-errors in :mod:`docstore.errors`.
+(:class:`Document`, :class:`Source`, :class:`UpsertResult`, :class:`SourceStats`), search
+results (:class:`SearchResults`, :class:`Hit`, :class:`VectorIndex`, :class:`RecallReport`) and
+the errors in :mod:`docstore.errors`. Scripts that prefer no ``await`` use :mod:`docstore.sync`.
 """
 
 from docstore import errors
@@ -20,6 +21,7 @@ from docstore.errors import (
     ValidationError,
 )
 from docstore.models import Document, Source, SourceStats, UpsertResult
+from docstore.search.results import Hit, RecallReport, SearchResults, VectorIndex
 from docstore.store import Store, connect
 
 __version__ = "0.1.0"
@@ -31,17 +33,21 @@ __all__ = [
     "Document",
     "FilterError",
     "Health",
+    "Hit",
     "MigrationError",
     "PoolTimeoutError",
     "QueryError",
     "ReadOnlyError",
+    "RecallReport",
     "SchemaError",
+    "SearchResults",
     "Settings",
     "Source",
     "SourceStats",
     "Store",
     "UpsertResult",
     "ValidationError",
+    "VectorIndex",
     "__version__",
     "connect",
     "errors",

@@ -111,18 +111,12 @@ async def _demo(store: Store) -> None:
         f"{result.unchanged} unchanged"
     )
     query = "how do I run async tasks on the runtime"
-    hits = await store.fetch(
-        "select source_name, doc_path, 1 - (embedding <=> $1) as similarity from documents"
-        " where embedding is not null order by embedding <=> $1 limit 5",
-        hash_embedding(query, dim),
-    )
-    table = Table(title=f"top documents for {query!r}")
-    table.add_column("source")
-    table.add_column("doc_path")
-    table.add_column("similarity", justify="right")
-    for hit in hits:
-        table.add_row(hit["source_name"], hit["doc_path"], f"{hit['similarity']:.3f}")
-    console.print(table)
+    hits = await store.search(hash_embedding(query, dim), limit=5)
+    console.print(f"top documents for {query!r} (vector search):")
+    console.print(hits)
+    fused = await store.hybrid_search("async task", hash_embedding(query, dim), limit=3)
+    console.print("hybrid search for 'async task' (full text + vector, fused by RRF):")
+    console.print(fused)
 
 
 @app.command()

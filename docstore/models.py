@@ -280,3 +280,24 @@ class SourceStats(BaseModel):
     """UTF-8 bytes of content."""
     stored_bytes: int
     """Bytes the rows occupy as stored (after TOAST compression)."""
+
+
+def query_vector(value: Any, dim: int) -> FloatArray:
+    """Validate a query embedding like a stored one: 1-D, finite, ``dim`` values.
+
+    Raises :class:`ValidationError` (field ``"embedding"``); the message never contains the
+    vector.
+    """
+    try:
+        array = _to_embedding(value)
+    except ValueError as exc:
+        raise ValidationError(f"query embedding {exc}", field="embedding") from None
+    if array is None:
+        raise ValidationError("a query embedding is required", field="embedding")
+    if array.shape[0] != dim:
+        raise ValidationError(
+            f"query embedding has {array.shape[0]} dimensions, expected {dim}"
+            " (DOCSTORE_EMBEDDING_DIM)",
+            field="embedding",
+        )
+    return array

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from docstore.config import Settings
-from docstore.db import Database, StoreOpener, open_database
+from docstore.db import StoreOpener, open_database
 from docstore.repositories import DocumentRepository, SourceRepository
+from docstore.search.api import SearchDatabase
 
 
-class Store(Database):
-    """A connected docstore: asyncpg-style queries plus ``documents`` and ``sources``.
+class Store(SearchDatabase):
+    """A connected docstore: asyncpg-style queries, ``documents`` and ``sources``, and search.
 
     Create it with :func:`connect`. See :class:`~docstore.db.Database` for the query surface,
-    transactions, retries and read-only mode.
+    transactions, retries and read-only mode, and :class:`~docstore.search.api.SearchDatabase`
+    for ``search``, ``search_text``, ``hybrid_search``, ``create_vector_index`` and
+    ``evaluate_recall``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -145,3 +145,8 @@ def test_marked_string_values_never_reach_the_sql_text(value: str, op: str) -> N
             except FilterError:
                 continue
             assert MARK not in sql
+
+
+def test_nul_byte_in_a_metadata_key_is_a_filter_error() -> None:
+    with pytest.raises(FilterError, match="NUL"):
+        build_filter({"metadata.a\x00b": {"$exists": True}})

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import docstore
 from docstore import Document
@@ -113,3 +115,111 @@ async def test_operators_match_hand_written_sql(
 async def test_bad_filter_never_reaches_the_database(corpus: docstore.Store) -> None:
     with pytest.raises(FilterError):
         await ids(corpus, {"content": {"$eq": "doc 1"}})
+
+
+# -- hypothesis: arbitrary keys and values against the real database --------------------------
+
+METADATA = [
+    {"n": tokens, "nested": {"level": i}, **({"crate_version": v} if v is not None else {})}
+    for i, (_, _, v, tokens, _) in enumerate(ROWS)
+]
+
+
+def _lookup(metadata: dict[str, Any], path: list[str]) -> Any:
+    value: Any = metadata
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+_MISSING = object()
+
+
+def _expected(key: str, op: str, value: Any) -> set[int]:
+    """Which corpus rows (positions) a one-condition filter should match, in Python."""
+    path = key.removeprefix("metadata.").split(".")
+    found = [_lookup(m, path) for m in METADATA]
+    if op == "$exists":
+        return {i for i, f in enumerate(found) if (f is not _MISSING) == value}
+    if op == "$eq":
+        return {i for i, f in enumerate(found) if f is not _MISSING and f == value}
+    if op == "$ne":
+        return {i for i, f in enumerate(found) if f is _MISSING or f != value}
+    if op == "$in":
+        return {i for i, f in enumerate(found) if f is not _MISSING and f in value}
+    if op == "$nin":
+        return {i for i, f in enumerate(found) if f is _MISSING or f not in value}
+    raise AssertionError(op)
+
+
+@pytest.fixture(scope="module")
+def filter_db(pg: Any) -> Any:
+    """One corpus database and a connected store on a private loop, shared by all examples."""
+    import asyncio
+
+    name = pg.create_database(template=pg.template, prefix="hyp")
+    runner = asyncio.Runner()
+
+    async def open_store() -> docstore.Store:
+        return await docstore.connect(pg.url(name))
+
+    store = runner.run(open_store())
+    docs = [
+        Document(
+            doc_type=doc_type,
+            source_name=source,
+            doc_path=f"{source}/p{i}",
+            content=f"doc {i}",
+            metadata=METADATA[i],
+            embedding=np.full(3072, 0.1 * (i + 1), dtype=np.float32),
+        )
+        for i, (doc_type, source, *_rest) in enumerate(ROWS)
+    ]
+    runner.run(store.documents.upsert_many(docs))
+    rows = runner.run(store.fetch("select id, doc_path from documents"))
+    position = {r["id"]: int(r["doc_path"].rsplit("/p", 1)[1]) for r in rows}
+    yield runner, store, position
+    runner.run(store.close())
+    runner.close()
+    pg.drop_database(name)
+
+
+_keys = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        ["crate_version", "n", "nested.level", "nested", "x'); drop table documents; --"]
+    ),
+)
+_scalars = st.one_of(
+    st.text(max_size=20), st.integers(-5, 70), st.sampled_from(["1.0", "2.0", "0.1"])
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    key=_keys,
+    op=st.sampled_from(["$eq", "$ne", "$in", "$nin", "$exists"]),
+    scalar=_scalars,
+    many=st.lists(_scalars, max_size=4),
+    flag=st.booleans(),
+)
+def test_arbitrary_keys_and_values_match_python_semantics_or_raise_filter_error(
+    filter_db: Any, key: str, op: str, scalar: Any, many: list[Any], flag: bool
+) -> None:
+    """Through store.search(): the only error is FilterError, and never an extra row."""
+    runner, store, position = filter_db
+    value = {"$in": many, "$nin": many, "$exists": flag}.get(op, scalar)
+    flt = {f"metadata.{key}": {op: value}}
+    try:
+        hits = runner.run(store.search(np.full(3072, 0.1), filter=flt, exact=True, limit=100))
+    except FilterError:
+        return
+    got = {position[h.id] for h in hits}
+    assert got == _expected(key, op, value), flt
+    assert runner.run(store.documents.count()) == len(ROWS)

@@ -6,6 +6,7 @@ import pytest
 
 import docstore
 from docstore.errors import ReadOnlyError
+from docstore.schema.runner import LATEST_VERSION
 
 
 async def test_read_only_env_blocks_ddl_and_nothing_is_created(
@@ -48,4 +49,4 @@ async def test_read_only_connect_never_applies_the_schema(empty_database_url: st
 async def test_health_reports_read_only(database_url: str) -> None:
     async with docstore.connect(database_url, read_only=True) as store:
         health = await store.health()
-    assert health.read_only and health.ok and health.schema_version == 1
+    assert health.read_only and health.ok and health.schema_version == LATEST_VERSION

@@ -103,7 +103,7 @@ async def test_auto_migrate_off_leaves_database_untouched(
     monkeypatch.setenv("DOCSTORE_AUTO_MIGRATE", "false")
     async with docstore.connect(empty_database_url) as store:
         assert (await store.schema_status()).current is None
-        assert await store.migrate() == [1]
+        assert await store.migrate() == [m.version for m in MIGRATIONS]
 
 
 async def test_embedding_dimension_comes_from_settings(empty_database_url: str) -> None:
@@ -123,6 +123,7 @@ async def test_plan_schema_indexes_and_triggers_exist(store: docstore.Store) -> 
         "idx_documents_source_name",
         "idx_documents_type_source",
         "idx_documents_metadata",
+        "idx_documents_content_fts",
     } <= indexes
     await store.execute(
         "insert into documents (source_name, doc_path, content) values ('s', 'p', 'c')"

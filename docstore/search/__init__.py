@@ -1,5 +1,20 @@
-"""Search: pure query builders (filters) — the search API itself arrives with issue 5."""
+"""Search: pure SQL builders (:mod:`.filters`, :mod:`.queries`), the search API (:mod:`.api`)
+and its results (:mod:`.results`)."""
 
+from docstore.search.api import SearchDatabase
 from docstore.search.filters import OPERATORS, build_filter
+from docstore.search.queries import METRICS, reciprocal_rank_fusion
+from docstore.search.results import Hit, Latency, RecallReport, SearchResults, VectorIndex
 
-__all__ = ["OPERATORS", "build_filter"]
+__all__ = [
+    "METRICS",
+    "OPERATORS",
+    "Hit",
+    "Latency",
+    "RecallReport",
+    "SearchDatabase",
+    "SearchResults",
+    "VectorIndex",
+    "build_filter",
+    "reciprocal_rank_fusion",
+]

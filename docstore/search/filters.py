@@ -67,6 +67,8 @@ def _target(name: str) -> _Target:
         path = tuple(name[len(METADATA_PREFIX) :].split("."))
         if any(part == "" for part in path):
             raise FilterError(f"empty segment in metadata path {name[:80]!r}")
+        if "\x00" in name:
+            raise FilterError("metadata path contains a NUL byte")
         return _Target(name, path=path)
     raise FilterError(
         f"unknown filter field {name[:80]!r}: use one of {', '.join(COLUMNS)} or 'metadata.<key>'"

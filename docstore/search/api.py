@@ -1,0 +1,449 @@
+"""The search API: vector (exact and ANN), full-text, hybrid, index management, recall.
+
+:class:`SearchDatabase` adds these to :class:`~docstore.db.Database`; :class:`docstore.Store`
+is one. The SQL comes from the pure builders in :mod:`docstore.search.queries`.
+
+ANN defaults (``ef_search`` 400, ``oversample`` 10 → 100 candidates for a top-10) were chosen
+with ``bench/search.py`` on 20,000 × 3,072 clustered vectors; see ``bench/RESULTS.md``.
+:meth:`SearchDatabase.evaluate_recall` redoes that measurement on your own data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from docstore.db import Database
+from docstore.errors import DocstoreError, SchemaError, ValidationError
+from docstore.models import query_vector
+from docstore.search import queries
+from docstore.search.filters import build_filter
+from docstore.search.results import Hit, Latency, RecallReport, SearchResults, VectorIndex
+
+# How long a looked-up index list is trusted before the catalog is asked again (an index
+# built or dropped by another process is noticed within this time).
+INDEX_CACHE_SECONDS = 30.0
+DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
+def _hit(record: Any, **scores: Any) -> Hit:
+    data = dict(record)
+    data.pop("rank", None)
+    if isinstance(data.get("metadata"), str):
+        data["metadata"] = json.loads(data["metadata"])
+    data.update(scores)
+    return Hit.model_construct(**data)
+
+
+def _positive_int(value: Any, field: str, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise ValidationError(f"{field} must be an integer from 1 to {upper}", field=field)
+    return value
+
+
+def _latency(samples_ms: list[float]) -> Latency:
+    p50, p95, p99 = np.percentile(samples_ms, [50, 95, 99])
+    return Latency(p50=p50, p95=p95, p99=p99, mean=float(np.mean(samples_ms)))
+
+
+class SearchDatabase(Database):
+    """Search methods of :class:`docstore.Store` (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._index_cache: tuple[float, list[VectorIndex]] | None = None
+
+    # -- indexes ---------------------------------------------------------------------------
+    async def vector_indexes(self, *, refresh: bool = True) -> list[VectorIndex]:
+        """The HNSW indexes on ``documents`` (``usable`` ones are what searches use)."""
+        cached = self._index_cache
+        if not refresh and cached and time.monotonic() - cached[0] < INDEX_CACHE_SECONDS:
+            return cached[1]
+        dim = self.embedding_dim
+        wanted = queries.index_expression(dim)
+        indexes = []
+        for r in await self.fetch(queries.LIST_VECTOR_INDEXES):
+            expression = r["definition"].split(" USING hnsw ", 1)[-1]
+            on_ours = (
+                r["on_expression"] and f"halfvec({dim})" in expression
+                if dim > queries.MAX_VECTOR_INDEX_DIM
+                else not r["on_expression"] and wanted in expression
+            )
+            indexes.append(
+                VectorIndex(
+                    name=r["name"],
+                    metric=queries.OPCLASS_METRIC.get(r["opclass"]),
+                    opclass=r["opclass"],
+                    valid=r["valid"],
+                    usable=bool(r["valid"] and on_ours),
+                    size_bytes=r["size_bytes"],
+                    definition=r["definition"],
+                )
+            )
+        self._index_cache = (time.monotonic(), indexes)
+        return indexes
+
+    async def vector_index(self, metric: str = "cosine") -> VectorIndex | None:
+        """The usable HNSW index for ``metric``, or None (then searches scan exactly)."""
+        name = queries.metric(metric).name
+        for index in await self.vector_indexes(refresh=False):
+            if index.usable and index.metric == name:
+                return index
+        return None
+
+    async def create_vector_index(
+        self,
+        metric: str = "cosine",
+        *,
+        m: int = 16,
+        ef_construction: int = 64,
+        concurrently: bool = True,
+        maintenance_work_mem: str | None = DEFAULT_MAINTENANCE_WORK_MEM,
+    ) -> VectorIndex:
+        """Build the HNSW index searches with ``metric`` will use, and return it.
+
+        At ≤ 2,000 dimensions the index is on ``embedding`` itself; above that (pgvector
+        cannot index ``vector`` there) on ``embedding::halfvec(N)`` with the halfvec operator
+        class, and searches re-rank its candidates on the full-precision vectors.
+        ``concurrently`` (default) does not block writes while building. An existing valid
+        index for the metric is returned as is; an invalid one (a failed concurrent build) is
+        dropped and rebuilt. ``maintenance_work_mem`` is raised for the build only, so the
+        graph is built in memory (much faster); ``None`` keeps the server's setting.
+        """
+        self.ensure_writable()
+        name = queries.metric(metric).name
+        sql = queries.create_vector_index_sql(
+            dim=self.embedding_dim,
+            metric_name=name,
+            m=m,
+            ef_construction=ef_construction,
+            concurrently=concurrently,
+        )
+        index_name = queries.vector_index_name(name)
+        for index in await self.vector_indexes():
+            if index.name == index_name and index.usable:
+                return index
+        async with self.acquire() as conn:
+            try:
+                await conn.execute(
+                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {index_name}"
+                )
+                if maintenance_work_mem is not None:
+                    await conn.execute(
+                        "SELECT set_config('maintenance_work_mem', $1, false)",
+                        maintenance_work_mem,
+                    )
+                try:
+                    await conn.execute(sql)
+                finally:
+                    await conn.execute("RESET maintenance_work_mem")
+            except DocstoreError:
+                raise
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self.translate(exc) from exc
+        self._index_cache = None
+        for index in await self.vector_indexes():
+            if index.name == index_name:
+                return index
+        raise SchemaError(f"index {index_name} was not found after it was built")
+
+    async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
+        """Drop docstore's HNSW index for ``metric``; True if there was one."""
+        self.ensure_writable()
+        index_name = queries.vector_index_name(metric)
+        existed = any(i.name == index_name for i in await self.vector_indexes())
+        async with self.acquire() as conn:
+            try:
+                await conn.execute(
+                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {index_name}"
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self.translate(exc) from exc
+        self._index_cache = None
+        return existed
+
+    # -- vector search ---------------------------------------------------------------------
+    async def search(
+        self,
+        embedding: Any,
+        *,
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        metric: str = "cosine",
+        min_similarity: float | None = None,
+        exact: bool | None = None,
+        include_embedding: bool = False,
+        ef_search: int | None = None,
+        oversample: int | None = None,
+    ) -> SearchResults:
+        """The ``limit`` documents nearest to ``embedding``, best first.
+
+        ``embedding`` is validated like a stored one (dimension, finite values). Documents
+        with a NULL embedding never match (``store.documents.stats()`` counts them).
+        ``filter`` is a :mod:`~docstore.search.filters` document; ``doc_type`` and
+        ``source_name`` are shortcuts ANDed with it. ``min_similarity`` drops weaker hits
+        (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server).
+
+        ``exact=None`` (default) uses the HNSW index for ``metric`` when one exists: the index
+        yields ``limit × oversample`` candidates, re-ranked on full-precision vectors, with
+        ``hnsw.ef_search`` = max(``ef_search``, candidates) and ``hnsw.iterative_scan`` on so
+        filtered searches still fill ``limit``. ``exact=True`` always scans; ``exact=False``
+        requires the index (:class:`SchemaError` without one). ``ef_search``/``oversample``
+        default to ``DOCSTORE_HNSW_EF_SEARCH`` (400) / ``DOCSTORE_SEARCH_OVERSAMPLE`` (10).
+        """
+        started = time.perf_counter()
+        vector = query_vector(embedding, self.embedding_dim)
+        mt = queries.metric(metric)
+        queries.check_limit(limit)
+        max_distance = None
+        if min_similarity is not None:
+            if isinstance(min_similarity, bool) or not isinstance(min_similarity, int | float):
+                raise ValidationError("min_similarity must be a number", field="min_similarity")
+            if not math.isfinite(min_similarity):
+                raise ValidationError("min_similarity must be finite", field="min_similarity")
+            max_distance = mt.max_distance(float(min_similarity))
+        flt = queries.scoped_filter(doc_type, source_name, filter)
+        index = None if exact else await self.vector_index(mt.name)
+        if index is None and exact is False:
+            raise SchemaError(
+                f"exact=False needs an HNSW index for {mt.name}: "
+                f"await store.create_vector_index({mt.name!r})"
+            )
+        if index is None:
+            sql, params = queries.vector_search_sql(
+                vector,
+                dim=self.embedding_dim,
+                metric_name=mt.name,
+                limit=limit,
+                filter=flt,
+                max_distance=max_distance,
+                include_embedding=include_embedding,
+            )
+            records = await self.fetch(sql, *params)
+        else:
+            ef = _positive_int(
+                self.settings.hnsw_ef_search if ef_search is None else ef_search,
+                "ef_search",
+                MAX_EF_SEARCH,
+            )
+            factor = _positive_int(
+                self.settings.search_oversample if oversample is None else oversample,
+                "oversample",
+                100,
+            )
+            candidates = min(limit * factor, queries.MAX_LIMIT)
+            sql, params = queries.vector_search_sql(
+                vector,
+                dim=self.embedding_dim,
+                metric_name=mt.name,
+                limit=limit,
+                filter=flt,
+                candidates=candidates,
+                max_distance=max_distance,
+                include_embedding=include_embedding,
+            )
+            records = await self.run(
+                _ann_fetch(sql, params, min(max(ef, candidates), MAX_EF_SEARCH))
+            )
+        hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
+        return SearchResults(
+            hits,
+            mode="exact" if index is None else "ann",
+            metric=mt.name,
+            index_name=None if index is None else index.name,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    # -- full text & hybrid ----------------------------------------------------------------
+    async def search_text(
+        self,
+        text: str,
+        *,
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        include_embedding: bool = False,
+    ) -> SearchResults:
+        """Full-text search over content, best ``ts_rank_cd`` first.
+
+        ``text`` uses web-search syntax (``websearch_to_tsquery``, English stemming):
+        ``async runtime``, ``"exact phrase"``, ``tokio or async-std``, ``spawn -blocking``.
+        Served by the GIN expression index of schema migration 2 (the first 100,000
+        characters of each document are indexed).
+        """
+        started = time.perf_counter()
+        sql, params = queries.text_search_sql(
+            text,
+            limit=limit,
+            filter=queries.scoped_filter(doc_type, source_name, filter),
+            include_embedding=include_embedding,
+        )
+        records = await self.fetch(sql, *params)
+        hits = [_hit(r, text_rank=r["rank"]) for r in records]
+        return SearchResults(hits, mode="text", elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    async def hybrid_search(
+        self,
+        text: str,
+        embedding: Any,
+        *,
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        k: int = 60,
+        candidates: int | None = None,
+        metric: str = "cosine",
+        exact: bool | None = None,
+        include_embedding: bool = False,
+    ) -> SearchResults:
+        """Vector and full-text search fused by Reciprocal Rank Fusion.
+
+        Each ranking contributes ``1 / (k + rank)`` for its top ``candidates`` (default
+        ``max(5 × limit, 50)``); hits carry ``score``, ``ranks`` and, where found, their
+        ``similarity`` and ``text_rank``. Both searches run concurrently.
+        """
+        started = time.perf_counter()
+        queries.check_limit(limit)
+        pool = queries.check_limit(
+            max(5 * limit, 50) if candidates is None else candidates, "candidates"
+        )
+        common: dict[str, Any] = {
+            "doc_type": doc_type,
+            "source_name": source_name,
+            "filter": filter,
+            "limit": max(pool, limit),
+            "include_embedding": include_embedding,
+        }
+        semantic, keyword = await asyncio.gather(
+            self.search(embedding, metric=metric, exact=exact, **common),
+            self.search_text(text, **common),
+        )
+        found: dict[int, Hit] = {h.id: h for h in keyword if h.id is not None}
+        found.update({h.id: h for h in semantic if h.id is not None})
+        text_ranks = {h.id: h.text_rank for h in keyword}
+        fused = queries.reciprocal_rank_fusion({"vector": semantic.ids, "text": keyword.ids}, k=k)
+        hits = [
+            found[id_].model_copy(
+                update={"score": score, "ranks": ranks, "text_rank": text_ranks.get(id_)}
+            )
+            for id_, score, ranks in fused[:limit]
+        ]
+        return SearchResults(
+            hits,
+            mode="hybrid",
+            metric=semantic.metric,
+            index_name=semantic.index_name,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    # -- recall ----------------------------------------------------------------------------
+    async def evaluate_recall(
+        self,
+        sample: int = 100,
+        limit: int = 10,
+        *,
+        metric: str = "cosine",
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        oversample: int | None = None,
+        seed: float | None = 0.5,
+    ) -> RecallReport:
+        """Compare ANN with the exact scan on ``sample`` stored vectors used as queries.
+
+        Reports recall@``limit`` (the mean share of the exact top-k that the ANN search
+        returned), the share of queries answered perfectly, and p50/p95/p99 latency of both
+        paths as ``search()`` sees them — run it after ``create_vector_index()`` to prove the
+        index (and any ``ef_search``/``oversample`` you pass) is good enough on your data.
+        ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one.
+        """
+        _positive_int(sample, "sample", 100_000)
+        queries.check_limit(limit)
+        mt = queries.metric(metric)
+        index = await self.vector_index(mt.name)
+        if index is None:
+            raise SchemaError(
+                f"no HNSW index for {mt.name} to evaluate: "
+                f"await store.create_vector_index({mt.name!r})"
+            )
+        flt = queries.scoped_filter(doc_type, source_name, filter)
+        vectors = await self.run(_sample_vectors(flt, sample, seed))
+        if not vectors:
+            raise ValidationError("no stored embeddings match; nothing to sample", field="filter")
+        options: dict[str, Any] = {"metric": mt.name, "limit": limit, "filter": flt}
+        await self.search(vectors[0], exact=False, **options)  # warm-up, not measured
+        recalls, ann_ms, exact_ms = [], [], []
+        for vector in vectors:
+            t0 = time.perf_counter()
+            truth = await self.search(vector, exact=True, **options)
+            t1 = time.perf_counter()
+            ann = await self.search(
+                vector, exact=False, ef_search=ef_search, oversample=oversample, **options
+            )
+            t2 = time.perf_counter()
+            exact_ms.append((t1 - t0) * 1000)
+            ann_ms.append((t2 - t1) * 1000)
+            expected = set(truth.ids)
+            recalls.append(len(expected & set(ann.ids)) / len(expected) if expected else 1.0)
+        ann_lat, exact_lat = _latency(ann_ms), _latency(exact_ms)
+        ef = self.settings.hnsw_ef_search if ef_search is None else ef_search
+        factor = self.settings.search_oversample if oversample is None else oversample
+        cands = min(limit * factor, queries.MAX_LIMIT)
+        return RecallReport(
+            sample=len(vectors),
+            limit=limit,
+            metric=mt.name,
+            index=index.name,
+            ef_search=min(max(ef, cands), MAX_EF_SEARCH),
+            candidates=cands,
+            recall=float(np.mean(recalls)),
+            min_recall=float(np.min(recalls)),
+            perfect=float(np.mean([r == 1.0 for r in recalls])),
+            ann=ann_lat,
+            exact=exact_lat,
+            speedup=exact_lat.p50 / ann_lat.p50 if ann_lat.p50 > 0 else math.inf,
+        )
+
+
+def _ann_fetch(sql: str, params: list[Any], ef_search: int) -> Any:
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        async with conn.transaction():
+            await conn.execute(queries.ann_settings_sql(ef_search))
+            return await conn.fetch(sql, *params)
+
+    return work
+
+
+def _sample_vectors(flt: Mapping[str, Any] | None, sample: int, seed: float | None) -> Any:
+    where, params = build_filter(flt, first_param=2)
+
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        async with conn.transaction():
+            if seed is not None:
+                await conn.execute("SELECT setseed($1)", float(seed))
+            ids = await conn.fetch(
+                f"SELECT d.id FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
+                " ORDER BY random() LIMIT $1",
+                sample,
+                *params,
+            )
+            rows = await conn.fetch(
+                "SELECT embedding FROM documents WHERE id = ANY($1::int[]) ORDER BY id",
+                [r["id"] for r in ids],
+            )
+            return [r["embedding"] for r in rows]
+
+    return work

@@ -1,0 +1,316 @@
+"""Search SQL builders: pure functions from search options to ``(sql, params)``.
+
+Nothing here touches a database; :mod:`docstore.search.api` runs what these build. Every
+value is a bound parameter; the only things formatted into SQL are fixed fragments from the
+tables below and integers (the vector dimension) that were checked first.
+
+Vector search has two shapes:
+
+* **exact** — ``ORDER BY embedding <op> $1`` over every row: a full scan, always correct;
+* **ann** — the inner query asks the HNSW index for ``candidates`` rows ordered by exactly
+  the indexed expression (``embedding::halfvec(N)`` above 2,000 dimensions, where pgvector
+  cannot index ``vector``), the outer query re-ranks them by full-precision distance.
+
+Both order by ``(distance, id)`` so ties break the same way in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from docstore.errors import FilterError, ValidationError
+from docstore.search.filters import build_filter
+
+MetricName = Literal["cosine", "l2", "inner_product"]
+
+# pgvector indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000.
+MAX_VECTOR_INDEX_DIM = 2000
+MAX_HALFVEC_INDEX_DIM = 4000
+MAX_LIMIT = 1000
+TEXT_CONFIG = "english"
+# to_tsvector is bounded so no document can exceed PostgreSQL's 1 MB tsvector limit; the
+# schema's expression index (migration 0002) uses exactly this expression.
+TEXT_PREFIX_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One distance metric: its pgvector operator and operator classes, and how distance
+    relates to the similarity docstore reports."""
+
+    name: str
+    operator: str
+    vector_ops: str
+    halfvec_ops: str
+    similarity: Callable[[float], float]
+    # the largest distance whose similarity is still >= s (None: no bound)
+    max_distance: Callable[[float], float | None]
+
+
+def _l2_max_distance(s: float) -> float | None:
+    return None if s <= 0 else 1.0 / s - 1.0
+
+
+METRICS: dict[str, Metric] = {
+    # similarity = 1 - cosine distance, exactly as the legacy search_similar_docs computed it
+    "cosine": Metric(
+        "cosine",
+        "<=>",
+        "vector_cosine_ops",
+        "halfvec_cosine_ops",
+        lambda d: 1.0 - d,
+        lambda s: 1.0 - s,
+    ),
+    # similarity = 1 / (1 + euclidean distance): 1 for identical vectors, towards 0 far away
+    "l2": Metric(
+        "l2",
+        "<->",
+        "vector_l2_ops",
+        "halfvec_l2_ops",
+        lambda d: 1.0 / (1.0 + d),
+        _l2_max_distance,
+    ),
+    # pgvector's <#> is the *negative* inner product; similarity is the inner product itself
+    "inner_product": Metric(
+        "inner_product",
+        "<#>",
+        "vector_ip_ops",
+        "halfvec_ip_ops",
+        lambda d: -d,
+        lambda s: -s,
+    ),
+}
+
+DOCUMENT_COLUMNS = (
+    "id",
+    "doc_type",
+    "source_name",
+    "doc_path",
+    "content",
+    "metadata",
+    "token_count",
+    "created_at",
+    "updated_at",
+)
+
+
+def metric(name: str) -> Metric:
+    """The :class:`Metric` called ``name``; :class:`ValidationError` for anything else."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise ValidationError(
+            f"unknown metric {str(name)[:40]!r}: use one of {', '.join(METRICS)}", field="metric"
+        ) from None
+
+
+def check_limit(limit: int, field: str = "limit") -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"{field} must be an integer from 1 to {MAX_LIMIT}", field=field)
+    return limit
+
+
+def index_expression(dim: int, column: str = "embedding") -> str:
+    """The expression an HNSW index is built on for this dimension (and queries must use)."""
+    if dim <= MAX_VECTOR_INDEX_DIM:
+        return column
+    return f"({column}::halfvec({int(dim)}))"
+
+
+def query_expression(dim: int, param: str) -> str:
+    """The query vector cast to match :func:`index_expression`."""
+    if dim <= MAX_VECTOR_INDEX_DIM:
+        return f"{param}::vector"
+    return f"{param}::vector::halfvec({int(dim)})"
+
+
+def scoped_filter(
+    doc_type: str | None, source_name: str | None, filter: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """``doc_type``/``source_name`` shortcuts folded into one filter document."""
+    if filter is not None and not isinstance(filter, Mapping):
+        raise FilterError(f"a filter must be a mapping, got {type(filter).__name__}")
+    parts: list[Mapping[str, Any]] = []
+    if doc_type is not None:
+        parts.append({"doc_type": doc_type})
+    if source_name is not None:
+        parts.append({"source_name": source_name})
+    if filter:
+        parts.append(filter)
+    if not parts:
+        return None
+    return dict(parts[0]) if len(parts) == 1 else {"$and": parts}
+
+
+def _select_list(alias: str, include_embedding: bool) -> str:
+    columns = [*DOCUMENT_COLUMNS, *(("embedding",) if include_embedding else ())]
+    return ", ".join(f"{alias}.{c}" for c in columns)
+
+
+def vector_search_sql(
+    query: Any,
+    *,
+    dim: int,
+    metric_name: str = "cosine",
+    limit: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    candidates: int | None = None,
+    max_distance: float | None = None,
+    include_embedding: bool = False,
+) -> tuple[str, list[Any]]:
+    """SQL for a vector search; exact when ``candidates`` is None, else the ANN shape.
+
+    ``query`` is bound as ``$1`` (as given: encoding is the connection's job). Rows with a
+    NULL embedding never match. ``max_distance`` drops hits beyond it *after* the top
+    ``limit`` is chosen, which returns the same rows as filtering first (the order is the same
+    distance) without computing each distance twice.
+    """
+    m = metric(metric_name)
+    check_limit(limit)
+    where, filter_params = build_filter(filter, first_param=3)
+    params: list[Any] = [query, limit, *filter_params]
+    distance = f"d.embedding {m.operator} $1::vector"
+    if candidates is None:
+        inner = (
+            f"SELECT {_select_list('d', include_embedding)}, {distance} AS distance"
+            f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
+            " ORDER BY distance, d.id LIMIT $2"
+        )
+    else:
+        check_limit(max(candidates, limit), "candidates")
+        params.append(max(candidates, limit))
+        ann_order = (
+            f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
+        )
+        inner = (
+            f"SELECT {_select_list('c', include_embedding)},"
+            f" c.embedding {m.operator} $1::vector AS distance"
+            f" FROM (SELECT {_select_list('d', True)} FROM documents d"
+            f" WHERE d.embedding IS NOT NULL AND {where}"
+            f" ORDER BY {ann_order} LIMIT ${len(params)}) c"
+            " ORDER BY distance, c.id LIMIT $2"
+        )
+    if max_distance is None:
+        return inner, params
+    params.append(float(max_distance))
+    return f"SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}", params
+
+
+def ann_settings_sql(ef_search: int) -> str:
+    """The ``SET LOCAL`` statements an ANN query runs under (in its own transaction).
+
+    ``hnsw.ef_search`` sizes the candidate list, ``hnsw.iterative_scan`` keeps scanning when
+    a filter rejects candidates (pgvector ≥ 0.8), and ``enable_seqscan = off`` stops the
+    planner from preferring a full scan on small tables, where its cost estimate for the
+    3,072-dimension distance is far too low.
+    """
+    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
+        raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
+    return (
+        f"SET LOCAL hnsw.ef_search = {ef_search};"
+        " SET LOCAL hnsw.iterative_scan = relaxed_order;"
+        " SET LOCAL enable_seqscan = off"
+    )
+
+
+def text_vector_expression(column: str = "content") -> str:
+    """The tsvector expression of the full-text index (migration 0002) and of every query."""
+    return f"to_tsvector('{TEXT_CONFIG}'::regconfig, left({column}, {TEXT_PREFIX_CHARS}))"
+
+
+def text_search_sql(
+    text: str,
+    *,
+    limit: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    include_embedding: bool = False,
+) -> tuple[str, list[Any]]:
+    """SQL for full-text search: ``websearch_to_tsquery`` syntax (quotes, ``or``, ``-word``),
+    ranked by ``ts_rank_cd`` (best first, then id)."""
+    if not isinstance(text, str) or "\x00" in text:
+        raise ValidationError("text must be a string without NUL bytes", field="text")
+    check_limit(limit)
+    where, filter_params = build_filter(filter, first_param=3)
+    tsv = text_vector_expression("d.content")
+    sql = (
+        f"SELECT {_select_list('d', include_embedding)}, ts_rank_cd({tsv}, q) AS rank"
+        f" FROM documents d, websearch_to_tsquery('{TEXT_CONFIG}'::regconfig, $1) q"
+        f" WHERE {tsv} @@ q AND {where}"
+        " ORDER BY rank DESC, d.id LIMIT $2"
+    )
+    return sql, [text, limit, *filter_params]
+
+
+def reciprocal_rank_fusion(
+    rankings: Mapping[str, list[int]], *, k: int = 60
+) -> list[tuple[int, float, dict[str, int]]]:
+    """Fuse ranked id lists: score(id) = Σ 1 / (k + rank), rank counting from 1.
+
+    Returns ``(id, score, {ranking name: rank})`` best first; ties break on the smaller id.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValidationError("k must be a non-negative integer", field="k")
+    scores: dict[int, float] = {}
+    ranks: dict[int, dict[str, int]] = {}
+    for name, ids in rankings.items():
+        for rank, id_ in enumerate(ids, start=1):
+            if name in ranks.setdefault(id_, {}):
+                continue  # an id counts once per ranking, at its best rank
+            ranks[id_][name] = rank
+            scores[id_] = scores.get(id_, 0.0) + 1.0 / (k + rank)
+    order = sorted(scores, key=lambda i: (-scores[i], i))
+    return [(i, scores[i], ranks[i]) for i in order]
+
+
+# -- HNSW index DDL --------------------------------------------------------------------------
+
+
+def vector_index_name(metric_name: str) -> str:
+    return f"documents_embedding_hnsw_{metric(metric_name).name}"
+
+
+def create_vector_index_sql(
+    *, dim: int, metric_name: str, m: int, ef_construction: int, concurrently: bool
+) -> str:
+    """``CREATE INDEX`` for HNSW on ``embedding`` (≤ 2,000 dims) or its halfvec cast."""
+    mt = metric(metric_name)
+    if not 2 <= m <= 100:
+        raise ValidationError("m must be from 2 to 100 (pgvector's range)", field="m")
+    if not 4 <= ef_construction <= 1000 or ef_construction < 2 * m:
+        raise ValidationError(
+            "ef_construction must be from 4 to 1000 and at least 2 × m", field="ef_construction"
+        )
+    if dim > MAX_HALFVEC_INDEX_DIM:
+        raise ValidationError(
+            f"pgvector cannot index {dim} dimensions (halfvec HNSW stops at"
+            f" {MAX_HALFVEC_INDEX_DIM}); search stays exact",
+            field="embedding_dim",
+        )
+    ops = mt.vector_ops if dim <= MAX_VECTOR_INDEX_DIM else mt.halfvec_ops
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{vector_index_name(mt.name)}"
+        f" ON documents USING hnsw ({index_expression(dim)} {ops})"
+        f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+    )
+
+
+# opclass name -> metric, for recognising indexes whoever built them
+OPCLASS_METRIC: dict[str, str] = {
+    ops: mt.name for mt in METRICS.values() for ops in (mt.vector_ops, mt.halfvec_ops)
+}
+
+# Valid HNSW indexes on documents: the opclass, the indexed expression, validity, size.
+LIST_VECTOR_INDEXES = """
+SELECT c.relname AS name, oc.opcname AS opclass, i.indisvalid AS valid,
+       pg_get_indexdef(i.indexrelid) AS definition,
+       pg_relation_size(i.indexrelid) AS size_bytes,
+       i.indexprs IS NOT NULL AS on_expression
+  FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_am am ON am.oid = c.relam
+  JOIN pg_opclass oc ON oc.oid = i.indclass[0]
+ WHERE i.indrelid = 'documents'::regclass AND am.amname = 'hnsw'
+ ORDER BY c.relname
+"""

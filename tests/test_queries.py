@@ -1,0 +1,182 @@
+"""Search SQL builders: pure functions, tested without a database."""
+
+from __future__ import annotations
+
+import pytest
+
+from docstore.errors import FilterError, ValidationError
+from docstore.search import queries
+from docstore.search.queries import (
+    create_vector_index_sql,
+    reciprocal_rank_fusion,
+    scoped_filter,
+    text_search_sql,
+    vector_search_sql,
+)
+
+Q = object()  # the query vector is bound as given: any object stands in for it
+
+
+def test_exact_search_orders_by_the_metric_operator_and_binds_everything() -> None:
+    sql, params = vector_search_sql(
+        Q, dim=3072, metric_name="l2", limit=7, filter={"source_name": "tokio"}
+    )
+    assert params == [Q, 7, "tokio"]
+    assert "d.embedding <-> $1::vector AS distance" in sql
+    assert "ORDER BY distance, d.id LIMIT $2" in sql
+    assert "d.embedding IS NOT NULL AND d.source_name = $3" in sql
+    assert "halfvec" not in sql and "tokio" not in sql
+
+
+def test_ann_search_orders_by_the_indexed_halfvec_expression_then_re_ranks() -> None:
+    sql, params = vector_search_sql(Q, dim=3072, limit=10, candidates=100)
+    assert params == [Q, 10, 100]
+    assert "ORDER BY (d.embedding::halfvec(3072)) <=> $1::vector::halfvec(3072) LIMIT $3" in sql
+    # the outer query re-ranks on the full-precision column
+    assert "c.embedding <=> $1::vector AS distance" in sql
+    assert sql.endswith("ORDER BY distance, c.id LIMIT $2")
+
+
+def test_ann_at_or_below_2000_dims_uses_the_column_itself() -> None:
+    sql, _ = vector_search_sql(Q, dim=1536, limit=5, candidates=50, metric_name="inner_product")
+    assert "ORDER BY d.embedding <#> $1::vector LIMIT $3" in sql
+    assert "halfvec" not in sql
+
+
+def test_candidates_never_fewer_than_limit() -> None:
+    _, params = vector_search_sql(Q, dim=3072, limit=50, candidates=10)
+    assert params[-1] == 50
+
+
+def test_max_distance_filters_after_the_top_k_and_is_bound() -> None:
+    sql, params = vector_search_sql(Q, dim=3072, limit=3, max_distance=0.25)
+    assert params == [Q, 3, 0.25]
+    assert sql.startswith("SELECT * FROM (") and sql.endswith("WHERE hits.distance <= $3")
+
+
+def test_include_embedding_adds_the_column() -> None:
+    without, _ = vector_search_sql(Q, dim=3072)
+    with_, _ = vector_search_sql(Q, dim=3072, include_embedding=True)
+    assert "d.embedding," not in without.split("FROM")[0]
+    assert "d.embedding," in with_.split("FROM")[0]
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001, 2.5, True, "10"])
+def test_bad_limits_are_validation_errors(limit: object) -> None:
+    with pytest.raises(ValidationError, match="limit"):
+        vector_search_sql(Q, dim=3072, limit=limit)  # type: ignore[arg-type]
+
+
+def test_unknown_metric_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="unknown metric 'hamming'"):
+        vector_search_sql(Q, dim=3072, metric_name="hamming")
+
+
+@pytest.mark.parametrize(
+    ("name", "distance", "similarity"),
+    [("cosine", 0.25, 0.75), ("l2", 1.0, 0.5), ("inner_product", -0.8, 0.8)],
+)
+def test_similarity_and_its_distance_bound_are_inverse(
+    name: str, distance: float, similarity: float
+) -> None:
+    metric = queries.METRICS[name]
+    assert metric.similarity(distance) == pytest.approx(similarity)
+    assert metric.max_distance(similarity) == pytest.approx(distance)
+
+
+def test_l2_similarity_bound_of_zero_or_less_is_no_bound() -> None:
+    assert queries.METRICS["l2"].max_distance(0.0) is None
+
+
+def test_scoped_filter_folds_shortcuts_into_one_filter() -> None:
+    assert scoped_filter(None, None, None) is None
+    assert scoped_filter("rust", None, None) == {"doc_type": "rust"}
+    flt = scoped_filter("rust", "tokio", {"token_count": {"$gt": 3}})
+    assert flt == {
+        "$and": [{"doc_type": "rust"}, {"source_name": "tokio"}, {"token_count": {"$gt": 3}}]
+    }
+    with pytest.raises(FilterError, match="mapping"):
+        scoped_filter(None, None, ["doc_type"])  # type: ignore[arg-type]
+
+
+def test_filter_placeholders_follow_the_fixed_ones() -> None:
+    sql, params = vector_search_sql(
+        Q, dim=3072, candidates=40, filter={"metadata.crate_version": "1.0"}
+    )
+    assert params == [Q, 10, '{"crate_version": "1.0"}', 40]
+    assert "d.metadata @> $3::jsonb" in sql and "LIMIT $4" in sql
+
+
+def test_text_search_uses_the_index_expression_and_websearch_syntax() -> None:
+    sql, params = text_search_sql("tokio -blocking", limit=5, filter={"doc_type": "rust"})
+    expr = "to_tsvector('english'::regconfig, left(d.content, 100000))"
+    assert f"WHERE {expr} @@ q AND d.doc_type = $3" in sql
+    assert "websearch_to_tsquery('english'::regconfig, $1) q" in sql
+    assert params == ["tokio -blocking", 5, "rust"]
+    with pytest.raises(ValidationError, match="NUL"):
+        text_search_sql("a\x00b")
+
+
+def test_the_text_expression_matches_the_schema_index() -> None:
+    from importlib import resources
+
+    migration = (
+        resources.files("docstore.schema") / "migrations" / "0002_full_text_index.sql"
+    ).read_text()
+    assert queries.text_vector_expression() in migration
+
+
+def test_index_ddl_for_3072_dims_is_on_the_halfvec_cast() -> None:
+    sql = create_vector_index_sql(
+        dim=3072, metric_name="cosine", m=16, ef_construction=64, concurrently=True
+    )
+    assert sql == (
+        "CREATE INDEX CONCURRENTLY documents_embedding_hnsw_cosine ON documents USING hnsw"
+        " ((embedding::halfvec(3072)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
+    )
+
+
+def test_index_ddl_at_or_below_2000_dims_is_on_the_column() -> None:
+    sql = create_vector_index_sql(
+        dim=2000, metric_name="l2", m=8, ef_construction=32, concurrently=False
+    )
+    assert "USING hnsw (embedding vector_l2_ops) WITH (m = 8, ef_construction = 32)" in sql
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"m": 1}, "m"),
+        ({"m": 101}, "m"),
+        ({"ef_construction": 3}, "ef_construction"),
+        ({"m": 40, "ef_construction": 64}, "ef_construction"),
+        ({"dim": 4001}, "embedding_dim"),
+    ],
+)
+def test_index_ddl_rejects_what_pgvector_would(kwargs: dict[str, int], field: str) -> None:
+    args = {"dim": 3072, "m": 16, "ef_construction": 64, **kwargs}
+    with pytest.raises(ValidationError) as info:
+        create_vector_index_sql(metric_name="cosine", concurrently=True, **args)
+    assert info.value.field == field
+
+
+def test_ann_settings_are_integers_only() -> None:
+    assert "hnsw.ef_search = 400;" in queries.ann_settings_sql(400)
+    with pytest.raises(ValidationError):
+        queries.ann_settings_sql("400; drop table documents")  # type: ignore[arg-type]
+
+
+def test_rrf_sums_reciprocal_ranks_and_breaks_ties_on_id() -> None:
+    fused = reciprocal_rank_fusion({"vector": [1, 2, 3], "text": [3, 4]}, k=60)
+    scores = {id_: score for id_, score, _ in fused}
+    assert scores[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert scores[1] == pytest.approx(1 / 61)
+    assert [id_ for id_, _, _ in fused] == [3, 1, 2, 4]  # 2 and 4 tie at 1/62: smaller id first
+    assert dict((i, r) for i, _, r in fused)[3] == {"vector": 3, "text": 1}
+
+
+def test_rrf_counts_an_id_once_per_ranking_and_k_changes_the_weighting() -> None:
+    fused = reciprocal_rank_fusion({"a": [5, 5, 6]}, k=0)
+    assert fused[0] == (5, 1.0, {"a": 1})
+    with pytest.raises(ValidationError):
+        reciprocal_rank_fusion({"a": [1]}, k=-1)

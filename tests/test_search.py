@@ -1,0 +1,464 @@
+"""Vector, full-text and hybrid search against a real PostgreSQL + pgvector.
+
+One corpus (1,500 clustered 3,072-dim documents, a few without an embedding, and an HNSW
+index on the halfvec cast) is built once per module; tests only read it. Tests that write
+use the function-scoped ``store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import docstore
+from docstore import Document, ReadOnlyError, SchemaError, ValidationError
+from docstore.search import queries
+from tests.conftest import PgCluster
+
+DIM = 3072
+ROWS = 1500
+NO_EMBEDDING = 12
+CLUSTERS = 30
+TOPICS = ["runtime", "serialize", "channel", "macro", "borrow", "socket"]
+
+
+def clustered(rows: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CLUSTERS, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, CLUSTERS, size=rows)]
+    points = points + rng.normal(scale=1 / np.sqrt(DIM), size=points.shape).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+POINTS = clustered(ROWS)
+
+
+def corpus_documents() -> Iterator[Document]:
+    for i in range(ROWS + NO_EMBEDDING):
+        source = f"crate{i % 40}"
+        yield Document(
+            doc_type="rust" if i % 10 else "solana",
+            source_name=source,
+            doc_path=f"{source}/item{i}",
+            content=f"{source} item {i}: how to {TOPICS[i % len(TOPICS)]} with async code",
+            metadata={"crate_version": f"{i % 4}.0", "n": i},
+            embedding=POINTS[i] if i < ROWS else None,
+            token_count=i,
+        )
+
+
+@pytest.fixture(scope="module")
+def corpus_url(pg: PgCluster) -> Iterator[str]:
+    name = pg.create_database(template=pg.template, prefix="search")
+    url = pg.url(name)
+
+    async def build() -> None:
+        async with docstore.connect(url) as store:
+            await store.documents.upsert_many(corpus_documents())
+            await store.execute("ANALYZE documents")
+            await store.create_vector_index()
+
+    asyncio.run(build())
+    yield url
+    pg.drop_database(name)
+
+
+@pytest.fixture
+async def corpus(corpus_url: str) -> AsyncIterator[docstore.Store]:
+    async with docstore.connect(corpus_url) as store:
+        yield store
+
+
+def query(i: int, jitter: float = 0.2) -> np.ndarray:
+    rng = np.random.default_rng(1000 + i)
+    q = POINTS[(i * 37) % ROWS] + rng.normal(scale=jitter / np.sqrt(DIM), size=DIM)
+    return (q / np.linalg.norm(q)).astype(np.float32)
+
+
+async def hand_written(
+    store: docstore.Store, q: np.ndarray, op: str, limit: int = 10, where: str = "true"
+) -> list[tuple[int, float]]:
+    rows = await store.fetch(
+        f"select id, embedding {op} $1::vector as d from documents"
+        f" where embedding is not null and {where} order by d, id limit {limit}",
+        q,
+    )
+    return [(r["id"], r["d"]) for r in rows]
+
+
+# -- exact search ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metric", "op", "similarity"),
+    [
+        ("cosine", "<=>", lambda d: 1 - d),
+        ("l2", "<->", lambda d: 1 / (1 + d)),
+        ("inner_product", "<#>", lambda d: -d),
+    ],
+)
+async def test_exact_search_matches_hand_written_sql(
+    corpus: docstore.Store, metric: str, op: str, similarity: Any
+) -> None:
+    q = query(1)
+    results = await corpus.search(q, metric=metric, exact=True, limit=7)
+    expected = await hand_written(corpus, q, op, limit=7)
+    assert results.mode == "exact" and results.ids == [i for i, _ in expected]
+    for hit, (_, d) in zip(results, expected, strict=True):
+        assert hit.distance == pytest.approx(d)
+        assert hit.similarity == pytest.approx(similarity(d))
+    assert [h.similarity for h in results] == sorted((h.similarity for h in results), reverse=True)
+
+
+async def test_cosine_similarity_is_one_minus_distance_as_in_the_legacy_server(
+    corpus: docstore.Store,
+) -> None:
+    hit = (await corpus.search(POINTS[5], exact=True, limit=1))[0]
+    legacy = await corpus.fetchval(
+        "select 1 - (embedding <=> $1::vector) from documents where id = $2", POINTS[5], hit.id
+    )
+    assert hit.similarity == pytest.approx(legacy) and hit.similarity == pytest.approx(1.0)
+    assert hit.doc_path == "crate5/item5" and hit.embedding is None
+
+
+async def test_documents_without_embedding_never_appear_but_are_counted(
+    corpus: docstore.Store,
+) -> None:
+    results = await corpus.search(query(2), exact=True, limit=1000)
+    assert len(results) == 1000
+    everything = await corpus.search(
+        query(2), exact=True, limit=1000, filter={"token_count": {"$gte": ROWS - 5}}
+    )
+    assert {h.token_count for h in everything} == set(range(ROWS - 5, ROWS))
+    stats = await corpus.documents.stats()
+    assert sum(s.without_embedding for s in stats) == NO_EMBEDDING
+
+
+async def test_filters_and_shortcuts_restrict_results_like_sql(corpus: docstore.Store) -> None:
+    q = query(3)
+    results = await corpus.search(
+        q,
+        doc_type="rust",
+        filter={"metadata.crate_version": {"$in": ["1.0", "2.0"]}},
+        exact=True,
+        limit=15,
+    )
+    expected = await hand_written(
+        corpus,
+        q,
+        "<=>",
+        limit=15,
+        where="doc_type = 'rust' and metadata->>'crate_version' in ('1.0', '2.0')",
+    )
+    assert results.ids == [i for i, _ in expected]
+
+
+async def test_min_similarity_drops_weaker_hits(corpus: docstore.Store) -> None:
+    q = query(4)
+    everything = await corpus.search(q, exact=True, limit=50)
+    threshold = everything[20].similarity
+    assert threshold is not None
+    kept = await corpus.search(q, exact=True, limit=50, min_similarity=threshold)
+    assert kept.ids == [h.id for h in everything if h.similarity >= threshold]  # type: ignore[operator]
+    assert 20 <= len(kept) < 50
+
+
+async def test_include_embedding_returns_the_stored_vector(corpus: docstore.Store) -> None:
+    hit = (await corpus.search(POINTS[9], limit=1, include_embedding=True))[0]
+    assert hit.embedding is not None and hit.embedding.dtype == np.float32
+    assert np.array_equal(hit.embedding, POINTS[9])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.ones(1536, dtype=np.float32), "1536 dimensions, expected 3072"),
+        (np.full(DIM, np.nan, dtype=np.float32), "NaN or inf at position 0"),
+        (np.full(DIM, np.inf), "NaN or inf"),
+        ("0.1, 0.2", "list or numpy array"),
+        (None, "required"),
+    ],
+)
+async def test_query_vectors_are_validated_like_stored_ones(
+    corpus: docstore.Store, bad: Any, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        await corpus.search(bad)
+    assert info.value.field == "embedding"
+    assert "0.1" not in str(info.value) or bad == "0.1, 0.2"  # no vector in the message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"metric": "dot"}, "metric"),
+        ({"min_similarity": float("nan")}, "min_similarity"),
+        ({"min_similarity": "high"}, "min_similarity"),
+        ({"ef_search": 0}, "ef_search"),
+        ({"oversample": 1000}, "oversample"),
+    ],
+)
+async def test_bad_options_are_validation_errors(
+    corpus: docstore.Store, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await corpus.search(query(0), **kwargs)
+    assert info.value.field == field
+
+
+# -- ANN --------------------------------------------------------------------------------------
+
+
+async def test_default_search_uses_the_index_and_matches_exact_top_10(
+    corpus: docstore.Store,
+) -> None:
+    """Acceptance 1: default settings return the exact top-10 for >= 98% of positions."""
+    found = total = 0
+    for i in range(60):
+        q = query(i)
+        ann = await corpus.search(q)
+        exact = await corpus.search(q, exact=True)
+        assert ann.mode == "ann" and ann.index_name == "documents_embedding_hnsw_cosine"
+        found += len(set(ann.ids) & set(exact.ids))
+        total += len(exact.ids)
+    assert found / total >= 0.98, found / total
+
+
+async def test_evaluate_recall_reports_recall_and_latency_of_both_paths(
+    corpus: docstore.Store,
+) -> None:
+    report = await corpus.evaluate_recall(sample=30, limit=10)
+    assert report.sample == 30 and report.index == "documents_embedding_hnsw_cosine"
+    assert report.recall >= 0.98 and 0 <= report.min_recall <= report.recall <= 1
+    assert report.ef_search == 400 and report.candidates == 100
+    assert report.ann.p50 > 0 and report.exact.p50 > 0 and report.ann.p50 <= report.ann.p99
+    # a starved configuration is visibly worse: the report is a real measurement
+    starved = await corpus.evaluate_recall(sample=30, limit=10, ef_search=10, oversample=1)
+    assert starved.ef_search == 10 and starved.recall < report.recall
+
+
+async def test_explain_shows_the_hnsw_index_on_the_halfvec_cast(corpus: docstore.Store) -> None:
+    sql, params = queries.vector_search_sql(query(5), dim=DIM, limit=10, candidates=100)
+    async with corpus.transaction() as conn:
+        await conn.execute(queries.ann_settings_sql(400))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + sql, *params))
+    assert "Index Scan using documents_embedding_hnsw_cosine on documents" in plan
+    assert "Order By: ((embedding)::halfvec(3072) <=>" in plan
+    exact_sql, exact_params = queries.vector_search_sql(query(5), dim=DIM, limit=10)
+    exact_plan = "\n".join(
+        r[0] for r in await corpus.fetch("EXPLAIN (COSTS OFF) " + exact_sql, *exact_params)
+    )
+    assert "hnsw" not in exact_plan
+
+
+async def test_search_itself_scans_the_index(corpus: docstore.Store) -> None:
+    """Not only the builder's SQL: the index's scan counter moves when search() runs."""
+
+    async def scans() -> int:
+        return int(
+            await corpus.fetchval(
+                "select idx_scan from pg_stat_user_indexes"
+                " where indexrelname = 'documents_embedding_hnsw_cosine'"
+            )
+        )
+
+    before = await scans()
+    await corpus.search(query(6))
+    await corpus.search(query(7))
+    deadline = time.monotonic() + 10
+    while await scans() < before + 2:  # statistics are flushed asynchronously
+        assert time.monotonic() < deadline, "idx_scan never moved"
+        await asyncio.sleep(0.2)
+
+
+async def test_filtered_ann_still_fills_the_limit(corpus: docstore.Store) -> None:
+    """A filter matching ~2.5% of rows: iterative scan keeps going until `limit` are found."""
+    q = query(8)
+    ann = await corpus.search(q, source_name="crate7", limit=10)
+    exact = await corpus.search(q, source_name="crate7", limit=10, exact=True)
+    assert ann.mode == "ann" and len(ann) == 10
+    assert {h.source_name for h in ann} == {"crate7"}
+    assert len(set(ann.ids) & set(exact.ids)) >= 9
+
+
+async def test_ann_for_other_metrics_falls_back_to_exact_without_their_index(
+    corpus: docstore.Store,
+) -> None:
+    results = await corpus.search(query(9), metric="l2")
+    assert results.mode == "exact" and results.index_name is None
+    with pytest.raises(SchemaError, match="create_vector_index\\('l2'\\)"):
+        await corpus.search(query(9), metric="l2", exact=False)
+
+
+async def test_vector_indexes_report_what_exists(corpus: docstore.Store) -> None:
+    [index] = await corpus.vector_indexes()
+    assert index.metric == "cosine" and index.opclass == "halfvec_cosine_ops"
+    assert index.valid and index.usable and index.size_bytes > 0
+    assert "halfvec(3072)" in index.definition
+
+
+async def test_create_index_is_idempotent_and_drop_goes_back_to_exact(
+    store: docstore.Store,
+) -> None:
+    await store.documents.upsert_many(list(corpus_documents())[:200])
+    first = await store.create_vector_index("inner_product", m=8, ef_construction=32)
+    assert first.usable and first.opclass == "halfvec_ip_ops"
+    again = await store.create_vector_index("inner_product")
+    assert again == first
+    assert (await store.search(query(1), metric="inner_product")).mode == "ann"
+    assert await store.drop_vector_index("inner_product") is True
+    assert (await store.search(query(1), metric="inner_product")).mode == "exact"
+    assert await store.drop_vector_index("inner_product") is False
+
+
+async def test_invalid_index_left_by_a_failed_build_is_ignored_and_rebuilt(
+    store: docstore.Store,
+) -> None:
+    await store.documents.upsert_many(list(corpus_documents())[:100])
+    await store.create_vector_index(concurrently=False)
+    await store.execute(
+        "update pg_index set indisvalid = false"
+        " where indexrelid = 'documents_embedding_hnsw_cosine'::regclass"
+    )
+    [broken] = await store.vector_indexes()
+    assert not broken.valid and not broken.usable
+    assert (await store.search(query(1))).mode == "exact"
+    rebuilt = await store.create_vector_index()
+    assert rebuilt.valid and rebuilt.usable
+    assert (await store.search(query(1))).mode == "ann"
+
+
+async def test_at_or_below_2000_dimensions_the_column_itself_is_indexed(
+    empty_database_url: str,
+) -> None:
+    async with docstore.connect(empty_database_url, embedding_dim=1536) as store:
+        rng = np.random.default_rng(0)
+        await store.documents.upsert_many(
+            Document(
+                source_name="s", doc_path=f"p{i}", content="c", embedding=rng.normal(size=1536)
+            )
+            for i in range(50)
+        )
+        index = await store.create_vector_index("l2")
+        assert index.opclass == "vector_l2_ops" and "halfvec" not in index.definition
+        q = rng.normal(size=1536)
+        results = await store.search(q, metric="l2", limit=5)
+        exact = await store.search(q, metric="l2", limit=5, exact=True)
+        assert results.mode == "ann" and exact.mode == "exact" and results.ids == exact.ids
+
+
+async def test_read_only_store_searches_but_cannot_build_indexes(corpus_url: str) -> None:
+    async with docstore.connect(corpus_url, read_only=True) as store:
+        assert (await store.search(query(1))).mode == "ann"
+        with pytest.raises(ReadOnlyError):
+            await store.create_vector_index("l2")
+
+
+# -- full text and hybrid ---------------------------------------------------------------------
+
+
+async def test_search_text_finds_ranked_matches_with_websearch_syntax(
+    corpus: docstore.Store,
+) -> None:
+    results = await corpus.search_text("serialize", limit=500)
+    assert results.mode == "text" and len(results) == 252  # every 6th document
+    assert all("serialize" in h.content for h in results)
+    assert [h.text_rank for h in results] == sorted((h.text_rank for h in results), reverse=True)
+    assert all(h.similarity is None for h in results)
+    # stemming, OR and negation
+    assert len(await corpus.search_text("serializing", limit=500)) == 252
+    either = await corpus.search_text("serialize or socket", limit=1000)
+    assert len(either) == 504
+    none = await corpus.search_text("serialize -async", limit=10)
+    assert len(none) == 0
+    phrase = await corpus.search_text('"crate7 item 7"', limit=10)
+    assert phrase.ids and phrase[0].doc_path == "crate7/item7"
+
+
+async def test_search_text_is_filtered_and_uses_the_gin_index(corpus: docstore.Store) -> None:
+    results = await corpus.search_text("runtime", source_name="crate0", limit=50)
+    assert results.ids and {h.source_name for h in results} == {"crate0"}
+    sql, params = queries.text_search_sql("runtime", limit=5)
+    async with corpus.transaction() as conn:
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + sql, *params))
+    assert "idx_documents_content_fts" in plan
+
+
+async def test_empty_or_stop_word_text_matches_nothing(corpus: docstore.Store) -> None:
+    assert len(await corpus.search_text("")) == 0
+    assert len(await corpus.search_text("the and of")) == 0
+
+
+async def test_huge_documents_are_indexed_without_hitting_the_tsvector_limit(
+    store: docstore.Store,
+) -> None:
+    rng = np.random.default_rng(1)
+    # ~1.9 million distinct words: a tsvector of all of them would exceed 1 MB.
+    words = " ".join(f"w{n:x}" for n in rng.permutation(1_900_000))[:9_990_000] + " needle"
+    await store.documents.upsert(
+        Document(source_name="big", doc_path="all", content="needle " + words)
+    )
+    assert (await store.search_text("needle"))[0].doc_path == "all"
+
+
+async def test_hybrid_search_fuses_both_rankings_with_rrf(corpus: docstore.Store) -> None:
+    q = POINTS[42]  # crate2/item42, topic "runtime" (42 % 6 == 0)
+    vector = (await corpus.search(q, limit=50)).ids
+    text = (await corpus.search_text("runtime", limit=50)).ids
+    for k in (60, 1):
+        hybrid = await corpus.hybrid_search("runtime", q, limit=5, k=k)
+        assert hybrid.mode == "hybrid" and len(hybrid) == 5
+        expected: dict[int, float] = {}
+        for ranking in (vector, text):
+            for rank, id_ in enumerate(ranking, start=1):
+                expected[id_] = expected.get(id_, 0.0) + 1 / (k + rank)
+        best = sorted(expected, key=lambda i: (-expected[i], i))[:5]
+        assert hybrid.ids == best
+        assert [h.score for h in hybrid] == pytest.approx([expected[i] for i in best])
+    mine = next(h for h in hybrid if h.doc_path == "crate2/item42")
+    assert mine.ranks is not None and mine.ranks["vector"] == 1
+    assert ("text" in mine.ranks) == (mine.id in text) == (mine.text_rank is not None)
+    assert mine.similarity == pytest.approx(1.0)
+
+
+# -- results ergonomics ---------------------------------------------------------------------
+
+
+async def test_results_render_as_html_rich_and_pandas(corpus: docstore.Store) -> None:
+    results = await corpus.search(query(1), limit=3)
+    assert repr(results) == "<SearchResults 3 hits, ann via documents_embedding_hnsw_cosine>"
+    html = results._repr_html_()
+    assert html.count("<tr>") == 4 and "similarity" in html
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(results)
+    text = console.export_text()
+    assert "3 hits · ann · cosine" in text and results[0].doc_path in text
+    frame = results.to_pandas()
+    assert list(frame["id"]) == results.ids and "similarity" in frame.columns
+    assert "embedding" not in frame.columns
+    assert "<" not in repr(results[0].content)
+
+
+async def test_html_escapes_content(store: docstore.Store) -> None:
+    await store.documents.upsert(
+        Document(
+            source_name="s", doc_path="x", content="<script>alert(1)</script>", embedding=POINTS[0]
+        )
+    )
+    html = (await store.search(POINTS[0]))._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+async def test_hit_repr_hides_the_vector(corpus: docstore.Store) -> None:
+    hit = (await corpus.search(query(1), limit=1, include_embedding=True))[0]
+    assert "<3072 dims>" in repr(hit) and len(repr(hit)) < 1000
