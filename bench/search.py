@@ -131,10 +131,13 @@ async def ann_phase(
         assert result.mode == "ann", result.mode
         ms.append(elapsed)
         recalls.append(len(set(truth) & set(result.ids)) / len(truth))
-    ef = store.settings.hnsw_ef_search if ef_search is None else ef_search
-    candidates = LIMIT * (store.settings.search_oversample if oversample is None else oversample)
+    candidates, ef = queries.ann_plan(
+        LIMIT,
+        store.settings.hnsw_ef_search if ef_search is None else ef_search,
+        store.settings.search_oversample if oversample is None else oversample,
+    )
     return {
-        "ef_search": min(max(ef, candidates), 1000),
+        "ef_search": ef,
         "candidates": candidates,
         "recall": float(np.mean(recalls)),
         "min_recall": float(np.min(recalls)),
@@ -148,8 +151,9 @@ async def overhead(
 ) -> tuple[float, float]:
     """p50 (ms) of docstore's search() and of the same SQL through raw asyncpg, interleaved
     query by query and alternating which goes first (both ANN: the same cache state)."""
-    ef = store.settings.hnsw_ef_search
-    candidates = LIMIT * store.settings.search_oversample
+    candidates, ef = queries.ann_plan(
+        LIMIT, store.settings.hnsw_ef_search, store.settings.search_oversample
+    )
     ours, theirs = [], []
     for i, q in enumerate(qs):
         sql, params = queries.vector_search_sql(q, dim=DIM, limit=LIMIT, candidates=candidates)
@@ -161,7 +165,7 @@ async def overhead(
 
         async def raw_call(sql: str = sql, params: list[Any] = params) -> None:
             t = time.perf_counter()
-            await raw_ann(raw, sql, params, min(max(ef, candidates), 1000))
+            await raw_ann(raw, sql, params, ef)
             theirs.append(time.perf_counter() - t)
 
         first, second = (docstore_call, raw_call) if i % 2 else (raw_call, docstore_call)

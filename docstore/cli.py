@@ -22,6 +22,7 @@ from docstore.demo import DEMO_DOCS, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import DocstoreError
 from docstore.models import Document
+from docstore.search.results import VectorIndex
 from docstore.store import Store, connect
 
 app = typer.Typer(
@@ -92,6 +93,85 @@ async def health(
     for key, value in report.model_dump().items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+index_app = typer.Typer(help="The HNSW vector index: create, drop, list, measure its recall.")
+app.add_typer(index_app, name="index")
+MetricOption = Annotated[
+    str, typer.Option("--metric", help="cosine, l2 or inner_product.", show_default=True)
+]
+
+
+def _print_indexes(indexes: list[VectorIndex]) -> None:
+    table = Table(title="HNSW indexes on documents")
+    for column in ("name", "metric", "opclass", "valid", "usable", "size"):
+        table.add_column(column)
+    for i in indexes:
+        size = f"{i.size_bytes / 2**20:.1f} MiB"
+        table.add_row(i.name, str(i.metric), i.opclass, str(i.valid), str(i.usable), size)
+    console.print(table)
+
+
+@index_app.command("create")
+@_command
+async def index_create(
+    url: UrlOption = None,
+    metric: MetricOption = "cosine",
+    m: Annotated[int, typer.Option(help="HNSW links per node.")] = 16,
+    ef_construction: Annotated[int, typer.Option(help="HNSW build candidate list.")] = 64,
+    concurrently: Annotated[
+        bool, typer.Option(help="Build without blocking writes (CREATE INDEX CONCURRENTLY).")
+    ] = True,
+) -> None:
+    """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions)."""
+    async with connect(url) as store:
+        with console.status(f"building the HNSW index for {metric} ..."):
+            await store.create_vector_index(
+                metric, m=m, ef_construction=ef_construction, concurrently=concurrently
+            )
+        _print_indexes(await store.vector_indexes())
+
+
+@index_app.command("drop")
+@_command
+async def index_drop(url: UrlOption = None, metric: MetricOption = "cosine") -> None:
+    """Drop docstore's HNSW index for a metric (searches then scan exactly)."""
+    async with connect(url) as store:
+        dropped = await store.drop_vector_index(metric)
+    console.print(f"dropped the {metric} index" if dropped else f"no {metric} index to drop")
+
+
+@index_app.command("list")
+@_command
+async def index_list(url: UrlOption = None) -> None:
+    """List the HNSW indexes on documents and whether searches can use them."""
+    async with connect(url, migrate=False) as store:
+        _print_indexes(await store.vector_indexes())
+
+
+@index_app.command("recall")
+@_command
+async def index_recall(
+    url: UrlOption = None,
+    metric: MetricOption = "cosine",
+    sample: Annotated[int, typer.Option(help="Stored vectors to use as queries.")] = 100,
+    limit: Annotated[int, typer.Option(help="k of recall@k.")] = 10,
+    ef_search: Annotated[int | None, typer.Option(help="Override hnsw.ef_search.")] = None,
+    oversample: Annotated[int | None, typer.Option(help="Candidates = limit x this.")] = None,
+    doc_type: Annotated[str | None, typer.Option(help="Only this doc_type.")] = None,
+) -> None:
+    """Measure ANN against the exact scan on your data: recall@k and latency of both."""
+    async with connect(url, migrate=False) as store:
+        with console.status(f"running {sample} queries twice (ANN and exact) ..."):
+            report = await store.evaluate_recall(
+                sample,
+                limit,
+                metric=metric,
+                doc_type=doc_type,
+                ef_search=ef_search,
+                oversample=oversample,
+            )
+    console.print(report)
 
 
 async def _demo(store: Store) -> None:

@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(5, ge=1, le=100, validation_alias="DOCSTORE_RETRY_ATTEMPTS")
     retry_initial_delay: float = Field(0.2, ge=0, validation_alias="DOCSTORE_RETRY_INITIAL_DELAY")
     retry_max_delay: float = Field(5.0, ge=0, validation_alias="DOCSTORE_RETRY_MAX_DELAY")
-    hnsw_ef_search: int = Field(400, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH")
-    search_oversample: int = Field(10, ge=1, le=100, validation_alias="DOCSTORE_SEARCH_OVERSAMPLE")
+    hnsw_ef_search: int = Field(200, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH")
+    search_oversample: int = Field(4, ge=1, le=100, validation_alias="DOCSTORE_SEARCH_OVERSAMPLE")
 
     @field_validator("database_url", "mcpdocs_database_url")
     @classmethod

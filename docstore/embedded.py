@@ -32,6 +32,27 @@ _MISSING_EXTRA = (
 )
 
 
+TUNING_FILE = "docstore.conf"
+
+
+def memory_settings(total_bytes: int | None = None) -> dict[str, str]:
+    """Memory settings for a new embedded server, from the machine's RAM.
+
+    initdb's 128 MB ``shared_buffers`` cannot hold a 3,072-dim HNSW index of even 20,000
+    documents (156 MB), so every ANN query would copy index pages from the OS cache; docstore
+    gives the server 1/8 of RAM, between 128 MB and 1 GB (``bench/RESULTS.md`` shows the
+    effect on search latency).
+    """
+    if total_bytes is None:
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mb = total_bytes // 2**20
+    shared = min(max(mb // 8, 128), 1024)
+    return {
+        "shared_buffers": f"{shared}MB",
+        "effective_cache_size": f"{min(max(mb // 2, 512), 16384)}MB",
+    }
+
+
 def _pgserver() -> Any:
     try:
         with warnings.catch_warnings():
@@ -58,17 +79,33 @@ class EmbeddedServer:
         self._server: Any = None
 
     def start(self) -> EmbeddedServer:
-        """Start the server (or attach to the one already running on this directory)."""
+        """Start the server (or attach to the one already running on this directory).
+
+        A freshly created server is tuned once (:func:`memory_settings`) and restarted.
+        """
         pgserver = _pgserver()
         self.directory.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.pgdata / "PG_VERSION").exists()
         try:
             self._server = pgserver.get_server(self.pgdata, cleanup_mode=self._cleanup)
+            if fresh and not (self.pgdata / TUNING_FILE).exists():
+                self._tune()
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
             raise ConfigurationError(
                 f"could not start the embedded PostgreSQL in {self.directory} "
                 f"({type(exc).__name__}); see {self.pgdata / 'log'}"
             ) from exc
         return self
+
+    def _tune(self) -> None:
+        settings = "".join(f"{k} = '{v}'\n" for k, v in memory_settings().items())
+        (self.pgdata / TUNING_FILE).write_text(
+            "# written once by docstore when it created this server; edit freely\n" + settings
+        )
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(f"\ninclude_if_exists = '{TUNING_FILE}'\n")
+        self.stop()
+        self.restart_server()
 
     @property
     def server(self) -> Any:

@@ -70,3 +70,40 @@ def test_quickstart_example_runs(database_url: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "documents: 0" in out.stdout and "pgvector 0.8" in out.stdout
+
+
+def test_index_commands_build_list_measure_and_drop(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import numpy as np
+
+    import docstore
+
+    async def load() -> None:
+        rng = np.random.default_rng(0)
+        async with docstore.connect(database_url) as store:
+            await store.documents.upsert_many(
+                docstore.Document(
+                    source_name="s", doc_path=f"p{i}", content="c", embedding=rng.normal(size=3072)
+                )
+                for i in range(40)
+            )
+
+    asyncio.run(load())
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    created = runner.invoke(app, ["index", "create"])
+    assert created.exit_code == 0, created.output
+    assert "documents_embedding_hnsw_cosine" in created.output
+    listed = runner.invoke(app, ["index", "list"])
+    assert "halfvec_cosine_ops" in listed.output and "True" in listed.output
+    recall = runner.invoke(app, ["index", "recall", "--sample", "5", "--limit", "3"])
+    assert recall.exit_code == 0, recall.output
+    assert "recall@3 = 1.000 over 5 queries" in recall.output
+    assert "ann" in recall.output and "exact" in recall.output
+    bad = runner.invoke(app, ["index", "create", "--metric", "hamming"])
+    assert bad.exit_code == 1 and "ValidationError" in bad.output
+    dropped = runner.invoke(app, ["index", "drop"])
+    assert dropped.exit_code == 0 and "dropped the cosine index" in dropped.output

@@ -14,6 +14,7 @@ import pytest
 from pgvector import SparseVector
 
 import docstore
+from docstore.embedded import memory_settings
 from docstore.errors import DatabaseUnavailableError, QueryError, SchemaError
 from tests.conftest import PgCluster
 
@@ -42,8 +43,18 @@ async def test_no_variables_connects_to_embedded_with_pgvector_0_8(
         assert tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)
         assert store.url_source.value == "embedded"
         assert (await store.schema_status()).up_to_date
+        expected = memory_settings()["shared_buffers"]
+        assert await store.fetchval("show shared_buffers") == expected.replace("1024MB", "1GB")
     finally:
         await store.close()
+
+
+def test_embedded_memory_settings_scale_with_ram_within_bounds() -> None:
+    gib = 2**30
+    assert memory_settings(1 * gib)["shared_buffers"] == "128MB"
+    assert memory_settings(4 * gib)["shared_buffers"] == "512MB"
+    assert memory_settings(64 * gib)["shared_buffers"] == "1024MB"
+    assert memory_settings(64 * gib)["effective_cache_size"] == "16384MB"
 
 
 async def test_unreachable_database_url_wins_and_never_leaks_the_password(

@@ -180,3 +180,10 @@ def test_rrf_counts_an_id_once_per_ranking_and_k_changes_the_weighting() -> None
     assert fused[0] == (5, 1.0, {"a": 1})
     with pytest.raises(ValidationError):
         reciprocal_rank_fusion({"a": [1]}, k=-1)
+
+
+def test_ann_plan_floors_candidates_and_raises_ef_search_to_them() -> None:
+    assert queries.ann_plan(10, 200, 4) == (40, 200)
+    assert queries.ann_plan(1, 10, 1) == (40, 40)
+    assert queries.ann_plan(100, 200, 4) == (400, 400)
+    assert queries.ann_plan(500, 200, 10) == (1000, 1000)

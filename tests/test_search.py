@@ -237,11 +237,14 @@ async def test_evaluate_recall_reports_recall_and_latency_of_both_paths(
     report = await corpus.evaluate_recall(sample=30, limit=10)
     assert report.sample == 30 and report.index == "documents_embedding_hnsw_cosine"
     assert report.recall >= 0.98 and 0 <= report.min_recall <= report.recall <= 1
-    assert report.ef_search == 400 and report.candidates == 100
+    assert report.ef_search == 200 and report.candidates == 40
     assert report.ann.p50 > 0 and report.exact.p50 > 0 and report.ann.p50 <= report.ann.p99
-    # a starved configuration is visibly worse: the report is a real measurement
-    starved = await corpus.evaluate_recall(sample=30, limit=10, ef_search=10, oversample=1)
-    assert starved.ef_search == 10 and starved.recall < report.recall
+    # per-call settings are what gets measured (and reported)
+    custom = await corpus.evaluate_recall(sample=10, limit=10, ef_search=300, oversample=10)
+    assert (custom.ef_search, custom.candidates) == (300, 100)
+    # a tiny limit still gets the 40-candidate floor, and ef_search follows the candidates
+    small = await corpus.evaluate_recall(sample=5, limit=1, ef_search=10, oversample=1)
+    assert (small.ef_search, small.candidates) == (40, 40)
 
 
 async def test_explain_shows_the_hnsw_index_on_the_halfvec_cast(corpus: docstore.Store) -> None:

@@ -198,6 +198,21 @@ def vector_search_sql(
     return f"SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}", params
 
 
+MIN_CANDIDATES = 40
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
+def ann_plan(limit: int, ef_search: int, oversample: int) -> tuple[int, int]:
+    """``(candidates, ef_search)`` of an ANN search for ``limit`` hits.
+
+    Candidates are ``limit × oversample``, at least :data:`MIN_CANDIDATES` and at most
+    :data:`MAX_LIMIT`; ``hnsw.ef_search`` is raised to the candidate count (HNSW returns at most
+    ``ef_search`` rows per scan) and capped at pgvector's 1,000.
+    """
+    candidates = min(max(limit * oversample, MIN_CANDIDATES, limit), MAX_LIMIT)
+    return candidates, min(max(ef_search, candidates), MAX_EF_SEARCH)
+
+
 def ann_settings_sql(ef_search: int) -> str:
     """The ``SET LOCAL`` statements an ANN query runs under (in its own transaction).
 
