@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -53,6 +54,22 @@ IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 _FATAL_CONNECT_SQLSTATES = frozenset({"28P01", "28000", "3D000", "42501"})
 _MAX_MESSAGE = 300
+
+
+# Set while docstore's own stateless work holds a connection (see Database.run): releasing it
+# then skips asyncpg's reset query (RESET ALL, UNLISTEN *, ...), a server round trip that
+# measured ~0.4 ms of a 3.5 ms ANN search. Open transactions are still rolled back by asyncpg.
+_STATELESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "docstore_stateless", default=False
+)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    if _STATELESS.get():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
 
 
 class PoolTimeoutError(DatabaseUnavailableError):
@@ -188,12 +205,18 @@ class Database:
     def _retrying(self) -> tenacity.AsyncRetrying:
         return _retrying(self.settings, self.url, f"query on {self.url}")
 
-    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, stateless: bool = False
+    ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
         ``work`` is called again from the start on a retry, so it should be one transaction or
-        idempotent. Errors come out as docstore errors.
+        idempotent. Errors come out as docstore errors. ``stateless=True`` promises that
+        ``work`` leaves no session state behind (no ``SET`` outside a transaction, no
+        ``LISTEN``, cursor or advisory lock), so the connection goes back to the pool without
+        a reset round trip.
         """
+        token = _STATELESS.set(stateless)
         try:
             async for attempt in self._retrying():
                 with attempt:
@@ -205,6 +228,8 @@ class Database:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
             raise self.translate(exc) from exc
+        finally:
+            _STATELESS.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run_in_transaction(
@@ -452,6 +477,7 @@ async def _open(
                     command_timeout=settings.command_timeout,
                     server_settings=server_settings,
                     init=init_connection,
+                    reset=_reset_connection,
                     timeout=settings.pool_acquire_timeout,
                 )
     except DocstoreError:

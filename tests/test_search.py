@@ -465,3 +465,20 @@ async def test_html_escapes_content(store: docstore.Store) -> None:
 async def test_hit_repr_hides_the_vector(corpus: docstore.Store) -> None:
     hit = (await corpus.search(query(1), limit=1, include_embedding=True))[0]
     assert "<3072 dims>" in repr(hit) and len(repr(hit)) < 1000
+
+
+async def test_search_leaves_no_session_state_and_other_work_is_still_reset(
+    corpus_url: str,
+) -> None:
+    """Searches skip asyncpg's reset round trip on release; everything else keeps it."""
+    async with docstore.connect(corpus_url, pool_min_size=1, pool_max_size=1) as store:
+        await store.execute("SET work_mem = '7MB'")  # session state from arbitrary SQL ...
+        assert await store.fetchval("show work_mem") != "7MB"  # ... is reset on release
+        assert (await store.search(query(1))).mode == "ann"
+        settings = await store.fetchrow(
+            "select current_setting('enable_seqscan') as seqscan,"
+            " current_setting('hnsw.ef_search') as ef"
+        )
+        assert settings["seqscan"] == "on" and settings["ef"] == "40"  # SET LOCAL only
+        async with store.transaction() as conn:
+            assert await conn.fetchval("select pg_backend_pid()") > 0

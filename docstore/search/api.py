@@ -230,7 +230,7 @@ class SearchDatabase(Database):
                 max_distance=max_distance,
                 include_embedding=include_embedding,
             )
-            records = await self.fetch(sql, *params)
+            records = await self.run(_fetch(sql, params), stateless=True)
         else:
             ef = _positive_int(
                 self.settings.hnsw_ef_search if ef_search is None else ef_search,
@@ -253,7 +253,7 @@ class SearchDatabase(Database):
                 max_distance=max_distance,
                 include_embedding=include_embedding,
             )
-            records = await self.run(_ann_fetch(sql, params, ef))
+            records = await self.run(_ann_fetch(sql, params, ef), stateless=True)
         hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
         return SearchResults(
             hits,
@@ -288,7 +288,7 @@ class SearchDatabase(Database):
             filter=queries.scoped_filter(doc_type, source_name, filter),
             include_embedding=include_embedding,
         )
-        records = await self.fetch(sql, *params)
+        records = await self.run(_fetch(sql, params), stateless=True)
         hits = [_hit(r, text_rank=r["rank"]) for r in records]
         return SearchResults(hits, mode="text", elapsed_ms=(time.perf_counter() - started) * 1000)
 
@@ -415,6 +415,13 @@ class SearchDatabase(Database):
             exact=exact_lat,
             speedup=exact_lat.p50 / ann_lat.p50 if ann_lat.p50 > 0 else math.inf,
         )
+
+
+def _fetch(sql: str, params: list[Any]) -> Any:
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        return await conn.fetch(sql, *params)
+
+    return work
 
 
 def _ann_fetch(sql: str, params: list[Any], ef_search: int) -> Any:
