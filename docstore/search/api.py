@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -348,6 +348,17 @@ class SearchDatabase(Database):
         )
 
     # -- recall ----------------------------------------------------------------------------
+    async def _timed_searches(
+        self, vectors: list[Any], options: dict[str, Any]
+    ) -> tuple[list[list[int]], list[float]]:
+        ids, ms = [], []
+        for vector in vectors:
+            started = time.perf_counter()
+            result = await self.search(vector, **options)
+            ms.append((time.perf_counter() - started) * 1000)
+            ids.append(result.ids)
+        return ids, ms
+
     async def evaluate_recall(
         self,
         sample: int = 100,
@@ -360,6 +371,7 @@ class SearchDatabase(Database):
         ef_search: int | None = None,
         oversample: int | None = None,
         seed: float | None = 0.5,
+        query_vectors: Sequence[Any] | None = None,
     ) -> RecallReport:
         """Compare ANN with the exact scan on ``sample`` stored vectors used as queries.
 
@@ -367,7 +379,8 @@ class SearchDatabase(Database):
         returned), the share of queries answered perfectly, and p50/p95/p99 latency of both
         paths as ``search()`` sees them — run it after ``create_vector_index()`` to prove the
         index (and any ``ef_search``/``oversample`` you pass) is good enough on your data.
-        ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one.
+        ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one. Pass
+        ``query_vectors`` (your own query embeddings) to measure on those instead of a sample.
         """
         _positive_int(sample, "sample", 100_000)
         queries.check_limit(limit)
@@ -379,24 +392,23 @@ class SearchDatabase(Database):
                 f"await store.create_vector_index({mt.name!r})"
             )
         flt = queries.scoped_filter(doc_type, source_name, filter)
-        vectors = await self.run(_sample_vectors(flt, sample, seed))
+        if query_vectors is None:
+            vectors = await self.run(_sample_vectors(flt, sample, seed))
+        else:
+            vectors = [query_vector(q, self.embedding_dim) for q in query_vectors]
         if not vectors:
             raise ValidationError("no stored embeddings match; nothing to sample", field="filter")
         options: dict[str, Any] = {"metric": mt.name, "limit": limit, "filter": flt}
-        await self.search(vectors[0], exact=False, **options)  # warm-up, not measured
-        recalls, ann_ms, exact_ms = [], [], []
-        for vector in vectors:
-            t0 = time.perf_counter()
-            truth = await self.search(vector, exact=True, **options)
-            t1 = time.perf_counter()
-            ann = await self.search(
-                vector, exact=False, ef_search=ef_search, oversample=oversample, **options
-            )
-            t2 = time.perf_counter()
-            exact_ms.append((t1 - t0) * 1000)
-            ann_ms.append((t2 - t1) * 1000)
-            expected = set(truth.ids)
-            recalls.append(len(expected & set(ann.ids)) / len(expected) if expected else 1.0)
+        ann_options = {**options, "exact": False, "ef_search": ef_search, "oversample": oversample}
+        # Two phases, not interleaved: an exact scan reads the whole table through the buffer
+        # cache and would evict index pages that ANN queries in service find there.
+        truths, exact_ms = await self._timed_searches(vectors, {**options, "exact": True})
+        await self._timed_searches(vectors[:10], ann_options)  # warm-up, not measured
+        answers, ann_ms = await self._timed_searches(vectors, ann_options)
+        recalls = [
+            len(set(truth) & set(answer)) / len(truth) if truth else 1.0
+            for truth, answer in zip(truths, answers, strict=True)
+        ]
         ann_lat, exact_lat = _latency(ann_ms), _latency(exact_ms)
         ef = self.settings.hnsw_ef_search if ef_search is None else ef_search
         factor = self.settings.search_oversample if oversample is None else oversample
