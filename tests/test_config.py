@@ -66,6 +66,14 @@ def test_defaults_match_the_legacy_server() -> None:
     assert settings.read_only is False
 
 
+def test_search_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().hnsw_ef_search, load_settings().search_oversample) == (200, 4)
+    monkeypatch.setenv("DOCSTORE_HNSW_EF_SEARCH", "300")
+    monkeypatch.setenv("DOCSTORE_SEARCH_OVERSAMPLE", "8")
+    settings = load_settings()
+    assert (settings.hnsw_ef_search, settings.search_oversample) == (300, 8)
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -75,6 +83,8 @@ def test_defaults_match_the_legacy_server() -> None:
         ("DOCSTORE_POOL_ACQUIRE_TIMEOUT", "soon"),
         ("READ_ONLY", "perhaps"),
         ("DOCSTORE_RETRY_ATTEMPTS", "0"),
+        ("DOCSTORE_HNSW_EF_SEARCH", "2000"),
+        ("DOCSTORE_SEARCH_OVERSAMPLE", "0"),
     ],
 )
 def test_invalid_value_names_the_variable(

@@ -34,12 +34,16 @@ INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 
 
+_HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
+
+
 def _hit(record: Any, **scores: Any) -> Hit:
-    data = dict(record)
-    data.pop("rank", None)
-    if isinstance(data.get("metadata"), str):
+    """A :class:`Hit` from a trusted database row (no re-validation; every field given, so
+    pydantic computes no defaults: this runs for every hit of every search)."""
+    data = {**_HIT_DEFAULTS, **record, **scores}
+    data.pop("rank", None)  # text search: reported as text_rank
+    if isinstance(data["metadata"], str):
         data["metadata"] = json.loads(data["metadata"])
-    data.update(scores)
     return Hit.model_construct(**data)
 
 
