@@ -4,7 +4,7 @@
 is one. The SQL comes from the pure builders in :mod:`docstore.search.queries`.
 
 ANN defaults (``ef_search`` 200, ``oversample`` 4 → 40 candidates for a top-10) were chosen
-with ``bench/search.py`` on 20,000 × 3,072 clustered vectors of six shapes: recall@10 ≥ 0.996
+with ``bench/search.py`` on 20,000 × 3,072 clustered vectors of seven shapes: recall@10 ≥ 0.996
 at 25–37x the speed of the exact scan; see ``bench/RESULTS.md``.
 :meth:`SearchDatabase.evaluate_recall` redoes that measurement on your own data.
 """

@@ -1,0 +1,173 @@
+"""The legacy ``rust_docs_vectors`` database: what it holds, and SQL that reads it in the
+target's row shapes (pure builders; the mapping is documented in ``docs/migration.md``).
+
+Facts from ``legacy_schema.sql``: embeddings may be NULL; older deployments stored 1,536-dim
+vectors; ``crates.version``/``last_updated`` may be NULL; ``doc_embeddings.crate_id`` may be
+NULL (``crate_name`` is the real key); ``crate_configs`` and ``population_jobs`` exist only in
+some deployments.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+LEGACY_TABLES = ("crates", "doc_embeddings", "crate_configs", "population_jobs")
+REQUIRED_TABLES = ("crates", "doc_embeddings")
+MIGRATED_FROM = "rust_docs_vectors"
+
+# The legacy DDL (a verbatim copy of the deployed schema), used to build legacy-shaped
+# databases for rollback, tests and benchmarks.
+LEGACY_SCHEMA_SQL = (resources.files("docstore.migrate") / "legacy_schema.sql").read_text(
+    encoding="utf-8"
+)
+# The part without the optional population tables.
+LEGACY_CORE_SCHEMA_SQL = LEGACY_SCHEMA_SQL.split("-- Optional tables", 1)[0].rsplit("\n-- -", 1)[0]
+
+TABLES_PRESENT = """
+SELECT c.relname AS name, c.reltuples::bigint AS estimate,
+       pg_total_relation_size(c.oid) AS bytes
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND c.relname = ANY($1::text[])
+   AND n.nspname = ANY(current_schemas(false))
+"""
+
+EMBEDDING_DIMS = """
+SELECT vector_dims(embedding) AS dims, count(*) AS rows
+  FROM doc_embeddings WHERE embedding IS NOT NULL GROUP BY 1 ORDER BY 1
+"""
+
+DOCUMENT_FACTS = """
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE embedding IS NULL) AS null_embeddings,
+       coalesce(max(id), 0) AS max_id,
+       count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM crates c WHERE c.name = d.crate_name))
+           AS orphan_documents,
+       count(DISTINCT crate_name) AS crate_names
+  FROM doc_embeddings d
+"""
+
+CRATES_WITHOUT_DOCUMENTS = """
+SELECT c.name FROM crates c
+ WHERE NOT EXISTS (SELECT 1 FROM doc_embeddings d WHERE d.crate_name = c.name)
+ ORDER BY c.name
+"""
+
+ORPHAN_CRATE_NAMES = """
+SELECT DISTINCT d.crate_name FROM doc_embeddings d
+ WHERE NOT EXISTS (SELECT 1 FROM crates c WHERE c.name = d.crate_name)
+ ORDER BY 1
+"""
+
+PER_CRATE_COUNTS = """
+SELECT crate_name AS source_name, count(*) AS documents FROM doc_embeddings GROUP BY 1
+"""
+
+# Chunk boundaries over doc_embeddings.id: the last id of every `$1`-th row, and the max.
+CHUNK_BOUNDARIES = """
+SELECT id FROM (
+    SELECT id, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS total
+      FROM doc_embeddings
+) s WHERE n % $1 = 0 OR n = total ORDER BY id
+"""
+
+
+def documents_copy_query(doc_type_param: str, dim: int) -> str:
+    """``doc_embeddings`` rows ``(lo, hi]`` shaped exactly like the target's ``documents``
+    columns (:data:`DOCUMENT_COLUMNS`), cast so binary COPY can pass them straight through.
+
+    Embeddings of another dimension than the target's become NULL (reported by preflight and
+    listed in the report); ``$2``/``$3`` are the id range.
+    """
+    return f"""
+SELECT {doc_type_param}::varchar(50), d.crate_name::varchar(255), d.doc_path, d.content,
+       jsonb_strip_nulls(jsonb_build_object(
+           'crate_name', d.crate_name, 'crate_version', c.version, 'legacy_id', d.id,
+           'legacy_crate_id', d.crate_id, 'migrated_from', '{MIGRATED_FROM}')),
+       CASE WHEN vector_dims(d.embedding) = {int(dim)}
+            THEN d.embedding::vector({int(dim)}) END,
+       d.token_count, d.created_at
+  FROM doc_embeddings d LEFT JOIN crates c ON c.name = d.crate_name
+ WHERE d.id > $2 AND d.id <= $3
+ ORDER BY d.id"""
+
+
+DOCUMENT_COLUMNS = (
+    "doc_type",
+    "source_name",
+    "doc_path",
+    "content",
+    "metadata",
+    "embedding",
+    "token_count",
+    "created_at",
+)
+
+# crates (+ crate_configs when present) as document_sources rows. The lowest-id config of a
+# name fills the top-level keys; every config of the name is kept under "crate_configs".
+SOURCES_QUERY = """
+WITH names AS (
+    SELECT name FROM crates UNION SELECT DISTINCT crate_name FROM doc_embeddings
+)
+SELECT n.name AS source_name,
+       c.id AS legacy_id, c.version, c.last_updated, c.total_docs, c.total_tokens
+  FROM names n LEFT JOIN crates c ON c.name = n.name
+ ORDER BY n.name
+"""
+
+CONFIGS_QUERY = """
+SELECT id, name, version_spec, current_version, features, expected_docs, enabled,
+       last_checked, last_populated, created_at, updated_at
+  FROM crate_configs ORDER BY name, id
+"""
+
+JOBS_QUERY = """
+SELECT j.id, j.crate_config_id, cc.name AS source_name, cc.version_spec, j.status,
+       j.started_at, j.completed_at, j.error_message, j.docs_populated, j.created_at
+  FROM population_jobs j LEFT JOIN crate_configs cc ON cc.id = j.crate_config_id
+ ORDER BY j.id
+"""
+
+
+def row_digest_sql(*, id_expr: str, crate_expr: str, embedding_expr: str) -> str:
+    """A text digest of one document row, identical on both sides when the row survived."""
+    return (
+        f"concat_ws('|', {id_expr}, md5({crate_expr}), md5(doc_path), md5(content),"
+        " coalesce(token_count::text, '-'),"
+        " coalesce(to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), '-'),"
+        f" coalesce(md5({embedding_expr}::text), '-'))"
+    )
+
+
+def legacy_digest_sql(dim: int) -> str:
+    """Per-row digests of ``doc_embeddings``, keyed by legacy id."""
+    digest = row_digest_sql(
+        id_expr="id",
+        crate_expr="crate_name",
+        embedding_expr=f"(CASE WHEN vector_dims(embedding) = {int(dim)} THEN embedding END)",
+    )
+    return (
+        f"SELECT id AS key, crate_name AS source_name, doc_path, {digest} AS digest"
+        " FROM doc_embeddings"
+    )
+
+
+def target_digest_sql() -> str:
+    """Per-row digests of migrated ``documents`` (``$1`` doc_type), keyed by legacy id."""
+    digest = row_digest_sql(
+        id_expr="metadata->>'legacy_id'", crate_expr="source_name", embedding_expr="embedding"
+    )
+    return (
+        "SELECT (metadata->>'legacy_id')::bigint AS key, source_name, doc_path,"
+        f" {digest} AS digest FROM documents"
+        " WHERE doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'"
+        " AND metadata->>'legacy_id' ~ '^[0-9]+$'"
+    )
+
+
+def chunked_checksums_sql(digest_query: str, chunk: int) -> str:
+    """md5 over each ``chunk``-wide key range of a digest query, in key order."""
+    return (
+        f"SELECT key / {int(chunk)} AS chunk, count(*) AS rows,"
+        " md5(string_agg(digest, ',' ORDER BY key)) AS checksum"
+        f" FROM ({digest_query}) r GROUP BY 1 ORDER BY 1"
+    )

@@ -1,0 +1,762 @@
+"""``Migrator``: legacy ``rust_docs_vectors`` → docstore, over streaming binary COPY.
+
+    report = await Migrator(legacy_url, target_url).run()
+
+How :meth:`Migrator.run` works (``docs/migration.md`` has the column mapping):
+
+1. **Preflight**, read-only on the source: which legacy tables exist, sizes, embedding
+   dimensions, NULL embeddings, orphans; on the target: pgvector, schema (upgraded by
+   connecting), existing rows and checkpoints. Blocking problems stop here.
+2. A PostgreSQL **advisory lock** on the target: a second migrator fails at once.
+3. The source is read on a read-only connection in **one REPEATABLE READ snapshot**.
+   Sources (crates + crate_configs), then documents in **id-ranged chunks**: each chunk is
+   piped ``COPY (SELECT … shaped like documents …) TO STDOUT (FORMAT binary)`` →
+   ``COPY documents FROM STDIN (FORMAT binary)`` and committed *together with its
+   checkpoint row*. A killed run resumes after its last committed chunk. Chunks go straight
+   into ``documents`` while the target holds nothing of them; otherwise (re-runs, merges)
+   through a temporary staging table and ``INSERT … ON CONFLICT DO UPDATE``.
+4. Population jobs, when the legacy table exists.
+5. **Delta pass**: the source is compared again in a fresh snapshot (chunked checksums);
+   chunks the legacy application changed during the copy are re-copied, deletions removed.
+6. ``ANALYZE``, optionally the HNSW index, then :meth:`validate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from docstore.codecs import register_codecs
+from docstore.config import redact_url, url_password
+from docstore.db import describe
+from docstore.errors import DocstoreError, MigrationError
+from docstore.migrate import legacy
+from docstore.migrate.pipe import pipe
+from docstore.migrate.report import (
+    MigrationReport,
+    Mismatch,
+    ParityCheck,
+    Preflight,
+    TableInfo,
+    Validation,
+)
+from docstore.store import Store, connect
+
+logger = logging.getLogger("docstore")
+
+# "docstore migrate" in the advisory-lock key space.
+MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
+DEFAULT_CHUNK_ROWS = 2000
+Progress = Callable[[str, int, int], None]
+
+_STAGE = "docstore_migrate_stage"
+_UPSERT_FROM_STAGE = f"""
+INSERT INTO documents ({", ".join(legacy.DOCUMENT_COLUMNS)})
+SELECT {", ".join(legacy.DOCUMENT_COLUMNS)} FROM {_STAGE}
+ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
+   SET content = EXCLUDED.content, metadata = EXCLUDED.metadata,
+       embedding = EXCLUDED.embedding, token_count = EXCLUDED.token_count,
+       created_at = EXCLUDED.created_at
+ WHERE (documents.content, documents.metadata, documents.embedding, documents.token_count,
+        documents.created_at)
+       IS DISTINCT FROM (EXCLUDED.content, EXCLUDED.metadata, EXCLUDED.embedding,
+                         EXCLUDED.token_count, EXCLUDED.created_at)
+"""
+_DELETE_RANGE_EXTRAS = """
+DELETE FROM documents d
+ WHERE d.doc_type = $1 AND d.metadata->>'migrated_from' = 'rust_docs_vectors'
+   AND d.metadata->>'legacy_id' ~ '^[0-9]+$'
+   AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
+   AND NOT ((d.metadata->>'legacy_id')::bigint = ANY($4::bigint[]))
+"""
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+class Migrator:
+    """Copies a legacy ``rust_docs_vectors`` database into docstore; see the module docs.
+
+    ``source`` and ``target`` are URLs or open :class:`~docstore.Store` objects (a Store
+    given as source is only read through its pool's connections). ``doc_type`` is what the
+    legacy documents become. ``restart`` forgets earlier checkpoints (rows are then upserted,
+    never doubled). ``build_index`` builds the HNSW index after the copy. ``validate`` runs
+    :meth:`validate` at the end of :meth:`run`. ``report_path`` saves the report as JSON.
+    ``progress(stage, done, total)`` is called as work advances.
+    """
+
+    def __init__(
+        self,
+        source: str | Store,
+        target: str | Store,
+        *,
+        doc_type: str = "rust",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        restart: bool = False,
+        build_index: bool = False,
+        validate: bool = True,
+        parity_queries: int = 5,
+        report_path: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if chunk_rows < 1:
+            raise MigrationError("chunk_rows must be at least 1")
+        self._source_arg = source
+        self._target_arg = target
+        self.doc_type = doc_type
+        self.chunk_rows = chunk_rows
+        self.restart = restart
+        self.build_index = build_index
+        self.run_validation = validate
+        self.parity_queries = parity_queries
+        self.report_path = Path(report_path) if report_path else None
+        self._progress = progress
+        self._target: Store | None = None
+        self._owns_target = False
+        self._secrets = tuple(
+            p for p in (url_password(a) for a in (source, target) if isinstance(a, str)) if p
+        )
+
+    def __repr__(self) -> str:
+        def show(x: str | Store) -> str:
+            return redact_url(x) if isinstance(x, str) else repr(x)
+
+        return f"<Migrator {show(self._source_arg)} -> {show(self._target_arg)} {self.doc_type}>"
+
+    # -- connections -------------------------------------------------------------------------
+    async def _target_store(self) -> Store:
+        if self._target is None:
+            if isinstance(self._target_arg, Store):
+                self._target = self._target_arg
+            else:
+                self._target = await connect(self._target_arg)
+                self._owns_target = True
+        return self._target
+
+    @contextlib.asynccontextmanager
+    async def _source(self, *, writable: bool = False) -> Any:
+        """A connection to the legacy database; read-only unless ``writable`` (rollback)."""
+        settings = {"application_name": "docstore-migrate"}
+        if not writable:
+            settings["default_transaction_read_only"] = "on"
+        try:
+            if isinstance(self._source_arg, Store):
+                async with self._source_arg.acquire() as conn:
+                    if not writable:
+                        await conn.execute("SET default_transaction_read_only = on")
+                    yield conn
+                return
+            conn = await asyncpg.connect(self._source_arg, server_settings=settings)
+        except DocstoreError:
+            raise
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise MigrationError(
+                f"cannot reach the legacy database: {describe(exc, self._secrets)}"
+            ) from None
+        try:
+            schema = await conn.fetchval(
+                "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+                " WHERE t.typname = 'vector' LIMIT 1"
+            )
+            if schema:
+                await register_codecs(conn, schema)
+            yield conn
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Close the target store if this Migrator opened it."""
+        if self._owns_target and self._target is not None:
+            await self._target.close()
+            self._target = None
+
+    async def __aenter__(self) -> Migrator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _report_progress(self, stage: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(stage, done, total)
+
+    # -- preflight ---------------------------------------------------------------------------
+    async def _run_id(self, src: asyncpg.Connection) -> str:
+        where = await src.fetchval(
+            "SELECT current_database() || '@' || coalesce(inet_server_addr()::text, 'socket')"
+            " || ':' || coalesce(inet_server_port()::text, '')"
+        )
+        return f"{self.doc_type}:{where}"
+
+    async def preflight(self) -> Preflight:
+        """Read-only checks of source and target; ``.blocking`` lists what stops a run."""
+        store = await self._target_store()
+        async with self._source() as src:
+            return await self._preflight(src, store)
+
+    async def _preflight(self, src: asyncpg.Connection, store: Store) -> Preflight:
+        present = {
+            r["name"]: r for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
+        }
+        tables = []
+        for name in legacy.LEGACY_TABLES:
+            if name in present:
+                rows = await src.fetchval(f"SELECT count(*) FROM {name}")
+                tables.append(TableInfo(name=name, rows=rows, bytes=present[name]["bytes"]))
+        pre = Preflight(tables=tables, target_embedding_dim=store.embedding_dim)
+        missing = [t for t in legacy.REQUIRED_TABLES if t not in present]
+        if missing:
+            pre.blocking.append(
+                f"the source has no {', '.join(missing)} table: is it the legacy "
+                "rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
+            )
+            return pre
+        facts = await src.fetchrow(legacy.DOCUMENT_FACTS)
+        assert facts is not None
+        pre.documents = facts["rows"]
+        pre.null_embeddings = facts["null_embeddings"]
+        pre.orphan_documents = facts["orphan_documents"]
+        pre.max_id = facts["max_id"]
+        pre.embedding_dims = {r["dims"]: r["rows"] for r in await src.fetch(legacy.EMBEDDING_DIMS)}
+        pre.wrong_dimension = sum(
+            n for d, n in pre.embedding_dims.items() if d != store.embedding_dim
+        )
+        pre.orphan_crates = [r[0] for r in await src.fetch(legacy.ORPHAN_CRATE_NAMES)]
+        pre.crates_without_documents = [
+            r[0] for r in await src.fetch(legacy.CRATES_WITHOUT_DOCUMENTS)
+        ]
+        if pre.wrong_dimension:
+            pre.warnings.append(
+                f"{pre.wrong_dimension} embeddings are not {store.embedding_dim}-dimensional "
+                f"({pre.embedding_dims}); their documents are copied with a NULL embedding "
+                "and listed in the report: re-embed them"
+            )
+        if pre.null_embeddings:
+            pre.warnings.append(
+                f"{pre.null_embeddings} documents have no embedding; they are copied and "
+                "counted, and never match a vector search until embedded"
+            )
+        if pre.orphan_documents:
+            pre.warnings.append(
+                f"{pre.orphan_documents} documents belong to crates without a crates row "
+                f"({', '.join(pre.orphan_crates[:5])}); each still gets a source"
+            )
+        health = await store.health()
+        pre.target_pgvector = health.pgvector_version
+        pre.target_schema_version = health.schema_version
+        pre.target_existing_documents = await store.documents.count(doc_type=self.doc_type)
+        pre.target_existing_sources = len(await store.sources.list(doc_type=self.doc_type))
+        run_id = await self._run_id(src)
+        pre.checkpoints = int(
+            await store.fetchval(
+                "SELECT count(*) FROM docstore_migration_checkpoints WHERE run_id = $1", run_id
+            )
+        )
+        if store.read_only:
+            pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
+        return pre
+
+    # -- run ---------------------------------------------------------------------------------
+    async def run(self, *, dry_run: bool = False) -> MigrationReport:
+        """Preflight, copy, delta pass, ANALYZE, (index), validate; see the module docs.
+
+        ``dry_run`` stops after preflight and writes nothing. Raises :class:`MigrationError`
+        on a blocking preflight problem or when another migrator holds the lock.
+        """
+        started = _now()
+        store = await self._target_store()
+        async with self._source() as src:
+            run_id = await self._run_id(src)
+            pre = await self._preflight(src, store)
+            report = MigrationReport(
+                run_id=run_id, doc_type=self.doc_type, dry_run=dry_run, preflight=pre
+            )
+            report.warnings.extend(pre.warnings)
+            report.timings["preflight"] = _now() - started
+            if dry_run:
+                return report
+            if pre.blocking:
+                raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
+            async with store.acquire() as tgt:
+                if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+                    raise MigrationError(
+                        "another docstore migrator is running against this target "
+                        "(advisory lock held); wait for it or stop it first"
+                    )
+                try:
+                    await self._copy_all(src, tgt, report)
+                finally:
+                    await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        t0 = _now()
+        await store.execute("ANALYZE documents")
+        await store.execute("ANALYZE document_sources")
+        report.timings["analyze"] = _now() - t0
+        if self.build_index:
+            t0 = _now()
+            await store.create_vector_index()
+            report.timings["index"] = _now() - t0
+        if self.run_validation:
+            report.validation = await self.validate()
+            report.timings["validate"] = report.validation.seconds
+        report.timings["total"] = _now() - started
+        if self.report_path is not None:
+            self.report_path.write_text(report.model_dump_json(indent=2))
+        return report
+
+    async def _copy_all(
+        self, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
+    ) -> None:
+        if self.restart:
+            await tgt.execute(
+                "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1", report.run_id
+            )
+        async with src.transaction(isolation="repeatable_read", readonly=True):
+            t0 = _now()
+            report.sources = await self._copy_sources(src, tgt)
+            report.timings["sources"] = _now() - t0
+            t0 = _now()
+            await self._copy_documents(src, tgt, report)
+            report.timings["documents"] = _now() - t0
+            t0 = _now()
+            report.population_jobs = await self._copy_jobs(src, tgt, report.preflight)
+            report.timings["population_jobs"] = _now() - t0
+        # Delta pass in a fresh snapshot: what the legacy application changed meanwhile.
+        t0 = _now()
+        report.delta_documents = await self._delta(src, tgt)
+        report.timings["delta"] = _now() - t0
+        if report.delta_documents:
+            report.warnings.append(
+                f"the legacy database changed during the copy: {report.delta_documents} "
+                "documents were re-copied by the delta pass; keep it read-only for cutover"
+            )
+        for r in await tgt.fetch(
+            "SELECT source_name, count(*) AS n FROM documents WHERE doc_type = $1"
+            " AND metadata->>'migrated_from' = $2 GROUP BY 1 ORDER BY 1",
+            self.doc_type,
+            legacy.MIGRATED_FROM,
+        ):
+            report.per_source[r["source_name"]] = r["n"]
+        if report.preflight.wrong_dimension:
+            rows = await src.fetch(
+                "SELECT id, crate_name, doc_path FROM doc_embeddings"
+                " WHERE vector_dims(embedding) <> $1 ORDER BY id LIMIT 50",
+                report.preflight.target_embedding_dim,
+            )
+            report.warnings.append(
+                "documents copied without their wrong-dimension embedding: "
+                + ", ".join(f"{r['crate_name']}/{r['doc_path']}" for r in rows)
+            )
+
+    async def _copy_sources(self, src: asyncpg.Connection, tgt: asyncpg.Connection) -> int:
+        configs: dict[str, list[dict[str, Any]]] = {}
+        if await src.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL"):
+            for r in await src.fetch(legacy.CONFIGS_QUERY):
+                configs.setdefault(r["name"], []).append(_jsonable(dict(r)))
+        rows = []
+        for r in await src.fetch(legacy.SOURCES_QUERY):
+            config: dict[str, Any] = {"migrated_from": legacy.MIGRATED_FROM}
+            if r["legacy_id"] is None:
+                config["orphan"] = True  # documents without a crates row
+            else:
+                config.update(
+                    legacy_id=r["legacy_id"],
+                    version=r["version"],
+                    total_docs=r["total_docs"],
+                    total_tokens=r["total_tokens"],
+                    last_updated=_iso(r["last_updated"]),
+                )
+            enabled, last_checked = True, None
+            mine = configs.get(r["source_name"])
+            if mine:
+                first = mine[0]
+                config.update(
+                    version_spec=first["version_spec"],
+                    current_version=first["current_version"],
+                    features=first["features"],
+                    expected_docs=first["expected_docs"],
+                    crate_configs=mine,
+                )
+                enabled = bool(first["enabled"]) if first["enabled"] is not None else True
+                last_checked = first["last_checked"]
+            rows.append(
+                (
+                    self.doc_type,
+                    r["source_name"],
+                    json.dumps(config),
+                    enabled,
+                    _parse(last_checked),
+                    _as_utc(r["last_updated"]),
+                )
+            )
+        await tgt.executemany(
+            """INSERT INTO document_sources
+                   (doc_type, source_name, config, enabled, last_checked, last_populated)
+               VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+               ON CONFLICT (doc_type, source_name) DO UPDATE
+                  SET config = document_sources.config || EXCLUDED.config,
+                      enabled = EXCLUDED.enabled, last_checked = EXCLUDED.last_checked,
+                      last_populated = EXCLUDED.last_populated""",
+            rows,
+        )
+        return len(rows)
+
+    async def _chunks(self, src: asyncpg.Connection) -> list[tuple[int, int, int]]:
+        """(exclusive low id, inclusive high id, rows) of every chunk, in the snapshot."""
+        bounds = [r["id"] for r in await src.fetch(legacy.CHUNK_BOUNDARIES, self.chunk_rows)]
+        chunks, low = [], 0
+        total = await src.fetchval("SELECT count(*) FROM doc_embeddings")
+        for i, high in enumerate(bounds):
+            rows = self.chunk_rows if i < len(bounds) - 1 else total - self.chunk_rows * i
+            chunks.append((low, high, rows))
+            low = high
+        return chunks
+
+    async def _copy_documents(
+        self, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
+    ) -> None:
+        done = {
+            r["first_key"]: r
+            for r in await tgt.fetch(
+                "SELECT first_key, last_key, rows FROM docstore_migration_checkpoints"
+                " WHERE run_id = $1 AND table_name = 'doc_embeddings'",
+                report.run_id,
+            )
+        }
+        chunks = await self._chunks(src)
+        existing = await tgt.fetchval(
+            "SELECT count(*) FROM documents WHERE doc_type = $1", self.doc_type
+        )
+        # Straight COPY is safe while the target holds nothing but already-checkpointed rows.
+        direct = existing == sum(r["rows"] for r in done.values())
+        query = legacy.documents_copy_query("$1", report.preflight.target_embedding_dim)
+        total_rows = sum(rows for _, _, rows in chunks)
+        copied = 0
+        for low, high, rows in chunks:
+            previous = done.get(low)
+            if previous is not None and previous["last_key"] == high and previous["rows"] == rows:
+                report.skipped_chunks += 1
+                copied += rows
+                self._report_progress("documents", copied, total_rows)
+                continue
+            async with tgt.transaction():
+                n = await self._copy_chunk(src, tgt, query, low, high, direct)
+                if n != rows:
+                    raise MigrationError(
+                        f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}"
+                    )
+                checksum = await src.fetchval(
+                    "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM doc_embeddings"
+                    " WHERE id > $1 AND id <= $2",
+                    low,
+                    high,
+                )
+                await tgt.execute(
+                    """INSERT INTO docstore_migration_checkpoints
+                           (run_id, table_name, first_key, last_key, rows, checksum)
+                       VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
+                       ON CONFLICT (run_id, table_name, first_key) DO UPDATE
+                          SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,
+                              checksum = EXCLUDED.checksum, created_at = now()""",
+                    report.run_id,
+                    low,
+                    high,
+                    rows,
+                    checksum or "",
+                )
+            report.copied_documents += n
+            copied += rows
+            self._report_progress("documents", copied, total_rows)
+
+    async def _copy_chunk(
+        self,
+        src: asyncpg.Connection,
+        tgt: asyncpg.Connection,
+        query: str,
+        low: int,
+        high: int,
+        direct: bool,
+    ) -> int:
+        args = (self.doc_type, low, high)
+        if direct:
+            try:
+                async with tgt.transaction():  # a savepoint: fall back on a key collision
+                    return await pipe(src, query, args, tgt, "documents", legacy.DOCUMENT_COLUMNS)
+            except asyncpg.UniqueViolationError:
+                logger.info("chunk (%d, %d] collides with existing rows: upserting it", low, high)
+        await tgt.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS"
+            f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
+        )
+        n = await pipe(src, query, args, tgt, _STAGE, legacy.DOCUMENT_COLUMNS)
+        await tgt.execute(_UPSERT_FROM_STAGE)
+        return n
+
+    async def _copy_jobs(
+        self, src: asyncpg.Connection, tgt: asyncpg.Connection, pre: Preflight
+    ) -> int:
+        if "population_jobs" not in pre.table() or "crate_configs" not in pre.table():
+            return 0
+        rows = [
+            (
+                self.doc_type,
+                r["source_name"] or "",
+                r["status"],
+                r["started_at"],
+                r["completed_at"],
+                r["error_message"],
+                r["docs_populated"],
+                r["created_at"],
+                r["id"],
+                json.dumps(
+                    {"crate_config_id": r["crate_config_id"], "version_spec": r["version_spec"]}
+                ),
+            )
+            for r in await src.fetch(legacy.JOBS_QUERY)
+        ]
+        await tgt.executemany(
+            """INSERT INTO source_population_jobs
+                   (source_id, doc_type, source_name, status, started_at, completed_at,
+                    error_message, docs_populated, created_at, legacy_id, metadata)
+               SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb
+                 FROM (SELECT 1) one
+                 LEFT JOIN document_sources s ON s.doc_type = $1 AND s.source_name = $2
+               ON CONFLICT (doc_type, legacy_id) DO UPDATE
+                  SET source_id = EXCLUDED.source_id, status = EXCLUDED.status,
+                      started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
+                      error_message = EXCLUDED.error_message,
+                      docs_populated = EXCLUDED.docs_populated, metadata = EXCLUDED.metadata""",
+            rows,
+        )
+        return len(rows)
+
+    # -- delta & validation ------------------------------------------------------------------
+    async def _checksums(
+        self, src: asyncpg.Connection, tgt: asyncpg.Connection
+    ) -> tuple[dict[int, tuple[int, str]], dict[int, tuple[int, str]]]:
+        dim = (await self._target_store()).embedding_dim
+        chunk = self.chunk_rows
+        legacy_sums = {
+            r["chunk"]: (r["rows"], r["checksum"])
+            for r in await src.fetch(
+                legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim), chunk)
+            )
+        }
+        target_sums = {
+            r["chunk"]: (r["rows"], r["checksum"])
+            for r in await tgt.fetch(
+                legacy.chunked_checksums_sql(legacy.target_digest_sql(), chunk), self.doc_type
+            )
+        }
+        return legacy_sums, target_sums
+
+    async def _delta(self, src: asyncpg.Connection, tgt: asyncpg.Connection) -> int:
+        legacy_sums, target_sums = await self._checksums(src, tgt)
+        bad = sorted(
+            c
+            for c in set(legacy_sums) | set(target_sums)
+            if legacy_sums.get(c) != target_sums.get(c)
+        )
+        recopied = 0
+        query = legacy.documents_copy_query("$1", (await self._target_store()).embedding_dim)
+        for c in bad:
+            low, high = c * self.chunk_rows - 1, (c + 1) * self.chunk_rows - 1
+            async with tgt.transaction():
+                recopied += await self._copy_chunk(src, tgt, query, low, high, direct=False)
+                keep = [
+                    r["id"]
+                    for r in await src.fetch(
+                        "SELECT id FROM doc_embeddings WHERE id > $1 AND id <= $2", low, high
+                    )
+                ]
+                await tgt.execute(_DELETE_RANGE_EXTRAS, self.doc_type, low, high, keep)
+        return recopied
+
+    async def validate(self) -> Validation:
+        """Compare legacy and target: counts (total, per crate, NULL embeddings), every row
+        through chunked checksums drilled down to the differing documents, sources, population
+        jobs, and exact top-k search parity with timings. ``.ok`` is False on any mismatch."""
+        started = _now()
+        store = await self._target_store()
+        async with self._source() as src, store.acquire() as tgt:
+            return await self._validate(src, tgt, store, started)
+
+    async def _validate(
+        self, src: asyncpg.Connection, tgt: asyncpg.Connection, store: Store, started: float
+    ) -> Validation:
+        dim = store.embedding_dim
+        migrated = (
+            "doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'"
+            " AND metadata ? 'legacy_id'"
+        )
+        legacy_counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
+        target_counts = {
+            r[0]: r[1]
+            for r in await tgt.fetch(
+                f"SELECT source_name, count(*) FROM documents WHERE {migrated} GROUP BY 1",
+                self.doc_type,
+            )
+        }
+        per_source = {
+            name: (legacy_counts.get(name, 0), target_counts.get(name, 0))
+            for name in set(legacy_counts) | set(target_counts)
+            if legacy_counts.get(name, 0) != target_counts.get(name, 0)
+        }
+        legacy_nulls = await src.fetchval(
+            "SELECT count(*) FROM doc_embeddings"
+            " WHERE embedding IS NULL OR vector_dims(embedding) <> $1",
+            dim,
+        )
+        target_nulls = await tgt.fetchval(
+            f"SELECT count(*) FROM documents WHERE {migrated} AND embedding IS NULL",
+            self.doc_type,
+        )
+        legacy_sums, target_sums = await self._checksums(src, tgt)
+        bad = sorted(
+            c
+            for c in set(legacy_sums) | set(target_sums)
+            if legacy_sums.get(c) != target_sums.get(c)
+        )
+        mismatches = []
+        for c in bad:
+            low, high = c * self.chunk_rows, (c + 1) * self.chunk_rows
+            rows_l = {
+                r["key"]: r
+                for r in await src.fetch(
+                    f"SELECT * FROM ({legacy.legacy_digest_sql(dim)}) r"
+                    " WHERE key >= $1 AND key < $2",
+                    low,
+                    high,
+                )
+            }
+            rows_t = {
+                r["key"]: r
+                for r in await tgt.fetch(
+                    f"SELECT * FROM ({legacy.target_digest_sql()}) r WHERE key >= $2 AND key < $3",
+                    self.doc_type,
+                    low,
+                    high,
+                )
+            }
+            for key in sorted(set(rows_l) | set(rows_t)):
+                a, b = rows_l.get(key), rows_t.get(key)
+                if a is not None and b is not None and a["digest"] == b["digest"]:
+                    continue
+                row = a if a is not None else b
+                assert row is not None
+                problem = (
+                    "missing in target"
+                    if b is None
+                    else "extra in target"
+                    if a is None
+                    else "differs"
+                )
+                mismatches.append(
+                    Mismatch(
+                        legacy_id=key,
+                        source_name=row["source_name"],
+                        doc_path=row["doc_path"],
+                        problem=problem,
+                    )
+                )
+        legacy_names = set(legacy_counts) | {
+            r[0] for r in await src.fetch("SELECT name FROM crates")
+        }
+        target_names = {
+            r[0]
+            for r in await tgt.fetch(
+                "SELECT source_name FROM document_sources WHERE doc_type = $1", self.doc_type
+            )
+        }
+        jobs = (0, 0)
+        if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
+            jobs = (
+                await src.fetchval("SELECT count(*) FROM population_jobs"),
+                await tgt.fetchval(
+                    "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1",
+                    self.doc_type,
+                ),
+            )
+        return Validation(
+            legacy_documents=sum(legacy_counts.values()),
+            target_documents=sum(target_counts.values()),
+            per_source_mismatch=per_source,
+            legacy_null_embeddings=legacy_nulls,
+            target_null_embeddings=target_nulls,
+            checksum_chunks=len(set(legacy_sums) | set(target_sums)),
+            mismatched_chunks=len(bad),
+            mismatches=mismatches,
+            missing_sources=sorted(legacy_names - target_names),
+            population_jobs=jobs,
+            parity=await self._parity(src, store, dim),
+            seconds=_now() - started,
+        )
+
+    async def _parity(self, src: asyncpg.Connection, store: Store, dim: int) -> list[ParityCheck]:
+        """Exact top-5 per sampled crate: the legacy search_similar_docs query vs docstore."""
+        if self.parity_queries < 1:
+            return []
+        samples = await src.fetch(
+            """SELECT DISTINCT ON (crate_name) crate_name, embedding FROM doc_embeddings
+                WHERE embedding IS NOT NULL AND vector_dims(embedding) = $1
+                ORDER BY crate_name, id""",
+            dim,
+        )
+        step = max(1, len(samples) // self.parity_queries)
+        checks = []
+        for sample in samples[::step][: self.parity_queries]:
+            crate, q = sample["crate_name"], sample["embedding"]
+            t0 = _now()
+            # the legacy search_similar_docs query, over the rows that have an embedding
+            # (legacy sorted NULL-embedding rows last; docstore never returns them)
+            legacy_rows = await src.fetch(
+                """SELECT d.doc_path FROM doc_embeddings d
+                    WHERE d.crate_name = $2 AND d.embedding IS NOT NULL
+                    ORDER BY d.embedding <=> $1::vector, d.id LIMIT 5""",
+                q,
+                crate,
+            )
+            t1 = _now()
+            hits = await store.search(
+                q, doc_type=self.doc_type, source_name=crate, limit=5, exact=True
+            )
+            t2 = _now()
+            checks.append(
+                ParityCheck(
+                    source_name=crate,
+                    legacy_top=[r["doc_path"] for r in legacy_rows],
+                    docstore_top=[h.doc_path for h in hits],
+                    legacy_ms=(t1 - t0) * 1000,
+                    docstore_ms=(t2 - t1) * 1000,
+                )
+            )
+        return checks
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _iso(v) for k, v in row.items()}
+
+
+def _parse(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """A legacy TIMESTAMP (naive, UTC by convention) as an aware datetime."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -1,0 +1,76 @@
+"""A binary COPY pipe: rows stream from one connection's ``COPY … TO STDOUT`` into another's
+``COPY … FROM STDIN`` through a bounded in-memory queue — no files, flat memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from docstore.errors import MigrationError
+
+# At most this many COPY data messages (~64 KB each from the server) wait in memory.
+QUEUE_DEPTH = 32
+
+
+async def pipe(
+    source: asyncpg.Connection,
+    query: str,
+    args: Sequence[Any],
+    target: asyncpg.Connection,
+    table: str,
+    columns: Sequence[str],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Copy the rows of ``query`` (run on ``source``) into ``table`` on ``target`` in binary.
+
+    Column types must match exactly (cast in ``query``). Returns the number of rows the
+    target accepted. A failure on either side cancels the other and raises; the caller's
+    target transaction must then roll back (a truncated binary stream would otherwise be
+    accepted by PostgreSQL as a short one).
+    """
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_DEPTH)
+
+    async def write(data: bytes) -> None:
+        await queue.put(bytes(data))
+        if on_bytes is not None:
+            on_bytes(len(data))
+
+    async def produce() -> None:
+        try:
+            await source.copy_from_query(query, *args, output=write, format="binary")
+        finally:
+            await queue.put(None)
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (data := await queue.get()) is not None:
+            yield data
+
+    producer = asyncio.create_task(produce())
+    try:
+        status = await target.copy_to_table(
+            table, source=stream(), columns=list(columns), format="binary"
+        )
+    except asyncio.CancelledError:
+        producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer
+        raise
+    except BaseException:
+        # The target refused the data: let the source finish its COPY into the void, so the
+        # source connection stays usable (the caller may retry the chunk another way).
+        while not producer.done() or not queue.empty():
+            if await queue.get() is None:
+                break
+        with contextlib.suppress(BaseException):
+            await producer
+        raise
+    await producer  # re-raises a source-side failure: the rows above may be incomplete
+    try:
+        return int(status.split()[-1])
+    except (ValueError, IndexError):
+        raise MigrationError(f"unexpected COPY status {status[:40]!r}") from None

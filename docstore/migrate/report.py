@@ -1,0 +1,205 @@
+"""What the Migrator reports: preflight findings, validation results, the run's report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
+
+
+class TableInfo(BaseModel):
+    name: str
+    rows: int
+    bytes: int
+
+
+class Preflight(BaseModel):
+    """Read-only findings on the source and the target before anything is written."""
+
+    tables: list[TableInfo]
+    documents: int = 0
+    null_embeddings: int = 0
+    embedding_dims: dict[int, int] = Field(default_factory=dict)
+    wrong_dimension: int = Field(
+        default=0, description="embeddings whose dimension the target can't hold"
+    )
+    orphan_documents: int = Field(
+        default=0, description="documents whose crate_name has no crates row"
+    )
+    orphan_crates: list[str] = Field(default_factory=list)
+    crates_without_documents: list[str] = Field(default_factory=list)
+    max_id: int = 0
+    target_pgvector: str | None = None
+    target_schema_version: int | None = None
+    target_embedding_dim: int = 3072
+    target_existing_documents: int = 0
+    target_existing_sources: int = 0
+    checkpoints: int = Field(default=0, description="chunks a previous run already committed")
+    blocking: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blocking
+
+    def table(self) -> dict[str, int]:
+        return {t.name: t.rows for t in self.tables}
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.table import Table
+
+        table = Table(title="migration preflight", show_header=False, title_justify="left")
+        for t in self.tables:
+            table.add_row(f"legacy {t.name}", f"{t.rows:,} rows, {t.bytes / 2**20:.1f} MiB")
+        dims = ", ".join(f"{d}: {n:,}" for d, n in sorted(self.embedding_dims.items())) or "none"
+        table.add_row("embedding dimensions", dims)
+        table.add_row("NULL embeddings", f"{self.null_embeddings:,}")
+        table.add_row("documents without a crates row", f"{self.orphan_documents:,}")
+        table.add_row("crates without documents", f"{len(self.crates_without_documents):,}")
+        table.add_row(
+            "target",
+            f"pgvector {self.target_pgvector}, schema v{self.target_schema_version}, "
+            f"{self.target_existing_documents:,} documents of this doc_type, "
+            f"{self.checkpoints} checkpoints",
+        )
+        for w in self.warnings:
+            table.add_row("[yellow]warning[/]", w)
+        for b in self.blocking:
+            table.add_row("[bold red]blocking[/]", b)
+        yield table
+
+
+class Mismatch(BaseModel):
+    """One document that differs between the legacy database and the target."""
+
+    legacy_id: int
+    source_name: str
+    doc_path: str
+    problem: str  # "missing in target" | "extra in target" | "differs"
+
+
+class ParityCheck(BaseModel):
+    source_name: str
+    legacy_top: list[str]
+    docstore_top: list[str]
+    legacy_ms: float
+    docstore_ms: float
+
+    @property
+    def same(self) -> bool:
+        return self.legacy_top == self.docstore_top
+
+
+class Validation(BaseModel):
+    """Legacy vs target, row by row (through chunked checksums) and search by search."""
+
+    legacy_documents: int
+    target_documents: int
+    per_source_mismatch: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    legacy_null_embeddings: int
+    target_null_embeddings: int
+    checksum_chunks: int
+    mismatched_chunks: int
+    mismatches: list[Mismatch] = Field(default_factory=list)
+    missing_sources: list[str] = Field(default_factory=list)
+    population_jobs: tuple[int, int] = (0, 0)
+    parity: list[ParityCheck] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.legacy_documents == self.target_documents
+            and not self.per_source_mismatch
+            and self.legacy_null_embeddings == self.target_null_embeddings
+            and self.mismatched_chunks == 0
+            and not self.mismatches
+            and not self.missing_sources
+            and self.population_jobs[0] == self.population_jobs[1]
+            and all(p.same for p in self.parity)
+        )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.table import Table
+
+        status = "[green]OK[/]" if self.ok else "[bold red]FAILED[/]"
+        table = Table(title=f"validation: {status}", title_justify="left")
+        for column in ("check", "legacy", "target", "result"):
+            table.add_column(column)
+
+        def row(name: str, legacy: object, target: object, good: bool) -> None:
+            table.add_row(name, str(legacy), str(target), "ok" if good else "[red]MISMATCH[/]")
+
+        row(
+            "documents",
+            self.legacy_documents,
+            self.target_documents,
+            self.legacy_documents == self.target_documents,
+        )
+        row(
+            "NULL embeddings",
+            self.legacy_null_embeddings,
+            self.target_null_embeddings,
+            self.legacy_null_embeddings == self.target_null_embeddings,
+        )
+        row(
+            "row checksums (chunks)",
+            self.checksum_chunks,
+            self.checksum_chunks - self.mismatched_chunks,
+            not self.mismatched_chunks,
+        )
+        row(
+            "per-source counts",
+            "",
+            f"{len(self.per_source_mismatch)} differ",
+            not self.per_source_mismatch,
+        )
+        row("sources", "", f"{len(self.missing_sources)} missing", not self.missing_sources)
+        row(
+            "population jobs",
+            *self.population_jobs,
+            self.population_jobs[0] == self.population_jobs[1],
+        )
+        if self.parity:
+            same = sum(p.same for p in self.parity)
+            legacy_ms = sum(p.legacy_ms for p in self.parity) / len(self.parity)
+            ours_ms = sum(p.docstore_ms for p in self.parity) / len(self.parity)
+            row(
+                "search parity (exact top-k)",
+                f"{legacy_ms:.1f} ms avg",
+                f"{ours_ms:.1f} ms avg",
+                same == len(self.parity),
+            )
+        for m in self.mismatches[:20]:
+            table.add_row(
+                f"[red]{m.problem}[/]",
+                f"legacy id {m.legacy_id}",
+                f"{m.source_name}/{m.doc_path}",
+                "",
+            )
+        yield table
+
+
+class MigrationReport(BaseModel):
+    """The outcome of :meth:`Migrator.run`."""
+
+    run_id: str
+    doc_type: str
+    dry_run: bool = False
+    preflight: Preflight
+    copied_documents: int = 0
+    skipped_chunks: int = Field(default=0, description="chunks already committed by an earlier run")
+    sources: int = 0
+    population_jobs: int = 0
+    per_source: dict[str, int] = Field(default_factory=dict)
+    delta_documents: int = Field(default=0, description="rows re-copied because the source changed")
+    timings: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    validation: Validation | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.preflight.ok and (self.validation is None or self.validation.ok)
