@@ -719,10 +719,11 @@ class Migrator:
             # (legacy sorted NULL-embedding rows last; docstore never returns them)
             legacy_rows = await src.fetch(
                 """SELECT d.doc_path FROM doc_embeddings d
-                    WHERE d.crate_name = $2 AND d.embedding IS NOT NULL
+                    WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
                     ORDER BY d.embedding <=> $1::vector, d.id LIMIT 5""",
                 q,
                 crate,
+                dim,
             )
             t1 = _now()
             hits = await store.search(

@@ -1,0 +1,246 @@
+"""Migrator against real legacy and docstore databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import asyncpg
+import numpy as np
+import pytest
+
+import docstore
+from docstore.codecs import register_codecs
+from docstore.errors import MigrationError
+from docstore.migrate import Migrator
+from tests.conftest import PgCluster
+from tests.legacy_db import build_legacy
+
+DOCS = 120
+CRATES = 6
+
+
+@pytest.fixture
+def legacy_url(pg: PgCluster) -> Iterator[str]:
+    name = pg.create_database(prefix="legacy")
+    url = pg.url(name)
+    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
+    yield url
+    pg.drop_database(name)
+
+
+async def legacy_execute(url: str, sql: str, *args: object) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await register_codecs(conn, "public")
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_migration_accounts_for_every_legacy_row(legacy_url: str, database_url: str) -> None:
+    """Acceptance 1: all four tables, NULL embeddings, an orphan, a crate without documents."""
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as migrator:
+        report = await migrator.run()
+    assert report.ok, report.validation
+    pre = report.preflight
+    assert pre.table() == {
+        "crates": CRATES,
+        "doc_embeddings": DOCS,
+        "crate_configs": 3,
+        "population_jobs": 3,
+    }
+    assert pre.null_embeddings == len([j for j in range(DOCS) if j % 7 == 3])
+    assert pre.orphan_documents == 2 and pre.orphan_crates == ["orphan-crate"]
+    assert pre.crates_without_documents == [f"crate{CRATES - 1}"]
+    assert report.copied_documents == DOCS and sum(report.per_source.values()) == DOCS
+    assert report.sources == CRATES + 1  # every crate, plus one for the orphan documents
+    assert report.population_jobs == 3
+    v = report.validation
+    assert v is not None and v.ok
+    assert v.legacy_documents == v.target_documents == DOCS
+    assert v.legacy_null_embeddings == v.target_null_embeddings == pre.null_embeddings
+    assert v.parity and all(p.same for p in v.parity)
+
+    async with docstore.connect(database_url) as store:
+        doc = await store.documents.get_by_key("rust", "crate1", "crate1/module1/index.html")
+        assert doc is not None and "tab\t newline\n backslash \\ unicode ✓" in doc.content
+        assert doc.metadata == {
+            "crate_name": "crate1",
+            "legacy_id": 2,
+            "legacy_crate_id": 2,
+            "migrated_from": "rust_docs_vectors",
+        }  # crate1 has a NULL version: no crate_version key
+        source = await store.sources.get("rust", "crate0")
+        assert source is not None
+        assert source.config["version_spec"] == "latest"
+        assert len(source.config["crate_configs"]) == 2
+        assert source.config["total_docs"] == 0 and source.config["legacy_id"] == 1
+        orphan = await store.sources.get("rust", "orphan-crate")
+        assert orphan is not None and orphan.config["orphan"] is True
+        jobs = await store.fetch(
+            "select status, source_name, source_id is not null as linked, error_message"
+            " from source_population_jobs order by legacy_id"
+        )
+        assert [(j["status"], j["source_name"], j["linked"]) for j in jobs] == [
+            ("completed", "crate0", True),
+            ("failed", "crate0", True),
+            ("running", "crate2", True),
+        ]
+        assert jobs[1]["error_message"] == "timeout after 3600s"
+
+
+async def test_rerun_is_idempotent_and_skips_committed_chunks(
+    legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=25, validate=False) as m:
+        first = await m.run()
+        second = await m.run()
+    assert first.copied_documents == DOCS and first.skipped_chunks == 0
+    assert second.copied_documents == 0 and second.skipped_chunks == 5
+    async with Migrator(legacy_url, database_url, chunk_rows=25, restart=True) as m:
+        third = await m.run()
+    assert third.copied_documents == DOCS and third.ok  # upserted, never doubled
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS
+
+
+async def test_interrupted_run_resumes_with_exact_rows(legacy_url: str, database_url: str) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_two_chunks(stage: str, done: int, total: int) -> None:
+        if stage == "documents" and done >= 50:
+            raise Stop
+
+    with pytest.raises(Stop):
+        async with Migrator(
+            legacy_url, database_url, chunk_rows=25, progress=stop_after_two_chunks
+        ) as m:
+            await m.run()
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == 50
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        report = await m.run()
+    assert report.ok and report.skipped_chunks == 2 and report.copied_documents == DOCS - 50
+
+
+async def test_legacy_writes_during_the_copy_are_caught_by_the_delta_pass(
+    legacy_url: str, database_url: str
+) -> None:
+    writes: list[asyncio.Task[None]] = []
+
+    def write_midway(stage: str, done: int, total: int) -> None:
+        if stage == "documents" and done == 25 and not writes:
+            writes.append(
+                asyncio.get_running_loop().create_task(
+                    legacy_execute(
+                        legacy_url,
+                        "update doc_embeddings set content = content || ' (edited)' where id = 3;"
+                        " delete from doc_embeddings where id = 60;"
+                        " insert into doc_embeddings (crate_name, doc_path, content)"
+                        " values ('crate0', 'late/page.html', 'written during the copy')",
+                    )
+                )
+            )
+
+    async with Migrator(legacy_url, database_url, chunk_rows=25, progress=write_midway) as m:
+        report = await m.run()
+        await asyncio.gather(*writes)
+        if report.delta_documents == 0:  # the write landed after the delta pass: validate sees it
+            assert report.validation is not None and not report.validation.ok
+            report = await m.run()
+    assert report.ok, report.validation
+    assert report.validation is not None and report.validation.target_documents == DOCS
+
+
+async def test_validate_names_an_edited_character_and_an_edited_float(
+    legacy_url: str, database_url: str
+) -> None:
+    """Acceptance 3."""
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        assert (await m.run()).ok
+        async with docstore.connect(database_url) as store:
+            await store.execute(
+                "update documents set content = overlay(content placing 'X' from 5 for 1)"
+                " where doc_path = 'crate4/module4/index.html'"
+            )
+            bad = await m.validate()
+            assert not bad.ok
+            assert [(x.doc_path, x.problem) for x in bad.mismatches] == [
+                ("crate4/module4/index.html", "differs")
+            ]
+            await store.execute(
+                "update documents set content = overlay(content placing 'm' from 5 for 1)"
+                " where doc_path = 'crate4/module4/index.html'"
+            )
+            assert (await m.validate()).ok
+            doc = await store.documents.get_by_key("rust", "crate2", "crate2/module7/index.html")
+            assert doc is not None and doc.embedding is not None
+            nudged = doc.embedding.copy()
+            nudged[1234] = np.nextafter(nudged[1234], np.float32(1))
+            await store.documents.upsert(doc.model_copy(update={"embedding": nudged}))
+            bad = await m.validate()
+            assert [(x.source_name, x.doc_path) for x in bad.mismatches] == [
+                ("crate2", "crate2/module7/index.html")
+            ]
+            assert not bad.ok
+
+
+async def test_a_second_migrator_is_refused(legacy_url: str, database_url: str) -> None:
+    from docstore.migrate.migrator import MIGRATION_LOCK_KEY
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        with pytest.raises(MigrationError, match="another docstore migrator is running"):
+            async with Migrator(legacy_url, database_url) as m:
+                await m.run()
+    finally:
+        await holder.close()
+
+
+async def test_preflight_refuses_a_database_that_is_not_legacy(
+    empty_database_url: str, database_url: str
+) -> None:
+    async with Migrator(empty_database_url, database_url) as m:
+        dry = await m.run(dry_run=True)
+        assert not dry.ok and "no crates, doc_embeddings table" in dry.preflight.blocking[0]
+        with pytest.raises(MigrationError, match="is it the legacy rust_docs_vectors database"):
+            await m.run()
+
+
+async def test_mixed_dimensions_are_reported_and_copied_without_crashing(
+    legacy_url: str, database_url: str
+) -> None:
+    await legacy_execute(
+        legacy_url,
+        "alter table doc_embeddings alter column embedding type vector;"
+        " drop function search_similar_docs(vector, varchar, integer)",
+    )
+    await legacy_execute(
+        legacy_url,
+        "insert into doc_embeddings (crate_name, doc_path, content, embedding)"
+        " values ('crate0', 'old/1536.html', 'embedded by the old model', $1)",
+        np.ones(1536, dtype=np.float32),
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=50) as m:
+        report = await m.run()
+    assert report.preflight.wrong_dimension == 1
+    assert report.preflight.embedding_dims[1536] == 1
+    assert any("old/1536.html" in w for w in report.warnings)
+    assert report.ok and report.copied_documents == DOCS + 1
+
+
+async def test_report_is_saved_as_json_without_secrets(
+    legacy_url: str, database_url: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "report.json"
+    async with Migrator(legacy_url, database_url, report_path=path, parity_queries=1) as m:
+        report = await m.run()
+    saved = json.loads(path.read_text())
+    assert saved["copied_documents"] == DOCS and saved["validation"]["target_documents"] == DOCS
+    assert report.timings["documents"] > 0
