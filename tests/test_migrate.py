@@ -244,3 +244,147 @@ async def test_report_is_saved_as_json_without_secrets(
     saved = json.loads(path.read_text())
     assert saved["copied_documents"] == DOCS and saved["validation"]["target_documents"] == DOCS
     assert report.timings["documents"] > 0
+
+
+KILLABLE = """
+import asyncio, sys, time
+from docstore.migrate import Migrator
+
+def progress(stage, done, total):
+    print(stage, done, total, flush=True)
+    time.sleep(0.01)
+
+async def main():
+    async with Migrator(sys.argv[1], sys.argv[2], chunk_rows=5, validate=False,
+                        progress=progress) as m:
+        await m.run()
+    print("finished", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_sigkilled_migrator_resumes_to_exact_rows(legacy_url: str, database_url: str) -> None:
+    """Acceptance 2: SIGKILL at random points of the copy, five times; then finish."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(20261124)
+    kills = 0
+    for _ in range(8):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLABLE, legacy_url, database_url],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
+        assert child.stdout is not None
+        wanted = rng.randint(1, 6)
+        seen = 0
+        for line in child.stdout:
+            if line.startswith("documents"):
+                seen += 1
+                if seen >= wanted:
+                    time.sleep(rng.uniform(0, 0.02))  # land inside the next chunk too
+                    child.send_signal(signal.SIGKILL)
+                    break
+            if line.startswith("finished"):
+                break
+        child.wait(timeout=60)
+        if child.returncode == -signal.SIGKILL:
+            kills += 1
+        if kills >= 5:
+            break
+    assert kills >= 5
+
+    async def finish() -> None:
+        async with Migrator(legacy_url, database_url, chunk_rows=5) as m:
+            report = await m.run()
+        assert report.ok, report.validation
+        assert report.validation is not None
+        assert report.validation.target_documents == DOCS
+        assert report.skipped_chunks > 0
+        async with docstore.connect(database_url) as store:
+            assert await store.documents.count() == DOCS
+            assert (
+                await store.fetchval(
+                    "select count(*) from (select doc_path from documents"
+                    " group by doc_type, source_name, doc_path having count(*) > 1) d"
+                )
+                == 0
+            )
+
+    asyncio.run(finish())
+
+
+async def legacy_snapshot(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        docs = await conn.fetch(
+            "select id, crate_id, crate_name, doc_path, md5(content) as content,"
+            " embedding::text as embedding, token_count, created_at"
+            " from doc_embeddings order by crate_name, doc_path"
+        )
+        crates = await conn.fetch("select * from crates order by name")
+        configs = await conn.fetch("select * from crate_configs order by id")
+        jobs = await conn.fetch("select * from population_jobs order by id")
+        return {
+            "docs": [tuple(r) for r in docs],
+            "crates": [tuple(r) for r in crates],
+            "configs": [tuple(r) for r in configs],
+            "jobs": [tuple(r) for r in jobs],
+        }
+    finally:
+        await conn.close()
+
+
+async def test_round_trip_legacy_docstore_legacy_is_identical(
+    legacy_url: str, database_url: str, empty_database_url: str
+) -> None:
+    """Acceptance 4: legacy → docstore → rollback into an empty database → identical."""
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    async with Migrator(empty_database_url, database_url) as back:
+        result = await back.rollback()
+    assert result.documents == DOCS and result.crates == CRATES
+    assert (result.crate_configs, result.population_jobs) == (3, 3)
+    assert await legacy_snapshot(empty_database_url) == await legacy_snapshot(legacy_url)
+
+
+async def test_rollback_carries_writes_made_after_the_cutover(
+    legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    before = await legacy_snapshot(legacy_url)
+    async with docstore.connect(database_url) as store:
+        await store.documents.upsert(
+            docstore.Document(
+                source_name="crate3",
+                doc_path="crate3/new.html",
+                content="written after the cutover",
+                embedding=np.full(3072, 0.5, dtype=np.float32),
+            )
+        )
+        await store.execute(
+            "update documents set content = 'changed after the cutover'"
+            " where doc_path = 'crate0/module0/index.html'"
+        )
+        await store.execute("delete from documents where doc_path = 'crate1/module1/index.html'")
+    async with Migrator(legacy_url, database_url) as back:
+        result = await back.rollback()
+    assert result.deleted_documents == 1 and result.documents == DOCS
+    after = await legacy_snapshot(legacy_url)
+    assert after["crates"] == before["crates"] and after["jobs"] == before["jobs"]
+    docs = {(d[2], d[3]): d for d in after["docs"]}  # type: ignore[attr-defined]
+    assert ("crate1", "crate1/module1/index.html") not in docs
+    new = docs[("crate3", "crate3/new.html")]
+    assert new[0] > DOCS and new[1] == 4  # a fresh legacy id, crate_id from crates
+    import hashlib
+
+    changed = docs[("crate0", "crate0/module0/index.html")]
+    assert changed[4] == hashlib.md5(b"changed after the cutover").hexdigest()

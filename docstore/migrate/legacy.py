@@ -23,6 +23,8 @@ LEGACY_SCHEMA_SQL = (resources.files("docstore.migrate") / "legacy_schema.sql").
 # The part without the optional population tables.
 LEGACY_CORE_SCHEMA_SQL = LEGACY_SCHEMA_SQL.split("-- Optional tables", 1)[0].rsplit("\n-- -", 1)[0]
 
+LEGACY_OPTIONAL_SCHEMA_SQL = LEGACY_SCHEMA_SQL[len(LEGACY_CORE_SCHEMA_SQL) :]
+
 TABLES_PRESENT = """
 SELECT c.relname AS name, c.reltuples::bigint AS estimate,
        pg_total_relation_size(c.oid) AS bytes
@@ -171,3 +173,27 @@ def chunked_checksums_sql(digest_query: str, chunk: int) -> str:
         " md5(string_agg(digest, ',' ORDER BY key)) AS checksum"
         f" FROM ({digest_query}) r GROUP BY 1 ORDER BY 1"
     )
+
+
+# -- rollback: docstore → legacy shapes ----------------------------------------------------
+
+# documents of doc_type $1 shaped exactly like doc_embeddings' columns, for binary COPY.
+ROLLBACK_DOCUMENTS_QUERY = """
+SELECT CASE WHEN metadata->>'migrated_from' = 'rust_docs_vectors'
+             AND metadata->>'legacy_id' ~ '^[0-9]{1,9}$'
+            THEN (metadata->>'legacy_id')::integer END,
+       CASE WHEN metadata->>'legacy_crate_id' ~ '^[0-9]{1,9}$'
+            THEN (metadata->>'legacy_crate_id')::integer END,
+       source_name::varchar(255), doc_path, content, embedding, token_count, created_at
+  FROM documents WHERE doc_type = $1 ORDER BY id"""
+
+ROLLBACK_COLUMNS = (
+    "id",
+    "crate_id",
+    "crate_name",
+    "doc_path",
+    "content",
+    "embedding",
+    "token_count",
+    "created_at",
+)

@@ -45,6 +45,7 @@ from docstore.migrate.report import (
     Mismatch,
     ParityCheck,
     Preflight,
+    RollbackReport,
     TableInfo,
     Validation,
 )
@@ -741,6 +742,190 @@ class Migrator:
             )
         return checks
 
+    # -- rollback ----------------------------------------------------------------------------
+    async def rollback(self) -> RollbackReport:
+        """Copy the target's ``doc_type`` documents, sources and population jobs back into the
+        legacy-shaped ``source`` database (created if empty), so switching ``DATABASE_URL``
+        back (the plan's Phase 7) loses nothing written after the cutover.
+
+        The legacy tables end up mirroring the target: migrated rows keep their legacy ids,
+        rows written after the cutover get new ones, rows deleted after the cutover are
+        deleted. One transaction on the legacy database: all or nothing.
+        """
+        started = _now()
+        store = await self._target_store()
+        report = RollbackReport()
+        async with self._source(writable=True) as leg, store.acquire() as tgt:
+            sources = await tgt.fetch(
+                "SELECT source_name, config, enabled, last_checked, last_populated"
+                " FROM document_sources WHERE doc_type = $1 ORDER BY source_name",
+                self.doc_type,
+            )
+            jobs = await tgt.fetch(
+                "SELECT legacy_id, source_name, status, started_at, completed_at,"
+                " error_message, docs_populated, created_at, metadata"
+                " FROM source_population_jobs WHERE doc_type = $1 ORDER BY id",
+                self.doc_type,
+            )
+            configs = [c for r in sources for c in _config(r["config"]).get("crate_configs", [])]
+            async with leg.transaction():
+                await leg.execute(legacy.LEGACY_CORE_SCHEMA_SQL)
+                has_optional = await leg.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL")
+                if (configs or jobs) and not has_optional:
+                    await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
+                    has_optional = True
+                report.crates = await self._rollback_crates(leg, sources)
+                report.documents, report.deleted_documents = await self._rollback_documents(
+                    leg, tgt
+                )
+                if has_optional:
+                    report.crate_configs = await self._rollback_configs(leg, configs)
+                    report.population_jobs = await self._rollback_jobs(leg, jobs)
+                for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
+                    if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                        await leg.execute(
+                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                            f" greatest((SELECT max(id) FROM {table}), 1))"
+                        )
+        report.seconds = _now() - started
+        return report
+
+    async def _rollback_crates(self, leg: asyncpg.Connection, sources: list[Any]) -> int:
+        rows = []
+        for r in sources:
+            config = _config(r["config"])
+            if config.get("orphan"):
+                continue  # documents whose crate never had a crates row
+            last = config.get("last_updated")
+            rows.append(
+                (
+                    config.get("legacy_id"),
+                    r["source_name"],
+                    config.get("version"),
+                    _parse(last) if last else _naive_utc(r["last_populated"]),
+                    config.get("total_docs", 0),
+                    config.get("total_tokens", 0),
+                )
+            )
+        await leg.executemany(
+            """INSERT INTO crates (id, name, version, last_updated, total_docs, total_tokens)
+               VALUES (coalesce($1, nextval(pg_get_serial_sequence('crates', 'id'))),
+                       $2, $3, $4, $5, $6)
+               ON CONFLICT (name) DO UPDATE
+                  SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated,
+                      total_docs = EXCLUDED.total_docs, total_tokens = EXCLUDED.total_tokens""",
+            rows,
+        )
+        return len(rows)
+
+    async def _rollback_documents(
+        self, leg: asyncpg.Connection, tgt: asyncpg.Connection
+    ) -> tuple[int, int]:
+        await leg.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_ROLLBACK_STAGE} ON COMMIT DROP AS"
+            f" SELECT {', '.join(legacy.ROLLBACK_COLUMNS)} FROM doc_embeddings WITH NO DATA"
+        )
+        copied = await pipe(
+            tgt,
+            legacy.ROLLBACK_DOCUMENTS_QUERY,
+            (self.doc_type,),
+            leg,
+            _ROLLBACK_STAGE,
+            legacy.ROLLBACK_COLUMNS,
+        )
+        deleted = await leg.execute(
+            f"""DELETE FROM doc_embeddings d WHERE NOT EXISTS (
+                    SELECT 1 FROM {_ROLLBACK_STAGE} s
+                     WHERE s.crate_name = d.crate_name AND s.doc_path = d.doc_path)"""
+        )
+        await leg.execute(
+            f"""INSERT INTO doc_embeddings
+                    (id, crate_id, crate_name, doc_path, content, embedding, token_count,
+                     created_at)
+                SELECT coalesce(s.id, nextval(pg_get_serial_sequence('doc_embeddings', 'id'))),
+                       CASE WHEN s.id IS NOT NULL THEN s.crate_id ELSE c.id END,
+                       s.crate_name, s.doc_path, s.content, s.embedding, s.token_count,
+                       s.created_at
+                  FROM {_ROLLBACK_STAGE} s LEFT JOIN crates c ON c.name = s.crate_name
+                 ORDER BY s.id NULLS LAST
+                ON CONFLICT (crate_name, doc_path) DO UPDATE
+                   SET crate_id = EXCLUDED.crate_id, content = EXCLUDED.content,
+                       token_count = EXCLUDED.token_count, created_at = EXCLUDED.created_at,
+                       -- an embedding the target could not hold (another dimension) is kept
+                       embedding = CASE WHEN EXCLUDED.embedding IS NULL
+                                         AND doc_embeddings.embedding IS NOT NULL
+                                         AND vector_dims(doc_embeddings.embedding) <> $1
+                                        THEN doc_embeddings.embedding
+                                        ELSE EXCLUDED.embedding END""",
+            (await self._target_store()).embedding_dim,
+        )
+        return copied, int(deleted.split()[-1])
+
+    async def _rollback_configs(
+        self, leg: asyncpg.Connection, configs: list[dict[str, Any]]
+    ) -> int:
+        await leg.executemany(
+            """INSERT INTO crate_configs
+                   (id, name, version_spec, current_version, features, expected_docs, enabled,
+                    last_checked, last_populated, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (id) DO UPDATE
+                  SET name = EXCLUDED.name, version_spec = EXCLUDED.version_spec,
+                      current_version = EXCLUDED.current_version, features = EXCLUDED.features,
+                      expected_docs = EXCLUDED.expected_docs, enabled = EXCLUDED.enabled,
+                      last_checked = EXCLUDED.last_checked,
+                      last_populated = EXCLUDED.last_populated,
+                      created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at""",
+            [
+                (
+                    c["id"],
+                    c["name"],
+                    c["version_spec"],
+                    c["current_version"],
+                    c["features"],
+                    c["expected_docs"],
+                    c["enabled"],
+                    _parse(c["last_checked"]),
+                    _parse(c["last_populated"]),
+                    _parse(c["created_at"]),
+                    _parse(c["updated_at"]),
+                )
+                for c in configs
+            ],
+        )
+        return len(configs)
+
+    async def _rollback_jobs(self, leg: asyncpg.Connection, jobs: list[Any]) -> int:
+        await leg.executemany(
+            """INSERT INTO population_jobs
+                   (id, crate_config_id, status, started_at, completed_at, error_message,
+                    docs_populated, created_at)
+               VALUES (coalesce($1, nextval(pg_get_serial_sequence('population_jobs', 'id'))),
+                       $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (id) DO UPDATE
+                  SET crate_config_id = EXCLUDED.crate_config_id, status = EXCLUDED.status,
+                      started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
+                      error_message = EXCLUDED.error_message,
+                      docs_populated = EXCLUDED.docs_populated""",
+            [
+                (
+                    j["legacy_id"],
+                    _config(j["metadata"]).get("crate_config_id"),
+                    j["status"],
+                    j["started_at"],
+                    j["completed_at"],
+                    j["error_message"],
+                    j["docs_populated"],
+                    j["created_at"],
+                )
+                for j in jobs
+            ],
+        )
+        return len(jobs)
+
+
+_ROLLBACK_STAGE = "docstore_rollback_stage"
+
 
 def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
@@ -754,6 +939,16 @@ def _parse(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(value)
+
+
+def _config(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -203,3 +203,14 @@ class MigrationReport(BaseModel):
     @property
     def ok(self) -> bool:
         return self.preflight.ok and (self.validation is None or self.validation.ok)
+
+
+class RollbackReport(BaseModel):
+    """The outcome of :meth:`Migrator.rollback`: what the legacy database now holds."""
+
+    crates: int = 0
+    documents: int = 0
+    deleted_documents: int = Field(default=0, description="legacy rows not in the target")
+    crate_configs: int = 0
+    population_jobs: int = 0
+    seconds: float = 0.0
