@@ -10,17 +10,28 @@ from __future__ import annotations
 import asyncio
 import functools
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from docstore.config import load_settings
 from docstore.demo import DEMO_DOCS, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
-from docstore.errors import DocstoreError
+from docstore.errors import DocstoreError, MigrationError
+from docstore.migrate import Migrator
 from docstore.models import Document
 from docstore.search.results import VectorIndex
 from docstore.store import Store, connect
@@ -172,6 +183,142 @@ async def index_recall(
                 oversample=oversample,
             )
     console.print(report)
+
+
+SourceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="Legacy rust_docs_vectors URL (default: LEGACY_DATABASE_URL).",
+        show_default=False,
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="docstore database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, embedded).",
+        show_default=False,
+    ),
+]
+DocTypeOption = Annotated[str, typer.Option("--doc-type", help="doc_type of the legacy docs.")]
+
+
+def _legacy_url(source: str | None) -> str:
+    url = source or load_settings().legacy_database_url
+    if not url:
+        raise MigrationError("no legacy database: pass --source URL or set LEGACY_DATABASE_URL")
+    return url
+
+
+class _Bars:
+    """rich progress bars fed by Migrator's progress callback: rows, MB/s, ETA."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            TextColumn("{task.fields[mbps]:.1f} MB/s"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.started = time.monotonic()
+
+    def __call__(self, stage: str, done: int, total: int, nbytes: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, mbps=0.0)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.progress.update(
+            self.tasks[stage], completed=done, total=total, mbps=nbytes / elapsed / 1e6
+        )
+
+
+async def _target(target: str | None) -> Store:
+    return await connect(target)
+
+
+NEXT_STEPS = """next steps (the plan's cutover):
+  1. set READ_ONLY=true on the legacy Doc Server, then re-run `docstore migrate` (delta pass)
+  2. point the Doc Server at the new database: DATABASE_URL=<target>
+  3. remove READ_ONLY; to go back: `docstore rollback --source <legacy> --target <target>`"""
+
+
+@app.command()
+@_command
+async def migrate(
+    source: SourceOption = None,
+    target: TargetOption = None,
+    doc_type: DocTypeOption = "rust",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    restart: Annotated[bool, typer.Option(help="Forget checkpoints of earlier runs.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Save the report as JSON.")] = None,
+    build_index: Annotated[bool, typer.Option(help="Build the HNSW index after.")] = False,
+    chunk_rows: Annotated[int, typer.Option(help="Documents per committed chunk.")] = 2000,
+) -> None:
+    """Copy the legacy rust_docs_vectors database into docstore (resumable; validated)."""
+    bars = _Bars()
+    async with await _target(target) as store:
+        migrator = Migrator(
+            _legacy_url(source),
+            store,
+            doc_type=doc_type,
+            chunk_rows=chunk_rows,
+            restart=restart,
+            build_index=build_index,
+            report_path=report,
+            progress=bars,
+        )
+        with bars.progress:
+            result = await migrator.run(dry_run=dry_run)
+    console.print(result.preflight)
+    if dry_run:
+        console.print("dry run: nothing was written")
+        if not result.preflight.ok:
+            raise typer.Exit(1)
+        return
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(
+        f"copied {result.copied_documents:,} documents ({result.skipped_chunks} chunks already "
+        f"done), {result.sources} sources, {result.population_jobs} population jobs in "
+        f"{result.timings.get('total', 0):.1f} s"
+    )
+    if result.validation is not None:
+        console.print(result.validation)
+    if not result.ok:
+        raise typer.Exit(1)
+    console.print(NEXT_STEPS, highlight=False)
+
+
+@app.command()
+@_command
+async def validate(
+    source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
+) -> None:
+    """Compare the legacy database with docstore row by row; exit 1 on any mismatch."""
+    async with await _target(target) as store:
+        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).validate()
+    console.print(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_command
+async def rollback(
+    source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
+) -> None:
+    """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
+    async with await _target(target) as store:
+        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).rollback()
+    console.print(
+        f"legacy database now holds {result.documents:,} documents of {result.crates} crates "
+        f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "
+        f"{result.population_jobs} population jobs ({result.seconds:.1f} s)"
+    )
 
 
 async def _demo(store: Store) -> None:

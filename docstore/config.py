@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     mcpdocs_database_url: str | None = Field(
         None, validation_alias="MCPDOCS_DATABASE_URL", repr=False
     )
+    legacy_database_url: str | None = Field(
+        None, validation_alias="LEGACY_DATABASE_URL", repr=False
+    )
     read_only: bool = Field(False, validation_alias="READ_ONLY")
     pool_min_size: int = Field(1, ge=0, validation_alias="DOCSTORE_POOL_MIN_SIZE")
     pool_max_size: int = Field(5, ge=1, validation_alias="DOCSTORE_POOL_MAX_SIZE")
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(200, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH")
     search_oversample: int = Field(4, ge=1, le=100, validation_alias="DOCSTORE_SEARCH_OVERSAMPLE")
 
-    @field_validator("database_url", "mcpdocs_database_url")
+    @field_validator("database_url", "mcpdocs_database_url", "legacy_database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         return _check_url(value)

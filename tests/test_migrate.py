@@ -110,7 +110,7 @@ async def test_interrupted_run_resumes_with_exact_rows(legacy_url: str, database
     class Stop(Exception):
         pass
 
-    def stop_after_two_chunks(stage: str, done: int, total: int) -> None:
+    def stop_after_two_chunks(stage: str, done: int, total: int, nbytes: int) -> None:
         if stage == "documents" and done >= 50:
             raise Stop
 
@@ -131,7 +131,7 @@ async def test_legacy_writes_during_the_copy_are_caught_by_the_delta_pass(
 ) -> None:
     writes: list[asyncio.Task[None]] = []
 
-    def write_midway(stage: str, done: int, total: int) -> None:
+    def write_midway(stage: str, done: int, total: int, nbytes: int) -> None:
         if stage == "documents" and done == 25 and not writes:
             writes.append(
                 asyncio.get_running_loop().create_task(
@@ -250,7 +250,7 @@ KILLABLE = """
 import asyncio, sys, time
 from docstore.migrate import Migrator
 
-def progress(stage, done, total):
+def progress(stage, done, total, nbytes):
     print(stage, done, total, flush=True)
     time.sleep(0.01)
 
@@ -388,3 +388,38 @@ async def test_rollback_carries_writes_made_after_the_cutover(
 
     changed = docs[("crate0", "crate0/module0/index.html")]
     assert changed[4] == hashlib.md5(b"changed after the cutover").hexdigest()
+
+
+def test_cli_migrate_validate_rollback(
+    legacy_url: str,
+    database_url: str,
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("LEGACY_DATABASE_URL", legacy_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    dry = runner.invoke(app, ["migrate", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "migration preflight" in dry.output and "nothing was written" in dry.output
+    report = Path(str(tmp_path)) / "report.json"
+    done = runner.invoke(app, ["migrate", "--report", str(report), "--chunk-rows", "30"])
+    assert done.exit_code == 0, done.output
+    assert f"copied {DOCS} documents" in done.output and "validation: OK" in done.output
+    assert "next steps" in done.output and json.loads(report.read_text())["run_id"]
+    checked = runner.invoke(app, ["validate"])
+    assert checked.exit_code == 0 and "validation: OK" in checked.output
+    back = runner.invoke(app, ["rollback", "--source", empty_database_url])
+    assert back.exit_code == 0, back.output
+    assert f"legacy database now holds {DOCS} documents of {CRATES} crates" in back.output
+    monkeypatch.delenv("LEGACY_DATABASE_URL")
+    missing = runner.invoke(app, ["validate"])
+    assert missing.exit_code == 1 and "LEGACY_DATABASE_URL" in missing.output

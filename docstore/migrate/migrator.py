@@ -56,7 +56,8 @@ logger = logging.getLogger("docstore")
 # "docstore migrate" in the advisory-lock key space.
 MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
 DEFAULT_CHUNK_ROWS = 2000
-Progress = Callable[[str, int, int], None]
+# progress(stage, rows done, rows total, bytes streamed so far)
+Progress = Callable[[str, int, int, int], None]
 
 _STAGE = "docstore_migrate_stage"
 _UPSERT_FROM_STAGE = f"""
@@ -121,6 +122,7 @@ class Migrator:
         self.parity_queries = parity_queries
         self.report_path = Path(report_path) if report_path else None
         self._progress = progress
+        self._bytes = 0
         self._target: Store | None = None
         self._owns_target = False
         self._secrets = tuple(
@@ -188,7 +190,10 @@ class Migrator:
 
     def _report_progress(self, stage: str, done: int, total: int) -> None:
         if self._progress is not None:
-            self._progress(stage, done, total)
+            self._progress(stage, done, total, self._bytes)
+
+    def _count_bytes(self, n: int) -> None:
+        self._bytes += n
 
     # -- preflight ---------------------------------------------------------------------------
     async def _run_id(self, src: asyncpg.Connection) -> str:
@@ -490,14 +495,24 @@ class Migrator:
         if direct:
             try:
                 async with tgt.transaction():  # a savepoint: fall back on a key collision
-                    return await pipe(src, query, args, tgt, "documents", legacy.DOCUMENT_COLUMNS)
+                    return await pipe(
+                        src,
+                        query,
+                        args,
+                        tgt,
+                        "documents",
+                        legacy.DOCUMENT_COLUMNS,
+                        on_bytes=self._count_bytes,
+                    )
             except asyncpg.UniqueViolationError:
                 logger.info("chunk (%d, %d] collides with existing rows: upserting it", low, high)
         await tgt.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS"
             f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
         )
-        n = await pipe(src, query, args, tgt, _STAGE, legacy.DOCUMENT_COLUMNS)
+        n = await pipe(
+            src, query, args, tgt, _STAGE, legacy.DOCUMENT_COLUMNS, on_bytes=self._count_bytes
+        )
         await tgt.execute(_UPSERT_FROM_STAGE)
         return n
 
