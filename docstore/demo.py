@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -63,3 +64,103 @@ def hash_embedding(text: str, dim: int) -> FloatArray:
         total[0] = 1.0
         norm = 1.0
     return (total / norm).astype(np.float32)
+
+
+_TOPICS = (
+    "async runtime task spawn future poll waker executor",
+    "serialize deserialize json format derive field rename",
+    "http request response router handler middleware body",
+    "database pool connection query transaction row column",
+    "error result option unwrap context backtrace report",
+)
+_TRICKY = "quote ' double \" tab\t newline\n backslash \\ unicode ✓ é 漢字 🦀"
+
+
+async def build_sample_legacy(
+    url: str, *, crates: int = 40, docs: int = 4133, seed: int = 0, fast: bool = False
+) -> dict[str, int]:
+    """Create and fill a legacy ``rust_docs_vectors`` database at ``url`` (an empty database),
+    shaped like the migration plan's: ``crates`` crates, ``docs`` documents × 3,072 dims of
+    varied text (quotes, tabs, newlines, backslashes, unicode), every 9th without an
+    embedding, plus crate_configs and population_jobs. Embeddings cluster by crate, as real
+    ones do. ``fast`` skips nothing today (kept for callers building large databases).
+
+    Returns ``{"max_id": …, "null_embeddings": …}``.
+    """
+    import asyncpg  # local: the demo module is imported by the CLI at start-up
+
+    from docstore.codecs import register_codecs
+    from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
+
+    del fast
+    rng = np.random.default_rng(seed)
+    dim = 3072
+    centres = rng.standard_normal((crates, dim)).astype(np.float32)
+    base = np.datetime64("2025-01-01T00:00:00")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(LEGACY_SCHEMA_SQL)
+        await register_codecs(conn, "public")
+        await conn.copy_records_to_table(
+            "crates",
+            records=[
+                (i + 1, f"crate-{i}", f"{i % 5}.{i % 7}.0", None, 0, 0) for i in range(crates)
+            ],
+            columns=["id", "name", "version", "last_updated", "total_docs", "total_tokens"],
+        )
+        nulls = 0
+
+        def rows() -> Iterator[tuple[object, ...]]:
+            nonlocal nulls
+            for j in range(docs):
+                c = j % crates
+                words = _TOPICS[c % len(_TOPICS)].split()
+                picked = " ".join(rng.choice(words, size=int(rng.integers(60, 400))))
+                embedding = None
+                if j % 9 == 4:
+                    nulls += 1
+                else:
+                    v = centres[c] + rng.standard_normal(dim).astype(np.float32)
+                    embedding = v / np.linalg.norm(v)
+                yield (
+                    j + 1,
+                    c + 1,
+                    f"crate-{c}",
+                    f"crate-{c}/module{j // crates}/item{j}.html",
+                    f"# item {j}\n{picked}\n{_TRICKY}",
+                    embedding,
+                    len(picked.split()),
+                    (base + np.timedelta64(j, "s")).item(),
+                )
+
+        await conn.copy_records_to_table(
+            "doc_embeddings",
+            records=rows(),
+            columns=[
+                "id",
+                "crate_id",
+                "crate_name",
+                "doc_path",
+                "content",
+                "embedding",
+                "token_count",
+                "created_at",
+            ],
+        )
+        await conn.execute(
+            """UPDATE crates c SET last_updated = now()::timestamp, total_docs = s.n,
+                      total_tokens = s.t
+                 FROM (SELECT crate_name, count(*) AS n, sum(token_count) AS t
+                         FROM doc_embeddings GROUP BY 1) s
+                WHERE s.crate_name = c.name;
+               INSERT INTO crate_configs (name, version_spec, current_version, features)
+               SELECT name, 'latest', version, '{}' FROM crates WHERE id <= 3;
+               INSERT INTO population_jobs (crate_config_id, status, docs_populated)
+               SELECT id, 'completed', 100 FROM crate_configs;
+               SELECT setval('crates_id_seq', (SELECT max(id) FROM crates));
+               SELECT setval('doc_embeddings_id_seq',
+                             greatest((SELECT max(id) FROM doc_embeddings), 1));"""
+        )
+    finally:
+        await conn.close()
+    return {"max_id": docs, "null_embeddings": nulls}

@@ -73,6 +73,14 @@ SELECT id FROM (
 """
 
 
+# A cheap version stamp of the rows in an id range (no detoasting): any insert, update or
+# delete in the range changes it.
+CHUNK_VERSION = """
+SELECT md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY id))
+  FROM doc_embeddings WHERE id > $1 AND id <= $2
+"""
+
+
 def documents_copy_query(doc_type_param: str, dim: int) -> str:
     """``doc_embeddings`` rows ``(lo, hi]`` shaped exactly like the target's ``documents``
     columns (:data:`DOCUMENT_COLUMNS`), cast so binary COPY can pass them straight through.

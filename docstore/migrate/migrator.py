@@ -303,7 +303,12 @@ class Migrator:
                 finally:
                     await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
         t0 = _now()
-        await store.execute("ANALYZE documents")
+        # The planner's columns only: statistics on content and embedding (and the full-text
+        # expression index) would detoast and re-tokenize every sampled document.
+        await store.execute(
+            "ANALYZE documents (doc_type, source_name, doc_path, metadata, token_count,"
+            " created_at, updated_at)"
+        )
         await store.execute("ANALYZE document_sources")
         report.timings["analyze"] = _now() - t0
         if self.build_index:
@@ -337,7 +342,7 @@ class Migrator:
             report.timings["population_jobs"] = _now() - t0
         # Delta pass in a fresh snapshot: what the legacy application changed meanwhile.
         t0 = _now()
-        report.delta_documents = await self._delta(src, tgt)
+        report.delta_documents = await self._delta(src, tgt, report.run_id)
         report.timings["delta"] = _now() - t0
         if report.delta_documents:
             report.warnings.append(
@@ -432,7 +437,7 @@ class Migrator:
         done = {
             r["first_key"]: r
             for r in await tgt.fetch(
-                "SELECT first_key, last_key, rows FROM docstore_migration_checkpoints"
+                "SELECT first_key, last_key, rows, checksum FROM docstore_migration_checkpoints"
                 " WHERE run_id = $1 AND table_name = 'doc_embeddings'",
                 report.run_id,
             )
@@ -448,7 +453,12 @@ class Migrator:
         copied = 0
         for low, high, rows in chunks:
             previous = done.get(low)
-            if previous is not None and previous["last_key"] == high and previous["rows"] == rows:
+            if (
+                previous is not None
+                and previous["last_key"] == high
+                and previous["rows"] == rows
+                and previous["checksum"] == await src.fetchval(legacy.CHUNK_VERSION, low, high)
+            ):
                 report.skipped_chunks += 1
                 copied += rows
                 self._report_progress("documents", copied, total_rows)
@@ -459,12 +469,7 @@ class Migrator:
                     raise MigrationError(
                         f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}"
                     )
-                checksum = await src.fetchval(
-                    "SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM doc_embeddings"
-                    " WHERE id > $1 AND id <= $2",
-                    low,
-                    high,
-                )
+                checksum = await src.fetchval(legacy.CHUNK_VERSION, low, high)
                 await tgt.execute(
                     """INSERT INTO docstore_migration_checkpoints
                            (run_id, table_name, first_key, last_key, rows, checksum)
@@ -574,17 +579,32 @@ class Migrator:
         }
         return legacy_sums, target_sums
 
-    async def _delta(self, src: asyncpg.Connection, tgt: asyncpg.Connection) -> int:
-        legacy_sums, target_sums = await self._checksums(src, tgt)
-        bad = sorted(
-            c
-            for c in set(legacy_sums) | set(target_sums)
-            if legacy_sums.get(c) != target_sums.get(c)
+    async def _delta(self, src: asyncpg.Connection, tgt: asyncpg.Connection, run_id: str) -> int:
+        """Re-copy what the legacy database changed since each chunk was copied.
+
+        Every checkpoint holds an md5 of its rows' ``(id, xmin)``: any insert, update or
+        delete in its id range changes it, and reading it costs no detoasting. Rows beyond the
+        last checkpoint are new. Changed ranges are upserted through staging and rows deleted
+        from the legacy database are deleted from the target.
+        """
+        checkpoints = await tgt.fetch(
+            "SELECT first_key, last_key, checksum FROM docstore_migration_checkpoints"
+            " WHERE run_id = $1 AND table_name = 'doc_embeddings' ORDER BY first_key",
+            run_id,
         )
+        ranges = [
+            (c["first_key"], c["last_key"])
+            for c in checkpoints
+            if c["checksum"]
+            != await src.fetchval(legacy.CHUNK_VERSION, c["first_key"], c["last_key"])
+        ]
+        last = checkpoints[-1]["last_key"] if checkpoints else 0
+        newest = await src.fetchval("SELECT coalesce(max(id), 0) FROM doc_embeddings")
+        if newest > last:
+            ranges.append((last, newest))
         recopied = 0
         query = legacy.documents_copy_query("$1", (await self._target_store()).embedding_dim)
-        for c in bad:
-            low, high = c * self.chunk_rows - 1, (c + 1) * self.chunk_rows - 1
+        for low, high in ranges:
             async with tgt.transaction():
                 recopied += await self._copy_chunk(src, tgt, query, low, high, direct=False)
                 keep = [
@@ -594,6 +614,19 @@ class Migrator:
                     )
                 ]
                 await tgt.execute(_DELETE_RANGE_EXTRAS, self.doc_type, low, high, keep)
+                await tgt.execute(
+                    """INSERT INTO docstore_migration_checkpoints
+                           (run_id, table_name, first_key, last_key, rows, checksum)
+                       VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
+                       ON CONFLICT (run_id, table_name, first_key) DO UPDATE
+                          SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,
+                              checksum = EXCLUDED.checksum, created_at = now()""",
+                    run_id,
+                    low,
+                    high,
+                    len(keep),
+                    await src.fetchval(legacy.CHUNK_VERSION, low, high) or "",
+                )
         return recopied
 
     async def validate(self) -> Validation:
