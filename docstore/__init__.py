@@ -1,6 +1,6 @@
 """docstore: the Doc Server's async data layer on PostgreSQL + pgvector.
 
-Public API: :func:`connect`, :class:`Store`, :class:`Settings`, the models
+Public API: :func:`connect`, :class:`Store`, :class:`Migrator`, :class:`Settings`, the models
 (:class:`Document`, :class:`Source`, :class:`UpsertResult`, :class:`SourceStats`), search
 results (:class:`SearchResults`, :class:`Hit`, :class:`VectorIndex`, :class:`RecallReport`) and
 the errors in :mod:`docstore.errors`. Scripts that prefer no ``await`` use :mod:`docstore.sync`.
@@ -20,6 +20,7 @@ from docstore.errors import (
     SchemaError,
     ValidationError,
 )
+from docstore.migrate import MigrationReport, Migrator
 from docstore.models import Document, Source, SourceStats, UpsertResult
 from docstore.search.results import Hit, RecallReport, SearchResults, VectorIndex
 from docstore.store import Store, connect
@@ -35,6 +36,8 @@ __all__ = [
     "Health",
     "Hit",
     "MigrationError",
+    "MigrationReport",
+    "Migrator",
     "PoolTimeoutError",
     "QueryError",
     "ReadOnlyError",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,8 +28,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from docstore.config import load_settings
-from docstore.demo import DEMO_DOCS, hash_embedding
+from docstore.config import load_settings, with_database
+from docstore.demo import DEMO_DOCS, build_sample_legacy, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import DocstoreError, MigrationError
 from docstore.migrate import Migrator
@@ -321,6 +322,25 @@ async def rollback(
     )
 
 
+async def _sample_legacy(url: str) -> str:
+    """A legacy rust_docs_vectors database next to docstore's (built once per data dir)."""
+    admin = with_database(url, "postgres")
+    legacy_url = with_database(url, "rust_docs_vectors")
+    conn = await asyncpg.connect(admin)
+    try:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = 'rust_docs_vectors'"
+        )
+        if not exists:
+            await conn.execute("CREATE DATABASE rust_docs_vectors")
+    finally:
+        await conn.close()
+    if not exists:
+        with console.status("building a legacy database like the plan's (40 crates, 4,133 docs)"):
+            await build_sample_legacy(legacy_url)
+    return legacy_url
+
+
 async def _demo(store: Store) -> None:
     dim = store.embedding_dim
     result = await store.documents.upsert_many(
@@ -353,16 +373,25 @@ def demo(
         typer.Option(help="Keep the embedded database here (default: a throwaway directory)."),
     ] = None,
 ) -> None:
-    """Run docstore end to end on an embedded PostgreSQL: schema, documents, a vector search."""
+    """The whole story on embedded PostgreSQL: build a legacy database like the plan's
+    (40 crates, 4,133 documents x 3072), migrate it with progress bars, validate, search."""
 
     async def body(directory: Path) -> None:
         console.print(f"starting embedded PostgreSQL in {directory} ...")
-        async with connect(await embedded_url(directory)) as store:
+        url = await embedded_url(directory)
+        legacy_url = await _sample_legacy(url)
+        async with connect(url) as store:
             report = await store.health()
             console.print(
                 f"PostgreSQL {report.server_version}, pgvector {report.pgvector_version}, "
                 f"schema version {report.schema_version}, {store!r}"
             )
+            bars = _Bars()
+            with bars.progress:
+                migration = await Migrator(legacy_url, store, progress=bars).run()
+            console.print(migration.preflight)
+            if migration.validation is not None:
+                console.print(migration.validation)
             await _demo(store)
 
     if data_dir is not None:

@@ -203,3 +203,9 @@ def url_password(url: str) -> str | None:
         if key.lower() == "password" and value:
             return value
     return None
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server (query string kept)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))

@@ -139,12 +139,16 @@ SELECT j.id, j.crate_config_id, cc.name AS source_name, cc.version_spec, j.statu
 
 
 def row_digest_sql(*, id_expr: str, crate_expr: str, embedding_expr: str) -> str:
-    """A text digest of one document row, identical on both sides when the row survived."""
+    """A text digest of one document row, identical on both sides when the row survived.
+
+    The embedding is hashed in pgvector's binary form (``vector_send``): the exact float bits,
+    and ~10x cheaper than formatting 3,072 floats as text.
+    """
     return (
         f"concat_ws('|', {id_expr}, md5({crate_expr}), md5(doc_path), md5(content),"
         " coalesce(token_count::text, '-'),"
         " coalesce(to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), '-'),"
-        f" coalesce(md5({embedding_expr}::text), '-'))"
+        f" coalesce(md5(vector_send({embedding_expr})), '-'))"
     )
 
 

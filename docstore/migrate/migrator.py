@@ -23,6 +23,7 @@ How :meth:`Migrator.run` works (``docs/migration.md`` has the column mapping):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -565,18 +566,15 @@ class Migrator:
     ) -> tuple[dict[int, tuple[int, str]], dict[int, tuple[int, str]]]:
         dim = (await self._target_store()).embedding_dim
         chunk = self.chunk_rows
-        legacy_sums = {
-            r["chunk"]: (r["rows"], r["checksum"])
-            for r in await src.fetch(
-                legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim), chunk)
-            )
-        }
-        target_sums = {
-            r["chunk"]: (r["rows"], r["checksum"])
-            for r in await tgt.fetch(
+        # Both sides at once: they are different servers (or at least different backends).
+        legacy_rows, target_rows = await asyncio.gather(
+            src.fetch(legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim), chunk)),
+            tgt.fetch(
                 legacy.chunked_checksums_sql(legacy.target_digest_sql(), chunk), self.doc_type
-            )
-        }
+            ),
+        )
+        legacy_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in legacy_rows}
+        target_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in target_rows}
         return legacy_sums, target_sums
 
     async def _delta(self, src: asyncpg.Connection, tgt: asyncpg.Connection, run_id: str) -> int:
