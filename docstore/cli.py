@@ -134,9 +134,18 @@ async def index_create(
     concurrently: Annotated[
         bool, typer.Option(help="Build without blocking writes (CREATE INDEX CONCURRENTLY).")
     ] = True,
+    text: Annotated[
+        bool, typer.Option("--text", help="Build the full-text index (search_text) instead.")
+    ] = False,
 ) -> None:
-    """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions)."""
+    """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions), or
+    with --text the GIN full-text index."""
     async with connect(url) as store:
+        if text:
+            with console.status("building the full-text index ..."):
+                await store.create_text_index(concurrently=concurrently)
+            console.print("full-text index idx_documents_content_fts is ready")
+            return
         with console.status(f"building the HNSW index for {metric} ..."):
             await store.create_vector_index(
                 metric, m=m, ef_construction=ef_construction, concurrently=concurrently
@@ -146,11 +155,16 @@ async def index_create(
 
 @index_app.command("drop")
 @_command
-async def index_drop(url: UrlOption = None, metric: MetricOption = "cosine") -> None:
-    """Drop docstore's HNSW index for a metric (searches then scan exactly)."""
+async def index_drop(
+    url: UrlOption = None,
+    metric: MetricOption = "cosine",
+    text: Annotated[bool, typer.Option("--text", help="Drop the full-text index.")] = False,
+) -> None:
+    """Drop docstore's HNSW index for a metric (searches then scan exactly), or --text."""
+    name = "full-text" if text else metric
     async with connect(url) as store:
-        dropped = await store.drop_vector_index(metric)
-    console.print(f"dropped the {metric} index" if dropped else f"no {metric} index to drop")
+        dropped = await (store.drop_text_index() if text else store.drop_vector_index(metric))
+    console.print(f"dropped the {name} index" if dropped else f"no {name} index to drop")
 
 
 @index_app.command("list")
@@ -388,7 +402,7 @@ def demo(
             )
             bars = _Bars()
             with bars.progress:
-                migration = await Migrator(legacy_url, store, progress=bars).run()
+                migration = await Migrator(legacy_url, store, progress=bars, build_index=True).run()
             console.print(migration.preflight)
             if migration.validation is not None:
                 console.print(migration.validation)

@@ -107,3 +107,7 @@ def test_index_commands_build_list_measure_and_drop(
     assert bad.exit_code == 1 and "ValidationError" in bad.output
     dropped = runner.invoke(app, ["index", "drop"])
     assert dropped.exit_code == 0 and "dropped the cosine index" in dropped.output
+    text = runner.invoke(app, ["index", "create", "--text"])
+    assert text.exit_code == 0 and "full-text index" in text.output
+    gone = runner.invoke(app, ["index", "drop", "--text"])
+    assert gone.exit_code == 0 and "dropped the full-text index" in gone.output

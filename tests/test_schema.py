@@ -123,7 +123,7 @@ async def test_plan_schema_indexes_and_triggers_exist(store: docstore.Store) -> 
         "idx_documents_source_name",
         "idx_documents_type_source",
         "idx_documents_metadata",
-        "idx_documents_content_fts",
+        "idx_documents_legacy_id",
     } <= indexes
     await store.execute(
         "insert into documents (source_name, doc_path, content) values ('s', 'p', 'c')"

@@ -63,6 +63,7 @@ def corpus_url(pg: PgCluster) -> Iterator[str]:
             await store.documents.upsert_many(corpus_documents())
             await store.execute("ANALYZE documents")
             await store.create_vector_index()
+            await store.create_text_index()
 
     asyncio.run(build())
     yield url
@@ -395,6 +396,24 @@ async def test_search_text_is_filtered_and_uses_the_gin_index(corpus: docstore.S
     assert "idx_documents_content_fts" in plan
 
 
+async def test_text_index_is_opt_in_and_search_text_works_without_it(
+    store: docstore.Store,
+) -> None:
+    await store.documents.upsert_many(list(corpus_documents())[:60])
+    assert await store.text_index() is None
+    slow = await store.search_text("serialize", limit=100)
+    await store.create_text_index()
+    await store.create_text_index()  # idempotent
+    assert await store.text_index() is True
+    assert (
+        (await store.search_text("serialize", limit=100)).ids
+        == slow.ids
+        == [h.id for h in slow if "serialize" in h.content]
+    )
+    assert await store.drop_text_index() is True and await store.text_index() is None
+    assert await store.drop_text_index() is False
+
+
 async def test_empty_or_stop_word_text_matches_nothing(corpus: docstore.Store) -> None:
     assert len(await corpus.search_text("")) == 0
     assert len(await corpus.search_text("the and of")) == 0
@@ -403,6 +422,7 @@ async def test_empty_or_stop_word_text_matches_nothing(corpus: docstore.Store) -
 async def test_huge_documents_are_indexed_without_hitting_the_tsvector_limit(
     store: docstore.Store,
 ) -> None:
+    await store.create_text_index()  # index maintenance must cope with the largest document
     rng = np.random.default_rng(1)
     # ~1.9 million distinct words: a tsvector of all of them would exceed 1 MB.
     words = " ".join(f"w{n:x}" for n in rng.permutation(1_900_000))[:9_990_000] + " needle"

@@ -92,9 +92,10 @@ class Migrator:
     ``source`` and ``target`` are URLs or open :class:`~docstore.Store` objects (a Store
     given as source is only read through its pool's connections). ``doc_type`` is what the
     legacy documents become. ``restart`` forgets earlier checkpoints (rows are then upserted,
-    never doubled). ``build_index`` builds the HNSW index after the copy. ``validate`` runs
-    :meth:`validate` at the end of :meth:`run`. ``report_path`` saves the report as JSON.
-    ``progress(stage, done, total)`` is called as work advances.
+    never doubled). ``build_index`` builds the HNSW and full-text indexes after the copy.
+    ``validate`` runs :meth:`validate` at the end of :meth:`run`. ``report_path`` saves the
+    report as JSON. ``progress(stage, done, total, nbytes)`` is called after every committed
+    chunk.
     """
 
     def __init__(
@@ -315,6 +316,7 @@ class Migrator:
         if self.build_index:
             t0 = _now()
             await store.create_vector_index()
+            await store.create_text_index()
             report.timings["index"] = _now() - t0
         if self.run_validation:
             report.validation = await self.validate()

@@ -31,7 +31,7 @@ MAX_HALFVEC_INDEX_DIM = 4000
 MAX_LIMIT = 1000
 TEXT_CONFIG = "english"
 # to_tsvector is bounded so no document can exceed PostgreSQL's 1 MB tsvector limit; the
-# schema's expression index (migration 0002) uses exactly this expression.
+# full-text index (create_text_index_sql) uses exactly this expression.
 TEXT_PREFIX_CHARS = 100_000
 
 
@@ -231,7 +231,7 @@ def ann_settings_sql(ef_search: int) -> str:
 
 
 def text_vector_expression(column: str = "content") -> str:
-    """The tsvector expression of the full-text index (migration 0002) and of every query."""
+    """The tsvector expression of the full-text index and of every text query."""
     return f"to_tsvector('{TEXT_CONFIG}'::regconfig, left({column}, {TEXT_PREFIX_CHARS}))"
 
 
@@ -277,6 +277,17 @@ def reciprocal_rank_fusion(
             scores[id_] = scores.get(id_, 0.0) + 1.0 / (k + rank)
     order = sorted(scores, key=lambda i: (-scores[i], i))
     return [(i, scores[i], ranks[i]) for i in order]
+
+
+TEXT_INDEX_NAME = "idx_documents_content_fts"
+
+
+def create_text_index_sql(*, concurrently: bool) -> str:
+    """``CREATE INDEX`` of the GIN full-text index ``search_text`` uses."""
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{TEXT_INDEX_NAME}"
+        f" ON documents USING gin ({text_vector_expression()})"
+    )
 
 
 # -- HNSW index DDL --------------------------------------------------------------------------

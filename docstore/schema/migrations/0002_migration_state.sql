@@ -1,4 +1,4 @@
--- Migration 3: what docstore.migrate needs on the target.
+-- Migration 2: what docstore.migrate needs on the target.
 --
 -- docstore_migration_checkpoints: one row per copied chunk of a legacy table, committed in
 -- the same transaction as the chunk's rows, so a killed migrator resumes exactly after the
