@@ -423,3 +423,19 @@ def test_cli_migrate_validate_rollback(
     monkeypatch.delenv("LEGACY_DATABASE_URL")
     missing = runner.invoke(app, ["validate"])
     assert missing.exit_code == 1 and "LEGACY_DATABASE_URL" in missing.output
+
+
+async def test_unreachable_legacy_database_error_never_shows_the_password(
+    database_url: str,
+) -> None:
+    url = "postgresql://legacy:hunter2@127.0.0.1:1/rust_docs_vectors"
+    migrator = Migrator(url, database_url)
+    assert "hunter2" not in repr(migrator)
+    with pytest.raises(MigrationError) as info:
+        async with migrator:
+            await migrator.preflight()
+    assert "cannot reach the legacy database" in str(info.value)
+    chain: BaseException | None = info.value
+    while chain is not None:
+        assert "hunter2" not in str(chain) and "hunter2" not in repr(chain)
+        chain = chain.__cause__ or chain.__context__
