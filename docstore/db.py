@@ -92,6 +92,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
 
 
+def is_transient_query_failure(exc: BaseException) -> bool:
+    """:func:`is_transient`, except a statement that ran out of ``command_timeout``: it may
+    have done its work (a write may have committed), so it is not run again."""
+    return is_transient(exc) and not isinstance(exc, TimeoutError)
+
+
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret:
@@ -209,6 +215,7 @@ class Database:
             self.url,
             f"query on {self.url}",
             after_first_failure=after_first_failure,
+            retry_on=is_transient_query_failure,
         )
 
     async def _attempt(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -233,7 +240,7 @@ class Database:
                 # an ANN search); only a transient failure enters the retry loop.
                 return await self._attempt(work)
             except BaseException as exc:
-                if not is_transient(exc) or self.settings.retry_attempts < 2:
+                if not is_transient_query_failure(exc) or self.settings.retry_attempts < 2:
                     raise
                 await _first_retry_wait(self.settings, f"query on {self.url}", exc)
             async for attempt in self._retrying(after_first_failure=True):
@@ -535,7 +542,12 @@ async def _first_retry_wait(settings: Settings, what: str, exc: BaseException) -
 
 
 def _retrying(
-    settings: Settings, redacted: str, what: str, *, after_first_failure: bool = False
+    settings: Settings,
+    redacted: str,
+    what: str,
+    *,
+    after_first_failure: bool = False,
+    retry_on: Callable[[BaseException], bool] = is_transient,
 ) -> tenacity.AsyncRetrying:
     """Tenacity policy for transient failures; ``after_first_failure`` continues a call whose
     first attempt already failed (attempt numbers and backoff carry on from 2)."""
@@ -547,7 +559,7 @@ def _retrying(
         _log_retry(what, state.attempt_number + offset, settings.retry_attempts, wait, exc)
 
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(is_transient),
+        retry=tenacity.retry_if_exception(retry_on),
         stop=tenacity.stop_after_attempt(settings.retry_attempts - offset),
         wait=tenacity.wait_random_exponential(
             multiplier=settings.retry_initial_delay * 2**offset, max=settings.retry_max_delay

@@ -48,7 +48,14 @@ class _LoopThread:
         async def wrap() -> T:
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(wrap(), self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (or any error) on this side: stop the work on the loop too, so it does
+            # not keep a connection checked out
+            future.cancel()
+            raise
 
     def stop(self) -> None:
         if self.loop.is_closed():
@@ -66,11 +73,21 @@ class _SyncProxy:
         self._runner = runner
 
     def _iterate(self, iterator: AsyncIterator[Any]) -> Iterator[Any]:
-        while True:
-            try:
-                yield self._runner.run(iterator.__anext__())
-            except StopAsyncIteration:
-                return
+        # __anext__ is called on the loop thread (an async generator registers with the loop
+        # of the thread that first iterates it), and an abandoned iteration is closed there.
+        async def step() -> Any:
+            return await iterator.__anext__()
+
+        try:
+            while True:
+                try:
+                    yield self._runner.run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            close = getattr(iterator, "aclose", None)
+            if close is not None and not self._runner.loop.is_closed():
+                self._runner.run(close())
 
     def _wrap(self, value: Any) -> Any:
         if inspect.isawaitable(value):

@@ -89,6 +89,11 @@ async def build_legacy(
                 " completed_at, error_message, docs_populated) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 rows["jobs"],
             )
+            for table in ("crate_configs", "population_jobs"):
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" (SELECT max(id) FROM {table}))"
+                )
     finally:
         await conn.close()
     return rows

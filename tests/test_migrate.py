@@ -129,30 +129,47 @@ async def test_interrupted_run_resumes_with_exact_rows(legacy_url: str, database
 async def test_legacy_writes_during_the_copy_are_caught_by_the_delta_pass(
     legacy_url: str, database_url: str
 ) -> None:
-    writes: list[asyncio.Task[None]] = []
+    import threading
 
-    def write_midway(stage: str, done: int, total: int, nbytes: int) -> None:
-        if stage == "documents" and done == 25 and not writes:
-            writes.append(
-                asyncio.get_running_loop().create_task(
+    done: list[bool] = []
+
+    def write_midway(stage: str, rows: int, total: int, nbytes: int) -> None:
+        # after the first chunk is committed, the legacy application writes (and commits)
+        if stage == "documents" and rows == 25 and not done:
+            writer = threading.Thread(
+                target=asyncio.run,
+                args=(
                     legacy_execute(
                         legacy_url,
                         "update doc_embeddings set content = content || ' (edited)' where id = 3;"
+                        " update doc_embeddings set doc_path = 'crate4/renamed.html'"
+                        " where id = 10;"
                         " delete from doc_embeddings where id = 60;"
                         " insert into doc_embeddings (crate_name, doc_path, content)"
                         " values ('crate0', 'late/page.html', 'written during the copy')",
-                    )
-                )
+                    ),
+                ),
             )
+            writer.start()
+            writer.join()
+            done.append(True)
 
     async with Migrator(legacy_url, database_url, chunk_rows=25, progress=write_midway) as m:
         report = await m.run()
-        await asyncio.gather(*writes)
-        if report.delta_documents == 0:  # the write landed after the delta pass: validate sees it
-            assert report.validation is not None and not report.validation.ok
-            report = await m.run()
-    assert report.ok, report.validation
+    assert done and report.ok, report.validation
+    assert report.delta_documents > 0 and any(
+        "changed during the copy" in w for w in report.warnings
+    )
     assert report.validation is not None and report.validation.target_documents == DOCS
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.get_by_key("rust", "crate0", "late/page.html")
+        assert await store.documents.get_by_key("rust", "crate4", "crate4/renamed.html")
+        assert (
+            await store.fetchval(
+                "select count(*) from documents where metadata->>'legacy_id' in ('10', '60')"
+            )
+            == 1
+        )
 
 
 async def test_validate_names_an_edited_character_and_an_edited_float(
@@ -439,3 +456,35 @@ async def test_unreachable_legacy_database_error_never_shows_the_password(
     while chain is not None:
         assert "hunter2" not in str(chain) and "hunter2" not in repr(chain)
         chain = chain.__cause__ or chain.__context__
+
+
+async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(
+    legacy_url: str, database_url: str, empty_database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        assert (await m.run()).ok
+    await legacy_execute(
+        legacy_url,
+        "update doc_embeddings set doc_path = 'crate4/renamed.html' where id = 5;"
+        f" delete from doc_embeddings where id = {DOCS};"
+        " insert into crate_configs (name, version_spec) values ('planned-crate', 'latest')",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    # the two changed chunks are copied again (their (id, xmin) stamps moved), the rest skipped
+    assert report.skipped_chunks == 3 and 0 < report.copied_documents <= 50
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS - 1
+        assert (
+            await store.documents.get_by_key("rust", "crate4", "crate4/module4/index.html") is None
+        )
+        assert await store.documents.get_by_key("rust", "crate4", "crate4/renamed.html")
+        planned = await store.sources.get("rust", "planned-crate")
+        assert planned is not None and planned.config["version_spec"] == "latest"
+        await store.documents.upsert(  # written after the cutover: needs a fresh legacy id
+            docstore.Document(source_name="crate0", doc_path="crate0/new.html", content="new")
+        )
+    async with Migrator(empty_database_url, database_url) as back:
+        result = await back.rollback()  # into an empty database: ids must not collide
+    assert result.documents == DOCS and result.crate_configs == 4

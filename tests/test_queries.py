@@ -51,7 +51,8 @@ def test_candidates_never_fewer_than_limit() -> None:
 def test_max_distance_filters_after_the_top_k_and_is_bound() -> None:
     sql, params = vector_search_sql(Q, dim=3072, limit=3, max_distance=0.25)
     assert params == [Q, 3, 0.25]
-    assert sql.startswith("SELECT * FROM (") and sql.endswith("WHERE hits.distance <= $3")
+    assert sql.startswith("SELECT * FROM (")
+    assert sql.endswith("WHERE hits.distance <= $3 ORDER BY hits.distance, hits.id")
 
 
 def test_include_embedding_adds_the_column() -> None:

@@ -472,14 +472,20 @@ async def test_results_render_as_html_rich_and_pandas(corpus: docstore.Store) ->
     assert "<" not in repr(results[0].content)
 
 
-async def test_html_escapes_content(store: docstore.Store) -> None:
+async def test_html_and_rich_show_content_as_text(store: docstore.Store) -> None:
+    content = "<script>alert(1)</script> Vec<[u8]> see [/docs] and [dependencies]"
     await store.documents.upsert(
-        Document(
-            source_name="s", doc_path="x", content="<script>alert(1)</script>", embedding=POINTS[0]
-        )
+        Document(source_name="s", doc_path="x", content=content, embedding=POINTS[0])
     )
-    html = (await store.search(POINTS[0]))._repr_html_()
+    results = await store.search(POINTS[0])
+    html = results._repr_html_()
     assert "<script>" not in html and "&lt;script&gt;" in html
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    console.print(results)  # rich markup in content must neither vanish nor raise
+    text = console.export_text()
+    assert "Vec<[u8]>" in text and "[/docs]" in text and "[dependencies]" in text
 
 
 async def test_hit_repr_hides_the_vector(corpus: docstore.Store) -> None:

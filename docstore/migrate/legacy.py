@@ -117,12 +117,21 @@ DOCUMENT_COLUMNS = (
 SOURCES_QUERY = """
 WITH names AS (
     SELECT name FROM crates UNION SELECT DISTINCT crate_name FROM doc_embeddings
+    __CONFIG_NAMES__
 )
 SELECT n.name AS source_name,
        c.id AS legacy_id, c.version, c.last_updated, c.total_docs, c.total_tokens
   FROM names n LEFT JOIN crates c ON c.name = n.name
  ORDER BY n.name
 """
+
+
+def sources_query(with_configs: bool) -> str:
+    """:data:`SOURCES_QUERY`; with ``crate_configs`` present, its names get sources too
+    (configured crates that were never populated)."""
+    names = "UNION SELECT name FROM crate_configs" if with_configs else ""
+    return SOURCES_QUERY.replace("__CONFIG_NAMES__", names)
+
 
 CONFIGS_QUERY = """
 SELECT id, name, version_spec, current_version, features, expected_docs, enabled,

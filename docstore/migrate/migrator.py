@@ -57,6 +57,8 @@ logger = logging.getLogger("docstore")
 # "docstore migrate" in the advisory-lock key space.
 MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
 DEFAULT_CHUNK_ROWS = 2000
+# Whole-table statements (checksums, rollback's COPY) are not bound by DOCSTORE_COMMAND_TIMEOUT.
+LONG_TIMEOUT = 24 * 3600.0
 # progress(stage, rows done, rows total, bytes streamed so far)
 Progress = Callable[[str, int, int, int], None]
 
@@ -73,12 +75,15 @@ ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
        IS DISTINCT FROM (EXCLUDED.content, EXCLUDED.metadata, EXCLUDED.embedding,
                          EXCLUDED.token_count, EXCLUDED.created_at)
 """
-_DELETE_RANGE_EXTRAS = """
+# Migrated rows of an id range that the legacy range no longer has (deleted, or renamed:
+# the upsert from staging inserted the new key, this removes the old one).
+_DELETE_RANGE_NOT_STAGED = f"""
 DELETE FROM documents d
  WHERE d.doc_type = $1 AND d.metadata->>'migrated_from' = 'rust_docs_vectors'
-   AND d.metadata->>'legacy_id' ~ '^[0-9]+$'
+   AND d.metadata->>'legacy_id' ~ '^[0-9]{{1,18}}$'
    AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
-   AND NOT ((d.metadata->>'legacy_id')::bigint = ANY($4::bigint[]))
+   AND NOT EXISTS (SELECT 1 FROM {_STAGE} s
+                    WHERE s.source_name = d.source_name AND s.doc_path = d.doc_path)
 """
 
 
@@ -114,6 +119,8 @@ class Migrator:
     ) -> None:
         if chunk_rows < 1:
             raise MigrationError("chunk_rows must be at least 1")
+        if not 1 <= len(doc_type) <= 50 or "\x00" in doc_type:
+            raise MigrationError("doc_type must be 1 to 50 characters without NUL bytes")
         self._source_arg = source
         self._target_arg = target
         self.doc_type = doc_type
@@ -153,13 +160,13 @@ class Migrator:
         settings = {"application_name": "docstore-migrate"}
         if not writable:
             settings["default_transaction_read_only"] = "on"
+        if isinstance(self._source_arg, Store):
+            async with self._source_arg.acquire() as pooled:
+                if not writable:
+                    await pooled.execute("SET default_transaction_read_only = on")
+                yield pooled
+            return
         try:
-            if isinstance(self._source_arg, Store):
-                async with self._source_arg.acquire() as conn:
-                    if not writable:
-                        await conn.execute("SET default_transaction_read_only = on")
-                    yield conn
-                return
             conn = await asyncpg.connect(self._source_arg, server_settings=settings)
         except DocstoreError:
             raise
@@ -372,16 +379,18 @@ class Migrator:
 
     async def _copy_sources(self, src: asyncpg.Connection, tgt: asyncpg.Connection) -> int:
         configs: dict[str, list[dict[str, Any]]] = {}
-        if await src.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL"):
+        has_configs = bool(await src.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL"))
+        if has_configs:
             for r in await src.fetch(legacy.CONFIGS_QUERY):
                 configs.setdefault(r["name"], []).append(_jsonable(dict(r)))
         rows = []
-        for r in await src.fetch(legacy.SOURCES_QUERY):
+        for r in await src.fetch(legacy.sources_query(has_configs)):
             config: dict[str, Any] = {"migrated_from": legacy.MIGRATED_FROM}
             if r["legacy_id"] is None:
                 config["orphan"] = True  # documents without a crates row
             else:
                 config.update(
+                    orphan=False,
                     legacy_id=r["legacy_id"],
                     version=r["version"],
                     total_docs=r["total_docs"],
@@ -511,6 +520,7 @@ class Migrator:
                         "documents",
                         legacy.DOCUMENT_COLUMNS,
                         on_bytes=self._count_bytes,
+                        timeout=LONG_TIMEOUT,
                     )
             except asyncpg.UniqueViolationError:
                 logger.info("chunk (%d, %d] collides with existing rows: upserting it", low, high)
@@ -519,9 +529,17 @@ class Migrator:
             f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
         )
         n = await pipe(
-            src, query, args, tgt, _STAGE, legacy.DOCUMENT_COLUMNS, on_bytes=self._count_bytes
+            src,
+            query,
+            args,
+            tgt,
+            _STAGE,
+            legacy.DOCUMENT_COLUMNS,
+            on_bytes=self._count_bytes,
+            timeout=LONG_TIMEOUT,
         )
         await tgt.execute(_UPSERT_FROM_STAGE)
+        await tgt.execute(_DELETE_RANGE_NOT_STAGED, self.doc_type, low, high)
         return n
 
     async def _copy_jobs(
@@ -569,14 +587,22 @@ class Migrator:
         dim = (await self._target_store()).embedding_dim
         chunk = self.chunk_rows
         # Both sides at once: they are different servers (or at least different backends).
-        legacy_rows, target_rows = await asyncio.gather(
-            src.fetch(legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim), chunk)),
-            tgt.fetch(
-                legacy.chunked_checksums_sql(legacy.target_digest_sql(), chunk), self.doc_type
-            ),
-        )
-        legacy_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in legacy_rows}
-        target_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in target_rows}
+        async with asyncio.TaskGroup() as group:  # a failure cancels (and awaits) the other
+            legacy_rows = group.create_task(
+                src.fetch(
+                    legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim), chunk),
+                    timeout=LONG_TIMEOUT,
+                )
+            )
+            target_rows = group.create_task(
+                tgt.fetch(
+                    legacy.chunked_checksums_sql(legacy.target_digest_sql(), chunk),
+                    self.doc_type,
+                    timeout=LONG_TIMEOUT,
+                )
+            )
+        legacy_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in legacy_rows.result()}
+        target_sums = {r["chunk"]: (r["rows"], r["checksum"]) for r in target_rows.result()}
         return legacy_sums, target_sums
 
     async def _delta(self, src: asyncpg.Connection, tgt: asyncpg.Connection, run_id: str) -> int:
@@ -602,18 +628,27 @@ class Migrator:
         newest = await src.fetchval("SELECT coalesce(max(id), 0) FROM doc_embeddings")
         if newest > last:
             ranges.append((last, newest))
+        # rows deleted from the end of the legacy table are beyond every range
+        await tgt.execute(
+            "DELETE FROM documents WHERE doc_type = $1"
+            " AND metadata->>'migrated_from' = 'rust_docs_vectors'"
+            " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
+            " AND (metadata->>'legacy_id')::bigint > $2",
+            self.doc_type,
+            newest,
+        )
         recopied = 0
         query = legacy.documents_copy_query("$1", (await self._target_store()).embedding_dim)
         for low, high in ranges:
-            async with tgt.transaction():
+            # one snapshot per range: the rows copied, their count and their stamp agree
+            async with (
+                src.transaction(isolation="repeatable_read", readonly=True),
+                tgt.transaction(),
+            ):
                 recopied += await self._copy_chunk(src, tgt, query, low, high, direct=False)
-                keep = [
-                    r["id"]
-                    for r in await src.fetch(
-                        "SELECT id FROM doc_embeddings WHERE id > $1 AND id <= $2", low, high
-                    )
-                ]
-                await tgt.execute(_DELETE_RANGE_EXTRAS, self.doc_type, low, high, keep)
+                rows = await src.fetchval(
+                    "SELECT count(*) FROM doc_embeddings WHERE id > $1 AND id <= $2", low, high
+                )
                 await tgt.execute(
                     """INSERT INTO docstore_migration_checkpoints
                            (run_id, table_name, first_key, last_key, rows, checksum)
@@ -624,7 +659,7 @@ class Migrator:
                     run_id,
                     low,
                     high,
-                    len(keep),
+                    rows,
                     await src.fetchval(legacy.CHUNK_VERSION, low, high) or "",
                 )
         return recopied
@@ -815,7 +850,16 @@ class Migrator:
                 " FROM source_population_jobs WHERE doc_type = $1 ORDER BY id",
                 self.doc_type,
             )
-            configs = [c for r in sources for c in _config(r["config"]).get("crate_configs", [])]
+            configs = []
+            for r in sources:
+                mine = _config(r["config"]).get("crate_configs", [])
+                if mine:  # the source's live enabled / last_checked belong to its first config
+                    mine[0] = {
+                        **mine[0],
+                        "enabled": r["enabled"],
+                        "last_checked": r["last_checked"],
+                    }
+                configs.extend(mine)
             async with leg.transaction():
                 await leg.execute(legacy.LEGACY_CORE_SCHEMA_SQL)
                 has_optional = await leg.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL")
@@ -844,17 +888,17 @@ class Migrator:
             config = _config(r["config"])
             if config.get("orphan"):
                 continue  # documents whose crate never had a crates row
-            last = config.get("last_updated")
             rows.append(
                 (
                     config.get("legacy_id"),
                     r["source_name"],
                     config.get("version"),
-                    _parse(last) if last else _naive_utc(r["last_populated"]),
+                    _naive_utc(r["last_populated"]),  # live: crates.last_updated
                     config.get("total_docs", 0),
                     config.get("total_tokens", 0),
                 )
             )
+        await _advance_sequence(leg, "crates", [r[0] for r in rows])
         await leg.executemany(
             """INSERT INTO crates (id, name, version, last_updated, total_docs, total_tokens)
                VALUES (coalesce($1, nextval(pg_get_serial_sequence('crates', 'id'))),
@@ -880,6 +924,10 @@ class Migrator:
             leg,
             _ROLLBACK_STAGE,
             legacy.ROLLBACK_COLUMNS,
+            timeout=LONG_TIMEOUT,
+        )
+        await _advance_sequence(
+            leg, "doc_embeddings", [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")]
         )
         deleted = await leg.execute(
             f"""DELETE FROM doc_embeddings d WHERE NOT EXISTS (
@@ -912,6 +960,7 @@ class Migrator:
     async def _rollback_configs(
         self, leg: asyncpg.Connection, configs: list[dict[str, Any]]
     ) -> int:
+        await _advance_sequence(leg, "crate_configs", [c["id"] for c in configs])
         await leg.executemany(
             """INSERT INTO crate_configs
                    (id, name, version_spec, current_version, features, expected_docs, enabled,
@@ -944,6 +993,7 @@ class Migrator:
         return len(configs)
 
     async def _rollback_jobs(self, leg: asyncpg.Connection, jobs: list[Any]) -> int:
+        await _advance_sequence(leg, "population_jobs", [j["legacy_id"] for j in jobs])
         await leg.executemany(
             """INSERT INTO population_jobs
                    (id, crate_config_id, status, started_at, completed_at, error_message,
@@ -987,6 +1037,17 @@ def _parse(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(value)
+
+
+async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:
+    """Move ``table``'s id sequence past its rows and the explicit ids about to be inserted,
+    so rows without an id (written after the cutover) never collide with them."""
+    top = max((int(i) for i in explicit if i is not None), default=0)
+    await leg.execute(
+        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+        f" greatest((SELECT max(id) FROM {table}), $1::bigint, 1))",
+        top,
+    )
 
 
 def _config(value: Any) -> dict[str, Any]:

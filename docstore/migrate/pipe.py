@@ -25,6 +25,7 @@ async def pipe(
     columns: Sequence[str],
     *,
     on_bytes: Callable[[int], None] | None = None,
+    timeout: float | None = None,
 ) -> int:
     """Copy the rows of ``query`` (run on ``source``) into ``table`` on ``target`` in binary.
 
@@ -42,7 +43,9 @@ async def pipe(
 
     async def produce() -> None:
         try:
-            await source.copy_from_query(query, *args, output=write, format="binary")
+            await source.copy_from_query(
+                query, *args, output=write, format="binary", timeout=timeout
+            )
         finally:
             await queue.put(None)
 
@@ -53,7 +56,7 @@ async def pipe(
     producer = asyncio.create_task(produce())
     try:
         status = await target.copy_to_table(
-            table, source=stream(), columns=list(columns), format="binary"
+            table, source=stream(), columns=list(columns), format="binary", timeout=timeout
         )
     except asyncio.CancelledError:
         producer.cancel()

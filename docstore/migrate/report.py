@@ -50,6 +50,7 @@ class Preflight(BaseModel):
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="migration preflight", show_header=False, title_justify="left")
         for t in self.tables:
@@ -66,9 +67,9 @@ class Preflight(BaseModel):
             f"{self.checkpoints} checkpoints",
         )
         for w in self.warnings:
-            table.add_row("[yellow]warning[/]", w)
+            table.add_row("[yellow]warning[/]", Text(w))
         for b in self.blocking:
-            table.add_row("[bold red]blocking[/]", b)
+            table.add_row("[bold red]blocking[/]", Text(b))
         yield table
 
 
@@ -124,6 +125,7 @@ class Validation(BaseModel):
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
+        from rich.text import Text
 
         status = "[green]OK[/]" if self.ok else "[bold red]FAILED[/]"
         table = Table(title=f"validation: {status}", title_justify="left")
@@ -177,7 +179,7 @@ class Validation(BaseModel):
             table.add_row(
                 f"[red]{m.problem}[/]",
                 f"legacy id {m.legacy_id}",
-                f"{m.source_name}/{m.doc_path}",
+                Text(f"{m.source_name}/{m.doc_path}"),
                 "",
             )
         yield table

@@ -32,6 +32,7 @@ from docstore.search.results import Hit, Latency, RecallReport, SearchResults, V
 # built or dropped by another process is noticed within this time).
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
+INDEX_BUILD_TIMEOUT = 24 * 3600.0
 
 
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
@@ -206,7 +207,9 @@ class SearchDatabase(Database):
                         maintenance_work_mem,
                     )
                 try:
-                    await conn.execute(sql)
+                    # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
+                    # index behind after a CONCURRENTLY build
+                    await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
                 finally:
                     await conn.execute("RESET maintenance_work_mem")
             except DocstoreError:

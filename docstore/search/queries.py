@@ -195,7 +195,10 @@ def vector_search_sql(
     if max_distance is None:
         return inner, params
     params.append(float(max_distance))
-    return f"SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}", params
+    return (
+        f"SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}"
+        " ORDER BY hits.distance, hits.id"
+    ), params
 
 
 MIN_CANDIDATES = 40

@@ -126,6 +126,7 @@ class SearchResults(Sequence[Hit]):
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
+        from rich.text import Text
 
         columns = self._columns()
         table = Table(title=self._title(), title_justify="left")
@@ -135,7 +136,8 @@ class SearchResults(Sequence[Hit]):
             else:
                 table.add_column(c, no_wrap=True, justify="right" if c == "#" else "left")
         for rank, hit in enumerate(self._hits, start=1):
-            table.add_row(*self._cells(rank, hit, columns))
+            # Text, not markup: docs are full of "[u8]" and "[dependencies]"
+            table.add_row(*(Text(cell) for cell in self._cells(rank, hit, columns)))
         yield table
 
     def _repr_html_(self) -> str:
