@@ -30,7 +30,9 @@ async def pipe(
     """Copy the rows of ``query`` (run on ``source``) into ``table`` on ``target`` in binary.
 
     Column types must match exactly (cast in ``query``). Returns the number of rows the
-    target accepted. A failure on either side cancels the other and raises; the caller's
+    target accepted. ``timeout`` bounds the target's COPY (the source side keeps its
+    connection's own command timeout). A failure on either side cancels the other and raises;
+    the caller's
     target transaction must then roll back (a truncated binary stream would otherwise be
     accepted by PostgreSQL as a short one).
     """
@@ -43,9 +45,7 @@ async def pipe(
 
     async def produce() -> None:
         try:
-            await source.copy_from_query(
-                query, *args, output=write, format="binary", timeout=timeout
-            )
+            await source.copy_from_query(query, *args, output=write, format="binary")
         finally:
             await queue.put(None)
 
