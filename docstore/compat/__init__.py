@@ -1,0 +1,11 @@
+"""Compatibility with the legacy Doc Server: its data operations on docstore's schema."""
+
+from docstore.compat.legacy_api import (
+    CrateDocument,
+    CrateStats,
+    LegacyDatabase,
+    LegacyDoc,
+    SimilarDoc,
+)
+
+__all__ = ["CrateDocument", "CrateStats", "LegacyDatabase", "LegacyDoc", "SimilarDoc"]

@@ -1,0 +1,243 @@
+"""``LegacyDatabase``: the legacy Doc Server's data operations, on docstore's schema.
+
+Each method is named and behaves as the legacy operation did (``../shared/legacy/README.md``):
+a crate is a document source of doc_type ``rust`` and its id is the source's id; documents
+are docstore documents, so they gain docstore's validation and the ANN index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from docstore.models import Document
+from docstore.store import Store, connect
+
+
+class SimilarDoc(NamedTuple):
+    doc_path: str
+    content: str
+    similarity: float
+
+
+class CrateDocument(NamedTuple):
+    doc_path: str
+    content: str
+    embedding: Any
+
+
+class CrateStats(NamedTuple):
+    name: str
+    version: str | None
+    last_updated: datetime | None
+    total_docs: int
+    total_tokens: int
+
+
+class LegacyDoc(NamedTuple):
+    """One document of ``insert_embeddings_batch``: (doc_path, content, embedding, tokens)."""
+
+    doc_path: str
+    content: str
+    embedding: Any
+    token_count: int | None = None
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+class LegacyDatabase:
+    """The legacy data API over a :class:`~docstore.Store` (``doc_type`` ``"rust"``)."""
+
+    def __init__(self, store: Store, doc_type: str = "rust") -> None:
+        self.store = store
+        self.doc_type = doc_type
+        self._owns_store = False
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, doc_type: str = "rust") -> LegacyDatabase:
+        """Open a store like :func:`docstore.connect` (DATABASE_URL → MCPDOCS_DATABASE_URL →
+        embedded) and wrap it."""
+        db = cls(await connect(url), doc_type)
+        db._owns_store = True
+        return db
+
+    async def close(self) -> None:
+        if self._owns_store:
+            await self.store.close()
+
+    async def __aenter__(self) -> LegacyDatabase:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- crates ------------------------------------------------------------------------------
+    async def upsert_crate(self, name: str, version: str | None) -> int:
+        """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
+        Returns the crate's id (its source's id)."""
+        self.store.ensure_writable()
+        config = {} if version is None else {"version": version}
+        return int(
+            await self.store.fetchval(
+                """INSERT INTO document_sources (doc_type, source_name, config, last_populated)
+                   VALUES ($1, $2, $3::jsonb, now())
+                   ON CONFLICT (doc_type, source_name) DO UPDATE
+                      SET config = document_sources.config || EXCLUDED.config,
+                          last_populated = now()
+                   RETURNING id""",
+                self.doc_type,
+                name,
+                json.dumps(config),
+            )
+        )
+
+    async def get_crate_stats(self) -> list[CrateStats]:
+        """One row per crate, ordered by name: (name, version, last_updated, total_docs,
+        total_tokens) — the crate's recorded totals, as the legacy ``crates`` row held them."""
+        rows = await self.store.fetch(
+            """SELECT source_name, config->>'version' AS version, last_populated,
+                      coalesce((config->>'total_docs')::int, 0) AS total_docs,
+                      coalesce((config->>'total_tokens')::int, 0) AS total_tokens
+                 FROM document_sources
+                WHERE doc_type = $1 AND NOT coalesce((config->>'orphan')::boolean, false)
+                ORDER BY source_name""",
+            self.doc_type,
+        )
+        return [
+            CrateStats(
+                r["source_name"],
+                r["version"],
+                _naive_utc(r["last_populated"]),
+                r["total_docs"],
+                r["total_tokens"],
+            )
+            for r in rows
+        ]
+
+    # -- documents ---------------------------------------------------------------------------
+    async def has_embeddings(self, crate_name: str) -> bool:
+        """Does the crate have any document?"""
+        return bool(
+            await self.store.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM documents WHERE doc_type = $1 AND source_name = $2)",
+                self.doc_type,
+                crate_name,
+            )
+        )
+
+    async def count_crate_documents(self, crate_name: str) -> int:
+        """Number of documents of a crate."""
+        return await self.store.documents.count(self.doc_type, crate_name)
+
+    def _document(
+        self, crate_name: str, doc_path: str, content: str, embedding: Any, token_count: Any
+    ) -> Document:
+        return Document(
+            doc_type=self.doc_type,
+            source_name=crate_name,
+            doc_path=doc_path,
+            content=content,
+            embedding=embedding,
+            token_count=token_count,
+            metadata={"crate_name": crate_name},
+        )
+
+    async def insert_embedding(
+        self,
+        crate_id: int | None,
+        crate_name: str,
+        doc_path: str,
+        content: str,
+        embedding: Any,
+        token_count: int | None,
+    ) -> None:
+        """Upsert one document on (crate_name, doc_path). ``crate_id`` is accepted for the
+        legacy signature; the crate is identified by name, as it always really was."""
+        del crate_id
+        [doc] = await self._keep_metadata(
+            crate_name, [self._document(crate_name, doc_path, content, embedding, token_count)]
+        )
+        await self.store.documents.upsert(doc)
+
+    async def insert_embeddings_batch(
+        self,
+        crate_id: int | None,
+        crate_name: str,
+        docs: Iterable[LegacyDoc | Sequence[Any]],
+    ) -> None:
+        """Upsert many documents in one transaction, then recompute the crate's total_docs
+        and total_tokens."""
+        del crate_id
+        batch = await self._keep_metadata(
+            crate_name, [self._document(crate_name, *LegacyDoc(*d)) for d in docs]
+        )
+        await self.store.documents.upsert_many(batch, atomic=True)
+        await self._recompute_totals(crate_name)
+
+    async def _keep_metadata(self, crate_name: str, docs: list[Document]) -> list[Document]:
+        """Legacy writes carry no metadata: keep what the stored rows have (a migrated row's
+        legacy_id, for one), so the upsert does not erase it."""
+        rows = await self.store.fetch(
+            "SELECT doc_path, metadata FROM documents"
+            " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])",
+            self.doc_type,
+            crate_name,
+            [d.doc_path for d in docs],
+        )
+        stored = {
+            r["doc_path"]: json.loads(r["metadata"])
+            if isinstance(r["metadata"], str)
+            else r["metadata"]
+            for r in rows
+        }
+        return [
+            d.model_copy(update={"metadata": {**stored[d.doc_path], **d.metadata}})
+            if d.doc_path in stored
+            else d
+            for d in docs
+        ]
+
+    async def _recompute_totals(self, crate_name: str) -> None:
+        await self.store.execute(
+            """UPDATE document_sources s
+                  SET config = s.config || jsonb_build_object(
+                      'total_docs', (SELECT count(*) FROM documents d
+                                      WHERE d.doc_type = s.doc_type
+                                        AND d.source_name = s.source_name),
+                      'total_tokens', (SELECT coalesce(sum(token_count), 0) FROM documents d
+                                        WHERE d.doc_type = s.doc_type
+                                          AND d.source_name = s.source_name))
+                WHERE s.doc_type = $1 AND s.source_name = $2""",
+            self.doc_type,
+            crate_name,
+        )
+
+    async def search_similar_docs(
+        self, crate_name: str, embedding: Any, limit: int = 5
+    ) -> list[SimilarDoc]:
+        """Cosine similarity ``1 - (embedding <=> q)``, best first, within one crate (uses
+        the ANN index when one exists)."""
+        hits = await self.store.search(
+            embedding, doc_type=self.doc_type, source_name=crate_name, limit=limit
+        )
+        return [SimilarDoc(h.doc_path, h.content, float(h.similarity or 0.0)) for h in hits]
+
+    async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
+        """All documents of a crate ordered by doc_path: (doc_path, content, embedding)."""
+        rows = await self.store.fetch(
+            "SELECT doc_path, content, embedding FROM documents"
+            " WHERE doc_type = $1 AND source_name = $2 ORDER BY doc_path",
+            self.doc_type,
+            crate_name,
+        )
+        return [CrateDocument(r["doc_path"], r["content"], r["embedding"]) for r in rows]
+
+    async def delete_crate_embeddings(self, crate_name: str) -> int:
+        """Delete all documents of a crate; returns how many."""
+        return await self.store.documents.delete_source(self.doc_type, crate_name)

@@ -1,0 +1,221 @@
+"""Differential tests: the legacy operations as legacy SQL on a real legacy database, and the
+same operations through ``LegacyDatabase`` on docstore — identical observable results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+import docstore
+from docstore.codecs import register_codecs
+from docstore.compat import LegacyDatabase, LegacyDoc
+from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
+
+
+class LegacySQL:
+    """The legacy operations as the legacy server ran them (schema.sql + the README table)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def upsert_crate(self, name: str, version: str | None) -> int:
+        return int(
+            await self.conn.fetchval(
+                """INSERT INTO crates (name, version) VALUES ($1, $2)
+                   ON CONFLICT (name) DO UPDATE
+                      SET version = COALESCE(EXCLUDED.version, crates.version),
+                          last_updated = CURRENT_TIMESTAMP
+                   RETURNING id""",
+                name,
+                version,
+            )
+        )
+
+    async def has_embeddings(self, crate: str) -> bool:
+        return bool(
+            await self.conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM doc_embeddings WHERE crate_name = $1)", crate
+            )
+        )
+
+    async def insert_embedding(
+        self, crate_id: int, crate: str, path: str, content: str, emb: Any, tokens: Any
+    ) -> None:
+        await self.conn.execute(
+            """INSERT INTO doc_embeddings
+                   (crate_id, crate_name, doc_path, content, embedding, token_count)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (crate_name, doc_path) DO UPDATE
+                  SET content = EXCLUDED.content, embedding = EXCLUDED.embedding,
+                      token_count = EXCLUDED.token_count""",
+            crate_id,
+            crate,
+            path,
+            content,
+            emb,
+            tokens,
+        )
+
+    async def insert_embeddings_batch(self, crate_id: int, crate: str, docs: list[Any]) -> None:
+        async with self.conn.transaction():
+            for d in docs:
+                await self.insert_embedding(crate_id, crate, *d)
+            await self.conn.execute(
+                """UPDATE crates SET
+                       total_docs = (SELECT count(*) FROM doc_embeddings WHERE crate_name = $1),
+                       total_tokens = (SELECT coalesce(sum(token_count), 0)
+                                         FROM doc_embeddings WHERE crate_name = $1)
+                   WHERE name = $1""",
+                crate,
+            )
+
+    async def search_similar_docs(self, crate: str, emb: Any, limit: int = 5) -> list[Any]:
+        rows = await self.conn.fetch(
+            "SELECT doc_path, content, similarity FROM search_similar_docs($1, $2, $3)",
+            emb,
+            crate,
+            limit,
+        )
+        return [(r["doc_path"], r["content"], r["similarity"]) for r in rows]
+
+    async def get_crate_documents(self, crate: str) -> list[Any]:
+        rows = await self.conn.fetch(
+            "SELECT doc_path, content, embedding FROM doc_embeddings"
+            " WHERE crate_name = $1 ORDER BY doc_path",
+            crate,
+        )
+        return [tuple(r) for r in rows]
+
+    async def delete_crate_embeddings(self, crate: str) -> int:
+        status = await self.conn.execute("DELETE FROM doc_embeddings WHERE crate_name = $1", crate)
+        return int(status.split()[-1])
+
+    async def get_crate_stats(self) -> list[Any]:
+        rows = await self.conn.fetch(
+            "SELECT name, version, last_updated, total_docs, total_tokens FROM crates ORDER BY name"
+        )
+        return [tuple(r) for r in rows]
+
+    async def count_crate_documents(self, crate: str) -> int:
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM doc_embeddings WHERE crate_name = $1", crate
+            )
+        )
+
+
+@pytest.fixture
+async def both(
+    empty_database_url: str, database_url: str
+) -> AsyncIterator[tuple[LegacySQL, LegacyDatabase]]:
+    conn = await asyncpg.connect(empty_database_url)
+    await conn.execute(LEGACY_SCHEMA_SQL)
+    await register_codecs(conn, "public")
+    async with docstore.connect(database_url) as store:
+        yield LegacySQL(conn), LegacyDatabase(store)
+    await conn.close()
+
+
+def docs(n: int, seed: int, prefix: str = "doc") -> list[LegacyDoc]:
+    rng = np.random.default_rng(seed)
+    return [
+        LegacyDoc(
+            f"{prefix}/{i}.html",
+            f"content {i} with 'quotes' and \\ backslashes ✓",
+            rng.normal(size=3072).astype(np.float32),
+            None if i % 5 == 0 else 10 * i,
+        )
+        for i in range(n)
+    ]
+
+
+def without_time(stats: list[Any]) -> list[Any]:
+    return [(s[0], s[1], s[3], s[4]) for s in stats]
+
+
+async def same(legacy: LegacySQL, compat: LegacyDatabase, op: str, *args: Any) -> Any:
+    a = await getattr(legacy, op)(*args)
+    b = await getattr(compat, op)(*args)
+    return a, b
+
+
+async def test_every_legacy_operation_behaves_the_same(
+    both: tuple[LegacySQL, LegacyDatabase],
+) -> None:
+    legacy, compat = both
+    tokio_l = await legacy.upsert_crate("tokio", "1.0")
+    tokio_c = await compat.upsert_crate("tokio", "1.0")
+    assert isinstance(tokio_l, int) and isinstance(tokio_c, int)
+    # a NULL version keeps the old one, and the id is stable
+    assert await legacy.upsert_crate("tokio", None) == tokio_l
+    assert await compat.upsert_crate("tokio", None) == tokio_c
+    await legacy.upsert_crate("serde", "2.0")
+    await compat.upsert_crate("serde", "2.0")
+    a, b = await same(legacy, compat, "get_crate_stats")
+    assert without_time(a) == without_time(b) == [("serde", "2.0", 0, 0), ("tokio", "1.0", 0, 0)]
+    assert all(s[2] is not None for s in a + b)  # last_updated bumped on both
+
+    assert await same(legacy, compat, "has_embeddings", "tokio") == (False, False)
+    batch = docs(30, seed=1)
+    await legacy.insert_embeddings_batch(tokio_l, "tokio", batch)
+    await compat.insert_embeddings_batch(tokio_c, "tokio", batch)
+    a, b = await same(legacy, compat, "get_crate_stats")
+    assert without_time(a) == without_time(b)
+    assert a[1][3] == 30 and a[1][4] == sum(d.token_count or 0 for d in batch)
+
+    # single upserts: one update of an existing document, one new (totals not recomputed)
+    changed = np.full(3072, 0.25, dtype=np.float32)
+    for target in (legacy, compat):
+        crate_id = tokio_l if target is legacy else tokio_c
+        await target.insert_embedding(crate_id, "tokio", "doc/3.html", "changed", changed, 7)
+        await target.insert_embedding(crate_id, "tokio", "extra.html", "new", changed, None)
+    assert await same(legacy, compat, "count_crate_documents", "tokio") == (31, 31)
+    assert await same(legacy, compat, "has_embeddings", "tokio") == (True, True)
+    a, b = await same(legacy, compat, "get_crate_stats")
+    assert without_time(a) == without_time(b)
+
+    a, b = await same(legacy, compat, "get_crate_documents", "tokio")
+    assert [(p, c) for p, c, _ in a] == [(p, c) for p, c, _ in b]
+    assert all(np.array_equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
+
+    for query in (batch[7].embedding, changed):
+        a, b = await same(legacy, compat, "search_similar_docs", "tokio", query, 5)
+        assert [r[:2] for r in a] == [r[:2] for r in b]
+        assert [r[2] for r in a] == pytest.approx([r[2] for r in b], abs=1e-6)
+    a, b = await same(legacy, compat, "search_similar_docs", "serde", changed, 5)
+    assert a == b == []
+
+    assert await same(legacy, compat, "delete_crate_embeddings", "serde") == (0, 0)
+    assert await same(legacy, compat, "delete_crate_embeddings", "tokio") == (31, 31)
+    assert await same(legacy, compat, "count_crate_documents", "tokio") == (0, 0)
+    assert await same(legacy, compat, "has_embeddings", "tokio") == (False, False)
+
+
+async def test_compat_writes_keep_a_migrated_rows_legacy_id(database_url: str) -> None:
+    async with docstore.connect(database_url) as store:
+        await store.documents.upsert(
+            docstore.Document(
+                source_name="tokio",
+                doc_path="a.html",
+                content="old",
+                metadata={"legacy_id": 42, "migrated_from": "rust_docs_vectors"},
+            )
+        )
+        compat = LegacyDatabase(store)
+        await compat.insert_embedding(None, "tokio", "a.html", "new", None, 3)
+        doc = await store.documents.get_by_key("rust", "tokio", "a.html")
+        assert doc is not None and doc.content == "new"
+        assert doc.metadata["legacy_id"] == 42 and doc.metadata["crate_name"] == "tokio"
+
+
+async def test_connect_uses_the_legacy_variable_alone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPDOCS_DATABASE_URL", database_url)
+    async with await LegacyDatabase.connect() as compat:
+        assert compat.store.url_source.value == "MCPDOCS_DATABASE_URL"
+        assert await compat.count_crate_documents("nothing") == 0
