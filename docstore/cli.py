@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from docstore.compat import LegacyDatabase
 from docstore.config import load_settings, with_database
 from docstore.demo import DEMO_DOCS, build_sample_legacy, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
@@ -334,6 +335,32 @@ async def rollback(
         f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "
         f"{result.population_jobs} population jobs ({result.seconds:.1f} s)"
     )
+
+
+compat_app = typer.Typer(help="Legacy SQL compatibility: views and search_similar_docs().")
+app.add_typer(compat_app, name="compat")
+SchemaOption = Annotated[
+    str | None,
+    typer.Option("--schema", help="Schema for the views (default: first on search_path)."),
+]
+
+
+@compat_app.command("install-views")
+@_command
+async def compat_install(url: UrlOption = None, schema: SchemaOption = None) -> None:
+    """Create read views crates, doc_embeddings, crate_stats and search_similar_docs()."""
+    async with connect(url) as store:
+        used = await LegacyDatabase(store).install_views(schema)
+    console.print(f"legacy views and search_similar_docs() installed in schema {used!r}")
+
+
+@compat_app.command("uninstall-views")
+@_command
+async def compat_uninstall(url: UrlOption = None, schema: SchemaOption = None) -> None:
+    """Drop the legacy compatibility views and function."""
+    async with connect(url) as store:
+        used = await LegacyDatabase(store).uninstall_views(schema)
+    console.print(f"legacy views removed from schema {used!r}")
 
 
 async def _sample_legacy(url: str) -> str:

@@ -219,3 +219,137 @@ async def test_connect_uses_the_legacy_variable_alone(
     async with await LegacyDatabase.connect() as compat:
         assert compat.store.url_source.value == "MCPDOCS_DATABASE_URL"
         assert await compat.count_crate_documents("nothing") == 0
+
+
+# -- legacy SQL through the views, after a migration --------------------------------------------
+
+LEGACY_READS = [
+    ("select crate_name, count(*) from doc_embeddings group by 1 order by 1", ()),
+    ("select exists (select 1 from doc_embeddings where crate_name = 'crate1')", ()),
+    ("select exists (select 1 from doc_embeddings where crate_name = 'nope')", ()),
+    ("select count(*) from doc_embeddings where embedding is null", ()),
+    (
+        "select id, crate_id, crate_name, doc_path, md5(content), token_count, created_at"
+        " from doc_embeddings order by id",
+        (),
+    ),
+    ("select name, version, last_updated, total_docs, total_tokens from crates order by name", ()),
+    (
+        "select c.name, count(d.id) from crates c join doc_embeddings d on c.name = d.crate_name"
+        " group by 1 order by 1",
+        (),
+    ),
+    (
+        "select name, version, last_updated, doc_count, total_tokens from crate_stats"
+        " order by name",
+        (),
+    ),
+]
+
+
+@pytest.fixture
+def migrated(pg: Any, database_url: str) -> Any:
+    import asyncio
+
+    from docstore.migrate import Migrator
+    from tests.legacy_db import build_legacy
+
+    name = pg.create_database(prefix="legacy")
+    legacy_url = pg.url(name)
+
+    async def setup() -> None:
+        await build_legacy(legacy_url, crates=6, docs=120)
+        async with Migrator(legacy_url, database_url) as m:
+            assert (await m.run()).ok
+
+    asyncio.run(setup())
+    yield legacy_url, database_url
+    pg.drop_database(name)
+
+
+async def fetch_both(legacy_url: str, target_url: str, sql: str, *args: Any) -> tuple[Any, Any]:
+    out = []
+    for url in (legacy_url, target_url):
+        conn = await asyncpg.connect(url)
+        try:
+            await register_codecs(conn, "public")
+            out.append([tuple(r) for r in await conn.fetch(sql, *args)])
+        finally:
+            await conn.close()
+    return out[0], out[1]
+
+
+async def test_legacy_sql_reads_return_the_same_rows_after_migration(migrated: Any) -> None:
+    """Acceptance 2: counts, EXISTS, rows, crates, crate_stats, the similarity query and
+    search_similar_docs — row for row, with and without the ANN index."""
+    legacy_url, target_url = migrated
+    async with docstore.connect(target_url) as store:
+        assert await LegacyDatabase(store).install_views() == "public"
+    for sql, args in LEGACY_READS:
+        a, b = await fetch_both(legacy_url, target_url, sql, *args)
+        assert a == b, sql
+    query = np.random.default_rng(5).normal(size=3072).astype(np.float32)
+    similarity_sql = (
+        "select id, doc_path, 1 - (embedding <=> $1) as similarity from doc_embeddings"
+        " where crate_name = $2 and embedding is not null order by embedding <=> $1 limit 5"
+    )
+    function_sql = (
+        "select id, crate_name, doc_path, md5(content), similarity"
+        " from search_similar_docs($1, $2, 5)"
+    )
+    for with_index in (False, True):
+        if with_index:
+            async with docstore.connect(target_url) as store:
+                await store.create_vector_index()
+        for crate in ("crate0", "crate3", "orphan-crate"):
+            a, b = await fetch_both(legacy_url, target_url, similarity_sql, query, crate)
+            assert [r[:2] for r in a] == [r[:2] for r in b]
+            assert [r[2] for r in a] == pytest.approx([r[2] for r in b], abs=1e-6)
+            a, b = await fetch_both(legacy_url, target_url, function_sql, query, crate)
+            # the legacy function also returns NULL-embedding rows last; docstore's ANN never does
+            a = [r for r in a if r[4] is not None]
+            b = [r for r in b if r[4] is not None]
+            assert [r[:4] for r in a] == [r[:4] for r in b], (crate, with_index)
+
+
+async def test_writes_through_the_views_point_to_the_facade(migrated: Any) -> None:
+    _, target_url = migrated
+    async with docstore.connect(target_url) as store:
+        await LegacyDatabase(store).install_views()
+        for sql in (
+            "insert into crates (name) values ('x')",
+            "update doc_embeddings set content = 'x'",
+            "delete from doc_embeddings",
+        ):
+            with pytest.raises(docstore.QueryError, match="LegacyDatabase"):
+                await store.execute(sql)
+        assert await store.documents.count() == 120
+
+
+async def test_views_refuse_a_schema_with_legacy_tables_and_uninstall_cleanly(
+    database_url: str,
+) -> None:
+    async with docstore.connect(database_url) as store:
+        compat = LegacyDatabase(store)
+        await store.execute("create schema legacy_here; create table legacy_here.crates (id int)")
+        with pytest.raises(docstore.SchemaError, match="already has real legacy tables"):
+            await compat.install_views("legacy_here")
+        assert await compat.install_views("compat") == "compat"
+        assert await store.fetchval("select count(*) from compat.doc_embeddings") == 0
+        await compat.uninstall_views("compat")
+        assert await store.fetchval("select to_regclass('compat.doc_embeddings')") is None
+
+
+def test_cli_installs_and_removes_the_views(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    done = runner.invoke(app, ["compat", "install-views", "--schema", "legacy_compat"])
+    assert done.exit_code == 0 and "installed in schema 'legacy_compat'" in done.output
+    gone = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
+    assert gone.exit_code == 0 and "removed" in gone.output

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from docstore.compat import views
+from docstore.errors import SchemaError
 from docstore.models import Document
 from docstore.store import Store, connect
 
@@ -241,3 +243,37 @@ class LegacyDatabase:
     async def delete_crate_embeddings(self, crate_name: str) -> int:
         """Delete all documents of a crate; returns how many."""
         return await self.store.documents.delete_source(self.doc_type, crate_name)
+
+    # -- legacy SQL ----------------------------------------------------------------------------
+    async def _schema(self, schema: str | None) -> str:
+        return schema or str(await self.store.fetchval("SELECT current_schema()"))
+
+    async def install_views(self, schema: str | None = None) -> str:
+        """Create the read views ``crates``, ``doc_embeddings``, ``crate_stats`` and the function
+        ``search_similar_docs(vector, varchar, integer)`` in ``schema`` (default: the
+        connection's first search_path schema), with the legacy names and types, over
+        documents/document_sources. Writes through the views fail with a message pointing
+        here. Refuses a schema that holds real legacy tables. Returns the schema used."""
+        self.store.ensure_writable()
+        target = await self._schema(schema)
+        clash = [r[0] for r in await self.store.fetch(views.LEGACY_TABLES_IN_SCHEMA, target)]
+        if clash:
+            raise SchemaError(
+                f"schema {target!r} already has real legacy tables ({', '.join(sorted(clash))}): "
+                "install the compatibility views in another schema (schema=...) and put it "
+                "first on the legacy clients' search_path"
+            )
+        async with self.store.transaction() as conn:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {views._ident(target)}")
+            for statement in views.install_sql(target, self.doc_type, self.store.embedding_dim):
+                await conn.execute(statement)
+        return target
+
+    async def uninstall_views(self, schema: str | None = None) -> str:
+        """Drop what :meth:`install_views` created in ``schema``; returns the schema."""
+        self.store.ensure_writable()
+        target = await self._schema(schema)
+        async with self.store.transaction() as conn:
+            for statement in views.uninstall_sql(target, self.store.embedding_dim):
+                await conn.execute(statement)
+        return target

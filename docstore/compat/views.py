@@ -1,0 +1,135 @@
+"""Legacy SQL on docstore's schema: read views ``crates``, ``doc_embeddings``, ``crate_stats``
+and the function ``search_similar_docs(vector, varchar, integer)``, with the legacy column
+names and types (pure SQL builders; :class:`~docstore.compat.LegacyDatabase` installs them).
+
+Ids: a crate's id is its source's id; a document's id is its legacy id when it was migrated
+(``metadata.legacy_id``), else ``documents.id + 1,000,000,000`` — stable across calls and
+never colliding with a legacy id. ``doc_embeddings.crate_id`` is the crate's id, or NULL where
+the legacy row had a NULL ``crate_id``.
+"""
+
+from __future__ import annotations
+
+from docstore.search.queries import index_expression, query_expression, vector_index_name
+
+NEW_ID_OFFSET = 1_000_000_000
+VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
+GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
+MESSAGE = (
+    "%s is a read-only docstore compatibility view over documents/document_sources: "
+    "write through docstore.compat.LegacyDatabase (upsert_crate, insert_embedding, ...)"
+)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def install_sql(schema: str, doc_type: str, dim: int) -> list[str]:
+    """The statements that (re)create the views, their write guards and the function."""
+    s = _ident(schema)
+    dt = doc_type.replace("'", "''")
+    doc_id = (
+        "CASE WHEN d.metadata->>'migrated_from' = 'rust_docs_vectors'"
+        " AND d.metadata->>'legacy_id' ~ '^[0-9]{1,9}$'"
+        " THEN (d.metadata->>'legacy_id')::integer"
+        f" ELSE d.id + {NEW_ID_OFFSET} END"
+    )
+    not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
+    statements = [
+        f"""CREATE OR REPLACE VIEW {s}.crates AS
+SELECT s.id::integer AS id, s.source_name::varchar(255) AS name,
+       (s.config->>'version')::varchar(50) AS version,
+       (s.last_populated AT TIME ZONE 'UTC')::timestamp AS last_updated,
+       coalesce((s.config->>'total_docs')::integer, 0) AS total_docs,
+       coalesce((s.config->>'total_tokens')::integer, 0) AS total_tokens
+  FROM document_sources s
+ WHERE s.doc_type = '{dt}' AND {not_orphan}""",
+        f"""CREATE OR REPLACE VIEW {s}.doc_embeddings AS
+SELECT {doc_id} AS id,
+       CASE WHEN d.metadata ? 'legacy_id' AND NOT d.metadata ? 'legacy_crate_id' THEN NULL
+            ELSE s.id END::integer AS crate_id,
+       d.source_name::varchar(255) AS crate_name, d.doc_path, d.content,
+       d.embedding::vector({int(dim)}) AS embedding, d.token_count, d.created_at
+  FROM documents d
+  LEFT JOIN document_sources s
+    ON s.doc_type = d.doc_type AND s.source_name = d.source_name AND {not_orphan}
+ WHERE d.doc_type = '{dt}'""",
+        f"""CREATE OR REPLACE VIEW {s}.crate_stats AS
+SELECT c.name, c.version, c.last_updated,
+       COUNT(d.id) AS doc_count,
+       COALESCE(SUM(d.token_count), 0) AS total_tokens,
+       pg_size_pretty(pg_total_relation_size('documents')) AS table_size
+  FROM {s}.crates c
+  LEFT JOIN {s}.doc_embeddings d ON c.id = d.crate_id
+ GROUP BY c.id, c.name, c.version, c.last_updated""",
+        f"""CREATE OR REPLACE FUNCTION {s}.{GUARD_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '{MESSAGE}', TG_TABLE_NAME USING ERRCODE = 'feature_not_supported';
+END;
+$$""",
+    ]
+    for view in ("crates", "doc_embeddings"):
+        statements.append(
+            f"CREATE OR REPLACE TRIGGER docstore_read_only INSTEAD OF INSERT OR UPDATE OR DELETE"
+            f" ON {s}.{view} FOR EACH ROW EXECUTE FUNCTION {s}.{GUARD_FUNCTION}()"
+        )
+    index = vector_index_name("cosine")
+    ann_order = (
+        f"{index_expression(dim, 'd.embedding')} <=> {query_expression(dim, 'query_embedding')}"
+    )
+    statements.append(
+        f"""CREATE OR REPLACE FUNCTION {s}.search_similar_docs(
+    query_embedding   vector({int(dim)}),
+    target_crate_name VARCHAR(255),
+    limit_results     INTEGER DEFAULT 5
+) RETURNS TABLE (id INTEGER, crate_name VARCHAR(255), doc_path TEXT, content TEXT,
+                 similarity FLOAT)
+LANGUAGE plpgsql
+SET hnsw.ef_search = 200 SET hnsw.iterative_scan = relaxed_order SET enable_seqscan = off
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE c.relname = '{index}' AND i.indisvalid) THEN
+        -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank
+        RETURN QUERY
+        SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+               (1 - (d.embedding <=> query_embedding))::float
+          FROM (SELECT * FROM documents d
+                 WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
+                   AND d.embedding IS NOT NULL
+                 ORDER BY {ann_order}
+                 LIMIT greatest(limit_results * 4, 40)) d
+         ORDER BY d.embedding <=> query_embedding, d.id
+         LIMIT limit_results;
+    ELSE
+        RETURN QUERY
+        SELECT e.id, e.crate_name, e.doc_path, e.content,
+               (1 - (e.embedding <=> query_embedding))::float
+          FROM {s}.doc_embeddings e
+         WHERE e.crate_name = target_crate_name
+         ORDER BY e.embedding <=> query_embedding
+         LIMIT limit_results;
+    END IF;
+END;
+$$"""
+    )
+    return statements
+
+
+def uninstall_sql(schema: str, dim: int) -> list[str]:
+    s = _ident(schema)
+    return [
+        f"DROP FUNCTION IF EXISTS {s}.search_similar_docs(vector({int(dim)}), varchar, integer)",
+        *(f"DROP VIEW IF EXISTS {s}.{view}" for view in VIEW_NAMES),
+        f"DROP FUNCTION IF EXISTS {s}.{GUARD_FUNCTION}()",
+    ]
+
+
+# Real tables (not our views) with a legacy name in the schema: installing would shadow them.
+LEGACY_TABLES_IN_SCHEMA = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname IN ('crates', 'doc_embeddings', 'crate_stats')
+   AND c.relkind <> 'v'
+"""
