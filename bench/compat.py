@@ -1,0 +1,123 @@
+"""Benchmark: the legacy search_similar_docs() against docstore's compatibility paths.
+
+    python bench/compat.py                  # 40 crates / 4,133 docs x 3072, 200 queries
+
+A legacy database like the plan's is built on a throwaway embedded PostgreSQL and migrated
+into docstore, whose compatibility views are installed. Each query (a stored embedding and
+its crate, top 5) runs, interleaved, through:
+
+  legacy    ``SELECT * FROM search_similar_docs($1, $2, 5)`` on the legacy database
+  views     the same SQL on the migrated database (the compatibility function)
+  facade    ``LegacyDatabase.search_similar_docs(crate, q, 5)``
+
+first without a vector index (exact), then after ``create_vector_index()`` (ANN). Goals
+(issue 7): exact compatibility paths <= 1.10x legacy, ANN paths < 1.0x legacy (p50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+import docstore
+from docstore.codecs import register_codecs
+from docstore.compat import LegacyDatabase
+from docstore.demo import build_sample_legacy
+from docstore.embedded import EmbeddedServer, ensure_database
+from docstore.migrate import Migrator
+
+FUNCTION = "SELECT * FROM search_similar_docs($1, $2, 5)"
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(url)
+    await register_codecs(conn, "public")
+    return conn
+
+
+async def measure(
+    legacy: asyncpg.Connection,
+    target: asyncpg.Connection,
+    compat: LegacyDatabase,
+    queries: list[tuple[np.ndarray, str]],
+) -> dict[str, float]:
+    calls: dict[str, Any] = {
+        "legacy": lambda q, c: legacy.fetch(FUNCTION, q, c),
+        "views": lambda q, c: target.fetch(FUNCTION, q, c),
+        "facade": lambda q, c: compat.search_similar_docs(c, q, 5),
+    }
+    for q, c in queries[:20]:  # warm-up
+        for call in calls.values():
+            await call(q, c)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for i, (q, c) in enumerate(queries):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = time.perf_counter()
+            await calls[name](q, c)
+            times[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+async def run(args: argparse.Namespace) -> bool:
+    with tempfile.TemporaryDirectory(prefix="docstore-bench-compat-") as tmp:
+        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
+        try:
+            admin = server.url("postgres")
+            await ensure_database(admin, "legacy")
+            await ensure_database(admin, "target")
+            legacy_url, target_url = server.url("legacy"), server.url("target")
+            await build_sample_legacy(legacy_url, crates=args.crates, docs=args.rows)
+            async with docstore.connect(target_url) as store:
+                async with Migrator(legacy_url, store) as m:
+                    assert (await m.run()).ok
+                compat = LegacyDatabase(store)
+                await compat.install_views()
+                legacy = await connect(legacy_url)
+                target = await connect(target_url)
+                rows = await legacy.fetch(
+                    "SELECT embedding, crate_name FROM doc_embeddings"
+                    " WHERE embedding IS NOT NULL ORDER BY random() LIMIT $1",
+                    args.queries,
+                )
+                queries = [(r["embedding"], r["crate_name"]) for r in rows]
+                exact = await measure(legacy, target, compat, queries)
+                await store.create_vector_index()
+                ann = await measure(legacy, target, compat, queries)
+                await legacy.close()
+                await target.close()
+        finally:
+            server.close()
+    print(f"{args.rows} documents x 3072 in {args.crates} crates, {args.queries} queries, p50 ms")
+    print(
+        f"  legacy search_similar_docs   exact {exact['legacy']:.2f}   (again {ann['legacy']:.2f})"
+    )
+    for name in ("views", "facade"):
+        print(f"  {name:<27}  exact {exact[name]:.2f}   ann {ann[name]:.2f}")
+    goals = []
+    for name in ("views", "facade"):
+        r_exact = exact[name] / exact["legacy"]
+        r_ann = ann[name] / ann["legacy"]
+        goals.append((f"{name}: exact <= 1.10x legacy", r_exact <= 1.10, f"{r_exact:.2f}x"))
+        goals.append((f"{name}: ANN < 1.0x legacy", r_ann < 1.0, f"{r_ann:.2f}x"))
+    for name, ok, figure in goals:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {figure}")
+    return all(ok for _, ok, _ in goals)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=4133)
+    parser.add_argument("--crates", type=int, default=40)
+    parser.add_argument("--queries", type=int, default=200)
+    sys.exit(0 if asyncio.run(run(parser.parse_args())) else 1)
