@@ -90,7 +90,7 @@ async def build_sample_legacy(
     import asyncpg  # local: the demo module is imported by the CLI at start-up
 
     from docstore.codecs import register_codecs
-    from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
+    from docstore.migrate.legacy import LEGACY_SCHEMA_SQL, ROLLBACK_COLUMNS
 
     del fast
     rng = np.random.default_rng(seed)
@@ -136,16 +136,7 @@ async def build_sample_legacy(
         await conn.copy_records_to_table(
             "doc_embeddings",
             records=rows(),
-            columns=[
-                "id",
-                "crate_id",
-                "crate_name",
-                "doc_path",
-                "content",
-                "embedding",
-                "token_count",
-                "created_at",
-            ],
+            columns=list(ROLLBACK_COLUMNS),  # the doc_embeddings columns
         )
         await conn.execute(
             """UPDATE crates c SET last_updated = now()::timestamp, total_docs = s.n,

@@ -63,6 +63,14 @@ LONG_TIMEOUT = 24 * 3600.0
 Progress = Callable[[str, int, int, int], None]
 
 _STAGE = "docstore_migrate_stage"
+_RECORD_CHECKPOINT = """
+INSERT INTO docstore_migration_checkpoints
+       (run_id, table_name, first_key, last_key, rows, checksum)
+VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
+ON CONFLICT (run_id, table_name, first_key) DO UPDATE
+   SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows, checksum = EXCLUDED.checksum,
+       created_at = now()
+"""
 _UPSERT_FROM_STAGE = f"""
 INSERT INTO documents ({", ".join(legacy.DOCUMENT_COLUMNS)})
 SELECT {", ".join(legacy.DOCUMENT_COLUMNS)} FROM {_STAGE}
@@ -483,12 +491,7 @@ class Migrator:
                     )
                 checksum = await src.fetchval(legacy.CHUNK_VERSION, low, high)
                 await tgt.execute(
-                    """INSERT INTO docstore_migration_checkpoints
-                           (run_id, table_name, first_key, last_key, rows, checksum)
-                       VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
-                       ON CONFLICT (run_id, table_name, first_key) DO UPDATE
-                          SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,
-                              checksum = EXCLUDED.checksum, created_at = now()""",
+                    _RECORD_CHECKPOINT,
                     report.run_id,
                     low,
                     high,
@@ -650,12 +653,7 @@ class Migrator:
                     "SELECT count(*) FROM doc_embeddings WHERE id > $1 AND id <= $2", low, high
                 )
                 await tgt.execute(
-                    """INSERT INTO docstore_migration_checkpoints
-                           (run_id, table_name, first_key, last_key, rows, checksum)
-                       VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
-                       ON CONFLICT (run_id, table_name, first_key) DO UPDATE
-                          SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,
-                              checksum = EXCLUDED.checksum, created_at = now()""",
+                    _RECORD_CHECKPOINT,
                     run_id,
                     low,
                     high,
