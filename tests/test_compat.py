@@ -353,3 +353,201 @@ def test_cli_installs_and_removes_the_views(
     assert done.exit_code == 0 and "installed in schema 'legacy_compat'" in done.output
     gone = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
     assert gone.exit_code == 0 and "removed" in gone.output
+
+
+# -- crate configs and population jobs ------------------------------------------------------
+
+
+class LegacyConfigSQL:
+    """The legacy config / job operations (only where those tables exist)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def create_crate_config(
+        self,
+        name: str,
+        version_spec: str = "latest",
+        current_version: str | None = None,
+        features: list[str] | None = None,
+        expected_docs: int = 1000,
+        enabled: bool = True,
+    ) -> int:
+        return int(
+            await self.conn.fetchval(
+                """INSERT INTO crate_configs (name, version_spec, current_version, features,
+                                         expected_docs, enabled)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (name, version_spec) DO UPDATE
+                  SET current_version = EXCLUDED.current_version, features = EXCLUDED.features,
+                      expected_docs = EXCLUDED.expected_docs, enabled = EXCLUDED.enabled,
+                      updated_at = now()
+               RETURNING id""",
+                name,
+                version_spec,
+                current_version,
+                features or [],
+                expected_docs,
+                enabled,
+            )
+        )
+
+    async def get_crate_config(self, name: str, version_spec: str = "latest") -> Any:
+        row = await self.conn.fetchrow(
+            "SELECT * FROM crate_configs WHERE name = $1 AND version_spec = $2", name, version_spec
+        )
+        return None if row is None else dict(row)
+
+    async def list_crate_configs(self, enabled_only: bool = False) -> list[Any]:
+        rows = await self.conn.fetch(
+            "SELECT * FROM crate_configs WHERE enabled OR NOT $1 ORDER BY name, version_spec",
+            enabled_only,
+        )
+        return [dict(r) for r in rows]
+
+    async def update_crate_config(self, config_id: int, **fields: Any) -> bool:
+        sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(fields))
+        status = await self.conn.execute(
+            f"UPDATE crate_configs SET {sets}, updated_at = now() WHERE id = $1",
+            config_id,
+            *fields.values(),
+        )
+        return status.split()[-1] != "0"
+
+    async def get_crates_needing_update(self, max_age: Any) -> list[Any]:
+        rows = await self.conn.fetch(
+            """SELECT * FROM crate_configs
+                WHERE enabled AND (last_checked IS NULL OR last_checked < now() - $1::interval)
+                ORDER BY last_checked NULLS FIRST, name""",
+            max_age,
+        )
+        return [dict(r) for r in rows]
+
+    async def create_population_job(self, crate_config_id: int) -> int:
+        return int(
+            await self.conn.fetchval(
+                "INSERT INTO population_jobs (crate_config_id) VALUES ($1) RETURNING id",
+                crate_config_id,
+            )
+        )
+
+    async def update_population_job(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        error_message: str | None = None,
+        docs_populated: int | None = None,
+    ) -> bool:
+        result = await self.conn.execute(
+            """UPDATE population_jobs
+                  SET status = $2::text,
+                      started_at = CASE WHEN $2::text = 'running' THEN now() ELSE started_at END,
+                      completed_at = CASE WHEN $2::text IN ('completed', 'failed') THEN now()
+                                          ELSE completed_at END,
+                      error_message = coalesce($3, error_message),
+                      docs_populated = coalesce($4, docs_populated)
+                WHERE id = $1""",
+            job_id,
+            status,
+            error_message,
+            docs_populated,
+        )
+        return result.split()[-1] != "0"
+
+    async def get_population_job(self, job_id: int) -> Any:
+        row = await self.conn.fetchrow(
+            "SELECT id, crate_config_id, status, started_at, completed_at, error_message,"
+            " docs_populated, created_at FROM population_jobs WHERE id = $1",
+            job_id,
+        )
+        return None if row is None else dict(row)
+
+
+CONFIG_FIELDS = (
+    "id",
+    "name",
+    "version_spec",
+    "current_version",
+    "features",
+    "expected_docs",
+    "enabled",
+)
+
+
+def configs_view(rows: list[Any]) -> list[Any]:
+    return [(*(r[k] for k in CONFIG_FIELDS), r["last_checked"] is None) for r in rows]
+
+
+def job_view(job: Any) -> Any:
+    return (
+        job["id"],
+        job["crate_config_id"],
+        job["status"],
+        job["started_at"] is None,
+        job["completed_at"] is None,
+        job["error_message"],
+        job["docs_populated"],
+    )
+
+
+async def test_config_and_job_operations_behave_the_same(
+    both: tuple[LegacySQL, LegacyDatabase],
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    legacy_db, compat = both
+    legacy = LegacyConfigSQL(legacy_db.conn)
+    for target in (legacy, compat):
+        assert await target.create_crate_config("tokio", "latest", "1.40", ["full"]) == 1
+        assert await target.create_crate_config("tokio", "1.x", None, [], 50, False) == 2
+        assert await target.create_crate_config("serde", features=["derive"]) == 3
+        # the same (name, version_spec) again updates, keeping the id
+        assert await target.create_crate_config("serde", "latest", "1.0.200", ["derive"]) == 3
+    a, b = await legacy.list_crate_configs(), await compat.list_crate_configs()
+    assert configs_view(a) == configs_view(b)
+    a, b = await legacy.list_crate_configs(True), await compat.list_crate_configs(True)
+    assert configs_view(a) == configs_view(b) and len(a) == 2
+    a = await legacy.get_crate_config("tokio", "1.x")
+    b = await compat.get_crate_config("tokio", "1.x")
+    assert configs_view([a]) == configs_view([b])
+    assert await legacy.get_crate_config("nope") is None
+    assert await compat.get_crate_config("nope") is None
+
+    checked = datetime.now(UTC) - timedelta(hours=2)
+    for target in (legacy, compat):
+        assert await target.update_crate_config(1, last_checked=checked, current_version="1.41")
+        assert not await target.update_crate_config(99, enabled=True)
+    for max_age, expected in (
+        (timedelta(hours=1), ["serde", "tokio"]),
+        (timedelta(hours=3), ["serde"]),
+    ):
+        a = await legacy.get_crates_needing_update(max_age)
+        b = await compat.get_crates_needing_update(max_age)
+        assert [c["name"] for c in a] == [c["name"] for c in b] == expected
+
+    for target in (legacy, compat):
+        job = await target.create_population_job(3)
+        assert await target.update_population_job(job, "running")
+        assert await target.update_population_job(job, "failed", error_message="timeout")
+        second = await target.create_population_job(1)
+        assert await target.update_population_job(second, "completed", docs_populated=42)
+        assert not await target.update_population_job(999, "running")
+    for job_id in (1, 2):
+        a = await legacy.get_population_job(job_id)
+        b = await compat.get_population_job(job_id)
+        assert job_view(a) == job_view(b)
+
+
+async def test_migrated_configs_are_served_by_the_facade(migrated: Any) -> None:
+    legacy_url, target_url = migrated
+    conn = await asyncpg.connect(legacy_url)
+    try:
+        expected = await LegacyConfigSQL(conn).list_crate_configs()
+    finally:
+        await conn.close()
+    async with docstore.connect(target_url) as store:
+        compat = LegacyDatabase(store)
+        assert configs_view(await compat.list_crate_configs()) == configs_view(expected)
+        # the next config id continues after the migrated ones
+        assert await compat.create_crate_config("new-crate") == max(c["id"] for c in expected) + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from docstore.compat import views
@@ -277,3 +277,231 @@ class LegacyDatabase:
             for statement in views.uninstall_sql(target, self.store.embedding_dim):
                 await conn.execute(statement)
         return target
+
+    # -- crate configs & population jobs -----------------------------------------------------
+    # Stored as the Migrator maps them: every config of a crate in its source's
+    # config["crate_configs"] (the lowest id's fields mirrored at the top level), jobs in
+    # source_population_jobs. Config ids are unique across crates (allocated under a lock).
+
+    async def _source_configs(self, conn: Any, name: str) -> tuple[int, dict[str, Any]]:
+        row = await conn.fetchrow(
+            "SELECT id, config FROM document_sources WHERE doc_type = $1 AND source_name = $2"
+            " FOR UPDATE",
+            self.doc_type,
+            name,
+        )
+        if row is None:  # a configured crate without a crates row yet, as legacy allowed
+            row = await conn.fetchrow(
+                "INSERT INTO document_sources (doc_type, source_name, config)"
+                " VALUES ($1, $2, '{\"orphan\": true}') RETURNING id, config",
+                self.doc_type,
+                name,
+            )
+        config = row["config"]
+        return row["id"], json.loads(config) if isinstance(config, str) else dict(config)
+
+    async def _save_configs(
+        self, conn: Any, source_id: int, config: dict[str, Any], configs: list[dict[str, Any]]
+    ) -> None:
+        configs.sort(key=lambda c: c["id"])
+        config["crate_configs"] = configs
+        if configs:
+            first = configs[0]
+            for key in ("version_spec", "current_version", "features", "expected_docs"):
+                config[key] = first[key]
+        enabled = configs[0]["enabled"] if configs else True
+        last_checked = _parse_ts(configs[0]["last_checked"]) if configs else None
+        await conn.execute(
+            "UPDATE document_sources SET config = $2::jsonb, enabled = $3, last_checked = $4"
+            " WHERE id = $1",
+            source_id,
+            json.dumps(config),
+            enabled,
+            last_checked,
+        )
+
+    async def _all_configs(self, conn: Any) -> list[dict[str, Any]]:
+        rows = await conn.fetch(
+            "SELECT config->'crate_configs' AS c FROM document_sources"
+            " WHERE doc_type = $1 AND config ? 'crate_configs'",
+            self.doc_type,
+        )
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            value = r["c"]
+            out.extend(json.loads(value) if isinstance(value, str) else value)
+        return out
+
+    async def create_crate_config(
+        self,
+        name: str,
+        version_spec: str = "latest",
+        current_version: str | None = None,
+        features: Sequence[str] | None = None,
+        expected_docs: int = 1000,
+        enabled: bool = True,
+    ) -> int:
+        """Insert or update the config of ``(name, version_spec)``; returns its id."""
+        self.store.ensure_writable()
+        now = datetime.now(UTC).isoformat()
+        async with self.store.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
+            source_id, config = await self._source_configs(conn, name)
+            configs = list(config.get("crate_configs", []))
+            mine = next((c for c in configs if c["version_spec"] == version_spec), None)
+            if mine is None:
+                used = [c["id"] for c in await self._all_configs(conn)]
+                mine = {
+                    "id": max(used, default=0) + 1,
+                    "name": name,
+                    "version_spec": version_spec,
+                    "last_checked": None,
+                    "last_populated": None,
+                    "created_at": now,
+                }
+                configs.append(mine)
+            mine.update(
+                current_version=current_version,
+                features=list(features or []),
+                expected_docs=expected_docs,
+                enabled=enabled,
+                updated_at=now,
+            )
+            await self._save_configs(conn, source_id, config, configs)
+            return int(mine["id"])
+
+    async def get_crate_config(
+        self, name: str, version_spec: str = "latest"
+    ) -> dict[str, Any] | None:
+        """The config of ``(name, version_spec)`` as the legacy row's columns, or None."""
+        async with self.store.transaction() as conn:
+            for c in await self._all_configs(conn):
+                if c["name"] == name and c["version_spec"] == version_spec:
+                    return c
+        return None
+
+    async def list_crate_configs(self, enabled_only: bool = False) -> list[dict[str, Any]]:
+        """Every config, ordered by name and version_spec."""
+        async with self.store.transaction() as conn:
+            configs = await self._all_configs(conn)
+        if enabled_only:
+            configs = [c for c in configs if c["enabled"]]
+        return sorted(configs, key=lambda c: (c["name"], c["version_spec"]))
+
+    async def update_crate_config(self, config_id: int, **fields: Any) -> bool:
+        """Set ``current_version``, ``features``, ``expected_docs``, ``enabled``,
+        ``last_checked`` or ``last_populated`` of a config; False if there is none."""
+        allowed = {
+            "current_version",
+            "features",
+            "expected_docs",
+            "enabled",
+            "last_checked",
+            "last_populated",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a crate config")
+        self.store.ensure_writable()
+        async with self.store.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
+            found = next((c for c in await self._all_configs(conn) if c["id"] == config_id), None)
+            if found is None:
+                return False
+            source_id, config = await self._source_configs(conn, found["name"])
+            configs = config["crate_configs"]
+            mine = next(c for c in configs if c["id"] == config_id)
+            for key, value in fields.items():
+                mine[key] = value.isoformat() if isinstance(value, datetime) else value
+            mine["updated_at"] = datetime.now(UTC).isoformat()
+            await self._save_configs(conn, source_id, config, configs)
+            return True
+
+    async def get_crates_needing_update(self, max_age: timedelta) -> list[dict[str, Any]]:
+        """Enabled configs never checked or last checked longer than ``max_age`` ago, oldest
+        check first (never checked first), then by name."""
+        cutoff = datetime.now(UTC) - max_age
+        due = [
+            c
+            for c in await self.list_crate_configs(enabled_only=True)
+            if c["last_checked"] is None or _parse_ts(c["last_checked"]) < cutoff  # type: ignore[operator]
+        ]
+        return sorted(
+            due,
+            key=lambda c: (
+                c["last_checked"] is not None,
+                _parse_ts(c["last_checked"]) or cutoff,
+                c["name"],
+            ),
+        )
+
+    async def create_population_job(self, crate_config_id: int) -> int:
+        """A ``pending`` job for a config; returns its id."""
+        self.store.ensure_writable()
+        config = next(
+            (c for c in await self.list_crate_configs() if c["id"] == crate_config_id), None
+        )
+        if config is None:
+            raise ValueError(f"no crate config {crate_config_id}")
+        return int(
+            await self.store.fetchval(
+                """INSERT INTO source_population_jobs
+                       (source_id, doc_type, source_name, status, metadata)
+                   SELECT s.id, $1::text, $2::text, 'pending', $3::jsonb
+                     FROM document_sources s
+                    WHERE s.doc_type = $1::text AND s.source_name = $2::text
+                   RETURNING id""",
+                self.doc_type,
+                config["name"],
+                json.dumps(
+                    {"crate_config_id": crate_config_id, "version_spec": config["version_spec"]}
+                ),
+            )
+        )
+
+    async def update_population_job(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        error_message: str | None = None,
+        docs_populated: int | None = None,
+    ) -> bool:
+        """Move a job to ``running`` (sets started_at), ``completed`` or ``failed`` (sets
+        completed_at); False if there is no such job."""
+        if status not in ("pending", "running", "completed", "failed"):
+            raise ValueError(f"unknown job status {status[:20]!r}")
+        self.store.ensure_writable()
+        result = await self.store.execute(
+            """UPDATE source_population_jobs
+                  SET status = $2::text,
+                      started_at = CASE WHEN $2::text = 'running' THEN now() ELSE started_at END,
+                      completed_at = CASE WHEN $2::text IN ('completed', 'failed') THEN now()
+                                          ELSE completed_at END,
+                      error_message = coalesce($3, error_message),
+                      docs_populated = coalesce($4, docs_populated)
+                WHERE id = $1 AND doc_type = $5""",
+            job_id,
+            status,
+            error_message,
+            docs_populated,
+            self.doc_type,
+        )
+        return result.split()[-1] != "0"
+
+    async def get_population_job(self, job_id: int) -> dict[str, Any] | None:
+        """A job as the legacy row's columns (``crate_config_id`` from its metadata)."""
+        row = await self.store.fetchrow(
+            "SELECT id, (metadata->>'crate_config_id')::integer AS crate_config_id, status,"
+            " started_at, completed_at, error_message, docs_populated, created_at"
+            " FROM source_population_jobs WHERE id = $1 AND doc_type = $2",
+            job_id,
+            self.doc_type,
+        )
+        return None if row is None else dict(row)
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
