@@ -11,7 +11,8 @@ its crate, top 5) runs, interleaved, through:
   facade    ``LegacyDatabase.search_similar_docs(crate, q, 5)``
 
 first without a vector index (exact), then after ``create_vector_index()`` (ANN). Goals
-(issue 7): exact compatibility paths <= 1.10x legacy, ANN paths < 1.0x legacy (p50).
+(issue 7): exact compatibility paths <= 1.10x legacy, ANN paths < 1.0x legacy (median of the
+per-query ratios; p50s are printed too).
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ async def measure(
             t = time.perf_counter()
             await calls[name](q, c)
             times[name].append((time.perf_counter() - t) * 1000)
-    return {name: statistics.median(v) for name, v in times.items()}
+    medians = {name: statistics.median(v) for name, v in times.items()}
+    # per-query ratios against legacy cancel this machine's slow drifts
+    for name in ("views", "facade"):
+        medians[f"{name}/legacy"] = statistics.median(
+            x / y for x, y in zip(times[name], times["legacy"], strict=True)
+        )
+    return medians
 
 
 async def run(args: argparse.Namespace) -> bool:
@@ -99,6 +106,7 @@ async def run(args: argparse.Namespace) -> bool:
         finally:
             server.close()
     print(f"{args.rows} documents x 3072 in {args.crates} crates, {args.queries} queries, p50 ms")
+    print("  (with an index, a crate of <= 300 documents is scanned exactly: SMALL_SCOPE_ROWS)")
     print(
         f"  legacy search_similar_docs   exact {exact['legacy']:.2f}   (again {ann['legacy']:.2f})"
     )
@@ -106,8 +114,8 @@ async def run(args: argparse.Namespace) -> bool:
         print(f"  {name:<27}  exact {exact[name]:.2f}   ann {ann[name]:.2f}")
     goals = []
     for name in ("views", "facade"):
-        r_exact = exact[name] / exact["legacy"]
-        r_ann = ann[name] / ann["legacy"]
+        r_exact = exact[f"{name}/legacy"]
+        r_ann = ann[f"{name}/legacy"]
         goals.append((f"{name}: exact <= 1.10x legacy", r_exact <= 1.10, f"{r_exact:.2f}x"))
         goals.append((f"{name}: ANN < 1.0x legacy", r_ann < 1.0, f"{r_ann:.2f}x"))
     for name, ok, figure in goals:

@@ -10,6 +10,7 @@ the legacy row had a NULL ``crate_id``.
 
 from __future__ import annotations
 
+from docstore.search.api import SMALL_SCOPE_ROWS
 from docstore.search.queries import index_expression, query_expression, vector_index_name
 
 NEW_ID_OFFSET = 1_000_000_000
@@ -76,6 +77,7 @@ $$""",
             f" ON {s}.{view} FOR EACH ROW EXECUTE FUNCTION {s}.{GUARD_FUNCTION}()"
         )
     index = vector_index_name("cosine")
+    small = SMALL_SCOPE_ROWS
     ann_order = (
         f"{index_expression(dim, 'd.embedding')} <=> {query_expression(dim, 'query_embedding')}"
     )
@@ -91,7 +93,10 @@ SET hnsw.ef_search = 200 SET hnsw.iterative_scan = relaxed_order SET enable_seqs
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                WHERE c.relname = '{index}' AND i.indisvalid) THEN
+                WHERE c.relname = '{index}' AND i.indisvalid)
+       AND (SELECT count(*) FROM (SELECT 1 FROM documents d
+                                   WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
+                                   LIMIT {small + 1}) s) > {small} THEN
         -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank
         RETURN QUERY
         SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
@@ -104,12 +109,14 @@ BEGIN
          ORDER BY d.embedding <=> query_embedding, d.id
          LIMIT limit_results;
     ELSE
+        -- exact, as the legacy function: also the choice for a crate of at most
+        -- {small} documents, where it is faster than a filtered index scan
         RETURN QUERY
-        SELECT e.id, e.crate_name, e.doc_path, e.content,
-               (1 - (e.embedding <=> query_embedding))::float
-          FROM {s}.doc_embeddings e
-         WHERE e.crate_name = target_crate_name
-         ORDER BY e.embedding <=> query_embedding
+        SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+               (1 - (d.embedding <=> query_embedding))::float
+          FROM documents d
+         WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
+         ORDER BY d.embedding <=> query_embedding
          LIMIT limit_results;
     END IF;
 END;
