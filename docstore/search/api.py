@@ -284,6 +284,9 @@ class SearchDatabase(Database):
         vectors, with ``hnsw.ef_search`` = max(``ef_search``, candidates) and
         ``hnsw.iterative_scan`` on so filtered searches still fill ``limit``. ``exact=True``
         always scans; ``exact=False`` requires the index (:class:`SchemaError` without one).
+        With ``exact=None``, a search scoped only by ``doc_type``/``source_name`` to at most
+        ``SMALL_SCOPE_ROWS`` (300) documents scans them exactly: faster than a filtered
+        index scan, and exact.
         ``ef_search``/``oversample`` default to ``DOCSTORE_HNSW_EF_SEARCH`` (200) /
         ``DOCSTORE_SEARCH_OVERSAMPLE`` (4).
         """
