@@ -551,3 +551,15 @@ async def test_migrated_configs_are_served_by_the_facade(migrated: Any) -> None:
         assert configs_view(await compat.list_crate_configs()) == configs_view(expected)
         # the next config id continues after the migrated ones
         assert await compat.create_crate_config("new-crate") == max(c["id"] for c in expected) + 1
+
+
+async def test_upsert_crate_turns_a_crateless_source_into_a_crate(migrated: Any) -> None:
+    _, target_url = migrated
+    async with docstore.connect(target_url) as store:
+        compat = LegacyDatabase(store)
+        assert "orphan-crate" not in [s.name for s in await compat.get_crate_stats()]
+        await compat.upsert_crate("orphan-crate", "0.1")
+        stats = {s.name: s for s in await compat.get_crate_stats()}
+        assert stats["orphan-crate"].version == "0.1"
+        await compat.install_views()
+        assert await store.fetchval("select count(*) from crates where name = 'orphan-crate'") == 1

@@ -84,7 +84,10 @@ class LegacyDatabase:
         """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
         Returns the crate's id (its source's id)."""
         self.store.ensure_writable()
-        config = {} if version is None else {"version": version}
+        # a crate row now exists: a source that only had documents (an "orphan") stops being one
+        config: dict[str, Any] = {"orphan": False}
+        if version is not None:
+            config["version"] = version
         return int(
             await self.store.fetchval(
                 """INSERT INTO document_sources (doc_type, source_name, config, last_populated)
