@@ -139,6 +139,12 @@ class Health(BaseModel):
     embedding_dim: int | None
     read_only: bool
     in_recovery: bool
+    replica_lag_seconds: float | None = None
+    """On a replica: seconds since the last replayed transaction (None on a primary)."""
+    vector_indexes: dict[str, bool] = {}
+    """HNSW indexes on documents, name → valid (an invalid one is a failed concurrent build)."""
+    text_index_valid: bool | None = None
+    """The full-text index: valid or not, None when absent."""
 
 
 class Database:
@@ -345,7 +351,8 @@ class Database:
         return await self.run(runner.schema_status)
 
     async def health(self) -> Health:
-        """Round-trip to the server and report versions, schema and read-only state."""
+        """Round-trip to the server and report versions, schema, read-only state, replica lag
+        and the search indexes (present, valid)."""
 
         async def probe(conn: asyncpg.Connection) -> Health:
             started = time.perf_counter()
@@ -355,7 +362,17 @@ class Database:
                 "select current_setting('server_version') as server_version,"
                 " (select extversion from pg_extension where extname = 'vector') as pgvector,"
                 " current_setting('default_transaction_read_only') = 'on' as read_only,"
-                " pg_is_in_recovery() as in_recovery"
+                " pg_is_in_recovery() as in_recovery,"
+                " case when pg_is_in_recovery() then"
+                "   extract(epoch from now() - pg_last_xact_replay_timestamp())::float8"
+                " end as replica_lag"
+            )
+            indexes = await conn.fetch(
+                "select c.relname as name, i.indisvalid as valid, am.amname as am"
+                " from pg_index i join pg_class c on c.oid = i.indexrelid"
+                " join pg_am am on am.oid = c.relam"
+                " where i.indrelid = to_regclass('documents')"
+                " and (am.amname = 'hnsw' or c.relname = 'idx_documents_content_fts')"
             )
             status = await runner.schema_status(conn)
             return Health(
@@ -370,6 +387,9 @@ class Database:
                 embedding_dim=status.embedding_dim,
                 read_only=self.read_only or row["read_only"],
                 in_recovery=row["in_recovery"],
+                replica_lag_seconds=row["replica_lag"],
+                vector_indexes={r["name"]: r["valid"] for r in indexes if r["am"] == "hnsw"},
+                text_index_valid=next((r["valid"] for r in indexes if r["am"] != "hnsw"), None),
             )
 
         return await self.run(probe)

@@ -343,9 +343,16 @@ async def test_invalid_index_left_by_a_failed_build_is_ignored_and_rebuilt(
     )
     [broken] = await store.vector_indexes()
     assert not broken.valid and not broken.usable
+    health = await store.health()
+    assert health.vector_indexes == {"documents_embedding_hnsw_cosine": False}
+    assert health.text_index_valid is None and health.replica_lag_seconds is None
     assert (await store.search(query(1))).mode == "exact"
     rebuilt = await store.create_vector_index()
     assert rebuilt.valid and rebuilt.usable
+    await store.create_text_index()
+    health = await store.health()
+    assert health.vector_indexes == {"documents_embedding_hnsw_cosine": True}
+    assert health.text_index_valid is True
     assert (await store.search(query(1))).mode == "ann"
 
 
