@@ -112,10 +112,18 @@ def _metadata(value: Any) -> Any:
     return dict(value)
 
 
-def _naive_utc(value: Any) -> Any:
+def naive_utc(value: Any) -> Any:
+    """An aware datetime as naive UTC (how TIMESTAMP columns hold time); anything else as is."""
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     return value
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """None, a datetime, or an ISO-8601 string (as stored in JSON) → datetime or None."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
 
 
 def _embedding_json(value: FloatArray | None) -> list[float] | None:
@@ -129,7 +137,7 @@ Embedding = Annotated[
     PlainSerializer(_embedding_json, when_used="json"),
 ]
 Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
-NaiveTimestamp = Annotated[datetime | None, BeforeValidator(_naive_utc)]
+NaiveTimestamp = Annotated[datetime | None, BeforeValidator(naive_utc)]
 
 
 # --- models ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from docstore.compat import views
 from docstore.errors import SchemaError
-from docstore.models import Document
+from docstore.models import Document, naive_utc, parse_timestamp
 from docstore.store import Store, connect
 
 
@@ -45,12 +45,6 @@ class LegacyDoc(NamedTuple):
     content: str
     embedding: Any
     token_count: int | None = None
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class LegacyDatabase:
@@ -118,7 +112,7 @@ class LegacyDatabase:
             CrateStats(
                 r["source_name"],
                 r["version"],
-                _naive_utc(r["last_populated"]),
+                naive_utc(r["last_populated"]),
                 r["total_docs"],
                 r["total_tokens"],
             )
@@ -313,7 +307,7 @@ class LegacyDatabase:
             for key in ("version_spec", "current_version", "features", "expected_docs"):
                 config[key] = first[key]
         enabled = configs[0]["enabled"] if configs else True
-        last_checked = _parse_ts(configs[0]["last_checked"]) if configs else None
+        last_checked = parse_timestamp(configs[0]["last_checked"]) if configs else None
         await conn.execute(
             "UPDATE document_sources SET config = $2::jsonb, enabled = $3, last_checked = $4"
             " WHERE id = $1",
@@ -427,13 +421,13 @@ class LegacyDatabase:
         due = [
             c
             for c in await self.list_crate_configs(enabled_only=True)
-            if c["last_checked"] is None or _parse_ts(c["last_checked"]) < cutoff  # type: ignore[operator]
+            if c["last_checked"] is None or parse_timestamp(c["last_checked"]) < cutoff  # type: ignore[operator]
         ]
         return sorted(
             due,
             key=lambda c: (
                 c["last_checked"] is not None,
-                _parse_ts(c["last_checked"]) or cutoff,
+                parse_timestamp(c["last_checked"]) or cutoff,
                 c["name"],
             ),
         )
@@ -502,9 +496,3 @@ class LegacyDatabase:
             self.doc_type,
         )
         return None if row is None else dict(row)
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)

@@ -50,6 +50,7 @@ from docstore.migrate.report import (
     TableInfo,
     Validation,
 )
+from docstore.models import naive_utc, parse_timestamp
 from docstore.store import Store, connect
 
 logger = logging.getLogger("docstore")
@@ -424,7 +425,7 @@ class Migrator:
                     r["source_name"],
                     json.dumps(config),
                     enabled,
-                    _parse(last_checked),
+                    parse_timestamp(last_checked),
                     _as_utc(r["last_updated"]),
                 )
             )
@@ -891,7 +892,7 @@ class Migrator:
                     config.get("legacy_id"),
                     r["source_name"],
                     config.get("version"),
-                    _naive_utc(r["last_populated"]),  # live: crates.last_updated
+                    naive_utc(r["last_populated"]),  # live: crates.last_updated
                     config.get("total_docs", 0),
                     config.get("total_tokens", 0),
                 )
@@ -980,10 +981,10 @@ class Migrator:
                     c["features"],
                     c["expected_docs"],
                     c["enabled"],
-                    _parse(c["last_checked"]),
-                    _parse(c["last_populated"]),
-                    _parse(c["created_at"]),
-                    _parse(c["updated_at"]),
+                    parse_timestamp(c["last_checked"]),
+                    parse_timestamp(c["last_populated"]),
+                    parse_timestamp(c["created_at"]),
+                    parse_timestamp(c["updated_at"]),
                 )
                 for c in configs
             ],
@@ -1031,12 +1032,6 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _iso(v) for k, v in row.items()}
 
 
-def _parse(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
-
-
 async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:
     """Move ``table``'s id sequence past its rows and the explicit ids about to be inserted,
     so rows without an id (written after the cutover) never collide with them."""
@@ -1050,12 +1045,6 @@ async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[
 
 def _config(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else dict(value or {})
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
