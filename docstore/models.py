@@ -8,8 +8,9 @@ field and the document's key but never echoes a vector's values:
   ``doc_path`` at most 2,048 UTF-8 bytes (it is part of a unique btree index), ``content`` at
   most 10 MB;
 - no NUL byte in any text, metadata keys and string values included (PostgreSQL rejects it);
-- ``embedding``: None, a list or a numpy array, one-dimensional, every value finite in float32
-  (the repository also checks the configured dimension);
+- ``embedding``: None, a list or a numpy array, one-dimensional, every value finite and within
+  ±65,504 (the range of half precision, which the search index and ``embedding_half`` use;
+  the repository also checks the configured dimension);
 - ``metadata``: a JSON object (no NaN/inf, only JSON types); ``token_count`` ≥ 0.
 """
 
@@ -33,6 +34,8 @@ MAX_SOURCE_NAME = 255
 MAX_DOC_PATH_BYTES = 2048
 MAX_CONTENT_CHARS = 10_000_000
 MAX_METADATA_BYTES = 1_000_000
+MAX_EMBEDDING_VALUE = 65504.0
+"""The largest magnitude half precision holds: every embedding is also stored as a halfvec."""
 
 
 # --- field validators ----------------------------------------------------------------------
@@ -67,9 +70,15 @@ def _to_embedding(value: Any) -> FloatArray | None:
         raise ValueError(f"must be one-dimensional (got an array with {array.ndim} axes)")
     if array.size == 0:
         raise ValueError("must not be empty")
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"must contain only finite values (NaN or inf at position {bad})")
+    in_range = np.abs(array) <= MAX_EMBEDDING_VALUE  # False for NaN and inf too
+    if not in_range.all():
+        bad = int(np.flatnonzero(~in_range)[0])
+        if not np.isfinite(array[bad]):
+            raise ValueError(f"must contain only finite values (NaN or inf at position {bad})")
+        raise ValueError(
+            f"has a value beyond ±{MAX_EMBEDDING_VALUE:g} at position {bad}, outside the half"
+            " precision that docstore's search index and embedding_half store"
+        )
     return np.ascontiguousarray(array)
 
 

@@ -38,6 +38,7 @@ def test_embedding_becomes_contiguous_float32() -> None:
         ({"embedding": [0.1, float("nan")]}, "embedding"),
         ({"embedding": [0.1, math.inf]}, "embedding"),
         ({"embedding": [1e39]}, "embedding"),  # overflows float32 to inf
+        ({"embedding": [0.5, 65520.0]}, "embedding"),  # beyond half precision (embedding_half)
         ({"embedding": [[1.0, 2.0]]}, "embedding"),
         ({"embedding": "0.1,0.2"}, "embedding"),
         ({"embedding": []}, "embedding"),
@@ -65,6 +66,13 @@ def test_messages_never_echo_vector_values() -> None:
         doc(embedding=values)
     assert "0.123456" not in str(info.value)
     assert "position 10" in str(info.value)
+
+
+def test_embedding_values_up_to_the_half_precision_limit_are_accepted() -> None:
+    d = doc(embedding=[65504.0, -65504.0, 1e-9])
+    assert d.embedding is not None and d.embedding[0] == 65504.0
+    with pytest.raises(ValidationError, match=r"beyond ±65504 at position 1, outside the half"):
+        doc(embedding=[0.0, -70000.0])
 
 
 def test_repr_summarizes_the_embedding() -> None:

@@ -37,6 +37,16 @@ def test_ann_search_orders_by_the_indexed_halfvec_expression_then_re_ranks() -> 
     assert sql.endswith("ORDER BY distance, c.id LIMIT $2")
 
 
+def test_halfvec_shape_ranks_the_in_row_copy_then_re_ranks_exactly() -> None:
+    sql, params = vector_search_sql(
+        Q, dim=3072, limit=5, candidates=20, candidate_source="halfvec", metric_name="l2"
+    )
+    assert "ORDER BY d.embedding_half <-> $1::vector::halfvec(3072) LIMIT $3" in sql
+    assert "c.embedding <-> $1::vector AS distance" in sql and "ORDER BY distance, c.id" in sql
+    assert "embedding::halfvec" not in sql  # not the HNSW index's expression
+    assert params[1:] == [5, 20]
+
+
 def test_ann_at_or_below_2000_dims_uses_the_column_itself() -> None:
     sql, _ = vector_search_sql(Q, dim=1536, limit=5, candidates=50, metric_name="inner_product")
     assert "ORDER BY d.embedding <#> $1::vector LIMIT $3" in sql

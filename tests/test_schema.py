@@ -9,9 +9,11 @@ import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import numpy as np
 import pytest
 
 import docstore
+from docstore import Document
 from docstore.errors import SchemaError
 from docstore.schema.runner import LATEST_VERSION, MIGRATIONS
 from tests.conftest import PgCluster
@@ -131,6 +133,62 @@ async def test_plan_schema_indexes_and_triggers_exist(store: docstore.Store) -> 
     before = await store.fetchval("select updated_at from documents")
     await store.execute("update documents set content = 'd'")
     assert await store.fetchval("select updated_at from documents") > before
+
+
+EMBEDDING_HALF = """
+select a.attstorage::text, a.attgenerated::text, format_type(a.atttypid, a.atttypmod) as type
+  from pg_attribute a where a.attrelid = 'documents'::regclass and a.attname = 'embedding_half'
+"""
+
+
+async def test_embedding_half_is_a_generated_in_row_halfvec_copy(store: docstore.Store) -> None:
+    """Migration 3: stored PLAIN (in the row, never TOASTed), always equal to the cast."""
+    column = await store.fetchrow(EMBEDDING_HALF)
+    assert dict(column) == {"attstorage": "p", "attgenerated": "s", "type": "halfvec(3072)"}
+    # small fields stay in the row beside it (only what overflows a page goes to TOAST)
+    options = await store.fetchval(
+        "select reloptions from pg_class where oid = 'documents'::regclass"
+    )
+    assert "toast_tuple_target=8160" in options
+    vector = np.linspace(-1, 1, 3072, dtype=np.float32)
+    await store.documents.upsert_many(
+        [
+            Document(source_name="s", doc_path="a", content="c", embedding=vector),
+            Document(source_name="s", doc_path="b", content="c"),
+        ]
+    )
+    rows = await store.fetch(
+        "select doc_path, embedding_half is not distinct from embedding::halfvec(3072) as same,"
+        " embedding_half is null as missing from documents order by doc_path"
+    )
+    assert [tuple(r) for r in rows] == [("a", True, False), ("b", True, True)]
+    with pytest.raises(asyncpg.GeneratedAlwaysError):
+        await store.pool.execute("update documents set embedding_half = NULL")
+
+
+async def test_migration_3_fills_embedding_half_for_rows_written_before_it(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("alter table documents drop column embedding_half")
+        await conn.execute("delete from docstore_schema_version where version = 3")
+        await conn.execute(
+            "insert into documents (source_name, doc_path, content, embedding)"
+            " select 's', 'p' || i, 'c', array_fill(i::real / 10, array[3072])::vector"
+            " from generate_series(1, 20) i"
+        )
+    finally:
+        await conn.close()
+    async with docstore.connect(database_url) as store:  # applies migration 3
+        assert (await store.schema_status()).current == LATEST_VERSION
+        assert (await store.fetchrow(EMBEDDING_HALF))["attstorage"] == "p"
+        assert (
+            await store.fetchval(
+                "select count(*) from documents where embedding_half = embedding::halfvec(3072)"
+            )
+            == 20
+        )
 
 
 async def test_vector_extension_without_privilege_is_a_clear_schema_error(

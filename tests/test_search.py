@@ -17,6 +17,7 @@ import pytest
 
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
+from docstore.search import api as search_api
 from docstore.search import queries
 from tests.conftest import PgCluster
 
@@ -293,13 +294,47 @@ async def test_filtered_ann_still_fills_the_limit(corpus: docstore.Store) -> Non
     assert len(set(ann.ids) & set(exact.ids)) >= 9
 
 
-async def test_a_small_scope_is_scanned_exactly_even_with_an_index(
+async def test_a_one_source_search_ranks_the_in_row_halfvec_copy_and_matches_exact(
     corpus: docstore.Store,
 ) -> None:
-    """A crate of ~38 documents: exact is faster than a filtered index scan (RESULTS.md)."""
-    small = await corpus.search(query(8), source_name="crate7", limit=5)
-    assert small.mode == "exact" and {h.source_name for h in small} == {"crate7"}
-    assert (await corpus.search(query(8), doc_type="rust", limit=5)).mode == "ann"
+    """With an index, a crate (~38 documents here) is ranked on embedding_half and the best
+    are re-ranked exactly: the same hits and similarities as the exact scan."""
+    found = total = 0
+    for i in range(40):
+        crate = f"crate{i}"
+        half = await corpus.search(query(i), source_name=crate, limit=5)
+        exact = await corpus.search(query(i), source_name=crate, limit=5, exact=True)
+        assert half.mode == "halfvec" and half.index_name is None
+        assert {h.source_name for h in half} == {crate}
+        found += sum(a == b for a, b in zip(half.ids, exact.ids, strict=True))
+        total += len(exact.ids)
+        for h, e in zip(half, exact, strict=True):
+            if h.id == e.id:
+                assert h.similarity == e.similarity  # exact distances, not half precision
+    assert found / total >= 0.98, found / total
+
+
+async def test_a_scope_above_the_halfvec_threshold_uses_the_index(
+    corpus: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await corpus.search(query(8), doc_type="rust", limit=5)).mode == "halfvec"
+    monkeypatch.setattr(search_api, "HALFVEC_SCOPE_ROWS", 100)  # "solana" holds 150
+    ann = await corpus.search(query(8), doc_type="solana", limit=5)
+    assert ann.mode == "ann" and ann.index_name == "documents_embedding_hnsw_cosine"
+    assert {h.doc_type for h in ann} == {"solana"}
+
+
+async def test_exact_false_and_filters_keep_the_index_path_for_one_source(
+    corpus: docstore.Store,
+) -> None:
+    assert (await corpus.search(query(3), source_name="crate3", exact=False)).mode == "ann"
+    assert (await corpus.search(query(3), filter={"source_name": "crate3"})).mode == "ann"
+    assert (await corpus.search(query(3), source_name="crate3", exact=True)).mode == "exact"
+
+
+async def test_without_an_index_a_one_source_search_stays_exact(store: docstore.Store) -> None:
+    await store.documents.upsert_many(list(corpus_documents())[:200])
+    assert (await store.search(query(1), source_name="crate1")).mode == "exact"
 
 
 async def test_ann_for_other_metrics_falls_back_to_exact_without_their_index(

@@ -10,8 +10,13 @@ the legacy row had a NULL ``crate_id``.
 
 from __future__ import annotations
 
-from docstore.search.api import SMALL_SCOPE_ROWS
-from docstore.search.queries import index_expression, query_expression, vector_index_name
+from docstore.search.api import HALFVEC_SCOPE_ROWS, MIN_HALFVEC_CANDIDATES
+from docstore.search.queries import (
+    HALF_COLUMN,
+    index_expression,
+    query_expression,
+    vector_index_name,
+)
 
 NEW_ID_OFFSET = 1_000_000_000
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
@@ -77,10 +82,24 @@ $$""",
             f" ON {s}.{view} FOR EACH ROW EXECUTE FUNCTION {s}.{GUARD_FUNCTION}()"
         )
     index = vector_index_name("cosine")
-    small = SMALL_SCOPE_ROWS
+    small = HALFVEC_SCOPE_ROWS
     ann_order = (
         f"{index_expression(dim, 'd.embedding')} <=> {query_expression(dim, 'query_embedding')}"
     )
+    half_order = f"d.{HALF_COLUMN} <=> query_embedding::halfvec({int(dim)})"
+
+    def reranked(order: str, candidates: str) -> str:
+        return f"""SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+               (1 - (d.embedding <=> query_embedding))::float
+          FROM (SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, d.embedding
+                  FROM documents d
+                 WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
+                   AND d.embedding IS NOT NULL
+                 ORDER BY {order}
+                 LIMIT {candidates}) d
+         ORDER BY d.embedding <=> query_embedding, d.id
+         LIMIT limit_results"""
+
     statements.append(
         f"""CREATE OR REPLACE FUNCTION {s}.search_similar_docs(
     query_embedding   vector({int(dim)}),
@@ -92,25 +111,9 @@ LANGUAGE plpgsql
 SET hnsw.ef_search = 200 SET hnsw.iterative_scan = relaxed_order SET enable_seqscan = off
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                WHERE c.relname = '{index}' AND i.indisvalid)
-       AND (SELECT count(*) FROM (SELECT 1 FROM documents d
-                                   WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
-                                   LIMIT {small + 1}) s) > {small} THEN
-        -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank
-        RETURN QUERY
-        SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
-               (1 - (d.embedding <=> query_embedding))::float
-          FROM (SELECT * FROM documents d
-                 WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
-                   AND d.embedding IS NOT NULL
-                 ORDER BY {ann_order}
-                 LIMIT greatest(limit_results * 4, 40)) d
-         ORDER BY d.embedding <=> query_embedding, d.id
-         LIMIT limit_results;
-    ELSE
-        -- exact, as the legacy function: also the choice for a crate of at most
-        -- {small} documents, where it is faster than a filtered index scan
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                    WHERE c.relname = '{index}' AND i.indisvalid) THEN
+        -- no index: exact, as the legacy function
         RETURN QUERY
         SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
                (1 - (d.embedding <=> query_embedding))::float
@@ -118,6 +121,18 @@ BEGIN
          WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
          ORDER BY d.embedding <=> query_embedding
          LIMIT limit_results;
+    ELSIF (SELECT count(*) FROM (SELECT 1 FROM documents d
+                                  WHERE d.doc_type = '{dt}' AND d.source_name = target_crate_name
+                                  LIMIT {small + 1}) s) <= {small} THEN
+        -- a crate of at most {small} documents: rank them by the in-row half-precision
+        -- copy, re-rank the best exactly (faster than the exact scan and than a filtered
+        -- HNSW scan, see docstore.search.api.HALFVEC_SCOPE_ROWS)
+        RETURN QUERY
+        {reranked(half_order, f"greatest(limit_results * 4, {MIN_HALFVEC_CANDIDATES})")};
+    ELSE
+        -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank
+        RETURN QUERY
+        {reranked(ann_order, "greatest(limit_results * 4, 40)")};
     END IF;
 END;
 $$"""

@@ -26,17 +26,30 @@ from docstore.errors import DocstoreError, SchemaError, ValidationError
 from docstore.models import query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
-from docstore.search.results import Hit, Latency, RecallReport, SearchResults, VectorIndex
+from docstore.search.results import (
+    Hit,
+    Latency,
+    RecallReport,
+    SearchMode,
+    SearchResults,
+    VectorIndex,
+)
 
 # How long a looked-up index list is trusted before the catalog is asked again (an index
 # built or dropped by another process is noticed within this time).
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
-# A search scoped by doc_type/source_name to at most this many embedded documents scans them
-# exactly even when an index exists: bench/compat.py measured a filtered HNSW scan at ~2 ms
-# against ~1 ms for the exact scan of a 100-document crate (exact costs ~6 µs a row here).
-SMALL_SCOPE_ROWS = 300
+# With an index, a search scoped by doc_type/source_name to at most this many documents ranks
+# them by the in-row embedding_half column and re-ranks the best exactly, instead of asking
+# the HNSW index: a filtered HNSW scan has to walk past every other source's nodes. Measured
+# (bench/RESULTS.md, 20,000 × 3,072, top 5): scope 100 / 1,000 / 3,000 / 10,000 rows took
+# 0.8 / 1.8 / 5.2 / 21.6 ms this way, 1.9 / 11.3 / 30.9 / 2.7 ms through HNSW, and
+# 0.8 / 7.2 / 22.3 / 75.6 ms exactly (TOAST reads of 12 KB vectors, ~7 µs a row).
+HALFVEC_SCOPE_ROWS = 3000
+# Candidates the halfvec shape re-ranks: limit × oversample, at least this many. Half
+# precision changes a cosine distance by ~1e-4, so the exact top-k is almost always inside.
+MIN_HALFVEC_CANDIDATES = 10
 
 
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
@@ -156,7 +169,7 @@ class SearchDatabase(Database):
         return existed
 
     async def _small_scope(self, doc_type: str | None, source_name: str | None) -> bool:
-        """Whether a doc_type/source_name scope holds at most ``SMALL_SCOPE_ROWS`` documents
+        """Whether a doc_type/source_name scope holds at most ``HALFVEC_SCOPE_ROWS`` documents
         (counted on the B-tree index, at most that many entries read; cached briefly)."""
         key = (doc_type, source_name)
         now = time.monotonic()
@@ -168,10 +181,10 @@ class SearchDatabase(Database):
         )
         rows = await self.fetchval(
             f"SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s",
-            SMALL_SCOPE_ROWS + 1,
+            HALFVEC_SCOPE_ROWS + 1,
             *params,
         )
-        small = bool(rows <= SMALL_SCOPE_ROWS)
+        small = bool(rows <= HALFVEC_SCOPE_ROWS)
         self._scope_cache[key] = (now, small)
         return small
 
@@ -256,6 +269,32 @@ class SearchDatabase(Database):
                 self._index_cache = None
 
     # -- vector search ---------------------------------------------------------------------
+    async def _vector_mode(
+        self,
+        metric_name: str,
+        exact: bool | None,
+        doc_type: str | None,
+        source_name: str | None,
+        filter: Mapping[str, Any] | None,
+    ) -> tuple[SearchMode, VectorIndex | None]:
+        """How :meth:`search` finds its hits, and the HNSW index it may use (see there)."""
+        index = None if exact else await self.vector_index(metric_name)
+        if index is None:
+            if exact is False:
+                raise SchemaError(
+                    f"exact=False needs an HNSW index for {metric_name}: "
+                    f"await store.create_vector_index({metric_name!r})"
+                )
+            return "exact", None
+        if (
+            exact is None
+            and filter is None
+            and (doc_type or source_name)
+            and await self._small_scope(doc_type, source_name)
+        ):
+            return "halfvec", index
+        return "ann", index
+
     async def search(
         self,
         embedding: Any,
@@ -284,9 +323,12 @@ class SearchDatabase(Database):
         vectors, with ``hnsw.ef_search`` = max(``ef_search``, candidates) and
         ``hnsw.iterative_scan`` on so filtered searches still fill ``limit``. ``exact=True``
         always scans; ``exact=False`` requires the index (:class:`SchemaError` without one).
-        With ``exact=None``, a search scoped only by ``doc_type``/``source_name`` to at most
-        ``SMALL_SCOPE_ROWS`` (300) documents scans them exactly: faster than a filtered
-        index scan, and exact.
+        With ``exact=None`` and an index, a search scoped only by ``doc_type``/``source_name``
+        to at most ``HALFVEC_SCOPE_ROWS`` (3,000) documents — one source, typically — ranks
+        them by ``embedding_half`` (the half-precision copy kept in each row, no TOAST reads)
+        and re-ranks the best ``limit × oversample`` (at least 10) exactly: mode
+        ``"halfvec"``, 1.3–4x faster than the exact scan and far faster than a filtered index
+        scan (``bench/RESULTS.md``).
         ``ef_search``/``oversample`` default to ``DOCSTORE_HNSW_EF_SEARCH`` (200) /
         ``DOCSTORE_SEARCH_OVERSAMPLE`` (4).
         """
@@ -302,60 +344,46 @@ class SearchDatabase(Database):
                 raise ValidationError("min_similarity must be finite", field="min_similarity")
             max_distance = mt.max_distance(float(min_similarity))
         flt = queries.scoped_filter(doc_type, source_name, filter)
-        index = None if exact else await self.vector_index(mt.name)
-        if (
-            index is not None
-            and exact is None
-            and filter is None
-            and (doc_type or source_name)
-            and await self._small_scope(doc_type, source_name)
-        ):
-            index = None  # a handful of rows: exact is both exact and faster (RESULTS.md)
-        if index is None and exact is False:
-            raise SchemaError(
-                f"exact=False needs an HNSW index for {mt.name}: "
-                f"await store.create_vector_index({mt.name!r})"
-            )
-        if index is None:
-            sql, params = queries.vector_search_sql(
-                vector,
-                dim=self.embedding_dim,
-                metric_name=mt.name,
-                limit=limit,
-                filter=flt,
-                max_distance=max_distance,
-                include_embedding=include_embedding,
-            )
-            records = await self.run(_fetch(sql, params), stateless=True)
+        mode, index = await self._vector_mode(mt.name, exact, doc_type, source_name, filter)
+        shape: dict[str, Any] = {
+            "dim": self.embedding_dim,
+            "metric_name": mt.name,
+            "limit": limit,
+            "filter": flt,
+            "max_distance": max_distance,
+            "include_embedding": include_embedding,
+        }
+        if mode == "exact":
+            sql, params = queries.vector_search_sql(vector, **shape)
+            work = _fetch(sql, params)
         else:
-            ef = _positive_int(
-                self.settings.hnsw_ef_search if ef_search is None else ef_search,
-                "ef_search",
-                queries.MAX_EF_SEARCH,
-            )
             factor = _positive_int(
                 self.settings.search_oversample if oversample is None else oversample,
                 "oversample",
                 100,
             )
-            candidates, ef = queries.ann_plan(limit, ef, factor)
-            sql, params = queries.vector_search_sql(
-                vector,
-                dim=self.embedding_dim,
-                metric_name=mt.name,
-                limit=limit,
-                filter=flt,
-                candidates=candidates,
-                max_distance=max_distance,
-                include_embedding=include_embedding,
-            )
-            records = await self.run(_ann_fetch(sql, params, ef), stateless=True)
+            if mode == "halfvec":
+                candidates = min(max(limit * factor, MIN_HALFVEC_CANDIDATES), queries.MAX_LIMIT)
+                sql, params = queries.vector_search_sql(
+                    vector, candidates=candidates, candidate_source="halfvec", **shape
+                )
+                work = _fetch(sql, params)
+            else:
+                ef = _positive_int(
+                    self.settings.hnsw_ef_search if ef_search is None else ef_search,
+                    "ef_search",
+                    queries.MAX_EF_SEARCH,
+                )
+                candidates, ef = queries.ann_plan(limit, ef, factor)
+                sql, params = queries.vector_search_sql(vector, candidates=candidates, **shape)
+                work = _ann_fetch(sql, params, ef)
+        records = await self.run(work, stateless=True)
         hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
         return SearchResults(
             hits,
-            mode="exact" if index is None else "ann",
+            mode=mode,
             metric=mt.name,
-            index_name=None if index is None else index.name,
+            index_name=index.name if mode == "ann" and index else None,
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
 

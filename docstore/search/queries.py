@@ -4,14 +4,17 @@ Nothing here touches a database; :mod:`docstore.search.api` runs what these buil
 value is a bound parameter; the only things formatted into SQL are fixed fragments from the
 tables below and integers (the vector dimension) that were checked first.
 
-Vector search has two shapes:
+Vector search has three shapes:
 
 * **exact** — ``ORDER BY embedding <op> $1`` over every row: a full scan, always correct;
 * **ann** — the inner query asks the HNSW index for ``candidates`` rows ordered by exactly
   the indexed expression (``embedding::halfvec(N)`` above 2,000 dimensions, where pgvector
-  cannot index ``vector``), the outer query re-ranks them by full-precision distance.
+  cannot index ``vector``), the outer query re-ranks them by full-precision distance;
+* **halfvec** — the inner query ranks the rows in scope by ``embedding_half``, the
+  half-precision copy stored in the row itself (no TOAST reads), and keeps ``candidates``;
+  the outer query re-ranks them by full-precision distance. For small scopes (one source).
 
-Both order by ``(distance, id)`` so ties break the same way in both.
+All order by ``(distance, id)`` so ties break the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ MetricName = Literal["cosine", "l2", "inner_product"]
 MAX_VECTOR_INDEX_DIM = 2000
 MAX_HALFVEC_INDEX_DIM = 4000
 MAX_LIMIT = 1000
+HALF_COLUMN = "embedding_half"  # the generated halfvec copy of embedding (migration 3)
 TEXT_CONFIG = "english"
 # to_tsvector is bounded so no document can exceed PostgreSQL's 1 MB tsvector limit; the
 # full-text index (create_text_index_sql) uses exactly this expression.
@@ -159,8 +163,11 @@ def vector_search_sql(
     candidates: int | None = None,
     max_distance: float | None = None,
     include_embedding: bool = False,
+    candidate_source: Literal["index", "halfvec"] = "index",
 ) -> tuple[str, list[Any]]:
-    """SQL for a vector search; exact when ``candidates`` is None, else the ANN shape.
+    """SQL for a vector search; exact when ``candidates`` is None, else ``candidates`` rows
+    ranked by the HNSW index's expression (``candidate_source="index"``, the ANN shape) or by
+    the in-row ``embedding_half`` column (``"halfvec"``), re-ranked exactly.
 
     ``query`` is bound as ``$1`` (as given: encoding is the connection's job). Rows with a
     NULL embedding never match. ``max_distance`` drops hits beyond it *after* the top
@@ -181,9 +188,12 @@ def vector_search_sql(
     else:
         check_limit(max(candidates, limit), "candidates")
         params.append(max(candidates, limit))
-        ann_order = (
-            f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
-        )
+        if candidate_source == "halfvec":
+            ann_order = f"d.{HALF_COLUMN} {m.operator} $1::vector::halfvec({int(dim)})"
+        else:
+            ann_order = (
+                f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
+            )
         inner = (
             f"SELECT {_select_list('c', include_embedding)},"
             f" c.embedding {m.operator} $1::vector AS distance"

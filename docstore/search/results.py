@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas
     from rich.console import Console, ConsoleOptions, RenderResult
 
-SearchMode = Literal["exact", "ann", "text", "hybrid"]
+SearchMode = Literal["exact", "ann", "halfvec", "text", "hybrid"]
 _PREVIEW = 80
 
 
@@ -49,8 +49,9 @@ class SearchResults(Sequence[Hit]):
     """The hits of one search, best first: a read-only sequence of :class:`Hit`.
 
     ``mode`` says how they were found (``"exact"`` scan, ``"ann"`` index + exact re-rank,
-    ``"text"``, ``"hybrid"``). In Jupyter the results render as a table; in a terminal,
-    ``rich.print(results)`` does. :meth:`to_pandas` gives a DataFrame.
+    ``"halfvec"`` half-precision scan of one source + exact re-rank, ``"text"``, ``"hybrid"``).
+    In Jupyter the results render as a table; in a terminal, ``rich.print(results)`` does.
+    :meth:`to_pandas` gives a DataFrame.
     """
 
     def __init__(
