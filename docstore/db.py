@@ -20,6 +20,7 @@ import contextvars
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -78,7 +79,13 @@ class PoolTimeoutError(DatabaseUnavailableError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying: the same call may well succeed a moment later."""
+    """True for failures worth retrying: the same call may well succeed a moment later.
+
+    TLS failures that are configuration problems (an unverifiable server certificate, a
+    server refusing TLS, an unreadable ``sslrootcert``) are not: see :func:`connect_problem`.
+    """
+    if connect_problem(exc) is not None:
+        return False
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         if sqlstate in _FATAL_CONNECT_SQLSTATES:
@@ -90,6 +97,79 @@ def is_transient(exc: BaseException) -> bool:
         # "connection was closed in the middle of operation", "connection is closed"
         return "closed" in str(exc)
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
+
+
+# TLS errors that only mean the connection went away (server restart, network cut): retried.
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH
+_HOST_MISMATCH = frozenset({62, 63, 64})
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+_CERT_DATES = frozenset({9, 10})
+_FIX_ROOT_CERT = (
+    "set sslrootcert in the URL to the CA certificate (PEM file) that issued the server's "
+    "certificate"
+)
+_FIX_HOST = (
+    "connect with a host name the certificate lists (its subjectAltName) or reissue the "
+    "certificate for this host; sslmode=verify-ca checks the CA without the host name"
+)
+
+
+def connect_problem(exc: BaseException, secrets: tuple[str, ...] = ()) -> str | None:
+    """What is wrong when connecting failed for a reason retrying cannot fix, else None.
+
+    Covers TLS: a server certificate that fails verification (unknown CA, host name not in
+    the certificate, expired), any other TLS error (a protocol or cipher mismatch, a client
+    certificate the server rejects), a server that refuses TLS under ``sslmode=require`` or
+    stricter, and settings asyncpg rejects while reading the URL (invalid ``sslmode``, an
+    ``sslrootcert``/``sslcert``/``sslkey`` file that can't be read). A TLS connection that is
+    merely cut (EOF) is not a setup problem: it stays transient. ``secrets`` are scrubbed
+    from the text.
+    """
+    if isinstance(exc, OSError) and _raised_reading_settings(exc):
+        return (
+            "could not load a TLS file named in the URL or a PGSSL* variable (sslrootcert, "
+            f"sslcert, sslkey or sslcrl): {describe(exc, secrets)}; check the path and that "
+            "it is a readable PEM file"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # verify_code/verify_message are set by the ssl module, not on a hand-made instance.
+        code = getattr(exc, "verify_code", None)
+        reason = _scrub(str(getattr(exc, "verify_message", None) or exc), secrets)
+        if code in _HOST_MISMATCH:
+            fix = _FIX_HOST
+        elif code in _CERT_DATES:
+            fix = "the server's certificate is not valid now: renew it on the server"
+        else:
+            fix = _FIX_ROOT_CERT
+        return f"the server certificate could not be verified ({reason}): {fix}"
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPPED):
+        return (
+            f"TLS failed ({describe(exc, secrets)}): check sslmode, sslcert/sslkey and the "
+            "server's ssl settings"
+        )
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        # asyncpg's words when the server answers the SSLRequest with "N" (ssl = off).
+        return (
+            "the server does not accept TLS connections (it refused the SSL request): "
+            "enable ssl on the server, or lower sslmode if an unencrypted connection is "
+            "acceptable"
+        )
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return f"invalid connection settings: {describe(exc, secrets)}"
+    return None
+
+
+def _raised_reading_settings(exc: BaseException) -> bool:
+    """True if ``exc`` came out of asyncpg parsing the connection settings, where it loads the
+    TLS files (a missing ``sslrootcert`` raises a bare FileNotFoundError, indistinguishable
+    by type from a missing Unix socket, which is transient)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_parse_connect_dsn_and_args":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def is_transient_query_failure(exc: BaseException) -> bool:
@@ -597,7 +677,17 @@ def _translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docsto
             "the database refused a write: this store is read-only "
             "(default_transaction_read_only is on)"
         )
-    if sqlstate in ("28P01", "28000"):
+    if sqlstate == "28000":
+        # pg_hba.conf refused the connection; the server's message says which rule applies
+        # and whether the connection was encrypted, the key to most TLS set-up mistakes.
+        return DatabaseUnavailableError(
+            f"the server refused the connection to {where} [{sqlstate}]: "
+            f"{_scrub(str(exc), secrets)}; check the user name and the server's pg_hba.conf "
+            "(a hostssl rule needs sslmode=require or stricter, a clientcert or cert rule "
+            "needs sslcert and sslkey)",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == "28P01":
         return DatabaseUnavailableError(
             f"authentication failed connecting to {where} [{sqlstate}]: check the user name "
             "and password in the URL",
@@ -608,6 +698,9 @@ def _translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docsto
             f"the database in {where} does not exist [{sqlstate}]: create it or fix the URL",
             sqlstate=sqlstate,
         )
+    problem = connect_problem(exc, secrets)
+    if problem is not None:
+        return DatabaseUnavailableError(f"cannot connect to {where}: {problem}")
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
