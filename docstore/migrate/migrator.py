@@ -37,7 +37,7 @@ import asyncpg
 
 from docstore.codecs import register_codecs
 from docstore.config import redact_url, url_password
-from docstore.db import describe
+from docstore.db import connect_problem, describe
 from docstore.errors import DocstoreError, MigrationError
 from docstore.migrate import legacy
 from docstore.migrate.pipe import pipe
@@ -180,9 +180,8 @@ class Migrator:
         except DocstoreError:
             raise
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise MigrationError(
-                f"cannot reach the legacy database: {describe(exc, self._secrets)}"
-            ) from None
+            problem = connect_problem(exc, self._secrets) or describe(exc, self._secrets)
+            raise MigrationError(f"cannot reach the legacy database: {problem}") from None
         try:
             schema = await conn.fetchval(
                 "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
