@@ -407,6 +407,58 @@ async def test_rollback_carries_writes_made_after_the_cutover(
     assert changed[4] == hashlib.md5(b"changed after the cutover").hexdigest()
 
 
+async def test_rollback_writes_into_a_legacy_database_frozen_for_the_cutover(
+    legacy_url: str, database_url: str, pg: PgCluster
+) -> None:
+    """docs/cutover.md freezes the legacy database with default_transaction_read_only; the
+    rollback (an operator's explicit write) must still go through, and a rollback that fails
+    is one clean MigrationError that changed nothing."""
+    from urllib.parse import urlsplit
+
+    name = urlsplit(legacy_url).path.lstrip("/")
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "update documents set content = 'changed after the cutover'"
+            " where doc_path = 'crate0/module0/index.html'"
+        )
+    await pg.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await legacy_execute(legacy_url, "update crates set version = 'x'")
+        async with Migrator(legacy_url, database_url) as back:
+            assert (await back.rollback()).documents == DOCS
+    finally:
+        await pg.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+    conn = await asyncpg.connect(legacy_url)
+    try:
+        assert (
+            await conn.fetchval(
+                "select content from doc_embeddings where doc_path = 'crate0/module0/index.html'"
+            )
+            == "changed after the cutover"
+        )
+        # a rollback that fails (here: a trigger refuses its DELETE) leaves no trace
+        await conn.execute(
+            "create function no_deletes() returns trigger language plpgsql as"
+            " $$ begin raise exception 'kept'; end $$;"
+            " create trigger keep before delete on doc_embeddings"
+            " for each statement execute function no_deletes()"
+        )
+        before = await legacy_snapshot(legacy_url)
+        async with docstore.connect(database_url) as store:
+            await store.execute(
+                "delete from documents where doc_path = 'crate1/module1/index.html'"
+            )
+        with pytest.raises(MigrationError, match=r"changed nothing.*kept"):
+            async with Migrator(legacy_url, database_url) as back:
+                await back.rollback()
+        assert await legacy_snapshot(legacy_url) == before
+    finally:
+        await conn.close()
+
+
 def test_cli_migrate_validate_rollback(
     legacy_url: str,
     database_url: str,

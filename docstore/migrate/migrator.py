@@ -165,10 +165,16 @@ class Migrator:
 
     @contextlib.asynccontextmanager
     async def _source(self, *, writable: bool = False) -> Any:
-        """A connection to the legacy database; read-only unless ``writable`` (rollback)."""
-        settings = {"application_name": "docstore-migrate"}
-        if not writable:
-            settings["default_transaction_read_only"] = "on"
+        """A connection to the legacy database; read-only unless ``writable`` (rollback).
+
+        The session setting is explicit both ways: a rollback still writes into a legacy
+        database frozen with ``ALTER DATABASE … SET default_transaction_read_only = on``
+        (docs/cutover.md), which keeps the legacy application out while it runs.
+        """
+        settings = {
+            "application_name": "docstore-migrate",
+            "default_transaction_read_only": "off" if writable else "on",
+        }
         if isinstance(self._source_arg, Store):
             async with self._source_arg.acquire() as pooled:
                 if not writable:
@@ -837,6 +843,17 @@ class Migrator:
         started = _now()
         store = await self._target_store()
         report = RollbackReport()
+        try:
+            await self._rollback(store, report)
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(
+                "rollback failed and changed nothing in the legacy database (one transaction): "
+                + describe(exc, self._secrets)
+            ) from None
+        report.seconds = _now() - started
+        return report
+
+    async def _rollback(self, store: Store, report: RollbackReport) -> None:
         async with self._source(writable=True) as leg, store.acquire() as tgt:
             sources = await tgt.fetch(
                 "SELECT source_name, config, enabled, last_checked, last_populated"
@@ -878,8 +895,6 @@ class Migrator:
                             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM {table}), 1))"
                         )
-        report.seconds = _now() - started
-        return report
 
     async def _rollback_crates(self, leg: asyncpg.Connection, sources: list[Any]) -> int:
         rows = []
