@@ -510,6 +510,34 @@ async def test_unreachable_legacy_database_error_never_shows_the_password(
         chain = chain.__cause__ or chain.__context__
 
 
+async def test_a_rerun_after_chunk_boundaries_moved_reports_no_phantom_delta(
+    legacy_url: str, database_url: str
+) -> None:
+    """A deletion early in the table moves every later chunk boundary; checkpoints of the
+    earlier run's boundaries must not make the delta pass re-copy ranges (and warn that the
+    legacy database changed during the copy) when nothing changed during this run."""
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        assert (await m.run()).ok
+    # between the warm copy and the cutover: a deletion in the first chunk, an edit later on
+    await legacy_execute(
+        legacy_url,
+        "delete from doc_embeddings where id = 3;"
+        " update doc_embeddings set content = content || ' edited' where id = 60",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert report.delta_documents == 0, report.warnings
+    assert not [w for w in report.warnings if "changed during the copy" in w]
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS - 1
+        stale = await store.fetchval(
+            "select count(*) from docstore_migration_checkpoints where first_key not in"
+            " (0, 26, 51, 76, 101)"  # the boundaries of 119 rows without id 3, 25 per chunk
+        )
+        assert stale == 0
+
+
 async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(
     legacy_url: str, database_url: str, empty_database_url: str
 ) -> None:

@@ -461,6 +461,17 @@ class Migrator:
     async def _copy_documents(
         self, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
     ) -> None:
+        chunks = await self._chunks(src)
+        # Checkpoints whose first key is no longer a chunk boundary (a deletion since the last
+        # run moved every later boundary) cover ranges the current chunks copy anew. Kept,
+        # their stale stamps would make the delta pass re-copy those ranges and report that
+        # the legacy database changed during this run.
+        await tgt.execute(
+            "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
+            " AND table_name = 'doc_embeddings' AND NOT (first_key = ANY($2::bigint[]))",
+            report.run_id,
+            [low for low, _, _ in chunks],
+        )
         done = {
             r["first_key"]: r
             for r in await tgt.fetch(
@@ -469,7 +480,6 @@ class Migrator:
                 report.run_id,
             )
         }
-        chunks = await self._chunks(src)
         existing = await tgt.fetchval(
             "SELECT count(*) FROM documents WHERE doc_type = $1", self.doc_type
         )
