@@ -407,6 +407,58 @@ async def test_rollback_carries_writes_made_after_the_cutover(
     assert changed[4] == hashlib.md5(b"changed after the cutover").hexdigest()
 
 
+async def test_rollback_writes_into_a_legacy_database_frozen_for_the_cutover(
+    legacy_url: str, database_url: str, pg: PgCluster
+) -> None:
+    """docs/cutover.md freezes the legacy database with default_transaction_read_only; the
+    rollback (an operator's explicit write) must still go through, and a rollback that fails
+    is one clean MigrationError that changed nothing."""
+    from urllib.parse import urlsplit
+
+    name = urlsplit(legacy_url).path.lstrip("/")
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "update documents set content = 'changed after the cutover'"
+            " where doc_path = 'crate0/module0/index.html'"
+        )
+    await pg.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await legacy_execute(legacy_url, "update crates set version = 'x'")
+        async with Migrator(legacy_url, database_url) as back:
+            assert (await back.rollback()).documents == DOCS
+    finally:
+        await pg.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+    conn = await asyncpg.connect(legacy_url)
+    try:
+        assert (
+            await conn.fetchval(
+                "select content from doc_embeddings where doc_path = 'crate0/module0/index.html'"
+            )
+            == "changed after the cutover"
+        )
+        # a rollback that fails (here: a trigger refuses its DELETE) leaves no trace
+        await conn.execute(
+            "create function no_deletes() returns trigger language plpgsql as"
+            " $$ begin raise exception 'kept'; end $$;"
+            " create trigger keep before delete on doc_embeddings"
+            " for each statement execute function no_deletes()"
+        )
+        before = await legacy_snapshot(legacy_url)
+        async with docstore.connect(database_url) as store:
+            await store.execute(
+                "delete from documents where doc_path = 'crate1/module1/index.html'"
+            )
+        with pytest.raises(MigrationError, match=r"changed nothing.*kept"):
+            async with Migrator(legacy_url, database_url) as back:
+                await back.rollback()
+        assert await legacy_snapshot(legacy_url) == before
+    finally:
+        await conn.close()
+
+
 def test_cli_migrate_validate_rollback(
     legacy_url: str,
     database_url: str,
@@ -456,6 +508,34 @@ async def test_unreachable_legacy_database_error_never_shows_the_password(
     while chain is not None:
         assert "hunter2" not in str(chain) and "hunter2" not in repr(chain)
         chain = chain.__cause__ or chain.__context__
+
+
+async def test_a_rerun_after_chunk_boundaries_moved_reports_no_phantom_delta(
+    legacy_url: str, database_url: str
+) -> None:
+    """A deletion early in the table moves every later chunk boundary; checkpoints of the
+    earlier run's boundaries must not make the delta pass re-copy ranges (and warn that the
+    legacy database changed during the copy) when nothing changed during this run."""
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        assert (await m.run()).ok
+    # between the warm copy and the cutover: a deletion in the first chunk, an edit later on
+    await legacy_execute(
+        legacy_url,
+        "delete from doc_embeddings where id = 3;"
+        " update doc_embeddings set content = content || ' edited' where id = 60",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert report.delta_documents == 0, report.warnings
+    assert not [w for w in report.warnings if "changed during the copy" in w]
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS - 1
+        stale = await store.fetchval(
+            "select count(*) from docstore_migration_checkpoints where first_key not in"
+            " (0, 26, 51, 76, 101)"  # the boundaries of 119 rows without id 3, 25 per chunk
+        )
+        assert stale == 0
 
 
 async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(

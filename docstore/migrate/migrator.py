@@ -165,10 +165,16 @@ class Migrator:
 
     @contextlib.asynccontextmanager
     async def _source(self, *, writable: bool = False) -> Any:
-        """A connection to the legacy database; read-only unless ``writable`` (rollback)."""
-        settings = {"application_name": "docstore-migrate"}
-        if not writable:
-            settings["default_transaction_read_only"] = "on"
+        """A connection to the legacy database; read-only unless ``writable`` (rollback).
+
+        The session setting is explicit both ways: a rollback still writes into a legacy
+        database frozen with ``ALTER DATABASE … SET default_transaction_read_only = on``
+        (docs/cutover.md), which keeps the legacy application out while it runs.
+        """
+        settings = {
+            "application_name": "docstore-migrate",
+            "default_transaction_read_only": "off" if writable else "on",
+        }
         if isinstance(self._source_arg, Store):
             async with self._source_arg.acquire() as pooled:
                 if not writable:
@@ -454,6 +460,17 @@ class Migrator:
     async def _copy_documents(
         self, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
     ) -> None:
+        chunks = await self._chunks(src)
+        # Checkpoints whose first key is no longer a chunk boundary (a deletion since the last
+        # run moved every later boundary) cover ranges the current chunks copy anew. Kept,
+        # their stale stamps would make the delta pass re-copy those ranges and report that
+        # the legacy database changed during this run.
+        await tgt.execute(
+            "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
+            " AND table_name = 'doc_embeddings' AND NOT (first_key = ANY($2::bigint[]))",
+            report.run_id,
+            [low for low, _, _ in chunks],
+        )
         done = {
             r["first_key"]: r
             for r in await tgt.fetch(
@@ -462,7 +479,6 @@ class Migrator:
                 report.run_id,
             )
         }
-        chunks = await self._chunks(src)
         existing = await tgt.fetchval(
             "SELECT count(*) FROM documents WHERE doc_type = $1", self.doc_type
         )
@@ -836,6 +852,17 @@ class Migrator:
         started = _now()
         store = await self._target_store()
         report = RollbackReport()
+        try:
+            await self._rollback(store, report)
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(
+                "rollback failed and changed nothing in the legacy database (one transaction): "
+                + describe(exc, self._secrets)
+            ) from None
+        report.seconds = _now() - started
+        return report
+
+    async def _rollback(self, store: Store, report: RollbackReport) -> None:
         async with self._source(writable=True) as leg, store.acquire() as tgt:
             sources = await tgt.fetch(
                 "SELECT source_name, config, enabled, last_checked, last_populated"
@@ -877,8 +904,6 @@ class Migrator:
                             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM {table}), 1))"
                         )
-        report.seconds = _now() - started
-        return report
 
     async def _rollback_crates(self, leg: asyncpg.Connection, sources: list[Any]) -> int:
         rows = []
