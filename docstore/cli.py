@@ -256,10 +256,10 @@ async def _target(target: str | None) -> Store:
     return await connect(target)
 
 
-NEXT_STEPS = """next steps (the plan's cutover):
-  1. set READ_ONLY=true on the legacy Doc Server, then re-run `docstore migrate` (delta pass)
-  2. point the Doc Server at the new database: DATABASE_URL=<target>
-  3. remove READ_ONLY; to go back: `docstore rollback --source <legacy> --target <target>`"""
+NEXT_STEPS = """next steps (docs/cutover.md):
+  1. freeze the legacy database, then re-run `docstore migrate` (copies only what changed)
+  2. `docstore validate`; point the app at the new database with READ_ONLY=true, smoke-test
+  3. remove READ_ONLY; to go back: READ_ONLY=true on the app, then `docstore rollback`"""
 
 
 @app.command()

