@@ -8,13 +8,14 @@ the errors in :mod:`docstore.errors`. Scripts that prefer no ``await`` use :mod:
 
 from docstore import errors
 from docstore.config import Settings
-from docstore.db import Health, PoolTimeoutError
+from docstore.db import Health
 from docstore.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     DocstoreError,
     FilterError,
     MigrationError,
+    PoolTimeoutError,
     QueryError,
     ReadOnlyError,
     SchemaError,

@@ -1,7 +1,8 @@
 """Settings read from the environment (pydantic-settings).
 
 URL resolution order: an explicit ``url=`` argument, then ``DATABASE_URL``, then the legacy
-``MCPDOCS_DATABASE_URL`` (logged once at INFO), then the embedded PostgreSQL. An empty
+``MCPDOCS_DATABASE_URL`` (logged once at INFO), then the embedded PostgreSQL. Reads may go to
+a replica: ``DATABASE_READ_URL``, or a multi-host URL (:func:`split_read_write`). An empty
 variable counts as unset. Invalid values raise :class:`~docstore.errors.ConfigurationError`
 naming the variable and never echoing its value.
 """
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     legacy_database_url: str | None = Field(
         None, validation_alias="LEGACY_DATABASE_URL", repr=False
     )
+    database_read_url: str | None = Field(None, validation_alias="DATABASE_READ_URL", repr=False)
     read_only: bool = Field(False, validation_alias="READ_ONLY")
     pool_min_size: int = Field(1, ge=0, validation_alias="DOCSTORE_POOL_MIN_SIZE")
     pool_max_size: int = Field(5, ge=1, validation_alias="DOCSTORE_POOL_MAX_SIZE")
@@ -85,8 +87,14 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(5.0, ge=0, validation_alias="DOCSTORE_RETRY_MAX_DELAY")
     hnsw_ef_search: int = Field(200, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH")
     search_oversample: int = Field(4, ge=1, le=100, validation_alias="DOCSTORE_SEARCH_OVERSAMPLE")
+    metrics: bool = Field(True, validation_alias="DOCSTORE_METRICS")
+    replica_retry_seconds: float = Field(
+        5.0, ge=0, validation_alias="DOCSTORE_REPLICA_RETRY_SECONDS"
+    )
 
-    @field_validator("database_url", "mcpdocs_database_url", "legacy_database_url")
+    @field_validator(
+        "database_url", "mcpdocs_database_url", "legacy_database_url", "database_read_url"
+    )
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         return _check_url(value)
@@ -203,6 +211,54 @@ def url_password(url: str) -> str | None:
         if key.lower() == "password" and value:
             return value
     return None
+
+
+def url_secrets(*urls: str | None) -> tuple[str, ...]:
+    """Every secret in ``urls`` (passwords, ``sslpassword``), to scrub from messages."""
+    found: list[str] = []
+    for url in urls:
+        if not url:
+            continue
+        password = url_password(url)
+        if password:
+            found.append(password)
+        try:
+            query = parse_qsl(urlsplit(url).query)
+        except ValueError:
+            continue
+        found += [v for k, v in query if k.lower() == "sslpassword" and v]
+    return tuple(dict.fromkeys(found))
+
+
+def _hosts(url: str) -> list[str]:
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    from_query = [v for k, v in parse_qsl(parts.query) if k == "host"]
+    return (from_query[0] if from_query else hosts).split(",")
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    query = urlencode([*pairs, (key, value)], safe="/,")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def split_read_write(settings: Settings, url: str) -> tuple[str, str | None]:
+    """``(url for writes, url for reads or None)`` for a resolved database URL.
+
+    ``DATABASE_READ_URL`` wins. Otherwise a URL naming several hosts
+    (``postgresql://db1,db2,db3/docs``) is split: writes go to the host that accepts them
+    (``target_session_attrs=read-write`` unless the URL says otherwise), reads prefer a
+    standby (``target_session_attrs=prefer-standby``). A single-host URL has no read URL.
+    """
+    if settings.database_read_url:
+        return url, settings.database_read_url
+    if len(_hosts(url)) < 2:
+        return url, None
+    given = dict(parse_qsl(urlsplit(url).query)).get("target_session_attrs")
+    writes = url if given else _with_query(url, "target_session_attrs", "read-write")
+    return writes, _with_query(url, "target_session_attrs", "prefer-standby")
 
 
 def with_database(url: str, database: str) -> str:

@@ -1,15 +1,21 @@
-"""Connection pool, retry, read-only mode and error translation: :class:`Database`.
+"""Connection pools, read/write routing, read-only mode and metrics hooks: :class:`Database`.
 
 :class:`Database` is the lower half of :class:`docstore.Store` (which adds the repositories
 and search on top). ``store = await docstore.connect()`` and
 ``async with docstore.connect() as store:`` both work, as with asyncpg's pool. The store
-owns an asyncpg pool whose ``init`` registers the
-pgvector codecs on every connection; its ``execute/fetch/fetchrow/fetchval`` mirror asyncpg's
-query surface for notebooks and scripts.
+owns an asyncpg pool whose ``init`` registers the pgvector codecs on every connection; its
+``execute/fetch/fetchrow/fetchval`` mirror asyncpg's query surface for notebooks and scripts.
 
-Transient failures (refused/reset connections, connect timeouts, SQLSTATE 08xxx, 57P01-03,
-53300, 40001, 40P01) are retried with exponential backoff and jitter; everything else
-(authentication, missing database, syntax, constraint and data errors) raises at once.
+**Replicas.** With ``DATABASE_READ_URL`` (or a multi-host ``DATABASE_URL``, see
+:func:`~docstore.config.split_read_write`) a second pool serves reads — searches, document
+and source reads, ``store.replica.fetch…`` — while writes and the plain query surface use
+the primary. When the replica fails (refused, reset, shutting down, a recovery conflict),
+the read is run on the primary instead, logged once per outage at WARNING, and the replica
+is tried again after ``DOCSTORE_REPLICA_RETRY_SECONDS``. Replicas lag: code that must read
+its own writes runs under ``with store.read_from_primary():``.
+
+Failures are classified and translated by :mod:`docstore.failures` (transient ones are
+retried with backoff); every operation is timed by :mod:`docstore.metrics`.
 """
 
 from __future__ import annotations
@@ -17,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
-import random
-import re
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, Generic, Literal, Self, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import asyncpg
 import tenacity
@@ -37,25 +43,33 @@ from docstore.config import (
     load_settings,
     redact_url,
     resolve_url,
-    url_password,
+    split_read_write,
+    url_secrets,
 )
 from docstore.errors import (
-    DatabaseUnavailableError,
     DocstoreError,
-    QueryError,
+    PoolTimeoutError,
     ReadOnlyError,
     SchemaError,
 )
+from docstore.failures import (
+    describe,
+    first_retry_wait,
+    is_transient_query_failure,
+    retrying,
+    translate,
+)
+from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, timed
 from docstore.schema import runner
 
 logger = logging.getLogger("docstore")
 
 T = TypeVar("T")
 IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
+Role = Literal["primary", "replica"]
 
-TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
-_FATAL_CONNECT_SQLSTATES = frozenset({"28P01", "28000", "3D000", "42501"})
-_MAX_MESSAGE = 300
+# A replica that is not there should cost a read little time before it goes to the primary.
+REPLICA_CONNECT_TIMEOUT = 5.0
 
 
 # Set while docstore's own stateless work holds a connection (see Database.run): releasing it
@@ -63,6 +77,10 @@ _MAX_MESSAGE = 300
 # measured ~0.4 ms of a 3.5 ms ANN search. Open transactions are still rolled back by asyncpg.
 _STATELESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "docstore_stateless", default=False
+)
+# Set by Database.read_from_primary(): reads in this context skip the replica.
+_PRIMARY_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "docstore_primary_only", default=False
 )
 
 
@@ -74,135 +92,19 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute(query)
 
 
-class PoolTimeoutError(DatabaseUnavailableError):
-    """No pooled connection became free within ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``."""
+class ReplicaHealth(BaseModel):
+    """The read replica as ``store.health()`` found it."""
 
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying: the same call may well succeed a moment later.
-
-    TLS failures that are configuration problems (an unverifiable server certificate, a
-    server refusing TLS, an unreadable ``sslrootcert``) are not: see :func:`connect_problem`.
-    """
-    if connect_problem(exc) is not None:
-        return False
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        if sqlstate in _FATAL_CONNECT_SQLSTATES:
-            return False
-        return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
-    if isinstance(exc, asyncpg.PostgresError):
-        return False
-    if isinstance(exc, asyncpg.InterfaceError):
-        # "connection was closed in the middle of operation", "connection is closed"
-        return "closed" in str(exc)
-    return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
-
-
-# TLS errors that only mean the connection went away (server restart, network cut): retried.
-_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH
-_HOST_MISMATCH = frozenset({62, 63, 64})
-# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
-_CERT_DATES = frozenset({9, 10})
-_FIX_ROOT_CERT = (
-    "set sslrootcert in the URL to the CA certificate (PEM file) that issued the server's "
-    "certificate"
-)
-_FIX_HOST = (
-    "connect with a host name the certificate lists (its subjectAltName) or reissue the "
-    "certificate for this host; sslmode=verify-ca checks the CA without the host name"
-)
-
-
-def connect_problem(exc: BaseException, secrets: tuple[str, ...] = ()) -> str | None:
-    """What is wrong when connecting failed for a reason retrying cannot fix, else None.
-
-    Covers TLS: a server certificate that fails verification (unknown CA, host name not in
-    the certificate, expired), any other TLS error (a protocol or cipher mismatch, a client
-    certificate the server rejects), a server that refuses TLS under ``sslmode=require`` or
-    stricter, and settings asyncpg rejects while reading the URL (invalid ``sslmode``, an
-    ``sslrootcert``/``sslcert``/``sslkey`` file that can't be read). A TLS connection that is
-    merely cut (EOF) is not a setup problem: it stays transient. ``secrets`` are scrubbed
-    from the text.
-    """
-    if isinstance(exc, OSError) and _raised_reading_settings(exc):
-        return (
-            "could not load a TLS file named in the URL or a PGSSL* variable (sslrootcert, "
-            f"sslcert, sslkey or sslcrl): {describe(exc, secrets)}; check the path and that "
-            "it is a readable PEM file"
-        )
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        # verify_code/verify_message are set by the ssl module, not on a hand-made instance.
-        code = getattr(exc, "verify_code", None)
-        reason = _scrub(str(getattr(exc, "verify_message", None) or exc), secrets)
-        if code in _HOST_MISMATCH:
-            fix = _FIX_HOST
-        elif code in _CERT_DATES:
-            fix = "the server's certificate is not valid now: renew it on the server"
-        else:
-            fix = _FIX_ROOT_CERT
-        return f"the server certificate could not be verified ({reason}): {fix}"
-    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPPED):
-        return (
-            f"TLS failed ({describe(exc, secrets)}): check sslmode, sslcert/sslkey and the "
-            "server's ssl settings"
-        )
-    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
-        # asyncpg's words when the server answers the SSLRequest with "N" (ssl = off).
-        return (
-            "the server does not accept TLS connections (it refused the SSL request): "
-            "enable ssl on the server, or lower sslmode if an unencrypted connection is "
-            "acceptable"
-        )
-    if isinstance(exc, asyncpg.ClientConfigurationError):
-        return f"invalid connection settings: {describe(exc, secrets)}"
-    return None
-
-
-def _raised_reading_settings(exc: BaseException) -> bool:
-    """True if ``exc`` came out of asyncpg parsing the connection settings, where it loads the
-    TLS files (a missing ``sslrootcert`` raises a bare FileNotFoundError, indistinguishable
-    by type from a missing Unix socket, which is transient)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_parse_connect_dsn_and_args":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def is_transient_query_failure(exc: BaseException) -> bool:
-    """:func:`is_transient`, except a statement that ran out of ``command_timeout``: it may
-    have done its work (a write may have committed), so it is not run again."""
-    return is_transient(exc) and not isinstance(exc, TimeoutError)
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    if len(text) > _MAX_MESSAGE:
-        text = text[:_MAX_MESSAGE] + "…"
-    return text
-
-
-_ARG_ERROR = re.compile(r"^(invalid input for query argument \$\d+)")
-
-
-def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
-    """A short, safe description of ``exc``: class, SQLSTATE, scrubbed and truncated message.
-
-    Client-side argument errors echo the offending value (possibly a whole vector), so only
-    their first clause is kept.
-    """
-    message = str(exc)
-    match = _ARG_ERROR.match(message)
-    if match:
-        message = match[1]
-    sqlstate = getattr(exc, "sqlstate", None)
-    code = f" [{sqlstate}]" if sqlstate else ""
-    return f"{type(exc).__name__}{code}: {_scrub(message, secrets)}"
+    url: str
+    """Password redacted."""
+    ok: bool
+    latency_ms: float | None = None
+    in_recovery: bool | None = None
+    """True on a streaming standby (False: the read URL points at a primary)."""
+    lag_seconds: float | None = None
+    """Seconds since the last replayed transaction (grows while the primary is idle too)."""
+    error: str | None = None
+    """Why it could not be reached (no password in it)."""
 
 
 class Health(BaseModel):
@@ -225,10 +127,61 @@ class Health(BaseModel):
     """HNSW indexes on documents, name → valid (an invalid one is a failed concurrent build)."""
     text_index_valid: bool | None = None
     """The full-text index: valid or not, None when absent."""
+    read_replica: ReplicaHealth | None = None
+    """The read replica (``DATABASE_READ_URL`` or a multi-host URL), when there is one."""
+
+
+_HEALTH = """
+select current_setting('server_version') as server_version,
+       (select extversion from pg_extension where extname = 'vector') as pgvector,
+       current_setting('default_transaction_read_only') = 'on' as read_only,
+       pg_is_in_recovery() as in_recovery,
+       case when pg_is_in_recovery() then
+         extract(epoch from now() - pg_last_xact_replay_timestamp())::float8
+       end as replica_lag
+"""
+
+_SEARCH_INDEXES = """
+select c.relname as name, i.indisvalid as valid, am.amname as am
+  from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am am on am.oid = c.relam
+ where i.indrelid = to_regclass('documents')
+   and (am.amname = 'hnsw' or c.relname = 'idx_documents_content_fts')
+"""
+
+_DISK = """
+select pg_database_size(current_database()) as database_bytes,
+       coalesce(pg_table_size(to_regclass('documents')), 0) as table_bytes,
+       coalesce(pg_indexes_size(to_regclass('documents')), 0) as indexes_bytes,
+       coalesce((select jsonb_object_agg(c.relname, pg_relation_size(c.oid))
+                   from pg_index i join pg_class c on c.oid = i.indexrelid
+                  where i.indrelid = to_regclass('documents')), '{}') as indexes
+"""
+
+_CONNECTIONS = """
+select coalesce(state, 'unknown') as state, count(*) as n from pg_stat_activity
+ where application_name = $1 and datname = current_database() group by 1
+"""
+
+
+@dataclass
+class _Pool:
+    """One asyncpg pool and what it was opened with (so :meth:`Database.reload` can re-point
+    it at a new URL)."""
+
+    role: Role
+    pool: asyncpg.Pool
+    url: str
+    connect_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: Any = None
+    """The pool's ``init`` (codec registration), reused for a replica pool."""
+
+    @property
+    def redacted(self) -> str:
+        return redact_url(self.url)
 
 
 class Database:
-    """docstore's handle on one database: a pool plus the settings it was opened with.
+    """docstore's handle on one database: its pools plus the settings it was opened with.
 
     Create it with :func:`docstore.connect`. ``repr(store)`` and :attr:`url` never show a
     password.
@@ -242,19 +195,33 @@ class Database:
         url: str,
         url_source: UrlSource,
         read_only: bool,
+        connect_kwargs: dict[str, Any] | None = None,
+        init: Any = None,
+        replica: _Pool | None = None,
     ) -> None:
-        self._pool = pool
+        self._primary = _Pool("primary", pool, url, connect_kwargs or {}, init)
+        self._replica = replica
         self.settings = settings
-        self._url = url
         self.url_source = url_source
         self.read_only = read_only
-        self._secrets = tuple(s for s in (url_password(url),) if s)
+        self._secrets = url_secrets(url, replica.url if replica else None)
+        self._metrics = Metrics(enabled=settings.metrics)
+        self._replica_down_until = 0.0
 
     # -- identity --------------------------------------------------------------------------
     @property
     def url(self) -> str:
         """The database URL with its password replaced by ``***``."""
-        return redact_url(self._url)
+        return self._primary.redacted
+
+    @property
+    def read_url(self) -> str | None:
+        """The read replica's URL (password redacted), or None without one."""
+        return self._replica.redacted if self._replica else None
+
+    @property
+    def _url(self) -> str:
+        return self._primary.url
 
     @property
     def embedding_dim(self) -> int:
@@ -262,22 +229,72 @@ class Database:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The underlying asyncpg pool (for code that needs asyncpg directly)."""
-        return self._pool
+        """The primary's asyncpg pool (for code that needs asyncpg directly)."""
+        return self._primary.pool
+
+    @property
+    def replica(self) -> ReadQueries:
+        """``fetch/fetchrow/fetchval`` on the read replica (the primary without one, or when
+        it is down). For queries that only read."""
+        return ReadQueries(self)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} url={self.url!r} read_only={self.read_only}>"
+        replica = f" read_url={self.read_url!r}" if self._replica else ""
+        return f"<{type(self).__name__} url={self.url!r}{replica} read_only={self.read_only}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def close(self) -> None:
-        """Close the pool, waiting for checked-out connections to be released."""
-        await self._pool.close()
+        """Close the pools, waiting for checked-out connections to be released."""
+        await asyncio.gather(*(p.pool.close() for p in self._pools()))
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def reload(self, url: str | None = None) -> None:
+        """Pick up a new database URL without dropping work in flight (credential rotation).
+
+        Re-reads ``DATABASE_URL`` / ``MCPDOCS_DATABASE_URL`` / ``DATABASE_READ_URL`` from the
+        environment (``url`` wins, as in :func:`~docstore.connect`), checks that the new
+        primary accepts a connection and has a compatible schema, then points the pools at
+        the new URLs: connections checked out now finish their queries and are replaced when
+        released, idle ones are replaced at their next use. Other settings (pool sizes,
+        timeouts) need a new store. Raises like :func:`~docstore.connect`; on failure the store
+        keeps its old URLs.
+        """
+        settings = load_settings()
+        resolved, source = resolve_url(settings, url)
+        if resolved is None:
+            resolved = await embedded.embedded_url(settings.embedded_dir)
+        writes, reads = split_read_write(settings, resolved)
+        secrets = url_secrets(writes, reads)
+        try:
+            conn = await asyncpg.connect(writes, **self._primary.connect_kwargs)
+            try:
+                status = await runner.schema_status(conn)
+            finally:
+                await conn.close()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise translate(exc, writes, secrets) from None
+        runner.check_compatible(status, self.embedding_dim)
+        self._secrets = tuple(dict.fromkeys((*self._secrets, *secrets)))
+        await _repoint(self._primary, writes)
+        if reads is not None and self._replica is not None:
+            await _repoint(self._replica, reads)
+        elif reads is not None:
+            self._replica = await _open_replica(reads, self._primary, settings)
+        elif self._replica is not None:
+            old, self._replica = self._replica, None
+            await old.pool.close()
+        self.url_source = source
+        self._replica_down_until = 0.0
+        logger.info(
+            "reloaded: primary %s%s",
+            redact_url(writes),
+            f", replica {redact_url(reads)}" if reads else "",
+        )
 
     # -- guards & errors ---------------------------------------------------------------------
     def ensure_writable(self) -> None:
@@ -290,26 +307,41 @@ class Database:
 
     def translate(self, exc: BaseException) -> DocstoreError:
         """Map an asyncpg/OS exception to docstore's hierarchy (message scrubbed)."""
-        if isinstance(exc, DocstoreError):
-            return exc
-        return _translate(exc, self._url, self._secrets)
+        return translate(exc, self._url, self._secrets)
+
+    @contextlib.contextmanager
+    def read_from_primary(self) -> Iterator[None]:
+        """``with store.read_from_primary():`` — reads in this block (this task and tasks it
+        starts) go to the primary, so they see writes the replica may not have replayed yet."""
+        token = _PRIMARY_ONLY.set(True)
+        try:
+            yield
+        finally:
+            _PRIMARY_ONLY.reset(token)
 
     # -- running work ------------------------------------------------------------------------
     def _retrying(self, *, after_first_failure: bool = False) -> tenacity.AsyncRetrying:
-        return _retrying(
+        return retrying(
             self.settings,
-            self.url,
             f"query on {self.url}",
             after_first_failure=after_first_failure,
             retry_on=is_transient_query_failure,
+            on_retry=self._metrics.retry,
         )
 
-    async def _attempt(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self.acquire() as conn:
+    async def _attempt(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], role: Role = "primary"
+    ) -> T:
+        async with self._checkout(role) as conn:
             return await work(conn)
 
+    @timed("run")
     async def run(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, stateless: bool = False
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        stateless: bool = False,
+        read: bool = False,
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -317,10 +349,17 @@ class Database:
         idempotent. Errors come out as docstore errors. ``stateless=True`` promises that
         ``work`` leaves no session state behind (no ``SET`` outside a transaction, no
         ``LISTEN``, cursor or advisory lock), so the connection goes back to the pool without
-        a reset round trip.
+        a reset round trip. ``read=True`` promises that ``work`` only reads: it runs on the
+        read replica when there is one (on the primary if the replica fails).
         """
         token = _STATELESS.set(stateless)
         try:
+            if read and self._use_replica():
+                try:
+                    return await self._attempt(work, "replica")
+                except BaseException as exc:
+                    if not await self._replica_failed(exc):
+                        raise
             try:
                 # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
                 # an ANN search); only a transient failure enters the retry loop.
@@ -328,7 +367,9 @@ class Database:
             except BaseException as exc:
                 if not is_transient_query_failure(exc) or self.settings.retry_attempts < 2:
                     raise
-                await _first_retry_wait(self.settings, f"query on {self.url}", exc)
+                await first_retry_wait(
+                    self.settings, f"query on {self.url}", exc, self._metrics.retry
+                )
             async for attempt in self._retrying(after_first_failure=True):
                 with attempt:
                     return await self._attempt(work)
@@ -342,6 +383,35 @@ class Database:
             _STATELESS.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _use_replica(self) -> bool:
+        if self._replica is None or _PRIMARY_ONLY.get():
+            return False
+        if time.monotonic() < self._replica_down_until:
+            self._metrics.fallback()
+            return False
+        return True
+
+    async def _replica_failed(self, exc: BaseException) -> bool:
+        """Whether a read that failed on the replica should run on the primary instead; if
+        so the replica is skipped for ``DOCSTORE_REPLICA_RETRY_SECONDS`` (logged once)."""
+        if isinstance(exc, DocstoreError) or not is_transient_query_failure(exc):
+            return False  # a bad query, an acquire timeout: the primary would say the same
+        assert self._replica is not None
+        down = self._replica_down_until != 0.0
+        self._replica_down_until = time.monotonic() + self.settings.replica_retry_seconds
+        await self._replica.pool.expire_connections()  # reconnect, don't reuse dead sockets
+        self._metrics.fallback()
+        if not down:
+            logger.warning(
+                "read replica %s unavailable (%s): reads go to the primary; retrying the "
+                "replica every %gs",
+                self._replica.redacted,
+                describe(exc, self._secrets),
+                self.settings.replica_retry_seconds,
+            )
+        return True
+
+    @timed("run_in_transaction")
     async def run_in_transaction(
         self, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
     ) -> T:
@@ -355,26 +425,40 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
-        """Check a connection out of the pool (``async with store.acquire() as conn``).
+        """Check a connection out of the primary's pool (``async with store.acquire() as c``).
 
         Waits at most ``timeout`` (default ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``) for a free
         connection, then raises :class:`PoolTimeoutError`.
         """
+        async with self._checkout("primary", timeout) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _checkout(self, role: Role, timeout: float | None = None) -> AsyncIterator[Any]:
+        target = self._replica if role == "replica" and self._replica else self._primary
+        pool = target.pool
         wait = self.settings.pool_acquire_timeout if timeout is None else timeout
+        metrics = self._metrics
+        metrics.waiting[role] += 1
+        started = time.perf_counter()
         try:
             # asyncio.timeout rather than acquire(timeout=...): no extra task per acquire.
             async with asyncio.timeout(wait):
-                conn = await self._pool.acquire()
+                conn = await pool.acquire()
         except TimeoutError:
+            metrics.timed_out(role)
             raise PoolTimeoutError(
                 f"no database connection became free within {wait:g}s (pool max size "
-                f"{self.settings.pool_max_size}); raise DOCSTORE_POOL_MAX_SIZE or "
+                f"{pool.get_max_size()}, {role}); raise DOCSTORE_POOL_MAX_SIZE or "
                 f"DOCSTORE_POOL_ACQUIRE_TIMEOUT, or reduce concurrency"
             ) from None
+        finally:
+            metrics.waiting[role] -= 1
+        metrics.acquired(role, time.perf_counter() - started)
         try:
             yield conn
         finally:
-            await self._pool.release(conn)
+            await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -394,22 +478,27 @@ class Database:
                 raise self.translate(exc) from exc
 
     # -- asyncpg's query surface -------------------------------------------------------------
+    @timed("execute")
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run a statement; returns the command tag (as ``asyncpg.Connection.execute``)."""
         return await self.run(lambda conn: conn.execute(query, *args, timeout=timeout))
 
+    @timed("executemany")
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
         """Run a statement once per argument tuple (one transaction, as in asyncpg)."""
         await self.run(lambda conn: conn.executemany(query, args, timeout=timeout))
 
+    @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        """Run a query and return all rows (``asyncpg.Record``)."""
+        """Run a query and return all rows (``asyncpg.Record``), on the primary."""
         return await self.run(lambda conn: conn.fetch(query, *args, timeout=timeout))
 
+    @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """Run a query and return the first row, or None."""
         return await self.run(lambda conn: conn.fetchrow(query, *args, timeout=timeout))
 
+    @timed("fetchval")
     async def fetchval(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None
     ) -> Any:
@@ -419,6 +508,7 @@ class Database:
         )
 
     # -- schema & health ---------------------------------------------------------------------
+    @timed("migrate")
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations; returns the versions applied (``[]``: none due)."""
         self.ensure_writable()
@@ -426,34 +516,22 @@ class Database:
             lambda conn: runner.apply_migrations(conn, embedding_dim=self.embedding_dim)
         )
 
+    @timed("schema_status")
     async def schema_status(self) -> runner.SchemaStatus:
         """The database's schema version and embedding dimension."""
         return await self.run(runner.schema_status)
 
+    @timed("health")
     async def health(self) -> Health:
-        """Round-trip to the server and report versions, schema, read-only state, replica lag
-        and the search indexes (present, valid)."""
+        """Round-trip to the server and report versions, schema, read-only state, replica lag,
+        the search indexes (present, valid) and the read replica's state."""
 
         async def probe(conn: asyncpg.Connection) -> Health:
             started = time.perf_counter()
             await conn.fetchval("select 1")
             latency = (time.perf_counter() - started) * 1000
-            row: Any = await conn.fetchrow(
-                "select current_setting('server_version') as server_version,"
-                " (select extversion from pg_extension where extname = 'vector') as pgvector,"
-                " current_setting('default_transaction_read_only') = 'on' as read_only,"
-                " pg_is_in_recovery() as in_recovery,"
-                " case when pg_is_in_recovery() then"
-                "   extract(epoch from now() - pg_last_xact_replay_timestamp())::float8"
-                " end as replica_lag"
-            )
-            indexes = await conn.fetch(
-                "select c.relname as name, i.indisvalid as valid, am.amname as am"
-                " from pg_index i join pg_class c on c.oid = i.indexrelid"
-                " join pg_am am on am.oid = c.relam"
-                " where i.indrelid = to_regclass('documents')"
-                " and (am.amname = 'hnsw' or c.relname = 'idx_documents_content_fts')"
-            )
+            row: Any = await conn.fetchrow(_HEALTH)
+            indexes = await conn.fetch(_SEARCH_INDEXES)
             status = await runner.schema_status(conn)
             return Health(
                 ok=True,
@@ -472,7 +550,140 @@ class Database:
                 text_index_valid=next((r["valid"] for r in indexes if r["am"] != "hnsw"), None),
             )
 
-        return await self.run(probe)
+        health = await self.run(probe)
+        if self._replica is not None:
+            health.read_replica = await self._replica_health(self._replica)
+        return health
+
+    async def _replica_health(self, replica: _Pool) -> ReplicaHealth:
+        try:
+            async with self._checkout("replica", REPLICA_CONNECT_TIMEOUT) as conn:
+                started = time.perf_counter()
+                row = await conn.fetchrow(_HEALTH)
+                latency = (time.perf_counter() - started) * 1000
+        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            return ReplicaHealth(url=replica.redacted, ok=False, error=describe(exc, self._secrets))
+        return ReplicaHealth(
+            url=replica.redacted,
+            ok=True,
+            latency_ms=round(latency, 3),
+            in_recovery=row["in_recovery"],
+            lag_seconds=row["replica_lag"],
+        )
+
+    # -- metrics ---------------------------------------------------------------------------
+    @timed("disk_usage")
+    async def disk_usage(self) -> DiskUsage:
+        """Database and ``documents`` sizes now, and the database's growth since the previous
+        call (the plan's "disk usage growth")."""
+        row: Any = await self.run(lambda conn: conn.fetchrow(_DISK))
+        now = datetime.now(UTC)
+        previous = self._metrics.previous_disk
+        usage = DiskUsage(
+            measured_at=now,
+            database_bytes=row["database_bytes"],
+            documents_table_bytes=row["table_bytes"],
+            documents_indexes_bytes=row["indexes_bytes"],
+            indexes=_json_object(row["indexes"]),
+            growth_bytes=None
+            if previous is None
+            else row["database_bytes"] - previous.database_bytes,
+            growth_seconds=None
+            if previous is None
+            else (now - previous.measured_at).total_seconds(),
+        )
+        self._metrics.previous_disk = usage
+        return usage
+
+    def _pools(self) -> list[_Pool]:
+        return [self._primary] + ([self._replica] if self._replica else [])
+
+    def pool_stats(self) -> list[PoolStats]:
+        """The pools as this process sees them now (no database round trip)."""
+        return [
+            PoolStats(
+                role=p.role,
+                url=p.redacted,
+                size=p.pool.get_size(),
+                min_size=p.pool.get_min_size(),
+                max_size=p.pool.get_max_size(),
+                in_use=p.pool.get_size() - p.pool.get_idle_size(),
+                idle=p.pool.get_idle_size(),
+                waiting=self._metrics.waiting[p.role],
+                acquire_timeouts=self._metrics.acquire_timeouts[p.role],
+                acquire=self._metrics.pool_acquire_stats(p.role),
+            )
+            for p in self._pools()
+        ]
+
+    @timed("metrics")
+    async def metrics(self, *, disk: bool = True) -> MetricsSnapshot:
+        """What this store has measured since it opened (:mod:`docstore.metrics`): operation
+        latencies, vector searches by mode, pools, errors, retries, replica fallbacks, the
+        server's count of this store's connections by state and, with ``disk``, disk usage.
+        """
+
+        async def server_view(conn: asyncpg.Connection) -> dict[str, int]:
+            rows = await conn.fetch(_CONNECTIONS, self.settings.application_name)
+            return {r["state"]: r["n"] for r in rows}
+
+        connections = await self.run(server_view, stateless=True)
+        usage = await self.disk_usage() if disk else self._metrics.previous_disk
+        return self._metrics.snapshot(
+            pools=self.pool_stats(),
+            server_connections=connections,
+            disk=usage,
+            taken_at=datetime.now(UTC),
+        )
+
+
+def _json_object(value: Any) -> dict[str, int]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {str(k): int(v) for k, v in (value or {}).items()}
+
+
+class ReadQueries:
+    """``store.replica``: the read-only part of the query surface, routed to the replica."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def _metrics(self) -> Metrics:
+        return self._db._metrics
+
+    @timed("fetch")
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Rows of a read-only query, from the replica."""
+        return await self._db.run(
+            lambda conn: conn.fetch(query, *args, timeout=timeout), stateless=True, read=True
+        )
+
+    @timed("fetchrow")
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        """The first row of a read-only query, from the replica, or None."""
+        return await self._db.run(
+            lambda conn: conn.fetchrow(query, *args, timeout=timeout), stateless=True, read=True
+        )
+
+    @timed("fetchval")
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
+        """One value of the first row of a read-only query, from the replica."""
+        return await self._db.run(
+            lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
+            stateless=True,
+            read=True,
+        )
+
+
+async def _repoint(target: _Pool, url: str) -> None:
+    """New connections of ``target`` use ``url``; open ones are replaced as they come back."""
+    target.pool.set_connect_args(url, **target.connect_kwargs)
+    await target.pool.expire_connections()
+    target.url = url
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,16 +753,22 @@ async def _open(
     resolved, source = resolve_url(settings, url)
     if resolved is None:
         resolved = await embedded.embedded_url(settings.embedded_dir)
+    resolved, read_url = split_read_write(settings, resolved)
     ro = settings.read_only if read_only is None else read_only
     do_migrate = (settings.auto_migrate if migrate is None else migrate) and not ro
     if migrate and ro:
         logger.warning("read-only store: schema migrations are not applied")
-    secrets = tuple(s for s in (url_password(resolved),) if s)
+    secrets = url_secrets(resolved, read_url)
     server_settings = {"application_name": settings.application_name}
     if ro:
         server_settings["default_transaction_read_only"] = "on"
     if settings.statement_timeout is not None:
         server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+    connect_kwargs: dict[str, Any] = {
+        "server_settings": server_settings,
+        "command_timeout": settings.command_timeout,
+        "timeout": settings.pool_acquire_timeout,
+    }
 
     async def bootstrap() -> str | None:
         conn = await asyncpg.connect(
@@ -588,133 +805,71 @@ async def _open(
         finally:
             await conn.close()
 
-    async def init_connection(conn: asyncpg.Connection) -> None:
-        if vector_schema is not None:
-            await register_codecs(conn, vector_schema)
-
-    retrying = _retrying(settings, redact_url(resolved), f"connect to {redact_url(resolved)}")
+    policy = retrying(settings, f"connect to {redact_url(resolved)}")
     try:
         vector_schema: str | None = None
-        async for attempt in retrying:
+        async for attempt in policy:
             with attempt:
                 vector_schema = await bootstrap()
         if vector_schema is None:
             logger.warning(
                 "pgvector is not enabled in %s: vectors are not decoded", redact_url(resolved)
             )
+        init: Any = _codec_init(vector_schema)
         pool: asyncpg.Pool | None = None
-        async for attempt in retrying:
+        async for attempt in policy:
             with attempt:
                 pool = await asyncpg.create_pool(
                     resolved,
                     min_size=settings.pool_min_size,
                     max_size=settings.pool_max_size,
-                    command_timeout=settings.command_timeout,
-                    server_settings=server_settings,
-                    init=init_connection,
+                    init=init,
                     reset=_reset_connection,
-                    timeout=settings.pool_acquire_timeout,
+                    **cast(Any, connect_kwargs),
                 )
+        assert pool is not None
+        primary = _Pool("primary", pool, resolved, connect_kwargs, init)
+        replica = None if read_url is None else await _open_replica(read_url, primary, settings)
     except DocstoreError:
         raise
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
             raise
-        raise _translate(exc, resolved, secrets) from None
-    assert pool is not None
-    return factory(pool, settings=settings, url=resolved, url_source=source, read_only=ro)
-
-
-def _describe_failure(exc: BaseException | None) -> str:
-    sqlstate = getattr(exc, "sqlstate", None)
-    return type(exc).__name__ + (f" [{sqlstate}]" if sqlstate else "")
-
-
-def _log_retry(
-    what: str, attempt: int, attempts: int, wait: float, exc: BaseException | None
-) -> None:
-    logger.warning(
-        "transient failure on %s (attempt %d/%d, retrying in %.2fs): %s",
-        what,
-        attempt,
-        attempts,
-        wait,
-        _describe_failure(exc),
+        raise translate(exc, resolved, secrets) from None
+    return factory(
+        primary.pool,
+        settings=settings,
+        url=resolved,
+        url_source=source,
+        read_only=ro,
+        connect_kwargs=connect_kwargs,
+        init=init,
+        replica=replica,
     )
 
 
-async def _first_retry_wait(settings: Settings, what: str, exc: BaseException) -> None:
-    """Log a first attempt's transient failure and wait as tenacity would have."""
-    wait = random.uniform(0, min(settings.retry_initial_delay, settings.retry_max_delay))
-    _log_retry(what, 1, settings.retry_attempts, wait, exc)
-    await asyncio.sleep(wait)
+def _codec_init(vector_schema: str | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    async def init_connection(conn: asyncpg.Connection) -> None:
+        if vector_schema is not None:
+            await register_codecs(conn, vector_schema)
+
+    return init_connection
 
 
-def _retrying(
-    settings: Settings,
-    redacted: str,
-    what: str,
-    *,
-    after_first_failure: bool = False,
-    retry_on: Callable[[BaseException], bool] = is_transient,
-) -> tenacity.AsyncRetrying:
-    """Tenacity policy for transient failures; ``after_first_failure`` continues a call whose
-    first attempt already failed (attempt numbers and backoff carry on from 2)."""
-    offset = 1 if after_first_failure else 0
-
-    def log_retry(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        _log_retry(what, state.attempt_number + offset, settings.retry_attempts, wait, exc)
-
-    return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(retry_on),
-        stop=tenacity.stop_after_attempt(settings.retry_attempts - offset),
-        wait=tenacity.wait_random_exponential(
-            multiplier=settings.retry_initial_delay * 2**offset, max=settings.retry_max_delay
-        ),
-        before_sleep=log_retry,
-        reraise=True,
+async def _open_replica(url: str, primary: _Pool, settings: Settings) -> _Pool:
+    """The read pool, set up like ``primary``'s. It connects lazily (``min_size=0``) with a
+    short connect timeout, so a replica that is down when the store opens costs nothing but a
+    logged fallback later."""
+    kwargs = {
+        **primary.connect_kwargs,
+        "timeout": min(settings.pool_acquire_timeout, REPLICA_CONNECT_TIMEOUT),
+    }
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=settings.pool_max_size,
+        init=primary.init,
+        reset=_reset_connection,
+        **cast(Any, kwargs),
     )
-
-
-def _translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> DocstoreError:
-    where = redact_url(url)
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
-        return ReadOnlyError(
-            "the database refused a write: this store is read-only "
-            "(default_transaction_read_only is on)"
-        )
-    if sqlstate == "28000":
-        # pg_hba.conf refused the connection; the server's message says which rule applies
-        # and whether the connection was encrypted, the key to most TLS set-up mistakes.
-        return DatabaseUnavailableError(
-            f"the server refused the connection to {where} [{sqlstate}]: "
-            f"{_scrub(str(exc), secrets)}; check the user name and the server's pg_hba.conf "
-            "(a hostssl rule needs sslmode=require or stricter, a clientcert or cert rule "
-            "needs sslcert and sslkey)",
-            sqlstate=sqlstate,
-        )
-    if sqlstate == "28P01":
-        return DatabaseUnavailableError(
-            f"authentication failed connecting to {where} [{sqlstate}]: check the user name "
-            "and password in the URL",
-            sqlstate=sqlstate,
-        )
-    if sqlstate == "3D000":
-        return DatabaseUnavailableError(
-            f"the database in {where} does not exist [{sqlstate}]: create it or fix the URL",
-            sqlstate=sqlstate,
-        )
-    problem = connect_problem(exc, secrets)
-    if problem is not None:
-        return DatabaseUnavailableError(f"cannot connect to {where}: {problem}")
-    if is_transient(exc):
-        return DatabaseUnavailableError(
-            f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
-        )
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
-        hint = " (is the schema applied? run `docstore init`)"
-        return SchemaError(describe(exc, secrets) + hint)
-    return QueryError(describe(exc, secrets), sqlstate=sqlstate)
+    return _Pool("replica", pool, url, kwargs, primary.init)

@@ -28,6 +28,10 @@ class DatabaseUnavailableError(DocstoreError):
         self.sqlstate = sqlstate
 
 
+class PoolTimeoutError(DatabaseUnavailableError):
+    """No pooled connection became free within ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``."""
+
+
 class ReadOnlyError(DocstoreError):
     """A write was attempted on a store opened in read-only mode (``READ_ONLY``)."""
 

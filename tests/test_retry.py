@@ -65,6 +65,9 @@ async def test_query_retries_across_a_server_restart(
             assert await asyncio.wait_for(query, 60) == 0
         # the pool recovered: later calls just work
         assert await store.fetchval("select 2") == 2
+        # and the retries were counted for the operation that made them (metrics)
+        snapshot = await store.metrics(disk=False)
+        assert snapshot.retries["fetchval"] == _retries(caplog)
 
 
 async def test_wrong_password_fails_at_once_without_retries(

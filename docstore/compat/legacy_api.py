@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from docstore.compat import views
 from docstore.errors import SchemaError
+from docstore.metrics import Metrics, timed
 from docstore.models import Document, naive_utc, parse_timestamp
 from docstore.store import Store, connect
 
@@ -55,6 +56,10 @@ class LegacyDatabase:
         self.doc_type = doc_type
         self._owns_store = False
 
+    @property
+    def _metrics(self) -> Metrics:
+        return self.store._metrics
+
     @classmethod
     async def connect(cls, url: str | None = None, *, doc_type: str = "rust") -> LegacyDatabase:
         """Open a store like :func:`docstore.connect` (DATABASE_URL → MCPDOCS_DATABASE_URL →
@@ -74,6 +79,7 @@ class LegacyDatabase:
         await self.close()
 
     # -- crates ------------------------------------------------------------------------------
+    @timed("compat.upsert_crate")
     async def upsert_crate(self, name: str, version: str | None) -> int:
         """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
         Returns the crate's id (its source's id)."""
@@ -96,6 +102,7 @@ class LegacyDatabase:
             )
         )
 
+    @timed("compat.get_crate_stats")
     async def get_crate_stats(self) -> list[CrateStats]:
         """One row per crate, ordered by name: (name, version, last_updated, total_docs,
         total_tokens) — the crate's recorded totals, as the legacy ``crates`` row held them."""
@@ -120,6 +127,7 @@ class LegacyDatabase:
         ]
 
     # -- documents ---------------------------------------------------------------------------
+    @timed("compat.has_embeddings")
     async def has_embeddings(self, crate_name: str) -> bool:
         """Does the crate have any document?"""
         return bool(
@@ -130,6 +138,7 @@ class LegacyDatabase:
             )
         )
 
+    @timed("compat.count_crate_documents")
     async def count_crate_documents(self, crate_name: str) -> int:
         """Number of documents of a crate."""
         return await self.store.documents.count(self.doc_type, crate_name)
@@ -147,6 +156,7 @@ class LegacyDatabase:
             metadata={"crate_name": crate_name},
         )
 
+    @timed("compat.insert_embedding")
     async def insert_embedding(
         self,
         crate_id: int | None,
@@ -164,6 +174,7 @@ class LegacyDatabase:
         )
         await self.store.documents.upsert(doc)
 
+    @timed("compat.insert_embeddings_batch")
     async def insert_embeddings_batch(
         self,
         crate_id: int | None,
@@ -217,6 +228,7 @@ class LegacyDatabase:
             crate_name,
         )
 
+    @timed("compat.search_similar_docs")
     async def search_similar_docs(
         self, crate_name: str, embedding: Any, limit: int = 5
     ) -> list[SimilarDoc]:
@@ -227,6 +239,7 @@ class LegacyDatabase:
         )
         return [SimilarDoc(h.doc_path, h.content, float(h.similarity or 0.0)) for h in hits]
 
+    @timed("compat.get_crate_documents")
     async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
         """All documents of a crate ordered by doc_path: (doc_path, content, embedding)."""
         rows = await self.store.fetch(
@@ -237,6 +250,7 @@ class LegacyDatabase:
         )
         return [CrateDocument(r["doc_path"], r["content"], r["embedding"]) for r in rows]
 
+    @timed("compat.delete_crate_embeddings")
     async def delete_crate_embeddings(self, crate_name: str) -> int:
         """Delete all documents of a crate; returns how many."""
         return await self.store.documents.delete_source(self.doc_type, crate_name)
@@ -245,6 +259,7 @@ class LegacyDatabase:
     async def _schema(self, schema: str | None) -> str:
         return schema or str(await self.store.fetchval("SELECT current_schema()"))
 
+    @timed("compat.install_views")
     async def install_views(self, schema: str | None = None) -> str:
         """Create the read views ``crates``, ``doc_embeddings``, ``crate_stats`` and the function
         ``search_similar_docs(vector, varchar, integer)`` in ``schema`` (default: the
@@ -266,6 +281,7 @@ class LegacyDatabase:
                 await conn.execute(statement)
         return target
 
+    @timed("compat.uninstall_views")
     async def uninstall_views(self, schema: str | None = None) -> str:
         """Drop what :meth:`install_views` created in ``schema``; returns the schema."""
         self.store.ensure_writable()
@@ -329,6 +345,7 @@ class LegacyDatabase:
             out.extend(json.loads(value) if isinstance(value, str) else value)
         return out
 
+    @timed("compat.create_crate_config")
     async def create_crate_config(
         self,
         name: str,
@@ -367,6 +384,7 @@ class LegacyDatabase:
             await self._save_configs(conn, source_id, config, configs)
             return int(mine["id"])
 
+    @timed("compat.get_crate_config")
     async def get_crate_config(
         self, name: str, version_spec: str = "latest"
     ) -> dict[str, Any] | None:
@@ -377,6 +395,7 @@ class LegacyDatabase:
                     return c
         return None
 
+    @timed("compat.list_crate_configs")
     async def list_crate_configs(self, enabled_only: bool = False) -> list[dict[str, Any]]:
         """Every config, ordered by name and version_spec."""
         async with self.store.transaction() as conn:
@@ -385,6 +404,7 @@ class LegacyDatabase:
             configs = [c for c in configs if c["enabled"]]
         return sorted(configs, key=lambda c: (c["name"], c["version_spec"]))
 
+    @timed("compat.update_crate_config")
     async def update_crate_config(self, config_id: int, **fields: Any) -> bool:
         """Set ``current_version``, ``features``, ``expected_docs``, ``enabled``,
         ``last_checked`` or ``last_populated`` of a config; False if there is none."""
@@ -414,6 +434,7 @@ class LegacyDatabase:
             await self._save_configs(conn, source_id, config, configs)
             return True
 
+    @timed("compat.get_crates_needing_update")
     async def get_crates_needing_update(self, max_age: timedelta) -> list[dict[str, Any]]:
         """Enabled configs never checked or last checked longer than ``max_age`` ago, oldest
         check first (never checked first), then by name."""
@@ -432,6 +453,7 @@ class LegacyDatabase:
             ),
         )
 
+    @timed("compat.create_population_job")
     async def create_population_job(self, crate_config_id: int) -> int:
         """A ``pending`` job for a config; returns its id."""
         self.store.ensure_writable()
@@ -456,6 +478,7 @@ class LegacyDatabase:
             )
         )
 
+    @timed("compat.update_population_job")
     async def update_population_job(
         self,
         job_id: int,
@@ -486,6 +509,7 @@ class LegacyDatabase:
         )
         return result.split()[-1] != "0"
 
+    @timed("compat.get_population_job")
     async def get_population_job(self, job_id: int) -> dict[str, Any] | None:
         """A job as the legacy row's columns (``crate_config_id`` from its metadata)."""
         row = await self.store.fetchrow(

@@ -36,9 +36,9 @@ from typing import Any
 import asyncpg
 
 from docstore.codecs import register_codecs
-from docstore.config import redact_url, url_password
-from docstore.db import connect_problem, describe
+from docstore.config import redact_url, url_secrets
 from docstore.errors import DocstoreError, MigrationError
+from docstore.failures import connect_problem, describe
 from docstore.migrate import legacy
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import (
@@ -143,9 +143,7 @@ class Migrator:
         self._bytes = 0
         self._target: Store | None = None
         self._owns_target = False
-        self._secrets = tuple(
-            p for p in (url_password(a) for a in (source, target) if isinstance(a, str)) if p
-        )
+        self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
         def show(x: str | Store) -> str:

@@ -34,6 +34,7 @@ import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.errors import ValidationError
+from docstore.metrics import Metrics, timed
 from docstore.models import Document, SourceStats, UpsertResult
 
 if TYPE_CHECKING:
@@ -235,15 +236,23 @@ class DocumentRepository:
     def _dim(self) -> int:
         return self.store.embedding_dim
 
+    @property
+    def _metrics(self) -> Metrics:
+        return self.store._metrics
+
     # -- reads -----------------------------------------------------------------------------
+    @timed("documents.get")
     async def get(self, id: int) -> Document | None:
         """The document with this id, or None."""
-        record = await self.store.fetchrow(f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id)
+        record = await self.store.replica.fetchrow(
+            f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id
+        )
         return None if record is None else _record_to_document(record)
 
+    @timed("documents.get_by_key")
     async def get_by_key(self, doc_type: str, source_name: str, doc_path: str) -> Document | None:
         """The document with this natural key, or None."""
-        record = await self.store.fetchrow(
+        record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM documents"
             " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
             doc_type,
@@ -252,11 +261,14 @@ class DocumentRepository:
         )
         return None if record is None else _record_to_document(record)
 
+    @timed("documents.count")
     async def count(self, doc_type: str | None = None, source_name: str | None = None) -> int:
         """Number of documents, optionally of one doc_type and/or source."""
         where, params = _scope(doc_type, source_name)
         return int(
-            await self.store.fetchval(f"SELECT count(*) FROM documents WHERE {where}", *params)
+            await self.store.replica.fetchval(
+                f"SELECT count(*) FROM documents WHERE {where}", *params
+            )
         )
 
     async def iter(
@@ -278,16 +290,17 @@ class DocumentRepository:
         query = f"SELECT {_COLUMNS} FROM documents WHERE id > $1 AND {where} ORDER BY id LIMIT ${n}"
         last = 0
         while True:
-            records = await self.store.fetch(query, last, *params, batch_size)
+            records = await self.store.replica.fetch(query, last, *params, batch_size)
             for record in records:
                 yield _record_to_document(record)
             if len(records) < batch_size:
                 return
             last = records[-1]["id"]
 
+    @timed("documents.stats")
     async def stats(self) -> list[SourceStats]:
         """Per (doc_type, source_name): documents, with/without embedding, tokens, bytes."""
-        records = await self.store.fetch(
+        records = await self.store.replica.fetch(
             """SELECT doc_type, source_name, count(*) AS documents,
                       count(embedding) AS with_embedding,
                       count(*) - count(embedding) AS without_embedding,
@@ -299,14 +312,17 @@ class DocumentRepository:
         return [SourceStats(**dict(r)) for r in records]
 
     # -- writes ----------------------------------------------------------------------------
+    @timed("documents.upsert")
     async def upsert(self, doc: Document | dict[str, Any]) -> Document:
         """Insert or update one document; returns it as stored (id and timestamps filled)."""
         checked = validate(doc, 0, self._dim)
         await self.upsert_many([checked])
-        found = await self.get_by_key(*checked.key)
+        with self.store.read_from_primary():  # the row just written, not a replica's lag
+            found = await self.get_by_key(*checked.key)
         assert found is not None
         return found
 
+    @timed("documents.upsert_many")
     async def upsert_many(
         self,
         docs: Iterable[Document | dict[str, Any]] | AsyncIterable[Document | dict[str, Any]],
@@ -345,12 +361,14 @@ class DocumentRepository:
             total += result
         return total
 
+    @timed("documents.delete")
     async def delete(self, id: int) -> bool:
         """Delete one document by id; True if it existed."""
         self.store.ensure_writable()
         status = await self.store.execute("DELETE FROM documents WHERE id = $1", id)
         return status == "DELETE 1"
 
+    @timed("documents.delete_source")
     async def delete_source(self, doc_type: str, source_name: str) -> int:
         """Delete every document of one source of one doc_type; returns how many.
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from docstore.errors import ValidationError
+from docstore.metrics import Metrics, timed
 from docstore.models import Source
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS
 
@@ -49,6 +50,11 @@ class SourceRepository:
 
     store: Database
 
+    @property
+    def _metrics(self) -> Metrics:
+        return self.store._metrics
+
+    @timed("sources.upsert")
     async def upsert(self, source: Source | dict[str, Any]) -> Source:
         """Insert or update a source (config and enabled replaced; timestamps kept if None).
 
@@ -66,23 +72,26 @@ class SourceRepository:
             src.last_populated,
         )
         if record is None:  # unchanged: the guarded update returned nothing
-            found = await self.get(src.doc_type, src.source_name)
+            with self.store.read_from_primary():  # as written, not as a replica has it
+                found = await self.get(src.doc_type, src.source_name)
             assert found is not None
             return found
         return _to_source(record)
 
+    @timed("sources.get")
     async def get(self, doc_type: str, source_name: str) -> Source | None:
         """The source, or None."""
-        record = await self.store.fetchrow(
+        record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2",
             doc_type,
             source_name,
         )
         return None if record is None else _to_source(record)
 
+    @timed("sources.list")
     async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
         """Sources ordered by (doc_type, source_name), optionally filtered."""
-        records = await self.store.fetch(
+        records = await self.store.replica.fetch(
             f"SELECT {_COLUMNS} FROM document_sources"
             " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
             " ORDER BY doc_type, source_name",
@@ -101,22 +110,26 @@ class SourceRepository:
         )
         return status == "UPDATE 1"
 
+    @timed("sources.set_enabled")
     async def set_enabled(self, doc_type: str, source_name: str, enabled: bool) -> bool:
         """Enable or disable a source; False if it does not exist."""
         return await self._set(doc_type, source_name, "enabled = $3", enabled)
 
+    @timed("sources.mark_checked")
     async def mark_checked(
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
         """Record that the source was checked for updates (now, or ``at``)."""
         return await self._set(doc_type, source_name, "last_checked = coalesce($3, now())", at)
 
+    @timed("sources.mark_populated")
     async def mark_populated(
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
         """Record that the source's documents were (re)populated (now, or ``at``)."""
         return await self._set(doc_type, source_name, "last_populated = coalesce($3, now())", at)
 
+    @timed("sources.needing_update")
     async def needing_update(self, older_than: timedelta) -> builtins.list[Source]:
         """Enabled sources never checked, or last checked longer than ``older_than`` ago."""
         records = await self.store.fetch(
@@ -127,6 +140,7 @@ class SourceRepository:
         )
         return [_to_source(r) for r in records]
 
+    @timed("sources.delete")
     async def delete(
         self, doc_type: str, source_name: str, *, with_documents: bool = False
     ) -> bool:
@@ -160,6 +174,7 @@ class SourceRepository:
 
         return await self.store.run_in_transaction(work)
 
+    @timed("sources.refresh_stats")
     async def refresh_stats(self, doc_type: str, source_name: str) -> Source | None:
         """Write ``total_docs`` and ``total_tokens`` into the source's config (as the legacy
         ``crates`` table kept them); returns the updated source, or None if it doesn't exist.

@@ -23,6 +23,7 @@ import numpy as np
 
 from docstore.db import Database
 from docstore.errors import DocstoreError, SchemaError, ValidationError
+from docstore.metrics import timed
 from docstore.models import query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
@@ -85,6 +86,7 @@ class SearchDatabase(Database):
         self._scope_cache: dict[tuple[str | None, str | None], tuple[float, bool]] = {}
 
     # -- indexes ---------------------------------------------------------------------------
+    @timed("vector_indexes")
     async def vector_indexes(self, *, refresh: bool = True) -> list[VectorIndex]:
         """The HNSW indexes on ``documents`` (``usable`` ones are what searches use)."""
         cached = self._index_cache
@@ -122,6 +124,7 @@ class SearchDatabase(Database):
                 return index
         return None
 
+    @timed("create_vector_index")
     async def create_vector_index(
         self,
         metric: str = "cosine",
@@ -160,6 +163,7 @@ class SearchDatabase(Database):
                 return index
         raise SchemaError(f"index {index_name} was not found after it was built")
 
+    @timed("drop_vector_index")
     async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
         """Drop docstore's HNSW index for ``metric``; True if there was one."""
         self.ensure_writable()
@@ -179,7 +183,7 @@ class SearchDatabase(Database):
         where, params = build_filter(
             queries.scoped_filter(doc_type, source_name, None), first_param=2
         )
-        rows = await self.fetchval(
+        rows = await self.replica.fetchval(
             f"SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s",
             HALFVEC_SCOPE_ROWS + 1,
             *params,
@@ -188,6 +192,7 @@ class SearchDatabase(Database):
         self._scope_cache[key] = (now, small)
         return small
 
+    @timed("text_index")
     async def text_index(self) -> bool | None:
         """True if the full-text index exists and is valid, False if invalid, None if absent."""
         return cast(
@@ -199,6 +204,7 @@ class SearchDatabase(Database):
             ),
         )
 
+    @timed("create_text_index")
     async def create_text_index(
         self,
         *,
@@ -222,6 +228,7 @@ class SearchDatabase(Database):
             maintenance_work_mem,
         )
 
+    @timed("drop_text_index")
     async def drop_text_index(self, *, concurrently: bool = True) -> bool:
         """Drop the full-text index; True if there was one."""
         self.ensure_writable()
@@ -295,6 +302,7 @@ class SearchDatabase(Database):
             return "halfvec", index
         return "ann", index
 
+    @timed("search")
     async def search(
         self,
         embedding: Any,
@@ -377,7 +385,8 @@ class SearchDatabase(Database):
                 candidates, ef = queries.ann_plan(limit, ef, factor)
                 sql, params = queries.vector_search_sql(vector, candidates=candidates, **shape)
                 work = _ann_fetch(sql, params, ef)
-        records = await self.run(work, stateless=True)
+        records = await self.run(work, stateless=True, read=True)
+        self._metrics.search_mode(mode, time.perf_counter() - started)
         hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
         return SearchResults(
             hits,
@@ -388,6 +397,7 @@ class SearchDatabase(Database):
         )
 
     # -- full text & hybrid ----------------------------------------------------------------
+    @timed("search_text")
     async def search_text(
         self,
         text: str,
@@ -413,10 +423,11 @@ class SearchDatabase(Database):
             filter=queries.scoped_filter(doc_type, source_name, filter),
             include_embedding=include_embedding,
         )
-        records = await self.run(_fetch(sql, params), stateless=True)
+        records = await self.run(_fetch(sql, params), stateless=True, read=True)
         hits = [_hit(r, text_rank=r["rank"]) for r in records]
         return SearchResults(hits, mode="text", elapsed_ms=(time.perf_counter() - started) * 1000)
 
+    @timed("hybrid_search")
     async def hybrid_search(
         self,
         text: str,
@@ -484,6 +495,7 @@ class SearchDatabase(Database):
             ids.append(result.ids)
         return ids, ms
 
+    @timed("evaluate_recall")
     async def evaluate_recall(
         self,
         sample: int = 100,
@@ -518,7 +530,7 @@ class SearchDatabase(Database):
             )
         flt = queries.scoped_filter(doc_type, source_name, filter)
         if query_vectors is None:
-            vectors = await self.run(_sample_vectors(flt, sample, seed))
+            vectors = await self.run(_sample_vectors(flt, sample, seed), read=True)
         else:
             vectors = [query_vector(q, self.embedding_dim) for q in query_vectors]
         if not vectors:

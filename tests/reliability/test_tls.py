@@ -24,8 +24,8 @@ import trustme
 
 import docstore
 from docstore import Document, Migrator
-from docstore.db import is_transient
 from docstore.errors import DatabaseUnavailableError, MigrationError
+from docstore.failures import is_transient
 from tests.conftest import PgCluster
 from tests.legacy_db import build_legacy
 from tests.reliability.tls_proxy import TlsProxy, Upstream, running_proxy

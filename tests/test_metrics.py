@@ -1,0 +1,192 @@
+"""Metrics (issue 8): what store.metrics() and the Prometheus endpoint report after real work."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+import docstore
+from docstore import Document
+from docstore.cli import app
+from docstore.errors import PoolTimeoutError, QueryError
+from docstore.prometheus import DocstoreCollector, registry_for, serve, snapshot_from_text
+
+DIM = 3072
+
+
+def vector(i: int) -> np.ndarray:
+    v = np.random.default_rng(i).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def documents(n: int, source: str = "tokio") -> list[Document]:
+    return [
+        Document(
+            source_name=source,
+            doc_path=f"{source}/{i}",
+            content=f"how to spawn task number {i}",
+            embedding=vector(i),
+            token_count=i,
+        )
+        for i in range(n)
+    ]
+
+
+async def workload(store: docstore.Store) -> None:
+    await store.documents.upsert_many(documents(60))
+    for i in range(5):
+        await store.search(vector(i), limit=3)
+    await store.search(vector(1), source_name="tokio", exact=True)
+    await store.search_text("spawn task", limit=3)
+    await store.hybrid_search("spawn", vector(2), limit=3)
+    await store.documents.get_by_key("rust", "tokio", "tokio/1")
+    await store.documents.count()
+
+
+async def test_a_workload_fills_histograms_pools_and_disk(store: docstore.Store) -> None:
+    """Acceptance 1 (first half): non-zero histograms for the operations used, pool figures
+    and disk usage."""
+    await workload(store)
+    snap = await store.metrics()
+    ops = snap.operations
+    assert ops["search"].count == 6  # the hybrid search's inner search is not counted again
+    assert ops["hybrid_search"].count == 1 and ops["search_text"].count == 1
+    assert ops["documents.upsert_many"].count == 1
+    assert ops["documents.get_by_key"].count == 1 and ops["documents.count"].count == 1
+    for name in ("search", "documents.upsert_many", "hybrid_search"):
+        stats = ops[name]
+        assert stats.total_seconds > 0 and 0 < stats.p50_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.buckets[-1] == (float("inf"), stats.count)
+    assert "fetch" not in ops and "run" not in ops  # nested calls are not recorded twice
+    assert snap.vector_search["exact"].count == 7  # 6 searches + the hybrid's
+    (pool,) = snap.pools
+    assert pool.role == "primary" and pool.max_size == 5 and 1 <= pool.size <= 5
+    assert pool.in_use == 0 and pool.waiting == 0 and pool.acquire.count >= 10
+    assert snap.server_connections and sum(snap.server_connections.values()) >= 1
+    assert snap.disk is not None and snap.disk.database_bytes > 0
+    assert snap.disk.documents_table_bytes > 0 and "documents_pkey" in snap.disk.indexes
+    assert snap.disk.growth_bytes is None  # the first reading
+    assert snap.errors == [] and snap.retries == {}
+
+
+async def test_disk_growth_is_measured_between_snapshots(store: docstore.Store) -> None:
+    first = await store.disk_usage()
+    await store.documents.upsert_many(documents(300, "serde"))
+    second = await store.disk_usage()
+    assert second.growth_bytes is not None and second.growth_bytes > 300 * 6000
+    assert second.growth_seconds is not None and second.growth_seconds > 0
+    assert second.documents_table_bytes > first.documents_table_bytes
+
+
+async def test_errors_are_counted_by_class_and_sqlstate(store: docstore.Store) -> None:
+    with pytest.raises(QueryError):
+        await store.execute("select 1 / 0")
+    with pytest.raises(QueryError):
+        await store.execute("select 1 / 0")
+    with pytest.raises(docstore.ValidationError):
+        await store.search([1.0, 2.0])  # wrong dimension: refused before any SQL
+    snap = await store.metrics(disk=False)
+    counts = {(e.error, e.sqlstate): e.count for e in snap.errors}
+    assert counts[("QueryError", "22012")] == 2 and counts[("ValidationError", None)] == 1
+    assert snap.operations["execute"].errors == 2 and snap.operations["search"].errors == 1
+    assert snap.error_total == 3
+
+
+async def test_pool_waiters_and_acquire_timeouts_are_counted(database_url: str) -> None:
+    async with docstore.connect(database_url, pool_max_size=1, pool_min_size=1) as store:
+        async with store.acquire():
+            waiter = asyncio.create_task(store.fetchval("select 1"))
+            while store.pool_stats()[0].waiting == 0:
+                await asyncio.sleep(0.01)
+            assert store.pool_stats()[0].in_use == 1
+            with pytest.raises(PoolTimeoutError):
+                async with store.acquire(timeout=0.05):
+                    pass
+        assert await waiter == 1
+        (pool,) = store.pool_stats()
+        assert pool.waiting == 0 and pool.acquire_timeouts == 1 and pool.acquire.max_ms > 0
+
+
+async def test_metrics_can_be_switched_off(database_url: str) -> None:
+    async with docstore.connect(database_url, metrics=False) as store:
+        await store.fetchval("select 1")
+        await store.search(vector(0), exact=True)
+        snap = await store.metrics(disk=False)
+    assert snap.enabled is False and snap.operations == {} and snap.vector_search == {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_prometheus_endpoint_serves_the_same_figures(store: docstore.Store) -> None:
+    """Acceptance 1 (second half): a real HTTP scrape of `serve()`; `docstore stats --from`
+    reads it back."""
+    await workload(store)
+    with pytest.raises(QueryError):
+        await store.execute("select 1 / 0")
+    port = _free_port()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(store, port, probe_seconds=0.1, stop=stop))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        text = ""
+        for _ in range(100):  # until the server is up and the first disk reading is in
+            try:
+                text = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+                )
+            except OSError:
+                text = ""
+            if "docstore_database_bytes" in text:
+                break
+            await asyncio.sleep(0.05)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        ops = {
+            s.labels["operation"]: s.value
+            for s in families["docstore_operation_seconds"].samples
+            if s.name.endswith("_count")
+        }
+        assert ops["search"] == 6 and ops["documents.upsert_many"] == 1 and ops["health"] >= 1
+        errors = families["docstore_errors"].samples
+        assert any(s.labels == {"error": "QueryError", "sqlstate": "22012"} for s in errors)
+        pool = {s.labels["state"]: s.value for s in families["docstore_pool_connections"].samples}
+        assert pool["in_use"] + pool["idle"] >= 1
+        assert families["docstore_database_bytes"].samples[0].value > 0
+
+        rebuilt = snapshot_from_text(text)
+        assert rebuilt.operations["search"].count == 6 and rebuilt.operations["search"].p50_ms > 0
+        assert rebuilt.disk is not None and rebuilt.disk.database_bytes > 0
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["stats", "--from", url])
+        assert result.exit_code == 0, result.output
+        assert "documents.upsert_many" in result.output and "QueryError" in result.output
+    finally:
+        stop.set()
+        await serving
+
+
+async def test_a_collector_mounted_in_an_app_registry(store: docstore.Store) -> None:
+    """How the Doc Server mounts it: its own registry, scraped while its loop runs."""
+    await store.search(vector(3), exact=True)
+    await store.disk_usage()
+    registry = registry_for(store)
+    text = await asyncio.to_thread(lambda: generate_latest(registry).decode())
+    assert 'docstore_vector_search_seconds_count{mode="exact"} 1.0' in text
+    assert isinstance(next(iter(registry._collector_to_names)), DocstoreCollector)
+
+
+def test_docstore_stats_prints_this_processes_view(database_url: str) -> None:
+    result = CliRunner().invoke(app, ["stats", "--url", database_url])
+    assert result.exit_code == 0, result.output
+    assert "connection pools" in result.output and "disk: database" in result.output
+    as_json = CliRunner().invoke(app, ["stats", "--url", database_url, "--json"])
+    assert as_json.exit_code == 0 and '"database_bytes"' in as_json.output
