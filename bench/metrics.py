@@ -1,0 +1,121 @@
+"""Benchmark: what recording metrics costs a search (issue 8: overhead <= 3%).
+
+    python bench/metrics.py                 # 2,000 docs x 3072, 1,500 searches per round
+
+Two stores on the same database in the same process, one with metrics on (the default) and
+one opened with ``metrics=False``. Each query runs through both, alternating which goes
+first, for three kinds of search: a one-source search with an index (``halfvec`` mode, the Doc
+Server's usual query), an unscoped ANN search, and an exact scan of one source. The goal is
+on the median of the per-query ratios (on/off), which cancels this machine's slow drifts; the
+p50s are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import docstore
+from docstore import Document
+from docstore.embedded import EmbeddedServer, ensure_database
+
+DIM = 3072
+GOAL = 1.03
+
+
+def corpus(rows: int, sources: int, seed: int = 7) -> list[Document]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, DIM)).astype(np.float32)
+    points = centres[rng.integers(0, 50, size=rows)] + rng.normal(
+        scale=0.5, size=(rows, DIM)
+    ).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return [
+        Document(
+            source_name=f"crate{i % sources}",
+            doc_path=f"crate{i % sources}/{i}",
+            content=f"document {i}",
+            embedding=points[i],
+            token_count=i,
+        )
+        for i in range(rows)
+    ]
+
+
+async def measure(
+    on: docstore.Store, off: docstore.Store, queries: list[tuple[np.ndarray, str]], kind: str
+) -> tuple[float, float, float]:
+    def call(store: docstore.Store, q: np.ndarray, source: str) -> Any:
+        if kind == "halfvec":
+            return store.search(q, source_name=source, limit=5)
+        if kind == "ann":
+            return store.search(q, limit=10)
+        return store.search(q, source_name=source, limit=5, exact=True)
+
+    for q, s in queries[:50]:  # warm-up: plans, caches, the scope cache
+        await call(on, q, s)
+        await call(off, q, s)
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for i, (q, s) in enumerate(queries):
+        order = [("on", on), ("off", off)] if i % 2 else [("off", off), ("on", on)]
+        for name, store in order:
+            started = time.perf_counter()
+            await call(store, q, s)
+            times[name].append(time.perf_counter() - started)
+    ratio = statistics.median(a / b for a, b in zip(times["on"], times["off"], strict=True))
+    return ratio, statistics.median(times["on"]) * 1000, statistics.median(times["off"]) * 1000
+
+
+async def run(args: argparse.Namespace) -> bool:
+    with tempfile.TemporaryDirectory(prefix="docstore-bench-metrics-") as tmp:
+        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
+        try:
+            await ensure_database(server.url("postgres"), "bench")
+            url = server.url("bench")
+            async with docstore.connect(url) as on, docstore.connect(url, metrics=False) as off:
+                docs = corpus(args.rows, args.sources)
+                await on.documents.upsert_many(docs)
+                await on.execute("VACUUM ANALYZE documents")
+                await on.create_vector_index()
+                rng = np.random.default_rng(1)
+                picks = rng.integers(0, len(docs), size=args.queries)
+                queries = [(docs[i].embedding, docs[i].source_name) for i in picks]
+                assert all(q is not None for q, _ in queries)
+                results = {}
+                for kind in ("halfvec", "ann", "exact"):
+                    results[kind] = await measure(on, off, queries, kind)  # type: ignore[arg-type]
+                snapshot = await on.metrics(disk=False)
+                assert not (await off.metrics(disk=False)).operations
+        finally:
+            server.close()
+    print(
+        f"{args.rows} documents x {DIM} in {args.sources} sources, {args.queries} queries each,"
+        " metrics on vs off (median of per-query ratios; p50 ms)"
+    )
+    ok = True
+    for kind, (ratio, p50_on, p50_off) in results.items():
+        passed = ratio <= GOAL
+        ok &= passed
+        print(
+            f"{'PASS' if passed else 'FAIL'}  search ({kind:7}) on/off {ratio:.3f}x"
+            f"   p50 on {p50_on:.2f}  off {p50_off:.2f}   (goal <= {GOAL:.2f}x)"
+        )
+    searches = snapshot.operations["search"]
+    print(f"recorded: {searches.count} searches, modes {sorted(snapshot.vector_search)}")
+    return ok
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--sources", type=int, default=20)
+    parser.add_argument("--queries", type=int, default=1500)
+    sys.exit(0 if asyncio.run(run(parser.parse_args())) else 1)
