@@ -488,7 +488,8 @@ async def rollback(
     console.print(
         f"legacy database now holds {result.documents:,} documents of {result.crates} crates "
         f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "
-        f"{result.population_jobs} population jobs ({result.seconds:.1f} s)"
+        f"{result.population_jobs} population jobs ({result.seconds:.1f} s); "
+        f"{result.recorded_legacy_ids} documents written after the cutover got legacy ids"
     )
 
 

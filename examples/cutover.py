@@ -384,12 +384,10 @@ async def rehearse(r: Rehearsal, crates: int, docs: int) -> None:
                 == [x[1:] for x in await rows(new, SIMILAR, late, crate)],
                 f"search_similar_docs(q, '{crate}', 5): the same documents",
             )
-        out = r.docstore("validate", expect=1)
-        flagged = [line for line in out.stdout.splitlines() if "missing in target" in line]
+        out = r.docstore("validate")
         r.check(
-            len(flagged) == len(after_switch)
-            and all(any(p in line for line in flagged) for p in after_switch),
-            "known limitation: validate flags exactly the documents written after the switch",
+            "validation: OK" in out.stdout,
+            "validation: OK (the rollback recorded the new legacy ids on the new database)",
         )
 
     with r.step("R+10  unfreeze the legacy database; the legacy server writes again"):

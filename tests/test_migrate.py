@@ -405,6 +405,14 @@ async def test_rollback_carries_writes_made_after_the_cutover(
 
     changed = docs[("crate0", "crate0/module0/index.html")]
     assert changed[4] == hashlib.md5(b"changed after the cutover").hexdigest()
+    # the new document's legacy id is recorded on the target: the databases pair up again
+    assert result.recorded_legacy_ids == 1
+    async with docstore.connect(database_url) as store:
+        doc = await store.documents.get_by_key("rust", "crate3", "crate3/new.html")
+        assert doc is not None and doc.metadata["legacy_id"] == new[0]
+        assert doc.metadata["legacy_crate_id"] == 4
+    async with Migrator(legacy_url, database_url) as again:
+        assert (await again.validate()).ok  # nothing "missing in target" right after rollback
 
 
 async def test_rollback_writes_into_a_legacy_database_frozen_for_the_cutover(

@@ -890,9 +890,11 @@ class Migrator:
                     await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
                     has_optional = True
                 report.crates = await self._rollback_crates(leg, sources)
-                report.documents, report.deleted_documents = await self._rollback_documents(
-                    leg, tgt
-                )
+                (
+                    report.documents,
+                    report.deleted_documents,
+                    assigned,
+                ) = await self._rollback_documents(leg, tgt)
                 if has_optional:
                     report.crate_configs = await self._rollback_configs(leg, configs)
                     report.population_jobs = await self._rollback_jobs(leg, jobs)
@@ -902,6 +904,17 @@ class Migrator:
                             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM {table}), 1))"
                         )
+            # Committed. The documents written after the cutover now have legacy ids: record
+            # them on the target, so the two databases pair up (validate, compat views' ids).
+            try:
+                report.recorded_legacy_ids = await _record_legacy_ids(tgt, self.doc_type, assigned)
+            except asyncpg.PostgresError as exc:
+                raise MigrationError(
+                    "rollback committed in the legacy database, but recording the legacy ids of "
+                    f"{len(assigned)} documents written after the cutover in the target failed "
+                    f"({describe(exc, self._secrets)}): `docstore validate` lists them as "
+                    "missing until the next `docstore migrate`"
+                ) from None
 
     async def _rollback_crates(self, leg: asyncpg.Connection, sources: list[Any]) -> int:
         rows = []
@@ -933,7 +946,10 @@ class Migrator:
 
     async def _rollback_documents(
         self, leg: asyncpg.Connection, tgt: asyncpg.Connection
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, list[Any]]:
+        """Mirror the target's documents into ``doc_embeddings``; returns (copied, deleted,
+        the (id, crate_id, crate_name, doc_path) the legacy side gave documents it had no id
+        for)."""
         await leg.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_ROLLBACK_STAGE} ON COMMIT DROP AS"
             f" SELECT {', '.join(legacy.ROLLBACK_COLUMNS)} FROM doc_embeddings WITH NO DATA"
@@ -976,7 +992,13 @@ class Migrator:
                                         ELSE EXCLUDED.embedding END""",
             (await self._target_store()).embedding_dim,
         )
-        return copied, int(deleted.split()[-1])
+        assigned = await leg.fetch(
+            f"""SELECT d.id, d.crate_id, d.crate_name, d.doc_path
+                  FROM {_ROLLBACK_STAGE} s
+                  JOIN doc_embeddings d ON d.crate_name = s.crate_name AND d.doc_path = s.doc_path
+                 WHERE s.id IS NULL"""
+        )
+        return copied, int(deleted.split()[-1]), assigned
 
     async def _rollback_configs(
         self, leg: asyncpg.Connection, configs: list[dict[str, Any]]
@@ -1052,6 +1074,28 @@ def _iso(value: Any) -> Any:
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _iso(v) for k, v in row.items()}
+
+
+async def _record_legacy_ids(tgt: asyncpg.Connection, doc_type: str, assigned: list[Any]) -> int:
+    """Mark target documents with the legacy ids a rollback gave them, as a migration would."""
+    if not assigned:
+        return 0
+    status = await tgt.execute(
+        f"""UPDATE documents t
+               SET metadata = coalesce(t.metadata, '{{}}') || jsonb_strip_nulls(jsonb_build_object(
+                       'legacy_id', a.id, 'legacy_crate_id', a.crate_id,
+                       'migrated_from', '{legacy.MIGRATED_FROM}'))
+              FROM unnest($2::int[], $3::int[], $4::text[], $5::text[])
+                   AS a(id, crate_id, crate_name, doc_path)
+             WHERE t.doc_type = $1 AND t.source_name = a.crate_name AND t.doc_path = a.doc_path""",
+        doc_type,
+        [r["id"] for r in assigned],
+        [r["crate_id"] for r in assigned],
+        [r["crate_name"] for r in assigned],
+        [r["doc_path"] for r in assigned],
+        timeout=LONG_TIMEOUT,
+    )
+    return int(status.split()[-1])
 
 
 async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:

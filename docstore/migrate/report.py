@@ -215,4 +215,9 @@ class RollbackReport(BaseModel):
     deleted_documents: int = Field(default=0, description="legacy rows not in the target")
     crate_configs: int = 0
     population_jobs: int = 0
+    recorded_legacy_ids: int = Field(
+        default=0,
+        description="target documents written after the cutover, now marked with the legacy "
+        "ids the rollback gave them (so validate pairs them)",
+    )
     seconds: float = 0.0
