@@ -647,23 +647,24 @@ class ReadQueries:
     """``store.replica``: the read-only part of the query surface, routed to the replica."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        #: the store these queries run on
+        self.store = db
 
     @property
     def _metrics(self) -> Metrics:
-        return self._db._metrics
+        return self.store._metrics
 
     @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Rows of a read-only query, from the replica."""
-        return await self._db.run(
+        return await self.store.run(
             lambda conn: conn.fetch(query, *args, timeout=timeout), stateless=True, read=True
         )
 
     @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """The first row of a read-only query, from the replica, or None."""
-        return await self._db.run(
+        return await self.store.run(
             lambda conn: conn.fetchrow(query, *args, timeout=timeout), stateless=True, read=True
         )
 
@@ -672,7 +673,7 @@ class ReadQueries:
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None
     ) -> Any:
         """One value of the first row of a read-only query, from the replica."""
-        return await self._db.run(
+        return await self.store.run(
             lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
             stateless=True,
             read=True,

@@ -18,6 +18,7 @@ threads that call it concurrently — open one per thread or use the async API.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -45,7 +46,14 @@ class _LoopThread:
         if threading.current_thread() is self._thread:
             raise RuntimeError("a docstore.sync call cannot be made from its own loop")
 
+        # docstore's context variables (read_from_primary(), ...) set in the calling thread
+        # apply to the call, as they would to an awaited call.
+        caller = [(var, value) for var, value in contextvars.copy_context().items()]
+
         async def wrap() -> T:
+            for var, value in caller:
+                if var.name.startswith("docstore_"):
+                    var.set(value)
             return await awaitable
 
         future = asyncio.run_coroutine_threadsafe(wrap(), self.loop)
@@ -107,7 +115,7 @@ class _SyncProxy:
                 return self._wrap(value(*args, **kwargs))
 
             return call
-        if hasattr(value, "store"):  # a repository: store.documents, store.sources
+        if hasattr(value, "store"):  # store.documents, store.sources, store.replica
             return _SyncProxy(value, self._runner)
         return value
 

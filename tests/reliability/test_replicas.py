@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import docstore
+import docstore.sync
 from docstore import DatabaseUnavailableError, Document
 from docstore.embedded import EmbeddedServer
 from tests.replica import (  # noqa: F401 - fixtures
@@ -167,6 +168,20 @@ async def test_a_replica_down_at_startup_does_not_stop_the_store(
         assert (await store.search(vector(1), limit=1))[0].doc_path == "tokio/1"
         assert (await store.health()).read_replica is not None
     await asyncio.to_thread(read_url_env.replica.start)
+
+
+def test_the_sync_facade_routes_reads_and_honours_read_from_primary(
+    read_url_env: ReplicaPair,
+) -> None:
+    with docstore.sync.connect() as store:
+        store.documents.upsert_many(docs(3))
+        asyncio.run(read_url_env.sync())
+        assert store.replica.fetchval(IN_RECOVERY) is True
+        with store.read_from_primary():  # set in this thread, applied on the store's loop
+            assert store.replica.fetchval(IN_RECOVERY) is False
+            assert store.documents.count() == 3
+        assert store.replica.fetchval(IN_RECOVERY) is True
+        assert store.metrics(disk=False).operations["fetchval"].count == 3
 
 
 # -- reload: rotated credentials ---------------------------------------------------------------
