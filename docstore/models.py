@@ -5,13 +5,16 @@ Validation happens here, before anything reaches PostgreSQL, and fails with
 field and the document's key but never echoes a vector's values:
 
 - ``doc_type`` 1-50 characters, ``source_name`` 1-255, ``doc_path`` and ``content`` non-empty;
-  ``doc_path`` at most 2,048 UTF-8 bytes (it is part of a unique btree index), ``content`` at
-  most 10 MB;
-- no NUL byte in any text, metadata keys and string values included (PostgreSQL rejects it);
+  ``doc_path`` at most 2,048 UTF-8 bytes and the whole key (``doc_type`` + ``source_name`` +
+  ``doc_path``) at most 2,600 (it is one row of a unique btree index, which holds at most
+  2,704 bytes), ``content`` at most 10 MB;
+- no NUL byte and no lone surrogate (``"\ud800"``: not encodable as UTF-8) in any text,
+  metadata keys and string values included (PostgreSQL or the driver reject them);
 - ``embedding``: None, a list or a numpy array, one-dimensional, every value finite and within
   ±65,504 (the range of half precision, which the search index and ``embedding_half`` use;
   the repository also checks the configured dimension);
-- ``metadata``: a JSON object (no NaN/inf, only JSON types); ``token_count`` ≥ 0.
+- ``metadata``: a JSON object (no NaN/inf, only JSON types) nested at most 100 levels deep;
+  ``token_count`` ≥ 0.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from docstore.codecs import FloatArray
 from docstore.errors import ValidationError
@@ -36,14 +46,37 @@ MAX_CONTENT_CHARS = 10_000_000
 MAX_METADATA_BYTES = 1_000_000
 MAX_EMBEDDING_VALUE = 65504.0
 """The largest magnitude half precision holds: every embedding is also stored as a halfvec."""
+MAX_METADATA_DEPTH = 100
+"""Nesting levels of metadata: deeper JSON is refused before Python's own recursion limit
+(about 1,000 frames) can turn validation or ``json.dumps`` into a RecursionError."""
+MAX_KEY_BYTES = 2600
+"""UTF-8 bytes of ``doc_type`` + ``source_name`` + ``doc_path`` together: one row of the
+unique btree index on them, which PostgreSQL caps at 2,704 bytes including ~31 bytes of
+tuple and column headers (so 2,600 leaves room; every ASCII key fits: 50 + 255 + 2,048)."""
 
 
 # --- field validators ----------------------------------------------------------------------
 
 
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL can't store ``text`` (a NUL byte, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL byte (\\x00), which PostgreSQL cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains a lone surrogate (U+{ord(text[exc.start]):04X} at position {exc.start}),"
+            " which is not valid Unicode and cannot be stored"
+        )
+    return None
+
+
 def _no_nul(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("contains a NUL byte (\\x00), which PostgreSQL cannot store")
+    if isinstance(value, str):
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
     return value
 
 
@@ -82,27 +115,36 @@ def _to_embedding(value: Any) -> FloatArray | None:
     return np.ascontiguousarray(array)
 
 
-def _check_json(value: Any, path: str = "metadata") -> None:
+def _check_json(value: Any, path: str = "metadata", depth: int = 0) -> None:
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL byte (\\x00)")
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(f"{path} {problem}")
     elif isinstance(value, bool) or value is None or isinstance(value, int):
         return
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{path} is NaN or infinite, which JSON cannot represent")
+    elif depth >= MAX_METADATA_DEPTH and isinstance(value, Mapping | list | tuple):
+        raise ValueError(f"{path[:200]} is nested deeper than {MAX_METADATA_DEPTH} levels")
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"{path} has a non-string key")
-            if "\x00" in key:
-                raise ValueError(f"{path} has a key containing a NUL byte (\\x00)")
-            _check_json(item, f"{path}.{key[:40]}")
+            problem = unstorable(key)
+            if problem:
+                raise ValueError(f"{path} has a key that {problem}")
+            _check_json(item, f"{path}.{_safe(key[:40])}", depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]")
+            _check_json(item, f"{path}[{index}]", depth + 1)
     else:
         raise ValueError(f"{path} holds a {type(value).__name__}, which is not a JSON type")
+
+
+def _safe(text: str) -> str:
+    """``text`` for an error message: NUL bytes and lone surrogates escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _metadata(value: Any) -> Any:
@@ -113,6 +155,8 @@ def _metadata(value: Any) -> Any:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise ValueError("must be a JSON object") from None
+        except RecursionError:
+            raise ValueError(f"is nested deeper than {MAX_METADATA_DEPTH} levels") from None
     if not isinstance(value, Mapping):
         raise ValueError("must be a JSON object (a dict)")
     _check_json(value)
@@ -195,7 +239,7 @@ def _key_of(data: Mapping[str, Any], fields: tuple[str, ...]) -> tuple[str, ...]
     values = [data.get(f) for f in fields]
     if not fields or not all(isinstance(v, str) for v in values):
         return None
-    return tuple(str(v)[:80].replace("\x00", "\\x00") for v in values)
+    return tuple(_safe(str(v)[:80]) for v in values)
 
 
 class Document(_Model):
@@ -213,6 +257,16 @@ class Document(_Model):
     token_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
     created_at: NaiveTimestamp = None
     updated_at: NaiveTimestamp = None
+
+    @model_validator(mode="after")
+    def _key_fits_the_index(self) -> Document:
+        size = sum(len(part.encode("utf-8")) for part in self.key)
+        if size > MAX_KEY_BYTES:
+            raise ValueError(
+                f"doc_type + source_name + doc_path take {size} bytes in UTF-8; at most "
+                f"{MAX_KEY_BYTES} fit one row of PostgreSQL's unique index on them"
+            )
+        return self
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -683,7 +683,20 @@ class Migrator:
         started = _now()
         store = await self._target_store()
         async with self._source() as src, store.acquire() as tgt:
-            return await self._validate(src, tgt, store, started)
+            present = {
+                r["name"]
+                for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
+            }
+            missing = [t for t in legacy.REQUIRED_TABLES if t not in present]
+            if missing:
+                raise MigrationError(
+                    f"cannot validate: the source has no {', '.join(missing)} table: is it the "
+                    "legacy rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
+                )
+            try:
+                return await self._validate(src, tgt, store, started)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise MigrationError(f"validation failed: {describe(exc, self._secrets)}") from exc
 
     async def _validate(
         self, src: asyncpg.Connection, tgt: asyncpg.Connection, store: Store, started: float

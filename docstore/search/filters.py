@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 from docstore.errors import FilterError
+from docstore.models import naive_utc, unstorable
 
 # column name -> PostgreSQL type used for parameter casts
 COLUMNS: dict[str, str] = {
@@ -33,6 +34,7 @@ COLUMNS: dict[str, str] = {
 }
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
+_INT4 = (-(2**31), 2**31 - 1)
 
 
 @dataclass
@@ -67,8 +69,9 @@ def _target(name: str) -> _Target:
         path = tuple(name[len(METADATA_PREFIX) :].split("."))
         if any(part == "" for part in path):
             raise FilterError(f"empty segment in metadata path {name[:80]!r}")
-        if "\x00" in name:
-            raise FilterError("metadata path contains a NUL byte")
+        problem = unstorable(name)
+        if problem:
+            raise FilterError(f"metadata path {problem}")
         return _Target(name, path=path)
     raise FilterError(
         f"unknown filter field {name[:80]!r}: use one of {', '.join(COLUMNS)} or 'metadata.<key>'"
@@ -89,27 +92,38 @@ def _column_value(target: _Target, value: Any, op: str) -> Any:
     }[kind]
     if not ok:
         raise FilterError(f"{op} on {target.name} needs a {kind} value, got {type(value).__name__}")
-    if isinstance(value, str) and "\x00" in value:
-        raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
-    return value
+    if kind == "integer" and not _INT4[0] <= value <= _INT4[1]:
+        raise FilterError(f"{op} on {target.name}: {value} is out of the integer column's range")
+    if isinstance(value, str):
+        _text_value(target, value, op)
+    # timestamp columns hold naive UTC (as Document stores them); asyncpg can't compare an
+    # aware datetime with them
+    return naive_utc(value)
 
 
 def _text_value(target: _Target, value: Any, op: str) -> str:
-    """A string operand (patterns, metadata string comparisons), checked for NUL bytes."""
+    """A string operand (patterns, metadata string comparisons), checked for NUL bytes and
+    lone surrogates (neither can be sent to PostgreSQL)."""
     if not isinstance(value, str):
         raise FilterError(f"{op} on {target.name} needs a string, got {type(value).__name__}")
-    if "\x00" in value:
-        raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
+    problem = unstorable(value)
+    if problem:
+        raise FilterError(f"{op} on {target.name}: value {problem}")
     return value
 
 
 def _json(value: Any, target: _Target, op: str) -> str:
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError):
         raise FilterError(f"{op} on {target.name}: value is not JSON-serializable") from None
+    except RecursionError:
+        raise FilterError(f"{op} on {target.name}: value is nested too deeply") from None
     if "\\u0000" in text:
         raise FilterError(f"{op} on {target.name}: value contains a NUL byte")
+    problem = unstorable(text)  # a lone surrogate in a string or key
+    if problem:
+        raise FilterError(f"{op} on {target.name}: value {problem}")
     return text
 
 
@@ -197,6 +211,8 @@ def _like(sql_op: str, name: str) -> Builder:
         if t.column is not None and COLUMNS[t.column] != "text":
             raise FilterError(f"{name} applies to text fields, not {t.name}")
         value = _text_value(t, v, name)
+        if (len(value) - len(value.rstrip("\\"))) % 2:
+            raise FilterError(f"{name} on {t.name}: the pattern ends with an escape (\\)")
         return f"{t.sql(a, p, as_text=True)} {sql_op} {p.add(value)}"
 
     return build

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from docstore.errors import FilterError, ValidationError
+from docstore.models import unstorable
 from docstore.search.filters import build_filter
 
 MetricName = Literal["cosine", "l2", "inner_product"]
@@ -257,8 +258,10 @@ def text_search_sql(
 ) -> tuple[str, list[Any]]:
     """SQL for full-text search: ``websearch_to_tsquery`` syntax (quotes, ``or``, ``-word``),
     ranked by ``ts_rank_cd`` (best first, then id)."""
-    if not isinstance(text, str) or "\x00" in text:
-        raise ValidationError("text must be a string without NUL bytes", field="text")
+    if not isinstance(text, str) or unstorable(text):
+        raise ValidationError(
+            "text must be a string without NUL bytes or lone surrogates", field="text"
+        )
     check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     tsv = text_vector_expression("d.content")
