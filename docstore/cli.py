@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from docstore.compat import LegacyDatabase
-from docstore.config import load_settings, with_database
+from docstore.config import load_settings, redact_url, with_database
 from docstore.demo import DEMO_DOCS, build_sample_legacy, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import (
@@ -44,7 +46,25 @@ from docstore.models import Document
 from docstore.search.results import VectorIndex
 from docstore.store import Store, connect
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"()]+")
+
+
+class _RedactingGroup(TyperGroup):
+    """Usage errors quote the arguments they could not place ("Got unexpected extra
+    argument(s) (postgresql://app:secret@db/x)"): redact URL passwords in them first."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = getattr(exc, "message", None)  # click's UsageError and subclasses
+            if isinstance(message, str):
+                exc.message = _URL.sub(lambda m: redact_url(m[0]), message)  # type: ignore[attr-defined]
+            raise
+
+
 app = typer.Typer(
+    cls=_RedactingGroup,
     help="docstore: the Doc Server's data layer on PostgreSQL + pgvector.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

@@ -55,6 +55,7 @@ from docstore.errors import (
 from docstore.failures import (
     describe,
     first_retry_wait,
+    is_transient,
     is_transient_query_failure,
     retrying,
     translate,
@@ -457,6 +458,10 @@ class Database:
         metrics.acquired(role, time.perf_counter() - started)
         try:
             yield conn
+        except BaseException as exc:
+            if is_transient(exc) and not conn.is_closed():
+                conn.terminate()  # dead or mid-protocol: never hand it to the next caller
+            raise
         finally:
             await pool.release(conn)
 
@@ -468,14 +473,21 @@ class Database:
 
         Not retried: a transaction that fails part-way raises, and the caller decides.
         """
-        async with self.acquire() as conn:
-            try:
-                async with conn.transaction(isolation=isolation, readonly=readonly):
-                    yield conn
-            except DocstoreError:
-                raise
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise self.translate(exc) from exc
+        try:
+            async with (
+                self.acquire() as conn,
+                conn.transaction(isolation=isolation, readonly=readonly),
+            ):
+                yield conn
+        except DocstoreError:
+            raise
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:  # in the body, or getting / releasing the connection
+            raise self.translate(exc) from exc
 
     # -- asyncpg's query surface -------------------------------------------------------------
     @timed("execute")

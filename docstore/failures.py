@@ -50,9 +50,14 @@ def is_transient(exc: BaseException) -> bool:
         return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
     if isinstance(exc, asyncpg.PostgresError):
         return False
-    if isinstance(exc, asyncpg.InterfaceError):
-        # "connection was closed in the middle of operation", "connection is closed"
-        return "closed" in str(exc)
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # "connection was closed in the middle of operation", "connection is closed"; and
+        # "another operation is in progress": asyncpg read the FATAL ErrorResponse of a server
+        # that terminated the session (restart, failover, pg_terminate_backend) before it saw
+        # the socket close. docstore never shares a connection between operations, so that
+        # state only means "this connection is dead" (tests/reliability/test_pool.py).
+        message = str(exc)
+        return "closed" in message or "another operation" in message
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
 
 

@@ -353,6 +353,37 @@ class SourceStats(BaseModel):
     """Bytes the rows occupy as stored (after TOAST compression)."""
 
 
+def key_text(field: str, value: Any, *, optional: bool = False) -> Any:
+    """A ``doc_type``/``source_name``/``doc_path`` given to a lookup or delete: a string
+    PostgreSQL can store (None too when ``optional``), else :class:`ValidationError`."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field=field)
+    problem = unstorable(value)
+    if problem:
+        raise ValidationError(f"{field} {problem}", field=field)
+    return value
+
+
+def check_key(
+    doc_type: Any, source_name: Any, doc_path: Any = None, *, optional: bool = False
+) -> None:
+    """Validate the parts of a natural key given to a lookup (``doc_path`` when not None;
+    ``optional``: None means "any" for doc_type/source_name)."""
+    key_text("doc_type", doc_type, optional=optional)
+    key_text("source_name", source_name, optional=optional)
+    if doc_path is not None:
+        key_text("doc_path", doc_path)
+
+
+def row_id(value: Any) -> int:
+    """A row id given to a lookup or delete: an integer in PostgreSQL's ``integer`` range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise ValidationError("id must be an integer within PostgreSQL's integer range", field="id")
+    return value
+
+
 def query_vector(value: Any, dim: int) -> FloatArray:
     """Validate a query embedding like a stored one: 1-D, finite, ``dim`` values.
 

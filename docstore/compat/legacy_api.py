@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from docstore.compat import views
-from docstore.errors import SchemaError
+from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Document, naive_utc, parse_timestamp
+from docstore.models import Document, Source, key_text, naive_utc, parse_timestamp
 from docstore.store import Store, connect
 
 
@@ -84,6 +84,11 @@ class LegacyDatabase:
         """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
         Returns the crate's id (its source's id)."""
         self.store.ensure_writable()
+        key_text("source_name", name)
+        Source(doc_type=self.doc_type, source_name=name)  # length, like any source name
+        key_text("version", version, optional=True)
+        if version is not None and len(version) > 50:
+            raise ValidationError("version is longer than 50 characters", field="version")
         # a crate row now exists: a source that only had documents (an "orphan") stops being one
         config: dict[str, Any] = {"orphan": False}
         if version is not None:
@@ -130,6 +135,7 @@ class LegacyDatabase:
     @timed("compat.has_embeddings")
     async def has_embeddings(self, crate_name: str) -> bool:
         """Does the crate have any document?"""
+        key_text("crate_name", crate_name)
         return bool(
             await self.store.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM documents WHERE doc_type = $1 AND source_name = $2)",
@@ -242,6 +248,7 @@ class LegacyDatabase:
     @timed("compat.get_crate_documents")
     async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
         """All documents of a crate ordered by doc_path: (doc_path, content, embedding)."""
+        key_text("crate_name", crate_name)
         rows = await self.store.fetch(
             "SELECT doc_path, content, embedding FROM documents"
             " WHERE doc_type = $1 AND source_name = $2 ORDER BY doc_path",

@@ -35,7 +35,7 @@ import pydantic
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Document, SourceStats, UpsertResult
+from docstore.models import Document, SourceStats, UpsertResult, check_key, row_id
 
 if TYPE_CHECKING:
     from docstore.db import Database
@@ -244,6 +244,7 @@ class DocumentRepository:
     @timed("documents.get")
     async def get(self, id: int) -> Document | None:
         """The document with this id, or None."""
+        row_id(id)
         record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id
         )
@@ -252,6 +253,7 @@ class DocumentRepository:
     @timed("documents.get_by_key")
     async def get_by_key(self, doc_type: str, source_name: str, doc_path: str) -> Document | None:
         """The document with this natural key, or None."""
+        check_key(doc_type, source_name, doc_path)
         record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM documents"
             " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
@@ -264,6 +266,7 @@ class DocumentRepository:
     @timed("documents.count")
     async def count(self, doc_type: str | None = None, source_name: str | None = None) -> int:
         """Number of documents, optionally of one doc_type and/or source."""
+        check_key(doc_type, source_name, optional=True)
         where, params = _scope(doc_type, source_name)
         return int(
             await self.store.replica.fetchval(
@@ -285,6 +288,7 @@ class DocumentRepository:
         """
         if batch_size < 1:
             raise ValidationError("batch_size must be at least 1", field="batch_size")
+        check_key(doc_type, source_name, optional=True)
         where, params = _scope(doc_type, source_name, first=2)
         n = len(params) + 2
         query = f"SELECT {_COLUMNS} FROM documents WHERE id > $1 AND {where} ORDER BY id LIMIT ${n}"
@@ -365,6 +369,7 @@ class DocumentRepository:
     async def delete(self, id: int) -> bool:
         """Delete one document by id; True if it existed."""
         self.store.ensure_writable()
+        row_id(id)
         status = await self.store.execute("DELETE FROM documents WHERE id = $1", id)
         return status == "DELETE 1"
 
@@ -375,6 +380,7 @@ class DocumentRepository:
         Scoped by both: ``("rust", "tokio")`` never touches ``("solana", "tokio")``.
         """
         self.store.ensure_writable()
+        check_key(doc_type, source_name)
         status = await self.store.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
         return int(status.rsplit(" ", 1)[1])
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Source
+from docstore.models import Source, check_key
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class SourceRepository:
     @timed("sources.get")
     async def get(self, doc_type: str, source_name: str) -> Source | None:
         """The source, or None."""
+        check_key(doc_type, source_name)
         record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2",
             doc_type,
@@ -91,6 +92,7 @@ class SourceRepository:
     @timed("sources.list")
     async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
         """Sources ordered by (doc_type, source_name), optionally filtered."""
+        check_key(doc_type, None, optional=True)
         records = await self.store.replica.fetch(
             f"SELECT {_COLUMNS} FROM document_sources"
             " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
@@ -102,6 +104,7 @@ class SourceRepository:
 
     async def _set(self, doc_type: str, source_name: str, assignment: str, *args: Any) -> bool:
         self.store.ensure_writable()
+        check_key(doc_type, source_name)
         status = await self.store.execute(
             f"UPDATE document_sources SET {assignment} WHERE doc_type = $1 AND source_name = $2",
             doc_type,
@@ -150,6 +153,7 @@ class SourceRepository:
         ``with_documents=True``, which deletes them in the same transaction.
         """
         self.store.ensure_writable()
+        check_key(doc_type, source_name)
 
         async def work(conn: Any) -> bool:
             docs = await conn.fetchval(
@@ -180,6 +184,7 @@ class SourceRepository:
         ``crates`` table kept them); returns the updated source, or None if it doesn't exist.
         """
         self.store.ensure_writable()
+        check_key(doc_type, source_name)
         record = await self.store.fetchrow(
             f"""UPDATE document_sources s
                    SET config = s.config || jsonb_build_object(

@@ -22,9 +22,9 @@ retried) fail at once.
 Acceptable errors while the server is away: :class:`docstore.DatabaseUnavailableError`
 (:class:`docstore.PoolTimeoutError` included), because that is the documented meaning of "the
 database could not be reached or went away" once retries are exhausted. Anything else — a
-``QueryError``, a raw asyncpg/OS exception — fails the test, except the two known db.py bugs
-proven by the strict-xfail tests at the end of this module (:func:`_known_db_bug`), which are
-counted and printed instead until the fix lands. No message and no log record may contain the
+``QueryError``, a raw asyncpg/OS exception — fails the test (two such holes this suite found
+in db.py, a reused dead connection and untranslated ``transaction()`` errors, have their own
+tests at the end of this module). No message and no log record may contain the
 URL's password. The same :class:`docstore.Store` must serve reads and writes afterwards (no
 restart of the app).
 
@@ -49,8 +49,7 @@ import numpy as np
 import pytest
 
 import docstore
-from docstore import DatabaseUnavailableError, DocstoreError, QueryError
-from docstore.db import is_transient
+from docstore import DatabaseUnavailableError, DocstoreError
 from docstore.embedded import EmbeddedServer
 from tests.reliability.conftest import DIM, PASSWORD, Figures, kill_server, random_docs
 
@@ -63,42 +62,6 @@ SCENARIO_SECONDS = 90.0
 
 
 RETRIES = {"retry_attempts": 10, "retry_initial_delay": 0.05, "retry_max_delay": 0.5}
-
-# -- known bugs in docstore/db.py (not this suite's to fix; see the xfail tests below) --------
-POISONED_CONNECTION = (
-    "db.py: a pooled connection whose session the server terminated while it sat idle "
-    "(restart, failover, pg_terminate_backend) is handed out again; asyncpg has read the "
-    "FATAL message but not yet the socket's close, so the next statement fails with "
-    "InternalClientError 'another operation is in progress', which is_transient() does not "
-    "retry and translate() turns into QueryError"
-)
-UNTRANSLATED_TRANSACTION = (
-    "db.py: store.transaction() translates errors of its body only; a failure to acquire "
-    "the connection (server down: FileNotFoundError, 57P03 CannotConnectNowError) or to "
-    "reset it on release escapes as a raw asyncpg/OS exception (so does upsert_many(atomic=True))"
-)
-_DB_FIXED = is_transient(
-    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
-)
-"""The proposed db.py patch fixes both bugs; once it is in, nothing is tolerated any more."""
-
-
-def _known_db_bug(exc: BaseException, *, atomic: bool) -> str | None:
-    """Which known db.py bug ``exc`` is, or None (while the fix has not landed)."""
-    if _DB_FIXED:
-        return None
-    if isinstance(exc, QueryError) and "another operation" in str(exc):
-        return "poisoned connection"
-    if (
-        atomic
-        and not isinstance(exc, DocstoreError)
-        and isinstance(
-            exc,
-            asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError | OSError,
-        )
-    ):
-        return "untranslated transaction()"
-    return None
 
 
 @dataclass
@@ -269,8 +232,7 @@ def _check_batches(
             assert all(full), f"{call.source} returned but holds {written}"
             verdicts["returned, complete"] += 1
             continue
-        bug = _known_db_bug(call.error, atomic=call.atomic)
-        assert bug or isinstance(call.error, DatabaseUnavailableError), (
+        assert isinstance(call.error, DatabaseUnavailableError), (
             f"{call.source} raised {type(call.error).__module__}.{type(call.error).__name__}: "
             f"{call.error}"
         )
@@ -278,10 +240,7 @@ def _check_batches(
             assert all(full) or not any(full), f"atomic call {call.source} holds {written}"
         else:
             assert full == sorted(full, reverse=True), f"{call.source}: not a prefix {written}"
-        kind = f"known bug ({bug}) " if bug else ""
-        verdicts[
-            f"{kind}raised {type(call.error).__name__}, {sum(full)}/{call.batches} batches"
-        ] += 1
+        verdicts[f"raised {type(call.error).__name__}, {sum(full)}/{call.batches} batches"] += 1
     return verdicts
 
 
@@ -299,11 +258,7 @@ async def test_fault_mid_workload_leaves_no_partial_batch_and_the_pool_recovers(
     )
     work: Workload = result["work"]
     verdicts = _check_batches(work.calls, result["counts"])
-    read_bugs = 0
     for exc in work.read_errors:
-        if _known_db_bug(exc, atomic=False):
-            read_bugs += 1
-            continue
         assert isinstance(exc, DatabaseUnavailableError), f"{type(exc).__name__}: {exc}"
     messages = [str(c.error) for c in work.calls if c.error] + [str(e) for e in work.read_errors]
     assert not any(PASSWORD in m for m in messages), "a message contains the password"
@@ -327,21 +282,24 @@ async def test_fault_mid_workload_leaves_no_partial_batch_and_the_pool_recovers(
         + f"; retries logged {result['retries']}; no password in messages or logs; "
         "same Store served afterwards"
     )
-    if read_bugs:
-        figures.add(f"  reads that hit the known poisoned-connection bug: {read_bugs}")
     assert any(c.error is None and c.started > result["back"] for c in work.calls)
 
 
-# -- the known db.py bugs, proven on their own -----------------------------------------------
+# -- two holes this suite found in db.py, proven on their own ---------------------------------
 
 
 ATTEMPTS = 200
 
 
-@pytest.mark.xfail(strict=True, reason=POISONED_CONNECTION)
 async def test_a_connection_the_server_terminated_while_idle_is_not_reused(
     database_url: str,
 ) -> None:
+    """A pooled connection whose session the server terminated while it sat idle (restart,
+    failover, pg_terminate_backend): asyncpg may have read the FATAL message but not yet the
+    socket's close, so the next statement failed with InternalClientError "another operation
+    is in progress", which was neither retried nor typed (QueryError). Now it is transient:
+    the connection is dropped and the statement retried."""
+
     async def scenario() -> collections.Counter[str]:
         outcomes: collections.Counter[str] = collections.Counter()
         admin = await asyncpg.connect(database_url)
@@ -370,10 +328,12 @@ async def test_a_connection_the_server_terminated_while_idle_is_not_reused(
     assert outcomes == {"ok": ATTEMPTS}, dict(outcomes)
 
 
-@pytest.mark.xfail(strict=True, reason=UNTRANSLATED_TRANSACTION)
 async def test_store_transaction_raises_typed_errors_while_the_server_is_down(
     own_server: EmbeddedServer, own_server_url: str
 ) -> None:
+    """store.transaction() used to translate errors of its body only: failing to get the
+    connection (server down: FileNotFoundError, 57P03) escaped raw, and so did
+    upsert_many(atomic=True)."""
     store = await docstore.connect(own_server_url, retry_attempts=1)
     try:
         await asyncio.to_thread(own_server.stop)

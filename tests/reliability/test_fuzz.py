@@ -641,24 +641,12 @@ def _cli_args(good_url: str) -> st.SearchStrategy[list[str]]:
     return args()
 
 
-USAGE_ERROR_ECHOES_PASSWORD = (
-    "cli.py: click's usage errors quote the arguments they could not place, so "
-    "`docstore health postgresql://app:secret@db/x` (a forgotten --url) prints the password "
-    "in 'Got unexpected extra argument(s) (...)'; the proposed patch redacts URLs in them"
-)
-
-
-def _usage_error_echoes_password() -> bool:
-    result = CliRunner().invoke(app, ["health", f"postgresql://u:{PASSWORD}@127.0.0.1:1/x"])
-    return PASSWORD in result.output
-
-
-_CLI_FIXED = not _usage_error_echoes_password()
-
-
-@pytest.mark.xfail(strict=True, reason=USAGE_ERROR_ECHOES_PASSWORD)
 def test_a_misplaced_url_in_a_usage_error_is_shown_without_its_password() -> None:
-    assert not _usage_error_echoes_password()
+    """click's usage errors quote the arguments they could not place, so `docstore health
+    postgresql://app:secret@db/x` (a forgotten --url) printed the password."""
+    result = CliRunner().invoke(app, ["health", f"postgresql://u:{PASSWORD}@127.0.0.1:1/x"])
+    assert result.exit_code == 2 and PASSWORD not in result.output
+    assert "u:***@127.0.0.1:1/x" in result.output
 
 
 def _catalog(env: Env) -> tuple[Any, ...]:
@@ -699,8 +687,7 @@ def test_cli_with_hostile_arguments_exits_cleanly_without_secrets(
         f"{args!r} raised {type(result.exception).__name__}: {result.exception}"
     )
     assert "Traceback" not in output, output[-2000:]
-    if result.exit_code != 2 or _CLI_FIXED:  # until then: the xfail test above
-        assert PASSWORD not in output, output[-2000:]
+    assert PASSWORD not in output, output[-2000:]
     assert_clean(None, caplog)
     assert result.exit_code in (0, 1, 2), (result.exit_code, output[-2000:])
     if result.exit_code == 2:

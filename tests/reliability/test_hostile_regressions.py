@@ -133,3 +133,28 @@ def test_validate_against_a_database_that_is_not_legacy_exits_cleanly(
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert "MigrationError" in result.output and "doc_embeddings" in result.output
+
+
+@pytest.mark.parametrize("bad", ["nul\x00byte", "lone\ud800surrogate", 42, b"bytes"])
+async def test_lookups_and_deletes_refuse_unstorable_keys_before_the_server(
+    store: docstore.Store, bad: Any
+) -> None:
+    """A NUL byte or lone surrogate in a lookup key used to reach PostgreSQL (QueryError
+    22021 / 22000); it is a ValidationError naming the field, like on writes."""
+    from docstore.compat import LegacyDatabase
+
+    calls = [
+        ("doc_path", store.documents.get_by_key("rust", "tokio", bad)),
+        ("source_name", store.documents.count(source_name=bad)),
+        ("doc_type", store.documents.delete_source(bad, "tokio")),
+        ("source_name", store.sources.get("rust", bad)),
+        ("source_name", store.sources.set_enabled("rust", bad, False)),
+        ("crate_name", LegacyDatabase(store).has_embeddings(bad)),
+        ("source_name", LegacyDatabase(store).upsert_crate(bad, "1.0")),
+    ]
+    for field, call in calls:
+        with pytest.raises(docstore.ValidationError) as info:
+            await call
+        assert info.value.field == field
+    with pytest.raises(docstore.ValidationError, match="integer range"):
+        await store.documents.get(2**40)
