@@ -100,6 +100,33 @@ class PgCluster:
         asyncio.run(setup())
 
 
+async def add_scram_role(
+    admin_url: str, pgdata: Path | None, role: str, password: str, *, options: str = ""
+) -> None:
+    """Create a LOGIN role with ``password`` that the server really checks: on an embedded
+    server (``pgdata`` given) ``pg_hba.conf`` gets a scram-sha-256 line for it, so a wrong
+    password is refused and the right one travels through docstore."""
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN {options} PASSWORD '{password}'")
+        if pgdata is not None:
+            hba = pgdata / "pg_hba.conf"
+            hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+            await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+
+
+def error_texts(exc: BaseException) -> str:
+    """Every string a user could see from ``exc``: message, repr and the whole chain."""
+    texts = []
+    current: BaseException | None = exc
+    while current is not None:
+        texts += [str(current), repr(current)]
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     external = os.environ.get("DOCSTORE_TEST_DATABASE_URL")

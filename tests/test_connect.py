@@ -16,19 +16,9 @@ from pgvector import SparseVector
 import docstore
 from docstore.embedded import memory_settings
 from docstore.errors import DatabaseUnavailableError, QueryError, SchemaError
-from tests.conftest import PgCluster
+from tests.conftest import PgCluster, error_texts
 
 UNREACHABLE = "postgresql://app:hunter2@127.0.0.1:1/docs"
-
-
-def _error_texts(exc: BaseException) -> str:
-    """Every string a user could see from ``exc``: message, repr and the whole chain."""
-    texts = []
-    current: BaseException | None = exc
-    while current is not None:
-        texts += [str(current), repr(current)]
-        current = current.__cause__ or current.__context__
-    return "\n".join(texts)
 
 
 async def test_no_variables_connects_to_embedded_with_pgvector_0_8(
@@ -66,7 +56,7 @@ async def test_unreachable_database_url_wins_and_never_leaks_the_password(
     with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as info:
         await docstore.connect()
     assert "127.0.0.1:1" in str(info.value)
-    assert "hunter2" not in _error_texts(info.value)
+    assert "hunter2" not in error_texts(info.value)
     assert "hunter2" not in caplog.text
     assert any("transient failure" in r.getMessage() for r in caplog.records)
 

@@ -7,12 +7,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 import docstore
 from docstore.embedded import EmbeddedServer
 from docstore.errors import DatabaseUnavailableError
+from tests.conftest import add_scram_role
 
 
 @pytest.fixture
@@ -73,14 +73,7 @@ async def test_query_retries_across_a_server_restart(
 async def test_wrong_password_fails_at_once_without_retries(
     own_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin = await asyncpg.connect(own_server.url("postgres"))
-    try:
-        await admin.execute("create role pwuser login password 'right-one'")
-        hba = own_server.pgdata / "pg_hba.conf"
-        hba.write_text("local all pwuser scram-sha-256\n" + hba.read_text())
-        await admin.execute("select pg_reload_conf()")
-    finally:
-        await admin.close()
+    await add_scram_role(own_server.url("postgres"), own_server.pgdata, "pwuser", "right-one")
     good = own_server.url("postgres").replace("//postgres:@", "//pwuser:right-one@", 1)
     bad = good.replace("right-one", "hunter2")
     async with docstore.connect(good, migrate=False) as store:

@@ -33,7 +33,7 @@ import pytest
 
 from docstore import Document
 from docstore.embedded import EmbeddedServer, ensure_vector_extension
-from tests.conftest import PgCluster, with_database
+from tests.conftest import PgCluster, add_scram_role, with_database
 
 DIM = 3072
 _FIGURES = pytest.StashKey[list[tuple[str, list[str]]]]()
@@ -124,14 +124,10 @@ async def create_password_database(
     a wrong password is refused, so the password really travels through docstore.
     Returns the role's URL of the new database (with the password in it).
     """
+    await add_scram_role(admin_url, pgdata, role, PASSWORD)
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
         await admin.execute(f"CREATE DATABASE {database} OWNER {role}")
-        if pgdata is not None:
-            hba = pgdata / "pg_hba.conf"
-            hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
-            await admin.execute("SELECT pg_reload_conf()")
     finally:
         await admin.close()
     conn = await asyncpg.connect(with_database(admin_url, database))

@@ -21,6 +21,7 @@ import docstore
 import docstore.sync
 from docstore import DatabaseUnavailableError, Document
 from docstore.embedded import EmbeddedServer
+from tests.conftest import add_scram_role
 from tests.replica import (  # noqa: F401 - fixtures
     ReplicaPair,
     replica_pair_fixture,
@@ -197,14 +198,10 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 async def test_reload_picks_up_a_rotated_password_without_dropping_queries(
     own_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    admin = await asyncpg.connect(own_server.url("postgres"))
-    try:
-        await admin.execute("create role rotator login superuser password 'first-secret'")
-        hba = own_server.pgdata / "pg_hba.conf"
-        hba.write_text("local all rotator scram-sha-256\n" + hba.read_text())
-        await admin.execute("select pg_reload_conf()")
-    finally:
-        await admin.close()
+    admin_url = own_server.url("postgres")
+    await add_scram_role(
+        admin_url, own_server.pgdata, "rotator", "first-secret", options="SUPERUSER"
+    )
     base = own_server.url("postgres").replace("//postgres:@", "//rotator:{}@", 1)
     monkeypatch.setenv("DATABASE_URL", base.format("first-secret"))
     async with docstore.connect(pool_min_size=2) as store:

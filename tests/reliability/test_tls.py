@@ -26,7 +26,7 @@ import docstore
 from docstore import Document, Migrator
 from docstore.errors import DatabaseUnavailableError, MigrationError
 from docstore.failures import is_transient
-from tests.conftest import PgCluster
+from tests.conftest import PgCluster, error_texts
 from tests.legacy_db import build_legacy
 from tests.reliability.tls_proxy import TlsProxy, Upstream, running_proxy
 
@@ -115,16 +115,6 @@ def tls_url(
 
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
-
-
-def error_texts(exc: BaseException) -> str:
-    """Every string a user could see from ``exc``: message, repr and the whole chain."""
-    texts = []
-    current: BaseException | None = exc
-    while current is not None:
-        texts += [str(current), repr(current)]
-        current = current.__cause__ or current.__context__
-    return "\n".join(texts)
 
 
 def retries(caplog: pytest.LogCaptureFixture) -> int:
