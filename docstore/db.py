@@ -47,6 +47,7 @@ from docstore.config import (
     url_secrets,
 )
 from docstore.errors import (
+    ConfigurationError,
     DocstoreError,
     PoolTimeoutError,
     ReadOnlyError,
@@ -268,6 +269,11 @@ class Database:
         settings = load_settings()
         resolved, source = resolve_url(settings, url)
         if resolved is None:
+            if self.url_source is not UrlSource.EMBEDDED:
+                raise ConfigurationError(
+                    "reload() found no DATABASE_URL or MCPDOCS_DATABASE_URL to move to: set one,"
+                    " or pass reload(url=...)"
+                )
             resolved = await embedded.embedded_url(settings.embedded_dir)
         writes, reads = split_read_write(settings, resolved)
         secrets = url_secrets(writes, reads)

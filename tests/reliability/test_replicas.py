@@ -219,3 +219,15 @@ async def test_reload_picks_up_a_rotated_password_without_dropping_queries(
         results = await asyncio.gather(*(store.fetchval("select 1") for _ in range(8)))
         assert results == [1] * 8
         assert "second-secret" not in repr(store) and "***" in store.url
+
+
+async def test_reload_without_a_url_to_move_to_keeps_the_store_where_it_is(
+    database_url: str,
+) -> None:
+    """Opened with an explicit URL and nothing in the environment: reload() must not quietly
+    move the store to the embedded database."""
+    async with docstore.connect(database_url) as store:
+        with pytest.raises(docstore.ConfigurationError, match="no DATABASE_URL"):
+            await store.reload()
+        await store.reload(url=database_url)  # an explicit URL works
+        assert await store.fetchval("select 1") == 1 and store.url_source.value == "argument"
