@@ -363,10 +363,14 @@ class Database:
         try:
             if read and self._use_replica():
                 try:
-                    return await self._attempt(work, "replica")
+                    result = await self._attempt(work, "replica")
                 except BaseException as exc:
                     if not await self._replica_failed(exc):
                         raise
+                else:
+                    if self._replica_down_until:
+                        self._replica_back()
+                    return result
             try:
                 # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
                 # an ANN search); only a transient failure enters the retry loop.
@@ -397,6 +401,11 @@ class Database:
             self._metrics.fallback()
             return False
         return True
+
+    def _replica_back(self) -> None:
+        self._replica_down_until = 0.0
+        assert self._replica is not None
+        logger.warning("read replica %s is back: reads go to it again", self._replica.redacted)
 
     async def _replica_failed(self, exc: BaseException) -> bool:
         """Whether a read that failed on the replica should run on the primary instead; if

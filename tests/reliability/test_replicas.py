@@ -126,9 +126,18 @@ async def test_reads_fall_back_to_the_primary_while_the_replica_is_down(
         await asyncio.to_thread(pair.replica.start)
         await pair.sync()
         deadline = asyncio.get_running_loop().time() + 30
-        while not await store.replica.fetchval(IN_RECOVERY):
-            assert asyncio.get_running_loop().time() < deadline, "reads never returned"
-            await asyncio.sleep(0.2)
+        with caplog.at_level(logging.WARNING, logger="docstore"):
+            caplog.clear()
+            while not await store.replica.fetchval(IN_RECOVERY):
+                assert asyncio.get_running_loop().time() < deadline, "reads never returned"
+                await asyncio.sleep(0.2)
+            assert any("is back" in r.getMessage() for r in caplog.records)
+            # a second outage is logged again: "once per outage", not once per store
+            await asyncio.to_thread(pair.replica.stop)
+            caplog.clear()
+            assert (await store.search(vector(1), limit=1))[0].doc_path == "tokio/1"
+            assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+        await asyncio.to_thread(pair.replica.start)
 
 
 async def test_a_killed_replica_costs_reads_nothing_but_a_fallback(
