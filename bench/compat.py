@@ -1,6 +1,6 @@
 """Benchmark: the legacy search_similar_docs() against docstore's compatibility paths.
 
-    python bench/compat.py                  # 40 crates / 4,133 docs x 3072, 200 queries
+    python bench/compat.py                  # 40 crates / 4,133 docs x 3072, 400 queries
 
 A legacy database like the plan's is built on a throwaway embedded PostgreSQL and migrated
 into docstore, whose compatibility views are installed. Each query (a stored embedding and
@@ -145,5 +145,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=4133)
     parser.add_argument("--crates", type=int, default=40)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=400)
     sys.exit(0 if asyncio.run(run(parser.parse_args())) else 1)

@@ -103,9 +103,9 @@ def _to_embedding(value: Any) -> FloatArray | None:
         raise ValueError(f"must be one-dimensional (got an array with {array.ndim} axes)")
     if array.size == 0:
         raise ValueError("must not be empty")
-    in_range = np.abs(array) <= MAX_EMBEDDING_VALUE  # False for NaN and inf too
-    if not in_range.all():
-        bad = int(np.flatnonzero(~in_range)[0])
+    if not (array.min() >= -MAX_EMBEDDING_VALUE and array.max() <= MAX_EMBEDDING_VALUE):
+        # False for NaN and inf too; only now find which value it was
+        bad = int(np.flatnonzero(~(np.abs(array) <= MAX_EMBEDDING_VALUE))[0])
         if not np.isfinite(array[bad]):
             raise ValueError(f"must contain only finite values (NaN or inf at position {bad})")
         raise ValueError(

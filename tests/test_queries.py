@@ -41,7 +41,8 @@ def test_halfvec_shape_ranks_the_in_row_copy_then_re_ranks_exactly() -> None:
     sql, params = vector_search_sql(
         Q, dim=3072, limit=5, candidates=20, candidate_source="halfvec", metric_name="l2"
     )
-    assert "ORDER BY d.embedding_half <-> $1::vector::halfvec(3072) LIMIT $3" in sql
+    # the query cast once per execution (a sub-select), not once per row in a generic plan
+    assert "ORDER BY d.embedding_half <-> (SELECT $1::vector::halfvec(3072)) LIMIT $3" in sql
     assert "c.embedding <-> $1::vector AS distance" in sql and "ORDER BY distance, c.id" in sql
     assert "embedding::halfvec" not in sql  # not the HNSW index's expression
     assert params[1:] == [5, 20]
@@ -167,6 +168,15 @@ def test_index_ddl_rejects_what_pgvector_would(kwargs: dict[str, int], field: st
     with pytest.raises(ValidationError) as info:
         create_vector_index_sql(metric_name="cosine", concurrently=True, **args)
     assert info.value.field == field
+
+
+def test_halfvec_scope_rule_counts_rows_and_their_share_of_the_table() -> None:
+    from docstore.search.api import halfvec_scope
+
+    assert halfvec_scope(1000, 1000)  # always, up to 1,000 rows
+    assert halfvec_scope(3000, 20_000) and not halfvec_scope(3001, 1_000_000)
+    assert not halfvec_scope(2000, 5_000)  # 40 % of the table: the index does better
+    assert halfvec_scope(2000, -1)  # never analyzed: rows alone decide
 
 
 def test_ann_settings_are_integers_only() -> None:

@@ -317,8 +317,10 @@ async def test_a_one_source_search_ranks_the_in_row_halfvec_copy_and_matches_exa
 async def test_a_scope_above_the_halfvec_threshold_uses_the_index(
     corpus: docstore.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert (await corpus.search(query(8), doc_type="rust", limit=5)).mode == "halfvec"
-    monkeypatch.setattr(search_api, "HALFVEC_SCOPE_ROWS", 100)  # "solana" holds 150
+    # "rust" holds 1,350 of 1,500: above HALFVEC_ALWAYS_ROWS and most of the table
+    assert (await corpus.search(query(8), doc_type="rust", limit=5)).mode == "ann"
+    monkeypatch.setattr(search_api, "HALFVEC_ALWAYS_ROWS", 100)  # "solana" holds 150
+    monkeypatch.setattr(search_api, "HALFVEC_SCOPE_ROWS", 100)
     ann = await corpus.search(query(8), doc_type="solana", limit=5)
     assert ann.mode == "ann" and ann.index_name == "documents_embedding_hnsw_cosine"
     assert {h.doc_type for h in ann} == {"solana"}
@@ -558,5 +560,32 @@ async def test_search_leaves_no_session_state_and_other_work_is_still_reset(
             " current_setting('hnsw.ef_search') as ef"
         )
         assert settings["seqscan"] == "on" and settings["ef"] == "40"  # SET LOCAL only
+        assert await store.fetchval("select current_setting('enable_sort')") == "on"
         async with store.transaction() as conn:
             assert await conn.fetchval("select pg_backend_pid()") > 0
+
+
+def test_hits_are_built_like_model_construct_builds_them() -> None:
+    """search() builds Hits from trusted rows with model_construct: the same as validated."""
+    from docstore.search.api import _HIT_DEFAULTS, _hit
+    from docstore.search.results import Hit
+
+    record = {
+        "id": 7,
+        "doc_type": "rust",
+        "source_name": "tokio",
+        "doc_path": "tokio/a",
+        "content": "text",
+        "metadata": '{"k": [1, 2]}',
+        "token_count": 3,
+        "created_at": None,
+        "updated_at": None,
+        "distance": 0.25,
+    }
+    fast = _hit(record, similarity=0.75)
+    slow = Hit.model_construct(
+        None, **{**_HIT_DEFAULTS, **record, "metadata": {"k": [1, 2]}, "similarity": 0.75}
+    )
+    assert fast == slow and repr(fast) == repr(slow) and fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_copy(update={"score": 1.0}).score == 1.0 and fast.score is None

@@ -41,19 +41,26 @@ from docstore.search.results import (
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
-# With an index, a search scoped by doc_type/source_name to at most this many documents ranks
-# them by the in-row embedding_half column and re-ranks the best exactly, instead of asking
-# the HNSW index: a filtered HNSW scan has to walk past every other source's nodes. Measured
-# (bench/RESULTS.md, 20,000 × 3,072, top 5): scope 100 / 1,000 / 3,000 / 10,000 rows took
-# 0.8 / 1.8 / 5.2 / 21.6 ms this way, 1.9 / 11.3 / 30.9 / 2.7 ms through HNSW, and
-# 0.8 / 7.2 / 22.3 / 75.6 ms exactly (TOAST reads of 12 KB vectors, ~7 µs a row).
+# With an index, a search scoped by doc_type/source_name to a few documents ranks them by the
+# in-row embedding_half column and re-ranks the best exactly, instead of asking the HNSW index:
+# a filtered HNSW scan walks past every other scope's nodes, and the smaller the scope's share
+# of the table the more of them. Measured (bench/scope.py, bench/scale.py, bench/RESULTS.md;
+# 20,000 x 3,072, top 5): the halfvec scan costs ~0.3 ms + ~2.5 us a row (100 / 1,000 / 3,000
+# rows: 0.8 / 2.3 / 5.7 ms); the filtered HNSW scan ~3.5 ms at a 25-50 % share, 9.5 ms at 10 %,
+# 15 ms at 5 % (and 11-33 ms for 1,000-3,000-row sources at 5-15 %); the exact scan ~7 us a
+# row (TOAST reads of 12 KB vectors). So: always up to HALFVEC_ALWAYS_ROWS, and up to
+# HALFVEC_SCOPE_ROWS while the scope is under HALFVEC_MAX_SHARE of the table.
+HALFVEC_ALWAYS_ROWS = 1000
 HALFVEC_SCOPE_ROWS = 3000
+HALFVEC_MAX_SHARE = 0.2
 # Candidates the halfvec shape re-ranks: limit × oversample, at least this many. Half
 # precision changes a cosine distance by ~1e-4, so the exact top-k is almost always inside.
 MIN_HALFVEC_CANDIDATES = 10
 
 
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
+
+
 
 
 def _hit(record: Any, **scores: Any) -> Hit:
@@ -63,7 +70,16 @@ def _hit(record: Any, **scores: Any) -> Hit:
     data.pop("rank", None)  # text search: reported as text_rank
     if isinstance(data["metadata"], str):
         data["metadata"] = json.loads(data["metadata"])
-    return Hit.model_construct(**data)
+    return Hit.model_construct(None, **data)
+
+
+def halfvec_scope(rows: int, table_rows: float) -> bool:
+    """The halfvec rule: a scope of ``rows`` documents in a table of about ``table_rows``
+    (``reltuples``; below 0 when never analyzed) is ranked on embedding_half."""
+    if rows <= HALFVEC_ALWAYS_ROWS:
+        return True
+    share_ok = table_rows <= 0 or rows < HALFVEC_MAX_SHARE * table_rows
+    return rows <= HALFVEC_SCOPE_ROWS and share_ok
 
 
 def _positive_int(value: Any, field: str, upper: int) -> int:
@@ -173,8 +189,9 @@ class SearchDatabase(Database):
         return existed
 
     async def _small_scope(self, doc_type: str | None, source_name: str | None) -> bool:
-        """Whether a doc_type/source_name scope holds at most ``HALFVEC_SCOPE_ROWS`` documents
-        (counted on the B-tree index, at most that many entries read; cached briefly)."""
+        """Whether a doc_type/source_name scope is small enough for the halfvec shape (see
+        ``HALFVEC_SCOPE_ROWS``): counted on the B-tree (at most that many entries read), the
+        table's size from the planner's statistics; cached briefly."""
         key = (doc_type, source_name)
         now = time.monotonic()
         cached = self._scope_cache.get(key)
@@ -183,12 +200,14 @@ class SearchDatabase(Database):
         where, params = build_filter(
             queries.scoped_filter(doc_type, source_name, None), first_param=2
         )
-        rows = await self.replica.fetchval(
-            f"SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s",
+        row = await self.replica.fetchrow(
+            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
+            " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
+            " AS total",
             HALFVEC_SCOPE_ROWS + 1,
             *params,
         )
-        small = bool(rows <= HALFVEC_SCOPE_ROWS)
+        small = halfvec_scope(row["rows"], row["total"])
         self._scope_cache[key] = (now, small)
         return small
 
@@ -332,11 +351,11 @@ class SearchDatabase(Database):
         ``hnsw.iterative_scan`` on so filtered searches still fill ``limit``. ``exact=True``
         always scans; ``exact=False`` requires the index (:class:`SchemaError` without one).
         With ``exact=None`` and an index, a search scoped only by ``doc_type``/``source_name``
-        to at most ``HALFVEC_SCOPE_ROWS`` (3,000) documents — one source, typically — ranks
-        them by ``embedding_half`` (the half-precision copy kept in each row, no TOAST reads)
-        and re-ranks the best ``limit × oversample`` (at least 10) exactly: mode
-        ``"halfvec"``, 1.3–4x faster than the exact scan and far faster than a filtered index
-        scan (``bench/RESULTS.md``).
+        to a few documents — one source, typically: up to 1,000, or up to 3,000 while that is
+        under 20 % of the table (:func:`halfvec_scope`) — ranks them by ``embedding_half``
+        (the half-precision copy kept in each row, no TOAST reads) and re-ranks the best
+        ``limit × oversample`` (at least 10) exactly: mode ``"halfvec"``, 1.3–4x faster than
+        the exact scan and than a filtered index scan (``bench/RESULTS.md``).
         ``ef_search``/``oversample`` default to ``DOCSTORE_HNSW_EF_SEARCH`` (200) /
         ``DOCSTORE_SEARCH_OVERSAMPLE`` (4).
         """
