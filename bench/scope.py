@@ -10,8 +10,8 @@ run interleaved through the three SQL shapes docstore can use for a one-source s
   exact    every row of the source, distances on the full vectors (TOAST reads)
   halfvec  every row of the source ranked on embedding_half (in the row), best
            limit x 4 re-ranked exactly
-  ann      the HNSW index with the source as a filter (iterative scan), 40 candidates
-           re-ranked exactly
+  ann      the HNSW index with the source as a filter (iterative scan, forced onto the
+           index as docstore does for large scopes), 40 candidates re-ranked exactly
 
 It prints p50 ms per shape, each shape's median per-query ratio to exact, and recall@5
 against exact.

@@ -181,6 +181,8 @@ def test_halfvec_scope_rule_counts_rows_and_their_share_of_the_table() -> None:
 
 def test_ann_settings_are_integers_only() -> None:
     assert "hnsw.ef_search = 400;" in queries.ann_settings_sql(400)
+    assert "enable_sort = off" in queries.ann_settings_sql(400)
+    assert "enable_sort" not in queries.ann_settings_sql(400, force_index=False)
     with pytest.raises(ValidationError):
         queries.ann_settings_sql("400; drop table documents")  # type: ignore[arg-type]
 

@@ -61,8 +61,6 @@ MIN_HALFVEC_CANDIDATES = 10
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
 
 
-
-
 def _hit(record: Any, **scores: Any) -> Hit:
     """A :class:`Hit` from a trusted database row (no re-validation; every field given, so
     pydantic computes no defaults: this runs for every hit of every search)."""
@@ -403,7 +401,10 @@ class SearchDatabase(Database):
                 )
                 candidates, ef = queries.ann_plan(limit, ef, factor)
                 sql, params = queries.vector_search_sql(vector, candidates=candidates, **shape)
-                work = _ann_fetch(sql, params, ef)
+                # the index for sure when asked for, unscoped, or a scope found large (not
+                # small enough for halfvec); an arbitrary filter may match a handful of rows,
+                # where the planner's B-tree plan is the fast one (ann_settings_sql)
+                work = _ann_fetch(sql, params, ef, force_index=exact is False or filter is None)
         records = await self.run(work, stateless=True, read=True)
         self._metrics.search_mode(mode, time.perf_counter() - started)
         hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
@@ -592,10 +593,12 @@ def _fetch(sql: str, params: list[Any]) -> Any:
     return work
 
 
-def _ann_fetch(sql: str, params: list[Any], ef_search: int) -> Any:
+def _ann_fetch(sql: str, params: list[Any], ef_search: int, *, force_index: bool = True) -> Any:
+    settings = queries.ann_settings_sql(ef_search, force_index=force_index)
+
     async def work(conn: asyncpg.Connection) -> list[Any]:
         async with conn.transaction():
-            await conn.execute(queries.ann_settings_sql(ef_search))
+            await conn.execute(settings)
             return await conn.fetch(sql, *params)
 
     return work

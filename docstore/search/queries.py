@@ -235,22 +235,25 @@ def ann_plan(limit: int, ef_search: int, oversample: int) -> tuple[int, int]:
     return candidates, min(max(ef_search, candidates), MAX_EF_SEARCH)
 
 
-def ann_settings_sql(ef_search: int) -> str:
+def ann_settings_sql(ef_search: int, *, force_index: bool = True) -> str:
     """The ``SET LOCAL`` statements an ANN query runs under (in its own transaction).
 
     ``hnsw.ef_search`` sizes the candidate list, ``hnsw.iterative_scan`` keeps scanning when
-    a filter rejects candidates (pgvector ≥ 0.8), and ``enable_seqscan = off`` /
-    ``enable_sort = off`` stop the planner from preferring a full scan, or a B-tree scan of
-    the filter's column plus a sort, to the HNSW index: its cost estimate for a 3,072-dimension
-    distance is far too low (``bench/scale.py`` measured that plan slower than the exact
-    scan). The outer re-rank still sorts: every plan needs that sort.
+    a filter rejects candidates (pgvector ≥ 0.8), and ``enable_seqscan = off`` stops the
+    planner from preferring a full scan: its cost estimate for a 3,072-dimension distance is
+    far too low. ``force_index`` also sets ``enable_sort = off``, so a B-tree on the filter's
+    column plus a sort that reads every vector from TOAST is not chosen either: right when
+    the scope is known to be large (``bench/scale.py``: 46 ms against 9 ms through the index
+    for 4,000 rows), wrong for a filter matching a few dozen rows (``bench/scope.py``: the
+    forced filtered index scan took 103 ms for 50 rows), so arbitrary filters leave it to
+    the planner. The outer re-rank sorts either way: every plan needs that sort.
     """
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
     return (
         f"SET LOCAL hnsw.ef_search = {ef_search};"
-        " SET LOCAL hnsw.iterative_scan = relaxed_order;"
-        " SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off"
+        " SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
+        + ("; SET LOCAL enable_sort = off" if force_index else "")
     )
 
 
