@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import numpy as np
 import pytest
 
 import docstore
@@ -115,6 +116,26 @@ async def add_scram_role(
             await admin.execute("SELECT pg_reload_conf()")
     finally:
         await admin.close()
+
+
+def unit_vector(seed: int, dim: int = 3072) -> np.ndarray:
+    """A random unit vector (float32), the same for the same seed."""
+    v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def sample_documents(n: int, source: str = "tokio", start: int = 0) -> list[docstore.Document]:
+    """``n`` documents of one rust source, document ``i`` with ``unit_vector(i)``."""
+    return [
+        docstore.Document(
+            source_name=source,
+            doc_path=f"{source}/{i}",
+            content=f"how to spawn task number {i} with {source}",
+            embedding=unit_vector(i),
+            token_count=i,
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def error_texts(exc: BaseException) -> str:

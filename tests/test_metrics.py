@@ -6,46 +6,25 @@ import asyncio
 import socket
 import urllib.request
 
-import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 import docstore
-from docstore import Document
 from docstore.cli import app
 from docstore.errors import PoolTimeoutError, QueryError
 from docstore.prometheus import DocstoreCollector, registry_for, serve, snapshot_from_text
-
-DIM = 3072
-
-
-def vector(i: int) -> np.ndarray:
-    v = np.random.default_rng(i).normal(size=DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def documents(n: int, source: str = "tokio") -> list[Document]:
-    return [
-        Document(
-            source_name=source,
-            doc_path=f"{source}/{i}",
-            content=f"how to spawn task number {i}",
-            embedding=vector(i),
-            token_count=i,
-        )
-        for i in range(n)
-    ]
+from tests.conftest import sample_documents, unit_vector
 
 
 async def workload(store: docstore.Store) -> None:
-    await store.documents.upsert_many(documents(60))
+    await store.documents.upsert_many(sample_documents(60))
     for i in range(5):
-        await store.search(vector(i), limit=3)
-    await store.search(vector(1), source_name="tokio", exact=True)
+        await store.search(unit_vector(i), limit=3)
+    await store.search(unit_vector(1), source_name="tokio", exact=True)
     await store.search_text("spawn task", limit=3)
-    await store.hybrid_search("spawn", vector(2), limit=3)
+    await store.hybrid_search("spawn", unit_vector(2), limit=3)
     await store.documents.get_by_key("rust", "tokio", "tokio/1")
     await store.documents.count()
 
@@ -78,7 +57,7 @@ async def test_a_workload_fills_histograms_pools_and_disk(store: docstore.Store)
 
 async def test_disk_growth_is_measured_between_snapshots(store: docstore.Store) -> None:
     first = await store.disk_usage()
-    await store.documents.upsert_many(documents(300, "serde"))
+    await store.documents.upsert_many(sample_documents(300, "serde"))
     second = await store.disk_usage()
     assert second.growth_bytes is not None and second.growth_bytes > 300 * 6000
     assert second.growth_seconds is not None and second.growth_seconds > 0
@@ -117,7 +96,7 @@ async def test_pool_waiters_and_acquire_timeouts_are_counted(database_url: str) 
 async def test_metrics_can_be_switched_off(database_url: str) -> None:
     async with docstore.connect(database_url, metrics=False) as store:
         await store.fetchval("select 1")
-        await store.search(vector(0), exact=True)
+        await store.search(unit_vector(0), exact=True)
         snap = await store.metrics(disk=False)
     assert snap.enabled is False and snap.operations == {} and snap.vector_search == {}
 
@@ -176,7 +155,7 @@ async def test_the_prometheus_endpoint_serves_the_same_figures(store: docstore.S
 
 async def test_a_collector_mounted_in_an_app_registry(store: docstore.Store) -> None:
     """How the Doc Server mounts it: its own registry, scraped while its loop runs."""
-    await store.search(vector(3), exact=True)
+    await store.search(unit_vector(3), exact=True)
     await store.disk_usage()
     registry = registry_for(store)
     text = await asyncio.to_thread(lambda: generate_latest(registry).decode())

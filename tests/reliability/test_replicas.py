@@ -14,39 +14,20 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-import numpy as np
 import pytest
 
 import docstore
 import docstore.sync
-from docstore import DatabaseUnavailableError, Document
+from docstore import DatabaseUnavailableError
 from docstore.embedded import EmbeddedServer
-from tests.conftest import add_scram_role
+from tests.conftest import add_scram_role, sample_documents, unit_vector
 from tests.replica import (  # noqa: F401 - fixtures
     ReplicaPair,
     replica_pair_fixture,
     replica_primary_fixture,
 )
 
-DIM = 3072
 IN_RECOVERY = "select pg_is_in_recovery()"
-
-
-def vector(i: int) -> np.ndarray:
-    v = np.random.default_rng(i).normal(size=DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def docs(n: int, source: str = "tokio", start: int = 0) -> list[Document]:
-    return [
-        Document(
-            source_name=source,
-            doc_path=f"{source}/{i}",
-            content=f"how to use {source} part {i}",
-            embedding=vector(i),
-        )
-        for i in range(start, start + n)
-    ]
 
 
 def _without(url: str, key: str) -> str:
@@ -70,12 +51,12 @@ async def test_writes_go_to_the_primary_and_reads_to_the_replica(
     pair = read_url_env
     async with docstore.connect() as store:
         assert store.read_url is not None and "read_url=" in repr(store)
-        await store.documents.upsert_many(docs(20))  # a replica would refuse this
+        await store.documents.upsert_many(sample_documents(20))  # a replica would refuse this
         await store.create_vector_index()
         await pair.sync()
         assert await store.replica.fetchval(IN_RECOVERY) is True
         assert await store.fetchval(IN_RECOVERY) is False
-        hits = await store.search(vector(3), source_name="tokio", limit=3)
+        hits = await store.search(unit_vector(3), source_name="tokio", limit=3)
         assert hits.ids and hits[0].doc_path == "tokio/3"
         assert (await store.documents.get_by_key("rust", "tokio", "tokio/7")) is not None
         assert await store.documents.count(source_name="tokio") == 20
@@ -106,13 +87,13 @@ async def test_reads_fall_back_to_the_primary_while_the_replica_is_down(
 ) -> None:
     pair = read_url_env
     async with docstore.connect() as store:
-        await store.documents.upsert_many(docs(10))
+        await store.documents.upsert_many(sample_documents(10))
         await pair.sync()
         assert await store.replica.fetchval(IN_RECOVERY) is True
         await asyncio.to_thread(pair.replica.stop)
         with caplog.at_level(logging.WARNING, logger="docstore"):
             for i in range(5):  # every read is answered, by the primary
-                hits = await asyncio.wait_for(store.search(vector(i), limit=2), 30)
+                hits = await asyncio.wait_for(store.search(unit_vector(i), limit=2), 30)
                 assert hits[0].doc_path == f"tokio/{i}"
                 assert await store.replica.fetchval(IN_RECOVERY) is False
         warnings = [r for r in caplog.records if "read replica" in r.getMessage()]
@@ -135,7 +116,7 @@ async def test_reads_fall_back_to_the_primary_while_the_replica_is_down(
             # a second outage is logged again: "once per outage", not once per store
             await asyncio.to_thread(pair.replica.stop)
             caplog.clear()
-            assert (await store.search(vector(1), limit=1))[0].doc_path == "tokio/1"
+            assert (await store.search(unit_vector(1), limit=1))[0].doc_path == "tokio/1"
             assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
         await asyncio.to_thread(pair.replica.start)
 
@@ -145,12 +126,12 @@ async def test_a_killed_replica_costs_reads_nothing_but_a_fallback(
 ) -> None:
     pair = read_url_env
     async with docstore.connect() as store:
-        await store.documents.upsert_many(docs(10))
+        await store.documents.upsert_many(sample_documents(10))
         await pair.sync()
         assert await store.replica.fetchval(IN_RECOVERY) is True  # a pooled replica connection
         await asyncio.to_thread(pair.replica.kill)
         results = await asyncio.wait_for(
-            asyncio.gather(*(store.search(vector(i), limit=1) for i in range(10))), 30
+            asyncio.gather(*(store.search(unit_vector(i), limit=1) for i in range(10))), 30
         )
         assert [r[0].doc_path for r in results] == [f"tokio/{i}" for i in range(10)]
 
@@ -162,7 +143,7 @@ async def test_a_multi_host_url_splits_reads_and_writes(
     monkeypatch.setenv("DATABASE_URL", url)
     async with docstore.connect() as store:
         assert store.read_url is not None and "prefer-standby" in store.read_url
-        await store.documents.upsert_many(docs(5))
+        await store.documents.upsert_many(sample_documents(5))
         await replica_pair.sync()
         assert await store.fetchval(IN_RECOVERY) is False
         assert await store.replica.fetchval(IN_RECOVERY) is True
@@ -174,8 +155,8 @@ async def test_a_replica_down_at_startup_does_not_stop_the_store(
 ) -> None:
     await asyncio.to_thread(read_url_env.replica.stop)
     async with docstore.connect() as store:
-        await store.documents.upsert_many(docs(3))
-        assert (await store.search(vector(1), limit=1))[0].doc_path == "tokio/1"
+        await store.documents.upsert_many(sample_documents(3))
+        assert (await store.search(unit_vector(1), limit=1))[0].doc_path == "tokio/1"
         assert (await store.health()).read_replica is not None
     await asyncio.to_thread(read_url_env.replica.start)
 
@@ -184,7 +165,7 @@ def test_the_sync_facade_routes_reads_and_honours_read_from_primary(
     read_url_env: ReplicaPair,
 ) -> None:
     with docstore.sync.connect() as store:
-        store.documents.upsert_many(docs(3))
+        store.documents.upsert_many(sample_documents(3))
         asyncio.run(read_url_env.sync())
         assert store.replica.fetchval(IN_RECOVERY) is True
         with store.read_from_primary():  # set in this thread, applied on the store's loop
