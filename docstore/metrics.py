@@ -200,11 +200,6 @@ _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-def current_operation() -> str | None:
-    """The outermost docstore operation running in this task, if any."""
-    return _CURRENT.get()
-
-
 class Metrics:
     """The registry of one store (see the module docstring)."""
 
