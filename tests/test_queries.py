@@ -170,6 +170,12 @@ def test_index_ddl_rejects_what_pgvector_would(kwargs: dict[str, int], field: st
     assert info.value.field == field
 
 
+def test_halfvec_plan_oversamples_with_a_floor_and_a_cap() -> None:
+    assert queries.halfvec_plan(5, 4) == 20
+    assert queries.halfvec_plan(1, 1) == queries.MIN_HALFVEC_CANDIDATES
+    assert queries.halfvec_plan(1000, 4) == queries.MAX_LIMIT
+
+
 def test_halfvec_scope_rule_counts_rows_and_their_share_of_the_table() -> None:
     from docstore.search.api import halfvec_scope
 

@@ -14,10 +14,10 @@ from docstore.search.api import (
     HALFVEC_ALWAYS_ROWS,
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
-    MIN_HALFVEC_CANDIDATES,
 )
 from docstore.search.queries import (
     HALF_COLUMN,
+    MIN_HALFVEC_CANDIDATES,
     half_query,
     index_expression,
     query_expression,

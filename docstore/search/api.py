@@ -53,9 +53,6 @@ INDEX_BUILD_TIMEOUT = 24 * 3600.0
 HALFVEC_ALWAYS_ROWS = 1000
 HALFVEC_SCOPE_ROWS = 3000
 HALFVEC_MAX_SHARE = 0.2
-# Candidates the halfvec shape re-ranks: limit × oversample, at least this many. Half
-# precision changes a cosine distance by ~1e-4, so the exact top-k is almost always inside.
-MIN_HALFVEC_CANDIDATES = 10
 
 
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
@@ -388,7 +385,7 @@ class SearchDatabase(Database):
                 100,
             )
             if mode == "halfvec":
-                candidates = min(max(limit * factor, MIN_HALFVEC_CANDIDATES), queries.MAX_LIMIT)
+                candidates = queries.halfvec_plan(limit, factor)
                 sql, params = queries.vector_search_sql(
                     vector, candidates=candidates, candidate_source="halfvec", **shape
                 )

@@ -235,6 +235,16 @@ def ann_plan(limit: int, ef_search: int, oversample: int) -> tuple[int, int]:
     return candidates, min(max(ef_search, candidates), MAX_EF_SEARCH)
 
 
+MIN_HALFVEC_CANDIDATES = 10
+
+
+def halfvec_plan(limit: int, oversample: int) -> int:
+    """Candidates the halfvec shape re-ranks for ``limit`` hits: ``limit × oversample``, at
+    least :data:`MIN_HALFVEC_CANDIDATES` and at most :data:`MAX_LIMIT`. Half precision moves a
+    cosine distance by ~1e-4, so the exact top-k is almost always among them."""
+    return min(max(limit * oversample, MIN_HALFVEC_CANDIDATES), MAX_LIMIT)
+
+
 def ann_settings_sql(ef_search: int, *, force_index: bool = True) -> str:
     """The ``SET LOCAL`` statements an ANN query runs under (in its own transaction).
 
