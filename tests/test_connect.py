@@ -6,7 +6,9 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
@@ -15,8 +17,8 @@ from pgvector import SparseVector
 
 import docstore
 from docstore.embedded import memory_settings
-from docstore.errors import DatabaseUnavailableError, QueryError, SchemaError
-from tests.conftest import PgCluster, error_texts
+from docstore.errors import ConfigurationError, DatabaseUnavailableError, QueryError, SchemaError
+from tests.conftest import PgCluster, add_scram_role, error_texts
 
 UNREACHABLE = "postgresql://app:hunter2@127.0.0.1:1/docs"
 
@@ -200,3 +202,65 @@ async def test_connect_refuses_to_create_docstore_inside_the_legacy_database(
         assert await conn.fetchval("select to_regclass('documents')") is None
     finally:
         await conn.close()
+
+
+SPECIAL_PASSWORD = "P@ss:w/0rd?#[] %x"
+"""Every character that must be percent-encoded in a URL's password."""
+
+
+async def test_unencoded_password_is_a_configuration_error_before_any_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13: ``postgresql://app:P@ss:w/0rd@/db`` raised QueryError ("invalid literal for
+    int() with base 10: 'w'") from deep inside asyncpg."""
+    with caplog.at_level(logging.DEBUG), pytest.raises(ConfigurationError) as info:
+        await docstore.connect("postgresql://app:P@ss:w/0rd@/db")
+    texts = error_texts(info.value)
+    assert "connect(url=...)" in texts and "urllib.parse.quote(password, safe='')" in texts
+    for fragment in ("P@ss", "ss:w", "w/0rd", "0rd@"):
+        assert fragment not in texts and fragment not in caplog.text
+    assert not caplog.records  # refused before a connection (or a retry) was tried
+
+
+@pytest.mark.parametrize(
+    "variable", ["DATABASE_URL", "MCPDOCS_DATABASE_URL", "DATABASE_READ_URL", "LEGACY_DATABASE_URL"]
+)
+async def test_malformed_url_variables_fail_connect_naming_the_variable(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, f"postgresql://app:{SPECIAL_PASSWORD}@127.0.0.1:1/db")
+    with pytest.raises(ConfigurationError, match=variable) as info:
+        await docstore.connect("postgresql://u@127.0.0.1:1/db")
+    assert "0rd" not in error_texts(info.value)
+
+
+async def test_percent_encoded_special_password_connects(
+    pg: PgCluster, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fix the error message suggests works: the same password, quoted, authenticates
+    (scram-sha-256 on the embedded server, so a wrongly decoded password would be refused)."""
+    role = f"enc_{uuid.uuid4().hex[:8]}"
+    pgdata = pg.embedded.pgdata if pg.embedded is not None else None
+    await add_scram_role(pg.admin_url, pgdata, role, SPECIAL_PASSWORD)
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    finally:
+        await admin.close()
+    parts = urlsplit(database_url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{role}:{quote(SPECIAL_PASSWORD, safe='')}@{host}"
+    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            async with docstore.connect(url, migrate=False) as store:
+                assert await store.fetchval("select current_user") == role
+                assert "***" in store.url and "0rd" not in repr(store)
+        assert "0rd" not in caplog.text
+    finally:
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(f"DROP OWNED BY {role}")
+        finally:
+            await admin.close()
+        await pg.execute(f"DROP ROLE {role}")
