@@ -1,17 +1,36 @@
 """The ``docstore`` command line (typer + rich).
 
 Every command resolves its database like :func:`docstore.connect` (``--url``, then
-``DATABASE_URL``, ``MCPDOCS_DATABASE_URL``, the embedded server). Errors print one clean line
-and exit with status 1; passwords are never printed (tracebacks show no local variables).
+``DATABASE_URL``, ``MCPDOCS_DATABASE_URL``, the embedded server); a malformed ``--url``,
+``--source`` or ``--target`` is refused before anything connects, naming the option.
+
+No command shows a traceback for a user error. Exit status, the same for every command
+(:data:`EXIT_CODES`):
+
+- 0: done.
+- 1: the command failed: a docstore error (the database is unreachable, a setting or URL is
+  invalid, the schema is missing, ...), a file or address that can't be used, or
+  ``validate``/``migrate`` found differences. One line on stderr:
+  ``error: <ErrorClass>: <message>``.
+- 2: usage error: an unknown option, a missing or out-of-range option value (click's message).
+- 70: internal error, a bug in docstore: the traceback, then an ``internal error:`` line.
+- 130: interrupted (Ctrl-C).
+
+Passwords are never printed: URLs in messages are redacted, and the secrets of every URL on
+the command line or in the URL variables are scrubbed from whatever is printed, usage
+errors and tracebacks included (tracebacks show no local variables).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import os
 import re
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +38,7 @@ from typing import Annotated, Any, TypeVar
 import asyncpg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,7 +51,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from docstore.compat import LegacyDatabase
-from docstore.config import load_settings, redact_url, with_database
+from docstore.config import check_url, load_settings, redact_url, url_secrets, with_database
 from docstore.demo import DEMO_DOCS, build_sample_legacy, hash_embedding
 from docstore.embedded import embedded_url, release_embedded
 from docstore.errors import (
@@ -46,27 +66,115 @@ from docstore.models import Document
 from docstore.search.results import VectorIndex
 from docstore.store import Store, connect
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    0: "done",
+    EXIT_ERROR: "failed: a docstore error, a file or address that can't be used, or "
+    "differences found (one 'error:' line on stderr)",
+    EXIT_USAGE: "usage error: unknown option, missing or out-of-range value",
+    EXIT_INTERNAL: "internal error: a bug in docstore (traceback on stderr)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+"""Every exit status of every command, documented in ``docstore --help``."""
+
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"()]+")
+_URL_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_READ_URL",
+    "MCPDOCS_DATABASE_URL",
+    "LEGACY_DATABASE_URL",
+)
+_ARGV = "docstore.argv"
+_MIN_SECRET = 4
+"""Shorter secrets are not scrubbed from output text (a one-letter password would mangle
+every message); docstore's messages show URLs redacted anyway."""
 
 
-class _RedactingGroup(TyperGroup):
-    """Usage errors quote the arguments they could not place ("Got unexpected extra
-    argument(s) (postgresql://app:secret@db/x)"): redact URL passwords in them first."""
+def _secrets(argv: list[str]) -> list[str]:
+    """Secrets of the URLs on the command line and in the URL variables, longest first."""
+    urls = [a.partition("=")[2] if a.startswith("--") else a for a in argv if "://" in a]
+    urls += [v for v in (os.environ.get(n) for n in _URL_VARIABLES) if v]
+    found = {s for s in url_secrets(*urls) if len(s) >= _MIN_SECRET}
+    return sorted(found, key=len, reverse=True)
+
+
+def _clean(text: str, argv: list[str]) -> str:
+    """``text`` safe to print: URL arguments redacted, every known secret scrubbed."""
+    for arg in sorted((a for a in argv if "://" in a), key=len, reverse=True):
+        text = text.replace(arg, redact_url(arg))
+    for secret in _secrets(argv):
+        text = text.replace(secret, "***")
+    return _URL.sub(lambda m: redact_url(m[0]), text)
+
+
+def _error_line(kind: str, message: str, argv: list[str]) -> None:
+    text = re.sub(r"\s*\n\s*", " ", _clean(message, argv)).strip()
+    err_console.print(
+        f"[bold red]error:[/] {escape(kind)}{': ' if text else ''}{escape(text)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+class _DocstoreGroup(TyperGroup):
+    """Every command's errors, handled once: docstore errors and other user errors become one
+    ``error:`` line and a documented exit status (see the module docstring), usage errors
+    keep click's message with URL passwords redacted, bugs show a (scrubbed) traceback."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        argv = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:
+            exc.message = _clean(exc.message, argv)
+            raise
+        ctx.meta[_ARGV] = argv
+        return ctx
 
     def invoke(self, ctx: Any) -> Any:
+        argv: list[str] = ctx.meta.get(_ARGV, [])
         try:
             return super().invoke(ctx)
-        except Exception as exc:
-            message = getattr(exc, "message", None)  # click's UsageError and subclasses
-            if isinstance(message, str):
-                exc.message = _URL.sub(lambda m: redact_url(m[0]), message)  # type: ignore[attr-defined]
+        except (typer.Exit, typer.Abort):
             raise
+        except typer.TyperException as exc:  # click's usage errors: it prints them, exit 2
+            exc.message = _clean(exc.message, argv)
+            raise
+        except DocstoreError as exc:
+            _error_line(type(exc).__name__, str(exc), argv)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            _error_line("interrupted", "", argv)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:  # a file, directory or address that can't be used
+            if exc.errno == errno.EPIPE:
+                raise  # stdout closed early (docstore stats | head): typer exits quietly
+            _error_line(type(exc).__name__, str(exc), argv)
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc))
+            err_console.print(_clean(trace, argv), markup=False, highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]internal error:[/] {escape(type(exc).__name__)}: this is a bug in "
+                "docstore, not in your input or setup; please report it with the traceback "
+                "above",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
 
 
 app = typer.Typer(
-    cls=_RedactingGroup,
+    cls=_DocstoreGroup,
     help="docstore: the Doc Server's data layer on PostgreSQL + pgvector.",
+    epilog="Exit status: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".",
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
@@ -75,26 +183,32 @@ err_console = Console(stderr=True)
 
 T = TypeVar("T")
 
+
+def _checked_url(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Refuse a malformed database URL option before anything connects, naming the option
+    (an empty value means "not given", as in :func:`docstore.connect`)."""
+    if value and not ctx.resilient_parsing:
+        check_url(value, param.opts[0] if param.opts else str(param.name))
+    return value
+
+
 UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
         help="Database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, else embedded).",
         show_default=False,
+        callback=_checked_url,
     ),
 ]
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(work())  # type: ignore[arg-type]
-    except DocstoreError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    return asyncio.run(work())  # type: ignore[arg-type]
 
 
 def _command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """Turn an async command body into a sync typer command with docstore's error handling."""
+    """Turn an async command body into a sync typer command (errors: :class:`_DocstoreGroup`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -222,8 +336,17 @@ async def stats(
     if source is not None:
         from docstore.prometheus import snapshot_from_text
 
-        snapshot = snapshot_from_text(await asyncio.to_thread(_http_get, source))
-        title = source
+        text = await asyncio.to_thread(_http_get, source)
+        try:
+            snapshot = snapshot_from_text(text)
+        except (ValueError, KeyError, IndexError, TypeError):
+            snapshot = None  # raised below, outside the parser's exception
+        if snapshot is None:
+            raise ConfigurationError(
+                f"--from {redact_url(source)}: the response is not Prometheus metrics text "
+                "(point --from at the /metrics endpoint of docstore's exporter)"
+            )
+        title = redact_url(source)
     else:
         async with connect(url, migrate=False) as store:
             snapshot = await store.metrics()
@@ -244,7 +367,9 @@ def _http_get(url: str) -> str:
         with urllib.request.urlopen(url, timeout=10) as response:
             body: bytes = response.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise DatabaseUnavailableError(f"could not read {url}: {type(exc).__name__}") from None
+        raise DatabaseUnavailableError(
+            f"could not read {redact_url(url)}: {type(exc).__name__}"
+        ) from None
     return body.decode("utf-8", "replace")
 
 
@@ -256,13 +381,15 @@ app.add_typer(metrics_app, name="metrics")
 @_command
 async def metrics_serve(
     url: UrlOption = None,
-    port: Annotated[int, typer.Option("--port", help="Port of /metrics.")] = 9108,
+    port: Annotated[int, typer.Option("--port", help="Port of /metrics.", min=1, max=65535)] = 9108,
     addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "127.0.0.1",
     disk_interval: Annotated[
-        float, typer.Option("--disk-interval", help="Seconds between disk usage readings.")
+        float,
+        typer.Option("--disk-interval", help="Seconds between disk usage readings.", min=0),
     ] = 60.0,
     probe_interval: Annotated[
-        float, typer.Option("--probe-interval", help="Seconds between health probes.")
+        float,
+        typer.Option("--probe-interval", help="Seconds between health probes.", min=0.1),
     ] = 15.0,
 ) -> None:
     """Serve Prometheus metrics for a database: pools, disk usage, health-probe latency.
@@ -382,6 +509,7 @@ SourceOption = Annotated[
         "--source",
         help="Legacy rust_docs_vectors URL (default: LEGACY_DATABASE_URL).",
         show_default=False,
+        callback=_checked_url,
     ),
 ]
 TargetOption = Annotated[
@@ -390,6 +518,7 @@ TargetOption = Annotated[
         "--target",
         help="docstore database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, embedded).",
         show_default=False,
+        callback=_checked_url,
     ),
 ]
 DocTypeOption = Annotated[str, typer.Option("--doc-type", help="doc_type of the legacy docs.")]

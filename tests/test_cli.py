@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from docstore.cli import app
+from docstore import cli
+from docstore.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, app
 from docstore.schema.runner import LATEST_VERSION
 
 runner = CliRunner()
@@ -111,3 +117,180 @@ def test_index_commands_build_list_measure_and_drop(
     assert text.exit_code == 0 and "full-text index" in text.output
     gone = runner.invoke(app, ["index", "drop", "--text"])
     assert gone.exit_code == 0 and "dropped the full-text index" in gone.output
+
+
+# -- errors: one line, a documented exit status, never a traceback (issue 13) ----------------
+
+UNENCODED = "postgresql://app:P@ss:w/0rd@/db"
+FRAGMENTS = ("P@ss", "ss:w", "w/0rd", "0rd@")
+"""Pieces of the unencoded password that must never be printed."""
+
+
+def one_error_line(result: Any, kind: str, exit_code: int = EXIT_ERROR) -> str:
+    """The single ``error: <kind>: ...`` line on stderr, after checking the exit status."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {kind}"), result.stderr
+    for fragment in FRAGMENTS:
+        assert fragment not in result.output
+    return str(lines[0])
+
+
+URL_COMMANDS = [
+    ["init"],
+    ["health"],
+    ["health", "--json"],
+    ["stats"],
+    ["metrics", "serve"],
+    ["index", "create"],
+    ["index", "drop"],
+    ["index", "list"],
+    ["index", "recall"],
+    ["compat", "install-views"],
+    ["compat", "uninstall-views"],
+]
+
+
+@pytest.mark.parametrize("command", URL_COMMANDS, ids=" ".join)
+def test_every_command_refuses_a_malformed_url_naming_the_option(command: list[str]) -> None:
+    line = one_error_line(runner.invoke(app, [*command, "--url", UNENCODED]), "ConfigurationError")
+    assert "--url: not a valid database URL" in line and "urllib.parse.quote" in line
+
+
+@pytest.mark.parametrize("command", ["migrate", "validate", "rollback"])
+@pytest.mark.parametrize("option", ["--source", "--target"])
+def test_migration_commands_name_the_malformed_option(command: str, option: str) -> None:
+    result = runner.invoke(app, [command, option, UNENCODED])
+    assert f"{option}: not a valid database URL" in one_error_line(result, "ConfigurationError")
+
+
+@pytest.mark.parametrize(
+    ("variable", "args"),
+    [
+        ("DATABASE_URL", ["validate"]),
+        ("DATABASE_READ_URL", ["health"]),
+        ("MCPDOCS_DATABASE_URL", ["index", "list"]),
+        ("LEGACY_DATABASE_URL", ["validate", "--target", "postgresql://u@127.0.0.1:1/x"]),
+    ],
+)
+def test_malformed_url_variables_are_one_clean_line(
+    variable: str, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's `docstore validate` with the unencoded password crashed with a traceback."""
+    monkeypatch.setenv(variable, UNENCODED)
+    line = one_error_line(runner.invoke(app, args), "ConfigurationError")
+    assert f"{variable}: not a valid database URL" in line
+
+
+def test_validate_with_the_issue_url_in_a_real_process_prints_no_traceback(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    env |= {"DATABASE_URL": UNENCODED, "COLUMNS": "80", "DOCSTORE_EMBEDDED_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "docstore", "validate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == EXIT_ERROR, out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ConfigurationError: invalid configuration: DATABASE_URL" in lines[0]
+    assert not any(fragment in out.stderr for fragment in FRAGMENTS)
+
+
+def test_usage_errors_exit_2_with_clicks_message() -> None:
+    for args in (
+        ["metrics", "serve", "--port", "99999"],
+        ["metrics", "serve", "--probe-interval", "0"],
+        ["index", "recall", "--sample", "many"],
+        ["health", "--bogus"],
+        ["health", UNENCODED],  # a forgotten --url: click quotes it, redacted
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == EXIT_USAGE, (args, result.output)
+        assert "Traceback" not in result.output and "Usage:" in result.output
+        assert not any(fragment in result.output for fragment in FRAGMENTS), result.output
+
+
+def test_a_database_error_is_one_line_even_when_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCSTORE_RETRY_ATTEMPTS", "1")
+    url = "postgresql://u:hunter2@127.0.0.1:1/" + "x" * 200  # wider than the terminal
+    line = one_error_line(runner.invoke(app, ["index", "list", "--url", url]), "Database")
+    assert "hunter2" not in line and "u:***@127.0.0.1:1/" in line
+
+
+def _fail_with(exc: BaseException) -> Any:
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "embedded_url", _fail_with(KeyboardInterrupt()))
+    result = runner.invoke(app, ["demo"])
+    one_error_line(result, "interrupted", EXIT_INTERRUPTED)
+
+
+def test_an_unusable_file_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = PermissionError(13, "Permission denied", "/data/docstore")
+    monkeypatch.setattr(cli, "embedded_url", _fail_with(error))
+    line = one_error_line(runner.invoke(app, ["demo"]), "PermissionError")
+    assert "/data/docstore" in line
+
+
+def test_a_bug_shows_a_scrubbed_traceback_and_exits_70(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:hunter2@127.0.0.1:1/x")
+    bug = RuntimeError("unexpected state for postgresql://u:hunter2@127.0.0.1:1/x (hunter2)")
+
+    class Broken:
+        async def __aenter__(self) -> None:
+            raise bug
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(cli, "connect", lambda *a, **k: Broken())
+    result = runner.invoke(app, ["health"])
+    assert result.exit_code == EXIT_INTERNAL, result.output
+    assert "Traceback" in result.stderr and "RuntimeError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("internal error: RuntimeError")
+    assert "hunter2" not in result.output
+
+
+def test_stats_from_a_page_that_is_not_metrics_is_one_line() -> None:
+    import http.server
+    import threading
+
+    class NotMetrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>{{{ not prometheus\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotMetrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        line = one_error_line(runner.invoke(app, ["stats", "--from", url]), "ConfigurationError")
+        assert "not Prometheus metrics text" in line
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_help_documents_the_exit_statuses() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for code in (EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED):
+        assert f"{code} " in result.output
