@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -146,6 +148,27 @@ def error_texts(exc: BaseException) -> str:
         texts += [str(current), repr(current)]
         current = current.__cause__ or current.__context__
     return "\n".join(texts)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give every pytest session its own base temporary directory (unless ``--basetemp``).
+
+    As root, embedded servers run as pgserver's system user, which must be able to reach their
+    data directories under ``tmp_path``; every pytest session resets ``/tmp/pytest-of-<user>``
+    to mode 0700, so with the default base directory a server dies as soon as a second pytest
+    session starts on the same machine.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="docstore-pytest-")
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (own := config.stash.get(_OWN_BASETEMP, None)) is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session")
