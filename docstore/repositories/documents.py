@@ -4,25 +4,40 @@ How :meth:`DocumentRepository.upsert_many` writes a batch (chosen by measurement
 ``bench/upsert.py`` and ``bench/RESULTS.md``), all in one transaction:
 
 1. every row is validated before anything is sent (a whole list up front);
-2. one query finds which of the batch's keys already exist (keys only, no vectors);
-3. new rows go straight into ``documents`` with binary ``COPY`` (the fastest way in);
-4. existing rows go through a pipelined ``fetchmany`` of an ``UPDATE … RETURNING`` guarded
+2. the batch takes the **source lock** of each ``(doc_type, source_name)`` it writes
+   (:func:`lock_sources`, a transaction-level advisory lock);
+3. one query finds which of the batch's keys already exist (keys only, no vectors);
+4. new rows go straight into ``documents`` with binary ``COPY`` (the fastest way in);
+5. existing rows go through a pipelined ``fetchmany`` of an ``UPDATE … RETURNING`` guarded
    by ``IS DISTINCT FROM``, so an identical row is not rewritten: no new tuple, no TOAST
    rewrite of its 12 KB vector, ``updated_at`` unchanged; the rows it returns are the
    updated ones. One ``UPDATE … FROM unnest(…)`` measured 10x slower than the pipelined
-   statements.
+   statements;
+6. the rows that ``UPDATE`` did not return are either identical or *gone* (deleted since
+   step 3 by a writer that does not take the source lock: raw SQL, another application):
+   one keys-only query tells them apart, and gone rows are inserted again, never counted as
+   unchanged.
 
 Rows are turned into wire values lazily, while asyncpg streams them, so client-side encoding
 overlaps the server's work.
 
-If a concurrent caller inserts one of the "new" keys first, the COPY fails with a unique
-violation inside a savepoint and those rows go through ``INSERT … ON CONFLICT DO UPDATE``
-instead, so overlapping concurrent upserts never fail.
+**Concurrency.** Every docstore write to a source — a batch of ``upsert_many``,
+``delete_source``, ``sources.delete(with_documents=True)`` — holds that source's lock for
+its transaction, so docstore's writers of one source run one after the other (writers of
+different sources never wait for each other). Each batch is therefore linearizable: its
+:class:`UpsertResult` describes what is in the database when its transaction commits, and no
+concurrent ``delete_source`` can interleave with it. Row locks are not needed for that, so
+re-upserting unchanged rows still writes nothing (a row lock would dirty every page and, after
+a checkpoint, log a full-page image of each). If a writer that does not take the lock inserts
+one of the "new" keys first, the COPY fails with a unique violation inside a savepoint and
+those rows go through ``INSERT … ON CONFLICT DO UPDATE`` instead, so overlapping writers
+never fail.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -64,6 +79,25 @@ SELECT k.ord
     ON d.doc_type = k.doc_type AND d.source_name = k.source_name AND d.doc_path = k.doc_path
 """
 
+# Keys (1-based positions) of the batch that are not in the table (any more).
+_SELECT_MISSING = """
+SELECT k.ord
+  FROM unnest($1::text[], $2::text[], $3::text[])
+       WITH ORDINALITY AS k(doc_type, source_name, doc_path, ord)
+ WHERE NOT EXISTS (
+       SELECT 1 FROM documents d
+        WHERE d.doc_type = k.doc_type AND d.source_name = k.source_name
+          AND d.doc_path = k.doc_path)
+"""
+
+# Transaction-level advisory locks, taken in ascending key order (the sub-select with OFFSET 0
+# fixes the order the function is called in), so two batches never wait for each other in a
+# cycle.
+_LOCK_SOURCES = """
+SELECT count(pg_advisory_xact_lock(k))
+  FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k OFFSET 0) AS s
+"""
+
 _UNNEST = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::vector[],
               $7::int[]) AS s(doc_type, source_name, doc_path, content, metadata, embedding,
                               token_count)"""
@@ -74,7 +108,7 @@ UPDATE documents AS d
  WHERE d.doc_type = $1 AND d.source_name = $2 AND d.doc_path = $3
    AND (d.content, d.metadata, d.embedding, d.token_count)
        IS DISTINCT FROM ($4, $5::jsonb, $6::vector, $7::integer)
-RETURNING 1
+RETURNING d.doc_type, d.source_name, d.doc_path
 """
 
 DELETE_SOURCE_DOCUMENTS = "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2"
@@ -91,6 +125,29 @@ ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
                          excluded.token_count)
 RETURNING (xmax = 0) AS inserted
 """
+
+
+def source_lock_key(doc_type: str, source_name: str) -> int:
+    """The advisory-lock key of one source: a stable signed 64-bit hash of its key.
+
+    Stable across processes and versions (not Python's salted ``hash``); a collision between
+    two sources only makes their writers wait for each other.
+    """
+    digest = hashlib.blake2b(
+        f"{doc_type}\x1f{source_name}".encode(), digest_size=8, person=b"docstore.src"
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_sources(conn: asyncpg.Connection, sources: Iterable[tuple[str, str]]) -> None:
+    """Take the source lock of each ``(doc_type, source_name)`` for the current transaction.
+
+    Every docstore write to a source holds its lock until commit, which serializes writers of
+    the same source (see the module docstring). Must run inside a transaction.
+    """
+    keys = sorted({source_lock_key(*source) for source in sources})
+    if keys:
+        await conn.fetchval(_LOCK_SOURCES, keys)
 
 
 def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
@@ -187,27 +244,57 @@ async def write_batch(conn: asyncpg.Connection, docs: list[Document]) -> UpsertR
     """Upsert validated, de-duplicated documents on ``conn`` inside the caller's transaction."""
     if not docs:
         return UpsertResult()
-    keyed = sorted(((d.key, d) for d in docs), key=_first)  # one lock order for all callers
-    columns = [list(c) for c in zip(*(key for key, _ in keyed), strict=True)]
-    existing = {r[0] - 1 for r in await conn.fetch(_SELECT_EXISTING, *columns)}
+    keyed = sorted(((d.key, d) for d in docs), key=_first)  # one row-lock order for all callers
+    await lock_sources(conn, {key[:2] for key, _ in keyed})
+    existing = {r[0] - 1 for r in await conn.fetch(_SELECT_EXISTING, *_key_columns(keyed))}
     new = [d for i, (_, d) in enumerate(keyed) if i not in existing]
-    old = [d for i, (_, d) in enumerate(keyed) if i in existing]
+    old = [(k, d) for i, (k, d) in enumerate(keyed) if i in existing]
     result = UpsertResult()
     if new:
-        try:
-            async with conn.transaction():  # savepoint: a racing inserter can't abort the batch
-                await _copy_new(conn, new)
-            result.inserted = len(new)
-        except asyncpg.UniqueViolationError:
-            flags = await conn.fetch(_GUARDED_UPSERT, *_columns(new))
-            result.inserted = sum(1 for f in flags if f["inserted"])
-            result.updated += len(flags) - result.inserted
-            result.unchanged += len(new) - len(flags)
+        result += await _insert_new(conn, new)
     if old:
-        changed = len(await conn.fetchmany(_GUARDED_UPDATE, map(_values, old)))
-        result.updated += changed
-        result.unchanged += len(old) - changed
+        rows = await conn.fetchmany(_GUARDED_UPDATE, (_values(d) for _, d in old))
+        updated = {tuple(r) for r in rows}
+        result.updated += len(updated)
+        rest = [(k, d) for k, d in old if k not in updated]
+        if rest:
+            missing = await conn.fetch(_SELECT_MISSING, *_key_columns(rest))
+            gone = [rest[r[0] - 1][1] for r in missing]
+            result.unchanged += len(rest) - len(gone)
+            if gone:  # deleted since the lookup by a writer without the source lock
+                result += await _insert_new(conn, gone)
     return result
+
+
+def _key_columns(keyed: Sequence[tuple[tuple[str, str, str], Any]]) -> list[list[str]]:
+    """The three key columns of ``(key, doc)`` pairs, as arrays for ``unnest``."""
+    return [list(c) for c in zip(*(key for key, _ in keyed), strict=True)]
+
+
+async def _insert_new(conn: asyncpg.Connection, new: list[Document]) -> UpsertResult:
+    """COPY rows the lookup did not find; ``ON CONFLICT`` if a writer got there first."""
+    try:
+        async with conn.transaction():  # savepoint: a racing inserter can't abort the batch
+            await _copy_new(conn, new)
+    except asyncpg.UniqueViolationError:
+        return _upsert_counts(await conn.fetch(_GUARDED_UPSERT, *_columns(new)), len(new))
+    return UpsertResult(inserted=len(new))
+
+
+def _upsert_counts(flags: list[Any], sent: int) -> UpsertResult:
+    """Counts of a ``_GUARDED_UPSERT`` that sent ``sent`` rows and returned ``flags``."""
+    inserted = sum(1 for f in flags if f["inserted"])
+    return UpsertResult(
+        inserted=inserted, updated=len(flags) - inserted, unchanged=sent - len(flags)
+    )
+
+
+async def delete_source_documents(conn: asyncpg.Connection, doc_type: str, source_name: str) -> int:
+    """Delete one source's documents under its source lock (inside the caller's transaction),
+    so no batch of a concurrent upsert interleaves with it; returns how many."""
+    await lock_sources(conn, [(doc_type, source_name)])
+    status = await conn.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
+    return int(status.rsplit(" ", 1)[1])
 
 
 def _record_to_document(record: Any) -> Document:
@@ -381,8 +468,9 @@ class DocumentRepository:
         """
         self.store.ensure_writable()
         check_key(doc_type, source_name)
-        status = await self.store.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
-        return int(status.rsplit(" ", 1)[1])
+        return await self.store.run_in_transaction(
+            functools.partial(delete_source_documents, doc_type=doc_type, source_name=source_name)
+        )
 
 
 Batches = AsyncIterator[tuple[list[Document], int]]

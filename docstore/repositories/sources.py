@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Source, check_key
-from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS
+from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_sources
 
 if TYPE_CHECKING:
     from docstore.db import Database
@@ -156,6 +156,7 @@ class SourceRepository:
         check_key(doc_type, source_name)
 
         async def work(conn: Any) -> bool:
+            await lock_sources(conn, [(doc_type, source_name)])  # no upsert adds documents now
             docs = await conn.fetchval(
                 "SELECT count(*) FROM documents WHERE doc_type = $1 AND source_name = $2",
                 doc_type,
