@@ -62,6 +62,7 @@ from docstore.failures import (
     translate,
 )
 from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, timed
+from docstore.readonly import Guarantee, ReadOnlyConnection, create_reader_role, write_capabilities
 from docstore.schema import runner
 
 logger = logging.getLogger("docstore")
@@ -122,6 +123,13 @@ class Health(BaseModel):
     latest_schema_version: int
     embedding_dim: int | None
     read_only: bool
+    read_only_guarantee: Guarantee = "none"
+    """What keeps writes out: ``"standby"`` (the server is a hot standby in recovery),
+    ``"role"`` (the user, and every role it can ``SET ROLE`` to, is no superuser and may not
+    write docstore's tables nor create objects: see :func:`docstore.readonly.create_reader_role`),
+    ``"client"`` (a read-only store's guard, :class:`docstore.readonly.ReadOnlyConnection`: no
+    statement leaves a read-only transaction; PostgreSQL 16 or later), ``"none"`` (writable, or
+    only the session default ``default_transaction_read_only``, which SQL can undo)."""
     in_recovery: bool
     replica_lag_seconds: float | None = None
     """On a replica: seconds since the last replayed transaction (None on a primary)."""
@@ -135,6 +143,7 @@ class Health(BaseModel):
 
 _HEALTH = """
 select current_setting('server_version') as server_version,
+       current_setting('server_version_num')::int as version_num,
        (select extversion from pg_extension where extname = 'vector') as pgvector,
        current_setting('default_transaction_read_only') = 'on' as read_only,
        pg_is_in_recovery() as in_recovery,
@@ -176,6 +185,8 @@ class _Pool:
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
     init: Any = None
     """The pool's ``init`` (codec registration), reused for a replica pool."""
+    connection_class: type[asyncpg.Connection] = asyncpg.Connection
+    """:class:`~docstore.readonly.ReadOnlyConnection` in a read-only store."""
 
     @property
     def redacted(self) -> str:
@@ -201,7 +212,9 @@ class Database:
         init: Any = None,
         replica: _Pool | None = None,
     ) -> None:
-        self._primary = _Pool("primary", pool, url, connect_kwargs or {}, init)
+        self._primary = _Pool(
+            "primary", pool, url, connect_kwargs or {}, init, _connection_class(read_only)
+        )
         self._replica = replica
         self.settings = settings
         self.url_source = url_source
@@ -560,6 +573,7 @@ class Database:
             row: Any = await conn.fetchrow(_HEALTH)
             indexes = await conn.fetch(_SEARCH_INDEXES)
             status = await runner.schema_status(conn)
+            guarantee = await self._guarantee(conn, row)
             return Health(
                 ok=True,
                 url=self.url,
@@ -570,7 +584,8 @@ class Database:
                 schema_version=status.current,
                 latest_schema_version=status.latest,
                 embedding_dim=status.embedding_dim,
-                read_only=self.read_only or row["read_only"],
+                read_only=self.read_only or row["read_only"] or guarantee != "none",
+                read_only_guarantee=guarantee,
                 in_recovery=row["in_recovery"],
                 replica_lag_seconds=row["replica_lag"],
                 vector_indexes={r["name"]: r["valid"] for r in indexes if r["am"] == "hnsw"},
@@ -581,6 +596,26 @@ class Database:
         if self._replica is not None:
             health.read_replica = await self._replica_health(self._replica)
         return health
+
+    async def _guarantee(self, conn: asyncpg.Connection, row: Any) -> Guarantee:
+        if row["in_recovery"]:
+            return "standby"
+        if not await write_capabilities(conn):
+            return "role"
+        # Before PostgreSQL 16, RESET transaction_read_only could undo a read-only transaction.
+        if self.read_only and row["version_num"] >= 160000:
+            return "client"
+        return "none"
+
+    @timed("create_reader_role")
+    async def create_reader_role(self, name: str, password: str) -> None:
+        """Create the login role ``name`` that can read docstore's tables and write nothing
+        (the server-side read-only guarantee; ``health().read_only_guarantee == "role"`` for a
+        store connected as it). Connect as the owner of docstore's tables to run it; an
+        existing role is updated only if it cannot write. See
+        :func:`docstore.readonly.create_reader_role`."""
+        self.ensure_writable()
+        await self.run(lambda conn: create_reader_role(conn, name, password))
 
     async def _replica_health(self, replica: _Pool) -> ReplicaHealth:
         try:
@@ -853,10 +888,11 @@ async def _open(
                     max_size=settings.pool_max_size,
                     init=init,
                     reset=_reset_connection,
+                    connection_class=_connection_class(ro),
                     **cast(Any, connect_kwargs),
                 )
         assert pool is not None
-        primary = _Pool("primary", pool, resolved, connect_kwargs, init)
+        primary = _Pool("primary", pool, resolved, connect_kwargs, init, _connection_class(ro))
         replica = None if read_url is None else await _open_replica(read_url, primary, settings)
     except DocstoreError:
         raise
@@ -898,6 +934,12 @@ async def _open_replica(url: str, primary: _Pool, settings: Settings) -> _Pool:
         max_size=settings.pool_max_size,
         init=primary.init,
         reset=_reset_connection,
+        connection_class=primary.connection_class,
         **cast(Any, kwargs),
     )
-    return _Pool("replica", pool, url, kwargs, primary.init)
+    return _Pool("replica", pool, url, kwargs, primary.init, primary.connection_class)
+
+
+def _connection_class(read_only: bool) -> type[asyncpg.Connection]:
+    """A read-only store's connections guard every statement (:mod:`docstore.readonly`)."""
+    return ReadOnlyConnection if read_only else asyncpg.Connection
