@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import (
     parse_qsl,
     quote,
+    unquote,
     unquote_to_bytes,
     urlencode,
     urlparse,
@@ -148,10 +149,11 @@ def _decode(raw: str, what: str) -> str:
     data = unquote_to_bytes(raw)
     if b"\x00" in data:
         raise _problem(f"{what} contains %00 (a NUL byte, which PostgreSQL refuses)", hint=False)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _problem(f"{what} has percent-escapes that are not UTF-8") from None
+    text = data.decode("utf-8", "replace")
+    if "\ufffd" in text and text.encode("utf-8") != data:
+        # Not raised from a UnicodeDecodeError: its context would hold the bytes.
+        raise _problem(f"{what} has percent-escapes that are not UTF-8")
+    return text
 
 
 def _split_port(spec: str) -> tuple[str, str | None]:
@@ -224,12 +226,8 @@ def parse_url(url: str) -> ParsedUrl:
             "it is a libpq key=value connection string; docstore takes a URL: "
             "postgresql://user:password@host:port/dbname",
         )
-    try:
-        url.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _problem(
-            "it contains characters that are not valid Unicode (lone surrogates)"
-        ) from None
+    if any("\ud800" <= ch <= "\udfff" for ch in url):
+        raise _problem("it contains characters that are not valid Unicode (lone surrogates)")
     if url != url.strip():
         raise _problem("it has leading or trailing whitespace", hint=False)
     m = _SCHEME.match(url)
@@ -553,40 +551,48 @@ def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:
 
 
 def _redact_malformed(url: str) -> str:
-    if not isinstance(url, str):
-        return "<not a string>"
-    prefix, sep, rest = url.partition("://")
-    if not sep:
-        if _CONNINFO.match(url):
-            return _CONNINFO_SECRET.sub(rf"\1{REDACTED}", url)
-        prefix, rest = "", url
-    else:
-        prefix += sep
-    if "@" in rest:
-        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
-    elif sep:
-        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-        if ":" in rest[:end]:  # "user:password" without "@host"? or a port that is not one
-            rest = f"{rest[:end].partition(':')[0]}:{REDACTED}{rest[end:]}"
-    return prefix + _QUERY_SECRET.sub(rf"\1{REDACTED}", rest)
+    return _malformed(url)[0] if isinstance(url, str) else "<not a string>"
 
 
 def _malformed_secrets(url: str) -> list[str]:
     """What may be a password in a URL :func:`parse_url` refuses (see :func:`redact_url`)."""
-    found: list[str] = []
-    _, sep, rest = url.partition("://")
+    return _malformed(url)[1]
+
+
+def _malformed(url: str) -> tuple[str, list[str]]:
+    """A URL :func:`parse_url` refuses, conservatively redacted, and what may be its secrets:
+    everything after the first ``password=``/``sslpassword=`` parameter, everything before the
+    last ``@`` in front of it, or without an ``@`` what follows a ``:`` in the host part."""
+    if "://" not in url and _CONNINFO.match(url):
+        values = [m[2].strip("'") for m in _CONNINFO_SECRET.finditer(url)]
+        return _CONNINFO_SECRET.sub(rf"\1{REDACTED}", url), _with_decoded(values)
+    prefix, sep, rest = url.partition("://")
     if not sep:
-        found += [m[2].strip("'") for m in _CONNINFO_SECRET.finditer(url)]
-        rest = url
+        prefix, rest = "", url
+    else:
+        prefix += sep
+    found: list[str] = []
+    tail = ""
+    secret_param = _QUERY_SECRET.search(rest)
+    if secret_param:
+        start = secret_param.start() + secret_param[0].index("=") + 1
+        found += [rest[start:], rest[start:].partition("&")[0]]
+        rest, tail = rest[:start], REDACTED
     if "@" in rest:
-        userinfo = rest.rpartition("@")[0]
+        userinfo, _, after = rest.rpartition("@")
         found += [userinfo, userinfo.partition(":")[2]]
+        rest = f"{REDACTED}@{after}"
     elif sep:
         end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-        found.append(rest[:end].partition(":")[2])
-    found += [m[0].partition("=")[2] for m in _QUERY_SECRET.finditer(rest)]
-    decoded = [unquote_to_bytes(secret).decode("utf-8", "replace") for secret in found]
-    return [s for s in (*found, *decoded) if s]
+        if ":" in rest[:end]:  # "user:password" without "@host"? or a port that is not one
+            found.append(rest[:end].partition(":")[2])
+            rest = f"{rest[:end].partition(':')[0]}:{REDACTED}{rest[end:]}"
+    return prefix + rest + tail, _with_decoded(found)
+
+
+def _with_decoded(found: list[str]) -> list[str]:
+    decoded = [unquote(secret) for secret in found]  # (errors="replace"; lone surrogates kept)
+    return [s for s in dict.fromkeys((*found, *decoded)) if s]
 
 
 def url_password(url: str) -> str | None:
