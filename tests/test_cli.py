@@ -294,3 +294,36 @@ def test_help_documents_the_exit_statuses() -> None:
     assert result.exit_code == 0
     for code in (EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED):
         assert f"{code} " in result.output
+
+
+def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130() -> None:
+    """SIGINT while connecting (to a port that accepts and never answers): asyncio.run
+    cancels the command and re-raises KeyboardInterrupt, which becomes one line."""
+    import signal
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(60)
+        url = f"postgresql://u:hunter2@127.0.0.1:{server.getsockname()[1]}/x"
+        env = {**os.environ, "DOCSTORE_RETRY_ATTEMPTS": "1", "COLUMNS": "80"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "docstore", "health", "--url", url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = server.accept()  # the command is inside asyncpg's connect now
+        with conn:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert err.strip() == "error: interrupted" and out == ""
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").touch()
+    result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "file" / "sub")])
+    assert "Not a directory" in one_error_line(result, "NotADirectoryError")
