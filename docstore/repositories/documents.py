@@ -70,25 +70,23 @@ _DATA_COLUMNS = (
     "token_count",
 )
 
-# Positions (1-based) of the batch's keys that already exist, found through the unique index.
-_SELECT_EXISTING = """
+# Positions (1-based) of the batch's keys that exist / do not exist. Each key is one probe of the
+# unique index: a LATERAL sub-select with LIMIT is never turned into a join, so the plan cannot
+# become a hash join over a sequential scan of the whole table — a plan a pooled connection
+# would otherwise keep (as a generic plan) from when the table was small.
+_PROBE = """
 SELECT k.ord
   FROM unnest($1::text[], $2::text[], $3::text[])
        WITH ORDINALITY AS k(doc_type, source_name, doc_path, ord)
-  JOIN documents d
-    ON d.doc_type = k.doc_type AND d.source_name = k.source_name AND d.doc_path = k.doc_path
-"""
-
-# Keys (1-based positions) of the batch that are not in the table (any more).
-_SELECT_MISSING = """
-SELECT k.ord
-  FROM unnest($1::text[], $2::text[], $3::text[])
-       WITH ORDINALITY AS k(doc_type, source_name, doc_path, ord)
- WHERE NOT EXISTS (
-       SELECT 1 FROM documents d
+  LEFT JOIN LATERAL (
+       SELECT true AS found FROM documents d
         WHERE d.doc_type = k.doc_type AND d.source_name = k.source_name
-          AND d.doc_path = k.doc_path)
+          AND d.doc_path = k.doc_path
+        LIMIT 1) AS p ON true
+ WHERE p.found IS {}
 """
+_SELECT_EXISTING = _PROBE.format("NOT NULL")
+_SELECT_MISSING = _PROBE.format("NULL")
 
 # Transaction-level advisory locks, taken in ascending key order (the sub-select with OFFSET 0
 # fixes the order the function is called in), so two batches never wait for each other in a

@@ -1,0 +1,116 @@
+"""Plans that cannot go stale: statements a pooled connection prepared while the table was empty
+stay on good plans after the table grows (issue 14 A).
+
+The trap: a new database, one long-lived store. Its connections prepare docstore's statements
+while ``documents`` is empty and never analyzed; then a large load arrives. Without statistics
+PostgreSQL estimates one row for ``doc_type = $1 AND source_name = $2``, and the batch key
+lookup walked a whole source through ``idx_documents_type_source`` for every key (2,000 keys
+against 4,000 rows of one source: 8 million buffers, 9 s). Migration 4 dropped the indexes that
+repeat the unique key's leading columns, so key lookups use the unique key whatever the
+statistics say.
+
+The checks are deterministic: ``EXPLAIN (ANALYZE, BUFFERS) EXECUTE`` of the very statement the
+pooled connection has cached (asyncpg's named prepared statement, with its generic plan if
+PostgreSQL switched to one) counts the buffers each statement reads per key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+import docstore
+from docstore import Document
+from docstore.repositories import documents as repo
+
+BIG = 3000
+KEYS = 500
+
+
+def docs(n: int, *, start: int = 0, content: str = "c", source: str = "big") -> list[Document]:
+    gen = np.random.default_rng(start)
+    return [
+        Document(
+            source_name=source,
+            doc_path=f"{source}/{i}",
+            content=f"{content} {i}",
+            embedding=gen.standard_normal(3072).astype(np.float32),
+            token_count=i,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+async def _measure(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
+    """Buffers read by one execution of the connection's cached prepared statement ``sql``.
+
+    ``EXPLAIN EXECUTE`` takes no bind parameters, so each argument becomes a literal of the
+    statement's own parameter type. Runs in a transaction that is rolled back (EXPLAIN
+    ANALYZE of an UPDATE really runs it).
+    """
+    row = await conn.fetchrow(
+        "SELECT name, parameter_types::text[] AS types FROM pg_prepared_statements"
+        " WHERE btrim(statement, E' \\n') = $1",
+        sql.strip(),
+    )
+    assert row is not None, f"statement not prepared on this connection: {sql[:60]}"
+    literals = [
+        await conn.fetchval(f"SELECT quote_nullable($1::{typ})", arg)
+        for typ, arg in zip(row["types"], args, strict=True)
+    ]
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        plan = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {row['name']}({', '.join(literals)})"
+        )
+    finally:
+        await tx.rollback()
+    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    return int(top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0))
+
+
+@pytest.mark.parametrize("trap", [False, True], ids=["docstore-schema", "with-source-index"])
+async def test_statements_prepared_on_an_empty_table_stay_cheap_after_it_grows(
+    empty_database_url: str, trap: bool
+) -> None:
+    """``trap=True`` puts the dropped index back, to show the test sees the trap."""
+    async with docstore.connect(empty_database_url, pool_min_size=1, pool_max_size=1) as store:
+        if trap:  # one of the indexes migration 4 dropped
+            await store.execute("CREATE INDEX idx_documents_source_name ON documents (source_name)")
+        # Tiny table, never analyzed: every hot statement runs > 5 times on the one connection
+        # (PostgreSQL considers a generic plan from the sixth execution on).
+        for round_ in range(8):
+            small = docs(3, start=10_000 + 3 * round_)
+            await store.documents.upsert_many(small)  # lookup + COPY
+            changed = [d.model_copy(update={"content": "changed"}) for d in small]
+            await store.documents.upsert_many(changed)  # lookup + UPDATE
+            await store.documents.upsert_many(changed)  # lookup + UPDATE + missing check
+            await store.documents.get_by_key("rust", "big", small[0].doc_path)
+        await store.documents.upsert_many(docs(BIG))  # the large load
+        keys = docs(KEYS, start=BIG - KEYS)
+        key_columns = [[d.doc_type for d in keys], [d.source_name for d in keys]]
+        key_columns.append([d.doc_path for d in keys])
+        async with store.acquire() as conn:
+            lookup = await _measure(conn, repo._SELECT_EXISTING, *key_columns)
+            missing = await _measure(conn, repo._SELECT_MISSING, *key_columns)
+            update = await _measure(conn, repo._GUARDED_UPDATE, *repo._values(keys[0]))
+            get = await _measure(
+                conn,
+                f"SELECT {repo._COLUMNS} FROM documents"
+                " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
+                "rust",
+                "big",
+                keys[0].doc_path,
+            )
+    per_key = max(lookup, missing) / KEYS
+    if trap:  # a walk through the whole source for every key
+        assert max(per_key, update, get) > BIG / 2, (lookup, missing, update, get)
+        return
+    assert per_key < 10, (lookup, missing)  # the unique key: a few index pages a key
+    assert update < 100, update  # a real update: new tuple, TOAST chunks, index entries
+    assert get < 10, get
