@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
@@ -78,10 +79,10 @@ READ_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain
 
 # After a statement with one of these command tags the transaction may be a new one (COMMIT
 # AND CHAIN) or may have been changed (RESET before PostgreSQL 16): check it again.
-_TRANSACTION_TAGS = frozenset({"BEGIN", "START", "COMMIT", "ROLLBACK", "PREPARE", "RESET"})
+_TRANSACTION_TAG_PREFIXES = ("BEGIN", "START", "COMMIT", "ROLLBACK", "PREPARE", "RESET")
 
 _BEGIN_READ_ONLY = "BEGIN READ ONLY; SELECT 1"
-_PROBE = "SELECT current_setting('transaction_read_only')"
+_PROBE = "SELECT pg_catalog.current_setting('transaction_read_only')"  # no search_path games
 _RESTORE = "SET default_transaction_read_only = on"
 
 # Exact statements asyncpg itself sends (Transaction, Connection._reset): one statement each,
@@ -150,26 +151,65 @@ def leading_keyword(sql: str) -> str | None:
     return match.group().lower()
 
 
+_CACHEABLE = 4096  # characters: docstore's own statements are shorter, and few
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_keyword(sql: str) -> str | None:
+    return leading_keyword(sql)
+
+
+def _leading_keyword(sql: str) -> str | None:
+    return _cached_keyword(sql) if len(sql) <= _CACHEABLE else leading_keyword(sql)
+
+
+Classified = tuple[Literal["simple", "begin", "statement"], str]
+
+
+def _classify(sql: str) -> Classified:
+    """How ``execute(sql)`` without arguments runs: ``("simple", sql)`` one of asyncpg's own
+    statements or plain ``SET LOCAL``s, ``("begin", "BEGIN … READ ONLY")`` (``""``: it asked
+    for READ WRITE), ``("statement", sql)`` one statement, guarded."""
+    if sql in _ASYNCPG_STATEMENTS or _SAVEPOINT_RE.fullmatch(sql) or _SET_LOCALS_RE.fullmatch(sql):
+        return "simple", sql
+    begin = _BEGIN_RE.fullmatch(sql)
+    if begin is None:
+        return "statement", sql
+    modes = [" ".join(m.upper().split()) for m in _MODE_RE.findall(begin["modes"])]
+    if "READ WRITE" in modes:
+        return "begin", ""
+    start = "BEGIN"
+    for mode in modes:
+        if mode.startswith("ISOLATION"):
+            start = "BEGIN " + mode  # the last one, as PostgreSQL takes it
+    return "begin", start + " READ ONLY" + (" DEFERRABLE" if "DEFERRABLE" in modes else "")
+
+
+_classify_cached = functools.lru_cache(maxsize=512)(_classify)
+
+
 def _refused(what: str) -> ReadOnlyError:
     return ReadOnlyError(f"this store is read-only: {what}")
 
 
-@contextlib.contextmanager
-def _refusals() -> Iterator[None]:
-    """The server's read-only refusals as :class:`ReadOnlyError` (the asyncpg error is the
-    ``__cause__``)."""
-    try:
-        yield
-    except asyncpg.ReadOnlySQLTransactionError as exc:
-        raise _refused(f"the database refused a write ({exc})") from exc
-    except asyncpg.ActiveSQLTransactionError as exc:
-        if "read-write" not in str(exc):
-            raise
-        raise _refused(f"a transaction cannot be made read-write ({exc})") from exc
-    except asyncpg.InvalidTransactionTerminationError as exc:
-        raise _refused(
+_SERVER_REFUSALS = (
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.ActiveSQLTransactionError,
+    asyncpg.InvalidTransactionTerminationError,
+)
+
+
+def _as_refusal(exc: BaseException) -> ReadOnlyError | None:
+    """The server's read-only refusal ``exc`` as a :class:`ReadOnlyError` (None: not one)."""
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return _refused(f"the database refused a write ({exc})")
+    if isinstance(exc, asyncpg.ActiveSQLTransactionError) and "read-write" in str(exc):
+        return _refused(f"a transaction cannot be made read-write ({exc})")
+    if isinstance(exc, asyncpg.InvalidTransactionTerminationError):
+        return _refused(
             f"a procedure or DO block cannot commit inside its read-only transaction ({exc})"
-        ) from exc
+        )
+    return None
 
 
 Run = Callable[[], Awaitable[tuple[T, str | None]]]
@@ -208,42 +248,57 @@ class ReadOnlyConnection(asyncpg.Connection):
 
     async def _guarded(self, query: str, run: Run[T]) -> T:
         """``run()`` (which returns its result and the command tag, None if unknown) inside a
-        read-only transaction."""
-        cast(Any, self)._check_open()
-        with _refusals():
-            if self.is_in_transaction():
-                await self._check_transaction()
-                result, tag = await run()
-                await self._after(tag)
-                return result
-            self._ro_checked = False
-            await self._restore_session_default()
-            if self._session_default() == "on" and leading_keyword(query) in READ_KEYWORDS:
-                result, tag = await run()  # one statement that cannot commit: read-only whole
-                await self._after(tag)
-                return result
-            await self._simple(_BEGIN_READ_ONLY)
-            self._ro_checked = True
-            try:
-                result, tag = await run()
-            except BaseException:
-                await self._abandon()
+        read-only transaction; the server's read-only refusals come out as ReadOnlyError."""
+        try:
+            return await self._guard(query, run)
+        except _SERVER_REFUSALS as exc:
+            refusal = _as_refusal(exc)
+            if refusal is None:
                 raise
-            if self.is_in_transaction() and not _begins(tag):
-                await self._simple("COMMIT")
-            if not self.is_in_transaction():
-                self._ro_checked = False
-            # a BEGIN inside the wrapper left it open: the caller's transaction now, checked
-            await self._check_session_default()
-            return result
+            raise refusal from exc
 
-    async def _after(self, tag: str | None) -> None:
-        if not self.is_in_transaction():
+    async def _guard(self, query: str, run: Run[T]) -> T:
+        # The hot path (a docstore read) runs no coroutine but run(): ~5 us of Python.
+        cast(Any, self)._check_open()
+        protocol = cast(Any, self)._protocol
+        if protocol.is_in_transaction():
+            if not self._ro_checked:
+                await self._check_transaction()
+        else:
             self._ro_checked = False
-        elif tag is None or tag.split(" ", 1)[0] in _TRANSACTION_TAGS:
+            default = self._session_default()
+            if default == "off":
+                await self._restore_session_default()
+                default = self._session_default()
+            if default != "on" or _leading_keyword(query) not in READ_KEYWORDS:
+                return await self._wrapped(run)
+            # one statement that cannot commit: one implicit transaction, read-only whole
+        result, tag = await run()
+        if not protocol.is_in_transaction():
+            self._ro_checked = False
+        elif tag is None or tag.startswith(_TRANSACTION_TAG_PREFIXES):
             self._ro_checked = False
             await self._check_transaction()
+        if self._session_default() == "off":
+            await self._check_session_default()
+        return result
+
+    async def _wrapped(self, run: Run[T]) -> T:
+        """``run()`` between ``BEGIN READ ONLY; SELECT 1`` and ``COMMIT``."""
+        await self._simple(_BEGIN_READ_ONLY)
+        self._ro_checked = True
+        try:
+            result, tag = await run()
+        except BaseException:
+            await self._abandon()
+            raise
+        if self.is_in_transaction() and not _begins(tag):
+            await self._simple("COMMIT")
+        if not self.is_in_transaction():
+            self._ro_checked = False
+        # a BEGIN inside the wrapper left it open: the caller's transaction now, checked
         await self._check_session_default()
+        return result
 
     async def _check_transaction(self) -> None:
         """Make sure the open transaction is read-only and has its snapshot (the probe takes
@@ -287,24 +342,23 @@ class ReadOnlyConnection(asyncpg.Connection):
     async def _passthrough(self, sql: str, timeout: float | None) -> str:
         """One of asyncpg's own statements, or a string of plain ``SET LOCAL`` statements."""
         cast(Any, self)._check_open()
-        with _refusals():
+        try:
             if self.is_in_transaction() and not sql.startswith("ROLLBACK"):
                 await self._check_transaction()
             status = await self._simple(sql, timeout)
-            if not self.is_in_transaction():
-                self._ro_checked = False
-            await self._check_session_default()
-            return status
+        except _SERVER_REFUSALS as exc:
+            refusal = _as_refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
+        if not self.is_in_transaction():
+            self._ro_checked = False
+        await self._check_session_default()
+        return status
 
-    async def _begin(self, match: re.Match[str], timeout: float | None) -> str:
-        modes = [" ".join(m.upper().split()) for m in _MODE_RE.findall(match["modes"])]
-        if "READ WRITE" in modes:
+    async def _begin(self, sql: str, timeout: float | None) -> str:
+        if not sql:
             raise _refused("its transactions are READ ONLY (BEGIN … READ WRITE was not sent)")
-        sql = "BEGIN"
-        for mode in modes:
-            if mode.startswith("ISOLATION"):
-                sql = "BEGIN " + mode  # the last one, as PostgreSQL would take it
-        sql += " READ ONLY" + (" DEFERRABLE" if "DEFERRABLE" in modes else "")
         cast(Any, self)._check_open()
         try:
             await self._simple(f"{sql}; SELECT 1", timeout)
@@ -320,22 +374,21 @@ class ReadOnlyConnection(asyncpg.Connection):
         data, status, _ = await cast(Any, self)._execute(
             query, args, limit, timeout, return_status=True, **kw
         )
-        return data, status.decode() if status else None
+        # no tag: the portal was suspended after ``limit`` rows, so the statement returns rows
+        # (a query, never a transaction statement)
+        return data, status.decode() if status else ("SELECT" if data else None)
 
     # -- asyncpg's query surface ---------------------------------------------------------------
     async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
         """As :meth:`asyncpg.Connection.execute`, one statement per call, read-only."""
         if not args:
-            if (
-                query in _ASYNCPG_STATEMENTS
-                or _SAVEPOINT_RE.fullmatch(query)
-                or query == self.get_reset_query()
-                or _SET_LOCALS_RE.fullmatch(query)
-            ):
+            if query == self.get_reset_query():
                 return await self._passthrough(query, timeout)
-            begin = _BEGIN_RE.fullmatch(query)
-            if begin is not None and not self.is_in_transaction():
-                return await self._begin(begin, timeout)
+            kind, sql = _classify_cached(query) if len(query) <= _CACHEABLE else _classify(query)
+            if kind == "simple":
+                return await self._passthrough(query, timeout)
+            if kind == "begin" and not self.is_in_transaction():
+                return await self._begin(sql, timeout)
 
         async def run() -> tuple[str, str | None]:
             _, tag = await self._bind_execute(query, args, 0, timeout)
@@ -450,8 +503,7 @@ class ReadOnlyConnection(asyncpg.Connection):
     async def _check_cursor(self, query: str) -> None:
         if not self.is_in_transaction():
             return  # asyncpg refuses a cursor outside a transaction
-        with _refusals():
-            await self._check_transaction()
+        await self._guarded(query, _nothing)
         if leading_keyword(query) not in READ_KEYWORDS:
             raise _refused(
                 "a cursor must be a query (SELECT, WITH, VALUES, TABLE, SHOW or EXPLAIN)"
@@ -484,6 +536,10 @@ class ReadOnlyConnection(asyncpg.Connection):
         return await self._guarded(copy_stmt, run)
 
 
+async def _nothing() -> tuple[None, str | None]:
+    return None, ""
+
+
 def _begins(tag: str | None) -> bool:
     return tag is not None and tag.split(" ", 1)[0] in ("BEGIN", "START")
 
@@ -496,12 +552,17 @@ class _ReadOnlyStatement(_prepared.PreparedStatement):
     def _conn(self) -> ReadOnlyConnection:
         return cast(ReadOnlyConnection, cast(Any, self)._connection)
 
+    def _tag(self) -> str | None:
+        # fetchrow/fetchval stop after one row (no tag then): a statement returning rows is a
+        # query, never a transaction statement
+        return self.get_statusmsg() or ("SELECT" if self.get_attributes() else None)
+
     async def fetch(self, *args: Any, timeout: float | None = None) -> list[Any]:
         base = super().fetch
 
         async def run() -> tuple[list[Any], str | None]:
             rows = await base(*args, timeout=timeout)
-            return rows, self.get_statusmsg()
+            return rows, self._tag()
 
         return await self._conn()._guarded(self.get_query(), run)
 
@@ -509,7 +570,7 @@ class _ReadOnlyStatement(_prepared.PreparedStatement):
         base = super().fetchrow
 
         async def run() -> tuple[Any, str | None]:
-            return await base(*args, timeout=timeout), self.get_statusmsg()
+            return await base(*args, timeout=timeout), self._tag()
 
         return await self._conn()._guarded(self.get_query(), run)
 
@@ -517,7 +578,7 @@ class _ReadOnlyStatement(_prepared.PreparedStatement):
         base = super().fetchval
 
         async def run() -> tuple[Any, str | None]:
-            return await base(*args, column=column, timeout=timeout), self.get_statusmsg()
+            return await base(*args, column=column, timeout=timeout), self._tag()
 
         return await self._conn()._guarded(self.get_query(), run)
 
