@@ -170,7 +170,9 @@ def _classify(sql: str) -> Classified:
     """How ``execute(sql)`` without arguments runs: ``("simple", sql)`` one of asyncpg's own
     statements or plain ``SET LOCAL``s, ``("begin", "BEGIN … READ ONLY")`` (``""``: it asked
     for READ WRITE), ``("statement", sql)`` one statement, guarded."""
-    if sql in _ASYNCPG_STATEMENTS or _SAVEPOINT_RE.fullmatch(sql) or _SET_LOCALS_RE.fullmatch(sql):
+    if sql in _ASYNCPG_STATEMENTS or _SAVEPOINT_RE.fullmatch(sql):
+        return "simple", sql
+    if _SET_LOCALS_RE.fullmatch(sql) and "read_only" not in sql.lower():
         return "simple", sql
     begin = _BEGIN_RE.fullmatch(sql)
     if begin is None:

@@ -158,6 +158,8 @@ async def test_a_read_only_store_reads_everything_a_reader_needs(corpus_url: str
             await conn.execute("COMMIT")
             assert not conn.is_in_transaction()
 
+        assert (await store.evaluate_recall(sample=3, limit=3, seed=0.1)).sample == 3
+        assert (await store.metrics()).disk is not None
         health = await store.health()
         assert health.read_only and health.read_only_guarantee == "client"
 
@@ -384,3 +386,16 @@ def test_begin_statements_are_recognised_with_their_modes(sql: str, modes: str) 
     match = _BEGIN_RE.fullmatch(sql)
     assert match is not None and modes in match["modes"].upper()
     assert _BEGIN_RE.fullmatch("BEGIN; INSERT INTO t VALUES (1)") is None
+
+
+def test_the_asyncpg_internals_the_guard_relies_on_are_there() -> None:
+    """ReadOnlyConnection overrides or calls these private parts of asyncpg (declared minimum
+    0.30): a rename in a new asyncpg must fail here, not open a way around the guard."""
+    for name in ("_execute", "_get_statement", "_copy_out", "_copy_in", "_check_open", "_reset"):
+        assert callable(getattr(asyncpg.Connection, name)), name
+    for cls, attribute in (
+        (asyncpg.prepared_stmt.PreparedStatement, "_state"),
+        (asyncpg.cursor.CursorFactory, "_query"),
+        (asyncpg.connresource.ConnectionResource, "_connection"),
+    ):
+        assert attribute in cls.__slots__, (cls, attribute)
