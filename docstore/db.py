@@ -6,6 +6,11 @@ and search on top). ``store = await docstore.connect()`` and
 owns an asyncpg pool whose ``init`` registers the pgvector codecs on every connection; its
 ``execute/fetch/fetchrow/fetchval`` mirror asyncpg's query surface for notebooks and scripts.
 
+**Read-only mode** (``READ_ONLY``, ``connect(read_only=True)``): write APIs refuse with
+:class:`ReadOnlyError` before touching the database, and the pools' connections are
+:class:`~docstore.readonly.ReadOnlyConnection`, which keep raw SQL inside read-only
+transactions; :meth:`Database.health` reports which guarantee is in force.
+
 **Replicas.** With ``DATABASE_READ_URL`` (or a multi-host ``DATABASE_URL``, see
 :func:`~docstore.config.split_read_write`) a second pool serves reads — searches, document
 and source reads, ``store.replica.fetch…`` — while writes and the plain query surface use
@@ -499,7 +504,8 @@ class Database:
     ) -> AsyncIterator[Any]:
         """``async with store.transaction() as conn:`` — one transaction on one connection.
 
-        Not retried: a transaction that fails part-way raises, and the caller decides.
+        Not retried: a transaction that fails part-way raises, and the caller decides. On a
+        read-only store it is always ``READ ONLY`` (:mod:`docstore.readonly`).
         """
         try:
             async with (
@@ -520,7 +526,9 @@ class Database:
     # -- asyncpg's query surface -------------------------------------------------------------
     @timed("execute")
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        """Run a statement; returns the command tag (as ``asyncpg.Connection.execute``)."""
+        """Run a statement; returns the command tag (as ``asyncpg.Connection.execute``).
+
+        On a read-only store, one statement per call (:mod:`docstore.readonly`)."""
         return await self.run(lambda conn: conn.execute(query, *args, timeout=timeout))
 
     @timed("executemany")
