@@ -133,6 +133,23 @@ def sources_query(with_configs: bool) -> str:
     return SOURCES_QUERY.replace("__CONFIG_NAMES__", names)
 
 
+# The config keys the Migrator derives from the legacy tables: a re-copy replaces exactly
+# these (keys others added to a migrated source's config are kept), validation compares them.
+SOURCE_CONFIG_KEYS = (
+    "migrated_from",
+    "orphan",
+    "legacy_id",
+    "version",
+    "total_docs",
+    "total_tokens",
+    "last_updated",
+    "version_spec",
+    "current_version",
+    "features",
+    "expected_docs",
+    "crate_configs",
+)
+
 CONFIGS_QUERY = """
 SELECT id, name, version_spec, current_version, features, expected_docs, enabled,
        last_checked, last_populated, created_at, updated_at
@@ -147,17 +164,43 @@ SELECT j.id, j.crate_config_id, cc.name AS source_name, cc.version_spec, j.statu
 """
 
 
-def row_digest_sql(*, id_expr: str, crate_expr: str, embedding_expr: str) -> str:
-    """A text digest of one document row, identical on both sides when the row survived.
+# The parts of a row digest, in order (validation names the parts that differ).
+DIGEST_FIELDS = (
+    "legacy_id",
+    "source_name",
+    "doc_path",
+    "content",
+    "token_count",
+    "created_at",
+    "embedding",
+    "metadata.legacy_crate_id",
+    "metadata.crate_name",
+)
+
+
+def row_digest_sql(
+    *,
+    id_expr: str,
+    crate_expr: str,
+    embedding_expr: str,
+    crate_id_expr: str,
+    meta_crate_expr: str,
+) -> str:
+    """A text digest of one document row, identical on both sides when the row survived:
+    the :data:`DIGEST_FIELDS`, joined by ``|`` (none of the parts can contain one).
 
     The embedding is hashed in pgvector's binary form (``vector_send``): the exact float bits,
-    and ~10x cheaper than formatting 3,072 floats as text.
+    and ~10x cheaper than formatting 3,072 floats as text. ``meta_crate_expr`` is ``'='``
+    when ``metadata.crate_name`` is the row's crate (always, on the legacy side: no second
+    md5 per row there). ``metadata.crate_version`` is not in it: it is the crate's, checked
+    per source (one aggregate instead of a join per row).
     """
     return (
         f"concat_ws('|', {id_expr}, md5({crate_expr}), md5(doc_path), md5(content),"
         " coalesce(token_count::text, '-'),"
         " coalesce(to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), '-'),"
-        f" coalesce(md5(vector_send({embedding_expr})), '-'))"
+        f" coalesce(md5(vector_send({embedding_expr})), '-'),"
+        f" coalesce({crate_id_expr}, '-'), {meta_crate_expr})"
     )
 
 
@@ -167,6 +210,8 @@ def legacy_digest_sql(dim: int) -> str:
         id_expr="id",
         crate_expr="crate_name",
         embedding_expr=f"(CASE WHEN vector_dims(embedding) = {int(dim)} THEN embedding END)",
+        crate_id_expr="crate_id::text",
+        meta_crate_expr="'='",  # metadata.crate_name is derived from crate_name
     )
     return (
         f"SELECT id AS key, crate_name AS source_name, doc_path, {digest} AS digest"
@@ -177,7 +222,12 @@ def legacy_digest_sql(dim: int) -> str:
 def target_digest_sql() -> str:
     """Per-row digests of migrated ``documents`` (``$1`` doc_type), keyed by legacy id."""
     digest = row_digest_sql(
-        id_expr="metadata->>'legacy_id'", crate_expr="source_name", embedding_expr="embedding"
+        id_expr="metadata->>'legacy_id'",
+        crate_expr="source_name",
+        embedding_expr="embedding",
+        crate_id_expr="metadata->>'legacy_crate_id'",
+        meta_crate_expr="CASE WHEN metadata->>'crate_name' = source_name THEN '='"
+        " ELSE coalesce(md5(metadata->>'crate_name'), '-') END",
     )
     return (
         "SELECT (metadata->>'legacy_id')::bigint AS key, source_name, doc_path,"
@@ -185,6 +235,14 @@ def target_digest_sql() -> str:
         " WHERE doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'"
         " AND metadata->>'legacy_id' ~ '^[0-9]+$'"
     )
+
+
+def digest_differences(legacy_digest: str, target_digest: str) -> list[str]:
+    """The :data:`DIGEST_FIELDS` in which two row digests differ."""
+    a, b = legacy_digest.split("|"), target_digest.split("|")
+    if len(a) != len(DIGEST_FIELDS) or len(b) != len(DIGEST_FIELDS):
+        return ["row"]
+    return [name for name, x, y in zip(DIGEST_FIELDS, a, b, strict=True) if x != y]
 
 
 def chunked_checksums_sql(digest_query: str, chunk: int) -> str:

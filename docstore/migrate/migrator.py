@@ -15,10 +15,20 @@ How :meth:`Migrator.run` works (``docs/migration.md`` has the column mapping):
    checkpoint row*. A killed run resumes after its last committed chunk. Chunks go straight
    into ``documents`` while the target holds nothing of them; otherwise (re-runs, merges)
    through a temporary staging table and ``INSERT … ON CONFLICT DO UPDATE``.
-4. Population jobs, when the legacy table exists.
-5. **Delta pass**: the source is compared again in a fresh snapshot (chunked checksums);
-   chunks the legacy application changed during the copy are re-copied, deletions removed.
-6. ``ANALYZE``, optionally the HNSW index, then :meth:`validate`.
+4. Population jobs, when the legacy table exists. Sources and jobs are compared with the
+   target and only what differs is written (the derived config keys replaced, keys others
+   added kept); ``metadata.crate_version`` of documents in chunks skipped as unchanged is
+   brought up to their crate's version.
+5. **Delta pass**: everything is compared again in fresh snapshots: chunks the legacy
+   application changed during the copy (``(id, xmin)`` stamps) are re-copied, deletions
+   removed; sources, configs and jobs are re-read and rewritten where they differ; documents
+   whose crate's version changed get the new ``metadata.crate_version``.
+6. ``ANALYZE``, optionally the HNSW index, then :meth:`validate` (every document row, source,
+   derived metadata and job); ranges with differing documents are copied again and
+   validated once more.
+
+:meth:`run` and :meth:`rollback` refuse a read-only target with
+:class:`~docstore.ReadOnlyError` before writing anything anywhere.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,16 +47,25 @@ import asyncpg
 
 from docstore.codecs import register_codecs
 from docstore.config import redact_url, url_secrets
-from docstore.errors import DocstoreError, MigrationError
+from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe
 from docstore.migrate import legacy
+from docstore.migrate.compare import (
+    LegacySource,
+    LegacyState,
+    diff_jobs,
+    diff_sources,
+    diff_versions,
+)
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import (
+    JobMismatch,
     MigrationReport,
     Mismatch,
     ParityCheck,
     Preflight,
     RollbackReport,
+    SourceMismatch,
     TableInfo,
     Validation,
 )
@@ -93,6 +112,60 @@ DELETE FROM documents d
    AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
    AND NOT EXISTS (SELECT 1 FROM {_STAGE} s
                     WHERE s.source_name = d.source_name AND s.doc_path = d.doc_path)
+"""
+
+_UPSERT_SOURCE = """
+INSERT INTO document_sources (doc_type, source_name, config, enabled, last_checked, last_populated)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+ON CONFLICT (doc_type, source_name) DO UPDATE
+   SET config = (document_sources.config - $7::text[]) || EXCLUDED.config,
+       enabled = EXCLUDED.enabled, last_checked = EXCLUDED.last_checked,
+       last_populated = EXCLUDED.last_populated
+"""
+_TARGET_SOURCES = """
+SELECT source_name, config, enabled, last_checked, last_populated
+  FROM document_sources WHERE doc_type = $1
+"""
+_UPSERT_JOB = """
+INSERT INTO source_population_jobs
+       (source_id, doc_type, source_name, status, started_at, completed_at,
+        error_message, docs_populated, created_at, legacy_id, metadata)
+SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb
+  FROM (SELECT 1) one
+  LEFT JOIN document_sources s ON s.doc_type = $1 AND s.source_name = $2
+ON CONFLICT (doc_type, legacy_id) DO UPDATE
+   SET source_id = EXCLUDED.source_id, source_name = EXCLUDED.source_name,
+       status = EXCLUDED.status, started_at = EXCLUDED.started_at,
+       completed_at = EXCLUDED.completed_at, error_message = EXCLUDED.error_message,
+       docs_populated = EXCLUDED.docs_populated, created_at = EXCLUDED.created_at,
+       metadata = source_population_jobs.metadata || EXCLUDED.metadata
+"""
+# source_id must be the id of the job's source (by name) on the target
+_TARGET_JOBS = """
+SELECT j.id, j.legacy_id, j.source_name, j.source_id, s.id AS linked_id, j.status,
+       j.started_at, j.completed_at, j.error_message, j.docs_populated, j.created_at,
+       j.metadata
+  FROM source_population_jobs j
+  LEFT JOIN document_sources s ON s.doc_type = j.doc_type AND s.source_name = j.source_name
+ WHERE j.doc_type = $1
+"""
+_MIGRATED_DOCUMENT = (
+    "doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors' AND metadata ? 'legacy_id'"
+)
+# Per source: migrated documents, those without embedding, and the distinct
+# metadata.crate_version among them (NULL when absent): one scan, no detoasting.
+_TARGET_PER_SOURCE = f"""
+SELECT source_name, count(*) AS documents,
+       count(*) FILTER (WHERE embedding IS NULL) AS null_embeddings,
+       array_agg(DISTINCT metadata->>'crate_version') AS versions
+  FROM documents WHERE {_MIGRATED_DOCUMENT} GROUP BY 1
+"""
+_SET_CRATE_VERSION = f"""
+UPDATE documents
+   SET metadata = CASE WHEN $3::text IS NULL THEN metadata - 'crate_version'
+                       ELSE metadata || jsonb_build_object('crate_version', $3::text) END
+ WHERE {_MIGRATED_DOCUMENT} AND source_name = $2
+   AND (metadata->>'crate_version') IS DISTINCT FROM $3::text
 """
 
 
@@ -216,6 +289,23 @@ class Migrator:
     def _count_bytes(self, n: int) -> None:
         self._bytes += n
 
+    async def _ensure_writable(self, store: Store, action: str) -> None:
+        """Raise :class:`ReadOnlyError` unless the target accepts writes (checked before
+        anything is written anywhere)."""
+        if store.read_only:
+            raise ReadOnlyError(
+                f"the target store is read-only: unset READ_ONLY to {action} (in the shell that "
+                "runs docstore, not the app's); nothing was written"
+            )
+        read_only = await store.fetchval(
+            "SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery()"
+        )
+        if read_only:
+            raise ReadOnlyError(
+                f"the target database is read-only (a standby, or default_transaction_read_only "
+                f"is on): cannot {action}; nothing was written"
+            )
+
     # -- preflight ---------------------------------------------------------------------------
     async def _run_id(self, src: asyncpg.Connection) -> str:
         where = await src.fetchval(
@@ -296,11 +386,20 @@ class Migrator:
     async def run(self, *, dry_run: bool = False) -> MigrationReport:
         """Preflight, copy, delta pass, ANALYZE, (index), validate; see the module docs.
 
-        ``dry_run`` stops after preflight and writes nothing. Raises :class:`MigrationError`
-        on a blocking preflight problem or when another migrator holds the lock.
+        ``dry_run`` stops after preflight and writes nothing. Raises
+        :class:`~docstore.ReadOnlyError` before reading or writing anything when the target is
+        read-only (``READ_ONLY``, ``connect(read_only=True)``, a standby or a database with
+        ``default_transaction_read_only``), :class:`MigrationError` on a blocking preflight
+        problem or when another migrator holds the lock.
+
+        With validation on, ``report.ok`` means the target equals the legacy database as of
+        the validation's snapshot, taken at the end of the run: documents, sources and their
+        configs, derived document metadata and population jobs.
         """
         started = _now()
         store = await self._target_store()
+        if not dry_run:
+            await self._ensure_writable(store, "migrate")
         async with self._source() as src:
             run_id = await self._run_id(src)
             pre = await self._preflight(src, store)
@@ -340,6 +439,20 @@ class Migrator:
         if self.run_validation:
             report.validation = await self.validate()
             report.timings["validate"] = report.validation.seconds
+            if _repairable(report.validation):
+                # What the stamps and the delta pass can't see: rows edited in the target, or
+                # legacy changes after the delta pass. Copy them again, then check again.
+                t0 = _now()
+                found = report.validation.problems()
+                report.repaired_documents = await self._repair(report.validation)
+                report.validation = await self.validate()
+                report.timings["repair"] = _now() - t0
+                report.warnings.append(
+                    f"validation found {len(found)} differences from the legacy database after "
+                    "the copy (edited in the target, or changed in the legacy database after the "
+                    f"delta pass), copied again: {'; '.join(found[:10])}"
+                    + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+                )
         report.timings["total"] = _now() - started
         if self.report_path is not None:
             self.report_path.write_text(report.model_dump_json(indent=2))
@@ -354,22 +467,45 @@ class Migrator:
             )
         async with src.transaction(isolation="repeatable_read", readonly=True):
             t0 = _now()
-            report.sources = await self._copy_sources(src, tgt)
+            state = await self._legacy_state(src)
+            report.sources = len(state.sources)
+            async with tgt.transaction():
+                stale = await self._sync_sources(state, tgt, delete=False)
             report.timings["sources"] = _now() - t0
             t0 = _now()
             await self._copy_documents(src, tgt, report)
             report.timings["documents"] = _now() - t0
             t0 = _now()
-            report.population_jobs = await self._copy_jobs(src, tgt, report.preflight)
+            report.population_jobs = len(state.jobs)
+            async with tgt.transaction():
+                await self._sync_jobs(state, tgt, delete=True)
+                if report.skipped_chunks:
+                    # chunks skipped as unchanged carry the crate version of an earlier run:
+                    # rewrite it where the crate's version changed since
+                    report.refreshed_documents = await self._sync_versions(
+                        state,
+                        tgt,
+                        [
+                            d.source_name
+                            for d in stale
+                            if d.problem == "missing in target" or "config.version" in d.fields
+                        ],
+                    )
             report.timings["population_jobs"] = _now() - t0
-        # Delta pass in a fresh snapshot: what the legacy application changed meanwhile.
+        # Delta pass in fresh snapshots: what the legacy application changed meanwhile.
         t0 = _now()
         report.delta_documents = await self._delta(src, tgt, report.run_id)
+        changed = await self._delta_small_tables(
+            src, tgt, state, report, recopied=bool(report.delta_documents)
+        )
         report.timings["delta"] = _now() - t0
-        if report.delta_documents:
+        if report.delta_documents or changed:
             report.warnings.append(
                 f"the legacy database changed during the copy: {report.delta_documents} "
-                "documents were re-copied by the delta pass; keep it read-only for cutover"
+                f"documents, {report.delta_sources} sources and {report.delta_population_jobs} "
+                "population jobs were re-copied by the delta pass"
+                + (f" ({'; '.join(changed[:10])})" if changed else "")
+                + "; keep it read-only for the cutover"
             )
         for r in await tgt.fetch(
             "SELECT source_name, count(*) AS n FROM documents WHERE doc_type = $1"
@@ -389,13 +525,22 @@ class Migrator:
                 + ", ".join(f"{r['crate_name']}/{r['doc_path']}" for r in rows)
             )
 
-    async def _copy_sources(self, src: asyncpg.Connection, tgt: asyncpg.Connection) -> int:
+    # -- sources, population jobs, derived metadata -------------------------------------------
+    async def _legacy_state(self, src: asyncpg.Connection) -> LegacyState:
+        """What the legacy ``crates``, ``crate_configs`` and ``population_jobs`` give the
+        target's sources, jobs and per-crate document metadata (read in the caller's
+        snapshot; small tables)."""
         configs: dict[str, list[dict[str, Any]]] = {}
-        has_configs = bool(await src.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL"))
+        optional = await src.fetchrow(
+            "SELECT to_regclass('crate_configs') IS NOT NULL AS configs,"
+            " to_regclass('population_jobs') IS NOT NULL AS jobs"
+        )
+        assert optional is not None
+        has_configs = bool(optional["configs"])
         if has_configs:
             for r in await src.fetch(legacy.CONFIGS_QUERY):
                 configs.setdefault(r["name"], []).append(_jsonable(dict(r)))
-        rows = []
+        sources: dict[str, LegacySource] = {}
         for r in await src.fetch(legacy.sources_query(has_configs)):
             config: dict[str, Any] = {"migrated_from": legacy.MIGRATED_FROM}
             if r["legacy_id"] is None:
@@ -422,27 +567,147 @@ class Migrator:
                 )
                 enabled = bool(first["enabled"]) if first["enabled"] is not None else True
                 last_checked = first["last_checked"]
-            rows.append(
-                (
-                    self.doc_type,
-                    r["source_name"],
-                    json.dumps(config),
-                    enabled,
-                    parse_timestamp(last_checked),
-                    _as_utc(r["last_updated"]),
-                )
+            sources[r["source_name"]] = LegacySource(
+                config=json.loads(json.dumps(config)),  # exactly what jsonb gives back
+                enabled=enabled,
+                last_checked=parse_timestamp(last_checked),
+                last_populated=_as_utc(r["last_updated"]),
+                version=None if r["legacy_id"] is None else r["version"],
             )
-        await tgt.executemany(
-            """INSERT INTO document_sources
-                   (doc_type, source_name, config, enabled, last_checked, last_populated)
-               VALUES ($1, $2, $3::jsonb, $4, $5, $6)
-               ON CONFLICT (doc_type, source_name) DO UPDATE
-                  SET config = document_sources.config || EXCLUDED.config,
-                      enabled = EXCLUDED.enabled, last_checked = EXCLUDED.last_checked,
-                      last_populated = EXCLUDED.last_populated""",
-            rows,
-        )
-        return len(rows)
+        jobs: dict[int, dict[str, Any]] = {}
+        if has_configs and optional["jobs"]:
+            for r in await src.fetch(legacy.JOBS_QUERY):
+                jobs[r["id"]] = {
+                    "source_name": r["source_name"] or "",
+                    "status": r["status"],
+                    "started_at": r["started_at"],
+                    "completed_at": r["completed_at"],
+                    "error_message": r["error_message"],
+                    "docs_populated": r["docs_populated"],
+                    "created_at": r["created_at"],
+                    "metadata": {
+                        "crate_config_id": r["crate_config_id"],
+                        "version_spec": r["version_spec"],
+                    },
+                }
+        return LegacyState(sources=sources, jobs=jobs)
+
+    async def _source_diffs(
+        self, state: LegacyState, tgt: asyncpg.Connection
+    ) -> tuple[list[SourceMismatch], dict[str, Any]]:
+        """Sources whose target row differs from ``state`` (and the target rows by name)."""
+        have = {r["source_name"]: r for r in await tgt.fetch(_TARGET_SOURCES, self.doc_type)}
+        return diff_sources(state.sources, have), have
+
+    async def _sync_sources(
+        self, state: LegacyState, tgt: asyncpg.Connection, *, delete: bool
+    ) -> list[SourceMismatch]:
+        """Make the target's sources what ``state`` gives: rows that differ or are missing are
+        written (the derived config keys replaced, other keys kept); with ``delete``, migrated
+        sources the legacy database no longer has are removed once no document uses them.
+        Returns the differences found (before the writes)."""
+        diffs, _ = await self._source_diffs(state, tgt)
+        rows = [
+            (
+                self.doc_type,
+                d.source_name,
+                json.dumps(state.sources[d.source_name].config),
+                state.sources[d.source_name].enabled,
+                state.sources[d.source_name].last_checked,
+                state.sources[d.source_name].last_populated,
+                list(legacy.SOURCE_CONFIG_KEYS),
+            )
+            for d in diffs
+            if d.source_name in state.sources
+        ]
+        if rows:
+            await tgt.executemany(_UPSERT_SOURCE, rows)
+        extra = [d.source_name for d in diffs if d.source_name not in state.sources]
+        if delete and extra:
+            await tgt.execute(
+                "DELETE FROM document_sources s WHERE s.doc_type = $1"
+                " AND s.source_name = ANY($2::text[])"
+                " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_type = s.doc_type"
+                "                 AND d.source_name = s.source_name)",
+                self.doc_type,
+                extra,
+            )
+        return diffs
+
+    async def _job_diffs(self, state: LegacyState, tgt: asyncpg.Connection) -> list[JobMismatch]:
+        return diff_jobs(state.jobs, await tgt.fetch(_TARGET_JOBS, self.doc_type))
+
+    async def _sync_jobs(
+        self, state: LegacyState, tgt: asyncpg.Connection, *, delete: bool
+    ) -> list[JobMismatch]:
+        """Make the target's migrated population jobs what ``state`` gives (``delete``: jobs
+        whose legacy row is gone are removed; jobs written in docstore, without a legacy id,
+        are never touched). Returns the differences found (before the writes)."""
+        diffs = await self._job_diffs(state, tgt)
+        rows = [
+            (
+                self.doc_type,
+                job["source_name"],
+                job["status"],
+                job["started_at"],
+                job["completed_at"],
+                job["error_message"],
+                job["docs_populated"],
+                job["created_at"],
+                d.legacy_id,
+                json.dumps(job["metadata"]),
+            )
+            for d in diffs
+            if d.legacy_id is not None and (job := state.jobs.get(d.legacy_id)) is not None
+        ]
+        if rows:
+            await tgt.executemany(_UPSERT_JOB, rows)
+        gone = [
+            d.legacy_id for d in diffs if d.legacy_id is not None and d.legacy_id not in state.jobs
+        ]
+        if delete and gone:
+            await tgt.execute(
+                "DELETE FROM source_population_jobs WHERE doc_type = $1"
+                " AND legacy_id = ANY($2::int[])",
+                self.doc_type,
+                gone,
+            )
+        return diffs
+
+    async def _version_diffs(
+        self, state: LegacyState, tgt: asyncpg.Connection
+    ) -> tuple[list[SourceMismatch], dict[str, int], int]:
+        """Sources whose migrated documents' ``metadata.crate_version`` is not their crate's
+        version (one aggregate over the target), the target's per-source document counts and
+        its migrated documents without embedding."""
+        per_source = await tgt.fetch(_TARGET_PER_SOURCE, self.doc_type, timeout=LONG_TIMEOUT)
+        counts = {r["source_name"]: r["documents"] for r in per_source}
+        nulls = sum(r["null_embeddings"] for r in per_source)
+        return diff_versions(state.sources, per_source), counts, nulls
+
+    async def _sync_versions(
+        self, state: LegacyState, tgt: asyncpg.Connection, names: Iterable[str] | None = None
+    ) -> int:
+        """Rewrite ``metadata.crate_version`` of migrated documents that don't carry their
+        crate's version; returns how many documents were rewritten. ``names``: only these
+        sources (an indexed update each, no scan); None: find them with one aggregate over
+        the target's documents."""
+        if names is None:
+            diffs, _, _ = await self._version_diffs(state, tgt)
+            names = [d.source_name for d in diffs]
+        rewritten = 0
+        for name in names:
+            if name not in state.sources:
+                continue
+            status = await tgt.execute(
+                _SET_CRATE_VERSION,
+                self.doc_type,
+                name,
+                state.sources[name].version,
+                timeout=LONG_TIMEOUT,
+            )
+            rewritten += int(status.split()[-1])
+        return rewritten
 
     async def _chunks(self, src: asyncpg.Connection) -> list[tuple[int, int, int]]:
         """(exclusive low id, inclusive high id, rows) of every chunk, in the snapshot."""
@@ -559,44 +824,6 @@ class Migrator:
         await tgt.execute(_DELETE_RANGE_NOT_STAGED, self.doc_type, low, high)
         return n
 
-    async def _copy_jobs(
-        self, src: asyncpg.Connection, tgt: asyncpg.Connection, pre: Preflight
-    ) -> int:
-        if "population_jobs" not in pre.table() or "crate_configs" not in pre.table():
-            return 0
-        rows = [
-            (
-                self.doc_type,
-                r["source_name"] or "",
-                r["status"],
-                r["started_at"],
-                r["completed_at"],
-                r["error_message"],
-                r["docs_populated"],
-                r["created_at"],
-                r["id"],
-                json.dumps(
-                    {"crate_config_id": r["crate_config_id"], "version_spec": r["version_spec"]}
-                ),
-            )
-            for r in await src.fetch(legacy.JOBS_QUERY)
-        ]
-        await tgt.executemany(
-            """INSERT INTO source_population_jobs
-                   (source_id, doc_type, source_name, status, started_at, completed_at,
-                    error_message, docs_populated, created_at, legacy_id, metadata)
-               SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb
-                 FROM (SELECT 1) one
-                 LEFT JOIN document_sources s ON s.doc_type = $1 AND s.source_name = $2
-               ON CONFLICT (doc_type, legacy_id) DO UPDATE
-                  SET source_id = EXCLUDED.source_id, status = EXCLUDED.status,
-                      started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
-                      error_message = EXCLUDED.error_message,
-                      docs_populated = EXCLUDED.docs_populated, metadata = EXCLUDED.metadata""",
-            rows,
-        )
-        return len(rows)
-
     # -- delta & validation ------------------------------------------------------------------
     async def _checksums(
         self, src: asyncpg.Connection, tgt: asyncpg.Connection
@@ -676,10 +903,102 @@ class Migrator:
                 )
         return recopied
 
+    async def _repair(self, validation: Validation) -> int:
+        """Copy again what ``validation`` found different, under the migration lock: the id
+        ranges of differing documents (one snapshot each), then sources, jobs and crate
+        versions from one fresh snapshot. Returns the documents rewritten."""
+        store = await self._target_store()
+        query = legacy.documents_copy_query("$1", store.embedding_dim)
+        chunks = sorted({m.legacy_id // self.chunk_rows for m in validation.mismatches})
+        async with self._source() as src, store.acquire() as tgt:
+            if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+                raise MigrationError(
+                    "another docstore migrator is running against this target "
+                    "(advisory lock held); wait for it or stop it first"
+                )
+            try:
+                for c in chunks:
+                    low, high = c * self.chunk_rows - 1, (c + 1) * self.chunk_rows - 1
+                    async with (
+                        src.transaction(isolation="repeatable_read", readonly=True),
+                        tgt.transaction(),
+                    ):
+                        await self._copy_chunk(src, tgt, query, low, high, direct=False)
+                async with src.transaction(isolation="repeatable_read", readonly=True):
+                    state = await self._legacy_state(src)
+                async with tgt.transaction():
+                    await self._sync_sources(state, tgt, delete=True)
+                    await self._sync_jobs(state, tgt, delete=True)
+                    versions = await self._sync_versions(state, tgt)
+            finally:
+                await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        return len(validation.mismatches) + versions
+
+    async def _delta_small_tables(
+        self,
+        src: asyncpg.Connection,
+        tgt: asyncpg.Connection,
+        before: LegacyState,
+        report: MigrationReport,
+        *,
+        recopied: bool,
+    ) -> list[str]:
+        """The delta pass for everything but document rows: sources (crates, crate_configs),
+        population jobs and the documents' ``metadata.crate_version``, re-read in one fresh
+        snapshot and written where the target differs; migrated sources and jobs the legacy
+        database no longer has are removed. Counts into ``report.delta_*`` what the legacy
+        database changed since the copy's snapshot (``before``); returns what changed.
+
+        Crate versions: the documents of crates whose version changed since ``before`` are
+        rewritten (indexed updates); only when document ranges were ``recopied`` (each in its
+        own snapshot) are all sources checked, with one aggregate over the documents."""
+        async with src.transaction(isolation="repeatable_read", readonly=True):
+            now = await self._legacy_state(src)
+        moved = None
+        if not recopied:
+            moved = [
+                name
+                for name, source in now.sources.items()
+                if (old := before.sources.get(name)) is None or old.version != source.version
+            ]
+        async with tgt.transaction():
+            await self._sync_sources(now, tgt, delete=True)
+            await self._sync_jobs(now, tgt, delete=True)
+            report.delta_documents += await self._sync_versions(now, tgt, moved)
+        changed = []
+        for name in sorted(set(before.sources) | set(now.sources)):
+            a, b = before.sources.get(name), now.sources.get(name)
+            if a == b:
+                continue
+            report.delta_sources += 1
+            if a is None or b is None:
+                changed.append(f"source {name} {'added' if a is None else 'removed'}")
+                continue
+            fields = [
+                f"config.{k}"
+                for k in legacy.SOURCE_CONFIG_KEYS
+                if a.config.get(k) != b.config.get(k)
+            ] + [
+                k
+                for k in ("enabled", "last_checked", "last_populated")
+                if getattr(a, k) != getattr(b, k)
+            ]
+            changed.append(f"source {name}: {', '.join(fields)}")
+        for key in sorted(set(before.jobs) | set(now.jobs)):
+            if before.jobs.get(key) != now.jobs.get(key):
+                report.delta_population_jobs += 1
+                changed.append(f"population job {key}")
+        return changed
+
     async def validate(self) -> Validation:
-        """Compare legacy and target: counts (total, per crate, NULL embeddings), every row
-        through chunked checksums drilled down to the differing documents, sources, population
-        jobs, and exact top-k search parity with timings. ``.ok`` is False on any mismatch."""
+        """Compare the target with the legacy database as it is now (one legacy snapshot):
+        counts (total, per crate, NULL embeddings); every document row through chunked
+        checksums (columns, embedding bytes, ``metadata.legacy_id``/``legacy_crate_id``/
+        ``crate_name``) drilled down to the differing documents and fields; every source's
+        derived config, ``enabled``/``last_checked``/``last_populated`` and its documents'
+        ``metadata.crate_version`` (per source, one aggregate); every population job; and exact
+        top-k search parity with timings. ``.ok`` is False on any mismatch;
+        :meth:`Validation.problems` names each. Reads only: works on a read-only store."""
         started = _now()
         store = await self._target_store()
         async with self._source() as src, store.acquire() as tgt:
@@ -694,7 +1013,9 @@ class Migrator:
                     "legacy rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
                 )
             try:
-                return await self._validate(src, tgt, store, started)
+                # one legacy snapshot: every check compares the target with the same moment
+                async with src.transaction(isolation="repeatable_read", readonly=True):
+                    return await self._validate(src, tgt, store, started)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 raise MigrationError(f"validation failed: {describe(exc, self._secrets)}") from exc
 
@@ -702,18 +1023,10 @@ class Migrator:
         self, src: asyncpg.Connection, tgt: asyncpg.Connection, store: Store, started: float
     ) -> Validation:
         dim = store.embedding_dim
-        migrated = (
-            "doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'"
-            " AND metadata ? 'legacy_id'"
-        )
+        state = await self._legacy_state(src)
         legacy_counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
-        target_counts = {
-            r[0]: r[1]
-            for r in await tgt.fetch(
-                f"SELECT source_name, count(*) FROM documents WHERE {migrated} GROUP BY 1",
-                self.doc_type,
-            )
-        }
+        # counts, NULL embeddings and metadata.crate_version per source: one scan
+        version_diffs, target_counts, target_nulls = await self._version_diffs(state, tgt)
         per_source = {
             name: (legacy_counts.get(name, 0), target_counts.get(name, 0))
             for name in set(legacy_counts) | set(target_counts)
@@ -723,10 +1036,6 @@ class Migrator:
             "SELECT count(*) FROM doc_embeddings"
             " WHERE embedding IS NULL OR vector_dims(embedding) <> $1",
             dim,
-        )
-        target_nulls = await tgt.fetchval(
-            f"SELECT count(*) FROM documents WHERE {migrated} AND embedding IS NULL",
-            self.doc_type,
         )
         legacy_sums, target_sums = await self._checksums(src, tgt)
         bad = sorted(
@@ -774,17 +1083,16 @@ class Migrator:
                         source_name=row["source_name"],
                         doc_path=row["doc_path"],
                         problem=problem,
+                        fields=legacy.digest_differences(a["digest"], b["digest"])
+                        if a is not None and b is not None
+                        else [],
                     )
                 )
+        source_diffs, target_sources = await self._source_diffs(state, tgt)
         legacy_names = set(legacy_counts) | {
             r[0] for r in await src.fetch("SELECT name FROM crates")
         }
-        target_names = {
-            r[0]
-            for r in await tgt.fetch(
-                "SELECT source_name FROM document_sources WHERE doc_type = $1", self.doc_type
-            )
-        }
+        job_diffs = await self._job_diffs(state, tgt)
         jobs = (0, 0)
         if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
             jobs = (
@@ -803,8 +1111,10 @@ class Migrator:
             checksum_chunks=len(set(legacy_sums) | set(target_sums)),
             mismatched_chunks=len(bad),
             mismatches=mismatches,
-            missing_sources=sorted(legacy_names - target_names),
+            missing_sources=sorted(legacy_names - set(target_sources)),
+            source_mismatches=source_diffs + version_diffs,
             population_jobs=jobs,
+            job_mismatches=job_diffs,
             parity=await self._parity(src, store, dim),
             seconds=_now() - started,
         )
@@ -858,10 +1168,23 @@ class Migrator:
 
         The legacy tables end up mirroring the target: migrated rows keep their legacy ids,
         rows written after the cutover get new ones, rows deleted after the cutover are
-        deleted. One transaction on the legacy database: all or nothing.
+        deleted. One transaction on the legacy database: all or nothing. Afterwards the target
+        records what the legacy database gave it (legacy ids of documents and jobs written
+        after the cutover, and the sources' derived config and documents' crate versions), so
+        :meth:`validate` passes right after a rollback.
+
+        Raises :class:`~docstore.ReadOnlyError` before writing anything anywhere when the
+        target (or a :class:`~docstore.Store` given as source) is read-only: the rollback
+        writes both databases. Run it from a shell without ``READ_ONLY``; the app keeps it.
         """
         started = _now()
         store = await self._target_store()
+        await self._ensure_writable(store, "roll back")
+        if isinstance(self._source_arg, Store) and self._source_arg.read_only:
+            raise ReadOnlyError(
+                "the legacy store given as source is read-only: a rollback writes it; "
+                "nothing was written"
+            )
         report = RollbackReport()
         try:
             await self._rollback(store, report)
@@ -881,7 +1204,7 @@ class Migrator:
                 self.doc_type,
             )
             jobs = await tgt.fetch(
-                "SELECT legacy_id, source_name, status, started_at, completed_at,"
+                "SELECT id, legacy_id, source_name, status, started_at, completed_at,"
                 " error_message, docs_populated, created_at, metadata"
                 " FROM source_population_jobs WHERE doc_type = $1 ORDER BY id",
                 self.doc_type,
@@ -908,9 +1231,10 @@ class Migrator:
                     report.deleted_documents,
                     assigned,
                 ) = await self._rollback_documents(leg, tgt)
+                job_ids: list[tuple[int, int]] = []
                 if has_optional:
                     report.crate_configs = await self._rollback_configs(leg, configs)
-                    report.population_jobs = await self._rollback_jobs(leg, jobs)
+                    report.population_jobs, job_ids = await self._rollback_jobs(leg, jobs)
                 for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
                     if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
                         await leg.execute(
@@ -919,14 +1243,25 @@ class Migrator:
                         )
             # Committed. The documents written after the cutover now have legacy ids: record
             # them on the target, so the two databases pair up (validate, compat views' ids).
+            # Then the sources' derived config and the documents' crate versions, from what
+            # the legacy database now holds (crates written for new sources got ids, …).
             try:
-                report.recorded_legacy_ids = await _record_legacy_ids(tgt, self.doc_type, assigned)
+                async with tgt.transaction():
+                    report.recorded_legacy_ids = await _record_legacy_ids(
+                        tgt, self.doc_type, assigned
+                    )
+                    report.recorded_job_ids = await _record_job_ids(tgt, job_ids)
+                    async with leg.transaction(isolation="repeatable_read", readonly=True):
+                        state = await self._legacy_state(leg)
+                    await self._sync_sources(state, tgt, delete=False)
+                    await self._sync_jobs(state, tgt, delete=False)
+                    await self._sync_versions(state, tgt)
             except asyncpg.PostgresError as exc:
                 raise MigrationError(
                     "rollback committed in the legacy database, but recording the legacy ids of "
-                    f"{len(assigned)} documents written after the cutover in the target failed "
-                    f"({describe(exc, self._secrets)}): `docstore validate` lists them as "
-                    "missing until the next `docstore migrate`"
+                    f"{len(assigned)} documents and {len(job_ids)} population jobs written after "
+                    f"the cutover in the target failed ({describe(exc, self._secrets)}): "
+                    "`docstore validate` lists them until the next `docstore migrate`"
                 ) from None
 
     async def _rollback_crates(self, leg: asyncpg.Connection, sources: list[Any]) -> int:
@@ -1048,10 +1383,26 @@ class Migrator:
         )
         return len(configs)
 
-    async def _rollback_jobs(self, leg: asyncpg.Connection, jobs: list[Any]) -> int:
+    async def _rollback_jobs(
+        self, leg: asyncpg.Connection, jobs: list[Any]
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Mirror the target's jobs into ``population_jobs``; returns (jobs written, the
+        (target id, legacy id) of jobs that had no legacy id)."""
         await _advance_sequence(leg, "population_jobs", [j["legacy_id"] for j in jobs])
-        await leg.executemany(
-            """INSERT INTO population_jobs
+
+        def values(j: Any) -> tuple[Any, ...]:
+            return (
+                j["legacy_id"],
+                _config(j["metadata"]).get("crate_config_id"),
+                j["status"],
+                j["started_at"],
+                j["completed_at"],
+                j["error_message"],
+                j["docs_populated"],
+                j["created_at"],
+            )
+
+        sql = """INSERT INTO population_jobs
                    (id, crate_config_id, status, started_at, completed_at, error_message,
                     docs_populated, created_at)
                VALUES (coalesce($1, nextval(pg_get_serial_sequence('population_jobs', 'id'))),
@@ -1060,25 +1411,29 @@ class Migrator:
                   SET crate_config_id = EXCLUDED.crate_config_id, status = EXCLUDED.status,
                       started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
                       error_message = EXCLUDED.error_message,
-                      docs_populated = EXCLUDED.docs_populated""",
-            [
-                (
-                    j["legacy_id"],
-                    _config(j["metadata"]).get("crate_config_id"),
-                    j["status"],
-                    j["started_at"],
-                    j["completed_at"],
-                    j["error_message"],
-                    j["docs_populated"],
-                    j["created_at"],
-                )
-                for j in jobs
-            ],
-        )
-        return len(jobs)
+                      docs_populated = EXCLUDED.docs_populated"""
+        await leg.executemany(sql, [values(j) for j in jobs if j["legacy_id"] is not None])
+        assigned = [
+            (j["id"], await leg.fetchval(sql + " RETURNING id", *values(j)))
+            for j in jobs
+            if j["legacy_id"] is None
+        ]
+        return len(jobs), assigned
 
 
 _ROLLBACK_STAGE = "docstore_rollback_stage"
+
+
+def _repairable(v: Validation) -> bool:
+    """Whether a re-copy can fix what ``v`` found (search parity alone can't be)."""
+    return bool(
+        v.mismatched_chunks
+        or v.per_source_mismatch
+        or v.legacy_documents != v.target_documents
+        or v.missing_sources
+        or v.source_mismatches
+        or v.job_mismatches
+    )
 
 
 def _iso(value: Any) -> Any:
@@ -1096,8 +1451,8 @@ async def _record_legacy_ids(tgt: asyncpg.Connection, doc_type: str, assigned: l
     status = await tgt.execute(
         f"""UPDATE documents t
                SET metadata = coalesce(t.metadata, '{{}}') || jsonb_strip_nulls(jsonb_build_object(
-                       'legacy_id', a.id, 'legacy_crate_id', a.crate_id,
-                       'migrated_from', '{legacy.MIGRATED_FROM}'))
+                       'crate_name', a.crate_name, 'legacy_id', a.id,
+                       'legacy_crate_id', a.crate_id, 'migrated_from', '{legacy.MIGRATED_FROM}'))
               FROM unnest($2::int[], $3::int[], $4::text[], $5::text[])
                    AS a(id, crate_id, crate_name, doc_path)
              WHERE t.doc_type = $1 AND t.source_name = a.crate_name AND t.doc_path = a.doc_path""",
@@ -1107,6 +1462,19 @@ async def _record_legacy_ids(tgt: asyncpg.Connection, doc_type: str, assigned: l
         [r["crate_name"] for r in assigned],
         [r["doc_path"] for r in assigned],
         timeout=LONG_TIMEOUT,
+    )
+    return int(status.split()[-1])
+
+
+async def _record_job_ids(tgt: asyncpg.Connection, assigned: list[tuple[int, int]]) -> int:
+    """Mark target population jobs with the legacy ids a rollback gave them."""
+    if not assigned:
+        return 0
+    status = await tgt.execute(
+        """UPDATE source_population_jobs j SET legacy_id = a.legacy_id
+             FROM unnest($1::int[], $2::int[]) AS a(id, legacy_id) WHERE j.id = a.id""",
+        [a[0] for a in assigned],
+        [a[1] for a in assigned],
     )
     return int(status.split()[-1])
 

@@ -80,6 +80,38 @@ class Mismatch(BaseModel):
     source_name: str
     doc_path: str
     problem: str  # "missing in target" | "extra in target" | "differs"
+    fields: list[str] = Field(
+        default_factory=list,
+        description="what differs, for 'differs': content, embedding, metadata.legacy_crate_id,"
+        " … (names only, never values)",
+    )
+
+
+class SourceMismatch(BaseModel):
+    """A source (legacy crate) whose target row, or whose documents' derived metadata, is not
+    what the legacy ``crates``/``crate_configs``/``doc_embeddings`` rows give now."""
+
+    source_name: str
+    problem: str  # "missing in target" | "extra in target" | "differs"
+    fields: list[str] = Field(
+        default_factory=list,
+        description="config.version, config.total_docs, last_populated, enabled, "
+        "metadata.crate_version, …",
+    )
+    details: list[str] = Field(
+        default_factory=list, description="legacy vs target value of each scalar field"
+    )
+
+
+class JobMismatch(BaseModel):
+    """A population job that differs between legacy ``population_jobs`` and the target's
+    ``source_population_jobs`` (``legacy_id`` None: a target job with no legacy row)."""
+
+    legacy_id: int | None
+    source_name: str
+    problem: str  # "missing in target" | "extra in target" | "differs"
+    fields: list[str] = Field(default_factory=list)
+    details: list[str] = Field(default_factory=list)
 
 
 class ParityCheck(BaseModel):
@@ -106,7 +138,12 @@ class Validation(BaseModel):
     mismatched_chunks: int
     mismatches: list[Mismatch] = Field(default_factory=list)
     missing_sources: list[str] = Field(default_factory=list)
+    source_mismatches: list[SourceMismatch] = Field(
+        default_factory=list,
+        description="sources whose config/columns or documents' derived metadata are stale",
+    )
     population_jobs: tuple[int, int] = (0, 0)
+    job_mismatches: list[JobMismatch] = Field(default_factory=list)
     parity: list[ParityCheck] = Field(default_factory=list)
     seconds: float = 0.0
 
@@ -119,9 +156,31 @@ class Validation(BaseModel):
             and self.mismatched_chunks == 0
             and not self.mismatches
             and not self.missing_sources
+            and not self.source_mismatches
             and self.population_jobs[0] == self.population_jobs[1]
+            and not self.job_mismatches
             and all(p.same for p in self.parity)
         )
+
+    def problems(self) -> list[str]:
+        """One line per difference, naming what differs (never a vector value)."""
+        lines = [
+            f"source {m.source_name}: {m.problem}"
+            + (f" ({'; '.join(m.details or m.fields)})" if m.details or m.fields else "")
+            for m in self.source_mismatches
+        ]
+        lines += [
+            f"population job {j.legacy_id if j.legacy_id is not None else '(no legacy id)'}"
+            f" of {j.source_name or '-'}: {j.problem}"
+            + (f" ({'; '.join(j.details or j.fields)})" if j.details or j.fields else "")
+            for j in self.job_mismatches
+        ]
+        lines += [
+            f"document {m.source_name}/{m.doc_path} (legacy id {m.legacy_id}): {m.problem}"
+            + (f" ({', '.join(m.fields)})" if m.fields else "")
+            for m in self.mismatches
+        ]
+        return lines
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
@@ -161,9 +220,15 @@ class Validation(BaseModel):
         )
         row("sources", "", f"{len(self.missing_sources)} missing", not self.missing_sources)
         row(
+            "sources: config, columns, derived metadata",
+            "",
+            f"{len(self.source_mismatches)} differ",
+            not self.source_mismatches,
+        )
+        row(
             "population jobs",
             *self.population_jobs,
-            self.population_jobs[0] == self.population_jobs[1],
+            self.population_jobs[0] == self.population_jobs[1] and not self.job_mismatches,
         )
         if self.parity:
             same = sum(p.same for p in self.parity)
@@ -175,12 +240,26 @@ class Validation(BaseModel):
                 f"{ours_ms:.1f} ms avg",
                 same == len(self.parity),
             )
+        for s in self.source_mismatches[:20]:
+            table.add_row(
+                f"[red]source {s.problem}[/]",
+                Text(s.source_name),
+                Text("; ".join(s.details or s.fields)),
+                "",
+            )
+        for j in self.job_mismatches[:20]:
+            table.add_row(
+                f"[red]job {j.problem}[/]",
+                f"legacy id {j.legacy_id}" if j.legacy_id is not None else "no legacy id",
+                Text("; ".join(j.details or j.fields)),
+                "",
+            )
         for m in self.mismatches[:20]:
             table.add_row(
                 f"[red]{m.problem}[/]",
                 f"legacy id {m.legacy_id}",
                 Text(f"{m.source_name}/{m.doc_path}"),
-                "",
+                Text(", ".join(m.fields)),
             )
         yield table
 
@@ -197,7 +276,27 @@ class MigrationReport(BaseModel):
     sources: int = 0
     population_jobs: int = 0
     per_source: dict[str, int] = Field(default_factory=dict)
-    delta_documents: int = Field(default=0, description="rows re-copied because the source changed")
+    refreshed_documents: int = Field(
+        default=0,
+        description="documents of chunks skipped as unchanged whose metadata.crate_version was "
+        "rewritten because their crate's version changed since an earlier run",
+    )
+    delta_documents: int = Field(
+        default=0,
+        description="documents re-copied, or whose derived metadata was rewritten, because the "
+        "legacy database changed during the copy",
+    )
+    repaired_documents: int = Field(
+        default=0,
+        description="documents validation found different (edited in the target, or changed "
+        "in the legacy database after the delta pass), copied again before re-validating",
+    )
+    delta_sources: int = Field(
+        default=0, description="sources re-copied because crates/crate_configs changed meanwhile"
+    )
+    delta_population_jobs: int = Field(
+        default=0, description="population jobs re-copied or removed because they changed meanwhile"
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     validation: Validation | None = None
@@ -219,5 +318,10 @@ class RollbackReport(BaseModel):
         default=0,
         description="target documents written after the cutover, now marked with the legacy "
         "ids the rollback gave them (so validate pairs them)",
+    )
+    recorded_job_ids: int = Field(
+        default=0,
+        description="target population jobs written after the cutover, now marked with the "
+        "legacy ids the rollback gave them",
     )
     seconds: float = 0.0
