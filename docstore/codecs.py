@@ -38,12 +38,23 @@ class EncodedVector:
         return f"<EncodedVector {(len(self.data) - _HEADER.size) // 4} dims>"
 
 
+MAX_DIM = 65535  # the binary formats' 16-bit dimension count
+
+
 def _as_array(value: Any) -> npt.NDArray[Any]:
+    """``value`` as a 1-D numpy array of real numbers; anything else is a ValueError (which
+    asyncpg reports as invalid input for that parameter), never a silent cast of booleans,
+    complex numbers, strings or objects. (Documents and query vectors were already checked
+    more strictly by :func:`docstore.models.embedding_array`; this guards raw SQL.)"""
     if isinstance(value, Vector | HalfVector):
         value = value.to_numpy()
     array = np.asarray(value)
     if array.ndim != 1:
         raise ValueError(f"expected a 1-dimensional vector, got {array.ndim} dimensions")
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"a vector holds real numbers, not numpy dtype {array.dtype}")
+    if array.shape[0] > MAX_DIM:
+        raise ValueError(f"a vector has at most {MAX_DIM} dimensions, got {array.shape[0]}")
     return array
 
 

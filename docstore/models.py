@@ -10,9 +10,12 @@ field and the document's key but never echoes a vector's values:
   2,704 bytes), ``content`` at most 10 MB;
 - no NUL byte and no lone surrogate (``"\ud800"``: not encodable as UTF-8) in any text,
   metadata keys and string values included (PostgreSQL or the driver reject them);
-- ``embedding``: None, a list or a numpy array, one-dimensional, every value finite and within
-  ±65,504 (the range of half precision, which the search index and ``embedding_half`` use;
-  the repository also checks the configured dimension);
+- ``embedding``: None or a one-dimensional sequence of real numbers (see
+  :func:`embedding_array` for exactly what is accepted), every value finite and within
+  ±65,504 (the range of half precision, which the search index and ``embedding_half`` use),
+  not all zero, and representable in half precision without losing more than 1 % of itself
+  to underflow (:data:`MAX_HALF_PRECISION_ERROR`); the repository also checks the configured
+  dimension. Query vectors follow the same rule (:func:`query_vector`);
 - ``metadata``: a JSON object (no NaN/inf, only JSON types) nested at most 100 levels deep;
   ``token_count`` ≥ 0.
 """
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 from pydantic import (
     BaseModel,
@@ -90,29 +94,216 @@ def _doc_path(value: Any) -> Any:
 def _to_embedding(value: Any) -> FloatArray | None:
     if value is None:
         return None
-    if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray):
-        value = value.to_numpy()  # pgvector Vector / HalfVector
-    if isinstance(value, str | bytes | Mapping):
-        raise ValueError("must be a list or numpy array of floats")
-    try:
-        with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
-            array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError("must be a list or numpy array of numbers") from None
+    return embedding_array(value)
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+MAX_HALF_PRECISION_ERROR = 0.01
+"""How far (relative to its length) an embedding's half-precision copy may be from it.
+
+Every embedding is also searched as half precision: ``embedding_half`` (the scoped
+``"halfvec"`` path), the HNSW index above 2,000 dimensions (``embedding::halfvec``) and the
+query's own cast. Half precision keeps 11 significant bits, so for a vector whose values are
+in its normal range (|x| ≥ 2⁻¹⁴ ≈ 6.1e-5) or zero, ``|half(v) − v| ≤ 2⁻¹¹ |v|`` (0.05 %; a
+unit-length 3,072-dim vector measures 0.02 %). Smaller values lose bits, and below ~3e-8
+they become 0: a vector made of them gets a copy that points elsewhere or is all zeros, and
+the halfvec and ANN paths cannot find it (issue 13: a unit vector × 1e-9 was ranked first by
+``exact=True`` and never returned by any default search).
+
+The bound is 1 %: 20× the rounding error of any normal-range vector, and 10× below where the
+ranking was measured to degrade (halfvec-scoped recall@10 against the exact scan, 1,000
+uniformly random 3,072-dim vectors scaled down: 1.000 up to a 9.5 % error, 0.983 at 32 %,
+0.535 at 85 %; ``tests/test_embedding_rules.py`` and the validation notes). In terms of
+length: a 3,072-dim vector is refused below a norm of about 1e-4 (unit-length embeddings are
+at 0.02 %), so no embedding model's output comes near it — normalising fixes any that does.
+"""
+_HALF_ROUNDING = 2.0**-22  # (2^-11)^2: a normal value's largest relative rounding error, squared
+_HALF_UNDERFLOW = 2.0**-50  # (2^-25)^2: the largest absolute error below 2^-14, squared
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+_BOOL_TYPES = (bool, np.bool_)
+_DTYPE_KINDS = {
+    "b": "booleans",
+    "c": "complex numbers",
+    "U": "strings",
+    "S": "bytes",
+    "M": "datetimes",
+    "m": "timedeltas",
+    "V": "structured records",
+}
+
+
+def _is_number_type(kind: type) -> bool:
+    return issubclass(kind, _NUMBER_TYPES) and not issubclass(kind, _BOOL_TYPES)
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__[:40]
+
+
+def _not_a_number(value: Any, position: int) -> str:
+    """Why the element at ``position`` is not accepted (never its value)."""
+    if isinstance(value, _BOOL_TYPES):
+        return f"holds a bool at position {position}: booleans are not numbers here"
+    if isinstance(value, list | tuple | np.ndarray):
+        return (
+            f"must be one-dimensional: a flat list of numbers (position {position} holds a"
+            f" {_type_name(value)})"
+        )
+    if value is None:
+        return f"holds None at position {position}: every value must be a number"
+    if isinstance(value, str | bytes):
+        return (
+            f"holds a {_type_name(value)} at position {position}: values must be numbers,"
+            " not text (parse them first)"
+        )
+    if isinstance(value, complex | np.complexfloating):
+        return f"holds a complex number at position {position}: values must be real"
+    return (
+        f"holds a {_type_name(value)} at position {position}: values must be ints or floats"
+        " (Python or numpy)"
+    )
+
+
+def _out_of_range(array: npt.NDArray[Any]) -> str | None:
+    """Why a real (float or int) 1-D array is out of range, or None."""
+    with np.errstate(invalid="ignore"):
+        if array.min() >= -MAX_EMBEDDING_VALUE and array.max() <= MAX_EMBEDDING_VALUE:
+            return None  # False for NaN too; only now find which value it was
+        bad = int(
+            np.flatnonzero(~((array >= -MAX_EMBEDDING_VALUE) & (array <= MAX_EMBEDDING_VALUE)))[0]
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array[bad]):
+        return f"must contain only finite values (NaN or inf at position {bad})"
+    return (
+        f"has a value beyond ±{MAX_EMBEDDING_VALUE:g} at position {bad}, outside the half"
+        " precision that docstore's search index and embedding_half store"
+    )
+
+
+def _from_array(array: npt.NDArray[Any]) -> FloatArray:
+    if isinstance(array, np.ma.MaskedArray) and np.ma.is_masked(array):
+        raise ValueError("has masked (missing) values")
     if array.ndim != 1:
         raise ValueError(f"must be one-dimensional (got an array with {array.ndim} axes)")
+    kind = array.dtype.kind
+    if kind == "O":  # Python objects: checked one by one, like a list
+        return _from_sequence(list(array))
+    if kind not in "fiu":
+        what = _DTYPE_KINDS.get(kind, f"dtype {array.dtype}")
+        raise ValueError(f"must hold real numbers, not {what} (a numpy array of {array.dtype})")
     if array.size == 0:
         raise ValueError("must not be empty")
-    if not (array.min() >= -MAX_EMBEDDING_VALUE and array.max() <= MAX_EMBEDDING_VALUE):
-        # False for NaN and inf too; only now find which value it was
-        bad = int(np.flatnonzero(~(np.abs(array) <= MAX_EMBEDDING_VALUE))[0])
-        if not np.isfinite(array[bad]):
-            raise ValueError(f"must contain only finite values (NaN or inf at position {bad})")
+    problem = _out_of_range(array)
+    if problem:
+        raise ValueError(problem)
+    return np.ascontiguousarray(np.asarray(array), dtype=np.float32)
+
+
+def _from_sequence(values: list[Any] | tuple[Any, ...]) -> FloatArray:
+    if not values:
+        raise ValueError("must not be empty")
+    if not set(map(type, values)) <= {float, int}:  # the common case needs no per-item loop
+        for position, item in enumerate(values):
+            if not _is_number_type(type(item)):
+                raise ValueError(_not_a_number(item, position))
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond float64 (10**400)
+        huge = [i for i, x in enumerate(values) if isinstance(x, int) and not -1e308 < x < 1e308]
+        where = f" at position {huge[0]}" if huge else ""
         raise ValueError(
-            f"has a value beyond ±{MAX_EMBEDDING_VALUE:g} at position {bad}, outside the half"
-            " precision that docstore's search index and embedding_half store"
+            f"has a value beyond ±{MAX_EMBEDDING_VALUE:g}{where}, outside the half precision"
+            " that docstore's search index and embedding_half store"
+        ) from None
+    except (TypeError, ValueError):  # a number type whose conversion to float fails
+        raise ValueError("could not be read as numbers") from None
+    return _from_array(array)
+
+
+def _convert(value: Any) -> Any:
+    """An array-like's numpy form: ``to_numpy()`` (pgvector's Vector/HalfVector/SparseVector,
+    pandas) or ``__array__`` (torch, jax, …); any failure there is a ValueError."""
+    try:
+        if hasattr(value, "to_numpy"):
+            return value.to_numpy()
+        return np.asarray(value)
+    except Exception as exc:  # third-party conversions may raise anything
+        raise ValueError(f"could not be read as an array ({type(exc).__name__})") from None
+
+
+def half_precision_problem(array: FloatArray) -> str | None:
+    """Why ``array`` (finite, within ±65,504) cannot be searched through its half-precision
+    copy — zero norm, underflow to zeros, or a copy more than
+    :data:`MAX_HALF_PRECISION_ERROR` of its length away from it — or None.
+
+    The copy is computed as PostgreSQL computes ``embedding::halfvec`` (round to nearest
+    even, which numpy's float16 cast also does).
+    """
+    exact = array.astype(np.float64)
+    norm2 = float(exact @ exact)
+    if norm2 == 0.0:
+        return (
+            "has zero norm (every value is 0): cosine similarity is undefined for it, so"
+            " no search could rank it"
         )
-    return np.ascontiguousarray(array)
+    # Rounding moves a value by at most 2^-11 of itself, or by 2^-25 below half's normal
+    # range, so |half(v) - v|^2 <= 2^-22 |v|^2 + n 2^-50: when that bound is within the
+    # limit (any vector of norm above ~2e-4 at 3,072 dimensions), skip the 20 us conversion.
+    if _HALF_ROUNDING + array.size * _HALF_UNDERFLOW / norm2 <= MAX_HALF_PRECISION_ERROR**2:
+        return None
+    half = array.astype(np.float16).astype(np.float64)
+    if not half.any():
+        return (
+            "underflows half precision: every value is below 3e-8 in magnitude, so the"
+            " half-precision copy docstore's searches rank by (embedding_half, the HNSW index)"
+            " is all zeros; normalise it (scale it to unit length)"
+        )
+    diff = half - exact
+    error = math.sqrt(float(diff @ diff) / norm2)
+    if error > MAX_HALF_PRECISION_ERROR:
+        return (
+            f"loses {error:.1%} of itself to underflow in half precision (at most"
+            f" {MAX_HALF_PRECISION_ERROR:.0%}): its values are too small for the half-precision"
+            " copy docstore's searches rank by (embedding_half, the HNSW index); normalise it"
+            " (scale it to unit length)"
+        )
+    return None
+
+
+def embedding_array(value: Any) -> FloatArray:
+    """``value`` as the contiguous float32 array docstore stores, or ValueError saying why not
+    (never quoting a value). One rule for stored and query embeddings.
+
+    Accepted: a list or tuple of Python or numpy ints and floats; a one-dimensional numpy
+    array of a float, signed or unsigned int dtype (an object array is checked element by
+    element like a list); anything with ``to_numpy()`` (pgvector's ``Vector``/``HalfVector``/
+    ``SparseVector``, a pandas Series) or ``__array__`` (torch, jax) that gives one of those.
+
+    Refused: booleans (``True`` is not 1.0 here), strings (no parsing), None, ``Decimal``,
+    complex numbers, nested lists and arrays of more or fewer than one axis (0-d included),
+    empty vectors, masked values, NaN/inf, values beyond ±65,504 (half precision's range,
+    ints of any size included), and vectors the half-precision search paths cannot see
+    (:func:`half_precision_problem`: zero norm, underflow).
+    """
+    if isinstance(value, str | bytes | Mapping):
+        raise ValueError(f"must be a list or numpy array of numbers, not a {_type_name(value)}")
+    if not isinstance(value, np.ndarray) and (
+        hasattr(value, "to_numpy") or hasattr(value, "__array__")
+    ):
+        value = _convert(value)
+    if isinstance(value, np.ndarray):
+        array = _from_array(value)
+    elif isinstance(value, list | tuple):
+        array = _from_sequence(value)
+    else:
+        raise ValueError(f"must be a list or numpy array of numbers, not a {_type_name(value)}")
+    problem = half_precision_problem(array)
+    if problem:
+        raise ValueError(problem)
+    return array
 
 
 def _check_json(value: Any, path: str = "metadata", depth: int = 0) -> None:
@@ -220,7 +411,8 @@ class _Model(BaseModel):
         except pydantic.ValidationError as exc:
             message, field = _describe(exc)
         if message is not None:
-            key = _key_of(data, self._key_fields)
+            defaults = {name: type(self).model_fields[name].default for name in self._key_fields}
+            key = _key_of({**defaults, **data}, self._key_fields)  # doc_type "rust" if not given
             where = f" ({'/'.join(key)})" if key else ""
             raise ValidationError(
                 f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
@@ -290,6 +482,31 @@ class Document(_Model):
         return bool(np.array_equal(self.embedding, other.embedding))
 
     __hash__ = None  # type: ignore[assignment]  # mutable model with array field
+
+    # pydantic validates neither assignment nor model_copy(update=...): an embedding given
+    # either way is checked here, so no unchecked vector reaches upsert_many.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "embedding":
+            value = self._checked_embedding(value)
+        super().__setattr__(name, value)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with ``update`` applied; an ``embedding`` in it is validated like one given
+        to the constructor (:class:`ValidationError`)."""
+        if update and "embedding" in update:
+            update = {**update, "embedding": self._checked_embedding(update["embedding"])}
+        return super().model_copy(update=update, deep=deep)
+
+    def _checked_embedding(self, value: Any) -> FloatArray | None:
+        try:
+            return _to_embedding(value)
+        except ValueError as exc:
+            key = tuple(_safe(part[:80]) for part in self.key)
+            raise ValidationError(
+                f"invalid {type(self).__name__} ({'/'.join(key)}): embedding: {exc}",
+                field="embedding",
+                key=key,
+            ) from None
 
 
 class Source(_Model):
@@ -385,17 +602,22 @@ def row_id(value: Any) -> int:
 
 
 def query_vector(value: Any, dim: int) -> FloatArray:
-    """Validate a query embedding like a stored one: 1-D, finite, ``dim`` values.
+    """Validate a query embedding exactly like a stored one (:func:`embedding_array`): real
+    numbers, finite, within ±65,504, not all zero, searchable in half precision
+    (:func:`half_precision_problem`), and ``dim`` of them.
 
+    Every search path takes its query through here (``search``, ``hybrid_search``,
+    ``evaluate_recall(query_vectors=...)``, the legacy ``search_similar_docs``), so none of
+    them can compute a NaN similarity (a zero-norm query) or rank by an all-zero half copy.
     Raises :class:`ValidationError` (field ``"embedding"``); the message never contains the
     vector.
     """
+    if value is None:
+        raise ValidationError("a query embedding is required", field="embedding")
     try:
-        array = _to_embedding(value)
+        array = embedding_array(value)
     except ValueError as exc:
         raise ValidationError(f"query embedding {exc}", field="embedding") from None
-    if array is None:
-        raise ValidationError("a query embedding is required", field="embedding")
     if array.shape[0] != dim:
         raise ValidationError(
             f"query embedding has {array.shape[0]} dimensions, expected {dim}"
