@@ -214,3 +214,35 @@ def test_ann_plan_floors_candidates_and_raises_ef_search_to_them() -> None:
     assert queries.ann_plan(1, 10, 1) == (40, 40)
     assert queries.ann_plan(100, 200, 4) == (400, 400)
     assert queries.ann_plan(500, 200, 10) == (1000, 1000)
+
+
+# -- text query limits (issue 13, part 7) ----------------------------------------------------
+
+
+def test_a_text_query_of_up_to_256_words_and_4096_characters_is_accepted() -> None:
+    longest = " ".join(["tokio"] * queries.MAX_TEXT_QUERY_WORDS)
+    assert queries.check_text_query(longest) == longest
+    assert queries.check_text_query("x" * queries.MAX_TEXT_QUERY_CHARS)
+    assert queries.check_text_query("") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (" ".join(["tokio"] * 257), "has 257 words; at most 256"),
+        ("a_b " * 129, "has 258 words"),  # PostgreSQL's parser splits at "_" too
+        ("-a " * 257, "has 257 words"),  # exclusions are words too
+        ('"' + " ".join(["w"] * 300) + '"', "has 300 words"),  # so are a phrase's
+        ("x" * 4097, "has 4,097 characters; at most 4,096"),
+        ("word " * 50_000, "has 250,000 characters"),  # issue 13's 50,000 words
+        (None, "must be a string"),
+        (b"bytes", "must be a string"),
+        ("a\x00b", "NUL bytes"),
+    ],
+)
+def test_longer_or_unstorable_text_queries_are_refused_before_any_sql_is_built(
+    text: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        text_search_sql(text, limit=5)  # type: ignore[arg-type]
+    assert info.value.field == "text"

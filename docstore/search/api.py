@@ -24,7 +24,7 @@ import numpy as np
 from docstore.db import Database
 from docstore.errors import DocstoreError, SchemaError, ValidationError
 from docstore.metrics import timed
-from docstore.models import query_vector
+from docstore.models import half_precision_problem, query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
 from docstore.search.results import (
@@ -334,8 +334,13 @@ class SearchDatabase(Database):
     ) -> SearchResults:
         """The ``limit`` documents nearest to ``embedding``, best first.
 
-        ``embedding`` is validated like a stored one (dimension, finite values). Documents
-        with a NULL embedding never match (``store.documents.stats()`` counts them).
+        ``embedding`` is validated like a stored one (:func:`docstore.models.query_vector`:
+        ``DOCSTORE_EMBEDDING_DIM`` finite real values within ±65,504, not all zero, and
+        not lost to underflow in half precision), else :class:`ValidationError` before
+        anything is sent. Documents with a NULL embedding never match
+        (``store.documents.stats()`` counts them); neither does a stored zero-norm vector
+        written before that rule (a migrated row): its cosine distance is NaN, and no hit
+        has a NaN similarity.
         ``filter`` is a :mod:`~docstore.search.filters` document; ``doc_type`` and
         ``source_name`` are shortcuts ANDed with it. ``min_similarity`` drops weaker hits
         (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server).
@@ -404,7 +409,11 @@ class SearchDatabase(Database):
                 work = _ann_fetch(sql, params, ef, force_index=exact is False or filter is None)
         records = await self.run(work, stateless=True, read=True)
         self._metrics.search_mode(mode, time.perf_counter() - started)
-        hits = [_hit(r, similarity=mt.similarity(r["distance"])) for r in records]
+        hits = [
+            _hit(r, similarity=mt.similarity(r["distance"]))
+            for r in records
+            if not math.isnan(r["distance"])  # a zero vector stored before validation
+        ]
         return SearchResults(
             hits,
             mode=mode,
@@ -432,6 +441,11 @@ class SearchDatabase(Database):
         Fast with the GIN index of :meth:`create_text_index` (the first 100,000 characters
         of each document are indexed); without it PostgreSQL tokenizes every document for
         every query, which is only reasonable for small tables.
+
+        ``text`` has at most 256 words and 4,096 characters
+        (:func:`~docstore.search.queries.check_text_query`: ranking time grows with every
+        word, and PostgreSQL's query parser fails at ~15,000); longer text is refused with
+        :class:`ValidationError` before anything is sent.
         """
         started = time.perf_counter()
         sql, params = queries.text_search_sql(
@@ -464,9 +478,15 @@ class SearchDatabase(Database):
 
         Each ranking contributes ``1 / (k + rank)`` for its top ``candidates`` (default
         ``max(5 × limit, 50)``); hits carry ``score``, ``ranks`` and, where found, their
-        ``similarity`` and ``text_rank``. Both searches run concurrently.
+        ``similarity`` and ``text_rank``. Both searches run concurrently, after both inputs
+        were validated: ``text`` as in :meth:`search_text`, ``embedding`` as in
+        :meth:`search` (:class:`ValidationError` before anything is sent).
         """
         started = time.perf_counter()
+        queries.check_text_query(text)
+        embedding = query_vector(embedding, self.embedding_dim)
+        queries.metric(metric)
+        build_filter(queries.scoped_filter(doc_type, source_name, filter))
         queries.check_limit(limit)
         pool = queries.check_limit(
             max(5 * limit, 50) if candidates is None else candidates, "candidates"
@@ -547,7 +567,9 @@ class SearchDatabase(Database):
             )
         flt = queries.scoped_filter(doc_type, source_name, filter)
         if query_vectors is None:
-            vectors = await self.run(_sample_vectors(flt, sample, seed), read=True)
+            sampled = await self.run(_sample_vectors(flt, sample, seed), read=True)
+            # a vector stored before validation (a migrated zero vector) is no valid query
+            vectors = [v for v in sampled if half_precision_problem(v) is None]
         else:
             vectors = [query_vector(q, self.embedding_dim) for q in query_vectors]
         if not vectors:

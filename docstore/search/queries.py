@@ -19,6 +19,7 @@ All order by ``(distance, id)`` so ties break the same way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +39,23 @@ TEXT_CONFIG = "english"
 # to_tsvector is bounded so no document can exceed PostgreSQL's 1 MB tsvector limit; the
 # full-text index (create_text_index_sql) uses exactly this expression.
 TEXT_PREFIX_CHARS = 100_000
+MAX_TEXT_QUERY_WORDS = 256
+"""Words (runs of letters and digits, stop words included) a text query may have.
+
+Measured (``bench/limits.py``, embedded PostgreSQL 16, 2,000 documents, GIN index):
+``websearch_to_tsquery`` alone takes 1–2 ms at 1,000 words, 12–40 ms at 5,000, 50–100 ms at
+10,000, and from ~15,000 words (30,000 tsquery nodes: phrases, hyphenated words) to 50,000
+the query fails with "stack depth limit exceeded" after 0.3–7 s. Long before that, ranking
+costs: ``ts_rank_cd`` per matching document grows with the query's terms — 2,000 matching
+300-word documents took 0.4 s for 1 word, 2 s for 64 OR-ed words, 7.8 s for 256, 33 s for
+512; 500 repeats of one matching word took 11 s and 1,000 passed the 60 s command timeout.
+256 words is ~10x a long real question (and far below the stack-depth failure), and keeps a
+query's ranking within ~20x that of a one-word query on the same matches.
+"""
+MAX_TEXT_QUERY_CHARS = 4096
+"""Characters a text query may have: 256 words of 16 characters, with room for punctuation;
+checked first, so no huge string is scanned or sent."""
+_WORD = re.compile(r"[^\W_]+")  # PostgreSQL's parser splits on "_" too
 
 
 @dataclass(frozen=True)
@@ -280,11 +298,9 @@ def text_search_sql(
     include_embedding: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL for full-text search: ``websearch_to_tsquery`` syntax (quotes, ``or``, ``-word``),
-    ranked by ``ts_rank_cd`` (best first, then id)."""
-    if not isinstance(text, str) or unstorable(text):
-        raise ValidationError(
-            "text must be a string without NUL bytes or lone surrogates", field="text"
-        )
+    ranked by ``ts_rank_cd`` (best first, then id). ``text`` is checked by
+    :func:`check_text_query`."""
+    check_text_query(text)
     check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     tsv = text_vector_expression("d.content")
@@ -295,6 +311,34 @@ def text_search_sql(
         " ORDER BY rank DESC, d.id LIMIT $2"
     )
     return sql, [text, limit, *filter_params]
+
+
+def check_text_query(text: Any) -> str:
+    """A text query as given, or :class:`ValidationError` (field ``"text"``) before anything
+    is sent: a string without NUL bytes or lone surrogates, at most
+    :data:`MAX_TEXT_QUERY_CHARS` characters and :data:`MAX_TEXT_QUERY_WORDS` words."""
+    if not isinstance(text, str):
+        raise ValidationError(
+            "text must be a string without NUL bytes or lone surrogates", field="text"
+        )
+    if len(text) > MAX_TEXT_QUERY_CHARS:
+        raise ValidationError(
+            f"text query has {len(text):,} characters; at most {MAX_TEXT_QUERY_CHARS:,} (and"
+            f" {MAX_TEXT_QUERY_WORDS} words) are searched: shorten it to its key words",
+            field="text",
+        )
+    if unstorable(text):
+        raise ValidationError(
+            "text must be a string without NUL bytes or lone surrogates", field="text"
+        )
+    words = sum(1 for _ in _WORD.finditer(text))
+    if words > MAX_TEXT_QUERY_WORDS:
+        raise ValidationError(
+            f"text query has {words} words; at most {MAX_TEXT_QUERY_WORDS} are searched"
+            " (ranking time grows with every word): shorten it to its key words",
+            field="text",
+        )
+    return text
 
 
 def reciprocal_rank_fusion(
