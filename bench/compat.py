@@ -23,19 +23,16 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
+import common
 import numpy as np
 
 import docstore
 from docstore.codecs import register_codecs
 from docstore.compat import LegacyDatabase
 from docstore.demo import build_sample_legacy
-from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.migrate import Migrator
 from docstore.search.api import HALFVEC_SCOPE_ROWS
 
@@ -62,18 +59,19 @@ async def measure(
     for q, c in queries[:20]:  # warm-up
         for call in calls.values():
             await call(q, c)
-    times: dict[str, list[float]] = {name: [] for name in calls}
+
+    def path(name: str) -> Any:
+        return lambda i: calls[name](*queries[i])
+
+    seconds, results = await common.interleave({name: path(name) for name in calls}, len(queries))
+    times = {name: [s * 1000 for s in values] for name, values in seconds.items()}
     found: dict[str, int] = dict.fromkeys(calls, 0)
-    names = list(calls)
-    for i, (q, c) in enumerate(queries):
-        shift = i % len(names)
-        paths: dict[str, set[str]] = {}
-        for name in names[shift:] + names[:shift]:
-            t = time.perf_counter()
-            rows = await calls[name](q, c)
-            times[name].append((time.perf_counter() - t) * 1000)
-            paths[name] = {r[0] if isinstance(r, tuple) else r["doc_path"] for r in rows}
-        for name in names:
+    for i in range(len(queries)):
+        paths = {
+            name: {r[0] if isinstance(r, tuple) else r["doc_path"] for r in rows[i]}
+            for name, rows in results.items()
+        }
+        for name in calls:
             found[name] += len(paths[name] & paths["legacy"])
     expected = found["legacy"]
     medians = {name: statistics.median(v) for name, v in times.items()}
@@ -81,41 +79,34 @@ async def measure(
         medians[f"{name} recall"] = found[name] / expected if expected else 1.0
     # per-query ratios against legacy cancel this machine's slow drifts
     for name in ("views", "facade"):
-        medians[f"{name}/legacy"] = statistics.median(
-            x / y for x, y in zip(times[name], times["legacy"], strict=True)
-        )
+        medians[f"{name}/legacy"] = common.median_ratio(times[name], times["legacy"])
     return medians
 
 
 async def run(args: argparse.Namespace) -> bool:
-    with tempfile.TemporaryDirectory(prefix="docstore-bench-compat-") as tmp:
-        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
-        try:
-            admin = server.url("postgres")
-            await ensure_database(admin, "legacy")
-            await ensure_database(admin, "target")
-            legacy_url, target_url = server.url("legacy"), server.url("target")
-            await build_sample_legacy(legacy_url, crates=args.crates, docs=args.rows)
-            async with docstore.connect(target_url) as store:
-                async with Migrator(legacy_url, store) as m:
-                    assert (await m.run()).ok
-                compat = LegacyDatabase(store)
-                await compat.install_views()
-                legacy = await connect(legacy_url)
-                target = await connect(target_url)
-                rows = await legacy.fetch(
-                    "SELECT embedding, crate_name FROM doc_embeddings"
-                    " WHERE embedding IS NOT NULL ORDER BY random() LIMIT $1",
-                    args.queries,
-                )
-                queries = [(r["embedding"], r["crate_name"]) for r in rows]
-                exact = await measure(legacy, target, compat, queries)
-                await store.create_vector_index()
-                ann = await measure(legacy, target, compat, queries)
-                await legacy.close()
-                await target.close()
-        finally:
-            server.close()
+    print(common.machine_line("bench/compat.py"))
+    async with common.bench_server(prefix="docstore-bench-compat-") as server:
+        legacy_url = await server.create_database("legacy")
+        target_url = await server.create_database("target")
+        await build_sample_legacy(legacy_url, crates=args.crates, docs=args.rows)
+        async with docstore.connect(target_url) as store:
+            async with Migrator(legacy_url, store) as m:
+                assert (await m.run()).ok
+            compat = LegacyDatabase(store)
+            await compat.install_views()
+            legacy = await connect(legacy_url)
+            target = await connect(target_url)
+            rows = await legacy.fetch(
+                "SELECT embedding, crate_name FROM doc_embeddings"
+                " WHERE embedding IS NOT NULL ORDER BY random() LIMIT $1",
+                args.queries,
+            )
+            queries = [(r["embedding"], r["crate_name"]) for r in rows]
+            exact = await measure(legacy, target, compat, queries)
+            await store.create_vector_index()
+            ann = await measure(legacy, target, compat, queries)
+            await legacy.close()
+            await target.close()
     print(f"{args.rows} documents x 3072 in {args.crates} crates, {args.queries} queries, p50 ms")
     print(
         f"  (with an index, a crate of <= {HALFVEC_SCOPE_ROWS} documents is ranked by"
@@ -136,9 +127,7 @@ async def run(args: argparse.Namespace) -> bool:
         r_ann = ann[f"{name}/legacy"]
         goals.append((f"{name}: exact <= 1.10x legacy", r_exact <= 1.10, f"{r_exact:.2f}x"))
         goals.append((f"{name}: ANN < 1.0x legacy", r_ann < 1.0, f"{r_ann:.2f}x"))
-    for name, ok, figure in goals:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {figure}")
-    return all(ok for _, ok, _ in goals)
+    return common.print_goals(goals)
 
 
 if __name__ == "__main__":

@@ -16,28 +16,20 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
+from common import DIM
 
 import docstore
 from docstore import Document
-from docstore.embedded import EmbeddedServer, ensure_database
 
-DIM = 3072
 GOAL = 1.03
 
 
 def corpus(rows: int, sources: int, seed: int = 7) -> list[Document]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(50, DIM)).astype(np.float32)
-    points = centres[rng.integers(0, 50, size=rows)] + rng.normal(
-        scale=0.5, size=(rows, DIM)
-    ).astype(np.float32)
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    points = common.clustered(rows, 50, 0.5, seed, unit_centres=False)
     return [
         Document(
             source_name=f"crate{i % sources}",
@@ -63,39 +55,32 @@ async def measure(
     for q, s in queries[:50]:  # warm-up: plans, caches, the scope cache
         await call(on, q, s)
         await call(off, q, s)
-    times: dict[str, list[float]] = {"on": [], "off": []}
-    for i, (q, s) in enumerate(queries):
-        order = [("on", on), ("off", off)] if i % 2 else [("off", off), ("on", on)]
-        for name, store in order:
-            started = time.perf_counter()
-            await call(store, q, s)
-            times[name].append(time.perf_counter() - started)
-    ratio = statistics.median(a / b for a, b in zip(times["on"], times["off"], strict=True))
+    times, _ = await common.interleave(
+        {"on": lambda i: call(on, *queries[i]), "off": lambda i: call(off, *queries[i])},
+        len(queries),
+    )
+    ratio = common.median_ratio(times["on"], times["off"])
     return ratio, statistics.median(times["on"]) * 1000, statistics.median(times["off"]) * 1000
 
 
 async def run(args: argparse.Namespace) -> bool:
-    with tempfile.TemporaryDirectory(prefix="docstore-bench-metrics-") as tmp:
-        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
-        try:
-            await ensure_database(server.url("postgres"), "bench")
-            url = server.url("bench")
-            async with docstore.connect(url) as on, docstore.connect(url, metrics=False) as off:
-                docs = corpus(args.rows, args.sources)
-                await on.documents.upsert_many(docs)
-                await on.execute("VACUUM ANALYZE documents")
-                await on.create_vector_index()
-                rng = np.random.default_rng(1)
-                picks = rng.integers(0, len(docs), size=args.queries)
-                queries = [(docs[i].embedding, docs[i].source_name) for i in picks]
-                assert all(q is not None for q, _ in queries)
-                results = {}
-                for kind in ("halfvec", "ann", "exact"):
-                    results[kind] = await measure(on, off, queries, kind)  # type: ignore[arg-type]
-                snapshot = await on.metrics(disk=False)
-                assert not (await off.metrics(disk=False)).operations
-        finally:
-            server.close()
+    print(common.machine_line("bench/metrics.py"))
+    async with common.bench_server(prefix="docstore-bench-metrics-") as server:
+        url = await server.create_database("bench")
+        async with docstore.connect(url) as on, docstore.connect(url, metrics=False) as off:
+            docs = corpus(args.rows, args.sources)
+            await on.documents.upsert_many(docs)
+            await on.execute("VACUUM ANALYZE documents")
+            await on.create_vector_index()
+            rng = np.random.default_rng(1)
+            picks = rng.integers(0, len(docs), size=args.queries)
+            queries = [(docs[i].embedding, docs[i].source_name) for i in picks]
+            assert all(q is not None for q, _ in queries)
+            results = {}
+            for kind in ("halfvec", "ann", "exact"):
+                results[kind] = await measure(on, off, queries, kind)  # type: ignore[arg-type]
+            snapshot = await on.metrics(disk=False)
+            assert not (await off.metrics(disk=False)).operations
     print(
         f"{args.rows} documents x {DIM} in {args.sources} sources, {args.queries} queries each,"
         " metrics on vs off (median of per-query ratios; p50 ms)"

@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
-import os
 import statistics
 import tempfile
 import time
@@ -58,6 +56,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 import psutil  # type: ignore[import-untyped]
+from common import DIM, WORDS, clock, load_line, machine_line
+from common import percentile as p
 
 import docstore
 from docstore import Document
@@ -65,48 +65,11 @@ from docstore.embedded import EmbeddedReplica, EmbeddedServer, ensure_database
 from docstore.search import queries
 from docstore.search.api import HALFVEC_SCOPE_ROWS
 
-DIM = 3072
 SCOPED_LIMIT = 5  # the Doc Server's per-crate query (legacy search_similar_docs default)
 LIMIT = 10  # unscoped and doc_type-scoped searches
 PART_DB = "docstore_part"
 GiB = 2**30
 MiB = 2**20
-WORDS = [
-    "async",
-    "runtime",
-    "task",
-    "spawn",
-    "future",
-    "channel",
-    "mutex",
-    "stream",
-    "trait",
-    "impl",
-    "struct",
-    "enum",
-    "lifetime",
-    "borrow",
-    "iterator",
-    "closure",
-    "macro",
-    "module",
-    "crate",
-    "feature",
-    "error",
-    "result",
-    "option",
-    "vector",
-    "buffer",
-    "socket",
-    "request",
-    "response",
-    "handler",
-    "middleware",
-    "serialize",
-    "deserialize",
-    "config",
-    "builder",
-]
 
 
 # -- corpus ---------------------------------------------------------------------------------
@@ -219,10 +182,10 @@ class CpuMeter:
         with contextlib.suppress(psutil.Error):
             procs += psutil.Process(self.pid).children(recursive=True)
         out: dict[int, float] = {}
-        for p in procs:
+        for proc in procs:
             with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
         return out
 
     @staticmethod
@@ -292,15 +255,6 @@ async def closed_loop(
     cell.server_cpu = {k: CpuMeter.used(before[k], m.seconds()) for k, m in meters.items()}
     cell.count = len(cell.latencies)
     return cell
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
-
-
-def p(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def recall(truth: Sequence[int], got: Sequence[int]) -> float:
@@ -463,13 +417,13 @@ async def throughput(
         if result.mode != w.expect:
             print(f"    WARNING: {w.name}: docstore chose mode {result.mode!r}, not {w.expect!r}")
     cells: dict[tuple[str, int], Cell] = {}
-    print(f"    {load()} before")
+    print(f"    {load_line()} before")
     for _ in range(args.rounds):
         for w in loads:
             for c in args.concurrency:
                 cell = await closed_loop([(calls[w.name], c)], args.duration, meters)
                 cells.setdefault((w.name, c), Cell()).add(cell)
-    print(f"    {load()} after\n")
+    print(f"    {load_line()} after\n")
     print(
         f"    {'workload':45} {'conc':>4} {'searches/s':>10} {'(rounds)':>15} {'p50 ms':>8}"
         f" {'p99 ms':>8} {'server CPU':>10} {'client CPU':>10}"
@@ -748,7 +702,7 @@ async def cliff(
     )
     results: list[str] = []
     plans: list[str] = []
-    print(f"    {load()} before")
+    print(f"    {load_line()} before")
     for t in types:
         rows = corpus.rows_by_type[t]
         qs = near(corpus, rows, args.cliff_queries, args.jitter, args.seed + 500 + len(rows))
@@ -862,7 +816,7 @@ async def cliff(
             )
         if part is not None and t == types[-1]:
             plans = await explain_pruning(part, qs[0], t)
-    print(f"    {load()} after\n")
+    print(f"    {load_line()} after\n")
     print(f"      {'variant':12} {'p50 ms':>7} {'p95 ms':>7} {'recall':>7}  plan (EXPLAIN ANALYZE)")
     for line in results:
         print(line)
@@ -955,7 +909,7 @@ async def replica_lag(
         await watcher
     wall = sum(s for s, _ in batches)
     wal = sum(w for _, w in batches)
-    print(f"    {load()}")
+    print(f"    {load_line()}")
     print(
         f"    writes: {n * len(batches):,} documents in {wall:.1f} s ({n * len(batches) / wall:.0f}"
         f" docs/s), WAL {wal / MiB:.0f} MiB ({wal / (n * len(batches)) / 1024:.1f} KiB a document,"
@@ -1005,14 +959,14 @@ async def replica_split(
         cells: dict[tuple[str, str], Cell] = {}
         print(
             f"\n    reads on primary / replica / split, concurrency {c} in total,"
-            f" {args.duration:g} s a cell, {args.rounds} interleaved rounds; {load()} before"
+            f" {args.duration:g} s a cell, {args.rounds} interleaved rounds; {load_line()} before"
         )
         for _ in range(args.rounds):
             for w in loads:
                 for name, plan in configs:
                     cell = await closed_loop(plan(w), args.duration, meters)
                     cells.setdefault((w.name, name), Cell()).add(cell)
-        print(f"    {load()} after\n")
+        print(f"    {load_line()} after\n")
         print(
             f"    {'workload':30} {'reads on':28} {'searches/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
             f"  server CPU a search: primary / replica"
@@ -1039,10 +993,7 @@ async def replica_split(
 async def run(args: argparse.Namespace, directory: Path) -> None:
     started = time.perf_counter()
     ram = psutil.virtual_memory().total
-    print(
-        f"bench/scale.py  {dt.date.today().isoformat()}  {os.cpu_count()} cores,"
-        f" {human(ram)} RAM, {load()}"
-    )
+    print(machine_line("bench/scale.py"))
     corpus = make_corpus(args)
     server = await asyncio.to_thread(EmbeddedServer(directory / "primary", cleanup="delete").start)
     try:
@@ -1079,9 +1030,7 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
             )
         opts["pool_min_size"] = args.pool_size  # every connection open before measuring
         async with docstore.connect(url, **opts) as store:
-            t0 = time.perf_counter()
-            index = await store.create_vector_index()
-            built = time.perf_counter() - t0
+            index, built = await clock(store.create_vector_index())
             print(
                 f"loaded in {loaded:.1f} s; HNSW (m=16, ef_construction=64) on the flat table"
                 f" built in {built:.1f} s ({human(index.size_bytes)})"
@@ -1113,7 +1062,7 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
             await replica_stage(server, directory, corpus, args, meters)
     finally:
         await asyncio.to_thread(server.close)
-    print(f"\ndone in {time.perf_counter() - started:.0f} s, {load()}")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s, {load_line()}")
 
 
 async def replica_stage(

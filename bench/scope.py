@@ -23,30 +23,19 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
+from common import DIM
 
 import docstore
 from docstore import Document
-from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.search import queries
 from docstore.search.api import HALFVEC_SCOPE_ROWS, _ann_fetch, _fetch
 
-DIM = 3072
 SIZES = (50, 100, 300, 1000, 3000, 10000)
-
-
-def clustered(rows: int, seed: int = 1, clusters: int = 100) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, DIM)).astype(np.float32)
-    points = centres[rng.integers(0, clusters, size=rows)] + rng.normal(
-        scale=0.5, size=(rows, DIM)
-    ).astype(np.float32)
-    return points / np.linalg.norm(points, axis=1, keepdims=True)
 
 
 def work(shape: str, q: np.ndarray, source: str, limit: int) -> Any:
@@ -66,66 +55,63 @@ def work(shape: str, q: np.ndarray, source: str, limit: int) -> Any:
 
 async def run(args: argparse.Namespace) -> None:
     total = max(args.rows, sum(SIZES) + 1)
-    with tempfile.TemporaryDirectory(prefix="docstore-bench-scope-") as tmp:
-        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
-        try:
-            await ensure_database(server.url("postgres"), "bench")
-            async with docstore.connect(server.url("bench")) as store:
-                points = clustered(total)
-                names = [f"s{n}" for n in SIZES for _ in range(n)]
-                names += ["rest"] * (total - len(names))
-                order = np.random.default_rng(2).permutation(total)
-                await store.documents.upsert_many(
-                    Document(
-                        source_name=names[i],
-                        doc_path=f"{names[i]}/{i}",
-                        content=f"document {i}",
-                        embedding=points[j],
-                    )
-                    for i, j in enumerate(order)
+    print(common.machine_line("bench/scope.py"))
+    async with common.bench_server(prefix="docstore-bench-scope-") as server:
+        url = await server.create_database("bench")
+        async with docstore.connect(url) as store:
+            points = common.clustered(total, 100, 0.5, 1, unit_centres=False)
+            names = [f"s{n}" for n in SIZES for _ in range(n)]
+            names += ["rest"] * (total - len(names))
+            order = np.random.default_rng(2).permutation(total)
+            await store.documents.upsert_many(
+                Document(
+                    source_name=names[i],
+                    doc_path=f"{names[i]}/{i}",
+                    content=f"document {i}",
+                    embedding=points[j],
                 )
-                await store.execute("VACUUM ANALYZE documents")
-                await store.create_vector_index()
-                print(
-                    f"{total} documents x {DIM}, {args.queries} queries per source, top"
-                    f" {args.limit}; p50 ms (median per-query ratio to exact) recall@{args.limit}"
+                for i, j in enumerate(order)
+            )
+            await store.execute("VACUUM ANALYZE documents")
+            await store.create_vector_index()
+            print(
+                f"{total} documents x {DIM}, {args.queries} queries per source, top"
+                f" {args.limit}; p50 ms (median per-query ratio to exact) recall@{args.limit}"
+            )
+            print(f"  (docstore uses halfvec for scopes <= {HALFVEC_SCOPE_ROWS} rows)")
+            for size in SIZES:
+                source = f"s{size}"
+                vectors = await store.fetch(
+                    "SELECT embedding FROM documents WHERE source_name = $1"
+                    " ORDER BY random() LIMIT $2",
+                    source,
+                    args.queries,
                 )
-                print(f"  (docstore uses halfvec for scopes <= {HALFVEC_SCOPE_ROWS} rows)")
-                for size in SIZES:
-                    source = f"s{size}"
-                    vectors = await store.fetch(
-                        "SELECT embedding FROM documents WHERE source_name = $1"
-                        " ORDER BY random() LIMIT $2",
-                        source,
-                        args.queries,
-                    )
-                    times: dict[str, list[float]] = {s: [] for s in ("exact", "halfvec", "ann")}
-                    found = dict.fromkeys(times, 0)
-                    for rep in range(2):  # the first round warms caches and plans
-                        for i, row in enumerate(vectors):
-                            shapes = list(times)
-                            ids = {}
-                            for shape in shapes[i % 3 :] + shapes[: i % 3]:
-                                job = work(shape, row["embedding"], source, args.limit)
-                                started = time.perf_counter()
-                                records = await store.run(job, stateless=True)
-                                if rep:
-                                    times[shape].append((time.perf_counter() - started) * 1000)
-                                ids[shape] = {r["id"] for r in records}
+                times: dict[str, list[float]] = {s: [] for s in ("exact", "halfvec", "ann")}
+                found = dict.fromkeys(times, 0)
+                for rep in range(2):  # the first round warms caches and plans
+                    for i, row in enumerate(vectors):
+                        shapes = list(times)
+                        ids = {}
+                        for shape in shapes[i % 3 :] + shapes[: i % 3]:
+                            job = work(shape, row["embedding"], source, args.limit)
+                            started = time.perf_counter()
+                            records = await store.run(job, stateless=True)
                             if rep:
-                                for shape in times:
-                                    found[shape] += len(ids[shape] & ids["exact"])
-                    base = times["exact"]
-                    cells = []
-                    for shape, t in times.items():
-                        ratio = statistics.median(a / b for a, b in zip(t, base, strict=True))
-                        recall = found[shape] / found["exact"]
-                        cells.append(
-                            f"{shape} {statistics.median(t):6.2f} ({ratio:4.2f}x) {recall:.3f}"
-                        )
-                    print(f"  {size:>6} docs   " + "   ".join(cells), flush=True)
-        finally:
-            server.close()
+                                times[shape].append((time.perf_counter() - started) * 1000)
+                            ids[shape] = {r["id"] for r in records}
+                        if rep:
+                            for shape in times:
+                                found[shape] += len(ids[shape] & ids["exact"])
+                base = times["exact"]
+                cells = []
+                for shape, t in times.items():
+                    ratio = common.median_ratio(t, base)
+                    recall = found[shape] / found["exact"]
+                    cells.append(
+                        f"{shape} {statistics.median(t):6.2f} ({ratio:4.2f}x) {recall:.3f}"
+                    )
+                print(f"  {size:>6} docs   " + "   ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
