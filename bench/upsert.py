@@ -2,6 +2,8 @@
 
     python bench/upsert.py                 # 5,000 docs x 3072, 5 repetitions, + RSS check
     python bench/upsert.py --rows 2000 --repeat 3 --rss-rows 0
+    python bench/upsert.py --fresh         # a new database and one store (issue 14, A)
+    python bench/upsert.py --fresh --rows 1000 --repeat 3 --json upsert-fresh.json
 
 Each method runs once untimed (warm-up); then each pass starts from the same state (table
 truncated, and for passes 2 and 3 reloaded by COPY and vacuumed) and times one method.
@@ -19,6 +21,19 @@ encoding of every embedding.
 
 The RSS check runs upsert_many over a generator of N documents in a fresh subprocess for two
 sizes and prints peak RSS (ru_maxrss) of each: flat memory means the two are about equal.
+
+``--fresh`` measures instead the first population of a new deployment: a brand-new database,
+whose schema the first ``docstore.connect()`` creates (what ``docstore init`` does), and ONE
+store for the whole run: ``upsert_many`` of N new documents (insert pass), then of the very
+same N again on the same store (unchanged pass), then — for the record, no goal — once more
+after an ``ANALYZE documents``. The floors are measured on another new database of the same
+kind: ``copy_records_to_table`` of the same rows into its fresh docstore table (the insert
+pass's floor), then an unguarded ``executemany`` INSERT ... ON CONFLICT DO UPDATE (no WHERE)
+of the same rows (what the unchanged pass is compared with). Each repetition uses new
+databases (dropped afterwards) and alternates which of the two goes first; reported are the
+median and the range, and the median of the per-repetition ratios. Goals (issue 14,
+acceptance 1): insert pass <= 1.3x copy_records_to_table, unchanged pass >= 3x faster than
+the unguarded executemany.
 """
 
 from __future__ import annotations
@@ -30,58 +45,17 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
+from common import DIM, WORDS, Goal, clock, timed
 
 import docstore
 from docstore import Document
-from docstore.embedded import embedded_url, release_embedded
 
-DIM = 3072
 COLUMNS = ["doc_type", "source_name", "doc_path", "content", "metadata", "embedding", "token_count"]
-WORDS = [
-    "async",
-    "runtime",
-    "task",
-    "spawn",
-    "future",
-    "poll",
-    "waker",
-    "executor",
-    "thread",
-    "pool",
-    "channel",
-    "mutex",
-    "lock",
-    "stream",
-    "sink",
-    "buffer",
-    "bytes",
-    "serialize",
-    "deserialize",
-    "trait",
-    "impl",
-    "struct",
-    "enum",
-    "generic",
-    "lifetime",
-    "borrow",
-    "reference",
-    "ownership",
-    "macro",
-    "derive",
-    "error",
-    "result",
-    "option",
-    "iterator",
-    "closure",
-]
-
 _VALUES = "($1, $2, $3, $4, $5::jsonb, $6, $7)"
 UNGUARDED = f"""INSERT INTO documents AS d ({", ".join(COLUMNS)}) VALUES {_VALUES}
 ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE SET content = excluded.content,
@@ -120,6 +94,18 @@ def as_tuple(d: Document) -> tuple[Any, ...]:
     )
 
 
+def executemany(
+    store: docstore.Store, sql: str, data: list[tuple[Any, ...]]
+) -> Callable[[], Awaitable[None]]:
+    """One ``executemany`` of ``sql`` over ``data``, in one transaction."""
+
+    async def run() -> None:
+        async with store.transaction() as conn:
+            await conn.executemany(sql, data)
+
+    return run
+
+
 async def reset(store: docstore.Store, docs: list[Document] | None) -> None:
     await store.execute("TRUNCATE documents")
     if docs:
@@ -129,12 +115,6 @@ async def reset(store: docstore.Store, docs: list[Document] | None) -> None:
             )
     await store.execute("VACUUM ANALYZE documents")
     await store.execute("CHECKPOINT")
-
-
-async def timed(work: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    await work()
-    return time.perf_counter() - started
 
 
 async def run_passes(store: docstore.Store, rows: int, repeat: int) -> dict[str, dict[str, float]]:
@@ -149,13 +129,6 @@ async def run_passes(store: docstore.Store, rows: int, repeat: int) -> dict[str,
         async with store.acquire() as conn:
             await conn.copy_records_to_table("documents", records=tuples, columns=COLUMNS)
 
-    def executemany(sql: str, data: list[tuple[Any, ...]]) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            async with store.transaction() as conn:
-                await conn.executemany(sql, data)
-
-        return run
-
     def upsert(data: list[Document], expect: tuple[int, int, int]) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             result = await store.documents.upsert_many(data)
@@ -169,23 +142,23 @@ async def run_passes(store: docstore.Store, rows: int, repeat: int) -> dict[str,
             None,
             {
                 "floor": copy_floor,
-                "unguarded": executemany(UNGUARDED, tuples),
+                "unguarded": executemany(store, UNGUARDED, tuples),
                 "upsert_many": upsert(docs, (rows, 0, 0)),
             },
         ),
         "2 re-upsert, unchanged": (
             docs,
             {
-                "floor": executemany(GUARDED, tuples),
-                "unguarded": executemany(UNGUARDED, tuples),
+                "floor": executemany(store, GUARDED, tuples),
+                "unguarded": executemany(store, UNGUARDED, tuples),
                 "upsert_many": upsert(docs, (0, 0, rows)),
             },
         ),
         "3 re-upsert, 10% changed": (
             docs,
             {
-                "floor": executemany(GUARDED, changed_tuples),
-                "unguarded": executemany(UNGUARDED, changed_tuples),
+                "floor": executemany(store, GUARDED, changed_tuples),
+                "unguarded": executemany(store, UNGUARDED, changed_tuples),
                 "upsert_many": upsert(changed, (0, rows // 10, rows - rows // 10)),
             },
         ),
@@ -265,27 +238,142 @@ def report(results: dict[str, dict[str, float]], rows: int, peaks: dict[int, flo
     return ok
 
 
+# -- --fresh: a new database, one store ---------------------------------------------------------
+
+
+async def fresh_docstore(
+    server: common.BenchServer, name: str, docs: list[Document]
+) -> dict[str, float]:
+    """A new database, ONE store: insert pass, unchanged pass, unchanged after ANALYZE."""
+    url = await server.create_database(name)
+    rows = len(docs)
+    try:
+        async with docstore.connect(url) as store:  # creates the schema, as `docstore init`
+            first, insert = await clock(store.documents.upsert_many(docs))
+            again, unchanged = await clock(store.documents.upsert_many(docs))
+            await store.execute("ANALYZE documents")
+            third, analyzed = await clock(store.documents.upsert_many(docs))
+    finally:
+        await server.drop_database(name)
+    for result, expect in ((first, (rows, 0, 0)), (again, (0, 0, rows)), (third, (0, 0, rows))):
+        got = (result.inserted, result.updated, result.unchanged)
+        assert got == expect, f"upsert_many reported {got}, expected {expect}"
+    return {"insert": insert, "unchanged": unchanged, "unchanged_analyzed": analyzed}
+
+
+async def fresh_floors(
+    server: common.BenchServer, name: str, tuples: list[tuple[Any, ...]]
+) -> dict[str, float]:
+    """A new database of the same kind: copy_records_to_table of the rows into its fresh
+    docstore table, then the unguarded executemany of the same rows."""
+    url = await server.create_database(name)
+    try:
+        async with docstore.connect(url) as store:
+            async with store.acquire() as conn:
+                _, copy = await clock(
+                    conn.copy_records_to_table("documents", records=tuples, columns=COLUMNS)
+                )
+            unguarded = await timed(executemany(store, UNGUARDED, tuples))
+    finally:
+        await server.drop_database(name)
+    return {"copy": copy, "unguarded": unguarded}
+
+
+async def run_fresh(server: common.BenchServer, rows: int, repeat: int) -> dict[str, list[float]]:
+    """``repeat`` repetitions (after one small untimed one: imports, codecs, the server's
+    first databases), alternating which of docstore and the floors goes first."""
+    docs = list(make_docs(rows))
+    tuples = [as_tuple(d) for d in docs]
+    await fresh_docstore(server, "bench_fresh_warmup", docs[:100])
+    await fresh_floors(server, "bench_fresh_warmup", tuples[:100])
+    times: dict[str, list[float]] = {}
+    for rep in range(repeat):
+        runs = [
+            fresh_docstore(server, f"bench_fresh_docstore_{rep}", docs),
+            fresh_floors(server, f"bench_fresh_floors_{rep}", tuples),
+        ]
+        if rep % 2:
+            runs.reverse()
+        for work in runs:
+            for key, seconds in (await work).items():
+                times.setdefault(key, []).append(seconds)
+        print(
+            f"  repetition {rep + 1}: "
+            + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items())
+            + f"; {common.load_line()}",
+            flush=True,
+        )
+    return times
+
+
+def report_fresh(times: dict[str, list[float]], rows: int) -> tuple[bool, list[Goal]]:
+    def cell(key: str) -> str:
+        return f"{common.spread(times[key])} s"
+
+    print(
+        f"\nfresh database, one store: {rows:,} documents x {DIM}, {len(times['insert'])}"
+        " repetitions, each on new databases; median (min–max)\n"
+    )
+    print(f"  insert pass     upsert_many {cell('insert'):28} copy_records_to_table {cell('copy')}")
+    print(
+        f"  unchanged pass  upsert_many {cell('unchanged'):28} unguarded executemany"
+        f" {cell('unguarded')}"
+    )
+    print(f"  (unchanged again after ANALYZE documents, same store: {cell('unchanged_analyzed')})")
+    insert_ratios = [a / b for a, b in zip(times["insert"], times["copy"], strict=True)]
+    speedups = [a / b for a, b in zip(times["unguarded"], times["unchanged"], strict=True)]
+    print(
+        f"  per repetition: insert / copy {common.spread(insert_ratios)},"
+        f" unguarded / unchanged {common.spread(speedups)}\n"
+    )
+    goals: list[Goal] = [
+        (
+            "insert pass <= 1.3x copy_records_to_table",
+            statistics.median(insert_ratios) <= 1.3,
+            f"{statistics.median(insert_ratios):.2f}x",
+        ),
+        (
+            "unchanged pass >= 3x faster than the unguarded executemany",
+            statistics.median(speedups) >= 3,
+            f"{statistics.median(speedups):.2f}x",
+        ),
+    ]
+    return common.print_goals(goals), goals
+
+
 async def main(args: argparse.Namespace) -> bool:
-    with tempfile.TemporaryDirectory(prefix="docstore-bench-") as tmp:
-        try:
-            url = args.url or await embedded_url(Path(tmp))
-            async with docstore.connect(url) as store:
-                results = await run_passes(store, args.rows, args.repeat)
-            sizes = [n for n in (args.rss_rows // 5, args.rss_rows) if n > 0]
-            peaks = await asyncio.to_thread(rss_check, url, sizes) if sizes else {}
-        finally:
-            release_embedded(Path(tmp))
+    print(common.machine_line("bench/upsert.py"))
+    async with common.bench_server(args.url) as server:
+        if args.fresh:
+            times = await run_fresh(server, args.rows, args.repeat)
+            ok, goals = report_fresh(times, args.rows)
+            if args.json:
+                figures = {"rows": args.rows, "seconds": times, "goals": common.goals_json(goals)}
+                common.write_json(
+                    args.json, {"machine": common.machine_line("bench/upsert.py")} | figures
+                )
+            return ok
+        url = await server.database("docstore")
+        async with docstore.connect(url) as store:
+            print(await common.server_line(store))
+            results = await run_passes(store, args.rows, args.repeat)
+        sizes = [n for n in (args.rss_rows // 5, args.rss_rows) if n > 0]
+        peaks = await asyncio.to_thread(rss_check, url, sizes) if sizes else {}
     return report(results, args.rows, peaks)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=5000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, help="repetitions (default 5; --fresh: 3)")
     parser.add_argument("--rss-rows", type=int, default=50_000)
+    parser.add_argument("--fresh", action="store_true", help="a new database, one store")
+    parser.add_argument("--json", help="--fresh: write the figures to this file")
     parser.add_argument("--url", help="database to use (default: a throwaway embedded one)")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args()
+    if ns.repeat is None:
+        ns.repeat = 3 if ns.fresh else 5
     if ns.rss_child is not None:
         rss_child(ns.url, ns.rss_child)
     else:
