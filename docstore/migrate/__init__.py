@@ -1,6 +1,23 @@
 """Legacy ``rust_docs_vectors`` → docstore: :class:`Migrator` and its reports."""
 
 from docstore.migrate.migrator import Migrator
-from docstore.migrate.report import MigrationReport, Mismatch, ParityCheck, Preflight, Validation
+from docstore.migrate.report import (
+    JobMismatch,
+    MigrationReport,
+    Mismatch,
+    ParityCheck,
+    Preflight,
+    SourceMismatch,
+    Validation,
+)
 
-__all__ = ["MigrationReport", "Migrator", "Mismatch", "ParityCheck", "Preflight", "Validation"]
+__all__ = [
+    "JobMismatch",
+    "MigrationReport",
+    "Migrator",
+    "Mismatch",
+    "ParityCheck",
+    "Preflight",
+    "SourceMismatch",
+    "Validation",
+]
