@@ -26,7 +26,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -111,12 +111,15 @@ they become 0: a vector made of them gets a copy that points elsewhere or is all
 the halfvec and ANN paths cannot find it (issue 13: a unit vector × 1e-9 was ranked first by
 ``exact=True`` and never returned by any default search).
 
-The bound is 1 %: 20× the rounding error of any normal-range vector, and 10× below where the
-ranking was measured to degrade (halfvec-scoped recall@10 against the exact scan, 1,000
-uniformly random 3,072-dim vectors scaled down: 1.000 up to a 9.5 % error, 0.983 at 32 %,
-0.535 at 85 %; ``tests/test_embedding_rules.py`` and the validation notes). In terms of
-length: a 3,072-dim vector is refused below a norm of about 1e-4 (unit-length embeddings are
-at 0.02 %), so no embedding model's output comes near it — normalising fixes any that does.
+The bound is 1 %: 20× the rounding error of any normal-range vector, and 10× below where
+search was measured to degrade (``bench/limits.py halfvec``: 1,000 uniformly random
+3,072-dim vectors scaled down, written around validation, queried at unit length; recall@10
+against the exact scan of the scoped halfvec path 1.000 and of the unscoped ANN path
+0.96–0.99, as for unit vectors, up to a 9.5 % error; then 0.985 / 0.955 at 32 % and
+0.563 / 0.757 at 85 %; at 100 %, all zeros, nothing is found). By length: a 3,072-dim
+vector is refused below a norm of about 1e-4 (its values below ~2e-6); unit-length
+embeddings are at 0.02 %, so no embedding model's output comes near the bound, and
+normalising fixes any vector that does.
 """
 _HALF_ROUNDING = 2.0**-22  # (2^-11)^2: a normal value's largest relative rounding error, squared
 _HALF_UNDERFLOW = 2.0**-50  # (2^-25)^2: the largest absolute error below 2^-14, squared
@@ -490,7 +493,7 @@ class Document(_Model):
             value = self._checked_embedding(value)
         super().__setattr__(name, value)
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with ``update`` applied; an ``embedding`` in it is validated like one given
         to the constructor (:class:`ValidationError`)."""
         if update and "embedding" in update:

@@ -42,15 +42,17 @@ TEXT_PREFIX_CHARS = 100_000
 MAX_TEXT_QUERY_WORDS = 256
 """Words (runs of letters and digits, stop words included) a text query may have.
 
-Measured (``bench/limits.py``, embedded PostgreSQL 16, 2,000 documents, GIN index):
-``websearch_to_tsquery`` alone takes 1–2 ms at 1,000 words, 12–40 ms at 5,000, 50–100 ms at
-10,000, and from ~15,000 words (30,000 tsquery nodes: phrases, hyphenated words) to 50,000
-the query fails with "stack depth limit exceeded" after 0.3–7 s. Long before that, ranking
-costs: ``ts_rank_cd`` per matching document grows with the query's terms — 2,000 matching
-300-word documents took 0.4 s for 1 word, 2 s for 64 OR-ed words, 7.8 s for 256, 33 s for
-512; 500 repeats of one matching word took 11 s and 1,000 passed the 60 s command timeout.
-256 words is ~10x a long real question (and far below the stack-depth failure), and keeps a
-query's ranking within ~20x that of a one-word query on the same matches.
+Measured (``bench/limits.py text``: embedded PostgreSQL, 2,000 documents of 300 words, GIN
+index; two runs). ``websearch_to_tsquery`` alone never fails: 2–7 ms at 1,000 words,
+45–160 ms at 10,000, 1.1–3.3 s at 50,000. The whole search fails with "stack depth limit
+exceeded" from 15,000 words (a phrase, hyphenated words), 20,000 (plain words) or 50,000
+(OR-ed); 1,000 exclusions of absent words (``-w1 -w2 …``) ran past 30 s. Long before that,
+ranking costs: ``ts_rank_cd``'s time per matching document grows with the query's terms —
+0.2–0.4 s for one word (in ~500 of the documents), 0.8–1.6 s for 16 OR-ed words (in nearly
+all), 6–12 s for 256, 18–22 s for 512, over 30 s for 1,000; one word repeated 256 / 512 /
+1,000 times, 0.7–1.3 / 2.3–2.7 / 22–30+ s. 256 words is ~10x a long real question and ~60x
+below the stack-depth failure, and bounds how much slower than a one-word query a query can
+rank the same matches (~30x).
 """
 MAX_TEXT_QUERY_CHARS = 4096
 """Characters a text query may have: 256 words of 16 characters, with room for punctuation;
