@@ -37,6 +37,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     model_validator,
 )
 
@@ -289,7 +290,8 @@ def embedding_array(value: Any) -> FloatArray:
     complex numbers, nested lists and arrays of more or fewer than one axis (0-d included),
     empty vectors, masked values, NaN/inf, values beyond ±65,504 (half precision's range,
     ints of any size included), and vectors the half-precision search paths cannot see
-    (:func:`half_precision_problem`: zero norm, underflow).
+    (:func:`half_precision_problem`: zero norm, underflow). ``-0.0`` comes back as ``0.0``
+    (the same number; one stored form, so re-upserting it compares equal to what is stored).
     """
     if isinstance(value, str | bytes | Mapping):
         raise ValueError(f"must be a list or numpy array of numbers, not a {_type_name(value)}")
@@ -306,6 +308,11 @@ def embedding_array(value: Any) -> FloatArray:
     problem = half_precision_problem(array)
     if problem:
         raise ValueError(problem)
+    zeros = array == 0
+    if zeros.any() and np.signbit(array[zeros]).any():
+        # -0.0 and 0.0 are the same number but not the same bytes; PostgreSQL's comparison
+        # (the upsert's "unchanged" check) cannot tell them apart, so docstore stores one form
+        array = np.where(zeros, np.float32(0.0), array).astype(np.float32)
     return array
 
 
@@ -452,6 +459,18 @@ class Document(_Model):
     token_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
     created_at: NaiveTimestamp = None
     updated_at: NaiveTimestamp = None
+    _embedding_checked: bool = PrivateAttr(default=False)
+    """True once the embedding went through :func:`embedding_array` (the constructor, an
+    assignment, ``model_copy(update=...)``); False for ``model_construct`` (rows read back)."""
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        self._embedding_checked = True
+
+    @property
+    def embedding_checked(self) -> bool:
+        """Whether :attr:`embedding` is known to satisfy the embedding rule."""
+        return self._embedding_checked
 
     @model_validator(mode="after")
     def _key_fits_the_index(self) -> Document:
@@ -492,13 +511,19 @@ class Document(_Model):
         if name == "embedding":
             value = self._checked_embedding(value)
         super().__setattr__(name, value)
+        if name == "embedding":
+            super().__setattr__("_embedding_checked", True)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with ``update`` applied; an ``embedding`` in it is validated like one given
         to the constructor (:class:`ValidationError`)."""
+        checked = self._embedding_checked
         if update and "embedding" in update:
             update = {**update, "embedding": self._checked_embedding(update["embedding"])}
-        return super().model_copy(update=update, deep=deep)
+            checked = True
+        copy = super().model_copy(update=update, deep=deep)
+        copy._embedding_checked = checked
+        return copy
 
     def _checked_embedding(self, value: Any) -> FloatArray | None:
         try:

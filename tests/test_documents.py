@@ -260,3 +260,37 @@ async def test_race_fallback_statement_upserts_with_exact_flags(store: docstore.
     assert stored is not None and docs[3].embedding is not None and stored.embedding is not None
     np.testing.assert_array_equal(stored.embedding, docs[3].embedding)
     assert await store.documents.count() == 4
+
+
+async def test_negative_zero_is_stored_as_zero_so_reupserts_compare_exactly(
+    store: docstore.Store,
+) -> None:
+    """-0.0 and 0.0 are equal to PostgreSQL's vector comparison: docstore stores one form, so
+    "unchanged" always means the stored bytes are what was asked for (issue 13.7)."""
+    doc = make_docs(1)[0]
+    negative = doc.embedding.copy()
+    negative[:100] = -0.0
+    positive = negative.copy()
+    positive[:100] = 0.0
+    await store.documents.upsert_many([doc.model_copy(update={"embedding": negative})])
+    stored = await store.documents.get_by_key(*doc.key)
+    assert stored is not None and not np.signbit(stored.embedding[:100]).any()
+    assert stored.embedding.tobytes() == positive.tobytes()
+    again = await store.documents.upsert_many([doc.model_copy(update={"embedding": positive})])
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 1)
+
+
+async def test_a_constructed_document_with_an_unsearchable_vector_is_refused(
+    store: docstore.Store,
+) -> None:
+    """Documents read back are built without validation (model_construct); one holding a
+    vector stored before the embedding rule (a migrated zero vector) is refused, not
+    written back."""
+    doc = make_docs(1)[0]
+    raw = Document.model_construct(
+        **{**doc.model_dump(), "embedding": np.zeros(DIM, dtype=np.float32)}
+    )
+    with pytest.raises(ValidationError, match="embedding") as info:
+        await store.documents.upsert_many([raw])
+    assert info.value.field == "embedding" and info.value.index == 0
+    assert await store.documents.count() == 0

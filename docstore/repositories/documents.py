@@ -44,13 +44,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import numpy as np
 import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Document, SourceStats, UpsertResult, check_key, row_id
+from docstore.models import (
+    Document,
+    SourceStats,
+    UpsertResult,
+    check_key,
+    embedding_array,
+    row_id,
+)
 
 if TYPE_CHECKING:
     from docstore.db import Database
@@ -163,9 +169,20 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
         raise ValidationError(
             f"row {index}: expected a Document or a dict, got {type(item).__name__}", index=index
         ) from None
-    if doc.embedding is not None and not isinstance(doc.embedding, np.ndarray):
-        # model_copy(update=...) skips pydantic validation: validate that copy properly.
-        doc = Document.model_validate(doc.model_dump())
+    if doc.embedding is not None and not doc.embedding_checked:
+        # a Document made with model_construct (read back from the database) skipped the
+        # embedding rule: a vector stored before it (a migrated zero vector) must not slip in
+        try:
+            checked = embedding_array(doc.embedding)
+        except ValueError as exc:
+            raise ValidationError(
+                f"row {index} ({'/'.join(doc.key)}): embedding {exc}",
+                field="embedding",
+                index=index,
+                key=doc.key,
+            ) from None
+        if checked is not doc.embedding:
+            doc = doc.model_copy(update={"embedding": checked})
     if doc.embedding is not None and doc.embedding.shape[0] != dim:
         raise ValidationError(
             f"row {index} ({'/'.join(doc.key)}): embedding has {doc.embedding.shape[0]} "
