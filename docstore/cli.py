@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import logging
 import os
 import re
 import tempfile
@@ -64,6 +65,7 @@ from docstore.metrics import MetricsSnapshot
 from docstore.migrate import Migrator
 from docstore.models import Document
 from docstore.search.results import VectorIndex
+from docstore.search.tuning import Calibration
 from docstore.store import Store, connect
 
 EXIT_ERROR = 1
@@ -149,6 +151,9 @@ class _DocstoreGroup(TyperGroup):
             _error_line(type(exc).__name__, str(exc), argv)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
+            # the interrupted work may leave asyncio futures nobody awaits (a connection the
+            # driver was opening); asyncio would log them at exit, after this one line
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             _error_line("interrupted", "", argv)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except OSError as exc:  # a file, directory or address that can't be used
@@ -219,15 +224,38 @@ def _command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
 
 @app.command()
 @_command
-async def init(url: UrlOption = None) -> None:
+async def init(
+    url: UrlOption = None,
+    reader_role: Annotated[
+        str | None,
+        typer.Option(
+            "--reader-role",
+            help="Also create a login role that can read docstore's tables and write nothing"
+            " (password from DOCSTORE_READER_PASSWORD, else asked for).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Create or upgrade docstore's schema (idempotent; safe to run from many processes)."""
+    password = None
+    if reader_role is not None:
+        password = os.environ.get("DOCSTORE_READER_PASSWORD") or typer.prompt(
+            f"password for {reader_role}", hide_input=True, confirmation_prompt=True
+        )
     async with connect(url, migrate=False) as store:
         applied = await store.migrate()
         status = await store.schema_status()
+        if reader_role is not None and password is not None:
+            await store.create_reader_role(reader_role, password)
     if applied:
         console.print(f"applied schema migrations {applied}; now at version {status.current}")
     else:
         console.print(f"schema already at version {status.current}: nothing to do")
+    if reader_role is not None:
+        console.print(
+            f"role {escape(reader_role)} can read docstore's tables and write nothing: connect"
+            " a read-only service as it; `docstore health` then shows read_only_guarantee: role"
+        )
 
 
 @app.command()
@@ -310,6 +338,22 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
         )
         for name, size in sorted(disk.indexes.items(), key=lambda kv: -kv[1]):
             console.print(f"  {name}: {_mb(size)}")
+    recall = snapshot.search_recall
+    if recall is not None:
+        measured = (
+            "no sampled searches yet"
+            if recall.estimate is None
+            else f"{recall.estimate:.3f} over {recall.samples} sampled searches"
+            + (" [red](under the target)[/red]" if recall.below_target else "")
+        )
+        settings = (
+            f"calibrated ef_search {recall.ef_search}"
+            + (f" / {recall.escalation_ef_search}" if recall.escalation_ef_search else "")
+            + f" on {recall.calibration_source}"
+            if recall.ef_search is not None
+            else "not calibrated"
+        )
+        console.print(f"search recall: {measured}; target {recall.target:.2f}; {settings}")
 
 
 @app.command()
@@ -440,20 +484,32 @@ async def index_create(
     text: Annotated[
         bool, typer.Option("--text", help="Build the full-text index (search_text) instead.")
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Measure the cheapest settings meeting the recall target afterwards."),
+    ] = True,
 ) -> None:
-    """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions), or
-    with --text the GIN full-text index."""
+    """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions), then
+    calibrate the search settings on it; or with --text the GIN full-text index."""
     async with connect(url) as store:
         if text:
             with console.status("building the full-text index ..."):
                 await store.create_text_index(concurrently=concurrently)
             console.print("full-text index idx_documents_content_fts is ready")
             return
-        with console.status(f"building the HNSW index for {metric} ..."):
+        with _PhaseBars() as bars:
             await store.create_vector_index(
-                metric, m=m, ef_construction=ef_construction, concurrently=concurrently
+                metric,
+                m=m,
+                ef_construction=ef_construction,
+                concurrently=concurrently,
+                calibrate=calibrate,
+                progress=bars,
             )
         _print_indexes(await store.vector_indexes())
+        calibration = await store.tuner.calibration(metric)
+        if calibrate and calibration is not None:
+            _print_calibration(calibration)
 
 
 @index_app.command("drop")
@@ -476,6 +532,87 @@ async def index_list(url: UrlOption = None) -> None:
     """List the HNSW indexes on documents and whether searches can use them."""
     async with connect(url, migrate=False) as store:
         _print_indexes(await store.vector_indexes())
+
+
+@index_app.command("calibrate")
+@_command
+async def index_calibrate(
+    url: UrlOption = None,
+    metric: MetricOption = "cosine",
+    target: Annotated[
+        float | None,
+        typer.Option(help="Recall@10 to meet (default DOCSTORE_SEARCH_TARGET_RECALL, 0.98)."),
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Probes when there are no recent queries.")] = 100,
+) -> None:
+    """Measure the cheapest ANN settings that meet the recall target on this database's data
+    (recent real queries, else probes) and store them for every process and replica."""
+    async with connect(url, migrate=False) as store:
+        with _PhaseBars() as bars:
+            calibration = await store.calibrate_search(
+                metric, target=target, sample=sample, progress=bars
+            )
+    _print_calibration(calibration)
+    if not calibration.met_target:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_calibration(c: Calibration) -> None:
+    table = Table(title=f"search calibration ({c.metric}, {c.queries} {c.query_source})")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    second = (
+        f"ef_search {c.escalation_ef_search} when spread < {c.escalate_below:.4g}"
+        f" ({c.escalation_rate:.0%} of queries)"
+        if c.escalation_ef_search and c.escalate_below is not None
+        else "none"
+    )
+    rows = [
+        ("hnsw.ef_search", str(c.ef_search)),
+        ("second pass", second),
+        ("recall@10 (mean)", f"{c.expected_recall:.3f} (target {c.target_recall:.2f})"),
+        ("lowest recall@10", f"{c.lowest_recall:.2f}"),
+        ("latency (mean)", f"{c.expected_ms:.2f} ms"),
+        ("exact scan", "" if c.exact_ms is None else f"{c.exact_ms:.2f} ms"),
+        ("table rows", f"{c.table_rows:,}"),
+        ("took", f"{c.seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if not c.met_target:
+        console.print(
+            "[yellow]the target is not met at any setting: this index cannot reach it"
+            " (rebuild with a larger --m / --ef-construction)[/yellow]"
+        )
+
+
+class _PhaseBars:
+    """rich progress for long index work: one bar per phase (index build phases from
+    pg_stat_progress_create_index, calibration steps), with counts and ETA."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _PhaseBars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total or None)
+        self.progress.update(self.tasks[phase], completed=done, total=total or None)
 
 
 @index_app.command("recall")

@@ -436,8 +436,21 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(5, ge=1, le=100, validation_alias="DOCSTORE_RETRY_ATTEMPTS")
     retry_initial_delay: float = Field(0.2, ge=0, validation_alias="DOCSTORE_RETRY_INITIAL_DELAY")
     retry_max_delay: float = Field(5.0, ge=0, validation_alias="DOCSTORE_RETRY_MAX_DELAY")
-    hnsw_ef_search: int = Field(200, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH")
+    hnsw_ef_search: int | None = Field(
+        None, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH"
+    )
+    """An explicit ``hnsw.ef_search`` for every ANN search; unset: the database's calibration."""
     search_oversample: int = Field(4, ge=1, le=100, validation_alias="DOCSTORE_SEARCH_OVERSAMPLE")
+    search_target_recall: float = Field(
+        0.98, gt=0, le=1, validation_alias="DOCSTORE_SEARCH_TARGET_RECALL"
+    )
+    search_recall_sample: float = Field(
+        0.05, ge=0, le=1, validation_alias="DOCSTORE_SEARCH_RECALL_SAMPLE"
+    )
+    search_recall_budget: float = Field(
+        0.02, ge=0, le=1, validation_alias="DOCSTORE_SEARCH_RECALL_BUDGET"
+    )
+    search_keep_queries: bool = Field(True, validation_alias="DOCSTORE_SEARCH_KEEP_QUERIES")
     metrics: bool = Field(True, validation_alias="DOCSTORE_METRICS")
     replica_retry_seconds: float = Field(
         5.0, ge=0, validation_alias="DOCSTORE_REPLICA_RETRY_SECONDS"

@@ -66,7 +66,7 @@ from docstore.failures import (
     retrying,
     translate,
 )
-from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, timed
+from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, SearchRecall, timed
 from docstore.readonly import Guarantee, ReadOnlyConnection, create_reader_role, write_capabilities
 from docstore.schema import runner
 
@@ -144,6 +144,11 @@ class Health(BaseModel):
     """The full-text index: valid or not, None when absent."""
     read_replica: ReplicaHealth | None = None
     """The read replica (``DATABASE_READ_URL`` or a multi-host URL), when there is one."""
+    search_recall: SearchRecall | None = None
+    """Live recall of ANN searches against the recall target (a Store fills it)."""
+    degraded: bool = False
+    """Reachable, but something is below par: ``warnings`` says what."""
+    warnings: list[str] = []
 
 
 _HEALTH = """
@@ -560,9 +565,12 @@ class Database:
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations; returns the versions applied (``[]``: none due)."""
         self.ensure_writable()
-        return await self.run(
+        applied = await self.run(
             lambda conn: runner.apply_migrations(conn, embedding_dim=self.embedding_dim)
         )
+        if applied:  # open connections were set up before (maybe without pgvector's codecs)
+            await self._primary.pool.expire_connections()
+        return applied
 
     @timed("schema_status")
     async def schema_status(self) -> runner.SchemaStatus:
@@ -664,6 +672,38 @@ class Database:
         )
         self._metrics.previous_disk = usage
         return usage
+
+    def has_idle_connection(self, *, read: bool = False) -> bool:
+        """Whether the pool a query would use (the replica's for ``read`` when routed there)
+        has a connection nobody is using, or room to open one — background work (live recall)
+        runs only then, so it never makes a caller wait for a connection."""
+        target = self._replica if read and self._use_replica_quietly() else self._primary
+        assert target is not None
+        pool = target.pool
+        return pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
+
+    def _use_replica_quietly(self) -> bool:
+        return (
+            self._replica is not None
+            and not _PRIMARY_ONLY.get()
+            and time.monotonic() >= self._replica_down_until
+        )
+
+    @contextlib.asynccontextmanager
+    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+        """``async with store.try_lock(key) as locked:`` — a session advisory lock on the
+        primary if nobody holds it (``locked`` False otherwise, without waiting), released on
+        exit. For work one process at a time should do (a search calibration)."""
+        async with self.acquire() as conn:
+            try:
+                locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self.translate(exc) from exc
+            try:
+                yield locked
+            finally:
+                if locked and not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
     def _pools(self) -> list[_Pool]:
         return [self._primary] + ([self._replica] if self._replica else [])
@@ -868,10 +908,7 @@ async def _open(
                     status.current,
                     status.latest,
                 )
-            schema: str | None = await conn.fetchval(
-                "select n.nspname from pg_extension e join pg_namespace n "
-                "on n.oid = e.extnamespace where e.extname = 'vector'"
-            )
+            schema: str | None = await conn.fetchval(_VECTOR_SCHEMA)
             return schema
         finally:
             await conn.close()
@@ -883,9 +920,9 @@ async def _open(
             with attempt:
                 vector_schema = await bootstrap()
         if vector_schema is None:
-            logger.warning(
-                "pgvector is not enabled in %s: vectors are not decoded", redact_url(resolved)
-            )
+            # a database docstore has not initialised yet (`docstore init`, migrate() or the
+            # next connect() creates pgvector): every new connection looks again
+            logger.debug("pgvector is not enabled in %s yet", redact_url(resolved))
         init: Any = _codec_init(vector_schema)
         pool: asyncpg.Pool | None = None
         async for attempt in policy:
@@ -920,10 +957,24 @@ async def _open(
     )
 
 
+_VECTOR_SCHEMA = (
+    "select n.nspname from pg_extension e join pg_namespace n"
+    " on n.oid = e.extnamespace where e.extname = 'vector'"
+)
+
+
 def _codec_init(vector_schema: str | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """The pools' ``init``: pgvector's codecs on every new connection. Without pgvector when
+    the store opened, each new connection looks for it again (until it is found), so a store
+    that runs :meth:`Database.migrate` on a new database decodes vectors from then on."""
+    found = vector_schema
+
     async def init_connection(conn: asyncpg.Connection) -> None:
-        if vector_schema is not None:
-            await register_codecs(conn, vector_schema)
+        nonlocal found
+        if found is None:
+            found = await conn.fetchval(_VECTOR_SCHEMA)
+        if found is not None:
+            await register_codecs(conn, found)
 
     return init_connection
 

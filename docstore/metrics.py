@@ -166,6 +166,25 @@ class ErrorCount(BaseModel):
     count: int
 
 
+class SearchRecall(BaseModel):
+    """Live recall of ANN searches and the settings in force (``store.tuner``): a sampled
+    share of ANN searches re-run exactly in the background."""
+
+    target: float
+    estimate: float | None = None
+    """Mean recall@k over the last ``samples`` exact re-runs (None before the first)."""
+    samples: int = 0
+    lowest: float | None = None
+    below_target: bool = False
+    """``estimate`` under ``target`` over enough samples to say so."""
+    ef_search: int | None = None
+    """The calibrated first-pass ``hnsw.ef_search`` (None: not calibrated)."""
+    escalation_ef_search: int | None = None
+    calibration_source: str | None = None
+    """What the calibration measured on: "probes", "recent queries" or "given"."""
+    calibrated_at: datetime | None = None
+
+
 class MetricsSnapshot(BaseModel):
     """What ``store.metrics()`` returns; ``docstore stats`` prints it."""
 
@@ -187,6 +206,8 @@ class MetricsSnapshot(BaseModel):
     """The server's view of this store's connections (``pg_stat_activity`` rows with its
     application_name), by state: ``active``, ``idle``, ``idle in transaction``, …"""
     disk: DiskUsage | None = None
+    search_recall: SearchRecall | None = None
+    """Live recall of ANN searches (None where the store does no vector search)."""
 
     @property
     def error_total(self) -> int:

@@ -23,6 +23,8 @@ prefixed ``docstore_``):
 ``database_bytes``, ``documents_table_bytes``  gauge     disk usage
 ``index_bytes{index}``                        gauge      each index on documents
 ``disk_growth_bytes``                         gauge      growth between the last two readings
+``search_recall``                             gauge      live recall@k of ANN searches
+``search_recall_target``, ``_samples``        gauge      its target; exact re-runs behind it
 ============================================  =========  ======================================
 
 Collecting never waits on the database: disk figures come from the latest reading, and a
@@ -36,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ from docstore.metrics import (
     LatencyStats,
     MetricsSnapshot,
     PoolStats,
+    SearchRecall,
 )
 
 if TYPE_CHECKING:
@@ -131,6 +134,27 @@ class DocstoreCollector(Collector):
         )
         yield from self._pools()
         yield from self._disk()
+        yield from self._recall()
+
+    def _recall(self) -> Iterator[Metric]:
+        tuner = getattr(self.store, "tuner", None)
+        if tuner is None:
+            return
+        recall = tuner.recall()
+        yield GaugeMetricFamily(
+            "docstore_search_recall_target", "Recall target of ANN searches", value=recall.target
+        )
+        yield GaugeMetricFamily(
+            "docstore_search_recall_samples",
+            "Exact re-runs behind docstore_search_recall",
+            value=recall.samples,
+        )
+        if recall.estimate is not None:
+            yield GaugeMetricFamily(
+                "docstore_search_recall",
+                "Live recall@k of ANN searches (sampled exact re-runs)",
+                value=recall.estimate,
+            )
 
     def _pools(self) -> Iterator[Metric]:
         m = self.store._metrics
@@ -370,4 +394,17 @@ def snapshot_from_text(text: str) -> MetricsSnapshot:
         retries={k: int(v) for k, v in values("docstore_retries", "operation").items()},
         replica_fallbacks=int(values("docstore_replica_fallbacks", "").get("", 0)),
         disk=disk,
+        search_recall=_recall_from(values),
+    )
+
+
+def _recall_from(values: Callable[[str, str], dict[str, float]]) -> SearchRecall | None:
+    target = values("docstore_search_recall_target", "")
+    if not target:
+        return None
+    estimate = values("docstore_search_recall", "").get("")
+    return SearchRecall(
+        target=target[""],
+        estimate=estimate,
+        samples=int(values("docstore_search_recall_samples", "").get("", 0)),
     )

@@ -69,6 +69,8 @@ DOCSTORE_TABLES = (
     "docstore_schema_version",
     "docstore_migration_checkpoints",
     "source_population_jobs",
+    "docstore_search_calibration",
+    "docstore_search_queries",
 )
 """docstore's tables: a reader role may read them and must not be able to write any."""
 

@@ -69,7 +69,7 @@ def test_defaults_match_the_legacy_server() -> None:
 
 
 def test_search_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (load_settings().hnsw_ef_search, load_settings().search_oversample) == (200, 4)
+    assert (load_settings().hnsw_ef_search, load_settings().search_oversample) == (None, 4)
     monkeypatch.setenv("DOCSTORE_HNSW_EF_SEARCH", "300")
     monkeypatch.setenv("DOCSTORE_SEARCH_OVERSAMPLE", "8")
     settings = load_settings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from docstore.errors import FilterError, ValidationError
-from docstore.search import queries
+from docstore.search import planner, queries, tuning
 from docstore.search.queries import (
     create_vector_index_sql,
     reciprocal_rank_fusion,
@@ -170,19 +170,37 @@ def test_index_ddl_rejects_what_pgvector_would(kwargs: dict[str, int], field: st
     assert info.value.field == field
 
 
-def test_halfvec_plan_oversamples_with_a_floor_and_a_cap() -> None:
-    assert queries.halfvec_plan(5, 4) == 20
-    assert queries.halfvec_plan(1, 1) == queries.MIN_HALFVEC_CANDIDATES
-    assert queries.halfvec_plan(1000, 4) == queries.MAX_LIMIT
+def test_halfvec_candidates_oversample_with_a_floor_and_a_cap() -> None:
+    assert planner.halfvec_candidates(5, 4) == 20
+    assert planner.halfvec_candidates(1, 1) == planner.MIN_HALFVEC_CANDIDATES
+    assert planner.halfvec_candidates(1000, 4) == planner.MAX_LIMIT
 
 
 def test_halfvec_scope_rule_counts_rows_and_their_share_of_the_table() -> None:
-    from docstore.search.api import halfvec_scope
-
+    halfvec_scope = planner.halfvec_scope
     assert halfvec_scope(1000, 1000)  # always, up to 1,000 rows
     assert halfvec_scope(3000, 20_000) and not halfvec_scope(3001, 1_000_000)
     assert not halfvec_scope(2000, 5_000)  # 40 % of the table: the index does better
     assert halfvec_scope(2000, -1)  # never analyzed: rows alone decide
+
+
+def test_ann_search_is_one_statement_with_its_settings_bound() -> None:
+    sql, params = queries.ann_search_sql(
+        [0.0] * 3, dim=3072, limit=10, candidates=40, ef_search=120, filter={"doc_type": "rust"}
+    )
+    assert params[1:4] == [10, 40, 120]  # limit, candidates, ef_search: bound, never formatted
+    assert "set_config('hnsw.ef_search', $4::int::text, true)" in sql
+    assert "set_config('hnsw.iterative_scan', 'relaxed_order', true)" in sql
+    assert "CROSS JOIN LATERAL" in sql and ";" not in sql
+    assert "embedding::halfvec(3072)) <=> $1::vector::halfvec(3072)" in sql
+    assert f"nth_value(r.distance, {tuning.SPREAD_RANK})" in sql
+    assert "$5" in sql and params[4] == "rust"  # the filter's value, bound
+    bounded, params = queries.ann_search_sql(
+        [0.0] * 3, dim=3072, candidates=40, ef_search=40, max_distance=0.5
+    )
+    assert "w.distance <= $5" in bounded and params[4] == 0.5
+    with pytest.raises(ValidationError):
+        queries.ann_search_sql([0.0], dim=3, candidates=40, ef_search=1001)
 
 
 def test_ann_settings_are_integers_only() -> None:
@@ -209,11 +227,11 @@ def test_rrf_counts_an_id_once_per_ranking_and_k_changes_the_weighting() -> None
         reciprocal_rank_fusion({"a": [1]}, k=-1)
 
 
-def test_ann_plan_floors_candidates_and_raises_ef_search_to_them() -> None:
-    assert queries.ann_plan(10, 200, 4) == (40, 200)
-    assert queries.ann_plan(1, 10, 1) == (40, 40)
-    assert queries.ann_plan(100, 200, 4) == (400, 400)
-    assert queries.ann_plan(500, 200, 10) == (1000, 1000)
+def test_ann_candidates_have_a_floor_and_a_cap() -> None:
+    assert planner.ann_candidates(10, 4) == 40
+    assert planner.ann_candidates(1, 1) == 40
+    assert planner.ann_candidates(100, 4) == 400
+    assert planner.ann_candidates(500, 10) == 1000
 
 
 # -- text query limits (issue 13, part 7) ----------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -218,3 +219,20 @@ async def test_vector_extension_without_privilege_is_a_clear_schema_error(
         await conn.execute(f"DROP OWNED BY {role}")
         await conn.close()
         await pg.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_init_of_a_new_database_warns_nothing_and_the_store_then_decodes_vectors(
+    empty_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`docstore init` opens a store without migrating, then migrates: no spurious "pgvector
+    is not enabled" warning, and the same store's connections decode vectors afterwards."""
+    caplog.set_level(logging.DEBUG, logger="docstore")
+    vector = np.random.default_rng(0).standard_normal(3072).astype(np.float32)
+    async with docstore.connect(empty_database_url, migrate=False) as store:
+        assert await store.migrate()
+        await store.documents.upsert(
+            docstore.Document(source_name="s", doc_path="p", content="c", embedding=vector)
+        )
+        stored = await store.fetchval("SELECT embedding FROM documents")
+    assert isinstance(stored, np.ndarray) and np.array_equal(stored, vector)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

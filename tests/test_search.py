@@ -17,8 +17,7 @@ import pytest
 
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
-from docstore.search import api as search_api
-from docstore.search import queries
+from docstore.search import planner, queries
 from tests.conftest import PgCluster
 
 DIM = 3072
@@ -239,7 +238,9 @@ async def test_evaluate_recall_reports_recall_and_latency_of_both_paths(
     report = await corpus.evaluate_recall(sample=30, limit=10)
     assert report.sample == 30 and report.index == "documents_embedding_hnsw_cosine"
     assert report.recall >= 0.98 and 0 <= report.min_recall <= report.recall <= 1
-    assert report.ef_search == 200 and report.candidates == 40
+    calibration = await corpus.tuner.calibration()
+    assert calibration is not None  # create_vector_index() calibrated the settings
+    assert report.ef_search == calibration.ef_search and report.candidates == 40
     assert report.ann.p50 > 0 and report.exact.p50 > 0 and report.ann.p50 <= report.ann.p99
     # per-call settings are what gets measured (and reported)
     custom = await corpus.evaluate_recall(sample=10, limit=10, ef_search=300, oversample=10)
@@ -319,8 +320,8 @@ async def test_a_scope_above_the_halfvec_threshold_uses_the_index(
 ) -> None:
     # "rust" holds 1,350 of 1,500: above HALFVEC_ALWAYS_ROWS and most of the table
     assert (await corpus.search(query(8), doc_type="rust", limit=5)).mode == "ann"
-    monkeypatch.setattr(search_api, "HALFVEC_ALWAYS_ROWS", 100)  # "solana" holds 150
-    monkeypatch.setattr(search_api, "HALFVEC_SCOPE_ROWS", 100)
+    monkeypatch.setattr(planner, "HALFVEC_ALWAYS_ROWS", 100)  # "solana" holds 150
+    monkeypatch.setattr(planner, "HALFVEC_SCOPE_ROWS", 100)
     ann = await corpus.search(query(8), doc_type="solana", limit=5)
     assert ann.mode == "ann" and ann.index_name == "documents_embedding_hnsw_cosine"
     assert {h.doc_type for h in ann} == {"solana"}

@@ -10,14 +10,14 @@ the legacy row had a NULL ``crate_id``.
 
 from __future__ import annotations
 
-from docstore.search.api import (
+from docstore.search.planner import (
     HALFVEC_ALWAYS_ROWS,
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
+    MIN_HALFVEC_CANDIDATES,
 )
 from docstore.search.queries import (
     HALF_COLUMN,
-    MIN_HALFVEC_CANDIDATES,
     half_query,
     index_expression,
     query_expression,
@@ -144,11 +144,15 @@ BEGIN
     IF rows <= {HALFVEC_ALWAYS_ROWS} OR (rows <= {HALFVEC_SCOPE_ROWS} AND rows < {HALFVEC_MAX_SHARE}
             * (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'documents'::regclass)) THEN
         -- a small crate: rank it by the in-row half-precision copy, re-rank the best exactly
-        -- (the rule and its measurements: docstore.search.api.halfvec_scope)
+        -- (the rule and its measurements: docstore.search.planner.halfvec_scope)
         RETURN QUERY
         {ranked(candidates(half_order, half_candidates), ", d.id")};
     ELSE
-        -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank
+        -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank;
+        -- hnsw.ef_search as calibrated for this database (docstore.search.tuning), else 200
+        PERFORM set_config('hnsw.ef_search', coalesce(
+            (SELECT c.calibration->>'ef_search' FROM docstore_search_calibration c
+              WHERE c.metric = 'cosine'), '200'), true);
         RETURN QUERY
         {ranked(candidates(ann_order, "greatest(limit_results * 4, 40)"), ", d.id")};
     END IF;

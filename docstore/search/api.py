@@ -1,60 +1,47 @@
 """The search API: vector (exact and ANN), full-text, hybrid, index management, recall.
 
 :class:`SearchDatabase` adds these to :class:`~docstore.db.Database`; :class:`docstore.Store`
-is one. The SQL comes from the pure builders in :mod:`docstore.search.queries`.
-
-ANN defaults (``ef_search`` 200, ``oversample`` 4 → 40 candidates for a top-10) were chosen
-with ``bench/search.py`` on 20,000 × 3,072 clustered vectors of seven shapes: recall@10 ≥ 0.996
-at 25–37x the speed of the exact scan; see ``bench/RESULTS.md``.
-:meth:`SearchDatabase.evaluate_recall` redoes that measurement on your own data.
+is one. The SQL comes from the pure builders in :mod:`docstore.search.queries`; how a vector
+search runs (mode, candidates, ``ef_search``, a second pass) from the pure planner
+:mod:`docstore.search.planner`, fed with the database's calibration
+(:mod:`docstore.search.tuning`, kept by ``store.tuner``: :mod:`docstore.search.tuner`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import asyncpg
 import numpy as np
 
-from docstore.db import Database
+from docstore.db import Database, Health
 from docstore.errors import DocstoreError, SchemaError, ValidationError
-from docstore.metrics import timed
+from docstore.metrics import MetricsSnapshot, timed
 from docstore.models import half_precision_problem, query_vector
-from docstore.search import queries
+from docstore.search import planner, queries
 from docstore.search.filters import build_filter
+from docstore.search.planner import Scope
 from docstore.search.results import (
     Hit,
     Latency,
     RecallReport,
-    SearchMode,
     SearchResults,
     VectorIndex,
 )
+from docstore.search.tuner import Progress, SearchTuner
+from docstore.search.tuning import Calibration
 
 # How long a looked-up index list is trusted before the catalog is asked again (an index
 # built or dropped by another process is noticed within this time).
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
-# With an index, a search scoped by doc_type/source_name to a few documents ranks them by the
-# in-row embedding_half column and re-ranks the best exactly, instead of asking the HNSW index:
-# a filtered HNSW scan walks past every other scope's nodes, and the smaller the scope's share
-# of the table the more of them. Measured (bench/scope.py, bench/scale.py, bench/RESULTS.md;
-# 20,000 x 3,072, top 5): the halfvec scan costs ~0.3 ms + ~2.5 us a row (100 / 1,000 / 3,000
-# rows: 0.8 / 2.3 / 5.7 ms); the filtered HNSW scan ~3.5 ms at a 25-50 % share, 9.5 ms at 10 %,
-# 15 ms at 5 % (and 11-33 ms for 1,000-3,000-row sources at 5-15 %); the exact scan ~7 us a
-# row (TOAST reads of 12 KB vectors). So: always up to HALFVEC_ALWAYS_ROWS, and up to
-# HALFVEC_SCOPE_ROWS while the scope is under HALFVEC_MAX_SHARE of the table.
-HALFVEC_ALWAYS_ROWS = 1000
-HALFVEC_SCOPE_ROWS = 3000
-HALFVEC_MAX_SHARE = 0.2
-
-
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
 
 
@@ -63,18 +50,10 @@ def _hit(record: Any, **scores: Any) -> Hit:
     pydantic computes no defaults: this runs for every hit of every search)."""
     data = {**_HIT_DEFAULTS, **record, **scores}
     data.pop("rank", None)  # text search: reported as text_rank
+    data.pop("spread", None)  # ANN: the planner's signal, not a document field
     if isinstance(data["metadata"], str):
         data["metadata"] = json.loads(data["metadata"])
     return Hit.model_construct(None, **data)
-
-
-def halfvec_scope(rows: int, table_rows: float) -> bool:
-    """The halfvec rule: a scope of ``rows`` documents in a table of about ``table_rows``
-    (``reltuples``; below 0 when never analyzed) is ranked on embedding_half."""
-    if rows <= HALFVEC_ALWAYS_ROWS:
-        return True
-    share_ok = table_rows <= 0 or rows < HALFVEC_MAX_SHARE * table_rows
-    return rows <= HALFVEC_SCOPE_ROWS and share_ok
 
 
 def _positive_int(value: Any, field: str, upper: int) -> int:
@@ -94,7 +73,38 @@ class SearchDatabase(Database):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._index_cache: tuple[float, list[VectorIndex]] | None = None
-        self._scope_cache: dict[tuple[str | None, str | None], tuple[float, bool]] = {}
+        self._scope_cache: dict[tuple[str | None, str | None], tuple[float, Scope]] = {}
+        self._index_plan_cache: tuple[float, bool] | None = None
+        self.tuner = SearchTuner(self)
+        """Calibration, recent queries and live recall (:mod:`docstore.search.tuner`)."""
+
+    async def close(self) -> None:
+        """Stop the tuner's background work, then close the pools."""
+        await self.tuner.aclose()
+        await super().close()
+
+    @timed("health")
+    async def health(self) -> Health:
+        """:meth:`Database.health <docstore.db.Database.health>`, plus live search recall:
+        ``degraded`` (with a warning) while it is under the target."""
+        health = await super().health()
+        recall = self.tuner.recall()
+        health.search_recall = recall
+        if recall.below_target:
+            health.degraded = True
+            health.warnings.append(
+                f"search recall {recall.estimate:.3f} over the last {recall.samples} sampled"
+                f" searches is under the target {recall.target:.2f} (recalibrating)"
+            )
+        return health
+
+    @timed("metrics")
+    async def metrics(self, *, disk: bool = True) -> MetricsSnapshot:
+        """:meth:`Database.metrics <docstore.db.Database.metrics>`, plus live search recall
+        (``snapshot.search_recall``)."""
+        snapshot = await super().metrics(disk=disk)
+        snapshot.search_recall = self.tuner.recall()
+        return snapshot
 
     # -- indexes ---------------------------------------------------------------------------
     @timed("vector_indexes")
@@ -144,16 +154,22 @@ class SearchDatabase(Database):
         ef_construction: int = 64,
         concurrently: bool = True,
         maintenance_work_mem: str | None = DEFAULT_MAINTENANCE_WORK_MEM,
+        calibrate: bool = True,
+        progress: Progress | None = None,
     ) -> VectorIndex:
-        """Build the HNSW index searches with ``metric`` will use, and return it.
+        """Build the HNSW index searches with ``metric`` will use, calibrate the search
+        settings on it (:meth:`calibrate_search`, unless ``calibrate=False``), and return it.
 
         At ≤ 2,000 dimensions the index is on ``embedding`` itself; above that (pgvector
         cannot index ``vector`` there) on ``embedding::halfvec(N)`` with the halfvec operator
         class, and searches re-rank its candidates on the full-precision vectors.
         ``concurrently`` (default) does not block writes while building. An existing valid
-        index for the metric is returned as is; an invalid one (a failed concurrent build) is
-        dropped and rebuilt. ``maintenance_work_mem`` is raised for the build only, so the
-        graph is built in memory (much faster); ``None`` keeps the server's setting.
+        index for the metric is returned as is (calibrated if it never was); an invalid one (a
+        failed concurrent build) is dropped and rebuilt. ``maintenance_work_mem`` is raised
+        for the build only, so the graph is built in memory (much faster); ``None`` keeps the
+        server's setting. ``progress(phase, done, total)`` follows the build
+        (``pg_stat_progress_create_index``: its phases, tuples or blocks done) and the
+        calibration.
         """
         self.ensure_writable()
         name = queries.metric(metric).name
@@ -165,14 +181,21 @@ class SearchDatabase(Database):
             concurrently=concurrently,
         )
         index_name = queries.vector_index_name(name)
+        built = None
         for index in await self.vector_indexes():
             if index.name == index_name and index.usable:
-                return index
-        await self._build_index(index_name, sql, concurrently, maintenance_work_mem)
-        for index in await self.vector_indexes():
-            if index.name == index_name:
-                return index
-        raise SchemaError(f"index {index_name} was not found after it was built")
+                built = index
+        if built is None:
+            await self._build_index(
+                index_name, sql, concurrently, maintenance_work_mem, progress=progress
+            )
+            built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
+            if built is None:
+                raise SchemaError(f"index {index_name} was not found after it was built")
+            self.tuner.forget()
+        if calibrate and built.usable and (await self.tuner.calibration(name)) is None:
+            await self.calibrate_search(name, progress=progress)
+        return built
 
     @timed("drop_vector_index")
     async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
@@ -183,10 +206,10 @@ class SearchDatabase(Database):
         await self._drop_index(index_name, concurrently)
         return existed
 
-    async def _small_scope(self, doc_type: str | None, source_name: str | None) -> bool:
-        """Whether a doc_type/source_name scope is small enough for the halfvec shape (see
-        ``HALFVEC_SCOPE_ROWS``): counted on the B-tree (at most that many entries read), the
-        table's size from the planner's statistics; cached briefly."""
+    async def _scope(self, doc_type: str | None, source_name: str | None) -> Scope:
+        """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
+        planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
+        entries read), the table's size from the planner's statistics; cached briefly."""
         key = (doc_type, source_name)
         now = time.monotonic()
         cached = self._scope_cache.get(key)
@@ -199,12 +222,12 @@ class SearchDatabase(Database):
             f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
             " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
             " AS total",
-            HALFVEC_SCOPE_ROWS + 1,
+            planner.HALFVEC_SCOPE_ROWS + 1,
             *params,
         )
-        small = halfvec_scope(row["rows"], row["total"])
-        self._scope_cache[key] = (now, small)
-        return small
+        scope = Scope(row["rows"], row["total"])
+        self._scope_cache[key] = (now, scope)
+        return scope
 
     @timed("text_index")
     async def text_index(self) -> bool | None:
@@ -251,11 +274,18 @@ class SearchDatabase(Database):
         return existed
 
     async def _build_index(
-        self, name: str, sql: str, concurrently: bool, maintenance_work_mem: str | None
+        self,
+        name: str,
+        sql: str,
+        concurrently: bool,
+        maintenance_work_mem: str | None,
+        *,
+        progress: Progress | None = None,
     ) -> None:
         """Run index DDL (``name`` is one of docstore's fixed index names) on one connection:
-        drop a leftover invalid index, raise ``maintenance_work_mem`` for the build only."""
-        async with self.acquire() as conn:
+        drop a leftover invalid index, raise ``maintenance_work_mem`` for the build only;
+        ``progress`` is fed from ``pg_stat_progress_create_index`` while it runs."""
+        async with self.acquire() as conn, _build_progress(self, conn, progress):
             try:
                 await conn.execute(
                     f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}"
@@ -290,31 +320,41 @@ class SearchDatabase(Database):
                 self._index_cache = None
 
     # -- vector search ---------------------------------------------------------------------
-    async def _vector_mode(
+    async def _plan(
         self,
-        metric_name: str,
+        *,
+        metric: str,
         exact: bool | None,
         doc_type: str | None,
         source_name: str | None,
         filter: Mapping[str, Any] | None,
-    ) -> tuple[SearchMode, VectorIndex | None]:
-        """How :meth:`search` finds its hits, and the HNSW index it may use (see there)."""
-        index = None if exact else await self.vector_index(metric_name)
-        if index is None:
-            if exact is False:
-                raise SchemaError(
-                    f"exact=False needs an HNSW index for {metric_name}: "
-                    f"await store.create_vector_index({metric_name!r})"
-                )
-            return "exact", None
-        if (
-            exact is None
-            and filter is None
-            and (doc_type or source_name)
-            and await self._small_scope(doc_type, source_name)
-        ):
-            return "halfvec", index
-        return "ann", index
+        limit: int,
+        ef_search: int | None,
+        oversample: int | None,
+    ) -> tuple[planner.VectorPlan, VectorIndex | None]:
+        """Look up what the planner needs (index, scope size, calibration) and plan."""
+        index = None if exact else await self.vector_index(metric)
+        scoped_only = filter is None and bool(doc_type or source_name)
+        scope = None
+        if index is not None and exact is None and scoped_only:
+            scope = await self._scope(doc_type, source_name)
+        calibration = None
+        if index is not None and ef_search is None and self.settings.hnsw_ef_search is None:
+            calibration = await self.tuner.calibration(metric)
+        plan = planner.plan_vector_search(
+            limit=limit,
+            exact=exact,
+            has_index=index is not None,
+            metric=metric,
+            scoped_only=scoped_only,
+            scope=scope,
+            filtered=bool(filter or doc_type or source_name),
+            oversample=self.settings.search_oversample if oversample is None else oversample,
+            ef_search=ef_search,
+            calibration=calibration,
+            configured_ef_search=self.settings.hnsw_ef_search,
+        )
+        return plan, index
 
     @timed("search")
     async def search(
@@ -345,19 +385,26 @@ class SearchDatabase(Database):
         ``source_name`` are shortcuts ANDed with it. ``min_similarity`` drops weaker hits
         (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server).
 
-        ``exact=None`` (default) uses the HNSW index for ``metric`` when one exists: the index
-        yields ``limit × oversample`` candidates (at least 40), re-ranked on full-precision
-        vectors, with ``hnsw.ef_search`` = max(``ef_search``, candidates) and
-        ``hnsw.iterative_scan`` on so filtered searches still fill ``limit``. ``exact=True``
-        always scans; ``exact=False`` requires the index (:class:`SchemaError` without one).
-        With ``exact=None`` and an index, a search scoped only by ``doc_type``/``source_name``
-        to a few documents — one source, typically: up to 1,000, or up to 3,000 while that is
-        under 20 % of the table (:func:`halfvec_scope`) — ranks them by ``embedding_half``
-        (the half-precision copy kept in each row, no TOAST reads) and re-ranks the best
-        ``limit × oversample`` (at least 10) exactly: mode ``"halfvec"``, 1.3–4x faster than
-        the exact scan and than a filtered index scan (``bench/RESULTS.md``).
-        ``ef_search``/``oversample`` default to ``DOCSTORE_HNSW_EF_SEARCH`` (200) /
-        ``DOCSTORE_SEARCH_OVERSAMPLE`` (4).
+        How it searches is decided by :func:`docstore.search.planner.plan_vector_search`:
+
+        * ``exact=True``, or no HNSW index for ``metric``: the exact scan
+          (``exact=False`` requires the index: :class:`SchemaError` without one);
+        * scoped only by ``doc_type``/``source_name`` to a few documents — one source,
+          typically: up to 1,000, or up to 3,000 while that is under 20 % of the table — the
+          scope is ranked by ``embedding_half`` (the half-precision copy kept in each row, no
+          TOAST reads) and the best ``limit × oversample`` (at least 10) re-ranked exactly:
+          mode ``"halfvec"``;
+        * otherwise ANN: ``limit × oversample`` candidates (at least 40) from the HNSW index,
+          re-ranked on full-precision vectors, with ``hnsw.ef_search`` from the database's
+          calibration (:meth:`calibrate_search`: the cheapest setting that meets
+          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data) — and, when the candidates come back
+          as a flat set (their spread under the calibrated threshold, the sign of a graph
+          search that missed the query's neighbourhood), a second, wider pass whose
+          candidates are merged in (``results.escalated``).
+
+        ``ef_search``/``oversample`` given here (or ``DOCSTORE_HNSW_EF_SEARCH`` /
+        ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: exactly that, no second pass.
+        ``results.ef_search`` says what ran.
         """
         started = time.perf_counter()
         vector = query_vector(embedding, self.embedding_dim)
@@ -371,7 +418,16 @@ class SearchDatabase(Database):
                 raise ValidationError("min_similarity must be finite", field="min_similarity")
             max_distance = mt.max_distance(float(min_similarity))
         flt = queries.scoped_filter(doc_type, source_name, filter)
-        mode, index = await self._vector_mode(mt.name, exact, doc_type, source_name, filter)
+        plan, index = await self._plan(
+            metric=mt.name,
+            exact=exact,
+            doc_type=doc_type,
+            source_name=source_name,
+            filter=filter,
+            limit=limit,
+            ef_search=ef_search,
+            oversample=oversample,
+        )
         shape: dict[str, Any] = {
             "dim": self.embedding_dim,
             "metric_name": mt.name,
@@ -380,46 +436,131 @@ class SearchDatabase(Database):
             "max_distance": max_distance,
             "include_embedding": include_embedding,
         }
-        if mode == "exact":
-            sql, params = queries.vector_search_sql(vector, **shape)
-            work = _fetch(sql, params)
+        escalated = False
+        if plan.mode == "ann":
+            records, escalated = await self._ann(vector, plan, shape, filtered=flt is not None)
         else:
-            factor = _positive_int(
-                self.settings.search_oversample if oversample is None else oversample,
-                "oversample",
-                100,
-            )
-            if mode == "halfvec":
-                candidates = queries.halfvec_plan(limit, factor)
-                sql, params = queries.vector_search_sql(
-                    vector, candidates=candidates, candidate_source="halfvec", **shape
-                )
-                work = _fetch(sql, params)
-            else:
-                ef = _positive_int(
-                    self.settings.hnsw_ef_search if ef_search is None else ef_search,
-                    "ef_search",
-                    queries.MAX_EF_SEARCH,
-                )
-                candidates, ef = queries.ann_plan(limit, ef, factor)
-                sql, params = queries.vector_search_sql(vector, candidates=candidates, **shape)
-                # the index for sure when asked for, unscoped, or a scope found large (not
-                # small enough for halfvec); an arbitrary filter may match a handful of rows,
-                # where the planner's B-tree plan is the fast one (ann_settings_sql)
-                work = _ann_fetch(sql, params, ef, force_index=exact is False or filter is None)
-        records = await self.run(work, stateless=True, read=True)
-        self._metrics.search_mode(mode, time.perf_counter() - started)
+            extra: dict[str, Any] = {}
+            if plan.mode == "halfvec":
+                extra = {"candidates": plan.candidates, "candidate_source": "halfvec"}
+            sql, params = queries.vector_search_sql(vector, **shape, **extra)
+            records = await self.run(_fetch(sql, params), stateless=True, read=True)
+        self._metrics.search_mode(plan.mode, time.perf_counter() - started)
         hits = [
             _hit(r, similarity=mt.similarity(r["distance"]))
             for r in records
             if not math.isnan(r["distance"])  # a zero vector stored before validation
         ]
+        if plan.mode == "ann":
+            self.tuner.observe(
+                vector,
+                mt.name,
+                limit,
+                flt,
+                [h.id for h in hits if h.id],
+                calibrated=plan.source in ("calibration", "default"),
+            )
         return SearchResults(
             hits,
-            mode=mode,
+            mode=plan.mode,
             metric=mt.name,
-            index_name=index.name if mode == "ann" and index else None,
+            index_name=index.name if plan.mode == "ann" and index else None,
             elapsed_ms=(time.perf_counter() - started) * 1000,
+            ef_search=plan.ef_search or None,
+            escalated=escalated,
+        )
+
+    async def _ann(
+        self,
+        vector: Any,
+        plan: planner.VectorPlan,
+        shape: dict[str, Any],
+        *,
+        filtered: bool,
+    ) -> tuple[list[Any], bool]:
+        """Run an ANN plan: the first pass, and the second if its candidates were flat."""
+        sql, params = queries.ann_search_sql(
+            vector, candidates=plan.candidates, ef_search=plan.ef_search, **shape
+        )
+        records = await self._ann_records(
+            sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
+        )
+        threshold = plan.escalate_below
+        if threshold is None or not records or records[0]["spread"] >= threshold:
+            return records, False
+        wide = min(max(plan.candidates, plan.escalation_ef_search // 4), planner.MAX_LIMIT)
+        sql, params = queries.ann_search_sql(
+            vector, candidates=wide, ef_search=plan.escalation_ef_search, **shape
+        )
+        second = await self._ann_records(
+            sql, params, plan.escalation_ef_search, force_index=plan.force_index, filtered=filtered
+        )
+        merged = {r["id"]: r for r in (*records, *second)}
+        best = sorted(merged.values(), key=lambda r: (r["distance"], r["id"]))
+        return best[: shape["limit"]], True
+
+    async def _ann_records(
+        self,
+        sql: str,
+        params: list[Any],
+        ef_search: int,
+        *,
+        force_index: bool = True,
+        filtered: bool = False,
+    ) -> list[Any]:
+        """Run one ANN statement the way searches do (alone when PostgreSQL takes the index by
+        itself, else under ``enable_seqscan = off``); calibration trials use it too."""
+        alone = not filtered and await self._planner_takes_the_index(sql, params)
+        work = _ann_fetch(sql, params, ef_search, force_index=force_index, alone=alone)
+        return cast("list[Any]", await self.run(work, stateless=True, read=True))
+
+    async def _planner_takes_the_index(self, sql: str, params: list[Any]) -> bool:
+        """Whether PostgreSQL plans an unfiltered ANN statement on the HNSW index by itself.
+
+        Then it runs alone, in one round trip. It does on large tables; on small ones its
+        cost model (which does not count reading 12 KB vectors from TOAST) prefers a scan and
+        sort of every row — several times slower — so there the statement runs under
+        ``enable_seqscan = off``, in a transaction. Asked with EXPLAIN (no execution), and
+        the answer kept for :data:`INDEX_CACHE_SECONDS`: as the table grows, the answer
+        changes by itself.
+        """
+        now = time.monotonic()
+        cached = self._index_plan_cache
+        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
+            return cached[1]
+        rows = await self.run(_fetch("EXPLAIN (FORMAT JSON) " + sql, params), read=True)
+        plan = rows[0][0]
+        uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
+        self._index_plan_cache = (now, uses)
+        return uses
+
+    @timed("calibrate_search")
+    async def calibrate_search(
+        self,
+        metric: str = "cosine",
+        *,
+        target: float | None = None,
+        query_vectors: Sequence[Any] | None = None,
+        sample: int = 100,
+        progress: Progress | None = None,
+    ) -> Calibration:
+        """Measure the cheapest ANN settings that meet the recall target on this database's
+        data, store them (every process and replica uses them) and return them.
+
+        Runs on recent real queries when the store has seen enough (or on ``query_vectors``),
+        else on ``sample`` probes made from stored vectors: the exact top 10 of each, then the
+        ANN search at each ``ef_search`` of a grid, then the cheapest policy — a base
+        ``ef_search`` and, for queries whose candidates come back flat, a wider second pass —
+        whose recall@10 meets ``target`` (default ``DOCSTORE_SEARCH_TARGET_RECALL``, 0.98)
+        with no query under 0.7. ``create_vector_index()`` calls it; the store calls it
+        again in the background when live recall falls under the target, when it has
+        ``MIN_RECENT`` real queries to replace probes with, and when the table has grown or
+        shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
+        called as it goes. A read-only store keeps the result in memory only.
+        """
+        _positive_int(sample, "sample", 10_000)
+        return await self.tuner.calibrate(
+            metric, target=target, query_vectors=query_vectors, sample=sample, progress=progress
         )
 
     # -- full text & hybrid ----------------------------------------------------------------
@@ -523,14 +664,15 @@ class SearchDatabase(Database):
     # -- recall ----------------------------------------------------------------------------
     async def _timed_searches(
         self, vectors: list[Any], options: dict[str, Any]
-    ) -> tuple[list[list[int]], list[float]]:
-        ids, ms = [], []
+    ) -> tuple[list[list[int]], list[float], list[SearchResults]]:
+        ids, ms, results = [], [], []
         for vector in vectors:
             started = time.perf_counter()
             result = await self.search(vector, **options)
             ms.append((time.perf_counter() - started) * 1000)
             ids.append(result.ids)
-        return ids, ms
+            results.append(result)
+        return ids, ms, results
 
     @timed("evaluate_recall")
     async def evaluate_recall(
@@ -578,24 +720,32 @@ class SearchDatabase(Database):
         ann_options = {**options, "exact": False, "ef_search": ef_search, "oversample": oversample}
         # Two phases, not interleaved: an exact scan reads the whole table through the buffer
         # cache and would evict index pages that ANN queries in service find there.
-        truths, exact_ms = await self._timed_searches(vectors, {**options, "exact": True})
+        truths, exact_ms, _ = await self._timed_searches(vectors, {**options, "exact": True})
         await self._timed_searches(vectors[:10], ann_options)  # warm-up, not measured
-        answers, ann_ms = await self._timed_searches(vectors, ann_options)
+        answers, ann_ms, results = await self._timed_searches(vectors, ann_options)
         recalls = [
             len(set(truth) & set(answer)) / len(truth) if truth else 1.0
             for truth, answer in zip(truths, answers, strict=True)
         ]
         ann_lat, exact_lat = _latency(ann_ms), _latency(exact_ms)
-        ef = self.settings.hnsw_ef_search if ef_search is None else ef_search
-        factor = self.settings.search_oversample if oversample is None else oversample
-        cands, ef = queries.ann_plan(limit, ef, factor)
+        plan, _ = await self._plan(
+            metric=mt.name,
+            exact=False,
+            doc_type=None,
+            source_name=None,
+            filter=flt,
+            limit=limit,
+            ef_search=ef_search,
+            oversample=oversample,
+        )
         return RecallReport(
+            escalated=float(np.mean([r.escalated for r in results])),
             sample=len(vectors),
             limit=limit,
             metric=mt.name,
             index=index.name,
-            ef_search=ef,
-            candidates=cands,
+            ef_search=plan.ef_search,
+            candidates=plan.candidates,
             recall=float(np.mean(recalls)),
             min_recall=float(np.min(recalls)),
             perfect=float(np.mean([r == 1.0 for r in recalls])),
@@ -605,6 +755,45 @@ class SearchDatabase(Database):
         )
 
 
+_BUILD_PROGRESS = """
+SELECT phase,
+       CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END AS done,
+       CASE WHEN tuples_total > 0 THEN tuples_total ELSE blocks_total END AS total
+  FROM pg_stat_progress_create_index WHERE pid = $1
+"""
+BUILD_PROGRESS_SECONDS = 0.5
+
+
+@contextlib.asynccontextmanager
+async def _build_progress(
+    store: SearchDatabase, conn: asyncpg.Connection, progress: Progress | None
+) -> AsyncIterator[None]:
+    """While the body builds an index on ``conn``, report its phase and tuples (or blocks)
+    done from another connection every :data:`BUILD_PROGRESS_SECONDS`."""
+    if progress is None:
+        yield
+        return
+    pid = conn.get_server_pid()
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(BUILD_PROGRESS_SECONDS)
+            with contextlib.suppress(DocstoreError):
+                row = await store.fetchrow(_BUILD_PROGRESS, pid)
+                if row is not None:
+                    progress(
+                        f"index: {row['phase']}", int(row["done"] or 0), int(row["total"] or 0)
+                    )
+
+    task = asyncio.get_running_loop().create_task(poll())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _fetch(sql: str, params: list[Any]) -> Any:
     async def work(conn: asyncpg.Connection) -> list[Any]:
         return await conn.fetch(sql, *params)
@@ -612,7 +801,16 @@ def _fetch(sql: str, params: list[Any]) -> Any:
     return work
 
 
-def _ann_fetch(sql: str, params: list[Any], ef_search: int, *, force_index: bool = True) -> Any:
+def _ann_fetch(
+    sql: str, params: list[Any], ef_search: int, *, force_index: bool, alone: bool
+) -> Any:
+    """An ANN statement (:func:`~docstore.search.queries.ann_search_sql`): ``alone`` — one
+    round trip, the statement sets its own ``hnsw.*`` settings (the caller found PostgreSQL
+    takes the index by itself) — or in a transaction under
+    :func:`~docstore.search.queries.ann_settings_sql` (``enable_seqscan`` and, with
+    ``force_index``, ``enable_sort`` off for its planning)."""
+    if alone:
+        return _fetch(sql, params)
     settings = queries.ann_settings_sql(ef_search, force_index=force_index)
 
     async def work(conn: asyncpg.Connection) -> list[Any]:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from docstore.errors import FilterError, ValidationError
 from docstore.models import unstorable
 from docstore.search.filters import build_filter
+from docstore.search.tuning import SPREAD_RANK
 
 MetricName = Literal["cosine", "l2", "inner_product"]
 
@@ -240,33 +241,65 @@ def vector_search_sql(
     ), params
 
 
-MIN_CANDIDATES = 40
-MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+def ann_search_sql(
+    query: Any,
+    *,
+    dim: int,
+    metric_name: str = "cosine",
+    limit: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    candidates: int,
+    ef_search: int,
+    max_distance: float | None = None,
+    include_embedding: bool = False,
+) -> tuple[str, list[Any]]:
+    """One statement for an ANN search: ``hnsw.ef_search`` (and ``hnsw.iterative_scan``, so
+    filtered searches still fill ``candidates``) set for this statement only, ``candidates``
+    rows from the HNSW index ordered by exactly the indexed expression, re-ranked on the
+    full-precision vectors; the best ``limit`` returned with ``distance`` and ``spread``.
 
-
-def ann_plan(limit: int, ef_search: int, oversample: int) -> tuple[int, int]:
-    """``(candidates, ef_search)`` of an ANN search for ``limit`` hits.
-
-    Candidates are ``limit × oversample``, at least :data:`MIN_CANDIDATES` and at most
-    :data:`MAX_LIMIT`; ``hnsw.ef_search`` is raised to the candidate count (HNSW returns at most
-    ``ef_search`` rows per scan) and capped at pgvector's 1,000.
+    The settings are ``set_config(..., true)`` in a one-row sub-select the index scan depends
+    on (a LATERAL join), so they are in place before the scan reads its first tuple and end
+    with the statement's own transaction: one round trip instead of BEGIN, SET LOCAL, the
+    query and COMMIT. ``spread`` (the same on every row) is the distance of the
+    :data:`~docstore.search.tuning.SPREAD_RANK`-th candidate minus the best one's: small
+    when the candidates are a flat set of equally mediocre documents — the sign of a graph
+    search that may have missed the query's neighbourhood (:mod:`docstore.search.tuning`).
     """
-    candidates = min(max(limit * oversample, MIN_CANDIDATES, limit), MAX_LIMIT)
-    return candidates, min(max(ef_search, candidates), MAX_EF_SEARCH)
-
-
-MIN_HALFVEC_CANDIDATES = 10
-
-
-def halfvec_plan(limit: int, oversample: int) -> int:
-    """Candidates the halfvec shape re-ranks for ``limit`` hits: ``limit × oversample``, at
-    least :data:`MIN_HALFVEC_CANDIDATES` and at most :data:`MAX_LIMIT`. Half precision moves a
-    cosine distance by ~1e-4, so the exact top-k is almost always among them."""
-    return min(max(limit * oversample, MIN_HALFVEC_CANDIDATES), MAX_LIMIT)
+    m = metric(metric_name)
+    check_limit(limit)
+    check_limit(max(candidates, limit), "candidates")
+    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
+        raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
+    where, filter_params = build_filter(filter, first_param=5)
+    params: list[Any] = [query, limit, max(candidates, limit), ef_search, *filter_params]
+    ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
+    bound = ""
+    if max_distance is not None:
+        params.append(float(max_distance))
+        bound = f" WHERE w.distance <= ${len(params)}"
+    sql = (
+        f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
+        f"SELECT r.*, coalesce(nth_value(r.distance, {SPREAD_RANK}) OVER o,"
+        " last_value(r.distance) OVER o) - first_value(r.distance) OVER o AS spread"
+        f" FROM (SELECT {_select_list('c', include_embedding)},"
+        f" c.embedding {m.operator} $1::vector AS distance"
+        " FROM (SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
+        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)} FROM documents d"
+        f" WHERE d.embedding IS NOT NULL AND {where}"
+        f" ORDER BY {ann_order}"
+        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) c) r"
+        " WINDOW o AS (ORDER BY r.distance, r.id"
+        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) w"
+        f"{bound} ORDER BY w.distance, w.id LIMIT $2"
+    )
+    return sql, params
 
 
 def ann_settings_sql(ef_search: int, *, force_index: bool = True) -> str:
-    """The ``SET LOCAL`` statements an ANN query runs under (in its own transaction).
+    """The ``SET LOCAL`` statements a filtered ANN query runs under (in its own transaction;
+    an unfiltered one needs none of them, see :func:`ann_search_sql`).
 
     ``hnsw.ef_search`` sizes the candidate list, ``hnsw.iterative_scan`` keeps scanning when
     a filter rejects candidates (pgvector ≥ 0.8), and ``enable_seqscan = off`` stops the

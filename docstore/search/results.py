@@ -62,12 +62,18 @@ class SearchResults(Sequence[Hit]):
         metric: str | None = None,
         index_name: str | None = None,
         elapsed_ms: float | None = None,
+        ef_search: int | None = None,
+        escalated: bool = False,
     ) -> None:
         self._hits = hits
         self.mode = mode
         self.metric = metric
         self.index_name = index_name
         self.elapsed_ms = elapsed_ms
+        self.ef_search = ef_search
+        """``hnsw.ef_search`` of the (first) ANN pass; None for other modes."""
+        self.escalated = escalated
+        """True when the ANN search ran its second, wider pass (its candidates were flat)."""
 
     @overload
     def __getitem__(self, i: int) -> Hit: ...
@@ -205,6 +211,7 @@ class RecallReport(BaseModel):
     index: str | None
     ef_search: int
     candidates: int
+    escalated: float = Field(0.0, description="share of ANN searches that ran a second pass")
     recall: float = Field(description="mean fraction of the exact top-k the ANN search returned")
     min_recall: float
     perfect: float = Field(description="fraction of queries whose ANN top-k equals the exact one")

@@ -1,0 +1,173 @@
+"""How a vector search finds its hits: one pure function from what is known to a plan.
+
+:func:`plan_vector_search` decides the mode (``exact`` / ``halfvec`` / ``ann``), the number of
+candidates re-ranked exactly, ``hnsw.ef_search``, whether the HNSW index is forced, and when
+an ANN search runs a second, wider pass — from the stored :class:`~docstore.search.tuning.
+Calibration` and the scope's size. No database here: :mod:`docstore.search.api` looks those
+up and runs the plan; tests read the plans directly.
+
+The halfvec rule (bench/scope.py, bench/scale.py, bench/RESULTS.md; 20,000 x 3,072, top 5):
+the in-row ``embedding_half`` scan costs ~0.3 ms + ~2.5 us a row (100 / 1,000 / 3,000 rows:
+0.8 / 2.3 / 5.7 ms); a filtered HNSW scan ~3.5 ms at a 25-50 % share of the table, 9.5 ms at
+10 %, 15 ms at 5 % (it walks past every other scope's nodes); the exact scan ~7 us a row
+(TOAST reads of 12 KB vectors). So a scope of up to :data:`HALFVEC_ALWAYS_ROWS` documents is
+always ranked on ``embedding_half``, and up to :data:`HALFVEC_SCOPE_ROWS` while it is under
+:data:`HALFVEC_MAX_SHARE` of the table. That scan reads every row of the scope: its recall is
+that of half precision (~1e-4 in distance) before the exact re-rank, so it needs no
+calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from docstore.errors import SchemaError, ValidationError
+from docstore.search.tuning import Calibration
+
+HALFVEC_ALWAYS_ROWS = 1000
+HALFVEC_SCOPE_ROWS = 3000
+HALFVEC_MAX_SHARE = 0.2
+MAX_LIMIT = 1000
+MIN_CANDIDATES = 40
+"""Candidates of an ANN search re-ranked exactly, at least (``limit × oversample`` above)."""
+MIN_HALFVEC_CANDIDATES = 10
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+DEFAULT_EF_SEARCH = 100
+"""``hnsw.ef_search`` before any calibration (and with ``DOCSTORE_HNSW_EF_SEARCH`` unset)."""
+VectorMode = Literal["exact", "ann", "halfvec"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A doc_type/source_name scope: its rows (counted up to :data:`HALFVEC_SCOPE_ROWS` + 1)
+    and the table's (``reltuples``; below 0 when never analyzed)."""
+
+    rows: int
+    table_rows: float
+
+
+@dataclass(frozen=True)
+class VectorPlan:
+    """What :meth:`~docstore.Store.search` runs."""
+
+    mode: VectorMode
+    candidates: int = 0
+    """Rows re-ranked on full-precision vectors (0: exact mode)."""
+    ef_search: int = 0
+    force_index: bool = False
+    """``enable_sort``/``enable_seqscan`` off: the HNSW index for sure (large scopes)."""
+    escalate_below: float | None = None
+    """ANN: run a second pass when the candidates' spread is under this."""
+    escalation_ef_search: int = 0
+    source: str = ""
+    """Where ``ef_search`` came from: "argument", "calibration", "setting" or "default"."""
+
+
+def halfvec_scope(rows: int, table_rows: float) -> bool:
+    """The halfvec rule: a scope of ``rows`` documents in a table of about ``table_rows``
+    (``reltuples``; below 0 when never analyzed) is ranked on ``embedding_half``."""
+    if rows <= HALFVEC_ALWAYS_ROWS:
+        return True
+    share_ok = table_rows <= 0 or rows < HALFVEC_MAX_SHARE * table_rows
+    return rows <= HALFVEC_SCOPE_ROWS and share_ok
+
+
+def ann_candidates(limit: int, oversample: int) -> int:
+    """Candidates of an ANN search: ``limit × oversample``, at least :data:`MIN_CANDIDATES`
+    (and ``limit``), at most :data:`MAX_LIMIT`."""
+    return min(max(limit * oversample, MIN_CANDIDATES, limit), MAX_LIMIT)
+
+
+def halfvec_candidates(limit: int, oversample: int) -> int:
+    """Candidates the halfvec shape re-ranks: ``limit × oversample``, at least
+    :data:`MIN_HALFVEC_CANDIDATES`, at most :data:`MAX_LIMIT`. Half precision moves a cosine
+    distance by ~1e-4, so the exact top-k is almost always among them."""
+    return min(max(limit * oversample, MIN_HALFVEC_CANDIDATES, limit), MAX_LIMIT)
+
+
+def check_ef_search(value: object, field: str = "ef_search") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EF_SEARCH:
+        raise ValidationError(f"{field} must be an integer from 1 to {MAX_EF_SEARCH}", field=field)
+    return value
+
+
+def check_oversample(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValidationError("oversample must be an integer from 1 to 100", field="oversample")
+    return value
+
+
+def plan_vector_search(
+    *,
+    limit: int,
+    exact: bool | None,
+    has_index: bool,
+    metric: str,
+    scoped_only: bool,
+    scope: Scope | None,
+    filtered: bool,
+    oversample: int,
+    ef_search: int | None = None,
+    calibration: Calibration | None = None,
+    configured_ef_search: int | None = None,
+) -> VectorPlan:
+    """The plan of one vector search.
+
+    ``scoped_only``: the search is restricted by doc_type/source_name and nothing else
+    (``scope`` is then that scope's size, looked up by the caller); ``filtered``: any
+    restriction at all. ``ef_search`` given by the caller wins over the calibration, which
+    wins over ``default_ef_search`` (``DOCSTORE_HNSW_EF_SEARCH``), which wins over
+    :data:`DEFAULT_EF_SEARCH`. An explicit ``ef_search`` runs exactly that: no second pass.
+    """
+    if exact or not has_index:
+        if exact is False:
+            raise SchemaError(
+                f"exact=False needs an HNSW index for {metric}: "
+                f"await store.create_vector_index({metric!r})"
+            )
+        return VectorPlan("exact")
+    oversample = check_oversample(oversample)
+    if exact is None and scoped_only and scope is not None and halfvec_scope(*_size(scope)):
+        return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
+    candidates = ann_candidates(limit, oversample)
+    # the index for sure when asked for, unscoped, or a scope found large (not small enough
+    # for halfvec); an arbitrary filter may match a handful of rows, where the planner's
+    # B-tree plan is the fast one (queries.ann_settings_sql)
+    force = exact is False or not filtered or scoped_only
+    if ef_search is not None or configured_ef_search is not None:  # explicit: no second pass
+        given = ef_search if ef_search is not None else configured_ef_search
+        ef = check_ef_search(given)
+        return VectorPlan(
+            "ann",
+            candidates,
+            max(ef, min(candidates, MAX_EF_SEARCH)),
+            force,
+            source="argument" if ef_search is not None else "setting",
+        )
+    if calibration is not None and calibration.metric == metric:
+        escalate = calibration.escalation_ef_search is not None and (
+            calibration.escalate_below is not None
+        )
+        return VectorPlan(
+            "ann",
+            candidates,
+            max(calibration.ef_search, min(candidates, MAX_EF_SEARCH)),
+            force,
+            escalate_below=calibration.escalate_below if escalate else None,
+            escalation_ef_search=max(calibration.escalation_ef_search or 0, candidates)
+            if escalate
+            else 0,
+            source="calibration",
+        )
+    return VectorPlan(
+        "ann",
+        candidates,
+        max(DEFAULT_EF_SEARCH, min(candidates, MAX_EF_SEARCH)),
+        force,
+        source="default",
+    )
+
+
+def _size(scope: Scope) -> tuple[int, float]:
+    return scope.rows, scope.table_rows

@@ -1,0 +1,279 @@
+"""ANN settings that meet a recall target on the data in front of them (pure: no database).
+
+An HNSW search's recall depends on the data *and* the queries: the same ``ef_search`` gives
+recall@10 1.000 for questions that sit next to a stored document and 0.86 for questions far
+from every document (issue 14). So docstore measures instead of assuming:
+
+1. **Calibration queries.** Recent real query vectors when the store has seen enough of them;
+   before that, *probes* (:func:`probe_vectors`): points between a stored vector and another
+   stored direction, at cosines from 0.3 to 0.95 to their base — not stored vectors, and
+   spread from "a paraphrase of a document" to "a question far from everything".
+2. **Trials.** Each calibration query's exact top ``k`` (the ground truth), then one ANN
+   search per ``ef_search`` of :data:`EF_GRID`, recording its recall@k and its *spread*: the
+   distance between the best and the :data:`SPREAD_RANK`-th candidate after the exact
+   re-rank.
+3. **The choice** (:func:`choose_settings`): the cheapest policy — a base ``ef_search``, and
+   optionally a second, larger ``ef_search`` for queries whose spread is below a threshold —
+   whose recall on the calibration queries meets the target (mean, with a margin for the
+   sample's error) and leaves no query under :data:`RECALL_FLOOR`.
+
+Why the spread: a graph search that ends in the wrong region returns a flat set of equally
+mediocre candidates, while one that reached a query's neighbourhood finds a few clearly
+better ones. On the real-text corpus (``../shared/corpora``, 200 real queries) every query
+under 0.7 recall at ``ef_search`` 100 was among the 9 % with the smallest spread; searching
+those again with a larger ``ef_search`` rescues them at a small cost, where raising
+``ef_search`` for every query would cost every query. The threshold is measured in the same
+units on the same data, so a query distribution of far-away questions simply escalates more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+EF_GRID: tuple[int, ...] = (40, 64, 100, 160, 250, 400, 640, 1000)
+"""``hnsw.ef_search`` values calibration tries (pgvector's maximum is 1,000)."""
+SPREAD_RANK = 40
+"""The spread of a search is the distance of this candidate (or the last) minus the best."""
+RECALL_FLOOR = 0.7
+"""No calibration query may end under this recall@k when any policy achieves it."""
+THRESHOLD_SAFETY = 1.5
+NET_PROBES = 0.1
+"""Least share of probes a policy escalates: probes are synthetic, real questions that get
+lost in the graph are harder than the hardest probe (see :func:`choose_settings`)."""
+NET_QUERIES = 0.05
+"""Least share of real calibration queries a policy escalates (failures rarer than the
+sample can show: 1 in 200 on the real-text corpus)."""
+"""A policy escalates this many times as many calibration queries as it needs to meet the
+target there: escalating a few more queries costs little, missing one costs recall."""
+DEFAULT_TARGET = 0.98
+CALIBRATION_K = 10
+QuerySource = Literal["probes", "recent queries", "given"]
+
+
+class Calibration(BaseModel):
+    """ANN settings measured on this database's data, and how they were measured.
+
+    Stored in the database (``docstore_search_calibration``), so every process and replica
+    searches with them. ``ef_search`` is the first pass's ``hnsw.ef_search``; a search whose
+    spread (:data:`SPREAD_RANK`) is under ``escalate_below`` runs again with
+    ``escalation_ef_search``.
+    """
+
+    metric: str
+    target_recall: float
+    ef_search: int
+    escalation_ef_search: int | None = None
+    escalate_below: float | None = None
+    """Spread threshold; None: never escalate."""
+    expected_recall: float
+    """Mean recall@k of the chosen policy on the calibration queries."""
+    lowest_recall: float
+    escalation_rate: float
+    """Share of the calibration queries that escalated."""
+    expected_ms: float
+    """Mean latency of the policy on the calibration queries (first pass + escalations)."""
+    exact_ms: float | None = None
+    """Median latency of the exact scan of the same queries, for comparison."""
+    met_target: bool
+    queries: int
+    query_source: QuerySource
+    table_rows: int
+    calibrated_at: datetime
+    seconds: float = 0.0
+    """How long the calibration took."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One calibration query at one ``ef_search``: recall@k against the exact top k, and
+    the spread of its candidates."""
+
+    recall: float
+    spread: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The policy :func:`choose_settings` picked."""
+
+    ef_search: int
+    escalation_ef_search: int | None
+    escalate_below: float | None
+    expected_recall: float
+    lowest_recall: float
+    escalation_rate: float
+    expected_ms: float
+    met_target: bool
+
+
+def recall_at(found: Sequence[object], truth: Sequence[object]) -> float:
+    """Share of ``truth`` (the exact top k) among ``found``."""
+    expected = set(truth)
+    return len(set(found) & expected) / len(expected) if expected else 1.0
+
+
+def spread(distances: Sequence[float]) -> float:
+    """Distance of the :data:`SPREAD_RANK`-th (or last) candidate minus the best one's;
+    ``distances`` sorted ascending."""
+    if not distances:
+        return 0.0
+    return float(distances[min(SPREAD_RANK, len(distances)) - 1] - distances[0])
+
+
+def _meets(recalls: np.ndarray, target: float, floor: float) -> bool:
+    """Mean recall at least ``target`` after one standard error (the calibration queries are
+    a sample of what will be asked), and no query under ``floor``."""
+    n = len(recalls)
+    error = float(recalls.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    return float(recalls.mean()) - error >= target and float(recalls.min()) >= floor
+
+
+def choose_settings(
+    trials: Mapping[int, Sequence[Trial]],
+    latency_ms: Mapping[int, float],
+    *,
+    target: float,
+    floor: float = RECALL_FLOOR,
+    round_trip_ms: float = 0.0,
+    min_escalation: int | None = None,
+    net: float = 0.0,
+) -> Choice:
+    """The cheapest policy meeting ``target`` on the calibration queries.
+
+    ``trials[ef][i]`` is query ``i`` searched with ``ef_search = ef``; ``latency_ms[ef]`` the
+    typical latency of one such search. A policy is a base ``ef``, and optionally a larger
+    ``ef`` for the queries whose base spread is under a threshold; an escalated query keeps
+    the better of its two results (docstore merges both candidate sets). Cost is expected
+    latency: base + escalation rate × (escalated search + ``round_trip_ms``).
+
+    When no policy meets the target, the one with the highest mean recall (then the
+    cheapest) is returned with ``met_target=False``: the best this index can do.
+    ``min_escalation`` is the smallest second-pass ``ef`` allowed. ``net`` is the least
+    share of the calibration queries a policy must escalate (those with the flattest
+    candidates): a safety net for failures too rare to show in the sample — only a policy
+    at the grid's largest ``ef`` may go without one.
+    """
+    grid = sorted(trials)
+    if not grid:
+        raise ValueError("no trials")
+    n = len(trials[grid[0]])
+    recall = {ef: np.array([t.recall for t in trials[ef]]) for ef in grid}
+    best: tuple[float, Choice] | None = None
+    fallback: tuple[tuple[float, float], Choice] | None = None
+
+    def consider(choice: Choice, recalls: np.ndarray) -> None:
+        nonlocal best, fallback
+        if _meets(recalls, target, floor) and (best is None or choice.expected_ms < best[0]):
+            best = (choice.expected_ms, choice)
+        key = (float(recalls.mean()), -choice.expected_ms)
+        if fallback is None or key > fallback[0]:
+            fallback = (key, choice)
+
+    least = math.ceil(net * n)
+    for base in grid:
+        plain = recall[base]
+        if least == 0 or base == grid[-1]:
+            consider(
+                Choice(
+                    base,
+                    None,
+                    None,
+                    float(plain.mean()),
+                    float(plain.min()),
+                    0.0,
+                    latency_ms[base],
+                    False,
+                ),
+                plain,
+            )
+        spreads = np.array([t.spread for t in trials[base]])
+        order = np.argsort(spreads, kind="stable")
+        for high in (ef for ef in grid if ef > max(base, (min_escalation or 0) - 1)):
+            better = np.maximum(plain, recall[high])
+            # escalate the m queries with the smallest spread, m = least..n: the first m
+            # that meets the target is this (base, high) pair's cheapest policy
+            for m in range(max(1, least), n + 1):
+                recalls = plain.copy()
+                recalls[order[:m]] = better[order[:m]]
+                if m < n and not _meets(recalls, target, floor):
+                    continue
+                threshold = _threshold(spreads, order, m)
+                escalated = spreads < threshold
+                recalls = np.where(escalated, better, plain)
+                rate = float(escalated.mean())
+                cost = latency_ms[base] + rate * (latency_ms[high] + round_trip_ms)
+                consider(
+                    Choice(
+                        base,
+                        high,
+                        threshold,
+                        float(recalls.mean()),
+                        float(recalls.min()),
+                        rate,
+                        cost,
+                        False,
+                    ),
+                    recalls,
+                )
+                break
+    if best is not None:
+        choice = best[1]
+        return Choice(**{**choice.__dict__, "met_target": True})
+    assert fallback is not None
+    return fallback[1]
+
+
+def _threshold(spreads: np.ndarray, order: np.ndarray, m: int) -> float:
+    """A spread threshold that escalates the ``m`` smallest spreads and, as headroom,
+    :data:`THRESHOLD_SAFETY` times as many queries (a share of queries, not a factor on the
+    spread: spreads of similar queries are close together, and a factor could escalate most
+    of them)."""
+    k = min(len(spreads), math.ceil(m * THRESHOLD_SAFETY))
+    wide = math.nextafter(float(spreads[order[k - 1]]), math.inf)
+    if int((spreads < wide).sum()) <= k:
+        return wide
+    # ties at the k-th spread: stop just below them, if that still escalates m
+    below = float(spreads[order[k - 1]])
+    if int((spreads < below).sum()) >= m:
+        return below
+    return math.nextafter(float(spreads[order[m - 1]]), math.inf)
+
+
+def probe_vectors(stored: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` calibration probes made from ``stored`` vectors (at least 2 rows), none of them
+    a stored vector.
+
+    Probe ``i`` turns a stored vector ``a`` towards another stored vector's direction ``u``
+    (the part of it orthogonal to ``a``) until its cosine to ``a`` is ``c``, with ``c`` spread
+    evenly over [0.3, 0.95]: from a near paraphrase of a document to a question far from
+    every document. Built from stored directions, probes stay in the span of the data (real
+    text embeddings often fill only a subspace; isotropic noise would leave it and be an
+    easy probe). Scaled to the mean norm of ``stored``.
+    """
+    rng = np.random.default_rng(seed)
+    data = np.asarray(stored, dtype=np.float64)
+    norms = np.linalg.norm(data, axis=1)
+    usable = data[norms > 0]
+    if len(usable) < 2:
+        raise ValueError("probes need at least two stored non-zero vectors")
+    unit = usable / np.linalg.norm(usable, axis=1, keepdims=True)
+    scale = float(norms[norms > 0].mean())
+    cosines = 0.3 + 0.65 * (np.arange(n) + rng.random(n)) / n
+    probes = np.empty((n, data.shape[1]))
+    for i, c in enumerate(cosines):
+        a, b = rng.choice(len(unit), size=2, replace=False)
+        u = unit[b] - (unit[a] @ unit[b]) * unit[a]
+        norm_u = np.linalg.norm(u)
+        if norm_u < 1e-6:  # b parallel to a: any direction orthogonal to a will do
+            u = rng.standard_normal(data.shape[1])
+            u -= (unit[a] @ u) * unit[a]
+            norm_u = np.linalg.norm(u)
+        probes[i] = c * unit[a] + math.sqrt(1 - c * c) * (u / norm_u)
+    return (probes * scale).astype(np.float32)

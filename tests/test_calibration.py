@@ -1,0 +1,234 @@
+"""Self-calibrating ANN against a real database: calibration at index build, stored for every
+process, used by default searches, live recall, and recalibration (issue 14 B)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+import docstore
+from docstore import Document
+from docstore.search import planner
+from docstore.search import tuner as tuner_module
+from docstore.search.tuning import Calibration
+
+DIM = 3072
+ROWS = 2000
+
+
+def clustered(n: int, *, clusters: int = 40, spread: float = 0.35, seed: int = 0) -> np.ndarray:
+    """Unit vectors of centroid + N(0, spread²) per dimension (issue 14's shape)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, clusters, n)] + rng.normal(
+        scale=spread / np.sqrt(DIM), size=(n, DIM)
+    ).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def noisy_queries(points: np.ndarray, n: int, *, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = points[rng.integers(0, len(points), n)] + rng.normal(scale=noise, size=(n, DIM)).astype(
+        np.float32
+    )
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+async def load(store: docstore.Store, points: np.ndarray) -> None:
+    await store.documents.upsert_many(
+        Document(source_name=f"s{i % 10}", doc_path=f"d{i}", content=f"doc {i}", embedding=v)
+        for i, v in enumerate(points)
+    )
+    await store.execute("ANALYZE documents")
+
+
+@pytest.fixture
+async def indexed(database_url: str) -> AsyncIterator[tuple[docstore.Store, np.ndarray]]:
+    points = clustered(ROWS)
+    async with docstore.connect(database_url) as store:
+        await load(store, points)
+        await store.create_vector_index()  # builds, then calibrates on probes
+        yield store, points
+
+
+async def test_index_build_calibrates_and_stores_the_settings(
+    indexed: tuple[docstore.Store, np.ndarray], database_url: str
+) -> None:
+    store, _ = indexed
+    calibration = await store.tuner.calibration()
+    assert isinstance(calibration, Calibration)
+    assert calibration.query_source == "probes" and calibration.queries == tuner_module.PROBES
+    assert calibration.met_target and calibration.expected_recall >= 0.98
+    assert calibration.table_rows == ROWS
+    # in the database: another store (another process) searches with the same settings
+    async with docstore.connect(database_url) as other:
+        assert await other.tuner.calibration() == calibration
+        results = await other.search(clustered(1, seed=9)[0])
+        assert results.mode == "ann" and results.ef_search == calibration.ef_search
+
+
+async def test_default_search_meets_the_target_on_queries_far_from_every_document(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    store, points = indexed
+    queries = noisy_queries(points, 60, noise=0.05, seed=4)  # best match cosine ~0.34
+    recalls = []
+    for q in queries:
+        ann = await store.search(q)
+        exact = await store.search(q, exact=True)
+        recalls.append(len(set(ann.ids) & set(exact.ids)) / len(exact.ids))
+    assert np.mean(recalls) >= 0.98 and min(recalls) >= 0.7, (np.mean(recalls), min(recalls))
+
+
+async def test_explicit_settings_override_the_calibration(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    store, points = indexed
+    results = await store.search(points[0], ef_search=300)
+    assert results.ef_search == 300 and not results.escalated
+
+
+async def test_calibrate_on_given_queries_and_a_stricter_target(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    store, points = indexed
+    queries = noisy_queries(points, 40, noise=0.05, seed=8)
+    calibration = await store.calibrate_search(query_vectors=queries, target=0.995)
+    assert calibration.query_source == "given" and calibration.target_recall == 0.995
+    assert (await store.tuner.calibration()) == calibration
+
+
+async def test_live_recall_estimate_tracks_true_recall(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every search re-run exactly (sample 1.0, unlimited budget) with a deliberately low
+    ef_search: the estimate is within ±0.03 of the recall the test measures itself."""
+    monkeypatch.setenv("DOCSTORE_SEARCH_RECALL_SAMPLE", "1")
+    monkeypatch.setenv("DOCSTORE_SEARCH_RECALL_BUDGET", "1")
+    monkeypatch.setenv("DOCSTORE_HNSW_EF_SEARCH", "10")  # explicit: no calibration, no 2nd pass
+    monkeypatch.setenv("DOCSTORE_SEARCH_OVERSAMPLE", "1")
+    rng = np.random.default_rng(2)  # no structure at all: HNSW's hardest case
+    points = rng.standard_normal((ROWS, DIM)).astype(np.float32)
+    queries = rng.standard_normal((220, DIM)).astype(np.float32)
+    async with docstore.connect(database_url) as store:
+        await load(store, points)
+        await store.create_vector_index(calibrate=False)
+        truth = []
+        for q in queries:
+            ann = await store.search(q)
+            await store.tuner.wait()  # this test wants every search measured
+            exact = await store.search(q, exact=True)
+            truth.append(len(set(ann.ids) & set(exact.ids)) / len(exact.ids))
+        estimate = store.tuner.recall()
+    assert estimate.samples == min(len(queries), tuner_module.RECALL_WINDOW)
+    true_recall = float(np.mean(truth[-estimate.samples :]))
+    assert estimate.estimate is not None
+    assert abs(estimate.estimate - true_recall) <= 0.03, (estimate.estimate, true_recall)
+    assert true_recall < 0.98  # the test is only meaningful when recall is imperfect
+
+
+async def test_live_recall_shows_in_metrics_and_health(
+    indexed: tuple[docstore.Store, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = indexed
+    snapshot = await store.metrics(disk=False)
+    assert snapshot.search_recall is not None
+    assert snapshot.search_recall.target == 0.98
+    health = await store.health()
+    assert health.search_recall is not None and health.ok
+
+
+async def test_recent_queries_replace_the_probes(
+    indexed: tuple[docstore.Store, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After MIN_RECENT real searches a probe calibration is redone on them, in the
+    background, and stored with the queries (for `docstore index calibrate` elsewhere)."""
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    store, points = indexed
+    for q in noisy_queries(points, tuner_module.MIN_RECENT, noise=0.01, seed=12):
+        await store.search(q)
+    await store.tuner.wait()
+    calibration = await store.tuner.calibration()
+    assert calibration is not None and calibration.query_source == "recent queries"
+    stored = await store.fetchval("SELECT count(*) FROM docstore_search_queries")
+    assert stored >= tuner_module.MIN_RECENT
+
+
+async def test_no_query_vectors_kept_when_opted_out(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCSTORE_SEARCH_KEEP_QUERIES", "false")
+    points = clustered(300)
+    async with docstore.connect(database_url) as store:
+        await load(store, points)
+        await store.create_vector_index()
+        for q in points[:10]:
+            await store.search(q)
+        await store.calibrate_search()
+        assert await store.fetchval("SELECT count(*) FROM docstore_search_queries") == 0
+
+
+async def test_read_only_store_calibrates_in_memory(
+    indexed: tuple[docstore.Store, np.ndarray], database_url: str
+) -> None:
+    store, _ = indexed
+    before = await store.fetchval("SELECT calibration::text FROM docstore_search_calibration")
+    async with docstore.connect(database_url, read_only=True) as reader:
+        calibration = await reader.calibrate_search(sample=30)
+        assert (await reader.tuner.calibration()) == calibration
+    after = await store.fetchval("SELECT calibration::text FROM docstore_search_calibration")
+    assert before == after
+
+
+async def test_growth_triggers_a_background_recalibration(
+    indexed: tuple[docstore.Store, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    store, _ = indexed
+    first = await store.tuner.calibration()
+    assert first is not None
+    more = clustered(ROWS, seed=77)
+    await store.documents.upsert_many(
+        Document(source_name="more", doc_path=f"m{i}", content="x", embedding=v)
+        for i, v in enumerate(more)
+    )
+    await store.execute("ANALYZE documents")
+    await store.tuner.calibration()  # notices the growth
+    await store.tuner.wait()
+    second = await store.tuner.calibration()
+    assert second is not None and second.table_rows == 2 * ROWS
+    assert second.calibrated_at > first.calibrated_at
+
+
+async def test_calibration_needs_an_index(store: docstore.Store) -> None:
+    with pytest.raises(docstore.SchemaError, match="create_vector_index"):
+        await store.calibrate_search()
+
+
+async def test_background_work_stops_with_the_store(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    store, points = indexed
+    await store.search(points[1])
+    await asyncio.wait_for(store.tuner.aclose(), 10)
+
+
+async def test_search_uses_the_defaults_where_the_calibration_cannot_be_read(
+    indexed: tuple[docstore.Store, np.ndarray], database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schema older than migration 5 (a read-only store never upgrades it) or a role without
+    SELECT on the table: searches still run, on the default settings, and say so once."""
+    store, points = indexed
+    await store.execute("DROP TABLE docstore_search_calibration")
+    async with docstore.connect(database_url, read_only=True) as reader:
+        first = await reader.search(points[3])
+        second = await reader.search(points[4])
+    assert first.mode == "ann" and first.ef_search == planner.DEFAULT_EF_SEARCH
+    assert second.ids and second.ef_search == planner.DEFAULT_EF_SEARCH
+    warned = [r for r in caplog.records if "calibration unreadable" in r.getMessage()]
+    assert len(warned) == 1
