@@ -376,6 +376,29 @@ async def interleave(
     return seconds, results
 
 
+async def steady_load(
+    call: Callable[[Any], Awaitable[Any]],
+    inputs: Sequence[Any],
+    *,
+    concurrency: int,
+    seconds: float,
+) -> list[float]:
+    """``concurrency`` tasks calling ``call(input)`` back to back (inputs in turn) for
+    ``seconds``; the seconds each call took."""
+    took: list[float] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**12))
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            i = next(counter)
+            _, t = await clock(call(inputs[i % len(inputs)]))
+            took.append(t)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return took
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile of ``values`` (NaN for none)."""
     return float(np.percentile(values, q)) if len(values) else float("nan")

@@ -34,7 +34,7 @@ from docstore.codecs import register_codecs
 from docstore.compat import LegacyDatabase
 from docstore.demo import build_sample_legacy
 from docstore.migrate import Migrator
-from docstore.search.api import HALFVEC_SCOPE_ROWS
+from docstore.search.planner import HALFVEC_SCOPE_ROWS
 
 FUNCTION = "SELECT * FROM search_similar_docs($1, $2, 5)"
 

@@ -1,4 +1,5 @@
-"""Benchmark: what recording metrics costs a search (issue 8: overhead <= 3%).
+"""Benchmark: what recording metrics costs a search (issue 8: overhead <= 3%), and what live
+recall sampling costs searches under steady load (issue 14: <= 5% on p50).
 
     python bench/metrics.py                 # 2,000 docs x 3072, 1,500 searches per round
 
@@ -8,6 +9,12 @@ first, for three kinds of search: a one-source search with an index (``halfvec``
 Server's usual query), an unscoped ANN search, and an exact scan of one source. The goal is
 on the median of the per-query ratios (on/off), which cancels this machine's slow drifts; the
 p50s are printed too.
+
+Live recall (``DOCSTORE_SEARCH_RECALL_SAMPLE`` / ``_BUDGET`` at their defaults): a store with
+sampling and one with ``search_recall_sample=0`` take turns, block by block, under steady load
+(``--concurrency`` tasks searching without pause, unscoped ANN); the exact re-runs of the
+sampled store run in the background on the same server, so they are inside its blocks. Ratio:
+p50 of all the sampled store's searches over p50 of the other's.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import docstore
 from docstore import Document
 
 GOAL = 1.03
+SAMPLING_GOAL = 1.05
 
 
 def corpus(rows: int, sources: int, seed: int = 7) -> list[Document]:
@@ -67,6 +75,7 @@ async def run(args: argparse.Namespace) -> bool:
     print(common.machine_line("bench/metrics.py"))
     async with common.bench_server(prefix="docstore-bench-metrics-") as server:
         url = await server.create_database("bench")
+        args.url = url
         async with docstore.connect(url) as on, docstore.connect(url, metrics=False) as off:
             docs = corpus(args.rows, args.sources)
             await on.documents.upsert_many(docs)
@@ -95,7 +104,50 @@ async def run(args: argparse.Namespace) -> bool:
         )
     searches = snapshot.operations["search"]
     print(f"recorded: {searches.count} searches, modes {sorted(snapshot.vector_search)}")
+    if args.sampling_blocks:
+        ok &= await sampling(url_of(args), args)
     return ok
+
+
+def url_of(args: argparse.Namespace) -> str:
+    return str(args.url)
+
+
+async def sampling(url: str, args: argparse.Namespace) -> bool:
+    """Live recall sampling on vs off, block by block under steady load."""
+    async with (
+        docstore.connect(url) as sampled,
+        docstore.connect(url, search_recall_sample=0.0) as unsampled,
+    ):
+        rng = np.random.default_rng(2)
+        vectors = [d.embedding for d in corpus(args.rows, args.sources)]
+        queries = [vectors[i] for i in rng.integers(0, len(vectors), size=args.queries)]
+        for q in queries[:50]:  # warm both
+            await sampled.search(q)
+            await unsampled.search(q)
+        times: dict[str, list[float]] = {"sampled": [], "unsampled": []}
+        stores = {"sampled": sampled, "unsampled": unsampled}
+        for block in range(args.sampling_blocks):
+            order = ["sampled", "unsampled"] if block % 2 == 0 else ["unsampled", "sampled"]
+            for name in order:
+                times[name] += await common.steady_load(
+                    lambda q, s=stores[name]: s.search(q),
+                    queries,
+                    concurrency=args.concurrency,
+                    seconds=args.block_seconds,
+                )
+        recall = sampled.tuner.recall()
+    p50 = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    ratio = p50["sampled"] / p50["unsampled"]
+    passed = ratio <= SAMPLING_GOAL
+    print(
+        f"{'PASS' if passed else 'FAIL'}  live recall sampling on/off under load (concurrency"
+        f" {args.concurrency}, {args.sampling_blocks} blocks of {args.block_seconds:g} s each):"
+        f" p50 {p50['sampled']:.2f} vs {p50['unsampled']:.2f} ms = {ratio:.3f}x"
+        f" (goal <= {SAMPLING_GOAL:.2f}x); {len(times['sampled'])} / {len(times['unsampled'])}"
+        f" searches; recall estimate {recall.estimate} over {recall.samples} re-runs"
+    )
+    return passed
 
 
 if __name__ == "__main__":
@@ -103,4 +155,7 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--sources", type=int, default=20)
     parser.add_argument("--queries", type=int, default=1500)
+    parser.add_argument("--sampling-blocks", type=int, default=6, help="0: skip live recall")
+    parser.add_argument("--block-seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=4)
     sys.exit(0 if asyncio.run(run(parser.parse_args())) else 1)

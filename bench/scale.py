@@ -62,8 +62,8 @@ from common import percentile as p
 import docstore
 from docstore import Document
 from docstore.embedded import EmbeddedReplica, EmbeddedServer, ensure_database
-from docstore.search import queries
-from docstore.search.api import HALFVEC_SCOPE_ROWS
+from docstore.search import planner, queries
+from docstore.search.planner import HALFVEC_SCOPE_ROWS
 
 SCOPED_LIMIT = 5  # the Doc Server's per-crate query (legacy search_similar_docs default)
 LIMIT = 10  # unscoped and doc_type-scoped searches
@@ -572,7 +572,7 @@ async def make_partitioned(
 
 def ann_sql(q: np.ndarray, doc_type: str) -> tuple[str, list[Any]]:
     """docstore's ANN SQL (as ``search(exact=False)`` builds it) for a doc_type scope."""
-    candidates, _ = queries.ann_plan(LIMIT, 200, 4)
+    candidates = planner.ann_candidates(LIMIT, 4)
     return queries.vector_search_sql(
         q, dim=DIM, limit=LIMIT, filter={"doc_type": doc_type}, candidates=candidates
     )
@@ -580,6 +580,7 @@ def ann_sql(q: np.ndarray, doc_type: str) -> tuple[str, list[Any]]:
 
 # With enable_sort off as well, the only plan without a disabled Sort below the re-rank is
 # the HNSW index scan: this is how the benchmark makes PostgreSQL take the index.
+EF_SEARCH = 200  # the ANN default when these runs were made (before calibration, issue 14)
 FORCE_HNSW = "SET LOCAL enable_sort = off"
 
 
@@ -587,7 +588,7 @@ async def run_ann(
     store: docstore.Store, sql: str, params: list[Any], *, force_hnsw: bool = False
 ) -> list[Any]:
     """Run ANN SQL as docstore does (SET LOCAL ef_search, iterative scan, no seq scan)."""
-    _, ef = queries.ann_plan(LIMIT, store.settings.hnsw_ef_search, store.settings.search_oversample)
+    ef = max(store.settings.hnsw_ef_search or EF_SEARCH, planner.ann_candidates(LIMIT, 4))
     async with store.transaction() as conn:
         await conn.execute(queries.ann_settings_sql(ef))
         if force_hnsw:
@@ -601,7 +602,7 @@ async def plan_of(
     """EXPLAIN ANALYZE lines (vectors cut out) of ``sql`` as docstore runs it."""
     async with store.transaction() as conn:
         if ann:
-            _, ef = queries.ann_plan(LIMIT, store.settings.hnsw_ef_search, 4)
+            ef = max(store.settings.hnsw_ef_search or EF_SEARCH, planner.ann_candidates(LIMIT, 4))
             await conn.execute(queries.ann_settings_sql(ef))
         if force_hnsw:
             await conn.execute(FORCE_HNSW)
@@ -690,7 +691,7 @@ async def cliff(
         f"\n(c) FILTERED-INDEX CLIFF: a doc_type-scoped search (limit {LIMIT}) as the doc_type's"
         f" share shrinks; {args.cliff_queries} queries near its documents, {args.rounds}"
         f" interleaved rounds; HALFVEC_SCOPE_ROWS = {HALFVEC_SCOPE_ROWS},"
-        f" ef_search {flat.settings.hnsw_ef_search}, hnsw.max_scan_tuples {max_scan}\n"
+        f" ef_search {flat.settings.hnsw_ef_search or EF_SEARCH}, hnsw.max_scan_tuples {max_scan}\n"
         "    exact        store.search(q, doc_type=T, exact=True): the truth for recall (first)\n"
         "    ann          store.search(q, doc_type=T, exact=False) on the flat table: docstore's\n"
         "                 ANN SQL, whatever plan PostgreSQL picks for it\n"

@@ -33,7 +33,8 @@ from common import DIM
 import docstore
 from docstore import Document
 from docstore.search import queries
-from docstore.search.api import HALFVEC_SCOPE_ROWS, _ann_fetch, _fetch
+from docstore.search.api import _ann_fetch, _fetch
+from docstore.search.planner import HALFVEC_SCOPE_ROWS
 
 SIZES = (50, 100, 300, 1000, 3000, 10000)
 
@@ -50,7 +51,7 @@ def work(shape: str, q: np.ndarray, source: str, limit: int) -> Any:
             )
         )  # fmt: skip
     sql, params = queries.vector_search_sql(q, dim=DIM, limit=limit, filter=flt, candidates=40)
-    return _ann_fetch(sql, params, 200)
+    return _ann_fetch(sql, params, 200, force_index=True, alone=False)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -387,11 +387,9 @@ async def against_today(
 
 
 async def raw_ann(conn: Any, sql: str, params: list[Any], ef: int) -> None:
-    from docstore.search import queries
-
-    async with conn.transaction():
-        await conn.execute(queries.ann_settings_sql(ef))
-        await conn.fetch(sql, *params)
+    """The statement docstore's unfiltered ANN search sends: one statement, its ``hnsw.*``
+    settings inside it (``queries.ann_search_sql``)."""
+    await conn.fetch(sql, *params)
 
 
 async def overhead(
@@ -405,13 +403,15 @@ async def overhead(
     same settings, passed to search() explicitly. None when docstore's internals that build
     the raw SQL (``docstore.search.queries``) are no longer what this expects."""
     try:
-        from docstore.search import queries
+        from docstore.search import planner, queries
 
         ef = getattr(store.settings, "hnsw_ef_search", None) or TODAY["ef_search"]
         factor = getattr(store.settings, "search_oversample", None) or TODAY["oversample"]
-        candidates, ef = queries.ann_plan(LIMIT, ef, factor)
+        candidates = planner.ann_candidates(LIMIT, factor)
+        ef = max(ef, candidates)
         plans = [
-            queries.vector_search_sql(q, dim=DIM, limit=LIMIT, candidates=candidates) for q in qs
+            queries.ann_search_sql(q, dim=DIM, limit=LIMIT, candidates=candidates, ef_search=ef)
+            for q in qs
         ]
     except (ImportError, AttributeError, TypeError) as exc:
         print(f"  raw asyncpg comparison skipped: docstore's internals changed ({exc!r})")
