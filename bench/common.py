@@ -230,12 +230,23 @@ class ClusteredStream:
     """A clustered corpus generated chunk by chunk, the same every time it is read.
 
     Row ``i`` is the unit vector of ``centres[which[i]]`` + N(0, ``sigma``²) per dimension;
-    the centres are random unit vectors. Only the centres and the cluster of every row are
+    the centres are random unit vectors (``unit_centres=False``: N(0, 1) per dimension, so a
+    per-dimension ``sigma`` is relative to each centre's coordinates). Only the centres and
+    the cluster of every row are
     kept (a few MB); a chunk's noise comes from its own seed, so :meth:`chunks` can be read
     again (to load, then for the ground truth) and :meth:`take` picks rows without the rest.
     """
 
-    def __init__(self, rows: int, clusters: int, sigma: float, seed: int, chunk: int = 4096):
+    def __init__(
+        self,
+        rows: int,
+        clusters: int,
+        sigma: float,
+        seed: int,
+        chunk: int = 4096,
+        *,
+        unit_centres: bool = True,
+    ):
         self.rows, self.clusters, self.sigma, self.seed, self.chunk = (
             rows,
             clusters,
@@ -244,7 +255,8 @@ class ClusteredStream:
             chunk,
         )
         rng = np.random.default_rng([seed, 0])
-        self.centres = unit(rng.standard_normal(size=(clusters, DIM), dtype=np.float32))
+        centres = rng.standard_normal(size=(clusters, DIM), dtype=np.float32)
+        self.centres = unit(centres) if unit_centres else centres
         self.which = rng.integers(0, clusters, size=rows)
 
     def __len__(self) -> int:

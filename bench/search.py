@@ -23,8 +23,8 @@ dev        ../shared/corpora/rustdocs-dev.npz: 7,959 passages of the Rust standa
            docs with their text (content) and paths (doc_path), embedded by
            all-MiniLM-L6-v2 and lifted to 3072 dimensions, and 200 real queries that are not
            stored documents.
-noisy      20,000 documents, 150 clusters: the unit vector of a random unit centre +
-           N(0, 0.35²) per dimension; a query is a stored vector + N(0, 0.05²) per
+noisy      20,000 documents, 150 clusters: the unit vector of a centre (N(0, 1) per
+           dimension) + N(0, 0.35²) per dimension; a query is a stored vector + N(0, 0.05²) per
            dimension, normalised (best match cosine ≈ 0.34, far from every document).
            200 warm-up searches from that distribution, then 100 fresh queries measured.
 near300    clustered data with near-duplicate queries: 300 clusters (spread 1.0), 20
@@ -42,8 +42,11 @@ Ground truth is numpy's exact cosine top 10 (chunked), with a tie at the 10th si
 2. the exact scan (``search(q, exact=True)``, the first ``--exact-queries``; its recall
    checks the ground truth);
 3. default ``search(q)`` again on the same queries: the speed-up is exact p50 / this p50;
-4. default ``search(q)`` against today's defaults given per call (``ef_search=200,
-   oversample=4``, the values before issue 14), interleaved query by query;
+4. once the store has finished adapting (``store.tuner.wait()``: a background calibration
+   on the queries it has seen), default ``search(q)`` against today's defaults: an
+   unfiltered search as docstore ran it
+   before issue 14 (``ef_search`` 200, 40 candidates, BEGIN / SET LOCAL / query / COMMIT;
+   :func:`todays_search`), on the same store, interleaved query by query;
 5. clustered only, as before issue 14: ``store.evaluate_recall(query_vectors=...)`` and
    ``search()`` against the same SQL on raw asyncpg (a pool and one connection; skipped if
    the internals it borrows are gone);
@@ -210,7 +213,9 @@ def noisy_corpus(args: argparse.Namespace) -> Corpus:
     clusters = option(args, "noisy", "clusters")
     sigma = option(args, "noisy", "spread") / np.sqrt(DIM)
     q_sigma = option(args, "noisy", "jitter") / np.sqrt(DIM)
-    stream = common.ClusteredStream(rows, clusters, sigma, args.seed)
+    # centres N(0, 1) per dimension: "centroid + N(0, 0.35²) per dimension" keeps clusters
+    # (with unit centres that noise would be 19x the centre and the data uniform noise)
+    stream = common.ClusteredStream(rows, clusters, sigma, args.seed, unit_centres=False)
     picks = np.random.default_rng([args.seed, 5]).integers(0, rows, size=args.warmup + n)
     qs = common.perturbed(stream.take(picks), q_sigma, args.seed + 6)
     measured = qs[args.warmup :]
@@ -218,7 +223,7 @@ def noisy_corpus(args: argparse.Namespace) -> Corpus:
     best = float(np.median(np.einsum("ij,ij->i", measured, sources)))
     return Corpus(
         name="noisy",
-        about=f"{rows:,} x {DIM} in {clusters} clusters (unit centre + N(0, {sigma:.3f}²) per"
+        about=f"{rows:,} x {DIM} in {clusters} clusters (centre N(0, 1) + N(0, {sigma:.3f}²) per"
         f" dimension), queries = stored vector + N(0, {q_sigma:.3f}²) per dimension"
         f" (cosine to it ~{best:.2f}); {args.warmup} warm-up searches, then {n} fresh queries",
         rows=rows,
@@ -357,15 +362,13 @@ async def against_today(
 ) -> tuple[Pass, Pass, float]:
     """Default search() and today's defaults, rotated query by query, ``rounds`` times."""
 
-    def call(**options: Any) -> Callable[[int], Any]:
-        async def run(i: int) -> Any:
-            return await store.search(corpus.queries[i % n], limit=LIMIT, **options)
+    async def default(i: int) -> Any:
+        return await store.search(corpus.queries[i % n], limit=LIMIT)
 
-        return run
+    async def today(i: int) -> Any:
+        return await todays_search(store, corpus.queries[i % n])
 
-    seconds, results = await common.interleave(
-        {"default": call(), "today": call(**TODAY)}, n * rounds
-    )
+    seconds, results = await common.interleave({"default": default, "today": today}, n * rounds)
     which = [i % n for i in range(n * rounds)]
     default = make_pass(
         "default_interleaved",
@@ -377,13 +380,36 @@ async def against_today(
     )
     today = make_pass(
         "today_interleaved",
-        f"ef_search={TODAY['ef_search']}, oversample={TODAY['oversample']} }}",
+        f"before issue 14 (ef {TODAY['ef_search']}, 4 trips) }}",
         corpus,
         which,
         seconds["today"],
         results["today"],
     )
     return default, today, common.median_ratio(seconds["default"], seconds["today"])
+
+
+async def todays_search(store: docstore.Store, q: np.ndarray) -> Any:
+    """An unfiltered search() as docstore ran it before issue 14, on the same store: its
+    defaults (``ef_search`` 200, 40 candidates) and its statements — BEGIN, the ``SET LOCAL``s
+    of ``queries.ann_settings_sql``, the ANN query of ``queries.vector_search_sql``, COMMIT —
+    and the same validation and hit building around them."""
+    from docstore.models import query_vector
+    from docstore.search import queries
+    from docstore.search.api import _hit
+    from docstore.search.results import SearchResults
+
+    vector = query_vector(q, DIM)
+    sql, params = queries.vector_search_sql(vector, dim=DIM, limit=LIMIT, candidates=40)
+    settings = queries.ann_settings_sql(TODAY["ef_search"])
+
+    async def work(conn: Any) -> list[Any]:
+        async with conn.transaction():
+            await conn.execute(settings)
+            return list(await conn.fetch(sql, *params))
+
+    records = await store.run(work, stateless=True, read=True)
+    return SearchResults([_hit(r, similarity=1 - r["distance"]) for r in records], mode="ann")
 
 
 async def raw_ann(conn: Any, sql: str, params: list[Any], ef: int) -> None:
@@ -523,6 +549,8 @@ async def measure(store: docstore.Store, corpus: Corpus, args: argparse.Namespac
         await search_pass(store, corpus, "default_again", "default search(), again", n_exact),
     ]
     n_cmp = min(n, args.compare_queries)
+    if hasattr(store, "tuner"):  # steady state: the store has finished adapting to its queries
+        await store.tuner.wait()
     default, today, vs_today = await against_today(store, corpus, n_cmp, args.compare_rounds)
     passes += [default, today]
     calibrated = None

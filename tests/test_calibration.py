@@ -201,7 +201,7 @@ async def test_growth_triggers_a_background_recalibration(
     await store.tuner.calibration()  # notices the growth
     await store.tuner.wait()
     second = await store.tuner.calibration()
-    assert second is not None and second.table_rows == 2 * ROWS
+    assert second is not None and abs(second.table_rows - 2 * ROWS) <= 0.02 * ROWS  # reltuples
     assert second.calibrated_at > first.calibrated_at
 
 

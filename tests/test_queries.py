@@ -188,17 +188,19 @@ def test_ann_search_is_one_statement_with_its_settings_bound() -> None:
     sql, params = queries.ann_search_sql(
         [0.0] * 3, dim=3072, limit=10, candidates=40, ef_search=120, filter={"doc_type": "rust"}
     )
-    assert params[1:4] == [10, 40, 120]  # limit, candidates, ef_search: bound, never formatted
+    # limit, candidates, ef_search, re-ranked rows: bound, never formatted
+    assert params[1:5] == [10, 40, 120, 20]
     assert "set_config('hnsw.ef_search', $4::int::text, true)" in sql
     assert "set_config('hnsw.iterative_scan', 'relaxed_order', true)" in sql
     assert "CROSS JOIN LATERAL" in sql and ";" not in sql
     assert "embedding::halfvec(3072)) <=> $1::vector::halfvec(3072)" in sql
-    assert f"nth_value(r.distance, {tuning.SPREAD_RANK})" in sql
-    assert "$5" in sql and params[4] == "rust"  # the filter's value, bound
+    assert f"nth_value(c.half, {tuning.SPREAD_RANK})" in sql  # spread: half precision, in-row
+    assert "d.embedding_half <=> (SELECT $1::vector::halfvec(3072))" in sql
+    assert "$6" in sql and params[5] == "rust"  # the filter's value, bound
     bounded, params = queries.ann_search_sql(
         [0.0] * 3, dim=3072, candidates=40, ef_search=40, max_distance=0.5
     )
-    assert "w.distance <= $5" in bounded and params[4] == 0.5
+    assert "w.distance <= $6" in bounded and params[5] == 0.5
     with pytest.raises(ValidationError):
         queries.ann_search_sql([0.0], dim=3, candidates=40, ef_search=1001)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
@@ -479,16 +480,35 @@ class SearchDatabase(Database):
         filtered: bool,
     ) -> tuple[list[Any], bool]:
         """Run an ANN plan: the first pass, and the second if its candidates were flat."""
-        sql, params = queries.ann_search_sql(
-            vector, candidates=plan.candidates, ef_search=plan.ef_search, **shape
-        )
-        records = await self._ann_records(
-            sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
-        )
         threshold = plan.escalate_below
-        if threshold is None or not records or records[0]["spread"] >= threshold:
-            return records, False
-        wide = min(max(plan.candidates, plan.escalation_ef_search // 4), planner.MAX_LIMIT)
+        direct = (
+            threshold is not None
+            and self.tuner.mostly_escalating()
+            and (
+                random.random() >= planner.RECHECK_SHARE  # a few still check: the stream may ease
+            )
+        )
+        records: list[Any] = []
+        if not direct:  # else most searches lately needed the second pass: go straight to it
+            sql, params = queries.ann_search_sql(
+                vector, candidates=plan.candidates, ef_search=plan.ef_search, **shape
+            )
+            records = await self._ann_records(
+                sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
+            )
+            if threshold is None:
+                return records, False
+            flat = bool(records) and records[0]["spread"] < threshold
+            self.tuner.note_escalation(flat)
+            if not flat:
+                return records, False
+        wide = min(
+            max(
+                planner.ann_candidates(shape["limit"], self.settings.search_oversample),
+                plan.escalation_ef_search // 4,
+            ),
+            planner.MAX_LIMIT,
+        )
         sql, params = queries.ann_search_sql(
             vector, candidates=wide, ef_search=plan.escalation_ef_search, **shape
         )

@@ -35,6 +35,9 @@ MIN_HALFVEC_CANDIDATES = 10
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 DEFAULT_EF_SEARCH = 100
 """``hnsw.ef_search`` before any calibration (and with ``DOCSTORE_HNSW_EF_SEARCH`` unset)."""
+RECHECK_SHARE = 0.125
+"""While most searches need the second pass, this share still runs the first (and the
+spread check), so the store notices when the queries get easier again."""
 VectorMode = Literal["exact", "ann", "halfvec"]
 
 
@@ -77,6 +80,14 @@ def ann_candidates(limit: int, oversample: int) -> int:
     """Candidates of an ANN search: ``limit × oversample``, at least :data:`MIN_CANDIDATES`
     (and ``limit``), at most :data:`MAX_LIMIT`."""
     return min(max(limit * oversample, MIN_CANDIDATES, limit), MAX_LIMIT)
+
+
+def level_candidates(ef_search: int, limit: int, oversample: int) -> int:
+    """Candidates of a calibrated ANN pass at ``ef_search``: :func:`ann_candidates`, but no
+    more than ``ef_search`` (and at least ``2 × limit``), so a small ``ef_search`` that finds
+    the neighbours of easy queries reads fewer index entries and vectors. Calibration
+    measures each ``ef_search`` with exactly these candidates."""
+    return min(ann_candidates(limit, oversample), max(ef_search, 2 * limit))
 
 
 def halfvec_candidates(limit: int, oversample: int) -> int:
@@ -151,8 +162,8 @@ def plan_vector_search(
         )
         return VectorPlan(
             "ann",
-            candidates,
-            max(calibration.ef_search, min(candidates, MAX_EF_SEARCH)),
+            level_candidates(calibration.ef_search, limit, oversample),
+            calibration.ef_search,
             force,
             escalate_below=calibration.escalate_below if escalate else None,
             escalation_ef_search=max(calibration.escalation_ef_search or 0, candidates)

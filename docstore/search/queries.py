@@ -241,6 +241,10 @@ def vector_search_sql(
     ), params
 
 
+MIN_RERANK = 20
+"""ANN candidates re-ranked on full-precision vectors, at least (``2 × limit`` above)."""
+
+
 def ann_search_sql(
     query: Any,
     *,
@@ -255,24 +259,30 @@ def ann_search_sql(
 ) -> tuple[str, list[Any]]:
     """One statement for an ANN search: ``hnsw.ef_search`` (and ``hnsw.iterative_scan``, so
     filtered searches still fill ``candidates``) set for this statement only, ``candidates``
-    rows from the HNSW index ordered by exactly the indexed expression, re-ranked on the
-    full-precision vectors; the best ``limit`` returned with ``distance`` and ``spread``.
+    rows from the HNSW index ordered by exactly the indexed expression, ranked on the
+    in-row ``embedding_half`` (no TOAST read), the best ``max(2 × limit, 20)`` of them
+    re-ranked on the full-precision vectors; the best ``limit`` returned with ``distance``
+    and ``spread``.
 
     The settings are ``set_config(..., true)`` in a one-row sub-select the index scan depends
     on (a LATERAL join), so they are in place before the scan reads its first tuple and end
     with the statement's own transaction: one round trip instead of BEGIN, SET LOCAL, the
-    query and COMMIT. ``spread`` (the same on every row) is the distance of the
+    query and COMMIT. ``spread`` (the same on every row) is the half-precision distance of the
     :data:`~docstore.search.tuning.SPREAD_RANK`-th candidate minus the best one's: small
     when the candidates are a flat set of equally mediocre documents — the sign of a graph
     search that may have missed the query's neighbourhood (:mod:`docstore.search.tuning`).
+    Reading a 12 KB vector from TOAST is most of a re-rank's cost; the half-precision rank
+    (error ~1e-4 in distance) keeps the exact top ``limit`` among the re-ranked rows.
     """
     m = metric(metric_name)
     check_limit(limit)
-    check_limit(max(candidates, limit), "candidates")
+    candidates = max(candidates, limit)
+    check_limit(candidates, "candidates")
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
-    where, filter_params = build_filter(filter, first_param=5)
-    params: list[Any] = [query, limit, max(candidates, limit), ef_search, *filter_params]
+    rerank = min(candidates, max(2 * limit, MIN_RERANK))
+    where, filter_params = build_filter(filter, first_param=6)
+    params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
     ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
     bound = ""
     if max_distance is not None:
@@ -280,18 +290,21 @@ def ann_search_sql(
         bound = f" WHERE w.distance <= ${len(params)}"
     sql = (
         f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
-        f"SELECT r.*, coalesce(nth_value(r.distance, {SPREAD_RANK}) OVER o,"
-        " last_value(r.distance) OVER o) - first_value(r.distance) OVER o AS spread"
-        f" FROM (SELECT {_select_list('c', include_embedding)},"
-        f" c.embedding {m.operator} $1::vector AS distance"
+        f"SELECT {_select_list('h', include_embedding)}, h.spread,"
+        f" h.embedding {m.operator} $1::vector AS distance FROM ("
+        f"SELECT c.*, coalesce(nth_value(c.half, {SPREAD_RANK}) OVER o,"
+        " last_value(c.half) OVER o) - first_value(c.half) OVER o AS spread"
+        f" FROM (SELECT {_select_list('d', True)},"
+        f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half"
         " FROM (SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
         " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
-        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)} FROM documents d"
-        f" WHERE d.embedding IS NOT NULL AND {where}"
+        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
+        f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
         f" ORDER BY {ann_order}"
-        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) c) r"
-        " WINDOW o AS (ORDER BY r.distance, r.id"
-        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) w"
+        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d) c"
+        " WINDOW o AS (ORDER BY c.half, c.id"
+        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        " ORDER BY c.half, c.id LIMIT $5) h) w"
         f"{bound} ORDER BY w.distance, w.id LIMIT $2"
     )
     return sql, params

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 import statistics
@@ -45,19 +46,20 @@ from docstore.codecs import EncodedVector, encode_vector
 from docstore.errors import QueryError, SchemaError, ValidationError
 from docstore.metrics import SearchRecall
 from docstore.search import queries
-from docstore.search.planner import ann_candidates
+from docstore.search.planner import level_candidates
 from docstore.search.tuning import (
     CALIBRATION_K,
     EF_GRID,
     NET_PROBES,
     NET_QUERIES,
+    RECALL_FLOOR,
+    SELECTION_FLOOR,
     Calibration,
     QuerySource,
     Trial,
     choose_settings,
     probe_vectors,
     recall_at,
-    spread,
 )
 
 if TYPE_CHECKING:
@@ -74,8 +76,14 @@ PROBES = 100
 RECALL_WINDOW = 200
 MIN_RECALL_SAMPLES = 30
 RECALIBRATE_SECONDS = 60.0
-PROBE_ESCALATION = 640
-"""The least second-pass ``ef_search`` of a calibration on probes (see _min_escalation)."""
+ESCALATION_WINDOW = 32
+MIN_ESCALATION = 640
+"""The least second-pass ``ef_search`` a calibration chooses (see _min_escalation)."""
+CALIBRATION_QUERIES = 128
+"""The most recent distinct real queries a calibration measures on."""
+BACKGROUND_PACE = 0.25
+"""Share of the time an automatic (background) calibration keeps working: after each query
+it measured it pauses three times as long, so it never takes over a busy server."""
 GROWTH_FACTOR = 1.5
 BUDGET_ALLOWANCE_SECONDS = 1.0
 """Exact re-runs a new store may spend before the budget's share of elapsed time applies."""
@@ -138,6 +146,7 @@ class SearchTuner:
         self._last_auto = -RECALIBRATE_SECONDS
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
+        self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
@@ -189,13 +198,16 @@ class SearchTuner:
         query_vectors: Sequence[Any] | None = None,
         sample: int = PROBES,
         progress: Progress | None = None,
+        pace: float | None = None,
     ) -> Calibration:
         """Measure and store the cheapest ANN settings meeting the recall target (see
         :mod:`docstore.search.tuning`); returns what was stored.
 
-        Queries: ``query_vectors`` if given; else the recent real queries of this metric
-        (this store's and those stored by any process) when there are at least
-        :data:`MIN_RECENT`; else ``sample`` probes made from stored vectors.
+        Queries: ``query_vectors`` if given; else the :data:`CALIBRATION_QUERIES` most recent
+        distinct real queries of this metric (this store's and those stored by any process)
+        when there are at least :data:`MIN_RECENT`; else ``sample`` probes made from stored
+        vectors. ``pace`` (0–1): work only that share of the time, pausing between queries
+        (background calibrations), instead of running flat out.
         """
         store = self._store
         mt = queries.metric(metric)
@@ -214,17 +226,23 @@ class SearchTuner:
                     "calibration needs at least two query vectors or two stored embeddings",
                     field="query_vectors",
                 )
-            candidates = ann_candidates(CALIBRATION_K, store.settings.search_oversample)
-            truths = await self._truths(vectors, mt.name, progress)
-            trials, latency = await self._trials(vectors, truths, mt.name, candidates, progress)
+            oversample = store.settings.search_oversample
+            truths = await self._truths(vectors, mt.name, progress, pace)
+            trials, latency = await self._trials(
+                vectors, truths, mt.name, oversample, progress, pace
+            )
             exact_ms = await self._exact_latency(vectors[:5], mt.name)
-            choice = choose_settings(
+            choose = functools.partial(
+                choose_settings,
                 trials,
                 latency,
                 target=goal,
-                min_escalation=_min_escalation(trials) if source == "probes" else None,
+                min_escalation=_min_escalation(trials),
                 net=NET_PROBES if source == "probes" else NET_QUERIES,
             )
+            choice = choose(floor=SELECTION_FLOOR)
+            if not choice.met_target:  # this index cannot keep every query at 0.9
+                choice = choose(floor=RECALL_FLOOR)
             table_rows = await store.replica.fetchval(
                 "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
             )
@@ -251,6 +269,7 @@ class SearchTuner:
             self._remember(calibration)
             self._since_calibration[mt.name] = 0
             self._tuned.clear()
+            self._escalations.clear()
             level = logging.INFO if choice.met_target else logging.WARNING
             logger.log(
                 level,
@@ -285,8 +304,9 @@ class SearchTuner:
                 self._recent[metric].clear()  # stored: not again with the next calibration
             rows = await store.fetch(_RECENT, metric, RECENT_QUERIES)
             recent = [np.asarray(r["embedding"], dtype=np.float32) for r in rows]
-        if len(recent) >= MIN_RECENT:
-            return recent, "recent queries"
+        distinct = list({v.tobytes(): v for v in recent}.values())[:CALIBRATION_QUERIES]
+        if len(distinct) >= MIN_RECENT:
+            return distinct, "recent queries"
         stored = await self._sample_stored(3 * sample)
         if len(stored) < 2:
             return list(stored), "probes"
@@ -310,19 +330,25 @@ class SearchTuner:
         return [v for v in picked if float(np.linalg.norm(v)) > 0][:n]
 
     async def _truths(
-        self, vectors: list[np.ndarray], metric: str, progress: Progress | None
+        self,
+        vectors: list[np.ndarray],
+        metric: str,
+        progress: Progress | None,
+        pace: float | None,
     ) -> list[list[int]]:
-        """Exact top-k ids of each vector (half-precision scan + exact re-rank), run on as
-        many connections as the pool allows."""
+        """Exact top-k ids of each vector (half-precision scan + exact re-rank), on up to
+        half the pool's connections (one when paced)."""
         store = self._store
-        limit = store.settings.pool_max_size
-        gate = asyncio.Semaphore(max(1, (limit - 2) // 2))  # leave the callers connections
+        limit = 1 if pace else max(1, (store.settings.pool_max_size - 2) // 2)
+        gate = asyncio.Semaphore(limit)  # leave the callers connections
         done = 0
 
         async def one(vector: np.ndarray) -> list[int]:
             nonlocal done
             async with gate:
+                started = time.perf_counter()
                 ids = await self.truth(vector, metric, CALIBRATION_K)
+                await _pause(time.perf_counter() - started, pace)
             done += 1
             if progress is not None:
                 progress("exact top-10", done, len(vectors))
@@ -360,22 +386,24 @@ class SearchTuner:
         vectors: list[np.ndarray],
         truths: list[list[int]],
         metric: str,
-        candidates: int,
+        oversample: int,
         progress: Progress | None,
+        pace: float | None,
     ) -> tuple[dict[int, list[Trial]], dict[int, float]]:
         """Every vector through the ANN pass at each ``ef_search`` of the grid, until one
         finds every exact neighbour of every vector (larger ones cannot do better)."""
         store = self._store
         trials: dict[int, list[Trial]] = {}
         latency: dict[int, float] = {}
-        grid = [ef for ef in EF_GRID if ef >= min(candidates, EF_GRID[-1])] or [EF_GRID[-1]]
+        grid = EF_GRID
         for step, ef in enumerate(grid):
+            candidates = level_candidates(ef, CALIBRATION_K, oversample)
             sql_params = [
                 queries.ann_search_sql(
                     v,
                     dim=store.embedding_dim,
                     metric_name=metric,
-                    limit=candidates,
+                    limit=CALIBRATION_K,
                     candidates=candidates,
                     ef_search=ef,
                 )
@@ -388,19 +416,16 @@ class SearchTuner:
             for (sql, params), truth in zip(sql_params, truths, strict=True):
                 started = time.perf_counter()
                 rows = await store._ann_records(sql, params, ef)
-                times.append((time.perf_counter() - started) * 1000)
-                ranked = [r["id"] for r in rows]
-                results.append(
-                    Trial(
-                        recall_at(ranked[: len(truth)], truth),
-                        spread([r["distance"] for r in rows]),
-                    )
-                )
+                took = time.perf_counter() - started
+                times.append(took * 1000)
+                await _pause(took, pace)
+                found = [r["id"] for r in rows]
+                results.append(Trial(recall_at(found, truth), rows[0]["spread"] if rows else 0.0))
             trials[ef] = results
             latency[ef] = statistics.median(times)
             if progress is not None:
                 progress("ANN trials", step + 1, len(grid))
-            if min(t.recall for t in results) >= 1.0 and ef >= PROBE_ESCALATION:
+            if min(t.recall for t in results) >= 1.0 and ef >= MIN_ESCALATION:
                 break
         return trials, latency
 
@@ -415,6 +440,19 @@ class SearchTuner:
             await store.run(_fetch(sql, params), stateless=True, read=True)
             times.append((time.perf_counter() - started) * 1000)
         return statistics.median(times) if times else None
+
+    # -- the second pass ----------------------------------------------------------------------
+    def note_escalation(self, escalated: bool) -> None:
+        """A first ANN pass came back flat (``escalated``) or not."""
+        self._escalations.append(escalated)
+
+    def mostly_escalating(self) -> bool:
+        """Whether most of the last :data:`ESCALATION_WINDOW` first passes needed the second:
+        the queries are harder than the calibration's (questions far from every document),
+        so searches go straight to the second pass — one pass instead of two — until the
+        next calibration, on those queries, sets the levels for them."""
+        window = self._escalations
+        return len(window) >= ESCALATION_WINDOW // 2 and sum(window) * 2 > len(window)
 
     # -- what searches report ---------------------------------------------------------------
     def observe(
@@ -526,7 +564,7 @@ class SearchTuner:
         try:
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
-                    await self.calibrate(metric)
+                    await self.calibrate(metric, pace=BACKGROUND_PACE)
         except Exception as exc:  # background: logged, never raised into a search
             logger.warning("background search calibration failed: %s", exc)
 
@@ -552,14 +590,21 @@ def _grown(then: int, now: float) -> bool:
     return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
+async def _pause(seconds: float, pace: float | None) -> None:
+    """After ``seconds`` of work, rest long enough to keep to ``pace`` (None: no rest)."""
+    if pace:
+        await asyncio.sleep(seconds * (1 - pace) / pace)
+
+
 def _min_escalation(trials: Mapping[int, Sequence[Trial]]) -> int:
-    """The smallest second-pass ``ef_search`` after a probe calibration: twice the first that
-    finds at least 90 % of every probe's neighbours, and at least :data:`PROBE_ESCALATION` —
-    the real questions that get lost in the graph are harder than synthetic probes (on the
-    real-text corpus they needed 400–640 where every probe was found at 160)."""
+    """The smallest second-pass ``ef_search``: twice the first that finds at least 90 % of
+    every calibration query's neighbours, and at least :data:`MIN_ESCALATION`. The second
+    pass is the safety net for the questions that get lost in the graph, and the hardest of
+    those are rarer than any sample shows (on the real-text corpus they needed 400–640, where
+    every probe was found at 160 and a calibration on 128 real queries stopped at 250)."""
     grid = sorted(trials)
     enough = next((ef for ef in grid if min(t.recall for t in trials[ef]) >= 0.9), grid[-1])
-    wanted = max(2 * enough, PROBE_ESCALATION)
+    wanted = max(2 * enough, MIN_ESCALATION)
     return next((ef for ef in grid if ef >= wanted), grid[-1])
 
 
