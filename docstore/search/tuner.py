@@ -16,8 +16,8 @@ One :class:`SearchTuner` per store. It
 * **measures live recall**: a sampled share (``DOCSTORE_SEARCH_RECALL_SAMPLE``) of ANN searches
   is re-run exactly in the background — never on the caller's path, one at a time, only when
   the pool has an idle connection, and within a CPU budget (``DOCSTORE_SEARCH_RECALL_BUDGET``,
-  the share of wall-clock time those re-runs may take) — and the last :data:`RECALL_WINDOW`
-  results make a rolling recall estimate (:meth:`SearchTuner.recall`);
+  the share of wall-clock time those re-runs may take, as a token bucket) — and the last
+  :data:`RECALL_WINDOW` results make a rolling recall estimate (:meth:`SearchTuner.recall`);
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown or shrunk by half since the
@@ -76,6 +76,9 @@ PROBES = 100
 RECALL_WINDOW = 200
 MIN_RECALL_SAMPLES = 30
 RECALIBRATE_SECONDS = 60.0
+SETTLED_SECONDS = 3600.0
+"""A calibration this old (or older) may be redone for cheaper settings when live recall is
+comfortably above the target; a younger one is left alone (it was measured on this data)."""
 ESCALATION_WINDOW = 32
 MIN_ESCALATION = 640
 """The least second-pass ``ef_search`` a calibration chooses (see _min_escalation)."""
@@ -85,7 +88,10 @@ BACKGROUND_PACE = 0.25
 """Share of the time an automatic (background) calibration keeps working: after each query
 it measured it pauses three times as long, so it never takes over a busy server."""
 GROWTH_FACTOR = 1.5
-BUDGET_ALLOWANCE_SECONDS = 1.0
+BUDGET_BURST_SECONDS = 0.25
+"""The CPU budget is a token bucket: it refills at DOCSTORE_SEARCH_RECALL_BUDGET seconds per
+second and holds at most this much, so time the store spends idle is not saved up and spent
+in a burst when the load returns."""
 """Exact re-runs a new store may spend before the budget's share of elapsed time applies."""
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
@@ -139,8 +145,8 @@ class SearchTuner:
         self._tuned: collections.deque[float] = collections.deque(maxlen=RECALL_WINDOW)
         """Recalls of searches on calibrated settings since the last calibration: what the
         reaction (recalibrate up or down) looks at."""
-        self._started = time.monotonic()
-        self._spent = 0.0
+        self._tokens = BUDGET_BURST_SECONDS
+        self._refilled = time.monotonic()
         self._rerun: asyncio.Task[None] | None = None
         self._calibrating: asyncio.Task[Any] | None = None
         self._last_auto = -RECALIBRATE_SECONDS
@@ -483,8 +489,12 @@ class SearchTuner:
             return
         if self._rerun is not None and not self._rerun.done():
             return
-        elapsed = time.monotonic() - self._started
-        if self._spent > BUDGET_ALLOWANCE_SECONDS + self._budget * elapsed:
+        now = time.monotonic()
+        self._tokens = min(
+            BUDGET_BURST_SECONDS, self._tokens + self._budget * (now - self._refilled)
+        )
+        self._refilled = now
+        if self._tokens <= 0:
             return
         if not self._store.has_idle_connection(read=True):
             return
@@ -508,7 +518,7 @@ class SearchTuner:
             logger.debug("live recall re-run failed: %s", type(exc).__name__)
             return
         finally:
-            self._spent += time.monotonic() - started
+            self._tokens -= time.monotonic() - started
         if not truth:
             return
         recall = recall_at(found[: len(truth)], truth)
@@ -526,7 +536,12 @@ class SearchTuner:
             self._auto(metric, f"live recall {estimate:.3f} under the target {self.target}")
         elif n >= RECALL_WINDOW // 2 and estimate >= self.target + (1 - self.target) / 2:
             cached = self._cache.get(metric)
-            if cached is not None and cached[1] is not None and cached[1].escalation_rate > 0:
+            current = cached[1] if cached is not None else None
+            if (
+                current is not None
+                and current.escalation_rate > 0
+                and (datetime.now(UTC) - current.calibrated_at).total_seconds() > SETTLED_SECONDS
+            ):
                 self._auto(metric, f"live recall {estimate:.3f}, comfortably above the target")
 
     def recall(self, metric: str = "cosine") -> SearchRecall:
