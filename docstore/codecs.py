@@ -1,12 +1,23 @@
-"""How embeddings travel between numpy and PostgreSQL: pgvector's binary wire formats.
+"""How values travel between Python and PostgreSQL: pgvector's binary formats, and JSON.
 
 One place, symmetric encoders and decoders (the pgvector-python layout): ``vector`` and
-``halfvec`` decode to ``numpy.ndarray`` (float32), ``sparsevec`` to pgvector's ``SparseVector``.
-:func:`register_codecs` wires them into a connection; the pool calls it for every connection.
+``halfvec`` decode to ``numpy.ndarray`` (float32), ``sparsevec`` to pgvector's ``SparseVector``,
+``jsonb`` to Python objects (``json.loads``: dicts, lists, str, int, float, bool, None).
+:func:`register_codecs` wires them into a connection; the pools call it (through their
+``init``) for every connection, the replica's and a read-only store's included. ``json`` (not
+``jsonb``) stays text, as asyncpg gives it: ``EXPLAIN (FORMAT JSON)`` and asyncpg's
+``PreparedStatement.explain()`` decode it themselves.
+
+A ``jsonb`` parameter takes any JSON-serializable Python object (``json.dumps``) —
+or a ``str``, which is taken as JSON text already encoded (as asyncpg's own codec does), so
+``json.dumps(...)`` passed to a ``$1::jsonb`` keeps working. A JSON document that is itself a
+string is therefore passed as ``json.dumps("text")``. The codecs use the binary format, so
+``copy_records_to_table`` of a table with a ``jsonb`` column takes objects too.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -101,16 +112,63 @@ def decode_sparsevec(data: bytes) -> SparseVector:
     return SparseVector.from_binary(data)
 
 
-_CODECS = {
+_JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the JSON text
+
+
+def encode_json(value: Any) -> bytes:
+    """A Python object (or JSON text in a ``str``) → ``json`` binary (UTF-8 JSON text)."""
+    return (value if isinstance(value, str) else json.dumps(value)).encode()
+
+
+def decode_json(data: bytes) -> Any:
+    """``json`` binary → the Python object (``json.loads``)."""
+    return json.loads(data)
+
+
+def encode_jsonb(value: Any) -> bytes:
+    """A Python object (or JSON text in a ``str``) → ``jsonb`` binary."""
+    return _JSONB_VERSION + encode_json(value)
+
+
+def decode_jsonb(data: bytes) -> Any:
+    """``jsonb`` binary → the Python object (``json.loads``)."""
+    if data[:1] != _JSONB_VERSION:
+        raise ValueError(f"unsupported jsonb format version {data[:1]!r}")
+    return json.loads(data[1:])
+
+
+_VECTOR_CODECS = {
     "vector": (encode_vector, decode_vector),
     "halfvec": (encode_halfvec, decode_halfvec),
     "sparsevec": (encode_sparsevec, decode_sparsevec),
 }
+_JSON_CODECS = {
+    "jsonb": (encode_jsonb, decode_jsonb),
+    # Not ``json``: asyncpg's ``PreparedStatement.explain()`` (and anyone's ``EXPLAIN (FORMAT
+    # JSON)``) expects the plan as text and decodes it itself.
+}
 
 
-async def register_codecs(conn: asyncpg.Connection, schema: str) -> None:
+async def register_vector_codecs(conn: asyncpg.Connection, schema: str) -> None:
     """Register the vector, halfvec and sparsevec codecs on ``conn`` (types in ``schema``)."""
-    for type_name, (encoder, decoder) in _CODECS.items():
+    for type_name, (encoder, decoder) in _VECTOR_CODECS.items():
         await conn.set_type_codec(
             type_name, schema=schema, encoder=encoder, decoder=decoder, format="binary"
         )
+
+
+async def register_json_codecs(conn: asyncpg.Connection) -> None:
+    """Register the jsonb codec on ``conn`` (a built-in type: no round trip)."""
+    for type_name, (encoder, decoder) in _JSON_CODECS.items():
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=encoder, decoder=decoder, format="binary"
+        )
+
+
+async def register_codecs(conn: asyncpg.Connection, schema: str, *, jsonb: bool = True) -> None:
+    """Register docstore's codecs on ``conn``: vector, halfvec and sparsevec (pgvector's types
+    in ``schema``) and, unless ``jsonb=False``, jsonb (Python objects, see the module
+    docstring)."""
+    await register_vector_codecs(conn, schema)
+    if jsonb:
+        await register_json_codecs(conn)

@@ -55,7 +55,8 @@ from docstore.metrics import (
 )
 
 if TYPE_CHECKING:
-    from docstore.db import Database
+    from docstore.core.database import Database
+    from docstore.store import Store
 
 try:
     from prometheus_client import CollectorRegistry, start_http_server
@@ -85,7 +86,7 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], h: Histogram) -
 class DocstoreCollector(Collector):
     """A prometheus_client collector over one store (see the module docstring)."""
 
-    def __init__(self, store: Database, *, disk_refresh_seconds: float = 60.0) -> None:
+    def __init__(self, store: Database | Store, *, disk_refresh_seconds: float = 60.0) -> None:
         self.store = store
         self.disk_refresh_seconds = disk_refresh_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,7 +239,7 @@ class DocstoreCollector(Collector):
             loop.call_soon_threadsafe(start)
 
 
-def registry_for(store: Database, **options: Any) -> CollectorRegistry:
+def registry_for(store: Database | Store, **options: Any) -> CollectorRegistry:
     """A registry holding only this store's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DocstoreCollector(store, **options))
@@ -246,7 +247,7 @@ def registry_for(store: Database, **options: Any) -> CollectorRegistry:
 
 
 async def serve(
-    store: Database,
+    store: Database | Store,
     port: int,
     *,
     addr: str = "127.0.0.1",

@@ -105,6 +105,48 @@ async def test_vector_codecs_round_trip_as_float32_numpy(store: docstore.Store) 
     assert await store.fetchval("select $1::vector <=> $2::vector", [1, 0], [0, 1]) == 1.0
 
 
+async def test_jsonb_values_are_python_objects_both_ways(store: docstore.Store) -> None:
+    value = {"a": [1, 2.5, None, True], "b": {"c": "ü"}}
+    assert await store.fetchval("select $1::jsonb", value) == value
+    # json stays text, as asyncpg gives it (its PreparedStatement.explain() decodes it itself)
+    assert await store.fetchval("select $1::json", '{"a": 1}') == '{"a": 1}'
+    # a str is JSON text already encoded (as asyncpg's own codec takes it)
+    assert await store.fetchval("select $1::jsonb", '{"x": 1}') == {"x": 1}
+    assert await store.fetchval("select $1::jsonb", '"text"') == "text"
+    assert await store.fetchval("select $1::jsonb[]", [{"x": 1}, "[2]"]) == [{"x": 1}, [2]]
+    assert await store.fetchval("select '{\"k\": [1]}'::jsonb -> 'k'") == [1]
+    assert await store.replica.fetchval("select '[1, {}]'::jsonb") == [1, {}]
+    async with store.acquire() as conn:
+        statement = await conn.prepare("select doc_path from documents where id = $1")
+        assert (await statement.explain(1))[0]["Plan"]
+    async with store.acquire() as conn:  # binary COPY of a jsonb column takes objects
+        await conn.execute("create temp table j (id int, doc jsonb)")
+        await conn.copy_records_to_table("j", records=[(1, value), (2, '{"t": 2}')])
+        rows = await conn.fetch("select doc from j order by id")
+    assert [r["doc"] for r in rows] == [value, {"t": 2}]
+    with pytest.raises(QueryError):
+        await store.fetchval("select $1::jsonb", "not json")
+
+
+def test_jsonb_codec_is_symmetric_and_checks_the_format_version() -> None:
+    from docstore.codecs import decode_json, decode_jsonb, encode_json, encode_jsonb
+
+    assert decode_jsonb(encode_jsonb({"a": [1, "ü"]})) == {"a": [1, "ü"]}
+    assert encode_jsonb('{"a": 1}') == b'\x01{"a": 1}' and encode_json([1]) == b"[1]"
+    assert decode_json(b'{"a": null}') == {"a": None}
+    with pytest.raises(ValueError, match="version"):
+        decode_jsonb(b"\x02{}")
+
+
+async def test_read_only_and_replica_pools_decode_jsonb_too(database_url: str) -> None:
+    async with docstore.connect(database_url, read_only=True) as ro:
+        assert await ro.fetchval("select $1::jsonb", {"a": 1}) == {"a": 1}
+    async with docstore.connect(database_url, database_read_url=database_url) as store:
+        assert store.read_url is not None
+        assert await store.replica.fetchval("select $1::jsonb", {"a": 1}) == {"a": 1}
+        assert [p.role for p in store.pool_stats() if p.size] == ["primary", "replica"]
+
+
 async def test_pass_throughs_mirror_asyncpg(store: docstore.Store) -> None:
     await store.execute("create table t (x int)")
     await store.executemany("insert into t values ($1)", [(1,), (2,), (3,)])

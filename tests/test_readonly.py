@@ -17,7 +17,8 @@ import pytest
 import docstore
 from docstore.compat.legacy_api import LegacyDatabase
 from docstore.errors import ConfigurationError, ReadOnlyError, ValidationError
-from docstore.readonly import _BEGIN_RE, _SET_LOCALS_RE, ReadOnlyConnection, leading_keyword
+from docstore.readonly import ReadOnlyConnection, leading_keyword
+from docstore.readonly.statements import _BEGIN_RE, _SET_LOCALS_RE
 from docstore.schema.runner import LATEST_VERSION
 from docstore.search.queries import ann_settings_sql
 from tests.conftest import PgCluster, sample_documents, unit_vector

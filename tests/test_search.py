@@ -577,7 +577,7 @@ def test_hits_are_built_like_model_construct_builds_them() -> None:
         "source_name": "tokio",
         "doc_path": "tokio/a",
         "content": "text",
-        "metadata": '{"k": [1, 2]}',
+        "metadata": {"k": [1, 2]},  # jsonb arrives decoded (the pool's codec)
         "token_count": 3,
         "created_at": None,
         "updated_at": None,

@@ -3,11 +3,14 @@
 Each method is named and behaves as the legacy operation did (``../shared/legacy/README.md``):
 a crate is a document source of doc_type ``rust`` and its id is the source's id; documents
 are docstore documents, so they gain docstore's validation and the ANN index.
+
+Why this is long: :class:`LegacyDatabase` is the legacy server's whole data API, one method
+per legacy operation (crates, documents, search, crate configs, population jobs), kept in one
+class so a port can be read side by side with the legacy code it replaces.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -103,7 +106,7 @@ class LegacyDatabase:
                    RETURNING id""",
                 self.doc_type,
                 name,
-                json.dumps(config),
+                config,
             )
         )
 
@@ -206,12 +209,7 @@ class LegacyDatabase:
             crate_name,
             [d.doc_path for d in docs],
         )
-        stored = {
-            r["doc_path"]: json.loads(r["metadata"])
-            if isinstance(r["metadata"], str)
-            else r["metadata"]
-            for r in rows
-        }
+        stored = {r["doc_path"]: r["metadata"] for r in rows}  # jsonb: decoded by the codec
         return [
             d.model_copy(update={"metadata": {**stored[d.doc_path], **d.metadata}})
             if d.doc_path in stored
@@ -318,7 +316,7 @@ class LegacyDatabase:
                 name,
             )
         config = row["config"]
-        return row["id"], json.loads(config) if isinstance(config, str) else dict(config)
+        return row["id"], dict(config)
 
     async def _save_configs(
         self, conn: Any, source_id: int, config: dict[str, Any], configs: list[dict[str, Any]]
@@ -335,7 +333,7 @@ class LegacyDatabase:
             "UPDATE document_sources SET config = $2::jsonb, enabled = $3, last_checked = $4"
             " WHERE id = $1",
             source_id,
-            json.dumps(config),
+            config,
             enabled,
             last_checked,
         )
@@ -349,7 +347,7 @@ class LegacyDatabase:
         out: list[dict[str, Any]] = []
         for r in rows:
             value = r["c"]
-            out.extend(json.loads(value) if isinstance(value, str) else value)
+            out.extend(value)
         return out
 
     @timed("compat.create_crate_config")
@@ -479,9 +477,7 @@ class LegacyDatabase:
                    RETURNING id""",
                 self.doc_type,
                 config["name"],
-                json.dumps(
-                    {"crate_config_id": crate_config_id, "version_spec": config["version_spec"]}
-                ),
+                {"crate_config_id": crate_config_id, "version_spec": config["version_spec"]},
             )
         )
 

@@ -22,6 +22,10 @@ How :meth:`DocumentRepository.upsert_many` writes a batch (chosen by measurement
 Rows are turned into wire values lazily, while asyncpg streams them, so client-side encoding
 overlaps the server's work.
 
+Why this is long: the write path above is one algorithm (lock, probe, COPY, compare, guarded
+update, re-insert) whose steps, and the races each one closes, read best in one file beside
+the repository that runs it.
+
 **Concurrency.** Every docstore write to a source — a batch of ``upsert_many``,
 ``delete_source``, ``sources.delete(with_documents=True)`` — holds that source's lock for
 its transaction, so docstore's writers of one source run one after the other (writers of
@@ -39,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,7 +63,7 @@ from docstore.models import (
 )
 
 if TYPE_CHECKING:
-    from docstore.db import Database
+    from docstore.core.surface import Queries
 
 DEFAULT_BATCH_SIZE = 2000
 _COLUMNS = (
@@ -208,16 +211,16 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
 def _values(doc: Document) -> tuple[Any, ...]:
     """The seven data columns of a validated document, in ``_DATA_COLUMNS`` order.
 
-    The embedding stays a numpy array: the connection's codec encodes it as asyncpg sends
-    the row, exactly as for a hand-written COPY.
+    The embedding stays a numpy array and the metadata a dict: the connection's codecs
+    (:mod:`docstore.codecs`) encode them as asyncpg sends the row, exactly as for a
+    hand-written COPY.
     """
-    metadata = json.dumps(doc.metadata) if doc.metadata else "{}"
     return (
         doc.doc_type,
         doc.source_name,
         doc.doc_path,
         doc.content,
-        metadata,
+        doc.metadata or {},
         doc.embedding,
         doc.token_count,
     )
@@ -343,10 +346,8 @@ async def delete_source_documents(conn: asyncpg.Connection, doc_type: str, sourc
 
 
 def _record_to_document(record: Any) -> Document:
-    data = dict(record)
-    if isinstance(data.get("metadata"), str):
-        data["metadata"] = json.loads(data["metadata"])
-    return Document.model_construct(**data)
+    """A :class:`Document` from a trusted row (``metadata`` decoded by the pool's codec)."""
+    return Document.model_construct(**dict(record))
 
 
 def _scope(doc_type: str | None, source_name: str | None, first: int = 1) -> tuple[str, list[Any]]:
@@ -362,7 +363,7 @@ def _scope(doc_type: str | None, source_name: str | None, first: int = 1) -> tup
 class DocumentRepository:
     """Documents keyed by ``(doc_type, source_name, doc_path)``. Reached as ``store.documents``."""
 
-    store: Database
+    store: Queries
 
     @property
     def _dim(self) -> int:

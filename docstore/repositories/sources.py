@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from docstore.models import Source, check_key
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_sources
 
 if TYPE_CHECKING:
-    from docstore.db import Database
+    from docstore.core.surface import Queries
 
 _COLUMNS = (
     "id, doc_type, source_name, config, enabled, last_checked, last_populated, created_at, "
@@ -38,17 +37,15 @@ RETURNING {_COLUMNS}
 
 
 def _to_source(record: Any) -> Source:
-    data = dict(record)
-    if isinstance(data.get("config"), str):
-        data["config"] = json.loads(data["config"])
-    return Source.model_construct(**data)
+    """A :class:`Source` from a trusted row (``config`` decoded by the pool's jsonb codec)."""
+    return Source.model_construct(**dict(record))
 
 
 @dataclass
 class SourceRepository:
     """Sources keyed by ``(doc_type, source_name)``. Reached as ``store.sources``."""
 
-    store: Database
+    store: Queries
 
     @property
     def _metrics(self) -> Metrics:
@@ -66,7 +63,7 @@ class SourceRepository:
             _UPSERT,
             src.doc_type,
             src.source_name,
-            json.dumps(src.config),
+            src.config,  # jsonb: encoded by the pool's codec
             src.enabled,
             src.last_checked,
             src.last_populated,

@@ -1,10 +1,10 @@
 """Search: pure SQL builders (:mod:`.filters`, :mod:`.queries`), the search API (:mod:`.api`)
 and its results (:mod:`.results`)."""
 
-from docstore.search.api import SearchDatabase
 from docstore.search.filters import OPERATORS, build_filter
 from docstore.search.queries import METRICS, reciprocal_rank_fusion
 from docstore.search.results import Hit, Latency, RecallReport, SearchResults, VectorIndex
+from docstore.search.surface import SearchDatabase
 
 __all__ = [
     "METRICS",

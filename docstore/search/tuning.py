@@ -57,8 +57,6 @@ that."""
 NET_QUERIES = 0.05
 """Least share of real calibration queries a policy escalates (failures rarer than the
 sample can show: 1 in 200 on the real-text corpus)."""
-"""A policy escalates this many times as many calibration queries as it needs to meet the
-target there: escalating a few more queries costs little, missing one costs recall."""
 DEFAULT_TARGET = 0.98
 CALIBRATION_K = 10
 QuerySource = Literal["probes", "recent queries", "given"]

@@ -1,0 +1,213 @@
+"""Running work on pooled connections: checkout, retries, replica reads, transactions, locks.
+
+:meth:`Runner.run` is how every docstore operation reaches the database: it checks a
+connection out (waiting at most ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``, measured by
+:mod:`docstore.metrics`), runs the work, retries transient failures with backoff
+(:mod:`docstore.failures`), sends reads to the replica when :class:`~docstore.core.routing.
+ReplicaRouter` says so (and to the primary if the replica fails), and turns every failure into
+a docstore error whose message holds no secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+import tenacity
+
+from docstore.config import Settings
+from docstore.core.pools import STATELESS, Pools, Role
+from docstore.core.routing import ReplicaRouter
+from docstore.errors import DocstoreError, PoolTimeoutError
+from docstore.failures import first_retry_wait, is_transient, is_transient_query_failure, retrying
+from docstore.metrics import Metrics, timed
+
+T = TypeVar("T")
+IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
+
+
+class Runner:
+    """The pools plus retry: runs work on connections (see the module docstring)."""
+
+    def __init__(
+        self, pools: Pools, router: ReplicaRouter, settings: Settings, metrics: Metrics
+    ) -> None:
+        self._pools = pools
+        self._router = router
+        self._settings = settings
+        self._metrics = metrics
+
+    def _retrying(self, *, after_first_failure: bool = False) -> tenacity.AsyncRetrying:
+        return retrying(
+            self._settings,
+            f"query on {self._pools.primary.redacted}",
+            after_first_failure=after_first_failure,
+            retry_on=is_transient_query_failure,
+            on_retry=self._metrics.retry,
+        )
+
+    async def _attempt(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], role: Role = "primary"
+    ) -> T:
+        async with self.checkout(role) as conn:
+            return await work(conn)
+
+    @timed("run")
+    async def run(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        stateless: bool = False,
+        read: bool = False,
+    ) -> T:
+        """Run ``work(connection)`` on a pooled connection, retrying transient failures.
+
+        ``work`` is called again from the start on a retry, so it should be one transaction or
+        idempotent. Errors come out as docstore errors. ``stateless=True`` promises that
+        ``work`` leaves no session state behind (no ``SET`` outside a transaction, no
+        ``LISTEN``, cursor or advisory lock), so the connection goes back to the pool without
+        a reset round trip. ``read=True`` promises that ``work`` only reads: it runs on the
+        read replica when there is one (on the primary if the replica fails).
+        """
+        token = STATELESS.set(stateless)
+        try:
+            if read and self._router.use_replica():
+                try:
+                    result = await self._attempt(work, "replica")
+                except BaseException as exc:
+                    if not await self._router.failed(exc):
+                        raise
+                else:
+                    self._router.succeeded()
+                    return result
+            try:
+                # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
+                # an ANN search); only a transient failure enters the retry loop.
+                return await self._attempt(work)
+            except BaseException as exc:
+                if not is_transient_query_failure(exc) or self._settings.retry_attempts < 2:
+                    raise
+                await first_retry_wait(
+                    self._settings,
+                    f"query on {self._pools.primary.redacted}",
+                    exc,
+                    self._metrics.retry,
+                )
+            async for attempt in self._retrying(after_first_failure=True):
+                with attempt:
+                    return await self._attempt(work)
+        except DocstoreError:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            raise self._pools.translate(exc) from exc
+        finally:
+            STATELESS.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @timed("run_in_transaction")
+    async def run_in_transaction(
+        self, /, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
+    ) -> T:
+        """Like :meth:`run`, inside one transaction (retried whole on 40001/40P01 etc.)."""
+
+        async def in_tx(conn: asyncpg.Connection) -> T:
+            async with conn.transaction(**transaction):
+                return await work(conn)
+
+        return await self.run(in_tx)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Check a connection out of the primary's pool (``async with store.acquire() as c``).
+
+        Waits at most ``timeout`` (default ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``) for a free
+        connection, then raises :class:`PoolTimeoutError`.
+        """
+        async with self.checkout("primary", timeout) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def checkout(self, role: Role, timeout: float | None = None) -> AsyncIterator[Any]:
+        """A connection of ``role``'s pool, timed; a broken one is never pooled again."""
+        pool = self._pools.get(role).pool
+        wait = self._settings.pool_acquire_timeout if timeout is None else timeout
+        metrics = self._metrics
+        metrics.waiting[role] += 1
+        started = time.perf_counter()
+        try:
+            # asyncio.timeout rather than acquire(timeout=...): no extra task per acquire.
+            async with asyncio.timeout(wait):
+                conn = await pool.acquire()
+        except TimeoutError:
+            metrics.timed_out(role)
+            raise PoolTimeoutError(
+                f"no database connection became free within {wait:g}s (pool max size "
+                f"{pool.get_max_size()}, {role}); raise DOCSTORE_POOL_MAX_SIZE or "
+                f"DOCSTORE_POOL_ACQUIRE_TIMEOUT, or reduce concurrency"
+            ) from None
+        finally:
+            metrics.waiting[role] -= 1
+        metrics.acquired(role, time.perf_counter() - started)
+        try:
+            yield conn
+        except BaseException as exc:
+            if is_transient(exc) and not conn.is_closed():
+                conn.terminate()  # dead or mid-protocol: never hand it to the next caller
+            raise
+        finally:
+            await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, isolation: IsolationLevel | None = None, readonly: bool = False
+    ) -> AsyncIterator[Any]:
+        """``async with store.transaction() as conn:`` — one transaction on one connection.
+
+        Not retried: a transaction that fails part-way raises, and the caller decides. On a
+        read-only store it is always ``READ ONLY`` (:mod:`docstore.readonly`).
+        """
+        try:
+            async with (
+                self.acquire() as conn,
+                conn.transaction(isolation=isolation, readonly=readonly),
+            ):
+                yield conn
+        except DocstoreError:
+            raise
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:  # in the body, or getting / releasing the connection
+            raise self._pools.translate(exc) from exc
+
+    def has_idle_connection(self, *, read: bool = False) -> bool:
+        """Whether the pool a query would use (the replica's for ``read`` when routed there)
+        has a connection nobody is using, or room to open one — background work (live recall)
+        runs only then, so it never makes a caller wait for a connection."""
+        target = self._pools.replica if read and self._router.use_replica_quietly() else None
+        pool = (target or self._pools.primary).pool
+        return pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
+
+    @contextlib.asynccontextmanager
+    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+        """``async with store.try_lock(key) as locked:`` — a session advisory lock on the
+        primary if nobody holds it (``locked`` False otherwise, without waiting), released on
+        exit. For work one process at a time should do (a search calibration)."""
+        async with self.acquire() as conn:
+            try:
+                locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._pools.translate(exc) from exc
+            try:
+                yield locked
+            finally:
+                if locked and not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)

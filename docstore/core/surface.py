@@ -1,0 +1,102 @@
+"""The query surface as the layers above the core see it: :class:`Queries` and ``store.replica``.
+
+Repositories, search, the tuner and the compat facade are written against :class:`Queries` —
+what they may use of a store — so they run on a :class:`~docstore.core.database.Database`
+and on a :class:`docstore.Store` (which delegates these to its Database) alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+
+from docstore.config import Settings
+from docstore.core.runner import IsolationLevel
+from docstore.errors import DocstoreError
+from docstore.metrics import Metrics, timed
+
+T = TypeVar("T")
+
+
+class Queries(Protocol):
+    """What code above the core uses of a store (see :class:`~docstore.core.database.
+    Database` for each member's documentation)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def embedding_dim(self) -> int: ...
+    @property
+    def replica(self) -> ReadQueries: ...
+    @property
+    def _metrics(self) -> Metrics: ...
+
+    def ensure_writable(self) -> None: ...
+    def translate(self, exc: BaseException) -> DocstoreError: ...
+    def read_from_primary(self) -> AbstractContextManager[None]: ...
+
+    async def run(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        stateless: bool = False,
+        read: bool = False,
+    ) -> T: ...
+    async def run_in_transaction(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
+    ) -> T: ...
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]: ...
+    def transaction(
+        self, *, isolation: IsolationLevel | None = None, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]: ...
+    def has_idle_connection(self, *, read: bool = False) -> bool: ...
+    def try_lock(self, key: int) -> AbstractAsyncContextManager[bool]: ...
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]: ...
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any: ...
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any: ...
+
+
+class ReadQueries:
+    """``store.replica``: the read-only part of the query surface, routed to the replica."""
+
+    def __init__(self, db: Queries) -> None:
+        #: the store these queries run on
+        self.store = db
+
+    @property
+    def _metrics(self) -> Metrics:
+        return self.store._metrics
+
+    @timed("fetch")
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Rows of a read-only query, from the replica."""
+        return await self.store.run(
+            lambda conn: conn.fetch(query, *args, timeout=timeout), stateless=True, read=True
+        )
+
+    @timed("fetchrow")
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        """The first row of a read-only query, from the replica, or None."""
+        return await self.store.run(
+            lambda conn: conn.fetchrow(query, *args, timeout=timeout), stateless=True, read=True
+        )
+
+    @timed("fetchval")
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
+        """One value of the first row of a read-only query, from the replica."""
+        return await self.store.run(
+            lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
+            stateless=True,
+            read=True,
+        )

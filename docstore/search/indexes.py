@@ -1,0 +1,309 @@
+"""Index management: the HNSW and full-text indexes searches use, and search calibration.
+
+:class:`SearchIndexes` lists, builds and drops docstore's indexes on ``documents`` (index DDL
+on one connection, ``maintenance_work_mem`` raised for the build, progress polled from
+``pg_stat_progress_create_index``) and runs :meth:`~SearchIndexes.calibrate_search` (kept by
+the tuner, :mod:`docstore.search.tuner`). A part of :class:`docstore.Store`, which delegates
+``vector_indexes``, ``vector_index``, ``create_vector_index``, ``drop_vector_index``,
+``text_index``, ``create_text_index``, ``drop_text_index`` and ``calibrate_search`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import asyncpg
+
+from docstore.core.surface import Queries
+from docstore.errors import DocstoreError, SchemaError, ValidationError
+from docstore.metrics import Metrics, timed
+from docstore.search import queries
+from docstore.search.results import VectorIndex
+from docstore.search.tuner import Progress, SearchTuner
+from docstore.search.tuning import Calibration
+
+# How long a looked-up index list is trusted before the catalog is asked again (an index
+# built or dropped by another process is noticed within this time).
+INDEX_CACHE_SECONDS = 30.0
+DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
+INDEX_BUILD_TIMEOUT = 24 * 3600.0
+
+
+def positive_int(value: Any, field: str, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise ValidationError(f"{field} must be an integer from 1 to {upper}", field=field)
+    return value
+
+
+class SearchIndexes:
+    """docstore's indexes on ``documents``, and the calibration of ANN searches on them."""
+
+    def __init__(self, db: Queries, tuner: SearchTuner) -> None:
+        self._db = db
+        self._tuner = tuner
+        self._index_cache: tuple[float, list[VectorIndex]] | None = None
+
+    @property
+    def _metrics(self) -> Metrics:
+        return self._db._metrics
+
+    @timed("vector_indexes")
+    async def vector_indexes(self, *, refresh: bool = True) -> list[VectorIndex]:
+        """The HNSW indexes on ``documents`` (``usable`` ones are what searches use)."""
+        cached = self._index_cache
+        if not refresh and cached and time.monotonic() - cached[0] < INDEX_CACHE_SECONDS:
+            return cached[1]
+        dim = self._db.embedding_dim
+        wanted = queries.index_expression(dim)
+        indexes = []
+        for r in await self._db.fetch(queries.LIST_VECTOR_INDEXES):
+            expression = r["definition"].split(" USING hnsw ", 1)[-1]
+            on_ours = (
+                r["on_expression"] and f"halfvec({dim})" in expression
+                if dim > queries.MAX_VECTOR_INDEX_DIM
+                else not r["on_expression"] and wanted in expression
+            )
+            indexes.append(
+                VectorIndex(
+                    name=r["name"],
+                    metric=queries.OPCLASS_METRIC.get(r["opclass"]),
+                    opclass=r["opclass"],
+                    valid=r["valid"],
+                    usable=bool(r["valid"] and on_ours),
+                    size_bytes=r["size_bytes"],
+                    definition=r["definition"],
+                )
+            )
+        self._index_cache = (time.monotonic(), indexes)
+        return indexes
+
+    async def vector_index(self, metric: str = "cosine") -> VectorIndex | None:
+        """The usable HNSW index for ``metric``, or None (then searches scan exactly)."""
+        name = queries.metric(metric).name
+        for index in await self.vector_indexes(refresh=False):
+            if index.usable and index.metric == name:
+                return index
+        return None
+
+    @timed("create_vector_index")
+    async def create_vector_index(
+        self,
+        metric: str = "cosine",
+        *,
+        m: int = 16,
+        ef_construction: int = 64,
+        concurrently: bool = True,
+        maintenance_work_mem: str | None = DEFAULT_MAINTENANCE_WORK_MEM,
+        calibrate: bool = True,
+        progress: Progress | None = None,
+    ) -> VectorIndex:
+        """Build the HNSW index searches with ``metric`` will use, calibrate the search
+        settings on it (:meth:`calibrate_search`, unless ``calibrate=False``), and return it.
+
+        At ≤ 2,000 dimensions the index is on ``embedding`` itself; above that (pgvector
+        cannot index ``vector`` there) on ``embedding::halfvec(N)`` with the halfvec operator
+        class, and searches re-rank its candidates on the full-precision vectors.
+        ``concurrently`` (default) does not block writes while building. An existing valid
+        index for the metric is returned as is (calibrated if it never was); an invalid one (a
+        failed concurrent build) is dropped and rebuilt. ``maintenance_work_mem`` is raised
+        for the build only, so the graph is built in memory (much faster); ``None`` keeps the
+        server's setting. ``progress(phase, done, total)`` follows the build
+        (``pg_stat_progress_create_index``: its phases, tuples or blocks done) and the
+        calibration.
+        """
+        self._db.ensure_writable()
+        name = queries.metric(metric).name
+        sql = queries.create_vector_index_sql(
+            dim=self._db.embedding_dim,
+            metric_name=name,
+            m=m,
+            ef_construction=ef_construction,
+            concurrently=concurrently,
+        )
+        index_name = queries.vector_index_name(name)
+        built = None
+        for index in await self.vector_indexes():
+            if index.name == index_name and index.usable:
+                built = index
+        if built is None:
+            await self._build_index(
+                index_name, sql, concurrently, maintenance_work_mem, progress=progress
+            )
+            built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
+            if built is None:
+                raise SchemaError(f"index {index_name} was not found after it was built")
+            self._tuner.forget()
+        if calibrate and built.usable and (await self._tuner.calibration(name)) is None:
+            await self.calibrate_search(name, progress=progress)
+        return built
+
+    @timed("drop_vector_index")
+    async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
+        """Drop docstore's HNSW index for ``metric``; True if there was one."""
+        self._db.ensure_writable()
+        index_name = queries.vector_index_name(metric)
+        existed = any(i.name == index_name for i in await self.vector_indexes())
+        await self._drop_index(index_name, concurrently)
+        return existed
+
+    @timed("text_index")
+    async def text_index(self) -> bool | None:
+        """True if the full-text index exists and is valid, False if invalid, None if absent."""
+        return cast(
+            "bool | None",
+            await self._db.fetchval(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass",
+                queries.TEXT_INDEX_NAME,
+            ),
+        )
+
+    @timed("create_text_index")
+    async def create_text_index(
+        self,
+        *,
+        concurrently: bool = True,
+        maintenance_work_mem: str | None = DEFAULT_MAINTENANCE_WORK_MEM,
+    ) -> None:
+        """Build the GIN index that makes :meth:`search_text` and :meth:`hybrid_search` fast.
+
+        Opt-in, like the vector index: it makes every write of a new or changed document
+        tokenize its text (``bench/RESULTS.md``: COPY of 5,000 documents 0.32 s → 1.13 s), and
+        it is cheapest built once after a bulk load. Idempotent; an invalid index left by a
+        failed concurrent build is rebuilt.
+        """
+        self._db.ensure_writable()
+        if await self.text_index():
+            return
+        await self._build_index(
+            queries.TEXT_INDEX_NAME,
+            queries.create_text_index_sql(concurrently=concurrently),
+            concurrently,
+            maintenance_work_mem,
+        )
+
+    @timed("drop_text_index")
+    async def drop_text_index(self, *, concurrently: bool = True) -> bool:
+        """Drop the full-text index; True if there was one."""
+        self._db.ensure_writable()
+        existed = await self.text_index() is not None
+        await self._drop_index(queries.TEXT_INDEX_NAME, concurrently)
+        return existed
+
+    async def _build_index(
+        self,
+        name: str,
+        sql: str,
+        concurrently: bool,
+        maintenance_work_mem: str | None,
+        *,
+        progress: Progress | None = None,
+    ) -> None:
+        """Run index DDL (``name`` is one of docstore's fixed index names) on one connection:
+        drop a leftover invalid index, raise ``maintenance_work_mem`` for the build only;
+        ``progress`` is fed from ``pg_stat_progress_create_index`` while it runs."""
+        async with self._db.acquire() as conn, _build_progress(self._db, conn, progress):
+            try:
+                await conn.execute(
+                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}"
+                )
+                if maintenance_work_mem is not None:
+                    await conn.execute(
+                        "SELECT set_config('maintenance_work_mem', $1, false)",
+                        maintenance_work_mem,
+                    )
+                try:
+                    # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
+                    # index behind after a CONCURRENTLY build
+                    await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
+                finally:
+                    await conn.execute("RESET maintenance_work_mem")
+            except DocstoreError:
+                raise
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._db.translate(exc) from exc
+            finally:
+                self._index_cache = None
+
+    async def _drop_index(self, name: str, concurrently: bool) -> None:
+        async with self._db.acquire() as conn:
+            try:
+                await conn.execute(
+                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}"
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._db.translate(exc) from exc
+            finally:
+                self._index_cache = None
+
+    @timed("calibrate_search")
+    async def calibrate_search(
+        self,
+        metric: str = "cosine",
+        *,
+        target: float | None = None,
+        query_vectors: Sequence[Any] | None = None,
+        sample: int = 100,
+        progress: Progress | None = None,
+    ) -> Calibration:
+        """Measure the cheapest ANN settings that meet the recall target on this database's
+        data, store them (every process and replica uses them) and return them.
+
+        Runs on recent real queries when the store has seen enough (or on ``query_vectors``),
+        else on ``sample`` probes made from stored vectors: the exact top 10 of each, then the
+        ANN search at each ``ef_search`` of a grid, then the cheapest policy — a base
+        ``ef_search`` and, for queries whose candidates come back flat, a wider second pass —
+        whose recall@10 meets ``target`` (default ``DOCSTORE_SEARCH_TARGET_RECALL``, 0.98)
+        with no query under 0.7. ``create_vector_index()`` calls it; the store calls it
+        again in the background when live recall falls under the target, when it has
+        ``MIN_RECENT`` real queries to replace probes with, and when the table has grown or
+        shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
+        called as it goes. A read-only store keeps the result in memory only.
+        """
+        positive_int(sample, "sample", 10_000)
+        return await self._tuner.calibrate(
+            metric, target=target, query_vectors=query_vectors, sample=sample, progress=progress
+        )
+
+
+_BUILD_PROGRESS = """
+SELECT phase,
+       CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END AS done,
+       CASE WHEN tuples_total > 0 THEN tuples_total ELSE blocks_total END AS total
+  FROM pg_stat_progress_create_index WHERE pid = $1
+"""
+BUILD_PROGRESS_SECONDS = 0.5
+
+
+@contextlib.asynccontextmanager
+async def _build_progress(
+    store: Queries, conn: asyncpg.Connection, progress: Progress | None
+) -> AsyncIterator[None]:
+    """While the body builds an index on ``conn``, report its phase and tuples (or blocks)
+    done from another connection every :data:`BUILD_PROGRESS_SECONDS`."""
+    if progress is None:
+        yield
+        return
+    pid = conn.get_server_pid()
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(BUILD_PROGRESS_SECONDS)
+            with contextlib.suppress(DocstoreError):
+                row = await store.fetchrow(_BUILD_PROGRESS, pid)
+                if row is not None:
+                    progress(
+                        f"index: {row['phase']}", int(row["done"] or 0), int(row["total"] or 0)
+                    )
+
+    task = asyncio.get_running_loop().create_task(poll())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

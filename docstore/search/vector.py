@@ -1,0 +1,340 @@
+"""Vector search: plan (:mod:`docstore.search.planner`) and run exact, halfvec and ANN searches.
+
+:class:`VectorSearch` looks up what the pure planner needs (the usable index, the scope's
+size, the database's calibration from the tuner), runs the plan — ANN statements alone when
+PostgreSQL takes the HNSW index by itself (asked with ``EXPLAIN``, the answer cached), else
+under ``enable_seqscan = off`` — and a second, wider ANN pass when the first one's candidates
+come back flat. A part of :class:`docstore.Store`, which delegates ``search`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import asyncpg
+
+from docstore.core.surface import Queries
+from docstore.errors import ValidationError
+from docstore.metrics import Metrics, timed
+from docstore.models import query_vector
+from docstore.search import planner, queries
+from docstore.search.filters import build_filter
+from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
+from docstore.search.planner import Scope
+from docstore.search.results import Hit, SearchResults, VectorIndex
+from docstore.search.tuner import SearchTuner
+
+_HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
+
+
+def _hit(record: Any, **scores: Any) -> Hit:
+    """A :class:`Hit` from a trusted database row (no re-validation; every field given, so
+    pydantic computes no defaults: this runs for every hit of every search). ``metadata``
+    arrives decoded (the pool's jsonb codec, :mod:`docstore.codecs`)."""
+    data = {**_HIT_DEFAULTS, **record, **scores}
+    data.pop("rank", None)  # text search: reported as text_rank
+    data.pop("spread", None)  # ANN: the planner's signal, not a document field
+    return Hit.model_construct(None, **data)
+
+
+class VectorSearch:
+    """``store.search``: nearest documents to a query vector (see the module docstring)."""
+
+    def __init__(self, db: Queries, indexes: SearchIndexes, tuner: SearchTuner) -> None:
+        self._db = db
+        self._indexes = indexes
+        self._tuner = tuner
+        self._scope_cache: dict[tuple[str | None, str | None], tuple[float, Scope]] = {}
+        self._index_plan_cache: tuple[float, bool] | None = None
+
+    @property
+    def _metrics(self) -> Metrics:
+        return self._db._metrics
+
+    async def _scope(self, doc_type: str | None, source_name: str | None) -> Scope:
+        """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
+        planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
+        entries read), the table's size from the planner's statistics; cached briefly."""
+        key = (doc_type, source_name)
+        now = time.monotonic()
+        cached = self._scope_cache.get(key)
+        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
+            return cached[1]
+        where, params = build_filter(
+            queries.scoped_filter(doc_type, source_name, None), first_param=2
+        )
+        row = await self._db.replica.fetchrow(
+            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
+            " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
+            " AS total",
+            planner.HALFVEC_SCOPE_ROWS + 1,
+            *params,
+        )
+        scope = Scope(row["rows"], row["total"])
+        self._scope_cache[key] = (now, scope)
+        return scope
+
+    async def plan(
+        self,
+        *,
+        metric: str,
+        exact: bool | None,
+        doc_type: str | None,
+        source_name: str | None,
+        filter: Mapping[str, Any] | None,
+        limit: int,
+        ef_search: int | None,
+        oversample: int | None,
+    ) -> tuple[planner.VectorPlan, VectorIndex | None]:
+        """Look up what the planner needs (index, scope size, calibration) and plan."""
+        index = None if exact else await self._indexes.vector_index(metric)
+        scoped_only = filter is None and bool(doc_type or source_name)
+        scope = None
+        if index is not None and exact is None and scoped_only:
+            scope = await self._scope(doc_type, source_name)
+        calibration = None
+        if index is not None and ef_search is None and self._db.settings.hnsw_ef_search is None:
+            calibration = await self._tuner.calibration(metric)
+        plan = planner.plan_vector_search(
+            limit=limit,
+            exact=exact,
+            has_index=index is not None,
+            metric=metric,
+            scoped_only=scoped_only,
+            scope=scope,
+            filtered=bool(filter or doc_type or source_name),
+            oversample=self._db.settings.search_oversample if oversample is None else oversample,
+            ef_search=ef_search,
+            calibration=calibration,
+            configured_ef_search=self._db.settings.hnsw_ef_search,
+        )
+        return plan, index
+
+    @timed("search")
+    async def search(
+        self,
+        embedding: Any,
+        *,
+        doc_type: str | None = None,
+        source_name: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        metric: str = "cosine",
+        min_similarity: float | None = None,
+        exact: bool | None = None,
+        include_embedding: bool = False,
+        ef_search: int | None = None,
+        oversample: int | None = None,
+    ) -> SearchResults:
+        """The ``limit`` documents nearest to ``embedding``, best first.
+
+        ``embedding`` is validated like a stored one (:func:`docstore.models.query_vector`:
+        ``DOCSTORE_EMBEDDING_DIM`` finite real values within ±65,504, not all zero, and
+        not lost to underflow in half precision), else :class:`ValidationError` before
+        anything is sent. Documents with a NULL embedding never match
+        (``store.documents.stats()`` counts them); neither does a stored zero-norm vector
+        written before that rule (a migrated row): its cosine distance is NaN, and no hit
+        has a NaN similarity.
+        ``filter`` is a :mod:`~docstore.search.filters` document; ``doc_type`` and
+        ``source_name`` are shortcuts ANDed with it. ``min_similarity`` drops weaker hits
+        (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server).
+
+        How it searches is decided by :func:`docstore.search.planner.plan_vector_search`:
+
+        * ``exact=True``, or no HNSW index for ``metric``: the exact scan
+          (``exact=False`` requires the index: :class:`SchemaError` without one);
+        * scoped only by ``doc_type``/``source_name`` to a few documents — one source,
+          typically: up to 1,000, or up to 3,000 while that is under 20 % of the table — the
+          scope is ranked by ``embedding_half`` (the half-precision copy kept in each row, no
+          TOAST reads) and the best ``limit × oversample`` (at least 10) re-ranked exactly:
+          mode ``"halfvec"``;
+        * otherwise ANN: ``limit × oversample`` candidates (at least 40) from the HNSW index,
+          re-ranked on full-precision vectors, with ``hnsw.ef_search`` from the database's
+          calibration (:meth:`calibrate_search`: the cheapest setting that meets
+          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data) — and, when the candidates come back
+          as a flat set (their spread under the calibrated threshold, the sign of a graph
+          search that missed the query's neighbourhood), a second, wider pass whose
+          candidates are merged in (``results.escalated``).
+
+        ``ef_search``/``oversample`` given here (or ``DOCSTORE_HNSW_EF_SEARCH`` /
+        ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: exactly that, no second pass.
+        ``results.ef_search`` says what ran.
+        """
+        started = time.perf_counter()
+        vector = query_vector(embedding, self._db.embedding_dim)
+        mt = queries.metric(metric)
+        queries.check_limit(limit)
+        max_distance = None
+        if min_similarity is not None:
+            if isinstance(min_similarity, bool) or not isinstance(min_similarity, int | float):
+                raise ValidationError("min_similarity must be a number", field="min_similarity")
+            if not math.isfinite(min_similarity):
+                raise ValidationError("min_similarity must be finite", field="min_similarity")
+            max_distance = mt.max_distance(float(min_similarity))
+        flt = queries.scoped_filter(doc_type, source_name, filter)
+        plan, index = await self.plan(
+            metric=mt.name,
+            exact=exact,
+            doc_type=doc_type,
+            source_name=source_name,
+            filter=filter,
+            limit=limit,
+            ef_search=ef_search,
+            oversample=oversample,
+        )
+        shape: dict[str, Any] = {
+            "dim": self._db.embedding_dim,
+            "metric_name": mt.name,
+            "limit": limit,
+            "filter": flt,
+            "max_distance": max_distance,
+            "include_embedding": include_embedding,
+        }
+        escalated = False
+        if plan.mode == "ann":
+            records, escalated = await self._ann(vector, plan, shape, filtered=flt is not None)
+        else:
+            extra: dict[str, Any] = {}
+            if plan.mode == "halfvec":
+                extra = {"candidates": plan.candidates, "candidate_source": "halfvec"}
+            sql, params = queries.vector_search_sql(vector, **shape, **extra)
+            records = await self._db.run(_fetch(sql, params), stateless=True, read=True)
+        self._metrics.search_mode(plan.mode, time.perf_counter() - started)
+        hits = [
+            _hit(r, similarity=mt.similarity(r["distance"]))
+            for r in records
+            if not math.isnan(r["distance"])  # a zero vector stored before validation
+        ]
+        if plan.mode == "ann":
+            self._tuner.observe(
+                vector,
+                mt.name,
+                limit,
+                flt,
+                [h.id for h in hits if h.id],
+                calibrated=plan.source in ("calibration", "default"),
+            )
+        return SearchResults(
+            hits,
+            mode=plan.mode,
+            metric=mt.name,
+            index_name=index.name if plan.mode == "ann" and index else None,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            ef_search=plan.ef_search or None,
+            escalated=escalated,
+        )
+
+    async def _ann(
+        self,
+        vector: Any,
+        plan: planner.VectorPlan,
+        shape: dict[str, Any],
+        *,
+        filtered: bool,
+    ) -> tuple[list[Any], bool]:
+        """Run an ANN plan: the first pass, and the second if its candidates were flat."""
+        threshold = plan.escalate_below
+        direct = (
+            threshold is not None
+            and self._tuner.mostly_escalating()
+            and (
+                random.random() >= planner.RECHECK_SHARE  # a few still check: the stream may ease
+            )
+        )
+        records: list[Any] = []
+        if not direct:  # else most searches lately needed the second pass: go straight to it
+            sql, params = queries.ann_search_sql(
+                vector, candidates=plan.candidates, ef_search=plan.ef_search, **shape
+            )
+            records = await self._ann_records(
+                sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
+            )
+            if threshold is None:
+                return records, False
+            flat = bool(records) and records[0]["spread"] < threshold
+            self._tuner.note_escalation(flat)
+            if not flat:
+                return records, False
+        wide = min(
+            max(
+                planner.ann_candidates(shape["limit"], self._db.settings.search_oversample),
+                plan.escalation_ef_search // 4,
+            ),
+            planner.MAX_LIMIT,
+        )
+        sql, params = queries.ann_search_sql(
+            vector, candidates=wide, ef_search=plan.escalation_ef_search, **shape
+        )
+        second = await self._ann_records(
+            sql, params, plan.escalation_ef_search, force_index=plan.force_index, filtered=filtered
+        )
+        merged = {r["id"]: r for r in (*records, *second)}
+        best = sorted(merged.values(), key=lambda r: (r["distance"], r["id"]))
+        return best[: shape["limit"]], True
+
+    async def _ann_records(
+        self,
+        sql: str,
+        params: list[Any],
+        ef_search: int,
+        *,
+        force_index: bool = True,
+        filtered: bool = False,
+    ) -> list[Any]:
+        """Run one ANN statement the way searches do (alone when PostgreSQL takes the index by
+        itself, else under ``enable_seqscan = off``); calibration trials use it too."""
+        alone = not filtered and await self._planner_takes_the_index(sql, params)
+        work = _ann_fetch(sql, params, ef_search, force_index=force_index, alone=alone)
+        return cast("list[Any]", await self._db.run(work, stateless=True, read=True))
+
+    async def _planner_takes_the_index(self, sql: str, params: list[Any]) -> bool:
+        """Whether PostgreSQL plans an unfiltered ANN statement on the HNSW index by itself.
+
+        Then it runs alone, in one round trip. It does on large tables; on small ones its
+        cost model (which does not count reading 12 KB vectors from TOAST) prefers a scan and
+        sort of every row — several times slower — so there the statement runs under
+        ``enable_seqscan = off``, in a transaction. Asked with EXPLAIN (no execution), and
+        the answer kept for :data:`INDEX_CACHE_SECONDS`: as the table grows, the answer
+        changes by itself.
+        """
+        now = time.monotonic()
+        cached = self._index_plan_cache
+        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
+            return cached[1]
+        rows = await self._db.run(_fetch("EXPLAIN (FORMAT JSON) " + sql, params), read=True)
+        plan = rows[0][0]
+        uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
+        self._index_plan_cache = (now, uses)
+        return uses
+
+
+def _fetch(sql: str, params: list[Any]) -> Any:
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        return await conn.fetch(sql, *params)
+
+    return work
+
+
+def _ann_fetch(
+    sql: str, params: list[Any], ef_search: int, *, force_index: bool, alone: bool
+) -> Any:
+    """An ANN statement (:func:`~docstore.search.queries.ann_search_sql`): ``alone`` — one
+    round trip, the statement sets its own ``hnsw.*`` settings (the caller found PostgreSQL
+    takes the index by itself) — or in a transaction under
+    :func:`~docstore.search.queries.ann_settings_sql` (``enable_seqscan`` and, with
+    ``force_index``, ``enable_sort`` off for its planning)."""
+    if alone:
+        return _fetch(sql, params)
+    settings = queries.ann_settings_sql(ef_search, force_index=force_index)
+
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        async with conn.transaction():
+            await conn.execute(settings)
+            return await conn.fetch(sql, *params)
+
+    return work
