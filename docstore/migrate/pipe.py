@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -14,6 +14,12 @@ from docstore.errors import MigrationError
 
 # At most this many COPY data messages (~64 KB each from the server) wait in memory.
 QUEUE_DEPTH = 32
+
+
+class Digest(Protocol):
+    """What :func:`pipe` feeds the bytes it moves to (a ``hashlib`` object)."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 async def pipe(
@@ -25,12 +31,15 @@ async def pipe(
     columns: Sequence[str],
     *,
     on_bytes: Callable[[int], None] | None = None,
+    digest: Digest | None = None,
     timeout: float | None = None,
 ) -> int:
     """Copy the rows of ``query`` (run on ``source``) into ``table`` on ``target`` in binary.
 
     Column types must match exactly (cast in ``query``). Returns the number of rows the
-    target accepted. ``timeout`` bounds the target's COPY (the source side keeps its
+    target accepted. ``digest`` is fed every byte that leaves the source, in order (the
+    binary COPY stream, header to trailer), as it passes: a hash of what was sent, at no
+    extra read of the source. ``timeout`` bounds the target's COPY (the source side keeps its
     connection's own command timeout). A failure on either side cancels the other and raises;
     the caller's
     target transaction must then roll back (a truncated binary stream would otherwise be
@@ -39,7 +48,10 @@ async def pipe(
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_DEPTH)
 
     async def write(data: bytes) -> None:
-        await queue.put(bytes(data))
+        data = bytes(data)
+        if digest is not None:
+            digest.update(data)
+        await queue.put(data)
         if on_bytes is not None:
             on_bytes(len(data))
 

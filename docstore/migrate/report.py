@@ -136,6 +136,16 @@ class Validation(BaseModel):
     target_null_embeddings: int
     checksum_chunks: int
     mismatched_chunks: int
+    streamed_chunks: int = Field(
+        default=0,
+        description="id ranges whose stored rows were verified while the copy streamed (and "
+        "unchanged on both sides since), not read again",
+    )
+    reread_chunks: int = Field(
+        default=0,
+        description="id ranges of a streamed validation read again on both sides (skipped as "
+        "unchanged, changed since, or never verified while streaming)",
+    )
     mismatches: list[Mismatch] = Field(default_factory=list)
     missing_sources: list[str] = Field(default_factory=list)
     source_mismatches: list[SourceMismatch] = Field(
@@ -207,7 +217,12 @@ class Validation(BaseModel):
             self.legacy_null_embeddings == self.target_null_embeddings,
         )
         row(
-            "row checksums (chunks)",
+            "row checksums (chunks)"
+            + (
+                f", {self.streamed_chunks} verified while streaming"
+                if self.streamed_chunks or self.reread_chunks
+                else ""
+            ),
             self.checksum_chunks,
             self.checksum_chunks - self.mismatched_chunks,
             not self.mismatched_chunks,
@@ -296,6 +311,11 @@ class MigrationReport(BaseModel):
     )
     delta_population_jobs: int = Field(
         default=0, description="population jobs re-copied or removed because they changed meanwhile"
+    )
+    verified_chunks: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="the id ranges (first, last] whose stored rows were read back and matched "
+        "the copy's stream while later ranges were still copying",
     )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

@@ -1,0 +1,80 @@
+"""Checkpoints: one ``docstore_migration_checkpoints`` row per copied id range of
+``doc_embeddings``, committed in the same transaction as the range's rows.
+
+A row holds the range ``(first_key, last_key]``, its row count and a *stamp*: an md5 of the
+range's ``(id, xmin)`` pairs in the legacy database when it was copied
+(:data:`~docstore.migrate.legacy.CHUNK_VERSION`). Any insert, update or delete in the range
+changes the stamp, and reading it costs no detoasting. So a killed migrator resumes after its
+last committed range, a re-run skips ranges whose stamp still holds, the delta pass re-copies
+those whose stamp moved, and validation knows which streamed checks still hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from docstore.store import Store
+
+_RECORD = """
+INSERT INTO docstore_migration_checkpoints
+       (run_id, table_name, first_key, last_key, rows, checksum)
+VALUES ($1, 'doc_embeddings', $2, $3, $4, $5)
+ON CONFLICT (run_id, table_name, first_key) DO UPDATE
+   SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows, checksum = EXCLUDED.checksum,
+       created_at = now()
+"""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    first_key: int  # exclusive
+    last_key: int  # inclusive
+    rows: int
+    stamp: str  # md5 of the legacy range's (id, xmin) when it was copied; "" when empty
+
+
+async def record(
+    tgt: asyncpg.Connection, run_id: str, first: int, last: int, rows: int, stamp: str | None
+) -> None:
+    """Record a copied range (call it inside the transaction that wrote the range's rows)."""
+    await tgt.execute(_RECORD, run_id, first, last, rows, stamp or "")
+
+
+async def load(tgt: asyncpg.Connection, run_id: str) -> list[Checkpoint]:
+    """This run's checkpoints, by first key."""
+    rows = await tgt.fetch(
+        "SELECT first_key, last_key, rows, checksum FROM docstore_migration_checkpoints"
+        " WHERE run_id = $1 AND table_name = 'doc_embeddings' ORDER BY first_key",
+        run_id,
+    )
+    return [Checkpoint(r["first_key"], r["last_key"], r["rows"], r["checksum"]) for r in rows]
+
+
+async def forget(tgt: asyncpg.Connection, run_id: str) -> None:
+    """Drop every checkpoint of ``run_id`` (``restart``: rows are then upserted again)."""
+    await tgt.execute("DELETE FROM docstore_migration_checkpoints WHERE run_id = $1", run_id)
+
+
+async def prune(tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int]) -> None:
+    """Drop checkpoints whose first key is not among ``first_keys`` (the current chunks).
+
+    A deletion since the last run moves every later chunk boundary: kept, those checkpoints'
+    stale stamps would make the delta pass re-copy their ranges and report that the legacy
+    database changed during this run."""
+    await tgt.execute(
+        "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
+        " AND table_name = 'doc_embeddings' AND NOT (first_key = ANY($2::bigint[]))",
+        run_id,
+        list(first_keys),
+    )
+
+
+async def count(conn: asyncpg.Connection | Store, run_id: str) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM docstore_migration_checkpoints WHERE run_id = $1", run_id
+        )
+    )

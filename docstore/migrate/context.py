@@ -1,0 +1,140 @@
+"""What every migration stage is given: :class:`StageContext` (the doc_type, chunking, the
+target's embedding dimension, the run id that keys checkpoints, progress) and the small
+helpers they share (the legacy connection, the read-only check, timestamps, a clock).
+
+A stage is a module of functions over ``(ctx, legacy connection, target connection)``; the
+:class:`~docstore.migrate.Migrator` opens the connections, holds the advisory lock and builds
+the report, but each stage also runs alone on connections a caller opened (tests do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from docstore.codecs import register_codecs
+from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
+from docstore.failures import connect_problem, describe
+from docstore.store import Store
+
+# progress(stage, rows done, rows total, bytes streamed so far)
+Progress = Callable[[str, int, int, int], None]
+
+DEFAULT_CHUNK_ROWS = 2000
+# Whole-table statements (checksums, rollback's COPY) are not bound by DOCSTORE_COMMAND_TIMEOUT.
+LONG_TIMEOUT = 24 * 3600.0
+MIGRATED_DOCUMENT = (
+    "doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors' AND metadata ? 'legacy_id'"
+)
+
+
+@dataclass
+class StageContext:
+    """The parameters of one migration that every stage reads.
+
+    ``run_id`` keys the checkpoints (``<doc_type>:<legacy database>@<host>:<port>``, see
+    :func:`run_id`); ``embedding_dim`` is the target's; ``streamed_bytes`` counts what the
+    COPY pipes moved (for progress)."""
+
+    doc_type: str
+    run_id: str
+    embedding_dim: int = 3072
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    progress: Progress | None = None
+    streamed_bytes: int = 0
+
+    def count_bytes(self, n: int) -> None:
+        self.streamed_bytes += n
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total, self.streamed_bytes)
+
+
+async def run_id(src: asyncpg.Connection, doc_type: str) -> str:
+    """The id of a migration of ``src`` into ``doc_type``: re-runs find their checkpoints."""
+    where = await src.fetchval(
+        "SELECT current_database() || '@' || coalesce(inet_server_addr()::text, 'socket')"
+        " || ':' || coalesce(inet_server_port()::text, '')"
+    )
+    return f"{doc_type}:{where}"
+
+
+@contextlib.asynccontextmanager
+async def open_legacy(
+    source: str | Store, secrets: tuple[str, ...] = (), *, writable: bool = False
+) -> AsyncIterator[Any]:
+    """A connection to the legacy database (a URL, or a Store whose pool lends one);
+    read-only unless ``writable`` (rollback), with docstore's codecs when it has pgvector.
+
+    The session setting is explicit both ways: a rollback still writes into a legacy database
+    frozen with ``ALTER DATABASE … SET default_transaction_read_only = on``
+    (docs/cutover.md), which keeps the legacy application out while it runs. A failure to
+    connect is a :class:`MigrationError` that names the problem, never the password.
+    """
+    settings = {
+        "application_name": "docstore-migrate",
+        "default_transaction_read_only": "off" if writable else "on",
+    }
+    if isinstance(source, Store):
+        async with source.acquire() as pooled:
+            if not writable:
+                await pooled.execute("SET default_transaction_read_only = on")
+            yield pooled
+        return
+    try:
+        conn = await asyncpg.connect(source, server_settings=settings)
+    except DocstoreError:
+        raise
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        problem = connect_problem(exc, secrets) or describe(exc, secrets)
+        raise MigrationError(f"cannot reach the legacy database: {problem}") from None
+    try:
+        schema = await conn.fetchval(
+            "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+            " WHERE t.typname = 'vector' LIMIT 1"
+        )
+        if schema:
+            await register_codecs(conn, schema)
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def ensure_writable(store: Store, action: str) -> None:
+    """Raise :class:`ReadOnlyError` unless the target accepts writes (checked before anything
+    is written anywhere)."""
+    if store.read_only:
+        raise ReadOnlyError(
+            f"the target store is read-only: unset READ_ONLY to {action} (in the shell that "
+            "runs docstore, not the app's); nothing was written"
+        )
+    read_only = await store.fetchval(
+        "SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery()"
+    )
+    if read_only:
+        raise ReadOnlyError(
+            f"the target database is read-only (a standby, or default_transaction_read_only "
+            f"is on): cannot {action}; nothing was written"
+        )
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A legacy TIMESTAMP (naive, UTC by convention) as an aware datetime."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -1,0 +1,262 @@
+"""Stage 2, copy: sources, then documents in id-ranged chunks, then population jobs — all read
+in one ``REPEATABLE READ`` snapshot of the legacy database.
+
+Each chunk is piped ``COPY (SELECT … shaped like documents …) TO STDOUT (FORMAT binary)`` →
+``COPY documents FROM STDIN (FORMAT binary)`` (:mod:`docstore.migrate.pipe`) and committed
+together with its checkpoint (:mod:`docstore.migrate.checkpoints`): a killed run resumes after
+its last committed chunk, and a re-run skips chunks whose stamp still holds. Chunks go
+straight into ``documents`` while the target holds nothing of them; otherwise (re-runs,
+merges) through a temporary staging table and ``INSERT … ON CONFLICT DO UPDATE``, which never
+doubles a row. The stream of every chunk is hashed as it passes and, once committed, handed to
+a :class:`~docstore.migrate.verify.StreamVerifier` that checks the stored rows while the next
+chunks copy.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from docstore.errors import MigrationError
+from docstore.migrate import checkpoints, legacy, state
+from docstore.migrate.compare import LegacyState
+from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
+from docstore.migrate.pipe import pipe
+from docstore.migrate.report import MigrationReport, Validation
+from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
+
+logger = logging.getLogger("docstore")
+
+STAGE_TABLE = "docstore_migrate_stage"
+_UPSERT_FROM_STAGE = f"""
+INSERT INTO documents ({", ".join(legacy.DOCUMENT_COLUMNS)})
+SELECT {", ".join(legacy.DOCUMENT_COLUMNS)} FROM {STAGE_TABLE}
+ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
+   SET content = EXCLUDED.content, metadata = EXCLUDED.metadata,
+       embedding = EXCLUDED.embedding, token_count = EXCLUDED.token_count,
+       created_at = EXCLUDED.created_at
+ WHERE (documents.content, documents.metadata, documents.embedding, documents.token_count,
+        documents.created_at)
+       IS DISTINCT FROM (EXCLUDED.content, EXCLUDED.metadata, EXCLUDED.embedding,
+                         EXCLUDED.token_count, EXCLUDED.created_at)
+"""
+# Migrated rows of an id range that the legacy range no longer has (deleted, or renamed:
+# the upsert from staging inserted the new key, this removes the old one).
+_DELETE_RANGE_NOT_STAGED = f"""
+DELETE FROM documents d
+ WHERE d.doc_type = $1 AND d.metadata->>'migrated_from' = 'rust_docs_vectors'
+   AND d.metadata->>'legacy_id' ~ '^[0-9]{{1,18}}$'
+   AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
+   AND NOT EXISTS (SELECT 1 FROM {STAGE_TABLE} s
+                    WHERE s.source_name = d.source_name AND s.doc_path = d.doc_path)
+"""
+
+
+async def plan_chunks(src: asyncpg.Connection, chunk_rows: int) -> list[tuple[int, int, int]]:
+    """(exclusive low id, inclusive high id, rows) of every chunk, in the caller's snapshot."""
+    bounds = [r["id"] for r in await src.fetch(legacy.CHUNK_BOUNDARIES, chunk_rows)]
+    chunks, low = [], 0
+    total = await src.fetchval("SELECT count(*) FROM doc_embeddings")
+    for i, high in enumerate(bounds):
+        rows = chunk_rows if i < len(bounds) - 1 else total - chunk_rows * i
+        chunks.append((low, high, rows))
+        low = high
+    return chunks
+
+
+async def copy_range(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    low: int,
+    high: int,
+    *,
+    direct: bool,
+) -> tuple[int, bytes]:
+    """Copy the legacy rows ``(low, high]`` into ``documents`` inside the caller's target
+    transaction; returns the rows copied and the SHA-256 of the binary stream that left the
+    legacy database. ``direct``: COPY straight into ``documents`` (a key collision falls back
+    to staging); otherwise upsert through the staging table and delete the range's migrated
+    rows the legacy range no longer has."""
+    query = legacy.documents_copy_query("$1", ctx.embedding_dim, legacy.sizes_vectors(src))
+    args = (ctx.doc_type, low, high)
+    if direct:
+        sent = new_digest()
+        try:
+            async with tgt.transaction():  # a savepoint: fall back on a key collision
+                n = await pipe(
+                    src,
+                    query,
+                    args,
+                    tgt,
+                    "documents",
+                    legacy.DOCUMENT_COLUMNS,
+                    on_bytes=ctx.count_bytes,
+                    digest=sent,
+                    timeout=LONG_TIMEOUT,
+                )
+            return n, sent.digest()
+        except asyncpg.UniqueViolationError:
+            logger.info("chunk (%d, %d] collides with existing rows: upserting it", low, high)
+    await tgt.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS"
+        f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
+    )
+    sent = new_digest()
+    n = await pipe(
+        src,
+        query,
+        args,
+        tgt,
+        STAGE_TABLE,
+        legacy.DOCUMENT_COLUMNS,
+        on_bytes=ctx.count_bytes,
+        digest=sent,
+        timeout=LONG_TIMEOUT,
+    )
+    await tgt.execute(_UPSERT_FROM_STAGE)
+    await tgt.execute(_DELETE_RANGE_NOT_STAGED, ctx.doc_type, low, high)
+    return n, sent.digest()
+
+
+async def copy_documents(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    report: MigrationReport,
+    verifier: StreamVerifier | None = None,
+) -> None:
+    """Every chunk of ``doc_embeddings`` in the caller's legacy snapshot, each committed with
+    its checkpoint; chunks an earlier run committed and that did not change are skipped."""
+    chunks = await plan_chunks(src, ctx.chunk_rows)
+    await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
+    done = {c.first_key: c for c in await checkpoints.load(tgt, ctx.run_id)}
+    existing = await tgt.fetchval(
+        "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
+    )
+    # Straight COPY is safe while the target holds nothing but already-checkpointed rows.
+    direct = existing == sum(c.rows for c in done.values())
+    total_rows = sum(rows for _, _, rows in chunks)
+    if verifier is not None:
+        verifier.total_rows = total_rows
+    copied = 0
+    for low, high, rows in chunks:
+        previous = done.get(low)
+        if (
+            previous is not None
+            and previous.last_key == high
+            and previous.rows == rows
+            and previous.stamp == await src.fetchval(legacy.CHUNK_VERSION, low, high)
+        ):
+            report.skipped_chunks += 1
+            copied += rows
+            if verifier is not None:
+                verifier.total_rows -= rows  # nothing of it streams: validation re-reads it
+            ctx.report("documents", copied, total_rows)
+            continue
+        async with tgt.transaction():
+            n, sent = await copy_range(ctx, src, tgt, low, high, direct=direct)
+            if n != rows:
+                raise MigrationError(
+                    f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}"
+                )
+            facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
+            assert facts is not None
+            await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
+        if verifier is not None:
+            verifier.submit(
+                StreamedRange(low, high, rows, facts["stamp"] or "", sent, list(facts["ids"]))
+            )
+        report.copied_documents += n
+        copied += rows
+        ctx.report("documents", copied, total_rows)
+
+
+async def copy(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    report: MigrationReport,
+    verifier: StreamVerifier | None = None,
+) -> LegacyState:
+    """The copy stage: sources, documents, population jobs from one legacy snapshot; returns
+    that snapshot's :class:`LegacyState` (the delta pass compares against it). Fills the
+    report's counts and ``timings`` (sources, documents, population_jobs)."""
+    async with src.transaction(isolation="repeatable_read", readonly=True):
+        t0 = now()
+        snapshot = await state.read_legacy_state(src)
+        report.sources = len(snapshot.sources)
+        async with tgt.transaction():
+            stale = await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=False)
+        report.timings["sources"] = now() - t0
+        t0 = now()
+        await copy_documents(ctx, src, tgt, report, verifier)
+        report.timings["documents"] = now() - t0
+        t0 = now()
+        report.population_jobs = len(snapshot.jobs)
+        async with tgt.transaction():
+            await state.sync_jobs(ctx.doc_type, snapshot, tgt, delete=True)
+            if report.skipped_chunks:
+                # chunks skipped as unchanged carry the crate version of an earlier run:
+                # rewrite it where the crate's version changed since
+                report.refreshed_documents = await state.sync_versions(
+                    ctx.doc_type,
+                    snapshot,
+                    tgt,
+                    [
+                        d.source_name
+                        for d in stale
+                        if d.problem == "missing in target" or "config.version" in d.fields
+                    ],
+                )
+        report.timings["population_jobs"] = now() - t0
+    return snapshot
+
+
+async def summarize(
+    ctx: StageContext, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
+) -> None:
+    """The report's per-source counts and the documents copied without their embedding."""
+    for r in await tgt.fetch(
+        "SELECT source_name, count(*) AS n FROM documents WHERE doc_type = $1"
+        " AND metadata->>'migrated_from' = $2 GROUP BY 1 ORDER BY 1",
+        ctx.doc_type,
+        legacy.MIGRATED_FROM,
+    ):
+        report.per_source[r["source_name"]] = r["n"]
+    if report.preflight.wrong_dimension:
+        dim = report.preflight.target_embedding_dim
+        rows = await src.fetch(
+            "SELECT id, crate_name, doc_path FROM doc_embeddings WHERE"
+            f" {legacy.dims_sql('embedding', dim, legacy.sizes_vectors(src))} <> $1"
+            " ORDER BY id LIMIT 50",
+            dim,
+        )
+        report.warnings.append(
+            "documents copied without their wrong-dimension embedding: "
+            + ", ".join(f"{r['crate_name']}/{r['doc_path']}" for r in rows)
+        )
+
+
+async def repair(
+    ctx: StageContext, src: asyncpg.Connection, tgt: asyncpg.Connection, validation: Validation
+) -> int:
+    """Copy again what ``validation`` found different: the id ranges of differing documents
+    (one snapshot each, through staging), then sources, jobs and crate versions from one fresh
+    snapshot. Returns the documents rewritten. The caller holds the migration lock."""
+    chunks = sorted({m.legacy_id // ctx.chunk_rows for m in validation.mismatches})
+    for c in chunks:
+        low, high = c * ctx.chunk_rows - 1, (c + 1) * ctx.chunk_rows - 1
+        async with (
+            src.transaction(isolation="repeatable_read", readonly=True),
+            tgt.transaction(),
+        ):
+            await copy_range(ctx, src, tgt, low, high, direct=False)
+    async with src.transaction(isolation="repeatable_read", readonly=True):
+        snapshot = await state.read_legacy_state(src)
+    async with tgt.transaction():
+        await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=True)
+        await state.sync_jobs(ctx.doc_type, snapshot, tgt, delete=True)
+        versions = await state.sync_versions(ctx.doc_type, snapshot, tgt)
+    return len(validation.mismatches) + versions

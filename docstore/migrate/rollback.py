@@ -1,0 +1,308 @@
+"""Stage 5, rollback (the plan's Phase 7): the target's documents, sources and population jobs
+copied back into a legacy-shaped database, so switching ``DATABASE_URL`` back loses nothing
+written after the cutover.
+
+The legacy tables end up mirroring the target: migrated rows keep their legacy ids, rows
+written after the cutover get new ones, rows deleted after the cutover are deleted. One
+transaction on the legacy database: all or nothing. Afterwards the target records what the
+legacy database gave it (legacy ids of documents and jobs written after the cutover, the
+sources' derived config and the documents' crate versions), so validation passes right after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from docstore.errors import MigrationError
+from docstore.failures import describe
+from docstore.migrate import legacy, state
+from docstore.migrate.compare import config_dict
+from docstore.migrate.context import LONG_TIMEOUT
+from docstore.migrate.pipe import pipe
+from docstore.migrate.report import RollbackReport
+from docstore.models import naive_utc, parse_timestamp
+
+_ROLLBACK_STAGE = "docstore_rollback_stage"
+
+
+async def rollback(
+    doc_type: str,
+    embedding_dim: int,
+    leg: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    report: RollbackReport,
+    secrets: tuple[str, ...] = (),
+) -> None:
+    """The rollback stage on a writable legacy connection ``leg`` and the target ``tgt``;
+    see :meth:`docstore.migrate.Migrator.rollback`. Raises ``asyncpg.PostgresError`` when the
+    legacy transaction fails (nothing changed there), :class:`MigrationError` when it
+    committed but recording the legacy ids on the target failed."""
+    sources = await tgt.fetch(
+        "SELECT source_name, config, enabled, last_checked, last_populated"
+        " FROM document_sources WHERE doc_type = $1 ORDER BY source_name",
+        doc_type,
+    )
+    jobs = await tgt.fetch(
+        "SELECT id, legacy_id, source_name, status, started_at, completed_at,"
+        " error_message, docs_populated, created_at, metadata"
+        " FROM source_population_jobs WHERE doc_type = $1 ORDER BY id",
+        doc_type,
+    )
+    configs = []
+    for r in sources:
+        mine = config_dict(r["config"]).get("crate_configs", [])
+        if mine:  # the source's live enabled / last_checked belong to its first config
+            mine[0] = {
+                **mine[0],
+                "enabled": r["enabled"],
+                "last_checked": r["last_checked"],
+            }
+        configs.extend(mine)
+    async with leg.transaction():
+        await leg.execute(legacy.LEGACY_CORE_SCHEMA_SQL)
+        has_optional = await leg.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL")
+        if (configs or jobs) and not has_optional:
+            await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
+            has_optional = True
+        report.crates = await _rollback_crates(leg, sources)
+        (
+            report.documents,
+            report.deleted_documents,
+            assigned,
+        ) = await _rollback_documents(doc_type, embedding_dim, leg, tgt)
+        job_ids: list[tuple[int, int]] = []
+        if has_optional:
+            report.crate_configs = await _rollback_configs(leg, configs)
+            report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
+        for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
+            if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                await leg.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" greatest((SELECT max(id) FROM {table}), 1))"
+                )
+    # Committed. The documents written after the cutover now have legacy ids: record
+    # them on the target, so the two databases pair up (validate, compat views' ids).
+    # Then the sources' derived config and the documents' crate versions, from what
+    # the legacy database now holds (crates written for new sources got ids, …).
+    try:
+        async with tgt.transaction():
+            report.recorded_legacy_ids = await _record_legacy_ids(tgt, doc_type, assigned)
+            report.recorded_job_ids = await _record_job_ids(tgt, job_ids)
+            async with leg.transaction(isolation="repeatable_read", readonly=True):
+                snapshot = await state.read_legacy_state(leg)
+            await state.sync_sources(doc_type, snapshot, tgt, delete=False)
+            await state.sync_jobs(doc_type, snapshot, tgt, delete=False)
+            await state.sync_versions(doc_type, snapshot, tgt)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            "rollback committed in the legacy database, but recording the legacy ids of "
+            f"{len(assigned)} documents and {len(job_ids)} population jobs written after "
+            f"the cutover in the target failed ({describe(exc, secrets)}): "
+            "`docstore validate` lists them until the next `docstore migrate`"
+        ) from None
+
+
+async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> int:
+    rows = []
+    for r in sources:
+        config = config_dict(r["config"])
+        if config.get("orphan"):
+            continue  # documents whose crate never had a crates row
+        rows.append(
+            (
+                config.get("legacy_id"),
+                r["source_name"],
+                config.get("version"),
+                naive_utc(r["last_populated"]),  # live: crates.last_updated
+                config.get("total_docs", 0),
+                config.get("total_tokens", 0),
+            )
+        )
+    await _advance_sequence(leg, "crates", [r[0] for r in rows])
+    await leg.executemany(
+        """INSERT INTO crates (id, name, version, last_updated, total_docs, total_tokens)
+           VALUES (coalesce($1, nextval(pg_get_serial_sequence('crates', 'id'))),
+                   $2, $3, $4, $5, $6)
+           ON CONFLICT (name) DO UPDATE
+              SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated,
+                  total_docs = EXCLUDED.total_docs, total_tokens = EXCLUDED.total_tokens""",
+        rows,
+    )
+    return len(rows)
+
+
+async def _rollback_documents(
+    doc_type: str, embedding_dim: int, leg: asyncpg.Connection, tgt: asyncpg.Connection
+) -> tuple[int, int, list[Any]]:
+    """Mirror the target's documents into ``doc_embeddings``; returns (copied, deleted,
+    the (id, crate_id, crate_name, doc_path) the legacy side gave documents it had no id
+    for)."""
+    await leg.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {_ROLLBACK_STAGE} ON COMMIT DROP AS"
+        f" SELECT {', '.join(legacy.ROLLBACK_COLUMNS)} FROM doc_embeddings WITH NO DATA"
+    )
+    copied = await pipe(
+        tgt,
+        legacy.ROLLBACK_DOCUMENTS_QUERY,
+        (doc_type,),
+        leg,
+        _ROLLBACK_STAGE,
+        legacy.ROLLBACK_COLUMNS,
+        timeout=LONG_TIMEOUT,
+    )
+    await _advance_sequence(
+        leg, "doc_embeddings", [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")]
+    )
+    deleted = await leg.execute(
+        f"""DELETE FROM doc_embeddings d WHERE NOT EXISTS (
+                SELECT 1 FROM {_ROLLBACK_STAGE} s
+                 WHERE s.crate_name = d.crate_name AND s.doc_path = d.doc_path)"""
+    )
+    await leg.execute(
+        f"""INSERT INTO doc_embeddings
+                (id, crate_id, crate_name, doc_path, content, embedding, token_count,
+                 created_at)
+            SELECT coalesce(s.id, nextval(pg_get_serial_sequence('doc_embeddings', 'id'))),
+                   CASE WHEN s.id IS NOT NULL THEN s.crate_id ELSE c.id END,
+                   s.crate_name, s.doc_path, s.content, s.embedding, s.token_count,
+                   s.created_at
+              FROM {_ROLLBACK_STAGE} s LEFT JOIN crates c ON c.name = s.crate_name
+             ORDER BY s.id NULLS LAST
+            ON CONFLICT (crate_name, doc_path) DO UPDATE
+               SET crate_id = EXCLUDED.crate_id, content = EXCLUDED.content,
+                   token_count = EXCLUDED.token_count, created_at = EXCLUDED.created_at,
+                   -- an embedding the target could not hold (another dimension) is kept
+                   embedding = CASE WHEN EXCLUDED.embedding IS NULL
+                                     AND doc_embeddings.embedding IS NOT NULL
+                                     AND vector_dims(doc_embeddings.embedding) <> $1
+                                    THEN doc_embeddings.embedding
+                                    ELSE EXCLUDED.embedding END""",
+        embedding_dim,
+    )
+    assigned = await leg.fetch(
+        f"""SELECT d.id, d.crate_id, d.crate_name, d.doc_path
+              FROM {_ROLLBACK_STAGE} s
+              JOIN doc_embeddings d ON d.crate_name = s.crate_name AND d.doc_path = s.doc_path
+             WHERE s.id IS NULL"""
+    )
+    return copied, int(deleted.split()[-1]), assigned
+
+
+async def _rollback_configs(leg: asyncpg.Connection, configs: list[dict[str, Any]]) -> int:
+    await _advance_sequence(leg, "crate_configs", [c["id"] for c in configs])
+    await leg.executemany(
+        """INSERT INTO crate_configs
+               (id, name, version_spec, current_version, features, expected_docs, enabled,
+                last_checked, last_populated, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+           ON CONFLICT (id) DO UPDATE
+              SET name = EXCLUDED.name, version_spec = EXCLUDED.version_spec,
+                  current_version = EXCLUDED.current_version, features = EXCLUDED.features,
+                  expected_docs = EXCLUDED.expected_docs, enabled = EXCLUDED.enabled,
+                  last_checked = EXCLUDED.last_checked,
+                  last_populated = EXCLUDED.last_populated,
+                  created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at""",
+        [
+            (
+                c["id"],
+                c["name"],
+                c["version_spec"],
+                c["current_version"],
+                c["features"],
+                c["expected_docs"],
+                c["enabled"],
+                parse_timestamp(c["last_checked"]),
+                parse_timestamp(c["last_populated"]),
+                parse_timestamp(c["created_at"]),
+                parse_timestamp(c["updated_at"]),
+            )
+            for c in configs
+        ],
+    )
+    return len(configs)
+
+
+async def _rollback_jobs(
+    leg: asyncpg.Connection, jobs: list[Any]
+) -> tuple[int, list[tuple[int, int]]]:
+    """Mirror the target's jobs into ``population_jobs``; returns (jobs written, the
+    (target id, legacy id) of jobs that had no legacy id)."""
+    await _advance_sequence(leg, "population_jobs", [j["legacy_id"] for j in jobs])
+
+    def values(j: Any) -> tuple[Any, ...]:
+        return (
+            j["legacy_id"],
+            config_dict(j["metadata"]).get("crate_config_id"),
+            j["status"],
+            j["started_at"],
+            j["completed_at"],
+            j["error_message"],
+            j["docs_populated"],
+            j["created_at"],
+        )
+
+    sql = """INSERT INTO population_jobs
+               (id, crate_config_id, status, started_at, completed_at, error_message,
+                docs_populated, created_at)
+           VALUES (coalesce($1, nextval(pg_get_serial_sequence('population_jobs', 'id'))),
+                   $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (id) DO UPDATE
+              SET crate_config_id = EXCLUDED.crate_config_id, status = EXCLUDED.status,
+                  started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
+                  error_message = EXCLUDED.error_message,
+                  docs_populated = EXCLUDED.docs_populated"""
+    await leg.executemany(sql, [values(j) for j in jobs if j["legacy_id"] is not None])
+    assigned = [
+        (j["id"], await leg.fetchval(sql + " RETURNING id", *values(j)))
+        for j in jobs
+        if j["legacy_id"] is None
+    ]
+    return len(jobs), assigned
+
+
+async def _record_legacy_ids(tgt: asyncpg.Connection, doc_type: str, assigned: list[Any]) -> int:
+    """Mark target documents with the legacy ids a rollback gave them, as a migration would."""
+    if not assigned:
+        return 0
+    status = await tgt.execute(
+        f"""UPDATE documents t
+               SET metadata = coalesce(t.metadata, '{{}}') || jsonb_strip_nulls(jsonb_build_object(
+                       'crate_name', a.crate_name, 'legacy_id', a.id,
+                       'legacy_crate_id', a.crate_id, 'migrated_from', '{legacy.MIGRATED_FROM}'))
+              FROM unnest($2::int[], $3::int[], $4::text[], $5::text[])
+                   AS a(id, crate_id, crate_name, doc_path)
+             WHERE t.doc_type = $1 AND t.source_name = a.crate_name AND t.doc_path = a.doc_path""",
+        doc_type,
+        [r["id"] for r in assigned],
+        [r["crate_id"] for r in assigned],
+        [r["crate_name"] for r in assigned],
+        [r["doc_path"] for r in assigned],
+        timeout=LONG_TIMEOUT,
+    )
+    return int(status.split()[-1])
+
+
+async def _record_job_ids(tgt: asyncpg.Connection, assigned: list[tuple[int, int]]) -> int:
+    """Mark target population jobs with the legacy ids a rollback gave them."""
+    if not assigned:
+        return 0
+    status = await tgt.execute(
+        """UPDATE source_population_jobs j SET legacy_id = a.legacy_id
+             FROM unnest($1::int[], $2::int[]) AS a(id, legacy_id) WHERE j.id = a.id""",
+        [a[0] for a in assigned],
+        [a[1] for a in assigned],
+    )
+    return int(status.split()[-1])
+
+
+async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:
+    """Move ``table``'s id sequence past its rows and the explicit ids about to be inserted,
+    so rows without an id (written after the cutover) never collide with them."""
+    top = max((int(i) for i in explicit if i is not None), default=0)
+    await leg.execute(
+        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+        f" greatest((SELECT max(id) FROM {table}), $1::bigint, 1))",
+        top,
+    )

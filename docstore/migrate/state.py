@@ -1,0 +1,272 @@
+"""Sources, population jobs and the documents' ``metadata.crate_version``: read from the legacy
+``crates`` / ``crate_configs`` / ``population_jobs`` (:func:`read_legacy_state`), compared
+with the target (:mod:`docstore.migrate.compare`) and written where they differ.
+
+Shared by the copy, the delta pass, validation, repair and rollback: the small tables are
+always handled whole (a few hundred rows), in the caller's legacy snapshot and target
+transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from docstore.migrate import legacy
+from docstore.migrate.compare import (
+    LegacySource,
+    LegacyState,
+    diff_jobs,
+    diff_sources,
+    diff_versions,
+)
+from docstore.migrate.context import (
+    LONG_TIMEOUT,
+    MIGRATED_DOCUMENT,
+    as_utc,
+    iso,
+)
+from docstore.migrate.report import JobMismatch, SourceMismatch
+from docstore.models import parse_timestamp
+
+# Parameters are sent as text and cast on the server: the same statement works whether or not
+# the connection has a jsonb codec registered.
+_UPSERT_SOURCE = """
+INSERT INTO document_sources (doc_type, source_name, config, enabled, last_checked, last_populated)
+VALUES ($1, $2, $3::text::jsonb, $4, $5, $6)
+ON CONFLICT (doc_type, source_name) DO UPDATE
+   SET config = (document_sources.config - $7::text[]) || EXCLUDED.config,
+       enabled = EXCLUDED.enabled, last_checked = EXCLUDED.last_checked,
+       last_populated = EXCLUDED.last_populated
+"""
+_TARGET_SOURCES = """
+SELECT source_name, config, enabled, last_checked, last_populated
+  FROM document_sources WHERE doc_type = $1
+"""
+_UPSERT_JOB = """
+INSERT INTO source_population_jobs
+       (source_id, doc_type, source_name, status, started_at, completed_at,
+        error_message, docs_populated, created_at, legacy_id, metadata)
+SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb
+  FROM (SELECT 1) one
+  LEFT JOIN document_sources s ON s.doc_type = $1 AND s.source_name = $2
+ON CONFLICT (doc_type, legacy_id) DO UPDATE
+   SET source_id = EXCLUDED.source_id, source_name = EXCLUDED.source_name,
+       status = EXCLUDED.status, started_at = EXCLUDED.started_at,
+       completed_at = EXCLUDED.completed_at, error_message = EXCLUDED.error_message,
+       docs_populated = EXCLUDED.docs_populated, created_at = EXCLUDED.created_at,
+       metadata = source_population_jobs.metadata || EXCLUDED.metadata
+"""
+# source_id must be the id of the job's source (by name) on the target
+_TARGET_JOBS = """
+SELECT j.id, j.legacy_id, j.source_name, j.source_id, s.id AS linked_id, j.status,
+       j.started_at, j.completed_at, j.error_message, j.docs_populated, j.created_at,
+       j.metadata
+  FROM source_population_jobs j
+  LEFT JOIN document_sources s ON s.doc_type = j.doc_type AND s.source_name = j.source_name
+ WHERE j.doc_type = $1
+"""
+# Per source: migrated documents, those without embedding, and the distinct
+# metadata.crate_version among them (NULL when absent): one scan, no detoasting.
+TARGET_PER_SOURCE = f"""
+SELECT source_name, count(*) AS documents,
+       count(*) FILTER (WHERE embedding IS NULL) AS null_embeddings,
+       array_agg(DISTINCT metadata->>'crate_version') AS versions
+  FROM documents WHERE {MIGRATED_DOCUMENT} GROUP BY 1
+"""
+_SET_CRATE_VERSION = f"""
+UPDATE documents
+   SET metadata = CASE WHEN $3::text IS NULL THEN metadata - 'crate_version'
+                       ELSE metadata || jsonb_build_object('crate_version', $3::text) END
+ WHERE {MIGRATED_DOCUMENT} AND source_name = $2
+   AND (metadata->>'crate_version') IS DISTINCT FROM $3::text
+"""
+
+
+async def read_legacy_state(src: asyncpg.Connection) -> LegacyState:
+    """What the legacy ``crates``, ``crate_configs`` and ``population_jobs`` give the
+    target's sources, jobs and per-crate document metadata (read in the caller's snapshot)."""
+    configs: dict[str, list[dict[str, Any]]] = {}
+    optional = await src.fetchrow(
+        "SELECT to_regclass('crate_configs') IS NOT NULL AS configs,"
+        " to_regclass('population_jobs') IS NOT NULL AS jobs"
+    )
+    assert optional is not None
+    has_configs = bool(optional["configs"])
+    if has_configs:
+        for r in await src.fetch(legacy.CONFIGS_QUERY):
+            configs.setdefault(r["name"], []).append({k: iso(v) for k, v in dict(r).items()})
+    sources: dict[str, LegacySource] = {}
+    for r in await src.fetch(legacy.sources_query(has_configs)):
+        config: dict[str, Any] = {"migrated_from": legacy.MIGRATED_FROM}
+        if r["legacy_id"] is None:
+            config["orphan"] = True  # documents without a crates row
+        else:
+            config.update(
+                orphan=False,
+                legacy_id=r["legacy_id"],
+                version=r["version"],
+                total_docs=r["total_docs"],
+                total_tokens=r["total_tokens"],
+                last_updated=iso(r["last_updated"]),
+            )
+        enabled, last_checked = True, None
+        mine = configs.get(r["source_name"])
+        if mine:
+            first = mine[0]
+            config.update(
+                version_spec=first["version_spec"],
+                current_version=first["current_version"],
+                features=first["features"],
+                expected_docs=first["expected_docs"],
+                crate_configs=mine,
+            )
+            enabled = bool(first["enabled"]) if first["enabled"] is not None else True
+            last_checked = first["last_checked"]
+        sources[r["source_name"]] = LegacySource(
+            config=json.loads(json.dumps(config)),  # exactly what jsonb gives back
+            enabled=enabled,
+            last_checked=parse_timestamp(last_checked),
+            last_populated=as_utc(r["last_updated"]),
+            version=None if r["legacy_id"] is None else r["version"],
+        )
+    jobs: dict[int, dict[str, Any]] = {}
+    if has_configs and optional["jobs"]:
+        for r in await src.fetch(legacy.JOBS_QUERY):
+            jobs[r["id"]] = {
+                "source_name": r["source_name"] or "",
+                "status": r["status"],
+                "started_at": r["started_at"],
+                "completed_at": r["completed_at"],
+                "error_message": r["error_message"],
+                "docs_populated": r["docs_populated"],
+                "created_at": r["created_at"],
+                "metadata": {
+                    "crate_config_id": r["crate_config_id"],
+                    "version_spec": r["version_spec"],
+                },
+            }
+    return LegacyState(sources=sources, jobs=jobs)
+
+
+async def source_diffs(
+    doc_type: str, state: LegacyState, tgt: asyncpg.Connection
+) -> tuple[list[SourceMismatch], dict[str, Any]]:
+    """Sources whose target row differs from ``state`` (and the target rows by name)."""
+    have = {r["source_name"]: r for r in await tgt.fetch(_TARGET_SOURCES, doc_type)}
+    return diff_sources(state.sources, have), have
+
+
+async def sync_sources(
+    doc_type: str, state: LegacyState, tgt: asyncpg.Connection, *, delete: bool
+) -> list[SourceMismatch]:
+    """Make the target's sources what ``state`` gives: rows that differ or are missing are
+    written (the derived config keys replaced, other keys kept); with ``delete``, migrated
+    sources the legacy database no longer has are removed once no document uses them.
+    Returns the differences found (before the writes)."""
+    diffs, _ = await source_diffs(doc_type, state, tgt)
+    rows = [
+        (
+            doc_type,
+            d.source_name,
+            json.dumps(state.sources[d.source_name].config),
+            state.sources[d.source_name].enabled,
+            state.sources[d.source_name].last_checked,
+            state.sources[d.source_name].last_populated,
+            list(legacy.SOURCE_CONFIG_KEYS),
+        )
+        for d in diffs
+        if d.source_name in state.sources
+    ]
+    if rows:
+        await tgt.executemany(_UPSERT_SOURCE, rows)
+    extra = [d.source_name for d in diffs if d.source_name not in state.sources]
+    if delete and extra:
+        await tgt.execute(
+            "DELETE FROM document_sources s WHERE s.doc_type = $1"
+            " AND s.source_name = ANY($2::text[])"
+            " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_type = s.doc_type"
+            "                 AND d.source_name = s.source_name)",
+            doc_type,
+            extra,
+        )
+    return diffs
+
+
+async def job_diffs(
+    doc_type: str, state: LegacyState, tgt: asyncpg.Connection
+) -> list[JobMismatch]:
+    return diff_jobs(state.jobs, await tgt.fetch(_TARGET_JOBS, doc_type))
+
+
+async def sync_jobs(
+    doc_type: str, state: LegacyState, tgt: asyncpg.Connection, *, delete: bool
+) -> list[JobMismatch]:
+    """Make the target's migrated population jobs what ``state`` gives (``delete``: jobs
+    whose legacy row is gone are removed; jobs written in docstore, without a legacy id, are
+    never touched). Returns the differences found (before the writes)."""
+    diffs = await job_diffs(doc_type, state, tgt)
+    rows = [
+        (
+            doc_type,
+            job["source_name"],
+            job["status"],
+            job["started_at"],
+            job["completed_at"],
+            job["error_message"],
+            job["docs_populated"],
+            job["created_at"],
+            d.legacy_id,
+            json.dumps(job["metadata"]),
+        )
+        for d in diffs
+        if d.legacy_id is not None and (job := state.jobs.get(d.legacy_id)) is not None
+    ]
+    if rows:
+        await tgt.executemany(_UPSERT_JOB, rows)
+    gone = [d.legacy_id for d in diffs if d.legacy_id is not None and d.legacy_id not in state.jobs]
+    if delete and gone:
+        await tgt.execute(
+            "DELETE FROM source_population_jobs WHERE doc_type = $1 AND legacy_id = ANY($2::int[])",
+            doc_type,
+            gone,
+        )
+    return diffs
+
+
+async def version_diffs(
+    doc_type: str, state: LegacyState, tgt: asyncpg.Connection
+) -> tuple[list[SourceMismatch], dict[str, int], int]:
+    """Sources whose migrated documents' ``metadata.crate_version`` is not their crate's
+    version (one aggregate over the target), the target's per-source document counts and its
+    migrated documents without embedding."""
+    per_source = await tgt.fetch(TARGET_PER_SOURCE, doc_type, timeout=LONG_TIMEOUT)
+    counts = {r["source_name"]: r["documents"] for r in per_source}
+    nulls = sum(r["null_embeddings"] for r in per_source)
+    return diff_versions(state.sources, per_source), counts, nulls
+
+
+async def sync_versions(
+    doc_type: str,
+    state: LegacyState,
+    tgt: asyncpg.Connection,
+    names: Iterable[str] | None = None,
+) -> int:
+    """Rewrite ``metadata.crate_version`` of migrated documents that don't carry their
+    crate's version; returns how many documents were rewritten. ``names``: only these sources
+    (an indexed update each, no scan); None: find them with one aggregate over the target."""
+    if names is None:
+        diffs, _, _ = await version_diffs(doc_type, state, tgt)
+        names = [d.source_name for d in diffs]
+    rewritten = 0
+    for name in names:
+        if name not in state.sources:
+            continue
+        status = await tgt.execute(
+            _SET_CRATE_VERSION, doc_type, name, state.sources[name].version, timeout=LONG_TIMEOUT
+        )
+        rewritten += int(status.split()[-1])
+    return rewritten

@@ -1,0 +1,318 @@
+"""Stage 4, validation: the target against the legacy database as it is now (the caller holds
+one ``REPEATABLE READ`` snapshot of it).
+
+Everything but the document rows is checked the same way in both modes: counts (total, per
+crate, NULL embeddings), every source's derived config and columns, the documents'
+``metadata.crate_version`` (one aggregate per source), every population job, and exact top-k
+search parity. The document rows:
+
+* **full** (:func:`validate` without ``streamed``; ``Migrator.validate()``): both databases
+  re-read, every row digested (columns, embedding bytes, ``metadata.legacy_id`` /
+  ``legacy_crate_id`` / ``crate_name``), checksummed per key range, and differing ranges
+  drilled down to the documents and fields;
+* **streamed** (at the end of ``Migrator.run()``): a range the copy or the delta pass
+  verified while streaming (:mod:`docstore.migrate.verify`) is accepted when its legacy
+  ``(id, xmin)`` stamp is still its checkpoint's and the target rows in it are still the
+  very row versions that were read back (same ``(id, xmin)`` stamp, nothing extra): what
+  the stream proved still holds, byte for byte. Every other range (skipped as unchanged,
+  changed since, never verified, rows outside every range) is re-read on both sides exactly
+  as in the full mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from docstore.errors import MigrationError
+from docstore.migrate import checkpoints, legacy, state
+from docstore.migrate.context import LONG_TIMEOUT, MIGRATED_DOCUMENT, StageContext, now
+from docstore.migrate.report import Mismatch, ParityCheck, Validation
+from docstore.migrate.verify import VerifiedRange
+from docstore.store import Store
+
+_NUMERIC_LEGACY_ID = "metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
+# The target's migrated rows per checkpoint range (legacy.RANGE_STAMPS' buckets), stamped
+# like the verifier's read-back (verify.READ_BACK_STAMP).
+TARGET_RANGE_STAMPS = f"""
+SELECT width_bucket((metadata->>'legacy_id')::bigint, $2::bigint[]) AS chunk,
+       count(*) AS rows,
+       md5(string_agg(id::text || ':' || xmin::text, ','
+                      ORDER BY (metadata->>'legacy_id')::bigint, id)) AS checksum
+  FROM documents WHERE {MIGRATED_DOCUMENT} AND {_NUMERIC_LEGACY_ID}
+ GROUP BY 1
+"""
+_LOWEST, _HIGHEST = -(2**63), 2**63 - 1
+
+Checksums = dict[int, tuple[int, str]]
+
+
+async def validate(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    store: Store,
+    *,
+    streamed: Mapping[int, VerifiedRange] | None = None,
+    parity_queries: int = 5,
+) -> Validation:
+    """Compare the target with the legacy database in the caller's legacy snapshot; with
+    ``streamed`` (the verifier's results by first key), ranges verified while streaming are
+    not read again (see the module docs)."""
+    started = now()
+    present = {
+        r["name"] for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
+    }
+    missing = [t for t in legacy.REQUIRED_TABLES if t not in present]
+    if missing:
+        raise MigrationError(
+            f"cannot validate: the source has no {', '.join(missing)} table: is it the "
+            "legacy rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
+        )
+    dim, cheap = ctx.embedding_dim, legacy.sizes_vectors(src)
+    snapshot = await state.read_legacy_state(src)
+    legacy_counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
+    # counts, NULL embeddings and metadata.crate_version per source: one scan
+    version_diffs, target_counts, target_nulls = await state.version_diffs(
+        ctx.doc_type, snapshot, tgt
+    )
+    per_source = {
+        name: (legacy_counts.get(name, 0), target_counts.get(name, 0))
+        for name in set(legacy_counts) | set(target_counts)
+        if legacy_counts.get(name, 0) != target_counts.get(name, 0)
+    }
+    legacy_nulls = await src.fetchval(legacy.null_embeddings_query(dim, cheap))
+    streamed_chunks = reread_chunks = 0
+    cps = await checkpoints.load(tgt, ctx.run_id) if streamed is not None else []
+    if streamed is not None and cps:
+        chunks, bad, proven = await _streamed_rows(ctx, src, tgt, cps, streamed, cheap)
+        streamed_chunks, reread_chunks = proven, chunks - proven
+    else:
+        legacy_sums, target_sums = await _checksums(
+            src,
+            tgt,
+            legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim, cheap), ctx.chunk_rows),
+            legacy.chunked_checksums_sql(legacy.target_digest_sql(), ctx.chunk_rows),
+            (),
+            (ctx.doc_type,),
+        )
+        bad_chunks = sorted(
+            c
+            for c in set(legacy_sums) | set(target_sums)
+            if legacy_sums.get(c) != target_sums.get(c)
+        )
+        chunks = len(set(legacy_sums) | set(target_sums))
+        bad = [(c * ctx.chunk_rows, (c + 1) * ctx.chunk_rows) for c in bad_chunks]
+    mismatches = await drill_down(ctx, src, tgt, bad, cheap)
+    source_diffs, target_sources = await state.source_diffs(ctx.doc_type, snapshot, tgt)
+    legacy_names = set(legacy_counts) | {r[0] for r in await src.fetch("SELECT name FROM crates")}
+    job_diffs = await state.job_diffs(ctx.doc_type, snapshot, tgt)
+    jobs = (0, 0)
+    if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
+        jobs = (
+            await src.fetchval("SELECT count(*) FROM population_jobs"),
+            await tgt.fetchval(
+                "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
+            ),
+        )
+    return Validation(
+        legacy_documents=sum(legacy_counts.values()),
+        target_documents=sum(target_counts.values()),
+        per_source_mismatch=per_source,
+        legacy_null_embeddings=legacy_nulls,
+        target_null_embeddings=target_nulls,
+        checksum_chunks=chunks,
+        mismatched_chunks=len(bad),
+        streamed_chunks=streamed_chunks,
+        reread_chunks=reread_chunks,
+        mismatches=mismatches,
+        missing_sources=sorted(legacy_names - set(target_sources)),
+        source_mismatches=source_diffs + version_diffs,
+        population_jobs=jobs,
+        job_mismatches=job_diffs,
+        parity=await parity(ctx, src, store, parity_queries, cheap),
+        seconds=now() - started,
+    )
+
+
+async def _checksums(
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    legacy_sql: str,
+    target_sql: str,
+    legacy_args: Sequence[object],
+    target_args: Sequence[object],
+) -> tuple[Checksums, Checksums]:
+    """Both sides' ``(chunk, rows, checksum)`` at once: they are different servers (or at
+    least different backends)."""
+    async with asyncio.TaskGroup() as group:  # a failure cancels (and awaits) the other
+        legacy_rows = group.create_task(src.fetch(legacy_sql, *legacy_args, timeout=LONG_TIMEOUT))
+        target_rows = group.create_task(tgt.fetch(target_sql, *target_args, timeout=LONG_TIMEOUT))
+    return (
+        {r["chunk"]: (r["rows"], r["checksum"]) for r in legacy_rows.result()},
+        {r["chunk"]: (r["rows"], r["checksum"]) for r in target_rows.result()},
+    )
+
+
+async def _streamed_rows(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    cps: Sequence[checkpoints.Checkpoint],
+    streamed: Mapping[int, VerifiedRange],
+    cheap: bool,
+) -> tuple[int, list[tuple[int, int]], int]:
+    """Row check of the streamed mode over the checkpoint ranges: returns the ranges checked,
+    the key ranges ``[low, high)`` that differ, and how many ranges the stream proved."""
+    bounds = [c.first_key + 1 for c in cps] + [cps[-1].last_key + 1]
+    # bucket i (1..n) is checkpoint i; 0 and n + 1 hold rows before / after every range
+    spans = {0: (_LOWEST, bounds[0]), len(cps) + 1: (bounds[-1], _HIGHEST)}
+    spans.update({i + 1: (bounds[i], bounds[i + 1]) for i in range(len(cps))})
+    legacy_now, target_now = await _checksums(
+        src,
+        tgt,
+        legacy.RANGE_STAMPS,
+        TARGET_RANGE_STAMPS,
+        (bounds,),
+        (ctx.doc_type, bounds),
+    )
+    unproven = sorted(b for b in (0, len(cps) + 1) if b in legacy_now or b in target_now)
+    for i, c in enumerate(cps, start=1):
+        v = streamed.get(c.first_key)
+        rows, stamp = legacy_now.get(i, (0, ""))
+        if not (
+            v is not None
+            and v.same
+            and v.last == c.last_key
+            and v.legacy_stamp == c.stamp == (stamp or "")
+            and v.rows == v.target_rows == rows
+            and target_now.get(i, (0, "")) == (v.target_rows, v.target_stamp)
+        ):
+            unproven.append(i)
+    if not unproven:
+        return len(cps), [], len(cps)
+    unproven.sort()
+    # re-read both sides of the ranges the stream did not prove: per-range checksums of the
+    # row digests (server-side aggregates), then the differing ranges row by row
+    legacy_sums, target_sums = await _checksums(
+        src,
+        tgt,
+        _bucketed(legacy.legacy_digest_sql(ctx.embedding_dim, cheap), "$1", "$2"),
+        _bucketed(legacy.target_digest_sql(), "$2", "$3"),
+        (bounds, unproven),
+        (ctx.doc_type, bounds, unproven),
+    )
+    bad = [spans[b] for b in unproven if legacy_sums.get(b) != target_sums.get(b)]
+    checked = len(cps) + sum(1 for b in (0, len(cps) + 1) if b in unproven)
+    return checked, bad, checked - len(unproven)
+
+
+def _bucketed(digest_query: str, bounds: str, buckets: str) -> str:
+    """md5 over the rows of a digest query in each of the checkpoint ranges ``buckets``
+    (``width_bucket`` over the thresholds ``bounds``), in key order."""
+    bucket = f"width_bucket(key, {bounds}::bigint[])"
+    return (
+        f"SELECT {bucket} AS chunk, count(*) AS rows,"
+        " md5(string_agg(digest, ',' ORDER BY key)) AS checksum"
+        f" FROM ({digest_query}) r WHERE {bucket} = ANY({buckets}::int[]) GROUP BY 1"
+    )
+
+
+async def drill_down(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    ranges: Sequence[tuple[int, int]],
+    cheap: bool,
+) -> list[Mismatch]:
+    """The documents (and the fields of each) that differ in the key ranges ``[low, high)``."""
+    mismatches = []
+    for low, high in ranges:
+        rows_l = {
+            r["key"]: r
+            for r in await src.fetch(
+                f"SELECT * FROM ({legacy.legacy_digest_sql(ctx.embedding_dim, cheap)}) r"
+                " WHERE key >= $1::bigint AND key < $2::bigint",  # legacy ids are int4
+                low,
+                high,
+                timeout=LONG_TIMEOUT,
+            )
+        }
+        rows_t = {
+            r["key"]: r
+            for r in await tgt.fetch(
+                f"SELECT * FROM ({legacy.target_digest_sql()}) r"
+                " WHERE key >= $2::bigint AND key < $3::bigint",
+                ctx.doc_type,
+                low,
+                high,
+                timeout=LONG_TIMEOUT,
+            )
+        }
+        for key in sorted(set(rows_l) | set(rows_t)):
+            a, b = rows_l.get(key), rows_t.get(key)
+            if a is not None and b is not None and a["digest"] == b["digest"]:
+                continue
+            row = a if a is not None else b
+            assert row is not None
+            problem = (
+                "missing in target" if b is None else "extra in target" if a is None else "differs"
+            )
+            mismatches.append(
+                Mismatch(
+                    legacy_id=key,
+                    source_name=row["source_name"],
+                    doc_path=row["doc_path"],
+                    problem=problem,
+                    fields=legacy.digest_differences(a["digest"], b["digest"])
+                    if a is not None and b is not None
+                    else [],
+                )
+            )
+    return mismatches
+
+
+async def parity(
+    ctx: StageContext, src: asyncpg.Connection, store: Store, queries: int, cheap: bool
+) -> list[ParityCheck]:
+    """Exact top-5 per sampled crate: the legacy search_similar_docs query vs docstore."""
+    if queries < 1:
+        return []
+    dim = ctx.embedding_dim
+    samples = await src.fetch(
+        f"""SELECT DISTINCT ON (crate_name) crate_name, id FROM doc_embeddings
+             WHERE embedding IS NOT NULL AND {legacy.dims_sql("embedding", dim, cheap)} = $1
+             ORDER BY crate_name, id""",
+        dim,
+    )
+    step = max(1, len(samples) // queries)
+    checks = []
+    for sample in samples[::step][:queries]:
+        crate = sample["crate_name"]
+        q = await src.fetchval("SELECT embedding FROM doc_embeddings WHERE id = $1", sample["id"])
+        t0 = now()
+        # the legacy search_similar_docs query, over the rows that have an embedding
+        # (legacy sorted NULL-embedding rows last; docstore never returns them)
+        legacy_rows = await src.fetch(
+            """SELECT d.doc_path FROM doc_embeddings d
+                WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
+                ORDER BY d.embedding <=> $1::vector, d.id LIMIT 5""",
+            q,
+            crate,
+            dim,
+        )
+        t1 = now()
+        hits = await store.search(q, doc_type=ctx.doc_type, source_name=crate, limit=5, exact=True)
+        t2 = now()
+        checks.append(
+            ParityCheck(
+                source_name=crate,
+                legacy_top=[r["doc_path"] for r in legacy_rows],
+                docstore_top=[h.doc_path for h in hits],
+                legacy_ms=(t1 - t0) * 1000,
+                docstore_ms=(t2 - t1) * 1000,
+            )
+        )
+    return checks

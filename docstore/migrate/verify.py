@@ -1,0 +1,187 @@
+"""Validation that streams with the copy: each copied range is checked against what is stored
+on the target while later ranges are still copying.
+
+Two halves, compared per id range ``(first, last]``:
+
+* **what left the legacy database**: the copy's pipe hashes (SHA-256) the binary COPY stream
+  of the range as it passes — header, every row, trailer — at no extra read of the source.
+  The range's ``(id, xmin)`` stamp and its ids are read in the same snapshot
+  (:data:`~docstore.migrate.legacy.CHUNK_FACTS`);
+* **what the target stores**: once the range's transaction has committed, a
+  :class:`StreamVerifier` (its own pooled connection, so it overlaps the next ranges' COPY)
+  reads the range back from ``documents`` with ``COPY (SELECT the same columns …) TO STDOUT
+  (FORMAT binary)`` through the legacy-id index, in legacy-id order, and hashes those bytes.
+  In the same snapshot it stamps the rows it read (an md5 of their ``(id, xmin)``).
+
+Binary COPY sends each value in its type's binary form (text bytes, the vector's exact float
+bits, jsonb's canonical text, int8 microseconds), so equal hashes mean the stored rows are the
+streamed rows byte for byte, same count, same order. The stamps let validation at the end of
+the run accept a verified range without reading it again, as long as neither side changed
+since (:mod:`docstore.migrate.validate`); anything else is read again on both sides.
+
+A verifier failure (a lost connection, say) never fails the copy: its ranges stay unverified
+and validation reads them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from docstore.errors import DocstoreError
+from docstore.migrate import legacy
+from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
+from docstore.store import Store
+
+logger = logging.getLogger("docstore")
+
+_SELECTED = (
+    "FROM documents WHERE doc_type = $1 AND metadata ? 'legacy_id'"
+    " AND metadata->>'legacy_id' = ANY($2::text[])"
+    " AND metadata->>'migrated_from' = 'rust_docs_vectors'"
+)
+_ORDER = "(metadata->>'legacy_id')::bigint, id"
+# The range's rows shaped exactly like the copy query's output (legacy.DOCUMENT_COLUMNS).
+READ_BACK = f"SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} {_SELECTED} ORDER BY {_ORDER}"
+# The rows read back, as (id, xmin): validation compares it with TARGET_RANGE_STAMPS.
+READ_BACK_STAMP = (
+    "SELECT count(*) AS rows,"
+    f" md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY {_ORDER})) AS stamp"
+    f" {_SELECTED}"
+)
+
+
+def new_digest() -> Any:
+    """The hash of a range's binary COPY stream (both sides use it)."""
+    return hashlib.sha256()
+
+
+@dataclass(frozen=True)
+class StreamedRange:
+    """A range as it left the legacy database (handed over after its transaction commits)."""
+
+    first: int  # exclusive
+    last: int  # inclusive
+    rows: int
+    legacy_stamp: str  # the checkpoint's stamp, read in the stream's snapshot
+    sent: bytes  # SHA-256 of the binary COPY stream
+    ids: list[str]  # its legacy ids, for the read-back's index lookup
+
+
+@dataclass(frozen=True)
+class VerifiedRange:
+    """A range whose stored rows were read back and compared with the stream."""
+
+    first: int
+    last: int
+    rows: int
+    legacy_stamp: str
+    same: bool  # stored bytes == sent bytes
+    target_rows: int
+    target_stamp: str  # md5 of the (id, xmin) of the rows read back
+
+
+class StreamVerifier:
+    """Reads back finished ranges on its own target connection while later ones copy.
+
+    ``async with StreamVerifier(ctx, store) as v``: :meth:`submit` each committed range,
+    :meth:`drain` to wait for all; :attr:`verified` holds the results by first key. Leaving
+    the block cancels what is left (a killed or failed copy)."""
+
+    def __init__(self, ctx: StageContext, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.verified: dict[int, VerifiedRange] = {}
+        self.total_rows = 0  # rows to verify, for progress (the copy and delta pass set it)
+        self.seconds = 0.0  # time spent reading back (overlapping the copy)
+        self.failed: str | None = None
+        self._error: BaseException | None = None  # raised by drain(): a progress callback's
+        self._done_rows = 0
+        self._queue: asyncio.Queue[StreamedRange] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StreamVerifier:
+        # the task connects while the first chunk copies
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def submit(self, streamed: StreamedRange) -> None:
+        """Queue a range whose rows (and checkpoint) are committed on the target."""
+        self.verified.pop(streamed.first, None)  # a re-copy replaces an earlier result
+        self._queue.put_nowait(streamed)
+
+    async def drain(self) -> None:
+        """Wait until every submitted range is verified (or given up); re-raises what a
+        progress callback raised in the verifier."""
+        await self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    async def _run(self) -> None:
+        try:
+            async with self.store.acquire() as conn:
+                await self._serve(conn)
+        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # never fails the copy: the ranges stay unverified, validation reads them again
+            self.failed = f"{type(exc).__name__}"
+            logger.warning("streaming verification stopped (%s): validation re-reads", exc)
+        await self._serve(None)  # let drain() return
+
+    async def _serve(self, conn: asyncpg.Connection | None) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if conn is not None and self.failed is None:
+                    await self._verify(conn, item)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                self.failed = f"{type(exc).__name__}"
+                logger.warning("streaming verification stopped (%s): validation re-reads", exc)
+            except Exception as exc:  # the progress callback's: the run stops at drain()
+                self.failed = f"{type(exc).__name__}"
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    async def _verify(self, conn: asyncpg.Connection, item: StreamedRange) -> None:
+        started = now()
+        stored = new_digest()
+
+        async def hash_bytes(data: bytes) -> None:
+            stored.update(data)
+
+        # one snapshot: the stamp names exactly the row versions whose bytes were hashed
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.copy_from_query(
+                READ_BACK,
+                self.ctx.doc_type,
+                item.ids,
+                output=hash_bytes,
+                format="binary",
+                timeout=LONG_TIMEOUT,
+            )
+            stamp = await conn.fetchrow(READ_BACK_STAMP, self.ctx.doc_type, item.ids)
+        assert stamp is not None
+        self.verified[item.first] = VerifiedRange(
+            first=item.first,
+            last=item.last,
+            rows=item.rows,
+            legacy_stamp=item.legacy_stamp,
+            same=stored.digest() == item.sent,
+            target_rows=stamp["rows"],
+            target_stamp=stamp["stamp"] or "",
+        )
+        self.seconds += now() - started
+        self._done_rows += item.rows
+        self.ctx.report("verified", self._done_rows, max(self.total_rows, self._done_rows))

@@ -1,0 +1,253 @@
+"""The Migrator's stages, each run alone against real databases, and validation that streams
+with the copy (what it proves, and what it leaves to a re-read)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.codecs import register_codecs
+from docstore.migrate import Migrator, checkpoints
+from docstore.migrate import copy as copy_stage
+from docstore.migrate import delta as delta_stage
+from docstore.migrate import preflight as preflight_stage
+from docstore.migrate import validate as validate_stage
+from docstore.migrate.context import StageContext, run_id
+from docstore.migrate.report import MigrationReport
+from docstore.migrate.verify import StreamVerifier
+from tests.conftest import PgCluster
+from tests.legacy_db import build_legacy
+
+DOCS = 120
+CRATES = 6
+CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
+
+
+@pytest.fixture
+def legacy_url(pg: PgCluster) -> Iterator[str]:
+    name = pg.create_database(prefix="legacy")
+    url = pg.url(name)
+    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
+    yield url
+    pg.drop_database(name)
+
+
+async def legacy_execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Stages:
+    """What a stage is run with: a legacy connection, the target store and a connection of it."""
+
+    def __init__(self, src: asyncpg.Connection, store: docstore.Store, tgt: Any) -> None:
+        self.src, self.store, self.tgt = src, store, tgt
+
+    async def context(self) -> StageContext:
+        return StageContext(
+            doc_type="rust",
+            run_id=await run_id(self.src, "rust"),
+            embedding_dim=self.store.embedding_dim,
+            chunk_rows=CHUNK,
+        )
+
+    async def validate(self, **kwargs: Any) -> Any:
+        ctx = await self.context()
+        async with self.src.transaction(isolation="repeatable_read", readonly=True):
+            return await validate_stage.validate(ctx, self.src, self.tgt, self.store, **kwargs)
+
+
+@pytest.fixture
+async def stages(legacy_url: str, database_url: str) -> AsyncIterator[Stages]:
+    src = await asyncpg.connect(legacy_url)
+    await register_codecs(src, "public")
+    try:
+        async with docstore.connect(database_url) as store, store.acquire() as tgt:
+            yield Stages(src, store, tgt)
+    finally:
+        await src.close()
+
+
+async def test_preflight_stage_alone_reads_and_writes_nothing(stages: Stages) -> None:
+    pre = await preflight_stage.preflight(stages.src, stages.store, "rust")
+    nulls = len([j for j in range(DOCS) if j % 7 == 3])
+    assert pre.ok and pre.documents == DOCS and pre.embedding_dims == {3072: DOCS - nulls}
+    assert pre.null_embeddings == nulls and pre.target_existing_documents == 0
+    assert await stages.store.documents.count() == 0
+
+
+async def test_copy_stage_alone_verifies_every_chunk_while_streaming(stages: Stages) -> None:
+    ctx = await stages.context()
+    report = MigrationReport(run_id=ctx.run_id, doc_type="rust", preflight=_preflight())
+    seen: list[tuple[str, int]] = []
+    ctx.progress = lambda stage, done, total, nbytes: seen.append((stage, done))
+    async with StreamVerifier(ctx, stages.store) as verifier:
+        await copy_stage.copy(ctx, stages.src, stages.tgt, report, verifier)
+        await verifier.drain()
+    assert report.copied_documents == DOCS and report.sources == CRATES + 1
+    assert sorted(verifier.verified) == [0, 25, 50, 75, 100]
+    assert all(v.same and v.rows == v.target_rows for v in verifier.verified.values())
+    assert ("verified", DOCS) in seen and ("documents", DOCS) in seen
+    cps = await checkpoints.load(stages.tgt, ctx.run_id)
+    assert [(c.first_key, c.last_key, c.rows) for c in cps][-1] == (100, 120, 20)
+    # validation accepts every range the stream proved, reading none again
+    result = await stages.validate(streamed=verifier.verified)
+    assert result.ok, result.problems()
+    assert (result.streamed_chunks, result.reread_chunks, result.checksum_chunks) == (5, 0, 5)
+
+
+async def test_validate_stage_alone_on_a_copied_database(
+    stages: Stages, legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        assert (await m.run()).validation is None
+    full = await stages.validate()
+    assert full.ok and full.legacy_documents == DOCS and full.streamed_chunks == 0
+    # the streamed mode with nothing streamed re-reads every range on both sides
+    reread = await stages.validate(streamed={})
+    assert reread.ok and (reread.streamed_chunks, reread.reread_chunks) == (0, 5)
+    await stages.store.execute(
+        "UPDATE documents SET token_count = token_count + 1 WHERE metadata->>'legacy_id' = '60'"
+    )
+    for result in (await stages.validate(), await stages.validate(streamed={})):
+        assert not result.ok and result.mismatched_chunks == 1
+        assert [(m.legacy_id, m.fields) for m in result.mismatches] == [(60, ["token_count"])]
+
+
+async def test_delta_stage_alone_after_a_legacy_change(
+    stages: Stages, legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        await m.run()
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET content = 'edited' WHERE id = 30;"
+        " DELETE FROM doc_embeddings WHERE id = 80;"
+        " INSERT INTO doc_embeddings (crate_name, doc_path, content)"
+        " VALUES ('crate0', 'late.html', 'new')",
+    )
+    assert not (await stages.validate()).ok
+    ctx = await stages.context()
+    async with StreamVerifier(ctx, stages.store) as verifier:
+        recopied = await delta_stage.delta_documents(ctx, stages.src, stages.tgt, verifier)
+        await verifier.drain()
+    # (25, 50] and (75, 100] changed, (120, 121] is new: re-copied, and verified as streamed
+    assert recopied == 25 + 24 + 1
+    assert sorted(verifier.verified) == [25, 75, 120]
+    assert all(v.same for v in verifier.verified.values())
+    result = await stages.validate(streamed=verifier.verified)
+    assert result.ok, result.problems()
+    assert (result.streamed_chunks, result.reread_chunks) == (3, 3)  # 3 re-copied, 3 skipped
+
+
+async def test_run_reports_the_chunks_verified_while_streaming(
+    legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert report.verified_chunks == [(0, 25), (25, 50), (50, 75), (75, 100), (100, 120)]
+    assert report.validation is not None and report.validation.streamed_chunks == 5
+    assert report.validation.reread_chunks == 0 and "verify_streaming" in report.timings
+    # validate() alone re-reads both databases in full, as before
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        again = await m.validate()
+    assert again.ok and again.streamed_chunks == 0 and again.checksum_chunks == 5
+
+
+async def test_a_stored_row_that_differs_from_the_stream_is_caught_and_copied_again(
+    legacy_url: str, database_url: str
+) -> None:
+    """The check proves what is stored, not what was sent: a target row changed between its
+    chunk's commit and the read-back is found by the streamed check itself."""
+    done: list[bool] = []
+
+    def corrupt_first_chunk(stage: str, rows: int, total: int, nbytes: int) -> None:
+        # runs right after chunk (0, 25] committed, before its read-back can start
+        if stage == "documents" and rows == CHUNK and not done:
+            sql = "UPDATE documents SET content = content || '!' WHERE metadata->>'legacy_id' = '7'"
+            writer = threading.Thread(target=asyncio.run, args=(legacy_execute(database_url, sql),))
+            writer.start()
+            writer.join()
+            done.append(True)
+
+    async with Migrator(
+        legacy_url, database_url, chunk_rows=CHUNK, progress=corrupt_first_chunk
+    ) as m:
+        report = await m.run()
+    assert done and report.ok, report.validation
+    assert (0, 25) not in report.verified_chunks and len(report.verified_chunks) == 4
+    assert report.repaired_documents == 1
+    assert any("legacy id 7): differs (content)" in w for w in report.warnings), report.warnings
+
+
+class TargetEditor(Migrator):
+    """A Migrator whose target is edited after the streaming checks, right before validation."""
+
+    def __init__(self, *args: Any, edits: list[str], target_url: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.edits, self.target_url = edits, target_url
+
+    async def validate(self) -> Any:
+        if self.edits:
+            await legacy_execute(self.target_url, self.edits.pop(0))
+        return await super().validate()
+
+
+async def test_a_target_change_after_the_streamed_check_is_re_read_and_repaired(
+    legacy_url: str, database_url: str
+) -> None:
+    edits = [
+        "UPDATE documents SET embedding = NULL WHERE metadata->>'legacy_id' = '33';"
+        " INSERT INTO documents (doc_type, source_name, doc_path, content, metadata)"
+        " VALUES ('rust', 'crate0', 'stray.html', 'x',"
+        ' \'{"legacy_id": 999, "migrated_from": "rust_docs_vectors"}\')'
+    ]
+    async with TargetEditor(
+        legacy_url, database_url, chunk_rows=CHUNK, edits=edits, target_url=database_url
+    ) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert len(report.verified_chunks) == 5  # all verified while streaming, then edited
+    warning = next(w for w in report.warnings if "copied again" in w)
+    assert "legacy id 33): differs (embedding)" in warning
+    assert "legacy id 999): extra in target" in warning
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS
+
+
+async def test_a_resumed_run_re_reads_the_chunks_an_earlier_run_committed(
+    legacy_url: str, database_url: str
+) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_two_chunks(stage: str, done: int, total: int, nbytes: int) -> None:
+        if stage == "documents" and done >= 2 * CHUNK:
+            raise Stop
+
+    with pytest.raises(Stop):
+        async with Migrator(
+            legacy_url, database_url, chunk_rows=CHUNK, progress=stop_after_two_chunks
+        ) as m:
+            await m.run()
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        report = await m.run()
+    assert report.ok and report.skipped_chunks == 2
+    assert report.validation is not None
+    assert (report.validation.streamed_chunks, report.validation.reread_chunks) == (3, 2)
+
+
+def _preflight() -> Any:
+    from docstore.migrate.report import Preflight
+
+    return Preflight(tables=[])
