@@ -35,11 +35,11 @@ import pytest
 
 from docstore.embedded import (
     DATABASE_NAME,
-    EmbeddedReplica,
     EmbeddedServer,
     ensure_database,
     ensure_vector_extension,
 )
+from docstore.testing import EmbeddedReplica, start_replica
 
 SYNC_TIMEOUT = 30.0  # seconds a replica may take to replay what the primary wrote
 
@@ -106,7 +106,7 @@ def replica_of(primary: EmbeddedServer, directory: Path, *, database: str) -> It
     with contextlib.ExitStack() as cleanup:
         asyncio.run(_create_database(primary, database))
         cleanup.callback(lambda: asyncio.run(_drop_database(primary, database)))
-        replica = cleanup.enter_context(primary.start_replica(directory))
+        replica = cleanup.enter_context(start_replica(primary, directory))
         pair = ReplicaPair(primary, replica, database)
         asyncio.run(pair.sync())  # it really streams from the primary
         yield pair

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
-from docstore.embedded import EmbeddedServer, wait_for_replay
+from docstore.embedded import EmbeddedServer
 from docstore.errors import ConfigurationError
+from docstore.testing import start_replica, wait_for_replay
 from tests.replica import ReplicaPair, replica_pair_fixture, replica_primary_fixture  # noqa: F401
 
 BOUND = 30.0  # seconds any one step may take before the test fails instead of hanging
@@ -154,7 +155,7 @@ async def test_a_second_replica_with_a_long_path_is_promoted_and_closed_without_
 ) -> None:
     primary = replica_pair.primary
     directory = tmp_path / ("long-" * 12) / "second"  # too long a path for a Unix socket
-    second = await asyncio.to_thread(primary.start_replica, directory)
+    second = await asyncio.to_thread(start_replica, primary, directory)
     try:
         assert second.socket_dir != second.pgdata  # it fell back to a short socket directory
         await _execute(
@@ -195,7 +196,7 @@ async def test_a_replica_that_cannot_start_leaves_nothing_behind(
     before = await slots()
     directory = tmp_path / "broken"
     with pytest.raises(ConfigurationError, match="did not start") as info:
-        await asyncio.to_thread(primary.start_replica, directory, port=70000)
+        await asyncio.to_thread(start_replica, primary, directory, port=70000)
     assert "70000" in str(info.value)  # the end of its log says why
     assert not directory.exists()
     assert await slots() == before
@@ -204,6 +205,6 @@ async def test_a_replica_that_cannot_start_leaves_nothing_behind(
     (occupied / "pgdata").mkdir(parents=True)
     (occupied / "pgdata" / "keep.txt").write_text("mine")
     with pytest.raises(ConfigurationError, match="not empty"):
-        await asyncio.to_thread(primary.start_replica, occupied)
+        await asyncio.to_thread(start_replica, primary, occupied)
     assert (occupied / "pgdata" / "keep.txt").read_text() == "mine"
     assert await slots() == before

@@ -1,0 +1,180 @@
+"""What every ``docstore`` command shares: the typer app, error handling and exit statuses,
+secret scrubbing, the ``--url`` option and the async-to-sync bridge.
+
+The exit statuses and the error contract are described in :mod:`docstore.cli`; they are
+implemented here, once, in :class:`_DocstoreGroup`, so no command handles errors itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import re
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from docstore.errors import DocstoreError
+from docstore.urls import check_url, redact_url, url_secrets
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    0: "done",
+    EXIT_ERROR: "failed: a docstore error, a file or address that can't be used, or "
+    "differences found (one 'error:' line on stderr)",
+    EXIT_USAGE: "usage error: unknown option, missing or out-of-range value",
+    EXIT_INTERNAL: "internal error: a bug in docstore (traceback on stderr)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+"""Every exit status of every command, documented in ``docstore --help``."""
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"()]+")
+_URL_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_READ_URL",
+    "MCPDOCS_DATABASE_URL",
+    "LEGACY_DATABASE_URL",
+)
+_ARGV = "docstore.argv"
+_MIN_SECRET = 4
+"""Shorter secrets are not scrubbed from output text (a one-letter password would mangle
+every message); docstore's messages show URLs redacted anyway."""
+
+
+def _secrets(argv: list[str]) -> list[str]:
+    """Secrets of the URLs on the command line and in the URL variables, longest first."""
+    urls = [a.partition("=")[2] if a.startswith("--") else a for a in argv if "://" in a]
+    urls += [v for v in (os.environ.get(n) for n in _URL_VARIABLES) if v]
+    found = {s for s in url_secrets(*urls) if len(s) >= _MIN_SECRET}
+    return sorted(found, key=len, reverse=True)
+
+
+def _clean(text: str, argv: list[str]) -> str:
+    """``text`` safe to print: URL arguments redacted, every known secret scrubbed."""
+    for arg in sorted((a for a in argv if "://" in a), key=len, reverse=True):
+        text = text.replace(arg, redact_url(arg))
+    for secret in _secrets(argv):
+        text = text.replace(secret, "***")
+    return _URL.sub(lambda m: redact_url(m[0]), text)
+
+
+def _error_line(kind: str, message: str, argv: list[str]) -> None:
+    text = re.sub(r"\s*\n\s*", " ", _clean(message, argv)).strip()
+    err_console.print(
+        f"[bold red]error:[/] {escape(kind)}{': ' if text else ''}{escape(text)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+class _DocstoreGroup(TyperGroup):
+    """Every command's errors, handled once: docstore errors and other user errors become one
+    ``error:`` line and a documented exit status (see :mod:`docstore.cli`), usage errors
+    keep click's message with URL passwords redacted, bugs show a (scrubbed) traceback."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        argv = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:
+            exc.message = _clean(exc.message, argv)
+            raise
+        ctx.meta[_ARGV] = argv
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        argv: list[str] = ctx.meta.get(_ARGV, [])
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except typer.TyperException as exc:  # click's usage errors: it prints them, exit 2
+            exc.message = _clean(exc.message, argv)
+            raise
+        except DocstoreError as exc:
+            _error_line(type(exc).__name__, str(exc), argv)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            # the interrupted work may leave asyncio futures nobody awaits (a connection the
+            # driver was opening); asyncio would log them at exit, after this one line
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            _error_line("interrupted", "", argv)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:  # a file, directory or address that can't be used
+            if exc.errno == errno.EPIPE:
+                raise  # stdout closed early (docstore stats | head): typer exits quietly
+            _error_line(type(exc).__name__, str(exc), argv)
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc))
+            err_console.print(_clean(trace, argv), markup=False, highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]internal error:[/] {escape(type(exc).__name__)}: this is a bug in "
+                "docstore, not in your input or setup; please report it with the traceback "
+                "above",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+
+app = typer.Typer(
+    cls=_DocstoreGroup,
+    help="docstore: the Doc Server's data layer on PostgreSQL + pgvector.",
+    epilog="Exit status: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def checked_url(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Refuse a malformed database URL option before anything connects, naming the option
+    (an empty value means "not given", as in :func:`docstore.connect`)."""
+    if value and not ctx.resilient_parsing:
+        check_url(value, param.opts[0] if param.opts else str(param.name))
+    return value
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, else embedded).",
+        show_default=False,
+        callback=checked_url,
+    ),
+]
+
+
+def run_async(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work()`` to completion on a new event loop (one per command)."""
+    return asyncio.run(work())  # type: ignore[arg-type]
+
+
+def async_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Turn an async command body into a sync typer command (errors: :class:`_DocstoreGroup`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return run_async(lambda: fn(*args, **kwargs))
+
+    return wrapper

@@ -1,0 +1,36 @@
+"""``docstore compat``: the legacy SQL views and ``search_similar_docs()``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from docstore import cli
+from docstore.cli.base import UrlOption, async_command, console
+from docstore.compat import LegacyDatabase
+
+compat_app = typer.Typer(help="Legacy SQL compatibility: views and search_similar_docs().")
+"""``docstore compat``: mounted on the app by :mod:`docstore.cli`."""
+SchemaOption = Annotated[
+    str | None,
+    typer.Option("--schema", help="Schema for the views (default: first on search_path)."),
+]
+
+
+@compat_app.command("install-views")
+@async_command
+async def compat_install(url: UrlOption = None, schema: SchemaOption = None) -> None:
+    """Create read views crates, doc_embeddings, crate_stats and search_similar_docs()."""
+    async with cli.connect(url) as store:
+        used = await LegacyDatabase(store).install_views(schema)
+    console.print(f"legacy views and search_similar_docs() installed in schema {used!r}")
+
+
+@compat_app.command("uninstall-views")
+@async_command
+async def compat_uninstall(url: UrlOption = None, schema: SchemaOption = None) -> None:
+    """Drop the legacy compatibility views and function."""
+    async with cli.connect(url) as store:
+        used = await LegacyDatabase(store).uninstall_views(schema)
+    console.print(f"legacy views removed from schema {used!r}")

@@ -1,0 +1,126 @@
+"""``docstore migrate``, ``validate`` and ``rollback``: the legacy database and docstore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from docstore import cli
+from docstore.cli.base import async_command, checked_url, console
+from docstore.cli.progress import MigrationBars
+from docstore.config import load_settings
+from docstore.errors import MigrationError
+from docstore.migrate import Migrator
+from docstore.store import Store
+
+SourceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="Legacy rust_docs_vectors URL (default: LEGACY_DATABASE_URL).",
+        show_default=False,
+        callback=checked_url,
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="docstore database URL (default: DATABASE_URL, MCPDOCS_DATABASE_URL, embedded).",
+        show_default=False,
+        callback=checked_url,
+    ),
+]
+DocTypeOption = Annotated[str, typer.Option("--doc-type", help="doc_type of the legacy docs.")]
+
+
+def _legacy_url(source: str | None) -> str:
+    url = source or load_settings().legacy_database_url
+    if not url:
+        raise MigrationError("no legacy database: pass --source URL or set LEGACY_DATABASE_URL")
+    return url
+
+
+async def _target(target: str | None) -> Store:
+    return await cli.connect(target)
+
+
+NEXT_STEPS = """next steps (docs/cutover.md):
+  1. freeze the legacy database, then re-run `docstore migrate` (copies only what changed)
+  2. `docstore validate`; point the app at the new database with READ_ONLY=true, smoke-test
+  3. remove READ_ONLY; to go back: READ_ONLY=true on the app, then `docstore rollback`"""
+
+
+@async_command
+async def migrate(
+    source: SourceOption = None,
+    target: TargetOption = None,
+    doc_type: DocTypeOption = "rust",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    restart: Annotated[bool, typer.Option(help="Forget checkpoints of earlier runs.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Save the report as JSON.")] = None,
+    build_index: Annotated[bool, typer.Option(help="Build the HNSW index after.")] = False,
+    chunk_rows: Annotated[int, typer.Option(help="Documents per committed chunk.")] = 2000,
+) -> None:
+    """Copy the legacy rust_docs_vectors database into docstore (resumable; validated)."""
+    bars = MigrationBars()
+    async with await _target(target) as store:
+        migrator = Migrator(
+            _legacy_url(source),
+            store,
+            doc_type=doc_type,
+            chunk_rows=chunk_rows,
+            restart=restart,
+            build_index=build_index,
+            report_path=report,
+            progress=bars,
+        )
+        with bars.progress:
+            result = await migrator.run(dry_run=dry_run)
+    console.print(result.preflight)
+    if dry_run:
+        console.print("dry run: nothing was written")
+        if not result.preflight.ok:
+            raise typer.Exit(1)
+        return
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(
+        f"copied {result.copied_documents:,} documents ({result.skipped_chunks} chunks already "
+        f"done), {result.sources} sources, {result.population_jobs} population jobs in "
+        f"{result.timings.get('total', 0):.1f} s"
+    )
+    if result.validation is not None:
+        console.print(result.validation)
+    if not result.ok:
+        raise typer.Exit(1)
+    console.print(NEXT_STEPS, highlight=False)
+
+
+@async_command
+async def validate(
+    source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
+) -> None:
+    """Compare the legacy database with docstore row by row; exit 1 on any mismatch."""
+    async with await _target(target) as store:
+        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).validate()
+    console.print(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@async_command
+async def rollback(
+    source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
+) -> None:
+    """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
+    async with await _target(target) as store:
+        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).rollback()
+    console.print(
+        f"legacy database now holds {result.documents:,} documents of {result.crates} crates "
+        f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "
+        f"{result.population_jobs} population jobs ({result.seconds:.1f} s); "
+        f"{result.recorded_legacy_ids} documents written after the cutover got legacy ids"
+    )

@@ -1,0 +1,163 @@
+"""The server's read-only guarantee: a login role that cannot write.
+
+:func:`create_reader_role` makes (or updates) a role that may read docstore's tables and
+write nothing, setting its password as a SCRAM verifier (:func:`scram_verifier`) so the text
+never reaches the server; :func:`write_capabilities` lists every way a role could still
+write (what ``health()`` reports as ``read_only_guarantee: role`` when there is none).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+
+import asyncpg
+
+from docstore.errors import ConfigurationError, SchemaError, ValidationError
+
+logger = logging.getLogger("docstore")
+
+DOCSTORE_TABLES = (
+    "documents",
+    "document_sources",
+    "docstore_schema_version",
+    "docstore_migration_checkpoints",
+    "source_population_jobs",
+    "docstore_search_calibration",
+    "docstore_search_queries",
+)
+"""docstore's tables: a reader role may read them and must not be able to write any."""
+
+
+_CAPABILITIES = """
+WITH base AS (SELECT oid FROM pg_roles WHERE rolname = coalesce($1, session_user)),
+roles AS (SELECT r.oid, r.rolname, r.rolsuper FROM pg_roles r, base
+           WHERE pg_has_role(base.oid, r.oid, 'MEMBER')),
+tables AS (SELECT name, to_regclass(name) AS rel FROM unnest($2::text[]) AS t(name)),
+ns AS (SELECT coalesce((SELECT relnamespace FROM pg_class WHERE oid = to_regclass('documents')),
+                       (SELECT oid FROM pg_namespace WHERE nspname = current_schema())) AS oid)
+SELECT r.rolname, 'is a superuser' AS what FROM roles r WHERE r.rolsuper
+UNION ALL
+SELECT r.rolname, 'may write to ' || t.name FROM roles r, tables t
+ WHERE t.rel IS NOT NULL
+   AND has_table_privilege(r.oid, t.rel, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')
+UNION ALL
+SELECT r.rolname, 'may create objects in schema ' || n.nspname
+  FROM roles r, ns JOIN pg_namespace n ON n.oid = ns.oid
+ WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE')
+UNION ALL
+SELECT r.rolname, 'may create schemas in database ' || current_database() FROM roles r
+ WHERE has_database_privilege(r.oid, current_database(), 'CREATE')
+UNION ALL
+SELECT r.rolname, 'may use sequence ' || c.relname FROM roles r, ns
+  JOIN pg_class c ON c.relnamespace = ns.oid AND c.relkind = 'S'
+ WHERE has_sequence_privilege(r.oid, c.oid, 'USAGE, UPDATE')
+UNION ALL
+SELECT r.rolname, 'may run SECURITY DEFINER function ' || p.proname FROM roles r, ns
+  JOIN pg_proc p ON p.pronamespace = ns.oid AND p.prosecdef
+ WHERE has_function_privilege(r.oid, p.oid, 'EXECUTE')
+ ORDER BY 1, 2
+"""
+
+
+async def write_capabilities(conn: asyncpg.Connection, role: str | None = None) -> list[str]:
+    """How ``role`` (default: the session's user) could write to docstore's database, through
+    itself or a role it is a member of (``SET ROLE``): superuser, write privileges on
+    docstore's tables, ``CREATE`` on docstore's schema or the database, sequences, SECURITY
+    DEFINER functions. ``[]``: the server refuses its writes (temporary tables and large
+    objects aside, which any role may create outside a read-only transaction).
+    """
+    rows = await conn.fetch(_CAPABILITIES, role, list(DOCSTORE_TABLES))
+    return [f"role {r['rolname']} {r['what']}" for r in rows]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def scram_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (printable ASCII), so a
+    password can be set without its text reaching the server or its logs."""
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+async def create_reader_role(conn: asyncpg.Connection, name: str, password: str) -> None:
+    """Create (or, if it exists and cannot write, update) the login role ``name`` that may read
+    docstore's tables and write nothing: the server-side read-only guarantee.
+
+    Grants ``CONNECT`` on the database, ``USAGE`` on docstore's schema, ``SELECT`` on
+    docstore's tables, ``EXECUTE`` on the schema's functions, and default privileges so tables
+    the connected role creates in that schema later are readable too. The role also gets
+    ``default_transaction_read_only = on``. A printable-ASCII password is sent as a
+    SCRAM-SHA-256 verifier, never as text.
+
+    Run it connected as the role that owns docstore's tables (it needs to grant on them and
+    to create roles). Raises :class:`SchemaError` when docstore's schema is not applied,
+    :class:`ConfigurationError` when the role would still be able to write (an existing
+    writer, or grants to ``PUBLIC``: nothing is changed then), :class:`ValidationError` for an
+    unusable name or password.
+    """
+    if not name or len(name.encode()) > 63 or "\x00" in name:
+        raise ValidationError("a role name is 1 to 63 bytes", field="name")
+    if not password or "\x00" in password:
+        raise ValidationError("the reader role needs a password", field="password")
+    schema: str | None = await conn.fetchval(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass('documents')"
+    )
+    if schema is None:
+        raise SchemaError("docstore's schema is not applied here: run `docstore init` first")
+    if all(32 <= ord(c) < 127 for c in password):
+        secret = "'" + scram_verifier(password) + "'"
+    else:  # SASLprep would apply: let the server hash it
+        secret = str(await conn.fetchval("SELECT quote_literal($1)", password))
+    role, s = _ident(name), _ident(schema)
+    database = _ident(str(await conn.fetchval("SELECT current_database()")))
+    tables = [
+        r["name"]
+        for r in await conn.fetch(
+            "SELECT name FROM unnest($1::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
+            list(DOCSTORE_TABLES),
+        )
+    ]
+    async with conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+            if await write_capabilities(conn, name):
+                raise ConfigurationError(
+                    f"role {name} exists and can write: pick another name for the reader role"
+                )
+            await conn.execute(f"ALTER ROLE {role} WITH LOGIN PASSWORD {secret}")
+        else:
+            await conn.execute(
+                f"CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                f" NOREPLICATION NOBYPASSRLS PASSWORD {secret}"
+            )
+        await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
+        await conn.execute(
+            f"GRANT SELECT ON {', '.join(f'{s}.{_ident(t)}' for t in tables)} TO {role}"
+        )
+        await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {role}")
+        await conn.execute(
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {role}"
+        )
+        problems = await write_capabilities(conn, name)
+        if problems:
+            raise ConfigurationError(
+                f"role {name} would still be able to write ({'; '.join(problems)}): revoke "
+                "those privileges (from PUBLIC too) and try again"
+            )
+    logger.info("reader role %s can read docstore's tables in schema %s", name, schema)

@@ -1,0 +1,14 @@
+"""Test and benchmark tooling: nothing in here runs in a deployment.
+
+- :mod:`docstore.testing.replica`: streaming hot-standby replicas of an embedded server
+  (:class:`~docstore.testing.replica.EmbeddedReplica`, made by
+  :func:`~docstore.testing.replica.start_replica`) and
+  :func:`~docstore.testing.replica.wait_for_replay`, for read-replica, fallback and failover
+  tests and for ``bench/scale.py``.
+
+docstore's runtime modules do not import this package (``lint-imports`` checks it).
+"""
+
+from docstore.testing.replica import EmbeddedReplica, start_replica, wait_for_replay
+
+__all__ = ["EmbeddedReplica", "start_replica", "wait_for_replay"]
