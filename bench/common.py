@@ -15,8 +15,16 @@ on ``sys.path``, so every script stays runnable on its own.
   :func:`recalls` (recall@k that counts ties at the k-th similarity as correct);
 * timing — :func:`clock`, :func:`interleave` (calls rotated query by query, so slow drifts of
   a shared machine hit every variant alike), :func:`percentile`, :func:`median_ratio`;
-* reports — :func:`machine_line`, :func:`load_line`, :func:`server_line`,
+* load — :func:`closed_loop` (workers calling back to back for some seconds: a :class:`Cell`
+  of latencies, throughput and the CPU a :class:`CpuMeter` saw a server use),
+  :func:`closed_loop_rounds` (several such loads in turn, round after round),
+  :func:`steady_load`;
+* memory — :func:`peak_rss_mb`, :func:`child_peak_rss_mb` (a measured run in a fresh process);
+* reports — :func:`machine_line`, :func:`load_line`, :func:`server_line`, :func:`human_bytes`,
   :func:`print_goals`, :func:`write_json`.
+
+Scripts with parts of their own keep them in a package beside them (``bench/scaling/`` for
+``bench/scale.py``, ``bench/searching/`` for ``bench/search.py``).
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +51,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -52,46 +64,18 @@ from docstore.embedded import EmbeddedServer
 
 DIM = 3072
 T = TypeVar("T")
+K = TypeVar("K")
 Goal = tuple[str, bool, str]
 """(what, met, the figure measured) — one line of a benchmark's verdict."""
 
+# fmt: off
 WORDS = [
-    "async",
-    "runtime",
-    "task",
-    "spawn",
-    "future",
-    "poll",
-    "waker",
-    "executor",
-    "thread",
-    "pool",
-    "channel",
-    "mutex",
-    "lock",
-    "stream",
-    "sink",
-    "buffer",
-    "bytes",
-    "serialize",
-    "deserialize",
-    "trait",
-    "impl",
-    "struct",
-    "enum",
-    "generic",
-    "lifetime",
-    "borrow",
-    "reference",
-    "ownership",
-    "macro",
-    "derive",
-    "error",
-    "result",
-    "option",
-    "iterator",
-    "closure",
+    "async", "runtime", "task", "spawn", "future", "poll", "waker", "executor", "thread", "pool",
+    "channel", "mutex", "lock", "stream", "sink", "buffer", "bytes", "serialize", "deserialize",
+    "trait", "impl", "struct", "enum", "generic", "lifetime", "borrow", "reference", "ownership",
+    "macro", "derive", "error", "result", "option", "iterator", "closure",
 ]
+# fmt: on
 
 
 # -- servers and databases ------------------------------------------------------------------------
@@ -140,16 +124,19 @@ class BenchServer:
             return self.given_url
         return await self.create_database(name, replace=False)
 
-    async def create_database(self, name: str, *, replace: bool = True) -> str:
-        """Create ``name`` (empty: no extension, no schema) and return its URL; ``replace``
-        drops a database of that name first."""
+    async def create_database(
+        self, name: str, *, replace: bool = True, template: str | None = None
+    ) -> str:
+        """Create ``name`` (empty: no extension, no schema; or a file copy of ``template``)
+        and return its URL; ``replace`` drops a database of that name first."""
+        copy = f" TEMPLATE {_ident(template)} STRATEGY FILE_COPY" if template else ""
         conn = await asyncpg.connect(self.admin_url)
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if exists and replace:
                 await conn.execute(f"DROP DATABASE {_ident(name)} WITH (FORCE)")
             if not exists or replace:
-                await conn.execute(f"CREATE DATABASE {_ident(name)}")
+                await conn.execute(f"CREATE DATABASE {_ident(name)}{copy}")
         finally:
             await conn.close()
         return self.url(name)
@@ -190,10 +177,18 @@ def unit(a: np.ndarray) -> np.ndarray:
 
 
 def clustered(
-    rows: int, clusters: int, sigma: float, seed: int, *, unit_centres: bool = True
+    rows: int,
+    clusters: int,
+    sigma: float,
+    seed: int,
+    *,
+    unit_centres: bool = True,
+    assign: Callable[[np.random.Generator, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """``rows`` unit vectors, each a random one of ``clusters`` centres (random unit vectors
     unless ``unit_centres=False``: standard normal) plus N(0, ``sigma``²) per dimension.
+    ``assign(rng, which)`` may change the centre of each row (``which``, in place) before
+    the noise is drawn.
 
     One array in memory (rows × 3072 × 4 bytes, twice while generating); for large corpora
     use :class:`ClusteredStream`. The random draws are those of ``bench/search.py`` since
@@ -204,17 +199,25 @@ def clustered(
     if unit_centres:
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     which = rng.integers(0, clusters, size=rows)
+    if assign is not None:
+        assign(rng, which)
     noise = rng.normal(scale=sigma, size=(rows, DIM)).astype(np.float32)
     points = centres[which] + noise
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     return points
 
 
-def near(points: np.ndarray, n: int, sigma: float, seed: int) -> np.ndarray:
-    """``n`` queries, each a random row of ``points`` plus N(0, ``sigma``²) per dimension,
-    normalised (``bench/search.py``'s draws since issue 5)."""
+def near(
+    points: np.ndarray, n: int, sigma: float, seed: int, rows: Sequence[int] | None = None
+) -> np.ndarray:
+    """``n`` queries, each a random row of ``points`` (one of ``rows``, if given) plus
+    N(0, ``sigma``²) per dimension, normalised (``bench/search.py``'s draws since issue 5)."""
     rng = np.random.default_rng(seed)
-    picked = points[rng.integers(0, len(points), size=n)]
+    if rows is None:
+        picked = points[rng.integers(0, len(points), size=n)]
+    else:
+        pool = np.asarray(rows)
+        picked = points[pool[rng.integers(0, len(pool), size=n)]]
     q = picked + rng.normal(scale=sigma, size=picked.shape).astype(np.float32)
     return unit(q)
 
@@ -388,29 +391,6 @@ async def interleave(
     return seconds, results
 
 
-async def steady_load(
-    call: Callable[[Any], Awaitable[Any]],
-    inputs: Sequence[Any],
-    *,
-    concurrency: int,
-    seconds: float,
-) -> list[float]:
-    """``concurrency`` tasks calling ``call(input)`` back to back (inputs in turn) for
-    ``seconds``; the seconds each call took."""
-    took: list[float] = []
-    deadline = time.perf_counter() + seconds
-    counter = iter(range(10**12))
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            i = next(counter)
-            _, t = await clock(call(inputs[i % len(inputs)]))
-            took.append(t)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return took
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile of ``values`` (NaN for none)."""
     return float(np.percentile(values, q)) if len(values) else float("nan")
@@ -426,6 +406,137 @@ def spread(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
+# -- load -----------------------------------------------------------------------------------------
+
+Call = Callable[[int], Awaitable[object]]
+"""One request of a load: ``call(i)`` for the ``i``-th request, counted over all workers."""
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by a PostgreSQL server's processes, read from /proc:
+    unaffected by other load on the machine, unlike throughput."""
+
+    def __init__(self, postmaster_pid: int) -> None:
+        self.pid = postmaster_pid
+
+    def seconds(self) -> dict[int, float]:
+        import psutil  # type: ignore[import-untyped]  # (docstore[test]) only where measured
+
+        procs = [psutil.Process(self.pid)]
+        with contextlib.suppress(psutil.Error):
+            procs += psutil.Process(self.pid).children(recursive=True)
+        out: dict[int, float] = {}
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+        return out
+
+    @staticmethod
+    def used(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+@dataclass
+class Cell:
+    """One closed-loop measurement, or several added up: ``count`` calls in ``wall`` seconds."""
+
+    count: int = 0
+    wall: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each server (by the name of its :class:`CpuMeter`)."""
+    client_cpu: float = 0.0
+    rates: list[float] = field(default_factory=list)
+    """Calls a second of each measurement added (:meth:`add`)."""
+
+    def add(self, other: Cell) -> None:
+        self.count += other.count
+        self.wall += other.wall
+        self.latencies += other.latencies
+        for k, v in other.server_cpu.items():
+            self.server_cpu[k] = self.server_cpu.get(k, 0.0) + v
+        self.client_cpu += other.client_cpu
+        self.rates.append(other.count / other.wall)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.wall if self.wall else 0.0
+
+    def pct(self, q: float) -> float:
+        """The ``q``-th percentile latency in ms (0 for none)."""
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else 0.0
+
+    def server_ms(self, role: str | None = None) -> float:
+        """Server CPU ms a call: of every server, or of the one named ``role``."""
+        cpu = sum(self.server_cpu.values()) if role is None else self.server_cpu.get(role, 0.0)
+        return cpu / self.count * 1000 if self.count else 0.0
+
+    def client_ms(self) -> float:
+        return self.client_cpu / self.count * 1000 if self.count else 0.0
+
+
+async def closed_loop(
+    calls: Sequence[tuple[Call, int]],
+    duration: float,
+    meters: Mapping[str, CpuMeter] | None = None,
+) -> Cell:
+    """For every ``(call, concurrency)``, ``concurrency`` workers calling it back to back for
+    ``duration`` seconds (each waits for its call before the next); the server CPU each of
+    ``meters`` saw and this process's CPU are in the :class:`Cell`."""
+    meters = meters or {}
+    counter = itertools.count()
+    cell = Cell()
+    deadline = time.perf_counter() + duration
+
+    async def worker(call: Call) -> None:
+        while time.perf_counter() < deadline:
+            i = next(counter)
+            t = time.perf_counter()
+            await call(i)
+            cell.latencies.append(time.perf_counter() - t)
+
+    before = {k: m.seconds() for k, m in meters.items()}
+    proc0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(call) for call, n in calls for _ in range(n)))
+    cell.wall = time.perf_counter() - wall0
+    cell.client_cpu = time.process_time() - proc0
+    cell.server_cpu = {k: CpuMeter.used(before[k], m.seconds()) for k, m in meters.items()}
+    cell.count = len(cell.latencies)
+    return cell
+
+
+async def closed_loop_rounds(
+    plans: Mapping[K, Sequence[tuple[Call, int]]],
+    rounds: int,
+    duration: float,
+    meters: Mapping[str, CpuMeter] | None = None,
+) -> dict[K, Cell]:
+    """Every plan's :func:`closed_loop` in turn, ``rounds`` times over (so a shared machine's
+    drifts hit each alike): one :class:`Cell` a plan, its rounds added up."""
+    cells = {key: Cell() for key in plans}
+    for _ in range(rounds):
+        for key, plan in plans.items():
+            cells[key].add(await closed_loop(plan, duration, meters))
+    return cells
+
+
+async def steady_load(
+    call: Callable[[Any], Awaitable[Any]],
+    inputs: Sequence[Any],
+    *,
+    concurrency: int,
+    seconds: float,
+) -> list[float]:
+    """``concurrency`` tasks calling ``call(input)`` back to back (inputs in turn) for
+    ``seconds``; the seconds each call took."""
+
+    def one(i: int) -> Awaitable[Any]:
+        return call(inputs[i % len(inputs)])
+
+    return (await closed_loop([(one, concurrency)], seconds)).latencies
+
+
 # -- reports --------------------------------------------------------------------------------------
 
 
@@ -436,6 +547,30 @@ def load_line() -> str:
 
 def ram_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_peak_rss_mb(script: str, *args: str) -> float:
+    """Run ``python script *args`` in a fresh process and return the number on the last line
+    it prints (its :func:`peak_rss_mb`, so one run's memory does not hide another's)."""
+    out = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GiB`` from 1 GiB up, else ``12 MiB``."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def vector_literal(q: np.ndarray) -> str:
+    """``'[0.1,…]'``: ``q`` as a quoted pgvector literal, for EXPLAIN of a prepared statement."""
+    return "'[" + ",".join(f"{x:.7g}" for x in q) + "]'"
 
 
 def machine_line(script: str) -> str:

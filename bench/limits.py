@@ -27,19 +27,17 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
+from common import DIM
 
 import docstore
 from docstore import Document
-from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.search import queries
 
-DIM = 3072
 SHAPES = {
     "words": lambda n: " ".join(f"word{i}" for i in range(n)),
     "phrase": lambda n: '"' + " ".join(f"w{i}" for i in range(n)) + '"',
@@ -97,15 +95,6 @@ async def text(store: docstore.Store) -> None:
         print(f"  {n:5} words: " + ", ".join(cells), flush=True)
 
 
-def clustered(rows: int, seed: int = 3, clusters: int = 30) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, DIM))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    points = centres[rng.integers(0, clusters, size=rows)]
-    points = points + rng.normal(scale=1 / np.sqrt(DIM), size=points.shape)
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
-
-
 def half_error(v: np.ndarray) -> float:
     exact = v.astype(np.float64)
     return float(
@@ -116,7 +105,7 @@ def half_error(v: np.ndarray) -> float:
 async def halfvec(store: docstore.Store, queries_per_scale: int) -> None:
     await store.documents.upsert_many(
         Document(source_name=f"crate{i % 40}", doc_path=f"c/{i}", content="c", embedding=v)
-        for i, v in enumerate(clustered(1500))
+        for i, v in enumerate(common.clustered(1500, 30, 1 / np.sqrt(DIM), 3))
     )
     await store.execute("ANALYZE documents")
     await store.create_vector_index()
@@ -156,17 +145,13 @@ async def halfvec(store: docstore.Store, queries_per_scale: int) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="docstore-bench-limits-") as tmp:
-        server = EmbeddedServer(Path(tmp), cleanup="delete").start()
-        try:
-            await ensure_database(server.url("postgres"), "bench")
-            async with docstore.connect(server.url("bench")) as store:
-                if args.what == "text":
-                    await text(store)
-                else:
-                    await halfvec(store, args.queries)
-        finally:
-            server.close()
+    async with common.bench_server(prefix="docstore-bench-limits-") as server:
+        url = await server.create_database("bench")
+        async with docstore.connect(url) as store:
+            if args.what == "text":
+                await text(store)
+            else:
+                await halfvec(store, args.queries)
 
 
 if __name__ == "__main__":

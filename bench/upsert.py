@@ -41,9 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -187,20 +185,14 @@ def rss_child(url: str, rows: int) -> None:
             assert result.inserted == rows
 
     asyncio.run(main())
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(common.peak_rss_mb())
 
 
 def rss_check(url: str, sizes: list[int]) -> dict[int, float]:
-    peaks = {}
-    for n in sizes:
-        out = subprocess.run(
-            [sys.executable, __file__, "--rss-child", str(n), "--url", url],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        peaks[n] = float(out.stdout.strip().splitlines()[-1])
-    return peaks
+    """Peak RSS (MB) of upserting each of ``sizes`` generated documents, each in a fresh process."""
+    return {
+        n: common.child_peak_rss_mb(__file__, "--rss-child", str(n), "--url", url) for n in sizes
+    }
 
 
 def report(results: dict[str, dict[str, float]], rows: int, peaks: dict[int, float]) -> bool:
