@@ -241,9 +241,10 @@ async def build_real_legacy(url: str, rows: int) -> dict[str, int]:
                  FROM (SELECT crate_name, count(*) AS n, sum(token_count) AS t
                          FROM doc_embeddings GROUP BY 1) s WHERE s.crate_name = c.name;
                SELECT setval('crates_id_seq', (SELECT max(id) FROM crates));
-               SELECT setval('doc_embeddings_id_seq', (SELECT max(id) FROM doc_embeddings));
-               VACUUM ANALYZE crates; VACUUM ANALYZE doc_embeddings"""
+               SELECT setval('doc_embeddings_id_seq', (SELECT max(id) FROM doc_embeddings))"""
         )
+        await conn.execute("VACUUM ANALYZE crates")  # one statement each: not in a transaction
+        await conn.execute("VACUUM ANALYZE doc_embeddings")
     finally:
         await conn.close()
     return {"max_id": len(pick), "null_embeddings": 0, "crates": len(crates), "docs": len(pick)}

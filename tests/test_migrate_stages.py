@@ -251,3 +251,52 @@ def _preflight() -> Any:
     from docstore.migrate.report import Preflight
 
     return Preflight(tables=[])
+
+
+async def test_copy_streams_share_one_snapshot_and_give_the_same_target(
+    legacy_url: str, pg: PgCluster
+) -> None:
+    """Chunks copied by 1, 2 or 3 streams at once: the same rows, each chunk verified while
+    streaming, and a legacy write during the copy (after the snapshot) left to the delta pass
+    whatever stream copies its chunk."""
+    results = []
+    for streams in (1, 2, 3):
+        target = pg.url(await asyncio.to_thread(pg.create_database, prefix="streams"))
+        seen: list[str] = []
+
+        def progress(
+            stage: str, done: int, total: int, nbytes: int, seen: list[str] = seen
+        ) -> None:
+            if stage == "documents" and "documents" not in seen:  # the first chunk committed
+                edit = threading.Thread(
+                    target=asyncio.run,
+                    args=(
+                        legacy_execute(
+                            legacy_url,
+                            "UPDATE doc_embeddings SET content = 'changed during the copy'"
+                            " WHERE id = 110",
+                        ),
+                    ),
+                )
+                edit.start()
+                edit.join()
+            seen.append(stage)
+
+        async with Migrator(
+            legacy_url, target, chunk_rows=CHUNK, copy_streams=streams, progress=progress
+        ) as m:
+            report = await m.run()
+        # the delta pass copies again the chunk (100, 120] that holds the edited row
+        assert report.ok and report.copied_documents == DOCS and report.delta_documents == 20
+        assert "verified" in seen
+        assert len(report.verified_chunks) == 5 and report.validation is not None
+        assert report.validation.streamed_chunks + report.validation.reread_chunks == 5
+        async with docstore.connect(target) as store:
+            rows = await store.fetch(
+                "SELECT doc_path, content, embedding::text AS e, metadata FROM documents"
+                " ORDER BY doc_path"
+            )
+        results.append([tuple(r) for r in rows])
+    assert results[0] == results[1] == results[2]
+    with pytest.raises(docstore.MigrationError, match="copy_streams"):
+        Migrator(legacy_url, legacy_url, copy_streams=0)

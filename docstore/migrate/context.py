@@ -27,6 +27,10 @@ from docstore.store import Store
 Progress = Callable[[str, int, int, int], None]
 
 DEFAULT_CHUNK_ROWS = 2000
+DEFAULT_COPY_STREAMS = 2
+"""Chunks copied at once. Two streams keep a 2-core target busy while one stream waits on the
+legacy side (measured: 0.54-0.67 s vs 0.70-0.81 s for one psql pipe of 4,133 x 3,072);
+more rarely help, since each stream's target backend is CPU-bound on the same cores."""
 # Whole-table statements (checksums, rollback's COPY) are not bound by DOCSTORE_COMMAND_TIMEOUT.
 LONG_TIMEOUT = 24 * 3600.0
 MIGRATED_DOCUMENT = (
@@ -46,6 +50,7 @@ class StageContext:
     run_id: str
     embedding_dim: int = 3072
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    copy_streams: int = DEFAULT_COPY_STREAMS
     progress: Progress | None = None
     streamed_bytes: int = 0
 

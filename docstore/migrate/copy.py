@@ -14,11 +14,15 @@ chunks copy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
+from collections.abc import Callable
 
 import asyncpg
 
-from docstore.errors import MigrationError
+from docstore.errors import DocstoreError, MigrationError
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
@@ -120,27 +124,43 @@ async def copy_range(
     return n, sent.digest()
 
 
+# (legacy connection in a transaction importing the copy's snapshot, target connection)
+Stream = tuple[asyncpg.Connection, asyncpg.Connection]
+OpenStream = Callable[[str], contextlib.AbstractAsyncContextManager[Stream]]
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
+
+
 async def copy_documents(
     ctx: StageContext,
     src: asyncpg.Connection,
     tgt: asyncpg.Connection,
     report: MigrationReport,
     verifier: StreamVerifier | None = None,
+    open_stream: OpenStream | None = None,
 ) -> None:
     """Every chunk of ``doc_embeddings`` in the caller's legacy snapshot, each committed with
-    its checkpoint; chunks an earlier run committed and that did not change are skipped."""
+    its checkpoint; chunks an earlier run committed and that did not change are skipped.
+
+    With ``open_stream`` and ``ctx.copy_streams`` > 1, chunks are copied by that many
+    streams at once: ``open_stream(snapshot_id)`` yields another legacy connection whose
+    transaction imports this snapshot (``SET TRANSACTION SNAPSHOT``) and another target
+    connection. Each chunk is still one target transaction with its checkpoint, so a resume
+    sees committed chunks whatever the order; a stream that cannot be opened is done without.
+    """
     chunks = await plan_chunks(src, ctx.chunk_rows)
     await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
     done = {c.first_key: c for c in await checkpoints.load(tgt, ctx.run_id)}
     existing = await tgt.fetchval(
         "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
     )
-    # Straight COPY is safe while the target holds nothing but already-checkpointed rows.
+    # Straight COPY is safe while the target holds nothing but already-checkpointed rows
+    # (the legacy key (crate_name, doc_path) is unique, so chunks never collide).
     direct = existing == sum(c.rows for c in done.values())
     total_rows = sum(rows for _, _, rows in chunks)
     if verifier is not None:
         verifier.total_rows = total_rows
-    copied = 0
+    progress = {"copied": 0}
+    pending: list[tuple[int, int, int]] = []
     for low, high, rows in chunks:
         previous = done.get(low)
         if (
@@ -150,27 +170,86 @@ async def copy_documents(
             and previous.stamp == await src.fetchval(legacy.CHUNK_VERSION, low, high)
         ):
             report.skipped_chunks += 1
-            copied += rows
+            progress["copied"] += rows
             if verifier is not None:
                 verifier.total_rows -= rows  # nothing of it streams: validation re-reads it
-            ctx.report("documents", copied, total_rows)
-            continue
-        async with tgt.transaction():
-            n, sent = await copy_range(ctx, src, tgt, low, high, direct=direct)
-            if n != rows:
-                raise MigrationError(
-                    f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}"
-                )
-            facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
-            assert facts is not None
-            await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
-        if verifier is not None:
-            verifier.submit(
-                StreamedRange(low, high, rows, facts["stamp"] or "", sent, list(facts["ids"]))
-            )
-        report.copied_documents += n
-        copied += rows
-        ctx.report("documents", copied, total_rows)
+            ctx.report("documents", progress["copied"], total_rows)
+        else:
+            pending.append((low, high, rows))
+
+    async def stream(s: asyncpg.Connection, t: asyncpg.Connection) -> None:
+        while pending:
+            low, high, rows = pending.pop(0)
+            n = await _copy_chunk(ctx, s, t, low, high, rows, direct, verifier)
+            report.copied_documents += n
+            progress["copied"] += rows
+            ctx.report("documents", progress["copied"], total_rows)
+
+    async with contextlib.AsyncExitStack() as stack:
+        extra = await _open_streams(
+            src, stack, open_stream, min(ctx.copy_streams, len(pending)) - 1
+        )
+        if not extra:
+            await stream(src, tgt)
+            return
+        try:
+            async with asyncio.TaskGroup() as group:  # one stream failing stops the others
+                for s, t in [(src, tgt), *extra]:
+                    group.create_task(stream(s, t))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+
+async def _open_streams(
+    src: asyncpg.Connection,
+    stack: contextlib.AsyncExitStack,
+    open_stream: OpenStream | None,
+    wanted: int,
+) -> list[Stream]:
+    """Up to ``wanted`` more streams in the caller's snapshot (fewer if some cannot open)."""
+    if open_stream is None or wanted < 1:
+        return []
+    try:
+        snapshot = await src.fetchval("SELECT pg_export_snapshot()")
+    except asyncpg.PostgresError as exc:  # a standby, say: one stream
+        logger.info("one copy stream: cannot export the legacy snapshot (%s)", exc)
+        return []
+    if not _SNAPSHOT_ID.match(str(snapshot)):
+        return []
+    opened: list[Stream] = []
+    for _ in range(wanted):
+        try:
+            opened.append(await stack.enter_async_context(open_stream(snapshot)))
+        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            logger.info("%d copy stream(s): another could not open (%s)", len(opened) + 1, exc)
+            break
+    return opened
+
+
+async def _copy_chunk(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    low: int,
+    high: int,
+    rows: int,
+    direct: bool,
+    verifier: StreamVerifier | None,
+) -> int:
+    """One chunk in one target transaction with its checkpoint; handed to the verifier once
+    committed."""
+    async with tgt.transaction():
+        n, sent = await copy_range(ctx, src, tgt, low, high, direct=direct)
+        if n != rows:
+            raise MigrationError(f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}")
+        facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
+        assert facts is not None
+        await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
+    if verifier is not None:
+        verifier.submit(
+            StreamedRange(low, high, rows, facts["stamp"] or "", sent, list(facts["ids"]))
+        )
+    return n
 
 
 async def copy(
@@ -179,6 +258,7 @@ async def copy(
     tgt: asyncpg.Connection,
     report: MigrationReport,
     verifier: StreamVerifier | None = None,
+    open_stream: OpenStream | None = None,
 ) -> LegacyState:
     """The copy stage: sources, documents, population jobs from one legacy snapshot; returns
     that snapshot's :class:`LegacyState` (the delta pass compares against it). Fills the
@@ -191,7 +271,7 @@ async def copy(
             stale = await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=False)
         report.timings["sources"] = now() - t0
         t0 = now()
-        await copy_documents(ctx, src, tgt, report, verifier)
+        await copy_documents(ctx, src, tgt, report, verifier, open_stream)
         report.timings["documents"] = now() - t0
         t0 = now()
         report.population_jobs = len(snapshot.jobs)

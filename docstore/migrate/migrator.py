@@ -27,6 +27,7 @@ with :class:`~docstore.ReadOnlyError` before writing anything anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -46,6 +47,7 @@ from docstore.migrate import rollback as rollback_stage
 from docstore.migrate import validate as validate_stage
 from docstore.migrate.context import (
     DEFAULT_CHUNK_ROWS,
+    DEFAULT_COPY_STREAMS,
     LONG_TIMEOUT,
     Progress,
     StageContext,
@@ -74,6 +76,8 @@ class Migrator:
     legacy documents become. ``restart`` forgets earlier checkpoints (rows are then upserted,
     never doubled). ``build_index`` builds the HNSW and full-text indexes after the copy.
     ``validate`` runs validation at the end of :meth:`run` (streaming with the copy).
+    ``copy_streams`` chunks are copied at once (each on its own pair of connections, all in
+    one legacy snapshot; 1 copies them one after the other).
     ``report_path`` saves the report as JSON. ``progress(stage, done, total, nbytes)`` is
     called after every committed chunk (stage ``"documents"``) and every chunk verified while
     streaming (``"verified"``).
@@ -86,6 +90,7 @@ class Migrator:
         *,
         doc_type: str = "rust",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        copy_streams: int = DEFAULT_COPY_STREAMS,
         restart: bool = False,
         build_index: bool = False,
         validate: bool = True,
@@ -95,12 +100,15 @@ class Migrator:
     ) -> None:
         if chunk_rows < 1:
             raise MigrationError("chunk_rows must be at least 1")
+        if not 1 <= copy_streams <= 16:
+            raise MigrationError("copy_streams must be from 1 to 16")
         if not 1 <= len(doc_type) <= 50 or "\x00" in doc_type:
             raise MigrationError("doc_type must be 1 to 50 characters without NUL bytes")
         self._source_arg = source
         self._target_arg = target
         self.doc_type = doc_type
         self.chunk_rows = chunk_rows
+        self.copy_streams = copy_streams
         self.restart = restart
         self.build_index = build_index
         self.run_validation = validate
@@ -146,12 +154,26 @@ class Migrator:
         finally:
             await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
+    @contextlib.asynccontextmanager
+    async def _stream(self, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
+        """Another copy stream: a legacy connection whose read-only transaction imports the
+        copy's snapshot, and a target connection (``snapshot`` is checked by the caller)."""
+        store = await self._target_store()
+        async with (
+            self._source() as src,
+            store.acquire(timeout=5) as tgt,
+            src.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            yield src, tgt
+
     async def _context(self, src: asyncpg.Connection, store: Store) -> StageContext:
         return StageContext(
             doc_type=self.doc_type,
             run_id=await run_id(src, self.doc_type),
             embedding_dim=store.embedding_dim,
             chunk_rows=self.chunk_rows,
+            copy_streams=self.copy_streams,
             progress=self._progress,
         )
 
@@ -210,7 +232,7 @@ class Migrator:
                     await checkpoints.forget(tgt, ctx.run_id)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
-                    snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying)
+                    snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
                     t0 = now()
                     await delta_stage.delta(ctx, src, tgt, snapshot, report, verifying)
                     report.timings["delta"] = now() - t0
@@ -221,6 +243,26 @@ class Migrator:
                         report.timings["verify_streaming"] = verifying.seconds
                         streamed = dict(verifying.verified)
                 await copy_stage.summarize(ctx, src, tgt, report)
+        # ANALYZE (on its own pooled connection) overlaps validation, which reads through the
+        # legacy-id index and the stamps whatever the statistics say.
+        analyzing = asyncio.create_task(self._analyze(store, report))
+        try:
+            if self.build_index:
+                await analyzing  # the index build's planner wants the statistics
+                t0 = now()
+                await store.create_vector_index()
+                await store.create_text_index()
+                report.timings["index"] = now() - t0
+            await self._finish(report, streamed)
+        finally:
+            await analyzing
+        report.timings["total"] = now() - started
+        if self.report_path is not None:
+            self.report_path.write_text(report.model_dump_json(indent=2))
+        return report
+
+    @staticmethod
+    async def _analyze(store: Store, report: MigrationReport) -> None:
         t0 = now()
         # The planner's columns only: statistics on content and embedding (and the full-text
         # expression index) would detoast and re-tokenize every sampled document.
@@ -230,11 +272,9 @@ class Migrator:
         )
         await store.execute("ANALYZE document_sources")
         report.timings["analyze"] = now() - t0
-        if self.build_index:
-            t0 = now()
-            await store.create_vector_index()
-            await store.create_text_index()
-            report.timings["index"] = now() - t0
+
+    async def _finish(self, report: MigrationReport, streamed: Mapping[int, VerifiedRange]) -> None:
+        """Validation at the end of :meth:`run`, and the repair of what it finds."""
         if self.run_validation:
             report.verified_chunks = sorted((v.first, v.last) for v in streamed.values() if v.same)
             self._streamed = streamed
@@ -257,10 +297,6 @@ class Migrator:
                     f"delta pass), copied again: {'; '.join(found[:10])}"
                     + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
                 )
-        report.timings["total"] = now() - started
-        if self.report_path is not None:
-            self.report_path.write_text(report.model_dump_json(indent=2))
-        return report
 
     async def _repair(self, validation: Validation) -> int:
         """Copy again what ``validation`` found different (:func:`copy.repair`), under the

@@ -8,6 +8,8 @@ uncompressed with the target's dimension (:func:`~docstore.migrate.legacy.dims_s
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from docstore.migrate import checkpoints, legacy
@@ -17,7 +19,35 @@ from docstore.store import Store
 
 
 async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Preflight:
-    """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``."""
+    """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``.
+
+    The target's findings are read (through the store's pool) while the legacy database's
+    are (on ``src``)."""
+    target = asyncio.create_task(_target_findings(store, doc_type, await run_id(src, doc_type)))
+    try:
+        pre = await _source_findings(src, store.embedding_dim)
+    finally:
+        found = await target
+    if not pre.blocking:
+        for name, value in found.items():
+            setattr(pre, name, value)
+    if store.read_only:
+        pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
+    return pre
+
+
+async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, object]:
+    health = await store.health()
+    return {
+        "target_pgvector": health.pgvector_version,
+        "target_schema_version": health.schema_version,
+        "target_existing_documents": await store.documents.count(doc_type=doc_type),
+        "target_existing_sources": len(await store.sources.list(doc_type=doc_type)),
+        "checkpoints": await checkpoints.count(store, run),
+    }
+
+
+async def _source_findings(src: asyncpg.Connection, dim: int) -> Preflight:
     present = {
         r["name"]: r for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
     }
@@ -26,7 +56,6 @@ async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Pre
         if name in present:
             rows = await src.fetchval(f"SELECT count(*) FROM {name}")
             tables.append(TableInfo(name=name, rows=rows, bytes=present[name]["bytes"]))
-    dim = store.embedding_dim
     pre = Preflight(tables=tables, target_embedding_dim=dim)
     missing = [t for t in legacy.REQUIRED_TABLES if t not in present]
     if missing:
@@ -64,12 +93,4 @@ async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Pre
             f"{pre.orphan_documents} documents belong to crates without a crates row "
             f"({', '.join(pre.orphan_crates[:5])}); each still gets a source"
         )
-    health = await store.health()
-    pre.target_pgvector = health.pgvector_version
-    pre.target_schema_version = health.schema_version
-    pre.target_existing_documents = await store.documents.count(doc_type=doc_type)
-    pre.target_existing_sources = len(await store.sources.list(doc_type=doc_type))
-    pre.checkpoints = await checkpoints.count(store, await run_id(src, doc_type))
-    if store.read_only:
-        pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
     return pre

@@ -104,18 +104,23 @@ class StreamVerifier:
         self._error: BaseException | None = None  # raised by drain(): a progress callback's
         self._done_rows = 0
         self._queue: asyncio.Queue[StreamedRange] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> StreamVerifier:
-        # the task connects while the first chunk copies
-        self._task = asyncio.create_task(self._run())
+        # The readers connect while the first chunk copies. As many as there are copy
+        # streams: when the streams commit their last chunks together, those are verified
+        # side by side instead of one after the other (the run's tail).
+        self._tasks = [asyncio.create_task(self._run())] + [
+            asyncio.create_task(self._run_extra()) for _ in range(self.ctx.copy_streams - 1)
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     def submit(self, streamed: StreamedRange) -> None:
         """Queue a range whose rows (and checkpoint) are committed on the target."""
@@ -128,6 +133,15 @@ class StreamVerifier:
         await self._queue.join()
         if self._error is not None:
             raise self._error
+
+    async def _run_extra(self) -> None:
+        """Another reader, if the pool lends a connection soon (otherwise the first reader
+        verifies everything alone)."""
+        try:
+            async with self.store.acquire(timeout=5) as conn:
+                await self._serve(conn)
+        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            logger.info("one streaming verification reader fewer: %s", exc)
 
     async def _run(self) -> None:
         try:
