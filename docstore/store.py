@@ -70,6 +70,11 @@ class Store:
         return self._db.read_only
 
     @property
+    def distributed(self) -> bool:
+        """``documents`` is a Citus distributed table (``docstore init --distributed``)."""
+        return self._db.distributed
+
+    @property
     def url(self) -> str:
         """The database URL with its password replaced by ``***``."""
         return self._db.url

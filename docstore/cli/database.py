@@ -25,6 +25,15 @@ async def init(
             show_default=False,
         ),
     ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="On a Citus coordinator: make documents and document_sources co-located"
+            " distributed tables by source_name (converting existing ones; rows move to the"
+            " shards).",
+        ),
+    ] = False,
 ) -> None:
     """Create or upgrade docstore's schema (idempotent; safe to run from many processes)."""
     password = None
@@ -33,7 +42,7 @@ async def init(
             f"password for {reader_role}", hide_input=True, confirmation_prompt=True
         )
     async with cli.connect(url, migrate=False) as store:
-        applied = await store.migrate()
+        applied = await store.migrate(distributed=distributed)
         status = await store.schema_status()
         if reader_role is not None and password is not None:
             await store.create_reader_role(reader_role, password)
@@ -41,6 +50,8 @@ async def init(
         console.print(f"applied schema migrations {applied}; now at version {status.current}")
     else:
         console.print(f"schema already at version {status.current}: nothing to do")
+    if status.distributed:
+        console.print("documents and document_sources are distributed by source_name (Citus)")
     if reader_role is not None:
         console.print(
             f"role {escape(reader_role)} can read docstore's tables and write nothing: connect"

@@ -71,9 +71,14 @@ class Database:
         connect_kwargs: dict[str, Any] | None = None,
         init: Any = None,
         replica: Pool | None = None,
+        distributed: bool = False,
     ) -> None:
         self.settings = settings
         self.read_only = read_only
+        self.distributed = distributed
+        """``documents`` is a Citus distributed table: docstore then runs its Citus SQL
+        (:mod:`docstore.schema.citus`). Read when the store opens; :meth:`migrate` with
+        ``distributed=True`` sets it."""
         self._metrics = Metrics(enabled=settings.metrics)
         primary = Pool(
             "primary", pool, url, connect_kwargs or {}, init, connection_class(read_only)
@@ -213,14 +218,24 @@ class Database:
 
     # -- schema & roles ----------------------------------------------------------------------
     @timed("migrate")
-    async def migrate(self) -> list[int]:
-        """Apply pending schema migrations; returns the versions applied (``[]``: none due)."""
+    async def migrate(self, *, distributed: bool = False) -> list[int]:
+        """Apply pending schema migrations; returns the versions applied (``[]``: none due).
+
+        ``distributed=True`` (``docstore init --distributed``): the database is a Citus
+        coordinator, and ``documents`` / ``document_sources`` become (or already are)
+        co-located distributed tables by ``source_name``
+        (:func:`docstore.schema.citus.distribute`); raises :class:`SchemaError` elsewhere.
+        """
         self.ensure_writable()
         applied = await self.run(
-            lambda conn: runner.apply_migrations(conn, embedding_dim=self.embedding_dim)
+            lambda conn: runner.apply_migrations(
+                conn, embedding_dim=self.embedding_dim, distributed=distributed
+            )
         )
-        if applied:  # open connections were set up before (maybe without pgvector's codecs)
+        if applied or distributed:  # open connections were set up before (maybe without
+            # pgvector's codecs, or without the database's Citus defaults)
             await self._pool_set.primary.pool.expire_connections()
+        self.distributed = distributed or self.distributed
         return applied
 
     @timed("schema_status")

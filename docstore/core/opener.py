@@ -123,7 +123,10 @@ async def _open(
         "timeout": settings.pool_acquire_timeout,
     }
 
+    distributed = False
+
     async def bootstrap() -> str | None:
+        nonlocal distributed
         conn = await asyncpg.connect(
             resolved, server_settings=server_settings, timeout=settings.pool_acquire_timeout
         )
@@ -150,6 +153,7 @@ async def _open(
                     status.current,
                     status.latest,
                 )
+            distributed = status.distributed
             schema: str | None = await conn.fetchval(VECTOR_SCHEMA)
             return schema
         finally:
@@ -195,4 +199,5 @@ async def _open(
         connect_kwargs=connect_kwargs,
         init=init,
         replica=replica,
+        distributed=distributed,
     )

@@ -98,6 +98,19 @@ SELECT k.ord
 _SELECT_EXISTING = _PROBE.format("NOT NULL")
 _SELECT_MISSING = _PROBE.format("NULL")
 
+# On a Citus cluster (documents distributed by source_name) the probe above is refused ("Limit
+# clause is currently unsupported when a lateral subquery references a column from a table
+# function"): there the batch's keys are joined with documents on the shards, and the keys
+# the join does not return are the missing ones. Shards are hash partitions, so each shard's
+# join reads only its own sources' rows through the unique index.
+_SELECT_EXISTING_DISTRIBUTED = """
+SELECT k.ord
+  FROM unnest($1::text[], $2::text[], $3::text[])
+       WITH ORDINALITY AS k(doc_type, source_name, doc_path, ord)
+  JOIN documents d
+    ON d.source_name = k.source_name AND d.doc_type = k.doc_type AND d.doc_path = k.doc_path
+"""
+
 # Transaction-level advisory locks, taken in ascending key order (the sub-select with OFFSET 0
 # fixes the order the function is called in), so two batches never wait for each other in a
 # cycle.
@@ -269,25 +282,47 @@ async def _copy_new(conn: asyncpg.Connection, docs: list[Document]) -> None:
         await conn.copy_records_to_table("documents", records=records, columns=columns)
 
 
-async def write_batch(conn: asyncpg.Connection, docs: list[Document]) -> UpsertResult:
-    """Upsert validated, de-duplicated documents on ``conn`` inside the caller's transaction."""
+async def _positions(
+    conn: asyncpg.Connection,
+    keyed: Sequence[tuple[tuple[str, str, str], Any]],
+    *,
+    present: bool,
+    distributed: bool,
+) -> list[int]:
+    """0-based positions in ``keyed`` of the keys that are (``present``) or are not in
+    ``documents``."""
+    columns = _key_columns(keyed)
+    if not distributed:
+        sql = _SELECT_EXISTING if present else _SELECT_MISSING
+        return [r[0] - 1 for r in await conn.fetch(sql, *columns)]
+    found = {r[0] - 1 for r in await conn.fetch(_SELECT_EXISTING_DISTRIBUTED, *columns)}
+    return sorted(found) if present else [i for i in range(len(keyed)) if i not in found]
+
+
+async def write_batch(
+    conn: asyncpg.Connection, docs: list[Document], *, distributed: bool = False
+) -> UpsertResult:
+    """Upsert validated, de-duplicated documents on ``conn`` inside the caller's transaction
+    (``distributed``: ``documents`` is a Citus distributed table)."""
     if not docs:
         return UpsertResult()
     keyed = sorted(((d.key, d) for d in docs), key=_first)  # one row-lock order for all callers
     await lock_sources(conn, {key[:2] for key, _ in keyed})
-    existing = {r[0] - 1 for r in await conn.fetch(_SELECT_EXISTING, *_key_columns(keyed))}
+    existing = set(await _positions(conn, keyed, present=True, distributed=distributed))
     new = [d for i, (_, d) in enumerate(keyed) if i not in existing]
     old = [(k, d) for i, (k, d) in enumerate(keyed) if i in existing]
     result = UpsertResult()
     if new:
         result += await _insert_new(conn, new)
     if old:
-        result += await _update_existing(conn, old)
+        result += await _update_existing(conn, old, distributed)
     return result
 
 
 async def _update_existing(
-    conn: asyncpg.Connection, old: list[tuple[tuple[str, str, str], Document]]
+    conn: asyncpg.Connection,
+    old: list[tuple[tuple[str, str, str], Document]],
+    distributed: bool,
 ) -> UpsertResult:
     """Rows the lookup found: compare each with what is stored, rewrite only those that
     differ, and insert again any a writer without the source lock deleted meanwhile."""
@@ -305,8 +340,8 @@ async def _update_existing(
         result.updated += len(updated)
         rest = [(k, d) for k, d in changed if k not in updated]
         if rest:  # changed by another writer meanwhile: to these values, or deleted
-            missing = await conn.fetch(_SELECT_MISSING, *_key_columns(rest))
-            vanished = [rest[r[0] - 1][1] for r in missing]
+            missing = await _positions(conn, rest, present=False, distributed=distributed)
+            vanished = [rest[i][1] for i in missing]
             result.unchanged += len(rest) - len(vanished)
             gone += vanished
     if gone:  # deleted since the lookup by a writer without the source lock
@@ -324,9 +359,21 @@ async def _insert_new(conn: asyncpg.Connection, new: list[Document]) -> UpsertRe
     try:
         async with conn.transaction():  # savepoint: a racing inserter can't abort the batch
             await _copy_new(conn, new)
-    except asyncpg.UniqueViolationError:
+    except asyncpg.PostgresError as exc:
+        if not _unique_violation(exc):
+            raise
         return _upsert_counts(await conn.fetch(_GUARDED_UPSERT, *_columns(new)), len(new))
     return UpsertResult(inserted=len(new))
+
+
+def _unique_violation(exc: asyncpg.PostgresError) -> bool:
+    """A unique violation, also as Citus reports one a worker raised during a COPY into a
+    distributed table: SQLSTATE XX000 with the worker's message."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return True
+    return exc.sqlstate == "XX000" and str(exc).startswith(
+        "duplicate key value violates unique constraint"
+    )
 
 
 def _upsert_counts(flags: list[Any], sent: int) -> UpsertResult:
@@ -490,10 +537,12 @@ class DocumentRepository:
             batches = _stream_batches(docs, self._dim, batch_size)
         if atomic:
             async with self.store.transaction() as conn:
-                return await _write_all(conn, batches)
+                return await _write_all(conn, batches, self.store.distributed)
         total = UpsertResult()
         async for batch, dupes in batches:
-            result = await self.store.run_in_transaction(functools.partial(write_batch, docs=batch))
+            result = await self.store.run_in_transaction(
+                functools.partial(write_batch, docs=batch, distributed=self.store.distributed)
+            )
             result.duplicates = dupes
             total += result
         return total
@@ -522,10 +571,12 @@ class DocumentRepository:
 Batches = AsyncIterator[tuple[list[Document], int]]
 
 
-async def _write_all(conn: asyncpg.Connection, batches: Batches) -> UpsertResult:
+async def _write_all(
+    conn: asyncpg.Connection, batches: Batches, distributed: bool = False
+) -> UpsertResult:
     total = UpsertResult()
     async for batch, dupes in batches:
-        result = await write_batch(conn, batch)
+        result = await write_batch(conn, batch, distributed=distributed)
         result.duplicates = dupes
         total += result
     return total

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from docstore.embedded import ensure_vector_extension
 from docstore.errors import SchemaError
+from docstore.schema import citus
 
 VERSION_TABLE = "docstore_schema_version"
 # An arbitrary, fixed 64-bit key: "docstore schema" in the advisory-lock namespace.
@@ -70,6 +71,8 @@ class SchemaStatus(BaseModel):
     pending: list[int]
     embedding_dim: int | None
     """Dimension of ``documents.embedding`` in the database (None without the table)."""
+    distributed: bool = False
+    """``documents`` is a Citus distributed table (:mod:`docstore.schema.citus`)."""
 
     @property
     def up_to_date(self) -> bool:
@@ -96,11 +99,18 @@ async def schema_status(conn: asyncpg.Connection) -> SchemaStatus:
         latest=LATEST_VERSION,
         pending=[m.version for m in MIGRATIONS if m.version not in applied],
         embedding_dim=dim,
+        distributed=await citus.is_distributed(conn),
     )
 
 
-async def apply_migrations(conn: asyncpg.Connection, *, embedding_dim: int) -> list[int]:
+async def apply_migrations(
+    conn: asyncpg.Connection, *, embedding_dim: int, distributed: bool = False
+) -> list[int]:
     """Bring the schema up to date; return the versions this call applied (``[]``: no-op).
+
+    ``distributed``: then make ``documents`` and ``document_sources`` co-located Citus
+    distributed tables by ``source_name`` (:func:`docstore.schema.citus.distribute`; the
+    database must be a Citus coordinator), converting them if they exist as plain tables.
 
     Raises :class:`SchemaError` when pgvector is unavailable, when the database's embedding
     dimension differs from ``embedding_dim``, or when the database was written by a newer
@@ -132,6 +142,8 @@ async def apply_migrations(conn: asyncpg.Connection, *, embedding_dim: int) -> l
                     migration.checksum,
                 )
             done.append(migration.version)
+        if distributed:
+            await citus.distribute(conn)
         return done
     finally:
         await conn.execute("select pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)

@@ -211,6 +211,7 @@ class Calibrator:
                     limit=CALIBRATION_K,
                     candidates=candidates,
                     ef_search=ef,
+                    distributed=store.distributed,
                 )
                 for v in vectors
             ]

@@ -249,7 +249,11 @@ class VectorSearch:
         records: list[Any] = []
         if not direct:  # else most searches lately needed the second pass: go straight to it
             sql, params = queries.ann_search_sql(
-                vector, candidates=plan.candidates, ef_search=plan.ef_search, **shape
+                vector,
+                candidates=plan.candidates,
+                ef_search=plan.ef_search,
+                distributed=self._db.distributed,
+                **shape,
             )
             records = await self._ann_records(
                 sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
@@ -268,7 +272,11 @@ class VectorSearch:
             planner.MAX_LIMIT,
         )
         sql, params = queries.ann_search_sql(
-            vector, candidates=wide, ef_search=plan.escalation_ef_search, **shape
+            vector,
+            candidates=wide,
+            ef_search=plan.escalation_ef_search,
+            distributed=self._db.distributed,
+            **shape,
         )
         second = await self._ann_records(
             sql, params, plan.escalation_ef_search, force_index=plan.force_index, filtered=filtered
@@ -287,9 +295,15 @@ class VectorSearch:
         filtered: bool = False,
     ) -> list[Any]:
         """Run one ANN statement the way searches do (alone when PostgreSQL takes the index by
-        itself, else under ``enable_seqscan = off``); calibration trials use it too."""
-        alone = not filtered and await self._planner_takes_the_index(sql, params)
-        work = _ann_fetch(sql, params, ef_search, force_index=force_index, alone=alone)
+        itself, else under ``enable_seqscan = off``; on a Citus cluster always in a
+        transaction whose settings reach the shards); calibration trials use it too."""
+        distributed = self._db.distributed
+        alone = (
+            not distributed and not filtered and await self._planner_takes_the_index(sql, params)
+        )
+        work = _ann_fetch(
+            sql, params, ef_search, force_index=force_index, alone=alone, distributed=distributed
+        )
         return cast("list[Any]", await self._db.run(work, stateless=True, read=True))
 
     async def _planner_takes_the_index(self, sql: str, params: list[Any]) -> bool:
@@ -321,7 +335,13 @@ def _fetch(sql: str, params: list[Any]) -> Any:
 
 
 def _ann_fetch(
-    sql: str, params: list[Any], ef_search: int, *, force_index: bool, alone: bool
+    sql: str,
+    params: list[Any],
+    ef_search: int,
+    *,
+    force_index: bool,
+    alone: bool,
+    distributed: bool = False,
 ) -> Any:
     """An ANN statement (:func:`~docstore.search.queries.ann_search_sql`): ``alone`` — one
     round trip, the statement sets its own ``hnsw.*`` settings (the caller found PostgreSQL
@@ -330,7 +350,7 @@ def _ann_fetch(
     ``force_index``, ``enable_sort`` off for its planning)."""
     if alone:
         return _fetch(sql, params)
-    settings = queries.ann_settings_sql(ef_search, force_index=force_index)
+    settings = queries.ann_settings_sql(ef_search, force_index=force_index, distributed=distributed)
 
     async def work(conn: asyncpg.Connection) -> list[Any]:
         async with conn.transaction():

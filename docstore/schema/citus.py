@@ -1,0 +1,179 @@
+"""docstore's tables on a Citus cluster: ``documents`` and ``document_sources`` distributed by
+``source_name``, co-located (``docstore init --distributed``, ``store.distribute()``).
+
+What the conversion does, in one transaction on the coordinator (measured on Citus 13.0 with
+PostgreSQL 15, ``tests/citus``):
+
+* **keys**: Citus requires every primary key and unique constraint to contain the
+  distribution column. The natural keys ``(doc_type, source_name, doc_path)`` and
+  ``(doc_type, source_name)`` already do; the primary keys become ``(id, source_name)``, so
+  ``id`` stays unique in practice (one sequence feeds every shard) but is no longer enforced
+  alone.
+* **foreign keys** from local tables into the two tables (``source_population_jobs.source_id``)
+  are dropped: Citus has no foreign key from a local table into a distributed one. Deleting a
+  source no longer deletes its population jobs.
+* **updated_at**: the ``BEFORE UPDATE`` triggers stay. Citus refuses to distribute a table with
+  triggers unless ``citus.enable_unsafe_triggers`` is on (set for the conversion only); then
+  each shard gets the trigger and it fires on the worker that holds the row. "Unsafe" is about
+  triggers that read or write other tables (they would see one shard); docstore's only sets
+  ``NEW.updated_at``.
+* **embedding_half** (a generated column, ``STORAGE PLAIN``) and ``toast_tuple_target`` are
+  part of each shard's definition; HNSW and GIN indexes made on the coordinator
+  (``create_vector_index``, ``create_text_index``) are built on every shard.
+* **ANN settings**: ``citus.propagate_set_commands = 'local'`` becomes the database's default,
+  so ``SET LOCAL hnsw.ef_search`` (and the others docstore sets) reach the shards a
+  transaction touches. docstore's distributed ANN statements set it themselves as well.
+
+The rest of docstore's tables (schema version, calibration, checkpoints, population jobs)
+stay local tables on the coordinator: docstore connects to the coordinator only.
+
+Ids: ``id`` is an ``integer`` sequence, so rows get their ids on the coordinator; Citus
+refuses ``nextval`` of an integer sequence on a worker (citusdata/citus#7008), so writes that
+allocate ids go through the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from docstore.errors import SchemaError
+
+DISTRIBUTION_COLUMN = "source_name"
+TABLES = ("document_sources", "documents")
+"""Distributed in this order; ``documents`` is co-located with ``document_sources``."""
+
+PROPAGATE_SET_LOCAL = "SET LOCAL citus.propagate_set_commands = 'local'"
+"""Run first in a transaction whose ``SET LOCAL`` settings must reach the shards."""
+
+_HAS_CITUS_CATALOG = "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"
+_DISTRIBUTED = """
+SELECT logicalrelid::regclass::text FROM pg_catalog.pg_dist_partition
+ WHERE logicalrelid IN (to_regclass('documents'), to_regclass('document_sources'))
+   AND partmethod = 'h'
+"""
+_PRIMARY_KEY = """
+SELECT c.conname, array_agg(a.attname::text ORDER BY a.attname) AS columns
+  FROM pg_constraint c
+  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+ WHERE c.conrelid = to_regclass($1) AND c.contype = 'p'
+ GROUP BY c.conname
+"""
+_UNIQUE_WITHOUT_KEY = """
+SELECT c.conname FROM pg_constraint c
+ WHERE c.conrelid = to_regclass($1) AND c.contype IN ('p', 'u')
+   AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                      AND a.attname = $2)
+"""
+_FOREIGN_KEYS_IN = """
+SELECT c.conrelid::regclass::text AS tbl, c.conname FROM pg_constraint c
+ WHERE c.contype = 'f'
+   AND c.confrelid IN (to_regclass('documents'), to_regclass('document_sources'))
+   AND c.conrelid NOT IN (to_regclass('documents'), to_regclass('document_sources'))
+"""
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def distributed_tables(conn: asyncpg.Connection) -> set[str]:
+    """Which of ``documents`` / ``document_sources`` are hash-distributed Citus tables."""
+    if not await conn.fetchval(_HAS_CITUS_CATALOG):
+        return set()
+    return {row[0] for row in await conn.fetch(_DISTRIBUTED)}
+
+
+async def is_distributed(conn: asyncpg.Connection) -> bool:
+    """Whether ``documents`` is a distributed table (docstore then uses its Citus SQL)."""
+    return "documents" in await distributed_tables(conn)
+
+
+async def _check_coordinator(conn: asyncpg.Connection) -> None:
+    version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+    if version is None:
+        raise SchemaError(
+            "this database has no Citus: a distributed docstore needs a Citus coordinator "
+            "(shared_preload_libraries = 'citus', CREATE EXTENSION citus, and the workers "
+            "added with citus_add_node; scripts/citus-cluster up DIR makes one for development)"
+        )
+    if not await conn.fetchval("SELECT citus_is_coordinator()"):
+        raise SchemaError(
+            "this node is not the Citus coordinator: run `docstore init --distributed` against "
+            "the coordinator (citus_set_coordinator_host registers it)"
+        )
+
+
+async def distribute(conn: asyncpg.Connection) -> list[str]:
+    """Convert ``documents`` and ``document_sources`` into co-located distributed tables by
+    ``source_name`` (rows already there move to the shards); returns what it did, ``[]`` when
+    both already are. Idempotent; one transaction: a failure leaves the tables as they were.
+
+    The caller holds the schema lock and has applied docstore's migrations. Raises
+    :class:`SchemaError` when the database is not a Citus coordinator, or when a table has a
+    unique constraint without ``source_name`` that is not docstore's.
+    """
+    await _check_coordinator(conn)
+    done = await distributed_tables(conn)
+    if done >= set(TABLES):
+        await _set_database_defaults(conn)
+        return []
+    steps: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
+        for row in await conn.fetch(_FOREIGN_KEYS_IN):
+            await conn.execute(
+                f"ALTER TABLE {_ident(row['tbl'])} DROP CONSTRAINT {_ident(row['conname'])}"
+            )
+            steps.append(f"dropped foreign key {row['tbl']}.{row['conname']}")
+        for table in TABLES:
+            if table in done:
+                continue
+            pk = await conn.fetchrow(_PRIMARY_KEY, table)
+            if pk is not None and DISTRIBUTION_COLUMN not in pk["columns"]:
+                await conn.execute(
+                    f"ALTER TABLE {table} DROP CONSTRAINT {_ident(pk['conname'])},"
+                    f" ADD CONSTRAINT {_ident(pk['conname'])}"
+                    f" PRIMARY KEY (id, {DISTRIBUTION_COLUMN})"
+                )
+                steps.append(f"{table}: primary key (id, {DISTRIBUTION_COLUMN})")
+            blocking = [
+                r[0] for r in await conn.fetch(_UNIQUE_WITHOUT_KEY, table, DISTRIBUTION_COLUMN)
+            ]
+            if blocking:
+                raise SchemaError(
+                    f"{table} has unique constraints without {DISTRIBUTION_COLUMN} "
+                    f"({', '.join(blocking)}): Citus cannot distribute it; drop them first"
+                )
+            if table == "documents":
+                await conn.execute(
+                    "SELECT create_distributed_table('documents', $1,"
+                    " colocate_with => 'document_sources')",
+                    DISTRIBUTION_COLUMN,
+                )
+            else:
+                await conn.execute(
+                    "SELECT create_distributed_table($1, $2)", table, DISTRIBUTION_COLUMN
+                )
+            # create_distributed_table copies the rows to the shards and leaves the
+            # coordinator's copy behind, unreachable: free its space
+            await conn.execute(
+                "SELECT truncate_local_data_after_distributing_table($1::regclass)", table
+            )
+            steps.append(f"{table}: distributed by {DISTRIBUTION_COLUMN}")
+    await _set_database_defaults(conn)
+    return steps
+
+
+async def _set_database_defaults(conn: asyncpg.Connection) -> None:
+    """``citus.propagate_set_commands = 'local'`` for new sessions of this database, so raw
+    SQL's ``SET LOCAL hnsw.ef_search`` reaches the shards too (docstore's own statements
+    set it themselves)."""
+    current = await conn.fetchval(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+        " WHERE d.datname = current_database() AND s.setrole = 0"
+    )
+    if current and "citus.propagate_set_commands=local" in current:
+        return
+    name = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f"ALTER DATABASE {_ident(name)} SET citus.propagate_set_commands = 'local'")

@@ -1,0 +1,342 @@
+"""docstore on a Citus cluster (coordinator + 2 workers): distributed schema, writes, searches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import docstore
+from docstore.cli import app
+from docstore.repositories.documents import _insert_new
+from docstore.search import queries
+from tests.citus.conftest import SCRIPT
+from tests.conftest import unit_vector
+
+pytestmark = pytest.mark.citus
+
+SOURCES = ("tokio", "serde", "axum", "rayon", "clap", "hyper")
+
+
+def corpus(per_source: int = 40) -> list[docstore.Document]:
+    """Documents of several sources, each with a distinct random unit vector."""
+    docs = []
+    for s, source in enumerate(SOURCES):
+        for i in range(per_source):
+            seed = 1000 * s + i
+            docs.append(
+                docstore.Document(
+                    source_name=source,
+                    doc_path=f"{source}/{i}",
+                    content=f"how to spawn task {i} with {source}",
+                    embedding=unit_vector(seed),
+                    token_count=i,
+                    metadata={"n": i, "even": i % 2 == 0},
+                )
+            )
+    return docs
+
+
+def exact_top(docs: list[docstore.Document], query: np.ndarray, k: int = 10) -> list[str]:
+    """The doc_paths of the exact cosine top ``k`` (numpy, float64)."""
+    matrix = np.stack([np.asarray(d.embedding, dtype=np.float64) for d in docs])
+    q = query.astype(np.float64)
+    distances = 1 - matrix @ q / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
+    return [docs[i].doc_path for i in np.argsort(distances, kind="stable")[:k]]
+
+
+async def shard_placements(store: docstore.Store, table: str) -> dict[int, int]:
+    """Shards of ``table`` per worker port."""
+    rows = await store.fetch(
+        "SELECT nodeport, count(*) AS n FROM citus_shards WHERE table_name = $1::regclass"
+        " GROUP BY nodeport",
+        table,
+    )
+    return {r["nodeport"]: r["n"] for r in rows}
+
+
+async def on_every_shard(store: docstore.Store, table: str, sql: str) -> list[str]:
+    """``sql`` (``%s`` = the shard's name) run on every shard of ``table``; its results."""
+    rows = await store.fetch(
+        "SELECT success, result FROM run_command_on_shards($1, $2)", table, sql
+    )
+    assert all(r["success"] for r in rows), rows
+    return [r["result"] for r in rows]
+
+
+# -- the cluster script ----------------------------------------------------------------------
+
+
+def test_cluster_up_again_is_idempotent(citus_cluster: tuple[str, Path | None]) -> None:
+    url, directory = citus_cluster
+    if directory is None:
+        pytest.fail("DOCSTORE_TEST_CITUS_URL is set: this test checks scripts/citus-cluster")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    started = time.perf_counter()
+    again = subprocess.run(
+        [str(SCRIPT), "up", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CITUS_BASE_PORT": port},
+    )
+    took = time.perf_counter() - started
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == url
+    assert took < 10, f"up on a running cluster took {took:.1f} s"
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+def test_init_distributed_cli(citus_url: str) -> None:
+    result = CliRunner().invoke(app, ["init", "--distributed", "--url", citus_url])
+    assert result.exit_code == 0, result.output
+    assert "distributed by source_name" in result.output
+    asyncio.run(_check_distributed_schema(citus_url))
+    again = CliRunner().invoke(app, ["init", "--distributed", "--url", citus_url])
+    assert again.exit_code == 0, again.output
+    assert "nothing to do" in again.output
+
+
+async def _check_distributed_schema(citus_url: str) -> None:
+    async with docstore.connect(citus_url) as store:
+        assert store.distributed
+        assert (await store.schema_status()).distributed
+        rows = await store.fetch(
+            "SELECT logicalrelid::text AS t, partmethod::text, colocationid,"
+            " column_to_column_name(logicalrelid, partkey) AS col FROM pg_dist_partition"
+            " WHERE logicalrelid IN ('documents'::regclass, 'document_sources'::regclass)"
+        )
+        assert {r["t"]: (r["partmethod"], r["col"]) for r in rows} == {
+            "documents": ("h", "source_name"),
+            "document_sources": ("h", "source_name"),
+        }
+        assert len({r["colocationid"] for r in rows}) == 1  # co-located
+        docs_shards = await shard_placements(store, "documents")
+        assert len(docs_shards) == 2, docs_shards  # shards on both workers
+        pkey = await store.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'documents'::regclass AND contype = 'p'"
+        )
+        assert pkey == "PRIMARY KEY (id, source_name)"
+        # on every shard: the updated_at trigger, embedding_half stored PLAIN, the page-sized
+        # TOAST target
+        triggers = await on_every_shard(
+            store,
+            "documents",
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '%s'::regclass AND NOT tgisinternal",
+        )
+        assert set(triggers) == {"1"}
+        storage = await on_every_shard(
+            store,
+            "documents",
+            "SELECT attstorage::text || attgenerated::text FROM pg_attribute"
+            " WHERE attrelid = '%s'::regclass AND attname = 'embedding_half'",
+        )
+        assert set(storage) == {"ps"}
+        options = await on_every_shard(
+            store, "documents", "SELECT reloptions::text FROM pg_class WHERE oid = '%s'::regclass"
+        )
+        assert set(options) == {"{toast_tuple_target=8160}"}
+
+
+async def test_existing_tables_are_converted_with_their_rows(citus_url: str) -> None:
+    docs = corpus(10)
+    async with docstore.connect(citus_url) as store:
+        assert not store.distributed  # plain tables on the coordinator
+        await store.documents.upsert_many(docs)
+        await store.sources.upsert(docstore.Source(source_name="tokio"))
+        before = {(s.source_name, s.documents) for s in await store.documents.stats()}
+        await store.migrate(distributed=True)
+        assert store.distributed
+        after = {(s.source_name, s.documents) for s in await store.documents.stats()}
+        assert after == before
+        # the coordinator's own table is an empty shell now
+        assert await store.fetchval("SELECT pg_relation_size('documents')") == 0
+        counts = await on_every_shard(store, "documents", "SELECT count(*) FROM %s")
+        assert sum(map(int, counts)) == len(docs)
+        assert await store.migrate(distributed=True) == []  # idempotent
+    async with docstore.connect(citus_url) as reopened:
+        assert reopened.distributed  # detected when a store opens
+
+
+async def test_distributed_needs_a_citus_coordinator(database_url: str) -> None:
+    async with docstore.connect(database_url) as store:
+        with pytest.raises(docstore.SchemaError, match="no Citus"):
+            await store.migrate(distributed=True)
+        assert not store.distributed
+        assert not (await store.schema_status()).distributed
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+async def test_upsert_many_counts_and_timestamps(dstore: docstore.Store) -> None:
+    docs = corpus(20)
+    first = await dstore.documents.upsert_many(docs)
+    assert (first.inserted, first.updated, first.unchanged) == (len(docs), 0, 0)
+    again = await dstore.documents.upsert_many(docs)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, len(docs))
+    before = await dstore.documents.get_by_key("rust", "tokio", "tokio/3")
+    assert before is not None and before.id is not None
+    edited = docs[3].model_copy(update={"content": "changed"})
+    result = await dstore.documents.upsert_many([edited, docs[4]])
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
+    after = await dstore.documents.get_by_key("rust", "tokio", "tokio/3")
+    assert after is not None
+    assert after.content == "changed"
+    assert after.id == before.id
+    assert after.created_at == before.created_at
+    # the BEFORE UPDATE trigger fired on the worker holding the row
+    assert after.updated_at is not None and before.updated_at is not None
+    assert after.updated_at > before.updated_at
+    unchanged = await dstore.documents.get_by_key("rust", "tokio", "tokio/4")
+    assert unchanged is not None and unchanged.updated_at == unchanged.created_at
+    assert await dstore.documents.get(before.id) == after  # by id: fans out
+    assert await dstore.documents.count() == len(docs)
+    assert await dstore.documents.count(source_name="serde") == 20
+    assert await dstore.documents.delete_source("rust", "serde") == 20
+    assert await dstore.documents.count() == len(docs) - 20
+    assert await dstore.documents.delete(before.id)
+
+
+async def test_racing_insert_falls_back_to_on_conflict(dstore: docstore.Store) -> None:
+    """The COPY of 'new' rows meets rows a writer without the source lock inserted first:
+    INSERT … ON CONFLICT on the distributed table takes over (routed per row)."""
+    docs = corpus(3)[:3]
+    await dstore.documents.upsert_many(docs)
+    edited = [docs[0].model_copy(update={"content": "edited"}), docs[1], docs[2]]
+    async with dstore.transaction() as conn:
+        result = await _insert_new(conn, edited)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 2)
+    stored = await dstore.documents.get_by_key(*docs[0].key)
+    assert stored is not None and stored.content == "edited"
+
+
+async def test_ids_come_from_the_coordinator(dstore: docstore.Store) -> None:
+    await dstore.documents.upsert_many(corpus(5))
+    ids = [r["id"] for r in await dstore.fetch("SELECT id FROM documents ORDER BY id")]
+    assert len(set(ids)) == len(ids) == 30
+    assert max(ids) < 2**31
+
+
+# -- searches --------------------------------------------------------------------------------
+
+
+async def test_one_source_search_is_routed_to_one_shard(dstore: docstore.Store) -> None:
+    docs = corpus(40)
+    await dstore.documents.upsert_many(docs)
+    query = unit_vector(5)
+    sql, params = queries.vector_search_sql(
+        query, dim=3072, limit=5, filter={"doc_type": "rust", "source_name": "tokio"}
+    )
+    plan = "\n".join(r[0] for r in await dstore.fetch("EXPLAIN " + sql, *params))
+    assert "Task Count: 1" in plan, plan
+    assert "Router" in plan or "Task Count: 1" in plan
+    tokio = [d for d in docs if d.source_name == "tokio"]
+    for exact in (True, None):
+        results = await dstore.search(query, source_name="tokio", limit=5, exact=exact)
+        assert [h.doc_path for h in results] == exact_top(tokio, query, 5)
+
+
+async def test_unscoped_exact_top10_equals_single_node(
+    dstore: docstore.Store, database_url: str
+) -> None:
+    docs = corpus(40)
+    await dstore.documents.upsert_many(docs)
+    async with docstore.connect(database_url) as single:
+        await single.documents.upsert_many(docs)
+        for seed in (5, 77, 1234, 4242):
+            query = unit_vector(seed + 100_000)
+            on_cluster = await dstore.search(query, limit=10, exact=True)
+            on_one = await single.search(query, limit=10, exact=True)
+            assert [h.doc_path for h in on_cluster] == [h.doc_path for h in on_one]
+            assert [h.doc_path for h in on_cluster] == exact_top(docs, query)
+            assert np.allclose(
+                [h.similarity for h in on_cluster], [h.similarity for h in on_one], atol=1e-6
+            )
+
+
+async def test_ann_fans_out_and_merges(dstore: docstore.Store) -> None:
+    docs = corpus(40)
+    await dstore.documents.upsert_many(docs)
+    index = await dstore.create_vector_index(calibrate=False)
+    assert index.usable
+    hnsw = await on_every_shard(
+        dstore,
+        "documents",
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = '%s'::regclass"
+        " AND a.amname = 'hnsw' AND i.indisvalid",
+    )
+    assert set(hnsw) == {"1"}  # the HNSW index exists on every shard
+    hits = 0
+    for seed in (5, 77, 1234):
+        query = unit_vector(seed + 200_000)
+        results = await dstore.search(query, limit=10, exact=False)
+        assert results.mode == "ann"
+        truth = exact_top(docs, query)
+        hits += len(set(truth) & {h.doc_path for h in results})
+        scoped = await dstore.search(query, source_name="axum", limit=5, exact=False)
+        assert scoped.mode == "ann"
+        axum = [d for d in docs if d.source_name == "axum"]
+        assert [h.doc_path for h in scoped] == exact_top(axum, query, 5)
+    assert hits / 30 >= 0.9
+
+
+async def test_ann_set_local_reaches_the_shards(dstore: docstore.Store) -> None:
+    await dstore.documents.upsert_many(corpus(2))
+    probe = "SELECT DISTINCT current_setting('hnsw.ef_search') FROM documents"
+    async with dstore.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(queries.ann_settings_sql(123, distributed=True))
+            seen = {r[0] for r in await conn.fetch(probe)}
+        assert seen == {"123"}
+        async with conn.transaction():  # what docstore's setting changes: without it, the
+            await conn.execute("SET LOCAL citus.propagate_set_commands = 'none'")
+            await conn.execute("SET LOCAL hnsw.ef_search = 123")
+            assert {r[0] for r in await conn.fetch(probe)} == {"40"}  # shards: the default
+
+
+async def test_filters(dstore: docstore.Store) -> None:
+    docs = corpus(30)
+    await dstore.documents.upsert_many(docs)
+    query = unit_vector(9_999)
+    flt: dict[str, Any] = {"metadata.n": {"$lt": 10}, "metadata.even": True}
+    wanted = [d for d in docs if (d.metadata or {})["n"] < 10 and (d.metadata or {})["even"]]
+    exact = await dstore.search(query, filter=flt, limit=10, exact=True)
+    assert [h.doc_path for h in exact] == exact_top(wanted, query)
+    await dstore.create_vector_index(calibrate=False)
+    ann = await dstore.search(query, filter=flt, limit=10, exact=False)
+    assert {h.doc_path for h in ann} <= {d.doc_path for d in wanted}
+    assert len(set(exact_top(wanted, query)) & {h.doc_path for h in ann}) >= 9
+    in_list = await dstore.search(
+        query, filter={"source_name": {"$in": ["tokio", "clap"]}}, limit=10, exact=True
+    )
+    pair = [d for d in docs if d.source_name in ("tokio", "clap")]
+    assert [h.doc_path for h in in_list] == exact_top(pair, query)
+
+
+async def test_text_and_hybrid_search(dstore: docstore.Store) -> None:
+    docs = corpus(20)
+    await dstore.documents.upsert_many(docs)
+    await dstore.create_text_index()
+    await dstore.create_vector_index(calibrate=False)
+    text = await dstore.search_text("spawn task 7", source_name="tokio", limit=5)
+    assert len(text) > 0 and all(h.source_name == "tokio" for h in text)
+    assert "tokio/7" in [h.doc_path for h in text]
+    everywhere = await dstore.search_text("spawn task 7", limit=10)
+    assert {h.source_name for h in everywhere} > {"tokio"}
+    query = unit_vector(7)  # tokio/7's own vector
+    for scope in ({"source_name": "tokio"}, {}):
+        hybrid = await dstore.hybrid_search("spawn task 7", query, limit=5, **scope)
+        assert hybrid.mode == "hybrid"
+        assert hybrid[0].doc_path == "tokio/7"
