@@ -120,10 +120,13 @@ async def test_interrupted_run_resumes_with_exact_rows(legacy_url: str, database
         ) as m:
             await m.run()
     async with docstore.connect(database_url) as store:
-        assert await store.documents.count() == 50
+        committed = await store.documents.count()
+    # whole chunks only; with two copy streams the other stream's chunk may have committed too
+    assert committed in (50, 75)
     async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
         report = await m.run()
-    assert report.ok and report.skipped_chunks == 2 and report.copied_documents == DOCS - 50
+    assert report.ok and report.skipped_chunks == committed // 25
+    assert report.copied_documents == DOCS - committed
 
 
 async def test_legacy_writes_during_the_copy_are_caught_by_the_delta_pass(
