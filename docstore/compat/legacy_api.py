@@ -96,13 +96,15 @@ class LegacyDatabase:
         config: dict[str, Any] = {"orphan": False}
         if version is not None:
             config["version"] = version
+        # last_populated from EXCLUDED (the same now()): on a Citus cluster a function in DO
+        # UPDATE SET must be IMMUTABLE
         return int(
             await self.store.fetchval(
                 """INSERT INTO document_sources (doc_type, source_name, config, last_populated)
                    VALUES ($1, $2, $3::jsonb, now())
                    ON CONFLICT (doc_type, source_name) DO UPDATE
                       SET config = document_sources.config || EXCLUDED.config,
-                          last_populated = now()
+                          last_populated = EXCLUDED.last_populated
                    RETURNING id""",
                 self.doc_type,
                 name,
@@ -218,6 +220,24 @@ class LegacyDatabase:
         ]
 
     async def _recompute_totals(self, crate_name: str) -> None:
+        if self.store.distributed:
+            # Citus refuses STABLE functions (jsonb_build_object) over columns in an UPDATE:
+            # the totals are read first and written as a value, in one transaction
+            async with self.store.transaction() as conn:
+                totals = await conn.fetchrow(
+                    "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
+                    " FROM documents WHERE doc_type = $1 AND source_name = $2",
+                    self.doc_type,
+                    crate_name,
+                )
+                await conn.execute(
+                    "UPDATE document_sources SET config = config || $3::jsonb"
+                    " WHERE doc_type = $1 AND source_name = $2",
+                    self.doc_type,
+                    crate_name,
+                    dict(totals),
+                )
+            return
         await self.store.execute(
             """UPDATE document_sources s
                   SET config = s.config || jsonb_build_object(
