@@ -491,7 +491,9 @@ def test_cli_migrate_validate_rollback(
     assert dry.exit_code == 0, dry.output
     assert "migration preflight" in dry.output and "nothing was written" in dry.output
     report = Path(str(tmp_path)) / "report.json"
-    done = runner.invoke(app, ["migrate", "--report", str(report), "--chunk-rows", "30"])
+    done = runner.invoke(
+        app, ["migrate", "--report", str(report), "--chunk-rows", "30", "--copy-streams", "3"]
+    )
     assert done.exit_code == 0, done.output
     assert f"copied {DOCS} documents" in done.output and "validation: OK" in done.output
     assert "next steps" in done.output and json.loads(report.read_text())["run_id"]

@@ -63,6 +63,9 @@ async def migrate(
     report: Annotated[Path | None, typer.Option(help="Save the report as JSON.")] = None,
     build_index: Annotated[bool, typer.Option(help="Build the HNSW index after.")] = False,
     chunk_rows: Annotated[int, typer.Option(help="Documents per committed chunk.")] = 2000,
+    copy_streams: Annotated[
+        int, typer.Option(min=1, max=16, help="Chunks copied at once (one snapshot).")
+    ] = 2,
 ) -> None:
     """Copy the legacy rust_docs_vectors database into docstore (resumable; validated)."""
     bars = MigrationBars()
@@ -72,6 +75,7 @@ async def migrate(
             store,
             doc_type=doc_type,
             chunk_rows=chunk_rows,
+            copy_streams=copy_streams,
             restart=restart,
             build_index=build_index,
             report_path=report,
