@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,16 @@ import docstore
 from docstore.cli import app
 from docstore.codecs import register_codecs
 from docstore.compat import LegacyDatabase
+from docstore.migrate import Migrator
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from docstore.repositories.documents import _insert_new
 from docstore.search import queries
 from tests.citus.conftest import SCRIPT
-from tests.conftest import unit_vector
+from tests.conftest import PgCluster, unit_vector
+from tests.legacy_db import build_legacy
 from tests.test_compat import LegacySQL, same, without_time
 from tests.test_compat import docs as legacy_docs
+from tests.test_migrate import legacy_snapshot
 
 pytestmark = pytest.mark.citus
 
@@ -419,3 +423,68 @@ async def test_legacy_operations_and_views_behave_as_on_the_legacy_server(
         assert await dstore.documents.count() == 12
     finally:
         await conn.close()
+
+
+# -- the Migrator: single-node legacy database -> cluster --------------------------------------
+
+LEGACY_DOCS = 4133
+
+
+async def test_migrate_a_legacy_database_into_the_cluster_and_back(
+    dstore: docstore.Store, citus_url: str, pg: PgCluster
+) -> None:
+    """Acceptance 2 of issue 16: after the migration the shards of documents on both workers
+    hold rows, per-source counts equal the legacy database's, a one-source search is a
+    single-shard router plan, an unscoped exact search returns the legacy top 10; then the
+    rollback into an empty single-node database gives the legacy database back."""
+    names = [f"citus_legacy_{uuid.uuid4().hex[:12]}", f"citus_back_{uuid.uuid4().hex[:12]}"]
+    for name in names:
+        await pg.execute(f'CREATE DATABASE "{name}"')
+    legacy_url, back_url = (pg.url(name) for name in names)
+    try:
+        await build_legacy(legacy_url, crates=8, docs=LEGACY_DOCS)
+        async with Migrator(legacy_url, citus_url, chunk_rows=1000) as migrator:
+            report = await migrator.run()
+        assert report.ok, report.validation
+        assert report.copied_documents == LEGACY_DOCS
+        rows_per_worker = await dstore.fetch(
+            "SELECT s.nodeport, sum(r.result::bigint) AS n FROM citus_shards s"
+            " JOIN run_command_on_shards('documents', 'SELECT count(*) FROM %s') r"
+            " ON r.shardid = s.shardid WHERE s.table_name = 'documents'::regclass"
+            " GROUP BY s.nodeport"
+        )
+        assert len(rows_per_worker) == 2 and all(r["n"] > 0 for r in rows_per_worker)
+        assert sum(r["n"] for r in rows_per_worker) == LEGACY_DOCS
+        legacy = await asyncpg.connect(legacy_url)
+        try:
+            await register_codecs(legacy, "public")
+            per_source = dict(
+                await legacy.fetch("SELECT crate_name, count(*) FROM doc_embeddings GROUP BY 1")
+            )
+            stats = {s.source_name: s.documents for s in await dstore.documents.stats()}
+            assert stats == per_source
+            query = unit_vector(31337)
+            legacy_top = [
+                r[0]
+                for r in await legacy.fetch(
+                    "SELECT doc_path FROM doc_embeddings WHERE embedding IS NOT NULL"
+                    " ORDER BY embedding <=> $1 LIMIT 10",
+                    query,
+                )
+            ]
+        finally:
+            await legacy.close()
+        cluster_top = await dstore.search(query, limit=10, exact=True)
+        assert [h.doc_path for h in cluster_top] == legacy_top
+        sql, params = queries.vector_search_sql(
+            query, dim=3072, limit=5, filter={"doc_type": "rust", "source_name": "crate3"}
+        )
+        plan = "\n".join(r[0] for r in await dstore.fetch("EXPLAIN " + sql, *params))
+        assert "Task Count: 1" in plan, plan
+        async with Migrator(back_url, citus_url) as back:
+            result = await back.rollback()
+        assert result.documents == LEGACY_DOCS
+        assert await legacy_snapshot(back_url) == await legacy_snapshot(legacy_url)
+    finally:
+        for name in names:
+            await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
