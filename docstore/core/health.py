@@ -21,7 +21,7 @@ from docstore.core.runner import Runner
 from docstore.errors import DocstoreError
 from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, SearchRecall, timed
 from docstore.readonly import Guarantee, write_capabilities
-from docstore.schema import runner
+from docstore.schema import citus, runner
 
 
 class ReplicaHealth(BaseModel):
@@ -37,6 +37,21 @@ class ReplicaHealth(BaseModel):
     """Seconds since the last replayed transaction (grows while the primary is idle too)."""
     error: str | None = None
     """Why it could not be reached (no password in it)."""
+
+
+class ClusterNode(BaseModel):
+    """One primary node of a Citus cluster, as the coordinator sees it."""
+
+    name: str
+    port: int
+    coordinator: bool
+    active: bool
+    reachable: bool
+    """The coordinator could connect to it just now (``citus_check_connection_to_node``)."""
+    shards: int | None = None
+    """Shards of ``documents`` placed on it (None when a node did not answer)."""
+    documents_bytes: int | None = None
+    """Their size on disk, indexes and TOAST included."""
 
 
 class Health(BaseModel):
@@ -70,6 +85,11 @@ class Health(BaseModel):
     """The read replica (``DATABASE_READ_URL`` or a multi-host URL), when there is one."""
     search_recall: SearchRecall | None = None
     """Live recall of ANN searches against the recall target (a Store fills it)."""
+    distributed: bool = False
+    """``documents`` is a Citus distributed table (``docstore init --distributed``)."""
+    cluster: list[ClusterNode] = []
+    """On a Citus coordinator: every primary node, with the shards of ``documents`` it holds;
+    an unreachable node makes the health ``degraded``."""
     degraded: bool = False
     """Reachable, but something is below par: ``warnings`` says what."""
     warnings: list[str] = []
@@ -133,6 +153,8 @@ class Reporter:
             indexes = await conn.fetch(_SEARCH_INDEXES)
             status = await runner.schema_status(conn)
             guarantee = await self._guarantee(conn, row)
+            nodes = await citus.cluster_nodes(conn) if status.distributed else []
+            down = [f"{n['name']}:{n['port']}" for n in nodes if not n["reachable"]]
             return Health(
                 ok=True,
                 url=self._pools.primary.redacted,
@@ -149,6 +171,10 @@ class Reporter:
                 replica_lag_seconds=row["replica_lag"],
                 vector_indexes={r["name"]: r["valid"] for r in indexes if r["am"] == "hnsw"},
                 text_index_valid=next((r["valid"] for r in indexes if r["am"] != "hnsw"), None),
+                distributed=status.distributed,
+                cluster=[ClusterNode.model_validate(n) for n in nodes],
+                degraded=bool(down),
+                warnings=[f"Citus node {n} is unreachable from the coordinator" for n in down],
             )
 
         health = await self._runner.run(probe)
@@ -185,8 +211,15 @@ class Reporter:
     @timed("disk_usage")
     async def disk_usage(self) -> DiskUsage:
         """Database and ``documents`` sizes now, and the database's growth since the previous
-        call (the plan's "disk usage growth")."""
-        row: Any = await self._runner.run(lambda conn: conn.fetchrow(_DISK))
+        call (the plan's "disk usage growth"). On a Citus cluster: summed over every node and
+        every shard."""
+
+        async def measure(conn: asyncpg.Connection) -> Any:
+            if await citus.is_distributed(conn):  # every node's, every shard's
+                return await citus.disk_usage(conn)
+            return await conn.fetchrow(_DISK)
+
+        row: Any = await self._runner.run(measure)
         now = datetime.now(UTC)
         previous = self._metrics.previous_disk
         usage = DiskUsage(

@@ -34,6 +34,9 @@ allocate ids go through the coordinator.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import asyncpg
 
 from docstore.errors import SchemaError
@@ -177,3 +180,66 @@ async def _set_database_defaults(conn: asyncpg.Connection) -> None:
         return
     name = await conn.fetchval("SELECT current_database()")
     await conn.execute(f"ALTER DATABASE {_ident(name)} SET citus.propagate_set_commands = 'local'")
+
+
+_NODES = """
+SELECT n.nodename AS name, n.nodeport AS port, n.groupid = 0 AS coordinator,
+       n.isactive AS active,
+       citus_check_connection_to_node(n.nodename, n.nodeport) AS reachable
+  FROM pg_dist_node n WHERE n.noderole = 'primary' ORDER BY n.groupid, n.nodeid
+"""
+_SHARDS_PER_NODE = """
+SELECT nodename AS name, nodeport AS port, count(*) AS shards,
+       sum(shard_size)::bigint AS documents_bytes
+  FROM citus_shards WHERE table_name = 'documents'::regclass GROUP BY 1, 2
+"""
+NODE_CHECK_TIMEOUT_MS = 2000
+"""How long ``health()`` waits for a node's connection check."""
+
+
+async def cluster_nodes(conn: asyncpg.Connection) -> list[dict[str, object]]:
+    """The cluster's primary nodes as the coordinator sees them: name, port, coordinator,
+    active, reachable (a connection check, at most :data:`NODE_CHECK_TIMEOUT_MS` a node),
+    and the shards of ``documents`` each holds with their size (None when a node did not
+    answer)."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL citus.node_connection_timeout = {NODE_CHECK_TIMEOUT_MS}")
+        nodes = [dict(r) for r in await conn.fetch(_NODES)]
+    shards: dict[tuple[str, int], Any] = {}
+    if all(n["reachable"] for n in nodes):
+        shards = {(r["name"], r["port"]): r for r in await conn.fetch(_SHARDS_PER_NODE)}
+    for node in nodes:
+        placed = shards.get((str(node["name"]), int(node["port"])))
+        node["shards"] = placed["shards"] if placed else (0 if shards else None)
+        node["documents_bytes"] = placed["documents_bytes"] if placed else (0 if shards else None)
+    return nodes
+
+
+_DISK = """
+SELECT (SELECT sum(result::bigint) FROM run_command_on_all_nodes(
+            'SELECT pg_database_size(current_database())')) AS database_bytes,
+       citus_table_size('documents') AS table_bytes,
+       citus_total_relation_size('documents') - citus_table_size('documents') AS indexes_bytes
+"""
+_SHARD_INDEXES = """
+SELECT result FROM run_command_on_shards('documents', $$
+SELECT coalesce(jsonb_object_agg(c.relname, pg_relation_size(c.oid)), '{}')
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::regclass$$)
+ WHERE success
+"""
+
+
+async def disk_usage(conn: asyncpg.Connection) -> dict[str, Any]:
+    """``database_bytes`` (every node), ``table_bytes`` and ``indexes_bytes`` of
+    ``documents`` (every shard), and ``indexes``: each index's size summed over its shards
+    (a shard's index is named ``<index>_<shardid>``)."""
+    found = await conn.fetchrow(_DISK)
+    assert found is not None  # one row, always
+    row = dict(found)
+    indexes: dict[str, int] = {}
+    for (result,) in await conn.fetch(_SHARD_INDEXES):
+        for name, size in json.loads(result).items():
+            base = name.rsplit("_", 1)[0]
+            indexes[base] = indexes.get(base, 0) + int(size)
+    row["indexes"] = indexes
+    return row

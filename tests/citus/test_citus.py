@@ -488,3 +488,27 @@ async def test_migrate_a_legacy_database_into_the_cluster_and_back(
     finally:
         for name in names:
             await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- health and disk usage -------------------------------------------------------------------
+
+
+async def test_health_and_disk_usage_per_node(dstore: docstore.Store) -> None:
+    docs = corpus(20)
+    await dstore.documents.upsert_many(docs)
+    await dstore.create_vector_index(calibrate=False)
+    health = await dstore.health()
+    assert health.ok and health.distributed and not health.degraded, health.warnings
+    roles = sorted((n.coordinator, n.reachable, n.active) for n in health.cluster)
+    assert roles == [(False, True, True), (False, True, True), (True, True, True)]
+    workers = [n for n in health.cluster if not n.coordinator]
+    assert all(n.shards and n.documents_bytes for n in workers)
+    shards = await dstore.fetchval(
+        "SELECT count(*) FROM citus_shards WHERE table_name = 'documents'::regclass"
+    )
+    assert sum(n.shards or 0 for n in health.cluster) == shards
+    usage = await dstore.disk_usage()
+    stored = sum(n.documents_bytes or 0 for n in health.cluster)
+    assert usage.documents_table_bytes + usage.documents_indexes_bytes == stored
+    assert usage.indexes["documents_embedding_hnsw_cosine"] > 8 * 8192  # every shard's
+    assert usage.database_bytes > stored
