@@ -295,33 +295,45 @@ def ann_search_sql(
     if max_distance is not None:
         params.append(float(max_distance))
         bound = f" WHERE w.distance <= ${len(params)}"
+    window = (
+        f"coalesce(nth_value(c.half, {SPREAD_RANK}) OVER o,"
+        " last_value(c.half) OVER o) - first_value(c.half) OVER o AS spread"
+    )
+    window_def = (
+        " WINDOW o AS (ORDER BY c.half, c.id"
+        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        " ORDER BY c.half, c.id LIMIT $5"
+    )
     if distributed:
-        candidates_sql = (
-            f"(SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
+        # every shard returns its candidates with both distances computed there (no vector
+        # leaves a shard unless asked for); the coordinator ranks them by half precision,
+        # keeps the best $5 and orders those by the exact distance, as below
+        sql = (
+            f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
+            f"SELECT c.*, {window} FROM (SELECT {_select_list('d', include_embedding)},"
+            f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half,"
+            f" d.embedding {m.operator} $1::vector AS distance"
             f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
-            f" AND $4::int IS NOT NULL ORDER BY {ann_order} LIMIT $3) d"
+            f" AND $4::int IS NOT NULL ORDER BY {ann_order} LIMIT $3) c{window_def}) w"
+            f"{bound} ORDER BY w.distance, w.id LIMIT $2"
         )
-    else:
-        candidates_sql = (
-            "(SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
-            " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
-            f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
-            f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
-            f" ORDER BY {ann_order}"
-            " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d"
-        )
+        return sql, params
+    candidates_sql = (
+        "(SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
+        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
+        f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
+        f" ORDER BY {ann_order}"
+        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d"
+    )
     sql = (
         f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
         f"SELECT {_select_list('h', include_embedding)}, h.spread,"
         f" h.embedding {m.operator} $1::vector AS distance FROM ("
-        f"SELECT c.*, coalesce(nth_value(c.half, {SPREAD_RANK}) OVER o,"
-        " last_value(c.half) OVER o) - first_value(c.half) OVER o AS spread"
+        f"SELECT c.*, {window}"
         f" FROM (SELECT {_select_list('d', True)},"
         f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half"
-        f" FROM {candidates_sql}) c"
-        " WINDOW o AS (ORDER BY c.half, c.id"
-        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
-        " ORDER BY c.half, c.id LIMIT $5) h) w"
+        f" FROM {candidates_sql}) c{window_def}) h) w"
         f"{bound} ORDER BY w.distance, w.id LIMIT $2"
     )
     return sql, params
