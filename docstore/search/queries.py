@@ -275,11 +275,9 @@ def ann_search_sql(
     Reading a 12 KB vector from TOAST is most of a re-rank's cost; the half-precision rank
     (error ~1e-4 in distance) keeps the exact top ``limit`` among the re-ranked rows.
 
-    ``distributed`` (``documents`` is a Citus distributed table): Citus cannot push the
-    LATERAL settings sub-select down to the shards, so the statement has none (``$4`` is only
-    bound) and must run under :func:`ann_settings_sql` with ``distributed=True``, whose ``SET
-    LOCAL`` settings Citus sends to every shard it touches. Each shard then returns its own
-    ``candidates`` best from its HNSW index and the coordinator merges them.
+    ``distributed`` (Citus): no settings sub-select (Citus cannot push it down; ``$4`` is only
+    bound), so run it under :func:`ann_settings_sql` ``(distributed=True)``; each shard returns
+    its ``candidates`` best with both distances (no vectors), the coordinator ranks them.
     """
     m = metric(metric_name)
     check_limit(limit)
@@ -305,9 +303,6 @@ def ann_search_sql(
         " ORDER BY c.half, c.id LIMIT $5"
     )
     if distributed:
-        # every shard returns its candidates with both distances computed there (no vector
-        # leaves a shard unless asked for); the coordinator ranks them by half precision,
-        # keeps the best $5 and orders those by the exact distance, as below
         sql = (
             f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
             f"SELECT c.*, {window} FROM (SELECT {_select_list('d', include_embedding)},"
@@ -318,14 +313,6 @@ def ann_search_sql(
             f"{bound} ORDER BY w.distance, w.id LIMIT $2"
         )
         return sql, params
-    candidates_sql = (
-        "(SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
-        " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
-        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
-        f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
-        f" ORDER BY {ann_order}"
-        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d"
-    )
     sql = (
         f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
         f"SELECT {_select_list('h', include_embedding)}, h.spread,"
@@ -333,7 +320,13 @@ def ann_search_sql(
         f"SELECT c.*, {window}"
         f" FROM (SELECT {_select_list('d', True)},"
         f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half"
-        f" FROM {candidates_sql}) c{window_def}) h) w"
+        " FROM (SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
+        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
+        f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
+        f" ORDER BY {ann_order}"
+        " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d)"
+        f" c{window_def}) h) w"
         f"{bound} ORDER BY w.distance, w.id LIMIT $2"
     )
     return sql, params
@@ -353,11 +346,9 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     forced filtered index scan took 103 ms for 50 rows), so arbitrary filters leave it to
     the planner. The outer re-rank sorts either way: every plan needs that sort.
 
-    ``distributed``: ``citus.propagate_set_commands = 'local'`` first, so Citus sends these
-    ``SET LOCAL`` settings to the shards the transaction reaches (without it they stay on
-    the coordinator and the shards scan with their defaults), and never ``enable_sort = off``:
-    it applies to the coordinator's planning too, which it slowed from ~10 ms to ~400-600 ms
-    a search (a one-source ANN on a 2-worker cluster, Citus 13.0), whatever the shards do.
+    ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first, so the shards
+    get these settings too, and never ``enable_sort = off``: it also slows the coordinator's
+    planning (a one-source ANN on 2 workers: ~10 ms → 400-600 ms).
     """
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")

@@ -295,6 +295,9 @@ async def test_ann_fans_out_and_merges(dstore: docstore.Store) -> None:
         assert results.mode == "ann"
         truth = exact_top(docs, query)
         hits += len(set(truth) & {h.doc_path for h in results})
+        by_type = await dstore.search(query, doc_type="rust", limit=10, exact=False)
+        assert by_type.mode == "ann"
+        assert len(set(truth) & {h.doc_path for h in by_type}) >= 9
         scoped = await dstore.search(query, source_name="axum", limit=5, exact=False)
         assert scoped.mode == "ann"
         axum = [d for d in docs if d.source_name == "axum"]
