@@ -120,14 +120,18 @@ class SourceRepository:
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
         """Record that the source was checked for updates (now, or ``at``)."""
-        return await self._set(doc_type, source_name, "last_checked = coalesce($3, now())", at)
+        if at is None:  # not coalesce($3, now()): Citus refuses now() inside COALESCE
+            return await self._set(doc_type, source_name, "last_checked = now()")
+        return await self._set(doc_type, source_name, "last_checked = $3", at)
 
     @timed("sources.mark_populated")
     async def mark_populated(
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
         """Record that the source's documents were (re)populated (now, or ``at``)."""
-        return await self._set(doc_type, source_name, "last_populated = coalesce($3, now())", at)
+        if at is None:
+            return await self._set(doc_type, source_name, "last_populated = now()")
+        return await self._set(doc_type, source_name, "last_populated = $3", at)
 
     @timed("sources.needing_update")
     async def needing_update(self, older_than: timedelta) -> builtins.list[Source]:
@@ -183,6 +187,8 @@ class SourceRepository:
         """
         self.store.ensure_writable()
         check_key(doc_type, source_name)
+        if self.store.distributed:
+            return await self._refresh_stats_distributed(doc_type, source_name)
         record = await self.store.fetchrow(
             f"""UPDATE document_sources s
                    SET config = s.config || jsonb_build_object(
@@ -194,4 +200,27 @@ class SourceRepository:
             doc_type,
             source_name,
         )
+        return None if record is None else _to_source(record)
+
+    async def _refresh_stats_distributed(self, doc_type: str, source_name: str) -> Source | None:
+        """:meth:`refresh_stats` on Citus, which refuses STABLE functions over columns
+        (``jsonb_build_object``) in an UPDATE: the totals are read, then written as a value,
+        in one transaction."""
+
+        async def work(conn: Any) -> Any:
+            totals = await conn.fetchrow(
+                "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
+                " FROM documents WHERE doc_type = $1 AND source_name = $2",
+                doc_type,
+                source_name,
+            )
+            return await conn.fetchrow(
+                f"UPDATE document_sources SET config = config || $3::jsonb"
+                f" WHERE doc_type = $1 AND source_name = $2 RETURNING {_COLUMNS}",
+                doc_type,
+                source_name,
+                {k: int(v) for k, v in totals.items()},
+            )
+
+        record = await self.store.run_in_transaction(work)
         return None if record is None else _to_source(record)

@@ -27,6 +27,7 @@ import asyncpg
 import pytest
 
 import docstore
+from tests.conftest import PgCluster
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "citus-cluster"
 UP_TIMEOUT = 1800  # apt + a Citus build on a busy 2-core machine
@@ -133,6 +134,31 @@ async def citus_url(citus_base_url: str) -> AsyncIterator[str]:
     finally:
         await conn.close()
     yield citus_base_url
+
+
+@pytest.fixture
+def single_url(pg: PgCluster) -> Iterator[str]:
+    """A fresh single-node database with docstore's schema (the main suite's
+    ``database_url``, which tests here name the cluster)."""
+    name = pg.create_database(template=pg.template)
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture
+async def database_url(citus_url: str) -> str:
+    """For the core suites run on the cluster (``test_core_suites.py``): the coordinator's
+    database with docstore's schema, distributed."""
+    async with docstore.connect(citus_url) as store:
+        await store.migrate(distributed=True)
+    return citus_url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[docstore.Store]:
+    async with docstore.connect(database_url) as s:
+        assert s.distributed
+        yield s
 
 
 @pytest.fixture

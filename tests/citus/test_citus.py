@@ -178,8 +178,8 @@ async def test_existing_tables_are_converted_with_their_rows(citus_url: str) -> 
         assert reopened.distributed  # detected when a store opens
 
 
-async def test_distributed_needs_a_citus_coordinator(database_url: str) -> None:
-    async with docstore.connect(database_url) as store:
+async def test_distributed_needs_a_citus_coordinator(single_url: str) -> None:
+    async with docstore.connect(single_url) as store:
         with pytest.raises(docstore.SchemaError, match="no Citus"):
             await store.migrate(distributed=True)
         assert not store.distributed
@@ -258,11 +258,11 @@ async def test_one_source_search_is_routed_to_one_shard(dstore: docstore.Store) 
 
 
 async def test_unscoped_exact_top10_equals_single_node(
-    dstore: docstore.Store, database_url: str
+    dstore: docstore.Store, single_url: str
 ) -> None:
     docs = corpus(40)
     await dstore.documents.upsert_many(docs)
-    async with docstore.connect(database_url) as single:
+    async with docstore.connect(single_url) as single:
         await single.documents.upsert_many(docs)
         for seed in (5, 77, 1234, 4242):
             query = unit_vector(seed + 100_000)

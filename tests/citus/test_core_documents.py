@@ -1,0 +1,12 @@
+"""tests/test_documents.py run on the Citus cluster: its tests imported as they are, with
+``database_url`` and ``store`` meaning the coordinator's distributed database
+(tests/citus/conftest.py)."""
+
+# ruff: noqa: F403
+from __future__ import annotations
+
+import pytest
+
+from tests.test_documents import *
+
+pytestmark = pytest.mark.citus
