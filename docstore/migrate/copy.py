@@ -177,27 +177,28 @@ async def copy_documents(
         else:
             pending.append((low, high, rows))
 
+    failures: list[BaseException] = []
+
     async def stream(s: asyncpg.Connection, t: asyncpg.Connection) -> None:
-        while pending:
-            low, high, rows = pending.pop(0)
-            n = await _copy_chunk(ctx, s, t, low, high, rows, direct, verifier)
-            report.copied_documents += n
-            progress["copied"] += rows
-            ctx.report("documents", progress["copied"], total_rows)
+        # After a failure elsewhere the other streams finish the chunk they are copying and
+        # stop: cancelling a COPY half-way can leave an asyncpg connection unusable.
+        try:
+            while pending and not failures:
+                low, high, rows = pending.pop(0)
+                n = await _copy_chunk(ctx, s, t, low, high, rows, direct, verifier)
+                report.copied_documents += n
+                progress["copied"] += rows
+                ctx.report("documents", progress["copied"], total_rows)
+        except Exception as exc:
+            failures.append(exc)
 
     async with contextlib.AsyncExitStack() as stack:
         extra = await _open_streams(
             src, stack, open_stream, min(ctx.copy_streams, len(pending)) - 1
         )
-        if not extra:
-            await stream(src, tgt)
-            return
-        try:
-            async with asyncio.TaskGroup() as group:  # one stream failing stops the others
-                for s, t in [(src, tgt), *extra]:
-                    group.create_task(stream(s, t))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+        await asyncio.gather(*(stream(s, t) for s, t in [(src, tgt), *extra]))
+    if failures:
+        raise failures[0]
 
 
 async def _open_streams(

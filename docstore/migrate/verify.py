@@ -87,6 +87,16 @@ class VerifiedRange:
     target_stamp: str  # md5 of the (id, xmin) of the rows read back
 
 
+def _stop_if_cancelled(exc: BaseException) -> None:
+    """Re-raise as a cancellation when the reader was being cancelled: asyncpg may turn a
+    cancelled read (or releasing its connection) into another error, and a reader that
+    swallowed it would go on serving the queue forever, so that leaving the verifier's block
+    (a failed or interrupted copy) never returned."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 class StreamVerifier:
     """Reads back finished ranges on its own target connection while later ones copy.
 
@@ -141,6 +151,7 @@ class StreamVerifier:
             async with self.store.acquire(timeout=5) as conn:
                 await self._serve(conn)
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            _stop_if_cancelled(exc)
             logger.info("one streaming verification reader fewer: %s", exc)
 
     async def _run(self) -> None:
@@ -148,6 +159,7 @@ class StreamVerifier:
             async with self.store.acquire() as conn:
                 await self._serve(conn)
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            _stop_if_cancelled(exc)
             # never fails the copy: the ranges stay unverified, validation reads them again
             self.failed = f"{type(exc).__name__}"
             logger.warning("streaming verification stopped (%s): validation re-reads", exc)
@@ -160,9 +172,11 @@ class StreamVerifier:
                 if conn is not None and self.failed is None:
                     await self._verify(conn, item)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                _stop_if_cancelled(exc)
                 self.failed = f"{type(exc).__name__}"
                 logger.warning("streaming verification stopped (%s): validation re-reads", exc)
             except Exception as exc:  # the progress callback's: the run stops at drain()
+                _stop_if_cancelled(exc)
                 self.failed = f"{type(exc).__name__}"
                 self._error = exc
             finally:
