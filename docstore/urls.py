@@ -360,16 +360,35 @@ def redact_url(url: str) -> str:
         parsed = parse_url(url)
     except UrlError:
         return _redact_malformed(url)
+    # A secret also written elsewhere (a user name equal to the password, say) is hidden there
+    # too; shorter ones would mangle names and tell little. Scheme and hosts stay as written:
+    # the redacted URL still says where it points.
+    secrets = [s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET]
+
+    def scrub(text: str) -> str:
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
     userinfo = ""
     if parsed.raw_user is not None:
-        userinfo = parsed.raw_user + (f":{REDACTED}" if parsed.raw_password else "") + "@"
+        userinfo = scrub(parsed.raw_user) + (f":{REDACTED}" if parsed.raw_password else "") + "@"
     query = ""
     if parsed.raw_query is not None:
         query = "?" + "&".join(
-            f"{raw.partition('=')[0]}={REDACTED}" if key.lower() in _SECRET_QUERY_KEYS else raw
+            f"{raw.partition('=')[0]}={REDACTED}"
+            if key.lower() in _SECRET_QUERY_KEYS
+            else scrub(raw)
             for raw, key, _ in _query_fields(parsed)
         )
-    return f"{url[: url.index('://') + 3]}{userinfo}{parsed.raw_hosts}{parsed.raw_path}{query}"
+    scheme = url[: url.index("://") + 3]
+    return f"{scheme}{userinfo}{parsed.raw_hosts}{scrub(parsed.raw_path)}{query}"
+
+
+MIN_SCRUBBED_SECRET = 4
+"""Secrets shorter than this are not searched for in text (a one-letter password would mangle
+every message); where docstore knows a URL's structure they are redacted whatever their
+length."""
 
 
 def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:

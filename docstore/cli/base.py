@@ -23,7 +23,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from docstore.errors import DocstoreError
-from docstore.urls import check_url, redact_url, url_secrets
+from docstore.urls import MIN_SCRUBBED_SECRET, check_url, redact_url, url_secrets
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -47,25 +47,31 @@ _URL_VARIABLES = (
     "LEGACY_DATABASE_URL",
 )
 _ARGV = "docstore.argv"
-_MIN_SECRET = 4
-"""Shorter secrets are not scrubbed from output text (a one-letter password would mangle
-every message); docstore's messages show URLs redacted anyway."""
 
 
 def _secrets(argv: list[str]) -> list[str]:
     """Secrets of the URLs on the command line and in the URL variables, longest first."""
     urls = [a.partition("=")[2] if a.startswith("--") else a for a in argv if "://" in a]
     urls += [v for v in (os.environ.get(n) for n in _URL_VARIABLES) if v]
-    found = {s for s in url_secrets(*urls) if len(s) >= _MIN_SECRET}
+    found = {s for s in url_secrets(*urls) if len(s) >= MIN_SCRUBBED_SECRET}
     return sorted(found, key=len, reverse=True)
+
+
+def _written(text: str) -> list[str]:
+    """``text`` and the escaped forms click may print it in (a control character in an
+    argument appears as ``\\x1f``), longest first."""
+    forms = {text, text.encode("unicode_escape").decode("ascii"), repr(text)[1:-1]}
+    return sorted(forms, key=len, reverse=True)
 
 
 def _clean(text: str, argv: list[str]) -> str:
     """``text`` safe to print: URL arguments redacted, every known secret scrubbed."""
     for arg in sorted((a for a in argv if "://" in a), key=len, reverse=True):
-        text = text.replace(arg, redact_url(arg))
+        for form in _written(arg):
+            text = text.replace(form, redact_url(arg))
     for secret in _secrets(argv):
-        text = text.replace(secret, "***")
+        for form in _written(secret):
+            text = text.replace(form, "***")
     return _URL.sub(lambda m: redact_url(m[0]), text)
 
 
