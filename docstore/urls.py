@@ -13,6 +13,7 @@ says how to percent-encode the password, without quoting any of it (:func:`check
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -360,15 +361,12 @@ def redact_url(url: str) -> str:
         parsed = parse_url(url)
     except UrlError:
         return _redact_malformed(url)
-    # A secret also written elsewhere (a user name equal to the password, say) is hidden there
-    # too; shorter ones would mangle names and tell little. Scheme and hosts stay as written:
-    # the redacted URL still says where it points.
-    secrets = [s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET]
+    # A secret also written elsewhere (as the user name, say) is hidden there too; scheme and
+    # hosts stay as written: the redacted URL still says where it points.
+    secrets = sorted((s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET), key=len)
 
     def scrub(text: str) -> str:
-        for secret in sorted(secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
+        return functools.reduce(lambda t, secret: t.replace(secret, REDACTED), secrets[::-1], text)
 
     userinfo = ""
     if parsed.raw_user is not None:
@@ -385,10 +383,7 @@ def redact_url(url: str) -> str:
     return f"{scheme}{userinfo}{parsed.raw_hosts}{scrub(parsed.raw_path)}{query}"
 
 
-MIN_SCRUBBED_SECRET = 4
-"""Secrets shorter than this are not searched for in text (a one-letter password would mangle
-every message); where docstore knows a URL's structure they are redacted whatever their
-length."""
+MIN_SCRUBBED_SECRET = 4  # shorter secrets are not searched for in text (they'd mangle it)
 
 
 def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:

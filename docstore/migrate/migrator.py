@@ -245,7 +245,7 @@ class Migrator:
                 await copy_stage.summarize(ctx, src, tgt, report)
         # ANALYZE (on its own pooled connection) overlaps validation, which reads through the
         # legacy-id index and the stamps whatever the statistics say.
-        analyzing = asyncio.create_task(self._analyze(store, report))
+        analyzing = asyncio.create_task(_analyze(store, report))
         try:
             if self.build_index:
                 await analyzing  # the index build's planner wants the statistics
@@ -260,18 +260,6 @@ class Migrator:
         if self.report_path is not None:
             self.report_path.write_text(report.model_dump_json(indent=2))
         return report
-
-    @staticmethod
-    async def _analyze(store: Store, report: MigrationReport) -> None:
-        t0 = now()
-        # The planner's columns only: statistics on content and embedding (and the full-text
-        # expression index) would detoast and re-tokenize every sampled document.
-        await store.execute(
-            "ANALYZE documents (doc_type, source_name, doc_path, metadata, token_count,"
-            " created_at, updated_at)"
-        )
-        await store.execute("ANALYZE document_sources")
-        report.timings["analyze"] = now() - t0
 
     async def _finish(self, report: MigrationReport, streamed: Mapping[int, VerifiedRange]) -> None:
         """Validation at the end of :meth:`run`, and the repair of what it finds."""
@@ -370,6 +358,19 @@ class Migrator:
             ) from None
         report.seconds = now() - started
         return report
+
+
+async def _analyze(store: Store, report: MigrationReport) -> None:
+    """ANALYZE after the copy, timed into the report."""
+    t0 = now()
+    # The planner's columns only: statistics on content and embedding (and the full-text
+    # expression index) would detoast and re-tokenize every sampled document.
+    await store.execute(
+        "ANALYZE documents (doc_type, source_name, doc_path, metadata, token_count,"
+        " created_at, updated_at)"
+    )
+    await store.execute("ANALYZE document_sources")
+    report.timings["analyze"] = now() - t0
 
 
 def _repairable(v: Validation) -> bool:
