@@ -26,7 +26,6 @@ and validation reads them again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -102,7 +101,9 @@ class StreamVerifier:
 
     ``async with StreamVerifier(ctx, store) as v``: :meth:`submit` each committed range,
     :meth:`drain` to wait for all; :attr:`verified` holds the results by first key. Leaving
-    the block cancels what is left (a killed or failed copy)."""
+    the block (after a failed copy, too) lets each reader finish the range in hand and skips
+    the rest: readers are stopped, not cancelled, since cancelling asyncpg half-way through
+    taking a pooled connection or a COPY can leave the pool waiting for it forever."""
 
     def __init__(self, ctx: StageContext, store: Store) -> None:
         self.ctx = ctx
@@ -113,8 +114,9 @@ class StreamVerifier:
         self.failed: str | None = None
         self._error: BaseException | None = None  # raised by drain(): a progress callback's
         self._done_rows = 0
-        self._queue: asyncio.Queue[StreamedRange] = asyncio.Queue()
+        self._queue: asyncio.Queue[StreamedRange | None] = asyncio.Queue()  # None: stop
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     async def __aenter__(self) -> StreamVerifier:
         # The readers connect while the first chunk copies. As many as there are copy
@@ -126,11 +128,10 @@ class StreamVerifier:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._closing = True
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def submit(self, streamed: StreamedRange) -> None:
         """Queue a range whose rows (and checkpoint) are committed on the target."""
@@ -158,18 +159,19 @@ class StreamVerifier:
         try:
             async with self.store.acquire() as conn:
                 await self._serve(conn)
+                return
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             _stop_if_cancelled(exc)
             # never fails the copy: the ranges stay unverified, validation reads them again
             self.failed = f"{type(exc).__name__}"
             logger.warning("streaming verification stopped (%s): validation re-reads", exc)
-        await self._serve(None)  # let drain() return
+        await self._serve(None)  # let drain() return: the ranges are marked done, unverified
 
     async def _serve(self, conn: asyncpg.Connection | None) -> None:
-        while True:
-            item = await self._queue.get()
+        """Verify queued ranges until the stop marker (``None``)."""
+        while (item := await self._queue.get()) is not None:
             try:
-                if conn is not None and self.failed is None:
+                if conn is not None and self.failed is None and not self._closing:
                     await self._verify(conn, item)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 _stop_if_cancelled(exc)
@@ -181,6 +183,7 @@ class StreamVerifier:
                 self._error = exc
             finally:
                 self._queue.task_done()
+        self._queue.task_done()  # the stop marker
 
     async def _verify(self, conn: asyncpg.Connection, item: StreamedRange) -> None:
         started = now()
