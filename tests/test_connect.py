@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -306,3 +307,16 @@ async def test_percent_encoded_special_password_connects(
         finally:
             await admin.close()
         await pg.execute(f"DROP ROLE {role}")
+
+
+async def test_close_does_not_wait_forever_for_a_connection_never_given_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from docstore.core import pools
+
+    monkeypatch.setattr(pools, "POOL_CLOSE_TIMEOUT", 0.5)
+    store = await docstore.connect(database_url)
+    await store.pool.acquire()  # raw asyncpg, never released
+    with caplog.at_level(logging.WARNING, logger="docstore"):
+        await asyncio.wait_for(store.close(), 10)  # closes after 0.5 s, terminating it
+    assert "still checked out" in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -28,7 +29,10 @@ from docstore.readonly import ReadOnlyConnection
 Role = Literal["primary", "replica"]
 
 # A replica that is not there should cost a read little time before it goes to the primary.
+logger = logging.getLogger("docstore")
+
 REPLICA_CONNECT_TIMEOUT = 5.0
+POOL_CLOSE_TIMEOUT = 30.0  # seconds store.close() waits for checked-out connections
 
 # Set while docstore's own stateless work holds a connection (see Runner.run): releasing it
 # then skips asyncpg's reset query (RESET ALL, UNLISTEN *, ...), a server round trip that
@@ -168,5 +172,18 @@ class Pools:
         return describe(exc, self.secrets)
 
     async def close(self) -> None:
-        """Close every pool, waiting for checked-out connections to be released."""
-        await asyncio.gather(*(p.pool.close() for p in self.all()))
+        """Close every pool, waiting up to :data:`POOL_CLOSE_TIMEOUT` for checked-out
+        connections to be released, then terminating what is left (logged): a connection
+        some code never gave back must not make ``store.close()`` wait forever."""
+
+        async def close(pool: Pool) -> None:
+            try:
+                await asyncio.wait_for(pool.pool.close(), POOL_CLOSE_TIMEOUT)
+            except TimeoutError:  # asyncpg terminates the pool when its close() is cancelled
+                logger.warning(
+                    "closing the %s pool: connections still checked out after %gs were terminated",
+                    pool.role,
+                    POOL_CLOSE_TIMEOUT,
+                )
+
+        await asyncio.gather(*(close(p) for p in self.all()))
