@@ -64,7 +64,12 @@ from docstore.codecs import register_codecs
 from docstore.demo import build_sample_legacy
 from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.migrate import Migrator
-from docstore.migrate.legacy import DOCUMENT_COLUMNS, LEGACY_SCHEMA_SQL, documents_copy_query
+from docstore.migrate.legacy import (
+    DOCUMENT_COLUMNS,
+    LEGACY_SCHEMA_SQL,
+    ROLLBACK_COLUMNS,
+    documents_copy_query,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -226,16 +231,7 @@ async def build_real_legacy(url: str, rows: int) -> dict[str, int]:
                 )
                 for j, i in enumerate(pick)
             ),
-            columns=[
-                "id",
-                "crate_id",
-                "crate_name",
-                "doc_path",
-                "content",
-                "embedding",
-                "token_count",
-                "created_at",
-            ],
+            columns=list(ROLLBACK_COLUMNS),  # doc_embeddings' columns
         )
         await conn.execute(
             """UPDATE crates c SET total_docs = s.n, total_tokens = s.t
