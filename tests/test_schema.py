@@ -236,3 +236,25 @@ async def test_init_of_a_new_database_warns_nothing_and_the_store_then_decodes_v
         stored = await store.fetchval("SELECT embedding FROM documents")
     assert isinstance(stored, np.ndarray) and np.array_equal(stored, vector)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_embeddings_are_stored_out_of_line_without_a_compression_attempt(
+    store: docstore.Store,
+) -> None:
+    """Migration 6: `embedding` is EXTERNAL — moved to TOAST as it is, never run through pglz
+    (which fails on dense floats after compressing the whole 12 KB)."""
+    storage = await store.fetchval(
+        "select attstorage::text from pg_attribute"
+        " where attrelid = 'documents'::regclass and attname = 'embedding'"
+    )
+    assert storage == "e"
+    # a vector pglz could compress (constant values) is stored uncompressed all the same
+    vector = np.full(3072, 0.25, dtype=np.float32)
+    await store.documents.upsert_many(
+        [Document(source_name="s", doc_path="a", content="c", embedding=vector)]
+    )
+    row = await store.fetchrow(
+        "select pg_column_compression(embedding) as method, pg_column_size(embedding) as size"
+        " from documents"
+    )
+    assert row["method"] is None and row["size"] >= 3072 * 4
