@@ -409,10 +409,13 @@ def check_key(
         key_text("doc_path", doc_path)
 
 
-def row_id(value: Any) -> int:
-    """A row id given to a lookup or delete: an integer in PostgreSQL's ``integer`` range."""
-    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
-        raise ValidationError("id must be an integer within PostgreSQL's integer range", field="id")
+def row_id(value: Any, *, bigint: bool = False) -> int:
+    """A row id given to a lookup or delete: an integer in PostgreSQL's ``integer`` range, or
+    ``bigint``'s with ``bigint=True`` (a distributed database's ids, which a worker allocates
+    from 2^48 up: :mod:`docstore.schema.citus`)."""
+    bits, kind = (63, "bigint") if bigint else (31, "integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**bits) <= value < 2**bits:
+        raise ValidationError(f"id must be an integer within PostgreSQL's {kind} range", field="id")
     return value
 
 

@@ -32,7 +32,7 @@ from docstore.core.pools import (
 )
 from docstore.errors import DocstoreError, SchemaError
 from docstore.failures import retrying, translate
-from docstore.schema import runner
+from docstore.schema import citus, runner
 
 logger = logging.getLogger("docstore")
 
@@ -81,7 +81,9 @@ def open_database(
 
     ``migrate``: apply pending schema migrations while connecting. Defaults to
     ``DOCSTORE_AUTO_MIGRATE`` (true), and is always off in read-only mode: a read-only store
-    never runs DDL. ``overrides`` are :class:`~docstore.config.Settings` fields by name
+    never runs DDL, and on a Citus worker (docstore's tables are the coordinator's; a store
+    connected to a worker writes and reads ``documents`` and ``document_sources`` there).
+    ``overrides`` are :class:`~docstore.config.Settings` fields by name
     (``pool_max_size=10``, ``embedding_dim=1536``, ...).
 
     Usage: ``store = await docstore.connect()`` or ``async with docstore.connect() as store:``.
@@ -131,7 +133,9 @@ async def _open(
             resolved, server_settings=server_settings, timeout=settings.pool_acquire_timeout
         )
         try:
-            if do_migrate and await conn.fetchval(
+            # on a Citus worker docstore's schema (and its local tables) is the coordinator's
+            migrate_here = do_migrate and not await citus.is_worker(conn)
+            if migrate_here and await conn.fetchval(
                 "SELECT to_regclass('doc_embeddings') IS NOT NULL"
                 " AND to_regclass('docstore_schema_version') IS NULL"
             ):
@@ -140,7 +144,7 @@ async def _open(
                     "doc_embeddings and no docstore schema): point DATABASE_URL at docstore's "
                     "database, or run `docstore init --url ...` to add docstore's tables to it"
                 )
-            if do_migrate:
+            if migrate_here:
                 applied = await runner.apply_migrations(conn, embedding_dim=settings.embedding_dim)
                 if applied:
                     logger.info("applied schema migrations %s to %s", applied, redact_url(resolved))

@@ -424,7 +424,7 @@ class DocumentRepository:
     @timed("documents.get")
     async def get(self, id: int) -> Document | None:
         """The document with this id, or None."""
-        row_id(id)
+        row_id(id, bigint=self.store.distributed)
         record = await self.store.replica.fetchrow(
             f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id
         )
@@ -551,7 +551,7 @@ class DocumentRepository:
     async def delete(self, id: int) -> bool:
         """Delete one document by id; True if it existed."""
         self.store.ensure_writable()
-        row_id(id)
+        row_id(id, bigint=self.store.distributed)
         status = await self.store.execute("DELETE FROM documents WHERE id = $1", id)
         return status == "DELETE 1"
 

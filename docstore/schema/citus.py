@@ -27,9 +27,17 @@ PostgreSQL 15, ``tests/citus``):
 The rest of docstore's tables (schema version, calibration, checkpoints, population jobs)
 stay local tables on the coordinator: docstore connects to the coordinator only.
 
-Ids: ``id`` is an ``integer`` sequence, so rows get their ids on the coordinator; Citus
-refuses ``nextval`` of an integer sequence on a worker (citusdata/citus#7008), so writes that
-allocate ids go through the coordinator.
+Ids: the conversion makes ``documents.id`` and ``document_sources.id`` ``bigint`` (column and
+sequence; ``source_population_jobs.source_id`` too), so an INSERT made through any node gets
+an id: Citus refuses ``nextval`` of an ``integer`` sequence on a worker ("nextval(sequence)
+calls in worker nodes are not supported for column defaults of type int or smallint"), and
+gives each worker its own range of a ``bigint`` one (group id << 48: 2^48 + 1 on the first
+worker, 2^49 + 1 on the second; the coordinator keeps counting from the table's current
+value), so ids stay unique across nodes. The conversion rewrites both tables once (the
+single-node schema keeps ``integer``); views over ``id`` (docstore's compatibility views)
+must be uninstalled first and installed again after. Tables distributed while ``id`` was an
+``integer`` (docstore before this change) stay so: Citus refuses ``ALTER COLUMN TYPE`` on a
+column with a sequence default of a distributed table.
 """
 
 from __future__ import annotations
@@ -68,6 +76,19 @@ SELECT c.conname FROM pg_constraint c
                     WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
                       AND a.attname = $2)
 """
+_ID_TYPE = """
+SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+ WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
+"""
+_VIEWS_ON_ID = """
+SELECT DISTINCT v.oid::regclass::text FROM pg_depend d
+  JOIN pg_rewrite r ON r.oid = d.objid
+  JOIN pg_class v ON v.oid = r.ev_class
+  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+ WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass($1)
+   AND a.attname = 'id' AND v.oid <> d.refobjid
+ ORDER BY 1
+"""
 _FOREIGN_KEYS_IN = """
 SELECT c.conrelid::regclass::text AS tbl, c.conname FROM pg_constraint c
  WHERE c.contype = 'f'
@@ -90,6 +111,15 @@ async def distributed_tables(conn: asyncpg.Connection) -> set[str]:
 async def is_distributed(conn: asyncpg.Connection) -> bool:
     """Whether ``documents`` is a distributed table (docstore then uses its Citus SQL)."""
     return "documents" in await distributed_tables(conn)
+
+
+async def is_worker(conn: asyncpg.Connection) -> bool:
+    """Whether this is a Citus worker that sees docstore's distributed tables (Citus syncs
+    their definitions to every node): docstore's schema is then the coordinator's business,
+    and its local tables (schema version, calibration, jobs) are not here."""
+    if not await conn.fetchval(_HAS_CITUS_CATALOG):
+        return False
+    return not await conn.fetchval("SELECT citus_is_coordinator()") and await is_distributed(conn)
 
 
 async def _check_coordinator(conn: asyncpg.Connection) -> None:
@@ -129,9 +159,16 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
                 f"ALTER TABLE {_ident(row['tbl'])} DROP CONSTRAINT {_ident(row['conname'])}"
             )
             steps.append(f"dropped foreign key {row['tbl']}.{row['conname']}")
+        if await conn.fetchval(_ID_TYPE, "source_population_jobs", "source_id") == "integer":
+            # it holds document_sources ids, which may now come from a worker's range
+            await conn.execute(
+                "ALTER TABLE source_population_jobs ALTER COLUMN source_id TYPE bigint"
+            )
+            steps.append("source_population_jobs: source_id bigint")
         for table in TABLES:
             if table in done:
                 continue
+            steps += await _bigint_id(conn, table)
             pk = await conn.fetchrow(_PRIMARY_KEY, table)
             if pk is not None and DISTRIBUTION_COLUMN not in pk["columns"]:
                 await conn.execute(
@@ -166,6 +203,25 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
             steps.append(f"{table}: distributed by {DISTRIBUTION_COLUMN}")
     await _set_database_defaults(conn)
     return steps
+
+
+async def _bigint_id(conn: asyncpg.Connection, table: str) -> list[str]:
+    """Make ``table.id`` and its sequence ``bigint`` (before the table is distributed: Citus
+    then gives each worker its own range of the sequence)."""
+    if await conn.fetchval(_ID_TYPE, table, "id") != "integer":
+        return []
+    views = [r[0] for r in await conn.fetch(_VIEWS_ON_ID, table)]
+    if views:
+        raise SchemaError(
+            f"views over {table}.id ({', '.join(views)}) stop its conversion to bigint: "
+            "uninstall them (`docstore compat uninstall-views`, LegacyDatabase.uninstall_views) "
+            "before `docstore init --distributed` and install them again after"
+        )
+    sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
+    await conn.execute(f"ALTER TABLE {table} ALTER COLUMN id TYPE bigint")
+    if sequence is not None:  # already quoted and qualified
+        await conn.execute(f"ALTER SEQUENCE {sequence} AS bigint")
+    return [f"{table}: id bigint"]
 
 
 async def _set_database_defaults(conn: asyncpg.Connection) -> None:

@@ -22,6 +22,7 @@ import stat
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -168,3 +169,21 @@ async def dstore(citus_url: str) -> AsyncIterator[docstore.Store]:
         await store.migrate(distributed=True)
         assert store.distributed
         yield store
+
+
+@pytest.fixture
+async def citus_worker_urls(citus_url: str) -> list[str]:
+    """The workers' URLs (the coordinator's user, password and database on each worker's
+    host and port, as ``pg_dist_node`` lists them), in group order."""
+    conn = await asyncpg.connect(citus_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT nodename, nodeport FROM pg_dist_node"
+            " WHERE noderole = 'primary' AND groupid <> 0 ORDER BY groupid"
+        )
+    finally:
+        await conn.close()
+    parts = urlsplit(citus_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    at = f"{credentials}@" if credentials else ""
+    return [urlunsplit(parts._replace(netloc=f"{at}{r['nodename']}:{r['nodeport']}")) for r in rows]
