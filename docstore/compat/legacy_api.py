@@ -302,7 +302,9 @@ class LegacyDatabase:
             )
         async with self.store.transaction() as conn:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {views._ident(target)}")
-            for statement in views.install_sql(target, self.doc_type, self.store.embedding_dim):
+            for statement in views.install_sql(
+                target, self.doc_type, self.store.embedding_dim, distributed=self.store.distributed
+            ):
                 await conn.execute(statement)
         return target
 

@@ -6,6 +6,15 @@ Ids: a crate's id is its source's id; a document's id is its legacy id when it w
 (``metadata.legacy_id``), else ``documents.id + 1,000,000,000`` — stable across calls and
 never colliding with a legacy id. ``doc_embeddings.crate_id`` is the crate's id, or NULL where
 the legacy row had a NULL ``crate_id``.
+
+On a distributed database (Citus) ids are ``bigint`` and a row written through a worker has
+one from 2^48 up (:mod:`docstore.schema.citus`); the views keep the legacy ``integer``
+columns, and an id beyond ``integer`` shows as NULL there (a document written through the
+coordinator keeps ``id + 1,000,000,000``). Writes through the views are refused by rules
+there (a function raising docstore's message) instead of ``INSTEAD OF`` triggers: Citus
+plans a DML statement on a view over distributed tables before such a trigger could run, and
+fails with its own "could not find valid entry for shard 0"; a rule rewrites the statement
+before Citus sees it.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from docstore.search.queries import (
 NEW_ID_OFFSET = 1_000_000_000
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
 GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
+RULE_FUNCTION = "docstore_legacy_view_refuse_write"
+INT_MAX = 2**31 - 1
 MESSAGE = (
-    "%s is a read-only docstore compatibility view over documents/document_sources: "
+    "% is a read-only docstore compatibility view over documents/document_sources: "
     "write through docstore.compat.LegacyDatabase (upsert_crate, insert_embedding, ...)"
 )
 
@@ -37,20 +48,31 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def install_sql(schema: str, doc_type: str, dim: int) -> list[str]:
-    """The statements that (re)create the views, their write guards and the function."""
+def _as_integer(column: str, offset: int = 0) -> str:
+    """A ``bigint`` id as the legacy ``integer`` (NULL beyond it)."""
+    shifted = f"{column} + {offset}" if offset else column
+    return f"CASE WHEN {column} <= {INT_MAX - offset} THEN ({shifted})::integer END"
+
+
+def install_sql(schema: str, doc_type: str, dim: int, *, distributed: bool = False) -> list[str]:
+    """The statements that (re)create the views, their write guards and the function;
+    ``distributed``: for a Citus database (bigint ids, rules as write guards)."""
     s = _ident(schema)
     dt = doc_type.replace("'", "''")
+    new_id = _as_integer("d.id", NEW_ID_OFFSET) if distributed else f"d.id + {NEW_ID_OFFSET}"
+    source_id = _as_integer("s.id") if distributed else "s.id::integer"
+    crate_id = f"{_as_integer('s.id')} END" if distributed else "s.id END::integer"
+    counted = "d.crate_name" if distributed else "d.id"  # d.id: NULL beyond integer there
     doc_id = (
         "CASE WHEN d.metadata->>'migrated_from' = 'rust_docs_vectors'"
         " AND d.metadata->>'legacy_id' ~ '^[0-9]{1,9}$'"
         " THEN (d.metadata->>'legacy_id')::integer"
-        f" ELSE d.id + {NEW_ID_OFFSET} END"
+        f" ELSE {new_id} END"
     )
     not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
     statements = [
         f"""CREATE OR REPLACE VIEW {s}.crates AS
-SELECT s.id::integer AS id, s.source_name::varchar(255) AS name,
+SELECT {source_id} AS id, s.source_name::varchar(255) AS name,
        (s.config->>'version')::varchar(50) AS version,
        (s.last_populated AT TIME ZONE 'UTC')::timestamp AS last_updated,
        coalesce((s.config->>'total_docs')::integer, 0) AS total_docs,
@@ -60,7 +82,7 @@ SELECT s.id::integer AS id, s.source_name::varchar(255) AS name,
         f"""CREATE OR REPLACE VIEW {s}.doc_embeddings AS
 SELECT {doc_id} AS id,
        CASE WHEN d.metadata ? 'legacy_id' AND NOT d.metadata ? 'legacy_crate_id' THEN NULL
-            ELSE s.id END::integer AS crate_id,
+            ELSE {crate_id} AS crate_id,
        d.source_name::varchar(255) AS crate_name, d.doc_path, d.content,
        d.embedding::vector({int(dim)}) AS embedding, d.token_count, d.created_at
   FROM documents d
@@ -69,7 +91,7 @@ SELECT {doc_id} AS id,
  WHERE d.doc_type = '{dt}'""",
         f"""CREATE OR REPLACE VIEW {s}.crate_stats AS
 SELECT c.name, c.version, c.last_updated,
-       COUNT(d.id) AS doc_count,
+       COUNT({counted}) AS doc_count,
        COALESCE(SUM(d.token_count), 0) AS total_tokens,
        pg_size_pretty(pg_total_relation_size('documents')) AS table_size
   FROM {s}.crates c
@@ -82,11 +104,14 @@ BEGIN
 END;
 $$""",
     ]
-    for view in ("crates", "doc_embeddings"):
-        statements.append(
-            f"CREATE OR REPLACE TRIGGER docstore_read_only INSTEAD OF INSERT OR UPDATE OR DELETE"
-            f" ON {s}.{view} FOR EACH ROW EXECUTE FUNCTION {s}.{GUARD_FUNCTION}()"
-        )
+    if distributed:
+        statements += _write_rules(s)
+    else:
+        for view in ("crates", "doc_embeddings"):
+            statements.append(
+                "CREATE OR REPLACE TRIGGER docstore_read_only INSTEAD OF INSERT OR UPDATE OR"
+                f" DELETE ON {s}.{view} FOR EACH ROW EXECUTE FUNCTION {s}.{GUARD_FUNCTION}()"
+            )
     index = vector_index_name("cosine")
     scope = f"d.doc_type = '{dt}' AND d.source_name = target_crate_name"
     ann_order = (
@@ -162,12 +187,33 @@ $$"""
     return statements
 
 
+def _write_rules(s: str) -> list[str]:
+    """Rules that turn a write on a view into a call raising docstore's message (Citus: see
+    the module's docstring); the function is evaluated once, on the coordinator."""
+    statements = [
+        f"""CREATE OR REPLACE FUNCTION {s}.{RULE_FUNCTION}(view text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '{MESSAGE}', view USING ERRCODE = 'feature_not_supported';
+END;
+$$"""
+    ]
+    for view in ("crates", "doc_embeddings"):
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            statements.append(
+                f"CREATE OR REPLACE RULE docstore_read_only_{event.lower()} AS ON {event}"
+                f" TO {s}.{view} DO INSTEAD SELECT {s}.{RULE_FUNCTION}('{view}')"
+            )
+    return statements
+
+
 def uninstall_sql(schema: str, dim: int) -> list[str]:
     s = _ident(schema)
     return [
         f"DROP FUNCTION IF EXISTS {s}.search_similar_docs(vector({int(dim)}), varchar, integer)",
         *(f"DROP VIEW IF EXISTS {s}.{view}" for view in VIEW_NAMES),
         f"DROP FUNCTION IF EXISTS {s}.{GUARD_FUNCTION}()",
+        f"DROP FUNCTION IF EXISTS {s}.{RULE_FUNCTION}(text)",
     ]
 
 

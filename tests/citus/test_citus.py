@@ -231,11 +231,124 @@ async def test_racing_insert_falls_back_to_on_conflict(dstore: docstore.Store) -
     assert stored is not None and stored.content == "edited"
 
 
-async def test_ids_come_from_the_coordinator(dstore: docstore.Store) -> None:
-    await dstore.documents.upsert_many(corpus(5))
-    ids = [r["id"] for r in await dstore.fetch("SELECT id FROM documents ORDER BY id")]
-    assert len(set(ids)) == len(ids) == 30
-    assert max(ids) < 2**31
+async def test_ids_come_from_any_node_and_are_distinct(
+    dstore: docstore.Store, citus_worker_urls: list[str]
+) -> None:
+    """An upsert through either worker gets ids from that worker's range of the bigint
+    sequence (group id << 48), one through the coordinator from the table's own count."""
+    docs = corpus(4)
+    by_node = [docs[:8], docs[8:16], docs[16:]]  # sources written through each node
+    assert (await dstore.documents.upsert_many(by_node[0])).inserted == 8
+    for url, part in zip(citus_worker_urls, by_node[1:], strict=True):
+        async with docstore.connect(url) as worker:
+            assert worker.distributed
+            assert (await worker.documents.upsert_many(part)).inserted == len(part)
+            await worker.sources.upsert(docstore.Source(source_name=part[0].source_name))
+    await dstore.sources.upsert(docstore.Source(source_name="tokio"))
+    rows = await dstore.fetch("SELECT id, source_name, doc_path FROM documents")
+    ids = {r["doc_path"]: r["id"] for r in rows}
+    assert len(set(ids.values())) == len(docs) == 24
+    coordinator = [ids[d.doc_path] for d in by_node[0]]
+    first, second = ([ids[d.doc_path] for d in part] for part in by_node[1:])
+    assert max(coordinator) < 2**31
+    assert all(2**48 < i < 2**49 for i in first) and all(2**49 < i < 2**50 for i in second)
+    sources = {s.source_name: s.id for s in await dstore.sources.list()}
+    assert sources["tokio"] is not None and sources["tokio"] < 2**31
+    assert all((sources[p[0].source_name] or 0) > 2**48 for p in by_node[1:])
+    # the coordinator finds and deletes a worker's row by its bigint id
+    found = await dstore.documents.get(second[0])
+    assert found is not None and found.id == second[0]
+    assert await dstore.documents.delete(second[0])
+    with pytest.raises(docstore.ValidationError, match="bigint range"):
+        await dstore.documents.get(2**63)
+
+
+async def test_conversion_keeps_ids_and_makes_them_bigint(
+    citus_url: str, citus_worker_urls: list[str]
+) -> None:
+    docs = corpus(5)
+    async with docstore.connect(citus_url) as store:
+        await store.documents.upsert_many(docs)
+        gone = await store.documents.get_by_key(*docs[3].key)
+        assert gone is not None and gone.id is not None
+        await store.documents.delete(gone.id)  # a gap in the ids
+        await store.sources.upsert(docstore.Source(source_name="serde"))
+        query = "SELECT doc_path, id FROM documents"
+        before = dict(await store.fetch(query))
+        source_before = await store.fetchval("SELECT id FROM document_sources")
+        assert (
+            await store.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = 'documents'::regclass AND attname = 'id'"
+            )
+            == "integer"
+        )
+        await store.migrate(distributed=True)
+        assert dict(await store.fetch(query)) == before
+        assert await store.fetchval("SELECT id FROM document_sources") == source_before
+        types = await store.fetch(
+            "SELECT attrelid::regclass::text AS tbl, format_type(atttypid, atttypmod) AS type"
+            " FROM pg_attribute WHERE (attrelid, attname) IN (('documents'::regclass, 'id'),"
+            " ('document_sources'::regclass, 'id'),"
+            " ('source_population_jobs'::regclass, 'source_id')) ORDER BY 1"
+        )
+        assert [r["type"] for r in types] == ["bigint"] * 3
+        new = docstore.Document(source_name="tokio", doc_path="after", content="x")
+        await store.documents.upsert_many([new])
+        after = await store.documents.get_by_key(*new.key)
+        assert after is not None and after.id == max(before.values()) + 1  # sequence kept
+    async with docstore.connect(citus_worker_urls[0]) as worker:
+        late = docstore.Document(source_name="serde", doc_path="late", content="x")
+        await worker.documents.upsert_many([late])
+        got = await worker.documents.get_by_key(*late.key)
+        assert got is not None and got.id is not None and got.id > 2**48
+
+
+async def test_conversion_asks_to_uninstall_the_views_first(citus_url: str) -> None:
+    async with docstore.connect(citus_url) as store:
+        await store.migrate()
+        await LegacyDatabase(store).install_views()
+        with pytest.raises(docstore.SchemaError, match="uninstall-views"):
+            await store.migrate(distributed=True)
+        assert not store.distributed
+        await LegacyDatabase(store).uninstall_views()
+        await store.migrate(distributed=True)
+        await LegacyDatabase(store).install_views()
+        with pytest.raises(docstore.QueryError, match="LegacyDatabase"):
+            await store.execute("insert into crates (name) values ('x')")
+
+
+async def test_views_show_worker_ids_beyond_integer_as_null(
+    dstore: docstore.Store, citus_worker_urls: list[str]
+) -> None:
+    """Legacy SQL keeps its integer columns: a row a worker wrote (id from 2^48) has a NULL
+    id there, and still counts in crate_stats."""
+    legacy = LegacyDatabase(dstore)
+    await legacy.install_views()
+    crate_id = await legacy.upsert_crate("tokio", "1.0")
+    await legacy.insert_embedding(crate_id, "tokio", "near", "c", unit_vector(1).tolist(), 3)
+    async with docstore.connect(citus_worker_urls[1]) as worker:
+        await worker.documents.upsert_many(
+            [docstore.Document(source_name="tokio", doc_path="far", content="c")]
+        )
+        await worker.sources.upsert(docstore.Source(source_name="serde"))
+    rows = await dstore.fetch("SELECT doc_path, id, crate_id FROM doc_embeddings ORDER BY 1")
+    near = await dstore.documents.get_by_key("rust", "tokio", "near")
+    assert near is not None and near.id is not None
+    assert [tuple(r) for r in rows] == [
+        ("far", None, crate_id),
+        ("near", near.id + 1_000_000_000, crate_id),
+    ]
+    types = await dstore.fetch(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid IN ('crates'::regclass, 'doc_embeddings'::regclass)"
+        " AND attname IN ('id', 'crate_id')"
+    )
+    assert {r[0] for r in types} == {"integer"}
+    crates = {r["name"]: r["id"] for r in await dstore.fetch("SELECT name, id FROM crates")}
+    assert crates == {"tokio": crate_id, "serde": None}
+    stats = {r["name"]: r["doc_count"] for r in await dstore.fetch("SELECT * FROM crate_stats")}
+    assert stats == {"tokio": 2, "serde": 0}
 
 
 # -- searches --------------------------------------------------------------------------------
