@@ -3,7 +3,7 @@ on the target while later ranges are still copying.
 
 Two halves, compared per id range ``(first, last]``:
 
-* **what left the legacy database**: the copy's pipe hashes (SHA-256) the binary COPY stream
+* **what left the legacy database**: the copy's pipe hashes (XXH3-128) the binary COPY stream
   of the range as it passes — header, every row, trailer — at no extra read of the source.
   The range's ``(id, xmin)`` stamp and its ids are read in the same snapshot
   (:data:`~docstore.migrate.legacy.CHUNK_FACTS`);
@@ -26,12 +26,12 @@ and validation reads them again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import xxhash
 
 from docstore.errors import DocstoreError
 from docstore.migrate import legacy
@@ -57,8 +57,12 @@ READ_BACK_STAMP = (
 
 
 def new_digest() -> Any:
-    """The hash of a range's binary COPY stream (both sides use it)."""
-    return hashlib.sha256()
+    """The hash of a range's binary COPY stream (both sides use it): XXH3-128, which checks
+    equality of two streams as well as a cryptographic hash for what can go wrong here
+    (corruption, a missing or doubled row, not an adversary) at ~6 GB/s instead of SHA-256's
+    ~1 GB/s — the stream passes through the migrator's one Python thread, which also drives
+    the COPY (measured: 0.12 s of its 0.4 s of CPU for a 4,133 × 3,072 run went to SHA-256)."""
+    return xxhash.xxh3_128()
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class StreamedRange:
     last: int  # inclusive
     rows: int
     legacy_stamp: str  # the checkpoint's stamp, read in the stream's snapshot
-    sent: bytes  # SHA-256 of the binary COPY stream
+    sent: bytes  # XXH3-128 of the binary COPY stream
     ids: list[str]  # its legacy ids, for the read-back's index lookup
 
 
