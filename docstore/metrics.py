@@ -185,6 +185,28 @@ class SearchRecall(BaseModel):
     calibrated_at: datetime | None = None
 
 
+class NodeMetrics(BaseModel):
+    """One primary node of a Citus cluster in ``store.metrics()`` (a distributed database:
+    :mod:`docstore.schema.citus`). Fields a node could not report are None."""
+
+    name: str
+    port: int
+    coordinator: bool
+    reachable: bool
+    """The node answered the coordinator's command (within 2 s to connect)."""
+    connections: int | None = None
+    """Backends connected to this database on the node (``pg_stat_activity``): clients,
+    and on a worker the coordinator's connections to its shards."""
+    active_queries: int | None = None
+    """Of them, running a statement now (``state = 'active'``; the probe not counted)."""
+    shards: int | None = None
+    """Shards of ``documents`` placed on the node."""
+    documents_rows: int | None = None
+    """Rows in those shards: ``n_live_tup``, an estimate that lags writes by about a second."""
+    documents_bytes: int | None = None
+    """Those shards' size on disk, indexes and TOAST included."""
+
+
 class MetricsSnapshot(BaseModel):
     """What ``store.metrics()`` returns; ``docstore stats`` prints it."""
 
@@ -208,6 +230,10 @@ class MetricsSnapshot(BaseModel):
     disk: DiskUsage | None = None
     search_recall: SearchRecall | None = None
     """Live recall of ANN searches (None where the store does no vector search)."""
+    nodes: list[NodeMetrics] = []
+    """On a distributed database (Citus), every primary node: reachable, connections and
+    active queries on it, the shards of ``documents`` it holds with their rows and bytes
+    (``[]`` on a single node, which costs nothing extra)."""
 
     @property
     def error_total(self) -> int:
@@ -277,6 +303,7 @@ class Metrics:
         server_connections: dict[str, int],
         disk: DiskUsage | None,
         taken_at: datetime,
+        nodes: list[NodeMetrics] | None = None,
     ) -> MetricsSnapshot:
         return MetricsSnapshot(
             taken_at=taken_at,
@@ -293,6 +320,7 @@ class Metrics:
             replica_fallbacks=self.replica_fallbacks,
             server_connections=server_connections,
             disk=disk,
+            nodes=nodes or [],
         )
 
     def pool_acquire_stats(self, role: str) -> LatencyStats:

@@ -88,7 +88,14 @@ class Database:
         )
         self._router = ReplicaRouter(self._pool_set, settings, self._metrics)
         self._runner = Runner(self._pool_set, self._router, settings, self._metrics)
-        self._reporter = Reporter(self._pool_set, self._runner, settings, self._metrics, read_only)
+        self._reporter = Reporter(
+            self._pool_set,
+            self._runner,
+            settings,
+            self._metrics,
+            read_only,
+            distributed=lambda: self.distributed,
+        )
 
     # -- identity --------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ pools, the server's view of this store's connections and disk usage).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,15 @@ from docstore.config import Settings
 from docstore.core.pools import REPLICA_CONNECT_TIMEOUT, Pool, Pools
 from docstore.core.runner import Runner
 from docstore.errors import DocstoreError
-from docstore.metrics import DiskUsage, Metrics, MetricsSnapshot, PoolStats, SearchRecall, timed
+from docstore.metrics import (
+    DiskUsage,
+    Metrics,
+    MetricsSnapshot,
+    NodeMetrics,
+    PoolStats,
+    SearchRecall,
+    timed,
+)
 from docstore.readonly import Guarantee, write_capabilities
 from docstore.schema import citus, runner
 
@@ -132,8 +141,16 @@ class Reporter:
     """Health, disk usage, pool and metrics reports of one store."""
 
     def __init__(
-        self, pools: Pools, runner: Runner, settings: Settings, metrics: Metrics, read_only: bool
+        self,
+        pools: Pools,
+        runner: Runner,
+        settings: Settings,
+        metrics: Metrics,
+        read_only: bool,
+        distributed: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._distributed = distributed
+        """Whether the database is distributed now (the store's flag: migrate() may set it)."""
         self._pools = pools
         self._runner = runner
         self._settings = settings
@@ -261,6 +278,11 @@ class Reporter:
         """What this store has measured since it opened (:mod:`docstore.metrics`): operation
         latencies, vector searches by mode, pools, errors, retries, replica fallbacks, the
         server's count of this store's connections by state and, with ``disk``, disk usage.
+
+        On a distributed database (Citus), ``nodes`` too: every primary node's reachability,
+        connections and active queries, and the shards of ``documents`` it holds with their
+        rows and bytes (:func:`docstore.schema.citus.node_metrics`: one command run on every
+        node in parallel, plus ``citus_shards``). A single node's snapshot skips it.
         """
 
         async def server_view(conn: asyncpg.Connection) -> dict[str, int]:
@@ -268,10 +290,15 @@ class Reporter:
             return {r["state"]: r["n"] for r in rows}
 
         connections = await self._runner.run(server_view, stateless=True)
+        nodes = None
+        if self._distributed():
+            found = await self._runner.run(citus.node_metrics, stateless=True)
+            nodes = [NodeMetrics.model_validate(n) for n in found]
         usage = await self.disk_usage() if disk else self._metrics.previous_disk
         return self._metrics.snapshot(
             pools=self.pool_stats(),
             server_connections=connections,
             disk=usage,
             taken_at=datetime.now(UTC),
+            nodes=nodes,
         )

@@ -299,3 +299,51 @@ async def disk_usage(conn: asyncpg.Connection) -> dict[str, Any]:
             indexes[base] = indexes.get(base, 0) + int(size)
     row["indexes"] = indexes
     return row
+
+
+_NODE_ACTIVITY = """
+SELECT json_build_object(
+  'connections', (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
+  'active_queries', (SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND state = 'active'
+                        AND pid <> pg_backend_pid()),
+  'documents_rows', (SELECT coalesce(sum(n_live_tup), 0) FROM pg_stat_user_tables
+                      WHERE relname ~ '^documents_[0-9]+$'))
+"""
+_NODE_METRICS = """
+SELECT n.nodename AS name, n.nodeport AS port, n.groupid = 0 AS coordinator,
+       a.success AS reachable, CASE WHEN a.success THEN a.result END AS activity
+  FROM pg_dist_node n
+  LEFT JOIN run_command_on_all_nodes($1) a ON a.nodeid = n.nodeid
+ WHERE n.noderole = 'primary' ORDER BY n.groupid, n.nodeid
+"""
+
+
+async def node_metrics(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every primary node of the cluster for ``store.metrics()``: name, port, coordinator,
+    reachable (answered a command within :data:`NODE_CHECK_TIMEOUT_MS`), its backends
+    connected to this database (``connections``) and those running a query
+    (``active_queries``, the probe itself not counted), the rows of the ``documents`` shards
+    it holds (``documents_rows``: ``pg_stat_user_tables.n_live_tup``, an estimate that
+    lags writes by up to about a second), and those shards' count and size from
+    ``citus_shards`` (``shards``, ``documents_bytes``). A node that did not answer has None
+    for everything it would have said. One command on every node, run in parallel."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL citus.node_connection_timeout = {NODE_CHECK_TIMEOUT_MS}")
+        rows = await conn.fetch(_NODE_METRICS, _NODE_ACTIVITY)
+    nodes = []
+    for row in rows:
+        node: dict[str, Any] = {k: row[k] for k in ("name", "port", "coordinator")}
+        node["reachable"] = bool(row["reachable"])
+        activity = json.loads(row["activity"]) if row["activity"] else {}
+        for key in ("connections", "active_queries", "documents_rows"):
+            node[key] = activity.get(key)
+        nodes.append(node)
+    shards: dict[tuple[str, int], Any] = {}
+    if all(n["reachable"] for n in nodes):  # citus_shards asks every node for sizes
+        shards = {(r["name"], r["port"]): r for r in await conn.fetch(_SHARDS_PER_NODE)}
+    for node in nodes:
+        placed = shards.get((node["name"], node["port"]))
+        node["shards"] = placed["shards"] if placed else (0 if shards else None)
+        node["documents_bytes"] = placed["documents_bytes"] if placed else (0 if shards else None)
+    return nodes

@@ -184,6 +184,7 @@ async def test_distributed_needs_a_citus_coordinator(single_url: str) -> None:
             await store.migrate(distributed=True)
         assert not store.distributed
         assert not (await store.schema_status()).distributed
+        assert (await store.metrics(disk=False)).nodes == []  # no per-node probe
 
 
 # -- writes ----------------------------------------------------------------------------------
@@ -628,3 +629,36 @@ async def test_health_and_disk_usage_per_node(dstore: docstore.Store) -> None:
     assert usage.documents_table_bytes + usage.documents_indexes_bytes == stored
     assert usage.indexes["documents_embedding_hnsw_cosine"] > 8 * 8192  # every shard's
     assert usage.database_bytes > stored
+
+
+async def test_metrics_per_node(dstore: docstore.Store, citus_worker_urls: list[str]) -> None:
+    docs = corpus(20)
+    await dstore.documents.upsert_many(docs)
+    async with docstore.connect(citus_worker_urls[0]) as worker:
+        # a store on the first worker, with a query running there while metrics are taken
+        sleeping = asyncio.create_task(worker.execute("SELECT pg_sleep(3)"))
+        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while True:  # n_live_tup reaches pg_stat_user_tables about a second after the writes
+            snapshot = await dstore.metrics(disk=False)
+            rows = sum(n.documents_rows or 0 for n in snapshot.nodes)
+            if rows == len(docs) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        await sleeping
+    assert rows == len(docs)
+    nodes = {(n.port, n.coordinator): n for n in snapshot.nodes}
+    assert sorted(c for _, c in nodes) == [False, False, True]
+    assert all(n.reachable and (n.connections or 0) >= 1 for n in snapshot.nodes)
+    first = next(n for n in snapshot.nodes if str(n.port) in citus_worker_urls[0])
+    assert (first.active_queries or 0) >= 1  # the pg_sleep
+    workers = [n for n in snapshot.nodes if not n.coordinator]
+    assert all(n.shards and n.documents_bytes and n.documents_rows for n in workers)
+    shards = await dstore.fetchval(
+        "SELECT count(*) FROM citus_shards WHERE table_name = 'documents'::regclass"
+    )
+    assert sum(n.shards or 0 for n in snapshot.nodes) == shards
+    health = await dstore.health()
+    assert {(n.port, n.shards, n.documents_bytes) for n in health.cluster} == {
+        (n.port, n.shards, n.documents_bytes) for n in snapshot.nodes
+    }
