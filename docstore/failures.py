@@ -140,6 +140,18 @@ def is_transient_query_failure(exc: BaseException) -> bool:
     return is_transient(exc) and not isinstance(exc, TimeoutError)
 
 
+def is_unique_violation(exc: BaseException) -> bool:
+    """A unique violation, also as Citus reports one a worker raised during a COPY into a
+    distributed table: SQLSTATE XX000 with the worker's message."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return True
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and exc.sqlstate == "XX000"
+        and str(exc).startswith("duplicate key value violates unique constraint")
+    )
+
+
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret:

@@ -52,6 +52,7 @@ import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.errors import ValidationError
+from docstore.failures import is_unique_violation
 from docstore.metrics import Metrics, timed
 from docstore.models import (
     Document,
@@ -360,20 +361,10 @@ async def _insert_new(conn: asyncpg.Connection, new: list[Document]) -> UpsertRe
         async with conn.transaction():  # savepoint: a racing inserter can't abort the batch
             await _copy_new(conn, new)
     except asyncpg.PostgresError as exc:
-        if not _unique_violation(exc):
+        if not is_unique_violation(exc):
             raise
         return _upsert_counts(await conn.fetch(_GUARDED_UPSERT, *_columns(new)), len(new))
     return UpsertResult(inserted=len(new))
-
-
-def _unique_violation(exc: asyncpg.PostgresError) -> bool:
-    """A unique violation, also as Citus reports one a worker raised during a COPY into a
-    distributed table: SQLSTATE XX000 with the worker's message."""
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return True
-    return exc.sqlstate == "XX000" and str(exc).startswith(
-        "duplicate key value violates unique constraint"
-    )
 
 
 def _upsert_counts(flags: list[Any], sent: int) -> UpsertResult:
