@@ -23,6 +23,7 @@ from collections.abc import Callable
 import asyncpg
 
 from docstore.errors import DocstoreError, MigrationError
+from docstore.failures import is_unique_violation
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
@@ -46,14 +47,19 @@ ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
                          EXCLUDED.token_count, EXCLUDED.created_at)
 """
 # Migrated rows of an id range that the legacy range no longer has (deleted, or renamed:
-# the upsert from staging inserted the new key, this removes the old one).
+# the upsert from staging inserted the new key, this removes the old one). The staged keys
+# are a materialized CTE: Citus refuses a local (TEMP) table inside DML on a distributed
+# table, but ships a CTE's result to the shards. NOT IN, not NOT EXISTS: it runs as a hashed
+# sub-plan, where the planner chose a nested-loop anti-join over the unanalysed stage
+# (measured on one node, 5,000 staged rows: 50 ms vs 6 s). No staged key is NULL: the
+# upsert into documents (NOT NULL keys) before it would have failed.
 _DELETE_RANGE_NOT_STAGED = f"""
+WITH staged AS MATERIALIZED (SELECT source_name, doc_path FROM {STAGE_TABLE})
 DELETE FROM documents d
  WHERE d.doc_type = $1 AND d.metadata->>'migrated_from' = 'rust_docs_vectors'
    AND d.metadata->>'legacy_id' ~ '^[0-9]{{1,18}}$'
    AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
-   AND NOT EXISTS (SELECT 1 FROM {STAGE_TABLE} s
-                    WHERE s.source_name = d.source_name AND s.doc_path = d.doc_path)
+   AND (d.source_name, d.doc_path) NOT IN (SELECT source_name, doc_path FROM staged)
 """
 
 
@@ -79,7 +85,7 @@ async def copy_range(
     direct: bool,
 ) -> tuple[int, bytes]:
     """Copy the legacy rows ``(low, high]`` into ``documents`` inside the caller's target
-    transaction; returns the rows copied and the SHA-256 of the binary stream that left the
+    transaction; returns the rows copied and the XXH3-128 digest of the binary stream that left the
     legacy database. ``direct``: COPY straight into ``documents`` (a key collision falls back
     to staging); otherwise upsert through the staging table and delete the range's migrated
     rows the legacy range no longer has."""
@@ -101,7 +107,9 @@ async def copy_range(
                     timeout=LONG_TIMEOUT,
                 )
             return n, sent.digest()
-        except asyncpg.UniqueViolationError:
+        except asyncpg.PostgresError as exc:  # Citus: a worker's violation is XX000
+            if not is_unique_violation(exc):
+                raise
             logger.info("chunk (%d, %d] collides with existing rows: upserting it", low, high)
     await tgt.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS"
