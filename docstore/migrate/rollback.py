@@ -11,6 +11,7 @@ sources' derived config and the documents' crate versions), so validation passes
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -266,19 +267,32 @@ async def _record_legacy_ids(tgt: asyncpg.Connection, doc_type: str, assigned: l
     """Mark target documents with the legacy ids a rollback gave them, as a migration would."""
     if not assigned:
         return 0
+    # The keys are built here, not with jsonb_build_object over the unnest's columns in the
+    # UPDATE: Citus refuses STABLE functions with column references there (sent as text and
+    # cast, so it works with or without a jsonb codec on the connection).
+    marks = [
+        json.dumps(
+            {
+                k: v
+                for k, v in (
+                    ("crate_name", r["crate_name"]),
+                    ("legacy_id", r["id"]),
+                    ("legacy_crate_id", r["crate_id"]),
+                    ("migrated_from", legacy.MIGRATED_FROM),
+                )
+                if v is not None
+            }
+        )
+        for r in assigned
+    ]
     status = await tgt.execute(
-        f"""UPDATE documents t
-               SET metadata = coalesce(t.metadata, '{{}}') || jsonb_strip_nulls(jsonb_build_object(
-                       'crate_name', a.crate_name, 'legacy_id', a.id,
-                       'legacy_crate_id', a.crate_id, 'migrated_from', '{legacy.MIGRATED_FROM}'))
-              FROM unnest($2::int[], $3::int[], $4::text[], $5::text[])
-                   AS a(id, crate_id, crate_name, doc_path)
+        """UPDATE documents t SET metadata = coalesce(t.metadata, '{}') || a.mark::jsonb
+              FROM unnest($2::text[], $3::text[], $4::text[]) AS a(crate_name, doc_path, mark)
              WHERE t.doc_type = $1 AND t.source_name = a.crate_name AND t.doc_path = a.doc_path""",
         doc_type,
-        [r["id"] for r in assigned],
-        [r["crate_id"] for r in assigned],
         [r["crate_name"] for r in assigned],
         [r["doc_path"] for r in assigned],
+        marks,
         timeout=LONG_TIMEOUT,
     )
     return int(status.split()[-1])

@@ -77,12 +77,16 @@ SELECT source_name, count(*) AS documents,
        array_agg(DISTINCT metadata->>'crate_version') AS versions
   FROM documents WHERE {MIGRATED_DOCUMENT} GROUP BY 1
 """
+# Two statements, not one CASE on $3: Citus refuses a non-IMMUTABLE function
+# (jsonb_build_object) inside CASE in an UPDATE of a distributed table.
 _SET_CRATE_VERSION = f"""
-UPDATE documents
-   SET metadata = CASE WHEN $3::text IS NULL THEN metadata - 'crate_version'
-                       ELSE metadata || jsonb_build_object('crate_version', $3::text) END
+UPDATE documents SET metadata = metadata || jsonb_build_object('crate_version', $3::text)
  WHERE {MIGRATED_DOCUMENT} AND source_name = $2
    AND (metadata->>'crate_version') IS DISTINCT FROM $3::text
+"""
+_UNSET_CRATE_VERSION = f"""
+UPDATE documents SET metadata = metadata - 'crate_version'
+ WHERE {MIGRATED_DOCUMENT} AND source_name = $2 AND (metadata->>'crate_version') IS NOT NULL
 """
 
 
@@ -265,8 +269,12 @@ async def sync_versions(
     for name in names:
         if name not in state.sources:
             continue
-        status = await tgt.execute(
-            _SET_CRATE_VERSION, doc_type, name, state.sources[name].version, timeout=LONG_TIMEOUT
-        )
+        version = state.sources[name].version
+        if version is None:
+            status = await tgt.execute(_UNSET_CRATE_VERSION, doc_type, name, timeout=LONG_TIMEOUT)
+        else:
+            status = await tgt.execute(
+                _SET_CRATE_VERSION, doc_type, name, version, timeout=LONG_TIMEOUT
+            )
         rewritten += int(status.split()[-1])
     return rewritten
