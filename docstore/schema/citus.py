@@ -224,18 +224,45 @@ async def _bigint_id(conn: asyncpg.Connection, table: str) -> list[str]:
     return [f"{table}: id bigint"]
 
 
+MAX_CACHED_CONNS_PER_WORKER = 8
+"""Upper bound of the ``citus.max_cached_conns_per_worker`` default the conversion sets."""
+_SHARDS_PER_WORKER = """
+SELECT ceil(count(*)::numeric / greatest(count(DISTINCT p.groupid), 1))::int
+  FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p USING (shardid)
+ WHERE s.logicalrelid = 'documents'::regclass
+"""
+
+
 async def _set_database_defaults(conn: asyncpg.Connection) -> None:
-    """``citus.propagate_set_commands = 'local'`` for new sessions of this database, so raw
-    SQL's ``SET LOCAL hnsw.ef_search`` reaches the shards too (docstore's own statements
-    set it themselves)."""
+    """Defaults for new sessions of this database (each set only when the database has no
+    value of its own for it, so an operator's ``ALTER DATABASE … SET`` stays):
+
+    * ``citus.propagate_set_commands = 'local'``, so raw SQL's ``SET LOCAL hnsw.ef_search``
+      reaches the shards too (docstore's own statements set it themselves);
+    * ``citus.max_cached_conns_per_worker`` = the shards of ``documents`` per worker (at most
+      :data:`MAX_CACHED_CONNS_PER_WORKER`). A fanned-out search runs one task per shard, in
+      parallel over several connections to each worker; Citus's default keeps one of them
+      open after the transaction, so every unscoped search opened (and the worker forked)
+      1.0 / 2.1 / 5.1 new connections per worker at 4 / 8 / 16 shards, and the coordinator
+      spent 20–48 % more CPU per search than with the shards-per-worker connections kept
+      (``bench/citus.py``, docs/scaling.md). The cost is idle connections on the workers:
+      up to this many per worker for each coordinator session that fanned out (a store's
+      pool: ``DOCSTORE_POOL_MAX_SIZE``), hence the bound.
+    """
     current = await conn.fetchval(
         "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
         " WHERE d.datname = current_database() AND s.setrole = 0"
     )
-    if current and "citus.propagate_set_commands=local" in current:
-        return
-    name = await conn.fetchval("SELECT current_database()")
-    await conn.execute(f"ALTER DATABASE {_ident(name)} SET citus.propagate_set_commands = 'local'")
+    given = {item.split("=", 1)[0] for item in current or ()}
+    name = _ident(await conn.fetchval("SELECT current_database()"))
+    if "citus.propagate_set_commands" not in given:
+        await conn.execute(f"ALTER DATABASE {name} SET citus.propagate_set_commands = 'local'")
+    if "citus.max_cached_conns_per_worker" not in given:
+        per_worker = await conn.fetchval(_SHARDS_PER_WORKER) or 1
+        cached = max(1, min(int(per_worker), MAX_CACHED_CONNS_PER_WORKER))
+        await conn.execute(
+            f"ALTER DATABASE {name} SET citus.max_cached_conns_per_worker = {cached}"
+        )
 
 
 _NODES = """
