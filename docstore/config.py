@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     replica_retry_seconds: float = Field(
         5.0, ge=0, validation_alias="DOCSTORE_REPLICA_RETRY_SECONDS"
     )
+    """Seconds a failed read replica (or a Citus worker that failed a routed search) is
+    skipped before it is tried again."""
+    citus_route_searches: bool = Field(True, validation_alias="DOCSTORE_CITUS_ROUTE_SEARCHES")
+    """On a Citus cluster, run a one-source search (``source_name`` given) on the worker
+    holding the source's shard instead of through the coordinator, which prints the query
+    vector into the SQL it sends the worker (:mod:`docstore.core.shards`)."""
 
     @field_validator(
         "database_url", "mcpdocs_database_url", "legacy_database_url", "database_read_url"

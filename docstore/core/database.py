@@ -44,6 +44,7 @@ from docstore.core.pools import Pool, Pools, connection_class
 from docstore.core.reload import reload_pools
 from docstore.core.routing import ReplicaRouter, primary_reads
 from docstore.core.runner import Runner
+from docstore.core.shards import ShardRouter
 from docstore.core.surface import ReadQueries
 from docstore.errors import DocstoreError, ReadOnlyError
 from docstore.metrics import Metrics, timed
@@ -87,7 +88,9 @@ class Database:
             primary, replica, url_source, url_secrets(url, replica.url if replica else None)
         )
         self._router = ReplicaRouter(self._pool_set, settings, self._metrics)
-        self._runner = Runner(self._pool_set, self._router, settings, self._metrics)
+        self._shards = ShardRouter(self._pool_set, settings)
+        """Where one-source searches run on a Citus cluster (:mod:`docstore.core.shards`)."""
+        self._runner = Runner(self._pool_set, self._router, settings, self._metrics, self._shards)
         self._reporter = Reporter(
             self._pool_set,
             self._runner,
@@ -141,7 +144,9 @@ class Database:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def close(self) -> None:
-        """Close the pools, waiting for checked-out connections to be released."""
+        """Close the pools (the Citus workers' too), waiting for checked-out connections to
+        be released."""
+        await self._shards.close()
         await self._pool_set.close()
 
     async def __aenter__(self) -> Self:
@@ -162,6 +167,7 @@ class Database:
         keeps its old URLs.
         """
         await reload_pools(self._pool_set, self._router, self.embedding_dim, url)
+        await self._shards.repoint()
 
     # -- guards & errors ---------------------------------------------------------------------
     def ensure_writable(self) -> None:

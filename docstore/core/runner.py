@@ -22,6 +22,7 @@ import tenacity
 from docstore.config import Settings
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
+from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError
 from docstore.failures import first_retry_wait, is_transient, is_transient_query_failure, retrying
 from docstore.metrics import Metrics, timed
@@ -34,12 +35,22 @@ class Runner:
     """The pools plus retry: runs work on connections (see the module docstring)."""
 
     def __init__(
-        self, pools: Pools, router: ReplicaRouter, settings: Settings, metrics: Metrics
+        self,
+        pools: Pools,
+        router: ReplicaRouter,
+        settings: Settings,
+        metrics: Metrics,
+        shards: ShardRouter | None = None,
     ) -> None:
         self._pools = pools
         self._router = router
         self._settings = settings
         self._metrics = metrics
+        self._shards = shards
+
+    async def _placement(self, source: str) -> Any:
+        """The node holding ``source``'s shard, asked of the coordinator."""
+        return await self._attempt(lambda conn: conn.fetchrow(PLACEMENT_SQL, source))
 
     def _retrying(self, *, after_first_failure: bool = False) -> tenacity.AsyncRetrying:
         return retrying(
@@ -63,6 +74,7 @@ class Runner:
         *,
         stateless: bool = False,
         read: bool = False,
+        shard: str | None = None,
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -72,9 +84,19 @@ class Runner:
         ``LISTEN``, cursor or advisory lock), so the connection goes back to the pool without
         a reset round trip. ``read=True`` promises that ``work`` only reads: it runs on the
         read replica when there is one (on the primary if the replica fails).
+
+        ``shard`` (a ``source_name``, with ``read``; the caller checked the database is a
+        Citus cluster and routing is on): ``work`` reads only that source's rows, so it runs
+        on the Citus worker holding its shard (:mod:`docstore.core.shards`), else — no
+        such worker, or it fails to answer — as without ``shard``.
         """
         token = STATELESS.set(stateless)
         try:
+            if shard is not None and read and self._shards is not None:
+                try:
+                    return await self._shards.run(shard, work, self._placement)
+                except NotRouted:
+                    pass
             if read and self._router.use_replica():
                 try:
                     result = await self._attempt(work, "replica")

@@ -48,6 +48,7 @@ class Queries(Protocol):
         *,
         stateless: bool = False,
         read: bool = False,
+        shard: str | None = None,
     ) -> T: ...
     async def run_in_transaction(
         self, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any

@@ -26,4 +26,5 @@ class SearchDatabase(Queries, Protocol):
         *,
         force_index: bool = True,
         filtered: bool = False,
+        source: str | None = None,
     ) -> list[Any]: ...

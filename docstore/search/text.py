@@ -19,7 +19,7 @@ from docstore.models import query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
 from docstore.search.results import Hit, SearchResults
-from docstore.search.vector import VectorSearch, _fetch, _hit
+from docstore.search.vector import VectorSearch, _fetch, _hit, shard
 
 
 class TextSearch:
@@ -64,7 +64,9 @@ class TextSearch:
             filter=queries.scoped_filter(doc_type, source_name, filter),
             include_embedding=include_embedding,
         )
-        records = await self._db.run(_fetch(sql, params), stateless=True, read=True)
+        records = await self._db.run(
+            _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
+        )
         hits = [_hit(r, text_rank=r["rank"]) for r in records]
         return SearchResults(hits, mode="text", elapsed_ms=(time.perf_counter() - started) * 1000)
 

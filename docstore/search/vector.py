@@ -197,13 +197,17 @@ class VectorSearch:
         }
         escalated = False
         if plan.mode == "ann":
-            records, escalated = await self._ann(vector, plan, shape, filtered=flt is not None)
+            records, escalated = await self._ann(
+                vector, plan, shape, filtered=flt is not None, source=shard(self._db, source_name)
+            )
         else:
             extra: dict[str, Any] = {}
             if plan.mode == "halfvec":
                 extra = {"candidates": plan.candidates, "candidate_source": "halfvec"}
             sql, params = queries.vector_search_sql(vector, **shape, **extra)
-            records = await self._db.run(_fetch(sql, params), stateless=True, read=True)
+            records = await self._db.run(
+                _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
+            )
         self._metrics.search_mode(plan.mode, time.perf_counter() - started)
         hits = [
             _hit(r, similarity=mt.similarity(r["distance"]))
@@ -236,6 +240,7 @@ class VectorSearch:
         shape: dict[str, Any],
         *,
         filtered: bool,
+        source: str | None = None,
     ) -> tuple[list[Any], bool]:
         """Run an ANN plan: the first pass, and the second if its candidates were flat."""
         threshold = plan.escalate_below
@@ -256,7 +261,12 @@ class VectorSearch:
                 **shape,
             )
             records = await self._ann_records(
-                sql, params, plan.ef_search, force_index=plan.force_index, filtered=filtered
+                sql,
+                params,
+                plan.ef_search,
+                force_index=plan.force_index,
+                filtered=filtered,
+                source=source,
             )
             if threshold is None:
                 return records, False
@@ -279,7 +289,12 @@ class VectorSearch:
             **shape,
         )
         second = await self._ann_records(
-            sql, params, plan.escalation_ef_search, force_index=plan.force_index, filtered=filtered
+            sql,
+            params,
+            plan.escalation_ef_search,
+            force_index=plan.force_index,
+            filtered=filtered,
+            source=source,
         )
         merged = {r["id"]: r for r in (*records, *second)}
         best = sorted(merged.values(), key=lambda r: (r["distance"], r["id"]))
@@ -293,10 +308,12 @@ class VectorSearch:
         *,
         force_index: bool = True,
         filtered: bool = False,
+        source: str | None = None,
     ) -> list[Any]:
         """Run one ANN statement the way searches do (alone when PostgreSQL takes the index by
         itself, else under ``enable_seqscan = off``; on a Citus cluster always in a
-        transaction whose settings reach the shards); calibration trials use it too."""
+        transaction whose settings reach the shards, on ``source``'s worker when given: the
+        ``SET LOCAL`` settings go with the statement); calibration trials use it too."""
         distributed = self._db.distributed
         alone = (
             not distributed and not filtered and await self._planner_takes_the_index(sql, params)
@@ -304,7 +321,7 @@ class VectorSearch:
         work = _ann_fetch(
             sql, params, ef_search, force_index=force_index, alone=alone, distributed=distributed
         )
-        return cast("list[Any]", await self._db.run(work, stateless=True, read=True))
+        return cast("list[Any]", await self._db.run(work, stateless=True, read=True, shard=source))
 
     async def _planner_takes_the_index(self, sql: str, params: list[Any]) -> bool:
         """Whether PostgreSQL plans an unfiltered ANN statement on the HNSW index by itself.
@@ -325,6 +342,15 @@ class VectorSearch:
         uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
         self._index_plan_cache = (now, uses)
         return uses
+
+
+def shard(db: Queries, source_name: str | None) -> str | None:
+    """The source whose Citus worker runs a search scoped to ``source_name``
+    (:mod:`docstore.core.shards`): None — through the coordinator, or a single node — unless
+    the database is distributed and ``DOCSTORE_CITUS_ROUTE_SEARCHES`` is on."""
+    if source_name is None or not db.distributed or not db.settings.citus_route_searches:
+        return None
+    return source_name
 
 
 def _fetch(sql: str, params: list[Any]) -> Any:

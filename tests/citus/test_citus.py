@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -430,7 +431,9 @@ async def test_ann_set_local_reaches_the_shards(dstore: docstore.Store) -> None:
         async with conn.transaction():  # what docstore's setting changes: without it, the
             await conn.execute("SET LOCAL citus.propagate_set_commands = 'none'")
             await conn.execute("SET LOCAL hnsw.ef_search = 123")
-            assert {r[0] for r in await conn.fetch(probe)} == {"40"}  # shards: the default
+            # shards: the default ("" in a cached worker connection that saw an earlier
+            # transaction's SET LOCAL before pgvector was loaded there)
+            assert {r[0] for r in await conn.fetch(probe)} <= {"40", ""}
 
 
 async def test_filters(dstore: docstore.Store) -> None:
@@ -634,17 +637,21 @@ async def test_health_and_disk_usage_per_node(dstore: docstore.Store) -> None:
 async def test_metrics_per_node(dstore: docstore.Store, citus_worker_urls: list[str]) -> None:
     docs = corpus(20)
     await dstore.documents.upsert_many(docs)
+    # n_live_tup reaches pg_stat_user_tables when the writing backend reports: at once
+    # when it closes, about 10 s later (PostgreSQL 15's idle report) for a worker connection
+    # the coordinator keeps cached (citus.max_cached_conns_per_worker)
+    deadline = time.monotonic() + 30
+    while True:
+        snapshot = await dstore.metrics(disk=False)
+        rows = sum(n.documents_rows or 0 for n in snapshot.nodes)
+        if rows == len(docs) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     async with docstore.connect(citus_worker_urls[0]) as worker:
         # a store on the first worker, with a query running there while metrics are taken
         sleeping = asyncio.create_task(worker.execute("SELECT pg_sleep(3)"))
         await asyncio.sleep(0.5)
-        deadline = time.monotonic() + 10
-        while True:  # n_live_tup reaches pg_stat_user_tables about a second after the writes
-            snapshot = await dstore.metrics(disk=False)
-            rows = sum(n.documents_rows or 0 for n in snapshot.nodes)
-            if rows == len(docs) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.3)
+        snapshot = await dstore.metrics(disk=False)
         await sleeping
     assert rows == len(docs)
     nodes = {(n.port, n.coordinator): n for n in snapshot.nodes}
@@ -662,3 +669,144 @@ async def test_metrics_per_node(dstore: docstore.Store, citus_worker_urls: list[
     assert {(n.port, n.shards, n.documents_bytes) for n in health.cluster} == {
         (n.port, n.shards, n.documents_bytes) for n in snapshot.nodes
     }
+
+
+# -- one-source searches on the shard's worker ------------------------------------------------
+
+
+async def _worker_backends(worker_urls: list[str], application_name: str) -> dict[int, int]:
+    """Backends named ``application_name`` on each worker, by port."""
+    found = {}
+    for url in worker_urls:
+        conn = await asyncpg.connect(url)
+        try:
+            port = await conn.fetchval("SELECT current_setting('port')::int")
+            found[port] = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                application_name,
+            )
+        finally:
+            await conn.close()
+    return found
+
+
+async def _one_source_searches(store: docstore.Store, query: Any) -> list[list[str]]:
+    """The doc_paths of tokio's exact, halfvec, ANN, text and hybrid searches."""
+    found = []
+    for exact in (True, None, False):
+        results = await store.search(query, source_name="tokio", limit=5, exact=exact)
+        assert results.mode == {True: "exact", None: "halfvec", False: "ann"}[exact]
+        found.append([h.doc_path for h in results])
+    text = await store.search_text("spawn task 7", source_name="tokio", limit=5)
+    found.append([h.doc_path for h in text])
+    hybrid = await store.hybrid_search("spawn task 7", query, source_name="tokio", limit=5)
+    found.append([h.doc_path for h in hybrid])
+    return found
+
+
+async def test_one_source_search_runs_on_the_shards_worker(
+    citus_url: str, dstore: docstore.Store, citus_worker_urls: list[str], single_url: str
+) -> None:
+    docs = corpus(30)
+    await dstore.documents.upsert_many(docs)
+    await dstore.create_vector_index(calibrate=False)
+    await dstore.create_text_index()
+    holder = await dstore.fetchval(
+        "SELECT nodeport FROM citus_shards WHERE table_name = 'documents'::regclass"
+        " AND shardid = get_shard_id_for_distribution_column('documents', 'tokio')"
+    )
+    query = unit_vector(7)
+    runs: dict[bool, list[list[str]]] = {}
+    for route in (True, False):  # the default, then DOCSTORE_CITUS_ROUTE_SEARCHES=false
+        name = f"docstore-route-{uuid.uuid4().hex[:8]}"
+        overrides: dict[str, Any] = {} if route else {"citus_route_searches": False}
+        async with docstore.connect(citus_url, application_name=name, **overrides) as store:
+            assert store.distributed
+            runs[route] = await _one_source_searches(store, query)
+            stats = store._db._shards.stats()
+            backends = await _worker_backends(citus_worker_urls, name)
+        if route:  # every search (hybrid: both halves) ran on tokio's worker, nowhere else
+            assert stats["routed"] == 6 and stats["fallbacks"] == 0, stats
+            assert stats["workers"] == [f"localhost:{holder}"]
+            assert backends[holder] >= 1 and sum(backends.values()) == backends[holder]
+        else:
+            assert stats == {"routed": 0, "fallbacks": 0, "workers": []}
+            assert sum(backends.values()) == 0, backends
+    assert runs[True] == runs[False]
+    tokio = [d for d in docs if d.source_name == "tokio"]
+    assert runs[True][0] == exact_top(tokio, query, 5)
+    assert runs[True][4][0] == "tokio/7"
+    async with docstore.connect(single_url) as single:
+        await single.documents.upsert_many(docs)
+        for exact in (True, None):
+            on_one = await single.search(query, source_name="tokio", limit=5, exact=exact)
+            assert [h.doc_path for h in on_one] == runs[True][0]
+
+
+async def test_unreachable_worker_falls_back_to_the_coordinator(
+    citus_url: str, dstore: docstore.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    docs = corpus(20)
+    await dstore.documents.upsert_many(docs)
+    query = unit_vector(3)
+    expected = exact_top([d for d in docs if d.source_name == "axum"], query, 5)
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed = int(probe.getsockname()[1])
+    async with docstore.connect(citus_url, replica_retry_seconds=60.0) as store:
+        shards = store._db._shards
+        shards.remember("axum", ("localhost", closed))  # a stale cache / a worker gone
+        caplog.set_level("WARNING", logger="docstore")
+        results = await store.search(query, source_name="axum", limit=5, exact=True)
+        assert [h.doc_path for h in results] == expected
+        warnings = [r.getMessage() for r in caplog.records if "Citus worker" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once per outage
+        assert f"localhost:{closed}" in warnings[0] and "coordinator" in warnings[0]
+        # the failed node's placements were dropped: the next lookup finds the real worker
+        assert shards.stats()["routed"] == 0 and shards.stats()["fallbacks"] == 1
+        results = await store.search(query, source_name="axum", limit=5, exact=True)
+        assert [h.doc_path for h in results] == expected
+        assert shards.stats()["routed"] == 1
+        # while down, the node is skipped without a connection attempt
+        shards.remember("axum", ("localhost", closed))
+        results = await store.search(query, source_name="axum", limit=5, exact=True)
+        assert [h.doc_path for h in results] == expected
+        assert shards.stats()["fallbacks"] == 2
+        assert len([r for r in caplog.records if "Citus worker" in r.getMessage()]) == 1
+
+
+async def test_read_only_store_routes_with_its_guard(
+    citus_url: str, dstore: docstore.Store
+) -> None:
+    docs = corpus(10)
+    await dstore.documents.upsert_many(docs)
+    query = unit_vector(2)
+    async with docstore.connect(citus_url, read_only=True) as store:
+        results = await store.search(query, source_name="serde", limit=3, exact=True)
+        assert [h.doc_path for h in results] == exact_top(
+            [d for d in docs if d.source_name == "serde"], query, 3
+        )
+        shards = store._db._shards
+        assert shards.stats()["routed"] == 1
+        pool = next(iter(shards._workers.values()))
+        async with pool.acquire() as conn:  # the worker's connections: read-only too
+            assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+            with pytest.raises(docstore.ReadOnlyError):
+                await conn.execute("DELETE FROM documents")
+
+
+async def test_database_caches_connections_per_worker_for_fan_out(
+    dstore: docstore.Store,
+) -> None:
+    settings = await dstore.fetchval(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d"
+        " ON d.oid = s.setdatabase WHERE d.datname = current_database() AND s.setrole = 0"
+    )
+    per_worker = await dstore.fetchval(
+        "SELECT ceil(count(*)::numeric / count(DISTINCT nodeport))::int FROM citus_shards"
+        " WHERE table_name = 'documents'::regclass"
+    )
+    expected = min(per_worker, 8)
+    assert f"citus.max_cached_conns_per_worker={expected}" in settings
+    assert "citus.propagate_set_commands=local" in settings
+    assert await dstore.fetchval("SHOW citus.max_cached_conns_per_worker") == str(expected)

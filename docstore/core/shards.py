@@ -1,0 +1,241 @@
+"""One-source searches run on the Citus worker that holds the source's shard.
+
+Through the coordinator, Citus inlines a statement's bound parameters into the SQL it sends
+the worker: a one-source search's 3,072-float query vector is printed as text and parsed
+again, plus ~0.5 ms of routing (``bench/citus.py``: 1.5–2.1× a single node's latency). The
+same statement sent to the worker that holds the shard runs there with Citus's local
+execution and real bound parameters (0.93–1.13×): Citus 13 syncs its metadata to the
+workers, so any node accepts queries on the distributed table.
+
+:class:`ShardRouter` finds that worker (``pg_dist_placement`` of the shard
+``get_shard_id_for_distribution_column('documents', source)`` maps to, on an active primary
+node with synced metadata), keeps source → node in a bounded LRU for
+:data:`PLACEMENT_CACHE_SECONDS` (shards can move; a stale node still answers correctly,
+since any node routes), and keeps one small lazily-opened pool per worker: the coordinator's
+URL and connection settings (user, password, TLS, codecs, read-only guard) with only the host
+and port replaced. When a worker cannot be reached — or refuses the client, or has no
+metadata — the search runs through the coordinator instead (logged once per outage at
+WARNING, without secrets) and that worker is tried again after
+``DOCSTORE_REPLICA_RETRY_SECONDS``: a search never fails because of routing.
+``DOCSTORE_CITUS_ROUTE_SEARCHES=false`` turns routing off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from docstore.config import Settings
+from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool
+from docstore.errors import DocstoreError
+from docstore.failures import is_transient, is_transient_query_failure
+
+logger = logging.getLogger("docstore")
+
+T = TypeVar("T")
+Node = tuple[str, int]
+
+PLACEMENT_CACHE_SECONDS = 60.0
+"""How long a source's node is trusted before it is looked up again."""
+PLACEMENT_CACHE_SIZE = 4096
+"""Sources whose node is remembered (least recently used forgotten first)."""
+WORKER_CONNECT_TIMEOUT = 2.0
+"""Seconds a connection to a worker may take before the search goes to the coordinator."""
+
+PLACEMENT_SQL = """
+SELECT n.groupid, n.nodename, n.nodeport
+  FROM pg_catalog.pg_dist_placement p
+  JOIN pg_catalog.pg_dist_node n ON n.groupid = p.groupid
+ WHERE p.shardid = get_shard_id_for_distribution_column('documents', $1::text)
+   AND n.isactive AND n.noderole = 'primary' AND n.hasmetadata AND n.metadatasynced
+ ORDER BY n.nodeid LIMIT 1
+"""
+"""The primary node holding ``$1``'s shard of ``documents`` (none: the coordinator routes)."""
+
+# a worker that answers but cannot run the statement itself: no metadata (documents is not
+# known there), or it refuses this client (pg_hba, a password only the coordinator knows)
+_WORKER_PROBLEMS = (
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
+class NotRouted(Exception):
+    """The search was not run on a worker: run it through the coordinator."""
+
+
+class ShardRouter:
+    """Source → worker placement cache, worker pools, outages (see the module docstring).
+
+    ``routed`` and ``fallbacks`` count searches run on a worker and searches that went to
+    the coordinator because their worker failed."""
+
+    def __init__(self, pools: Pools, settings: Settings) -> None:
+        self._pools = pools
+        self._settings = settings
+        self._placements: OrderedDict[str, tuple[float, Node | None]] = OrderedDict()
+        self._workers: dict[Node, asyncpg.Pool] = {}
+        self._opening = asyncio.Lock()
+        self._down_until: dict[Node, float] = {}
+        self._closed = False
+        self.routed = 0
+        self.fallbacks = 0
+
+    # -- placement ---------------------------------------------------------------------------
+    async def node(self, source: str, lookup: Callable[[str], Awaitable[Any]]) -> Node | None:
+        """The worker holding ``source``'s shard (cached), None for the coordinator.
+        ``lookup(source)`` runs :data:`PLACEMENT_SQL` on the coordinator."""
+        now = time.monotonic()
+        cached = self._placements.get(source)
+        if cached is not None and now - cached[0] < PLACEMENT_CACHE_SECONDS:
+            self._placements.move_to_end(source)
+            return cached[1]
+        row = await lookup(source)
+        node = None if row is None or row["groupid"] == 0 else (row["nodename"], row["nodeport"])
+        self._placements[source] = (now, node)
+        self._placements.move_to_end(source)
+        while len(self._placements) > PLACEMENT_CACHE_SIZE:
+            self._placements.popitem(last=False)
+        return node
+
+    def remember(self, source: str, node: Node | None) -> None:
+        """Pin ``source`` to ``node`` (tests, and a caller that knows better)."""
+        self._placements[source] = (time.monotonic(), node)
+
+    def forget(self, node: Node | None = None) -> None:
+        """Drop cached placements (of ``node`` only, when given): looked up again next time."""
+        for source, (_, placed) in list(self._placements.items()):
+            if node is None or placed == node:
+                del self._placements[source]
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(
+        self,
+        source: str,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        lookup: Callable[[str], Awaitable[Any]],
+    ) -> T:
+        """``work`` on a connection to ``source``'s worker; :class:`NotRouted` when it should
+        run through the coordinator (no worker holds it, the worker is down, or it failed in
+        a way the coordinator would not). Other errors (a bad query) are raised as they are."""
+        if self._closed:
+            raise NotRouted
+        try:
+            node = await self.node(source, lookup)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DocstoreError) as exc:
+            logger.debug("search routing: placement of a source unknown (%s)", exc)
+            raise NotRouted from None
+        if node is None:
+            raise NotRouted
+        if time.monotonic() < self._down_until.get(node, 0.0):
+            self.fallbacks += 1
+            raise NotRouted
+        try:
+            pool = await self._pool(node)
+            async with asyncio.timeout(self._settings.pool_acquire_timeout):
+                conn: Any = await pool.acquire()
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # refused, timed out, TLS, authentication, ...
+            await self._failed(node, exc)
+            raise NotRouted from None
+        try:
+            result = await work(conn)
+        except BaseException as exc:
+            if is_transient(exc) and not conn.is_closed():
+                conn.terminate()  # never hand a broken connection to the next search
+            if is_transient_query_failure(exc) or isinstance(exc, _WORKER_PROBLEMS):
+                await self._failed(node, exc)
+                raise NotRouted from None
+            raise
+        finally:
+            await pool.release(conn)
+        self._succeeded(node)
+        self.routed += 1
+        return result
+
+    async def _pool(self, node: Node) -> asyncpg.Pool:
+        pool = self._workers.get(node)
+        if pool is not None:
+            return pool
+        async with self._opening:
+            pool = self._workers.get(node)
+            if pool is None:
+                primary = self._pools.primary
+                pool = await create_pool(
+                    primary.url,
+                    min_size=0,
+                    max_size=self._settings.pool_max_size,
+                    init=primary.init,
+                    connection_class=primary.connection_class,
+                    connect_kwargs=self._connect_kwargs(node),
+                )
+                self._workers[node] = pool
+            return pool
+
+    def _connect_kwargs(self, node: Node) -> dict[str, Any]:
+        """The coordinator's connection settings, on ``node`` (explicit ``host``/``port``
+        win over the URL's), with a short connect timeout."""
+        return {
+            **self._pools.primary.connect_kwargs,
+            "timeout": min(self._settings.pool_acquire_timeout, WORKER_CONNECT_TIMEOUT),
+            "host": node[0],
+            "port": node[1],
+        }
+
+    async def _failed(self, node: Node, exc: BaseException) -> None:
+        """``node`` is skipped for ``DOCSTORE_REPLICA_RETRY_SECONDS``; logged once an outage."""
+        self.fallbacks += 1
+        down = node in self._down_until
+        self._down_until[node] = time.monotonic() + self._settings.replica_retry_seconds
+        self.forget(node)  # the shard may have moved: look it up again after the outage
+        pool = self._workers.get(node)
+        if pool is not None:
+            await pool.expire_connections()
+        if not down:
+            logger.warning(
+                "Citus worker %s:%s unavailable for one-source searches (%s): they go through "
+                "the coordinator; retrying the worker every %gs",
+                node[0],
+                node[1],
+                self._pools.describe(exc),
+                self._settings.replica_retry_seconds,
+            )
+
+    def _succeeded(self, node: Node) -> None:
+        if self._down_until.pop(node, None) is not None:
+            logger.warning("Citus worker %s:%s is back: one-source searches run on it again", *node)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def repoint(self) -> None:
+        """The coordinator's URL changed (``store.reload``): worker connections use the new
+        credentials from now on (open ones are replaced as they come back)."""
+        for node, pool in self._workers.items():
+            pool.set_connect_args(self._pools.primary.url, **self._connect_kwargs(node))
+            await pool.expire_connections()
+
+    async def close(self) -> None:
+        """Close every worker pool (``store.close()``)."""
+        self._closed = True
+        pools, self._workers = list(self._workers.values()), {}
+        await asyncio.gather(
+            *(asyncio.wait_for(p.close(), POOL_CLOSE_TIMEOUT) for p in pools),
+            return_exceptions=True,  # a timed-out close terminates that pool
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Searches run on workers, fallbacks to the coordinator, open worker pools."""
+        return {
+            "routed": self.routed,
+            "fallbacks": self.fallbacks,
+            "workers": sorted(f"{h}:{p}" for h, p in self._workers),
+        }
