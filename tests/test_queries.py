@@ -207,6 +207,8 @@ def test_ann_search_is_one_statement_with_its_settings_bound() -> None:
 
 def test_ann_settings_are_integers_only() -> None:
     assert "hnsw.ef_search = 400;" in queries.ann_settings_sql(400)
+    # disable_cost pushes every such plan past jit_above_cost on PostgreSQL <= 17
+    assert "SET LOCAL jit = off;" in queries.ann_settings_sql(400, force_index=False)
     assert "enable_sort = off" in queries.ann_settings_sql(400)
     assert "enable_sort" not in queries.ann_settings_sql(400, force_index=False)
     with pytest.raises(ValidationError):

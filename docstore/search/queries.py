@@ -346,6 +346,13 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     forced filtered index scan took 103 ms for 50 rows), so arbitrary filters leave it to
     the planner. The outer re-rank sorts either way: every plan needs that sort.
 
+    ``jit = off``: on PostgreSQL 15–17 a disabled plan node costs ``disable_cost`` (10^10),
+    so under these settings every plan's cost passed ``jit_above_cost`` and, on a server built
+    with JIT (Debian's and most packaged PostgreSQL), each search compiled its expressions
+    first: 0.84 s of JIT for a 2 ms ANN search over 200 rows on Debian's PostgreSQL 15
+    (PostgreSQL 18 counts disabled nodes apart from the cost, so the embedded server never
+    showed it). docstore's searches are short; JIT never pays for itself there.
+
     ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first, so the shards
     get these settings too, and never ``enable_sort = off``: it also slows the coordinator's
     planning (a one-source ANN on 2 workers: ~10 ms → 400-600 ms).
@@ -354,7 +361,7 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
         raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
     return (
         ("SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else "")
-        + f"SET LOCAL hnsw.ef_search = {ef_search};"
+        + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"
         " SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
         + ("; SET LOCAL enable_sort = off" if force_index and not distributed else "")
     )
