@@ -65,17 +65,7 @@ class VectorSearch:
         cached = self._scope_cache.get(key)
         if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
             return cached[1]
-        where, params = build_filter(
-            queries.scoped_filter(doc_type, source_name, None), first_param=2
-        )
-        row = await self._db.replica.fetchrow(
-            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
-            " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
-            " AS total",
-            planner.HALFVEC_SCOPE_ROWS + 1,
-            *params,
-        )
-        scope = Scope(row["rows"], row["total"])
+        scope = await _count_scope(self._db, doc_type, source_name)
         self._scope_cache[key] = (now, scope)
         return scope
 
@@ -342,6 +332,20 @@ class VectorSearch:
         uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
         self._index_plan_cache = (now, uses)
         return uses
+
+
+async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
+    """A scope's rows (at most ``HALFVEC_SCOPE_ROWS`` + 1) and the table's ``reltuples``; on
+    the source's Citus worker like the search itself (there ``documents`` is the shell: 0)."""
+    where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
+    sql = (
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
+        " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
+        " AS total"
+    )
+    work = _fetch(sql, [planner.HALFVEC_SCOPE_ROWS + 1, *params])
+    rows = await db.run(work, stateless=True, read=True, shard=shard(db, source_name))
+    return Scope(rows[0]["rows"], rows[0]["total"])
 
 
 def shard(db: Queries, source_name: str | None) -> str | None:

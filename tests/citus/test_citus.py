@@ -725,8 +725,9 @@ async def test_one_source_search_runs_on_the_shards_worker(
             runs[route] = await _one_source_searches(store, query)
             stats = store._db._shards.stats()
             backends = await _worker_backends(citus_worker_urls, name)
-        if route:  # every search (hybrid: both halves) ran on tokio's worker, nowhere else
-            assert stats["routed"] == 6 and stats["fallbacks"] == 0, stats
+        if route:  # every search (hybrid: both halves; the halfvec scope count) ran on
+            # tokio's worker, nowhere else
+            assert stats["routed"] == 7 and stats["fallbacks"] == 0, stats
             assert stats["workers"] == [f"localhost:{holder}"]
             assert backends[holder] >= 1 and sum(backends.values()) == backends[holder]
         else:
