@@ -333,29 +333,22 @@ def ann_search_sql(
 
 
 def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: bool = False) -> str:
-    """The ``SET LOCAL`` statements a filtered ANN query runs under (in its own transaction;
-    an unfiltered one needs none of them, see :func:`ann_search_sql`).
+    """The ``SET LOCAL`` statements a filtered ANN query runs under, in its own transaction.
 
     ``hnsw.ef_search`` sizes the candidate list, ``hnsw.iterative_scan`` keeps scanning when
-    a filter rejects candidates (pgvector ≥ 0.8), and ``enable_seqscan = off`` stops the
-    planner from preferring a full scan: its cost estimate for a 3,072-dimension distance is
-    far too low. ``force_index`` also sets ``enable_sort = off``, so a B-tree on the filter's
-    column plus a sort that reads every vector from TOAST is not chosen either: right when
-    the scope is known to be large (``bench/scale.py``: 46 ms against 9 ms through the index
-    for 4,000 rows), wrong for a filter matching a few dozen rows (``bench/scope.py``: the
-    forced filtered index scan took 103 ms for 50 rows), so arbitrary filters leave it to
-    the planner. The outer re-rank sorts either way: every plan needs that sort.
+    a filter rejects candidates (pgvector ≥ 0.8), ``enable_seqscan = off`` stops the planner
+    preferring a full scan (it underestimates a 3,072-dimension distance). ``force_index``
+    also sets ``enable_sort = off`` against a B-tree on the filter plus a sort that reads
+    every vector from TOAST: right for a large scope (``bench/scale.py``: 46 ms vs 9 ms via
+    the index for 4,000 rows), wrong for a filter matching a few dozen rows
+    (``bench/scope.py``: 103 ms for 50 rows), so arbitrary filters leave it to the planner.
 
-    ``jit = off``: on PostgreSQL 15–17 a disabled plan node costs ``disable_cost`` (10^10),
-    so under these settings every plan's cost passed ``jit_above_cost`` and, on a server built
-    with JIT (Debian's and most packaged PostgreSQL), each search compiled its expressions
-    first: 0.84 s of JIT for a 2 ms ANN search over 200 rows on Debian's PostgreSQL 15
-    (PostgreSQL 18 counts disabled nodes apart from the cost, so the embedded server never
-    showed it). docstore's searches are short; JIT never pays for itself there.
+    ``jit = off``: on PostgreSQL 15–17 a disabled node adds ``disable_cost`` (10^10) to the
+    plan, past ``jit_above_cost``, so with JIT built in (Debian's) each search first compiled
+    its expressions: 0.84 s for a 2 ms ANN search over 200 rows (PostgreSQL 18 doesn't).
 
-    ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first, so the shards
-    get these settings too, and never ``enable_sort = off``: it also slows the coordinator's
-    planning (a one-source ANN on 2 workers: ~10 ms → 400-600 ms).
+    ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first (the shards get
+    them too), never ``enable_sort = off`` (coordinator planning: ~10 ms → 400-600 ms).
     """
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
