@@ -233,7 +233,8 @@ class MetricsSnapshot(BaseModel):
     nodes: list[NodeMetrics] = []
     """On a distributed database (Citus), every primary node: reachable, connections and
     active queries on it, the shards of ``documents`` it holds with their rows and bytes
-    (``[]`` on a single node, which costs nothing extra)."""
+    (``[]`` on a single node, which costs nothing extra, and when the nodes could not be
+    read: a warning is logged and the rest of the snapshot is kept)."""
 
     @property
     def error_total(self) -> int:

@@ -8,6 +8,7 @@ pools, the server's view of this store's connections and disk usage).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from docstore.metrics import (
 )
 from docstore.readonly import Guarantee, write_capabilities
 from docstore.schema import citus, runner
+
+logger = logging.getLogger("docstore")
 
 
 class ReplicaHealth(BaseModel):
@@ -292,8 +295,13 @@ class Reporter:
         connections = await self._runner.run(server_view, stateless=True)
         nodes = None
         if self._distributed():
-            found = await self._runner.run(citus.node_metrics, stateless=True)
-            nodes = [NodeMetrics.model_validate(n) for n in found]
+            try:
+                found = await self._runner.run(citus.node_metrics, stateless=True)
+            except DocstoreError as exc:  # a node left mid-way, Citus functions not granted
+                # the process's own counters are worth having without the per-node part
+                logger.warning("metrics: Citus nodes not read (%s)", exc)
+            else:
+                nodes = [NodeMetrics.model_validate(n) for n in found]
         usage = await self.disk_usage() if disk else self._metrics.previous_disk
         return self._metrics.snapshot(
             pools=self.pool_stats(),

@@ -88,13 +88,15 @@ class Runner:
         ``shard`` (a ``source_name``, with ``read``; the caller checked the database is a
         Citus cluster and routing is on): ``work`` reads only that source's rows, so it runs
         on the Citus worker holding its shard (:mod:`docstore.core.shards`), else — no
-        such worker, or it fails to answer — as without ``shard``.
+        such worker, or it fails to answer — as without ``shard``. Not with a read replica
+        configured: the user sent reads away from the primaries, the workers' included.
         """
         token = STATELESS.set(stateless)
         try:
-            if shard is not None and read and self._shards is not None:
+            shards = self._shards if self._pools.replica is None else None
+            if shard is not None and read and shards is not None:
                 try:
-                    return await self._shards.run(shard, work, self._placement)
+                    return await shards.run(shard, work, self._placement)
                 except NotRouted:
                     pass
             if read and self._router.use_replica():

@@ -132,15 +132,21 @@ class ShardRouter:
         try:
             node = await self.node(source, lookup)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DocstoreError) as exc:
-            logger.debug("search routing: placement of a source unknown (%s)", exc)
+            logger.debug("search routing: placement unknown (%s)", self._pools.describe(exc))
             raise NotRouted from None
         if node is None:
             raise NotRouted
         if time.monotonic() < self._down_until.get(node, 0.0):
             self.fallbacks += 1
             raise NotRouted
+        pool = await self._pool(node)
+        if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+            # every connection to this worker is busy: the coordinator answers too, rather
+            # than waiting (a full pool is load, not an outage)
+            self.fallbacks += 1
+            raise NotRouted
+        attempted = time.monotonic()
         try:
-            pool = await self._pool(node)
             async with asyncio.timeout(self._settings.pool_acquire_timeout):
                 conn: Any = await pool.acquire()
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -159,7 +165,7 @@ class ShardRouter:
             raise
         finally:
             await pool.release(conn)
-        self._succeeded(node)
+        self._succeeded(node, attempted)
         self.routed += 1
         return result
 
@@ -168,6 +174,8 @@ class ShardRouter:
         if pool is not None:
             return pool
         async with self._opening:
+            if self._closed:  # close() ran while this search looked up its placement
+                raise NotRouted
             pool = self._workers.get(node)
             if pool is None:
                 primary = self._pools.primary
@@ -211,22 +219,30 @@ class ShardRouter:
                 self._settings.replica_retry_seconds,
             )
 
-    def _succeeded(self, node: Node) -> None:
-        if self._down_until.pop(node, None) is not None:
-            logger.warning("Citus worker %s:%s is back: one-source searches run on it again", *node)
+    def _succeeded(self, node: Node, attempted: float) -> None:
+        """A search that reached ``node`` after it was marked down ends its outage (one
+        that started before, and finished late, says nothing about the outage)."""
+        until = self._down_until.get(node)
+        if until is not None and attempted >= until - self._settings.replica_retry_seconds:
+            del self._down_until[node]
+            logger.info("Citus worker %s:%s is back: one-source searches run on it again", *node)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def repoint(self) -> None:
         """The coordinator's URL changed (``store.reload``): worker connections use the new
-        credentials from now on (open ones are replaced as they come back)."""
+        credentials from now on (open ones are replaced as they come back); placements and
+        outages are looked up and tried afresh (the new URL may name another cluster)."""
+        self.forget()
+        self._down_until.clear()
         for node, pool in self._workers.items():
             pool.set_connect_args(self._pools.primary.url, **self._connect_kwargs(node))
             await pool.expire_connections()
 
     async def close(self) -> None:
         """Close every worker pool (``store.close()``)."""
-        self._closed = True
-        pools, self._workers = list(self._workers.values()), {}
+        async with self._opening:  # no search opens a pool after this
+            self._closed = True
+            pools, self._workers = list(self._workers.values()), {}
         await asyncio.gather(
             *(asyncio.wait_for(p.close(), POOL_CLOSE_TIMEOUT) for p in pools),
             return_exceptions=True,  # a timed-out close terminates that pool

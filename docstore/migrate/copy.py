@@ -128,6 +128,10 @@ async def copy_range(
         timeout=LONG_TIMEOUT,
     )
     await tgt.execute(_UPSERT_FROM_STAGE)
+    # NOT IN is a hashed sub-plan only while the staged keys fit in work_mem (x
+    # hash_mem_multiplier); above it (~40,000 keys at the default 4 MB, a large --chunk-rows)
+    # PostgreSQL rescans them for every row. For this chunk's transaction only.
+    await tgt.execute("SET LOCAL work_mem = '256MB'")
     await tgt.execute(_DELETE_RANGE_NOT_STAGED, ctx.doc_type, low, high)
     return n, sent.digest()
 

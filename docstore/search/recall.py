@@ -165,7 +165,7 @@ def _sample_vectors(flt: Mapping[str, Any] | None, sample: int, seed: float | No
                 *params,
             )
             rows = await conn.fetch(
-                "SELECT embedding FROM documents WHERE id = ANY($1::int[]) ORDER BY id",
+                "SELECT embedding FROM documents WHERE id = ANY($1::bigint[]) ORDER BY id",
                 [r["id"] for r in ids],
             )
             return [r["embedding"] for r in rows]
