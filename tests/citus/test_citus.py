@@ -153,6 +153,14 @@ async def _check_distributed_schema(citus_url: str) -> None:
             " WHERE attrelid = '%s'::regclass AND attname = 'embedding_half'",
         )
         assert set(storage) == {"ps"}
+        # migration 6: the 12 KB vector goes to TOAST without a pglz attempt, on every shard
+        embedding = await on_every_shard(
+            store,
+            "documents",
+            "SELECT attstorage::text FROM pg_attribute"
+            " WHERE attrelid = '%s'::regclass AND attname = 'embedding'",
+        )
+        assert set(embedding) == {"e"}
         options = await on_every_shard(
             store, "documents", "SELECT reloptions::text FROM pg_class WHERE oid = '%s'::regclass"
         )

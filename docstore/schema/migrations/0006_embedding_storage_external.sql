@@ -11,4 +11,28 @@
 --
 -- Only new and rewritten values are affected; rows stored before this migration keep the
 -- uncompressed values the failed attempt left, so nothing needs rewriting.
-ALTER TABLE documents ALTER COLUMN embedding SET STORAGE EXTERNAL;
+--
+-- Citus refuses ALTER COLUMN … SET STORAGE on a distributed table ("alter table command is
+-- currently unsupported"), so on a database distributed before this migration the coordinator's
+-- table and every shard are altered one by one (shards made later copy the coordinator's
+-- definition, storage included; a database distributed after it inherits it the same way).
+DO $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN  -- Citus is installed
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition'
+                ' WHERE logicalrelid = ''documents''::regclass)' INTO distributed;
+    END IF;
+    IF distributed THEN
+        SET LOCAL citus.enable_ddl_propagation = off;
+        ALTER TABLE documents ALTER COLUMN embedding SET STORAGE EXTERNAL;
+        SET LOCAL citus.enable_ddl_propagation = on;
+        PERFORM run_command_on_shards(
+            'documents', 'ALTER TABLE %s ALTER COLUMN embedding SET STORAGE EXTERNAL'
+        );
+    ELSE
+        ALTER TABLE documents ALTER COLUMN embedding SET STORAGE EXTERNAL;
+    END IF;
+END
+$$;
