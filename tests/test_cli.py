@@ -314,6 +314,10 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # SIGINT as a terminal's Ctrl-C finds it: a test run started in the background of
+            # a shell without job control inherits SIGINT ignored (then Python never raises
+            # KeyboardInterrupt and the command runs into its connect timeout instead)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         conn, _ = server.accept()  # the command is inside asyncpg's connect now
         with conn:
