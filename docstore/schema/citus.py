@@ -280,6 +280,19 @@ NODE_CHECK_TIMEOUT_MS = 2000
 """How long ``health()`` waits for a node's connection check."""
 
 
+async def _with_shards(conn: asyncpg.Connection, nodes: list[dict[str, Any]]) -> None:
+    """Add each node's ``shards`` of ``documents`` and their ``documents_bytes`` (0 on a node
+    holding none; None for every node when one did not answer: ``citus_shards`` asks every
+    node for sizes, so it is not asked then)."""
+    shards: dict[tuple[str, int], Any] = {}
+    if all(n["reachable"] for n in nodes):
+        shards = {(r["name"], r["port"]): r for r in await conn.fetch(_SHARDS_PER_NODE)}
+    for node in nodes:
+        placed = shards.get((str(node["name"]), int(node["port"])))
+        node["shards"] = placed["shards"] if placed else (0 if shards else None)
+        node["documents_bytes"] = placed["documents_bytes"] if placed else (0 if shards else None)
+
+
 async def cluster_nodes(conn: asyncpg.Connection) -> list[dict[str, object]]:
     """The cluster's primary nodes as the coordinator sees them: name, port, coordinator,
     active, reachable (a connection check, at most :data:`NODE_CHECK_TIMEOUT_MS` a node),
@@ -288,13 +301,7 @@ async def cluster_nodes(conn: asyncpg.Connection) -> list[dict[str, object]]:
     async with conn.transaction():
         await conn.execute(f"SET LOCAL citus.node_connection_timeout = {NODE_CHECK_TIMEOUT_MS}")
         nodes = [dict(r) for r in await conn.fetch(_NODES)]
-    shards: dict[tuple[str, int], Any] = {}
-    if all(n["reachable"] for n in nodes):
-        shards = {(r["name"], r["port"]): r for r in await conn.fetch(_SHARDS_PER_NODE)}
-    for node in nodes:
-        placed = shards.get((str(node["name"]), int(node["port"])))
-        node["shards"] = placed["shards"] if placed else (0 if shards else None)
-        node["documents_bytes"] = placed["documents_bytes"] if placed else (0 if shards else None)
+    await _with_shards(conn, nodes)
     return nodes
 
 
@@ -366,11 +373,5 @@ async def node_metrics(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         for key in ("connections", "active_queries", "documents_rows"):
             node[key] = activity.get(key)
         nodes.append(node)
-    shards: dict[tuple[str, int], Any] = {}
-    if all(n["reachable"] for n in nodes):  # citus_shards asks every node for sizes
-        shards = {(r["name"], r["port"]): r for r in await conn.fetch(_SHARDS_PER_NODE)}
-    for node in nodes:
-        placed = shards.get((node["name"], node["port"]))
-        node["shards"] = placed["shards"] if placed else (0 if shards else None)
-        node["documents_bytes"] = placed["documents_bytes"] if placed else (0 if shards else None)
+    await _with_shards(conn, nodes)
     return nodes
