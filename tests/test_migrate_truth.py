@@ -156,10 +156,10 @@ class LateWriter(Migrator):
         super().__init__(*args, **kwargs)
         self.writes = writes
 
-    async def validate(self) -> Any:
+    async def _validate(self, src: Any, ctx: Any, streamed: Any = None, *args: Any) -> Any:
         if self.writes:
             await legacy_execute(self._legacy_url, self.writes.pop(0))
-        return await super().validate()
+        return await super()._validate(src, ctx, streamed, *args)
 
     @property
     def _legacy_url(self) -> str:

@@ -53,6 +53,9 @@ class StageContext:
     copy_streams: int = DEFAULT_COPY_STREAMS
     progress: Progress | None = None
     streamed_bytes: int = 0
+    # Set by the copy: the target had no document of doc_type when it began, so every
+    # migrated row in it is one this run copied (the delta pass skips a clean-up scan).
+    copied_into_empty: bool = False
 
     def count_bytes(self, n: int) -> None:
         self.streamed_bytes += n

@@ -168,6 +168,7 @@ async def copy_documents(
     # Straight COPY is safe while the target holds nothing but already-checkpointed rows
     # (the legacy key (crate_name, doc_path) is unique, so chunks never collide).
     direct = existing == sum(c.rows for c in done.values())
+    ctx.copied_into_empty = existing == 0
     total_rows = sum(rows for _, _, rows in chunks)
     if verifier is not None:
         verifier.total_rows = total_rows

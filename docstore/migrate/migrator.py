@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,6 @@ class Migrator:
         self._target: Store | None = None
         self._owns_target = False
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
-        # handed from run() to the validate() it calls: what the copy verified while streaming
-        self._streamed: Mapping[int, VerifiedRange] | None = None
 
     def __repr__(self) -> str:
         def show(x: str | Store) -> str:
@@ -214,7 +212,7 @@ class Migrator:
         store = await self._target_store()
         if not dry_run:
             await ensure_writable(store, "migrate")
-        streamed: dict[int, VerifiedRange] = {}
+        validation: Validation | None = None
         async with self._source() as src:
             ctx = await self._context(src, store)
             pre = await preflight_stage.preflight(src, store, self.doc_type)
@@ -236,55 +234,55 @@ class Migrator:
                     t0 = now()
                     await delta_stage.delta(ctx, src, tgt, snapshot, report, verifying)
                     report.timings["delta"] = now() - t0
-                    if verifying is not None:
-                        t0 = now()
-                        await verifying.drain()
-                        report.timings["verify_wait"] = now() - t0
-                        report.timings["verify_streaming"] = verifying.seconds
-                        streamed = dict(verifying.verified)
-                await copy_stage.summarize(ctx, src, tgt, report)
-        # ANALYZE (on its own pooled connection) overlaps validation, which reads through the
-        # legacy-id index and the stamps whatever the statistics say.
-        analyzing = asyncio.create_task(_analyze(store, report))
-        try:
-            if self.build_index:
-                await analyzing  # the index build's planner wants the statistics
-                t0 = now()
-                await store.create_vector_index()
-                await store.create_text_index()
-                report.timings["index"] = now() - t0
-            await self._finish(report, streamed)
-        finally:
-            await analyzing
+                    await copy_stage.summarize(ctx, src, tgt, report)
+                    # ANALYZE (on its own pooled connection) overlaps validation, which reads
+                    # through the legacy-id index and the stamps whatever the statistics say.
+                    analyzing = asyncio.create_task(_analyze(store, report))
+                    try:
+                        if self.build_index:
+                            await analyzing  # the index build's planner wants the statistics
+                            t0 = now()
+                            await store.create_vector_index()
+                            await store.create_text_index()
+                            report.timings["index"] = now() - t0
+                        if verifying is not None:
+                            # Validation starts while the last ranges are still read back: it
+                            # checks everything else first and waits for them at the end.
+                            drained = asyncio.create_task(_drained(verifying, report))
+                            try:
+                                validation = await self._validate(src, ctx, drained, tgt)
+                            finally:
+                                drained.cancel()  # a no-op once done (it only awaits a join)
+                            report.verified_chunks = sorted(
+                                (v.first, v.last) for v in verifying.verified.values() if v.same
+                            )
+                    finally:
+                        await analyzing
+        if validation is not None:
+            report.validation = validation
+            report.timings["validate"] = validation.seconds
+            await self._repair_if_needed(report, validation)
         report.timings["total"] = now() - started
         if self.report_path is not None:
             self.report_path.write_text(report.model_dump_json(indent=2))
         return report
 
-    async def _finish(self, report: MigrationReport, streamed: Mapping[int, VerifiedRange]) -> None:
-        """Validation at the end of :meth:`run`, and the repair of what it finds."""
-        if self.run_validation:
-            report.verified_chunks = sorted((v.first, v.last) for v in streamed.values() if v.same)
-            self._streamed = streamed
-            try:
-                report.validation = await self.validate()
-            finally:
-                self._streamed = None
-            report.timings["validate"] = report.validation.seconds
-            if _repairable(report.validation):
-                # What the stamps and the delta pass can't see: rows edited in the target, or
-                # legacy changes after the delta pass. Copy them again, then check again.
-                t0 = now()
-                found = report.validation.problems()
-                report.repaired_documents = await self._repair(report.validation)
-                report.validation = await self.validate()
-                report.timings["repair"] = now() - t0
-                report.warnings.append(
-                    f"validation found {len(found)} differences from the legacy database after "
-                    "the copy (edited in the target, or changed in the legacy database after the "
-                    f"delta pass), copied again: {'; '.join(found[:10])}"
-                    + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
-                )
+    async def _repair_if_needed(self, report: MigrationReport, validation: Validation) -> None:
+        """What the stamps and the delta pass can't see (rows edited in the target, legacy
+        changes after the delta pass): copied again under the lock, then validated again."""
+        if not _repairable(validation):
+            return
+        t0 = now()
+        found = validation.problems()
+        report.repaired_documents = await self._repair(validation)
+        report.validation = await self.validate()
+        report.timings["repair"] = now() - t0
+        report.warnings.append(
+            f"validation found {len(found)} differences from the legacy database after "
+            "the copy (edited in the target, or changed in the legacy database after the "
+            f"delta pass), copied again: {'; '.join(found[:10])}"
+            + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+        )
 
     async def _repair(self, validation: Validation) -> int:
         """Copy again what ``validation`` found different (:func:`copy.repair`), under the
@@ -305,11 +303,23 @@ class Migrator:
 
         Called by :meth:`run`, it accepts the ranges the copy verified while streaming whose
         stamps still hold instead of reading them again (``.streamed_chunks``)."""
+        async with self._source() as src:
+            return await self._validate(src, await self._context(src, await self._target_store()))
+
+    async def _validate(
+        self,
+        src: asyncpg.Connection,
+        ctx: StageContext,
+        streamed: Awaitable[Mapping[int, VerifiedRange]] | None = None,
+        target: asyncpg.Connection | None = None,
+    ) -> Validation:
+        """:meth:`validate` on the legacy connection ``src`` (outside any transaction) and
+        ``target`` (one of the pool's otherwise); ``streamed``: what the copy verified while
+        streaming (see ``validate_stage``)."""
         started = now()
-        streamed, self._streamed = self._streamed, None
         store = await self._target_store()
-        async with self._source() as src, store.acquire() as tgt:
-            ctx = await self._context(src, store)
+        async with contextlib.AsyncExitStack() as stack:
+            tgt = target if target is not None else await stack.enter_async_context(store.acquire())
             try:
                 # one legacy snapshot: every check compares the target with the same moment
                 async with src.transaction(isolation="repeatable_read", readonly=True):
@@ -358,6 +368,17 @@ class Migrator:
             ) from None
         report.seconds = now() - started
         return report
+
+
+async def _drained(verifier: StreamVerifier, report: MigrationReport) -> dict[int, VerifiedRange]:
+    """The verifier's results once every submitted range is read back (timed into the
+    report: ``verify_wait`` is how long validation waited for them at its end)."""
+    t0 = now()
+    await verifier.drain()
+    report.timings["verify_wait"] = now() - t0
+    report.timings["verify_streaming"] = verifier.seconds
+    await verifier.stop()  # nothing more comes: the readers' connections go back to the pool
+    return dict(verifier.verified)
 
 
 async def _analyze(store: Store, report: MigrationReport) -> None:

@@ -22,7 +22,7 @@ search parity. The document rows:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 import asyncpg
 
@@ -55,12 +55,14 @@ async def validate(
     tgt: asyncpg.Connection,
     store: Store,
     *,
-    streamed: Mapping[int, VerifiedRange] | None = None,
+    streamed: Mapping[int, VerifiedRange] | Awaitable[Mapping[int, VerifiedRange]] | None = None,
     parity_queries: int = 5,
 ) -> Validation:
     """Compare the target with the legacy database in the caller's legacy snapshot; with
     ``streamed`` (the verifier's results by first key), ranges verified while streaming are
-    not read again (see the module docs)."""
+    not read again (see the module docs). ``streamed`` may be an awaitable of them (the
+    verifier still reading back the last ranges): the document rows are checked last, so
+    everything else is checked while it finishes."""
     started = now()
     present = {
         r["name"] for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
@@ -84,28 +86,6 @@ async def validate(
         if legacy_counts.get(name, 0) != target_counts.get(name, 0)
     }
     legacy_nulls = await src.fetchval(legacy.null_embeddings_query(dim, cheap))
-    streamed_chunks = reread_chunks = 0
-    cps = await checkpoints.load(tgt, ctx.run_id) if streamed is not None else []
-    if streamed is not None and cps:
-        chunks, bad, proven = await _streamed_rows(ctx, src, tgt, cps, streamed, cheap)
-        streamed_chunks, reread_chunks = proven, chunks - proven
-    else:
-        legacy_sums, target_sums = await _checksums(
-            src,
-            tgt,
-            legacy.chunked_checksums_sql(legacy.legacy_digest_sql(dim, cheap), ctx.chunk_rows),
-            legacy.chunked_checksums_sql(legacy.target_digest_sql(), ctx.chunk_rows),
-            (),
-            (ctx.doc_type,),
-        )
-        bad_chunks = sorted(
-            c
-            for c in set(legacy_sums) | set(target_sums)
-            if legacy_sums.get(c) != target_sums.get(c)
-        )
-        chunks = len(set(legacy_sums) | set(target_sums))
-        bad = [(c * ctx.chunk_rows, (c + 1) * ctx.chunk_rows) for c in bad_chunks]
-    mismatches = await drill_down(ctx, src, tgt, bad, cheap)
     source_diffs, target_sources = await state.source_diffs(ctx.doc_type, snapshot, tgt)
     legacy_names = set(legacy_counts) | {r[0] for r in await src.fetch("SELECT name FROM crates")}
     job_diffs = await state.job_diffs(ctx.doc_type, snapshot, tgt)
@@ -117,6 +97,10 @@ async def validate(
                 "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
             ),
         )
+    checks = await parity(ctx, src, store, parity_queries, cheap)
+    if streamed is not None and not isinstance(streamed, Mapping):
+        streamed = await streamed
+    chunks, bad, streamed_chunks, reread_chunks = await _rows(ctx, src, tgt, streamed, cheap)
     return Validation(
         legacy_documents=sum(legacy_counts.values()),
         target_documents=sum(target_counts.values()),
@@ -127,14 +111,43 @@ async def validate(
         mismatched_chunks=len(bad),
         streamed_chunks=streamed_chunks,
         reread_chunks=reread_chunks,
-        mismatches=mismatches,
+        mismatches=await drill_down(ctx, src, tgt, bad, cheap),
         missing_sources=sorted(legacy_names - set(target_sources)),
         source_mismatches=source_diffs + version_diffs,
         population_jobs=jobs,
         job_mismatches=job_diffs,
-        parity=await parity(ctx, src, store, parity_queries, cheap),
+        parity=checks,
         seconds=now() - started,
     )
+
+
+async def _rows(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    streamed: Mapping[int, VerifiedRange] | None,
+    cheap: bool,
+) -> tuple[int, list[tuple[int, int]], int, int]:
+    """The document rows (see the module docs): the ranges checked, the key ranges
+    ``[low, high)`` that differ, how many ranges the stream proved and how many were read
+    again instead."""
+    cps = await checkpoints.load(tgt, ctx.run_id) if streamed is not None else []
+    if streamed is not None and cps:
+        chunks, bad, proven = await _streamed_rows(ctx, src, tgt, cps, streamed, cheap)
+        return chunks, bad, proven, chunks - proven
+    legacy_sums, target_sums = await _checksums(
+        src,
+        tgt,
+        legacy.chunked_checksums_sql(
+            legacy.legacy_digest_sql(ctx.embedding_dim, cheap), ctx.chunk_rows
+        ),
+        legacy.chunked_checksums_sql(legacy.target_digest_sql(), ctx.chunk_rows),
+        (),
+        (ctx.doc_type,),
+    )
+    differ = set(legacy_sums) | set(target_sums)
+    wrong = sorted(c for c in differ if legacy_sums.get(c) != target_sums.get(c))
+    return len(differ), [(c * ctx.chunk_rows, (c + 1) * ctx.chunk_rows) for c in wrong], 0, 0
 
 
 async def _checksums(

@@ -121,6 +121,7 @@ class StreamVerifier:
         self._queue: asyncio.Queue[StreamedRange | None] = asyncio.Queue()  # None: stop
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stopping: asyncio.Future[list[Any]] | None = None
 
     async def __aenter__(self) -> StreamVerifier:
         # The readers connect while the first chunk copies. As many as there are copy
@@ -132,10 +133,21 @@ class StreamVerifier:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._closing = True
-        for _ in self._tasks:
-            self._queue.put_nowait(None)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the readers (each finishes the range in hand, the rest stay unverified) and
+        give their connections back; nothing may be submitted afterwards. Idempotent."""
+        if self._stopping is None:
+            self._closing = True
+            for _ in self._tasks:
+                self._queue.put_nowait(None)
+            self._stopping = asyncio.ensure_future(
+                asyncio.gather(*self._tasks, return_exceptions=True)
+            )
+        # shielded: a caller cancelled while waiting leaves the readers stopping, and the
+        # next stop() (leaving the block) waits for the same
+        await asyncio.shield(self._stopping)
 
     def submit(self, streamed: StreamedRange) -> None:
         """Queue a range whose rows (and checkpoint) are committed on the target."""
