@@ -74,14 +74,14 @@ def null_embeddings_query(dim: int, cheap: bool) -> str:
     )
 
 
+# A hashed outer join, not NOT EXISTS per row: that ran as a sub-plan scanning crates for each
+# document (13 ms of 14 for 4,133 documents of 83 crates; 1.4 ms this way).
 DOCUMENT_FACTS = """
 SELECT count(*) AS rows,
-       count(*) FILTER (WHERE embedding IS NULL) AS null_embeddings,
-       coalesce(max(id), 0) AS max_id,
-       count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM crates c WHERE c.name = d.crate_name))
-           AS orphan_documents,
-       count(DISTINCT crate_name) AS crate_names
-  FROM doc_embeddings d
+       count(*) FILTER (WHERE d.embedding IS NULL) AS null_embeddings,
+       coalesce(max(d.id), 0) AS max_id,
+       count(*) FILTER (WHERE c.name IS NULL) AS orphan_documents
+  FROM doc_embeddings d LEFT JOIN (SELECT DISTINCT name FROM crates) c ON c.name = d.crate_name
 """
 
 CRATES_WITHOUT_DOCUMENTS = """
