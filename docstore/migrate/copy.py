@@ -30,6 +30,7 @@ from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import MigrationReport, Validation
 from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
+from docstore.store import Store
 
 logger = logging.getLogger("docstore")
 
@@ -205,39 +206,35 @@ async def copy_documents(
         except Exception as exc:
             failures.append(exc)
 
-    async with contextlib.AsyncExitStack() as stack:
-        extra = await _open_streams(
-            src, stack, open_stream, min(ctx.copy_streams, len(pending)) - 1
-        )
-        await asyncio.gather(*(stream(s, t) for s, t in [(src, tgt), *extra]))
+    async def another(snapshot: str) -> None:
+        # opens while the first stream already copies (a connection, codecs: ~10 ms)
+        assert open_stream is not None
+        opened = False
+        try:
+            async with open_stream(snapshot) as (s, t):
+                opened = True
+                await stream(s, t)  # never raises: failures are collected
+        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if opened:
+                raise
+            logger.info("a copy stream fewer: it could not open (%s)", exc)
+
+    wanted = min(ctx.copy_streams, len(pending)) - 1
+    snapshot = await _export_snapshot(src) if open_stream is not None and wanted > 0 else None
+    more = [another(snapshot) for _ in range(wanted)] if snapshot is not None else []
+    await asyncio.gather(stream(src, tgt), *more)
     if failures:
         raise failures[0]
 
 
-async def _open_streams(
-    src: asyncpg.Connection,
-    stack: contextlib.AsyncExitStack,
-    open_stream: OpenStream | None,
-    wanted: int,
-) -> list[Stream]:
-    """Up to ``wanted`` more streams in the caller's snapshot (fewer if some cannot open)."""
-    if open_stream is None or wanted < 1:
-        return []
+async def _export_snapshot(src: asyncpg.Connection) -> str | None:
+    """The caller's legacy snapshot, for more streams to import; None if it can't be shared."""
     try:
         snapshot = await src.fetchval("SELECT pg_export_snapshot()")
     except asyncpg.PostgresError as exc:  # a standby, say: one stream
         logger.info("one copy stream: cannot export the legacy snapshot (%s)", exc)
-        return []
-    if not _SNAPSHOT_ID.match(str(snapshot)):
-        return []
-    opened: list[Stream] = []
-    for _ in range(wanted):
-        try:
-            opened.append(await stack.enter_async_context(open_stream(snapshot)))
-        except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            logger.info("%d copy stream(s): another could not open (%s)", len(opened) + 1, exc)
-            break
-    return opened
+        return None
+    return str(snapshot) if _SNAPSHOT_ID.match(str(snapshot)) else None
 
 
 async def _copy_chunk(
@@ -308,10 +305,11 @@ async def copy(
     return snapshot
 
 
-async def summarize(
-    ctx: StageContext, src: asyncpg.Connection, tgt: asyncpg.Connection, report: MigrationReport
+async def count_per_source(
+    ctx: StageContext, tgt: asyncpg.Connection | Store, report: MigrationReport
 ) -> None:
-    """The report's per-source counts and the documents copied without their embedding."""
+    """The report's per-source counts of migrated documents (a scan of the target's
+    documents: the Migrator runs it beside validation, on a pooled connection)."""
     for r in await tgt.fetch(
         "SELECT source_name, count(*) AS n FROM documents WHERE doc_type = $1"
         " AND metadata->>'migrated_from' = $2 GROUP BY 1 ORDER BY 1",
@@ -319,6 +317,12 @@ async def summarize(
         legacy.MIGRATED_FROM,
     ):
         report.per_source[r["source_name"]] = r["n"]
+
+
+async def warn_wrong_dimension(
+    ctx: StageContext, src: asyncpg.Connection, report: MigrationReport
+) -> None:
+    """A warning naming (up to 50) documents copied without their wrong-dimension embedding."""
     if report.preflight.wrong_dimension:
         dim = report.preflight.target_embedding_dim
         rows = await src.fetch(

@@ -234,10 +234,11 @@ class Migrator:
                     t0 = now()
                     await delta_stage.delta(ctx, src, tgt, snapshot, report, verifying)
                     report.timings["delta"] = now() - t0
-                    await copy_stage.summarize(ctx, src, tgt, report)
-                    # ANALYZE (on its own pooled connection) overlaps validation, which reads
-                    # through the legacy-id index and the stamps whatever the statistics say.
-                    analyzing = asyncio.create_task(_analyze(store, report))
+                    await copy_stage.warn_wrong_dimension(ctx, src, report)
+                    # The report's counts and ANALYZE (on a pooled connection) overlap
+                    # validation, which reads through the legacy-id index and the stamps
+                    # whatever the statistics say.
+                    analyzing = asyncio.create_task(_analyze(store, ctx, report))
                     try:
                         if self.build_index:
                             await analyzing  # the index build's planner wants the statistics
@@ -381,8 +382,9 @@ async def _drained(verifier: StreamVerifier, report: MigrationReport) -> dict[in
     return dict(verifier.verified)
 
 
-async def _analyze(store: Store, report: MigrationReport) -> None:
-    """ANALYZE after the copy, timed into the report."""
+async def _analyze(store: Store, ctx: StageContext, report: MigrationReport) -> None:
+    """The report's per-source counts, then ANALYZE (timed into the report)."""
+    await copy_stage.count_per_source(ctx, store, report)
     t0 = now()
     # The planner's columns only: statistics on content and embedding (and the full-text
     # expression index) would detoast and re-tokenize every sampled document.

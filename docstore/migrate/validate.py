@@ -98,8 +98,6 @@ async def validate(
             ),
         )
     checks = await parity(ctx, src, store, parity_queries, cheap)
-    if streamed is not None and not isinstance(streamed, Mapping):
-        streamed = await streamed
     chunks, bad, streamed_chunks, reread_chunks = await _rows(ctx, src, tgt, streamed, cheap)
     return Validation(
         legacy_documents=sum(legacy_counts.values()),
@@ -125,7 +123,7 @@ async def _rows(
     ctx: StageContext,
     src: asyncpg.Connection,
     tgt: asyncpg.Connection,
-    streamed: Mapping[int, VerifiedRange] | None,
+    streamed: Mapping[int, VerifiedRange] | Awaitable[Mapping[int, VerifiedRange]] | None,
     cheap: bool,
 ) -> tuple[int, list[tuple[int, int]], int, int]:
     """The document rows (see the module docs): the ranges checked, the key ranges
@@ -135,6 +133,8 @@ async def _rows(
     if streamed is not None and cps:
         chunks, bad, proven = await _streamed_rows(ctx, src, tgt, cps, streamed, cheap)
         return chunks, bad, proven, chunks - proven
+    if streamed is not None and not isinstance(streamed, Mapping):
+        await streamed  # nothing to accept from it, but the verifier is done
     legacy_sums, target_sums = await _checksums(
         src,
         tgt,
@@ -174,11 +174,12 @@ async def _streamed_rows(
     src: asyncpg.Connection,
     tgt: asyncpg.Connection,
     cps: Sequence[checkpoints.Checkpoint],
-    streamed: Mapping[int, VerifiedRange],
+    streamed: Mapping[int, VerifiedRange] | Awaitable[Mapping[int, VerifiedRange]],
     cheap: bool,
 ) -> tuple[int, list[tuple[int, int]], int]:
     """Row check of the streamed mode over the checkpoint ranges: returns the ranges checked,
-    the key ranges ``[low, high)`` that differ, and how many ranges the stream proved."""
+    the key ranges ``[low, high)`` that differ, and how many ranges the stream proved. Both
+    sides' stamps are read before waiting for ``streamed`` (the verifier's last ranges)."""
     bounds = [c.first_key + 1 for c in cps] + [cps[-1].last_key + 1]
     # bucket i (1..n) is checkpoint i; 0 and n + 1 hold rows before / after every range
     spans = {0: (_LOWEST, bounds[0]), len(cps) + 1: (bounds[-1], _HIGHEST)}
@@ -191,6 +192,8 @@ async def _streamed_rows(
         (bounds,),
         (ctx.doc_type, bounds),
     )
+    if not isinstance(streamed, Mapping):
+        streamed = await streamed
     unproven = sorted(b for b in (0, len(cps) + 1) if b in legacy_now or b in target_now)
     for i, c in enumerate(cps, start=1):
         v = streamed.get(c.first_key)
