@@ -278,12 +278,7 @@ class Migrator:
         report.repaired_documents = await self._repair(validation)
         report.validation = await self.validate()
         report.timings["repair"] = now() - t0
-        report.warnings.append(
-            f"validation found {len(found)} differences from the legacy database after "
-            "the copy (edited in the target, or changed in the legacy database after the "
-            f"delta pass), copied again: {'; '.join(found[:10])}"
-            + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
-        )
+        report.warnings.append(_repaired(found))
 
     async def _repair(self, validation: Validation) -> int:
         """Copy again what ``validation`` found different (:func:`copy.repair`), under the
@@ -394,6 +389,16 @@ async def _analyze(store: Store, ctx: StageContext, report: MigrationReport) -> 
     )
     await store.execute("ANALYZE document_sources")
     report.timings["analyze"] = now() - t0
+
+
+def _repaired(found: list[str]) -> str:
+    """The report's warning after a repair of what validation ``found``."""
+    return (
+        f"validation found {len(found)} differences from the legacy database after the copy "
+        "(edited in the target, or changed in the legacy database after the delta pass), "
+        f"copied again: {'; '.join(found[:10])}"
+        + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+    )
 
 
 def _repairable(v: Validation) -> bool:
