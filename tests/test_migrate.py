@@ -175,6 +175,38 @@ async def test_legacy_writes_during_the_copy_are_caught_by_the_delta_pass(
         )
 
 
+async def test_the_last_documents_deleted_during_a_copy_into_an_empty_target_are_not_kept(
+    legacy_url: str, database_url: str
+) -> None:
+    """A copy into an empty target skips the delta pass's whole-table clean-up only while the
+    legacy table did not shrink below the copied ids: here it did."""
+    import threading
+
+    done: list[bool] = []
+
+    def delete_the_last(stage: str, rows: int, total: int, nbytes: int) -> None:
+        if stage == "documents" and not done:
+            done.append(True)
+            writer = threading.Thread(
+                target=asyncio.run,
+                args=(
+                    legacy_execute(legacy_url, f"delete from doc_embeddings where id > {DOCS - 3}"),
+                ),
+            )
+            writer.start()
+            writer.join()
+
+    async with Migrator(legacy_url, database_url, chunk_rows=25, progress=delete_the_last) as m:
+        report = await m.run()
+    assert done and report.ok, report.validation
+    async with docstore.connect(database_url) as store:
+        assert await store.documents.count() == DOCS - 3
+        legacy_ids = await store.fetchval(
+            "select max((metadata->>'legacy_id')::int) from documents"
+        )
+        assert legacy_ids == DOCS - 3
+
+
 async def test_validate_names_an_edited_character_and_an_edited_float(
     legacy_url: str, database_url: str
 ) -> None:
