@@ -309,3 +309,21 @@ async def test_copy_streams_share_one_snapshot_and_give_the_same_target(
     assert results[0] == results[1] == results[2]
     with pytest.raises(docstore.MigrationError, match="copy_streams"):
         Migrator(legacy_url, legacy_url, copy_streams=0)
+
+
+async def test_a_run_building_the_indexes_fits_a_small_pool(
+    legacy_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's connection and two copy streams' verification readers fill a pool of three:
+    the readers give theirs back before ANALYZE and the index builds need one."""
+    monkeypatch.setenv("DOCSTORE_POOL_MAX_SIZE", "3")
+    monkeypatch.setenv("DOCSTORE_POOL_ACQUIRE_TIMEOUT", "4")
+    async with Migrator(
+        legacy_url, database_url, chunk_rows=CHUNK, copy_streams=2, build_index=True
+    ) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert "index" in report.timings and len(report.verified_chunks) == 5
+    async with docstore.connect(database_url) as store:
+        health = await store.health()
+    assert health.vector_indexes and all(health.vector_indexes.values())

@@ -208,6 +208,8 @@ async def copy_documents(
 
     async def another(snapshot: str) -> None:
         # opens while the first stream already copies (a connection, codecs: ~10 ms)
+        # A failure is collected, never raised: gather() would return at once while the
+        # first stream still copies on the run's own connections.
         assert open_stream is not None
         opened = False
         try:
@@ -215,9 +217,12 @@ async def copy_documents(
                 opened = True
                 await stream(s, t)  # never raises: failures are collected
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            if opened:
-                raise
-            logger.info("a copy stream fewer: it could not open (%s)", exc)
+            if opened:  # leaving it (a lost connection's rollback) failed
+                failures.append(exc)
+            else:
+                logger.info("a copy stream fewer: it could not open (%s)", exc)
+        except Exception as exc:
+            failures.append(exc)
 
     wanted = min(ctx.copy_streams, len(pending)) - 1
     snapshot = await _export_snapshot(src) if open_stream is not None and wanted > 0 else None

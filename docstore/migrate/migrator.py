@@ -235,29 +235,32 @@ class Migrator:
                     await delta_stage.delta(ctx, src, tgt, snapshot, report, verifying)
                     report.timings["delta"] = now() - t0
                     await copy_stage.warn_wrong_dimension(ctx, src, report)
-                    # The report's counts and ANALYZE (on a pooled connection) overlap
-                    # validation, which reads through the legacy-id index and the stamps
-                    # whatever the statistics say.
+                    # Validation starts while the last ranges are still read back (it checks
+                    # everything else first and waits for them at its end); the report's counts
+                    # and ANALYZE (on a pooled connection) overlap it: validation reads through
+                    # the legacy-id index and the stamps whatever the statistics say.
+                    readback = None
+                    if verifying is not None:
+                        readback = asyncio.create_task(_drained(verifying, report))
                     analyzing = asyncio.create_task(_analyze(store, ctx, report))
                     try:
                         if self.build_index:
+                            if readback is not None:
+                                await readback  # the readers' connections back to the pool first
                             await analyzing  # the index build's planner wants the statistics
                             t0 = now()
                             await store.create_vector_index()
                             await store.create_text_index()
                             report.timings["index"] = now() - t0
-                        if verifying is not None:
-                            # Validation starts while the last ranges are still read back: it
-                            # checks everything else first and waits for them at the end.
-                            drained = asyncio.create_task(_drained(verifying, report))
-                            try:
-                                validation = await self._validate(src, ctx, drained, tgt)
-                            finally:
-                                drained.cancel()  # a no-op once done (it only awaits a join)
+                        if readback is not None:
+                            validation = await self._validate(src, ctx, readback, tgt)
                             report.verified_chunks = sorted(
-                                (v.first, v.last) for v in verifying.verified.values() if v.same
+                                (v.first, v.last) for v in (await readback).values() if v.same
                             )
                     finally:
+                        if readback is not None:  # done unless something failed first
+                            readback.cancel()
+                            await asyncio.gather(readback, return_exceptions=True)
                         await analyzing
         if validation is not None:
             report.validation = validation
@@ -297,8 +300,9 @@ class Migrator:
         top-k search parity with timings. ``.ok`` is False on any mismatch;
         :meth:`Validation.problems` names each. Reads only: works on a read-only store.
 
-        Called by :meth:`run`, it accepts the ranges the copy verified while streaming whose
-        stamps still hold instead of reading them again (``.streamed_chunks``)."""
+        :meth:`run` validates through the same code, accepting the ranges the copy verified
+        while streaming whose stamps still hold instead of reading them again
+        (``.streamed_chunks``); it calls this method only to validate again after a repair."""
         async with self._source() as src:
             return await self._validate(src, await self._context(src, await self._target_store()))
 
@@ -368,7 +372,8 @@ class Migrator:
 
 async def _drained(verifier: StreamVerifier, report: MigrationReport) -> dict[int, VerifiedRange]:
     """The verifier's results once every submitted range is read back (timed into the
-    report: ``verify_wait`` is how long validation waited for them at its end)."""
+    report: ``verify_wait`` is how long the read-back went on after the delta pass, while
+    validation checked everything else)."""
     t0 = now()
     await verifier.drain()
     report.timings["verify_wait"] = now() - t0
