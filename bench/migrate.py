@@ -39,9 +39,9 @@ times, on the same data, interleaved, every method starting from emptied tables:
       implementation of the Migrator can remove, and how much is the Migrator's own checks.
 
 Goals (issue 15, acceptance 2), on the medians of the rounds, for each loop: (c) ≥ 2.5×
-faster than (a), (c) ≤ 1.4× (b). Every round's figures and the Migrator's stage timings are printed. The RSS
-check runs ``Migrator.run()`` on two sizes of the generated corpus in fresh subprocesses and
-prints each peak RSS (goal: flat, ≤ 1.2× from the smaller to the larger).
+faster than (a), (c) ≤ 1.4× (b). Every round's figures and the Migrator's stage timings are
+printed. The RSS check runs ``Migrator.run()`` on two sizes of the generated corpus in fresh
+subprocesses and prints each peak RSS (goal: flat, ≤ 1.2× from the smaller to the larger).
 """
 
 from __future__ import annotations
