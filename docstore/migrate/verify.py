@@ -120,8 +120,7 @@ class StreamVerifier:
         self._done_rows = 0
         self._queue: asyncio.Queue[StreamedRange | None] = asyncio.Queue()  # None: stop
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
-        self._stopping: asyncio.Future[list[Any]] | None = None
+        self._stopping: asyncio.Future[list[Any]] | None = None  # set once: stop()
 
     async def __aenter__(self) -> StreamVerifier:
         # The readers connect while the first chunk copies. As many as there are copy
@@ -139,7 +138,6 @@ class StreamVerifier:
         """Stop the readers (each finishes the range in hand, the rest stay unverified) and
         give their connections back; nothing may be submitted afterwards. Idempotent."""
         if self._stopping is None:
-            self._closing = True
             for _ in self._tasks:
                 self._queue.put_nowait(None)
             self._stopping = asyncio.ensure_future(
@@ -187,7 +185,7 @@ class StreamVerifier:
         """Verify queued ranges until the stop marker (``None``)."""
         while (item := await self._queue.get()) is not None:
             try:
-                if conn is not None and self.failed is None and not self._closing:
+                if conn is not None and self.failed is None and self._stopping is None:
                     await self._verify(conn, item)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 _stop_if_cancelled(exc)
