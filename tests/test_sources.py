@@ -49,6 +49,20 @@ async def test_delete_with_documents_is_refused_unless_asked(store: docstore.Sto
     assert await store.sources.get("rust", "tokio") is None
 
 
+async def test_delete_removes_the_sources_population_jobs(store: docstore.Store) -> None:
+    for name in ("tokio", "serde"):
+        await store.sources.upsert(Source(source_name=name))
+        await store.execute(
+            "INSERT INTO source_population_jobs (source_id, doc_type, source_name)"
+            " SELECT id, doc_type, source_name FROM document_sources WHERE source_name = $1",
+            name,
+        )
+    assert await store.sources.delete("rust", "tokio")
+    assert not await store.sources.delete("rust", "tokio")
+    jobs = await store.fetch("SELECT source_name FROM source_population_jobs")
+    assert [r["source_name"] for r in jobs] == ["serde"]
+
+
 async def test_refresh_stats_writes_totals_into_config(store: docstore.Store) -> None:
     await store.sources.upsert(Source(source_name="serde", config={"version": "1.0.200"}))
     await store.documents.upsert_many(

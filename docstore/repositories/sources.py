@@ -151,7 +151,8 @@ class SourceRepository:
         """Delete a source; False if it did not exist.
 
         A source that still has documents is refused with :class:`ValidationError` unless
-        ``with_documents=True``, which deletes them in the same transaction.
+        ``with_documents=True``, which deletes them in the same transaction. Its population
+        jobs go with it (also on a Citus cluster, where no foreign key can cascade).
         """
         self.store.ensure_writable()
         check_key(doc_type, source_name)
@@ -171,12 +172,17 @@ class SourceRepository:
                 )
             if docs:
                 await conn.execute(DELETE_SOURCE_DOCUMENTS, doc_type, source_name)
-            status = await conn.execute(
-                "DELETE FROM document_sources WHERE doc_type = $1 AND source_name = $2",
+            deleted = await conn.fetchval(
+                "DELETE FROM document_sources WHERE doc_type = $1 AND source_name = $2"
+                " RETURNING id",
                 doc_type,
                 source_name,
             )
-            return bool(status == "DELETE 1")
+            if deleted is None:
+                return False
+            # The foreign key cascades on one node; on Citus the conversion had to drop it.
+            await conn.execute("DELETE FROM source_population_jobs WHERE source_id = $1", deleted)
+            return True
 
         return await self.store.run_in_transaction(work)
 

@@ -10,8 +10,8 @@ PostgreSQL 15, ``tests/citus``):
   ``id`` stays unique in practice (one sequence feeds every shard) but is no longer enforced
   alone.
 * **foreign keys** from local tables into the two tables (``source_population_jobs.source_id``)
-  are dropped: Citus has no foreign key from a local table into a distributed one. Deleting a
-  source no longer deletes its population jobs.
+  are dropped: Citus has no foreign key from a local table into a distributed one.
+  ``store.sources.delete()`` deletes a source's population jobs itself.
 * **updated_at**: the ``BEFORE UPDATE`` triggers stay. Citus refuses to distribute a table with
   triggers unless ``citus.enable_unsafe_triggers`` is on (set for the conversion only); then
   each shard gets the trigger and it fires on the worker that holds the row. "Unsafe" is about
