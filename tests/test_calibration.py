@@ -13,6 +13,7 @@ import docstore
 from docstore import Document
 from docstore.search import planner
 from docstore.search import tuner as tuner_module
+from docstore.search.calibration import Calibrator
 from docstore.search.tuning import Calibration
 
 DIM = 3072
@@ -53,6 +54,28 @@ async def indexed(database_url: str) -> AsyncIterator[tuple[docstore.Store, np.n
         await load(store, points)
         await store.create_vector_index()  # builds, then calibrates on probes
         yield store, points
+
+
+@pytest.mark.parametrize("analyzed", [False, True])
+async def test_stored_probes_are_found_however_sparse_the_ids(
+    store: docstore.Store, analyzed: bool
+) -> None:
+    """Calibration's probes come from random pages, not random ids: after most rows are
+    deleted (or on Citus, where each worker counts ids from its own range) drawing ids in
+    [min, max] finds almost nothing; a table the planner has no row count for is sampled too."""
+    await load(store, clustered(400, seed=3))
+    await store.execute("DELETE FROM documents WHERE id % 40 <> 0")  # 10 left, ids 40 apart
+    if analyzed:
+        await store.execute("VACUUM ANALYZE documents")
+    sample = await Calibrator(store).sample_stored(8)
+    assert len(sample) == 8
+    assert len({v.tobytes() for v in sample}) == 8
+    rows = await store.fetch("SELECT embedding FROM documents")
+    kept = {np.asarray(r["embedding"], dtype=np.float32).tobytes() for r in rows}
+    assert len(kept) == 10 and {v.tobytes() for v in sample} <= kept
+    assert [v.tobytes() for v in await Calibrator(store).sample_stored(8)] == [
+        v.tobytes() for v in sample
+    ]  # the same table, the same sample
 
 
 async def test_index_build_calibrates_and_stores_the_settings(

@@ -48,11 +48,20 @@ MIN_ESCALATION = 640
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``, called while a calibration runs."""
 
-_SAMPLE_IDS = """
-SELECT d.embedding FROM documents d
- WHERE d.id = ANY($1::bigint[]) AND d.embedding IS NOT NULL
+# Pages drawn at random (SYSTEM reads only the chosen pages; at up to 4,000 dimensions each
+# row fills a page of its own, so pages are rows), then a pseudo-random n of their rows.
+_SAMPLE = """
+SELECT embedding FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE ($2)
+ WHERE embedding IS NOT NULL
+ ORDER BY hashint8extended(id, $2::bigint), id LIMIT $3
 """
-_ID_RANGE = "SELECT min(id) AS lo, max(id) AS hi, count(*) FILTER (WHERE true) AS n FROM documents"
+_SIZE = """
+SELECT c.reltuples, (SELECT max(id) FROM documents) AS hi
+  FROM pg_class c WHERE c.oid = 'documents'::regclass
+"""
+_UNKNOWN_SIZE_PERCENT = 0.1
+"""Where the planner has no row count yet (never analyzed; the coordinator's empty shell on
+Citus), the first draw's share of pages; each further draw takes 10× more."""
 
 
 class Calibrator:
@@ -118,21 +127,27 @@ class Calibrator:
         )
 
     async def sample_stored(self, n: int) -> list[np.ndarray]:
-        """About ``n`` stored embeddings at random ids (no full scan of the table)."""
-        store = self._store
-        span = await store.replica.fetchrow(_ID_RANGE)
-        if span is None or span["lo"] is None:
+        """About ``n`` stored embeddings from random pages (no full scan of the table).
+
+        The share of pages is sized from the planner's row count and grown until ``n``
+        non-zero embeddings are found or the whole table was read: ids may be sparse
+        (deleted rows; on Citus each worker counts from its own range), so they are never
+        drawn directly. The same table gives the same sample.
+        """
+        replica = self._store.replica
+        size = await replica.fetchrow(_SIZE)
+        if size is None or size["hi"] is None:
             return []
-        lo, hi = int(span["lo"]), int(span["hi"])
-        rng = np.random.default_rng(hi)
-        picked: list[np.ndarray] = []
-        for _ in range(4):
-            ids = rng.integers(lo, hi + 1, size=max(n * 2, 16)).tolist()
-            rows = await store.replica.fetch(_SAMPLE_IDS, ids)
-            picked += [np.asarray(r["embedding"], dtype=np.float32) for r in rows]
-            if len(picked) >= n:
-                break
-        return [v for v in picked if float(np.linalg.norm(v)) > 0][:n]
+        rows = float(size["reltuples"])
+        percent = min(100.0, 400.0 * n / rows) if rows > 0 else _UNKNOWN_SIZE_PERCENT
+        seed = int(size["hi"]) % 2**31
+        while True:
+            found = await replica.fetch(_SAMPLE, percent, seed, n * 2)
+            picked = [np.asarray(r["embedding"], dtype=np.float32) for r in found]
+            picked = [v for v in picked if float(np.linalg.norm(v)) > 0]
+            if len(picked) >= n or percent >= 100.0:
+                return picked[:n]
+            percent = min(100.0, percent * 10)
 
     async def _truths(
         self,

@@ -24,6 +24,7 @@ from docstore.migrate import Migrator
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from docstore.repositories.documents import _insert_new
 from docstore.search import queries
+from docstore.search.calibration import Calibrator
 from tests.citus.conftest import SCRIPT
 from tests.conftest import PgCluster, unit_vector
 from tests.legacy_db import build_legacy
@@ -271,6 +272,9 @@ async def test_ids_come_from_any_node_and_are_distinct(
     assert await dstore.documents.delete(second[0])
     with pytest.raises(docstore.ValidationError, match="bigint range"):
         await dstore.documents.get(2**63)
+    # calibration's probes: the ids span 2^50, the sample still finds the stored vectors
+    sample = await Calibrator(dstore).sample_stored(20)
+    assert len({v.tobytes() for v in sample}) == 20
 
 
 async def test_conversion_keeps_ids_and_makes_them_bigint(
