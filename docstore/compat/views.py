@@ -70,6 +70,9 @@ def install_sql(schema: str, doc_type: str, dim: int, *, distributed: bool = Fal
         f" ELSE {new_id} END"
     )
     not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
+    # the documents' bytes once a query (a subquery), not once a row; on Citus the shards'
+    # (the coordinator's own table is an empty shell)
+    sizer = "citus_total_relation_size" if distributed else "pg_total_relation_size"
     statements = [
         f"""CREATE OR REPLACE VIEW {s}.crates AS
 SELECT {source_id} AS id, s.source_name::varchar(255) AS name,
@@ -93,7 +96,7 @@ SELECT {doc_id} AS id,
 SELECT c.name, c.version, c.last_updated,
        COUNT({counted}) AS doc_count,
        COALESCE(SUM(d.token_count), 0) AS total_tokens,
-       pg_size_pretty(pg_total_relation_size('documents')) AS table_size
+       (SELECT pg_size_pretty({sizer}('documents'))) AS table_size
   FROM {s}.crates c
   LEFT JOIN {s}.doc_embeddings d ON c.id = d.crate_id
  GROUP BY c.id, c.name, c.version, c.last_updated""",

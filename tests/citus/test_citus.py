@@ -363,6 +363,13 @@ async def test_views_show_worker_ids_beyond_integer_as_null(
     assert crates == {"tokio": crate_id, "serde": None}
     stats = {r["name"]: r["doc_count"] for r in await dstore.fetch("SELECT * FROM crate_stats")}
     assert stats == {"tokio": 2, "serde": 0}
+    # table_size: the shards' bytes, not the coordinator's empty shell
+    sizes = {r[0] for r in await dstore.fetch("SELECT table_size FROM crate_stats")}
+    cluster, shell = await dstore.fetchrow(
+        "SELECT pg_size_pretty(citus_total_relation_size('documents')),"
+        " pg_size_pretty(pg_total_relation_size('documents'))"
+    )
+    assert sizes == {cluster} and cluster != shell
 
 
 # -- searches --------------------------------------------------------------------------------
