@@ -23,7 +23,7 @@ from docstore.compat import LegacyDatabase
 from docstore.migrate import Migrator
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from docstore.repositories.documents import _insert_new
-from docstore.search import queries
+from docstore.search import planner, queries
 from docstore.search.calibration import Calibrator
 from tests.citus.conftest import SCRIPT
 from tests.conftest import PgCluster, unit_vector
@@ -567,6 +567,34 @@ async def test_legacy_operations_and_views_behave_as_on_the_legacy_server(
 # -- the Migrator: single-node legacy database -> cluster --------------------------------------
 
 LEGACY_DOCS = 4133
+
+
+async def test_compat_function_ranks_a_large_crate_exactly(dstore: docstore.Store) -> None:
+    """search_similar_docs() on a cluster, past the size where one node would use the HNSW
+    index: its settings cannot reach the shard from a legacy caller's autocommit SELECT, so
+    the crate is ranked by its half-precision copy and re-ranked exactly — the exact top 10."""
+    rng = np.random.default_rng(5)
+    big = planner.HALFVEC_SCOPE_ROWS + 500
+    vectors = rng.normal(size=(big + 500, 3072)).astype(np.float32)
+    await dstore.documents.upsert_many(
+        docstore.Document(
+            source_name="big" if i < big else f"s{i % 5}",
+            doc_path=f"p{i}",
+            content="c",
+            embedding=v,
+        )
+        for i, v in enumerate(vectors)
+    )
+    vectors = vectors[:big]
+    await dstore.create_vector_index(calibrate=False)
+    await dstore.execute("ANALYZE documents")  # the shards' planners then choose the index
+    await LegacyDatabase(dstore).install_views()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for q in range(8):
+        query = vectors[q * 31] + rng.normal(scale=0.5, size=3072).astype(np.float32)
+        truth = [f"p{i}" for i in np.argsort(-(unit @ query))[:10]]
+        rows = await dstore.fetch("SELECT doc_path FROM search_similar_docs($1, 'big', 10)", query)
+        assert [r[0] for r in rows] == truth
 
 
 async def test_migrate_a_legacy_database_into_the_cluster_and_back(
