@@ -224,6 +224,12 @@ class MetricsSnapshot(BaseModel):
     """Retried attempts (transient failures), by operation."""
     replica_fallbacks: int
     """Reads sent to the primary because the read replica was unavailable."""
+    routed_searches: int = 0
+    """On a Citus cluster: one-source searches run on the worker holding the source's shard
+    (:mod:`docstore.core.shards`)."""
+    routing_fallbacks: int = 0
+    """On a Citus cluster: one-source searches run through the coordinator instead, because
+    their worker failed, was marked down after a failure, or had every connection busy."""
     server_connections: dict[str, int] = {}
     """The server's view of this store's connections (``pg_stat_activity`` rows with its
     application_name), by state: ``active``, ``idle``, ``idle in transaction``, …"""
@@ -259,6 +265,8 @@ class Metrics:
         self.errors: Counter[tuple[str, str | None]] = Counter()
         self.retries: Counter[str] = Counter()
         self.replica_fallbacks = 0
+        self.routed_searches = 0
+        self.routing_fallbacks = 0
         self.acquire: dict[str, Histogram] = {}
         self.acquire_timeouts: Counter[str] = Counter()
         self.waiting: Counter[str] = Counter()
@@ -319,6 +327,8 @@ class Metrics:
             ],
             retries=dict(self.retries),
             replica_fallbacks=self.replica_fallbacks,
+            routed_searches=self.routed_searches,
+            routing_fallbacks=self.routing_fallbacks,
             server_connections=server_connections,
             disk=disk,
             nodes=nodes or [],

@@ -16,6 +16,8 @@ prefixed ``docstore_``):
 ``errors_total{error,sqlstate}``              counter    failed operations by class, SQLSTATE
 ``retries_total{operation}``                  counter    retried attempts
 ``replica_fallbacks_total``                   counter    reads the primary served for a replica
+``routed_searches_total``                     counter    Citus: searches run on the shard's worker
+``routing_fallbacks_total``                   counter    Citus: ... run on the coordinator instead
 ``pool_connections{role,state}``              gauge      in_use / idle connections
 ``pool_max_size{role}``, ``pool_waiting{role}``  gauge   bound; callers waiting right now
 ``pool_acquire_seconds{role}``                histogram  time to get a connection
@@ -132,6 +134,16 @@ class DocstoreCollector(Collector):
             "docstore_replica_fallbacks",
             "Reads served by the primary because the read replica was unavailable",
             value=m.replica_fallbacks,
+        )
+        yield CounterMetricFamily(
+            "docstore_routed_searches",
+            "One-source searches run on the Citus worker holding the source's shard",
+            value=m.routed_searches,
+        )
+        yield CounterMetricFamily(
+            "docstore_routing_fallbacks",
+            "One-source searches run through the Citus coordinator instead (worker failed or busy)",
+            value=m.routing_fallbacks,
         )
         yield from self._pools()
         yield from self._disk()
@@ -394,6 +406,8 @@ def snapshot_from_text(text: str) -> MetricsSnapshot:
         ],
         retries={k: int(v) for k, v in values("docstore_retries", "operation").items()},
         replica_fallbacks=int(values("docstore_replica_fallbacks", "").get("", 0)),
+        routed_searches=int(values("docstore_routed_searches", "").get("", 0)),
+        routing_fallbacks=int(values("docstore_routing_fallbacks", "").get("", 0)),
         disk=disk,
         search_recall=_recall_from(values),
     )

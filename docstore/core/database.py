@@ -88,7 +88,7 @@ class Database:
             primary, replica, url_source, url_secrets(url, replica.url if replica else None)
         )
         self._router = ReplicaRouter(self._pool_set, settings, self._metrics)
-        self._shards = ShardRouter(self._pool_set, settings)
+        self._shards = ShardRouter(self._pool_set, settings, self._metrics)
         """Where one-source searches run on a Citus cluster (:mod:`docstore.core.shards`)."""
         self._runner = Runner(self._pool_set, self._router, settings, self._metrics, self._shards)
         self._reporter = Reporter(

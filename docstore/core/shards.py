@@ -35,6 +35,7 @@ from docstore.config import Settings
 from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool
 from docstore.errors import DocstoreError
 from docstore.failures import is_transient, is_transient_query_failure
+from docstore.metrics import Metrics
 
 logger = logging.getLogger("docstore")
 
@@ -76,19 +77,19 @@ class NotRouted(Exception):
 class ShardRouter:
     """Source → worker placement cache, worker pools, outages (see the module docstring).
 
-    ``routed`` and ``fallbacks`` count searches run on a worker and searches that went to
-    the coordinator because their worker failed."""
+    ``metrics`` counts searches run on a worker (``routed_searches``) and searches that
+    went to the coordinator because their worker failed, was down or busy
+    (``routing_fallbacks``): ``store.metrics()`` reports both."""
 
-    def __init__(self, pools: Pools, settings: Settings) -> None:
+    def __init__(self, pools: Pools, settings: Settings, metrics: Metrics) -> None:
         self._pools = pools
         self._settings = settings
+        self._metrics = metrics
         self._placements: OrderedDict[str, tuple[float, Node | None]] = OrderedDict()
         self._workers: dict[Node, asyncpg.Pool] = {}
         self._opening = asyncio.Lock()
         self._down_until: dict[Node, float] = {}
         self._closed = False
-        self.routed = 0
-        self.fallbacks = 0
 
     # -- placement ---------------------------------------------------------------------------
     async def node(self, source: str, lookup: Callable[[str], Awaitable[Any]]) -> Node | None:
@@ -137,13 +138,13 @@ class ShardRouter:
         if node is None:
             raise NotRouted
         if time.monotonic() < self._down_until.get(node, 0.0):
-            self.fallbacks += 1
+            self._metrics.routing_fallbacks += 1
             raise NotRouted
         pool = await self._pool(node)
         if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
             # every connection to this worker is busy: the coordinator answers too, rather
             # than waiting (a full pool is load, not an outage)
-            self.fallbacks += 1
+            self._metrics.routing_fallbacks += 1
             raise NotRouted
         attempted = time.monotonic()
         try:
@@ -166,7 +167,7 @@ class ShardRouter:
         finally:
             await pool.release(conn)
         self._succeeded(node, attempted)
-        self.routed += 1
+        self._metrics.routed_searches += 1
         return result
 
     async def _pool(self, node: Node) -> asyncpg.Pool:
@@ -202,7 +203,7 @@ class ShardRouter:
 
     async def _failed(self, node: Node, exc: BaseException) -> None:
         """``node`` is skipped for ``DOCSTORE_REPLICA_RETRY_SECONDS``; logged once an outage."""
-        self.fallbacks += 1
+        self._metrics.routing_fallbacks += 1
         down = node in self._down_until
         self._down_until[node] = time.monotonic() + self._settings.replica_retry_seconds
         self.forget(node)  # the shard may have moved: look it up again after the outage
@@ -251,7 +252,7 @@ class ShardRouter:
     def stats(self) -> dict[str, Any]:
         """Searches run on workers, fallbacks to the coordinator, open worker pools."""
         return {
-            "routed": self.routed,
-            "fallbacks": self.fallbacks,
+            "routed": self._metrics.routed_searches,
+            "fallbacks": self._metrics.routing_fallbacks,
             "workers": sorted(f"{h}:{p}" for h, p in self._workers),
         }

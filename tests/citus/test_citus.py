@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 import docstore
@@ -22,6 +23,7 @@ from docstore.codecs import register_codecs
 from docstore.compat import LegacyDatabase
 from docstore.migrate import Migrator
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
+from docstore.prometheus import registry_for, snapshot_from_text
 from docstore.repositories.documents import _insert_new
 from docstore.search import planner, queries
 from docstore.search.calibration import Calibrator
@@ -771,6 +773,11 @@ async def test_one_source_search_runs_on_the_shards_worker(
             assert store.distributed
             runs[route] = await _one_source_searches(store, query)
             stats = store._db._shards.stats()
+            snapshot = await store.metrics(disk=False)
+            assert (snapshot.routed_searches, snapshot.routing_fallbacks) == (
+                stats["routed"],
+                stats["fallbacks"],
+            )
             backends = await _worker_backends(citus_worker_urls, name)
         if route:  # every search (hybrid: both halves; the halfvec scope count) ran on
             # tokio's worker, nowhere else
@@ -821,6 +828,10 @@ async def test_unreachable_worker_falls_back_to_the_coordinator(
         assert [h.doc_path for h in results] == expected
         assert shards.stats()["fallbacks"] == 2
         assert len([r for r in caplog.records if "Citus worker" in r.getMessage()]) == 1
+        snapshot = await store.metrics(disk=False)  # and in metrics(), and for Prometheus
+        assert (snapshot.routed_searches, snapshot.routing_fallbacks) == (1, 2)
+        exposed = snapshot_from_text(generate_latest(registry_for(store)).decode())
+        assert (exposed.routed_searches, exposed.routing_fallbacks) == (1, 2)
 
 
 async def test_read_only_store_routes_with_its_guard(
