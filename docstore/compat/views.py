@@ -14,7 +14,8 @@ coordinator keeps ``id + 1,000,000,000``). Writes through the views are refused 
 there (a function raising docstore's message) instead of ``INSTEAD OF`` triggers: Citus
 plans a DML statement on a view over distributed tables before such a trigger could run, and
 fails with its own "could not find valid entry for shard 0"; a rule rewrites the statement
-before Citus sees it.
+before Citus sees it (the ``INSERT`` rule inserts into an always-empty guard table so that an
+``INSERT … RETURNING`` is refused with the same message: see ``_write_rules``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ NEW_ID_OFFSET = 1_000_000_000
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
 GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
 RULE_FUNCTION = "docstore_legacy_view_refuse_write"
+GUARD_TABLE = "docstore_legacy_view_guard"
+"""Citus only: the table the views' write rules insert into (never a row: see _write_rules)."""
 INT_MAX = 2**31 - 1
 MESSAGE = (
     "% is a read-only docstore compatibility view over documents/document_sources: "
@@ -202,17 +205,44 @@ $$"""
 
 def _write_rules(s: str) -> list[str]:
     """Rules that turn a write on a view into a call raising docstore's message (Citus: see
-    the module's docstring); the function is evaluated once, on the coordinator."""
+    the module's docstring); the function is evaluated once, on the coordinator.
+
+    ``INSERT … RETURNING`` (legacy code inserting a row and reading its id back) needs a rule
+    whose action returns the view's columns, so the ``INSERT`` rule's action is an insert into
+    :data:`GUARD_TABLE` of that call's result: it raises before a row exists (and the table's
+    ``CHECK (false)`` would refuse one); its ``RETURNING`` list, NULLs of the view's column
+    types, is read from the catalog once the view exists. ``UPDATE``/``DELETE`` rules stay a
+    ``SELECT`` of the call: Citus fails on such an action once the statement's ``WHERE`` is
+    attached to it ("could not find attribute 2 in subquery targetlist"), so a
+    ``RETURNING`` there still gets PostgreSQL's own refusal."""
     statements = [
         f"""CREATE OR REPLACE FUNCTION {s}.{RULE_FUNCTION}(view text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '{MESSAGE}', view USING ERRCODE = 'feature_not_supported';
 END;
-$$"""
+$$""",
+        f"CREATE TABLE IF NOT EXISTS {s}.{GUARD_TABLE} (refused text CHECK (false))",
     ]
+    lit = s.replace("'", "''")  # the schema's identifier inside a string literal
     for view in ("crates", "doc_embeddings"):
-        for event in ("INSERT", "UPDATE", "DELETE"):
+        statements.append(
+            f"""DO $docstore$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(format('NULL::%s', format_type(atttypid, atttypmod)), ', '
+                      ORDER BY attnum)
+      INTO cols
+      FROM pg_attribute
+     WHERE attrelid = '{lit}.{view}'::regclass AND attnum > 0 AND NOT attisdropped;
+    EXECUTE format('CREATE OR REPLACE RULE docstore_read_only_insert AS ON INSERT'
+                   ' TO {lit}.{view} DO INSTEAD INSERT INTO {lit}.{GUARD_TABLE} (refused)'
+                   ' VALUES ({lit}.{RULE_FUNCTION}(%L)::text) RETURNING %s', '{view}', cols);
+END
+$docstore$"""
+        )
+        for event in ("UPDATE", "DELETE"):
             statements.append(
                 f"CREATE OR REPLACE RULE docstore_read_only_{event.lower()} AS ON {event}"
                 f" TO {s}.{view} DO INSTEAD SELECT {s}.{RULE_FUNCTION}('{view}')"
@@ -227,6 +257,7 @@ def uninstall_sql(schema: str, dim: int) -> list[str]:
         *(f"DROP VIEW IF EXISTS {s}.{view}" for view in VIEW_NAMES),
         f"DROP FUNCTION IF EXISTS {s}.{GUARD_FUNCTION}()",
         f"DROP FUNCTION IF EXISTS {s}.{RULE_FUNCTION}(text)",
+        f"DROP TABLE IF EXISTS {s}.{GUARD_TABLE}",
     ]
 
 

@@ -330,8 +330,17 @@ async def test_conversion_asks_to_uninstall_the_views_first(citus_url: str) -> N
         await LegacyDatabase(store).uninstall_views()
         await store.migrate(distributed=True)
         await LegacyDatabase(store).install_views()
-        with pytest.raises(docstore.QueryError, match="LegacyDatabase"):
-            await store.execute("insert into crates (name) values ('x')")
+        for insert in (
+            "insert into crates (name) values ('x')",
+            "insert into crates (name) values ('x') returning id",  # legacy code reads ids back
+            "insert into doc_embeddings (crate_name, doc_path, content) values ('x', 'p', 'c')"
+            " returning id, crate_id",
+        ):
+            with pytest.raises(docstore.QueryError, match="LegacyDatabase"):
+                await store.execute(insert)
+        assert await store.fetchval("SELECT count(*) FROM docstore_legacy_view_guard") == 0
+        await LegacyDatabase(store).uninstall_views()
+        assert await store.fetchval("SELECT to_regclass('docstore_legacy_view_guard')") is None
 
 
 async def test_views_show_worker_ids_beyond_integer_as_null(
