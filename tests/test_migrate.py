@@ -583,6 +583,31 @@ async def test_a_rerun_after_chunk_boundaries_moved_reports_no_phantom_delta(
         assert stale == 0
 
 
+async def test_a_crate_gone_from_the_legacy_database_goes_with_its_jobs_on_a_rerun(
+    legacy_url: str, database_url: str
+) -> None:
+    """A crate without documents deleted in the legacy database is deleted on the target by
+    the next run, and so are the population jobs docstore made for it (on Citus, where no
+    foreign key cascades, too)."""
+    await legacy_execute(legacy_url, "insert into crates (name, version) values ('lonely', '1')")
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "INSERT INTO source_population_jobs (source_id, doc_type, source_name)"
+            " SELECT id, doc_type, source_name FROM document_sources WHERE source_name = 'lonely'"
+        )
+    await legacy_execute(legacy_url, "delete from crates where name = 'lonely'")
+    async with Migrator(legacy_url, database_url) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    async with docstore.connect(database_url) as store:
+        assert await store.sources.get("rust", "lonely") is None
+        assert not await store.fetchval(
+            "SELECT count(*) FROM source_population_jobs WHERE source_name = 'lonely'"
+        )
+
+
 async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(
     legacy_url: str, database_url: str, empty_database_url: str
 ) -> None:

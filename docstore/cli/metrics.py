@@ -67,6 +67,11 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
         console.print(errors)
     retries = ", ".join(f"{k} {v}" for k, v in snapshot.retries.items()) or "none"
     console.print(f"retries: {retries}; replica fallbacks: {snapshot.replica_fallbacks}")
+    if snapshot.routed_searches or snapshot.routing_fallbacks:
+        console.print(
+            f"Citus: searches run on their shard's worker {snapshot.routed_searches},"
+            f" through the coordinator instead {snapshot.routing_fallbacks}"
+        )
     if snapshot.disk is not None:
         disk = snapshot.disk
         growth = "" if disk.growth_bytes is None else f", growth {_mb(disk.growth_bytes)}"

@@ -189,14 +189,19 @@ async def sync_sources(
         await tgt.executemany(_UPSERT_SOURCE, rows)
     extra = [d.source_name for d in diffs if d.source_name not in state.sources]
     if delete and extra:
-        await tgt.execute(
+        deleted = await tgt.fetch(
             "DELETE FROM document_sources s WHERE s.doc_type = $1"
             " AND s.source_name = ANY($2::text[])"
             " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_type = s.doc_type"
-            "                 AND d.source_name = s.source_name)",
+            "                 AND d.source_name = s.source_name) RETURNING s.id",
             doc_type,
             extra,
         )
+        if deleted:  # their jobs too: the foreign key's cascade, which Citus does not keep
+            await tgt.execute(
+                "DELETE FROM source_population_jobs WHERE source_id = ANY($1::bigint[])",
+                [r["id"] for r in deleted],
+            )
     return diffs
 
 

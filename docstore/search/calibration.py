@@ -48,8 +48,9 @@ MIN_ESCALATION = 640
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``, called while a calibration runs."""
 
-# Pages drawn at random (SYSTEM reads only the chosen pages; at up to 4,000 dimensions each
-# row fills a page of its own, so pages are rows), then a pseudo-random n of their rows.
+# Pages drawn at random (SYSTEM reads only the chosen pages; from ~2,000 to 4,000 dimensions
+# the in-row half-precision copy makes each row a page of its own, so pages are rows; with
+# fewer dimensions a page holds neighbouring inserts), then a pseudo-random n of their rows.
 _SAMPLE = """
 SELECT embedding FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE ($2)
  WHERE embedding IS NOT NULL
@@ -132,7 +133,7 @@ class Calibrator:
         The share of pages is sized from the planner's row count and grown until ``n``
         non-zero embeddings are found or the whole table was read: ids may be sparse
         (deleted rows; on Citus each worker counts from its own range), so they are never
-        drawn directly. The same table gives the same sample.
+        drawn directly. The same table and planner row count give the same sample.
         """
         replica = self._store.replica
         size = await replica.fetchrow(_SIZE)
