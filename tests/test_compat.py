@@ -331,7 +331,10 @@ async def test_views_refuse_a_schema_with_legacy_tables_and_uninstall_cleanly(
 ) -> None:
     async with docstore.connect(database_url) as store:
         compat = LegacyDatabase(store)
-        await store.execute("create schema legacy_here; create table legacy_here.crates (id int)")
+        await store.execute(  # a session's database may be reused (DOCSTORE_TEST_CITUS_URL)
+            "drop schema if exists legacy_here cascade; create schema legacy_here;"
+            " create table legacy_here.crates (id int)"
+        )
         with pytest.raises(docstore.SchemaError, match="already has real legacy tables"):
             await compat.install_views("legacy_here")
         assert await compat.install_views("compat") == "compat"

@@ -19,6 +19,7 @@ from docstore.compat import views
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Document, Source, key_text, naive_utc, parse_timestamp
+from docstore.repositories.documents import lock_sources
 from docstore.store import Store, connect
 
 
@@ -489,8 +490,12 @@ class LegacyDatabase:
         )
         if config is None:
             raise ValueError(f"no crate config {crate_config_id}")
-        return int(
-            await self.store.fetchval(
+
+        async def work(conn: Any) -> Any:
+            # the source's lock, as sources.delete() takes it: a job is never added to a
+            # source being deleted (on Citus no foreign key would refuse it)
+            await lock_sources(conn, [(self.doc_type, config["name"])])
+            return await conn.fetchval(
                 """INSERT INTO source_population_jobs
                        (source_id, doc_type, source_name, status, metadata)
                    SELECT s.id, $1::text, $2::text, 'pending', $3::jsonb
@@ -501,7 +506,11 @@ class LegacyDatabase:
                 config["name"],
                 {"crate_config_id": crate_config_id, "version_spec": config["version_spec"]},
             )
-        )
+
+        job = await self.store.run_in_transaction(work)
+        if job is None:  # the crate was deleted meanwhile
+            raise ValueError(f"no crate config {crate_config_id}")
+        return int(job)
 
     @timed("compat.update_population_job")
     async def update_population_job(
