@@ -282,7 +282,10 @@ def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docstor
         return DatabaseUnavailableError(
             f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
         )
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError) and not (
+        # 42P01 too, but a statement's own mistake (a name its FROM lacks), not the schema's
+        str(exc).startswith("missing FROM-clause entry")
+    ):
         hint = " (is the schema applied? run `docstore init`)"
         return SchemaError(describe(exc, secrets) + hint)
     return QueryError(describe(exc, secrets), sqlstate=sqlstate)

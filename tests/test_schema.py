@@ -119,6 +119,19 @@ async def test_dimension_mismatch_is_a_schema_error(database_url: str) -> None:
         await docstore.connect(database_url, embedding_dim=1536)
 
 
+async def test_a_missing_table_is_a_schema_error_a_wrong_alias_a_query_error(
+    store: docstore.Store,
+) -> None:
+    """Both are SQLSTATE 42P01; only a table that does not exist points to `docstore init`
+    (a statement naming an alias its FROM lacks — or a write rule Citus attaches a WHERE to —
+    is the statement's own problem)."""
+    with pytest.raises(SchemaError, match="docstore init"):
+        await store.fetch("SELECT * FROM no_such_table")
+    with pytest.raises(docstore.QueryError, match="missing FROM-clause") as raised:
+        await store.fetch("SELECT x.id FROM documents d")
+    assert not isinstance(raised.value, SchemaError) and "docstore init" not in str(raised.value)
+
+
 async def test_plan_schema_indexes_and_triggers_exist(store: docstore.Store) -> None:
     indexes = {r["indexname"] for r in await store.fetch("select indexname from pg_indexes")}
     assert {
