@@ -31,6 +31,7 @@ from docstore.migrate.context import (
 )
 from docstore.migrate.report import JobMismatch, SourceMismatch
 from docstore.models import parse_timestamp
+from docstore.repositories.sources import delete_source_jobs
 
 # Parameters are sent as text and cast on the server: the same statement works whether or not
 # the connection has a jsonb codec registered.
@@ -197,11 +198,7 @@ async def sync_sources(
             doc_type,
             extra,
         )
-        if deleted:  # their jobs too: the foreign key's cascade, which Citus does not keep
-            await tgt.execute(
-                "DELETE FROM source_population_jobs WHERE source_id = ANY($1::bigint[])",
-                [r["id"] for r in deleted],
-            )
+        await delete_source_jobs(tgt, [r["id"] for r in deleted])
     return diffs
 
 

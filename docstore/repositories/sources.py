@@ -15,6 +15,17 @@ from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_source
 if TYPE_CHECKING:
     from docstore.core.surface import Queries
 
+
+async def delete_source_jobs(conn: Any, source_ids: list[int]) -> None:
+    """Delete the population jobs of deleted sources (``source_ids``), in the caller's
+    transaction. On one node the foreign key's cascade already did; a Citus cluster's
+    conversion had to drop that key, so every path that deletes sources calls this."""
+    if source_ids:
+        await conn.execute(
+            "DELETE FROM source_population_jobs WHERE source_id = ANY($1::bigint[])", source_ids
+        )
+
+
 _COLUMNS = (
     "id, doc_type, source_name, config, enabled, last_checked, last_populated, created_at, "
     "updated_at"
@@ -180,8 +191,7 @@ class SourceRepository:
             )
             if deleted is None:
                 return False
-            # The foreign key cascades on one node; on Citus the conversion had to drop it.
-            await conn.execute("DELETE FROM source_population_jobs WHERE source_id = $1", deleted)
+            await delete_source_jobs(conn, [deleted])
             return True
 
         return await self.store.run_in_transaction(work)
