@@ -39,6 +39,11 @@ single node's and this client's CPU. ``--shards N`` creates the distributed tabl
 shards (``citus.shard_count``; the cluster's default otherwise), to see what the shard count
 costs. ``--json PATH`` writes every figure.
 
+**The query vector sent once** (``queries.QueryVector``): the same fanned-out ANN statement
+(ef_search 40, 40 candidates a shard) in the form that printed the 3,072-float vector into
+every shard's SQL (:func:`docstore.testing.printed_vector`) and as docstore sends it, rounds
+interleaved; CPU per search on each server, and whether both return the same rows.
+
 The single node is a plain database (no Citus in it) on the coordinator's server, so both
 sides run the same PostgreSQL build and settings (``--single-url`` for another server; its
 database ``citus_bench_single`` is replaced). The cluster is a coordinator and two workers on
@@ -70,6 +75,8 @@ import numpy as np
 from common import DIM, Goal
 
 import docstore
+from docstore.search import queries as search_sql
+from docstore.testing import printed_vector
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "citus-cluster"
@@ -524,6 +531,42 @@ async def main() -> None:
             print(
                 f"  per shard task: {kept_task * 1000:.3f} CPU ms; new worker connections a"
                 " search: " + ", ".join(f"{k} {v:.2f}" for k, v in kept_conns.items())
+            )
+
+            # The query vector printed into every shard's SQL against sent once.
+            def fan_out(form: str) -> Callable[[int], Awaitable[object]]:
+                def call(i: int) -> Awaitable[object]:
+                    sql, params = search_sql.ann_search_sql(
+                        queries[i],
+                        dim=DIM,
+                        limit=10,
+                        candidates=40,
+                        ef_search=40,
+                        distributed=True,
+                    )
+                    sql = printed_vector(sql, DIM) if form == "printed" else sql
+                    return cluster._ann_records(sql, params, 40)
+
+                return call
+
+            forms = await cpu_rounds(
+                {f: fan_out(f) for f in ("printed", "sent once")}, args.queries, args.rounds, meters
+            )
+            rows = {f: [await fan_out(f)(i) for i in range(10)] for f in ("printed", "sent once")}
+            same_rows = all(
+                [r["id"] for r in a] == [r["id"] for r in b]
+                for a, b in zip(rows["printed"], rows["sent once"], strict=True)
+            )
+            totals = {f: sum(c[k] for k in meters) for f, c in forms.items()}
+            figures["vector_sent_once"] = {"cpu_s": forms, "same_rows": same_rows}
+            print(
+                "fanned-out ANN statement, query vector printed into each shard's SQL vs sent once:"
+            )
+            for name, cpu in forms.items():
+                print(cpu_line(name, cpu, nodes_all))
+            print(
+                f"  server CPU a search: {totals['sent once'] / totals['printed']:.2f}x;"
+                f" same rows on 10 queries: {same_rows}"
             )
 
             n_exact = min(args.queries, 10)

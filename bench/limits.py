@@ -36,7 +36,7 @@ from common import DIM
 
 import docstore
 from docstore import Document
-from docstore.search import queries
+from docstore.search import text_sql
 
 SHAPES = {
     "words": lambda n: " ".join(f"word{i}" for i in range(n)),
@@ -72,7 +72,7 @@ async def text(store: docstore.Store) -> None:
     )
     await store.create_text_index()
     await store.execute("VACUUM ANALYZE documents")
-    sql, _ = queries.text_search_sql("x", limit=10)  # the SQL: $1 the query, $2 the limit
+    sql, _ = text_sql.text_search_sql("x", limit=10)  # the SQL: $1 the query, $2 the limit
     parse = "SELECT numnode(websearch_to_tsquery('english', $1))"
     print("by words: websearch_to_tsquery alone / the whole search_text query")
     for shape, make in SHAPES.items():

@@ -22,7 +22,7 @@ import docstore
 from docstore import Document, ValidationError
 from docstore.compat.legacy_api import LegacyDatabase
 from docstore.models import MAX_HALF_PRECISION_ERROR, half_precision_problem
-from docstore.search import queries
+from docstore.search import text_sql
 from tests.conftest import unit_vector
 
 DIM = 3072
@@ -217,7 +217,7 @@ async def test_oversized_text_queries_are_refused_before_anything_is_sent(
     store = await docstore.connect(database_url)
     await store.close()
     fifty_thousand = " ".join(f"word{i}" for i in range(50_000))
-    too_many_words = " ".join(["spawn"] * (queries.MAX_TEXT_QUERY_WORDS + 1))
+    too_many_words = " ".join(["spawn"] * (text_sql.MAX_TEXT_QUERY_WORDS + 1))
     for text in (fifty_thousand, too_many_words):
         started = time.perf_counter()
         with pytest.raises(ValidationError) as info:
@@ -231,7 +231,7 @@ async def test_oversized_text_queries_are_refused_before_anything_is_sent(
 
 async def test_the_longest_accepted_text_query_runs(indexed: docstore.Store) -> None:
     longest = " ".join(["spawn", "task", "page"] * 85 + ["tokio"])  # 256 words
-    assert len(longest.split()) == queries.MAX_TEXT_QUERY_WORDS
+    assert len(longest.split()) == text_sql.MAX_TEXT_QUERY_WORDS
     assert len(await indexed.search_text(longest, limit=5)) == 5
     hybrid = await indexed.hybrid_search(longest, unit_vector(1), limit=5)
     assert len(hybrid) == 5

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from docstore.errors import FilterError, ValidationError
-from docstore.search import planner, queries, tuning
-from docstore.search.queries import (
-    create_vector_index_sql,
-    reciprocal_rank_fusion,
-    scoped_filter,
-    text_search_sql,
-    vector_search_sql,
-)
+from docstore.search import planner, queries, text_sql, tuning
+from docstore.search.queries import create_vector_index_sql, scoped_filter, vector_search_sql
+from docstore.search.text_sql import reciprocal_rank_fusion, text_search_sql
 
 Q = object()  # the query vector is bound as given: any object stands in for it
 
@@ -130,7 +125,7 @@ def test_text_search_uses_the_index_expression_and_websearch_syntax() -> None:
 
 
 def test_the_text_index_is_on_the_query_expression() -> None:
-    assert queries.create_text_index_sql(concurrently=True) == (
+    assert text_sql.create_text_index_sql(concurrently=True) == (
         "CREATE INDEX CONCURRENTLY idx_documents_content_fts ON documents USING gin"
         " (to_tsvector('english'::regconfig, left(content, 100000)))"
     )
@@ -205,6 +200,39 @@ def test_ann_search_is_one_statement_with_its_settings_bound() -> None:
         queries.ann_search_sql([0.0], dim=3, candidates=40, ef_search=1001)
 
 
+@pytest.mark.parametrize(
+    ("dim", "indexed"),
+    [(3072, "(SELECT q.v::halfvec(3072) FROM q)"), (1536, "(SELECT q.v FROM q)")],
+)
+def test_distributed_statements_bind_the_query_vector_once(dim: int, indexed: str) -> None:
+    """On Citus every reference to a constant is printed into each shard's SQL: the vector
+    is a MATERIALIZED CTE (sent to each worker once), referred to by one-row sub-selects."""
+    statements = [
+        queries.ann_search_sql(
+            [0.0] * 3, dim=dim, candidates=40, ef_search=64, distributed=True, max_distance=0.5
+        )[0],
+        queries.vector_search_sql([0.0] * 3, dim=dim, distributed=True)[0],
+        queries.vector_search_sql([0.0] * 3, dim=dim, candidates=40, distributed=True)[0],
+        queries.vector_search_sql(
+            [0.0] * 3, dim=dim, candidates=40, candidate_source="halfvec", distributed=True
+        )[0],
+        queries.vector_search_sql([0.0] * 3, dim=dim, max_distance=0.5, distributed=True)[0],
+    ]
+    for sql in statements:
+        assert sql.startswith("WITH q AS MATERIALIZED (SELECT $1::vector AS v) SELECT ")
+        assert sql.count("$1") == 1, sql
+    ann, exact, indexed_shape, half_shape, _ = statements
+    assert f"<=> {indexed} LIMIT $3" in ann  # the HNSW order: an InitPlan, still indexable
+    assert f"d.embedding_half <=> (SELECT q.v::halfvec({dim}) FROM q) AS half" in ann
+    assert "d.embedding <=> (SELECT q.v FROM q) AS distance" in ann
+    assert "ORDER BY distance, d.id" in exact
+    assert f"<=> {indexed} LIMIT $3" in indexed_shape
+    assert f"ORDER BY d.embedding_half <=> (SELECT q.v::halfvec({dim}) FROM q)" in half_shape
+    # one node: unchanged, no CTE
+    single = queries.vector_search_sql([0.0] * 3, dim=dim, candidates=40)[0]
+    assert single.startswith("SELECT ") and "q.v" not in single
+
+
 def test_ann_settings_are_integers_only() -> None:
     assert "hnsw.ef_search = 400;" in queries.ann_settings_sql(400)
     # disable_cost pushes every such plan past jit_above_cost on PostgreSQL <= 17
@@ -242,10 +270,10 @@ def test_ann_candidates_have_a_floor_and_a_cap() -> None:
 
 
 def test_a_text_query_of_up_to_256_words_and_4096_characters_is_accepted() -> None:
-    longest = " ".join(["tokio"] * queries.MAX_TEXT_QUERY_WORDS)
-    assert queries.check_text_query(longest) == longest
-    assert queries.check_text_query("x" * queries.MAX_TEXT_QUERY_CHARS)
-    assert queries.check_text_query("") == ""
+    longest = " ".join(["tokio"] * text_sql.MAX_TEXT_QUERY_WORDS)
+    assert text_sql.check_text_query(longest) == longest
+    assert text_sql.check_text_query("x" * text_sql.MAX_TEXT_QUERY_CHARS)
+    assert text_sql.check_text_query("") == ""
 
 
 @pytest.mark.parametrize(

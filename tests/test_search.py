@@ -17,7 +17,7 @@ import pytest
 
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
-from docstore.search import planner, queries
+from docstore.search import planner, queries, text_sql
 from tests.conftest import PgCluster
 
 DIM = 3072
@@ -444,7 +444,7 @@ async def test_search_text_finds_ranked_matches_with_websearch_syntax(
 async def test_search_text_is_filtered_and_uses_the_gin_index(corpus: docstore.Store) -> None:
     results = await corpus.search_text("runtime", source_name="crate0", limit=50)
     assert results.ids and {h.source_name for h in results} == {"crate0"}
-    sql, params = queries.text_search_sql("runtime", limit=5)
+    sql, params = text_sql.text_search_sql("runtime", limit=5)
     async with corpus.transaction() as conn:
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + sql, *params))

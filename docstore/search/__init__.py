@@ -2,9 +2,10 @@
 and its results (:mod:`.results`)."""
 
 from docstore.search.filters import OPERATORS, build_filter
-from docstore.search.queries import METRICS, reciprocal_rank_fusion
+from docstore.search.queries import METRICS
 from docstore.search.results import Hit, Latency, RecallReport, SearchResults, VectorIndex
 from docstore.search.surface import SearchDatabase
+from docstore.search.text_sql import reciprocal_rank_fusion
 
 __all__ = [
     "METRICS",

@@ -197,6 +197,7 @@ class Calibrator:
             filter=flt,
             candidates=max(4 * limit, 40),
             candidate_source="halfvec",
+            distributed=store.distributed,
         )
         # ORDER BY embedding_half is no index's expression: a scan of the scope, as wanted
         rows = await store.run(_fetch(sql, params), stateless=True, read=True)
@@ -256,7 +257,11 @@ class Calibrator:
         times = []
         for v in vectors:
             sql, params = queries.vector_search_sql(
-                v, dim=store.embedding_dim, metric_name=metric, limit=CALIBRATION_K
+                v,
+                dim=store.embedding_dim,
+                metric_name=metric,
+                limit=CALIBRATION_K,
+                distributed=store.distributed,
             )
             started = time.perf_counter()
             await store.run(_fetch(sql, params), stateless=True, read=True)

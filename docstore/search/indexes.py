@@ -21,7 +21,7 @@ import asyncpg
 from docstore.core.surface import Queries
 from docstore.errors import DocstoreError, SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.search import queries
+from docstore.search import queries, text_sql
 from docstore.search.results import VectorIndex
 from docstore.search.tuner import Progress, SearchTuner
 from docstore.search.tuning import Calibration
@@ -158,7 +158,7 @@ class SearchIndexes:
             await self._db.fetchval(
                 "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                 " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass",
-                queries.TEXT_INDEX_NAME,
+                text_sql.TEXT_INDEX_NAME,
             ),
         )
 
@@ -180,8 +180,8 @@ class SearchIndexes:
         if await self.text_index():
             return
         await self._build_index(
-            queries.TEXT_INDEX_NAME,
-            queries.create_text_index_sql(concurrently=concurrently),
+            text_sql.TEXT_INDEX_NAME,
+            text_sql.create_text_index_sql(concurrently=concurrently),
             concurrently,
             maintenance_work_mem,
         )
@@ -191,7 +191,7 @@ class SearchIndexes:
         """Drop the full-text index; True if there was one."""
         self._db.ensure_writable()
         existed = await self.text_index() is not None
-        await self._drop_index(queries.TEXT_INDEX_NAME, concurrently)
+        await self._drop_index(text_sql.TEXT_INDEX_NAME, concurrently)
         return existed
 
     async def _build_index(

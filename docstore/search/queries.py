@@ -19,13 +19,11 @@ All order by ``(distance, id)`` so ties break the same way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from docstore.errors import FilterError, ValidationError
-from docstore.models import unstorable
 from docstore.search.filters import build_filter
 from docstore.search.tuning import SPREAD_RANK
 
@@ -36,29 +34,6 @@ MAX_VECTOR_INDEX_DIM = 2000
 MAX_HALFVEC_INDEX_DIM = 4000
 MAX_LIMIT = 1000
 HALF_COLUMN = "embedding_half"  # the generated halfvec copy of embedding (migration 3)
-TEXT_CONFIG = "english"
-# to_tsvector is bounded so no document can exceed PostgreSQL's 1 MB tsvector limit; the
-# full-text index (create_text_index_sql) uses exactly this expression.
-TEXT_PREFIX_CHARS = 100_000
-MAX_TEXT_QUERY_WORDS = 256
-"""Words (runs of letters and digits, stop words included) a text query may have.
-
-Measured (``bench/limits.py text``: embedded PostgreSQL, 2,000 documents of 300 words, GIN
-index; two runs). ``websearch_to_tsquery`` alone never fails: 2–7 ms at 1,000 words,
-45–160 ms at 10,000, 1.1–3.3 s at 50,000. The whole search fails with "stack depth limit
-exceeded" from 15,000 words (a phrase, hyphenated words), 20,000 (plain words) or 50,000
-(OR-ed); 1,000 exclusions of absent words (``-w1 -w2 …``) ran past 30 s. Long before that,
-ranking costs: ``ts_rank_cd``'s time per matching document grows with the query's terms —
-0.2–0.4 s for one word (in ~500 of the documents), 0.8–1.6 s for 16 OR-ed words (in nearly
-all), 6–12 s for 256, 18–22 s for 512, over 30 s for 1,000; one word repeated 256 / 512 /
-1,000 times, 0.7–1.3 / 2.3–2.7 / 22–30+ s. 256 words is ~10x a long real question and ~60x
-below the stack-depth failure, and bounds how much slower than a one-word query a query can
-rank the same matches (~30x).
-"""
-MAX_TEXT_QUERY_CHARS = 4096
-"""Characters a text query may have: 256 words of 16 characters, with room for punctuation;
-checked first, so no huge string is scanned or sent."""
-_WORD = re.compile(r"[^\W_]+")  # PostgreSQL's parser splits on "_" too
 
 
 @dataclass(frozen=True)
@@ -158,6 +133,42 @@ def half_query(dim: int, param: str) -> str:
     return f"(SELECT {param}::vector::halfvec({int(dim)}))"
 
 
+@dataclass(frozen=True)
+class QueryVector:
+    """How one statement refers to its query vector, bound as ``$1``.
+
+    ``prefix`` goes before the whole statement; ``vector`` is the vector (exact distances),
+    ``half`` its ``halfvec`` cast computed once (for ``embedding_half``), ``indexed`` what the
+    HNSW index's expression is compared with (:func:`query_expression`).
+
+    On one node each is ``$1`` itself. On a Citus cluster the coordinator prints every
+    constant into each shard's query text, so a 3,072-float vector referred to four times in
+    an ANN statement made ~135 KB of SQL per shard (~1 MB for a fan-out over 8 shards) to
+    print and to parse again; instead ``$1`` is a ``MATERIALIZED`` CTE, which Citus sends to
+    each worker once, in binary, as an intermediate result, and the shards read it in
+    one-row sub-selects (InitPlans: the HNSW index still orders by them).
+    """
+
+    prefix: str
+    vector: str
+    half: str
+    indexed: str
+
+
+def query_vector(dim: int, *, distributed: bool = False) -> QueryVector:
+    """The :class:`QueryVector` of a statement on one node, or on a Citus cluster."""
+    if not distributed:
+        return QueryVector("", "$1::vector", half_query(dim, "$1"), query_expression(dim, "$1"))
+    half = f"(SELECT q.v::halfvec({int(dim)}) FROM q)"
+    vector = "(SELECT q.v FROM q)"
+    return QueryVector(
+        "WITH q AS MATERIALIZED (SELECT $1::vector AS v) ",
+        vector,
+        half,
+        vector if dim <= MAX_VECTOR_INDEX_DIM else half,
+    )
+
+
 def scoped_filter(
     doc_type: str | None, source_name: str | None, filter: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -176,7 +187,8 @@ def scoped_filter(
     return dict(parts[0]) if len(parts) == 1 else {"$and": parts}
 
 
-def _select_list(alias: str, include_embedding: bool) -> str:
+def select_list(alias: str, include_embedding: bool) -> str:
+    """The document columns a search returns, qualified by ``alias``."""
     columns = [*DOCUMENT_COLUMNS, *(("embedding",) if include_embedding else ())]
     return ", ".join(f"{alias}.{c}" for c in columns)
 
@@ -192,6 +204,7 @@ def vector_search_sql(
     max_distance: float | None = None,
     include_embedding: bool = False,
     candidate_source: Literal["index", "halfvec"] = "index",
+    distributed: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL for a vector search; exact when ``candidates`` is None, else ``candidates`` rows
     ranked by the HNSW index's expression (``candidate_source="index"``, the ANN shape) or by
@@ -200,16 +213,18 @@ def vector_search_sql(
     ``query`` is bound as ``$1`` (as given: encoding is the connection's job). Rows with a
     NULL embedding never match. ``max_distance`` drops hits beyond it *after* the top
     ``limit`` is chosen, which returns the same rows as filtering first (the order is the same
-    distance) without computing each distance twice.
+    distance) without computing each distance twice. ``distributed`` (Citus): the query
+    vector reaches the shards once, not printed into their SQL (:class:`QueryVector`).
     """
     m = metric(metric_name)
     check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     params: list[Any] = [query, limit, *filter_params]
-    distance = f"d.embedding {m.operator} $1::vector"
+    q = query_vector(dim, distributed=distributed)
+    distance = f"d.embedding {m.operator} {q.vector}"
     if candidates is None:
         inner = (
-            f"SELECT {_select_list('d', include_embedding)}, {distance} AS distance"
+            f"SELECT {select_list('d', include_embedding)}, {distance} AS distance"
             f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
             " ORDER BY distance, d.id LIMIT $2"
         )
@@ -219,24 +234,22 @@ def vector_search_sql(
         if candidate_source == "halfvec":
             # the cast in a sub-select (an InitPlan) runs once; inline, a generic plan of the
             # prepared statement converted the query vector again for every row (2x the CPU)
-            ann_order = f"d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')}"
+            ann_order = f"d.{HALF_COLUMN} {m.operator} {q.half}"
         else:
-            ann_order = (
-                f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
-            )
+            ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {q.indexed}"
         inner = (
-            f"SELECT {_select_list('c', include_embedding)},"
-            f" c.embedding {m.operator} $1::vector AS distance"
-            f" FROM (SELECT {_select_list('d', True)} FROM documents d"
+            f"SELECT {select_list('c', include_embedding)},"
+            f" c.embedding {m.operator} {q.vector} AS distance"
+            f" FROM (SELECT {select_list('d', True)} FROM documents d"
             f" WHERE d.embedding IS NOT NULL AND {where}"
             f" ORDER BY {ann_order} LIMIT ${len(params)}) c"
             " ORDER BY distance, c.id LIMIT $2"
         )
     if max_distance is None:
-        return inner, params
+        return q.prefix + inner, params
     params.append(float(max_distance))
     return (
-        f"SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}"
+        f"{q.prefix}SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}"
         " ORDER BY hits.distance, hits.id"
     ), params
 
@@ -277,7 +290,8 @@ def ann_search_sql(
 
     ``distributed`` (Citus): no settings sub-select (Citus cannot push it down; ``$4`` is only
     bound), so run it under :func:`ann_settings_sql` ``(distributed=True)``; each shard returns
-    its ``candidates`` best with both distances (no vectors), the coordinator ranks them.
+    its ``candidates`` best with both distances (no vectors), the coordinator ranks them; the
+    query vector reaches the shards once, not printed into their SQL (:class:`QueryVector`).
     """
     m = metric(metric_name)
     check_limit(limit)
@@ -288,7 +302,8 @@ def ann_search_sql(
     rerank = min(candidates, max(2 * limit, MIN_RERANK))
     where, filter_params = build_filter(filter, first_param=6)
     params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
-    ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {query_expression(dim, '$1')}"
+    q = query_vector(dim, distributed=distributed)
+    ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {q.indexed}"
     bound = ""
     if max_distance is not None:
         params.append(float(max_distance))
@@ -304,25 +319,25 @@ def ann_search_sql(
     )
     if distributed:
         sql = (
-            f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
-            f"SELECT c.*, {window} FROM (SELECT {_select_list('d', include_embedding)},"
-            f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half,"
-            f" d.embedding {m.operator} $1::vector AS distance"
+            f"{q.prefix}SELECT {select_list('w', include_embedding)}, w.distance, w.spread"
+            f" FROM (SELECT c.*, {window} FROM (SELECT {select_list('d', include_embedding)},"
+            f" d.{HALF_COLUMN} {m.operator} {q.half} AS half,"
+            f" d.embedding {m.operator} {q.vector} AS distance"
             f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
             f" AND $4::int IS NOT NULL ORDER BY {ann_order} LIMIT $3) c{window_def}) w"
             f"{bound} ORDER BY w.distance, w.id LIMIT $2"
         )
         return sql, params
     sql = (
-        f"SELECT {_select_list('w', include_embedding)}, w.distance, w.spread FROM ("
-        f"SELECT {_select_list('h', include_embedding)}, h.spread,"
-        f" h.embedding {m.operator} $1::vector AS distance FROM ("
+        f"SELECT {select_list('w', include_embedding)}, w.distance, w.spread FROM ("
+        f"SELECT {select_list('h', include_embedding)}, h.spread,"
+        f" h.embedding {m.operator} {q.vector} AS distance FROM ("
         f"SELECT c.*, {window}"
-        f" FROM (SELECT {_select_list('d', True)},"
-        f" d.{HALF_COLUMN} {m.operator} {half_query(dim, '$1')} AS half"
+        f" FROM (SELECT {select_list('d', True)},"
+        f" d.{HALF_COLUMN} {m.operator} {q.half} AS half"
         " FROM (SELECT set_config('hnsw.ef_search', $4::int::text, true) AS ef,"
         " set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan) cfg"
-        f" CROSS JOIN LATERAL (SELECT {_select_list('d', True)}, d.{HALF_COLUMN}"
+        f" CROSS JOIN LATERAL (SELECT {select_list('d', True)}, d.{HALF_COLUMN}"
         f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
         f" ORDER BY {ann_order}"
         " LIMIT CASE WHEN cfg.ef IS NULL OR cfg.scan IS NULL THEN 0 ELSE $3 END) d)"
@@ -357,94 +372,6 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
         + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"
         " SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
         + ("; SET LOCAL enable_sort = off" if force_index and not distributed else "")
-    )
-
-
-def text_vector_expression(column: str = "content") -> str:
-    """The tsvector expression of the full-text index and of every text query."""
-    return f"to_tsvector('{TEXT_CONFIG}'::regconfig, left({column}, {TEXT_PREFIX_CHARS}))"
-
-
-def text_search_sql(
-    text: str,
-    *,
-    limit: int = 10,
-    filter: Mapping[str, Any] | None = None,
-    include_embedding: bool = False,
-) -> tuple[str, list[Any]]:
-    """SQL for full-text search: ``websearch_to_tsquery`` syntax (quotes, ``or``, ``-word``),
-    ranked by ``ts_rank_cd`` (best first, then id). ``text`` is checked by
-    :func:`check_text_query`."""
-    check_text_query(text)
-    check_limit(limit)
-    where, filter_params = build_filter(filter, first_param=3)
-    tsv = text_vector_expression("d.content")
-    sql = (
-        f"SELECT {_select_list('d', include_embedding)}, ts_rank_cd({tsv}, q) AS rank"
-        f" FROM documents d, websearch_to_tsquery('{TEXT_CONFIG}'::regconfig, $1) q"
-        f" WHERE {tsv} @@ q AND {where}"
-        " ORDER BY rank DESC, d.id LIMIT $2"
-    )
-    return sql, [text, limit, *filter_params]
-
-
-def check_text_query(text: Any) -> str:
-    """A text query as given, or :class:`ValidationError` (field ``"text"``) before anything
-    is sent: a string without NUL bytes or lone surrogates, at most
-    :data:`MAX_TEXT_QUERY_CHARS` characters and :data:`MAX_TEXT_QUERY_WORDS` words."""
-    if not isinstance(text, str):
-        raise ValidationError(
-            "text must be a string without NUL bytes or lone surrogates", field="text"
-        )
-    if len(text) > MAX_TEXT_QUERY_CHARS:
-        raise ValidationError(
-            f"text query has {len(text):,} characters; at most {MAX_TEXT_QUERY_CHARS:,} (and"
-            f" {MAX_TEXT_QUERY_WORDS} words) are searched: shorten it to its key words",
-            field="text",
-        )
-    if unstorable(text):
-        raise ValidationError(
-            "text must be a string without NUL bytes or lone surrogates", field="text"
-        )
-    words = sum(1 for _ in _WORD.finditer(text))
-    if words > MAX_TEXT_QUERY_WORDS:
-        raise ValidationError(
-            f"text query has {words} words; at most {MAX_TEXT_QUERY_WORDS} are searched"
-            " (ranking time grows with every word): shorten it to its key words",
-            field="text",
-        )
-    return text
-
-
-def reciprocal_rank_fusion(
-    rankings: Mapping[str, list[int]], *, k: int = 60
-) -> list[tuple[int, float, dict[str, int]]]:
-    """Fuse ranked id lists: score(id) = Σ 1 / (k + rank), rank counting from 1.
-
-    Returns ``(id, score, {ranking name: rank})`` best first; ties break on the smaller id.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValidationError("k must be a non-negative integer", field="k")
-    scores: dict[int, float] = {}
-    ranks: dict[int, dict[str, int]] = {}
-    for name, ids in rankings.items():
-        for rank, id_ in enumerate(ids, start=1):
-            if name in ranks.setdefault(id_, {}):
-                continue  # an id counts once per ranking, at its best rank
-            ranks[id_][name] = rank
-            scores[id_] = scores.get(id_, 0.0) + 1.0 / (k + rank)
-    order = sorted(scores, key=lambda i: (-scores[i], i))
-    return [(i, scores[i], ranks[i]) for i in order]
-
-
-TEXT_INDEX_NAME = "idx_documents_content_fts"
-
-
-def create_text_index_sql(*, concurrently: bool) -> str:
-    """``CREATE INDEX`` of the GIN full-text index ``search_text`` uses."""
-    return (
-        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{TEXT_INDEX_NAME}"
-        f" ON documents USING gin ({text_vector_expression()})"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from docstore.core.surface import Queries
 from docstore.metrics import Metrics, timed
 from docstore.models import query_vector
-from docstore.search import queries
+from docstore.search import queries, text_sql
 from docstore.search.filters import build_filter
 from docstore.search.results import Hit, SearchResults
 from docstore.search.vector import VectorSearch, _fetch, _hit, shard
@@ -53,12 +53,12 @@ class TextSearch:
         every query, which is only reasonable for small tables.
 
         ``text`` has at most 256 words and 4,096 characters
-        (:func:`~docstore.search.queries.check_text_query`: ranking time grows with every
+        (:func:`~docstore.search.text_sql.check_text_query`: ranking time grows with every
         word, and PostgreSQL's query parser fails at ~15,000); longer text is refused with
         :class:`ValidationError` before anything is sent.
         """
         started = time.perf_counter()
-        sql, params = queries.text_search_sql(
+        sql, params = text_sql.text_search_sql(
             text,
             limit=limit,
             filter=queries.scoped_filter(doc_type, source_name, filter),
@@ -95,7 +95,7 @@ class TextSearch:
         :meth:`search` (:class:`ValidationError` before anything is sent).
         """
         started = time.perf_counter()
-        queries.check_text_query(text)
+        text_sql.check_text_query(text)
         embedding = query_vector(embedding, self._db.embedding_dim)
         queries.metric(metric)
         build_filter(queries.scoped_filter(doc_type, source_name, filter))
@@ -117,7 +117,7 @@ class TextSearch:
         found: dict[int, Hit] = {h.id: h for h in keyword if h.id is not None}
         found.update({h.id: h for h in semantic if h.id is not None})
         text_ranks = {h.id: h.text_rank for h in keyword}
-        fused = queries.reciprocal_rank_fusion({"vector": semantic.ids, "text": keyword.ids}, k=k)
+        fused = text_sql.reciprocal_rank_fusion({"vector": semantic.ids, "text": keyword.ids}, k=k)
         hits = [
             found[id_].model_copy(
                 update={"score": score, "ranks": ranks, "text_rank": text_ranks.get(id_)}

@@ -194,7 +194,9 @@ class VectorSearch:
             extra: dict[str, Any] = {}
             if plan.mode == "halfvec":
                 extra = {"candidates": plan.candidates, "candidate_source": "halfvec"}
-            sql, params = queries.vector_search_sql(vector, **shape, **extra)
+            sql, params = queries.vector_search_sql(
+                vector, **shape, **extra, distributed=self._db.distributed
+            )
             records = await self._db.run(
                 _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
             )

@@ -5,10 +5,13 @@
   :func:`~docstore.testing.replica.start_replica`) and
   :func:`~docstore.testing.replica.wait_for_replay`, for read-replica, fallback and failover
   tests and for ``bench/scale.py``.
+- :mod:`docstore.testing.citus`: :func:`~docstore.testing.citus.printed_vector`, a Citus
+  search statement in the form that printed its query vector into every shard's SQL.
 
 docstore's runtime modules do not import this package (``lint-imports`` checks it).
 """
 
+from docstore.testing.citus import printed_vector
 from docstore.testing.replica import EmbeddedReplica, start_replica, wait_for_replay
 
-__all__ = ["EmbeddedReplica", "start_replica", "wait_for_replay"]
+__all__ = ["EmbeddedReplica", "printed_vector", "start_replica", "wait_for_replay"]

@@ -27,6 +27,7 @@ from docstore.prometheus import registry_for, snapshot_from_text
 from docstore.repositories.documents import _insert_new
 from docstore.search import planner, queries
 from docstore.search.calibration import Calibrator
+from docstore.testing import printed_vector
 from tests.citus.conftest import SCRIPT
 from tests.conftest import PgCluster, unit_vector
 from tests.legacy_db import build_legacy
@@ -455,6 +456,59 @@ async def test_ann_fans_out_and_merges(dstore: docstore.Store) -> None:
     assert hits / 30 >= 0.9
 
 
+async def test_fanned_out_statements_send_the_vector_once_not_in_each_shards_sql(
+    dstore: docstore.Store,
+) -> None:
+    """The coordinator printed a 3,072-float query vector into every shard's SQL, four times
+    in an ANN statement (~135 KB a shard); now it goes to each worker once, in binary, as the
+    CTE's intermediate result. Same rows, and the shards still order by the HNSW index."""
+    docs = corpus(40)
+    await dstore.documents.upsert_many(docs)
+    await dstore.create_vector_index(calibrate=False)
+    query = np.asarray(unit_vector(31_337), dtype=np.float32)
+    shapes = {
+        "ann": dict(candidates=40, ef_search=64),
+        "exact": {},
+        "halfvec": dict(candidates=40, candidate_source="halfvec"),
+    }
+    async with dstore.acquire() as conn:
+        for name, extra in shapes.items():
+            build = queries.ann_search_sql if name == "ann" else queries.vector_search_sql
+            rows = {}
+            for distributed in (False, True):
+                sql, params = build(query, dim=3072, limit=10, distributed=True, **extra)
+                if not distributed:  # as before: the statement refers to $1 itself
+                    sql = printed_vector(sql, 3072)
+                issued: list[str] = []
+
+                def log(_: object, message: Any, into: list[str] = issued) -> None:
+                    into.append(message.message)
+
+                conn.add_log_listener(log)
+                try:
+                    async with conn.transaction():
+                        await conn.execute(queries.ann_settings_sql(64, distributed=True))
+                        await conn.execute(
+                            "SET LOCAL citus.log_remote_commands = on;"
+                            " SET LOCAL client_min_messages = log"
+                        )
+                        rows[distributed] = [r["id"] for r in await conn.fetch(sql, *params)]
+                        if distributed and name == "ann":
+                            plan = await conn.fetch("EXPLAIN " + sql, *params)
+                finally:
+                    conn.remove_log_listener(log)
+                sent = [m for m in issued if m.startswith("issuing SELECT")]
+                assert sent, issued
+                if distributed:
+                    assert max(map(len, sent)) < 8_000, (name, max(map(len, sent)))
+                    if name == "ann":
+                        text = "\n".join(r[0] for r in plan)
+                        assert "Index Scan using documents_embedding_hnsw" in text, text
+                else:  # the query vector printed into each shard's SQL, as before
+                    assert min(map(len, sent)) > 30_000, (name, min(map(len, sent)))
+            assert rows[True] == rows[False] and len(rows[True]) == 10, name
+
+
 async def test_ann_set_local_reaches_the_shards(dstore: docstore.Store) -> None:
     await dstore.documents.upsert_many(corpus(2))
     probe = "SELECT DISTINCT current_setting('hnsw.ef_search') FROM documents"
@@ -860,6 +914,10 @@ async def test_read_only_store_routes_with_its_guard(
         )
         shards = store._db._shards
         assert shards.stats()["routed"] == 1
+        # fanned out through the coordinator: the query vector's intermediate result reaches
+        # the workers inside a read-only transaction too
+        everywhere = await store.search(query, limit=3, exact=True)
+        assert [h.doc_path for h in everywhere] == exact_top(docs, query, 3)
         pool = next(iter(shards._workers.values()))
         async with pool.acquire() as conn:  # the worker's connections: read-only too
             assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
