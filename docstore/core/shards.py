@@ -86,6 +86,9 @@ class ShardRouter:
         self._settings = settings
         self._metrics = metrics
         self._placements: OrderedDict[str, tuple[float, Node | None]] = OrderedDict()
+        self._looking: dict[str, asyncio.Task[Node | None]] = {}  # lookups under way
+        self.lookups = 0  # placement look-ups run on the coordinator
+        self._generation = 0  # forget() moves it on: a look-up begun before is not cached
         self._workers: dict[Node, asyncpg.Pool] = {}
         self._opening = asyncio.Lock()
         self._down_until: dict[Node, float] = {}
@@ -94,14 +97,34 @@ class ShardRouter:
     # -- placement ---------------------------------------------------------------------------
     async def node(self, source: str, lookup: Callable[[str], Awaitable[Any]]) -> Node | None:
         """The worker holding ``source``'s shard (cached), None for the coordinator.
-        ``lookup(source)`` runs :data:`PLACEMENT_SQL` on the coordinator."""
-        now = time.monotonic()
+        ``lookup(source)`` runs :data:`PLACEMENT_SQL` on the coordinator; concurrent searches
+        of a source not cached share one look-up (a burst of searches of a new source would
+        otherwise each run one)."""
         cached = self._placements.get(source)
-        if cached is not None and now - cached[0] < PLACEMENT_CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[0] < PLACEMENT_CACHE_SECONDS:
             self._placements.move_to_end(source)
             return cached[1]
+        task = self._looking.get(source)
+        if task is None:
+            task = asyncio.ensure_future(self._look_up(source, lookup))
+            self._looking[source] = task
+            task.add_done_callback(lambda t: self._looked_up(source, t))
+        # shielded: a caller cancelled while waiting leaves the look-up to the others
+        return await asyncio.shield(task)
+
+    def _looked_up(self, source: str, task: asyncio.Task[Node | None]) -> None:
+        if self._looking.get(source) is task:
+            del self._looking[source]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have been cancelled meanwhile
+
+    async def _look_up(self, source: str, lookup: Callable[[str], Awaitable[Any]]) -> Node | None:
+        now, generation = time.monotonic(), self._generation
+        self.lookups += 1
         row = await lookup(source)
         node = None if row is None or row["groupid"] == 0 else (row["nodename"], row["nodeport"])
+        if generation != self._generation:
+            return node  # placements were forgotten meanwhile (a moved shard, a new URL)
         self._placements[source] = (now, node)
         self._placements.move_to_end(source)
         while len(self._placements) > PLACEMENT_CACHE_SIZE:
@@ -113,7 +136,10 @@ class ShardRouter:
         self._placements[source] = (time.monotonic(), node)
 
     def forget(self, node: Node | None = None) -> None:
-        """Drop cached placements (of ``node`` only, when given): looked up again next time."""
+        """Drop cached placements (of ``node`` only, when given): looked up again next time;
+        look-ups under way answer their callers but are not cached."""
+        self._generation += 1
+        self._looking.clear()
         for source, (_, placed) in list(self._placements.items()):
             if node is None or placed == node:
                 del self._placements[source]
@@ -250,9 +276,11 @@ class ShardRouter:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Searches run on workers, fallbacks to the coordinator, open worker pools."""
+        """Searches run on workers, fallbacks to the coordinator, open worker pools,
+        placement look-ups run."""
         return {
             "routed": self._metrics.routed_searches,
             "fallbacks": self._metrics.routing_fallbacks,
             "workers": sorted(f"{h}:{p}" for h, p in self._workers),
+            "lookups": self.lookups,
         }

@@ -852,7 +852,7 @@ async def test_one_source_search_runs_on_the_shards_worker(
             assert stats["workers"] == [f"localhost:{holder}"]
             assert backends[holder] >= 1 and sum(backends.values()) == backends[holder]
         else:
-            assert stats == {"routed": 0, "fallbacks": 0, "workers": []}
+            assert stats == {"routed": 0, "fallbacks": 0, "workers": [], "lookups": 0}
             assert sum(backends.values()) == 0, backends
     assert runs[True] == runs[False]
     tokio = [d for d in docs if d.source_name == "tokio"]
@@ -863,6 +863,32 @@ async def test_one_source_search_runs_on_the_shards_worker(
         for exact in (True, None):
             on_one = await single.search(query, source_name="tokio", limit=5, exact=exact)
             assert [h.doc_path for h in on_one] == runs[True][0]
+
+
+async def test_concurrent_searches_of_a_new_source_share_one_placement_lookup(
+    dstore: docstore.Store,
+) -> None:
+    """A burst of searches of a source not yet cached ran one placement query on the
+    coordinator each; now they wait for one, and every search still runs on the worker."""
+    docs = corpus(10)
+    await dstore.documents.upsert_many(docs)
+    shards = dstore._db._shards
+    before = shards.lookups
+    burst = await asyncio.gather(
+        *(dstore.search(unit_vector(i), source_name="tokio", limit=3, exact=True) for i in range(6))
+    )
+    assert shards.lookups - before == 1
+    tokio = [d for d in docs if d.source_name == "tokio"]
+    for i, results in enumerate(burst):
+        assert [h.doc_path for h in results] == exact_top(tokio, unit_vector(i), 3)
+    # cached now; forgotten placements are looked up once more
+    await dstore.search(unit_vector(0), source_name="tokio", limit=3, exact=True)
+    assert shards.lookups - before == 1
+    shards.forget()
+    await asyncio.gather(
+        *(dstore.search(unit_vector(i), source_name="tokio", limit=3) for i in range(3))
+    )
+    assert shards.lookups - before == 2
 
 
 async def test_unreachable_worker_falls_back_to_the_coordinator(
