@@ -39,7 +39,7 @@ single node's and this client's CPU. ``--shards N`` creates the distributed tabl
 shards (``citus.shard_count``; the cluster's default otherwise), to see what the shard count
 costs. ``--json PATH`` writes every figure.
 
-**The query vector sent once** (``queries.QueryVector``): the same fanned-out ANN statement
+**The query vector sent once** (``queries.VectorRefs``): the same fanned-out ANN statement
 (ef_search 40, 40 candidates a shard) in the form that printed the 3,072-float vector into
 every shard's SQL (:func:`docstore.testing.printed_vector`) and as docstore sends it, rounds
 interleaved; CPU per search on each server, and whether both return the same rows.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from docstore.errors import FilterError, ValidationError
 from docstore.search import planner, queries, text_sql, tuning
 from docstore.search.queries import create_vector_index_sql, scoped_filter, vector_search_sql
 from docstore.search.text_sql import reciprocal_rank_fusion, text_search_sql
+from docstore.testing import printed_vector
 
 Q = object()  # the query vector is bound as given: any object stands in for it
 
@@ -231,6 +234,31 @@ def test_distributed_statements_bind_the_query_vector_once(dim: int, indexed: st
     # one node: unchanged, no CTE
     single = queries.vector_search_sql([0.0] * 3, dim=dim, candidates=40)[0]
     assert single.startswith("SELECT ") and "q.v" not in single
+
+
+@pytest.mark.parametrize("dim", [3072, 1536])
+@pytest.mark.parametrize("metric_name", ["cosine", "l2", "inner_product"])
+def test_printed_vector_rebuilds_the_single_node_form(dim: int, metric_name: str) -> None:
+    """The benchmark's and tests' "before" form: every reference as on one node (which is
+    what a distributed exact/halfvec statement was before the CTE)."""
+    for extra in (
+        {},
+        {"candidates": 40},
+        {"candidates": 40, "candidate_source": "halfvec"},
+        {"max_distance": 0.5, "filter": {"source_name": "tokio"}, "include_embedding": True},
+    ):
+        kwargs: dict[str, Any] = {"dim": dim, "metric_name": metric_name, **extra}
+        cte, _ = queries.vector_search_sql([0.0] * 3, distributed=True, **kwargs)
+        assert printed_vector(cte, dim) == queries.vector_search_sql([0.0] * 3, **kwargs)[0]
+    ann, _ = queries.ann_search_sql(
+        [0.0] * 3, dim=dim, metric_name=metric_name, candidates=40, ef_search=40, distributed=True
+    )
+    old = printed_vector(ann, dim)
+    half = f"(SELECT $1::vector::halfvec({dim}))"
+    indexed = f"$1::vector::halfvec({dim})" if dim > 2000 else "$1::vector"
+    assert "q.v" not in old and not old.startswith("WITH")
+    assert " AS half," in old and half in old
+    assert f" {indexed} LIMIT $3" in old
 
 
 def test_ann_settings_are_integers_only() -> None:

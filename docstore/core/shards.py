@@ -88,7 +88,8 @@ class ShardRouter:
         self._placements: OrderedDict[str, tuple[float, Node | None]] = OrderedDict()
         self._looking: dict[str, asyncio.Task[Node | None]] = {}  # lookups under way
         self.lookups = 0  # placement look-ups run on the coordinator
-        self._generation = 0  # forget() moves it on: a look-up begun before is not cached
+        self._forgets = 0  # forget() calls so far
+        self._forgotten: dict[Node | None, int] = {}  # node (None: all) → its last forget()
         self._workers: dict[Node, asyncpg.Pool] = {}
         self._opening = asyncio.Lock()
         self._down_until: dict[Node, float] = {}
@@ -109,8 +110,14 @@ class ShardRouter:
             task = asyncio.ensure_future(self._look_up(source, lookup))
             self._looking[source] = task
             task.add_done_callback(lambda t: self._looked_up(source, t))
-        # shielded: a caller cancelled while waiting leaves the look-up to the others
-        return await asyncio.shield(task)
+        try:
+            # shielded: a caller cancelled while waiting leaves the look-up to the others
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                raise NotRouted from None  # close() stopped the look-up, not this caller
+            raise
 
     def _looked_up(self, source: str, task: asyncio.Task[Node | None]) -> None:
         if self._looking.get(source) is task:
@@ -119,12 +126,16 @@ class ShardRouter:
             task.exception()  # retrieved: every waiter may have been cancelled meanwhile
 
     async def _look_up(self, source: str, lookup: Callable[[str], Awaitable[Any]]) -> Node | None:
-        now, generation = time.monotonic(), self._generation
+        """Run ``lookup`` and cache its answer, unless meanwhile the source was pinned
+        (:meth:`remember`), every placement was forgotten (a new URL) or the answer's node was
+        (it failed): then the callers get the answer, the cache does not."""
+        now, began = time.monotonic(), self._forgets
         self.lookups += 1
         row = await lookup(source)
         node = None if row is None or row["groupid"] == 0 else (row["nodename"], row["nodeport"])
-        if generation != self._generation:
-            return node  # placements were forgotten meanwhile (a moved shard, a new URL)
+        forgotten = max(self._forgotten.get(None, 0), self._forgotten.get(node, 0) if node else 0)
+        if self._looking.get(source) is not asyncio.current_task() or forgotten > began:
+            return node
         self._placements[source] = (now, node)
         self._placements.move_to_end(source)
         while len(self._placements) > PLACEMENT_CACHE_SIZE:
@@ -132,14 +143,19 @@ class ShardRouter:
         return node
 
     def remember(self, source: str, node: Node | None) -> None:
-        """Pin ``source`` to ``node`` (tests, and a caller that knows better)."""
+        """Pin ``source`` to ``node`` (tests, and a caller that knows better); a look-up
+        under way does not overwrite it."""
+        self._looking.pop(source, None)
         self._placements[source] = (time.monotonic(), node)
 
     def forget(self, node: Node | None = None) -> None:
         """Drop cached placements (of ``node`` only, when given): looked up again next time;
-        look-ups under way answer their callers but are not cached."""
-        self._generation += 1
-        self._looking.clear()
+        look-ups under way that name it (any, without ``node``) answer their callers but are
+        not cached."""
+        self._forgets += 1
+        self._forgotten[node] = self._forgets
+        if node is None:
+            self._looking.clear()
         for source, (_, placed) in list(self._placements.items()):
             if node is None or placed == node:
                 del self._placements[source]
@@ -270,6 +286,10 @@ class ShardRouter:
         async with self._opening:  # no search opens a pool after this
             self._closed = True
             pools, self._workers = list(self._workers.values()), {}
+        looking = list(self._looking.values())
+        for task in looking:  # their callers go to the coordinator (NotRouted)
+            task.cancel()
+        await asyncio.gather(*looking, return_exceptions=True)
         await asyncio.gather(
             *(asyncio.wait_for(p.close(), POOL_CLOSE_TIMEOUT) for p in pools),
             return_exceptions=True,  # a timed-out close terminates that pool

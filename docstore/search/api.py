@@ -12,7 +12,8 @@ its search methods to them:
 * :mod:`docstore.search.recall` — :class:`RecallEvaluator`: ``evaluate_recall``, and the
   live recall that ``health()`` and ``metrics()`` report.
 
-The SQL comes from the pure builders in :mod:`docstore.search.queries`; how a vector search
+The SQL comes from the pure builders in :mod:`docstore.search.queries` (vector) and
+:mod:`docstore.search.text_sql` (full text); how a vector search
 runs (mode, candidates, ``ef_search``, a second pass) from the pure planner
 :mod:`docstore.search.planner`, fed with the database's calibration
 (:mod:`docstore.search.tuning`, kept by ``store.tuner``: :mod:`docstore.search.tuner`).

@@ -134,7 +134,7 @@ def half_query(dim: int, param: str) -> str:
 
 
 @dataclass(frozen=True)
-class QueryVector:
+class VectorRefs:
     """How one statement refers to its query vector, bound as ``$1``.
 
     ``prefix`` goes before the whole statement; ``vector`` is the vector (exact distances),
@@ -155,13 +155,13 @@ class QueryVector:
     indexed: str
 
 
-def query_vector(dim: int, *, distributed: bool = False) -> QueryVector:
-    """The :class:`QueryVector` of a statement on one node, or on a Citus cluster."""
+def vector_refs(dim: int, *, distributed: bool = False) -> VectorRefs:
+    """The :class:`VectorRefs` of a statement on one node, or on a Citus cluster."""
     if not distributed:
-        return QueryVector("", "$1::vector", half_query(dim, "$1"), query_expression(dim, "$1"))
+        return VectorRefs("", "$1::vector", half_query(dim, "$1"), query_expression(dim, "$1"))
     half = f"(SELECT q.v::halfvec({int(dim)}) FROM q)"
     vector = "(SELECT q.v FROM q)"
-    return QueryVector(
+    return VectorRefs(
         "WITH q AS MATERIALIZED (SELECT $1::vector AS v) ",
         vector,
         half,
@@ -214,13 +214,13 @@ def vector_search_sql(
     NULL embedding never match. ``max_distance`` drops hits beyond it *after* the top
     ``limit`` is chosen, which returns the same rows as filtering first (the order is the same
     distance) without computing each distance twice. ``distributed`` (Citus): the query
-    vector reaches the shards once, not printed into their SQL (:class:`QueryVector`).
+    vector reaches the shards once, not printed into their SQL (:class:`VectorRefs`).
     """
     m = metric(metric_name)
     check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     params: list[Any] = [query, limit, *filter_params]
-    q = query_vector(dim, distributed=distributed)
+    q = vector_refs(dim, distributed=distributed)
     distance = f"d.embedding {m.operator} {q.vector}"
     if candidates is None:
         inner = (
@@ -291,7 +291,7 @@ def ann_search_sql(
     ``distributed`` (Citus): no settings sub-select (Citus cannot push it down; ``$4`` is only
     bound), so run it under :func:`ann_settings_sql` ``(distributed=True)``; each shard returns
     its ``candidates`` best with both distances (no vectors), the coordinator ranks them; the
-    query vector reaches the shards once, not printed into their SQL (:class:`QueryVector`).
+    query vector reaches the shards once, not printed into their SQL (:class:`VectorRefs`).
     """
     m = metric(metric_name)
     check_limit(limit)
@@ -302,7 +302,7 @@ def ann_search_sql(
     rerank = min(candidates, max(2 * limit, MIN_RERANK))
     where, filter_params = build_filter(filter, first_param=6)
     params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
-    q = query_vector(dim, distributed=distributed)
+    q = vector_refs(dim, distributed=distributed)
     ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {q.indexed}"
     bound = ""
     if max_distance is not None:

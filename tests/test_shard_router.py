@@ -1,0 +1,103 @@
+"""The Citus router's placement cache (docstore.core.shards.ShardRouter.node), driven with
+look-ups the test controls: which answers are shared, cached, or refused. The routing itself
+is tested on a real cluster in tests/citus."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import docstore
+from docstore.core.shards import NotRouted, ShardRouter
+
+W1, W2 = ("w1", 5432), ("w2", 5432)
+
+
+class Lookups:
+    """Look-ups that wait until released, answering ``node`` for every source."""
+
+    def __init__(self, node: tuple[str, int]) -> None:
+        self.node = node
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, source: str) -> dict[str, Any]:
+        self.calls += 1
+        await self.release.wait()
+        return {"groupid": 1, "nodename": self.node[0], "nodeport": self.node[1]}
+
+
+@pytest.fixture
+def router(store: docstore.Store) -> ShardRouter:
+    db = store._db
+    return ShardRouter(db._pool_set, db.settings, db._metrics)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_concurrent_callers_share_one_look_up_and_it_is_cached(router: ShardRouter) -> None:
+    lookup = Lookups(W1)
+    waiting = [asyncio.create_task(router.node("tokio", lookup)) for _ in range(5)]
+    await settle()
+    lookup.release.set()
+    assert await asyncio.gather(*waiting) == [W1] * 5
+    assert lookup.calls == 1 and router.lookups == 1
+    assert await router.node("tokio", lookup) == W1 and lookup.calls == 1  # cached
+
+
+async def test_a_cancelled_caller_leaves_the_look_up_to_the_others(router: ShardRouter) -> None:
+    lookup = Lookups(W1)
+    first = asyncio.create_task(router.node("tokio", lookup))
+    second = asyncio.create_task(router.node("tokio", lookup))
+    await settle()
+    first.cancel()
+    lookup.release.set()
+    assert await second == W1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert lookup.calls == 1
+
+
+async def test_a_pin_or_a_forgotten_node_is_not_overwritten_by_a_look_up_begun_before(
+    router: ShardRouter,
+) -> None:
+    lookup = Lookups(W1)
+    pending = asyncio.create_task(router.node("tokio", lookup))
+    await settle()
+    router.remember("tokio", W2)  # pinned while the look-up runs
+    lookup.release.set()
+    assert await pending == W1  # its caller gets the answer ...
+    assert await router.node("tokio", lookup) == W2  # ... the cache keeps the pin
+    # a failed node forgotten meanwhile: not cached, looked up again next time
+    lookup = Lookups(W1)
+    pending = asyncio.create_task(router.node("serde", lookup))
+    await settle()
+    router.forget(W1)
+    lookup.release.set()
+    assert await pending == W1
+    lookup.release.clear()
+    again = asyncio.create_task(router.node("serde", lookup))
+    await settle()
+    assert lookup.calls == 2
+    # forgetting another node does not stop a look-up's answer being cached
+    router.forget(W2)
+    lookup.release.set()
+    assert await again == W1
+    assert await router.node("serde", lookup) == W1 and lookup.calls == 2
+
+
+async def test_close_stops_look_ups_and_their_callers_go_to_the_coordinator(
+    router: ShardRouter,
+) -> None:
+    lookup = Lookups(W1)
+    waiting = [asyncio.create_task(router.node("tokio", lookup)) for _ in range(3)]
+    await settle()
+    await router.close()
+    for task in waiting:
+        with pytest.raises(NotRouted):
+            await asyncio.wait_for(task, 10)  # a look-up left waiting: TimeoutError
