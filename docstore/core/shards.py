@@ -1,11 +1,13 @@
 """One-source searches run on the Citus worker that holds the source's shard.
 
-Through the coordinator, Citus inlines a statement's bound parameters into the SQL it sends
-the worker: a one-source search's 3,072-float query vector is printed as text and parsed
-again, plus ~0.5 ms of routing (``bench/citus.py``: 1.5–2.1× a single node's latency). The
-same statement sent to the worker that holds the shard runs there with Citus's local
-execution and real bound parameters (0.93–1.13×): Citus 13 syncs its metadata to the
-workers, so any node accepts queries on the distributed table.
+Through the coordinator a one-source search pays Citus's routing (~0.5 ms), a second hop and,
+for every constant of the statement, printing it into the SQL sent to the worker (search
+statements carry their query vector as a CTE instead, see
+:class:`~docstore.search.queries.VectorRefs`, but the CTE's result is shipped in a round trip
+of its own): ``bench/citus.py`` measures 1.6–1.9× a single node's latency. The same statement
+sent to the worker that holds the shard runs there with Citus's local execution and real
+bound parameters (1.1–1.3×): Citus 13 syncs its metadata to the workers, so any node accepts
+queries on the distributed table.
 
 :class:`ShardRouter` finds that worker (``pg_dist_placement`` of the shard
 ``get_shard_id_for_distribution_column('documents', source)`` maps to, on an active primary
