@@ -90,8 +90,8 @@ class ShardRouter:
         self._placements: OrderedDict[str, tuple[float, Node | None]] = OrderedDict()
         self._looking: dict[str, asyncio.Task[Node | None]] = {}  # lookups under way
         self.lookups = 0  # placement look-ups run on the coordinator
-        self._forgets = 0  # forget() calls so far
-        self._forgotten: dict[Node | None, int] = {}  # node (None: all) → its last forget()
+        self._forgets = 0  # forget(node) calls so far
+        self._forgotten: dict[Node, int] = {}  # node → its last forget(node)
         self._workers: dict[Node, asyncpg.Pool] = {}
         self._opening = asyncio.Lock()
         self._down_until: dict[Node, float] = {}
@@ -135,7 +135,9 @@ class ShardRouter:
         self.lookups += 1
         row = await lookup(source)
         node = None if row is None or row["groupid"] == 0 else (row["nodename"], row["nodeport"])
-        forgotten = max(self._forgotten.get(None, 0), self._forgotten.get(node, 0) if node else 0)
+        # still the source's registered look-up (remember() and forget() unregister it), and
+        # its answer not a node forgotten since it began
+        forgotten = self._forgotten.get(node, 0) if node else 0
         if self._looking.get(source) is not asyncio.current_task() or forgotten > began:
             return node
         self._placements[source] = (now, node)
@@ -154,10 +156,11 @@ class ShardRouter:
         """Drop cached placements (of ``node`` only, when given): looked up again next time;
         look-ups under way that name it (any, without ``node``) answer their callers but are
         not cached."""
-        self._forgets += 1
-        self._forgotten[node] = self._forgets
         if node is None:
             self._looking.clear()
+        else:
+            self._forgets += 1
+            self._forgotten[node] = self._forgets
         for source, (_, placed) in list(self._placements.items()):
             if node is None or placed == node:
                 del self._placements[source]

@@ -184,6 +184,7 @@ class VectorSearch:
             "filter": flt,
             "max_distance": max_distance,
             "include_embedding": include_embedding,
+            "distributed": self._db.distributed,
         }
         escalated = False
         if plan.mode == "ann":
@@ -194,9 +195,7 @@ class VectorSearch:
             extra: dict[str, Any] = {}
             if plan.mode == "halfvec":
                 extra = {"candidates": plan.candidates, "candidate_source": "halfvec"}
-            sql, params = queries.vector_search_sql(
-                vector, **shape, **extra, distributed=self._db.distributed
-            )
+            sql, params = queries.vector_search_sql(vector, **shape, **extra)
             records = await self._db.run(
                 _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
             )
@@ -249,7 +248,6 @@ class VectorSearch:
                 vector,
                 candidates=plan.candidates,
                 ef_search=plan.ef_search,
-                distributed=self._db.distributed,
                 **shape,
             )
             records = await self._ann_records(
@@ -277,7 +275,6 @@ class VectorSearch:
             vector,
             candidates=wide,
             ef_search=plan.escalation_ef_search,
-            distributed=self._db.distributed,
             **shape,
         )
         second = await self._ann_records(
