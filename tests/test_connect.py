@@ -94,6 +94,32 @@ async def test_application_name_is_set_on_pooled_connections(store: docstore.Sto
     assert await store.fetchval("show application_name") == "docstore"
 
 
+async def test_timestamps_are_utc_whatever_the_servers_time_zone(
+    database_url: str, pg: PgCluster
+) -> None:
+    """TIMESTAMP columns hold naive UTC: a database (or server, or role) in another TimeZone
+    must not shift what the defaults, the update trigger and upserts write, or filters miss."""
+    from datetime import UTC, datetime, timedelta
+
+    name = urlsplit(database_url).path.lstrip("/")
+    await pg.execute(f"ALTER DATABASE {name} SET timezone = 'America/New_York'")
+    sep = "&" if "?" in database_url else "?"
+    async with docstore.connect(f"{database_url}{sep}timezone=Asia/Tokyo") as store:
+        before = datetime.now(UTC)
+        await store.documents.upsert(
+            docstore.Document(source_name="s", doc_path="p", content="first")
+        )
+        await store.documents.upsert(
+            docstore.Document(source_name="s", doc_path="p", content="second")
+        )
+        row = await store.fetchrow("SELECT created_at, updated_at FROM documents")
+        assert row is not None
+        for value in (row["created_at"], row["updated_at"]):
+            assert abs(value.replace(tzinfo=UTC) - before) < timedelta(minutes=1)
+        hits = await store.search_text("second", filter={"updated_at": {"$gte": before}})
+        assert [h.doc_path for h in hits] == ["p"]
+
+
 async def test_vector_codecs_round_trip_as_float32_numpy(store: docstore.Store) -> None:
     values = np.linspace(-1, 1, 3072, dtype=np.float32)
     got = await store.fetchval("select $1::vector", values)

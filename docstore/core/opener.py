@@ -114,7 +114,10 @@ async def _open(
     if migrate and ro:
         logger.warning("read-only store: schema migrations are not applied")
     secrets = url_secrets(resolved, read_url)
-    server_settings = {"application_name": settings.application_name}
+    # TIMESTAMP columns hold naive UTC (models.naive_utc; filters convert to it): their
+    # CURRENT_TIMESTAMP defaults, the update trigger and now() in upserts must read the clock
+    # in UTC whatever the server's, database's or role's TimeZone (kwargs win over the URL's).
+    server_settings = {"application_name": settings.application_name, "timezone": "UTC"}
     if ro:
         server_settings["default_transaction_read_only"] = "on"
     if settings.statement_timeout is not None:
