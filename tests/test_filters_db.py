@@ -223,3 +223,36 @@ def test_arbitrary_keys_and_values_match_python_semantics_or_raise_filter_error(
     got = {position[h.id] for h in hits}
     assert got == _expected(key, op, value), flt
     assert runner.run(store.documents.count()) == len(ROWS)
+
+
+async def test_decimal_comparisons_and_list_equality_mean_what_they_say(
+    store: docstore.Store,
+) -> None:
+    """A float operand is compared as the number JSON stores (0.1, not its binary expansion
+    0.1000000000000000055…); a list or object operand of $eq is equality, not containment;
+    a path can index into an array."""
+    rows = {"p1": (0.1, ["a", "b"]), "p2": (0.3, ["a"]), "p3": (0.25, [])}
+    await store.documents.upsert_many(
+        [
+            Document(source_name="s", doc_path=k, content=k, metadata={"score": v, "tags": t})
+            for k, (v, t) in rows.items()
+        ]
+    )
+
+    async def paths(flt: Any) -> list[str]:
+        sql, params = build_filter(flt)
+        found = await store.fetch(f"select doc_path from documents d where {sql}", *params)
+        return sorted(r["doc_path"] for r in found)
+
+    assert await paths({"metadata.score": {"$gte": 0.1}}) == ["p1", "p2", "p3"]
+    assert await paths({"metadata.score": {"$lt": 0.1}}) == []
+    assert await paths({"metadata.score": {"$lte": 0.3, "$gt": 0.1}}) == ["p2", "p3"]
+    assert await paths({"metadata.score": {"$between": [0.1, 0.3]}}) == ["p1", "p2", "p3"]
+    assert await paths({"metadata.score": 0.1}) == ["p1"]
+    assert await paths({"metadata.tags": ["a"]}) == ["p2"]
+    assert await paths({"metadata.tags": {"$in": [["a"]]}}) == ["p2"]
+    assert await paths({"metadata.tags": {"$ne": ["a"]}}) == ["p1", "p3"]
+    assert await paths({"metadata.tags": []}) == ["p3"]
+    assert await paths({"metadata.tags.0": "a"}) == ["p1", "p2"]
+    assert await paths({"metadata.tags.1": {"$ne": "b"}}) == ["p2", "p3"]
+    assert await paths({"metadata.tags": {"$contains": "a"}}) == ["p1", "p2"]

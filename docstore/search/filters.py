@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from docstore.errors import FilterError
@@ -143,8 +144,16 @@ def _eq(t: _Target, v: Any, p: _Params, a: str) -> str:
         if v is None:
             return f"{t.sql(a, p)} IS NULL"
         return f"{t.sql(a, p)} = {p.add(_column_value(t, v, '$eq'))}"
-    # containment uses the GIN index on metadata
-    return f"{a}.metadata @> {p.add(_json(_nested(t.path, v), t, '$eq'))}::jsonb"
+    if any(part.isdigit() for part in t.path):
+        # nested objects cannot reach into an array (metadata.tags.0): the path operator can
+        return f"coalesce({t.sql(a, p)} = {p.add(_json(v, t, '$eq'))}::jsonb, false)"
+    # containment uses the GIN index on metadata; it is equality for a scalar at an object path
+    contained = f"{a}.metadata @> {p.add(_json(_nested(t.path, v), t, '$eq'))}::jsonb"
+    if isinstance(v, list | dict):
+        # a list or object contains its supersets (["a"] is in ["a", "b"]): the index narrows,
+        # equality decides (as $in does)
+        return f"({contained} AND {t.sql(a, p)} = {p.add(_json(v, t, '$eq'))}::jsonb)"
+    return contained
 
 
 def _ne(t: _Target, v: Any, p: _Params, a: str) -> str:
@@ -167,9 +176,12 @@ def _comparison(sql_op: str, name: str) -> Builder:
             )
         if v != v or v in (float("inf"), float("-inf")):
             raise FilterError(f"{name} on {t.name} needs a finite number")
+        # a float bound as is would be sent as its exact binary expansion (0.1 as
+        # 0.1000000000000000055…) while the stored JSON holds the shortest form (0.1): bind that
+        number = Decimal(repr(v)) if isinstance(v, float) else v
         return (
             f"(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'number' "
-            f"THEN {t.sql(a, p, as_text=True)}::numeric END) {sql_op} {p.add(v)}::numeric"
+            f"THEN {t.sql(a, p, as_text=True)}::numeric END) {sql_op} {p.add(number)}::numeric"
         )
 
     return build
