@@ -23,8 +23,6 @@ field and the document's key but never echoes a vector's values:
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
@@ -50,13 +48,19 @@ from docstore.embeddings import (
     query_vector,
 )
 from docstore.errors import ValidationError
+from docstore.storable import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    metadata_json,
+    unstorable,
+)
+from docstore.storable import json_object as _metadata
+from docstore.storable import printable as _safe
 
 MAX_DOC_TYPE = 50
 MAX_SOURCE_NAME = 255
 MAX_DOC_PATH_BYTES = 2048
 MAX_CONTENT_CHARS = 10_000_000
-MAX_METADATA_BYTES = 1_000_000
-MAX_METADATA_DEPTH = 100
 """Nesting levels of metadata: deeper JSON is refused before Python's own recursion limit
 (about 1,000 frames) can turn validation or ``json.dumps`` into a RecursionError."""
 MAX_KEY_BYTES = 2600
@@ -66,20 +70,6 @@ tuple and column headers (so 2,600 leaves room; every ASCII key fits: 50 + 255 +
 
 
 # --- field validators ----------------------------------------------------------------------
-
-
-def unstorable(text: str) -> str | None:
-    """Why PostgreSQL can't store ``text`` (a NUL byte, a lone surrogate), or None."""
-    if "\x00" in text:
-        return "contains a NUL byte (\\x00), which PostgreSQL cannot store"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (
-            f"contains a lone surrogate (U+{ord(text[exc.start]):04X} at position {exc.start}),"
-            " which is not valid Unicode and cannot be stored"
-        )
-    return None
 
 
 def _no_nul(value: Any) -> Any:
@@ -101,56 +91,6 @@ def _to_embedding(value: Any) -> FloatArray | None:
     if value is None:
         return None
     return embedding_array(value)
-
-
-def _check_json(value: Any, path: str = "metadata", depth: int = 0) -> None:
-    if isinstance(value, str):
-        problem = unstorable(value)
-        if problem:
-            raise ValueError(f"{path} {problem}")
-    elif isinstance(value, bool) or value is None or isinstance(value, int):
-        return
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{path} is NaN or infinite, which JSON cannot represent")
-    elif depth >= MAX_METADATA_DEPTH and isinstance(value, Mapping | list | tuple):
-        raise ValueError(f"{path[:200]} is nested deeper than {MAX_METADATA_DEPTH} levels")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{path} has a non-string key")
-            problem = unstorable(key)
-            if problem:
-                raise ValueError(f"{path} has a key that {problem}")
-            _check_json(item, f"{path}.{_safe(key[:40])}", depth + 1)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
-    else:
-        raise ValueError(f"{path} holds a {type(value).__name__}, which is not a JSON type")
-
-
-def _safe(text: str) -> str:
-    """``text`` for an error message: NUL bytes and lone surrogates escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-
-
-def _metadata(value: Any) -> Any:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError("must be a JSON object") from None
-        except RecursionError:
-            raise ValueError(f"is nested deeper than {MAX_METADATA_DEPTH} levels") from None
-    if not isinstance(value, Mapping):
-        raise ValueError("must be a JSON object (a dict)")
-    _check_json(value)
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
-        raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
-    return dict(value)
 
 
 def naive_utc(value: Any) -> Any:
@@ -198,8 +138,13 @@ def _describe(exc: pydantic.ValidationError) -> tuple[str, str | None]:
 class _Model(BaseModel):
     """Base: raise docstore's ValidationError (with the record's key) instead of pydantic's."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    # validate_assignment: a field set after construction (doc.content = ...) is checked like
+    # one given to the constructor, so a list validated whole is still whole when written
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True
+    )
     _key_fields: ClassVar[tuple[str, ...]] = ()
+    _json_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **data: Any) -> None:
         message = None
@@ -214,6 +159,39 @@ class _Model(BaseModel):
             raise ValidationError(
                 f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
             )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except pydantic.ValidationError as exc:
+            message, field = _describe(exc)
+            key = _key_of({f: getattr(self, f, None) for f in self._key_fields}, self._key_fields)
+            where = f" ({'/'.join(key)})" if key else ""
+            raise ValidationError(
+                f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
+            ) from None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, each value validated as an assignment is
+        (:class:`ValidationError`); pydantic's own ``model_copy`` validates nothing."""
+        copy = super().model_copy(deep=deep)
+        for name, value in (update or {}).items():
+            setattr(copy, name, value)
+        return copy
+
+    def check_in_place_edits(self) -> None:
+        """Check again what can change without an assignment: the JSON dict (``metadata``,
+        ``config``) edited in place after construction (``doc.metadata["x"] = nan``).
+        Raises :class:`ValidationError` as the constructor would."""
+        for name in self._json_fields:
+            try:
+                _metadata(getattr(self, name))
+            except (ValueError, RecursionError) as exc:
+                key = _key_of({f: getattr(self, f) for f in self._key_fields}, self._key_fields)
+                where = f" ({'/'.join(key)})" if key else ""
+                raise ValidationError(
+                    f"invalid {type(self).__name__}{where}: {name}: {exc}", field=name, key=key
+                ) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
@@ -235,6 +213,7 @@ class Document(_Model):
     """One document of any doc type, keyed by ``(doc_type, source_name, doc_path)``."""
 
     _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name", "doc_path")
+    _json_fields: ClassVar[tuple[str, ...]] = ("metadata",)
 
     id: int | None = None
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
@@ -246,6 +225,8 @@ class Document(_Model):
     token_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
     created_at: NaiveTimestamp = None
     updated_at: NaiveTimestamp = None
+    _metadata_json: str | None = PrivateAttr(default=None)
+    """:attr:`metadata` as checked JSON text, from :meth:`seal` until the write takes it."""
     _embedding_checked: bool = PrivateAttr(default=False)
     """True once the embedding went through :func:`embedding_array` (the constructor, an
     assignment, ``model_copy(update=...)``); False for ``model_construct`` (rows read back)."""
@@ -253,6 +234,27 @@ class Document(_Model):
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         self._embedding_checked = True
+
+    def seal(self) -> None:
+        """Check :attr:`metadata` again (a dict may be edited in place after validation:
+        ``doc.metadata["x"] = nan``) and keep its JSON text for the write that follows
+        (:meth:`take_metadata_json`), so checking costs no second serialization. Raises
+        :class:`ValidationError` as the constructor would."""
+        try:
+            self._metadata_json = metadata_json(self.metadata)
+        except ValueError as exc:
+            key = tuple(_safe(part[:80]) for part in self.key)
+            raise ValidationError(
+                f"invalid {type(self).__name__} ({'/'.join(key)}): metadata {exc}",
+                field="metadata",
+                key=key,
+            ) from None
+
+    def take_metadata_json(self) -> str | dict[str, Any]:
+        """What to send for :attr:`metadata`: the text :meth:`seal` kept (once), else the
+        dict (the codec serializes it)."""
+        text, self._metadata_json = self._metadata_json, None
+        return text if text is not None else self.metadata
 
     @property
     def embedding_checked(self) -> bool:
@@ -292,25 +294,14 @@ class Document(_Model):
 
     __hash__ = None  # type: ignore[assignment]  # mutable model with array field
 
-    # pydantic validates neither assignment nor model_copy(update=...): an embedding given
-    # either way is checked here, so no unchecked vector reaches upsert_many.
+    # An embedding assigned (or given to model_copy(update=...), which assigns) is checked
+    # by the embedding rule here, so no unchecked vector reaches upsert_many.
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "embedding":
             value = self._checked_embedding(value)
         super().__setattr__(name, value)
         if name == "embedding":
             super().__setattr__("_embedding_checked", True)
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with ``update`` applied; an ``embedding`` in it is validated like one given
-        to the constructor (:class:`ValidationError`)."""
-        checked = self._embedding_checked
-        if update and "embedding" in update:
-            update = {**update, "embedding": self._checked_embedding(update["embedding"])}
-            checked = True
-        copy = super().model_copy(update=update, deep=deep)
-        copy._embedding_checked = checked
-        return copy
 
     def _checked_embedding(self, value: Any) -> FloatArray | None:
         try:
@@ -328,6 +319,7 @@ class Source(_Model):
     """A documentation source (crate, API, repository), keyed by ``(doc_type, source_name)``."""
 
     _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name")
+    _json_fields: ClassVar[tuple[str, ...]] = ("config",)
 
     id: int | None = None
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"

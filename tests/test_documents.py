@@ -232,6 +232,31 @@ async def test_model_copy_with_unvalidated_embedding_is_still_checked(
     assert await store.documents.count() == 0
 
 
+async def test_documents_changed_after_construction_are_checked_before_anything_is_written(
+    store: docstore.Store,
+) -> None:
+    """A list is validated whole before its first batch is written, whatever was changed on
+    its documents after they were made: assignments, model_copy(update=...) and metadata
+    dicts edited in place."""
+    docs = make_docs(4)
+    with pytest.raises(ValidationError, match="content"):
+        docs[2].content = "bad\x00"
+    with pytest.raises(ValidationError, match="token_count"):
+        docs[2].token_count = -7
+    with pytest.raises(ValidationError, match="doc_path"):
+        docs[2].model_copy(update={"doc_path": ""})
+    docs[3].metadata["score"] = float("nan")  # in place: no assignment to see it
+    with pytest.raises(ValidationError, match=r"row 3: .*metadata") as info:
+        await store.documents.upsert_many(docs, batch_size=1)
+    assert info.value.index == 3 and info.value.field == "metadata"
+    assert await store.documents.count() == 0
+    source = docstore.Source(source_name="tokio")
+    source.config["nested"] = {"bad\x00key": 1}
+    with pytest.raises(ValidationError, match="config"):
+        await store.sources.upsert(source)
+    assert await store.sources.list() == []
+
+
 async def test_same_key_in_two_batches_of_one_atomic_stream_counts_exactly(
     store: docstore.Store,
 ) -> None:

@@ -219,22 +219,28 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
             index=index,
             key=doc.key,
         )
+    try:
+        doc.seal()  # its metadata dict may have been edited in place since it was checked
+    except ValidationError as exc:
+        raise ValidationError(
+            f"row {index}: {exc}", field=exc.field, index=index, key=exc.key
+        ) from None
     return doc
 
 
 def _values(doc: Document) -> tuple[Any, ...]:
     """The seven data columns of a validated document, in ``_DATA_COLUMNS`` order.
 
-    The embedding stays a numpy array and the metadata a dict: the connection's codecs
-    (:mod:`docstore.codecs`) encode them as asyncpg sends the row, exactly as for a
-    hand-written COPY.
+    The embedding stays a numpy array and the metadata the JSON text :meth:`Document.seal`
+    checked (or the dict): the connection's codecs (:mod:`docstore.codecs`) encode them as
+    asyncpg sends the row, exactly as for a hand-written COPY.
     """
     return (
         doc.doc_type,
         doc.source_name,
         doc.doc_path,
         doc.content,
-        doc.metadata or {},
+        doc.take_metadata_json(),  # the text seal() checked, or the dict
         doc.embedding,
         doc.token_count,
     )

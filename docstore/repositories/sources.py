@@ -69,7 +69,11 @@ class SourceRepository:
         An identical source is not rewritten (``updated_at`` unchanged).
         """
         self.store.ensure_writable()
-        src = source if isinstance(source, Source) else Source.model_validate(source)
+        if isinstance(source, Source):
+            source.check_in_place_edits()  # its config dict may have changed since
+            src = source
+        else:
+            src = Source.model_validate(source)
         record = await self.store.fetchrow(
             _UPSERT,
             src.doc_type,

@@ -1,0 +1,118 @@
+"""What PostgreSQL can store: text without NUL bytes or lone surrogates, and JSON objects
+(``jsonb``) within docstore's limits. Used by the models (:mod:`docstore.models`), filters and
+lookups, so one rule decides everywhere; every check raises ``ValueError`` with a message that
+names the place but never echoes a large value."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MAX_METADATA_BYTES = 1_000_000
+MAX_METADATA_DEPTH = 100
+
+
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL can't store ``text`` (a NUL byte, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL byte (\\x00), which PostgreSQL cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains a lone surrogate (U+{ord(text[exc.start]):04X} at position {exc.start}),"
+            " which is not valid Unicode and cannot be stored"
+        )
+    return None
+
+
+def check_json(value: Any, path: str = "metadata", depth: int = 0) -> None:
+    if isinstance(value, str):
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(f"{path} {problem}")
+    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} is NaN or infinite, which JSON cannot represent")
+    elif depth >= MAX_METADATA_DEPTH and isinstance(value, Mapping | list | tuple):
+        raise ValueError(f"{path[:200]} is nested deeper than {MAX_METADATA_DEPTH} levels")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path} has a non-string key")
+            problem = unstorable(key)
+            if problem:
+                raise ValueError(f"{path} has a key that {problem}")
+            check_json(item, f"{path}.{printable(key[:40])}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_json(item, f"{path}[{index}]", depth + 1)
+    else:
+        raise ValueError(f"{path} holds a {type(value).__name__}, which is not a JSON type")
+
+
+def printable(text: str) -> str:
+    """``text`` for an error message: NUL bytes and lone surrogates escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def json_object(value: Any) -> dict[str, Any]:
+    """``value`` (a mapping, JSON text or None) as a dict that can be stored as ``jsonb``, or
+    ``ValueError`` naming the first problem (the constructor's full check)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON object") from None
+        except RecursionError:
+            raise ValueError(f"is nested deeper than {MAX_METADATA_DEPTH} levels") from None
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a JSON object (a dict)")
+    check_json(value)
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
+    return dict(value)
+
+
+_STORED_JSON = json.JSONEncoder(allow_nan=False)  # json.dumps' text, NaN refused
+# a \u0000 escape that is not itself an escaped backslash followed by "u0000"
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# JSON escapes, left to right: an escaped backslash (skipped), a high surrogate and the low one
+# that must follow it, or a low surrogate alone
+_SURROGATE_ESCAPES = re.compile(
+    r"\\\\|\\u(d[89ab][0-9a-f]{2})(\\ud[c-f][0-9a-f]{2})?|\\u(d[c-f][0-9a-f]{2})"
+)
+
+
+def _lone_surrogate(text: str) -> bool:
+    return any(
+        m.group(3) or (m.group(1) and not m.group(2)) for m in _SURROGATE_ESCAPES.finditer(text)
+    )
+
+
+def metadata_json(value: Mapping[str, Any]) -> str:
+    """``value`` as the JSON text the ``jsonb`` codec sends for it (``json.dumps``), or
+    ``ValueError`` for what PostgreSQL would refuse in the middle of a write: a non-JSON
+    value, NaN or infinity, a NUL byte, a lone surrogate, more than
+    :data:`MAX_METADATA_BYTES`. The cheap re-check of a dict that may have been edited in
+    place since it was validated (the constructor's check walks it: 3x the cost)."""
+    try:
+        text = _STORED_JSON.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"is not storable as JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"is nested deeper than {MAX_METADATA_DEPTH} levels") from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise ValueError("holds a NUL byte, which PostgreSQL cannot store")
+    if "\\ud" in text and _lone_surrogate(text):
+        raise ValueError("holds a lone surrogate, which UTF-8 cannot encode")
+    if len(text) > MAX_METADATA_BYTES:
+        raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
+    return text
