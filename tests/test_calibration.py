@@ -262,3 +262,23 @@ async def test_search_uses_the_defaults_where_the_calibration_cannot_be_read(
     assert second.ids and second.ef_search == planner.DEFAULT_EF_SEARCH
     warned = [r for r in caplog.records if "calibration unreadable" in r.getMessage()]
     assert len(warned) == 1
+
+
+async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The setup order "index first, then load" does not fail: with fewer than two stored
+    embeddings the calibration is deferred (defaults meanwhile), and the lookup runs it in the
+    background once the table has 1,000 rows."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    index = await store.create_vector_index()
+    assert index.usable and await store.tuner.calibration() is None
+    points = clustered(1200)
+    assert (await store.search(points[0])).mode == "ann"  # the defaults
+    await load(store, points)
+    await store.tuner.calibration()  # notices the rows
+    await store.tuner.wait()
+    calibrated = await store.tuner.calibration()
+    assert calibrated is not None and calibrated.queries >= 2
+    assert abs(calibrated.table_rows - 1200) <= 24

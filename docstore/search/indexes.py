@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -25,6 +26,8 @@ from docstore.search import queries, text_sql
 from docstore.search.results import VectorIndex
 from docstore.search.tuner import Progress, SearchTuner
 from docstore.search.tuning import Calibration
+
+logger = logging.getLogger("docstore")
 
 # How long a looked-up index list is trusted before the catalog is asked again (an index
 # built or dropped by another process is noticed within this time).
@@ -138,7 +141,15 @@ class SearchIndexes:
                 raise SchemaError(f"index {index_name} was not found after it was built")
             self._tuner.forget()
         if calibrate and built.usable and (await self._tuner.calibration(name)) is None:
-            await self.calibrate_search(name, progress=progress)
+            if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
+                logger.info(
+                    "search calibration (%s) deferred: fewer than two stored embeddings; it"
+                    " runs by itself once the table has 1,000 rows (or calibrate_search())",
+                    name,
+                )
+                await self._tuner.defer(name)
+            else:
+                await self.calibrate_search(name, progress=progress)
         return built
 
     @timed("drop_vector_index")
@@ -270,6 +281,9 @@ class SearchIndexes:
         )
 
 
+_TWO_EMBEDDINGS = (
+    "SELECT count(*) FROM (SELECT 1 FROM documents WHERE embedding IS NOT NULL LIMIT 2) s"
+)
 _BUILD_PROGRESS = """
 SELECT phase,
        CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END AS done,

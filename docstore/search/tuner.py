@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -89,6 +90,10 @@ _SAVE = """
 INSERT INTO docstore_search_calibration (metric, calibration) VALUES ($1, $2::jsonb)
 ON CONFLICT (metric) DO UPDATE SET calibration = excluded.calibration, updated_at = now()
 """
+# What create_vector_index() stores when asked to calibrate a table with fewer than two
+# embeddings: no settings, but the lookup then calibrates in the background once the table
+# has grown (as from a calibration made at 0 rows: _grown)
+_DEFERRED = '{"deferred": "fewer than two stored embeddings when the index was built"}'
 _SAVE_QUERIES = """
 WITH added AS (
   INSERT INTO docstore_search_queries (metric, embedding)
@@ -146,14 +151,27 @@ class SearchTuner:
                 self._unreadable_logged = True
             self._cache[metric] = (now, None, -1.0)
             return None
-        found = None
+        found, deferred = None, False
         if row is not None and row["calibration"] is not None:
-            found = Calibration.model_validate_json(row["calibration"])
+            stored = json.loads(row["calibration"])
+            deferred = "deferred" in stored
+            found = None if deferred else Calibration.model_validate(stored)
         rows = float(row["table_rows"]) if row is not None else -1.0
         self._cache[metric] = (now, found, rows)
         if found is not None and _grown(found.table_rows, rows):
             self._auto(metric, f"the table has {rows:,.0f} rows, {found.table_rows:,} then")
+        elif deferred and _grown(0, rows):
+            self._auto(metric, f"deferred at index build; the table has {rows:,.0f} rows now")
         return found
+
+    async def defer(self, metric: str) -> None:
+        """Record that ``metric`` is to be calibrated once the table has data (the index was
+        built on fewer than two embeddings): searches use the defaults until then, and the
+        lookup calibrates in the background when the table reaches 1,000 rows (or call
+        :meth:`calibrate`)."""
+        if not self._store.read_only:
+            await self._store.execute(_SAVE, metric, _DEFERRED)
+        self._cache.pop(metric, None)
 
     def forget(self) -> None:
         """Drop the cached calibrations (the next search reads them again)."""
