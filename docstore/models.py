@@ -121,6 +121,17 @@ Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
 NaiveTimestamp = Annotated[datetime | None, BeforeValidator(naive_utc)]
 
 
+def aware_utc(value: Any) -> Any:
+    """A naive datetime as UTC (docstore's convention for naive times; asyncpg would read it
+    in the Python process's local zone when it fills a TIMESTAMPTZ column)."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+AwareTimestamp = Annotated[datetime | None, BeforeValidator(aware_utc)]
+
+
 # --- models ----------------------------------------------------------------------------------
 
 
@@ -326,10 +337,10 @@ class Source(_Model):
     source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
     config: Metadata = Field(default_factory=dict)
     enabled: bool = True
-    last_checked: datetime | None = None
-    last_populated: datetime | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    last_checked: AwareTimestamp = None
+    last_populated: AwareTimestamp = None
+    created_at: AwareTimestamp = None
+    updated_at: AwareTimestamp = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -421,6 +432,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "MAX_SOURCE_NAME",
+    "AwareTimestamp",
     "Document",
     "Embedding",
     "Metadata",
@@ -429,6 +441,7 @@ __all__ = [
     "Source",
     "SourceStats",
     "UpsertResult",
+    "aware_utc",
     "check_key",
     "embedding_array",
     "half_precision_problem",

@@ -3,6 +3,7 @@ same operations through ``LegacyDatabase`` on docstore — identical observable 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -566,3 +567,60 @@ async def test_upsert_crate_turns_a_crateless_source_into_a_crate(migrated: Any)
         assert stats["orphan-crate"].version == "0.1"
         await compat.install_views()
         assert await store.fetchval("select count(*) from crates where name = 'orphan-crate'") == 1
+
+
+async def test_crate_config_values_are_checked_and_naive_times_are_utc(
+    store: docstore.Store,
+) -> None:
+    """What the legacy table's column types refused is refused before anything is written;
+    a naive ``last_checked`` (legacy code's ``datetime.now()``/``utcnow()``) is UTC, and
+    ``get_crates_needing_update`` keeps working for every config."""
+    from datetime import UTC, datetime, timedelta
+
+    from docstore.errors import ValidationError
+
+    compat = LegacyDatabase(store)
+    tokio = await compat.create_crate_config("tokio")
+    serde = await compat.create_crate_config("serde")
+    for bad in (
+        lambda: compat.create_crate_config("a\x00b"),
+        lambda: compat.create_crate_config("x" * 256),
+        lambda: compat.create_crate_config("ok", features="full"),
+        lambda: compat.create_crate_config("ok", expected_docs=-1),
+        lambda: compat.create_crate_config("ok", enabled="yes"),
+        lambda: compat.update_crate_config(tokio, last_checked="yesterday"),
+        lambda: compat.update_crate_config(tokio, expected_docs=True),
+        lambda: compat.update_crate_config(tokio, current_version="1\x00"),
+    ):
+        with pytest.raises(ValidationError):
+            await bad()
+    assert [c["name"] for c in await compat.list_crate_configs()] == ["serde", "tokio"]
+    naive_utc_now = datetime.now(UTC).replace(tzinfo=None)
+    assert await compat.update_crate_config(tokio, last_checked=naive_utc_now)
+    assert await compat.update_crate_config(serde, last_checked=naive_utc_now - timedelta(hours=3))
+    due = await compat.get_crates_needing_update(timedelta(hours=1))
+    assert [c["name"] for c in due] == ["serde"]
+    source = await store.sources.get("rust", "tokio")
+    assert source is not None and source.last_checked is not None
+    assert abs(source.last_checked - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+async def test_count_crate_documents_reads_what_was_just_written(
+    database_url: str, pg: Any
+) -> None:
+    """With a read replica the count is read on the primary, like the other compat reads (a
+    database that never sees the writes stands in for a lagging replica)."""
+    from tests.conftest import unit_vector
+
+    lagging = f"lagging_{os.getpid()}"
+    await pg.execute(f'CREATE DATABASE "{lagging}" TEMPLATE "{pg.template}"')
+    try:
+        async with docstore.connect(database_url, database_read_url=pg.url(lagging)) as store:
+            compat = LegacyDatabase(store)
+            await compat.insert_embeddings_batch(
+                None, "tokio", [("tokio/a.html", "text", unit_vector(1), 3)]
+            )
+            assert await compat.has_embeddings("tokio")
+            assert await compat.count_crate_documents("tokio") == 1
+    finally:
+        await pg.execute(f'DROP DATABASE "{lagging}" WITH (FORCE)')

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from docstore.compat import views
+from docstore.compat import config_values, views
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Document, Source, key_text, naive_utc, parse_timestamp
+from docstore.models import Document, Source, aware_utc, key_text, naive_utc, parse_timestamp
 from docstore.repositories.documents import lock_sources
 from docstore.store import Store, connect
 
@@ -152,8 +152,10 @@ class LegacyDatabase:
 
     @timed("compat.count_crate_documents")
     async def count_crate_documents(self, crate_name: str) -> int:
-        """Number of documents of a crate."""
-        return await self.store.documents.count(self.doc_type, crate_name)
+        """Number of documents of a crate (on the primary, like the other compat reads: a
+        count right after a write sees it)."""
+        with self.store.read_from_primary():
+            return await self.store.documents.count(self.doc_type, crate_name)
 
     def _document(
         self, crate_name: str, doc_path: str, content: str, embedding: Any, token_count: Any
@@ -351,7 +353,7 @@ class LegacyDatabase:
             for key in ("version_spec", "current_version", "features", "expected_docs"):
                 config[key] = first[key]
         enabled = configs[0]["enabled"] if configs else True
-        last_checked = parse_timestamp(configs[0]["last_checked"]) if configs else None
+        last_checked = aware_utc(parse_timestamp(configs[0]["last_checked"])) if configs else None
         await conn.execute(
             "UPDATE document_sources SET config = $2::jsonb, enabled = $3, last_checked = $4"
             " WHERE id = $1",
@@ -383,8 +385,14 @@ class LegacyDatabase:
         expected_docs: int = 1000,
         enabled: bool = True,
     ) -> int:
-        """Insert or update the config of ``(name, version_spec)``; returns its id."""
+        """Insert or update the config of ``(name, version_spec)``; returns its id. Values of
+        the wrong type raise :class:`ValidationError` before anything is written."""
         self.store.ensure_writable()
+        name = config_values.name(name)
+        values = config_values.new_config(
+            version_spec, current_version, features, expected_docs, enabled
+        )
+        version_spec = values["version_spec"]
         now = datetime.now(UTC).isoformat()
         async with self.store.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
@@ -402,13 +410,7 @@ class LegacyDatabase:
                     "created_at": now,
                 }
                 configs.append(mine)
-            mine.update(
-                current_version=current_version,
-                features=list(features or []),
-                expected_docs=expected_docs,
-                enabled=enabled,
-                updated_at=now,
-            )
+            mine.update(values, updated_at=now)
             await self._save_configs(conn, source_id, config, configs)
             return int(mine["id"])
 
@@ -435,18 +437,13 @@ class LegacyDatabase:
     @timed("compat.update_crate_config")
     async def update_crate_config(self, config_id: int, **fields: Any) -> bool:
         """Set ``current_version``, ``features``, ``expected_docs``, ``enabled``,
-        ``last_checked`` or ``last_populated`` of a config; False if there is none."""
-        allowed = {
-            "current_version",
-            "features",
-            "expected_docs",
-            "enabled",
-            "last_checked",
-            "last_populated",
-        }
-        unknown = set(fields) - allowed
+        ``last_checked`` or ``last_populated`` of a config; False if there is none. Values
+        of the wrong type raise :class:`ValidationError` before anything is written
+        (timestamps: datetimes, naive ones taken as UTC)."""
+        unknown = set(fields) - set(config_values.UPDATABLE)
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a crate config")
+        checked = {k: config_values.UPDATABLE[k](v) for k, v in fields.items()}
         self.store.ensure_writable()
         async with self.store.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
@@ -456,8 +453,7 @@ class LegacyDatabase:
             source_id, config = await self._source_configs(conn, found["name"])
             configs = config["crate_configs"]
             mine = next(c for c in configs if c["id"] == config_id)
-            for key, value in fields.items():
-                mine[key] = value.isoformat() if isinstance(value, datetime) else value
+            mine.update(checked)
             mine["updated_at"] = datetime.now(UTC).isoformat()
             await self._save_configs(conn, source_id, config, configs)
             return True
@@ -470,13 +466,13 @@ class LegacyDatabase:
         due = [
             c
             for c in await self.list_crate_configs(enabled_only=True)
-            if c["last_checked"] is None or parse_timestamp(c["last_checked"]) < cutoff  # type: ignore[operator]
+            if c["last_checked"] is None or aware_utc(parse_timestamp(c["last_checked"])) < cutoff
         ]
         return sorted(
             due,
             key=lambda c: (
                 c["last_checked"] is not None,
-                parse_timestamp(c["last_checked"]) or cutoff,
+                aware_utc(parse_timestamp(c["last_checked"])) or cutoff,
                 c["name"],
             ),
         )

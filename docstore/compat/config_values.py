@@ -1,0 +1,84 @@
+"""The values a legacy crate config may hold, checked before they are written.
+
+The legacy server kept crate configs in a table whose columns typed them; here they live in a
+source's ``config`` JSON, so :class:`~docstore.compat.legacy_api.LegacyDatabase` checks them
+the way the columns did (a name that can be a source, text, a list of text, a non-negative
+count, a boolean, a timestamp) and raises :class:`~docstore.errors.ValidationError` before
+anything is written. Timestamps are stored as ISO text in UTC; a naive one is taken as UTC
+(docstore's convention for naive times), so comparisons never mix naive and aware values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from docstore.errors import ValidationError
+from docstore.models import MAX_SOURCE_NAME, aware_utc, key_text
+
+
+def name(value: Any) -> str:
+    key_text("name", value)
+    if not 1 <= len(value) <= MAX_SOURCE_NAME:
+        raise ValidationError(f"name must be 1 to {MAX_SOURCE_NAME} characters", field="name")
+    return str(value)
+
+
+def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
+    return key_text(field, value, optional=optional)  # type: ignore[no-any-return]
+
+
+def _features(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValidationError("features must be a list of strings", field="features")
+    return [str(_text("features", item)) for item in value]
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValidationError("expected_docs must be a non-negative integer", field="expected_docs")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError("enabled must be true or false", field="enabled")
+    return value
+
+
+def _timestamp(field: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise ValidationError(f"{field} must be a datetime or None", field=field)
+        return aware_utc(value).astimezone(UTC).isoformat()  # type: ignore[no-any-return]
+
+    return check
+
+
+# what update_crate_config() may set, and how each value is checked and stored
+UPDATABLE: dict[str, Callable[[Any], Any]] = {
+    "current_version": lambda v: _text("current_version", v, optional=True),
+    "features": _features,
+    "expected_docs": _count,
+    "enabled": _flag,
+    "last_checked": _timestamp("last_checked"),
+    "last_populated": _timestamp("last_populated"),
+}
+
+
+def new_config(
+    version_spec: Any, current_version: Any, features: Any, expected_docs: Any, enabled: Any
+) -> dict[str, Any]:
+    """The checked values of a config created by ``create_crate_config``."""
+    return {
+        "version_spec": _text("version_spec", version_spec),
+        "current_version": _text("current_version", current_version, optional=True),
+        "features": _features(features),
+        "expected_docs": _count(expected_docs),
+        "enabled": _flag(enabled),
+    }
