@@ -354,7 +354,8 @@ class UpsertResult(BaseModel):
     updated: int = 0
     unchanged: int = 0
     duplicates: int = 0
-    """Input rows superseded by a later row with the same key in the same call."""
+    """Input rows superseded by a later row with the same key: in the same call (a list) or
+    the same batch (a stream, which keeps no more than a batch in memory)."""
 
     @property
     def written(self) -> int:

@@ -515,8 +515,10 @@ class DocumentRepository:
 
         ``docs`` is a list, any iterable, or an async iterable of :class:`Document` or dicts,
         streamed in batches of ``batch_size``. A list is validated whole before anything is
-        written; a stream is validated batch by batch. The same key twice in one batch: the
-        last one wins. Each batch is one transaction (retried whole on transient failures);
+        written; a stream is validated batch by batch. The same key twice: the last one wins
+        and the result counts the others as ``duplicates`` — in the whole call for a list,
+        within each batch for a stream (it keeps no more than a batch in memory: a key
+        repeated in a later batch is written again, as an update or unchanged). Each batch is one transaction (retried whole on transient failures);
         with ``atomic=True`` the whole call is one transaction. ``created_at`` given for a new
         row is kept (migrations); on an existing row it is ignored.
 
