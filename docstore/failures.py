@@ -140,6 +140,22 @@ def is_transient_query_failure(exc: BaseException) -> bool:
     return is_transient(exc) and not isinstance(exc, TimeoutError)
 
 
+def may_have_run(exc: BaseException) -> bool:
+    """Whether a statement that failed with ``exc`` after it was handed to its connection
+    may still have done its work: the connection broke while the server could have been
+    running it (a reset, "closed in the middle of operation"). Not when the server answered
+    with an error (its transaction rolled back) or asyncpg refused a connection it knew dead
+    before sending anything ("connection is closed", "another operation is in progress")."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return False
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        message = str(exc)
+        return "middle of operation" in message or not (
+            "connection is closed" in message or "another operation" in message
+        )
+    return True
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """A unique violation, also as Citus reports one a worker raised during a COPY into a
     distributed table: SQLSTATE XX000 with the worker's message."""

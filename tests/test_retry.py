@@ -84,3 +84,46 @@ async def test_wrong_password_fails_at_once_without_retries(
     assert "authentication failed" in str(info.value)
     assert _retries(caplog) == 0
     assert "hunter2" not in str(info.value) and "hunter2" not in caplog.text
+
+
+async def test_a_write_whose_connection_broke_under_it_is_not_run_twice(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ran the INSERT, then the connection broke before its reply: retrying would
+    insert the row twice. ``execute`` says the statement may have been applied instead; a
+    connection found dead before anything was sent is still retried."""
+    import asyncpg
+
+    async with docstore.connect(database_url, retry_attempts=5, retry_initial_delay=0.01) as store:
+        await store.execute("CREATE TABLE audit (n int)")
+        real = asyncpg.Connection.execute
+        broken = {"left": 1}
+
+        async def ran_then_broke(self: asyncpg.Connection, query: str, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+            status = await real(self, query, *args, **kw)
+            if query.startswith("INSERT") and broken["left"]:
+                broken["left"] -= 1
+                self.terminate()
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "connection was closed in the middle of operation"
+                )
+            return status
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", ran_then_broke)
+        with pytest.raises(DatabaseUnavailableError, match="may or may not have been applied"):
+            await store.execute("INSERT INTO audit VALUES (1)")
+        assert await store.fetchval("SELECT count(*) FROM audit") == 1
+
+        refused = {"left": 1}
+
+        async def dead_before_sending(
+            self: asyncpg.Connection, query: str, *args: object, **kw: object
+        ):  # type: ignore[no-untyped-def]
+            if query.startswith("INSERT") and refused["left"]:
+                refused["left"] -= 1  # asyncpg's answer on a connection it knows is dead
+                raise asyncpg.InterfaceError("connection is closed")
+            return await real(self, query, *args, **kw)
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", dead_before_sending)
+        assert await store.execute("INSERT INTO audit VALUES (2)") == "INSERT 0 1"
+        assert await store.fetchval("SELECT count(*) FROM audit") == 2

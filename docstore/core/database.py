@@ -202,13 +202,20 @@ class Database:
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run a statement; returns the command tag (as ``asyncpg.Connection.execute``).
 
+        Retried on transient failures, except when the connection was lost while the
+        statement ran (it may have been applied: :class:`DatabaseUnavailableError` says so).
         On a read-only store, one statement per call (:mod:`docstore.readonly`)."""
-        return await self.run(lambda conn: conn.execute(query, *args, timeout=timeout))
+        return await self.run(
+            lambda conn: conn.execute(query, *args, timeout=timeout), retry_in_doubt=False
+        )
 
     @timed("executemany")
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
-        """Run a statement once per argument tuple (one transaction, as in asyncpg)."""
-        await self.run(lambda conn: conn.executemany(query, args, timeout=timeout))
+        """Run a statement once per argument tuple (one transaction, as in asyncpg); retried
+        as :meth:`execute` is."""
+        await self.run(
+            lambda conn: conn.executemany(query, args, timeout=timeout), retry_in_doubt=False
+        )
 
     @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:

@@ -23,8 +23,14 @@ from docstore.config import Settings
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
-from docstore.errors import DocstoreError, PoolTimeoutError
-from docstore.failures import first_retry_wait, is_transient, is_transient_query_failure, retrying
+from docstore.errors import DatabaseUnavailableError, DocstoreError, PoolTimeoutError
+from docstore.failures import (
+    first_retry_wait,
+    is_transient,
+    is_transient_query_failure,
+    may_have_run,
+    retrying,
+)
 from docstore.metrics import Metrics, timed
 
 T = TypeVar("T")
@@ -62,10 +68,26 @@ class Runner:
         )
 
     async def _attempt(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], role: Role = "primary"
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        role: Role = "primary",
+        *,
+        in_doubt_fails: bool = False,
     ) -> T:
-        async with self.checkout(role) as conn:
-            return await work(conn)
+        handed = False
+        try:
+            async with self.checkout(role) as conn:
+                handed = True
+                return await work(conn)
+        except BaseException as exc:
+            # a write whose connection broke under it may have committed: not run again
+            if in_doubt_fails and handed and is_transient_query_failure(exc) and may_have_run(exc):
+                raise DatabaseUnavailableError(
+                    f"the connection to {self._pools.primary.redacted} was lost while the"
+                    " statement ran: it may or may not have been applied, so it was not run"
+                    f" again ({type(exc).__name__})"
+                ) from exc
+            raise
 
     @timed("run")
     async def run(
@@ -75,6 +97,7 @@ class Runner:
         stateless: bool = False,
         read: bool = False,
         shard: str | None = None,
+        retry_in_doubt: bool = True,
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -90,6 +113,11 @@ class Runner:
         on the Citus worker holding its shard (:mod:`docstore.core.shards`), else — no
         such worker, or it fails to answer — as without ``shard``. Not with a read replica
         configured: the user sent reads away from the primaries, the workers' included.
+
+        ``retry_in_doubt=False`` (statements that may not be idempotent: ``store.execute``):
+        a connection lost while ``work`` ran is not retried — the statement may have been
+        applied — but raises :class:`DatabaseUnavailableError` saying so; failures before
+        ``work`` was handed a connection, or that the server answered, are retried as usual.
         """
         token = STATELESS.set(stateless)
         try:
@@ -111,7 +139,7 @@ class Runner:
             try:
                 # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
                 # an ANN search); only a transient failure enters the retry loop.
-                return await self._attempt(work)
+                return await self._attempt(work, in_doubt_fails=not retry_in_doubt)
             except BaseException as exc:
                 if not is_transient_query_failure(exc) or self._settings.retry_attempts < 2:
                     raise
@@ -123,7 +151,7 @@ class Runner:
                 )
             async for attempt in self._retrying(after_first_failure=True):
                 with attempt:
-                    return await self._attempt(work)
+                    return await self._attempt(work, in_doubt_fails=not retry_in_doubt)
         except DocstoreError:
             raise
         except BaseException as exc:
