@@ -550,7 +550,13 @@ def ram_bytes() -> int:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB (``ru_maxrss``)."""
+    """This process image's peak resident set size so far, in MB: ``VmHWM``, not ``ru_maxrss``,
+    which Linux carries over from the parent across fork + exec (a benchmark parent holding its
+    corpora made every child report the parent's 525 MB)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
