@@ -7,7 +7,7 @@ field and the document's key but never echoes a vector's values:
 - ``doc_type`` 1-50 characters, ``source_name`` 1-255, ``doc_path`` and ``content`` non-empty;
   ``doc_path`` at most 2,048 UTF-8 bytes and the whole key (``doc_type`` + ``source_name`` +
   ``doc_path``) at most 2,600 (it is one row of a unique btree index, which holds at most
-  2,704 bytes), ``content`` at most 10 MB;
+  2,704 bytes), ``content`` at most 10,000,000 characters;
 - no NUL byte and no lone surrogate (``"\ud800"``: not encodable as UTF-8) in any text,
   metadata keys and string values included (PostgreSQL or the driver reject them);
 - ``embedding``: None or a one-dimensional sequence of real numbers (see
