@@ -518,9 +518,10 @@ class DocumentRepository:
         written; a stream is validated batch by batch. The same key twice: the last one wins
         and the result counts the others as ``duplicates`` — in the whole call for a list,
         within each batch for a stream (it keeps no more than a batch in memory: a key
-        repeated in a later batch is written again, as an update or unchanged). Each batch is one transaction (retried whole on transient failures);
-        with ``atomic=True`` the whole call is one transaction. ``created_at`` given for a new
-        row is kept (migrations); on an existing row it is ignored.
+        repeated in a later batch is written again, as an update or unchanged). Each batch is
+        one transaction (retried whole on transient failures); with ``atomic=True`` the whole
+        call is one transaction. ``created_at`` given for a new row is kept (migrations); on an
+        existing row it is ignored.
 
         Raises :class:`ValidationError` naming the bad row (nothing of its batch is written)
         and :class:`ReadOnlyError` in read-only mode.
