@@ -7,6 +7,10 @@ range's ``(id, xmin)`` pairs in the legacy database when it was copied
 changes the stamp, and reading it costs no detoasting. So a killed migrator resumes after its
 last committed range, a re-run skips ranges whose stamp still holds, the delta pass re-copies
 those whose stamp moved, and validation knows which streamed checks still hold.
+
+Run ids are ``<doc_type>:<legacy database>`` (:func:`~docstore.migrate.context.run_id`): the
+checkpoints of *other* runs into a doc_type (:func:`others`) tell preflight that the doc_type
+holds another legacy database's documents.
 """
 
 from __future__ import annotations
@@ -70,6 +74,34 @@ async def prune(tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int])
         run_id,
         list(first_keys),
     )
+
+
+# Checkpoints of the runs into doc_type $1 other than run $2.
+_OTHER_RUNS = """
+ WHERE table_name = 'doc_embeddings' AND left(run_id, length($1) + 1) = $1 || ':'
+   AND run_id <> $2
+"""
+
+
+async def others(
+    conn: asyncpg.Connection | Store, doc_type: str, run_id: str
+) -> list[tuple[str, int]]:
+    """The other runs into ``doc_type`` that left checkpoints: (their legacy database, the
+    rows their checkpoints cover), by run id."""
+    rows = await conn.fetch(
+        "SELECT substr(run_id, length($1) + 2) AS legacy, sum(rows) AS rows"
+        f" FROM docstore_migration_checkpoints {_OTHER_RUNS} GROUP BY run_id ORDER BY run_id",
+        doc_type,
+        run_id,
+    )
+    return [(r["legacy"], int(r["rows"])) for r in rows]
+
+
+async def forget_others(tgt: asyncpg.Connection, doc_type: str, run_id: str) -> None:
+    """Drop the checkpoints of the other runs into ``doc_type``: when a run starts on a
+    doc_type that holds no migrated documents (theirs are gone), and after a rollback has
+    made the doc_type the copy of the rolled-back-into legacy database (``run_id``'s)."""
+    await tgt.execute(f"DELETE FROM docstore_migration_checkpoints {_OTHER_RUNS}", doc_type, run_id)
 
 
 async def count(conn: asyncpg.Connection | Store, run_id: str) -> int:

@@ -66,7 +66,8 @@ class StageContext:
 
 
 async def run_id(src: asyncpg.Connection, doc_type: str) -> str:
-    """The id of a migration of ``src`` into ``doc_type``: re-runs find their checkpoints."""
+    """The id of a migration of ``src`` into ``doc_type``: re-runs find their checkpoints, and
+    preflight tells another legacy database's checkpoints in the doc_type by it."""
     where = await src.fetchval(
         "SELECT current_database() || '@' || coalesce(inet_server_addr()::text, 'socket')"
         " || ':' || coalesce(inet_server_port()::text, '')"

@@ -6,9 +6,11 @@ Each chunk is piped ``COPY (SELECT … shaped like documents …) TO STDOUT (FOR
 together with its checkpoint (:mod:`docstore.migrate.checkpoints`): a killed run resumes after
 its last committed chunk, and a re-run skips chunks whose stamp still holds. Chunks go
 straight into ``documents`` while the target holds nothing of them; otherwise (re-runs,
-merges) through a temporary staging table and ``INSERT … ON CONFLICT DO UPDATE``, which never
-doubles a row. The stream of every chunk is hashed as it passes and, once committed, handed to
-a :class:`~docstore.migrate.verify.StreamVerifier` that checks the stored rows while the next
+merges, a committed chunk whose stamp moved) through a temporary staging table and
+``INSERT … ON CONFLICT DO UPDATE``, which never doubles a row, then the range's migrated rows
+the legacy range no longer has (deleted or renamed) are deleted. The stream of every chunk is
+hashed as it passes and, once committed, handed to a
+:class:`~docstore.migrate.verify.StreamVerifier` that checks the stored rows while the next
 chunks copy.
 """
 
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import asyncpg
 
@@ -28,6 +30,7 @@ from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
 from docstore.migrate.pipe import pipe
+from docstore.migrate.preflight import nonpositive_ids
 from docstore.migrate.report import MigrationReport, Validation
 from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
 from docstore.store import Store
@@ -35,6 +38,7 @@ from docstore.store import Store
 logger = logging.getLogger("docstore")
 
 STAGE_TABLE = "docstore_migrate_stage"
+MAX_LEGACY_ID = 2**31 - 1  # doc_embeddings.id is a SERIAL (int4)
 _UPSERT_FROM_STAGE = f"""
 INSERT INTO documents ({", ".join(legacy.DOCUMENT_COLUMNS)})
 SELECT {", ".join(legacy.DOCUMENT_COLUMNS)} FROM {STAGE_TABLE}
@@ -65,7 +69,12 @@ DELETE FROM documents d
 
 
 async def plan_chunks(src: asyncpg.Connection, chunk_rows: int) -> list[tuple[int, int, int]]:
-    """(exclusive low id, inclusive high id, rows) of every chunk, in the caller's snapshot."""
+    """(exclusive low id, inclusive high id, rows) of every chunk, in the caller's snapshot.
+
+    Chunks start after id 0: a row with an id <= 0 (preflight blocks on them, but one may
+    have been written since) raises :class:`MigrationError` naming them."""
+    if problem := await nonpositive_ids(src):
+        raise MigrationError(f"cannot migrate: {problem}")
     bounds = [r["id"] for r in await src.fetch(legacy.CHUNK_BOUNDARIES, chunk_rows)]
     chunks, low = [], 0
     total = await src.fetchval("SELECT count(*) FROM doc_embeddings")
@@ -167,7 +176,9 @@ async def copy_documents(
         "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
     )
     # Straight COPY is safe while the target holds nothing but already-checkpointed rows
-    # (the legacy key (crate_name, doc_path) is unique, so chunks never collide).
+    # (the legacy key (crate_name, doc_path) is unique, so chunks never collide), and only
+    # for a chunk no checkpoint overlaps: a committed chunk that changed since may have
+    # rows whose keys the legacy range no longer has (renamed), which only staging deletes.
     direct = existing == sum(c.rows for c in done.values())
     ctx.copied_into_empty = existing == 0
     total_rows = sum(rows for _, _, rows in chunks)
@@ -199,7 +210,8 @@ async def copy_documents(
         try:
             while pending and not failures:
                 low, high, rows = pending.pop(0)
-                n = await _copy_chunk(ctx, s, t, low, high, rows, direct, verifier)
+                straight = direct and not _overlaps(done.values(), low, high)
+                n = await _copy_chunk(ctx, s, t, low, high, rows, straight, verifier)
                 report.copied_documents += n
                 progress["copied"] += rows
                 ctx.report("documents", progress["copied"], total_rows)
@@ -230,6 +242,11 @@ async def copy_documents(
     await asyncio.gather(stream(src, tgt), *more)
     if failures:
         raise failures[0]
+
+
+def _overlaps(done: Iterable[checkpoints.Checkpoint], low: int, high: int) -> bool:
+    """Whether a checkpoint's range overlaps the chunk ``(low, high]``."""
+    return any(c.first_key < high and c.last_key > low for c in done)
 
 
 async def _export_snapshot(src: asyncpg.Connection) -> str | None:
@@ -284,7 +301,7 @@ async def copy(
         snapshot = await state.read_legacy_state(src)
         report.sources = len(snapshot.sources)
         async with tgt.transaction():
-            stale = await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=False)
+            await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=False)
         report.timings["sources"] = now() - t0
         t0 = now()
         await copy_documents(ctx, src, tgt, report, verifier, open_stream)
@@ -294,18 +311,11 @@ async def copy(
         async with tgt.transaction():
             await state.sync_jobs(ctx.doc_type, snapshot, tgt, delete=True)
             if report.skipped_chunks:
-                # chunks skipped as unchanged carry the crate version of an earlier run:
-                # rewrite it where the crate's version changed since
-                report.refreshed_documents = await state.sync_versions(
-                    ctx.doc_type,
-                    snapshot,
-                    tgt,
-                    [
-                        d.source_name
-                        for d in stale
-                        if d.problem == "missing in target" or "config.version" in d.fields
-                    ],
-                )
+                # Chunks skipped as unchanged carry the crate version of an earlier run:
+                # rewrite it wherever it is not the crate's version now. All sources, found by
+                # one aggregate: an earlier run killed after its source sync already wrote a
+                # changed crates.version into the config, so this run's stale names miss it.
+                report.refreshed_documents = await state.sync_versions(ctx.doc_type, snapshot, tgt)
         report.timings["population_jobs"] = now() - t0
     return snapshot
 
@@ -350,7 +360,9 @@ async def repair(
     snapshot. Returns the documents rewritten. The caller holds the migration lock."""
     chunks = sorted({m.legacy_id // ctx.chunk_rows for m in validation.mismatches})
     for c in chunks:
-        low, high = c * ctx.chunk_rows - 1, (c + 1) * ctx.chunk_rows - 1
+        # doc_embeddings.id is an int4: the bounds (bound as int4) end at its maximum
+        first, last = c * ctx.chunk_rows - 1, (c + 1) * ctx.chunk_rows - 1
+        low, high = min(first, MAX_LEGACY_ID), min(last, MAX_LEGACY_ID)
         async with (
             src.transaction(isolation="repeatable_read", readonly=True),
             tgt.transaction(),

@@ -308,13 +308,25 @@ def chunked_checksums_sql(digest_query: str, chunk: int) -> str:
 
 # -- rollback: docstore → legacy shapes ----------------------------------------------------
 
-# documents of doc_type $1 shaped exactly like doc_embeddings' columns, for binary COPY.
-ROLLBACK_DOCUMENTS_QUERY = """
-SELECT CASE WHEN metadata->>'migrated_from' = 'rust_docs_vectors'
-             AND metadata->>'legacy_id' ~ '^[0-9]{1,9}$'
-            THEN (metadata->>'legacy_id')::integer END,
-       CASE WHEN metadata->>'legacy_crate_id' ~ '^[0-9]{1,9}$'
-            THEN (metadata->>'legacy_crate_id')::integer END,
+
+def legacy_integer_sql(expr: str) -> str:
+    """``expr`` (a text id from a document's metadata) as the legacy ``integer`` it names, or
+    NULL when it is not one: any decimal of at most 10 digits, optionally negative, within
+    ``integer``'s range (the nested CASE keeps the cast from seeing anything else)."""
+    return (
+        f"CASE WHEN {expr} ~ '^-?[0-9]{{1,10}}$' THEN"
+        f" CASE WHEN ({expr})::bigint BETWEEN -2147483648 AND 2147483647"
+        f" THEN ({expr})::integer END END"
+    )
+
+
+# documents of doc_type $1 shaped exactly like doc_embeddings' columns, for binary COPY: the
+# legacy ids a migration recorded (every ``integer``, up to 2,147,483,647), NULL for documents
+# written in docstore.
+ROLLBACK_DOCUMENTS_QUERY = f"""
+SELECT CASE WHEN metadata->>'migrated_from' = '{MIGRATED_FROM}'
+            THEN {legacy_integer_sql("metadata->>'legacy_id'")} END,
+       {legacy_integer_sql("metadata->>'legacy_crate_id'")},
        source_name::varchar(255), doc_path, content, embedding, token_count, created_at
   FROM documents WHERE doc_type = $1 ORDER BY id"""
 

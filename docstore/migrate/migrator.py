@@ -226,8 +226,7 @@ class Migrator:
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
             async with store.acquire() as tgt, self._lock(tgt):
-                if self.restart:
-                    await checkpoints.forget(tgt, ctx.run_id)
+                await _claim_doc_type(tgt, ctx, restart=self.restart)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
                     snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
@@ -341,7 +340,8 @@ class Migrator:
         deleted. One transaction on the legacy database: all or nothing. Afterwards the target
         records what the legacy database gave it (legacy ids of documents and jobs written
         after the cutover, and the sources' derived config and documents' crate versions), so
-        :meth:`validate` passes right after a rollback.
+        :meth:`validate` passes right after a rollback; checkpoints of migrations from other
+        legacy databases into the doc_type are forgotten (it now pairs with this one).
 
         Raises :class:`~docstore.ReadOnlyError` before writing anything anywhere when the
         target (or a :class:`~docstore.Store` given as source) is read-only: the rollback
@@ -358,9 +358,7 @@ class Migrator:
         report = RollbackReport()
         try:
             async with self._source(writable=True) as leg, store.acquire() as tgt:
-                await rollback_stage.rollback(
-                    self.doc_type, store.embedding_dim, leg, tgt, report, self._secrets
-                )
+                await _rollback(self.doc_type, store.embedding_dim, leg, tgt, report, self._secrets)
         except asyncpg.PostgresError as exc:
             raise MigrationError(
                 "rollback failed and changed nothing in the legacy database (one transaction): "
@@ -368,6 +366,40 @@ class Migrator:
             ) from None
         report.seconds = now() - started
         return report
+
+
+async def _rollback(
+    doc_type: str,
+    dim: int,
+    leg: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    report: RollbackReport,
+    secrets: tuple[str, ...],
+) -> None:
+    """The rollback stage; then the doc_type pairs with the legacy database rolled back into,
+    whatever it was copied from: the checkpoints of other runs into it are forgotten (else
+    a migration from that database would be refused as a second legacy database)."""
+    await rollback_stage.rollback(doc_type, dim, leg, tgt, report, secrets)
+    try:
+        await checkpoints.forget_others(tgt, doc_type, await run_id(leg, doc_type))
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            "rollback committed in the legacy database, but forgetting the target's checkpoints "
+            f"of other legacy databases failed ({describe(exc, secrets)}): a migration from "
+            "this legacy database into the doc_type is refused until they are gone"
+        ) from None
+
+
+async def _claim_doc_type(tgt: asyncpg.Connection, ctx: StageContext, *, restart: bool) -> None:
+    """Under the migration lock, before the copy: preflight's check that the doc_type holds no
+    other legacy database's documents, again (another migrator may have run since), then the
+    other runs' checkpoints forgotten (their documents are gone) and, with ``restart``, this
+    run's too."""
+    if problem := await preflight_stage.other_legacy_database(tgt, ctx.doc_type, ctx.run_id):
+        raise MigrationError("cannot migrate: " + problem)
+    await checkpoints.forget_others(tgt, ctx.doc_type, ctx.run_id)
+    if restart:
+        await checkpoints.forget(tgt, ctx.run_id)
 
 
 async def _drained(verifier: StreamVerifier, report: MigrationReport) -> dict[int, VerifiedRange]:

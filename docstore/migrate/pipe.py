@@ -40,10 +40,10 @@ async def pipe(
     target accepted. ``digest`` is fed every byte that leaves the source, in order (the
     binary COPY stream, header to trailer), as it passes: a hash of what was sent, at no
     extra read of the source. ``timeout`` bounds the target's COPY (the source side keeps its
-    connection's own command timeout). A failure on either side cancels the other and raises;
-    the caller's
-    target transaction must then roll back (a truncated binary stream would otherwise be
-    accepted by PostgreSQL as a short one).
+    connection's own command timeout). A failure on either side cancels the other and raises
+    (the source's error when the source failed: the target's then follows from it, chained);
+    the caller's target transaction must then roll back (a truncated binary stream would
+    otherwise be accepted by PostgreSQL as a short one).
     """
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_DEPTH)
 
@@ -75,7 +75,7 @@ async def pipe(
         with contextlib.suppress(BaseException):
             await producer
         raise
-    except BaseException:
+    except BaseException as exc:
         # The target refused the data: let the source finish its COPY into the void, so the
         # source connection stays usable (the caller may retry the chunk another way).
         while not producer.done() or not queue.empty():
@@ -83,6 +83,10 @@ async def pipe(
                 break
         with contextlib.suppress(BaseException):
             await producer
+        # The source failed first (the target then saw a truncated stream, a COPY format
+        # error): its error is the cause, the target's is chained to it.
+        if not producer.cancelled() and (cause := producer.exception()) is not None:
+            raise cause from exc
         raise
     await producer  # re-raises a source-side failure: the rows above may be incomplete
     try:

@@ -2,8 +2,11 @@
 anything is written (which legacy tables exist, sizes, embedding dimensions, NULL embeddings,
 orphans; the target's pgvector, schema, existing rows and checkpoints).
 
-``Preflight.blocking`` lists what stops a run. Nothing here detoasts an embedding stored
-uncompressed with the target's dimension (:func:`~docstore.migrate.legacy.dims_sql`).
+``Preflight.blocking`` lists what stops a run: a source that is not a legacy database,
+legacy ids <= 0 (:func:`nonpositive_ids`), a read-only target, and a doc_type that already
+holds documents migrated from another legacy database (:func:`other_legacy_database`). Nothing
+here detoasts an embedding stored uncompressed with the target's dimension
+(:func:`~docstore.migrate.legacy.dims_sql`).
 """
 
 from __future__ import annotations
@@ -17,20 +20,29 @@ from docstore.migrate.context import run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.store import Store
 
+_MIGRATED_ROWS = (
+    "SELECT count(*) FROM documents WHERE doc_type = $1 AND metadata->>'migrated_from' = $2"
+)
+
 
 async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Preflight:
     """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``.
 
     The target's findings are read (through the store's pool) while the legacy database's
     are (on ``src``)."""
-    target = asyncio.create_task(_target_findings(store, doc_type, await run_id(src, doc_type)))
+    run = await run_id(src, doc_type)
+    target = asyncio.create_task(_target_findings(store, doc_type, run))
     try:
         pre = await _source_findings(src, store.embedding_dim)
     finally:
         found = await target
-    if not pre.blocking:
+    if not pre.blocking:  # the source is a legacy database
         for name, value in found.items():
             setattr(pre, name, value)
+        if problem := await nonpositive_ids(src):
+            pre.blocking.append(problem)
+    if problem := await other_legacy_database(store, doc_type, run):
+        pre.blocking.append(problem)
     if store.read_only:
         pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
     return pre
@@ -45,6 +57,53 @@ async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, o
         "target_existing_sources": len(await store.sources.list(doc_type=doc_type)),
         "checkpoints": await checkpoints.count(store, run),
     }
+
+
+async def other_legacy_database(
+    tgt: asyncpg.Connection | Store, doc_type: str, run: str
+) -> str | None:
+    """Why ``doc_type`` can't take this run's legacy database (run id ``run``), or None.
+
+    A doc_type holds the documents of one legacy database: a run deletes the migrated rows
+    of its id ranges that its legacy database does not have, and the legacy ids of two
+    databases overlap, so a second one would delete the first one's documents. Detected by
+    the checkpoints of another run into the doc_type (another legacy database, or the same
+    one reached through another address: run ids name both) while it holds migrated
+    documents; a run that starts on none forgets those checkpoints
+    (:func:`~docstore.migrate.checkpoints.forget_others`). Reads only the checkpoints unless
+    there are such; then counts the doc_type's migrated documents."""
+    others = await checkpoints.others(tgt, doc_type, run)
+    if not others:
+        return None
+    migrated = await tgt.fetchval(_MIGRATED_ROWS, doc_type, legacy.MIGRATED_FROM)
+    if not migrated:
+        return None
+    where = ", ".join(f"{name} ({rows:,} rows copied)" for name, rows in others)
+    return (
+        f"doc_type {doc_type!r} already holds {migrated:,} documents migrated from another "
+        f"legacy database ({where}); this run's is {run[len(doc_type) + 1 :]}. Migrating a "
+        "second legacy database into the same doc_type would delete them: use another "
+        "--doc-type, or roll back / delete that doc_type's documents first (if it is the same "
+        "database reached through another address, connect to it as that run did)"
+    )
+
+
+async def nonpositive_ids(src: asyncpg.Connection) -> str | None:
+    """Why legacy rows with an id <= 0 stop a run (naming up to 5), or None: chunks are id
+    ranges after 0 (``doc_embeddings.id`` is a SERIAL from 1). Reads through the primary key."""
+    ids = [
+        r["id"]
+        for r in await src.fetch("SELECT id FROM doc_embeddings WHERE id <= 0 ORDER BY id LIMIT 6")
+    ]
+    if not ids:
+        return None
+    shown = ", ".join(str(i) for i in ids[:5]) + (", …" if len(ids) > 5 else "")
+    return (
+        f"doc_embeddings has rows with an id <= 0 (ids {shown}), which the migration cannot "
+        "copy (its ranges start after 0; doc_embeddings.id is a SERIAL from 1): give them "
+        "positive ids (UPDATE doc_embeddings SET id = nextval(pg_get_serial_sequence("
+        "'doc_embeddings', 'id')) WHERE id <= 0) and run again"
+    )
 
 
 async def _source_findings(src: asyncpg.Connection, dim: int) -> Preflight:

@@ -114,16 +114,60 @@ class JobMismatch(BaseModel):
     details: list[str] = Field(default_factory=list)
 
 
+# Distances this close are a tie (float32 rounding may order them either way); as in the
+# benchmarks' recall, which counts ties at the k-th similarity within 1e-5 either way.
+TIE_TOLERANCE = 1e-5
+
+
 class ParityCheck(BaseModel):
+    """One sampled search, legacy vs docstore: the top paths and their distances, best first.
+
+    Rows at the same distance may come in any order (the legacy query breaks ties by legacy
+    id, docstore by its own id), so ``same`` compares ``(distance, doc_path)`` with the paths
+    of tied distances as sets; a tie at the last place may pick another of the tied rows,
+    which the legacy side then lists in ``legacy_ties``."""
+
     source_name: str
     legacy_top: list[str]
     docstore_top: list[str]
     legacy_ms: float
     docstore_ms: float
+    legacy_distances: list[float] = Field(default_factory=list)
+    docstore_distances: list[float] = Field(default_factory=list)
+    legacy_ties: list[str] = Field(
+        default_factory=list,
+        description="legacy paths beyond the top k at the k-th distance that docstore chose",
+    )
 
     @property
     def same(self) -> bool:
-        return self.legacy_top == self.docstore_top
+        legacy, ours = self.legacy_top, self.docstore_top
+        if len(self.legacy_distances) != len(legacy) or len(self.docstore_distances) != len(ours):
+            return legacy == ours  # no distances (a report of an older version)
+        if len(legacy) != len(ours) or any(
+            abs(a - b) > TIE_TOLERANCE
+            for a, b in zip(self.legacy_distances, self.docstore_distances, strict=True)
+        ):
+            return False
+        for start, end in tie_groups(self.legacy_distances):
+            allowed = set(legacy[start:end]) | (
+                set(self.legacy_ties) if end == len(legacy) else set()
+            )
+            if not set(ours[start:end]) <= allowed:
+                return False
+        return True
+
+
+def tie_groups(distances: list[float]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` runs of ascending ``distances`` within :data:`TIE_TOLERANCE` of
+    their run's first."""
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(distances) + 1):
+        if i == len(distances) or distances[i] - distances[start] > TIE_TOLERANCE:
+            groups.append((start, i))
+            start = i
+    return groups
 
 
 class Validation(BaseModel):

@@ -2,12 +2,13 @@
 copied back into a legacy-shaped database, so switching ``DATABASE_URL`` back loses nothing
 written after the cutover.
 
-The legacy tables end up mirroring the target: migrated rows keep their legacy ids, rows
-written after the cutover get new ones, rows deleted after the cutover are deleted. One
-transaction on the legacy database: all or nothing. Afterwards the target records what the
-legacy database gave it (legacy ids of documents and jobs written after the cutover, the
-sources' derived config and the documents' crate versions), so validation passes right after.
-"""
+The legacy tables end up mirroring the target: migrated rows keep their legacy ids (also a
+document that moved to another path, or swapped paths with another), rows written after the
+cutover get new ones, rows deleted after the cutover are deleted — documents, crates, crate
+configs and population jobs alike. One transaction on the legacy database: all or nothing.
+Afterwards the target records what the legacy database gave it (legacy ids of documents and
+jobs written after the cutover, the sources' derived config and the documents' crate
+versions), so validation passes right after."""
 
 from __future__ import annotations
 
@@ -67,15 +68,17 @@ async def rollback(
         if (configs or jobs) and not has_optional:
             await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
             has_optional = True
-        report.crates = await _rollback_crates(leg, sources)
+        report.crates, crate_names = await _rollback_crates(leg, sources)
         (
             report.documents,
             report.deleted_documents,
             assigned,
         ) = await _rollback_documents(doc_type, embedding_dim, leg, tgt)
+        # after the documents: a crates row's delete cascades to the rows pointing at it
+        await _delete_gone_crates(leg, crate_names)
         job_ids: list[tuple[int, int]] = []
         if has_optional:
-            report.crate_configs = await _rollback_configs(leg, configs)
+            report.crate_configs = await _rollback_configs(leg, configs, jobs)
             report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
         for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
             if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
@@ -105,7 +108,8 @@ async def rollback(
         ) from None
 
 
-async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> int:
+async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> tuple[int, list[str]]:
+    """Upsert a ``crates`` row per source that has one; returns (rows written, their names)."""
     rows = []
     for r in sources:
         config = config_dict(r["config"])
@@ -131,7 +135,19 @@ async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> int:
                   total_docs = EXCLUDED.total_docs, total_tokens = EXCLUDED.total_tokens""",
         rows,
     )
-    return len(rows)
+    return len(rows), [r[1] for r in rows]
+
+
+async def _delete_gone_crates(leg: asyncpg.Connection, names: list[str]) -> int:
+    """Delete the ``crates`` rows of sources the target no longer has (deleted after the
+    cutover), once ``doc_embeddings`` mirrors the target: a row still pointed at by a document
+    the target holds stays (its delete would cascade to that document)."""
+    status = await leg.execute(
+        """DELETE FROM crates c WHERE NOT c.name = ANY($1::text[])
+              AND NOT EXISTS (SELECT 1 FROM doc_embeddings d WHERE d.crate_id = c.id)""",
+        names,
+    )
+    return int(status.split()[-1])
 
 
 async def _rollback_documents(
@@ -139,7 +155,14 @@ async def _rollback_documents(
 ) -> tuple[int, int, list[Any]]:
     """Mirror the target's documents into ``doc_embeddings``; returns (copied, deleted,
     the (id, crate_id, crate_name, doc_path) the legacy side gave documents it had no id
-    for)."""
+    for).
+
+    A legacy row stays (and is updated) only where the target has a document at its
+    ``(crate_name, doc_path)`` with its id, or without a legacy id when no other document
+    claims that id. Every other row is deleted first: those whose key the target no longer
+    has (counted as deleted), and those whose key now belongs to another id — a document that
+    moved, swapped paths, or was replaced by a new one at its old path — which the insert then
+    writes again under the right id, so no id or key ever collides."""
     await leg.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {_ROLLBACK_STAGE} ON COMMIT DROP AS"
         f" SELECT {', '.join(legacy.ROLLBACK_COLUMNS)} FROM doc_embeddings WITH NO DATA"
@@ -153,6 +176,28 @@ async def _rollback_documents(
         legacy.ROLLBACK_COLUMNS,
         timeout=LONG_TIMEOUT,
     )
+    # Two target documents claiming one legacy id (a copy gone wrong): the one at the legacy
+    # row's key keeps it (else the first by key), the others get new ids like new documents.
+    await leg.execute(
+        f"""UPDATE {_ROLLBACK_STAGE} s SET id = NULL
+              FROM (SELECT s.ctid AS tid,
+                           row_number() OVER (PARTITION BY s.id
+                                              ORDER BY d.id IS NULL, s.crate_name, s.doc_path) AS n
+                      FROM {_ROLLBACK_STAGE} s
+                      LEFT JOIN doc_embeddings d
+                        ON d.id = s.id AND d.crate_name = s.crate_name AND d.doc_path = s.doc_path
+                     WHERE s.id IN (SELECT id FROM {_ROLLBACK_STAGE}
+                                     GROUP BY id HAVING count(*) > 1)) r
+             WHERE s.ctid = r.tid AND r.n > 1"""
+    )
+    # An embedding the target could not hold (another dimension) stays with its legacy id,
+    # wherever the document now lives.
+    await leg.execute(
+        f"""UPDATE {_ROLLBACK_STAGE} s SET embedding = d.embedding FROM doc_embeddings d
+             WHERE d.id = s.id AND s.embedding IS NULL AND d.embedding IS NOT NULL
+               AND vector_dims(d.embedding) <> $1""",
+        embedding_dim,
+    )
     await _advance_sequence(
         leg, "doc_embeddings", [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")]
     )
@@ -160,6 +205,13 @@ async def _rollback_documents(
         f"""DELETE FROM doc_embeddings d WHERE NOT EXISTS (
                 SELECT 1 FROM {_ROLLBACK_STAGE} s
                  WHERE s.crate_name = d.crate_name AND s.doc_path = d.doc_path)"""
+    )
+    await leg.execute(
+        f"""DELETE FROM doc_embeddings d USING {_ROLLBACK_STAGE} s
+             WHERE s.crate_name = d.crate_name AND s.doc_path = d.doc_path
+               AND (s.id <> d.id
+                    OR s.id IS NULL
+                       AND EXISTS (SELECT 1 FROM {_ROLLBACK_STAGE} o WHERE o.id = d.id))"""
     )
     await leg.execute(
         f"""INSERT INTO doc_embeddings
@@ -191,7 +243,17 @@ async def _rollback_documents(
     return copied, int(deleted.split()[-1]), assigned
 
 
-async def _rollback_configs(leg: asyncpg.Connection, configs: list[dict[str, Any]]) -> int:
+async def _rollback_configs(
+    leg: asyncpg.Connection, configs: list[dict[str, Any]], jobs: list[Any]
+) -> int:
+    """Mirror the sources' crate configs into ``crate_configs``: configs the target no longer
+    has are deleted first (their jobs with them, by the legacy cascade), unless a target job
+    still names one (deleting it would fail that job's insert), then the rest upserted."""
+    await leg.execute(
+        "DELETE FROM crate_configs WHERE NOT id = ANY($1::int[])",
+        [c["id"] for c in configs]
+        + [i for j in jobs if (i := config_dict(j["metadata"]).get("crate_config_id")) is not None],
+    )
     await _advance_sequence(leg, "crate_configs", [c["id"] for c in configs])
     await leg.executemany(
         """INSERT INTO crate_configs
@@ -228,8 +290,13 @@ async def _rollback_configs(leg: asyncpg.Connection, configs: list[dict[str, Any
 async def _rollback_jobs(
     leg: asyncpg.Connection, jobs: list[Any]
 ) -> tuple[int, list[tuple[int, int]]]:
-    """Mirror the target's jobs into ``population_jobs``; returns (jobs written, the
-    (target id, legacy id) of jobs that had no legacy id)."""
+    """Mirror the target's jobs into ``population_jobs`` (jobs the target no longer has are
+    deleted); returns (jobs written, the (target id, legacy id) of jobs that had no legacy
+    id)."""
+    await leg.execute(
+        "DELETE FROM population_jobs WHERE NOT id = ANY($1::int[])",
+        [j["legacy_id"] for j in jobs if j["legacy_id"] is not None],
+    )
     await _advance_sequence(leg, "population_jobs", [j["legacy_id"] for j in jobs])
 
     def values(j: Any) -> tuple[Any, ...]:

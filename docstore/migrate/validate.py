@@ -29,7 +29,7 @@ import asyncpg
 from docstore.errors import MigrationError
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.context import LONG_TIMEOUT, MIGRATED_DOCUMENT, StageContext, now
-from docstore.migrate.report import Mismatch, ParityCheck, Validation
+from docstore.migrate.report import TIE_TOLERANCE, Mismatch, ParityCheck, Validation
 from docstore.migrate.verify import VerifiedRange
 from docstore.store import Store
 
@@ -45,6 +45,7 @@ SELECT width_bucket((metadata->>'legacy_id')::bigint, $2::bigint[]) AS chunk,
  GROUP BY 1
 """
 _LOWEST, _HIGHEST = -(2**63), 2**63 - 1
+PARITY_TOP = 5  # the legacy search_similar_docs default
 
 Checksums = dict[int, tuple[int, str]]
 
@@ -243,7 +244,10 @@ async def drill_down(
     ranges: Sequence[tuple[int, int]],
     cheap: bool,
 ) -> list[Mismatch]:
-    """The documents (and the fields of each) that differ in the key ranges ``[low, high)``."""
+    """The documents (and the fields of each) that differ in the key ranges ``[low, high)``.
+
+    Every target row counts: a legacy id the target holds twice (an old key next to the
+    renamed one) is its matching row plus an ``extra in target``, which repair deletes."""
     mismatches = []
     for low, high in ranges:
         rows_l = {
@@ -256,44 +260,62 @@ async def drill_down(
                 timeout=LONG_TIMEOUT,
             )
         }
-        rows_t = {
-            r["key"]: r
-            for r in await tgt.fetch(
-                f"SELECT * FROM ({legacy.target_digest_sql()}) r"
-                " WHERE key >= $2::bigint AND key < $3::bigint",
-                ctx.doc_type,
-                low,
-                high,
-                timeout=LONG_TIMEOUT,
-            )
-        }
+        rows_t: dict[int, list[asyncpg.Record]] = {}
+        for r in await tgt.fetch(
+            f"SELECT * FROM ({legacy.target_digest_sql()}) r"
+            " WHERE key >= $2::bigint AND key < $3::bigint ORDER BY key, source_name, doc_path",
+            ctx.doc_type,
+            low,
+            high,
+            timeout=LONG_TIMEOUT,
+        ):
+            rows_t.setdefault(r["key"], []).append(r)
         for key in sorted(set(rows_l) | set(rows_t)):
-            a, b = rows_l.get(key), rows_t.get(key)
-            if a is not None and b is not None and a["digest"] == b["digest"]:
-                continue
-            row = a if a is not None else b
-            assert row is not None
-            problem = (
-                "missing in target" if b is None else "extra in target" if a is None else "differs"
-            )
-            mismatches.append(
-                Mismatch(
-                    legacy_id=key,
-                    source_name=row["source_name"],
-                    doc_path=row["doc_path"],
-                    problem=problem,
-                    fields=legacy.digest_differences(a["digest"], b["digest"])
-                    if a is not None and b is not None
-                    else [],
-                )
-            )
+            mismatches += _key_mismatches(key, rows_l.get(key), rows_t.get(key, []))
     return mismatches
+
+
+def _key_mismatches(
+    key: int, want: asyncpg.Record | None, have: Sequence[asyncpg.Record]
+) -> list[Mismatch]:
+    """The mismatches of one legacy id: the legacy row ``want`` (None: gone) against the target
+    rows ``have`` with that legacy id. The target row paired with the legacy row is the equal
+    one, else the one with its key, else the first; every other target row is extra."""
+    if want is None:
+        return [_mismatch(key, row, "extra in target") for row in have]
+    if not have:
+        return [_mismatch(key, want, "missing in target")]
+    key_of = ("source_name", "doc_path")
+    same = [r for r in have if r["digest"] == want["digest"]]
+    named = [r for r in have if all(r[k] == want[k] for k in key_of)]
+    pair = (same or named or list(have))[0]
+    out = []
+    if pair["digest"] != want["digest"]:
+        out.append(
+            _mismatch(
+                key, want, "differs", legacy.digest_differences(want["digest"], pair["digest"])
+            )
+        )
+    return out + [_mismatch(key, row, "extra in target") for row in have if row is not pair]
+
+
+def _mismatch(
+    key: int, row: asyncpg.Record, problem: str, fields: list[str] | None = None
+) -> Mismatch:
+    return Mismatch(
+        legacy_id=key,
+        source_name=row["source_name"],
+        doc_path=row["doc_path"],
+        problem=problem,
+        fields=fields or [],
+    )
 
 
 async def parity(
     ctx: StageContext, src: asyncpg.Connection, store: Store, queries: int, cheap: bool
 ) -> list[ParityCheck]:
-    """Exact top-5 per sampled crate: the legacy search_similar_docs query vs docstore."""
+    """Exact top-5 per sampled crate: the legacy search_similar_docs query vs docstore, with
+    their distances (ties may come in either order: :class:`ParityCheck`)."""
     if queries < 1:
         return []
     dim = ctx.embedding_dim
@@ -312,23 +334,57 @@ async def parity(
         # the legacy search_similar_docs query, over the rows that have an embedding
         # (legacy sorted NULL-embedding rows last; docstore never returns them)
         legacy_rows = await src.fetch(
-            """SELECT d.doc_path FROM doc_embeddings d
-                WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
-                ORDER BY d.embedding <=> $1::vector, d.id LIMIT 5""",
+            """SELECT d.doc_path, d.embedding <=> $1::vector AS distance
+                  FROM doc_embeddings d
+                 WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
+                 ORDER BY d.embedding <=> $1::vector, d.id LIMIT $4""",
             q,
             crate,
             dim,
+            PARITY_TOP,
         )
         t1 = now()
-        hits = await store.search(q, doc_type=ctx.doc_type, source_name=crate, limit=5, exact=True)
-        t2 = now()
-        checks.append(
-            ParityCheck(
-                source_name=crate,
-                legacy_top=[r["doc_path"] for r in legacy_rows],
-                docstore_top=[h.doc_path for h in hits],
-                legacy_ms=(t1 - t0) * 1000,
-                docstore_ms=(t2 - t1) * 1000,
-            )
+        hits = await store.search(
+            q,
+            doc_type=ctx.doc_type,
+            source_name=crate,
+            limit=PARITY_TOP,
+            exact=True,
+            metric="cosine",  # the legacy <=>
         )
+        t2 = now()
+        check = ParityCheck(
+            source_name=crate,
+            legacy_top=[r["doc_path"] for r in legacy_rows],
+            docstore_top=[h.doc_path for h in hits],
+            legacy_ms=(t1 - t0) * 1000,
+            docstore_ms=(t2 - t1) * 1000,
+            legacy_distances=[r["distance"] for r in legacy_rows],
+            docstore_distances=[h.distance for h in hits if h.distance is not None],
+        )
+        if not check.same and len(legacy_rows) == PARITY_TOP:
+            check.legacy_ties = await _tied_beyond(src, q, crate, dim, check)
+        checks.append(check)
     return checks
+
+
+async def _tied_beyond(
+    src: asyncpg.Connection, q: object, crate: str, dim: int, check: ParityCheck
+) -> list[str]:
+    """Which of docstore's paths the legacy query left out at a tie at its last place: legacy
+    rows of those paths within the tie tolerance of the last distance."""
+    last = check.legacy_distances[-1]
+    wanted = [p for p in check.docstore_top if p not in check.legacy_top]
+    rows = await src.fetch(
+        """SELECT d.doc_path FROM doc_embeddings d
+            WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
+              AND d.doc_path = ANY($4::text[])
+              AND abs((d.embedding <=> $1::vector) - $5::float8) <= $6::float8""",
+        q,
+        crate,
+        dim,
+        wanted,
+        last,
+        TIE_TOLERANCE,
+    )
+    return sorted(r["doc_path"] for r in rows)

@@ -1,0 +1,382 @@
+"""Regression tests of confirmed migration defects (review of 2026-12-02): resumed runs and
+renamed chunks, a second legacy database in one doc_type, ids the ranges can't hold, errors
+the COPY pipe hid, search-parity ties, stale crate versions after two kills."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.errors import MigrationError
+from docstore.migrate import Migrator
+from docstore.migrate.pipe import pipe
+from docstore.migrate.report import ParityCheck
+from tests.conftest import PgCluster
+from tests.legacy_db import build_legacy
+
+DOCS = 120
+CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
+
+
+@pytest.fixture
+def legacy_url(pg: PgCluster) -> Iterator[str]:
+    name = pg.create_database(prefix="legacy")
+    url = pg.url(name)
+    asyncio.run(build_legacy(url, crates=6, docs=DOCS))
+    yield url
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def other_legacy_url(pg: PgCluster) -> Iterator[str]:
+    """A second legacy database: 40 documents of other crates (ids 1-40, as in the first)."""
+    name = pg.create_database(prefix="legacy")
+    url = pg.url(name)
+    asyncio.run(build_legacy(url, crates=6, docs=40))
+    asyncio.run(
+        legacy_execute(
+            url,
+            "UPDATE crates SET name = 'b-' || name;"
+            " UPDATE crate_configs SET name = 'b-' || name;"
+            " UPDATE doc_embeddings SET crate_name = 'b-' || crate_name,"
+            " doc_path = 'b/' || doc_path",
+        )
+    )
+    yield url
+    pg.drop_database(name)
+
+
+async def legacy_execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_first_chunk(stage: str, done: int, total: int, nbytes: int) -> None:
+    if stage == "documents":
+        raise Killed
+
+
+async def target_fetch(url: str, sql: str, *args: Any) -> list[Any]:
+    async with docstore.connect(url) as store:
+        return list(await store.fetch(sql, *args))
+
+
+# -- 1: a committed chunk renamed before the resume; validation of doubled legacy ids ------
+
+
+async def test_a_resumed_run_recopies_a_renamed_committed_chunk_without_keeping_old_keys(
+    legacy_url: str, database_url: str
+) -> None:
+    m = Migrator(
+        legacy_url, database_url, chunk_rows=CHUNK, copy_streams=1, progress=kill_after_first_chunk
+    )
+    with pytest.raises(Killed):
+        await m.run()  # chunk (0, 25] committed with its checkpoint
+    await m.close()
+    # every key of that chunk changes (a path re-layout), the legacy ids stay
+    await legacy_execute(
+        legacy_url, "UPDATE doc_embeddings SET doc_path = doc_path || '.v2' WHERE id <= 25"
+    )
+    async with Migrator(
+        legacy_url, database_url, chunk_rows=CHUNK, copy_streams=1, validate=False
+    ) as m:
+        report = await m.run()  # the copy alone, no repair after validation
+        validation = await m.validate()
+    assert report.skipped_chunks == 0 and validation.ok, validation.problems()
+    rows = await target_fetch(
+        database_url,
+        "SELECT count(*) AS n, count(DISTINCT metadata->>'legacy_id') AS ids FROM documents",
+    )
+    assert (rows[0]["n"], rows[0]["ids"]) == (DOCS, DOCS)
+
+
+async def test_a_legacy_id_held_twice_in_the_target_is_named_and_repaired(
+    legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    # an old key left next to the renamed one: a second row with legacy id 7
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "INSERT INTO documents (doc_type, source_name, doc_path, content, metadata,"
+            " embedding, token_count, created_at)"
+            " SELECT doc_type, source_name, 'old/path.html', content, metadata, embedding,"
+            " token_count, created_at FROM documents WHERE metadata->>'legacy_id' = '7'"
+        )
+        (original,) = await store.fetch(
+            "SELECT source_name, doc_path FROM documents"
+            " WHERE metadata->>'legacy_id' = '7' AND doc_path <> 'old/path.html'"
+        )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        found = await m.validate()
+        assert [(x.legacy_id, x.doc_path, x.problem) for x in found.mismatches] == [
+            (7, "old/path.html", "extra in target")
+        ]
+        report = await m.run()
+    assert report.ok and report.repaired_documents >= 1
+    rows = await target_fetch(
+        database_url,
+        "SELECT source_name, doc_path FROM documents WHERE metadata->>'legacy_id' = '7'",
+    )
+    assert [tuple(r) for r in rows] == [tuple(original)]
+
+
+# -- 2: a second legacy database into the same doc_type ------------------------------------
+
+
+async def test_a_second_legacy_database_into_the_same_doc_type_is_refused(
+    legacy_url: str, other_legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    first_database = urlsplit(legacy_url).path.lstrip("/")
+    async with Migrator(other_legacy_url, database_url, chunk_rows=CHUNK) as m:
+        pre = await m.preflight()
+        (problem,) = pre.blocking
+        assert "'rust'" in problem and f"{DOCS} documents" in problem
+        assert first_database in problem and "--doc-type" in problem
+        with pytest.raises(MigrationError, match="another legacy database"):
+            await m.run()
+    rows = await target_fetch(database_url, "SELECT count(*) FROM documents")
+    assert rows[0][0] == DOCS  # the first database's documents are all there
+    async with Migrator(other_legacy_url, database_url, doc_type="rust-b", chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok  # another doc_type takes it
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        again = await m.run()  # the first database's re-run is unaffected
+    assert again.ok and again.skipped_chunks == 5
+
+
+async def test_a_doc_type_emptied_of_another_databases_documents_takes_a_new_one(
+    legacy_url: str, other_legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute("DELETE FROM documents WHERE doc_type = 'rust'")
+    m = Migrator(
+        other_legacy_url,
+        database_url,
+        chunk_rows=CHUNK,
+        copy_streams=1,
+        progress=kill_after_first_chunk,
+    )
+    with pytest.raises(Killed):
+        await m.run()  # the first database's checkpoints are forgotten as it starts
+    await m.close()
+    async with Migrator(other_legacy_url, database_url, chunk_rows=CHUNK) as m:
+        resumed = await m.run()  # its own documents only: a resume, not refused
+    assert resumed.ok and resumed.skipped_chunks == 1
+
+
+async def test_a_migration_from_the_database_a_rollback_wrote_is_not_refused(
+    legacy_url: str, database_url: str, empty_database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with Migrator(empty_database_url, database_url) as back:
+        await back.rollback()  # the doc_type now pairs with this database
+    async with Migrator(empty_database_url, database_url, chunk_rows=CHUNK) as m:
+        assert not (await m.preflight()).blocking
+        assert (await m.run()).ok
+
+
+# -- 5: repairing a range at the top of int4 -----------------------------------------------
+
+
+async def test_a_repair_at_the_largest_legacy_id_stays_within_int4(
+    legacy_url: str, database_url: str
+) -> None:
+    await legacy_execute(
+        legacy_url,
+        "INSERT INTO doc_embeddings (id, crate_id, crate_name, doc_path, content)"
+        " VALUES (2147483647, 4, 'crate3', 'crate3/huge.html', 'the largest int4 id')",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "UPDATE documents SET content = 'edited in the target'"
+            " WHERE doc_path = 'crate3/huge.html'"
+        )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        report = await m.run()  # validation finds the edit; repair copies its range again
+    assert report.ok and report.repaired_documents >= 1
+    rows = await target_fetch(
+        database_url, "SELECT content FROM documents WHERE doc_path = 'crate3/huge.html'"
+    )
+    assert rows[0][0] == "the largest int4 id"
+
+
+# -- 6: legacy ids <= 0 --------------------------------------------------------------------
+
+
+async def test_legacy_ids_of_zero_or_less_block_the_run_by_name(
+    legacy_url: str, database_url: str
+) -> None:
+    await legacy_execute(
+        legacy_url,
+        "INSERT INTO doc_embeddings (id, crate_name, doc_path, content)"
+        " VALUES (0, 'crate1', 'crate1/zero.html', 'id zero'),"
+        " (-3, 'crate1', 'crate1/minus.html', 'id -3')",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        pre = await m.preflight()
+        assert any("id <= 0 (ids -3, 0)" in b for b in pre.blocking), pre.blocking
+        with pytest.raises(MigrationError, match=r"id <= 0 \(ids -3, 0\)"):
+            await m.run()
+    assert (await target_fetch(database_url, "SELECT count(*) FROM documents"))[0][0] == 0
+
+
+# -- 7: the COPY pipe names the source's error ---------------------------------------------
+
+
+async def test_the_pipe_raises_the_source_error_not_the_copy_format_error(
+    database_url: str,
+) -> None:
+    src = await asyncpg.connect(database_url)
+    tgt = await asyncpg.connect(database_url)
+    try:
+        await tgt.execute("CREATE TEMP TABLE t (x int)")
+        with pytest.raises(asyncpg.DivisionByZeroError) as raised:
+            async with tgt.transaction():
+                await pipe(src, "SELECT 1/0", (), tgt, "t", ["x"])
+        assert isinstance(raised.value.__cause__, asyncpg.PostgresError)  # the target's
+        with pytest.raises(asyncpg.DataError, match="int32"):  # an argument out of range
+            async with tgt.transaction():
+                too_big = (2**31 + 1,)
+                await pipe(src, "SELECT generate_series(1, $1)", too_big, tgt, "t", ["x"])
+        async with tgt.transaction():  # both connections still work
+            assert await pipe(src, "SELECT 1", (), tgt, "t", ["x"]) == 1
+    finally:
+        await src.close()
+        await tgt.close()
+
+
+# -- 8: search parity with tied distances ---------------------------------------------------
+
+
+async def test_search_parity_accepts_tied_distances_in_either_order(
+    legacy_url: str, database_url: str
+) -> None:
+    # two pages of crate0 embed identically (ids 1 and 6): a tie at distance 0
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET embedding = (SELECT embedding FROM doc_embeddings"
+        " WHERE id = 1) WHERE id = 6",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    # a rename re-inserts page 1 in the target: docstore's id order of the tie flips
+    await legacy_execute(
+        legacy_url, "UPDATE doc_embeddings SET doc_path = 'crate0/moved.html' WHERE id = 1"
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        report = await m.run()
+        validation = await m.validate()
+    assert report.ok and validation.ok, validation.problems()
+    (crate0,) = [p for p in validation.parity if p.source_name == "crate0"]
+    assert crate0.legacy_distances[:2] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert crate0.legacy_top[:2] != crate0.docstore_top[:2]  # the tie really came out swapped
+
+
+async def test_search_parity_accepts_another_of_the_documents_tied_at_the_last_place(
+    legacy_url: str, database_url: str
+) -> None:
+    # every page of crate0 embeds identically: its top 5 is 5 of ~20 documents at distance 0
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET embedding = (SELECT embedding FROM doc_embeddings"
+        " WHERE id = 1) WHERE crate_name = 'crate0' AND embedding IS NOT NULL",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    # page 1 is re-inserted in the target: docstore's 5 now end with a 6th legacy page
+    await legacy_execute(
+        legacy_url, "UPDATE doc_embeddings SET doc_path = 'crate0/moved.html' WHERE id = 1"
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+        validation = await m.validate()
+    assert validation.ok, validation.problems()
+    (crate0,) = [p for p in validation.parity if p.source_name == "crate0"]
+    assert len(crate0.legacy_ties) == 1 and crate0.legacy_ties[0] not in crate0.legacy_top
+
+
+def test_parity_check_treats_ties_as_sets_and_anything_else_as_a_difference() -> None:
+    def check(legacy: str, ours: str, ld: list[float], od: list[float], **kw: Any) -> bool:
+        return ParityCheck(
+            source_name="s",
+            legacy_top=list(legacy),
+            docstore_top=list(ours),
+            legacy_ms=1,
+            docstore_ms=1,
+            legacy_distances=ld,
+            docstore_distances=od,
+            **kw,
+        ).same
+
+    d = [0.1, 0.2, 0.2, 0.3, 0.4]
+    assert check("abcde", "abcde", d, d)
+    assert check("abcde", "acbde", d, [0.1, 0.2, 0.2 + 1e-7, 0.3, 0.4])  # a tie: either order
+    assert not check("abcde", "bacde", d, d)  # not a tie
+    assert not check("abcde", "abcdf", d, d)  # another document
+    assert not check("abcde", "abcde", d, [0.1, 0.2, 0.2, 0.3, 0.41])  # another distance
+    assert not check("abcd", "abcde", d[:4], d)
+    tied_last = [0.1, 0.2, 0.3, 0.4, 0.4]  # the 5th place is a tie with a 6th legacy row
+    assert not check("abcde", "abcdf", tied_last, tied_last)
+    assert check("abcde", "abcdf", tied_last, tied_last, legacy_ties=["f"])
+    assert not check("abcde", "abcfe", d, d, legacy_ties=["f"])  # ties only at the last place
+    # no distances (a report written before they were recorded): the paths in order
+    assert ParityCheck(
+        source_name="s", legacy_top=["a"], docstore_top=["a"], legacy_ms=1, docstore_ms=1
+    ).same
+
+
+# -- 9: two kills in a row and a crate version changed between them ------------------------
+
+
+async def test_a_crate_version_changed_between_two_killed_runs_reaches_every_document(
+    legacy_url: str, database_url: str
+) -> None:
+    def killed() -> Migrator:
+        return Migrator(
+            legacy_url,
+            database_url,
+            chunk_rows=CHUNK,
+            copy_streams=1,
+            validate=False,
+            progress=kill_after_first_chunk,
+        )
+
+    m = killed()
+    with pytest.raises(Killed):
+        await m.run()  # chunk (0, 25] committed with crate0's version 0.0.0
+    await m.close()
+    await legacy_execute(legacy_url, "UPDATE crates SET version = '9.9.9' WHERE name = 'crate0'")
+    m = killed()
+    with pytest.raises(Killed):
+        await m.run()  # its source sync wrote 9.9.9 into crate0's config, then it died
+    await m.close()
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        report = await m.run()
+        validation = await m.validate()
+    assert report.refreshed_documents == 5  # crate0's documents of the skipped chunk
+    assert validation.ok, validation.problems()
+    rows = await target_fetch(
+        database_url,
+        "SELECT DISTINCT metadata->>'crate_version' FROM documents WHERE source_name = 'crate0'",
+    )
+    assert [r[0] for r in rows] == ["9.9.9"]
