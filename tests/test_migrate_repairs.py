@@ -159,6 +159,28 @@ async def test_a_second_legacy_database_into_the_same_doc_type_is_refused(
     assert again.ok and again.skipped_chunks == 5
 
 
+async def test_the_same_legacy_database_under_another_name_is_not_refused(
+    legacy_url: str, database_url: str, pg: PgCluster
+) -> None:
+    """Another run id is not another database when that run's stamps still hold here (the
+    same rows and row versions: the database reached through another address, or a physical
+    copy of it): the run goes on, through staging, and doubles nothing."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    original = urlsplit(legacy_url).path.lstrip("/")
+    copy = f"{original}_copy"
+    await pg.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{original}" STRATEGY FILE_COPY')
+    try:
+        async with Migrator(pg.url(copy), database_url, chunk_rows=CHUNK) as m:
+            assert not (await m.preflight()).blocking
+            again = await m.run()
+        assert again.ok and again.copied_documents == DOCS
+        rows = await target_fetch(database_url, "SELECT count(*) FROM documents")
+        assert rows[0][0] == DOCS
+    finally:
+        await pg.execute(f'DROP DATABASE "{copy}" WITH (FORCE)')
+
+
 async def test_a_doc_type_emptied_of_another_databases_documents_takes_a_new_one(
     legacy_url: str, other_legacy_url: str, database_url: str
 ) -> None:

@@ -97,6 +97,28 @@ async def others(
     return [(r["legacy"], int(r["rows"])) for r in rows]
 
 
+async def samples_of_others(
+    conn: asyncpg.Connection | Store, doc_type: str, run_id: str, per_run: int = 3
+) -> dict[str, list[Checkpoint]]:
+    """Up to ``per_run`` checkpoints of each other run into ``doc_type`` (by its legacy
+    database), for telling whether that run read the same legacy database (its stamps hold)."""
+    rows = await conn.fetch(
+        "SELECT legacy, first_key, last_key, rows, checksum FROM ("
+        " SELECT substr(run_id, length($1) + 2) AS legacy, first_key, last_key, rows, checksum,"
+        "        row_number() OVER (PARTITION BY run_id ORDER BY first_key) AS n"
+        f" FROM docstore_migration_checkpoints {_OTHER_RUNS}) c WHERE n <= $3",
+        doc_type,
+        run_id,
+        per_run,
+    )
+    out: dict[str, list[Checkpoint]] = {}
+    for r in rows:
+        out.setdefault(r["legacy"], []).append(
+            Checkpoint(r["first_key"], r["last_key"], r["rows"], r["checksum"])
+        )
+    return out
+
+
 async def forget_others(tgt: asyncpg.Connection, doc_type: str, run_id: str) -> None:
     """Drop the checkpoints of the other runs into ``doc_type``: when a run starts on a
     doc_type that holds no migrated documents (theirs are gone), and after a rollback has

@@ -226,7 +226,7 @@ class Migrator:
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
             async with store.acquire() as tgt, self._lock(tgt):
-                await _claim_doc_type(tgt, ctx, restart=self.restart)
+                await _claim_doc_type(tgt, ctx, src, restart=self.restart)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
                     snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
@@ -390,12 +390,14 @@ async def _rollback(
         ) from None
 
 
-async def _claim_doc_type(tgt: asyncpg.Connection, ctx: StageContext, *, restart: bool) -> None:
+async def _claim_doc_type(
+    tgt: asyncpg.Connection, ctx: StageContext, src: asyncpg.Connection, *, restart: bool
+) -> None:
     """Under the migration lock, before the copy: preflight's check that the doc_type holds no
     other legacy database's documents, again (another migrator may have run since), then the
     other runs' checkpoints forgotten (their documents are gone) and, with ``restart``, this
     run's too."""
-    if problem := await preflight_stage.other_legacy_database(tgt, ctx.doc_type, ctx.run_id):
+    if problem := await preflight_stage.other_legacy_database(tgt, ctx.doc_type, ctx.run_id, src):
         raise MigrationError("cannot migrate: " + problem)
     await checkpoints.forget_others(tgt, ctx.doc_type, ctx.run_id)
     if restart:

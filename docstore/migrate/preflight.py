@@ -41,7 +41,7 @@ async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Pre
             setattr(pre, name, value)
         if problem := await nonpositive_ids(src):
             pre.blocking.append(problem)
-    if problem := await other_legacy_database(store, doc_type, run):
+    if problem := await other_legacy_database(store, doc_type, run, src):
         pre.blocking.append(problem)
     if store.read_only:
         pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
@@ -60,7 +60,7 @@ async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, o
 
 
 async def other_legacy_database(
-    tgt: asyncpg.Connection | Store, doc_type: str, run: str
+    tgt: asyncpg.Connection | Store, doc_type: str, run: str, src: asyncpg.Connection
 ) -> str | None:
     """Why ``doc_type`` can't take this run's legacy database (run id ``run``), or None.
 
@@ -70,9 +70,17 @@ async def other_legacy_database(
     the checkpoints of another run into the doc_type (another legacy database, or the same
     one reached through another address: run ids name both) while it holds migrated
     documents; a run that starts on none forgets those checkpoints
-    (:func:`~docstore.migrate.checkpoints.forget_others`). Reads only the checkpoints unless
-    there are such; then counts the doc_type's migrated documents."""
+    (:func:`~docstore.migrate.checkpoints.forget_others`). A run whose checkpoint stamps still
+    hold on ``src`` (the ``(id, xmin)`` of its ranges: only the same database, or a physical
+    copy of it, has them) read this legacy database through another address: not another
+    one. Reads only the checkpoints unless there are such; then a few legacy stamps and the
+    doc_type's migrated documents."""
     others = await checkpoints.others(tgt, doc_type, run)
+    if not others:
+        return None
+    samples = await checkpoints.samples_of_others(tgt, doc_type, run)
+    same = [name for name, taken in samples.items() if await _stamps_hold(src, taken)]
+    others = [(name, rows) for name, rows in others if name not in same]
     if not others:
         return None
     migrated = await tgt.fetchval(_MIGRATED_ROWS, doc_type, legacy.MIGRATED_FROM)
@@ -84,8 +92,17 @@ async def other_legacy_database(
         f"legacy database ({where}); this run's is {run[len(doc_type) + 1 :]}. Migrating a "
         "second legacy database into the same doc_type would delete them: use another "
         "--doc-type, or roll back / delete that doc_type's documents first (if it is the same "
-        "database reached through another address, connect to it as that run did)"
+        "database reached through another address whose rows all changed since, connect to "
+        "it as that run did)"
     )
+
+
+async def _stamps_hold(src: asyncpg.Connection, taken: list[checkpoints.Checkpoint]) -> bool:
+    """Whether any of these checkpoints' stamps is still what ``src`` has for its range."""
+    for c in taken:
+        if c.stamp and c.stamp == await src.fetchval(legacy.CHUNK_VERSION, c.first_key, c.last_key):
+            return True
+    return False
 
 
 async def nonpositive_ids(src: asyncpg.Connection) -> str | None:
