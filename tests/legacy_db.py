@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,3 +99,33 @@ async def build_legacy(
     finally:
         await conn.close()
     return rows
+
+
+def legacy_database(pg: Any, *, crates: int = 6, docs: int = 120) -> Iterator[str]:
+    """The URL of a new legacy database on ``pg`` (a ``PgCluster``) filled by
+    :func:`build_legacy`, dropped afterwards: a fixture's body (``yield from``)."""
+    name = pg.create_database(prefix="legacy")
+    url = pg.url(name)
+    asyncio.run(build_legacy(url, crates=crates, docs=docs))
+    yield url
+    pg.drop_database(name)
+
+
+async def legacy_execute(url: str, sql: str, *args: object) -> None:
+    """Run ``sql`` on the legacy database at ``url`` (vector codecs registered)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await register_codecs(conn, "public")
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def legacy_fetch(url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the legacy database at ``url``, as tuples."""
+    conn = await asyncpg.connect(url)
+    try:
+        await register_codecs(conn, "public")
+        return [tuple(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 import docstore
-from docstore.codecs import register_codecs
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
+from tests.legacy_db import legacy_database, legacy_execute
 
 DOCS = 120
 CRATES = 6
@@ -23,20 +22,7 @@ CRATES = 6
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
-    yield url
-    pg.drop_database(name)
-
-
-async def legacy_execute(url: str, sql: str, *args: object) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await register_codecs(conn, "public")
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
+    yield from legacy_database(pg, crates=CRATES, docs=DOCS)
 
 
 async def test_migration_accounts_for_every_legacy_row(legacy_url: str, database_url: str) -> None:

@@ -18,7 +18,7 @@ from docstore.migrate import Migrator
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import ParityCheck
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
+from tests.legacy_db import build_legacy, legacy_database, legacy_execute
 
 DOCS = 120
 CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
@@ -26,11 +26,7 @@ CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=6, docs=DOCS))
-    yield url
-    pg.drop_database(name)
+    yield from legacy_database(pg, crates=6, docs=DOCS)
 
 
 @pytest.fixture
@@ -50,14 +46,6 @@ def other_legacy_url(pg: PgCluster) -> Iterator[str]:
     )
     yield url
     pg.drop_database(name)
-
-
-async def legacy_execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 class Killed(Exception):

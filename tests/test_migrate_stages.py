@@ -22,7 +22,7 @@ from docstore.migrate.context import StageContext, run_id
 from docstore.migrate.report import MigrationReport
 from docstore.migrate.verify import StreamVerifier
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
+from tests.legacy_db import legacy_database, legacy_execute
 
 DOCS = 120
 CRATES = 6
@@ -31,19 +31,7 @@ CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
-    yield url
-    pg.drop_database(name)
-
-
-async def legacy_execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    yield from legacy_database(pg, crates=CRATES, docs=DOCS)
 
 
 class Stages:

@@ -17,19 +17,15 @@ import docstore
 from docstore.errors import ReadOnlyError
 from docstore.migrate import Migrator
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
-from tests.test_migrate import CRATES, DOCS, legacy_execute, legacy_snapshot
+from tests.legacy_db import legacy_database, legacy_execute
+from tests.test_migrate import CRATES, DOCS, legacy_snapshot
 
 CRATE0_DOCS = len([j for j in range(DOCS - 2) if j % (CRATES - 1) == 0])
 
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
-    yield url
-    pg.drop_database(name)
+    yield from legacy_database(pg, crates=CRATES, docs=DOCS)
 
 
 def run_elsewhere(url: str, sql: str) -> None:

@@ -4,36 +4,21 @@ and legacy ids up to the top of ``integer`` survive the round trip."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from typing import Any
 
-import asyncpg
 import numpy as np
 import pytest
 
 import docstore
 from docstore.migrate import Migrator
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
-from tests.test_migrate import CRATES, DOCS, legacy_execute
+from tests.legacy_db import legacy_database, legacy_execute, legacy_fetch
+from tests.test_migrate import CRATES, DOCS
 
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=CRATES, docs=DOCS))
-    yield url
-    pg.drop_database(name)
-
-
-async def legacy_fetch(url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [tuple(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
+    yield from legacy_database(pg, crates=CRATES, docs=DOCS)
 
 
 async def migrated(legacy_url: str, database_url: str) -> None:

@@ -26,7 +26,7 @@ import docstore
 from docstore.migrate import Migrator
 from docstore.migrate.migrator import MIGRATION_LOCK_KEY
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy
+from tests.legacy_db import legacy_database
 from tests.reliability.conftest import Figures
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,11 +58,7 @@ asyncio.run(main())
 
 @pytest.fixture
 def legacy_url(pg: PgCluster) -> Iterator[str]:
-    name = pg.create_database(prefix="legacy")
-    url = pg.url(name)
-    asyncio.run(build_legacy(url, crates=6, docs=DOCS))
-    yield url
-    pg.drop_database(name)
+    yield from legacy_database(pg, crates=6, docs=DOCS)
 
 
 async def wait_until_unlocked(url: str, timeout: float = 30.0) -> None:
