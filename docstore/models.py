@@ -171,16 +171,19 @@ class _Model(BaseModel):
                 f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
             )
 
+    def _invalid(self, message: str, field: str | None) -> ValidationError:
+        """docstore's error for this record: ``invalid Document (its/key): message``."""
+        key = _key_of({f: getattr(self, f, None) for f in self._key_fields}, self._key_fields)
+        where = f" ({'/'.join(key)})" if key else ""
+        return ValidationError(
+            f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
+        )
+
     def __setattr__(self, name: str, value: Any) -> None:
         try:
             super().__setattr__(name, value)
         except pydantic.ValidationError as exc:
-            message, field = _describe(exc)
-            key = _key_of({f: getattr(self, f, None) for f in self._key_fields}, self._key_fields)
-            where = f" ({'/'.join(key)})" if key else ""
-            raise ValidationError(
-                f"invalid {type(self).__name__}{where}: {message}", field=field, key=key
-            ) from None
+            raise self._invalid(*_describe(exc)) from None
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with ``update`` applied, each value validated as an assignment is
@@ -198,11 +201,7 @@ class _Model(BaseModel):
             try:
                 _metadata(getattr(self, name))
             except (ValueError, RecursionError) as exc:
-                key = _key_of({f: getattr(self, f) for f in self._key_fields}, self._key_fields)
-                where = f" ({'/'.join(key)})" if key else ""
-                raise ValidationError(
-                    f"invalid {type(self).__name__}{where}: {name}: {exc}", field=name, key=key
-                ) from None
+                raise self._invalid(f"{name}: {exc}", name) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
@@ -254,12 +253,7 @@ class Document(_Model):
         try:
             self._metadata_json = metadata_json(self.metadata)
         except ValueError as exc:
-            key = tuple(_safe(part[:80]) for part in self.key)
-            raise ValidationError(
-                f"invalid {type(self).__name__} ({'/'.join(key)}): metadata {exc}",
-                field="metadata",
-                key=key,
-            ) from None
+            raise self._invalid(f"metadata {exc}", "metadata") from None
 
     def take_metadata_json(self) -> str | dict[str, Any]:
         """What to send for :attr:`metadata`: the text :meth:`seal` kept (once), else the
@@ -318,12 +312,7 @@ class Document(_Model):
         try:
             return _to_embedding(value)
         except ValueError as exc:
-            key = tuple(_safe(part[:80]) for part in self.key)
-            raise ValidationError(
-                f"invalid {type(self).__name__} ({'/'.join(key)}): embedding: {exc}",
-                field="embedding",
-                key=key,
-            ) from None
+            raise self._invalid(f"embedding: {exc}", "embedding") from None
 
 
 class Source(_Model):
