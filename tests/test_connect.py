@@ -223,6 +223,26 @@ async def test_pool_exhaustion_is_a_clear_timeout(database_url: str) -> None:
                 pass  # pragma: no cover
 
 
+@pytest.mark.parametrize("surface", ["replica", "primary"])
+async def test_session_settings_never_outlive_the_callers_query(
+    database_url: str, surface: str
+) -> None:
+    """A caller's SQL that changes a session setting (``set_config(..., false)``) must not
+    change what the next borrower of the pooled connection sees: docstore skips the pool's
+    reset only after its own statements, never after a caller's. One connection, so the
+    second query runs on the connection the first one changed."""
+    async with docstore.connect(database_url, pool_max_size=1, pool_min_size=1) as store:
+        before = await store.fetchval("show work_mem")
+        reads = store.replica if surface == "replica" else store
+        assert await reads.fetchval("select set_config('work_mem', '77MB', false)") == "77MB"
+        await reads.fetchrow("select set_config('search_path', 'pg_catalog', false)")
+        await reads.fetch("select set_config('statement_timeout', '1234', false)")
+        assert await store.fetchval("show work_mem") == before
+        assert await store.replica.fetchval("show statement_timeout") != "1234ms"
+        assert "public" in await store.fetchval("show search_path")
+        assert await store.documents.count() >= 0  # unqualified names resolve again
+
+
 async def test_missing_database_fails_at_once(
     pg: PgCluster, caplog: pytest.LogCaptureFixture
 ) -> None:

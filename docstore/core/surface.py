@@ -71,6 +71,10 @@ class Queries(Protocol):
 class ReadQueries:
     """``store.replica``: the read-only part of the query surface, routed to the replica."""
 
+    # A caller's SQL may change session state (set_config(…, false), a temporary table, an
+    # advisory lock): unlike docstore's own reads these are never run ``stateless``, so the
+    # pool's reset query clears what they left before the next borrower gets the connection.
+
     def __init__(self, db: Queries) -> None:
         #: the store these queries run on
         self.store = db
@@ -83,14 +87,14 @@ class ReadQueries:
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Rows of a read-only query, from the replica."""
         return await self.store.run(
-            lambda conn: conn.fetch(query, *args, timeout=timeout), stateless=True, read=True
+            lambda conn: conn.fetch(query, *args, timeout=timeout), read=True
         )
 
     @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """The first row of a read-only query, from the replica, or None."""
         return await self.store.run(
-            lambda conn: conn.fetchrow(query, *args, timeout=timeout), stateless=True, read=True
+            lambda conn: conn.fetchrow(query, *args, timeout=timeout), read=True
         )
 
     @timed("fetchval")
@@ -100,6 +104,5 @@ class ReadQueries:
         """One value of the first row of a read-only query, from the replica."""
         return await self.store.run(
             lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
-            stateless=True,
             read=True,
         )

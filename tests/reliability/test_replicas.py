@@ -82,6 +82,21 @@ async def test_writes_go_to_the_primary_and_reads_to_the_replica(
         assert health.read_replica.in_recovery is True and health.in_recovery is False
 
 
+async def test_a_callers_session_setting_on_the_replica_is_reset(
+    read_url_env: ReplicaPair,
+) -> None:
+    """The replica's pooled connection goes back through the pool's reset (RESET ALL …, which
+    a hot standby accepts) after a caller's query, so a setting it changed never reaches the
+    next read on that connection."""
+    async with docstore.connect(pool_max_size=1, pool_min_size=1) as store:
+        assert await store.replica.fetchval(IN_RECOVERY) is True
+        before = await store.replica.fetchval("show work_mem")
+        assert await store.replica.fetchval("select set_config('work_mem', '77MB', false)")
+        assert await store.replica.fetchval(IN_RECOVERY) is True
+        assert await store.replica.fetchval("show work_mem") == before
+        assert {p.role: p for p in store.pool_stats()}["replica"].acquire.count >= 4
+
+
 async def test_reads_fall_back_to_the_primary_while_the_replica_is_down(
     read_url_env: ReplicaPair, caplog: pytest.LogCaptureFixture
 ) -> None:
