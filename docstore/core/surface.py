@@ -71,13 +71,13 @@ class Queries(Protocol):
 class ReadQueries:
     """``store.replica``: the read-only part of the query surface, routed to the replica."""
 
-    # A caller's SQL may change session state (set_config(…, false), a temporary table, an
-    # advisory lock): unlike docstore's own reads these are never run ``stateless``, so the
-    # pool's reset query clears what they left before the next borrower gets the connection.
-
-    def __init__(self, db: Queries) -> None:
+    def __init__(self, db: Queries, *, own: bool = False) -> None:
         #: the store these queries run on
         self.store = db
+        # A caller's SQL may change session state (set_config(…, false), a temporary table,
+        # an advisory lock), so the pool's reset query runs after it; only docstore's own
+        # statements (``own``, see :func:`own_reads`) skip that round trip.
+        self._stateless = own
 
     @property
     def _metrics(self) -> Metrics:
@@ -87,14 +87,18 @@ class ReadQueries:
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Rows of a read-only query, from the replica."""
         return await self.store.run(
-            lambda conn: conn.fetch(query, *args, timeout=timeout), read=True
+            lambda conn: conn.fetch(query, *args, timeout=timeout),
+            stateless=self._stateless,
+            read=True,
         )
 
     @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """The first row of a read-only query, from the replica, or None."""
         return await self.store.run(
-            lambda conn: conn.fetchrow(query, *args, timeout=timeout), read=True
+            lambda conn: conn.fetchrow(query, *args, timeout=timeout),
+            stateless=self._stateless,
+            read=True,
         )
 
     @timed("fetchval")
@@ -104,5 +108,12 @@ class ReadQueries:
         """One value of the first row of a read-only query, from the replica."""
         return await self.store.run(
             lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
+            stateless=self._stateless,
             read=True,
         )
+
+
+def own_reads(db: Queries) -> ReadQueries:
+    """``db.replica`` for docstore's own read-only statements, which change no session state:
+    their connections go back to the pool without the reset query's round trip (~0.4 ms)."""
+    return ReadQueries(db, own=True)

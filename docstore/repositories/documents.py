@@ -51,6 +51,7 @@ import asyncpg
 import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
+from docstore.core.surface import own_reads
 from docstore.errors import ValidationError
 from docstore.failures import is_unique_violation
 from docstore.metrics import Metrics, timed
@@ -422,7 +423,7 @@ class DocumentRepository:
     async def get(self, id: int) -> Document | None:
         """The document with this id, or None."""
         row_id(id, bigint=self.store.distributed)
-        record = await self.store.replica.fetchrow(
+        record = await own_reads(self.store).fetchrow(
             f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id
         )
         return None if record is None else _record_to_document(record)
@@ -431,7 +432,7 @@ class DocumentRepository:
     async def get_by_key(self, doc_type: str, source_name: str, doc_path: str) -> Document | None:
         """The document with this natural key, or None."""
         check_key(doc_type, source_name, doc_path)
-        record = await self.store.replica.fetchrow(
+        record = await own_reads(self.store).fetchrow(
             f"SELECT {_COLUMNS} FROM documents"
             " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
             doc_type,
@@ -446,7 +447,7 @@ class DocumentRepository:
         check_key(doc_type, source_name, optional=True)
         where, params = _scope(doc_type, source_name)
         return int(
-            await self.store.replica.fetchval(
+            await own_reads(self.store).fetchval(
                 f"SELECT count(*) FROM documents WHERE {where}", *params
             )
         )
@@ -471,7 +472,7 @@ class DocumentRepository:
         query = f"SELECT {_COLUMNS} FROM documents WHERE id > $1 AND {where} ORDER BY id LIMIT ${n}"
         last = 0
         while True:
-            records = await self.store.replica.fetch(query, last, *params, batch_size)
+            records = await own_reads(self.store).fetch(query, last, *params, batch_size)
             for record in records:
                 yield _record_to_document(record)
             if len(records) < batch_size:
@@ -481,7 +482,7 @@ class DocumentRepository:
     @timed("documents.stats")
     async def stats(self) -> list[SourceStats]:
         """Per (doc_type, source_name): documents, with/without embedding, tokens, bytes."""
-        records = await self.store.replica.fetch(
+        records = await own_reads(self.store).fetch(
             """SELECT doc_type, source_name, count(*) AS documents,
                       count(embedding) AS with_embedding,
                       count(*) - count(embedding) AS without_embedding,

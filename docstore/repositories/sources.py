@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from docstore.core.surface import own_reads
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Source, check_key
@@ -94,7 +95,7 @@ class SourceRepository:
     async def get(self, doc_type: str, source_name: str) -> Source | None:
         """The source, or None."""
         check_key(doc_type, source_name)
-        record = await self.store.replica.fetchrow(
+        record = await own_reads(self.store).fetchrow(
             f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2",
             doc_type,
             source_name,
@@ -105,7 +106,7 @@ class SourceRepository:
     async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
         """Sources ordered by (doc_type, source_name), optionally filtered."""
         check_key(doc_type, None, optional=True)
-        records = await self.store.replica.fetch(
+        records = await own_reads(self.store).fetch(
             f"SELECT {_COLUMNS} FROM document_sources"
             " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
             " ORDER BY doc_type, source_name",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import numpy as np
 
+from docstore.core.surface import own_reads
 from docstore.search import queries
 from docstore.search.planner import level_candidates
 from docstore.search.tuning import (
@@ -105,7 +106,7 @@ class Calibrator:
         choice = choose(floor=SELECTION_FLOOR)
         if not choice.met_target:  # this index cannot keep every query at 0.9
             choice = choose(floor=RECALL_FLOOR)
-        table_rows = await store.replica.fetchval(
+        table_rows = await own_reads(store).fetchval(
             "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
         )
         return Calibration(

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from docstore.codecs import EncodedVector, encode_vector
+from docstore.core.surface import own_reads
 from docstore.embeddings import query_vector
 from docstore.errors import QueryError, SchemaError, ValidationError
 from docstore.metrics import SearchRecall
@@ -138,7 +139,7 @@ class SearchTuner:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         try:
-            row = await self._store.replica.fetchrow(_LOAD, metric)
+            row = await own_reads(self._store).fetchrow(_LOAD, metric)
         except (QueryError, SchemaError) as exc:
             if isinstance(exc, QueryError) and exc.sqlstate not in _UNREADABLE:
                 raise
