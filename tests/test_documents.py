@@ -287,6 +287,38 @@ async def test_race_fallback_statement_upserts_with_exact_flags(store: docstore.
     assert await store.documents.count() == 4
 
 
+async def test_race_fallback_keeps_the_given_timestamps_of_new_rows(
+    store: docstore.Store,
+) -> None:
+    """A batch whose COPY meets a key another writer inserted first falls back to
+    INSERT ... ON CONFLICT: its new rows keep the created_at/updated_at the caller gave (as
+    the COPY would have), the raced row is updated and keeps its own created_at."""
+    from docstore.repositories.documents import _insert_new
+
+    docs = make_docs(3)
+    raced = docs[0]
+    await store.documents.upsert_many([raced])  # "the other writer"
+    before = await store.documents.get_by_key(*raced.key)
+    assert before is not None
+    when = datetime(2020, 5, 17, 8, 30, 15, 123456)
+    later = datetime(2021, 1, 2, 3, 4, 5)
+    batch = [
+        raced.model_copy(update={"content": "racing edit", "created_at": when}),
+        docs[1].model_copy(update={"created_at": when, "updated_at": later}),
+        docs[2],
+    ]
+    async with store.transaction() as conn:
+        result = await _insert_new(conn, batch)
+    assert (result.inserted, result.updated, result.unchanged) == (2, 1, 0)
+    kept = await store.documents.get_by_key(*docs[1].key)
+    assert kept is not None and (kept.created_at, kept.updated_at) == (when, later)
+    plain = await store.documents.get_by_key(*docs[2].key)
+    assert plain is not None and plain.created_at is not None and plain.created_at > when
+    updated = await store.documents.get_by_key(*raced.key)
+    assert updated is not None and updated.content == "racing edit"
+    assert updated.created_at == before.created_at
+
+
 async def test_negative_zero_is_stored_as_zero_so_reupserts_compare_exactly(
     store: docstore.Store,
 ) -> None:

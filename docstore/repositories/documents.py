@@ -121,9 +121,6 @@ SELECT count(pg_advisory_xact_lock(k))
   FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k OFFSET 0) AS s
 """
 
-_UNNEST = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::vector[],
-              $7::int[]) AS s(doc_type, source_name, doc_path, content, metadata, embedding,
-                              token_count)"""
 
 # One statement per existing row, pipelined: is the stored row different? (Reading it costs the
 # same as an UPDATE that finds nothing to do, and an absent row returns nothing.)
@@ -146,10 +143,19 @@ RETURNING d.doc_type, d.source_name, d.doc_path
 
 DELETE_SOURCE_DOCUMENTS = "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2"
 
-_GUARDED_UPSERT = f"""
+# The rows of a batch whose COPY met a racing inserter's key: inserted as _copy_new would
+# have (a created_at/updated_at the caller gave is kept, NULL means the column's default),
+# and a row that now exists is updated like _GUARDED_UPDATE does (timestamps left to the
+# trigger, created_at never rewritten).
+_GUARDED_UPSERT = """
 INSERT INTO documents AS d (doc_type, source_name, doc_path, content, metadata, embedding,
-                            token_count)
-SELECT * FROM {_UNNEST}
+                            token_count, created_at, updated_at)
+SELECT doc_type, source_name, doc_path, content, metadata, embedding, token_count,
+       coalesce(created_at, CURRENT_TIMESTAMP), coalesce(updated_at, CURRENT_TIMESTAMP)
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::vector[],
+              $7::int[], $8::timestamp[], $9::timestamp[])
+       AS s(doc_type, source_name, doc_path, content, metadata, embedding, token_count,
+            created_at, updated_at)
 ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
    SET content = excluded.content, metadata = excluded.metadata,
        embedding = excluded.embedding, token_count = excluded.token_count
@@ -263,10 +269,12 @@ def _first(pair: tuple[Any, Any]) -> Any:
 
 
 def _columns(docs: Sequence[Document]) -> list[list[Any]]:
-    """Column arrays for ``unnest``; embeddings pre-encoded so asyncpg binds them as scalars."""
+    """Column arrays for ``_GUARDED_UPSERT``'s ``unnest``: the data columns, then created_at
+    and updated_at (None: the default); embeddings pre-encoded so asyncpg binds them as
+    scalars."""
     columns = [list(col) for col in zip(*map(_values, docs), strict=True)]
     columns[5] = [None if e is None else EncodedVector(encode_vector(e)) for e in columns[5]]
-    return columns
+    return [*columns, [d.created_at for d in docs], [d.updated_at for d in docs]]
 
 
 async def _copy_new(conn: asyncpg.Connection, docs: list[Document]) -> None:
