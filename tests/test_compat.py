@@ -213,6 +213,72 @@ async def test_compat_writes_keep_a_migrated_rows_legacy_id(database_url: str) -
         assert doc.metadata["legacy_id"] == 42 and doc.metadata["crate_name"] == "tokio"
 
 
+async def test_a_compat_write_never_loses_a_concurrent_metadata_change(
+    database_url: str,
+) -> None:
+    """The stored metadata a legacy write keeps is read under the crate's source lock, in the
+    writing transaction: a docstore writer holding the lock (here: adding a key to the row's
+    metadata) is waited for, and its change survives the legacy write."""
+    import asyncio
+
+    from docstore.repositories.documents import lock_sources
+
+    async with docstore.connect(database_url) as store:
+        await store.documents.upsert(
+            docstore.Document(
+                source_name="tokio", doc_path="a.html", content="old", metadata={"legacy_id": 7}
+            )
+        )
+        compat = LegacyDatabase(store)
+        async with store.transaction() as conn:
+            await lock_sources(conn, [("rust", "tokio")])
+            await conn.execute(
+                "UPDATE documents SET metadata = metadata || '{\"reviewed\": true}'"
+                " WHERE source_name = 'tokio' AND doc_path = 'a.html'"
+            )
+            write = asyncio.create_task(
+                compat.insert_embedding(None, "tokio", "a.html", "new", None, 3)
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()  # waiting for the source lock
+        await asyncio.wait_for(write, 30)
+        doc = await store.documents.get_by_key("rust", "tokio", "a.html")
+        assert doc is not None and doc.content == "new"
+        assert doc.metadata["reviewed"] is True and doc.metadata["legacy_id"] == 7
+
+
+async def test_a_batch_and_its_crate_totals_commit_together(database_url: str) -> None:
+    """insert_embeddings_batch is one transaction: when recomputing the totals fails (here a
+    trigger refuses the source's update), none of the batch's documents are written."""
+    from tests.conftest import unit_vector
+
+    async with docstore.connect(database_url) as store:
+        compat = LegacyDatabase(store)
+        await compat.upsert_crate("tokio", "1.0")
+        await store.execute(
+            """CREATE FUNCTION refuse_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN RAISE EXCEPTION 'totals refused'; END $$"""
+        )
+        await store.execute(
+            "CREATE TRIGGER refuse_totals BEFORE UPDATE ON document_sources"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_totals()"
+        )
+        try:
+            with pytest.raises(docstore.DocstoreError, match="totals refused"):
+                await compat.insert_embeddings_batch(
+                    None, "tokio", [("tokio/a.html", "text", unit_vector(1), 3)]
+                )
+            assert await compat.count_crate_documents("tokio") == 0
+        finally:
+            await store.execute("DROP TRIGGER refuse_totals ON document_sources")
+            await store.execute("DROP FUNCTION refuse_totals()")
+        await compat.insert_embeddings_batch(
+            None, "tokio", [("tokio/a.html", "text", unit_vector(1), 3)]
+        )
+        [stats] = await compat.get_crate_stats()
+        assert (stats.total_docs, stats.total_tokens) == (1, 3)
+
+
 async def test_connect_uses_the_legacy_variable_alone(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

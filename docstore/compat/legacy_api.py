@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from docstore.compat import config_values, views
+from docstore.compat import config_values, views, writes
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Document, Source, aware_utc, key_text, naive_utc, parse_timestamp
@@ -183,10 +183,10 @@ class LegacyDatabase:
         """Upsert one document on (crate_name, doc_path). ``crate_id`` is accepted for the
         legacy signature; the crate is identified by name, as it always really was."""
         del crate_id
-        [doc] = await self._keep_metadata(
-            crate_name, [self._document(crate_name, doc_path, content, embedding, token_count)]
+        doc = self._document(crate_name, doc_path, content, embedding, token_count)
+        await writes.upsert_crate_documents(
+            self.store, self.doc_type, crate_name, [doc], totals=False
         )
-        await self.store.documents.upsert(doc)
 
     @timed("compat.insert_embeddings_batch")
     async def insert_embeddings_batch(
@@ -195,64 +195,12 @@ class LegacyDatabase:
         crate_name: str,
         docs: Iterable[LegacyDoc | Sequence[Any]],
     ) -> None:
-        """Upsert many documents in one transaction, then recompute the crate's total_docs
-        and total_tokens."""
+        """Upsert many documents and recompute the crate's total_docs and total_tokens, all
+        in one transaction (a stored row's metadata is kept: :mod:`docstore.compat.writes`)."""
         del crate_id
-        batch = await self._keep_metadata(
-            crate_name, [self._document(crate_name, *LegacyDoc(*d)) for d in docs]
-        )
-        await self.store.documents.upsert_many(batch, atomic=True)
-        await self._recompute_totals(crate_name)
-
-    async def _keep_metadata(self, crate_name: str, docs: list[Document]) -> list[Document]:
-        """Legacy writes carry no metadata: keep what the stored rows have (a migrated row's
-        legacy_id, for one), so the upsert does not erase it."""
-        rows = await self.store.fetch(
-            "SELECT doc_path, metadata FROM documents"
-            " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])",
-            self.doc_type,
-            crate_name,
-            [d.doc_path for d in docs],
-        )
-        stored = {r["doc_path"]: r["metadata"] for r in rows}  # jsonb: decoded by the codec
-        return [
-            d.model_copy(update={"metadata": {**stored[d.doc_path], **d.metadata}})
-            if d.doc_path in stored
-            else d
-            for d in docs
-        ]
-
-    async def _recompute_totals(self, crate_name: str) -> None:
-        if self.store.distributed:
-            # Citus refuses STABLE functions (jsonb_build_object) over columns in an UPDATE:
-            # the totals are read first and written as a value, in one transaction
-            async with self.store.transaction() as conn:
-                totals = await conn.fetchrow(
-                    "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
-                    " FROM documents WHERE doc_type = $1 AND source_name = $2",
-                    self.doc_type,
-                    crate_name,
-                )
-                await conn.execute(
-                    "UPDATE document_sources SET config = config || $3::jsonb"
-                    " WHERE doc_type = $1 AND source_name = $2",
-                    self.doc_type,
-                    crate_name,
-                    dict(totals),
-                )
-            return
-        await self.store.execute(
-            """UPDATE document_sources s
-                  SET config = s.config || jsonb_build_object(
-                      'total_docs', (SELECT count(*) FROM documents d
-                                      WHERE d.doc_type = s.doc_type
-                                        AND d.source_name = s.source_name),
-                      'total_tokens', (SELECT coalesce(sum(token_count), 0) FROM documents d
-                                        WHERE d.doc_type = s.doc_type
-                                          AND d.source_name = s.source_name))
-                WHERE s.doc_type = $1 AND s.source_name = $2""",
-            self.doc_type,
-            crate_name,
+        batch = [self._document(crate_name, *LegacyDoc(*d)) for d in docs]
+        await writes.upsert_crate_documents(
+            self.store, self.doc_type, crate_name, batch, totals=True
         )
 
     @timed("compat.search_similar_docs")

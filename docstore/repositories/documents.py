@@ -253,7 +253,7 @@ def _values(doc: Document) -> tuple[Any, ...]:
     )
 
 
-def _dedupe(docs: Iterable[Document]) -> tuple[list[Document], int]:
+def dedupe(docs: Iterable[Document]) -> tuple[list[Document], int]:
     """Keep the last document of each key (in input order of those last documents)."""
     latest: dict[tuple[str, str, str], Document] = {}
     count = 0
@@ -540,7 +540,7 @@ class DocumentRepository:
             raise ValidationError("batch_size must be at least 1", field="batch_size")
         if isinstance(docs, Sequence):
             checked = [validate(doc, i, self._dim) for i, doc in enumerate(docs)]
-            unique, dupes = _dedupe(checked)
+            unique, dupes = dedupe(checked)
             batches = _sequence_batches(unique, dupes, batch_size)
         else:
             batches = _stream_batches(docs, self._dim, batch_size)
@@ -614,7 +614,7 @@ async def _stream_batches(
         batch.append(validate(doc, index, dim))
         index += 1
         if len(batch) >= batch_size:
-            yield _dedupe(batch)
+            yield dedupe(batch)
             batch = []
     if batch:
-        yield _dedupe(batch)
+        yield dedupe(batch)

@@ -1,0 +1,78 @@
+"""The legacy document writes (``insert_embedding``, ``insert_embeddings_batch``) as one
+transaction each: lock the crate, merge what the stored rows' metadata holds, upsert, and (for
+a batch) recompute the crate's ``total_docs`` / ``total_tokens``.
+
+Legacy writes carry no metadata, so the upsert keeps what a stored row has (a migrated row's
+``legacy_id``, for one). Reading it under the crate's source lock, in the transaction that
+writes, means no other docstore writer of the crate can change it in between (its change is
+never lost), and the totals are the ones of the rows just committed: a failure anywhere
+leaves neither the documents nor the totals half-written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from docstore.models import Document
+from docstore.repositories.documents import dedupe, lock_sources, validate, write_batch
+from docstore.store import Store
+
+_STORED_METADATA = (
+    "SELECT doc_path, metadata FROM documents"
+    " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])"
+)
+_TOTALS = (
+    "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
+    " FROM documents WHERE doc_type = $1 AND source_name = $2"
+)
+_SET_TOTALS = (
+    "UPDATE document_sources SET config = config || $3::jsonb"
+    " WHERE doc_type = $1 AND source_name = $2"
+)
+
+
+async def upsert_crate_documents(
+    store: Store, doc_type: str, crate_name: str, docs: list[Document], *, totals: bool
+) -> None:
+    """Upsert ``docs`` (all of crate ``crate_name``) keeping stored metadata, in one
+    transaction (retried whole on transient failures); ``totals``: recompute the crate's
+    totals in it too. A bad row raises :class:`~docstore.errors.ValidationError` before
+    anything is written."""
+    store.ensure_writable()
+    checked = [validate(doc, i, store.embedding_dim) for i, doc in enumerate(docs)]
+    unique, _ = dedupe(checked)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        await lock_sources(conn, [(doc_type, crate_name)])
+        merged = await _keep_metadata(conn, doc_type, crate_name, unique, store.embedding_dim)
+        await write_batch(conn, merged, distributed=store.distributed)
+        if totals:
+            await _recompute_totals(conn, doc_type, crate_name)
+
+    await store.run_in_transaction(work)
+
+
+async def _keep_metadata(
+    conn: asyncpg.Connection, doc_type: str, crate_name: str, docs: list[Document], dim: int
+) -> list[Document]:
+    """Each document with the stored row's metadata under its own keys (checked again: the
+    merged metadata must still be storable)."""
+    rows = await conn.fetch(_STORED_METADATA, doc_type, crate_name, [d.doc_path for d in docs])
+    stored: dict[str, Any] = {r["doc_path"]: r["metadata"] for r in rows}  # the jsonb codec
+    return [
+        validate(d.model_copy(update={"metadata": {**stored[d.doc_path], **d.metadata}}), i, dim)
+        if d.doc_path in stored
+        else d
+        for i, d in enumerate(docs)
+    ]
+
+
+async def _recompute_totals(conn: asyncpg.Connection, doc_type: str, crate_name: str) -> None:
+    """The crate's totals from its documents, read and written as a value (one form for a
+    plain and a Citus database: Citus refuses STABLE functions such as jsonb_build_object
+    over columns in an UPDATE). The source lock the caller holds keeps them exact."""
+    totals = await conn.fetchrow(_TOTALS, doc_type, crate_name)
+    assert totals is not None  # an aggregate always returns its row
+    await conn.execute(_SET_TOTALS, doc_type, crate_name, dict(totals))
