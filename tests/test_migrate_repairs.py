@@ -147,6 +147,25 @@ async def test_a_second_legacy_database_into_the_same_doc_type_is_refused(
     assert again.ok and again.skipped_chunks == 5
 
 
+async def test_a_doc_type_never_takes_a_longer_doc_types_runs_for_its_own(
+    legacy_url: str, other_legacy_url: str, database_url: str
+) -> None:
+    """Run ids begin with the doc_type and a ':'; a doc_type holding ':' is encoded, so the
+    runs into 'rust:b' are not runs of another database into 'rust' (which refused the
+    re-run of 'rust' and could have dropped 'rust:b''s checkpoints)."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with Migrator(other_legacy_url, database_url, doc_type="rust:b", chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert not (await m.preflight()).blocking
+        again = await m.run()
+    assert again.ok and again.skipped_chunks == 5
+    async with Migrator(other_legacy_url, database_url, doc_type="rust:b", chunk_rows=CHUNK) as m:
+        other = await m.run()
+    assert other.ok and other.skipped_chunks == 2 and other.copied_documents == 0  # all kept
+
+
 async def test_the_same_legacy_database_under_another_name_is_not_refused(
     legacy_url: str, database_url: str, pg: PgCluster
 ) -> None:

@@ -8,7 +8,8 @@ changes the stamp, and reading it costs no detoasting. So a killed migrator resu
 last committed range, a re-run skips ranges whose stamp still holds, the delta pass re-copies
 those whose stamp moved, and validation knows which streamed checks still hold.
 
-Run ids are ``<doc_type>:<legacy database>`` (:func:`~docstore.migrate.context.run_id`): the
+Run ids are ``<doc_type>:<legacy database>`` (:func:`~docstore.migrate.context.run_id`; a
+``:`` or ``%`` in the doc_type percent-encoded, :func:`~docstore.migrate.context.run_doc_type`): the
 checkpoints of *other* runs into a doc_type (:func:`others`) tell preflight that the doc_type
 holds another legacy database's documents.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from docstore.migrate.context import run_doc_type
 from docstore.store import Store
 
 _RECORD = """
@@ -76,7 +78,8 @@ async def prune(tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int])
     )
 
 
-# Checkpoints of the runs into doc_type $1 other than run $2.
+# Checkpoints of the runs into doc_type $1 (as context.run_doc_type encodes it) other than
+# run $2.
 _OTHER_RUNS = """
  WHERE table_name = 'doc_embeddings' AND left(run_id, length($1) + 1) = $1 || ':'
    AND run_id <> $2
@@ -91,7 +94,7 @@ async def others(
     rows = await conn.fetch(
         "SELECT substr(run_id, length($1) + 2) AS legacy, sum(rows) AS rows"
         f" FROM docstore_migration_checkpoints {_OTHER_RUNS} GROUP BY run_id ORDER BY run_id",
-        doc_type,
+        run_doc_type(doc_type),
         run_id,
     )
     return [(r["legacy"], int(r["rows"])) for r in rows]
@@ -107,7 +110,7 @@ async def samples_of_others(
         " SELECT substr(run_id, length($1) + 2) AS legacy, first_key, last_key, rows, checksum,"
         "        row_number() OVER (PARTITION BY run_id ORDER BY first_key) AS n"
         f" FROM docstore_migration_checkpoints {_OTHER_RUNS}) c WHERE n <= $3",
-        doc_type,
+        run_doc_type(doc_type),
         run_id,
         per_run,
     )
@@ -123,7 +126,9 @@ async def forget_others(tgt: asyncpg.Connection, doc_type: str, run_id: str) -> 
     """Drop the checkpoints of the other runs into ``doc_type``: when a run starts on a
     doc_type that holds no migrated documents (theirs are gone), and after a rollback has
     made the doc_type the copy of the rolled-back-into legacy database (``run_id``'s)."""
-    await tgt.execute(f"DELETE FROM docstore_migration_checkpoints {_OTHER_RUNS}", doc_type, run_id)
+    await tgt.execute(
+        f"DELETE FROM docstore_migration_checkpoints {_OTHER_RUNS}", run_doc_type(doc_type), run_id
+    )
 
 
 async def count(conn: asyncpg.Connection | Store, run_id: str) -> int:

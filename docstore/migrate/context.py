@@ -65,6 +65,14 @@ class StageContext:
             self.progress(stage, done, total, self.streamed_bytes)
 
 
+def run_doc_type(doc_type: str) -> str:
+    """``doc_type`` as the first part of a run id: ``%`` and ``:`` (the separator)
+    percent-encoded, so the first ``:`` of a run id always ends its doc_type and doc_type
+    ``a`` never takes doc_type ``a:b``'s runs for its own. A doc_type without either (all
+    the usual ones) is unchanged, so run ids written before still match."""
+    return doc_type.replace("%", "%25").replace(":", "%3A")
+
+
 async def run_id(src: asyncpg.Connection, doc_type: str) -> str:
     """The id of a migration of ``src`` into ``doc_type``: re-runs find their checkpoints, and
     preflight tells another legacy database's checkpoints in the doc_type by it."""
@@ -72,7 +80,7 @@ async def run_id(src: asyncpg.Connection, doc_type: str) -> str:
         "SELECT current_database() || '@' || coalesce(inet_server_addr()::text, 'socket')"
         " || ':' || coalesce(inet_server_port()::text, '')"
     )
-    return f"{doc_type}:{where}"
+    return f"{run_doc_type(doc_type)}:{where}"
 
 
 @contextlib.asynccontextmanager
