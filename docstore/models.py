@@ -412,6 +412,15 @@ def row_id(value: Any, *, bigint: bool = False) -> int:
     return value
 
 
+def bounded_int(value: Any, field: str, upper: int) -> int:
+    """``value`` if it is an int (not a bool) from 1 to ``upper``, else a
+    :class:`ValidationError` naming ``field`` (a float batch size or limit would otherwise be
+    truncated, or fail in the driver with a database error)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise ValidationError(f"{field} must be an integer from 1 to {upper}", field=field)
+    return value
+
+
 __all__ = [
     "MAX_CONTENT_CHARS",
     "MAX_DOC_PATH_BYTES",
@@ -432,6 +441,7 @@ __all__ = [
     "SourceStats",
     "UpsertResult",
     "aware_utc",
+    "bounded_int",
     "check_key",
     "embedding_array",
     "half_precision_problem",

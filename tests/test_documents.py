@@ -351,3 +351,49 @@ async def test_a_constructed_document_with_an_unsearchable_vector_is_refused(
         await store.documents.upsert_many([raw])
     assert info.value.field == "embedding" and info.value.index == 0
     assert await store.documents.count() == 0
+
+
+async def test_iter_checks_its_batch_size_and_yields_every_row(store: docstore.Store) -> None:
+    """A float batch size used to return one page and stop (1 of 10 documents); any id, also
+    one a caller's SQL set to 0 or below, is a document iter() yields."""
+    await store.documents.upsert_many(make_docs(10))
+    for bad in (1.5, "3", None, 0, True, 2**63):
+        with pytest.raises(ValidationError) as info:
+            [d async for d in store.documents.iter(batch_size=bad)]  # type: ignore[arg-type]
+        assert info.value.field == "batch_size"
+        with pytest.raises(ValidationError):
+            await store.documents.upsert_many(make_docs(1), batch_size=bad)  # type: ignore[arg-type]
+    await store.execute("UPDATE documents SET id = -id WHERE id IN (SELECT min(id) FROM documents)")
+    await store.execute("UPDATE documents SET id = 0 WHERE id IN (SELECT max(id) FROM documents)")
+    assert await store.documents.count() == 10
+    for size in (1, 3, 10, 1000):
+        ids = [d.id async for d in store.documents.iter(batch_size=size)]
+        assert len(ids) == 10 and ids == sorted(ids) and ids[0] is not None and ids[0] < 0
+
+
+async def test_a_single_upsert_racing_deletes_always_returns_the_stored_row(
+    store: docstore.Store,
+) -> None:
+    """``documents.upsert`` writes and reads back in one transaction; a delete by id (which
+    takes no source lock) landing in between makes it write the row again."""
+    doc = make_docs(1)[0]
+    await store.documents.upsert(doc)
+    stop = False
+
+    async def deleter() -> None:
+        while not stop:
+            await store.execute(
+                "DELETE FROM documents WHERE source_name = $1 AND doc_path = $2",
+                doc.source_name,
+                doc.doc_path,
+            )
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(deleter())
+    try:
+        for _ in range(200):
+            stored = await store.documents.upsert(doc)
+            assert stored.key == doc.key and stored.id is not None
+    finally:
+        stop = True
+        await task

@@ -52,13 +52,14 @@ import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.core.surface import own_reads
-from docstore.errors import ValidationError
+from docstore.errors import QueryError, ValidationError
 from docstore.failures import is_unique_violation
 from docstore.metrics import Metrics, timed
 from docstore.models import (
     Document,
     SourceStats,
     UpsertResult,
+    bounded_int,
     check_key,
     embedding_array,
     row_id,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from docstore.core.surface import Queries
 
 DEFAULT_BATCH_SIZE = 2000
+MAX_BATCH_SIZE = 1_000_000  # rows a batch of upsert_many/iter may hold in memory
 _COLUMNS = (
     "id, doc_type, source_name, doc_path, content, metadata, embedding, token_count, "
     "created_at, updated_at"
@@ -140,6 +142,11 @@ UPDATE documents AS d
        IS DISTINCT FROM ($4, $5::jsonb, $6::vector, $7::integer)
 RETURNING d.doc_type, d.source_name, d.doc_path
 """
+
+_SELECT_BY_KEY = (
+    f"SELECT {_COLUMNS} FROM documents WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3"
+)
+_UPSERT_ROUNDS = 3  # upsert(): write-and-read rounds before a vanishing row is an error
 
 DELETE_SOURCE_DOCUMENTS = "DELETE FROM documents WHERE doc_type = $1 AND source_name = $2"
 
@@ -441,11 +448,7 @@ class DocumentRepository:
         """The document with this natural key, or None."""
         check_key(doc_type, source_name, doc_path)
         record = await own_reads(self.store).fetchrow(
-            f"SELECT {_COLUMNS} FROM documents"
-            " WHERE doc_type = $1 AND source_name = $2 AND doc_path = $3",
-            doc_type,
-            source_name,
-            doc_path,
+            _SELECT_BY_KEY, doc_type, source_name, doc_path
         )
         return None if record is None else _record_to_document(record)
 
@@ -472,13 +475,15 @@ class DocumentRepository:
         Keyset pagination (``WHERE id > last``): constant memory and no long-held cursor or
         transaction, whatever the table size.
         """
-        if batch_size < 1:
-            raise ValidationError("batch_size must be at least 1", field="batch_size")
+        bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
         check_key(doc_type, source_name, optional=True)
         where, params = _scope(doc_type, source_name, first=2)
         n = len(params) + 2
-        query = f"SELECT {_COLUMNS} FROM documents WHERE id > $1 AND {where} ORDER BY id LIMIT ${n}"
-        last = 0
+        query = (
+            f"SELECT {_COLUMNS} FROM documents WHERE id > $1::bigint AND {where}"
+            f" ORDER BY id LIMIT ${n}"
+        )
+        last = -(2**63)  # ids a caller's SQL set to 0 or below are documents too
         while True:
             records = await own_reads(self.store).fetch(query, last, *params, batch_size)
             for record in records:
@@ -505,12 +510,24 @@ class DocumentRepository:
     @timed("documents.upsert")
     async def upsert(self, doc: Document | dict[str, Any]) -> Document:
         """Insert or update one document; returns it as stored (id and timestamps filled)."""
+        self.store.ensure_writable()
         checked = validate(doc, 0, self._dim)
-        await self.upsert_many([checked])
-        with self.store.read_from_primary():  # the row just written, not a replica's lag
-            found = await self.get_by_key(*checked.key)
-        assert found is not None
-        return found
+        distributed = self.store.distributed
+
+        async def work(conn: asyncpg.Connection) -> Any:
+            # written and read back in one transaction; a writer that deletes the row in
+            # between (documents.delete takes no source lock) makes the next round insert it
+            for _ in range(_UPSERT_ROUNDS):
+                await write_batch(conn, [checked], distributed=distributed)
+                record = await conn.fetchrow(_SELECT_BY_KEY, *checked.key)
+                if record is not None:
+                    return record
+            raise QueryError(
+                f"document {'/'.join(checked.key)} was deleted by another writer each time it "
+                f"was written ({_UPSERT_ROUNDS} times)"
+            )
+
+        return _record_to_document(await self.store.run_in_transaction(work))
 
     @timed("documents.upsert_many")
     async def upsert_many(
@@ -536,8 +553,7 @@ class DocumentRepository:
         and :class:`ReadOnlyError` in read-only mode.
         """
         self.store.ensure_writable()
-        if batch_size < 1:
-            raise ValidationError("batch_size must be at least 1", field="batch_size")
+        bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
         if isinstance(docs, Sequence):
             checked = [validate(doc, i, self._dim) for i, doc in enumerate(docs)]
             unique, dupes = dedupe(checked)

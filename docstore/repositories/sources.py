@@ -5,12 +5,12 @@ from __future__ import annotations
 import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from docstore.core.surface import own_reads
-from docstore.errors import ValidationError
+from docstore.errors import QueryError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Source, check_key
+from docstore.models import Source, aware_utc, check_key
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_sources
 
 if TYPE_CHECKING:
@@ -47,6 +47,23 @@ ON CONFLICT (doc_type, source_name) DO UPDATE
 RETURNING {_COLUMNS}
 """
 
+_SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2"
+_SOURCE_ROW = "SELECT id FROM document_sources WHERE doc_type = $1 AND source_name = $2 FOR UPDATE"
+_UPSERT_ROUNDS = 3  # upsert(): write-and-read rounds before a vanishing row is an error
+
+
+def _timestamp(value: Any) -> datetime:
+    """A ``mark_*(at=…)`` time: a datetime, naive read as UTC (as :class:`Source` reads it)."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"at must be a datetime, got {type(value).__name__}", field="at")
+    return cast(datetime, aware_utc(value))
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be True or False", field=field)
+    return value
+
 
 def _to_source(record: Any) -> Source:
     """A :class:`Source` from a trusted row (``config`` decoded by the pool's jsonb codec)."""
@@ -75,8 +92,7 @@ class SourceRepository:
             src = source
         else:
             src = Source.model_validate(source)
-        record = await self.store.fetchrow(
-            _UPSERT,
+        values = (
             src.doc_type,
             src.source_name,
             src.config,  # jsonb: encoded by the pool's codec
@@ -84,28 +100,34 @@ class SourceRepository:
             src.last_checked,
             src.last_populated,
         )
-        if record is None:  # unchanged: the guarded update returned nothing
-            with self.store.read_from_primary():  # as written, not as a replica has it
-                found = await self.get(src.doc_type, src.source_name)
-            assert found is not None
-            return found
-        return _to_source(record)
+
+        async def work(conn: Any) -> Any:
+            for _ in range(_UPSERT_ROUNDS):
+                record = await conn.fetchrow(_UPSERT, *values)
+                if record is None:  # unchanged: the guarded update returned nothing
+                    record = await conn.fetchrow(_SELECT_BY_KEY, src.doc_type, src.source_name)
+                if record is not None:  # else deleted meanwhile: the next round inserts it
+                    return record
+            raise QueryError(
+                f"source {src.doc_type}/{src.source_name} was deleted by another writer each "
+                f"time it was written ({_UPSERT_ROUNDS} times)"
+            )
+
+        return _to_source(await self.store.run_in_transaction(work))
 
     @timed("sources.get")
     async def get(self, doc_type: str, source_name: str) -> Source | None:
         """The source, or None."""
         check_key(doc_type, source_name)
-        record = await own_reads(self.store).fetchrow(
-            f"SELECT {_COLUMNS} FROM document_sources WHERE doc_type = $1 AND source_name = $2",
-            doc_type,
-            source_name,
-        )
+        record = await own_reads(self.store).fetchrow(_SELECT_BY_KEY, doc_type, source_name)
         return None if record is None else _to_source(record)
 
     @timed("sources.list")
     async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
         """Sources ordered by (doc_type, source_name), optionally filtered."""
         check_key(doc_type, None, optional=True)
+        if enabled is not None:
+            _flag(enabled, "enabled")
         records = await own_reads(self.store).fetch(
             f"SELECT {_COLUMNS} FROM document_sources"
             " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
@@ -129,29 +151,36 @@ class SourceRepository:
     @timed("sources.set_enabled")
     async def set_enabled(self, doc_type: str, source_name: str, enabled: bool) -> bool:
         """Enable or disable a source; False if it does not exist."""
-        return await self._set(doc_type, source_name, "enabled = $3", enabled)
+        return await self._set(doc_type, source_name, "enabled = $3", _flag(enabled, "enabled"))
 
     @timed("sources.mark_checked")
     async def mark_checked(
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
-        """Record that the source was checked for updates (now, or ``at``)."""
+        """Record that the source was checked for updates (now, or ``at``: a naive datetime
+        is UTC, as in :class:`Source`)."""
         if at is None:  # not coalesce($3, now()): Citus refuses now() inside COALESCE
             return await self._set(doc_type, source_name, "last_checked = now()")
-        return await self._set(doc_type, source_name, "last_checked = $3", at)
+        return await self._set(doc_type, source_name, "last_checked = $3", _timestamp(at))
 
     @timed("sources.mark_populated")
     async def mark_populated(
         self, doc_type: str, source_name: str, at: datetime | None = None
     ) -> bool:
-        """Record that the source's documents were (re)populated (now, or ``at``)."""
+        """Record that the source's documents were (re)populated (now, or ``at``: a naive
+        datetime is UTC)."""
         if at is None:
             return await self._set(doc_type, source_name, "last_populated = now()")
-        return await self._set(doc_type, source_name, "last_populated = $3", at)
+        return await self._set(doc_type, source_name, "last_populated = $3", _timestamp(at))
 
     @timed("sources.needing_update")
     async def needing_update(self, older_than: timedelta) -> builtins.list[Source]:
         """Enabled sources never checked, or last checked longer than ``older_than`` ago."""
+        if not isinstance(older_than, timedelta):
+            raise ValidationError(
+                f"older_than must be a timedelta, got {type(older_than).__name__}",
+                field="older_than",
+            )
         records = await self.store.fetch(
             f"SELECT {_COLUMNS} FROM document_sources WHERE enabled"
             " AND (last_checked IS NULL OR last_checked < now() - $1::interval)"
@@ -164,7 +193,8 @@ class SourceRepository:
     async def delete(
         self, doc_type: str, source_name: str, *, with_documents: bool = False
     ) -> bool:
-        """Delete a source; False if it did not exist.
+        """Delete a source; False if it did not exist (then nothing is deleted, its documents
+        neither: :meth:`DocumentRepository.delete_source` deletes documents without a source).
 
         A source that still has documents is refused with :class:`ValidationError` unless
         ``with_documents=True``, which deletes them in the same transaction. Its population
@@ -175,6 +205,8 @@ class SourceRepository:
 
         async def work(conn: Any) -> bool:
             await lock_sources(conn, [(doc_type, source_name)])  # no upsert adds documents now
+            if await conn.fetchval(_SOURCE_ROW, doc_type, source_name) is None:
+                return False  # no source: its documents (if any) are left alone
             docs = await conn.fetchval(
                 "SELECT count(*) FROM documents WHERE doc_type = $1 AND source_name = $2",
                 doc_type,

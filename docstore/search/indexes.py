@@ -20,8 +20,9 @@ from typing import Any, cast
 import asyncpg
 
 from docstore.core.surface import Queries
-from docstore.errors import DocstoreError, SchemaError, ValidationError
+from docstore.errors import DocstoreError, SchemaError
 from docstore.metrics import Metrics, timed
+from docstore.models import bounded_int
 from docstore.search import queries, text_sql
 from docstore.search.results import VectorIndex
 from docstore.search.tuner import Progress, SearchTuner
@@ -34,12 +35,6 @@ logger = logging.getLogger("docstore")
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
-
-
-def positive_int(value: Any, field: str, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
-        raise ValidationError(f"{field} must be an integer from 1 to {upper}", field=field)
-    return value
 
 
 class SearchIndexes:
@@ -275,7 +270,7 @@ class SearchIndexes:
         shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
         called as it goes. A read-only store keeps the result in memory only.
         """
-        positive_int(sample, "sample", 10_000)
+        bounded_int(sample, "sample", 10_000)
         return await self._tuner.calibrate(
             metric, target=target, query_vectors=query_vectors, sample=sample, progress=progress
         )

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from docstore.errors import SchemaError, ValidationError
+from docstore.errors import SchemaError
+from docstore.models import bounded_int
 from docstore.search.tuning import Calibration
 
 HALFVEC_ALWAYS_ROWS = 1000
@@ -33,6 +34,7 @@ MIN_CANDIDATES = 40
 """Candidates of an ANN search re-ranked exactly, at least (``limit × oversample`` above)."""
 MIN_HALFVEC_CANDIDATES = 10
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+HNSW_MAX_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples (iterative scans)
 DEFAULT_EF_SEARCH = 100
 """``hnsw.ef_search`` before any calibration (and with ``DOCSTORE_HNSW_EF_SEARCH`` unset)."""
 RECHECK_SHARE = 0.125
@@ -98,15 +100,11 @@ def halfvec_candidates(limit: int, oversample: int) -> int:
 
 
 def check_ef_search(value: object, field: str = "ef_search") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EF_SEARCH:
-        raise ValidationError(f"{field} must be an integer from 1 to {MAX_EF_SEARCH}", field=field)
-    return value
+    return bounded_int(value, field, MAX_EF_SEARCH)
 
 
 def check_oversample(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-        raise ValidationError("oversample must be an integer from 1 to 100", field="oversample")
-    return value
+    return bounded_int(value, "oversample", 100)
 
 
 def plan_vector_search(

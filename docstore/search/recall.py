@@ -20,10 +20,10 @@ from docstore.core.health import Health
 from docstore.core.surface import Queries
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, SearchRecall, timed
-from docstore.models import half_precision_problem, query_vector
+from docstore.models import bounded_int, half_precision_problem, query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
-from docstore.search.indexes import SearchIndexes, positive_int
+from docstore.search.indexes import SearchIndexes
 from docstore.search.results import Latency, RecallReport, SearchResults
 from docstore.search.vector import VectorSearch
 
@@ -94,7 +94,7 @@ class RecallEvaluator:
         ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one. Pass
         ``query_vectors`` (your own query embeddings) to measure on those instead of a sample.
         """
-        positive_int(sample, "sample", 100_000)
+        bounded_int(sample, "sample", 100_000)
         queries.check_limit(limit)
         mt = queries.metric(metric)
         index = await self._indexes.vector_index(mt.name)
