@@ -57,8 +57,14 @@ def is_transient(exc: BaseException) -> bool:
         # the socket close. docstore never shares a connection between operations, so that
         # state only means "this connection is dead" (tests/reliability/test_pool.py).
         message = str(exc)
+        if _POOL_CLOSED in message:  # the store was closed: nothing to wait for
+            return False
         return "closed" in message or "another operation" in message
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
+
+
+# asyncpg's words for a pool that close() ran on ("pool is closed", "pool is closing").
+_POOL_CLOSED = "pool is clos"
 
 
 # TLS errors that only mean the connection went away (server restart, network cut): retried.
@@ -294,6 +300,10 @@ def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docstor
     problem = connect_problem(exc, secrets)
     if problem is not None:
         return DatabaseUnavailableError(f"cannot connect to {where}: {problem}")
+    if isinstance(exc, asyncpg.InterfaceError) and _POOL_CLOSED in str(exc):
+        return DatabaseUnavailableError(
+            f"this store ({where}) is closed: open another with docstore.connect()"
+        )
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate

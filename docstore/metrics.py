@@ -342,7 +342,9 @@ F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 
 def timed(name: str) -> Callable[[F], F]:
-    """Record calls of an async method as operation ``name`` (the outermost call only).
+    """Record calls of an async method as operation ``name`` (the outermost call only):
+    its latency, and whether it raised. A call cancelled before it finished (a caller's
+    timeout, ``asyncio.CancelledError``, ``KeyboardInterrupt``) is not recorded.
 
     The method's object must have a ``_metrics`` :class:`Metrics` (a store does; a
     repository passes its store's on).
@@ -357,13 +359,20 @@ def timed(name: str) -> Callable[[F], F]:
             token = _CURRENT.set(name)
             started = time.perf_counter()
             error: BaseException | None = None
+            finished = False
             try:
-                return await method(self, *args, **kwargs)
-            except Exception as exc:  # CancelledError and friends are not failures
+                result = await method(self, *args, **kwargs)
+                finished = True
+                return result
+            except Exception as exc:
                 error = exc
+                finished = True
                 raise
             finally:
-                metrics.observe(name, time.perf_counter() - started, error)
+                # a cancelled (or interrupted) call neither succeeded nor failed: its partial
+                # latency would pass for a fast success, so it is not observed
+                if finished:
+                    metrics.observe(name, time.perf_counter() - started, error)
                 _CURRENT.reset(token)
 
         return cast(F, wrapper)

@@ -91,9 +91,9 @@ class DocstoreCollector(Collector):
     def __init__(self, store: Database | Store, *, disk_refresh_seconds: float = 60.0) -> None:
         self.store = store
         self.disk_refresh_seconds = disk_refresh_seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-        with contextlib.suppress(RuntimeError):
-            self._loop = asyncio.get_running_loop()
+        # the store's own loop, whichever thread or loop made the collector (a SyncStore's
+        # runs on a private thread): disk usage is read on it, with the store's connections
+        self._loop: asyncio.AbstractEventLoop = store.loop
         self._refreshing = False
 
     def describe(self) -> list[Metric]:
@@ -226,7 +226,7 @@ class DocstoreCollector(Collector):
 
     def _refresh_disk(self) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed() or self._refreshing:
+        if loop.is_closed() or self._refreshing:
             return
         self._refreshing = True
 

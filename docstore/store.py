@@ -17,6 +17,7 @@ them: :meth:`Store.health` and :meth:`Store.metrics` add live search recall, and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Self
 
 import asyncpg
@@ -103,6 +104,11 @@ class Store:
         """``fetch/fetchrow/fetchval`` on the read replica (the primary without one, or when
         it is down). For queries that only read."""
         return ReadQueries(self)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the store was opened on (its connections belong to it)."""
+        return self._db.loop
 
     @property
     def _metrics(self) -> Metrics:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -366,3 +367,20 @@ async def test_close_does_not_wait_forever_for_a_connection_never_given_back(
     with caplog.at_level(logging.WARNING, logger="docstore"):
         await asyncio.wait_for(store.close(), 10)  # closes after 0.5 s, terminating it
     assert "still checked out" in caplog.text
+
+
+async def test_a_closed_store_says_so_at_once(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call on a closed store is not a transient failure to retry (and log) for seconds: it
+    raises DatabaseUnavailableError saying the store is closed, at once."""
+    store = await docstore.connect(database_url)
+    await store.close()
+    with caplog.at_level(logging.WARNING, logger="docstore"):
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError, match=r"this store \(.*\) is closed"):
+            await store.documents.count()
+        with pytest.raises(DatabaseUnavailableError, match="is closed"):
+            await store.fetchval("select 1")
+    assert time.monotonic() - started < 0.5
+    assert not any("transient" in r.getMessage() for r in caplog.records)

@@ -169,3 +169,50 @@ def test_docstore_stats_prints_this_processes_view(database_url: str) -> None:
     assert "connection pools" in result.output and "disk: database" in result.output
     as_json = CliRunner().invoke(app, ["stats", "--url", database_url, "--json"])
     assert as_json.exit_code == 0 and '"database_bytes"' in as_json.output
+
+
+def test_a_sync_stores_collector_reads_disk_usage_on_the_stores_own_loop(
+    database_url: str,
+) -> None:
+    """A collector over a SyncStore's store (its loop runs on a private thread) refreshes
+    the disk figures on that loop — made in a plain script (no loop at all) or inside another
+    running loop (Jupyter's) — never on the caller's loop with the store's connections."""
+    import time
+
+    import docstore.sync
+
+    def scrape_until_disk(registry: object, seconds: float = 20.0) -> str:
+        deadline = time.monotonic() + seconds
+        while True:
+            text = generate_latest(registry).decode()  # type: ignore[arg-type]
+            if "docstore_database_bytes " in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)
+
+    with docstore.sync.connect(database_url, pool_min_size=1, pool_max_size=2) as s:
+        assert "docstore_database_bytes " in scrape_until_disk(
+            registry_for(s.store, disk_refresh_seconds=0)
+        )
+
+        async def in_a_running_loop() -> None:
+            registry = registry_for(s.store, disk_refresh_seconds=0)
+            for _ in range(10):
+                generate_latest(registry)
+                await asyncio.sleep(0.05)
+
+        asyncio.run(in_a_running_loop())
+        time.sleep(0.3)
+        assert s.documents.count() == 0  # the pool's connections are intact
+        assert s.metrics(disk=False).errors == []
+
+
+async def test_a_cancelled_call_is_not_recorded_as_a_fast_success(store: docstore.Store) -> None:
+    """A caller's timeout cancels a 5 s statement after 0.2 s: neither a success at 0.2 s nor
+    a failure — the operation's histogram does not count it."""
+    await store.fetchval("select 1")
+    before = (await store.metrics(disk=False)).operations["fetchval"]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.fetchval("select pg_sleep(5)"), 0.2)
+    after = (await store.metrics(disk=False)).operations["fetchval"]
+    assert (after.count, after.errors) == (before.count, before.errors)
+    assert await store.fetchval("select 2") == 2  # and the pool is fine

@@ -31,6 +31,7 @@ retried with backoff); every operation is timed by :mod:`docstore.metrics`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any, Self
@@ -76,6 +77,9 @@ class Database:
     ) -> None:
         self.settings = settings
         self.read_only = read_only
+        self.loop = asyncio.get_running_loop()
+        """The event loop the store was opened on: its connections belong to it, so work for
+        the store from another thread (a metrics scrape) is handed to this loop."""
         self.distributed = distributed
         """``documents`` is a Citus distributed table: docstore then runs its Citus SQL
         (:mod:`docstore.schema.citus`). Read when the store opens; :meth:`migrate` with
