@@ -161,6 +161,29 @@ async def test_live_recall_estimate_tracks_true_recall(
     assert true_recall < 0.98  # the test is only meaningful when recall is imperfect
 
 
+async def test_live_recall_is_not_lowered_by_min_similarity(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live recall compares the ANN top ``limit`` with the exact top ``limit``: hits that
+    ``min_similarity`` then drops are not misses (they were counted as such: an estimate near
+    0.1 for searches that returned exactly the right hits, "degraded" health and needless
+    recalibrations)."""
+    monkeypatch.setenv("DOCSTORE_SEARCH_RECALL_SAMPLE", "1")
+    monkeypatch.setenv("DOCSTORE_SEARCH_RECALL_BUDGET", "1")
+    monkeypatch.setenv("DOCSTORE_HNSW_EF_SEARCH", "400")  # near-exact ANN on 600 rows
+    points = clustered(600)
+    async with docstore.connect(database_url) as store:
+        await load(store, points)
+        await store.create_vector_index(calibrate=False)
+        for q in noisy_queries(points, 30, noise=0.001, seed=5):
+            hits = await store.search(q, min_similarity=0.99)
+            assert hits.mode == "ann" and 1 <= len(hits) < 10
+            await store.tuner.wait()
+        estimate = store.tuner.recall()
+    assert estimate.samples == 30
+    assert estimate.estimate is not None and estimate.estimate >= 0.95, estimate
+
+
 async def test_live_recall_shows_in_metrics_and_health(
     indexed: tuple[docstore.Store, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:

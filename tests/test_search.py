@@ -295,6 +295,53 @@ async def test_filtered_ann_still_fills_the_limit(corpus: docstore.Store) -> Non
     assert len(set(ann.ids) & set(exact.ids)) >= 9
 
 
+async def test_a_selective_filter_past_the_index_scans_limit_still_finds_the_nearest(
+    corpus_url: str,
+) -> None:
+    """pgvector's iterative scan stops after ``hnsw.max_scan_tuples`` index tuples (20,000 by
+    default): a filter matching few rows of a larger table came back short, or without the
+    nearest rows. Lowered to 100 here so the 1,500-row corpus shows it: the search sees that
+    the scan produced fewer candidates than it asked for and ranks the filtered rows directly;
+    a filter the scan fills its candidates from still takes the index."""
+    url = corpus_url + ("&" if "?" in corpus_url else "?") + "hnsw.max_scan_tuples=100"
+    picked = [3, 5, 17, 90, 250, 333, 700, 808, 1111, 1234, 1400, 1499]
+    selective = {"metadata.n": {"$in": picked}}
+    async with docstore.connect(url) as store:
+        for i in range(5):
+            got = await store.search(query(i), filter=selective, limit=10)
+            exact = await store.search(query(i), filter=selective, limit=10, exact=True)
+            assert got.mode == "halfvec" and got.ids == exact.ids and len(got) == 10
+            bounded = await store.search(
+                query(i), filter=selective, limit=10, min_similarity=got[4].similarity
+            )
+            assert bounded.ids == got.ids[:5]  # min_similarity cuts the same ranking
+        wide = await store.search(query(1), filter={"metadata.n": {"$gte": 0}}, limit=10)
+        assert wide.mode == "ann" and len(wide) == 10
+
+
+async def test_hybrid_search_takes_every_limit_search_takes(corpus: docstore.Store) -> None:
+    """The default candidate pool (5 × limit) is capped at 1,000, not refused above 200."""
+    for limit in (201, 1000):
+        results = await corpus.hybrid_search("async code", query(3), limit=limit)
+        assert 0 < len(results) <= limit
+
+
+async def test_ann_only_arguments_are_checked_whatever_plan_runs(corpus: docstore.Store) -> None:
+    """``ef_search``/``oversample`` used to be checked only when the plan was ANN: a bad value
+    passed on a small source or with exact=True, then failed once the source grew."""
+    for kwargs in (
+        {"ef_search": 0},
+        {"ef_search": 10**6},
+        {"ef_search": "x"},
+        {"oversample": 0},
+        {"oversample": 1.5},
+    ):
+        for scope in ({"exact": True}, {"source_name": "crate1"}, {}):
+            with pytest.raises(ValidationError) as info:
+                await corpus.search(query(1), **scope, **kwargs)  # type: ignore[arg-type]
+            assert info.value.field in ("ef_search", "oversample")
+
+
 async def test_a_one_source_search_ranks_the_in_row_halfvec_copy_and_matches_exact(
     corpus: docstore.Store,
 ) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from docstore.errors import FilterError, ValidationError
+from docstore.models import bounded_int
 from docstore.search.filters import build_filter
 from docstore.search.tuning import SPREAD_RANK
 
@@ -108,9 +109,7 @@ def metric(name: str) -> Metric:
 
 
 def check_limit(limit: int, field: str = "limit") -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise ValidationError(f"{field} must be an integer from 1 to {MAX_LIMIT}", field=field)
-    return limit
+    return bounded_int(limit, field, MAX_LIMIT)
 
 
 def index_expression(dim: int, column: str = "embedding") -> str:
@@ -275,8 +274,12 @@ def ann_search_sql(
     filtered searches still fill ``candidates``) set for this statement only, ``candidates``
     rows from the HNSW index ordered by exactly the indexed expression, ranked on the
     in-row ``embedding_half`` (no TOAST read), the best ``max(2 × limit, 20)`` of them
-    re-ranked on the full-precision vectors; the best ``limit`` returned with ``distance``
-    and ``spread``.
+    re-ranked on the full-precision vectors; the best ``limit`` returned with ``distance``,
+    ``spread`` and ``found`` (how many candidates the index scan produced: fewer than asked
+    means the filtered rows ran out, or a filtered scan stopped at ``hnsw.max_scan_tuples``
+    before it filled the list — on one node the rows also carry :data:`SCAN_LIMITS`, to tell
+    which; :class:`docstore.search.vector.VectorSearch` ranks the filtered rows directly when
+    it may have been the latter).
 
     The settings are ``set_config(..., true)`` in a one-row sub-select the index scan depends
     on (a LATERAL join), so they are in place before the scan reads its first tuple and end
@@ -297,8 +300,7 @@ def ann_search_sql(
     check_limit(limit)
     candidates = max(candidates, limit)
     check_limit(candidates, "candidates")
-    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
-        raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
+    bounded_int(ef_search, "ef_search", 1000)
     rerank = min(candidates, max(2 * limit, MIN_RERANK))
     where, filter_params = build_filter(filter, first_param=6)
     params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
@@ -310,7 +312,8 @@ def ann_search_sql(
         bound = f" WHERE w.distance <= ${len(params)}"
     window = (
         f"coalesce(nth_value(c.half, {SPREAD_RANK}) OVER o,"
-        " last_value(c.half) OVER o) - first_value(c.half) OVER o AS spread"
+        " last_value(c.half) OVER o) - first_value(c.half) OVER o AS spread,"
+        " count(*) OVER o AS found"
     )
     window_def = (
         " WINDOW o AS (ORDER BY c.half, c.id"
@@ -319,7 +322,8 @@ def ann_search_sql(
     )
     if distributed:
         sql = (
-            f"{q.prefix}SELECT {select_list('w', include_embedding)}, w.distance, w.spread"
+            f"{q.prefix}SELECT {select_list('w', include_embedding)}, w.distance, w.spread,"
+            " w.found"
             f" FROM (SELECT c.*, {window} FROM (SELECT {select_list('d', include_embedding)},"
             f" d.{HALF_COLUMN} {m.operator} {q.half} AS half,"
             f" d.embedding {m.operator} {q.vector} AS distance"
@@ -329,8 +333,9 @@ def ann_search_sql(
         )
         return sql, params
     sql = (
-        f"SELECT {select_list('w', include_embedding)}, w.distance, w.spread FROM ("
-        f"SELECT {select_list('h', include_embedding)}, h.spread,"
+        f"SELECT {select_list('w', include_embedding)}, w.distance, w.spread, w.found,"
+        f" {SCAN_LIMITS} FROM ("
+        f"SELECT {select_list('h', include_embedding)}, h.spread, h.found,"
         f" h.embedding {m.operator} {q.vector} AS distance FROM ("
         f"SELECT c.*, {window}"
         f" FROM (SELECT {select_list('d', True)},"
@@ -345,6 +350,15 @@ def ann_search_sql(
         f"{bound} ORDER BY w.distance, w.id LIMIT $2"
     )
     return sql, params
+
+
+# What decides whether an index scan that produced fewer candidates than asked for may have
+# been cut short (vector.VectorSearch): the table's size from the planner's statistics and the
+# scan's cap (pgvector's hnsw.max_scan_tuples; NULL before the library defined it: 20,000).
+SCAN_LIMITS = (
+    "(SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS table_rows,"
+    " current_setting('hnsw.max_scan_tuples', true) AS scan_cap"
+)
 
 
 def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: bool = False) -> str:
@@ -365,8 +379,7 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first (the shards get
     them too), never ``enable_sort = off`` (coordinator planning: ~10 ms → 400-600 ms).
     """
-    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
-        raise ValidationError("ef_search must be an integer from 1 to 1000", field="ef_search")
+    bounded_int(ef_search, "ef_search", 1000)
     return (
         ("SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else "")
         + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"

@@ -89,9 +89,9 @@ class TextSearch:
         """Vector and full-text search fused by Reciprocal Rank Fusion.
 
         Each ranking contributes ``1 / (k + rank)`` for its top ``candidates`` (default
-        ``max(5 × limit, 50)``); hits carry ``score``, ``ranks`` and, where found, their
-        ``similarity`` and ``text_rank``. Both searches run concurrently, after both inputs
-        were validated: ``text`` as in :meth:`search_text`, ``embedding`` as in
+        ``max(5 × limit, 50)``, at most 1,000); hits carry ``score``, ``ranks`` and, where
+        found, their ``similarity`` and ``text_rank``. Both searches run concurrently, after
+        both inputs were validated: ``text`` as in :meth:`search_text`, ``embedding`` as in
         :meth:`search` (:class:`ValidationError` before anything is sent).
         """
         started = time.perf_counter()
@@ -101,7 +101,8 @@ class TextSearch:
         build_filter(queries.scoped_filter(doc_type, source_name, filter))
         queries.check_limit(limit)
         pool = queries.check_limit(
-            max(5 * limit, 50) if candidates is None else candidates, "candidates"
+            min(max(5 * limit, 50), queries.MAX_LIMIT) if candidates is None else candidates,
+            "candidates",
         )
         common: dict[str, Any] = {
             "doc_type": doc_type,

@@ -39,6 +39,8 @@ def _hit(record: Any, **scores: Any) -> Hit:
     data = {**_HIT_DEFAULTS, **record, **scores}
     data.pop("rank", None)  # text search: reported as text_rank
     data.pop("spread", None)  # ANN: the planner's signal, not a document field
+    for signal in ("found", "table_rows", "scan_cap"):  # ANN: whether the scan was cut short
+        data.pop(signal, None)
     return Hit.model_construct(None, **data)
 
 
@@ -159,13 +161,7 @@ class VectorSearch:
         vector = query_vector(embedding, self._db.embedding_dim)
         mt = queries.metric(metric)
         queries.check_limit(limit)
-        max_distance = None
-        if min_similarity is not None:
-            if isinstance(min_similarity, bool) or not isinstance(min_similarity, int | float):
-                raise ValidationError("min_similarity must be a number", field="min_similarity")
-            if not math.isfinite(min_similarity):
-                raise ValidationError("min_similarity must be finite", field="min_similarity")
-            max_distance = mt.max_distance(float(min_similarity))
+        max_distance = _check_arguments(mt, min_similarity, ef_search, oversample)
         flt = queries.scoped_filter(doc_type, source_name, filter)
         plan, index = await self.plan(
             metric=mt.name,
@@ -187,10 +183,14 @@ class VectorSearch:
             "distributed": self._db.distributed,
         }
         escalated = False
-        if plan.mode == "ann":
-            records, escalated = await self._ann(
+        mode = plan.mode
+        if mode == "ann":
+            records, escalated, mode = await self._ann(
                 vector, plan, shape, filtered=flt is not None, source=shard(self._db, source_name)
             )
+            ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
+            if max_distance is not None:  # the bound on the ordered rows: a prefix of them
+                records = [r for r in records if r["distance"] <= max_distance]
         else:
             extra: dict[str, Any] = {}
             if plan.mode == "halfvec":
@@ -199,26 +199,28 @@ class VectorSearch:
             records = await self._db.run(
                 _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
             )
-        self._metrics.search_mode(plan.mode, time.perf_counter() - started)
+        self._metrics.search_mode(mode, time.perf_counter() - started)
         hits = [
             _hit(r, similarity=mt.similarity(r["distance"]))
             for r in records
             if not math.isnan(r["distance"])  # a zero vector stored before validation
         ]
-        if plan.mode == "ann":
+        if mode == "ann":
+            # live recall compares the top `limit` with the exact top `limit`, so it gets the
+            # ids before min_similarity cut them
             self._tuner.observe(
                 vector,
                 mt.name,
                 limit,
                 flt,
-                [h.id for h in hits if h.id],
+                [i for i in ann_ids if i],
                 calibrated=plan.source in ("calibration", "default"),
             )
         return SearchResults(
             hits,
-            mode=plan.mode,
+            mode=mode,
             metric=mt.name,
-            index_name=index.name if plan.mode == "ann" and index else None,
+            index_name=index.name if mode == "ann" and index else None,
             elapsed_ms=(time.perf_counter() - started) * 1000,
             ef_search=plan.ef_search or None,
             escalated=escalated,
@@ -232,8 +234,13 @@ class VectorSearch:
         *,
         filtered: bool,
         source: str | None = None,
-    ) -> tuple[list[Any], bool]:
-        """Run an ANN plan: the first pass, and the second if its candidates were flat."""
+    ) -> tuple[list[Any], bool, planner.VectorMode]:
+        """Run an ANN plan: the first pass, and the second if its candidates were flat.
+        Returns the top ``limit`` rows (``shape["max_distance"]`` not applied: the caller
+        cuts them), whether the second pass ran, and the mode that produced them: ``"ann"``,
+        or ``"halfvec"`` when a filtered index scan produced fewer candidates than it was
+        asked for (:func:`filtered_rows`)."""
+        shape = {**shape, "max_distance": None}
         threshold = plan.escalate_below
         direct = (
             threshold is not None
@@ -258,12 +265,14 @@ class VectorSearch:
                 filtered=filtered,
                 source=source,
             )
+            if filtered and _short(records, max(plan.candidates, shape["limit"])):
+                return await filtered_rows(self._db, vector, plan, shape, source), False, "halfvec"
             if threshold is None:
-                return records, False
+                return records, False, "ann"
             flat = bool(records) and records[0]["spread"] < threshold
             self._tuner.note_escalation(flat)
             if not flat:
-                return records, False
+                return records, False, "ann"
         wide = min(
             max(
                 planner.ann_candidates(shape["limit"], self._db.settings.search_oversample),
@@ -285,9 +294,11 @@ class VectorSearch:
             filtered=filtered,
             source=source,
         )
+        if filtered and _short(second, max(wide, shape["limit"])):
+            return await filtered_rows(self._db, vector, plan, shape, source), True, "halfvec"
         merged = {r["id"]: r for r in (*records, *second)}
         best = sorted(merged.values(), key=lambda r: (r["distance"], r["id"]))
-        return best[: shape["limit"]], True
+        return best[: shape["limit"]], True, "ann"
 
     async def _ann_records(
         self,
@@ -331,6 +342,58 @@ class VectorSearch:
         uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
         self._index_plan_cache = (now, uses)
         return uses
+
+
+def _check_arguments(
+    mt: Any, min_similarity: float | None, ef_search: int | None, oversample: int | None
+) -> float | None:
+    """``search()``'s tuning arguments checked (whichever plan runs: a value only an ANN plan
+    uses must not start failing the day a source outgrows the halfvec rule or an index is
+    built); the distance ``min_similarity`` allows, or None."""
+    if ef_search is not None:
+        planner.check_ef_search(ef_search)
+    if oversample is not None:
+        planner.check_oversample(oversample)
+    if min_similarity is None:
+        return None
+    if isinstance(min_similarity, bool) or not isinstance(min_similarity, int | float):
+        raise ValidationError("min_similarity must be a number", field="min_similarity")
+    if not math.isfinite(min_similarity):
+        raise ValidationError("min_similarity must be finite", field="min_similarity")
+    return cast(float, mt.max_distance(float(min_similarity)))
+
+
+async def filtered_rows(
+    db: Queries, vector: Any, plan: planner.VectorPlan, shape: dict[str, Any], source: str | None
+) -> list[Any]:
+    """The filtered rows ranked directly — by ``embedding_half``, the best candidates
+    re-ranked exactly, as a small scope's search is — for a filter the HNSW scan could not
+    fill its candidate list from: pgvector's iterative scan stops after
+    ``hnsw.max_scan_tuples`` (20,000) index tuples, so a filter matching a small share of a
+    large table would otherwise return too few hits, or not the nearest ones (:func:`_short`).
+    The filter's own indexes (B-tree, GIN), when it can use them, keep this cheap."""
+    sql, params = queries.vector_search_sql(
+        vector, **shape, candidates=plan.candidates, candidate_source="halfvec"
+    )
+    return cast(
+        "list[Any]", await db.run(_fetch(sql, params), stateless=True, read=True, shard=source)
+    )
+
+
+def _short(records: list[Any], asked: int) -> bool:
+    """Whether an ANN statement's index scan may have stopped before it found the ``asked``
+    candidates its filter allows: it produced fewer, and the table is not so small that the
+    scan must have seen every row (half pgvector's ``hnsw.max_scan_tuples``, a margin for
+    statistics that lag the table's growth; on a Citus cluster, where the coordinator's table
+    is an empty shell, always). With no candidate at all there is nothing to tell by."""
+    if not records:
+        return True
+    first = records[0]
+    if first["found"] >= asked:
+        return False
+    rows, cap = first.get("table_rows"), first.get("scan_cap")
+    cap = int(cap) if cap else planner.HNSW_MAX_SCAN_TUPLES
+    return rows is None or rows < 0 or 2 * rows >= cap
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
