@@ -214,15 +214,20 @@ def resolve_url(settings: Settings, url: str | None = None) -> tuple[str | None,
     return None, UrlSource.EMBEDDED
 
 
-def split_read_write(settings: Settings, url: str) -> tuple[str, str | None]:
+def split_read_write(
+    settings: Settings, url: str, *, read_url: bool = True
+) -> tuple[str, str | None]:
     """``(url for writes, url for reads or None)`` for a resolved database URL.
 
-    ``DATABASE_READ_URL`` wins (checked like ``DATABASE_URL``). Otherwise a URL naming several
-    hosts (``postgresql://db1,db2,db3/docs``) is split: writes go to the host that accepts
-    them (``target_session_attrs=read-write`` unless the URL says otherwise), reads prefer a
+    ``DATABASE_READ_URL`` wins (checked like ``DATABASE_URL``) unless ``read_url`` is False:
+    a URL given explicitly (``connect(url)``, the CLI's ``--url``/``--target``) is not paired
+    with a replica the environment names for whatever ``DATABASE_URL`` is — that replica may
+    hold another database. Otherwise a URL naming several hosts
+    (``postgresql://db1,db2,db3/docs``) is split: writes go to the host that accepts them
+    (``target_session_attrs=read-write`` unless the URL says otherwise), reads prefer a
     standby (``target_session_attrs=prefer-standby``). A single-host URL has no read URL.
     """
-    if settings.database_read_url:
+    if read_url and settings.database_read_url:
         return url, check_url(settings.database_read_url, "DATABASE_READ_URL")
     return read_write_urls(url)
 

@@ -384,3 +384,29 @@ async def test_a_closed_store_says_so_at_once(
             await store.fetchval("select 1")
     assert time.monotonic() - started < 0.5
     assert not any("transient" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_explicit_url_is_not_paired_with_the_environments_read_replica(
+    database_url: str, pg: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DATABASE_READ_URL`` is the replica of ``DATABASE_URL``'s database: a URL given to
+    connect() (the CLI's --url/--target) does not read from it — it may be another database
+    (a validation then compared the target with the wrong one) — unless a read URL is given
+    as explicitly."""
+    other = f"elsewhere_{os.getpid()}"
+    await pg.execute(f'CREATE DATABASE "{other}" TEMPLATE "{pg.template}"')
+    try:
+        monkeypatch.setenv("DATABASE_READ_URL", pg.url(other))
+        async with docstore.connect(database_url) as store:
+            assert store.read_url is None
+            assert await store.replica.fetchval("select current_database()") == (
+                await store.fetchval("select current_database()")
+            )
+        async with docstore.connect(database_url, database_read_url=pg.url(other)) as store:
+            assert store.read_url is not None
+            assert await store.replica.fetchval("select current_database()") == other
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        async with docstore.connect() as store:  # both from the environment: paired
+            assert await store.replica.fetchval("select current_database()") == other
+    finally:
+        await pg.execute(f'DROP DATABASE "{other}" WITH (FORCE)')

@@ -16,6 +16,7 @@ import asyncpg
 from docstore import embedded
 from docstore.config import (
     Settings,
+    UrlSource,
     load_settings,
     redact_url,
     resolve_url,
@@ -89,11 +90,15 @@ def open_database(
     Usage: ``store = await docstore.connect()`` or ``async with docstore.connect() as store:``.
     """
 
+    # DATABASE_READ_URL pairs with a URL from the environment; with connect(url) only a read
+    # URL given as explicitly (database_read_url=..., or in the Settings passed) is used
+    explicit_read_url = "database_read_url" in overrides or settings is not None
+
     async def open_store() -> D:
         cfg = settings or load_settings(**overrides)
         if overrides and settings is not None:
             cfg = load_settings(**{**settings.model_dump(), **overrides})
-        return await _open(factory, cfg, url, read_only, migrate)
+        return await _open(factory, cfg, url, read_only, migrate, explicit_read_url)
 
     return StoreOpener(open_store)
 
@@ -104,11 +109,14 @@ async def _open(
     url: str | None,
     read_only: bool | None,
     migrate: bool | None,
+    explicit_read_url: bool = False,
 ) -> D:
     resolved, source = resolve_url(settings, url)
     if resolved is None:
         resolved = await embedded.embedded_url(settings.embedded_dir)
-    resolved, read_url = split_read_write(settings, resolved)
+    resolved, read_url = split_read_write(
+        settings, resolved, read_url=source is not UrlSource.ARGUMENT or explicit_read_url
+    )
     ro = settings.read_only if read_only is None else read_only
     do_migrate = (settings.auto_migrate if migrate is None else migrate) and not ro
     if migrate and ro:
