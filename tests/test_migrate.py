@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -624,3 +625,45 @@ async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(
     async with Migrator(empty_database_url, database_url) as back:
         result = await back.rollback()  # into an empty database: ids must not collide
     assert result.documents == DOCS and result.crate_configs == 4
+
+
+def test_cli_checks_its_arguments_and_a_dry_run_writes_nothing(
+    legacy_url: str, empty_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    """A wrong argument is refused before the target is touched (migrate/validate/rollback
+    used to create pgvector and docstore's schema in it first), and `migrate --dry-run`
+    leaves even an uninitialised target as it was, as it says."""
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    runner = CliRunner()
+    monkeypatch.delenv("LEGACY_DATABASE_URL", raising=False)
+    target = ["--target", empty_database_url]
+    source = ["--source", legacy_url]
+
+    def untouched() -> bool:
+        async def check() -> bool:
+            conn = await asyncpg.connect(empty_database_url)
+            try:
+                return await conn.fetchval("select to_regclass('documents') is null")
+            finally:
+                await conn.close()
+
+        return asyncio.run(check())
+
+    for command in ("migrate", "validate", "rollback"):
+        missing = runner.invoke(app, [command, *target])
+        assert missing.exit_code == 1 and "LEGACY_DATABASE_URL" in missing.output
+    for args in (
+        ["--doc-type", ""],
+        ["--doc-type", "x" * 51],
+        ["--chunk-rows", "0"],
+        ["--report", str(Path(str(tmp_path)) / "no" / "such" / "dir" / "r.json")],
+    ):
+        usage = runner.invoke(app, ["migrate", *source, *target, *args])
+        assert usage.exit_code == 2, (args, usage.output)
+    assert untouched()
+    dry = runner.invoke(app, ["migrate", "--dry-run", *source, *target])
+    assert "nothing was written" in dry.output, dry.output
+    assert untouched()

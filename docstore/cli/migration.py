@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +34,31 @@ TargetOption = Annotated[
         callback=checked_url,
     ),
 ]
-DocTypeOption = Annotated[str, typer.Option("--doc-type", help="doc_type of the legacy docs.")]
+
+
+def _checked_doc_type(ctx: typer.Context, value: str) -> str:
+    """A doc_type docstore can store, or a usage error before anything connects."""
+    if not ctx.resilient_parsing and (not 1 <= len(value) <= 50 or "\x00" in value):
+        raise typer.BadParameter("must be 1 to 50 characters without NUL bytes")
+    return value
+
+
+def _writable_report(ctx: typer.Context, value: Path | None) -> Path | None:
+    """The report's directory must exist and be writable, checked before the run (not found
+    out after it)."""
+    if value is not None and not ctx.resilient_parsing:
+        directory = value.parent
+        if not directory.is_dir():
+            raise typer.BadParameter(f"directory {str(directory)[:200]!r} does not exist")
+        if not os.access(directory, os.W_OK) or value.is_dir():
+            raise typer.BadParameter(f"cannot write {str(value)[:200]!r}")
+    return value
+
+
+DocTypeOption = Annotated[
+    str,
+    typer.Option("--doc-type", help="doc_type of the legacy docs.", callback=_checked_doc_type),
+]
 
 
 def _legacy_url(source: str | None) -> str:
@@ -43,8 +68,10 @@ def _legacy_url(source: str | None) -> str:
     return url
 
 
-async def _target(target: str | None) -> Store:
-    return await cli.connect(target)
+async def _target(target: str | None, *, migrate: bool = True) -> Store:
+    """The target store, once the command's arguments are checked; ``migrate=False`` (a dry
+    run, validate) writes nothing into it, not even docstore's schema."""
+    return await cli.connect(target, migrate=migrate)
 
 
 NEXT_STEPS = """next steps (docs/cutover.md):
@@ -60,18 +87,21 @@ async def migrate(
     doc_type: DocTypeOption = "rust",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
     restart: Annotated[bool, typer.Option(help="Forget checkpoints of earlier runs.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Save the report as JSON.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Save the report as JSON.", callback=_writable_report)
+    ] = None,
     build_index: Annotated[bool, typer.Option(help="Build the HNSW index after.")] = False,
-    chunk_rows: Annotated[int, typer.Option(help="Documents per committed chunk.")] = 2000,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 2000,
     copy_streams: Annotated[
         int, typer.Option(min=1, max=16, help="Chunks copied at once (one snapshot).")
     ] = 2,
 ) -> None:
     """Copy the legacy rust_docs_vectors database into docstore (resumable; validated)."""
     bars = MigrationBars()
-    async with await _target(target) as store:
+    legacy = _legacy_url(source)
+    async with await _target(target, migrate=not dry_run) as store:
         migrator = Migrator(
-            _legacy_url(source),
+            legacy,
             store,
             doc_type=doc_type,
             chunk_rows=chunk_rows,
@@ -108,8 +138,9 @@ async def validate(
     source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
 ) -> None:
     """Compare the legacy database with docstore row by row; exit 1 on any mismatch."""
-    async with await _target(target) as store:
-        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).validate()
+    legacy = _legacy_url(source)
+    async with await _target(target, migrate=False) as store:
+        result = await Migrator(legacy, store, doc_type=doc_type).validate()
     console.print(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -120,8 +151,9 @@ async def rollback(
     source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
 ) -> None:
     """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
+    legacy = _legacy_url(source)
     async with await _target(target) as store:
-        result = await Migrator(_legacy_url(source), store, doc_type=doc_type).rollback()
+        result = await Migrator(legacy, store, doc_type=doc_type).rollback()
     console.print(
         f"legacy database now holds {result.documents:,} documents of {result.crates} crates "
         f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "

@@ -41,7 +41,11 @@ async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Pre
             setattr(pre, name, value)
         if problem := await nonpositive_ids(src):
             pre.blocking.append(problem)
-    if problem := await other_legacy_database(store, doc_type, run, src):
+    if not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
+        pre.warnings.append(
+            "the target has no docstore schema yet: the run creates it (as `docstore init`)"
+        )
+    elif problem := await other_legacy_database(store, doc_type, run, src):
         pre.blocking.append(problem)
     if store.read_only:
         pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
@@ -49,7 +53,14 @@ async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Pre
 
 
 async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, object]:
+    """What the target holds; only its versions when docstore's schema is not there yet (a
+    dry run connects without creating it: nothing to count)."""
     health = await store.health()
+    if not health.schema_version:
+        return {
+            "target_pgvector": health.pgvector_version,
+            "target_schema_version": health.schema_version,
+        }
     return {
         "target_pgvector": health.pgvector_version,
         "target_schema_version": health.schema_version,
