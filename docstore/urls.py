@@ -29,10 +29,11 @@ from urllib.parse import (
 )
 
 from docstore.errors import ConfigurationError
+from docstore.http_urls import REDACTED as REDACTED
+from docstore.http_urls import http_secrets, is_http, redact_http
 
 _POSTGRES_SCHEMES = ("postgres", "postgresql")
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
-REDACTED = "***"
 
 PERCENT_ENCODE_HINT = (
     "percent-encode special characters in the user name and password, e.g. "
@@ -357,10 +358,14 @@ def redact_url(url: str) -> str:
     hidden, since nobody can tell where its password ends. A libpq ``key=value`` string keeps
     its keys with ``password=***``.
     """
+    if not isinstance(url, str):
+        return "<not a string>"
+    if is_http(url):
+        return redact_http(url, lambda u: _malformed(u)[0])
     try:
         parsed = parse_url(url)
     except UrlError:
-        return _redact_malformed(url)
+        return _malformed(url)[0]
     # A secret also written elsewhere (as the user name, say) is hidden there too; scheme and
     # hosts stay as written: the redacted URL still says where it points.
     secrets = sorted((s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET), key=len)
@@ -390,15 +395,6 @@ def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:
     """``(field as written, decoded key, decoded value)`` for each query parameter."""
     fields = parsed.raw_query.split("&") if parsed.raw_query else []
     return [(raw, k, v) for raw, (k, v) in zip(fields, parsed.query, strict=True)]
-
-
-def _redact_malformed(url: str) -> str:
-    return _malformed(url)[0] if isinstance(url, str) else "<not a string>"
-
-
-def _malformed_secrets(url: str) -> list[str]:
-    """What may be a password in a URL :func:`parse_url` refuses (see :func:`redact_url`)."""
-    return _malformed(url)[1]
 
 
 def _malformed(url: str) -> tuple[str, list[str]]:
@@ -443,7 +439,7 @@ def url_password(url: str) -> str | None:
     try:
         parsed = parse_url(url)
     except UrlError:
-        found = _malformed_secrets(url) if isinstance(url, str) else []
+        found = _malformed(url)[1] if isinstance(url, str) else []
         return found[0] if found else None
     return parsed.password or parsed.param("password")
 
@@ -455,10 +451,13 @@ def url_secrets(*urls: str | None) -> tuple[str, ...]:
     for url in urls:
         if not url or not isinstance(url, str):
             continue
+        if is_http(url):  # a metrics endpoint (docstore stats --from)
+            found += http_secrets(url)
+            continue
         try:
             parsed = parse_url(url)
         except UrlError:
-            found += _malformed_secrets(url)
+            found += _malformed(url)[1]
             continue
         found += [parsed.password or "", parsed.raw_password or ""]
         for raw, key, value in _query_fields(parsed):

@@ -120,6 +120,8 @@ async def stats(
     of connections with docstore's application_name (the Doc Server's too, when it uses the
     same name). With --from, what a running Doc Server or `docstore metrics serve` exports.
     """
+    if source is not None and url:
+        raise typer.BadParameter("give --url or --from, not both", param_hint="--from")
     if source is not None:
         from docstore.prometheus import snapshot_from_text
 

@@ -1,0 +1,42 @@
+"""http(s) URLs — a metrics endpoint (``docstore stats --from``) — as docstore shows them:
+not database URLs, so their port is not taken for a password (:func:`docstore.urls.redact_url`
+hands them here)."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import Callable
+
+REDACTED = "***"
+
+
+def is_http(url: str) -> bool:
+    return url[:8].lower().startswith(("http://", "https://"))
+
+
+def redact_http(url: str, fallback: Callable[[str], str]) -> str:
+    """``url`` with host, port and path kept, its password and the query's values hidden;
+    ``fallback`` for one ``urlsplit`` refuses."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return fallback(url)
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    if parts.username is not None:
+        password = f":{REDACTED}" if parts.password is not None else ""
+        netloc = f"{parts.username}{password}@{netloc}"
+    query = "&".join(
+        f"{key}={REDACTED}"
+        for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def http_secrets(url: str) -> list[str]:
+    """The password in ``url``, as written and decoded."""
+    with contextlib.suppress(ValueError):
+        password = urllib.parse.urlsplit(url).password or ""
+        return [password, urllib.parse.unquote(password)]
+    return []
