@@ -58,19 +58,6 @@ class VectorSearch:
     def _metrics(self) -> Metrics:
         return self._db._metrics
 
-    async def _scope(self, doc_type: str | None, source_name: str | None) -> Scope:
-        """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
-        planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
-        entries read), the table's size from the planner's statistics; cached briefly."""
-        key = (doc_type, source_name)
-        now = time.monotonic()
-        cached = self._scope_cache.get(key)
-        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
-            return cached[1]
-        scope = await _count_scope(self._db, doc_type, source_name)
-        self._scope_cache[key] = (now, scope)
-        return scope
-
     async def plan(
         self,
         *,
@@ -88,7 +75,7 @@ class VectorSearch:
         scoped_only = filter is None and bool(doc_type or source_name)
         scope = None
         if index is not None and exact is None and scoped_only:
-            scope = await self._scope(doc_type, source_name)
+            scope = await _cached_scope(self._db, self._scope_cache, doc_type, source_name)
         calibration = None
         if index is not None and ef_search is None and self._db.settings.hnsw_ef_search is None:
             calibration = await self._tuner.calibration(metric)
@@ -186,7 +173,13 @@ class VectorSearch:
         mode = plan.mode
         if mode == "ann":
             records, escalated, mode = await self._ann(
-                vector, plan, shape, filtered=flt is not None, source=shard(self._db, source_name)
+                vector,
+                plan,
+                shape,
+                filtered=flt is not None,
+                # exact=False insists on the index: no fallback to the filtered rows then
+                may_rank_filtered=flt is not None and exact is None,
+                source=shard(self._db, source_name),
             )
             ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
             if max_distance is not None:  # the bound on the ordered rows: a prefix of them
@@ -233,13 +226,14 @@ class VectorSearch:
         shape: dict[str, Any],
         *,
         filtered: bool,
+        may_rank_filtered: bool = False,
         source: str | None = None,
     ) -> tuple[list[Any], bool, planner.VectorMode]:
         """Run an ANN plan: the first pass, and the second if its candidates were flat.
         Returns the top ``limit`` rows (``shape["max_distance"]`` not applied: the caller
         cuts them), whether the second pass ran, and the mode that produced them: ``"ann"``,
         or ``"halfvec"`` when a filtered index scan produced fewer candidates than it was
-        asked for (:func:`filtered_rows`)."""
+        asked for and ``may_rank_filtered`` (:func:`filtered_rows`)."""
         shape = {**shape, "max_distance": None}
         threshold = plan.escalate_below
         direct = (
@@ -265,7 +259,7 @@ class VectorSearch:
                 filtered=filtered,
                 source=source,
             )
-            if filtered and _short(records, max(plan.candidates, shape["limit"])):
+            if may_rank_filtered and _short(records, max(plan.candidates, shape["limit"])):
                 return await filtered_rows(self._db, vector, plan, shape, source), False, "halfvec"
             if threshold is None:
                 return records, False, "ann"
@@ -294,7 +288,7 @@ class VectorSearch:
             filtered=filtered,
             source=source,
         )
-        if filtered and _short(second, max(wide, shape["limit"])):
+        if may_rank_filtered and _short(second, max(wide, shape["limit"])):
             return await filtered_rows(self._db, vector, plan, shape, source), True, "halfvec"
         merged = {r["id"]: r for r in (*records, *second)}
         best = sorted(merged.values(), key=lambda r: (r["distance"], r["id"]))
@@ -394,6 +388,26 @@ def _short(records: list[Any], asked: int) -> bool:
     rows, cap = first.get("table_rows"), first.get("scan_cap")
     cap = int(cap) if cap else planner.HNSW_MAX_SCAN_TUPLES
     return rows is None or rows < 0 or 2 * rows >= cap
+
+
+async def _cached_scope(
+    db: Queries,
+    cache: dict[tuple[str | None, str | None], tuple[float, Scope]],
+    doc_type: str | None,
+    source_name: str | None,
+) -> Scope:
+    """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
+    planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
+    entries read), the table's size from the planner's statistics; cached briefly in
+    ``cache``."""
+    key = (doc_type, source_name)
+    now = time.monotonic()
+    cached = cache.get(key)
+    if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
+        return cached[1]
+    scope = await _count_scope(db, doc_type, source_name)
+    cache[key] = (now, scope)
+    return scope
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
