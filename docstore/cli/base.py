@@ -179,7 +179,32 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
     the legacy database through this process and reads every stored byte back, and spent
     25 % less CPU doing it (bench/RESULTS.md, issue 15)."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(work())  # type: ignore[arg-type]
+        try:
+            return runner.run(work())  # type: ignore[arg-type]
+        except Exception as exc:
+            if _interrupted(runner, exc):
+                raise KeyboardInterrupt from exc  # one 'error: interrupted' line, exit 130
+            raise
+
+
+def _interrupted(runner: asyncio.Runner, exc: BaseException) -> bool:
+    """Whether ``exc`` is what a Ctrl-C left behind: its cause/context chain holds a
+    ``KeyboardInterrupt``, or the ``CancelledError`` of the command the runner cancelled on
+    SIGINT (some clean-up on the way out raised another error over it)."""
+    sigints: int = getattr(runner, "_interrupt_count", 0)  # asyncio.Runner's (CPython 3.11+)
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        current = chain.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        if isinstance(current, asyncio.CancelledError) and sigints > 0:
+            return True
+        chain += [current.__cause__, current.__context__]
+    return False
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -9,12 +9,14 @@ the report, but each stage also runs alone on connections a caller opened (tests
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -23,6 +25,8 @@ from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe
 from docstore.store import Store
 
+P = ParamSpec("P")
+T = TypeVar("T")
 # progress(stage, rows done, rows total, bytes streamed so far)
 Progress = Callable[[str, int, int, int], None]
 
@@ -120,6 +124,12 @@ async def open_legacy(
         if schema:
             await register_codecs(conn, schema)
         yield conn
+    except BaseException:
+        if cancelling():
+            # cancelled (Ctrl-C): it may be stuck in a COPY or a cancelled query, where a
+            # graceful close fails or waits; the server rolls its transaction back
+            conn.terminate()
+        raise
     finally:
         await conn.close()
 
@@ -140,6 +150,43 @@ async def ensure_writable(store: Store, action: str) -> None:
             f"the target database is read-only (a standby, or default_transaction_read_only "
             f"is on): cannot {action}; nothing was written"
         )
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled (Ctrl-C): what it raises meanwhile is a
+    consequence, and connections are closed rather than cleaned up (``migrate/pipe.py``)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def cancellation_wins(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A call cancelled while it runs raises ``CancelledError`` (Ctrl-C: the CLI then exits
+    130): never the error of a connection that cleaning up found cut off half-way, nor a
+    result when a step swallowed the cancellation."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
+
+        def cancelled() -> bool:
+            return task is not None and task.cancelling() > before
+
+        try:
+            result = await method(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if cancelled():
+                raise asyncio.CancelledError(f"cancelled ({type(exc).__name__})") from exc
+            raise
+        if cancelled():
+            raise asyncio.CancelledError("cancelled")
+        return result
+
+    return wrapper
 
 
 def now() -> float:

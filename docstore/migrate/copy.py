@@ -29,7 +29,7 @@ from docstore.failures import is_unique_violation
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
-from docstore.migrate.pipe import pipe
+from docstore.migrate.pipe import pipe, transaction
 from docstore.migrate.preflight import nonpositive_ids
 from docstore.migrate.report import MigrationReport, Validation
 from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
@@ -104,7 +104,7 @@ async def copy_range(
     if direct:
         sent = new_digest()
         try:
-            async with tgt.transaction():  # a savepoint: fall back on a key collision
+            async with transaction(tgt):  # a savepoint: fall back on a key collision
                 n = await pipe(
                     src,
                     query,
@@ -271,7 +271,7 @@ async def _copy_chunk(
 ) -> int:
     """One chunk in one target transaction with its checkpoint; handed to the verifier once
     committed."""
-    async with tgt.transaction():
+    async with transaction(tgt):
         n, sent = await copy_range(ctx, src, tgt, low, high, direct=direct)
         if n != rows:
             raise MigrationError(f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}")
@@ -296,11 +296,11 @@ async def copy(
     """The copy stage: sources, documents, population jobs from one legacy snapshot; returns
     that snapshot's :class:`LegacyState` (the delta pass compares against it). Fills the
     report's counts and ``timings`` (sources, documents, population_jobs)."""
-    async with src.transaction(isolation="repeatable_read", readonly=True):
+    async with transaction(src, isolation="repeatable_read", readonly=True):
         t0 = now()
         snapshot = await state.read_legacy_state(src)
         report.sources = len(snapshot.sources)
-        async with tgt.transaction():
+        async with transaction(tgt):
             await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=False)
         report.timings["sources"] = now() - t0
         t0 = now()
@@ -308,7 +308,7 @@ async def copy(
         report.timings["documents"] = now() - t0
         t0 = now()
         report.population_jobs = len(snapshot.jobs)
-        async with tgt.transaction():
+        async with transaction(tgt):
             await state.sync_jobs(ctx.doc_type, snapshot, tgt, delete=True)
             if report.skipped_chunks:
                 # Chunks skipped as unchanged carry the crate version of an earlier run:
@@ -364,13 +364,13 @@ async def repair(
         first, last = c * ctx.chunk_rows - 1, (c + 1) * ctx.chunk_rows - 1
         low, high = min(first, MAX_LEGACY_ID), min(last, MAX_LEGACY_ID)
         async with (
-            src.transaction(isolation="repeatable_read", readonly=True),
-            tgt.transaction(),
+            transaction(src, isolation="repeatable_read", readonly=True),
+            transaction(tgt),
         ):
             await copy_range(ctx, src, tgt, low, high, direct=False)
-    async with src.transaction(isolation="repeatable_read", readonly=True):
+    async with transaction(src, isolation="repeatable_read", readonly=True):
         snapshot = await state.read_legacy_state(src)
-    async with tgt.transaction():
+    async with transaction(tgt):
         await state.sync_sources(ctx.doc_type, snapshot, tgt, delete=True)
         await state.sync_jobs(ctx.doc_type, snapshot, tgt, delete=True)
         versions = await state.sync_versions(ctx.doc_type, snapshot, tgt)

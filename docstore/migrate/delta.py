@@ -17,6 +17,7 @@ from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import StageContext
 from docstore.migrate.copy import copy_range
+from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport
 from docstore.migrate.verify import StreamedRange, StreamVerifier
 
@@ -54,8 +55,8 @@ async def delta_documents(
     for low, high in ranges:
         # one snapshot per range: the rows copied, their count and their stamp agree
         async with (
-            src.transaction(isolation="repeatable_read", readonly=True),
-            tgt.transaction(),
+            transaction(src, isolation="repeatable_read", readonly=True),
+            transaction(tgt),
         ):
             n, sent = await copy_range(ctx, src, tgt, low, high, direct=False)
             facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
@@ -90,7 +91,7 @@ async def delta_small_tables(
     Crate versions: the documents of crates whose version changed since ``before`` are
     rewritten (indexed updates); only when document ranges were ``recopied`` (each in its
     own snapshot) are all sources checked, with one aggregate over the documents."""
-    async with src.transaction(isolation="repeatable_read", readonly=True):
+    async with transaction(src, isolation="repeatable_read", readonly=True):
         current = await state.read_legacy_state(src)
     moved = None
     if not recopied:
@@ -99,7 +100,7 @@ async def delta_small_tables(
             for name, source in current.sources.items()
             if (old := before.sources.get(name)) is None or old.version != source.version
         ]
-    async with tgt.transaction():
+    async with transaction(tgt):
         await state.sync_sources(ctx.doc_type, current, tgt, delete=True)
         await state.sync_jobs(ctx.doc_type, current, tgt, delete=True)
         report.delta_documents += await state.sync_versions(ctx.doc_type, current, tgt, moved)

@@ -51,11 +51,14 @@ from docstore.migrate.context import (
     LONG_TIMEOUT,
     Progress,
     StageContext,
+    cancellation_wins,
+    cancelling,
     ensure_writable,
     now,
     open_legacy,
     run_id,
 )
+from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
 from docstore.store import Store, connect
@@ -140,19 +143,6 @@ class Migrator:
         return open_legacy(self._source_arg, self._secrets, writable=writable)
 
     @contextlib.asynccontextmanager
-    async def _lock(self, tgt: asyncpg.Connection) -> AsyncIterator[None]:
-        """The migration's advisory lock on the target, for the duration of the block."""
-        if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
-            raise MigrationError(
-                "another docstore migrator is running against this target "
-                "(advisory lock held); wait for it or stop it first"
-            )
-        try:
-            yield
-        finally:
-            await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-
-    @contextlib.asynccontextmanager
     async def _stream(self, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
         """Another copy stream: a legacy connection whose read-only transaction imports the
         copy's snapshot, and a target connection (``snapshot`` is checked by the caller)."""
@@ -160,7 +150,7 @@ class Migrator:
         async with (
             self._source() as src,
             store.acquire(timeout=5) as tgt,
-            src.transaction(isolation="repeatable_read", readonly=True),
+            transaction(src, isolation="repeatable_read", readonly=True),
         ):
             await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             yield src, tgt
@@ -194,6 +184,7 @@ class Migrator:
         async with self._source() as src:
             return await preflight_stage.preflight(src, store, self.doc_type)
 
+    @cancellation_wins
     async def run(self, *, dry_run: bool = False) -> MigrationReport:
         """Preflight, copy, delta pass, ANALYZE, (index), validate; see the module docs.
 
@@ -225,7 +216,7 @@ class Migrator:
                 return report
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
-            async with store.acquire() as tgt, self._lock(tgt):
+            async with store.acquire() as tgt, _migration_lock(tgt):
                 await _claim_doc_type(tgt, ctx, src, restart=self.restart)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
@@ -286,9 +277,10 @@ class Migrator:
         """Copy again what ``validation`` found different (:func:`copy.repair`), under the
         migration lock; returns the documents rewritten."""
         store = await self._target_store()
-        async with self._source() as src, store.acquire() as tgt, self._lock(tgt):
+        async with self._source() as src, store.acquire() as tgt, _migration_lock(tgt):
             return await copy_stage.repair(await self._context(src, store), src, tgt, validation)
 
+    @cancellation_wins
     async def validate(self) -> Validation:
         """Compare the target with the legacy database as it is now (one legacy snapshot),
         re-reading both: counts (total, per crate, NULL embeddings); every document row through
@@ -321,7 +313,7 @@ class Migrator:
             tgt = target if target is not None else await stack.enter_async_context(store.acquire())
             try:
                 # one legacy snapshot: every check compares the target with the same moment
-                async with src.transaction(isolation="repeatable_read", readonly=True):
+                async with transaction(src, isolation="repeatable_read", readonly=True):
                     result = await validate_stage.validate(
                         ctx, src, tgt, store, streamed=streamed, parity_queries=self.parity_queries
                     )
@@ -330,6 +322,7 @@ class Migrator:
         result.seconds = now() - started
         return result
 
+    @cancellation_wins
     async def rollback(self) -> RollbackReport:
         """Copy the target's ``doc_type`` documents, sources and population jobs back into the
         legacy-shaped ``source`` database (created if empty), so switching ``DATABASE_URL``
@@ -366,6 +359,27 @@ class Migrator:
             ) from None
         report.seconds = now() - started
         return report
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
+    """The migration's advisory lock on the target, for the duration of the block. A
+    connection closed meanwhile (a COPY cancelled on it) released it with its session."""
+    if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        raise MigrationError(
+            "another docstore migrator is running against this target "
+            "(advisory lock held); wait for it or stop it first"
+        )
+    try:
+        yield
+    finally:
+        if not tgt.is_closed():
+            try:
+                await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            except BaseException:
+                if not cancelling():
+                    raise
+                tgt.terminate()  # cancelled: ending the session releases the lock
 
 
 async def _rollback(
