@@ -129,3 +129,16 @@ async def legacy_fetch(url: str, sql: str, *args: object) -> list[tuple[Any, ...
         return [tuple(r) for r in await conn.fetch(sql, *args)]
     finally:
         await conn.close()
+
+
+# Every legacy document and every migrated one, field by field in the same shape (content and
+# embedding as md5s): equal lists mean nothing was lost, doubled or changed.
+ROWS_LEGACY = """
+SELECT id, crate_name, doc_path, md5(content), md5(embedding::text), token_count, created_at
+  FROM doc_embeddings ORDER BY id
+"""
+ROWS_TARGET = """
+SELECT (metadata->>'legacy_id')::int, source_name, doc_path, md5(content), md5(embedding::text),
+       token_count, created_at
+  FROM documents WHERE doc_type = 'rust' ORDER BY 1, id
+"""

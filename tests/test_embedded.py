@@ -36,6 +36,7 @@ from docstore.embedded import (
     release_embedded,
 )
 from docstore.errors import DatabaseUnavailableError
+from tests.processes import wait_gone
 
 # A separate process that uses the embedded server in DOCSTORE_EMBEDDED_DIR; with a barrier
 # file as argv[1] it waits for it (after its imports) so that several start at the same moment.
@@ -84,18 +85,6 @@ def _postmaster(pgdata: Path) -> psutil.Process | None:
         return None
 
 
-def _wait_gone(procs: list[psutil.Process], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        while time.monotonic() < deadline:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.02)
-
-
 def _stop_leftover(pgdata: Path) -> None:
     """Immediate shutdown of a server a failed test left running (PID 1 may not reap it)."""
     proc = _postmaster(pgdata)
@@ -103,7 +92,7 @@ def _stop_leftover(pgdata: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             children = proc.children(recursive=True)
             proc.send_signal(signal.SIGQUIT)
-            _wait_gone([proc, *children])
+            wait_gone([proc, *children])
 
 
 @pytest.fixture
@@ -229,7 +218,7 @@ def test_stale_pid_file_naming_a_reused_pid_is_replaced_and_that_process_spared(
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-    _wait_gone([postmaster, *children])
+    wait_gone([postmaster, *children])
     victim = subprocess.Popen(["sleep", "120"])
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()

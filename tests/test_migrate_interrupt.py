@@ -32,7 +32,7 @@ from docstore.cli.base import EXIT_INTERRUPTED
 from docstore.migrate import Migrator
 from docstore.migrate.migrator import MIGRATION_LOCK_KEY
 from tests.conftest import PgCluster
-from tests.legacy_db import legacy_database
+from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, legacy_database
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -43,15 +43,6 @@ PROMPT = 10.0  # seconds a cancelled run may take to unwind (expected: well unde
 ROOT = Path(__file__).resolve().parents[1]
 
 COPY_IN = "COPY %FROM STDIN%"  # a chunk streaming into the target (direct or staging)
-ROWS_LEGACY = """
-SELECT id, crate_name, doc_path, md5(content), md5(embedding::text), token_count, created_at
-  FROM doc_embeddings ORDER BY id
-"""
-ROWS_TARGET = """
-SELECT (metadata->>'legacy_id')::int, source_name, doc_path, md5(content), md5(embedding::text),
-       token_count, created_at
-  FROM documents WHERE doc_type = 'rust' ORDER BY 1, id
-"""
 
 
 @pytest.fixture(scope="module")

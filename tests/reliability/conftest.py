@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pytest
 from docstore import Document
 from docstore.embedded import EmbeddedServer, ensure_vector_extension
 from tests.conftest import PgCluster, add_scram_role, with_database
+from tests.processes import wait_gone
 
 DIM = 3072
 _FIGURES = pytest.StashKey[list[tuple[str, list[str]]]]()
@@ -208,15 +208,7 @@ def kill_server(server: EmbeddedServer) -> int:
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-    deadline = time.monotonic() + 10
-    for proc in [postmaster, *children]:
-        while time.monotonic() < deadline:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.01)
+    wait_gone([postmaster, *children], timeout=10, poll=0.01)
     _remove_stale_pid_file(server)
     return 1 + len(children)
 

@@ -26,7 +26,7 @@ import docstore
 from docstore.migrate import Migrator
 from docstore.migrate.migrator import MIGRATION_LOCK_KEY
 from tests.conftest import PgCluster
-from tests.legacy_db import legacy_database
+from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, legacy_database
 from tests.reliability.conftest import Figures
 
 pytestmark = pytest.mark.timeout(300)
@@ -107,17 +107,6 @@ def kill_while_verifying(legacy_url: str, database_url: str, nth: int) -> tuple[
             child.wait(timeout=10)
     assert child.returncode == -signal.SIGKILL, f"not killed mid-verification ({line!r})"
     return copied, verified
-
-
-ROWS_LEGACY = """
-SELECT id, crate_name, doc_path, md5(content), md5(embedding::text), token_count, created_at
-  FROM doc_embeddings ORDER BY id
-"""
-ROWS_TARGET = """
-SELECT (metadata->>'legacy_id')::int, source_name, doc_path, md5(content), md5(embedding::text),
-       token_count, created_at
-  FROM documents WHERE doc_type = 'rust' ORDER BY 1, id
-"""
 
 
 async def rows(url: str, sql: str) -> list[tuple[object, ...]]:
