@@ -14,6 +14,7 @@ from docstore.cli.progress import MigrationBars
 from docstore.config import load_settings
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
+from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
 from docstore.store import Store
 
 SourceOption = Annotated[
@@ -38,8 +39,8 @@ TargetOption = Annotated[
 
 def _checked_doc_type(ctx: typer.Context, value: str) -> str:
     """A doc_type docstore can store, or a usage error before anything connects."""
-    if not ctx.resilient_parsing and (not 1 <= len(value) <= 50 or "\x00" in value):
-        raise typer.BadParameter("must be 1 to 50 characters without NUL bytes")
+    if not ctx.resilient_parsing and not doc_type_ok(value):
+        raise typer.BadParameter(f"must be {DOC_TYPE_RULE}")
     return value
 
 

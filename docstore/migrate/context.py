@@ -23,6 +23,7 @@ import asyncpg
 from docstore.codecs import register_codecs
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe
+from docstore.models import MAX_DOC_TYPE
 from docstore.store import Store
 
 P = ParamSpec("P")
@@ -67,6 +68,15 @@ class StageContext:
     def report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(stage, done, total, self.streamed_bytes)
+
+
+DOC_TYPE_RULE = f"1 to {MAX_DOC_TYPE} characters without NUL bytes"
+
+
+def doc_type_ok(doc_type: str) -> bool:
+    """Whether a migration may write ``doc_type`` (what ``documents.doc_type`` holds):
+    checked by :class:`~docstore.migrate.Migrator` and, before anything connects, the CLI."""
+    return 1 <= len(doc_type) <= MAX_DOC_TYPE and "\x00" not in doc_type
 
 
 def run_doc_type(doc_type: str) -> str:

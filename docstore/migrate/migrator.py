@@ -48,11 +48,13 @@ from docstore.migrate import validate as validate_stage
 from docstore.migrate.context import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_COPY_STREAMS,
+    DOC_TYPE_RULE,
     LONG_TIMEOUT,
     Progress,
     StageContext,
     cancellation_wins,
     cancelling,
+    doc_type_ok,
     ensure_writable,
     now,
     open_legacy,
@@ -105,8 +107,8 @@ class Migrator:
             raise MigrationError("chunk_rows must be at least 1")
         if not 1 <= copy_streams <= 16:
             raise MigrationError("copy_streams must be from 1 to 16")
-        if not 1 <= len(doc_type) <= 50 or "\x00" in doc_type:
-            raise MigrationError("doc_type must be 1 to 50 characters without NUL bytes")
+        if not doc_type_ok(doc_type):
+            raise MigrationError(f"doc_type must be {DOC_TYPE_RULE}")
         self._source_arg = source
         self._target_arg = target
         self.doc_type = doc_type
