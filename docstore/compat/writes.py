@@ -17,19 +17,12 @@ import asyncpg
 
 from docstore.models import Document
 from docstore.repositories.documents import dedupe, lock_sources, validate, write_batch
+from docstore.repositories.sources import write_totals
 from docstore.store import Store
 
 _STORED_METADATA = (
     "SELECT doc_path, metadata FROM documents"
     " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])"
-)
-_TOTALS = (
-    "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
-    " FROM documents WHERE doc_type = $1 AND source_name = $2"
-)
-_SET_TOTALS = (
-    "UPDATE document_sources SET config = config || $3::jsonb"
-    " WHERE doc_type = $1 AND source_name = $2"
 )
 
 
@@ -49,7 +42,7 @@ async def upsert_crate_documents(
         merged = await _keep_metadata(conn, doc_type, crate_name, unique, store.embedding_dim)
         await write_batch(conn, merged, distributed=store.distributed)
         if totals:
-            await _recompute_totals(conn, doc_type, crate_name)
+            await write_totals(conn, doc_type, crate_name)  # under the source lock: exact
 
     await store.run_in_transaction(work)
 
@@ -67,12 +60,3 @@ async def _keep_metadata(
         else d
         for i, d in enumerate(docs)
     ]
-
-
-async def _recompute_totals(conn: asyncpg.Connection, doc_type: str, crate_name: str) -> None:
-    """The crate's totals from its documents, read and written as a value (one form for a
-    plain and a Citus database: Citus refuses STABLE functions such as jsonb_build_object
-    over columns in an UPDATE). The source lock the caller holds keeps them exact."""
-    totals = await conn.fetchrow(_TOTALS, doc_type, crate_name)
-    assert totals is not None  # an aggregate always returns its row
-    await conn.execute(_SET_TOTALS, doc_type, crate_name, dict(totals))

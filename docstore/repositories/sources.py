@@ -65,6 +65,26 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
+async def write_totals(conn: Any, doc_type: str, source_name: str) -> Any:
+    """Write the source's ``total_docs``/``total_tokens`` (from its documents) into its config,
+    read and then written as a value, in the caller's transaction; returns the source's row, or
+    None without one. The form a Citus cluster accepts (it refuses STABLE functions such as
+    ``jsonb_build_object`` over columns in an UPDATE); also the compat layer's writes'."""
+    totals = await conn.fetchrow(
+        "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
+        " FROM documents WHERE doc_type = $1 AND source_name = $2",
+        doc_type,
+        source_name,
+    )
+    return await conn.fetchrow(
+        "UPDATE document_sources SET config = config || $3::jsonb"
+        f" WHERE doc_type = $1 AND source_name = $2 RETURNING {_COLUMNS}",
+        doc_type,
+        source_name,
+        {k: int(v) for k, v in totals.items()},
+    )
+
+
 def _to_source(record: Any) -> Source:
     """A :class:`Source` from a trusted row (``config`` decoded by the pool's jsonb codec)."""
     return Source.model_construct(**dict(record))
@@ -260,20 +280,7 @@ class SourceRepository:
         (``jsonb_build_object``) in an UPDATE: the totals are read, then written as a value,
         in one transaction."""
 
-        async def work(conn: Any) -> Any:
-            totals = await conn.fetchrow(
-                "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
-                " FROM documents WHERE doc_type = $1 AND source_name = $2",
-                doc_type,
-                source_name,
-            )
-            return await conn.fetchrow(
-                f"UPDATE document_sources SET config = config || $3::jsonb"
-                f" WHERE doc_type = $1 AND source_name = $2 RETURNING {_COLUMNS}",
-                doc_type,
-                source_name,
-                {k: int(v) for k, v in totals.items()},
-            )
-
-        record = await self.store.run_in_transaction(work)
+        record = await self.store.run_in_transaction(
+            lambda conn: write_totals(conn, doc_type, source_name)
+        )
         return None if record is None else _to_source(record)
