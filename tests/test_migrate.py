@@ -627,6 +627,29 @@ async def test_a_rerun_applies_legacy_renames_deletions_and_unpopulated_configs(
     assert result.documents == DOCS and result.crate_configs == 4
 
 
+async def has_documents_table(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("select to_regclass('documents') is not null"))
+    finally:
+        await conn.close()
+
+
+async def test_api_dry_run_preflight_and_validate_leave_a_url_target_untouched(
+    legacy_url: str, empty_database_url: str
+) -> None:
+    """Given a URL, the Migrator used to open the target with ``connect()``'s default and so
+    create pgvector and docstore's schema in it for a dry run too; now only a write does."""
+    async with Migrator(legacy_url, empty_database_url) as m:
+        dry = await m.run(dry_run=True)
+        assert dry.dry_run and not dry.preflight.blocking, dry.preflight.blocking
+        await m.preflight()
+        assert not await has_documents_table(empty_database_url)
+        report = await m.run()  # the same Migrator: the target is reopened with the schema
+        assert report.ok and report.copied_documents == DOCS
+    assert await has_documents_table(empty_database_url)
+
+
 def test_cli_checks_its_arguments_and_a_dry_run_writes_nothing(
     legacy_url: str, empty_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
@@ -643,14 +666,7 @@ def test_cli_checks_its_arguments_and_a_dry_run_writes_nothing(
     source = ["--source", legacy_url]
 
     def untouched() -> bool:
-        async def check() -> bool:
-            conn = await asyncpg.connect(empty_database_url)
-            try:
-                return await conn.fetchval("select to_regclass('documents') is null")
-            finally:
-                await conn.close()
-
-        return asyncio.run(check())
+        return not asyncio.run(has_documents_table(empty_database_url))
 
     for command in ("migrate", "validate", "rollback"):
         missing = runner.invoke(app, [command, *target])

@@ -122,6 +122,7 @@ class Migrator:
         self._progress = progress
         self._target: Store | None = None
         self._owns_target = False
+        self._target_schema = False
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
@@ -131,13 +132,23 @@ class Migrator:
         return f"<Migrator {show(self._source_arg)} -> {show(self._target_arg)} {self.doc_type}>"
 
     # -- connections, lock ------------------------------------------------------------------
-    async def _target_store(self) -> Store:
+    async def _target_store(self, *, schema: bool | None = None) -> Store:
+        """The target store. Opened from a URL, it is connected without applying docstore's
+        schema for what only reads (``schema=False``: preflight, a dry run, validation) and
+        reopened the usual way (``connect``'s ``migrate`` default) when a write needs it
+        (``schema=True``); ``None``: the store already open, else opened the usual way."""
+        url = self._target_arg
+        if isinstance(url, Store):
+            self._target = url
+            return url
+        if self._target is not None and schema and not self._target_schema:
+            await self._target.close()  # opened without the schema: reopen with it
+            self._target = None
         if self._target is None:
-            if isinstance(self._target_arg, Store):
-                self._target = self._target_arg
-            else:
-                self._target = await connect(self._target_arg)
-                self._owns_target = True
+            want = schema is not False
+            self._target = await connect(url, migrate=None if want else False)
+            self._owns_target = True
+            self._target_schema = want
         return self._target
 
     def _source(self, *, writable: bool = False) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -182,7 +193,7 @@ class Migrator:
     # -- stages ------------------------------------------------------------------------------
     async def preflight(self) -> Preflight:
         """Read-only checks of source and target; ``.blocking`` lists what stops a run."""
-        store = await self._target_store()
+        store = await self._target_store(schema=False)
         async with self._source() as src:
             return await preflight_stage.preflight(src, store, self.doc_type)
 
@@ -202,7 +213,7 @@ class Migrator:
         lists the id ranges whose stored rows were verified while the copy streamed.
         """
         started = now()
-        store = await self._target_store()
+        store = await self._target_store(schema=not dry_run)
         if not dry_run:
             await ensure_writable(store, "migrate")
         validation: Validation | None = None
@@ -297,7 +308,8 @@ class Migrator:
         while streaming whose stamps still hold instead of reading them again
         (``.streamed_chunks``); it calls this method only to validate again after a repair."""
         async with self._source() as src:
-            return await self._validate(src, await self._context(src, await self._target_store()))
+            store = await self._target_store(schema=False)
+            return await self._validate(src, await self._context(src, store))
 
     async def _validate(
         self,
@@ -343,7 +355,7 @@ class Migrator:
         writes both databases. Run it from a shell without ``READ_ONLY``; the app keeps it.
         """
         started = now()
-        store = await self._target_store()
+        store = await self._target_store(schema=True)
         await ensure_writable(store, "roll back")
         if isinstance(self._source_arg, Store) and self._source_arg.read_only:
             raise ReadOnlyError(
