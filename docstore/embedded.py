@@ -41,6 +41,7 @@ import asyncpg
 
 from docstore import embedded_pids
 from docstore.errors import ConfigurationError, DatabaseUnavailableError, DocstoreError, SchemaError
+from docstore.transient import is_transient
 
 logger = logging.getLogger("docstore")
 
@@ -343,20 +344,9 @@ async def _ensure_vector(url: str) -> None:
 _T = TypeVar("_T")
 
 
-def _transient(exc: BaseException) -> bool:
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
-    if isinstance(exc, asyncpg.PostgresError):
-        return False
-    if isinstance(exc, asyncpg.InterfaceError):
-        return "closed" in str(exc)
-    return isinstance(exc, OSError | TimeoutError)
-
-
 async def _retrying(directory: Path, step: Callable[[], Awaitable[_T]]) -> _T:
-    """Run ``step``, retrying transient failures (docstore.failures' rules, which this layer
-    cannot import); anything else, or a failure past the deadline, is a docstore error."""
+    """Run ``step``, retrying transient failures (the pools' rules: :mod:`docstore.transient`);
+    anything else, or a failure past the deadline, is a docstore error."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CONNECT_DEADLINE
     delay = 0.05
@@ -366,7 +356,7 @@ async def _retrying(directory: Path, step: Callable[[], Awaitable[_T]]) -> _T:
         except DocstoreError:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if _transient(exc) and loop.time() + delay < deadline:
+            if is_transient(exc) and loop.time() + delay < deadline:
                 logger.info(
                     "embedded PostgreSQL in %s not reachable yet (%s); retrying",
                     directory,
