@@ -468,3 +468,48 @@ async def test_validate_passes_right_after_a_rollback_of_new_jobs_and_sources(
         assert result.recorded_job_ids == 1 and result.recorded_legacy_ids == 2
         check = await back.validate()
         assert check.ok, check.problems()
+
+
+async def test_all_zero_legacy_embeddings_neither_break_nor_fail_validation(
+    legacy_url: str, database_url: str
+) -> None:
+    """A crate whose first embedding is all zeros made validation's search parity send it as
+    the query (docstore refuses a zero vector: run() and validate() raised ValidationError);
+    in a small crate the legacy top-k held the zero vector's NaN distance, which docstore never
+    returns, so parity failed while problems() listed nothing. Now the crate's next vector is
+    the query, NaN distances are not compared, and problems() is [] exactly when ok."""
+    rng = np.random.default_rng(5)
+    rows = [
+        (9001, "zeros-first", "z", np.zeros(3072, dtype=np.float32)),
+        (9002, "zeros-first", "a", rng.normal(size=3072).astype(np.float32)),
+        (9003, "zeros-first", "b", rng.normal(size=3072).astype(np.float32)),
+        (9004, "only-zeros", "z", np.zeros(3072, dtype=np.float32)),
+    ]
+    for id_, crate, path, vector in rows:
+        await legacy_execute(
+            legacy_url,
+            "INSERT INTO doc_embeddings (id, crate_name, doc_path, content, embedding)"
+            " VALUES ($1, $2, $3, 'text', $4)",
+            id_,
+            crate,
+            path,
+            vector,
+        )
+    async with Migrator(legacy_url, database_url, parity_queries=100) as m:
+        report = await m.run()
+        assert report.validation is not None
+        assert report.ok, report.validation.problems()
+        checked = {p.source_name: p for p in report.validation.parity}
+        assert checked["zeros-first"].legacy_top == checked["zeros-first"].docstore_top
+        assert "only-zeros" not in checked
+        again = await m.validate()
+        assert again.ok and again.problems() == []
+    async with docstore.connect(database_url) as store:
+        await store.execute("DELETE FROM source_population_jobs WHERE legacy_id = 3")
+        await store.execute("DELETE FROM documents WHERE doc_path = 'a'")
+    async with Migrator(legacy_url, database_url) as m:
+        broken = await m.validate()
+    assert not broken.ok
+    problems = broken.problems()
+    assert f"documents: legacy {DOCS + 4:,}, target {DOCS + 3:,}" in problems, problems
+    assert "population jobs: legacy 3, target 2" in problems, problems

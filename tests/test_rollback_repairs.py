@@ -4,13 +4,17 @@ and legacy ids up to the top of ``integer`` survive the round trip."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import asyncpg
 import numpy as np
 import pytest
 
 import docstore
+from docstore.errors import MigrationError
 from docstore.migrate import Migrator
+from docstore.migrate.migrator import MIGRATION_LOCK_KEY
 from tests.conftest import PgCluster
 from tests.legacy_db import legacy_database, legacy_execute, legacy_fetch
 from tests.test_migrate import CRATES, DOCS
@@ -209,3 +213,88 @@ async def test_rollback_keeps_legacy_ids_up_to_the_top_of_integer(
     assert await legacy_fetch(empty_database_url, _HUGE_ROWS) == before
     await rolled_back(legacy_url, database_url)  # and into the legacy database itself
     assert await legacy_fetch(legacy_url, _HUGE_ROWS) == before
+
+
+# -- what a rollback refuses to delete ----------------------------------------------------------
+
+
+async def legacy_state(legacy_url: str) -> list[tuple[object, ...]]:
+    return [
+        *await legacy_fetch(legacy_url, "SELECT id, crate_name, doc_path FROM doc_embeddings"),
+        *await legacy_fetch(legacy_url, "SELECT id, name FROM crates"),
+        *await legacy_fetch(legacy_url, "SELECT id FROM crate_configs"),
+        *await legacy_fetch(legacy_url, "SELECT id FROM population_jobs"),
+    ]
+
+
+async def test_a_rollback_never_deletes_legacy_documents_the_target_never_received(
+    legacy_url: str, database_url: str
+) -> None:
+    """A mistyped doc_type (the target holds none of its documents), or rows the migration did
+    not carry over (written to the legacy database after it), used to be deleted from the
+    legacy database by a rollback that exited 0: it is refused, naming them and changing
+    nothing; a dry run counts them; force=True deletes them."""
+    await migrated(legacy_url, database_url)
+    before = sorted(await legacy_state(legacy_url))
+    async with Migrator(legacy_url, database_url, doc_type="rsut") as typo:
+        with pytest.raises(MigrationError, match=rf"would delete {DOCS} legacy documents"):
+            await typo.rollback()
+    assert sorted(await legacy_state(legacy_url)) == before
+
+    await legacy_execute(
+        legacy_url,
+        "INSERT INTO doc_embeddings (id, crate_id, crate_name, doc_path, content)"
+        " VALUES (5000, 1, 'crate0', 'written/after/the/migration', 'late')",
+    )
+    before = sorted(await legacy_state(legacy_url))
+    async with Migrator(legacy_url, database_url) as back:
+        with pytest.raises(MigrationError, match=r"would delete 1 legacy documents \(ids 5000\)"):
+            await back.rollback()
+        assert sorted(await legacy_state(legacy_url)) == before
+        dry = await back.rollback(dry_run=True, force=True)
+        assert dry.dry_run and dry.deleted_documents == 1 and dry.documents == DOCS
+        assert sorted(await legacy_state(legacy_url)) == before
+        done = await back.rollback(force=True)
+        assert not done.dry_run and done.deleted_documents == 1
+        assert (await back.validate()).ok
+    assert await legacy_fetch(legacy_url, "SELECT count(*) FROM doc_embeddings") == [(DOCS,)]
+
+
+async def test_a_rollback_waits_for_no_migrator(legacy_url: str, database_url: str) -> None:
+    """A rollback copied a half-finished target back while a migration ran: it now takes the
+    migration lock like a migration does, and is refused while another holds it."""
+    await migrated(legacy_url, database_url)
+    holder = await asyncpg.connect(database_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        before = sorted(await legacy_state(legacy_url))
+        async with Migrator(legacy_url, database_url) as back:
+            with pytest.raises(MigrationError, match="another docstore migrator is running"):
+                await back.rollback()
+        assert sorted(await legacy_state(legacy_url)) == before
+    finally:
+        await holder.close()
+    await rolled_back(legacy_url, database_url)
+
+
+def test_cli_rollback_refuses_dry_runs_and_forces(
+    legacy_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    asyncio.run(migrated(legacy_url, database_url))
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    args = ["rollback", "--source", legacy_url, "--target", database_url, "--doc-type", "rsut"]
+    before = sorted(asyncio.run(legacy_state(legacy_url)))
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1, refused.output
+    assert "rollback refused, nothing was changed" in refused.output
+    dry = runner.invoke(app, [*args, "--dry-run", "--force"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would hold 0 documents of 0 crates ({DOCS} removed)" in dry.output
+    assert "dry run: nothing was changed" in dry.output
+    assert sorted(asyncio.run(legacy_state(legacy_url))) == before
+    assert "password" not in dry.output.lower()

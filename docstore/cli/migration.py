@@ -149,15 +149,38 @@ async def validate(
 
 @async_command
 async def rollback(
-    source: SourceOption = None, target: TargetOption = None, doc_type: DocTypeOption = "rust"
+    source: SourceOption = None,
+    target: TargetOption = None,
+    doc_type: DocTypeOption = "rust",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Do the rollback in a transaction and undo it: counts only."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Also delete legacy documents the target never received (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
     legacy = _legacy_url(source)
-    async with await _target(target) as store:
-        result = await Migrator(legacy, store, doc_type=doc_type).rollback()
+    async with await _target(target, migrate=False) as store:
+        result = await Migrator(legacy, store, doc_type=doc_type).rollback(
+            force=force, dry_run=dry_run
+        )
+    holds = "would hold" if result.dry_run else "now holds"
     console.print(
-        f"legacy database now holds {result.documents:,} documents of {result.crates} crates "
+        f"legacy database {holds} {result.documents:,} documents of {result.crates} crates "
         f"({result.deleted_documents} removed), {result.crate_configs} crate configs, "
-        f"{result.population_jobs} population jobs ({result.seconds:.1f} s); "
-        f"{result.recorded_legacy_ids} documents written after the cutover got legacy ids"
+        f"{result.population_jobs} population jobs ({result.seconds:.1f} s)"
+        + (
+            "; dry run: nothing was changed"
+            if result.dry_run
+            else f"; {result.recorded_legacy_ids} documents written after the cutover got "
+            "legacy ids"
+        )
     )

@@ -208,7 +208,11 @@ def iso(value: Any) -> Any:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """A legacy TIMESTAMP (naive, UTC by convention) as an aware datetime."""
-    if value is None or value.tzinfo is not None:
+    """A legacy TIMESTAMP (naive, UTC by convention) as an aware datetime.
+
+    ``infinity`` / ``-infinity`` stay the naive ``datetime.max`` / ``datetime.min``: asyncpg
+    reads them so from TIMESTAMP and TIMESTAMPTZ columns alike (the target's too, so both
+    sides compare equal) and writes only those back as infinities."""
+    if value is None or value.tzinfo is not None or value in (datetime.max, datetime.min):
         return value
     return value.replace(tzinfo=UTC)

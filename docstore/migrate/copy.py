@@ -30,7 +30,7 @@ from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
 from docstore.migrate.pipe import pipe, transaction
-from docstore.migrate.preflight import nonpositive_ids
+from docstore.migrate.preflight import beyond_half_problem, nonpositive_ids
 from docstore.migrate.report import MigrationReport, Validation
 from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
 from docstore.store import Store
@@ -98,7 +98,47 @@ async def copy_range(
     transaction; returns the rows copied and the XXH3-128 digest of the binary stream that left the
     legacy database. ``direct``: COPY straight into ``documents`` (a key collision falls back
     to staging); otherwise upsert through the staging table and delete the range's migrated
-    rows the legacy range no longer has."""
+    rows the legacy range no longer has.
+
+    An embedding value beyond half precision's range (legal in the legacy ``vector``; the
+    target's ``embedding_half`` refuses it) raises :class:`MigrationError` naming the range's
+    rows that hold one (:func:`~docstore.migrate.legacy.beyond_half_query`, run only then: the
+    copy itself looks at no value); the caller's transaction must roll back."""
+    try:
+        return await _copy_range(ctx, src, tgt, low, high, direct=direct)
+    except asyncpg.PostgresError as exc:
+        if not _out_of_range(exc):
+            raise
+        query = legacy.beyond_half_query(
+            ctx.embedding_dim, legacy.sizes_vectors(src), id_range=True, limit=10
+        )
+        rows = await src.fetch(query, low, high, timeout=LONG_TIMEOUT)
+        if not rows:
+            raise
+        problem = beyond_half_problem([r["id"] for r in rows], rows[0]["found"])
+        raise MigrationError(
+            f"cannot copy doc_embeddings ids ({low}, {high}]: {problem}, then run again: the "
+            "run resumes after the chunks already committed. `docstore migrate --dry-run` "
+            "lists every such row"
+        ) from exc
+
+
+def _out_of_range(exc: asyncpg.PostgresError) -> bool:
+    """A value the target refused as out of range: what ``embedding_half`` (a halfvec
+    generated from the embedding) raises for one beyond ±65,504; on Citus, a worker's error
+    during a COPY arrives as XX000 with the worker's message."""
+    return exc.sqlstate == "22003" or (exc.sqlstate == "XX000" and "halfvec" in str(exc))
+
+
+async def _copy_range(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    low: int,
+    high: int,
+    *,
+    direct: bool,
+) -> tuple[int, bytes]:
     query = legacy.documents_copy_query("$1", ctx.embedding_dim, legacy.sizes_vectors(src))
     args = (ctx.doc_type, low, high)
     if direct:

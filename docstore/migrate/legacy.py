@@ -9,8 +9,11 @@ some deployments.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
+
+from docstore.embeddings import MAX_EMBEDDING_VALUE
 
 LEGACY_TABLES = ("crates", "doc_embeddings", "crate_configs", "population_jobs")
 REQUIRED_TABLES = ("crates", "doc_embeddings")
@@ -26,9 +29,15 @@ LEGACY_CORE_SCHEMA_SQL = LEGACY_SCHEMA_SQL.split("-- Optional tables", 1)[0].rsp
 
 LEGACY_OPTIONAL_SCHEMA_SQL = LEGACY_SCHEMA_SQL[len(LEGACY_CORE_SCHEMA_SQL) :]
 
+# ``readable``: whether this session's role may SELECT from the table (a read-only role may
+# have been granted only some of them); ``grant_on`` names it as a GRANT would.
 TABLES_PRESENT = """
 SELECT c.relname AS name, c.reltuples::bigint AS estimate,
-       pg_total_relation_size(c.oid) AS bytes
+       pg_total_relation_size(c.oid) AS bytes,
+       has_table_privilege(c.oid, 'SELECT') AS readable,
+       CASE WHEN n.nspname = 'public' THEN quote_ident(c.relname)
+            ELSE quote_ident(n.nspname) || '.' || quote_ident(c.relname) END AS grant_on,
+       quote_ident(current_user) AS role
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r' AND c.relname = ANY($1::text[])
    AND n.nspname = ANY(current_schemas(false))
@@ -66,11 +75,72 @@ def embedding_dims_query(dim: int, cheap: bool) -> str:
     )
 
 
+def beyond_half_query(dim: int, cheap: bool, *, id_range: bool, limit: int) -> str:
+    """The first ``limit`` legacy ids (and, in ``found``, how many there are) whose embedding of
+    the target's dimension holds a value beyond ±65,504 (:data:`MAX_EMBEDDING_VALUE`), which the
+    legacy ``vector`` takes but half precision cannot hold: the target's ``embedding_half``
+    refuses the row, and so does docstore's own upsert. ``id_range``: only ids ``($1, $2]``
+    (one chunk's).
+
+    Exact (every value is looked at) but only for rows whose norm is beyond the limit, which
+    any such value makes it (``vector_norm`` sums in double precision); embeddings of another
+    dimension are not copied (see :func:`documents_copy_query`) and are left out. Detoasts
+    every embedding it reads: only after a chunk failed, or in a thorough preflight."""
+    top = int(MAX_EMBEDDING_VALUE)
+    within = " AND id > $1 AND id <= $2" if id_range else ""
+    return (
+        "SELECT id, count(*) OVER () AS found FROM doc_embeddings"
+        f" WHERE embedding IS NOT NULL{within}"
+        f" AND CASE WHEN vector_norm(embedding) > {top}"
+        f" AND {dims_sql('embedding', dim, cheap)} = {int(dim)}"
+        f" THEN EXISTS (SELECT 1 FROM unnest(embedding::real[]) x WHERE abs(x) > {top})"
+        " ELSE false END"
+        f" ORDER BY id LIMIT {int(limit)}"
+    )
+
+
 def null_embeddings_query(dim: int, cheap: bool) -> str:
     """Documents whose embedding the target can't hold: NULL, or of another dimension."""
     return (
         "SELECT count(*) FROM doc_embeddings WHERE embedding IS NULL"
         f" OR {dims_sql('embedding', dim, cheap)} <> {int(dim)}"
+    )
+
+
+# The legacy keys the migration relies on, (table, columns), each enforced by a unique
+# constraint in the deployed schema: a source per crate name (every document joins its crate
+# by name), a document per (crate_name, doc_path) (docstore's key), chunks as id ranges.
+UNIQUE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("crates", ("name",)),
+    ("doc_embeddings", ("crate_name", "doc_path")),
+    ("doc_embeddings", ("id",)),
+)
+# Whether a valid unique index (a primary key's, a unique constraint's, or one on a subset of
+# the columns) enforces each key: $1 the tables, $2 the columns joined by ','. The catalog
+# only. Partial and expression indexes don't count.
+KEYS_ENFORCED = """
+SELECT k.tbl, k.cols, EXISTS (
+    SELECT 1 FROM pg_index i
+     WHERE i.indrelid = to_regclass(k.tbl) AND i.indisunique AND i.indisvalid
+       AND i.indpred IS NULL AND i.indexprs IS NULL
+       AND ARRAY(SELECT a.attname::text
+                   FROM unnest(i.indkey) WITH ORDINALITY AS u(attnum, n)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
+                  WHERE u.n <= i.indnkeyatts) <@ string_to_array(k.cols, ',')
+) AS enforced
+  FROM unnest($1::text[], $2::text[]) AS k(tbl, cols)
+"""
+
+
+def duplicates_query(table: str, columns: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` values of ``columns`` that more than one row of ``table`` holds (with
+    ``rows`` and the first five ``ids`` of those rows), and in ``keys`` how many such values
+    there are. A scan of the key columns: run only when no unique index enforces them."""
+    key = ", ".join(columns)
+    return (
+        f"SELECT {key}, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS ids,"
+        f" count(*) OVER () AS keys FROM {table} GROUP BY {key} HAVING count(*) > 1"
+        f" ORDER BY {key} LIMIT {int(limit)}"
     )
 
 

@@ -53,13 +53,13 @@ from docstore.migrate.context import (
     Progress,
     StageContext,
     cancellation_wins,
-    cancelling,
     doc_type_ok,
     ensure_writable,
     now,
     open_legacy,
     run_id,
 )
+from docstore.migrate.lock import MIGRATION_LOCK_KEY, migration_lock
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
@@ -68,9 +68,6 @@ from docstore.store import Store, connect
 logger = logging.getLogger("docstore")
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "LONG_TIMEOUT", "MIGRATION_LOCK_KEY", "Migrator", "Progress"]
-
-# "docstore migrate" in the advisory-lock key space.
-MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
 
 
 class Migrator:
@@ -126,17 +123,12 @@ class Migrator:
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
-        def show(x: str | Store) -> str:
-            return redact_url(x) if isinstance(x, str) else repr(x)
-
-        return f"<Migrator {show(self._source_arg)} -> {show(self._target_arg)} {self.doc_type}>"
+        return f"<Migrator {_show(self._source_arg)} -> {_show(self._target_arg)} {self.doc_type}>"
 
     # -- connections, lock ------------------------------------------------------------------
     async def _target_store(self, *, schema: bool | None = None) -> Store:
-        """The target store. Opened from a URL, it is connected without applying docstore's
-        schema for what only reads (``schema=False``: preflight, a dry run, validation) and
-        reopened the usual way (``connect``'s ``migrate`` default) when a write needs it
-        (``schema=True``); ``None``: the store already open, else opened the usual way."""
+        """The target store; from a URL opened without applying the schema for what only
+        reads (``schema=False``), reopened with it when a write needs it (``True``)."""
         url = self._target_arg
         if isinstance(url, Store):
             self._target = url
@@ -157,8 +149,7 @@ class Migrator:
 
     @contextlib.asynccontextmanager
     async def _stream(self, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
-        """Another copy stream: a legacy connection whose read-only transaction imports the
-        copy's snapshot, and a target connection (``snapshot`` is checked by the caller)."""
+        """Another copy stream: legacy and target connections, the legacy one in ``snapshot``."""
         store = await self._target_store()
         async with (
             self._source() as src,
@@ -191,27 +182,40 @@ class Migrator:
         await self.close()
 
     # -- stages ------------------------------------------------------------------------------
-    async def preflight(self) -> Preflight:
-        """Read-only checks of source and target; ``.blocking`` lists what stops a run."""
+    async def preflight(self, *, thorough: bool = False) -> Preflight:
+        """Read-only checks of source and target; ``.blocking`` lists what stops a run.
+        ``thorough`` (as a dry run does) also reads every embedding for values beyond
+        half precision's ±65,504, which docstore cannot store."""
         store = await self._target_store(schema=False)
         async with self._source() as src:
-            return await preflight_stage.preflight(src, store, self.doc_type)
+            return await preflight_stage.preflight(src, store, self.doc_type, thorough=thorough)
 
     @cancellation_wins
     async def run(self, *, dry_run: bool = False) -> MigrationReport:
         """Preflight, copy, delta pass, ANALYZE, (index), validate; see the module docs.
 
-        ``dry_run`` stops after preflight and writes nothing. Raises
+        ``dry_run`` stops after a thorough preflight and writes nothing. Raises
         :class:`~docstore.ReadOnlyError` before reading or writing anything when the target is
         read-only (``READ_ONLY``, ``connect(read_only=True)``, a standby or a database with
         ``default_transaction_read_only``), :class:`MigrationError` on a blocking preflight
-        problem or when another migrator holds the lock.
+        problem or when another migrator holds the lock, and when a statement fails (a
+        permission missing, a value the target refuses, a connection lost): what committed
+        stays, and a re-run resumes after the last committed chunk.
 
         With validation on, ``report.ok`` means the target equals the legacy database as of
         the validation's snapshot, taken at the end of the run: documents, sources and their
         configs, derived document metadata and population jobs. ``report.verified_chunks``
         lists the id ranges whose stored rows were verified while the copy streamed.
         """
+        try:
+            return await self._run(dry_run)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise MigrationError(
+                f"migration failed: {describe(exc, self._secrets)}; the chunks committed "
+                "before stay, and a re-run resumes after them"
+            ) from None
+
+    async def _run(self, dry_run: bool) -> MigrationReport:
         started = now()
         store = await self._target_store(schema=not dry_run)
         if not dry_run:
@@ -219,7 +223,7 @@ class Migrator:
         validation: Validation | None = None
         async with self._source() as src:
             ctx = await self._context(src, store)
-            pre = await preflight_stage.preflight(src, store, self.doc_type)
+            pre = await preflight_stage.preflight(src, store, self.doc_type, thorough=dry_run)
             report = MigrationReport(
                 run_id=ctx.run_id, doc_type=self.doc_type, dry_run=dry_run, preflight=pre
             )
@@ -229,7 +233,7 @@ class Migrator:
                 return report
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
-            async with store.acquire() as tgt, _migration_lock(tgt):
+            async with store.acquire() as tgt, migration_lock(tgt):
                 await _claim_doc_type(tgt, ctx, src, restart=self.restart)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
@@ -281,32 +285,24 @@ class Migrator:
             return
         t0 = now()
         found = validation.problems()
-        report.repaired_documents = await self._repair(validation)
+        store = await self._target_store()  # copied again under the lock (copy.repair)
+        async with self._source() as src, store.acquire() as tgt, migration_lock(tgt):
+            ctx = await self._context(src, store)
+            report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
         report.validation = await self.validate()
         report.timings["repair"] = now() - t0
         report.warnings.append(_repaired(found))
 
-    async def _repair(self, validation: Validation) -> int:
-        """Copy again what ``validation`` found different (:func:`copy.repair`), under the
-        migration lock; returns the documents rewritten."""
-        store = await self._target_store()
-        async with self._source() as src, store.acquire() as tgt, _migration_lock(tgt):
-            return await copy_stage.repair(await self._context(src, store), src, tgt, validation)
-
     @cancellation_wins
     async def validate(self) -> Validation:
         """Compare the target with the legacy database as it is now (one legacy snapshot),
-        re-reading both: counts (total, per crate, NULL embeddings); every document row through
-        chunked checksums (columns, embedding bytes, ``metadata.legacy_id``/``legacy_crate_id``/
-        ``crate_name``) drilled down to the differing documents and fields; every source's
-        derived config, ``enabled``/``last_checked``/``last_populated`` and its documents'
-        ``metadata.crate_version`` (per source, one aggregate); every population job; and exact
-        top-k search parity with timings. ``.ok`` is False on any mismatch;
+        re-reading both: counts; every document row through chunked checksums, drilled down to
+        the differing documents and fields; every source's derived config and columns and its
+        documents' ``metadata.crate_version``; every population job; exact top-k search parity
+        (:mod:`~docstore.migrate.validate`). ``.ok`` is False on any mismatch,
         :meth:`Validation.problems` names each. Reads only: works on a read-only store.
-
-        :meth:`run` validates through the same code, accepting the ranges the copy verified
-        while streaming whose stamps still hold instead of reading them again
-        (``.streamed_chunks``); it calls this method only to validate again after a repair."""
+        (:meth:`run` validates through the same code, accepting the ranges verified while
+        streaming whose stamps still hold.)"""
         async with self._source() as src:
             store = await self._target_store(schema=False)
             return await self._validate(src, await self._context(src, store))
@@ -337,85 +333,44 @@ class Migrator:
         return result
 
     @cancellation_wins
-    async def rollback(self) -> RollbackReport:
+    async def rollback(self, *, force: bool = False, dry_run: bool = False) -> RollbackReport:
         """Copy the target's ``doc_type`` documents, sources and population jobs back into the
         legacy-shaped ``source`` database (created if empty), so switching ``DATABASE_URL``
-        back (the plan's Phase 7) loses nothing written after the cutover.
+        back (the plan's Phase 7) loses nothing written after the cutover: one legacy
+        transaction that makes the legacy tables mirror the target, then the target records
+        the legacy ids it was given, so :meth:`validate` passes right after
+        (:mod:`~docstore.migrate.rollback`; ``docs/migration.md``, Rollback).
 
-        The legacy tables end up mirroring the target: migrated rows keep their legacy ids,
-        rows written after the cutover get new ones, rows deleted after the cutover are
-        deleted. One transaction on the legacy database: all or nothing. Afterwards the target
-        records what the legacy database gave it (legacy ids of documents and jobs written
-        after the cutover, and the sources' derived config and documents' crate versions), so
-        :meth:`validate` passes right after a rollback; checkpoints of migrations from other
-        legacy databases into the doc_type are forgotten (it now pairs with this one).
-
-        Raises :class:`~docstore.ReadOnlyError` before writing anything anywhere when the
-        target (or a :class:`~docstore.Store` given as source) is read-only: the rollback
-        writes both databases. Run it from a shell without ``READ_ONLY``; the app keeps it.
+        Under the migration lock (:class:`MigrationError` while a migrator holds it). Refused,
+        changing nothing, when it would delete legacy documents the target never received
+        (outside every id range its migration from this legacy database copied: a migration
+        that never finished, rows written to the legacy database since, a mistyped
+        ``doc_type`` or the wrong target), unless ``force=True``. ``dry_run=True`` does the
+        work in the legacy transaction and rolls it back: the report says what a rollback
+        would write and delete. Raises :class:`~docstore.ReadOnlyError` before writing
+        anything when the target (or a :class:`~docstore.Store` given as source) is
+        read-only: a rollback writes both databases.
         """
         started = now()
-        store = await self._target_store(schema=True)
-        await ensure_writable(store, "roll back")
+        store = await self._target_store(schema=False)  # a rollback reads an existing one
+        if not dry_run:  # a dry run writes only inside the legacy transaction it rolls back
+            await ensure_writable(store, "roll back")
         if isinstance(self._source_arg, Store) and self._source_arg.read_only:
             raise ReadOnlyError(
                 "the legacy store given as source is read-only: a rollback writes it; "
                 "nothing was written"
             )
-        report = RollbackReport()
-        try:
-            async with self._source(writable=True) as leg, store.acquire() as tgt:
-                await _rollback(self.doc_type, store.embedding_dim, leg, tgt, report, self._secrets)
-        except asyncpg.PostgresError as exc:
-            raise MigrationError(
-                "rollback failed and changed nothing in the legacy database (one transaction): "
-                + describe(exc, self._secrets)
-            ) from None
+        report = RollbackReport(dry_run=dry_run)
+        async with self._source(writable=True) as leg, store.acquire() as tgt:
+            await rollback_stage.run(
+                self.doc_type, store.embedding_dim, leg, tgt, report, self._secrets, force=force
+            )
         report.seconds = now() - started
         return report
 
 
-@contextlib.asynccontextmanager
-async def _migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
-    """The migration's advisory lock on the target, for the duration of the block. A
-    connection closed meanwhile (a COPY cancelled on it) released it with its session."""
-    if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
-        raise MigrationError(
-            "another docstore migrator is running against this target "
-            "(advisory lock held); wait for it or stop it first"
-        )
-    try:
-        yield
-    finally:
-        if not tgt.is_closed():
-            try:
-                await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-            except BaseException:
-                if not cancelling():
-                    raise
-                tgt.terminate()  # cancelled: ending the session releases the lock
-
-
-async def _rollback(
-    doc_type: str,
-    dim: int,
-    leg: asyncpg.Connection,
-    tgt: asyncpg.Connection,
-    report: RollbackReport,
-    secrets: tuple[str, ...],
-) -> None:
-    """The rollback stage; then the doc_type pairs with the legacy database rolled back into,
-    whatever it was copied from: the checkpoints of other runs into it are forgotten (else
-    a migration from that database would be refused as a second legacy database)."""
-    await rollback_stage.rollback(doc_type, dim, leg, tgt, report, secrets)
-    try:
-        await checkpoints.forget_others(tgt, doc_type, await run_id(leg, doc_type))
-    except asyncpg.PostgresError as exc:
-        raise MigrationError(
-            "rollback committed in the legacy database, but forgetting the target's checkpoints "
-            f"of other legacy databases failed ({describe(exc, secrets)}): a migration from "
-            "this legacy database into the doc_type is refused until they are gone"
-        ) from None
+def _show(x: str | Store) -> str:
+    return redact_url(x) if isinstance(x, str) else repr(x)
 
 
 async def _claim_doc_type(

@@ -3,20 +3,26 @@ anything is written (which legacy tables exist, sizes, embedding dimensions, NUL
 orphans; the target's pgvector, schema, existing rows and checkpoints).
 
 ``Preflight.blocking`` lists what stops a run: a source that is not a legacy database,
-legacy ids <= 0 (:func:`nonpositive_ids`), a read-only target, and a doc_type that already
-holds documents migrated from another legacy database (:func:`other_legacy_database`). Nothing
-here detoasts an embedding stored uncompressed with the target's dimension
-(:func:`~docstore.migrate.legacy.dims_sql`).
+legacy tables this role may not read (:func:`missing_grants`), legacy ids <= 0
+(:func:`nonpositive_ids`), keys whose unique constraint was dropped and that rows share
+(:func:`duplicate_keys`), a read-only target, a doc_type that already holds documents
+migrated from another legacy database (:func:`other_legacy_database`) and, in a thorough
+preflight (a dry run), embedding values half precision cannot hold
+(:func:`beyond_half_precision`). Otherwise nothing here detoasts an embedding stored
+uncompressed with the target's dimension (:func:`~docstore.migrate.legacy.dims_sql`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
+from docstore.embeddings import MAX_EMBEDDING_VALUE
 from docstore.migrate import checkpoints, legacy
-from docstore.migrate.context import run_id
+from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.store import Store
 
@@ -25,27 +31,35 @@ _MIGRATED_ROWS = (
 )
 
 
-async def preflight(src: asyncpg.Connection, store: Store, doc_type: str) -> Preflight:
+async def preflight(
+    src: asyncpg.Connection, store: Store, doc_type: str, *, thorough: bool = False
+) -> Preflight:
     """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``.
 
     The target's findings are read (through the store's pool) while the legacy database's
-    are (on ``src``)."""
+    are (on ``src``). ``thorough`` (a dry run) also reads every embedding, for values half
+    precision cannot hold (:func:`beyond_half_precision`); otherwise nothing here scans a
+    table beyond counting it, unless a legacy key lost its unique constraint
+    (:func:`duplicate_keys`)."""
     run = await run_id(src, doc_type)
     target = asyncio.create_task(_target_findings(store, doc_type, run))
     try:
-        pre = await _source_findings(src, store.embedding_dim)
+        pre, readable = await _source_findings(src, store.embedding_dim)
     finally:
         found = await target
-    if not pre.blocking:  # the source is a legacy database
+    if readable:  # a legacy database whose tables this role may read
         for name, value in found.items():
             setattr(pre, name, value)
         if problem := await nonpositive_ids(src):
+            pre.blocking.append(problem)
+        pre.blocking.extend(await duplicate_keys(src))
+        if thorough and (problem := await beyond_half_precision(src, store.embedding_dim)):
             pre.blocking.append(problem)
     if not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
         pre.warnings.append(
             "the target has no docstore schema yet: the run creates it (as `docstore init`)"
         )
-    elif problem := await other_legacy_database(store, doc_type, run, src):
+    elif readable and (problem := await other_legacy_database(store, doc_type, run, src)):
         pre.blocking.append(problem)
     if store.read_only:
         pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
@@ -134,14 +148,137 @@ async def nonpositive_ids(src: asyncpg.Connection) -> str | None:
     )
 
 
-async def _source_findings(src: asyncpg.Connection, dim: int) -> Preflight:
+def missing_grants(tables: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why this role can't read the legacy tables a migration reads, naming the GRANT that
+    fixes it, or None. ``tables``: rows of :data:`~docstore.migrate.legacy.TABLES_PRESENT`
+    (``population_jobs`` is read only with ``crate_configs``). The catalog only."""
+    names = {t["name"] for t in tables}
+    unreadable = [
+        t
+        for t in tables
+        if not t["readable"] and (t["name"] != "population_jobs" or "crate_configs" in names)
+    ]
+    if not unreadable:
+        return None
+    role = unreadable[0]["role"]
+    grant_on = ", ".join(t["grant_on"] for t in unreadable)
+    return (
+        f"the legacy database's role {role} may not read {grant_on}, which the migration "
+        f"copies: GRANT SELECT ON {grant_on} TO {role} (as the tables' owner) and run again"
+    )
+
+
+async def duplicate_keys(src: asyncpg.Connection) -> list[str]:
+    """Why the legacy rows can't be migrated as they are (one problem per key, naming up to
+    5 duplicated values and how many there are): a key of
+    :data:`~docstore.migrate.legacy.UNIQUE_KEYS` that no unique index enforces any more and
+    that rows share. The catalog only, unless such an index is missing: then that key's
+    columns are scanned."""
+    enforced = {
+        (r["tbl"], r["cols"]): r["enforced"]
+        for r in await src.fetch(
+            legacy.KEYS_ENFORCED,
+            [table for table, _ in legacy.UNIQUE_KEYS],
+            [",".join(columns) for _, columns in legacy.UNIQUE_KEYS],
+        )
+    }
+    problems = []
+    for table, columns in legacy.UNIQUE_KEYS:
+        if enforced.get((table, ",".join(columns)), True):
+            continue
+        rows = await src.fetch(legacy.duplicates_query(table, columns), timeout=LONG_TIMEOUT)
+        if rows:
+            problems.append(_duplicates_problem(table, columns, rows))
+    return problems
+
+
+def _duplicates_problem(table: str, columns: Sequence[str], rows: Sequence[Any]) -> str:
+    keys = rows[0]["keys"]
+
+    def ids(r: Any) -> str:
+        more = ", …" if r["rows"] > len(r["ids"]) else ""
+        return f"ids {', '.join(str(i) for i in r['ids'])}{more}"
+
+    if columns == ("id",):
+        shown = [f"{r['id']} ({r['rows']} rows)" for r in rows]
+        what = (
+            f"doc_embeddings has {_count(keys, 'id')} held by more than one row",
+            "no primary key on id (the deployed schema's doc_embeddings_pkey): the migration "
+            "copies and checks id ranges, and a legacy id names one document. Give the extra "
+            "rows new ids (nextval(pg_get_serial_sequence('doc_embeddings', 'id'))), restore "
+            "the key (ALTER TABLE doc_embeddings ADD PRIMARY KEY (id))",
+        )
+    elif table == "crates":
+        shown = [f"{r['name']!r} ({ids(r)})" for r in rows]
+        what = (
+            f"crates has {_count(keys, 'name')} held by more than one row",
+            "no unique constraint on crates.name (the deployed schema's crates_name_key): "
+            "every document joins its crate by name, so these crates' documents would be "
+            "copied once per row. Delete or rename the extra crates rows, restore the "
+            "constraint (ALTER TABLE crates ADD CONSTRAINT crates_name_key UNIQUE (name))",
+        )
+    else:
+        shown = [f"{r['crate_name']}/{r['doc_path']} ({ids(r)})" for r in rows]
+        what = (
+            f"doc_embeddings has {_count(keys, '(crate_name, doc_path) key')} held by more "
+            "than one row",
+            "no unique constraint on them (the deployed schema's "
+            "doc_embeddings_crate_name_doc_path_key): docstore keeps one document per source "
+            "and path, so all but one row of each would be lost. Delete the extra rows or "
+            "give them other paths, restore the constraint (ALTER TABLE doc_embeddings ADD "
+            "CONSTRAINT doc_embeddings_crate_name_doc_path_key UNIQUE (crate_name, doc_path))",
+        )
+    more = ", …" if keys > len(rows) else ""
+    return f"{what[0]} ({'; '.join(shown)}{more}) and {what[1]} and run again"
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
+async def beyond_half_precision(src: asyncpg.Connection, dim: int) -> str | None:
+    """Why legacy embeddings (of the target's dimension ``dim``) with a value beyond ±65,504
+    stop a run (naming up to 5 and how many), or None. Reads every embedding whose norm is
+    that large (:func:`~docstore.migrate.legacy.beyond_half_query`): a thorough preflight's
+    full scan, detoasting every embedding."""
+    query = legacy.beyond_half_query(dim, legacy.sizes_vectors(src), id_range=False, limit=5)
+    rows = await src.fetch(query, timeout=LONG_TIMEOUT)
+    if not rows:
+        return None
+    return beyond_half_problem([r["id"] for r in rows], rows[0]["found"]) + " and run again"
+
+
+def beyond_half_problem(ids: Sequence[int], found: int) -> str:
+    """What is wrong with legacy embeddings holding values beyond ±65,504 (``ids``: the first
+    of them, ``found`` in all) and how to fix it; preflight and the copy say the same."""
+    shown = ", ".join(str(i) for i in ids) + (", …" if found > len(ids) else "")
+    return (
+        f"{_count(found, 'legacy embedding')} {'holds' if found == 1 else 'hold'} values "
+        f"beyond ±{MAX_EMBEDDING_VALUE:,.0f} "
+        f"(doc_embeddings ids {shown}): the legacy vector column takes them but docstore "
+        "cannot store them, since every embedding is also kept in half precision "
+        "(embedding_half, its search index), whose range ends there; docstore's own writes "
+        "(documents.upsert) refuse such a vector too. Fix them in the legacy database "
+        "(re-embed them, or SET embedding = NULL)"
+    )
+
+
+async def _source_findings(src: asyncpg.Connection, dim: int) -> tuple[Preflight, bool]:
+    """The legacy database's findings, and whether its required tables are there and this
+    role may read them (the other stages' checks then can)."""
     present = {
         r["name"]: r for r in await src.fetch(legacy.TABLES_PRESENT, list(legacy.LEGACY_TABLES))
     }
     tables = []
     for name in legacy.LEGACY_TABLES:
         if name in present:
-            rows = await src.fetchval(f"SELECT count(*) FROM {name}")
+            readable = present[name]["readable"]
+            # a table this role can't read: the planner's estimate (blocked below anyway)
+            rows = (
+                await src.fetchval(f"SELECT count(*) FROM {name}")
+                if readable
+                else max(present[name]["estimate"], 0)
+            )
             tables.append(TableInfo(name=name, rows=rows, bytes=present[name]["bytes"]))
     pre = Preflight(tables=tables, target_embedding_dim=dim)
     missing = [t for t in legacy.REQUIRED_TABLES if t not in present]
@@ -150,7 +287,11 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> Preflight:
             f"the source has no {', '.join(missing)} table: is it the legacy "
             "rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
         )
-        return pre
+        return pre, False
+    if problem := missing_grants([dict(present[t]) for t in legacy.LEGACY_TABLES if t in present]):
+        pre.blocking.append(problem)
+        if any(not present[t]["readable"] for t in legacy.REQUIRED_TABLES):
+            return pre, False
     facts = await src.fetchrow(legacy.DOCUMENT_FACTS)
     assert facts is not None
     pre.documents = facts["rows"]
@@ -180,4 +321,4 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> Preflight:
             f"{pre.orphan_documents} documents belong to crates without a crates row "
             f"({', '.join(pre.orphan_crates[:5])}); each still gets a source"
         )
-    return pre
+    return pre, True

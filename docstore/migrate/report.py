@@ -217,8 +217,10 @@ class Validation(BaseModel):
         )
 
     def problems(self) -> list[str]:
-        """One line per difference, naming what differs (never a vector value)."""
-        lines = [
+        """One line per difference, naming what differs (never a vector value): ``[]``
+        exactly when :attr:`ok`."""
+        lines = self._count_problems()
+        lines += [
             f"source {m.source_name}: {m.problem}"
             + (f" ({'; '.join(m.details or m.fields)})" if m.details or m.fields else "")
             for m in self.source_mismatches
@@ -234,7 +236,31 @@ class Validation(BaseModel):
             + (f" ({', '.join(m.fields)})" if m.fields else "")
             for m in self.mismatches
         ]
+        if self.mismatched_chunks and not self.mismatches:
+            lines.append(f"{self.mismatched_chunks} id ranges differ")
+        lines += [
+            f"search parity in source {p.source_name}: legacy top {p.legacy_top},"
+            f" docstore top {p.docstore_top}"
+            for p in self.parity
+            if not p.same
+        ]
         return lines
+
+    def _count_problems(self) -> list[str]:
+        counts = [
+            ("documents", (self.legacy_documents, self.target_documents)),
+            (
+                "documents without an embedding",
+                (self.legacy_null_embeddings, self.target_null_embeddings),
+            ),
+            ("population jobs", self.population_jobs),
+            *(
+                (f"documents of source {name}", pair)
+                for name, pair in sorted(self.per_source_mismatch.items())
+            ),
+        ]
+        lines = [f"{what}: legacy {a:,}, target {b:,}" for what, (a, b) in counts if a != b]
+        return lines + [f"source {name}: missing in the target" for name in self.missing_sources]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
@@ -387,5 +413,9 @@ class RollbackReport(BaseModel):
         default=0,
         description="target population jobs written after the cutover, now marked with the "
         "legacy ids the rollback gave them",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="the figures are what a rollback would write; nothing was changed",
     )
     seconds: float = 0.0

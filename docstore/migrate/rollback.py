@@ -6,6 +6,12 @@ The legacy tables end up mirroring the target: migrated rows keep their legacy i
 document that moved to another path, or swapped paths with another), rows written after the
 cutover get new ones, rows deleted after the cutover are deleted — documents, crates, crate
 configs and population jobs alike. One transaction on the legacy database: all or nothing.
+
+It refuses (and changes nothing) when it would delete legacy documents the target never
+received — rows outside every range the target's migration from this legacy database copied:
+a migration that never finished, rows written to the legacy database after it, the wrong
+doc_type or target — unless forced. A dry run does all the work and rolls it back, so its
+report says what a rollback would write and delete.
 Afterwards the target records what the legacy database gave it (legacy ids of documents and
 jobs written after the cutover, the sources' derived config and the documents' crate
 versions), so validation passes right after."""
@@ -19,14 +25,67 @@ import asyncpg
 
 from docstore.errors import MigrationError
 from docstore.failures import describe
-from docstore.migrate import legacy, state
+from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import config_dict
-from docstore.migrate.context import LONG_TIMEOUT
+from docstore.migrate.context import LONG_TIMEOUT, run_id
+from docstore.migrate.lock import migration_lock
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import RollbackReport
+from docstore.migrate.rollback_guard import refuse_deleting_unreceived
 from docstore.models import naive_utc, parse_timestamp
 
 _ROLLBACK_STAGE = "docstore_rollback_stage"
+
+
+class _DryRun(Exception):
+    """Raised inside the legacy transaction of a dry run, to roll it back."""
+
+
+async def run(
+    doc_type: str,
+    embedding_dim: int,
+    leg: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    report: RollbackReport,
+    secrets: tuple[str, ...] = (),
+    *,
+    force: bool = False,
+) -> None:
+    """The rollback as :meth:`~docstore.migrate.Migrator.rollback` runs it, on a writable
+    legacy connection ``leg`` and a target connection ``tgt``: under the migration lock,
+    :func:`rollback` (a dry run when ``report.dry_run``); then the doc_type pairs with the
+    legacy database rolled back into, whatever it was copied from: the checkpoints of other
+    runs into it are forgotten (else a migration from that database would be refused as a
+    second legacy database). Database errors are :class:`MigrationError`s saying what
+    happened to the legacy database."""
+    try:
+        async with migration_lock(tgt):
+            await rollback(
+                doc_type,
+                embedding_dim,
+                leg,
+                tgt,
+                report,
+                secrets,
+                force=force,
+                dry_run=report.dry_run,
+            )
+            if report.dry_run:
+                return
+            try:
+                await checkpoints.forget_others(tgt, doc_type, await run_id(leg, doc_type))
+            except asyncpg.PostgresError as exc:
+                raise MigrationError(
+                    "rollback committed in the legacy database, but forgetting the target's "
+                    f"checkpoints of other legacy databases failed ({describe(exc, secrets)}): "
+                    "a migration from this legacy database into the doc_type is refused until "
+                    "they are gone"
+                ) from None
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            "rollback failed and changed nothing in the legacy database (one transaction): "
+            + describe(exc, secrets)
+        ) from None
 
 
 async def rollback(
@@ -36,11 +95,17 @@ async def rollback(
     tgt: asyncpg.Connection,
     report: RollbackReport,
     secrets: tuple[str, ...] = (),
+    *,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """The rollback stage on a writable legacy connection ``leg`` and the target ``tgt``;
     see :meth:`docstore.migrate.Migrator.rollback`. Raises ``asyncpg.PostgresError`` when the
-    legacy transaction fails (nothing changed there), :class:`MigrationError` when it
-    committed but recording the legacy ids on the target failed."""
+    legacy transaction fails (nothing changed there), :class:`MigrationError` when it would
+    delete legacy documents the target never received and not ``force`` (nothing changed),
+    or when it committed but recording the legacy ids on the target failed. ``dry_run``:
+    ``report`` filled, the legacy transaction rolled back, nothing recorded on the target."""
+    received = await checkpoints.load(tgt, await run_id(leg, doc_type))
     sources = await tgt.fetch(
         "SELECT source_name, config, enabled, last_checked, last_populated"
         " FROM document_sources WHERE doc_type = $1 ORDER BY source_name",
@@ -58,34 +123,40 @@ async def rollback(
         if mine:  # the source's live enabled / last_checked belong to its first config
             mine[0] = {
                 **mine[0],
-                "enabled": r["enabled"],
+                "enabled": state.config_enabled(mine[0], r["enabled"]),
                 "last_checked": r["last_checked"],
             }
         configs.extend(mine)
-    async with leg.transaction():
-        await leg.execute(legacy.LEGACY_CORE_SCHEMA_SQL)
-        has_optional = await leg.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL")
-        if (configs or jobs) and not has_optional:
-            await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
-            has_optional = True
-        report.crates, crate_names = await _rollback_crates(leg, sources)
-        (
-            report.documents,
-            report.deleted_documents,
-            assigned,
-        ) = await _rollback_documents(doc_type, embedding_dim, leg, tgt)
-        # after the documents: a crates row's delete cascades to the rows pointing at it
-        await _delete_gone_crates(leg, crate_names)
-        job_ids: list[tuple[int, int]] = []
-        if has_optional:
-            report.crate_configs = await _rollback_configs(leg, configs, jobs)
-            report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
-        for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
-            if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                await leg.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                    f" greatest((SELECT max(id) FROM {table}), 1))"
-                )
+    try:
+        async with leg.transaction():
+            await leg.execute(legacy.LEGACY_CORE_SCHEMA_SQL)
+            has_optional = await leg.fetchval("SELECT to_regclass('crate_configs') IS NOT NULL")
+            if (configs or jobs) and not has_optional:
+                await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
+                has_optional = True
+            report.crates, crate_names = await _rollback_crates(leg, sources)
+            (
+                report.documents,
+                report.deleted_documents,
+                assigned,
+            ) = await _rollback_documents(doc_type, embedding_dim, leg, tgt, received, force=force)
+            # after the documents: a crates row's delete cascades to the rows pointing at it
+            await _delete_gone_crates(leg, crate_names)
+            job_ids: list[tuple[int, int]] = []
+            if has_optional:
+                report.crate_configs = await _rollback_configs(leg, configs, jobs)
+                report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
+            for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
+                if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                    await leg.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                        f" greatest((SELECT max(id) FROM {table}), 1))"
+                    )
+            if dry_run:  # everything written, counted, and rolled back
+                raise _DryRun
+    except _DryRun:
+        report.dry_run = True
+        return
     # Committed. The documents written after the cutover now have legacy ids: record
     # them on the target, so the two databases pair up (validate, compat views' ids).
     # Then the sources' derived config and the documents' crate versions, from what
@@ -151,7 +222,13 @@ async def _delete_gone_crates(leg: asyncpg.Connection, names: list[str]) -> int:
 
 
 async def _rollback_documents(
-    doc_type: str, embedding_dim: int, leg: asyncpg.Connection, tgt: asyncpg.Connection
+    doc_type: str,
+    embedding_dim: int,
+    leg: asyncpg.Connection,
+    tgt: asyncpg.Connection,
+    received: list[checkpoints.Checkpoint],
+    *,
+    force: bool,
 ) -> tuple[int, int, list[Any]]:
     """Mirror the target's documents into ``doc_embeddings``; returns (copied, deleted,
     the (id, crate_id, crate_name, doc_path) the legacy side gave documents it had no id
@@ -201,6 +278,8 @@ async def _rollback_documents(
     await _advance_sequence(
         leg, "doc_embeddings", [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")]
     )
+    if not force:
+        await refuse_deleting_unreceived(leg, doc_type, received, _ROLLBACK_STAGE)
     deleted = await leg.execute(
         f"""DELETE FROM doc_embeddings d WHERE NOT EXISTS (
                 SELECT 1 FROM {_ROLLBACK_STAGE} s

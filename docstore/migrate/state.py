@@ -10,7 +10,7 @@ transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
@@ -129,7 +129,7 @@ async def read_legacy_state(src: asyncpg.Connection) -> LegacyState:
                 expected_docs=first["expected_docs"],
                 crate_configs=mine,
             )
-            enabled = bool(first["enabled"]) if first["enabled"] is not None else True
+            enabled = source_enabled(first)
             last_checked = first["last_checked"]
         sources[r["source_name"]] = LegacySource(
             config=json.loads(json.dumps(config)),  # exactly what jsonb gives back
@@ -155,6 +155,19 @@ async def read_legacy_state(src: asyncpg.Connection) -> LegacyState:
                 },
             }
     return LegacyState(sources=sources, jobs=jobs)
+
+
+def source_enabled(config: Mapping[str, Any]) -> bool:
+    """A source's ``enabled`` from its first legacy crate config: the config's, NULL as true
+    (the legacy column's default; ``document_sources.enabled`` holds a bool)."""
+    return True if config["enabled"] is None else bool(config["enabled"])
+
+
+def config_enabled(config: Mapping[str, Any], live: bool | None) -> bool | None:
+    """The first crate config's ``enabled`` for a rollback, from the source's ``live`` one: a
+    NULL the migration recorded in the config (``config["enabled"]``) stays NULL while the
+    source is enabled, as :func:`source_enabled` made it; otherwise ``live``."""
+    return None if config.get("enabled", False) is None and live else live
 
 
 async def source_diffs(

@@ -1,0 +1,36 @@
+"""The migration lock: one PostgreSQL advisory lock on the target, held by a migration, its
+repairs and a rollback, so no two of them ever write the same target at once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from docstore.errors import MigrationError
+from docstore.migrate.context import cancelling
+
+# "docstore migrate" in the advisory-lock key space.
+MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
+
+
+@contextlib.asynccontextmanager
+async def migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
+    """The migration's advisory lock on the target, for the duration of the block. A
+    connection closed meanwhile (a COPY cancelled on it) released it with its session."""
+    if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        raise MigrationError(
+            "another docstore migrator is running against this target "
+            "(advisory lock held); wait for it or stop it first"
+        )
+    try:
+        yield
+    finally:
+        if not tgt.is_closed():
+            try:
+                await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            except BaseException:
+                if not cancelling():
+                    raise
+                tgt.terminate()  # cancelled: ending the session releases the lock
