@@ -592,6 +592,7 @@ async def test_config_and_job_operations_behave_the_same(
         b = await compat.get_crates_needing_update(max_age)
         assert [c["name"] for c in a] == [c["name"] for c in b] == expected
 
+    made: dict[Any, list[int]] = {}
     for target in (legacy, compat):
         job = await target.create_population_job(3)
         assert await target.update_population_job(job, "running")
@@ -599,10 +600,13 @@ async def test_config_and_job_operations_behave_the_same(
         second = await target.create_population_job(1)
         assert await target.update_population_job(second, "completed", docs_populated=42)
         assert not await target.update_population_job(999, "running")
-    for job_id in (1, 2):
-        a = await legacy.get_population_job(job_id)
-        b = await compat.get_population_job(job_id)
-        assert job_view(a) == job_view(b)
+        made[target] = [job, second]
+    # a job created after the cutover: its own id + 1,000,000,000 (never a legacy id)
+    assert made[legacy] == [1, 2] and made[compat] == [1_000_000_001, 1_000_000_002]
+    for legacy_id, compat_id in zip(made[legacy], made[compat], strict=True):
+        a = await legacy.get_population_job(legacy_id)
+        b = await compat.get_population_job(compat_id)
+        assert job_view(a)[1:] == job_view(b)[1:] and b["id"] == compat_id
 
 
 async def test_migrated_configs_are_served_by_the_facade(migrated: Any) -> None:

@@ -5,7 +5,8 @@ source's ``config`` JSON, so :class:`~docstore.compat.legacy_api.LegacyDatabase`
 the way the columns did (a name that can be a source, text, a list of text, a non-negative
 count, a boolean, a timestamp) and raises :class:`~docstore.errors.ValidationError` before
 anything is written. Timestamps are stored as ISO text in UTC; a naive one is taken as UTC
-(docstore's convention for naive times), so comparisons never mix naive and aware values.
+(docstore's convention for naive times), so comparisons never mix naive and aware values; they
+come back as the legacy ``TIMESTAMPTZ`` columns did, aware datetimes in UTC (:func:`as_row`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from docstore.errors import ValidationError
-from docstore.models import MAX_SOURCE_NAME, aware_utc, key_text
+from docstore.models import MAX_SOURCE_NAME, aware_utc, key_text, parse_timestamp
+
+MAX_VERSION = 50
+"""``version_spec`` / ``current_version`` were ``VARCHAR(50)`` columns."""
+COLUMNS = (
+    "id",
+    "name",
+    "version_spec",
+    "current_version",
+    "features",
+    "expected_docs",
+    "enabled",
+    "last_checked",
+    "last_populated",
+    "created_at",
+    "updated_at",
+)
+"""The legacy ``crate_configs`` columns, in order: the keys of a config as returned."""
+TIMESTAMPS = ("last_checked", "last_populated", "created_at", "updated_at")
 
 
 def name(value: Any) -> str:
@@ -27,6 +46,13 @@ def name(value: Any) -> str:
 
 def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
     return key_text(field, value, optional=optional)  # type: ignore[no-any-return]
+
+
+def _version(field: str, value: Any, *, optional: bool = False) -> str | None:
+    text = _text(field, value, optional=optional)
+    if text is not None and len(text) > MAX_VERSION:
+        raise ValidationError(f"{field} is longer than {MAX_VERSION} characters", field=field)
+    return text
 
 
 def _features(value: Any) -> list[str]:
@@ -60,9 +86,32 @@ def _timestamp(field: str) -> Callable[[Any], str | None]:
     return check
 
 
+def updates(fields: dict[str, Any]) -> dict[str, Any]:
+    """The checked values of ``update_crate_config(**fields)`` (a column it cannot set: a
+    :class:`ValidationError` naming it)."""
+    for field in fields:
+        if field not in UPDATABLE:
+            raise ValidationError(
+                f"cannot update {field[:40]!r} of a crate config: use one of"
+                f" {', '.join(UPDATABLE)}",
+                field=field[:40],
+            )
+    return {k: UPDATABLE[k](v) for k, v in fields.items()}
+
+
+def as_row(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as the legacy ``crate_configs`` row: its columns in order, the
+    timestamps as aware datetimes in UTC."""
+    row = {k: config.get(k) for k in COLUMNS}
+    for k in TIMESTAMPS:
+        stamp = aware_utc(parse_timestamp(row[k]))
+        row[k] = None if stamp is None else stamp.astimezone(UTC)
+    return row
+
+
 # what update_crate_config() may set, and how each value is checked and stored
 UPDATABLE: dict[str, Callable[[Any], Any]] = {
-    "current_version": lambda v: _text("current_version", v, optional=True),
+    "current_version": lambda v: _version("current_version", v, optional=True),
     "features": _features,
     "expected_docs": _count,
     "enabled": _flag,
@@ -76,8 +125,8 @@ def new_config(
 ) -> dict[str, Any]:
     """The checked values of a config created by ``create_crate_config``."""
     return {
-        "version_spec": _text("version_spec", version_spec),
-        "current_version": _text("current_version", current_version, optional=True),
+        "version_spec": _version("version_spec", version_spec),
+        "current_version": _version("current_version", current_version, optional=True),
         "features": _features(features),
         "expected_docs": _count(expected_docs),
         "enabled": _flag(enabled),

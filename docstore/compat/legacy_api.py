@@ -1,8 +1,11 @@
 """``LegacyDatabase``: the legacy Doc Server's data operations, on docstore's schema.
 
 Each method is named and behaves as the legacy operation did (``../shared/legacy/README.md``):
-a crate is a document source of doc_type ``rust`` and its id is the source's id; documents
-are docstore documents, so they gain docstore's validation and the ANN index.
+a crate is a document source of doc_type ``rust``; documents are docstore documents, so they
+gain docstore's validation and the ANN index. Crate and population-job ids are the legacy ids
+of migrated rows and ``id + 1,000,000,000`` for rows created after the cutover, as the views
+show them (:mod:`docstore.compat.ids`). Bad input raises docstore's
+:class:`~docstore.errors.ValidationError` (naming the field, or the row of a batch).
 
 Why this is long: :class:`LegacyDatabase` is the legacy server's whole data API, one method
 per legacy operation (crates, documents, search, crate configs, population jobs), kept in one
@@ -15,12 +18,30 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from docstore.compat import config_values, views, writes
+from docstore.compat import config_values, ids, jobs, views, writes
+from docstore.compat import configs as configs_store
+from docstore.embeddings import query_vector
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Document, Source, aware_utc, key_text, naive_utc, parse_timestamp
+from docstore.models import Document, Source, key_text, naive_utc
 from docstore.repositories.documents import lock_sources
+from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
+
+# a limit beyond what store.search() ranks: the crate ranked exactly, as the legacy function
+_EXACT_SEARCH = """SELECT doc_path, content, 1 - (embedding <=> $1) AS similarity
+  FROM documents WHERE doc_type = $2 AND source_name = $3 AND embedding IS NOT NULL
+ ORDER BY embedding <=> $1, id LIMIT $4"""
+
+
+def _dims(embedding: Any) -> str:
+    """An embedding in a repr: its size, never its values (as :class:`Document` shows it)."""
+    if embedding is None:
+        return "None"
+    try:
+        return f"<{len(embedding)} dims>" if not isinstance(embedding, str) else "<text>"
+    except TypeError:
+        return f"<{type(embedding).__name__}>"
 
 
 class SimilarDoc(NamedTuple):
@@ -33,6 +54,12 @@ class CrateDocument(NamedTuple):
     doc_path: str
     content: str
     embedding: Any
+
+    def __repr__(self) -> str:
+        return (
+            f"CrateDocument(doc_path={self.doc_path!r}, content={self.content!r},"
+            f" embedding={_dims(self.embedding)})"
+        )
 
 
 class CrateStats(NamedTuple):
@@ -50,6 +77,12 @@ class LegacyDoc(NamedTuple):
     content: str
     embedding: Any
     token_count: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"LegacyDoc(doc_path={self.doc_path!r}, content={self.content!r},"
+            f" embedding={_dims(self.embedding)}, token_count={self.token_count!r})"
+        )
 
 
 class LegacyDatabase:
@@ -86,7 +119,8 @@ class LegacyDatabase:
     @timed("compat.upsert_crate")
     async def upsert_crate(self, name: str, version: str | None) -> int:
         """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
-        Returns the crate's id (its source's id)."""
+        Returns the crate's id (its legacy id if migrated, else its source's id +
+        1,000,000,000: ``crates.id`` in the views)."""
         self.store.ensure_writable()
         key_text("source_name", name)
         Source(doc_type=self.doc_type, source_name=name)  # length, like any source name
@@ -99,19 +133,19 @@ class LegacyDatabase:
             config["version"] = version
         # last_populated from EXCLUDED (the same now()): on a Citus cluster a function in DO
         # UPDATE SET must be IMMUTABLE
-        return int(
-            await self.store.fetchval(
-                """INSERT INTO document_sources (doc_type, source_name, config, last_populated)
-                   VALUES ($1, $2, $3::jsonb, now())
-                   ON CONFLICT (doc_type, source_name) DO UPDATE
-                      SET config = document_sources.config || EXCLUDED.config,
-                          last_populated = EXCLUDED.last_populated
-                   RETURNING id""",
-                self.doc_type,
-                name,
-                config,
-            )
+        row = await self.store.fetchrow(
+            """INSERT INTO document_sources (doc_type, source_name, config, last_populated)
+               VALUES ($1, $2, $3::jsonb, now())
+               ON CONFLICT (doc_type, source_name) DO UPDATE
+                  SET config = document_sources.config || EXCLUDED.config,
+                      last_populated = EXCLUDED.last_populated
+               RETURNING id, config""",
+            self.doc_type,
+            name,
+            config,
         )
+        assert row is not None
+        return ids.crate_id(row["id"], row["config"])
 
     @timed("compat.get_crate_stats")
     async def get_crate_stats(self) -> list[CrateStats]:
@@ -153,7 +187,10 @@ class LegacyDatabase:
     @timed("compat.count_crate_documents")
     async def count_crate_documents(self, crate_name: str) -> int:
         """Number of documents of a crate (on the primary, like the other compat reads: a
-        count right after a write sees it)."""
+        count right after a write sees it); 0 for None, as the legacy ``= NULL`` matched
+        nothing."""
+        if key_text("crate_name", crate_name, optional=True) is None:
+            return 0
         with self.store.read_from_primary():
             return await self.store.documents.count(self.doc_type, crate_name)
 
@@ -180,8 +217,9 @@ class LegacyDatabase:
         embedding: Any,
         token_count: int | None,
     ) -> None:
-        """Upsert one document on (crate_name, doc_path). ``crate_id`` is accepted for the
-        legacy signature; the crate is identified by name, as it always really was."""
+        """Upsert one document on (crate_name, doc_path). ``crate_id`` (an id
+        :meth:`upsert_crate` returned, or None) is accepted for the legacy signature; the
+        crate is identified by name, as it always really was."""
         del crate_id
         doc = self._document(crate_name, doc_path, content, embedding, token_count)
         await writes.upsert_crate_documents(
@@ -196,9 +234,11 @@ class LegacyDatabase:
         docs: Iterable[LegacyDoc | Sequence[Any]],
     ) -> None:
         """Upsert many documents and recompute the crate's total_docs and total_tokens, all
-        in one transaction (a stored row's metadata is kept: :mod:`docstore.compat.writes`)."""
+        in one transaction (a stored row's metadata is kept: :mod:`docstore.compat.writes`).
+        Each row is ``(doc_path, content, embedding[, token_count])``; a row of another shape
+        raises :class:`ValidationError` with its ``index``, before anything is written."""
         del crate_id
-        batch = [self._document(crate_name, *LegacyDoc(*d)) for d in docs]
+        batch = [self._document(crate_name, *row) for row in writes.legacy_rows(docs)]
         await writes.upsert_crate_documents(
             self.store, self.doc_type, crate_name, batch, totals=True
         )
@@ -207,11 +247,28 @@ class LegacyDatabase:
     async def search_similar_docs(
         self, crate_name: str, embedding: Any, limit: int = 5
     ) -> list[SimilarDoc]:
-        """Cosine similarity ``1 - (embedding <=> q)``, best first, within one crate (uses
-        the ANN index when one exists)."""
-        hits = await self.store.search(
-            embedding, doc_type=self.doc_type, source_name=crate_name, limit=limit
-        )
+        """Cosine similarity ``1 - (embedding <=> q)``, best first, within one crate, on the
+        primary (a search right after a write sees it). Up to 1,000 results through
+        :meth:`Store.search` (the ANN index when one exists); a larger ``limit`` (up to
+        2,147,483,647, the legacy ``integer``) ranks the crate exactly, as the legacy function
+        did. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents
+        without an embedding are never returned."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= views.INT_MAX:
+            raise ValidationError(
+                f"limit must be an integer from 0 to {views.INT_MAX}", field="limit"
+            )
+        query = query_vector(embedding, self.store.embedding_dim)
+        if key_text("crate_name", crate_name, optional=True) is None or limit == 0:
+            return []
+        with self.store.read_from_primary():
+            if limit > MAX_LIMIT:
+                rows = await self.store.fetch(
+                    _EXACT_SEARCH, query, self.doc_type, crate_name, limit
+                )
+                return [SimilarDoc(r[0], r[1], float(r[2])) for r in rows]
+            hits = await self.store.search(
+                query, doc_type=self.doc_type, source_name=crate_name, limit=limit
+            )
         return [SimilarDoc(h.doc_path, h.content, float(h.similarity or 0.0)) for h in hits]
 
     @timed("compat.get_crate_documents")
@@ -241,7 +298,9 @@ class LegacyDatabase:
         ``search_similar_docs(vector, varchar, integer)`` in ``schema`` (default: the
         connection's first search_path schema), with the legacy names and types, over
         documents/document_sources. Writes through the views fail with a message pointing
-        here. Refuses a schema that holds real legacy tables. Returns the schema used."""
+        here. The function finds docstore's tables and pgvector in the schemas they are in
+        now, whatever the caller's search_path. Refuses a schema that holds real legacy
+        tables. Returns the schema used."""
         self.store.ensure_writable()
         target = await self._schema(schema)
         clash = [r[0] for r in await self.store.fetch(views.LEGACY_TABLES_IN_SCHEMA, target)]
@@ -253,8 +312,13 @@ class LegacyDatabase:
             )
         async with self.store.transaction() as conn:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {views._ident(target)}")
+            path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
             for statement in views.install_sql(
-                target, self.doc_type, self.store.embedding_dim, distributed=self.store.distributed
+                target,
+                self.doc_type,
+                self.store.embedding_dim,
+                distributed=self.store.distributed,
+                search_path=path,
             ):
                 await conn.execute(statement)
         return target
@@ -273,55 +337,6 @@ class LegacyDatabase:
     # Stored as the Migrator maps them: every config of a crate in its source's
     # config["crate_configs"] (the lowest id's fields mirrored at the top level), jobs in
     # source_population_jobs. Config ids are unique across crates (allocated under a lock).
-
-    async def _source_configs(self, conn: Any, name: str) -> tuple[int, dict[str, Any]]:
-        row = await conn.fetchrow(
-            "SELECT id, config FROM document_sources WHERE doc_type = $1 AND source_name = $2"
-            " FOR UPDATE",
-            self.doc_type,
-            name,
-        )
-        if row is None:  # a configured crate without a crates row yet, as legacy allowed
-            row = await conn.fetchrow(
-                "INSERT INTO document_sources (doc_type, source_name, config)"
-                " VALUES ($1, $2, '{\"orphan\": true}') RETURNING id, config",
-                self.doc_type,
-                name,
-            )
-        config = row["config"]
-        return row["id"], dict(config)
-
-    async def _save_configs(
-        self, conn: Any, source_id: int, config: dict[str, Any], configs: list[dict[str, Any]]
-    ) -> None:
-        configs.sort(key=lambda c: c["id"])
-        config["crate_configs"] = configs
-        if configs:
-            first = configs[0]
-            for key in ("version_spec", "current_version", "features", "expected_docs"):
-                config[key] = first[key]
-        enabled = configs[0]["enabled"] if configs else True
-        last_checked = aware_utc(parse_timestamp(configs[0]["last_checked"])) if configs else None
-        await conn.execute(
-            "UPDATE document_sources SET config = $2::jsonb, enabled = $3, last_checked = $4"
-            " WHERE id = $1",
-            source_id,
-            config,
-            enabled,
-            last_checked,
-        )
-
-    async def _all_configs(self, conn: Any) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            "SELECT config->'crate_configs' AS c FROM document_sources"
-            " WHERE doc_type = $1 AND config ? 'crate_configs'",
-            self.doc_type,
-        )
-        out: list[dict[str, Any]] = []
-        for r in rows:
-            value = r["c"]
-            out.extend(value)
-        return out
 
     @timed("compat.create_crate_config")
     async def create_crate_config(
@@ -344,11 +359,11 @@ class LegacyDatabase:
         now = datetime.now(UTC).isoformat()
         async with self.store.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
-            source_id, config = await self._source_configs(conn, name)
+            source_id, config = await configs_store.source_configs(conn, self.doc_type, name)
             configs = list(config.get("crate_configs", []))
             mine = next((c for c in configs if c["version_spec"] == version_spec), None)
             if mine is None:
-                used = [c["id"] for c in await self._all_configs(conn)]
+                used = [c["id"] for c in await configs_store.all_configs(conn, self.doc_type)]
                 mine = {
                     "id": max(used, default=0) + 1,
                     "name": name,
@@ -359,25 +374,27 @@ class LegacyDatabase:
                 }
                 configs.append(mine)
             mine.update(values, updated_at=now)
-            await self._save_configs(conn, source_id, config, configs)
+            await configs_store.save_configs(conn, source_id, config, configs)
             return int(mine["id"])
 
     @timed("compat.get_crate_config")
     async def get_crate_config(
         self, name: str, version_spec: str = "latest"
     ) -> dict[str, Any] | None:
-        """The config of ``(name, version_spec)`` as the legacy row's columns, or None."""
+        """The config of ``(name, version_spec)`` as the legacy row's columns (timestamps as
+        aware datetimes), or None."""
         async with self.store.transaction() as conn:
-            for c in await self._all_configs(conn):
+            for c in await configs_store.all_configs(conn, self.doc_type):
                 if c["name"] == name and c["version_spec"] == version_spec:
-                    return c
+                    return config_values.as_row(c)
         return None
 
     @timed("compat.list_crate_configs")
     async def list_crate_configs(self, enabled_only: bool = False) -> list[dict[str, Any]]:
-        """Every config, ordered by name and version_spec."""
+        """Every config as the legacy row's columns, ordered by name and version_spec."""
         async with self.store.transaction() as conn:
-            configs = await self._all_configs(conn)
+            stored = await configs_store.all_configs(conn, self.doc_type)
+        configs = [config_values.as_row(c) for c in stored]
         if enabled_only:
             configs = [c for c in configs if c["enabled"]]
         return sorted(configs, key=lambda c: (c["name"], c["version_spec"]))
@@ -388,22 +405,21 @@ class LegacyDatabase:
         ``last_checked`` or ``last_populated`` of a config; False if there is none. Values
         of the wrong type raise :class:`ValidationError` before anything is written
         (timestamps: datetimes, naive ones taken as UTC)."""
-        unknown = set(fields) - set(config_values.UPDATABLE)
-        if unknown:
-            raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a crate config")
-        checked = {k: config_values.UPDATABLE[k](v) for k, v in fields.items()}
+        checked = config_values.updates(fields)
         self.store.ensure_writable()
         async with self.store.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('docstore crate_configs'))")
-            found = next((c for c in await self._all_configs(conn) if c["id"] == config_id), None)
+            stored = await configs_store.all_configs(conn, self.doc_type)
+            found = next((c for c in stored if c["id"] == config_id), None)
             if found is None:
                 return False
-            source_id, config = await self._source_configs(conn, found["name"])
+            name = found["name"]
+            source_id, config = await configs_store.source_configs(conn, self.doc_type, name)
             configs = config["crate_configs"]
             mine = next(c for c in configs if c["id"] == config_id)
             mine.update(checked)
             mine["updated_at"] = datetime.now(UTC).isoformat()
-            await self._save_configs(conn, source_id, config, configs)
+            await configs_store.save_configs(conn, source_id, config, configs)
             return True
 
     @timed("compat.get_crates_needing_update")
@@ -414,38 +430,34 @@ class LegacyDatabase:
         due = [
             c
             for c in await self.list_crate_configs(enabled_only=True)
-            if c["last_checked"] is None or aware_utc(parse_timestamp(c["last_checked"])) < cutoff
+            if c["last_checked"] is None or c["last_checked"] < cutoff
         ]
         return sorted(
             due,
-            key=lambda c: (
-                c["last_checked"] is not None,
-                aware_utc(parse_timestamp(c["last_checked"])) or cutoff,
-                c["name"],
-            ),
+            key=lambda c: (c["last_checked"] is not None, c["last_checked"] or cutoff, c["name"]),
         )
 
     @timed("compat.create_population_job")
     async def create_population_job(self, crate_config_id: int) -> int:
-        """A ``pending`` job for a config; returns its id."""
+        """A ``pending`` job for a config; returns its id (its own id + 1,000,000,000, which
+        :meth:`update_population_job` and :meth:`get_population_job` take). A config that
+        does not exist raises :class:`ValidationError` (legacy: the foreign key refused it)."""
         self.store.ensure_writable()
         config = next(
             (c for c in await self.list_crate_configs() if c["id"] == crate_config_id), None
         )
+        missing = ValidationError(
+            f"no crate config {str(crate_config_id)[:20]}", field="crate_config_id"
+        )
         if config is None:
-            raise ValueError(f"no crate config {crate_config_id}")
+            raise missing
 
         async def work(conn: Any) -> Any:
             # the source's lock, as sources.delete() takes it: a job is never added to a
             # source being deleted (on Citus no foreign key would refuse it)
             await lock_sources(conn, [(self.doc_type, config["name"])])
-            return await conn.fetchval(
-                """INSERT INTO source_population_jobs
-                       (source_id, doc_type, source_name, status, metadata)
-                   SELECT s.id, $1::text, $2::text, 'pending', $3::jsonb
-                     FROM document_sources s
-                    WHERE s.doc_type = $1::text AND s.source_name = $2::text
-                   RETURNING id""",
+            return await conn.fetchrow(
+                jobs.CREATE,
                 self.doc_type,
                 config["name"],
                 {"crate_config_id": crate_config_id, "version_spec": config["version_spec"]},
@@ -453,8 +465,8 @@ class LegacyDatabase:
 
         job = await self.store.run_in_transaction(work)
         if job is None:  # the crate was deleted meanwhile
-            raise ValueError(f"no crate config {crate_config_id}")
-        return int(job)
+            raise missing
+        return ids.job_id(job["id"], job["legacy_id"])
 
     @timed("compat.update_population_job")
     async def update_population_job(
@@ -465,21 +477,14 @@ class LegacyDatabase:
         error_message: str | None = None,
         docs_populated: int | None = None,
     ) -> bool:
-        """Move a job to ``running`` (sets started_at), ``completed`` or ``failed`` (sets
-        completed_at); False if there is no such job."""
-        if status not in ("pending", "running", "completed", "failed"):
-            raise ValueError(f"unknown job status {status[:20]!r}")
+        """Move a job (by its legacy id, as :meth:`create_population_job` returned it) to
+        ``running`` (sets started_at), ``completed`` or ``failed`` (sets completed_at); False
+        if there is no such job. Another status raises :class:`ValidationError`."""
+        sql, key = jobs.update_statement(job_id, status, error_message, docs_populated)
         self.store.ensure_writable()
         result = await self.store.execute(
-            """UPDATE source_population_jobs
-                  SET status = $2::text,
-                      started_at = CASE WHEN $2::text = 'running' THEN now() ELSE started_at END,
-                      completed_at = CASE WHEN $2::text IN ('completed', 'failed') THEN now()
-                                          ELSE completed_at END,
-                      error_message = coalesce($3, error_message),
-                      docs_populated = coalesce($4, docs_populated)
-                WHERE id = $1 AND doc_type = $5""",
-            job_id,
+            sql,
+            key,
             status,
             error_message,
             docs_populated,
@@ -489,12 +494,8 @@ class LegacyDatabase:
 
     @timed("compat.get_population_job")
     async def get_population_job(self, job_id: int) -> dict[str, Any] | None:
-        """A job as the legacy row's columns (``crate_config_id`` from its metadata)."""
-        row = await self.store.fetchrow(
-            "SELECT id, (metadata->>'crate_config_id')::integer AS crate_config_id, status,"
-            " started_at, completed_at, error_message, docs_populated, created_at"
-            " FROM source_population_jobs WHERE id = $1 AND doc_type = $2",
-            job_id,
-            self.doc_type,
-        )
-        return None if row is None else dict(row)
+        """A job (by its legacy id) as the legacy row's columns (``crate_config_id`` from its
+        metadata)."""
+        sql, key = jobs.get_statement(job_id)
+        row = await self.store.fetchrow(sql, key, self.doc_type)
+        return None if row is None else jobs.as_row(row)

@@ -2,10 +2,19 @@
 and the function ``search_similar_docs(vector, varchar, integer)``, with the legacy column
 names and types (pure SQL builders; :class:`~docstore.compat.LegacyDatabase` installs them).
 
-Ids: a crate's id is its source's id; a document's id is its legacy id when it was migrated
-(``metadata.legacy_id``), else ``documents.id + 1,000,000,000`` — stable across calls and
-never colliding with a legacy id. ``doc_embeddings.crate_id`` is the crate's id, or NULL where
-the legacy row had a NULL ``crate_id``.
+Ids (:mod:`docstore.compat.ids`): a row that came from the legacy database keeps its legacy id
+— a crate's ``crates.id`` (``config.legacy_id`` of its source), a document's
+(``metadata.legacy_id``) — and a row created after the cutover shows its own id
+``+ 1,000,000,000``: stable across calls, never colliding with a legacy id, and the same
+:class:`~docstore.compat.LegacyDatabase` returns. ``doc_embeddings.crate_id`` is the crate's
+id, or NULL where the legacy row had a NULL ``crate_id``.
+
+``search_similar_docs`` resolves docstore's tables, index and pgvector's operators in the
+schemas it was installed against (its own ``SET search_path``), so a legacy client whose
+search_path holds only the compatibility schema can call it. Like the legacy function it
+ranks exactly (the whole crate, in the legacy order) when there is no HNSW index, when
+``limit_results`` is NULL (no limit) or above 1,000, or when the query has a value beyond
+half precision's ±65,504 (the index and the in-row copy are half precision).
 
 On a distributed database (Citus) ids are ``bigint`` and a row written through a worker has
 one from 2^48 up (:mod:`docstore.schema.citus`); the views keep the legacy ``integer``
@@ -17,14 +26,27 @@ fails with its own "could not find valid entry for shard 0"; a rule rewrites the
 before Citus sees it. An ``INSERT`` (also with ``RETURNING``) and a ``DELETE`` of every row get
 docstore's message; an ``UPDATE`` or ``DELETE`` with a ``WHERE`` fails with Citus's or
 PostgreSQL's own (see ``_write_rules``).
+
+Two legacy writes get PostgreSQL's own error instead of docstore's message, on any database:
+PostgreSQL refuses them before a trigger or rule could run, so no view can change that.
+``INSERT … ON CONFLICT`` fails with "there is no unique or exclusion constraint matching the
+ON CONFLICT specification" (SQLSTATE 42P10) and ``TRUNCATE`` with "… is not a table" (42809).
+Both are still refused, nothing is written; port them to
+:class:`~docstore.compat.LegacyDatabase` (``upsert_crate``, ``insert_embedding``,
+``delete_crate_embeddings``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from docstore.compat.ids import NEW_ID_OFFSET, crate_id_sql, document_id_sql
+from docstore.embeddings import MAX_EMBEDDING_VALUE
 from docstore.search.planner import (
     HALFVEC_ALWAYS_ROWS,
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
+    MAX_LIMIT,
     MIN_HALFVEC_CANDIDATES,
 )
 from docstore.search.queries import (
@@ -35,7 +57,6 @@ from docstore.search.queries import (
     vector_index_name,
 )
 
-NEW_ID_OFFSET = 1_000_000_000
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
 GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
 RULE_FUNCTION = "docstore_legacy_view_refuse_write"
@@ -58,21 +79,32 @@ def _as_integer(column: str, offset: int = 0) -> str:
     return f"CASE WHEN {column} <= {INT_MAX - offset} THEN ({shifted})::integer END"
 
 
-def install_sql(schema: str, doc_type: str, dim: int, *, distributed: bool = False) -> list[str]:
+def _new_id(column: str, distributed: bool) -> str:
+    """A row's own id + :data:`NEW_ID_OFFSET` as the legacy ``integer`` (on Citus NULL
+    beyond it; on one node ids stay far below it)."""
+    if distributed:
+        return _as_integer(column, NEW_ID_OFFSET)
+    return f"({column} + {NEW_ID_OFFSET})::integer"
+
+
+def install_sql(
+    schema: str,
+    doc_type: str,
+    dim: int,
+    *,
+    distributed: bool = False,
+    search_path: Sequence[str] = (),
+) -> list[str]:
     """The statements that (re)create the views, their write guards and the function;
-    ``distributed``: for a Citus database (bigint ids, rules as write guards)."""
+    ``distributed``: for a Citus database (bigint ids, rules as write guards);
+    ``search_path``: the schemas of docstore's tables and of pgvector, where the function
+    resolves names whatever its caller's search_path (empty: the caller's)."""
     s = _ident(schema)
     dt = doc_type.replace("'", "''")
-    new_id = _as_integer("d.id", NEW_ID_OFFSET) if distributed else f"d.id + {NEW_ID_OFFSET}"
-    source_id = _as_integer("s.id") if distributed else "s.id::integer"
-    crate_id = f"{_as_integer('s.id')} END" if distributed else "s.id END::integer"
+    source_id = crate_id_sql("s", _new_id("s.id", distributed))
+    crate_id = f"{source_id} END"
     counted = "d.crate_name" if distributed else "d.id"  # d.id: NULL beyond integer there
-    doc_id = (
-        "CASE WHEN d.metadata->>'migrated_from' = 'rust_docs_vectors'"
-        " AND d.metadata->>'legacy_id' ~ '^[0-9]{1,9}$'"
-        " THEN (d.metadata->>'legacy_id')::integer"
-        f" ELSE {new_id} END"
-    )
+    doc_id = document_id_sql("d", _new_id("d.id", distributed))
     not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
     # the documents' bytes once a query (a subquery), not once a row; on Citus the shards'
     # (the coordinator's own table is an empty shell)
@@ -177,6 +209,8 @@ $$""",
         {ranked(candidates(ann_order, "greatest(limit_results * 4, 40)"), ", d.id")};
     END IF;
 """
+    path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
+    set_path = f"SET search_path = {path}, pg_temp\n" if path else ""
     statements.append(
         f"""CREATE OR REPLACE FUNCTION {s}.search_similar_docs(
     query_embedding   vector({int(dim)}),
@@ -187,15 +221,17 @@ $$""",
 LANGUAGE plpgsql
 SET hnsw.ef_search = 200 SET hnsw.iterative_scan = relaxed_order
 SET enable_seqscan = off SET enable_sort = off
-AS $$
+{set_path}AS $$
 DECLARE
     indexed boolean;
     rows bigint;
 BEGIN
     SELECT i.indisvalid INTO indexed FROM pg_index i
      WHERE i.indexrelid = to_regclass('{index}');
-    IF indexed IS NOT TRUE THEN
-        -- no index: exact, as the legacy function (same order, no tie-break)
+    IF indexed IS NOT TRUE OR limit_results IS NULL OR limit_results > {MAX_LIMIT}
+       OR {_beyond_half("query_embedding")} THEN
+        -- no index, no limit (LIMIT NULL), a limit beyond ANN's, or a query half precision
+        -- cannot hold: exact, as the legacy function (same order, no tie-break)
         RETURN QUERY
         {ranked(f"documents d WHERE {scope}", "")};
         RETURN;
@@ -204,6 +240,16 @@ BEGIN
 $$"""
     )
     return statements
+
+
+def _beyond_half(param: str) -> str:
+    """Does the query vector ``param`` hold a value the ``halfvec`` cast would refuse? (The
+    norm first: a cheap bound that is almost always below the limit.)"""
+    top = float(MAX_EMBEDDING_VALUE)
+    return (
+        f"(vector_norm({param}) > {top} AND"
+        f" (SELECT max(abs(v)) FROM unnest({param}::real[]) v) > {top})"
+    )
 
 
 def _write_rules(s: str) -> list[str]:
@@ -268,6 +314,15 @@ def uninstall_sql(schema: str, dim: int) -> list[str]:
         f"DROP TABLE IF EXISTS {s}.{GUARD_TABLE}",
     ]
 
+
+# The schemas of documents and of pgvector, in that order: search_similar_docs' search_path.
+FUNCTION_SEARCH_PATH = """
+SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = 'documents'::regclass
+UNION ALL
+SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname = 'vector'
+"""
 
 # Real tables (not our views) with a legacy name in the schema: installing would shadow them.
 LEGACY_TABLES_IN_SCHEMA = """

@@ -11,10 +11,12 @@ leaves neither the documents nor the totals half-written.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 
+from docstore.errors import ValidationError
 from docstore.models import Document
 from docstore.repositories.documents import dedupe, lock_sources, validate, write_batch
 from docstore.repositories.sources import write_totals
@@ -60,3 +62,24 @@ async def _keep_metadata(
         else d
         for i, d in enumerate(docs)
     ]
+
+
+def legacy_rows(docs: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``insert_embeddings_batch``, each ``(doc_path, content, embedding[,
+    token_count])`` as a 4-tuple; a row of another shape raises
+    :class:`~docstore.errors.ValidationError` naming its index, before anything is written."""
+    if isinstance(docs, str | bytes) or not isinstance(docs, Iterable):
+        raise ValidationError("docs must be an iterable of document rows", field="docs")
+    rows = []
+    for i, row in enumerate(docs):
+        fields = None
+        if isinstance(row, Iterable) and not isinstance(row, str | bytes | dict):
+            fields = tuple(row)
+        if fields is None or not 3 <= len(fields) <= 4:
+            size = "" if fields is None else f", not {len(fields)} values"
+            raise ValidationError(
+                f"document row {i} must be (doc_path, content, embedding[, token_count]){size}",
+                index=i,
+            )
+        rows.append(fields if len(fields) == 4 else (*fields, None))
+    return rows
