@@ -125,7 +125,9 @@ def _from_array(array: npt.NDArray[Any]) -> FloatArray:
     problem = _out_of_range(array)
     if problem:
         raise ValueError(problem)
-    return np.ascontiguousarray(np.asarray(array), dtype=np.float32)
+    # always a copy (np.array copies; a float32 input too): what was checked is docstore's
+    # own array, which the caller's later edits to theirs cannot reach
+    return np.array(array, dtype=np.float32, order="C")
 
 
 def _from_sequence(values: list[Any] | tuple[Any, ...]) -> FloatArray:
@@ -215,6 +217,11 @@ def embedding_array(value: Any) -> FloatArray:
     ints of any size included), and vectors the half-precision search paths cannot see
     (:func:`half_precision_problem`: zero norm, underflow). ``-0.0`` comes back as ``0.0``
     (the same number; one stored form, so re-upserting it compares equal to what is stored).
+
+    The array returned is always a new one (never ``value`` itself, nor a view of it) and
+    read-only: the checked vector cannot change afterwards, whether the caller edits the array
+    they passed (a reused buffer) or the one returned (``ValueError: assignment destination is
+    read-only``; assign a new array instead, which is checked again).
     """
     if isinstance(value, str | bytes | Mapping):
         raise ValueError(f"must be a list or numpy array of numbers, not a {_type_name(value)}")
@@ -236,6 +243,7 @@ def embedding_array(value: Any) -> FloatArray:
         # -0.0 and 0.0 are the same number but not the same bytes; PostgreSQL's comparison
         # (the upsert's "unchanged" check) cannot tell them apart, so docstore stores one form
         array = np.where(zeros, np.float32(0.0), array).astype(np.float32)
+    array.flags.writeable = False  # checked once: an in-place edit would bypass the check
     return array
 
 

@@ -9,20 +9,24 @@ field and the document's key but never echoes a vector's values:
   ``doc_path``) at most 2,600 (it is one row of a unique btree index, which holds at most
   2,704 bytes), ``content`` at most 10,000,000 characters;
 - no NUL byte and no lone surrogate (``"\ud800"``: not encodable as UTF-8) in any text,
-  metadata keys and string values included (PostgreSQL or the driver reject them);
+  metadata keys and string values included (PostgreSQL or the driver reject them); text given
+  as bytes is decoded as UTF-8 first and checked the same;
 - ``embedding``: None or a one-dimensional sequence of real numbers (see
-  :func:`~docstore.embeddings.embedding_array`, in :mod:`docstore.embeddings`, for exactly
-  what is accepted), every value finite and within
-  ±65,504 (the range of half precision, which the search index and ``embedding_half`` use),
-  not all zero, and representable in half precision without losing more than 1 % of itself
-  to underflow (:data:`MAX_HALF_PRECISION_ERROR`); the repository also checks the configured
-  dimension. Query vectors follow the same rule (:func:`query_vector`);
-- ``metadata``: a JSON object (no NaN/inf, only JSON types) nested at most 100 levels deep;
-  ``token_count`` ≥ 0.
+  :func:`~docstore.embeddings.embedding_array` for exactly what is accepted), every value
+  finite and within ±65,504 (the range of half precision, which the search index and
+  ``embedding_half`` use), not all zero, and representable in half precision without losing
+  more than 1 % of itself to underflow (:data:`MAX_HALF_PRECISION_ERROR`); kept as a
+  read-only copy, so the vector checked is the vector written; the repository also checks
+  the configured dimension. Query vectors follow the same rule (:func:`query_vector`);
+- ``metadata``: a JSON object (no NaN/inf, only JSON types; a mapping that is not a dict is
+  stored as one) nested at most 100 levels deep; ``token_count`` ≥ 0; timestamps within the
+  years 1–9999 once in UTC (:func:`~docstore.storable.in_utc`).
 """
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
@@ -30,6 +34,7 @@ from typing import Annotated, Any, ClassVar, Self
 import numpy as np
 import pydantic
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -51,6 +56,7 @@ from docstore.errors import ValidationError
 from docstore.storable import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
+    in_utc,
     metadata_json,
     unstorable,
 )
@@ -72,17 +78,18 @@ tuple and column headers (so 2,600 leaves room; every ASCII key fits: 50 + 255 +
 # --- field validators ----------------------------------------------------------------------
 
 
-def _no_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        problem = unstorable(value)
-        if problem:
-            raise ValueError(problem)
+# Text checks run after pydantic made the value a str (AfterValidator), so what it converts
+# (bytes, bytearray: decoded as UTF-8) is checked like a str given as is.
+def _no_nul(value: str) -> str:
+    problem = unstorable(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
-def _doc_path(value: Any) -> Any:
+def _doc_path(value: str) -> str:
     _no_nul(value)
-    if isinstance(value, str) and len(value.encode("utf-8")) > MAX_DOC_PATH_BYTES:
+    if len(value.encode("utf-8")) > MAX_DOC_PATH_BYTES:
         raise ValueError(f"longer than {MAX_DOC_PATH_BYTES} bytes")
     return value
 
@@ -94,9 +101,10 @@ def _to_embedding(value: Any) -> FloatArray | None:
 
 
 def naive_utc(value: Any) -> Any:
-    """An aware datetime as naive UTC (how TIMESTAMP columns hold time); anything else as is."""
+    """An aware datetime as naive UTC (how TIMESTAMP columns hold time); anything else as is.
+    ``ValueError`` if UTC moves it outside the years 1–9999 (:func:`~docstore.storable.in_utc`)."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return in_utc(value).replace(tzinfo=None)
     return value
 
 
@@ -111,14 +119,14 @@ def _embedding_json(value: FloatArray | None) -> list[float] | None:
     return None if value is None else value.tolist()
 
 
-NoNulStr = Annotated[str, BeforeValidator(_no_nul)]
+NoNulStr = Annotated[str, AfterValidator(_no_nul)]
 Embedding = Annotated[
     FloatArray | None,
     BeforeValidator(_to_embedding),
     PlainSerializer(_embedding_json, when_used="json"),
 ]
 Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
-NaiveTimestamp = Annotated[datetime | None, BeforeValidator(naive_utc)]
+NaiveTimestamp = Annotated[datetime | None, AfterValidator(naive_utc)]
 
 
 def aware_utc(value: Any) -> Any:
@@ -129,7 +137,12 @@ def aware_utc(value: Any) -> Any:
     return value
 
 
-AwareTimestamp = Annotated[datetime | None, BeforeValidator(aware_utc)]
+def _aware_timestamp(value: datetime | None) -> datetime | None:
+    """A parsed datetime as :func:`aware_utc` reads it, in UTC (``ValueError`` past 9999)."""
+    return None if value is None else in_utc(aware_utc(value))
+
+
+AwareTimestamp = Annotated[datetime | None, AfterValidator(_aware_timestamp)]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -205,11 +218,15 @@ class _Model(BaseModel):
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        """``obj`` itself if it is one, else a new one from a mapping of its fields;
+        :class:`ValidationError` for anything else (``expected a Source or a dict, got
+        int``), never pydantic's error."""
         if isinstance(obj, cls):
             return obj
-        if isinstance(obj, Mapping):
+        if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
             return cls(**obj)
-        return super().model_validate(obj, **kwargs)
+        what = "a dict with a non-string key" if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValidationError(f"expected a {cls.__name__} or a dict, got {what}")
 
 
 def _key_of(data: Mapping[str, Any], fields: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -228,7 +245,7 @@ class Document(_Model):
     id: int | None = None
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
     source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
-    doc_path: Annotated[str, BeforeValidator(_doc_path), Field(min_length=1)]
+    doc_path: Annotated[str, AfterValidator(_doc_path), Field(min_length=1)]
     content: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
     metadata: Metadata = Field(default_factory=dict)
     embedding: Embedding = Field(default=None, repr=False)
@@ -263,8 +280,11 @@ class Document(_Model):
 
     @property
     def embedding_checked(self) -> bool:
-        """Whether :attr:`embedding` is known to satisfy the embedding rule."""
-        return self._embedding_checked
+        """Whether :attr:`embedding` is known to satisfy the embedding rule: it went through
+        :func:`embedding_array` and is still the read-only array that returned (a deep copy or
+        an unpickled Document holds a writable one, which may have been edited since)."""
+        array = self.embedding
+        return self._embedding_checked and (array is None or not array.flags.writeable)
 
     @model_validator(mode="after")
     def _key_fits_the_index(self) -> Document:
@@ -392,32 +412,52 @@ def key_text(field: str, value: Any, *, optional: bool = False) -> Any:
 
 
 def check_key(
-    doc_type: Any, source_name: Any, doc_path: Any = None, *, optional: bool = False
+    doc_type: Any, source_name: Any, doc_path: Any = ..., *, optional: bool = False
 ) -> None:
-    """Validate the parts of a natural key given to a lookup (``doc_path`` when not None;
-    ``optional``: None means "any" for doc_type/source_name)."""
+    """Validate the parts of a natural key given to a lookup (``doc_path`` when given, None
+    refused; ``optional``: None means "any" for doc_type/source_name)."""
     key_text("doc_type", doc_type, optional=optional)
     key_text("source_name", source_name, optional=optional)
-    if doc_path is not None:
+    if doc_path is not ...:
         key_text("doc_path", doc_path)
 
 
+def as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer — an int or any other
+    ``numbers.Integral`` (numpy's integers) — but not a bool (``True`` is no count); else
+    None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return operator.index(value)
+
+
 def row_id(value: Any, *, bigint: bool = False) -> int:
-    """A row id given to a lookup or delete: an integer in PostgreSQL's ``integer`` range, or
-    ``bigint``'s with ``bigint=True`` (a distributed database's ids, which a worker allocates
-    from 2^48 up: :mod:`docstore.schema.citus`)."""
+    """A row id given to a lookup or delete, as an int: an integer (:func:`as_int`) in
+    PostgreSQL's ``integer`` range, or ``bigint``'s with ``bigint=True`` (a distributed
+    database's ids, which a worker allocates from 2^48 up: :mod:`docstore.schema.citus`)."""
     bits, kind = (63, "bigint") if bigint else (31, "integer")
-    if isinstance(value, bool) or not isinstance(value, int) or not -(2**bits) <= value < 2**bits:
+    number = as_int(value)
+    if number is None or not -(2**bits) <= number < 2**bits:
         raise ValidationError(f"id must be an integer within PostgreSQL's {kind} range", field="id")
-    return value
+    return number
 
 
 def bounded_int(value: Any, field: str, upper: int) -> int:
-    """``value`` if it is an int (not a bool) from 1 to ``upper``, else a
-    :class:`ValidationError` naming ``field`` (a float batch size or limit would otherwise be
-    truncated, or fail in the driver with a database error)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+    """``value`` as an int if it is an integer (:func:`as_int`: numpy's too, not a bool) from
+    1 to ``upper``, else a :class:`ValidationError` naming ``field`` (a float batch size or
+    limit would otherwise be truncated, or fail in the driver with a database error)."""
+    number = as_int(value)
+    if number is None or not 1 <= number <= upper:
         raise ValidationError(f"{field} must be an integer from 1 to {upper}", field=field)
+    return number
+
+
+def flag(value: Any, field: str, *, optional: bool = False) -> Any:
+    """``value`` if it is True or False (or None when ``optional``: "decide for me"), else
+    :class:`ValidationError`: a string such as ``"false"`` is truthy, never a flag."""
+    if not (isinstance(value, bool) or (optional and value is None)):
+        allowed = "True, False or None" if optional else "True or False"
+        raise ValidationError(f"{field} must be {allowed}, got {type(value).__name__}", field=field)
     return value
 
 
@@ -440,10 +480,12 @@ __all__ = [
     "Source",
     "SourceStats",
     "UpsertResult",
+    "as_int",
     "aware_utc",
     "bounded_int",
     "check_key",
     "embedding_array",
+    "flag",
     "half_precision_problem",
     "key_text",
     "naive_utc",

@@ -1,7 +1,8 @@
-"""What PostgreSQL can store: text without NUL bytes or lone surrogates, and JSON objects
-(``jsonb``) within docstore's limits. Used by the models (:mod:`docstore.models`), filters and
-lookups, so one rule decides everywhere; every check raises ``ValueError`` with a message that
-names the place but never echoes a large value."""
+"""What PostgreSQL can store: text without NUL bytes or lone surrogates, JSON objects
+(``jsonb``) within docstore's limits, timestamps within the years 1–9999 in UTC. Used by the
+models (:mod:`docstore.models`), filters and lookups, so one rule decides everywhere; every
+check raises ``ValueError`` with a message that names the place but never echoes a large
+value."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_METADATA_BYTES = 1_000_000
@@ -29,31 +31,65 @@ def unstorable(text: str) -> str | None:
     return None
 
 
-def check_json(value: Any, path: str = "metadata", depth: int = 0) -> None:
+def check_json(value: Any, path: str = "metadata", depth: int = 0) -> Any:
+    """``value`` checked as JSON ``jsonb`` can store, or ``ValueError`` naming the first
+    problem. Returns ``value`` itself, or — when it holds a mapping that is not a dict
+    (``UserDict``, ``mappingproxy``), which ``json.dumps`` cannot write — a copy with each
+    such mapping made a dict (the containers on its way rebuilt, the rest shared)."""
     if isinstance(value, str):
         problem = unstorable(value)
         if problem:
             raise ValueError(f"{path} {problem}")
     elif isinstance(value, bool) or value is None or isinstance(value, int):
-        return
+        return value
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{path} is NaN or infinite, which JSON cannot represent")
     elif depth >= MAX_METADATA_DEPTH and isinstance(value, Mapping | list | tuple):
         raise ValueError(f"{path[:200]} is nested deeper than {MAX_METADATA_DEPTH} levels")
     elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{path} has a non-string key")
-            problem = unstorable(key)
-            if problem:
-                raise ValueError(f"{path} has a key that {problem}")
-            check_json(item, f"{path}.{printable(key[:40])}", depth + 1)
+        return _json_mapping(value, path, depth)
     elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            check_json(item, f"{path}[{index}]", depth + 1)
+        items = [
+            check_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
+        ]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return type(value)(items) if type(value) in (list, tuple) else items
     else:
         raise ValueError(f"{path} holds a {type(value).__name__}, which is not a JSON type")
+    return value
+
+
+def _json_mapping(value: Mapping[Any, Any], path: str, depth: int) -> Any:
+    """:func:`check_json` of a mapping: its keys must be strings PostgreSQL can store."""
+    copy: dict[str, Any] | None = None if isinstance(value, dict) else {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{path} has a non-string key")
+        problem = unstorable(key)
+        if problem:
+            raise ValueError(f"{path} has a key that {problem}")
+        checked = check_json(item, f"{path}.{printable(key[:40])}", depth + 1)
+        if copy is None and checked is not item:
+            copy = dict(value)  # the first change: from here on, a copy
+        if copy is not None:
+            copy[key] = checked
+    return value if copy is None else copy
+
+
+def in_utc(value: datetime) -> datetime:
+    """An aware ``value`` in UTC — how PostgreSQL holds both timestamp types, and how the
+    driver sends them — or ``ValueError`` when UTC moves it outside the years 1–9999 (an
+    ``OverflowError`` in the driver, a failed write); a naive ``value`` as is."""
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "is out of range: in UTC it falls before year 1 or after year 9999, which"
+            " cannot be sent as a PostgreSQL timestamp"
+        ) from None
 
 
 def printable(text: str) -> str:
@@ -75,8 +111,12 @@ def json_object(value: Any) -> dict[str, Any]:
             raise ValueError(f"is nested deeper than {MAX_METADATA_DEPTH} levels") from None
     if not isinstance(value, Mapping):
         raise ValueError("must be a JSON object (a dict)")
-    check_json(value)
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+    value = check_json(value)
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError) as exc:  # e.g. an int past Python's 4,300-digit limit
+        raise ValueError(f"is not storable as JSON ({exc})") from None
+    if size > MAX_METADATA_BYTES:
         raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
     return dict(value)
 

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import pydantic
 
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.core.surface import own_reads
@@ -62,6 +61,7 @@ from docstore.models import (
     bounded_int,
     check_key,
     embedding_array,
+    flag,
     row_id,
 )
 
@@ -207,13 +207,10 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
         raise ValidationError(
             f"row {index}: {exc}", field=exc.field, index=index, key=exc.key
         ) from None
-    except pydantic.ValidationError:
-        raise ValidationError(
-            f"row {index}: expected a Document or a dict, got {type(item).__name__}", index=index
-        ) from None
     if doc.embedding is not None and not doc.embedding_checked:
         # a Document made with model_construct (read back from the database) skipped the
-        # embedding rule: a vector stored before it (a migrated zero vector) must not slip in
+        # embedding rule: a vector stored before it (a migrated zero vector) must not slip in;
+        # a deep copy's or an unpickled Document's array is writable again, so maybe edited
         try:
             checked = embedding_array(doc.embedding)
         except ValueError as exc:
@@ -240,6 +237,17 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
             f"row {index}: {exc}", field=exc.field, index=index, key=exc.key
         ) from None
     return doc
+
+
+def _many(docs: Any) -> None:
+    """``upsert_many``'s ``docs``: an (async) iterable of rows, not one row nor anything else."""
+    one = isinstance(docs, str | bytes | Mapping | Document)  # iterable, but not rows
+    if one or not isinstance(docs, Iterable | AsyncIterable):
+        raise ValidationError(
+            "docs must be a list, iterable or async iterable of Documents or dicts (one"
+            f" document: upsert()), got {type(docs).__name__}",
+            field="docs",
+        )
 
 
 def _values(doc: Document) -> tuple[Any, ...]:
@@ -437,7 +445,7 @@ class DocumentRepository:
     @timed("documents.get")
     async def get(self, id: int) -> Document | None:
         """The document with this id, or None."""
-        row_id(id, bigint=self.store.distributed)
+        id = row_id(id, bigint=self.store.distributed)
         record = await own_reads(self.store).fetchrow(
             f"SELECT {_COLUMNS} FROM documents WHERE id = $1", id
         )
@@ -475,7 +483,7 @@ class DocumentRepository:
         Keyset pagination (``WHERE id > last``): constant memory and no long-held cursor or
         transaction, whatever the table size.
         """
-        bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
+        batch_size = bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
         check_key(doc_type, source_name, optional=True)
         where, params = _scope(doc_type, source_name, first=2)
         n = len(params) + 2
@@ -549,11 +557,14 @@ class DocumentRepository:
         call is one transaction. ``created_at`` given for a new row is kept (migrations); on an
         existing row it is ignored.
 
-        Raises :class:`ValidationError` naming the bad row (nothing of its batch is written)
-        and :class:`ReadOnlyError` in read-only mode.
+        Raises :class:`ValidationError` naming the bad row (nothing of its batch is written;
+        of a list, nothing at all) or the bad argument, and :class:`ReadOnlyError` in
+        read-only mode.
         """
         self.store.ensure_writable()
-        bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
+        batch_size = bounded_int(batch_size, "batch_size", MAX_BATCH_SIZE)
+        atomic = flag(atomic, "atomic")
+        _many(docs)
         if isinstance(docs, Sequence):
             checked = [validate(doc, i, self._dim) for i, doc in enumerate(docs)]
             unique, dupes = dedupe(checked)
@@ -576,7 +587,7 @@ class DocumentRepository:
     async def delete(self, id: int) -> bool:
         """Delete one document by id; True if it existed."""
         self.store.ensure_writable()
-        row_id(id, bigint=self.store.distributed)
+        id = row_id(id, bigint=self.store.distributed)
         status = await self.store.execute("DELETE FROM documents WHERE id = $1", id)
         return status == "DELETE 1"
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, cast
 from docstore.core.surface import own_reads
 from docstore.errors import QueryError, ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import Source, aware_utc, check_key
+from docstore.models import Source, aware_utc, check_key, flag
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_sources
+from docstore.storable import in_utc
 
 if TYPE_CHECKING:
     from docstore.core.surface import Queries
@@ -52,17 +53,20 @@ _SOURCE_ROW = "SELECT id FROM document_sources WHERE doc_type = $1 AND source_na
 _UPSERT_ROUNDS = 3  # upsert(): write-and-read rounds before a vanishing row is an error
 
 
+MAX_OLDER_THAN = timedelta(days=365_250)
+"""``needing_update(older_than)`` at most about 1,000 years: ``now() - older_than`` must stay
+within PostgreSQL's timestamps (4713 BC; ``timedelta.max`` is 2.7 million years)."""
+
+
 def _timestamp(value: Any) -> datetime:
-    """A ``mark_*(at=…)`` time: a datetime, naive read as UTC (as :class:`Source` reads it)."""
+    """A ``mark_*(at=…)`` time: a datetime, naive read as UTC (as :class:`Source` reads it),
+    that UTC keeps within the years 1–9999."""
     if not isinstance(value, datetime):
         raise ValidationError(f"at must be a datetime, got {type(value).__name__}", field="at")
-    return cast(datetime, aware_utc(value))
-
-
-def _flag(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(f"{field} must be True or False", field=field)
-    return value
+    try:
+        return in_utc(cast(datetime, aware_utc(value)))
+    except ValueError as exc:
+        raise ValidationError(f"at {exc}", field="at") from None
 
 
 async def write_totals(conn: Any, doc_type: str, source_name: str) -> Any:
@@ -146,8 +150,7 @@ class SourceRepository:
     async def list(self, doc_type: str | None = None, enabled: bool | None = None) -> list[Source]:
         """Sources ordered by (doc_type, source_name), optionally filtered."""
         check_key(doc_type, None, optional=True)
-        if enabled is not None:
-            _flag(enabled, "enabled")
+        flag(enabled, "enabled", optional=True)
         records = await own_reads(self.store).fetch(
             f"SELECT {_COLUMNS} FROM document_sources"
             " WHERE ($1::text IS NULL OR doc_type = $1) AND ($2::bool IS NULL OR enabled = $2)"
@@ -171,7 +174,7 @@ class SourceRepository:
     @timed("sources.set_enabled")
     async def set_enabled(self, doc_type: str, source_name: str, enabled: bool) -> bool:
         """Enable or disable a source; False if it does not exist."""
-        return await self._set(doc_type, source_name, "enabled = $3", _flag(enabled, "enabled"))
+        return await self._set(doc_type, source_name, "enabled = $3", flag(enabled, "enabled"))
 
     @timed("sources.mark_checked")
     async def mark_checked(
@@ -195,10 +198,16 @@ class SourceRepository:
 
     @timed("sources.needing_update")
     async def needing_update(self, older_than: timedelta) -> builtins.list[Source]:
-        """Enabled sources never checked, or last checked longer than ``older_than`` ago."""
+        """Enabled sources never checked, or last checked longer than ``older_than`` ago
+        (a timedelta of at most :data:`MAX_OLDER_THAN` either way)."""
         if not isinstance(older_than, timedelta):
             raise ValidationError(
                 f"older_than must be a timedelta, got {type(older_than).__name__}",
+                field="older_than",
+            )
+        if abs(older_than) > MAX_OLDER_THAN:
+            raise ValidationError(
+                f"older_than must be at most {MAX_OLDER_THAN.days:,} days (about 1,000 years)",
                 field="older_than",
             )
         records = await self.store.fetch(
@@ -222,6 +231,7 @@ class SourceRepository:
         """
         self.store.ensure_writable()
         check_key(doc_type, source_name)
+        flag(with_documents, "with_documents")
 
         async def work(conn: Any) -> bool:
             await lock_sources(conn, [(doc_type, source_name)])  # no upsert adds documents now
