@@ -19,6 +19,7 @@ from docstore.codecs import register_codecs
 from docstore.compat import CrateDocument, LegacyDatabase, LegacyDoc
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from tests.conftest import unit_vector
+from tests.legacy_db import legacy_fetch
 from tests.test_compat import LegacySQL
 
 OFFSET = 1_000_000_000
@@ -30,15 +31,6 @@ async def _legacy_conn(url: str) -> asyncpg.Connection:
     await conn.execute(LEGACY_SCHEMA_SQL)
     await register_codecs(conn, "public")
     return conn
-
-
-async def _rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = await asyncpg.connect(url)
-    try:
-        await register_codecs(conn, "public")
-        return [tuple(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -105,10 +97,10 @@ async def test_crate_and_job_ids_are_the_legacy_ones_after_a_migration(
             "select id, crate_id, crate_name from doc_embeddings order by id",
             "select name, doc_count from crate_stats order by name",
         ):
-            assert await _rows(legacy_url, sql) == await _rows(target_url, sql), sql
+            assert await legacy_fetch(legacy_url, sql) == await legacy_fetch(target_url, sql), sql
         # the legacy API hands out and takes the same crate and job ids
         assert await compat.upsert_crate("serde", None) == 2
-        legacy_jobs = await _rows(
+        legacy_jobs = await legacy_fetch(
             legacy_url, "select id, status, error_message from population_jobs order by id"
         )
         assert [j[0] for j in legacy_jobs] == [1, 3]

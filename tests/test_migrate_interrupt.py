@@ -129,6 +129,17 @@ async def settled(admin: asyncpg.Connection, legacy: asyncpg.Connection, limit: 
         await asyncio.sleep(0.05)
 
 
+async def settle(legacy_url: str, database_url: str) -> None:
+    """:func:`settled`, on connections of its own."""
+    admin = await asyncpg.connect(database_url)
+    legacy = await asyncpg.connect(legacy_url)
+    try:
+        await settled(admin, legacy)
+    finally:
+        await admin.close()
+        await legacy.close()
+
+
 async def assert_exact(legacy_url: str, database_url: str) -> None:
     """Every legacy row in the target, field by field, once."""
     legacy = await asyncpg.connect(legacy_url)
@@ -289,15 +300,6 @@ def test_ctrl_c_during_docstore_migrate_exits_130_at_once_and_a_rerun_is_exact(
 
         await wait_for("every chunk committed", check)
 
-    async def settle() -> None:
-        admin = await asyncpg.connect(database_url)
-        legacy = await asyncpg.connect(legacy_url)
-        try:
-            await settled(admin, legacy)
-        finally:
-            await admin.close()
-            await legacy.close()
-
     for n, point in enumerate(
         (lambda: copying_from(0), lambda: copying_from(2), lambda: copying_from(4), all_copied)
     ):
@@ -322,7 +324,7 @@ def test_ctrl_c_during_docstore_migrate_exits_130_at_once_and_a_rerun_is_exact(
         assert "Traceback" not in err and "internal error" not in err, err[-3000:]
         assert err.strip().splitlines()[-1].startswith("error: interrupted"), err[-3000:]
         assert took < PROMPT
-        asyncio.run(settle())
+        asyncio.run(settle(legacy_url, database_url))
 
     out = tmp_path / "final"
     out.mkdir()

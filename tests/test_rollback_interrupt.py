@@ -28,7 +28,7 @@ from docstore.cli.base import EXIT_INTERRUPTED
 from docstore.migrate import Migrator
 from tests.conftest import PgCluster
 from tests.legacy_db import ROWS_LEGACY, legacy_database
-from tests.test_migrate_interrupt import PROMPT, outcome, running, settled, until
+from tests.test_migrate_interrupt import PROMPT, outcome, running, settle, until
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -80,16 +80,6 @@ async def legacy_rows(legacy_url: str) -> list[tuple[object, ...]]:
         return [tuple(r) for r in await conn.fetch(ROWS_LEGACY)]
     finally:
         await conn.close()
-
-
-async def settle(legacy_url: str, database_url: str) -> None:
-    admin = await asyncpg.connect(database_url)
-    legacy = await asyncpg.connect(legacy_url)
-    try:
-        await settled(admin, legacy)
-    finally:
-        await admin.close()
-        await legacy.close()
 
 
 async def assert_rolled_back(legacy_url: str, database_url: str, before: object) -> None:
