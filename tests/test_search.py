@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
-from docstore.search import planner, queries, text_sql
+from docstore.search import filter_size, planner, queries, text_sql, tuning
 from tests.conftest import PgCluster
 
 DIM = 3072
@@ -285,11 +286,13 @@ async def test_search_itself_scans_the_index(corpus: docstore.Store) -> None:
 
 
 async def test_filtered_ann_still_fills_the_limit(corpus: docstore.Store) -> None:
-    """A filter matching ~2.5% of rows: iterative scan keeps going until `limit` are found."""
+    """A filter matching ~2.5% of rows: iterative scan keeps going until `limit` are found.
+    (By default its 38 rows are ranked exactly: the filter rule; exact=False insists.)"""
     q = query(8)
     crate7 = {"source_name": "crate7"}  # as a filter: the small-scope shortcut doesn't apply
-    ann = await corpus.search(q, filter=crate7, limit=10)
+    ann = await corpus.search(q, filter=crate7, limit=10, exact=False)
     exact = await corpus.search(q, filter=crate7, limit=10, exact=True)
+    assert (await corpus.search(q, filter=crate7, limit=10)).ids == exact.ids
     assert ann.mode == "ann" and len(ann) == 10
     assert {h.source_name for h in ann} == {"crate7"}
     assert len(set(ann.ids) & set(exact.ids)) >= 9
@@ -317,6 +320,110 @@ async def test_a_selective_filter_past_the_index_scans_limit_still_finds_the_nea
             assert bounded.ids == got.ids[:5]  # min_similarity cuts the same ranking
         wide = await store.search(query(1), filter={"metadata.n": {"$gte": 0}}, limit=10)
         assert wide.mode == "ann" and len(wide) == 10
+
+
+# -- filtered searches: sized on the data (planner.filter_mode, search/filter_size.py) -------
+
+
+async def test_index_served_filters_are_ranked_on_embedding_half_or_exactly_and_match_exact(
+    corpus: docstore.Store,
+) -> None:
+    """A filter its B-tree or GIN index serves is counted there: 38 rows (one crate) are
+    ranked exactly, 150 (a doc_type) and 375 (a metadata value, GIN) on embedding_half and
+    re-ranked — never the HNSW index plus a sort of every matching vector, nor a second pass;
+    the hits are the exact top 10."""
+    for flt, mode in (
+        ({"source_name": "crate7"}, "exact"),
+        ({"doc_type": "solana"}, "halfvec"),
+        ({"metadata.crate_version": "1.0"}, "halfvec"),
+        ({"source_name": {"$in": ["crate1", "crate2", "crate3"]}}, "halfvec"),
+    ):
+        for i in range(4):
+            got = await corpus.search(query(i), filter=flt, limit=10)
+            exact = await corpus.search(query(i), filter=flt, limit=10, exact=True)
+            assert (got.mode, got.escalated, got.index_name) == (mode, False, None), flt
+            assert got.ids == exact.ids and len(got) == 10, flt
+            assert [h.similarity for h in got] == [h.similarity for h in exact]
+
+
+async def test_filters_no_index_serves_are_sized_by_a_sample(corpus: docstore.Store) -> None:
+    """``metadata.n`` comparisons have no index: a sample of the table's pages sizes them. A
+    rare one (~2 %) is ranked on embedding_half — the HNSW scan's recall drops with the share
+    it keeps — and matches exact; a common one (~93 %) takes the HNSW index, one pass."""
+    rare = {"metadata.n": {"$lt": 30}}
+    common = {"metadata.n": {"$gt": 100}}
+    sizes = corpus._vector.filter_sizes
+    for i in range(3):
+        got = await corpus.search(query(i), filter=rare, limit=10)
+        exact = await corpus.search(query(i), filter=rare, limit=10, exact=True)
+        assert got.mode == "halfvec" and got.ids == exact.ids
+        wide = await corpus.search(query(i), filter=common, limit=10)
+        truth = await corpus.search(query(i), filter=common, limit=10, exact=True)
+        assert wide.mode == "ann" and not wide.escalated and len(wide) == 10
+        assert len(set(wide.ids) & set(truth.ids)) >= 9
+    size = await sizes.size(common)
+    assert size is not None and not size.indexed
+    assert 0.8 < size.share <= 1.0, size
+
+
+async def test_filtered_searches_neither_escalate_nor_move_the_tuners_escalation_window(
+    corpus: docstore.Store,
+) -> None:
+    """A calibration whose spread threshold calls every list flat: unfiltered searches run
+    the second pass (and count in the tuner's window); a filtered ANN search runs one pass and
+    leaves the window alone (it was calibrated on unfiltered searches)."""
+    flat = tuning.Calibration(
+        metric="cosine",
+        target_recall=0.98,
+        ef_search=64,
+        escalation_ef_search=400,
+        escalate_below=10.0,  # every spread is under it
+        expected_recall=0.99,
+        lowest_recall=0.9,
+        escalation_rate=1.0,
+        expected_ms=1.0,
+        met_target=True,
+        queries=100,
+        query_source="probes",
+        table_rows=ROWS,
+        calibrated_at=datetime.now(UTC),
+    )
+    corpus.tuner._remember(flat)
+    window = corpus.tuner._escalations
+    unfiltered = await corpus.search(query(1), limit=10)
+    assert unfiltered.mode == "ann" and unfiltered.escalated and list(window) == [True]
+    window.clear()
+    common = {"metadata.n": {"$gt": 100}}
+    for i in range(6):
+        got = await corpus.search(query(i), filter=common, limit=10)
+        assert (got.mode, got.escalated, got.ef_search) == ("ann", False, 64)
+        small = await corpus.search(query(i), filter={"doc_type": "solana"}, limit=10)
+        assert small.mode == "halfvec" and not small.escalated
+    assert not window and not corpus.tuner.mostly_escalating()
+
+
+async def test_a_filters_size_is_measured_once_while_the_cache_holds_it(
+    corpus: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One sizing per filter (its SQL and values, shortcuts included) per
+    INDEX_CACHE_SECONDS; explicit exact/ef_search and scope-only searches size nothing."""
+    sizes = corpus._vector.filter_sizes
+    gin = {"metadata.crate_version": "2.0"}
+    before = sizes.measured
+    for i in range(5):
+        assert (await corpus.search(query(i), filter=gin)).mode == "halfvec"
+    assert sizes.measured == before + 1
+    await corpus.search(query(1), filter=gin, doc_type="solana")  # another filter
+    await corpus.search(query(1), filter={"metadata.crate_version": "3.0"})  # other values
+    assert sizes.measured == before + 3
+    await corpus.search(query(1), filter={"metadata.n": {"$lt": 7}}, exact=True)
+    await corpus.search(query(1), filter={"metadata.n": {"$lt": 7}}, exact=False)
+    await corpus.search(query(1), filter={"metadata.n": {"$lt": 7}}, ef_search=50)
+    await corpus.search(query(1), source_name="crate4")
+    assert sizes.measured == before + 3
+    monkeypatch.setattr(filter_size, "INDEX_CACHE_SECONDS", 0.0)  # expired at once
+    await corpus.search(query(2), filter=gin)
+    assert sizes.measured == before + 4
 
 
 async def test_hybrid_search_takes_every_limit_search_takes(corpus: docstore.Store) -> None:
@@ -378,7 +485,9 @@ async def test_exact_false_and_filters_keep_the_index_path_for_one_source(
     corpus: docstore.Store,
 ) -> None:
     assert (await corpus.search(query(3), source_name="crate3", exact=False)).mode == "ann"
-    assert (await corpus.search(query(3), filter={"source_name": "crate3"})).mode == "ann"
+    # as a filter it is sized instead: 38 rows on the B-tree, no more than the halfvec shape
+    # re-ranks, so exact (the filter rule, planner.filter_mode)
+    assert (await corpus.search(query(3), filter={"source_name": "crate3"})).mode == "exact"
     assert (await corpus.search(query(3), source_name="crate3", exact=True)).mode == "exact"
 
 

@@ -5,8 +5,10 @@ updated_at`` and metadata paths ``"metadata.crate_version"`` / ``"metadata.a.b"`
 Operators: ``$eq $ne $lt $lte $gt $gte $in $nin $between $exists $like $ilike $contains``,
 combined with ``$and $or $not``; a plain value means ``$eq`` and several keys in one object
 mean AND. Every value *and every metadata key* is a bound parameter: nothing from the filter
-enters the SQL text except the fixed column names of the whitelist. Anything unknown or
-mis-shaped raises :class:`~docstore.errors.FilterError`.
+enters the SQL text except the fixed column names of the whitelist. numpy's integers and floats
+count as the Python numbers they hold. Anything unknown or mis-shaped raises
+:class:`~docstore.errors.FilterError`, as does a filter needing more bound values than a
+statement can take (:data:`MAX_PARAMETER`) or a datetime UTC moves out of range.
 
     >>> build_filter({"source_name": "tokio", "metadata.crate_version": {"$in": ["1.0"]}})
     ('(d.source_name = $1 AND (d.metadata #> $2::text[]) = ANY($3::jsonb[]))', ['tokio', ['crate_version'], ['"1.0"']])
@@ -15,14 +17,17 @@ mis-shaped raises :class:`~docstore.errors.FilterError`.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+
 from docstore.errors import FilterError
-from docstore.models import naive_utc, unstorable
+from docstore.models import as_int, naive_utc, unstorable
 
 # column name -> PostgreSQL type used for parameter casts
 COLUMNS: dict[str, str] = {
@@ -36,6 +41,9 @@ COLUMNS: dict[str, str] = {
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
 _INT4 = (-(2**31), 2**31 - 1)
+MAX_PARAMETER = 32_767 - 16
+"""The highest placeholder a filter may use: PostgreSQL binds at most 32,767 parameters per
+statement, and the statement the filter goes into has a few of its own after it."""
 
 
 @dataclass
@@ -44,8 +52,14 @@ class _Params:
     first: int = 1
 
     def add(self, value: Any) -> str:
+        number = self.first + len(self.values)
+        if number > MAX_PARAMETER:
+            raise FilterError(
+                f"filter too large: it needs more than {MAX_PARAMETER:,} bound values"
+                " (PostgreSQL's limit per statement); use $in with a list instead of many $or"
+            )
         self.values.append(value)
-        return f"${self.first + len(self.values) - 1}"
+        return f"${number}"
 
 
 @dataclass(frozen=True)
@@ -81,25 +95,36 @@ def _target(name: str) -> _Target:
 
 # -- value checks -----------------------------------------------------------------------------
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = (str, numbers.Number, type(None))  # bool and numpy's numbers too
+
+
+def _timestamp(value: Any) -> Any:
+    # timestamp columns hold naive UTC (as Document stores them); asyncpg can't compare an
+    # aware datetime with them
+    return naive_utc(value) if isinstance(value, datetime | date) else None
+
+
+# a column's kind -> the value it takes as sent (None: refused)
+_COLUMN_VALUE: dict[str, Callable[[Any], Any]] = {
+    "text": lambda value: value if isinstance(value, str) else None,
+    "integer": as_int,  # an int or numpy integer, not a bool
+    "timestamp": _timestamp,
+}
 
 
 def _column_value(target: _Target, value: Any, op: str) -> Any:
     kind = COLUMNS[target.column or ""]
-    ok = {
-        "text": isinstance(value, str),
-        "integer": isinstance(value, int) and not isinstance(value, bool),
-        "timestamp": isinstance(value, datetime | date),
-    }[kind]
-    if not ok:
+    try:
+        sent = _COLUMN_VALUE[kind](value)
+    except ValueError as exc:  # an aware datetime out of range in UTC
+        raise FilterError(f"{op} on {target.name}: the datetime {exc}") from None
+    if sent is None:
         raise FilterError(f"{op} on {target.name} needs a {kind} value, got {type(value).__name__}")
-    if kind == "integer" and not _INT4[0] <= value <= _INT4[1]:
-        raise FilterError(f"{op} on {target.name}: {value} is out of the integer column's range")
-    if isinstance(value, str):
-        _text_value(target, value, op)
-    # timestamp columns hold naive UTC (as Document stores them); asyncpg can't compare an
-    # aware datetime with them
-    return naive_utc(value)
+    if kind == "integer" and not _INT4[0] <= sent <= _INT4[1]:
+        raise FilterError(f"{op} on {target.name}: {sent} is out of the integer column's range")
+    if isinstance(sent, str):
+        _text_value(target, sent, op)
+    return sent
 
 
 def _text_value(target: _Target, value: Any, op: str) -> str:
@@ -113,9 +138,16 @@ def _text_value(target: _Target, value: Any, op: str) -> str:
     return value
 
 
+def _plain_number(value: Any) -> Any:
+    """``json.dumps``' fallback: numpy's integers and floats as Python numbers."""
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
 def _json(value: Any, target: _Target, op: str) -> str:
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, default=_plain_number)
     except (TypeError, ValueError):
         raise FilterError(f"{op} on {target.name}: value is not JSON-serializable") from None
     except RecursionError:
@@ -166,6 +198,8 @@ def _comparison(sql_op: str, name: str) -> Builder:
     def build(t: _Target, v: Any, p: _Params, a: str) -> str:
         if t.column is not None:
             return f"{t.sql(a, p)} {sql_op} {p.add(_column_value(t, v, name))}"
+        if isinstance(v, np.integer | np.floating):
+            v = v.item()  # numpy's numbers compare as the Python int or float they hold
         if isinstance(v, bool) or not isinstance(v, int | float | str):
             raise FilterError(f"{name} on {t.name} needs a number or a string")
         if isinstance(v, str):
@@ -178,7 +212,7 @@ def _comparison(sql_op: str, name: str) -> Builder:
             raise FilterError(f"{name} on {t.name} needs a finite number")
         # a float bound as is would be sent as its exact binary expansion (0.1 as
         # 0.1000000000000000055…) while the stored JSON holds the shortest form (0.1): bind that
-        number = Decimal(repr(v)) if isinstance(v, float) else v
+        number = Decimal(repr(float(v))) if isinstance(v, float) else int(v)
         return (
             f"(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'number' "
             f"THEN {t.sql(a, p, as_text=True)}::numeric END) {sql_op} {p.add(number)}::numeric"

@@ -270,7 +270,7 @@ class SearchIndexes:
         shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
         called as it goes. A read-only store keeps the result in memory only.
         """
-        bounded_int(sample, "sample", 10_000)
+        sample = bounded_int(sample, "sample", 10_000)
         return await self._tuner.calibrate(
             metric, target=target, query_vectors=query_vectors, sample=sample, progress=progress
         )

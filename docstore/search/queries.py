@@ -216,7 +216,7 @@ def vector_search_sql(
     vector reaches the shards once, not printed into their SQL (:class:`VectorRefs`).
     """
     m = metric(metric_name)
-    check_limit(limit)
+    limit = check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     params: list[Any] = [query, limit, *filter_params]
     q = vector_refs(dim, distributed=distributed)
@@ -228,8 +228,7 @@ def vector_search_sql(
             " ORDER BY distance, d.id LIMIT $2"
         )
     else:
-        check_limit(max(candidates, limit), "candidates")
-        params.append(max(candidates, limit))
+        params.append(check_limit(max(candidates, limit), "candidates"))
         if candidate_source == "halfvec":
             # the cast in a sub-select (an InitPlan) runs once; inline, a generic plan of the
             # prepared statement converted the query vector again for every row (2x the CPU)
@@ -251,6 +250,39 @@ def vector_search_sql(
         f"{q.prefix}SELECT * FROM ({inner}) hits WHERE hits.distance <= ${len(params)}"
         " ORDER BY hits.distance, hits.id"
     ), params
+
+
+# -- sizing a filter (docstore.search.filter_size) ---------------------------------------------
+
+
+def filter_count_sql(filter: Mapping[str, Any] | None, bound: int) -> tuple[str, list[Any]]:
+    """How many rows with an embedding ``filter`` matches, counted up to ``bound`` (``$1``):
+    through the filter's own index, at most ``bound`` entries and heap rows read. Its
+    ``EXPLAIN`` tells whether an index serves the filter at all."""
+    where, params = build_filter(filter, first_param=2)
+    return (
+        "SELECT count(*) AS rows FROM (SELECT 1 FROM documents d"
+        f" WHERE d.embedding IS NOT NULL AND {where} LIMIT $1) s"
+    ), [int(bound), *params]
+
+
+def filter_sample_sql(filter: Mapping[str, Any] | None, percent: float) -> tuple[str, list[Any]]:
+    """The rows ``filter`` matches (``hits``) among those ``seen`` on ``percent`` % of the
+    table's pages (``TABLESAMPLE SYSTEM``, ``$1``; the same pages every time): its share,
+    for a filter no index serves."""
+    where, params = build_filter(filter, first_param=2)
+    return (
+        f"SELECT count(*) FILTER (WHERE d.embedding IS NOT NULL AND {where}) AS hits,"
+        " count(*) AS seen FROM documents d TABLESAMPLE SYSTEM ($1::float8) REPEATABLE (7)"
+    ), [min(max(float(percent), 0.0), 100.0), *params]
+
+
+# The table's rows from the planner's statistics and its pages now (what a sample's share is of).
+TABLE_SIZE = (
+    "SELECT reltuples AS rows, pg_relation_size('documents'::regclass)"
+    " / current_setting('block_size')::int AS pages"
+    " FROM pg_class WHERE oid = 'documents'::regclass"
+)
 
 
 MIN_RERANK = 20
@@ -297,10 +329,9 @@ def ann_search_sql(
     query vector reaches the shards once, not printed into their SQL (:class:`VectorRefs`).
     """
     m = metric(metric_name)
-    check_limit(limit)
-    candidates = max(candidates, limit)
-    check_limit(candidates, "candidates")
-    bounded_int(ef_search, "ef_search", 1000)
+    limit = check_limit(limit)
+    candidates = check_limit(max(candidates, limit), "candidates")
+    ef_search = bounded_int(ef_search, "ef_search", 1000)
     rerank = min(candidates, max(2 * limit, MIN_RERANK))
     where, filter_params = build_filter(filter, first_param=6)
     params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
@@ -379,7 +410,7 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first (the shards get
     them too), never ``enable_sort = off`` (coordinator planning: ~10 ms → 400-600 ms).
     """
-    bounded_int(ef_search, "ef_search", 1000)
+    ef_search = bounded_int(ef_search, "ef_search", 1000)
     return (
         ("SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else "")
         + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"

@@ -94,8 +94,8 @@ class RecallEvaluator:
         ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one. Pass
         ``query_vectors`` (your own query embeddings) to measure on those instead of a sample.
         """
-        bounded_int(sample, "sample", 100_000)
-        queries.check_limit(limit)
+        sample = bounded_int(sample, "sample", 100_000)
+        limit = queries.check_limit(limit)
         mt = queries.metric(metric)
         index = await self._indexes.vector_index(mt.name)
         if index is None:

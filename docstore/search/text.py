@@ -15,7 +15,7 @@ from typing import Any
 
 from docstore.core.surface import Queries
 from docstore.metrics import Metrics, timed
-from docstore.models import query_vector
+from docstore.models import flag, query_vector
 from docstore.search import queries, text_sql
 from docstore.search.filters import build_filter
 from docstore.search.results import Hit, SearchResults
@@ -58,6 +58,7 @@ class TextSearch:
         :class:`ValidationError` before anything is sent.
         """
         started = time.perf_counter()
+        flag(include_embedding, "include_embedding")
         sql, params = text_sql.text_search_sql(
             text,
             limit=limit,
@@ -99,7 +100,10 @@ class TextSearch:
         embedding = query_vector(embedding, self._db.embedding_dim)
         queries.metric(metric)
         build_filter(queries.scoped_filter(doc_type, source_name, filter))
-        queries.check_limit(limit)
+        limit = queries.check_limit(limit)
+        k = text_sql.check_k(k)
+        flag(exact, "exact", optional=True)
+        flag(include_embedding, "include_embedding")
         pool = queries.check_limit(
             min(max(5 * limit, 50), queries.MAX_LIMIT) if candidates is None else candidates,
             "candidates",

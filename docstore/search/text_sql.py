@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from docstore.errors import ValidationError
-from docstore.models import unstorable
+from docstore.models import as_int, unstorable
 from docstore.search.filters import build_filter
 from docstore.search.queries import check_limit, select_list
 
@@ -56,7 +56,7 @@ def text_search_sql(
     ranked by ``ts_rank_cd`` (best first, then id). ``text`` is checked by
     :func:`check_text_query`."""
     check_text_query(text)
-    check_limit(limit)
+    limit = check_limit(limit)
     where, filter_params = build_filter(filter, first_param=3)
     tsv = text_vector_expression("d.content")
     sql = (
@@ -96,6 +96,15 @@ def check_text_query(text: Any) -> str:
     return text
 
 
+def check_k(k: Any) -> int:
+    """Reciprocal Rank Fusion's ``k`` as an int: a non-negative integer (numpy's too, not a
+    bool), else :class:`ValidationError`."""
+    number = as_int(k)
+    if number is None or number < 0:
+        raise ValidationError("k must be a non-negative integer", field="k")
+    return number
+
+
 def reciprocal_rank_fusion(
     rankings: Mapping[str, list[int]], *, k: int = 60
 ) -> list[tuple[int, float, dict[str, int]]]:
@@ -103,8 +112,7 @@ def reciprocal_rank_fusion(
 
     Returns ``(id, score, {ranking name: rank})`` best first; ties break on the smaller id.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValidationError("k must be a non-negative integer", field="k")
+    k = check_k(k)
     scores: dict[int, float] = {}
     ranks: dict[int, dict[str, int]] = {}
     for name, ids in rankings.items():

@@ -1,10 +1,11 @@
 """Vector search: plan (:mod:`docstore.search.planner`) and run exact, halfvec and ANN searches.
 
 :class:`VectorSearch` looks up what the pure planner needs (the usable index, the scope's
-size, the database's calibration from the tuner), runs the plan — ANN statements alone when
-PostgreSQL takes the HNSW index by itself (asked with ``EXPLAIN``, the answer cached), else
-under ``enable_seqscan = off`` — and a second, wider ANN pass when the first one's candidates
-come back flat. A part of :class:`docstore.Store`, which delegates ``search`` here.
+or filter's size (:mod:`~docstore.search.filter_size`), the database's calibration from the
+tuner), runs the plan — ANN statements alone when PostgreSQL takes the HNSW index by itself
+(asked with ``EXPLAIN``, the answer cached), else under ``enable_seqscan = off`` — and a
+second, wider ANN pass when the first one's candidates come back flat. A part of
+:class:`docstore.Store`, which delegates ``search`` here.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import asyncpg
 from docstore.core.surface import Queries
 from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import query_vector
+from docstore.models import flag, query_vector
 from docstore.search import planner, queries
+from docstore.search.filter_size import FilterSizes
 from docstore.search.filters import build_filter
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
 from docstore.search.planner import Scope
@@ -53,6 +55,7 @@ class VectorSearch:
         self._tuner = tuner
         self._scope_cache: dict[tuple[str | None, str | None], tuple[float, Scope]] = {}
         self._index_plan_cache: tuple[float, bool] | None = None
+        self.filter_sizes = FilterSizes(db)
 
     @property
     def _metrics(self) -> Metrics:
@@ -70,12 +73,16 @@ class VectorSearch:
         ef_search: int | None,
         oversample: int | None,
     ) -> tuple[planner.VectorPlan, VectorIndex | None]:
-        """Look up what the planner needs (index, scope size, calibration) and plan."""
+        """Look up what the planner needs (index, scope or filter size, calibration); plan."""
         index = None if exact else await self._indexes.vector_index(metric)
         scoped_only = filter is None and bool(doc_type or source_name)
         scope = None
         if index is not None and exact is None and scoped_only:
             scope = await _cached_scope(self._db, self._scope_cache, doc_type, source_name)
+        flt = None if scoped_only else queries.scoped_filter(doc_type, source_name, filter)
+        size = None
+        if index is not None and exact is None and ef_search is None and flt is not None:
+            size = await self.filter_sizes.size(flt)
         calibration = None
         if index is not None and ef_search is None and self._db.settings.hnsw_ef_search is None:
             calibration = await self._tuner.calibration(metric)
@@ -91,6 +98,7 @@ class VectorSearch:
             ef_search=ef_search,
             calibration=calibration,
             configured_ef_search=self._db.settings.hnsw_ef_search,
+            filter_size=size,
         )
         return plan, index
 
@@ -127,18 +135,20 @@ class VectorSearch:
 
         * ``exact=True``, or no HNSW index for ``metric``: the exact scan
           (``exact=False`` requires the index: :class:`SchemaError` without one);
-        * scoped only by ``doc_type``/``source_name`` to a few documents — one source,
-          typically: up to 1,000, or up to 3,000 while that is under 20 % of the table — the
-          scope is ranked by ``embedding_half`` (the half-precision copy kept in each row, no
-          TOAST reads) and the best ``limit × oversample`` (at least 10) re-ranked exactly:
-          mode ``"halfvec"``;
+        * scoped only by ``doc_type``/``source_name`` to a few documents — up to 1,000, or
+          3,000 while under 20 % of the table — or with a ``filter`` its own index serves
+          matching up to 20,000 (or one no index serves under 5 % of the table; sized on the
+          data: :mod:`~docstore.search.filter_size`), the rows are ranked on
+          ``embedding_half`` (the half-precision copy in each row, no TOAST reads) and the best
+          ``limit × oversample`` (at least 10) re-ranked exactly: mode ``"halfvec"`` (a filter
+          matching no more than those is simply ``"exact"``);
         * otherwise ANN: ``limit × oversample`` candidates (at least 40) from the HNSW index,
-          re-ranked on full-precision vectors, with ``hnsw.ef_search`` from the database's
+          re-ranked on full-precision vectors, ``hnsw.ef_search`` from the database's
           calibration (:meth:`calibrate_search`: the cheapest setting that meets
-          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data) — and, when the candidates come back
-          as a flat set (their spread under the calibrated threshold, the sign of a graph
-          search that missed the query's neighbourhood), a second, wider pass whose
-          candidates are merged in (``results.escalated``).
+          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data); unless a ``filter`` was sized, when
+          the candidates come back flat (their spread under the calibrated threshold: a graph
+          search that missed the query's neighbourhood), a second, wider pass is merged in
+          (``results.escalated``).
 
         ``ef_search``/``oversample`` given here (or ``DOCSTORE_HNSW_EF_SEARCH`` /
         ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: exactly that, no second pass.
@@ -147,7 +157,9 @@ class VectorSearch:
         started = time.perf_counter()
         vector = query_vector(embedding, self._db.embedding_dim)
         mt = queries.metric(metric)
-        queries.check_limit(limit)
+        limit = queries.check_limit(limit)
+        flag(exact, "exact", optional=True)
+        flag(include_embedding, "include_embedding")
         max_distance = _check_arguments(mt, min_similarity, ef_search, oversample)
         flt = queries.scoped_filter(doc_type, source_name, filter)
         plan, index = await self.plan(
@@ -264,16 +276,12 @@ class VectorSearch:
             if threshold is None:
                 return records, False, "ann"
             flat = bool(records) and records[0]["spread"] < threshold
-            self._tuner.note_escalation(flat)
+            if not filtered:  # a filter's flatter candidates say nothing of the query stream
+                self._tuner.note_escalation(flat)
             if not flat:
                 return records, False, "ann"
-        wide = min(
-            max(
-                planner.ann_candidates(shape["limit"], self._db.settings.search_oversample),
-                plan.escalation_ef_search // 4,
-            ),
-            planner.MAX_LIMIT,
-        )
+        oversample = self._db.settings.search_oversample
+        wide = planner.escalation_candidates(plan, shape["limit"], oversample)
         sql, params = queries.ann_search_sql(
             vector,
             candidates=wide,
