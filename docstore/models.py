@@ -218,13 +218,17 @@ class _Model(BaseModel):
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
-        """``obj`` itself if it is one, else a new one from a mapping of its fields;
-        :class:`ValidationError` for anything else (``expected a Source or a dict, got
-        int``), never pydantic's error."""
+        """``obj`` itself if it is one, else one from a mapping of its fields (or an object's
+        attributes with ``from_attributes=True``); never pydantic's error, only ours."""
         if isinstance(obj, cls):
             return obj
         if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
             return cls(**obj)
+        if kwargs.get("from_attributes") and not isinstance(obj, Mapping):
+            try:
+                return super().model_validate(obj, **kwargs)
+            except pydantic.ValidationError as exc:
+                raise ValidationError(f"invalid {cls.__name__}: {_describe(exc)[0]}") from None
         what = "a dict with a non-string key" if isinstance(obj, Mapping) else type(obj).__name__
         raise ValidationError(f"expected a {cls.__name__} or a dict, got {what}")
 

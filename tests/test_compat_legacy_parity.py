@@ -17,6 +17,7 @@ import pytest
 import docstore
 from docstore.codecs import register_codecs
 from docstore.compat import CrateDocument, LegacyDatabase, LegacyDoc
+from docstore.errors import ValidationError
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from tests.conftest import unit_vector
 from tests.legacy_db import legacy_fetch
@@ -141,6 +142,28 @@ async def test_ids_of_crates_and_jobs_created_after_the_cutover(store: docstore.
         5,
     )
     assert await compat.get_population_job(own) is None  # the bare serial id is not a job id
+
+
+async def test_ids_past_the_legacy_integer_are_null_not_a_broken_view(
+    store: docstore.Store,
+) -> None:
+    """A source id past 1,147,483,647 (upserts use up sequence values) made every query on the
+    views fail with "integer out of range"; such an id is NULL there and None from the API,
+    like a Citus id; a job id beyond the legacy integer is a ValidationError, not a driver
+    error."""
+    compat = LegacyDatabase(store)
+    await compat.install_views()
+    small = await compat.upsert_crate("small", "1.0")
+    await store.execute(
+        "SELECT setval(pg_get_serial_sequence('document_sources', 'id'), 1200000000)"
+    )
+    assert await compat.upsert_crate("big", "1.0") is None
+    rows = {r["name"]: r["id"] for r in await store.fetch("select id, name from crates")}
+    assert rows == {"small": small, "big": None}
+    assert await store.fetchval("select count(*) from doc_embeddings") == 0
+    for job in (5_000_000_000, -3_000_000_000):
+        with pytest.raises(ValidationError, match="integer range"):
+            await compat.get_population_job(job)
 
 
 # -- 2. a NULL crate ---------------------------------------------------------------------------

@@ -324,3 +324,17 @@ async def test_hybrid_search_refuses_a_negative_k_before_searching(store: docsto
     with pytest.raises(ValidationError) as info:
         await store.hybrid_search("spawn", unit_vector(1), k=-1)
     assert info.value.field == "k"
+
+
+def test_model_validate_from_attributes_still_works_with_docstores_errors() -> None:
+    """The review's tightening of model_validate refused pydantic's from_attributes=True, a
+    documented pydantic feature: it works again, its failures are docstore ValidationErrors."""
+    from types import SimpleNamespace
+
+    fields = {"source_name": "tokio", "doc_path": "a.html", "content": "text"}
+    doc = Document.model_validate(SimpleNamespace(**fields), from_attributes=True)
+    assert (doc.source_name, doc.doc_path, doc.content) == ("tokio", "a.html", "text")
+    with pytest.raises(ValidationError, match="doc_path"):
+        Document.model_validate(SimpleNamespace(source_name="tokio"), from_attributes=True)
+    with pytest.raises(ValidationError, match="expected a Document or a dict"):
+        Document.model_validate(SimpleNamespace(**fields))

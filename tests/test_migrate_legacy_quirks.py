@@ -321,3 +321,19 @@ async def test_a_null_crate_config_enabled_survives_migrate_and_rollback(
         await m.rollback()
     after: list[Any] = await legacy_fetch(legacy_url, CONFIGS)
     assert after[0] == (1, "crate0", False)
+
+
+async def test_legacy_ids_the_compatibility_layer_cannot_show_are_warned_about(
+    legacy_url: str, database_url: str
+) -> None:
+    """The compatibility views and LegacyDatabase show legacy ids only below 1,000,000,000
+    (they number rows created after the cutover from there): preflight says which tables
+    reach it, and blocks nothing."""
+    pre = await thorough_preflight(legacy_url, database_url, thorough=False)
+    assert not [w for w in pre.warnings if "reach 1,000,000,000" in w]
+    await legacy_execute(
+        legacy_url, "INSERT INTO crates (id, name, version) VALUES (1500000000, 'late', '1')"
+    )
+    pre = await thorough_preflight(legacy_url, database_url, thorough=False)
+    assert any("legacy ids of crates reach 1,000,000,000" in w for w in pre.warnings)
+    assert not pre.blocking

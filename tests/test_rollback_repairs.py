@@ -298,3 +298,28 @@ def test_cli_rollback_refuses_dry_runs_and_forces(
     assert "dry run: nothing was changed" in dry.output
     assert sorted(asyncio.run(legacy_state(legacy_url))) == before
     assert "password" not in dry.output.lower()
+
+
+async def test_a_dry_run_leaves_the_legacy_sequences_where_the_next_insert_needs_them(
+    legacy_url: str, database_url: str
+) -> None:
+    """A dry run after the target deleted the highest-id document set doc_embeddings' sequence
+    back to the id below it inside the transaction it then rolled back — setval is not rolled
+    back — so the legacy application's next insert collided with the row that came back."""
+    await migrated(legacy_url, database_url)
+    async with docstore.connect(database_url) as store:
+        await store.execute("DELETE FROM documents WHERE metadata->>'legacy_id' = $1", str(DOCS))
+    seq = "SELECT last_value FROM doc_embeddings_id_seq"
+    before = await legacy_fetch(legacy_url, seq)
+    async with Migrator(legacy_url, database_url) as back:
+        dry = await back.rollback(dry_run=True)
+    assert dry.dry_run and dry.deleted_documents == 1
+    assert await legacy_fetch(legacy_url, seq) >= before
+    await legacy_execute(  # what the legacy application does next
+        legacy_url,
+        "INSERT INTO doc_embeddings (crate_name, doc_path, content)"
+        " VALUES ('crate0', 'after/the/dry/run', 'new')",
+    )
+    async with Migrator(legacy_url, database_url) as back:  # that row: never received
+        assert (await back.rollback(force=True)).deleted_documents == 2
+        assert (await back.validate()).ok

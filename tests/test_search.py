@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -400,6 +401,9 @@ async def test_filtered_searches_neither_escalate_nor_move_the_tuners_escalation
         small = await corpus.search(query(i), filter={"doc_type": "solana"}, limit=10)
         assert small.mode == "halfvec" and not small.escalated
     assert not window and not corpus.tuner.mostly_escalating()
+    # a search scoped by keyword arguments alone is the query stream the window is about
+    scoped = await corpus.search(query(1), doc_type="rust", limit=10, exact=False)
+    assert scoped.mode == "ann" and scoped.escalated and list(window) == [True]
 
 
 async def test_a_filters_size_is_measured_once_while_the_cache_holds_it(
@@ -746,3 +750,22 @@ def test_hits_are_built_like_model_construct_builds_them() -> None:
     assert fast == slow and repr(fast) == repr(slow) and fast.model_dump() == slow.model_dump()
     assert fast.model_fields_set == slow.model_fields_set
     assert fast.model_copy(update={"score": 1.0}).score == 1.0 and fast.score is None
+
+
+async def test_a_filters_count_that_runs_long_gives_way_to_the_sample(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index that serves only part of a filter leaves the rest to be checked row by row
+    (LIMIT bounds the rows counted, not the rows read): a count past COUNT_MS is cancelled
+    inside a savepoint, the connection stays usable, and the filter is sized by the sample."""
+    monkeypatch.setattr(filter_size, "COUNT_MS", 50)
+    slow = "SELECT count(*) FROM (SELECT pg_sleep(0.5)) s WHERE $1::int > 0"
+    fast = "SELECT count(*) FROM (SELECT 1) s WHERE $1::int > 0"
+
+    async def counts(conn: asyncpg.Connection) -> tuple[float | None, float | None, int]:
+        async with conn.transaction():  # as inside a read-only store's transaction
+            late = await filter_size._bounded_count(conn, slow, [1])
+            quick = await filter_size._bounded_count(conn, fast, [1])
+            return late, quick, await conn.fetchval("SELECT 7")
+
+    assert await store.run(counts) == (None, 1.0, 7)

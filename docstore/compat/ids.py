@@ -20,12 +20,14 @@ from typing import Any
 from docstore.models import row_id
 
 NEW_ID_OFFSET = 1_000_000_000
+INT_MAX = 2**31 - 1  # the legacy ids' type, integer
 MIGRATED_FROM = "rust_docs_vectors"  # docstore.migrate.legacy.MIGRATED_FROM (a layer above)
 _LEGACY_DIGITS = "^[0-9]{1,9}$"  # a legacy id below NEW_ID_OFFSET
 
 
-def crate_id(source_id: int, config: Mapping[str, Any] | None) -> int:
-    """The crate id of the source ``source_id`` with ``config``."""
+def crate_id(source_id: int, config: Mapping[str, Any] | None) -> int | None:
+    """The crate id of the source ``source_id`` with ``config``; None when its own id plus
+    :data:`NEW_ID_OFFSET` is past the legacy ``integer`` (the views show NULL)."""
     config = config or {}
     legacy = config.get("legacy_id")
     if (
@@ -34,21 +36,27 @@ def crate_id(source_id: int, config: Mapping[str, Any] | None) -> int:
         and _is_legacy(legacy)
     ):
         return legacy
-    return int(source_id) + NEW_ID_OFFSET
+    return _offset(source_id)
 
 
-def job_id(own_id: int, legacy_id: int | None) -> int:
-    """The id of the population job ``own_id`` (``source_population_jobs.id``)."""
+def job_id(own_id: int, legacy_id: int | None) -> int | None:
+    """The id of the population job ``own_id`` (``source_population_jobs.id``); None past the
+    legacy ``integer``, as :func:`crate_id`."""
     if isinstance(legacy_id, int) and _is_legacy(legacy_id):
         return legacy_id
-    return int(own_id) + NEW_ID_OFFSET
+    return _offset(own_id)
+
+
+def _offset(own_id: int) -> int | None:
+    shown = int(own_id) + NEW_ID_OFFSET
+    return shown if shown <= INT_MAX else None
 
 
 def job_lookup(value: Any) -> tuple[str, int]:
     """``(column, value)`` that finds the job a legacy job id names: ``legacy_id`` below
     :data:`NEW_ID_OFFSET`, else ``id`` (:class:`~docstore.errors.ValidationError` for
-    anything but an integer)."""
-    wanted = row_id(value, bigint=True)
+    anything but an integer in the legacy ``integer`` range)."""
+    wanted = row_id(value)
     if wanted >= NEW_ID_OFFSET:
         return "id", wanted - NEW_ID_OFFSET
     return "legacy_id", wanted

@@ -117,10 +117,11 @@ class LegacyDatabase:
 
     # -- crates ------------------------------------------------------------------------------
     @timed("compat.upsert_crate")
-    async def upsert_crate(self, name: str, version: str | None) -> int:
+    async def upsert_crate(self, name: str, version: str | None) -> int | None:
         """Insert or update a crate; a NULL version keeps the old one; bumps last_updated.
         Returns the crate's id (its legacy id if migrated, else its source's id +
-        1,000,000,000: ``crates.id`` in the views)."""
+        1,000,000,000: ``crates.id`` in the views; None, as the views' NULL, once that is
+        past the legacy ``integer``)."""
         self.store.ensure_writable()
         key_text("source_name", name)
         Source(doc_type=self.doc_type, source_name=name)  # length, like any source name
@@ -438,9 +439,10 @@ class LegacyDatabase:
         )
 
     @timed("compat.create_population_job")
-    async def create_population_job(self, crate_config_id: int) -> int:
+    async def create_population_job(self, crate_config_id: int) -> int | None:
         """A ``pending`` job for a config; returns its id (its own id + 1,000,000,000, which
-        :meth:`update_population_job` and :meth:`get_population_job` take). A config that
+        :meth:`update_population_job` and :meth:`get_population_job` take; None once that is
+        past the legacy ``integer``). A config that
         does not exist raises :class:`ValidationError` (legacy: the foreign key refused it)."""
         self.store.ensure_writable()
         config = next(

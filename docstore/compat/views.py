@@ -80,11 +80,11 @@ def _as_integer(column: str, offset: int = 0) -> str:
 
 
 def _new_id(column: str, distributed: bool) -> str:
-    """A row's own id + :data:`NEW_ID_OFFSET` as the legacy ``integer`` (on Citus NULL
-    beyond it; on one node ids stay far below it)."""
-    if distributed:
-        return _as_integer(column, NEW_ID_OFFSET)
-    return f"({column} + {NEW_ID_OFFSET})::integer"
+    """A row's own id + :data:`NEW_ID_OFFSET` as the legacy ``integer``, NULL beyond it (a
+    sequence past 1,147,483,647 — upserts use up ids — or Citus's bigint ids; ``distributed``
+    kept for the callers' symmetry)."""
+    del distributed
+    return _as_integer(column, NEW_ID_OFFSET)
 
 
 def install_sql(

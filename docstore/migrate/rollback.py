@@ -146,14 +146,11 @@ async def rollback(
             if has_optional:
                 report.crate_configs = await _rollback_configs(leg, configs, jobs)
                 report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
+            if dry_run:  # everything written and counted: rolled back (sequences untouched)
+                raise _DryRun
             for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
                 if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                    await leg.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                        f" greatest((SELECT max(id) FROM {table}), 1))"
-                    )
-            if dry_run:  # everything written, counted, and rolled back
-                raise _DryRun
+                    await _advance_sequence(leg, table, [])
     except _DryRun:
         report.dry_run = True
         return
@@ -459,10 +456,14 @@ async def _record_job_ids(tgt: asyncpg.Connection, assigned: list[tuple[int, int
 
 async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:
     """Move ``table``'s id sequence past its rows and the explicit ids about to be inserted,
-    so rows without an id (written after the cutover) never collide with them."""
+    so rows without an id (written after the cutover) never collide with them — never back:
+    ``setval`` is not undone by a rollback (of the transaction or a dry run), and a sequence
+    set below a row the transaction deleted would hand that row's id out again after it
+    came back."""
     top = max((int(i) for i in explicit if i is not None), default=0)
     await leg.execute(
-        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-        f" greatest((SELECT max(id) FROM {table}), $1::bigint, 1))",
+        f"SELECT setval(s.seq, greatest((SELECT max(id) FROM {table}), $1::bigint,"
+        " coalesce(pg_sequence_last_value(s.seq), 1), 1))"
+        f" FROM (SELECT pg_get_serial_sequence('{table}', 'id')::regclass AS seq) s",
         top,
     )

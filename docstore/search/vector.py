@@ -191,6 +191,7 @@ class VectorSearch:
                 filtered=flt is not None,
                 # exact=False insists on the index: no fallback to the filtered rows then
                 may_rank_filtered=flt is not None and exact is None,
+                notes_escalation=filter is None,  # a filter's flat lists aren't the stream's
                 source=shard(self._db, source_name),
             )
             ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
@@ -239,13 +240,14 @@ class VectorSearch:
         *,
         filtered: bool,
         may_rank_filtered: bool = False,
+        notes_escalation: bool = True,
         source: str | None = None,
     ) -> tuple[list[Any], bool, planner.VectorMode]:
-        """Run an ANN plan: the first pass, and the second if its candidates were flat.
-        Returns the top ``limit`` rows (``shape["max_distance"]`` not applied: the caller
-        cuts them), whether the second pass ran, and the mode that produced them: ``"ann"``,
-        or ``"halfvec"`` when a filtered index scan produced fewer candidates than it was
-        asked for and ``may_rank_filtered`` (:func:`filtered_rows`)."""
+        """Run an ANN plan: the first pass, and the second if its candidates were flat (which
+        counts in the tuner's window if ``notes_escalation``). Returns the top ``limit`` rows
+        (``max_distance`` not applied), whether the second pass ran, and the mode: ``"ann"``,
+        or ``"halfvec"`` when a filtered index scan came back short and ``may_rank_filtered``
+        (:func:`filtered_rows`)."""
         shape = {**shape, "max_distance": None}
         threshold = plan.escalate_below
         direct = (
@@ -276,7 +278,7 @@ class VectorSearch:
             if threshold is None:
                 return records, False, "ann"
             flat = bool(records) and records[0]["spread"] < threshold
-            if not filtered:  # a filter's flatter candidates say nothing of the query stream
+            if notes_escalation:
                 self._tuner.note_escalation(flat)
             if not flat:
                 return records, False, "ann"
