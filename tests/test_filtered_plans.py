@@ -6,26 +6,17 @@ from __future__ import annotations
 import pytest
 
 from docstore.search import filter_size, planner, queries
-from docstore.search.planner import FilterSize, filter_mode, plan_vector_search
+from docstore.search.planner import FilterSize, filter_mode
 from tests.test_tuning import calibration
+from tests.test_tuning import plan as unfiltered_plan
 
 ROWS = planner.HALFVEC_FILTER_ROWS
 
 
 def plan(size: FilterSize | None, **options: object) -> planner.VectorPlan:
-    args: dict[str, object] = {
-        "limit": 10,
-        "exact": None,
-        "has_index": True,
-        "metric": "cosine",
-        "scoped_only": False,
-        "scope": None,
-        "filtered": True,
-        "oversample": 4,
-        "calibration": calibration(),
-        "filter_size": size,
-    }
-    return plan_vector_search(**(args | options))  # type: ignore[arg-type]
+    """test_tuning's plan, of a filtered search sized ``size`` under a met calibration."""
+    args: dict[str, object] = {"filtered": True, "calibration": calibration(), "filter_size": size}
+    return unfiltered_plan(**(args | options))
 
 
 # -- the rule ---------------------------------------------------------------------------------
