@@ -164,6 +164,15 @@ def outcome(task: asyncio.Task[object]) -> str:
     return repr(task.exception()) if task.exception() else f"finished: {task.result()!r:.300}"
 
 
+async def ends_cancelled(task: asyncio.Task[object], what: str) -> None:
+    """``task``, cancelled at ``what``, ends cancelled (no other outcome) within PROMPT s."""
+    started = time.monotonic()
+    done, _ = await asyncio.wait([task], timeout=PROMPT)
+    assert done, f"cancelled at {what}: still running {PROMPT} s later"
+    assert task.cancelled(), f"cancelled at {what}: ended {outcome(task)}"
+    assert time.monotonic() - started < PROMPT
+
+
 def loops() -> list[str]:
     try:
         import uvloop  # noqa: F401
@@ -227,11 +236,7 @@ async def _cancel_at_several_points(legacy_url: str, database_url: str) -> None:
                 await until(what, lambda p=point, b=base: p(b), lambda t=task: outcome(t))  # type: ignore[misc]
                 if not handed:
                     task.cancel()
-                started = time.monotonic()
-                done, _ = await asyncio.wait([task], timeout=PROMPT)
-                assert done, f"cancelled at {what}: still running {PROMPT} s later"
-                assert task.cancelled(), f"cancelled at {what}: ended {outcome(task)}"
-                assert time.monotonic() - started < PROMPT
+                await ends_cancelled(task, what)
                 deadline = time.monotonic() + 5
                 while any(p.in_use for p in store.pool_stats()):
                     assert time.monotonic() < deadline, f"{what}: {store.pool_stats()}"
