@@ -48,7 +48,9 @@ def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
     return key_text(field, value, optional=optional)  # type: ignore[no-any-return]
 
 
-def _version(field: str, value: Any, *, optional: bool = False) -> str | None:
+def version_text(field: str, value: Any, *, optional: bool = False) -> str | None:
+    """A version (``crates.version``, ``version_spec``, ``current_version``): text that fits
+    the legacy ``VARCHAR(50)`` (:class:`ValidationError` otherwise)."""
     text = _text(field, value, optional=optional)
     if text is not None and len(text) > MAX_VERSION:
         raise ValidationError(f"{field} is longer than {MAX_VERSION} characters", field=field)
@@ -111,7 +113,7 @@ def as_row(config: dict[str, Any]) -> dict[str, Any]:
 
 # what update_crate_config() may set, and how each value is checked and stored
 UPDATABLE: dict[str, Callable[[Any], Any]] = {
-    "current_version": lambda v: _version("current_version", v, optional=True),
+    "current_version": lambda v: version_text("current_version", v, optional=True),
     "features": _features,
     "expected_docs": _count,
     "enabled": _flag,
@@ -125,8 +127,8 @@ def new_config(
 ) -> dict[str, Any]:
     """The checked values of a config created by ``create_crate_config``."""
     return {
-        "version_spec": _version("version_spec", version_spec),
-        "current_version": _version("current_version", current_version, optional=True),
+        "version_spec": version_text("version_spec", version_spec),
+        "current_version": version_text("current_version", current_version, optional=True),
         "features": _features(features),
         "expected_docs": _count(expected_docs),
         "enabled": _flag(enabled),

@@ -125,9 +125,7 @@ class LegacyDatabase:
         self.store.ensure_writable()
         key_text("source_name", name)
         Source(doc_type=self.doc_type, source_name=name)  # length, like any source name
-        key_text("version", version, optional=True)
-        if version is not None and len(version) > 50:
-            raise ValidationError("version is longer than 50 characters", field="version")
+        config_values.version_text("version", version, optional=True)  # VARCHAR(50)
         # a crate row now exists: a source that only had documents (an "orphan") stops being one
         config: dict[str, Any] = {"orphan": False}
         if version is not None:
