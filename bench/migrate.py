@@ -34,7 +34,8 @@ times, on the same data, interleaved, every method starting from emptied tables:
       asyncio's default loop (a program calling ``Migrator.run()`` without choosing one);
   (d) the floor of (c), not a goal: the least work any migrator into docstore's schema that
       proves what it stored must do — the rows piped in two streams, then every stored row
-      read back (``verify.READ_BACK``'s columns) into /dev/null, nothing else. It shows how
+      read back (``verify.READ_BACK``'s columns; ``READ_BACK_FOLDED``'s, embeddings as their
+      CRC-32C, where ``Migrator.run()`` reads back so) into /dev/null, nothing else. It shows how
       much of (c) / (b) is the schema's ``embedding_half`` and the read-back, which no
       implementation of the Migrator can remove, and how much is the Migrator's own checks.
 
@@ -75,6 +76,7 @@ from docstore.cli.base import loop_factory as cli_loop_factory
 from docstore.demo import build_sample_legacy
 from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.migrate import Migrator
+from docstore.migrate.digest import target_folds
 
 # (c) runs twice per round: on the event loop `docstore migrate` uses (uvloop where installed)
 # and on asyncio's default loop (what a program calling Migrator.run() gets unless it chose one).
@@ -130,8 +132,8 @@ async def bench_corpus(
             f"{args.rows} generated documents of {args.crates} crates"
             f" ({facts['null_embeddings']} without embedding)"
         )
-    async with docstore.connect(tgt):  # creates docstore's schema
-        pass
+    async with docstore.connect(tgt) as store:  # creates docstore's schema
+        folded = await target_folds(store)  # how Migrator.run() will read back (for (d))
     await execute(plan, plan_schema_sql())
     print(
         f"\n[{corpus}] legacy database: {shape} x 3072, built in {time.perf_counter() - t0:.1f} s"
@@ -149,7 +151,7 @@ async def bench_corpus(
             elif name == "pipe":
                 binary_pipe(psql, src, plan, facts["max_id"])
             elif name == "floor":
-                floor_of_migrator(psql, src, tgt, facts["max_id"])
+                floor_of_migrator(psql, src, tgt, facts["max_id"], folded=folded)
             else:
                 result = await asyncio.to_thread(migrator_on, LOOPS[name], src, tgt)
             elapsed = time.perf_counter() - start

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from docstore.migrate.legacy import DOCUMENT_COLUMNS, documents_copy_query
-from docstore.migrate.verify import READ_BACK
+from docstore.migrate.verify import READ_BACK, READ_BACK_FOLDED
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 PLAN = SHARED / "seed" / "migration-plan.md"
@@ -177,16 +177,22 @@ def at_once(commands: list[str]) -> None:
         raise RuntimeError("a shell pipe failed")
 
 
-def floor_of_migrator(psql: str, src: str, tgt: str, max_id: int) -> None:
+def floor_of_migrator(psql: str, src: str, tgt: str, max_id: int, *, folded: bool) -> None:
     """(d): the least work any migrator into docstore's schema that proves what it stored
     must do — the rows piped in two streams (as ``Migrator.run()`` copies them), then every
-    stored row read back in two streams (``verify.READ_BACK``'s columns) into /dev/null: no
-    hashing, no preflight, sources, delta pass, stamps, counts, jobs or parity."""
+    stored row read back in two streams (``verify.READ_BACK``'s columns, or with ``folded``
+    ``READ_BACK_FOLDED``'s: each embedding's CRC-32C, as ``Migrator.run()`` reads back where
+    the target computes it) into /dev/null: no hashing, no preflight, sources, delta pass,
+    stamps, counts, jobs or parity."""
     half = max_id // 2
     at_once([documents_pipe(psql, src, tgt, 0, half), documents_pipe(psql, src, tgt, half, max_id)])
-    back = READ_BACK.replace("$1", "'rust'").replace(
-        "metadata->>'legacy_id' = ANY($2::text[])",
-        "(metadata->>'legacy_id')::bigint > {} AND (metadata->>'legacy_id')::bigint <= {}",
+    back = (
+        (READ_BACK_FOLDED if folded else READ_BACK)
+        .replace("$1", "'rust'")
+        .replace(
+            "metadata->>'legacy_id' = ANY($2::text[])",
+            "(metadata->>'legacy_id')::bigint > {} AND (metadata->>'legacy_id')::bigint <= {}",
+        )
     )
     at_once(
         [

@@ -61,6 +61,9 @@ class StageContext:
     # Set by the copy: the target had no document of doc_type when it began, so every
     # migrated row in it is one this run copied (the delta pass skips a clean-up scan).
     copied_into_empty: bool = False
+    # The streaming validation's digest folds each embedding to its CRC-32C (the target can
+    # compute it: docstore.migrate.digest.target_folds); both sides of a run use the same form.
+    fold_embeddings: bool = False
 
     def count_bytes(self, n: int) -> None:
         self.streamed_bytes += n

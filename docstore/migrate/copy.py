@@ -29,10 +29,11 @@ from docstore.failures import is_unique_violation
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
+from docstore.migrate.digest import sent_digest
 from docstore.migrate.pipe import pipe, transaction
 from docstore.migrate.preflight import beyond_half_problem, nonpositive_ids
 from docstore.migrate.report import MigrationReport, Validation
-from docstore.migrate.verify import StreamedRange, StreamVerifier, new_digest
+from docstore.migrate.verify import StreamedRange, StreamVerifier
 from docstore.store import Store
 
 logger = logging.getLogger("docstore")
@@ -95,9 +96,10 @@ async def copy_range(
     direct: bool,
 ) -> tuple[int, bytes]:
     """Copy the legacy rows ``(low, high]`` into ``documents`` inside the caller's target
-    transaction; returns the rows copied and the XXH3-128 digest of the binary stream that left the
-    legacy database. ``direct``: COPY straight into ``documents`` (a key collision falls back
-    to staging); otherwise upsert through the staging table and delete the range's migrated
+    transaction; returns the rows copied and the digest of the binary stream that left the
+    legacy database (:mod:`~docstore.migrate.digest`, in ``ctx.fold_embeddings``' form).
+    ``direct``: COPY straight into ``documents`` (a key collision falls back to staging);
+    otherwise upsert through the staging table and delete the range's migrated
     rows the legacy range no longer has.
 
     An embedding value beyond half precision's range (legal in the legacy ``vector``; the
@@ -142,7 +144,7 @@ async def _copy_range(
     query = legacy.documents_copy_query("$1", ctx.embedding_dim, legacy.sizes_vectors(src))
     args = (ctx.doc_type, low, high)
     if direct:
-        sent = new_digest()
+        sent = sent_digest(ctx.fold_embeddings)
         try:
             async with transaction(tgt):  # a savepoint: fall back on a key collision
                 n = await pipe(
@@ -165,7 +167,7 @@ async def _copy_range(
         f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS"
         f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
     )
-    sent = new_digest()
+    sent = sent_digest(ctx.fold_embeddings)
     n = await pipe(
         src,
         query,

@@ -59,6 +59,7 @@ from docstore.migrate.context import (
     open_legacy,
     run_id,
 )
+from docstore.migrate.digest import target_folds
 from docstore.migrate.lock import MIGRATION_LOCK_KEY, migration_lock
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
@@ -167,6 +168,7 @@ class Migrator:
             chunk_rows=self.chunk_rows,
             copy_streams=self.copy_streams,
             progress=self._progress,
+            fold_embeddings=self.run_validation and await target_folds(store),
         )
 
     async def close(self) -> None:
@@ -236,6 +238,8 @@ class Migrator:
             async with store.acquire() as tgt, migration_lock(tgt):
                 await _claim_doc_type(tgt, ctx, src, restart=self.restart)
                 verifying = StreamVerifier(ctx, store) if self.run_validation else None
+                if verifying is not None:
+                    report.embeddings_checked_by = "crc32c" if ctx.fold_embeddings else "bytes"
                 async with verifying or contextlib.nullcontext():
                     snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
                     t0 = now()

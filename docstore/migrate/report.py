@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -386,6 +386,12 @@ class MigrationReport(BaseModel):
         default_factory=list,
         description="the id ranges (first, last] whose stored rows were read back and matched "
         "the copy's stream while later ranges were still copying",
+    )
+    embeddings_checked_by: Literal["bytes", "crc32c"] | None = Field(
+        default=None,
+        description="how the streaming validation compared each embedding: every byte, or the "
+        "CRC-32C the target computed of the stored value (docstore.migrate.digest); None "
+        "without validation",
     )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

@@ -3,19 +3,23 @@ on the target while later ranges are still copying.
 
 Two halves, compared per id range ``(first, last]``:
 
-* **what left the legacy database**: the copy's pipe hashes (XXH3-128) the binary COPY stream
-  of the range as it passes — header, every row, trailer — at no extra read of the source.
-  The range's ``(id, xmin)`` stamp and its ids are read in the same snapshot
-  (:data:`~docstore.migrate.legacy.CHUNK_FACTS`);
+* **what left the legacy database**: the copy's pipe hashes the binary COPY stream of the
+  range as it passes — header, every row, trailer — at no extra read of the source
+  (:mod:`docstore.migrate.digest`: XXH3-128, each embedding folded to its CRC-32C when the
+  target can compute one). The range's ``(id, xmin)`` stamp and its ids are read in the same
+  snapshot (:data:`~docstore.migrate.legacy.CHUNK_FACTS`);
 * **what the target stores**: once the range's transaction has committed, a
   :class:`StreamVerifier` (its own pooled connection, so it overlaps the next ranges' COPY)
   reads the range back from ``documents`` with ``COPY (SELECT the same columns …) TO STDOUT
-  (FORMAT binary)`` through the legacy-id index, in legacy-id order, and hashes those bytes.
-  In the same snapshot it stamps the rows it read (an md5 of their ``(id, xmin)``).
+  (FORMAT binary)`` through the legacy-id index, in legacy-id order (the embedding as the
+  CRC-32C of its stored value when folded: :data:`READ_BACK_FOLDED`), and hashes those bytes
+  the same way. In the same snapshot it stamps the rows it read (an md5 of their
+  ``(id, xmin)``).
 
 Binary COPY sends each value in its type's binary form (text bytes, the vector's exact float
 bits, jsonb's canonical text, int8 microseconds), so equal hashes mean the stored rows are the
-streamed rows byte for byte, same count, same order. The stamps let validation at the end of
+streamed rows byte for byte (the embeddings, when folded, by their CRC-32C), same count, same
+order. The stamps let validation at the end of
 the run accept a verified range without reading it again, as long as neither side changed
 since (:mod:`docstore.migrate.validate`); anything else is read again on both sides.
 
@@ -31,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import xxhash
 
 from docstore.errors import DocstoreError
 from docstore.migrate import legacy
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
+from docstore.migrate.digest import FOLDED_EMBEDDING, stored_digest
 from docstore.store import Store
 
 logger = logging.getLogger("docstore")
@@ -48,21 +52,14 @@ _SELECTED = (
 _ORDER = "(metadata->>'legacy_id')::bigint, id"
 # The range's rows shaped exactly like the copy query's output (legacy.DOCUMENT_COLUMNS).
 READ_BACK = f"SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} {_SELECTED} ORDER BY {_ORDER}"
+# The same with each embedding as the CRC-32C of its stored binary value (digest's folded form).
+READ_BACK_FOLDED = READ_BACK.replace(" embedding,", f" {FOLDED_EMBEDDING},", 1)
 # The rows read back, as (id, xmin): validation compares it with TARGET_RANGE_STAMPS.
 READ_BACK_STAMP = (
     "SELECT count(*) AS rows,"
     f" md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY {_ORDER})) AS stamp"
     f" {_SELECTED}"
 )
-
-
-def new_digest() -> Any:
-    """The hash of a range's binary COPY stream (both sides use it): XXH3-128, which checks
-    equality of two streams as well as a cryptographic hash for what can go wrong here
-    (corruption, a missing or doubled row, not an adversary) at ~6 GB/s instead of SHA-256's
-    ~1 GB/s — the stream passes through the migrator's one Python thread, which also drives
-    the COPY (measured: 0.12 s of its 0.4 s of CPU for a 4,133 × 3,072 run went to SHA-256)."""
-    return xxhash.xxh3_128()
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class StreamedRange:
     last: int  # inclusive
     rows: int
     legacy_stamp: str  # the checkpoint's stamp, read in the stream's snapshot
-    sent: bytes  # XXH3-128 of the binary COPY stream
+    sent: bytes  # the digest of the binary COPY stream (raw or folded: ctx.fold_embeddings)
     ids: list[str]  # its legacy ids, for the read-back's index lookup
 
 
@@ -201,7 +198,8 @@ class StreamVerifier:
 
     async def _verify(self, conn: asyncpg.Connection, item: StreamedRange) -> None:
         started = now()
-        stored = new_digest()
+        folded = self.ctx.fold_embeddings
+        stored = stored_digest()
 
         async def hash_bytes(data: bytes) -> None:
             stored.update(data)
@@ -209,7 +207,7 @@ class StreamVerifier:
         # one snapshot: the stamp names exactly the row versions whose bytes were hashed
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.copy_from_query(
-                READ_BACK,
+                READ_BACK_FOLDED if folded else READ_BACK,
                 self.ctx.doc_type,
                 item.ids,
                 output=hash_bytes,
