@@ -138,8 +138,11 @@ async def test_without_the_c_crc32c_a_run_checks_every_byte(
         report = await m.run()
     assert report.ok and report.embeddings_checked_by == "bytes"
     assert report.verified_chunks == [(0, 20), (20, 40), (40, 60)]
+    assert sum(report.per_source.values()) == DOCS  # counted by validation's scan
     async with Migrator(legacy_url, database_url, validate=False) as m:
-        assert (await m.run()).embeddings_checked_by is None
+        unvalidated = await m.run()
+    assert unvalidated.embeddings_checked_by is None
+    assert unvalidated.per_source == report.per_source  # counted on their own
 
 
 async def test_one_float_of_a_stored_embedding_changed_before_the_read_back_is_caught(
@@ -162,11 +165,38 @@ async def test_one_float_of_a_stored_embedding_changed_before_the_read_back_is_c
             writer.join()
             done.append(True)
 
+    async with docstore.connect(database_url) as store:
+        version = await store.fetchval("SELECT current_setting('server_version_num')::int")
     async with Migrator(
         legacy_url, database_url, chunk_rows=CHUNK, progress=corrupt_first_chunk
     ) as m:
         report = await m.run()
     assert done and report.ok, report.validation
+    # (before PostgreSQL 18 every byte is compared, which catches it too)
+    assert report.embeddings_checked_by == ("crc32c" if version >= 180000 else "bytes")
     assert report.verified_chunks == [(20, 40), (40, 60)]
     assert report.repaired_documents == 1
     assert any("legacy id 5): differs (embedding)" in w for w in report.warnings), report.warnings
+
+
+async def test_a_crc32c_of_another_schema_never_stands_in_for_pg_catalogs(
+    legacy_url: str, database_url: str
+) -> None:
+    """A constant ``public.crc32c(bytea)`` first on the search path would accept any changed
+    embedding if the read-back called it: the fold names ``pg_catalog.crc32c``."""
+    async with docstore.connect(database_url) as store:
+        version = await store.fetchval("SELECT current_setting('server_version_num')::int")
+        await store.execute(
+            "CREATE FUNCTION public.crc32c(bytea) RETURNS bigint LANGUAGE sql IMMUTABLE"
+            " AS 'SELECT 0::bigint'"
+        )
+        await store.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog',"
+            " current_database()); END $$"
+        )
+    await test_one_float_of_a_stored_embedding_changed_before_the_read_back_is_caught(
+        legacy_url, database_url
+    )
+    async with docstore.connect(database_url) as store:
+        if version >= 180000:
+            assert await digest.target_folds(store)

@@ -7,7 +7,7 @@ Two forms, the same for both sides of a run (:attr:`StageContext.fold_embeddings
 * **raw** — XXH3-128 of every byte of the stream, header to trailer;
 * **folded** — XXH3-128 of the same stream with each embedding's binary value (3,072 floats,
   12 KB: ~97 % of a row) replaced by its CRC-32C as an 8-byte ``bytea``. The target's
-  read-back selects ``int8send(crc32c(vector_send(embedding)))`` in that column, so it sends
+  read-back selects :data:`FOLDED_EMBEDDING` in that column, so it sends
   8 bytes per row instead of 12 KB: the target computes the checksum of the value it *stores*,
   and the 51 MB of a 4,133-row migration are no longer shipped back and received by the
   migrator's one Python thread (measured: ~110 ms of its CPU, ~40 ms of the server's, on a
@@ -15,15 +15,16 @@ Two forms, the same for both sides of a run (:attr:`StageContext.fold_embeddings
   byte, and the rows' number and order as before.
 
   What folding gives up: an embedding that differs from the one sent passes only if its
-  CRC-32C collides — never for a difference confined to 32 consecutive bits (one float, say),
-  otherwise with probability 2⁻³² per differing row (a random difference; the checksum is
-  not meant to resist a forger) — where the raw form compared its every byte inside the
-  range's 128-bit hash. CRC-32C is the checksum PostgreSQL itself puts on every WAL record.
-  ``Migrator.validate()`` (``docstore validate``) still digests every stored byte on both
-  sides.
+  CRC-32C collides — never for up to 3 flipped bits or a difference confined to 32
+  consecutive bits (one float, say), otherwise with probability 2⁻³² per differing row (a
+  random difference; the checksum is not meant to resist a forger) — where the raw form
+  compared its every byte inside the range's 128-bit hash. CRC-32C is the checksum
+  PostgreSQL itself puts on every WAL record. ``Migrator.validate()`` (``docstore validate``)
+  still digests every stored byte on both sides.
 
-Folding needs PostgreSQL 18's ``crc32c(bytea)`` on the target and ``google-crc32c``'s C
-implementation here (:func:`target_folds`); otherwise the run uses the raw form.
+Folding needs PostgreSQL 18's ``pg_catalog.crc32c(bytea)`` (and EXECUTE on it) on the target
+and ``google-crc32c``'s C implementation here (:func:`target_folds`); otherwise the run uses
+the raw form.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ _INT32 = struct.Struct(">i")
 _FOLDED_FIELD = struct.Struct(">iq")  # a field of 8 bytes: int8send of the CRC-32C
 EMBEDDING_FIELD = legacy.DOCUMENT_COLUMNS.index("embedding")
 # The read-back's embedding column in the folded form (NULL stays NULL).
-FOLDED_EMBEDDING = "int8send(crc32c(vector_send(embedding)))"
-_TARGET_FOLDS = (
-    "SELECT to_regprocedure('crc32c(bytea)') IS NOT NULL"
-    " AND to_regprocedure('vector_send(vector)') IS NOT NULL"
-)
+# pg_catalog's: a crc32c(bytea) of another schema on the search path must not stand in for it.
+FOLDED_EMBEDDING = "int8send(pg_catalog.crc32c(vector_send(embedding)))"
+# (NULL, not an error, where there is no such function: PostgreSQL < 18)
+_TARGET_FOLDS = """
+SELECT coalesce(has_function_privilege(to_regprocedure('pg_catalog.crc32c(bytea)'), 'EXECUTE'),
+                false)
+   AND to_regprocedure('vector_send(vector)') IS NOT NULL
+"""
 
 
 class StreamDigest(Protocol):
@@ -102,8 +106,9 @@ class FoldedDigest:
     by its CRC-32C (:data:`FOLDED_EMBEDDING`'s bytes), fed in pieces cut anywhere.
 
     The stream is parsed as it passes: a field is handled once all its bytes arrived (the
-    incomplete tail of a piece waits for the next), every byte that is not an embedding's
-    value goes into the hash unchanged, in order."""
+    incomplete tail of a piece waits for the next); every byte that is not part of a non-NULL
+    embedding field goes into the hash unchanged, in order, and each such field (its length
+    and value) goes in as the 12 bytes of an 8-byte field holding the value's CRC-32C."""
 
     def __init__(self, fold_field: int = EMBEDDING_FIELD) -> None:
         if _CRC32C is None:

@@ -237,9 +237,7 @@ class Migrator:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
             async with store.acquire() as tgt, migration_lock(tgt):
                 await _claim_doc_type(tgt, ctx, src, restart=self.restart)
-                verifying = StreamVerifier(ctx, store) if self.run_validation else None
-                if verifying is not None:
-                    report.embeddings_checked_by = "crc32c" if ctx.fold_embeddings else "bytes"
+                verifying = _verifier(ctx, store, report) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
                     snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
                     t0 = now()
@@ -253,7 +251,7 @@ class Migrator:
                     readback = None
                     if verifying is not None:
                         readback = asyncio.create_task(_drained(verifying, report))
-                    analyzing = asyncio.create_task(_analyze(store, ctx, report))
+                    analyzing = asyncio.create_task(_analyze(store, ctx, report, readback is None))
                     try:
                         if self.build_index:
                             if readback is not None:
@@ -276,7 +274,8 @@ class Migrator:
         if validation is not None:
             report.validation = validation
             report.timings["validate"] = validation.seconds
-            await self._repair_if_needed(report, validation)
+            await self._repair_if_needed(report, validation)  # may validate again
+            report.per_source = dict((report.validation or validation).target_per_source)
         report.timings["total"] = now() - started
         if self.report_path is not None:
             self.report_path.write_text(report.model_dump_json(indent=2))
@@ -403,9 +402,17 @@ async def _drained(verifier: StreamVerifier, report: MigrationReport) -> dict[in
     return dict(verifier.verified)
 
 
-async def _analyze(store: Store, ctx: StageContext, report: MigrationReport) -> None:
-    """The report's per-source counts, then ANALYZE (timed into the report)."""
-    await copy_stage.count_per_source(ctx, store, report)
+def _verifier(ctx: StageContext, store: Store, report: MigrationReport) -> StreamVerifier:
+    """The run's streaming verifier; the report says how it compares embeddings."""
+    report.embeddings_checked_by = "crc32c" if ctx.fold_embeddings else "bytes"
+    return StreamVerifier(ctx, store)
+
+
+async def _analyze(store: Store, ctx: StageContext, report: MigrationReport, count: bool) -> None:
+    """With ``count`` (no validation, whose scan counts them), the report's per-source counts;
+    then ANALYZE (timed into the report)."""
+    if count:
+        await copy_stage.count_per_source(ctx, store, report)
     t0 = now()
     # The planner's columns only: statistics on content and embedding (and the full-text
     # expression index) would detoast and re-tokenize every sampled document.

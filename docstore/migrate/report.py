@@ -176,6 +176,9 @@ class Validation(BaseModel):
     legacy_documents: int
     target_documents: int
     per_source_mismatch: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    target_per_source: dict[str, int] = Field(
+        default_factory=dict, description="the target's migrated documents per source"
+    )
     legacy_null_embeddings: int
     target_null_embeddings: int
     checksum_chunks: int
@@ -389,9 +392,10 @@ class MigrationReport(BaseModel):
     )
     embeddings_checked_by: Literal["bytes", "crc32c"] | None = Field(
         default=None,
-        description="how the streaming validation compared each embedding: every byte, or the "
-        "CRC-32C the target computed of the stored value (docstore.migrate.digest); None "
-        "without validation",
+        description="how the streaming validation compared each embedding of the ranges it "
+        "verified: every byte, or the CRC-32C the target computed of the stored value "
+        "(docstore.migrate.digest); ranges it did not verify are re-read by validation, every "
+        "byte. None without validation",
     )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

@@ -107,6 +107,7 @@ async def validate(
         legacy_documents=sum(legacy_counts.values()),
         target_documents=sum(target_counts.values()),
         per_source_mismatch=per_source,
+        target_per_source=target_counts,
         legacy_null_embeddings=legacy_nulls,
         target_null_embeddings=target_nulls,
         checksum_chunks=chunks,
