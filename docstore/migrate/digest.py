@@ -84,8 +84,8 @@ _CRC32C = _c_crc32c()
 
 async def target_folds(conn: asyncpg.Connection | Store) -> bool:
     """Whether a run into this target can use the folded form: the target has
-    ``crc32c(bytea)`` (PostgreSQL 18) and pgvector's ``vector_send`` on its search path, and
-    the C CRC-32C loaded here."""
+    ``pg_catalog.crc32c(bytea)`` (PostgreSQL 18) with EXECUTE on it and pgvector's
+    ``vector_send`` on its search path, and the C CRC-32C loaded here."""
     return _CRC32C is not None and bool(await conn.fetchval(_TARGET_FOLDS))
 
 
