@@ -50,6 +50,24 @@ def test_health_failure_is_one_clean_line_without_password(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "password",
+    ["\u3000@@@\x1f", "ab\u3000cd\x1fefgh ijkl", "s\u00e9cret\x7fpart", "\x1b[31mredrum9"],
+)
+def test_a_stray_url_argument_prints_no_piece_of_its_password(
+    password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Click prints a stray argument with its control characters escaped (``\\x1f``) and
+    everything else as it is (found by tests/reliability/test_fuzz_urls.py: the password
+    ``"\\u3000@@@\\x1f"`` of a query string was printed)."""
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapped line hides a leak
+    url = f"postgresql://127.0.0.1:1/db?password={password}"
+    result = runner.invoke(app, ["health", url])
+    assert result.exit_code == EXIT_USAGE and "Usage:" in result.output
+    pieces = {password[i : i + 4] for i in range(len(password) - 3)}
+    assert not [p for p in pieces if p in result.output], result.output
+
+
 def test_demo_runs_a_similarity_query_on_an_embedded_database(
     monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import traceback
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -57,11 +58,27 @@ def _secrets(argv: list[str]) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _control(char: str) -> bool:
+    return unicodedata.category(char).startswith("C")  # control, format, unassigned, …
+
+
 def _written(text: str) -> list[str]:
     """``text`` and the escaped forms click may print it in (a control character in an
-    argument appears as ``\\x1f``), longest first."""
-    forms = {text, text.encode("unicode_escape").decode("ascii"), repr(text)[1:-1]}
+    argument appears as ``\\x1f``, other characters as they are), longest first."""
+    forms = {
+        text,
+        text.encode("unicode_escape").decode("ascii"),
+        repr(text)[1:-1],
+        "".join(c.encode("unicode_escape").decode("ascii") if _control(c) else c for c in text),
+    }
     return sorted(forms, key=len, reverse=True)
+
+
+def _pieces(secret: str) -> list[str]:
+    """The runs of ``secret`` between its control characters that are long enough to scrub:
+    whatever form a printer escapes those characters in, these runs appear as they are."""
+    runs = re.split("|".join(map(re.escape, {c for c in secret if _control(c)})) or "$^", secret)
+    return [r for r in runs if len(r) >= MIN_SCRUBBED_SECRET and r != secret]
 
 
 def _clean(text: str, argv: list[str]) -> str:
@@ -70,7 +87,7 @@ def _clean(text: str, argv: list[str]) -> str:
         for form in _written(arg):
             text = text.replace(form, redact_url(arg))
     for secret in _secrets(argv):
-        for form in _written(secret):
+        for form in (*_written(secret), *sorted(_pieces(secret), key=len, reverse=True)):
             text = text.replace(form, "***")
     return _URL.sub(lambda m: redact_url(m[0]), text)
 
