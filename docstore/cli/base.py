@@ -77,7 +77,7 @@ def _written(text: str) -> list[str]:
 def _pieces(secret: str) -> list[str]:
     """The runs of ``secret`` between its control characters that are long enough to scrub:
     whatever form a printer escapes those characters in, these runs appear as they are."""
-    runs = re.split("|".join(map(re.escape, {c for c in secret if _control(c)})) or "$^", secret)
+    runs = "".join("\0" if _control(c) else c for c in secret).split("\0")
     return [r for r in runs if len(r) >= MIN_SCRUBBED_SECRET and r != secret]
 
 

@@ -4,7 +4,10 @@ legacy database, and of the same rows read back from the target.
 Two forms, the same for both sides of a run (:attr:`StageContext.fold_embeddings
 <docstore.migrate.context.StageContext>`):
 
-* **raw** — XXH3-128 of every byte of the stream, header to trailer;
+* **raw** — XXH3-128 of every byte of the stream, header to trailer (XXH3, not SHA-256: it
+  checks two streams' equality as well for what can go wrong here — corruption, a row missing
+  or doubled, not an adversary — at ~6 GB/s instead of ~1 GB/s on the migrator's one thread,
+  where SHA-256 took 0.12 s of a 4,133-row run's 0.4 s of CPU);
 * **folded** — XXH3-128 of the same stream with each embedding's binary value (3,072 floats,
   12 KB: ~97 % of a row) replaced by its CRC-32C as an 8-byte ``bytea``. The target's
   read-back selects :data:`FOLDED_EMBEDDING` in that column, so it sends

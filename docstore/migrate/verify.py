@@ -19,9 +19,9 @@ Two halves, compared per id range ``(first, last]``:
 Binary COPY sends each value in its type's binary form (text bytes, the vector's exact float
 bits, jsonb's canonical text, int8 microseconds), so equal hashes mean the stored rows are the
 streamed rows byte for byte (the embeddings, when folded, by their CRC-32C), same count, same
-order. The stamps let validation at the end of
-the run accept a verified range without reading it again, as long as neither side changed
-since (:mod:`docstore.migrate.validate`); anything else is read again on both sides.
+order. The stamps let validation at the end of the run accept a verified range without reading
+it again, as long as neither side changed since (:mod:`docstore.migrate.validate`); anything
+else is read again on both sides.
 
 A verifier failure (a lost connection, say) never fails the copy: its ranges stay unverified
 and validation reads them again.
