@@ -64,18 +64,31 @@ async def forget(tgt: asyncpg.Connection, run_id: str) -> None:
     await tgt.execute("DELETE FROM docstore_migration_checkpoints WHERE run_id = $1", run_id)
 
 
-async def prune(tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int]) -> None:
-    """Drop checkpoints whose first key is not among ``first_keys`` (the current chunks).
+async def prune(
+    tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int]
+) -> dict[int, Checkpoint]:
+    """The run's checkpoints of the current chunks (by first key), after dropping those whose
+    first key is not among ``first_keys``.
 
     A deletion since the last run moves every later chunk boundary: kept, those checkpoints'
     stale stamps would make the delta pass re-copy their ranges and report that the legacy
-    database changed during this run."""
-    await tgt.execute(
-        "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
-        " AND table_name = 'doc_embeddings' AND NOT (first_key = ANY($2::bigint[]))",
-        run_id,
-        list(first_keys),
-    )
+    database changed during this run. (Nothing is deleted, and no statement sent, when none is
+    stale, as on a first run.)"""
+    current = set(first_keys)
+    kept, stale = {}, []
+    for c in await load(tgt, run_id):
+        if c.first_key in current:
+            kept[c.first_key] = c
+        else:
+            stale.append(c.first_key)
+    if stale:
+        await tgt.execute(
+            "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
+            " AND table_name = 'doc_embeddings' AND first_key = ANY($2::bigint[])",
+            run_id,
+            stale,
+        )
+    return kept
 
 
 # Checkpoints of the runs into doc_type $1 (as context.run_doc_type encodes it) other than

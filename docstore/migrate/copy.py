@@ -212,8 +212,7 @@ async def copy_documents(
     sees committed chunks whatever the order; a stream that cannot be opened is done without.
     """
     chunks = await plan_chunks(src, ctx.chunk_rows)
-    await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
-    done = {c.first_key: c for c in await checkpoints.load(tgt, ctx.run_id)}
+    done = await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
     existing = await tgt.fetchval(
         "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
     )
