@@ -1,5 +1,5 @@
-"""``python -m docstore`` runs the CLI."""
+"""``python -m docstore`` runs the CLI (as the ``docstore`` script: :mod:`docstore.launch`)."""
 
-from docstore.cli import app
+from docstore.launch import main
 
-app()
+main()
