@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
 from docstore import MigrationError
 from docstore.embedded import EmbeddedServer, ensure_database
 from docstore.migrate import Migrator
-from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, build_legacy
+from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, build_legacy, legacy_fetch
 from tests.reliability.conftest import Figures, kill_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,26 +40,16 @@ def urls(own_server: EmbeddedServer) -> Iterator[tuple[str, str]]:
     yield asyncio.run(make())
 
 
-async def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [tuple(r) for r in await conn.fetch(sql)]
-    finally:
-        await conn.close()
-
-
 async def _same_rows(legacy_url: str, target_url: str) -> None:
-    legacy, target = await _rows(legacy_url, ROWS_LEGACY), await _rows(target_url, ROWS_TARGET)
+    legacy = await legacy_fetch(legacy_url, ROWS_LEGACY)
+    target = await legacy_fetch(target_url, ROWS_TARGET)
     assert len(target) == len(set(target)) == DOCS  # nothing doubled
     assert target == legacy  # nothing lost or changed
 
 
 async def _checkpoints(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM docstore_migration_checkpoints"))
-    finally:
-        await conn.close()
+    ((n,),) = await legacy_fetch(url, "SELECT count(*) FROM docstore_migration_checkpoints")
+    return int(n)
 
 
 async def test_a_server_crash_right_after_run_returned_loses_nothing(
