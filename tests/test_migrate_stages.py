@@ -18,7 +18,7 @@ from docstore.migrate import copy as copy_stage
 from docstore.migrate import delta as delta_stage
 from docstore.migrate import preflight as preflight_stage
 from docstore.migrate import validate as validate_stage
-from docstore.migrate.context import StageContext, run_id
+from docstore.migrate.context import StageContext, run_id, side_by_side
 from docstore.migrate.report import MigrationReport
 from docstore.migrate.verify import StreamVerifier
 from tests.conftest import PgCluster
@@ -109,6 +109,50 @@ async def test_validate_stage_alone_on_a_copied_database(
     for result in (await stages.validate(), await stages.validate(streamed={})):
         assert not result.ok and result.mismatched_chunks == 1
         assert [(m.legacy_id, m.fields) for m in result.mismatches] == [(60, ["token_count"])]
+
+
+async def test_a_failing_check_on_one_side_fails_validation_with_its_own_error(
+    stages: Stages, legacy_url: str, database_url: str
+) -> None:
+    """The two databases are checked side by side; a statement failing on one side cancels the
+    other and comes out as itself (a ``MigrationError`` from the Migrator), not wrapped in an
+    ExceptionGroup, and both connections stay usable."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        await m.run()
+    await stages.store.execute("ALTER TABLE source_population_jobs RENAME TO jobs_elsewhere")
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await stages.validate()
+        async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+            with pytest.raises(docstore.MigrationError, match=r"validation failed.*jobs"):
+                await m.validate()
+    finally:
+        await stages.store.execute("ALTER TABLE jobs_elsewhere RENAME TO source_population_jobs")
+    assert (await stages.validate()).ok  # the same connections, after the failure
+
+
+async def test_side_by_side_returns_both_results_or_the_first_failure() -> None:
+    async def value(x: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return x
+
+    cancelled = asyncio.Event()
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 0
+
+    async def fails() -> int:
+        raise KeyError("boom")
+
+    assert await side_by_side(value(1, 0.02), value(2, 0)) == (1, 2)
+    with pytest.raises(KeyError, match="boom"):
+        await side_by_side(slow(), fails())
+    assert cancelled.is_set()
 
 
 async def test_delta_stage_alone_after_a_legacy_change(

@@ -1,6 +1,7 @@
 """What every migration stage is given: :class:`StageContext` (the doc_type, chunking, the
 target's embedding dimension, the run id that keys checkpoints, progress) and the small
-helpers they share (the legacy connection, the read-only check, timestamps, a clock).
+helpers they share (the legacy connection, the read-only check, timestamps, a clock, two
+connections' work side by side).
 
 A stage is a module of functions over ``(ctx, legacy connection, target connection)``; the
 :class:`~docstore.migrate.Migrator` opens the connections, holds the advisory lock and builds
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -28,6 +29,8 @@ from docstore.store import Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 # progress(stage, rows done, rows total, bytes streamed so far)
 Progress = Callable[[str, int, int, int], None]
 
@@ -219,3 +222,24 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None or value in (datetime.max, datetime.min):
         return value
     return value.replace(tzinfo=UTC)
+
+
+async def side_by_side(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both awaited concurrently (each on its own connection). The first failure cancels and
+    awaits the other and is raised as itself, so callers catching asyncpg's errors
+    (``Migrator`` turns them into a ``MigrationError``) still do; cancelled, both are cancelled
+    and awaited. (Not an ``asyncio.TaskGroup``: it raises an ``ExceptionGroup``, and on
+    Python 3.11 a child's failure leaves the awaiting task marked as being cancelled, which
+    ``cancellation_wins`` would then report as an interruption.)"""
+    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        done, _ = await asyncio.wait((one, two), return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # one failed, or this task was cancelled: the other stops too
+        for task in (one, two):
+            task.cancel()
+        await asyncio.wait((one, two))
+    tasks: list[asyncio.Future[Any]] = [*done, one, two]  # what failed first, then the rest
+    for ended in tasks:
+        if not ended.cancelled() and (error := ended.exception()) is not None:
+            raise error
+    return one.result(), two.result()

@@ -21,9 +21,9 @@ search parity. The document rows:
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -31,8 +31,22 @@ import numpy as np
 
 from docstore.errors import MigrationError
 from docstore.migrate import checkpoints, legacy, state
-from docstore.migrate.context import LONG_TIMEOUT, MIGRATED_DOCUMENT, StageContext, now
-from docstore.migrate.report import TIE_TOLERANCE, Mismatch, ParityCheck, Validation
+from docstore.migrate.compare import LegacyState
+from docstore.migrate.context import (
+    LONG_TIMEOUT,
+    MIGRATED_DOCUMENT,
+    StageContext,
+    now,
+    side_by_side,
+)
+from docstore.migrate.report import (
+    TIE_TOLERANCE,
+    JobMismatch,
+    Mismatch,
+    ParityCheck,
+    SourceMismatch,
+    Validation,
+)
 from docstore.migrate.verify import VerifiedRange
 from docstore.store import Store
 
@@ -77,67 +91,135 @@ async def validate(
             f"cannot validate: the source has no {', '.join(missing)} table: is it the "
             "legacy rust_docs_vectors database? (check --source / LEGACY_DATABASE_URL)"
         )
-    dim, cheap = ctx.embedding_dim, legacy.sizes_vectors(src)
-    snapshot = await state.read_legacy_state(src)
-    legacy_counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
-    # counts, NULL embeddings and metadata.crate_version per source: one scan
-    version_diffs, target_counts, target_nulls = await state.version_diffs(
-        ctx.doc_type, snapshot, tgt
+    cheap = legacy.sizes_vectors(src)
+    # What each side's checks depend on: the legacy state and this run's checkpoint ranges.
+    snapshot, cps = await side_by_side(
+        state.read_legacy_state(src),
+        checkpoints.load(tgt, ctx.run_id) if streamed is not None else _no_checkpoints(),
     )
+    bounds = _bounds(cps)
+    # Then the two databases side by side: each connection runs its own checks in turn
+    # (the legacy ones in the caller's snapshot), the document rows last.
+    target, old = await side_by_side(
+        _target_side(ctx, snapshot, tgt, bounds),
+        _legacy_side(ctx, src, store, parity_queries, bounds),
+    )
+    version_diffs, target_counts, target_nulls = target.versions
     per_source = {
-        name: (legacy_counts.get(name, 0), target_counts.get(name, 0))
-        for name in set(legacy_counts) | set(target_counts)
-        if legacy_counts.get(name, 0) != target_counts.get(name, 0)
+        name: (old.counts.get(name, 0), target_counts.get(name, 0))
+        for name in set(old.counts) | set(target_counts)
+        if old.counts.get(name, 0) != target_counts.get(name, 0)
     }
-    legacy_nulls = await src.fetchval(legacy.null_embeddings_query(dim, cheap))
-    source_diffs, target_sources = await state.source_diffs(ctx.doc_type, snapshot, tgt)
-    legacy_names = set(legacy_counts) | {r[0] for r in await src.fetch("SELECT name FROM crates")}
-    job_diffs = await state.job_diffs(ctx.doc_type, snapshot, tgt)
-    jobs = (0, 0)
-    if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
-        jobs = (
-            await src.fetchval("SELECT count(*) FROM population_jobs"),
-            await tgt.fetchval(
-                "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
-            ),
+    if cps:
+        assert streamed is not None
+        chunks, bad, streamed_chunks = await _streamed_rows(
+            ctx, src, tgt, cps, streamed, cheap, (old.stamps, target.stamps)
         )
-    checks = await parity(ctx, src, store, parity_queries, cheap)
-    chunks, bad, streamed_chunks, reread_chunks = await _rows(ctx, src, tgt, streamed, cheap)
+        reread_chunks = chunks - streamed_chunks
+    else:
+        chunks, bad = await _reread_rows(ctx, src, tgt, streamed, cheap)
+        streamed_chunks = reread_chunks = 0
     return Validation(
-        legacy_documents=sum(legacy_counts.values()),
+        legacy_documents=sum(old.counts.values()),
         target_documents=sum(target_counts.values()),
         per_source_mismatch=per_source,
         target_per_source=target_counts,
-        legacy_null_embeddings=legacy_nulls,
+        legacy_null_embeddings=old.nulls,
         target_null_embeddings=target_nulls,
         checksum_chunks=chunks,
         mismatched_chunks=len(bad),
         streamed_chunks=streamed_chunks,
         reread_chunks=reread_chunks,
         mismatches=await drill_down(ctx, src, tgt, bad, cheap),
-        missing_sources=sorted(legacy_names - set(target_sources)),
-        source_mismatches=source_diffs + version_diffs,
-        population_jobs=jobs,
-        job_mismatches=job_diffs,
-        parity=checks,
+        missing_sources=sorted(old.names - set(target.sources)),
+        source_mismatches=target.source_diffs + version_diffs,
+        population_jobs=(old.jobs, target.jobs) if old.jobs is not None else (0, 0),
+        job_mismatches=target.job_diffs,
+        parity=old.parity,
         seconds=now() - started,
     )
 
 
-async def _rows(
+async def _no_checkpoints() -> list[checkpoints.Checkpoint]:
+    return []
+
+
+def _bounds(cps: Sequence[checkpoints.Checkpoint]) -> list[int]:
+    """The thresholds whose ``width_bucket`` is the checkpoint range (see
+    :func:`_streamed_rows`); none without checkpoints."""
+    return [c.first_key + 1 for c in cps] + [cps[-1].last_key + 1] if cps else []
+
+
+@dataclass
+class _TargetSide:
+    versions: tuple[list[SourceMismatch], dict[str, int], int]  # state.version_diffs
+    source_diffs: list[SourceMismatch]
+    sources: dict[str, Any]  # the target's sources by name
+    job_diffs: list[JobMismatch]
+    jobs: int
+    stamps: Checksums  # TARGET_RANGE_STAMPS over the checkpoint ranges (none without)
+
+
+@dataclass
+class _LegacySide:
+    counts: dict[str, int]  # documents per crate
+    nulls: int  # NULL (or unusable) embeddings
+    names: set[str]  # every crate
+    jobs: int | None  # population jobs (None: no such table)
+    parity: list[ParityCheck]
+    stamps: Checksums  # legacy.RANGE_STAMPS over the checkpoint ranges (none without)
+
+
+async def _target_side(
+    ctx: StageContext, snapshot: LegacyState, tgt: asyncpg.Connection, bounds: list[int]
+) -> _TargetSide:
+    """The target's checks, on its one connection in turn."""
+    versions = await state.version_diffs(ctx.doc_type, snapshot, tgt)
+    source_diffs, sources = await state.source_diffs(ctx.doc_type, snapshot, tgt)
+    job_diffs = await state.job_diffs(ctx.doc_type, snapshot, tgt)
+    jobs = await tgt.fetchval(
+        "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
+    )
+    stamps: Checksums = {}
+    if bounds:
+        stamps = _by_chunk(
+            await tgt.fetch(TARGET_RANGE_STAMPS, ctx.doc_type, bounds, timeout=LONG_TIMEOUT)
+        )
+    return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps)
+
+
+async def _legacy_side(
+    ctx: StageContext, src: asyncpg.Connection, store: Store, queries: int, bounds: list[int]
+) -> _LegacySide:
+    """The legacy database's checks, on its one connection in turn (in the caller's
+    snapshot); the search parity's docstore side on the store's pool."""
+    cheap = legacy.sizes_vectors(src)
+    counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
+    nulls = await src.fetchval(legacy.null_embeddings_query(ctx.embedding_dim, cheap))
+    names = set(counts) | {r[0] for r in await src.fetch("SELECT name FROM crates")}
+    jobs = None
+    if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
+        jobs = await src.fetchval("SELECT count(*) FROM population_jobs")
+    stamps: Checksums = {}
+    if bounds:
+        stamps = _by_chunk(await src.fetch(legacy.RANGE_STAMPS, bounds, timeout=LONG_TIMEOUT))
+    checks = await parity(ctx, src, store, queries, cheap)
+    return _LegacySide(counts, nulls, names, jobs, checks, stamps)
+
+
+def _by_chunk(rows: Sequence[asyncpg.Record]) -> Checksums:
+    return {r["chunk"]: (r["rows"], r["checksum"]) for r in rows}
+
+
+async def _reread_rows(
     ctx: StageContext,
     src: asyncpg.Connection,
     tgt: asyncpg.Connection,
     streamed: Mapping[int, VerifiedRange] | Awaitable[Mapping[int, VerifiedRange]] | None,
     cheap: bool,
-) -> tuple[int, list[tuple[int, int]], int, int]:
-    """The document rows (see the module docs): the ranges checked, the key ranges
-    ``[low, high)`` that differ, how many ranges the stream proved and how many were read
-    again instead."""
-    cps = await checkpoints.load(tgt, ctx.run_id) if streamed is not None else []
-    if streamed is not None and cps:
-        chunks, bad, proven = await _streamed_rows(ctx, src, tgt, cps, streamed, cheap)
-        return chunks, bad, proven, chunks - proven
+) -> tuple[int, list[tuple[int, int]]]:
+    """The document rows re-read on both sides (no checkpoint ranges: the full mode, or a run
+    that copied nothing): the ranges checked and the key ranges ``[low, high)`` that differ."""
     if streamed is not None and not isinstance(streamed, Mapping):
         await streamed  # nothing to accept from it, but the verifier is done
     legacy_sums, target_sums = await _checksums(
@@ -152,7 +234,7 @@ async def _rows(
     )
     differ = set(legacy_sums) | set(target_sums)
     wrong = sorted(c for c in differ if legacy_sums.get(c) != target_sums.get(c))
-    return len(differ), [(c * ctx.chunk_rows, (c + 1) * ctx.chunk_rows) for c in wrong], 0, 0
+    return len(differ), [(c * ctx.chunk_rows, (c + 1) * ctx.chunk_rows) for c in wrong]
 
 
 async def _checksums(
@@ -165,13 +247,11 @@ async def _checksums(
 ) -> tuple[Checksums, Checksums]:
     """Both sides' ``(chunk, rows, checksum)`` at once: they are different servers (or at
     least different backends)."""
-    async with asyncio.TaskGroup() as group:  # a failure cancels (and awaits) the other
-        legacy_rows = group.create_task(src.fetch(legacy_sql, *legacy_args, timeout=LONG_TIMEOUT))
-        target_rows = group.create_task(tgt.fetch(target_sql, *target_args, timeout=LONG_TIMEOUT))
-    return (
-        {r["chunk"]: (r["rows"], r["checksum"]) for r in legacy_rows.result()},
-        {r["chunk"]: (r["rows"], r["checksum"]) for r in target_rows.result()},
+    legacy_rows, target_rows = await side_by_side(
+        src.fetch(legacy_sql, *legacy_args, timeout=LONG_TIMEOUT),
+        tgt.fetch(target_sql, *target_args, timeout=LONG_TIMEOUT),
     )
+    return _by_chunk(legacy_rows), _by_chunk(target_rows)
 
 
 async def _streamed_rows(
@@ -181,22 +261,17 @@ async def _streamed_rows(
     cps: Sequence[checkpoints.Checkpoint],
     streamed: Mapping[int, VerifiedRange] | Awaitable[Mapping[int, VerifiedRange]],
     cheap: bool,
+    stamps: tuple[Checksums, Checksums],
 ) -> tuple[int, list[tuple[int, int]], int]:
     """Row check of the streamed mode over the checkpoint ranges: returns the ranges checked,
-    the key ranges ``[low, high)`` that differ, and how many ranges the stream proved. Both
-    sides' stamps are read before waiting for ``streamed`` (the verifier's last ranges)."""
-    bounds = [c.first_key + 1 for c in cps] + [cps[-1].last_key + 1]
+    the key ranges ``[low, high)`` that differ, and how many ranges the stream proved.
+    ``stamps``: both sides' range stamps (legacy, target), read before waiting for
+    ``streamed`` (the verifier's last ranges)."""
+    bounds = _bounds(cps)
     # bucket i (1..n) is checkpoint i; 0 and n + 1 hold rows before / after every range
     spans = {0: (_LOWEST, bounds[0]), len(cps) + 1: (bounds[-1], _HIGHEST)}
     spans.update({i + 1: (bounds[i], bounds[i + 1]) for i in range(len(cps))})
-    legacy_now, target_now = await _checksums(
-        src,
-        tgt,
-        legacy.RANGE_STAMPS,
-        TARGET_RANGE_STAMPS,
-        (bounds,),
-        (ctx.doc_type, bounds),
-    )
+    legacy_now, target_now = stamps
     if not isinstance(streamed, Mapping):
         streamed = await streamed
     unproven = sorted(b for b in (0, len(cps) + 1) if b in legacy_now or b in target_now)
