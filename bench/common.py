@@ -414,7 +414,9 @@ Call = Callable[[int], Awaitable[object]]
 
 class CpuMeter:
     """CPU seconds (user + system) used by a PostgreSQL server's processes, read from /proc:
-    unaffected by other load on the machine, unlike throughput."""
+    unaffected by other load on the machine, unlike throughput. Backends that ended between
+    two readings count too: the postmaster reaps them, so their CPU moves into its
+    children's times (key ``-pid``)."""
 
     def __init__(self, postmaster_pid: int) -> None:
         self.pid = postmaster_pid
@@ -422,14 +424,18 @@ class CpuMeter:
     def seconds(self) -> dict[int, float]:
         import psutil  # type: ignore[import-untyped]  # (docstore[test]) only where measured
 
-        procs = [psutil.Process(self.pid)]
+        postmaster = psutil.Process(self.pid)
+        procs = [postmaster]
         with contextlib.suppress(psutil.Error):
-            procs += psutil.Process(self.pid).children(recursive=True)
+            procs += postmaster.children(recursive=True)
         out: dict[int, float] = {}
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
                 out[proc.pid] = t.user + t.system
+        with contextlib.suppress(psutil.Error):
+            t = postmaster.cpu_times()
+            out[-self.pid] = t.children_user + t.children_system
         return out
 
     @staticmethod

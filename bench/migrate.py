@@ -39,6 +39,11 @@ times, on the same data, interleaved, every method starting from emptied tables:
       much of (c) / (b) is the schema's ``embedding_half`` and the read-back, which no
       implementation of the Migrator can remove, and how much is the Migrator's own checks.
 
+Each run's CPU seconds are printed too (medians): the server's processes, backends that ended
+during the run included (``common.CpuMeter``), and the client's (the psql processes, or the
+Migrator's thread). Not a goal: they say where (c)'s time goes beyond (b)'s, and are not
+stretched by other load on the machine the way the wall clock is.
+
 Goals (issue 15, acceptance 2), on the medians of the rounds, for each loop: (c) ≥ 2.5×
 faster than (a), (c) ≤ 1.4× (b). Every round's figures and the Migrator's stage timings are
 printed. The RSS check runs ``Migrator.run()`` on two sizes of the generated corpus in fresh
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import statistics
 import sys
@@ -89,9 +95,12 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
 def migrator_on(
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, src: str, tgt: str
 ) -> dict[str, Any]:
-    """``Migrator.run()`` on a new event loop of ``loop_factory`` (in a worker thread)."""
+    """``Migrator.run()`` on a new event loop of ``loop_factory`` (in a worker thread); with
+    the CPU seconds the thread used (``client_cpu``)."""
+    cpu = time.thread_time()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(migrator_run(src, tgt))
+        result = runner.run(migrator_run(src, tgt))
+    return result | {"client_cpu": time.thread_time() - cpu}
 
 
 async def migrator_run(src: str, tgt: str) -> dict[str, Any]:
@@ -139,12 +148,18 @@ async def bench_corpus(
         f"\n[{corpus}] legacy database: {shape} x 3072, built in {time.perf_counter() - t0:.1f} s"
     )
     times: dict[str, list[float]] = {k: [] for k in ("plan", "pipe", *LOOPS, "floor")}
+    # CPU seconds of each run: the server's processes (backends that ended included) and the
+    # client's (psql, or the Migrator's thread). Unlike the wall clock, not stretched by other
+    # load on the machine: where (c)'s time goes beyond (b)'s.
+    meter = common.CpuMeter(server.server.get_postmaster_info().pid)
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times}
     stages: list[dict[str, float]] = []
     workdir = tmp / f"export-{corpus}"
     workdir.mkdir()
     for round_ in range(args.repeat + 1):  # round 0 is a warm-up
         for name in times:
             await (empty_plan(plan) if name in ("plan", "pipe") else empty_docstore(tgt))
+            server_cpu, children = meter.seconds(), os.times()
             start = time.perf_counter()
             if name == "plan":
                 plan_scripts(psql, src, plan, workdir)
@@ -155,8 +170,12 @@ async def bench_corpus(
             else:
                 result = await asyncio.to_thread(migrator_on, LOOPS[name], src, tgt)
             elapsed = time.perf_counter() - start
+            await asyncio.sleep(0.05)  # the run's backends reaped: their CPU is counted
+            used = common.CpuMeter.used(server_cpu, meter.seconds())
+            client = result["client_cpu"] if name in LOOPS else child_cpu(children)
             if round_:
                 times[name].append(elapsed)
+                cpu[name].append((used, client))
                 if name == "cli":
                     stages.append(result["timings"])
         if round_:
@@ -186,6 +205,11 @@ async def bench_corpus(
         f"    (d) the floor of (c): pipe + read-back only  {med['floor']:.3f} s"
         f" = {med['floor'] / med['pipe']:.2f}x (b)"
     )
+    print("  CPU seconds, medians (server's processes + client's: psql, the Migrator's thread):")
+    for name, label in CPU_LABELS.items():
+        server_s = statistics.median(u for u, _ in cpu[name])
+        client_s = statistics.median(c for _, c in cpu[name])
+        print(f"    {label:43s} {server_s:.3f} + {client_s:.3f} = {server_s + client_s:.3f} s")
     goals = []
     for name, label in (("cli", "as `docstore migrate` runs it"), ("asyncio", "asyncio's loop")):
         goals += [
@@ -201,7 +225,32 @@ async def bench_corpus(
                 f"{med[name] / med['pipe']:.2f}x",
             ),
         ]
-    return {"corpus": corpus, "shape": shape, "times": times, "stages": stages, "goals": goals}
+    return {
+        "corpus": corpus,
+        "shape": shape,
+        "times": times,
+        "cpu": cpu,
+        "stages": stages,
+        "goals": goals,
+    }
+
+
+CPU_LABELS = {
+    "plan": "(a) the plan's CSV scripts",
+    "pipe": "(b) psql binary pipe",
+    "cli": "(c) Migrator.run(), the CLI's loop",
+    "asyncio": "(c) Migrator.run(), asyncio's loop",
+    "floor": "(d) pipe + read-back only",
+}
+
+
+def child_cpu(before: os.times_result) -> float:
+    """CPU seconds of the child processes (psql, and the shells around it) that ended since
+    ``before``."""
+    after = os.times()
+    return (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
 
 
 async def rss_check(args: argparse.Namespace, server: EmbeddedServer) -> list[Goal]:
