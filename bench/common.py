@@ -440,7 +440,11 @@ class CpuMeter:
 
     @staticmethod
     def used(before: dict[int, float], after: dict[int, float]) -> float:
-        return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+        """CPU seconds between two :meth:`seconds` readings. A process that ended in between
+        brought all its CPU into the postmaster's children times: what it had used by
+        ``before`` is taken off again."""
+        gone = sum(v for pid, v in before.items() if pid >= 0 and pid not in after)
+        return sum(v - before.get(pid, 0.0) for pid, v in after.items()) - gone
 
 
 @dataclass
