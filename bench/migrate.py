@@ -148,9 +148,7 @@ async def bench_corpus(
         f"\n[{corpus}] legacy database: {shape} x 3072, built in {time.perf_counter() - t0:.1f} s"
     )
     times: dict[str, list[float]] = {k: [] for k in ("plan", "pipe", *LOOPS, "floor")}
-    # CPU seconds of each run: the server's processes (backends that ended included) and the
-    # client's (psql, or the Migrator's thread). Unlike the wall clock, not stretched by other
-    # load on the machine: where (c)'s time goes beyond (b)'s.
+    # (server CPU, client CPU) of each run: see the module docs
     meter = common.CpuMeter(server.server.get_postmaster_info().pid)
     cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times}
     stages: list[dict[str, float]] = []
@@ -170,7 +168,6 @@ async def bench_corpus(
             else:
                 result = await asyncio.to_thread(migrator_on, LOOPS[name], src, tgt)
             elapsed = time.perf_counter() - start
-            await asyncio.sleep(0.05)  # the run's backends reaped: their CPU is counted
             used = common.CpuMeter.used(server_cpu, meter.seconds())
             client = result["client_cpu"] if name in LOOPS else child_cpu(children)
             if round_:
