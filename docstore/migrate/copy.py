@@ -144,21 +144,9 @@ async def _copy_range(
     query = legacy.documents_copy_query("$1", ctx.embedding_dim, legacy.sizes_vectors(src))
     args = (ctx.doc_type, low, high)
     if direct:
-        sent = sent_digest(ctx.fold_embeddings)
         try:
             async with transaction(tgt):  # a savepoint: fall back on a key collision
-                n = await pipe(
-                    src,
-                    query,
-                    args,
-                    tgt,
-                    "documents",
-                    legacy.DOCUMENT_COLUMNS,
-                    on_bytes=ctx.count_bytes,
-                    digest=sent,
-                    timeout=LONG_TIMEOUT,
-                )
-            return n, sent.digest()
+                return await _hashed_pipe(ctx, src, query, args, tgt, "documents")
         except asyncpg.PostgresError as exc:  # Citus: a worker's violation is XX000
             if not is_unique_violation(exc):
                 raise
@@ -167,24 +155,38 @@ async def _copy_range(
         f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS"
         f" SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} FROM documents WITH NO DATA"
     )
-    sent = sent_digest(ctx.fold_embeddings)
-    n = await pipe(
-        src,
-        query,
-        args,
-        tgt,
-        STAGE_TABLE,
-        legacy.DOCUMENT_COLUMNS,
-        on_bytes=ctx.count_bytes,
-        digest=sent,
-        timeout=LONG_TIMEOUT,
-    )
+    n, sent = await _hashed_pipe(ctx, src, query, args, tgt, STAGE_TABLE)
     await tgt.execute(_UPSERT_FROM_STAGE)
     # NOT IN is a hashed sub-plan only while the staged keys fit in work_mem (x
     # hash_mem_multiplier); above it (~40,000 keys at the default 4 MB, a large --chunk-rows)
     # PostgreSQL rescans them for every row. For this chunk's transaction only.
     await tgt.execute("SET LOCAL work_mem = '256MB'")
     await tgt.execute(_DELETE_RANGE_NOT_STAGED, ctx.doc_type, low, high)
+    return n, sent
+
+
+async def _hashed_pipe(
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    query: str,
+    args: tuple[object, ...],
+    tgt: asyncpg.Connection,
+    table: str,
+) -> tuple[int, bytes]:
+    """Pipe ``query``'s rows into ``table``, hashing the stream as it passes; returns the rows
+    and the stream's digest (in ``ctx.fold_embeddings``' form)."""
+    sent = sent_digest(ctx.fold_embeddings)
+    n = await pipe(
+        src,
+        query,
+        args,
+        tgt,
+        table,
+        legacy.DOCUMENT_COLUMNS,
+        on_bytes=ctx.count_bytes,
+        digest=sent,
+        timeout=LONG_TIMEOUT,
+    )
     return n, sent.digest()
 
 
