@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -82,7 +81,7 @@ _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a Schem
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
 _LOAD = """
-SELECT c.calibration::text AS calibration,
+SELECT c.calibration,
        (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS table_rows
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
@@ -154,7 +153,7 @@ class SearchTuner:
             return None
         found, deferred = None, False
         if row is not None and row["calibration"] is not None:
-            stored = json.loads(row["calibration"])
+            stored = row["calibration"]  # decoded by the pools' jsonb codec
             deferred = "deferred" in stored
             found = None if deferred else Calibration.model_validate(stored)
         rows = float(row["table_rows"]) if row is not None else -1.0
