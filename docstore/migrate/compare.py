@@ -8,7 +8,6 @@ vectors).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,8 +37,9 @@ class LegacyState:
 
 
 def config_dict(value: Any) -> dict[str, Any]:
-    """A jsonb value as asyncpg returns it (text, or already decoded) as a dict."""
-    return json.loads(value) if isinstance(value, str) else dict(value or {})
+    """A jsonb value of a target row (decoded by the pools' jsonb codec; NULL is None) as a
+    dict."""
+    return dict(value or {})
 
 
 _ABSENT = object()
