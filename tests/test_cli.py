@@ -68,6 +68,21 @@ def test_a_stray_url_argument_prints_no_piece_of_its_password(
     assert not [p for p in pieces if p in result.output], result.output
 
 
+@pytest.mark.parametrize("password", ["\t00", "a\tb\x1fcd", "\x0bsecret"])
+def test_a_stray_url_argument_prints_no_escaped_piece_of_its_userinfo_password(
+    password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Click prints a tab in a stray argument as ``\\x09`` (not ``\\t``): the password
+    ``"\\t00"`` came out as ``***\\x0900`` (found by tests/reliability/test_fuzz_urls.py)."""
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapped line hides a leak
+    result = runner.invoke(app, ["health", f"postgresql://000:{password}@127.0.0.1:1/db"])
+    assert result.exit_code == EXIT_USAGE and "Usage:" in result.output
+    escaped = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 else c for c in password)
+    for form in (password, escaped):
+        pieces = {form[i : i + 4] for i in range(len(form) - 3)}
+        assert not [p for p in pieces if p in result.output], result.output
+
+
 def test_demo_runs_a_similarity_query_on_an_embedded_database(
     monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:

@@ -64,14 +64,28 @@ def _control(char: str) -> bool:
 
 def _written(text: str) -> list[str]:
     """``text`` and the escaped forms click may print it in (a control character in an
-    argument appears as ``\\x1f``, other characters as they are), longest first."""
+    argument appears as ``\\x1f`` — a tab too, as ``\\x09`` in click's "unexpected extra
+    argument" — other characters as they are), longest first."""
     forms = {
         text,
         text.encode("unicode_escape").decode("ascii"),
         repr(text)[1:-1],
         "".join(c.encode("unicode_escape").decode("ascii") if _control(c) else c for c in text),
+        "".join(_hex_escape(c) if _control(c) else c for c in text),
     }
     return sorted(forms, key=len, reverse=True)
+
+
+def _hex_escape(char: str) -> str:
+    """``char`` as a Python hex escape (``\\x09``, ``\\u200b``, ``\\U000e0001``)."""
+    code = ord(char)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def _pieces(secret: str) -> list[str]:
