@@ -94,7 +94,14 @@ class Database:
         self._router = ReplicaRouter(self._pool_set, settings, self._metrics)
         self._shards = ShardRouter(self._pool_set, settings, self._metrics)
         """Where one-source searches run on a Citus cluster (:mod:`docstore.core.shards`)."""
-        self._runner = Runner(self._pool_set, self._router, settings, self._metrics, self._shards)
+        self._runner = Runner(
+            self._pool_set,
+            self._router,
+            settings,
+            self._metrics,
+            self._shards,
+            distributed=lambda: self.distributed,
+        )
         self._reporter = Reporter(
             self._pool_set,
             self._runner,
@@ -206,24 +213,22 @@ class Database:
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run a statement; returns the command tag (as ``asyncpg.Connection.execute``).
 
-        Retried on transient failures, except when the connection was lost while the
-        statement ran (it may have been applied: :class:`DatabaseUnavailableError` says so).
+        Retried on transient failures; when the connection was lost while the statement
+        ran, only as a read (:meth:`run`): a statement that writes raises
+        :class:`DatabaseUnavailableError` saying it may have been applied, never runs twice.
         On a read-only store, one statement per call (:mod:`docstore.readonly`)."""
-        return await self.run(
-            lambda conn: conn.execute(query, *args, timeout=timeout), retry_in_doubt=False
-        )
+        return await self.run(lambda conn: conn.execute(query, *args, timeout=timeout))
 
     @timed("executemany")
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
         """Run a statement once per argument tuple (one transaction, as in asyncpg); retried
         as :meth:`execute` is."""
-        await self.run(
-            lambda conn: conn.executemany(query, args, timeout=timeout), retry_in_doubt=False
-        )
+        await self.run(lambda conn: conn.executemany(query, args, timeout=timeout))
 
     @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        """Run a query and return all rows (``asyncpg.Record``), on the primary."""
+        """Run a query and return all rows (``asyncpg.Record``), on the primary; retried as
+        :meth:`execute` is (a write through ``RETURNING`` never runs twice)."""
         return await self.run(lambda conn: conn.fetch(query, *args, timeout=timeout))
 
     @timed("fetchrow")

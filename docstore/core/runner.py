@@ -20,10 +20,11 @@ import asyncpg
 import tenacity
 
 from docstore.config import Settings
+from docstore.core.doubt import CommitMarker, in_doubt_error, read_only_replay
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
-from docstore.errors import DatabaseUnavailableError, DocstoreError, PoolTimeoutError
+from docstore.errors import DocstoreError, PoolTimeoutError
 from docstore.failures import (
     first_retry_wait,
     is_transient,
@@ -34,7 +35,18 @@ from docstore.failures import (
 from docstore.metrics import Metrics, timed
 
 T = TypeVar("T")
+_OnDoubt = Callable[
+    [Callable[[asyncpg.Connection], Awaitable[T]], BaseException],
+    Awaitable[Callable[[asyncpg.Connection], Awaitable[T]]],
+]
+"""What to run after an attempt that may have applied, or raise (docstore.core.doubt)."""
 IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
+
+
+async def _retry_as_is(
+    work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
+) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+    return work
 
 
 class Runner:
@@ -47,12 +59,14 @@ class Runner:
         settings: Settings,
         metrics: Metrics,
         shards: ShardRouter | None = None,
+        distributed: Callable[[], bool] = lambda: False,
     ) -> None:
         self._pools = pools
         self._router = router
         self._settings = settings
         self._metrics = metrics
         self._shards = shards
+        self._distributed = distributed
 
     async def _placement(self, source: str) -> Any:
         """The node holding ``source``'s shard, asked of the coordinator."""
@@ -71,23 +85,12 @@ class Runner:
         self,
         work: Callable[[asyncpg.Connection], Awaitable[T]],
         role: Role = "primary",
-        *,
-        in_doubt_fails: bool = False,
+        handed: list[bool] | None = None,
     ) -> T:
-        handed = False
-        try:
-            async with self.checkout(role) as conn:
-                handed = True
-                return await work(conn)
-        except BaseException as exc:
-            # a write whose connection broke under it may have committed: not run again
-            if in_doubt_fails and handed and is_transient_query_failure(exc) and may_have_run(exc):
-                raise DatabaseUnavailableError(
-                    f"the connection to {self._pools.primary.redacted} was lost while the"
-                    " statement ran: it may or may not have been applied, so it was not run"
-                    f" again ({type(exc).__name__})"
-                ) from exc
-            raise
+        async with self.checkout(role) as conn:
+            if handed is not None:
+                handed[0] = True  # from here on a broken connection leaves work in doubt
+            return await work(conn)
 
     @timed("run")
     async def run(
@@ -114,12 +117,68 @@ class Runner:
         such worker, or it fails to answer — as without ``shard``. Not with a read replica
         configured: the user sent reads away from the primaries, the workers' included.
 
-        ``retry_in_doubt=False`` (statements that may not be idempotent: ``store.execute``):
-        a connection lost while ``work`` ran is not retried — the statement may have been
-        applied — but raises :class:`DatabaseUnavailableError` saying so; failures before
-        ``work`` was handed a connection, or that the server answered, are retried as usual.
+        A connection lost while ``work`` ran leaves it in doubt: the server may have applied
+        it. It is then run again only with every transaction read-only
+        (:mod:`docstore.core.doubt`): a read answers, and work that would write raises
+        :class:`DatabaseUnavailableError` saying it may or may not have been applied — it is
+        never applied twice. ``retry_in_doubt=False``: raise that error at once, without the
+        read-only attempt. Failures before ``work`` was handed a connection, or that the
+        server answered, are retried as usual.
         """
+        if self._settings.read_only:  # nothing can write: running it again is always safe
+            on_doubt: _OnDoubt[T] = _retry_as_is
+        elif retry_in_doubt:
+            on_doubt = self._read_only_replay
+        else:
+            on_doubt = self._refuse
+        return await self._run(work, on_doubt, stateless=stateless, read=read, shard=shard)
+
+    @timed("run_in_transaction")
+    async def run_in_transaction(
+        self, /, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
+    ) -> T:
+        """Like :meth:`run`, inside one transaction (retried whole on 40001/40P01 etc.).
+
+        A connection lost before ``COMMIT`` was sent: the transaction rolled back and runs
+        again. Lost during ``COMMIT``: the server is asked whether it committed
+        (:class:`docstore.core.doubt.CommitMarker`); if it did, or that cannot be known,
+        :class:`DatabaseUnavailableError` says so and it is not run again."""
+        marker = CommitMarker()
+        distributed = self._distributed()
+
+        async def settle(
+            attempt: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
+        ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+            await marker.settle(self._attempt, self._where, exc, distributed=distributed)
+            return attempt
+
+        return await self._run(marker.wrap(work, transaction), settle)
+
+    @property
+    def _where(self) -> str:
+        return self._pools.primary.redacted
+
+    async def _read_only_replay(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
+    ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+        return read_only_replay(work, self._where, exc)
+
+    async def _refuse(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
+    ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+        raise in_doubt_error(self._where, exc) from exc
+
+    async def _run(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        on_doubt: _OnDoubt[T],
+        *,
+        stateless: bool = False,
+        read: bool = False,
+        shard: str | None = None,
+    ) -> T:
         token = STATELESS.set(stateless)
+        handed = [False]
         try:
             shards = self._shards if self._pools.replica is None else None
             if shard is not None and read and shards is not None:
@@ -139,19 +198,22 @@ class Runner:
             try:
                 # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
                 # an ANN search); only a transient failure enters the retry loop.
-                return await self._attempt(work, in_doubt_fails=not retry_in_doubt)
+                return await self._attempt(work, handed=handed)
             except BaseException as exc:
                 if not is_transient_query_failure(exc) or self._settings.retry_attempts < 2:
                     raise
-                await first_retry_wait(
-                    self._settings,
-                    f"query on {self._pools.primary.redacted}",
-                    exc,
-                    self._metrics.retry,
-                )
+                if handed[0] and may_have_run(exc):
+                    work = await on_doubt(work, exc)
+                await first_retry_wait(self._settings, self._what, exc, self._metrics.retry)
             async for attempt in self._retrying(after_first_failure=True):
                 with attempt:
-                    return await self._attempt(work, in_doubt_fails=not retry_in_doubt)
+                    handed[0] = False
+                    try:
+                        return await self._attempt(work, handed=handed)
+                    except BaseException as exc:
+                        if handed[0] and is_transient_query_failure(exc) and may_have_run(exc):
+                            work = await on_doubt(work, exc)
+                        raise
         except DocstoreError:
             raise
         except BaseException as exc:
@@ -162,17 +224,9 @@ class Runner:
             STATELESS.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @timed("run_in_transaction")
-    async def run_in_transaction(
-        self, /, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
-    ) -> T:
-        """Like :meth:`run`, inside one transaction (retried whole on 40001/40P01 etc.)."""
-
-        async def in_tx(conn: asyncpg.Connection) -> T:
-            async with conn.transaction(**transaction):
-                return await work(conn)
-
-        return await self.run(in_tx)
+    @property
+    def _what(self) -> str:
+        return f"query on {self._pools.primary.redacted}"
 
     @contextlib.asynccontextmanager
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:

@@ -1,0 +1,131 @@
+"""Work whose connection broke while it ran: was it applied, and may it run again?
+
+A connection that breaks after a statement was sent (a reset, a failover, a server restart)
+leaves the statement *in doubt*: the server may have run it, and committed it, before the
+reply was lost. Running it again blindly would apply a write twice (an ``INSERT ...
+RETURNING`` through ``store.fetchval``, a counted ``DELETE``, a transaction that reports what
+it changed); never running it again would fail every read a failover interrupts. docstore
+settles the doubt with the server instead of guessing:
+
+- :func:`read_only_replay` — plain work (``store.run``, ``fetch*``, ``execute``) runs again on
+  a fresh connection with ``default_transaction_read_only`` on: a read gives its answer, and
+  anything that would write is refused by the server (SQLSTATE 25006) before it changes a
+  row — the caller then gets :class:`DatabaseUnavailableError` saying the first attempt may
+  have been applied.
+- :class:`CommitMarker` — a transaction (``run_in_transaction``) reads its transaction id just
+  before ``COMMIT`` (``txid_current_if_assigned()``: NULL when it wrote nothing). Broken before
+  ``COMMIT`` was sent, it rolled back: run it again. Broken during ``COMMIT``,
+  ``txid_status`` on a fresh connection tells whether it committed (raise, saying so: it is
+  not run again) or aborted (run it again). On a Citus coordinator the coordinator's own
+  transaction id does not speak for the workers' commits, so there the doubt stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from docstore.errors import DatabaseUnavailableError
+
+T = TypeVar("T")
+Work = Callable[[asyncpg.Connection], Awaitable[T]]
+
+MARKER_SQL = "SELECT txid_current_if_assigned()"
+STATUS_SQL = "SELECT txid_status($1)"
+STATUS_WAIT = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Pauses between asks while the server still reports the transaction ``in progress`` (its
+backend has not yet noticed the client is gone)."""
+
+
+def in_doubt_error(where: str, exc: BaseException, *, committed: bool = False) -> Exception:
+    """The error for work that was not run again because it may (or did) apply."""
+    if committed:
+        return DatabaseUnavailableError(
+            f"the connection to {where} was lost while the transaction's COMMIT was in"
+            " flight; the server committed it, so it was not run again (its result is lost:"
+            f" read the data back) ({type(exc).__name__})"
+        )
+    return DatabaseUnavailableError(
+        f"the connection to {where} was lost while the statement ran: it may or may not"
+        f" have been applied, so it was not run again ({type(exc).__name__})"
+    )
+
+
+def read_only_replay(work: Work[T], where: str, first: BaseException) -> Work[T]:
+    """``work`` as it runs again after ``first`` left it in doubt: with every transaction on
+    the connection read-only, so a read answers and a write is refused before it writes
+    (then :func:`in_doubt_error` for ``first`` is raised)."""
+
+    async def replay(conn: asyncpg.Connection) -> T:
+        await conn.execute("SET default_transaction_read_only = on")
+        try:
+            result = await work(conn)
+        except asyncpg.ReadOnlySQLTransactionError:
+            raise in_doubt_error(where, first) from first
+        finally:
+            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                if not conn.is_closed():
+                    if conn.is_in_transaction():  # the work left one open: end it first
+                        await conn.execute("ROLLBACK")
+                    await conn.execute("RESET default_transaction_read_only")
+        return result
+
+    return replay
+
+
+class CommitMarker:
+    """What a transaction's attempt had reached when its connection broke (module docstring)."""
+
+    __slots__ = ("committing", "xid")
+
+    def __init__(self) -> None:
+        self.committing = False
+        self.xid: int | None = None
+
+    def wrap(self, work: Work[T], transaction: dict[str, Any]) -> Work[T]:
+        """``work`` inside one transaction that records its id just before committing."""
+
+        async def in_tx(conn: asyncpg.Connection) -> T:
+            self.committing, self.xid = False, None
+            async with conn.transaction(**transaction):
+                result = await work(conn)
+                self.xid = await conn.fetchval(MARKER_SQL)
+                self.committing = True
+            return result
+
+        return in_tx
+
+    async def settle(
+        self,
+        ask: Callable[[Work[Any]], Awaitable[Any]],
+        where: str,
+        exc: BaseException,
+        *,
+        distributed: bool,
+    ) -> None:
+        """Return if the broken attempt certainly did not commit (run it again); raise
+        :func:`in_doubt_error` if it did, or if that cannot be known. ``ask`` runs a query on
+        a fresh connection."""
+        if not self.committing:
+            return  # COMMIT was never sent: the server rolls the transaction back
+        if distributed:
+            raise in_doubt_error(where, exc) from exc
+        if self.xid is None:
+            return  # it wrote nothing: nothing to apply twice
+        xid = self.xid
+        for pause in (*STATUS_WAIT, None):
+            try:
+                status = await ask(lambda conn: conn.fetchval(STATUS_SQL, xid))
+            except Exception:
+                raise in_doubt_error(where, exc) from exc
+            if status == "aborted":
+                return
+            if status == "committed":
+                raise in_doubt_error(where, exc, committed=True) from exc
+            if pause is None or status != "in progress":
+                raise in_doubt_error(where, exc) from exc
+            await asyncio.sleep(pause)

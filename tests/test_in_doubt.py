@@ -1,0 +1,140 @@
+"""Work whose connection broke under it (docstore.core.doubt): a write is never applied twice,
+a read still gets its answer, a transaction is run again only when the server says it did
+not commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.errors import DatabaseUnavailableError
+from tests.conftest import sample_documents
+
+
+def _break(
+    monkeypatch: pytest.MonkeyPatch, method: str, starts: str, *, send: bool = True
+) -> dict[str, int]:
+    """The next ``method`` call whose query starts with ``starts`` loses its connection: after
+    the server ran it (``send``), or before anything reached the server."""
+    real = getattr(asyncpg.Connection, method)
+    left = {"n": 1}
+
+    async def broken(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+        if query.lstrip().upper().startswith(starts) and left["n"]:
+            left["n"] -= 1
+            if send:
+                await real(self, query, *args, **kw)
+            self.terminate()
+            raise asyncpg.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            )
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.Connection, method, broken)
+    return left
+
+
+def _connect(url: str) -> docstore.Store:
+    return docstore.connect(
+        url, retry_attempts=5, retry_initial_delay=0.01, pool_min_size=1, pool_max_size=1
+    )
+
+
+async def test_an_insert_returning_through_fetchval_is_not_run_twice(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _connect(database_url) as store:
+        await store.execute("CREATE TABLE audit (n serial, v int)")
+        _break(monkeypatch, "fetchval", "INSERT")
+        with pytest.raises(DatabaseUnavailableError, match="may or may not have been applied"):
+            await store.fetchval("INSERT INTO audit (v) VALUES (1) RETURNING n")
+        monkeypatch.undo()
+        assert await store.fetchval("SELECT count(*) FROM audit") == 1
+
+
+async def test_a_read_whose_connection_broke_is_answered_and_leaves_no_read_only_session(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _connect(database_url) as store:
+        await store.execute("CREATE TABLE audit (v int)")
+        await store.execute("INSERT INTO audit VALUES (1), (2)")
+        left = _break(monkeypatch, "fetchval", "SELECT COUNT")
+        assert await store.fetchval("SELECT count(*) FROM audit") == 2
+        assert left["n"] == 0  # it did break, and was answered by a read-only replay
+        # the one pooled connection that replayed it writes again
+        assert await store.fetchval("SHOW default_transaction_read_only") == "off"
+        assert await store.execute("INSERT INTO audit VALUES (3)") == "INSERT 0 1"
+
+
+async def test_a_transaction_whose_commit_reply_was_lost_says_it_committed(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helper review: ``delete_source`` answered 0 after a lost COMMIT reply (the retry found
+    nothing left to delete); now the caller learns the delete committed."""
+    await store.documents.upsert_many(sample_documents(3, source="tokio"))
+    _break(monkeypatch, "execute", "COMMIT")
+    with pytest.raises(DatabaseUnavailableError, match="the server committed it"):
+        await store.documents.delete_source("rust", "tokio")
+    monkeypatch.undo()
+    assert await store.documents.count(source_name="tokio") == 0
+
+
+async def test_a_transaction_broken_before_its_commit_runs_again_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _connect(database_url) as store:
+        await store.execute("CREATE TABLE audit (v int)")
+
+        async def insert(conn: asyncpg.Connection) -> str:
+            return str(await conn.execute("INSERT INTO audit VALUES (1)"))
+
+        left = _break(monkeypatch, "execute", "INSERT")
+        assert await store.run_in_transaction(insert) == "INSERT 0 1"
+        assert left["n"] == 0
+        monkeypatch.undo()
+        assert await store.fetchval("SELECT count(*) FROM audit") == 1
+
+
+async def test_a_commit_that_never_reached_the_server_runs_again_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is asked (txid_status): the transaction aborted, so running it again is
+    safe and the caller gets its result."""
+    async with _connect(database_url) as store:
+        await store.execute("CREATE TABLE audit (v int)")
+
+        async def insert(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval("INSERT INTO audit VALUES (7) RETURNING v"))
+
+        left = _break(monkeypatch, "execute", "COMMIT", send=False)
+        assert await store.run_in_transaction(insert) == 7
+        assert left["n"] == 0
+        monkeypatch.undo()
+        assert await store.fetchval("SELECT count(*) FROM audit") == 1
+
+
+async def test_a_read_only_transaction_whose_commit_reply_was_lost_runs_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It wrote nothing (no transaction id was assigned): nothing can be applied twice."""
+    async with _connect(database_url) as store:
+
+        async def read(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval("SELECT 41 + 1"))
+
+        left = _break(monkeypatch, "execute", "COMMIT")
+        assert await store.run_in_transaction(read) == 42
+        assert left["n"] == 0
+
+
+async def test_retry_in_doubt_false_raises_without_a_replay(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _connect(database_url) as store:
+        left = _break(monkeypatch, "fetchval", "SELECT 1")
+        with pytest.raises(DatabaseUnavailableError, match="may or may not have been applied"):
+            await store.run(lambda conn: conn.fetchval("SELECT 1"), retry_in_doubt=False)
+        assert left["n"] == 0
