@@ -322,7 +322,9 @@ class Env:
         self.store: docstore.Store = self.run(docstore.connect(url, application_name="fuzz"))
         self.compat = LegacyDatabase(self.store)
         self.counter = itertools.count()
-        gen = np.random.default_rng(10**6)
+        # a seed embeddings() never draws (0..2**20): with 10**6, hypothesis found the query
+        # equal in direction to base/0, a tie at distance 0 either order may answer
+        gen = np.random.default_rng(2**21 + 7)
         vectors = gen.normal(size=(200, DIM)).astype(np.float32)
         base = [
             Document(source_name="base", doc_path=f"base/{i}", content="base", embedding=v)
