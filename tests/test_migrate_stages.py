@@ -172,13 +172,53 @@ async def test_delta_stage_alone_after_a_legacy_change(
     async with StreamVerifier(ctx, stages.store) as verifier:
         recopied = await delta_stage.delta_documents(ctx, stages.src, stages.tgt, verifier)
         await verifier.drain()
-    # (25, 50] and (75, 100] changed, (120, 121] is new: re-copied, and verified as streamed
-    assert recopied == 25 + 24 + 1
+    # (25, 50] and (75, 100] changed, (120, 121] is new: re-copied (and id 80 deleted), and
+    # verified as streamed
+    assert recopied == 25 + (24 + 1) + 1
     assert sorted(verifier.verified) == [25, 75, 120]
     assert all(v.same for v in verifier.verified.values())
     result = await stages.validate(streamed=verifier.verified)
     assert result.ok, result.problems()
     assert (result.streamed_chunks, result.reread_chunks) == (3, 3)  # 3 re-copied, 3 skipped
+
+
+async def test_delta_stage_after_every_row_of_a_range_was_deleted(
+    stages: Stages, legacy_url: str, database_url: str
+) -> None:
+    """Review of 2026-12-05: the emptied range's ids (array_agg of no rows: NULL) raised
+    TypeError, the CLI's "internal error"; and the deletions were not counted as a change."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        await m.run()
+    await legacy_execute(legacy_url, "DELETE FROM doc_embeddings WHERE id > 25 AND id <= 50")
+    ctx = await stages.context()
+    async with StreamVerifier(ctx, stages.store) as verifier:
+        changed = await delta_stage.delta_documents(ctx, stages.src, stages.tgt, verifier)
+        await verifier.drain()
+    assert changed == 25  # the range's rows, deleted from the target
+    assert sorted(verifier.verified) == [25] and verifier.verified[25].same
+    result = await stages.validate(streamed=verifier.verified)
+    assert result.ok, result.problems()
+
+
+async def test_the_verifier_stops_when_giving_its_connection_back_fails(
+    stages: Stages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of 2026-12-05: the reader had taken its stop marker, then releasing its
+    connection raised and it waited for another marker: stop() and the run hung."""
+    ctx = await stages.context()
+    verifier = StreamVerifier(ctx, stages.store)
+    await verifier.__aenter__()
+    await asyncio.sleep(0.3)  # the reader holds its connection
+    real = asyncpg.pool.Pool.release
+
+    async def release_fails(self: Any, connection: Any, *, timeout: Any = None) -> None:
+        await real(self, connection, timeout=timeout)
+        raise OSError("the release failed")
+
+    monkeypatch.setattr(asyncpg.pool.Pool, "release", release_fails)
+    await asyncio.wait_for(verifier.stop(), 20)
+    monkeypatch.undo()
+    assert verifier.failed is None  # every range it was given was done
 
 
 async def test_run_reports_the_chunks_verified_while_streaming(

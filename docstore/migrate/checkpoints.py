@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from docstore.migrate.context import run_doc_type
+from docstore.migrate.context import LONG_TIMEOUT, run_doc_type
 from docstore.store import Store
 
 _RECORD = """
@@ -89,6 +89,35 @@ async def prune(
             stale,
         )
     return kept
+
+
+# Migrated rows of doc_type $1 by checkpoint range: with $2 = [first+1, last+1, ...] of the
+# ranges in order, range i's rows fall in bucket 2i+1 (ids are integers: (first, last] is
+# [first+1, last+1)). One pass over the doc_type's rows, however many checkpoints.
+_HELD = """
+SELECT width_bucket((metadata->>'legacy_id')::bigint, $2::bigint[]) AS bucket, count(*) AS n
+  FROM documents
+ WHERE doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'
+   AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'
+ GROUP BY 1
+"""
+
+
+async def still_held(
+    tgt: asyncpg.Connection, doc_type: str, done: dict[int, Checkpoint]
+) -> dict[int, Checkpoint]:
+    """The checkpoints of ``done`` whose ranges the target still holds whole — as many
+    migrated rows as were copied. A range whose rows were deleted from the target since
+    (by hand, say) is copied again rather than skipped: its checkpoint and legacy stamp
+    still hold, but the rows they vouch for are gone. (No statement when ``done`` is
+    empty, as on a first run.)"""
+    if not done:
+        return done
+    ordered = sorted(done.values(), key=lambda c: c.first_key)
+    bounds = [key for c in ordered for key in (c.first_key + 1, c.last_key + 1)]
+    rows = await tgt.fetch(_HELD, doc_type, bounds, timeout=LONG_TIMEOUT)
+    counts = {r["bucket"]: r["n"] for r in rows}
+    return {c.first_key: c for i, c in enumerate(ordered) if counts.get(2 * i + 1, 0) == c.rows}
 
 
 # Checkpoints of the runs into doc_type $1 (as context.run_doc_type encodes it) other than

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import asyncpg
 
@@ -40,6 +41,9 @@ logger = logging.getLogger("docstore")
 
 STAGE_TABLE = "docstore_migrate_stage"
 MAX_LEGACY_ID = 2**31 - 1  # doc_embeddings.id is a SERIAL (int4)
+# Rows are compared as validation compares them, by what is stored: the vectors' bytes
+# (pgvector's = holds 0.0 equal to -0.0) and jsonb's text (jsonb's = holds 1.0 equal to 1.00);
+# compared by value, such a change was never written and the repair never converged.
 _UPSERT_FROM_STAGE = f"""
 INSERT INTO documents ({", ".join(legacy.DOCUMENT_COLUMNS)})
 SELECT {", ".join(legacy.DOCUMENT_COLUMNS)} FROM {STAGE_TABLE}
@@ -47,10 +51,11 @@ ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
    SET content = EXCLUDED.content, metadata = EXCLUDED.metadata,
        embedding = EXCLUDED.embedding, token_count = EXCLUDED.token_count,
        created_at = EXCLUDED.created_at
- WHERE (documents.content, documents.metadata, documents.embedding, documents.token_count,
-        documents.created_at)
-       IS DISTINCT FROM (EXCLUDED.content, EXCLUDED.metadata, EXCLUDED.embedding,
-                         EXCLUDED.token_count, EXCLUDED.created_at)
+ WHERE (documents.content, documents.metadata::text, vector_send(documents.embedding),
+        documents.token_count, documents.created_at)
+       IS DISTINCT FROM (EXCLUDED.content, EXCLUDED.metadata::text,
+                         vector_send(EXCLUDED.embedding), EXCLUDED.token_count,
+                         EXCLUDED.created_at)
 """
 # Migrated rows of an id range that the legacy range no longer has (deleted, or renamed:
 # the upsert from staging inserted the new key, this removes the old one). The staged keys
@@ -86,6 +91,17 @@ async def plan_chunks(src: asyncpg.Connection, chunk_rows: int) -> list[tuple[in
     return chunks
 
 
+class Copied(NamedTuple):
+    """What :func:`copy_range` did."""
+
+    rows: int
+    """Legacy rows copied."""
+    sent: bytes
+    """The digest of the binary stream that left the legacy database."""
+    deleted: int = 0
+    """Migrated rows of the range the legacy range no longer has, deleted (staging only)."""
+
+
 async def copy_range(
     ctx: StageContext,
     src: asyncpg.Connection,
@@ -94,10 +110,11 @@ async def copy_range(
     high: int,
     *,
     direct: bool,
-) -> tuple[int, bytes]:
+) -> Copied:
     """Copy the legacy rows ``(low, high]`` into ``documents`` inside the caller's target
-    transaction; returns the rows copied and the digest of the binary stream that left the
-    legacy database (:mod:`~docstore.migrate.digest`, in ``ctx.fold_embeddings``' form).
+    transaction; returns the rows copied, the digest of the binary stream that left the
+    legacy database (:mod:`~docstore.migrate.digest`, in ``ctx.fold_embeddings``' form) and
+    the rows deleted.
     ``direct``: COPY straight into ``documents`` (a key collision falls back to staging);
     otherwise upsert through the staging table and delete the range's migrated
     rows the legacy range no longer has.
@@ -140,13 +157,13 @@ async def _copy_range(
     high: int,
     *,
     direct: bool,
-) -> tuple[int, bytes]:
+) -> Copied:
     query = legacy.documents_copy_query("$1", ctx.embedding_dim, legacy.sizes_vectors(src))
     args = (ctx.doc_type, low, high)
     if direct:
         try:
             async with transaction(tgt):  # a savepoint: fall back on a key collision
-                return await _hashed_pipe(ctx, src, query, args, tgt, "documents")
+                return Copied(*await _hashed_pipe(ctx, src, query, args, tgt, "documents"))
         except asyncpg.PostgresError as exc:  # Citus: a worker's violation is XX000
             if not is_unique_violation(exc):
                 raise
@@ -161,8 +178,8 @@ async def _copy_range(
     # hash_mem_multiplier); above it (~40,000 keys at the default 4 MB, a large --chunk-rows)
     # PostgreSQL rescans them for every row. For this chunk's transaction only.
     await tgt.execute("SET LOCAL work_mem = '256MB'")
-    await tgt.execute(_DELETE_RANGE_NOT_STAGED, ctx.doc_type, low, high)
-    return n, sent
+    status = await tgt.execute(_DELETE_RANGE_NOT_STAGED, ctx.doc_type, low, high)
+    return Copied(n, sent, int(status.split()[-1]))
 
 
 async def _hashed_pipe(
@@ -215,6 +232,7 @@ async def copy_documents(
     """
     chunks = await plan_chunks(src, ctx.chunk_rows)
     done = await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
+    done = await checkpoints.still_held(tgt, ctx.doc_type, done)
     existing = await tgt.fetchval(
         "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
     )
@@ -315,7 +333,7 @@ async def _copy_chunk(
     """One chunk in one target transaction with its checkpoint; handed to the verifier once
     committed."""
     async with transaction(tgt):
-        n, sent = await copy_range(ctx, src, tgt, low, high, direct=direct)
+        n, sent, _ = await copy_range(ctx, src, tgt, low, high, direct=direct)
         if n != rows:
             raise MigrationError(f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}")
         facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)

@@ -29,7 +29,7 @@ async def delta_documents(
     verifier: StreamVerifier | None = None,
 ) -> int:
     """Re-copy what the legacy database changed since each range was copied; returns the
-    documents re-copied."""
+    documents re-copied or deleted."""
     ranges = []
     done = await checkpoints.load(tgt, ctx.run_id)
     for c in done:
@@ -42,8 +42,9 @@ async def delta_documents(
     # Rows deleted from the end of the legacy table are beyond every range. A copy into an
     # empty target wrote no legacy id above its last range: then only a shrunk table leaves
     # any (the statement scans every document: ~13 ms for 4,133 x 3,072).
+    changed = 0
     if newest < last or not ctx.copied_into_empty:
-        await tgt.execute(
+        status = await tgt.execute(
             "DELETE FROM documents WHERE doc_type = $1"
             " AND metadata->>'migrated_from' = 'rust_docs_vectors'"
             " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
@@ -51,26 +52,27 @@ async def delta_documents(
             ctx.doc_type,
             newest,
         )
-    recopied = 0
+        if newest < last:  # deleted during the copy (else: left by an earlier run)
+            changed += int(status.split()[-1])
     for low, high in ranges:
         # one snapshot per range: the rows copied, their count and their stamp agree
         async with (
             transaction(src, isolation="repeatable_read", readonly=True),
             transaction(tgt),
         ):
-            n, sent = await copy_range(ctx, src, tgt, low, high, direct=False)
+            n, sent, deleted = await copy_range(ctx, src, tgt, low, high, direct=False)
             facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
             assert facts is not None
             await checkpoints.record(tgt, ctx.run_id, low, high, facts["rows"], facts["stamp"])
-        recopied += n
+        changed += n + deleted
         if verifier is not None:
             verifier.total_rows += n
+            # a range every row of which was deleted has no ids (array_agg of none is NULL)
+            ids = list(facts["ids"] or ())
             verifier.submit(
-                StreamedRange(
-                    low, high, facts["rows"], facts["stamp"] or "", sent, list(facts["ids"])
-                )
+                StreamedRange(low, high, facts["rows"], facts["stamp"] or "", sent, ids)
             )
-    return recopied
+    return changed
 
 
 async def delta_small_tables(

@@ -310,6 +310,10 @@ def row_digest_sql(
     """A text digest of one document row, identical on both sides when the row survived:
     the :data:`DIGEST_FIELDS`, joined by ``|`` (none of the parts can contain one).
 
+    ``created_at`` is formatted with its era (``to_char`` alone prints 6 BC as 0006) and
+    ``infinity`` / ``-infinity`` as themselves (``to_char`` gives NULL for them, which
+    hashed like a NULL timestamp); neither form depends on the session's DateStyle.
+
     The embedding is hashed in pgvector's binary form (``vector_send``): the exact float bits,
     and ~10x cheaper than formatting 3,072 floats as text. ``meta_crate_expr`` is ``'='``
     when ``metadata.crate_name`` is the row's crate (always, on the legacy side: no second
@@ -319,7 +323,9 @@ def row_digest_sql(
     return (
         f"concat_ws('|', {id_expr}, md5({crate_expr}), md5(doc_path), md5(content),"
         " coalesce(token_count::text, '-'),"
-        " coalesce(to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), '-'),"
+        " coalesce(CASE WHEN isfinite(created_at)"
+        " THEN to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US BC') ELSE created_at::text END,"
+        " '-'),"
         f" coalesce(md5(vector_send({embedding_expr})), '-'),"
         f" coalesce({crate_id_expr}, '-'), {meta_crate_expr})"
     )

@@ -167,16 +167,21 @@ class StreamVerifier:
             logger.info("one streaming verification reader fewer: %s", exc)
 
     async def _run(self) -> None:
+        served = False  # the stop marker was taken: serving again would wait forever
         try:
             async with self.store.acquire() as conn:
                 await self._serve(conn)
-                return
+                served = True
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             _stop_if_cancelled(exc)
+            if served:  # giving the connection back failed, after every range was done
+                logger.info("streaming verification reader: releasing its connection: %s", exc)
+                return
             # never fails the copy: the ranges stay unverified, validation reads them again
             self.failed = f"{type(exc).__name__}"
             logger.warning("streaming verification stopped (%s): validation re-reads", exc)
-        await self._serve(None)  # let drain() return: the ranges are marked done, unverified
+        if not served:
+            await self._serve(None)  # let drain() return: the ranges are done, unverified
 
     async def _serve(self, conn: asyncpg.Connection | None) -> None:
         """Verify queued ranges until the stop marker (``None``)."""

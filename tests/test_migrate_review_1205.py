@@ -1,0 +1,106 @@
+"""Regression tests of migration defects a review found on 2026-12-05: a re-run after the
+target's migrated rows were deleted, a repair that never converged on -0.0, infinite
+timestamps the row digest could not tell from NULL, a re-copied range that became empty."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import docstore
+from docstore.migrate import Migrator
+from tests.conftest import PgCluster
+from tests.legacy_db import legacy_database, legacy_execute, legacy_fetch
+
+DOCS = 60
+CHUNK = 20  # 3 chunks: (0, 20], (20, 40], (40, 60]
+
+
+@pytest.fixture
+def legacy_url(pg: PgCluster) -> Iterator[str]:
+    yield from legacy_database(pg, crates=4, docs=DOCS)
+
+
+async def _target_count(url: str, where: str = "TRUE") -> int:
+    async with docstore.connect(url) as store:
+        return int(await store.fetchval(f"SELECT count(*) FROM documents WHERE {where}"))
+
+
+@pytest.mark.parametrize(
+    ("deleted", "skipped"),
+    [
+        ("TRUE", 0),  # everything: the doc_type is empty again
+        ("(metadata->>'legacy_id')::int BETWEEN 25 AND 31", 2),  # part of one chunk
+    ],
+)
+async def test_a_rerun_copies_again_the_migrated_rows_deleted_from_the_target(
+    legacy_url: str, database_url: str, deleted: str, skipped: int
+) -> None:
+    """Before: the checkpoints and legacy stamps still held, so every chunk was skipped and,
+    without validation, the target stayed without the deleted rows."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(f"DELETE FROM documents WHERE doc_type = 'rust' AND {deleted}")
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK, validate=False) as m:
+        report = await m.run()
+        assert report.skipped_chunks == skipped
+        assert (await m.validate()).ok
+    assert await _target_count(database_url) == DOCS
+
+
+def _set_first_element(value: str) -> str:
+    return (
+        "UPDATE doc_embeddings SET embedding = array_cat(ARRAY['" + value + "'::real],"
+        " (embedding::real[])[2:3072])::vector WHERE id = 5"
+    )
+
+
+async def test_a_legacy_vector_changed_from_zero_to_minus_zero_is_repaired_and_converges(
+    legacy_url: str, database_url: str
+) -> None:
+    """Before: the upsert from staging compared vectors with pgvector's = (0.0 = -0.0), so
+    the repair never wrote the change validation kept finding."""
+    await legacy_execute(legacy_url, _set_first_element("0"))
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    await legacy_execute(legacy_url, _set_first_element("-0"))
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        report = await m.run()
+        assert report.ok, report.validation.problems() if report.validation else report
+        assert (await m.validate()).ok
+    (legacy_bytes,) = await legacy_fetch(
+        legacy_url, "SELECT vector_send(embedding) FROM doc_embeddings WHERE id = 5"
+    )
+    async with docstore.connect(database_url) as store:
+        stored = await store.fetchval(
+            "SELECT vector_send(embedding) FROM documents WHERE metadata->>'legacy_id' = '5'"
+        )
+    assert stored == legacy_bytes[0]
+
+
+@pytest.mark.parametrize("stored", ["infinity", "-infinity"])
+async def test_full_validation_tells_an_infinite_timestamp_from_null(
+    legacy_url: str, database_url: str, stored: str
+) -> None:
+    """Before: ``to_char`` made ±infinity hash like NULL, so a target row holding NULL
+    where the legacy row said infinity passed full validation."""
+    other = None
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET created_at = $1::text::timestamp WHERE id = 5",
+        stored,
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "UPDATE documents SET created_at = $1::text::timestamp"
+            " WHERE metadata->>'legacy_id' = '5'",
+            other,
+        )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        found = await m.validate()
+        assert [x.legacy_id for x in found.mismatches] == [5]
+        assert (await m.run()).ok  # and the repair restores it
