@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 MAX_METADATA_BYTES = 1_000_000
@@ -156,3 +157,16 @@ def metadata_json(value: Mapping[str, Any]) -> str:
     if len(text) > MAX_METADATA_BYTES:
         raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
     return text
+
+
+def indexed_text_bytes(value: Any) -> int:
+    """UTF-8 bytes of ``metadata->>'key'`` for a metadata value (what an expression index on
+    it holds): a string as is, a number as jsonb prints it (``1e300`` in full), anything
+    else as JSON text; 0 for None (SQL NULL)."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, float) and math.isfinite(value):
+        return len(format(Decimal(repr(value)), "f"))
+    return len(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8"))

@@ -397,3 +397,24 @@ async def test_a_single_upsert_racing_deletes_always_returns_the_stored_row(
     finally:
         stop = True
         await task
+
+
+async def test_a_legacy_id_the_index_cannot_hold_writes_nothing_of_the_list(
+    store: docstore.Store,
+) -> None:
+    good = Document(source_name="s", doc_path="a", content="c", metadata={"legacy_id": "1"})
+    bad = Document(source_name="s", doc_path="b", content="c", metadata={"legacy_id": "1"})
+    bad.metadata["legacy_id"] = "".join(chr(0x4E00 + i % 2000) for i in range(1000))
+    with pytest.raises(ValidationError, match=r"row 1: .*legacy_id takes"):
+        await store.documents.upsert_many([good, bad], batch_size=1)
+    assert await store.documents.count() == 0
+    # the longest that fits is stored and found through the index
+    fits = Document(source_name="s", doc_path="c", content="c", metadata={"legacy_id": "x" * 2596})
+    assert (await store.documents.upsert_many([fits])).inserted == 1
+    assert (
+        await store.fetchval(
+            "SELECT count(*) FROM documents WHERE doc_type = 'rust' AND metadata->>'legacy_id' = $1",
+            "x" * 2596,
+        )
+        == 1
+    )

@@ -13,6 +13,7 @@ from pgvector import HalfVector, SparseVector, Vector
 from docstore import Document, Source
 from docstore.errors import ValidationError
 from docstore.models import MAX_HALF_PRECISION_ERROR, half_precision_problem, query_vector
+from docstore.storable import indexed_text_bytes
 from tests.conftest import unit_vector
 
 
@@ -267,3 +268,24 @@ def test_embedding_messages_never_contain_a_value() -> None:
         with pytest.raises(ValidationError) as info:
             doc(embedding=bad)
         assert "1234" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "legacy_id",
+    ["x" * 2600, "é" * 1300, ["y" * 1300, "z" * 1300]],
+    ids=["ascii", "utf8", "list"],
+)
+def test_a_legacy_id_too_long_for_its_index_is_refused_before_the_database_sees_it(
+    legacy_id: object,
+) -> None:
+    """Review of 2026-12-05: it passed validation and failed on the btree index of
+    ``(doc_type, metadata->>'legacy_id')`` with an untyped QueryError."""
+    with pytest.raises(ValidationError, match="metadata legacy_id takes"):
+        Document(source_name="s", doc_path="p", content="c", metadata={"legacy_id": legacy_id})
+    doc = Document(source_name="s", doc_path="p", content="c", metadata={"legacy_id": 7})
+    doc.metadata["legacy_id"] = legacy_id  # edited in place: caught before the write
+    with pytest.raises(ValidationError, match="metadata legacy_id takes"):
+        doc.seal()
+    short = Document(source_name="s", doc_path="p", content="c", metadata={"legacy_id": "x" * 2500})
+    assert short.metadata["legacy_id"] == "x" * 2500
+    assert indexed_text_bytes(1e300) == 301  # as jsonb prints it: every digit
