@@ -166,18 +166,19 @@ class Database:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def reload(self, url: str | None = None) -> None:
+    async def reload(self, url: str | None = None, *, database_read_url: str | None = None) -> None:
         """Pick up a new database URL without dropping work in flight (credential rotation).
 
         Re-reads ``DATABASE_URL`` / ``MCPDOCS_DATABASE_URL`` / ``DATABASE_READ_URL`` from the
-        environment (``url`` wins, as in :func:`~docstore.connect`), checks that the new
+        environment (``url`` wins, as in :func:`~docstore.connect`: it is paired with no
+        replica but ``database_read_url``, never with ``DATABASE_READ_URL``), checks that the new
         primary accepts a connection and has a compatible schema, then points the pools at
         the new URLs: connections checked out now finish their queries and are replaced when
         released, idle ones are replaced at their next use. Other settings (pool sizes,
         timeouts) need a new store. Raises like :func:`~docstore.connect`; on failure the store
         keeps its old URLs.
         """
-        await reload_pools(self._pool_set, self._router, self.embedding_dim, url)
+        await reload_pools(self._pool_set, self._router, self.embedding_dim, url, database_read_url)
         await self._shards.repoint()
 
     # -- guards & errors ---------------------------------------------------------------------

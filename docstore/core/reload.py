@@ -25,13 +25,17 @@ logger = logging.getLogger("docstore")
 
 
 async def reload_pools(
-    pools: Pools, router: ReplicaRouter, embedding_dim: int, url: str | None = None
+    pools: Pools,
+    router: ReplicaRouter,
+    embedding_dim: int,
+    url: str | None = None,
+    read_url: str | None = None,
 ) -> None:
     """Re-read the URLs (``url`` wins), check the new primary, then re-point ``pools``.
 
     See :meth:`docstore.core.database.Database.reload`. On failure nothing changes.
     """
-    settings = load_settings()
+    settings = load_settings(**({} if read_url is None else {"database_read_url": read_url}))
     resolved, source = resolve_url(settings, url)
     if resolved is None:
         if pools.url_source is not UrlSource.EMBEDDED:
@@ -40,7 +44,10 @@ async def reload_pools(
                 " or pass reload(url=...)"
             )
         resolved = await embedded.embedded_url(settings.embedded_dir)
-    writes, reads = split_read_write(settings, resolved)
+    # as connect(): an explicit url is not paired with DATABASE_READ_URL (it names the
+    # replica of the environment's database, maybe another one), only with read_url
+    explicit = source is UrlSource.ARGUMENT and read_url is None
+    writes, reads = split_read_write(settings, resolved, read_url=not explicit)
     secrets = url_secrets(writes, reads)
     try:
         conn = await asyncpg.connect(writes, **pools.primary.connect_kwargs)

@@ -19,6 +19,7 @@ import pytest
 import docstore
 import docstore.sync
 from docstore import DatabaseUnavailableError
+from docstore.config import with_database
 from docstore.embedded import EmbeddedServer
 from tests.conftest import add_scram_role, sample_documents, unit_vector
 from tests.replica import (  # noqa: F401 - fixtures
@@ -224,6 +225,22 @@ async def test_reload_picks_up_a_rotated_password_without_dropping_queries(
         results = await asyncio.gather(*(store.fetchval("select 1") for _ in range(8)))
         assert results == [1] * 8
         assert "second-secret" not in repr(store) and "***" in store.url
+
+
+async def test_reload_with_an_explicit_url_takes_no_replica_from_the_environment(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of 2026-12-05: reload(url=...) paired the URL with DATABASE_READ_URL, which
+    connect(url) does not (it names the environment's database's replica, maybe another
+    database's); database_read_url= pairs it explicitly, as with connect."""
+    monkeypatch.setenv("DATABASE_READ_URL", with_database(database_url, "no_such_database"))
+    async with docstore.connect(database_url) as store:
+        assert store.read_url is None
+        await store.reload(url=database_url)
+        assert store.read_url is None and await store.fetchval("select 1") == 1
+        await store.reload(url=database_url, database_read_url=database_url)
+        assert store.read_url is not None
+        assert await store.documents.count() == 0  # a read, on the "replica"
 
 
 async def test_reload_without_a_url_to_move_to_keeps_the_store_where_it_is(
