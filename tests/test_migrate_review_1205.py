@@ -5,6 +5,7 @@ timestamps the row digest could not tell from NULL, a re-copied range that becam
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -104,3 +105,25 @@ async def test_full_validation_tells_an_infinite_timestamp_from_null(
         found = await m.validate()
         assert [x.legacy_id for x in found.mismatches] == [5]
         assert (await m.run()).ok  # and the repair restores it
+
+
+async def test_a_rollback_through_a_legacy_store_writes_into_a_frozen_legacy_database(
+    legacy_url: str, database_url: str, pg: PgCluster
+) -> None:
+    """Before: with the legacy database given as a Store, ``writable`` was ignored, so the
+    rollback failed on a legacy database frozen for the cutover (docs/cutover.md) where it
+    succeeds given a URL."""
+    name = urlsplit(legacy_url).path.lstrip("/")
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    await pg.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        async with (
+            docstore.connect(legacy_url, migrate=False) as legacy,
+            Migrator(legacy, database_url, chunk_rows=CHUNK) as back,
+        ):
+            assert (await back.rollback()).documents == DOCS
+            # the pooled connection went back as it came: read-only again
+            assert await legacy.fetchval("SHOW default_transaction_read_only") == "on"
+    finally:
+        await pg.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")

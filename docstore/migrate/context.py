@@ -121,8 +121,10 @@ async def open_legacy(
     }
     if isinstance(source, Store):
         async with source.acquire() as pooled:
-            if not writable:
-                await pooled.execute("SET default_transaction_read_only = on")
+            # (the pool resets the session when the connection goes back)
+            await pooled.execute(
+                f"SET default_transaction_read_only = {settings['default_transaction_read_only']}"
+            )
             yield pooled
         return
     try:
