@@ -84,9 +84,9 @@ class Pool:
     """One asyncpg pool and what it was opened with (so a reload can re-point it)."""
 
     role: Role
-    pool: asyncpg.Pool
-    url: str
-    connect_kwargs: dict[str, Any] = field(default_factory=dict)
+    pool: asyncpg.Pool = field(repr=False)
+    url: str = field(repr=False)  # its password: shown redacted (__repr__)
+    connect_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     init: Any = None
     """The pool's ``init`` (codec registration), reused for a replica pool."""
     connection_class: type[asyncpg.Connection] = asyncpg.Connection
@@ -95,6 +95,9 @@ class Pool:
     @property
     def redacted(self) -> str:
         return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"Pool(role={self.role!r}, url={self.redacted!r})"
 
 
 async def create_pool(
@@ -154,7 +157,7 @@ class Pools:
     primary: Pool
     replica: Pool | None
     url_source: UrlSource
-    secrets: tuple[str, ...]
+    secrets: tuple[str, ...] = field(repr=False)
 
     def all(self) -> list[Pool]:
         return [self.primary] + ([self.replica] if self.replica else [])

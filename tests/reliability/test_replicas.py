@@ -225,6 +225,9 @@ async def test_reload_picks_up_a_rotated_password_without_dropping_queries(
         results = await asyncio.gather(*(store.fetchval("select 1") for _ in range(8)))
         assert results == [1] * 8
         assert "second-secret" not in repr(store) and "***" in store.url
+        # nor in the private parts a debugger or a traceback's locals would show
+        parts = repr((store._db._pool_set, store._pools()))
+        assert "second-secret" not in parts and "first-secret" not in parts and "***" in parts
 
 
 async def test_reload_with_an_explicit_url_takes_no_replica_from_the_environment(
