@@ -413,7 +413,8 @@ async def test_a_legacy_id_the_index_cannot_hold_writes_nothing_of_the_list(
     assert (await store.documents.upsert_many([fits])).inserted == 1
     assert (
         await store.fetchval(
-            "SELECT count(*) FROM documents WHERE doc_type = 'rust' AND metadata->>'legacy_id' = $1",
+            "SELECT count(*) FROM documents"
+            " WHERE doc_type = 'rust' AND metadata->>'legacy_id' = $1",
             "x" * 2596,
         )
         == 1
