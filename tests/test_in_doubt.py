@@ -138,3 +138,19 @@ async def test_retry_in_doubt_false_raises_without_a_replay(
         with pytest.raises(DatabaseUnavailableError, match="may or may not have been applied"):
             await store.run(lambda conn: conn.fetchval("SELECT 1"), retry_in_doubt=False)
         assert left["n"] == 0
+
+
+async def test_retry_in_doubt_true_runs_work_promised_idempotent_again_as_is(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _connect(database_url) as store:
+        await store.execute("CREATE TABLE flags (k text PRIMARY KEY)")
+        left = _break(monkeypatch, "execute", "INSERT")
+
+        async def set_flag(conn: asyncpg.Connection) -> str:
+            return str(await conn.execute("INSERT INTO flags VALUES ('x') ON CONFLICT DO NOTHING"))
+
+        assert await store.run(set_flag, retry_in_doubt=True) == "INSERT 0 0"  # ran twice
+        assert left["n"] == 0
+        monkeypatch.undo()
+        assert await store.fetchval("SELECT count(*) FROM flags") == 1

@@ -257,10 +257,11 @@ class Database:
         (:func:`docstore.schema.citus.distribute`); raises :class:`SchemaError` elsewhere.
         """
         self.ensure_writable()
-        applied = await self.run(
+        applied = await self.run(  # versioned, under a lock: safe to run again as is
             lambda conn: runner.apply_migrations(
                 conn, embedding_dim=self.embedding_dim, distributed=distributed
-            )
+            ),
+            retry_in_doubt=True,
         )
         if applied or distributed:  # open connections were set up before (maybe without
             # pgvector's codecs, or without the database's Citus defaults)
@@ -281,7 +282,9 @@ class Database:
         existing role is updated only if it cannot write. See
         :func:`docstore.readonly.create_reader_role`."""
         self.ensure_writable()
-        await self.run(lambda conn: create_reader_role(conn, name, password))
+        await self.run(  # creates the role or brings it to the same state: safe twice
+            lambda conn: create_reader_role(conn, name, password), retry_in_doubt=True
+        )
 
     # -- reports (docstore.core.health) ------------------------------------------------------
     health = delegate(Reporter.health, "_reporter")

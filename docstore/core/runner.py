@@ -100,7 +100,7 @@ class Runner:
         stateless: bool = False,
         read: bool = False,
         shard: str | None = None,
-        retry_in_doubt: bool = True,
+        retry_in_doubt: bool | Literal["read_only"] = "read_only",
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -118,19 +118,20 @@ class Runner:
         configured: the user sent reads away from the primaries, the workers' included.
 
         A connection lost while ``work`` ran leaves it in doubt: the server may have applied
-        it. It is then run again only with every transaction read-only
-        (:mod:`docstore.core.doubt`): a read answers, and work that would write raises
-        :class:`DatabaseUnavailableError` saying it may or may not have been applied — it is
-        never applied twice. ``retry_in_doubt=False``: raise that error at once, without the
-        read-only attempt. Failures before ``work`` was handed a connection, or that the
-        server answered, are retried as usual.
+        it. By default (``retry_in_doubt="read_only"``) it is then run again only with every
+        transaction read-only (:mod:`docstore.core.doubt`): a read answers, and work that would
+        write raises :class:`DatabaseUnavailableError` saying it may or may not have been
+        applied — it is never applied twice. ``retry_in_doubt=True`` promises that running
+        ``work`` twice does no harm (a versioned schema migration): it is retried as is.
+        ``retry_in_doubt=False``: raise that error at once. Failures before ``work`` was handed
+        a connection, or that the server answered, are retried as usual.
         """
-        if self._settings.read_only:  # nothing can write: running it again is always safe
-            on_doubt: _OnDoubt[T] = _retry_as_is
-        elif retry_in_doubt:
-            on_doubt = self._read_only_replay
+        if retry_in_doubt is False:
+            on_doubt: _OnDoubt[T] = self._refuse
+        elif retry_in_doubt is True or self._settings.read_only:  # safe to run it again
+            on_doubt = _retry_as_is
         else:
-            on_doubt = self._refuse
+            on_doubt = self._read_only_replay
         return await self._run(work, on_doubt, stateless=stateless, read=read, shard=shard)
 
     @timed("run_in_transaction")
