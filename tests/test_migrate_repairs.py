@@ -114,7 +114,9 @@ async def test_a_legacy_id_held_twice_in_the_target_is_named_and_repaired(
             (7, "old/path.html", "extra in target")
         ]
         report = await m.run()
-    assert report.ok and report.repaired_documents >= 1
+    # the range holding it no longer matches its checkpoint (26 rows for 25): copied again
+    # through staging, which drops the old key, so there is nothing left to repair
+    assert report.ok and report.skipped_chunks == 4 and report.repaired_documents == 0
     rows = await target_fetch(
         database_url,
         "SELECT source_name, doc_path FROM documents WHERE metadata->>'legacy_id' = '7'",
