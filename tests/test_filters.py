@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -150,3 +151,65 @@ def test_marked_string_values_never_reach_the_sql_text(value: str, op: str) -> N
 def test_nul_byte_in_a_metadata_key_is_a_filter_error() -> None:
     with pytest.raises(FilterError, match="NUL"):
         build_filter({"metadata.a\x00b": {"$exists": True}})
+
+
+@pytest.mark.parametrize("op", ["$eq", "$ne"])
+def test_a_tuple_operand_is_a_list_compared_for_equality_not_containment(op: str) -> None:
+    """(\"a\",) is the JSON list ["a"]: the GIN containment narrows, equality decides — a
+    document tagged ["a", "b"] is not equal to it."""
+    as_list = build_filter({"metadata.tags": {op: ["a"]}})
+    assert build_filter({"metadata.tags": {op: ("a",)}}) == as_list
+    sql, params = as_list
+    assert "(d.metadata #> $2::text[]) = $3::jsonb" in sql
+    assert params == ['{"tags": ["a"]}', ["tags"], '["a"]']
+
+
+def test_a_plain_tuple_or_nested_tuple_value_means_equality_too() -> None:
+    assert build_filter({"metadata.tags": ("a", "b")}) == build_filter(
+        {"metadata.tags": ["a", "b"]}
+    )
+    assert build_filter({"metadata.a": {"b": ("x",)}}) == build_filter({"metadata.a": {"b": ["x"]}})
+
+
+def test_a_plain_datetime_or_date_is_a_timestamp_value() -> None:
+    when = datetime(2026, 1, 1, 12)
+    assert build_filter({"created_at": when}) == ("d.created_at = $1", [when])
+    aware = datetime(2026, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))
+    assert build_filter({"updated_at": aware}) == ("d.updated_at = $1", [when])
+    day = date(2026, 1, 1)
+    assert build_filter({"created_at": {"$ne": day}}) == (
+        "d.created_at IS DISTINCT FROM $1",
+        [day],
+    )
+    assert build_filter({"created_at": day}) == ("d.created_at = $1", [day])
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"token_count": datetime(2026, 1, 1)},
+        {"source_name": date(2026, 1, 1)},
+        {"metadata.when": datetime(2026, 1, 1)},  # metadata holds JSON: no datetimes
+    ],
+)
+def test_a_datetime_for_a_field_that_holds_no_timestamps_is_refused(flt: Any) -> None:
+    with pytest.raises(FilterError):
+        build_filter(flt)
+
+
+@pytest.mark.parametrize("segment", ["0", "12", "-1", "+1", " 1", "\t-2"])
+def test_every_segment_postgresql_reads_as_an_array_index_uses_the_path_operator(
+    segment: str,
+) -> None:
+    """Containment ({"tags": {"-1": v}}) only ever matches an object key, while #> reads
+    "-1", "+1" and " 1" as array subscripts (as $in, $gt and $exists do): $eq must agree."""
+    sql, params = build_filter({f"metadata.tags.{segment}": "b"})
+    assert sql == "coalesce((d.metadata #> $1::text[]) = $2::jsonb, false)"
+    assert params == [["tags", segment], '"b"']
+
+
+@pytest.mark.parametrize("segment", ["1 ", "x1", "--1", "1e3", "+-1"])
+def test_other_segments_are_object_keys_matched_by_containment(segment: str) -> None:
+    sql, params = build_filter({f"metadata.tags.{segment}": "b"})
+    assert sql == "d.metadata @> $1::jsonb"
+    assert params == [json.dumps({"tags": {segment: "b"}})]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -256,3 +257,57 @@ async def test_decimal_comparisons_and_list_equality_mean_what_they_say(
     assert await paths({"metadata.tags.0": "a"}) == ["p1", "p2"]
     assert await paths({"metadata.tags.1": {"$ne": "b"}}) == ["p2", "p3"]
     assert await paths({"metadata.tags": {"$contains": "a"}}) == ["p1", "p2"]
+
+
+async def test_tuple_operands_mean_list_equality_and_array_subscripts_agree(
+    store: docstore.Store,
+) -> None:
+    """A tuple is the JSON list it serializes to: $eq/$ne compare it for equality, never
+    containment (("a",) is not ["a", "b"]). A path segment PostgreSQL reads as an array
+    subscript ("-1": the last element, "+1", " 1") means the same to $eq as to $in."""
+    tags = {"p1": ["a", "b"], "p2": ["a"], "p3": [], "p4": {"-1": "b", "+1": "b", " 1": "b"}}
+    await store.documents.upsert_many(
+        [
+            Document(source_name="s", doc_path=k, content=k, metadata={"tags": t})
+            for k, t in tags.items()
+        ]
+    )
+
+    async def paths(flt: Any) -> list[str]:
+        sql, params = build_filter(flt)
+        found = await store.fetch(f"select doc_path from documents d where {sql}", *params)
+        return sorted(r["doc_path"] for r in found)
+
+    assert await paths({"metadata.tags": ("a",)}) == ["p2"]
+    assert await paths({"metadata.tags": {"$eq": ("a",)}}) == ["p2"]
+    assert await paths({"metadata.tags": {"$ne": ("a",)}}) == ["p1", "p3", "p4"]
+    assert await paths({"metadata.tags": ("a", "b")}) == ["p1"]
+    assert await paths({"metadata.tags": ()}) == ["p3"]
+    for segment in ("-1", "+1", " 1"):
+        key = f"metadata.tags.{segment}"
+        expected = await paths({key: {"$in": ["b"]}})
+        assert expected == ["p1", "p4"], segment
+        assert await paths({key: "b"}) == expected, segment
+        assert await paths({key: {"$ne": "b"}}) == ["p2", "p3"], segment
+    assert await paths({"metadata.tags.-1": "a"}) == ["p2"]
+
+
+async def test_a_plain_datetime_filters_a_timestamp_column(store: docstore.Store) -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5)
+    await store.documents.upsert_many(
+        [
+            Document(source_name="s", doc_path="then", content="x", created_at=when),
+            Document(source_name="s", doc_path="now", content="x"),
+        ]
+    )
+
+    async def paths(flt: Any) -> list[str]:
+        sql, params = build_filter(flt)
+        found = await store.fetch(f"select doc_path from documents d where {sql}", *params)
+        return sorted(r["doc_path"] for r in found)
+
+    assert await paths({"created_at": when}) == ["then"]
+    aware = datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    assert await paths({"created_at": aware}) == ["then"]
+    assert await paths({"created_at": {"$ne": when}}) == ["now"]
+    assert await paths({"created_at": {"$lt": date(2026, 1, 3)}}) == ["then"]

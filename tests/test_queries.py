@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from docstore.errors import FilterError, ValidationError
@@ -324,3 +325,38 @@ def test_longer_or_unstorable_text_queries_are_refused_before_any_sql_is_built(
     with pytest.raises(ValidationError, match=message) as info:
         text_search_sql(text, limit=5)  # type: ignore[arg-type]
     assert info.value.field == "text"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "message"),
+    [
+        ({"m": "16"}, "m", "m must be an integer from 2 to 100"),
+        ({"m": 16.0}, "m", "m must be an integer"),
+        ({"m": 16.5}, "m", "m must be an integer"),
+        ({"m": True}, "m", "m must be an integer"),
+        ({"m": None}, "m", "m must be an integer"),
+        ({"ef_construction": "64"}, "ef_construction", "ef_construction must be an integer"),
+        ({"ef_construction": 64.0}, "ef_construction", "ef_construction must be an integer"),
+        ({"ef_construction": False}, "ef_construction", "ef_construction must be an integer"),
+        ({"ef_construction": 1001}, "ef_construction", "from 4 to 1000"),
+        ({"m": 16, "ef_construction": 31}, "ef_construction", r"at least 2 × m \(32\)"),
+        ({"concurrently": "no"}, "concurrently", "concurrently must be True or False"),
+        ({"concurrently": 0}, "concurrently", "concurrently must be True or False"),
+        ({"concurrently": None}, "concurrently", "concurrently must be True or False"),
+    ],
+)
+def test_index_ddl_refuses_parameters_of_the_wrong_type_with_a_validation_error(
+    kwargs: dict[str, Any], field: str, message: str
+) -> None:
+    args = {"dim": 3072, "m": 16, "ef_construction": 64, "concurrently": True, **kwargs}
+    with pytest.raises(ValidationError, match=message) as info:
+        create_vector_index_sql(metric_name="cosine", **args)
+    assert info.value.field == field
+
+
+def test_index_ddl_takes_numpy_integers_and_the_range_ends() -> None:
+    for m, ef in ((2, 4), (100, 1000), (np.int64(8), np.int32(16))):
+        sql = create_vector_index_sql(
+            dim=2000, metric_name="l2", m=m, ef_construction=ef, concurrently=False
+        )
+        assert sql.endswith(f"WITH (m = {int(m)}, ef_construction = {int(ef)})")

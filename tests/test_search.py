@@ -19,6 +19,7 @@ import pytest
 
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
+from docstore.models import MAX_KEY_BYTES
 from docstore.search import filter_size, planner, queries, text_sql, tuning
 from tests.conftest import PgCluster
 
@@ -769,3 +770,50 @@ async def test_a_filters_count_that_runs_long_gives_way_to_the_sample(
             return late, quick, await conn.fetchval("SELECT 7")
 
     assert await store.run(counts) == (None, 1.0, 7)
+
+
+async def test_a_stored_key_over_the_write_limit_is_still_read_back_by_every_search(
+    store: docstore.Store,
+) -> None:
+    """A row written around validation (a migration's SQL copy) whose key takes more than
+    MAX_KEY_BYTES but fits PostgreSQL's index: searches return it, hybrid included —
+    reading back never re-checks stored data against the write-time limits."""
+    source, path = "€" * 200, "p" * 2048  # 4 + 600 + 2,048 = 2,652 bytes with "rust"
+    assert MAX_KEY_BYTES < sum(len(s.encode()) for s in ("rust", source, path)) < 2704
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[0] = 1
+    await store.execute(
+        "INSERT INTO documents (doc_type, source_name, doc_path, content, embedding)"
+        " VALUES ('rust', $1, $2, 'a needle in the haystack', $3)",
+        source,
+        path,
+        vector,
+    )
+    for results in (
+        await store.search(vector, limit=5),
+        await store.search_text("needle", limit=5),
+        await store.hybrid_search("needle", vector, limit=5),
+    ):
+        assert [(h.source_name, h.doc_path) for h in results] == [(source, path)]
+    hit = (await store.hybrid_search("needle", vector, limit=5))[0]
+    assert hit.ranks == {"vector": 1, "text": 1} and hit.text_rank and hit.score
+    assert hit.similarity == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"concurrently": "no"}, "concurrently"),
+        ({"m": "16"}, "m"),
+        ({"m": 16.0}, "m"),
+        ({"ef_construction": True}, "ef_construction"),
+        ({"m": 64}, "ef_construction"),  # the default 64 < 2 × m
+    ],
+)
+async def test_create_vector_index_refuses_bad_options_before_building(
+    store: docstore.Store, options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await store.create_vector_index(calibrate=False, **options)
+    assert info.value.field == field
+    assert await store.vector_indexes() == []

@@ -4,11 +4,16 @@ Fields are the columns ``doc_type, source_name, doc_path, token_count, created_a
 updated_at`` and metadata paths ``"metadata.crate_version"`` / ``"metadata.a.b"``.
 Operators: ``$eq $ne $lt $lte $gt $gte $in $nin $between $exists $like $ilike $contains``,
 combined with ``$and $or $not``; a plain value means ``$eq`` and several keys in one object
-mean AND. Every value *and every metadata key* is a bound parameter: nothing from the filter
-enters the SQL text except the fixed column names of the whitelist. numpy's integers and floats
-count as the Python numbers they hold. Anything unknown or mis-shaped raises
-:class:`~docstore.errors.FilterError`, as does a filter needing more bound values than a
-statement can take (:data:`MAX_PARAMETER`) or a datetime UTC moves out of range.
+mean AND. A list (a tuple is one), or an object, given to ``$eq``/``$ne`` is compared for
+equality with the stored JSON, never containment (``["a"]`` does not equal ``["a", "b"]``: use
+``$contains`` for that). A metadata path segment PostgreSQL reads as an integer (``tags.0``,
+``tags.-1``: the last element) indexes an array, for every operator. A timestamp column takes
+a plain date or datetime too (an aware one as naive UTC). Every value *and every metadata key*
+is a bound parameter: nothing from the filter enters the SQL text except the fixed column names
+of the whitelist. numpy's integers and floats count as the Python numbers they hold. Anything
+unknown or mis-shaped raises :class:`~docstore.errors.FilterError`, as does a filter needing
+more bound values than a statement can take (:data:`MAX_PARAMETER`) or a datetime UTC moves
+out of range.
 
     >>> build_filter({"source_name": "tokio", "metadata.crate_version": {"$in": ["1.0"]}})
     ('(d.source_name = $1 AND (d.metadata #> $2::text[]) = ANY($3::jsonb[]))', ['tokio', ['crate_version'], ['"1.0"']])
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -95,7 +101,9 @@ def _target(name: str) -> _Target:
 
 # -- value checks -----------------------------------------------------------------------------
 
-_SCALARS = (str, numbers.Number, type(None))  # bool and numpy's numbers too
+# a plain value a column compares with (bool and numpy's numbers too; dates and datetimes for
+# the timestamp columns): anything else needs an operator object
+_SCALARS = (str, numbers.Number, date, type(None))
 
 
 def _timestamp(value: Any) -> Any:
@@ -160,6 +168,11 @@ def _json(value: Any, target: _Target, op: str) -> str:
     return text
 
 
+# a path segment PostgreSQL's #> reads as an array subscript (strtol: leading blanks and a
+# sign allowed, "-1" is the last element); containment would only match it as an object key
+_ARRAY_INDEX = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+
+
 def _nested(path: tuple[str, ...], value: Any) -> Any:
     for key in reversed(path):
         value = {key: value}
@@ -176,12 +189,12 @@ def _eq(t: _Target, v: Any, p: _Params, a: str) -> str:
         if v is None:
             return f"{t.sql(a, p)} IS NULL"
         return f"{t.sql(a, p)} = {p.add(_column_value(t, v, '$eq'))}"
-    if any(part.isdigit() for part in t.path):
-        # nested objects cannot reach into an array (metadata.tags.0): the path operator can
+    if any(_ARRAY_INDEX.fullmatch(part) for part in t.path):
+        # nested objects cannot reach into an array (metadata.tags.0, .-1): the path operator can
         return f"coalesce({t.sql(a, p)} = {p.add(_json(v, t, '$eq'))}::jsonb, false)"
     # containment uses the GIN index on metadata; it is equality for a scalar at an object path
     contained = f"{a}.metadata @> {p.add(_json(_nested(t.path, v), t, '$eq'))}::jsonb"
-    if isinstance(v, list | dict):
+    if isinstance(v, list | tuple | dict):
         # a list or object contains its supersets (["a"] is in ["a", "b"]): the index narrows,
         # equality decides (as $in does)
         return f"({contained} AND {t.sql(a, p)} = {p.add(_json(v, t, '$eq'))}::jsonb)"

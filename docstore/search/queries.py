@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from docstore.errors import FilterError, ValidationError
-from docstore.models import bounded_int
+from docstore.models import as_int, bounded_int, flag
 from docstore.search.filters import build_filter
 from docstore.search.tuning import SPREAD_RANK
 
@@ -426,17 +426,40 @@ def vector_index_name(metric_name: str) -> str:
     return f"documents_embedding_hnsw_{metric(metric_name).name}"
 
 
+HNSW_M = (2, 100)
+HNSW_EF_CONSTRUCTION = (4, 1000)
+"""pgvector's ranges for the HNSW build parameters (``ef_construction`` is also ≥ 2 × m)."""
+
+
+def _build_int(value: Any, field: str, bounds: tuple[int, int]) -> int:
+    """An index build parameter: an integer (numpy's too, not a bool or a float) in
+    ``bounds``, else :class:`ValidationError` naming ``field``."""
+    number = as_int(value)
+    if number is None or not bounds[0] <= number <= bounds[1]:
+        got = type(value).__name__ if number is None else str(number)
+        raise ValidationError(
+            f"{field} must be an integer from {bounds[0]} to {bounds[1]} (pgvector's range),"
+            f" got {got}",
+            field=field,
+        )
+    return number
+
+
 def create_vector_index_sql(
     *, dim: int, metric_name: str, m: int, ef_construction: int, concurrently: bool
 ) -> str:
-    """``CREATE INDEX`` for HNSW on ``embedding`` (≤ 2,000 dims) or its halfvec cast."""
+    """``CREATE INDEX`` for HNSW on ``embedding`` (≤ 2,000 dims) or its halfvec cast.
+    :class:`ValidationError` for parameters pgvector would refuse or of the wrong type (a
+    float, a bool, a string; ``concurrently`` must be True or False)."""
     mt = metric(metric_name)
-    if not 2 <= m <= 100:
-        raise ValidationError("m must be from 2 to 100 (pgvector's range)", field="m")
-    if not 4 <= ef_construction <= 1000 or ef_construction < 2 * m:
+    m = _build_int(m, "m", HNSW_M)
+    ef_construction = _build_int(ef_construction, "ef_construction", HNSW_EF_CONSTRUCTION)
+    if ef_construction < 2 * m:
         raise ValidationError(
-            "ef_construction must be from 4 to 1000 and at least 2 × m", field="ef_construction"
+            f"ef_construction must be at least 2 × m ({2 * m}), got {ef_construction}",
+            field="ef_construction",
         )
+    flag(concurrently, "concurrently")
     if dim > MAX_HALFVEC_INDEX_DIM:
         raise ValidationError(
             f"pgvector cannot index {dim} dimensions (halfvec HNSW stops at"
@@ -447,7 +470,7 @@ def create_vector_index_sql(
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{vector_index_name(mt.name)}"
         f" ON documents USING hnsw ({index_expression(dim)} {ops})"
-        f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+        f" WITH (m = {m}, ef_construction = {ef_construction})"
     )
 
 

@@ -123,10 +123,10 @@ class TextSearch:
         found.update({h.id: h for h in semantic if h.id is not None})
         text_ranks = {h.id: h.text_rank for h in keyword}
         fused = text_sql.reciprocal_rank_fusion({"vector": semantic.ids, "text": keyword.ids}, k=k)
+        # rows read back are built as every search builds them (_hit: never validated again;
+        # model_copy(update=) would re-check a stored key against the write-time limits)
         hits = [
-            found[id_].model_copy(
-                update={"score": score, "ranks": ranks, "text_rank": text_ranks.get(id_)}
-            )
+            _hit(dict(found[id_]), score=score, ranks=ranks, text_rank=text_ranks.get(id_))
             for id_, score, ranks in fused[:limit]
         ]
         return SearchResults(
