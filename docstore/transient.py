@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from typing import Any
 
 import asyncpg
 
@@ -34,6 +35,13 @@ def is_transient(exc: BaseException) -> bool:
         if sqlstate in _FATAL_CONNECT_SQLSTATES:
             return False
         return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        # asyncpg's own (SQLSTATE 08003), not the server's answer: the connection was lost
+        # while the statement ran — unless the server's FATAL error for it came first (then
+        # the cause, and its transaction rolled back)
+        return "middle of operation" in str(exc) and not isinstance(
+            exc.__cause__, asyncpg.PostgresError
+        )
     if isinstance(exc, asyncpg.PostgresError):
         return False
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
@@ -138,6 +146,13 @@ def may_have_run(exc: BaseException) -> bool:
     running it (a reset, "closed in the middle of operation"). Not when the server answered
     with an error (its transaction rolled back) or asyncpg refused a connection it knew dead
     before sending anything ("connection is closed", "another operation is in progress")."""
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        # asyncpg's own (SQLSTATE 08003), not the server's answer: the connection was lost
+        # while the statement ran — unless the server's FATAL error for it came first (then
+        # the cause, and its transaction rolled back)
+        return "middle of operation" in str(exc) and not isinstance(
+            exc.__cause__, asyncpg.PostgresError
+        )
     if isinstance(exc, asyncpg.PostgresError):
         return False
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
@@ -146,6 +161,16 @@ def may_have_run(exc: BaseException) -> bool:
             "connection is closed" in message or "another operation" in message
         )
     return True
+
+
+def is_closed(conn: Any) -> bool:
+    """Whether ``conn`` is closed — also for a pooled connection that died: asyncpg released
+    it to its pool then, and its proxy answers every call, ``is_closed()`` included, with
+    ``InterfaceError`` ("released back to the pool"), which would mask the failure at hand."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def is_unique_violation(exc: BaseException) -> bool:

@@ -154,3 +154,24 @@ async def test_retry_in_doubt_true_runs_work_promised_idempotent_again_as_is(
         assert left["n"] == 0
         monkeypatch.undo()
         assert await store.fetchval("SELECT count(*) FROM flags") == 1
+
+
+def test_asyncpgs_connection_lost_mid_statement_is_in_doubt_but_a_server_answer_is_not() -> None:
+    """asyncpg reports a connection lost while a statement ran as ConnectionDoesNotExistError
+    — a PostgresError subclass (SQLSTATE 08003) it raises itself, not the server's answer.
+    Taken for an answer, a lost write was retried as is (and its pooled connection's detached
+    proxy had hidden that behind an InterfaceError)."""
+    from docstore.failures import may_have_run
+
+    lost = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    lost.__cause__ = ConnectionResetError("reset by peer")
+    assert may_have_run(lost)
+    fatal = asyncpg.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation: terminating connection"
+    )
+    fatal.__cause__ = asyncpg.AdminShutdownError("terminating connection")
+    assert not may_have_run(fatal)  # the server ended it with an error: rolled back
+    assert not may_have_run(
+        asyncpg.ConnectionDoesNotExistError("connection was closed during pool initialization")
+    )
+    assert not may_have_run(asyncpg.SerializationError("could not serialize"))

@@ -127,3 +127,21 @@ async def test_a_rollback_through_a_legacy_store_writes_into_a_frozen_legacy_dat
             assert await legacy.fetchval("SHOW default_transaction_read_only") == "on"
     finally:
         await pg.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+
+async def test_work_under_the_migration_lock_stands_when_unlocking_fails(
+    database_url: str,
+) -> None:
+    """Before: a connection that broke after the rollback committed made unlocking raise, and
+    the rollback was reported failed although it had committed."""
+    from docstore.migrate.lock import MIGRATION_LOCK_KEY, migration_lock
+
+    async with docstore.connect(database_url) as store:
+        async with store.acquire() as conn, migration_lock(conn):
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            async with docstore.connect(database_url) as other:
+                await other.fetchval("SELECT pg_terminate_backend($1)", pid)
+        # the lock went with the session: the next holder takes it
+        async with store.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

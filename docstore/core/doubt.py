@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from docstore.errors import DatabaseUnavailableError
+from docstore.failures import is_closed
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
@@ -68,7 +69,7 @@ def read_only_replay(work: Work[T], where: str, first: BaseException) -> Work[T]
             raise in_doubt_error(where, first) from first
         finally:
             with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                if not conn.is_closed():
+                if not is_closed(conn):
                     if conn.is_in_transaction():  # the work left one open: end it first
                         await conn.execute("ROLLBACK")
                     await conn.execute("RESET default_transaction_read_only")

@@ -27,6 +27,7 @@ from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError
 from docstore.failures import (
     first_retry_wait,
+    is_closed,
     is_transient,
     is_transient_query_failure,
     may_have_run,
@@ -264,7 +265,7 @@ class Runner:
         try:
             yield conn
         except BaseException as exc:
-            if is_transient(exc) and not conn.is_closed():
+            if is_transient(exc) and not is_closed(conn):
                 conn.terminate()  # dead or mid-protocol: never hand it to the next caller
             raise
         finally:
@@ -316,5 +317,5 @@ class Runner:
             try:
                 yield locked
             finally:
-                if locked and not conn.is_closed():
+                if locked and not is_closed(conn):
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -36,7 +36,7 @@ import asyncpg
 from docstore.config import Settings
 from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool
 from docstore.errors import DocstoreError
-from docstore.failures import is_transient, is_transient_query_failure
+from docstore.failures import is_closed, is_transient, is_transient_query_failure
 from docstore.metrics import Metrics
 
 logger = logging.getLogger("docstore")
@@ -205,7 +205,7 @@ class ShardRouter:
         try:
             result = await work(conn)
         except BaseException as exc:
-            if is_transient(exc) and not conn.is_closed():
+            if is_transient(exc) and not is_closed(conn):
                 conn.terminate()  # never hand a broken connection to the next search
             if is_transient_query_failure(exc) or isinstance(exc, _WORKER_PROBLEMS):
                 await self._failed(node, exc)

@@ -4,12 +4,16 @@ repairs and a rollback, so no two of them ever write the same target at once."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from docstore.errors import MigrationError
+from docstore.failures import is_closed
 from docstore.migrate.context import cancelling
+
+logger = logging.getLogger("docstore")
 
 # "docstore migrate" in the advisory-lock key space.
 MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
@@ -27,9 +31,14 @@ async def migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if not tgt.is_closed():
+        if not is_closed(tgt):
             try:
                 await tgt.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            except Exception as exc:
+                # the connection broke after the work was done (and committed): ending the
+                # session releases the lock, and the work's outcome stands
+                logger.info("migration lock: unlocking failed (%s): closing its session", exc)
+                tgt.terminate()
             except BaseException:
                 if not cancelling():
                     raise

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from docstore.errors import MigrationError
+from docstore.failures import is_closed
 from docstore.migrate.context import cancelling
 
 # At most this many COPY data messages (~64 KB each from the server) wait in memory.
@@ -145,7 +146,7 @@ async def transaction(conn: asyncpg.Connection, **options: Any) -> AsyncIterator
         if not (isinstance(exc, asyncio.CancelledError) or cancelling()):
             await tx.rollback()
             raise
-        if not conn.is_closed():
+        if not is_closed(conn):
             try:
                 async with asyncio.timeout(CANCELLED_ROLLBACK_TIMEOUT):
                     await tx.rollback()
