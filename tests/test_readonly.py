@@ -17,7 +17,12 @@ import pytest
 import docstore
 from docstore.compat.legacy_api import LegacyDatabase
 from docstore.errors import ConfigurationError, ReadOnlyError, ValidationError
-from docstore.readonly import ReadOnlyConnection, leading_keyword
+from docstore.readonly import (
+    ReadOnlyConnection,
+    file_capabilities,
+    leading_keyword,
+    statement_refusal,
+)
 from docstore.readonly.statements import _BEGIN_RE, _SET_LOCALS_RE
 from docstore.schema.runner import LATEST_VERSION
 from docstore.search.queries import ann_settings_sql
@@ -162,7 +167,7 @@ async def test_a_read_only_store_reads_everything_a_reader_needs(corpus_url: str
         assert (await store.evaluate_recall(sample=3, limit=3, seed=0.1)).sample == 3
         assert (await store.metrics()).disk is not None
         health = await store.health()
-        assert health.read_only and health.read_only_guarantee == "client"
+        assert health.read_only  # its guarantee: test_health_names_the_guarantee_in_force
 
 
 # -- every write API refuses before writing -------------------------------------------------
@@ -268,13 +273,42 @@ async def _reader(pg: PgCluster, database_url: str, password: str) -> AsyncItera
             await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _writer(database_url: str) -> AsyncIterator[str]:
+    """A login role that may write docstore's tables and is no superuser (nor may it write
+    the server's files); yields its URL, drops it afterwards."""
+    name, password = f"writer_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        await conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
+        await conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
+        yield _as_user(database_url, name, password)
+    finally:
+        await conn.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
+        await conn.close()
+
+
 async def test_health_names_the_guarantee_in_force(database_url: str) -> None:
     async with docstore.connect(database_url) as writable:
         health = await writable.health()
         assert not health.read_only and health.read_only_guarantee == "none"
-    async with docstore.connect(database_url, read_only=True) as store:
+    async with (
+        _writer(database_url) as url,
+        docstore.connect(url, read_only=True, migrate=False) as store,
+    ):
         health = await store.health()
         assert health.read_only and health.read_only_guarantee == "client"
+
+
+async def test_health_claims_no_client_guarantee_for_a_role_that_can_write_server_files(
+    database_url: str,
+) -> None:
+    # the embedded server's role is a superuser: COPY … TO PROGRAM through a function's
+    # dynamic SQL, pg_switch_wal() … are beyond any client check
+    async with docstore.connect(database_url, read_only=True) as store:
+        health = await store.health()
+    assert health.read_only and health.read_only_guarantee == "none"
 
 
 async def test_a_reader_role_reads_and_the_server_refuses_its_writes(
@@ -332,6 +366,135 @@ async def test_create_reader_role_refuses_a_role_that_can_write(database_url: st
         assert await admin.fetchval("select count(*) from pg_roles where rolname = $1", name) == 0
         with pytest.raises(ValidationError):
             await admin.create_reader_role("", "x")
+
+
+# -- the server's filesystem (the attempts are in tests/reliability/test_readonly_bypass.py) --
+
+
+async def test_file_capabilities_name_every_way_a_role_could_write_server_files(
+    database_url: str,
+) -> None:
+    name, member = f"files_{uuid.uuid4().hex[:10]}", f"member_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(f"CREATE ROLE {name}; CREATE ROLE {member} IN ROLE {name}")
+    try:
+        me = await conn.fetchval("select session_user")
+        assert await file_capabilities(conn) == [f"role {me} is a superuser"]
+        assert await file_capabilities(conn, name) == []
+        await conn.execute(f"GRANT pg_write_server_files, pg_execute_server_program TO {name}")
+        await conn.execute(f"GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {name}")
+        await conn.execute(f"ALTER ROLE {name} REPLICATION")
+        assert await file_capabilities(conn, name) == [
+            f"role {name} has the privileges of pg_execute_server_program",
+            f"role {name} has the privileges of pg_write_server_files",
+            f"role {name} may create replication slots",
+            f"role {name} may run lo_export(oid,text)",
+        ]
+        assert f"role {name} may create replication slots" in await file_capabilities(
+            conn, member
+        )  # SET ROLE could reach it
+        # the login role counts, not the one SET SESSION AUTHORIZATION switched to
+        await conn.execute(f"SET SESSION AUTHORIZATION {member}")
+        assert await file_capabilities(conn) == [f"role {me} is a superuser"]
+        await conn.execute("RESET SESSION AUTHORIZATION")
+    finally:
+        await conn.execute(f"DROP OWNED BY {member}, {name}; DROP ROLE {member}, {name}")
+        await conn.close()
+
+
+async def test_a_role_without_file_privileges_keeps_do_blocks_and_copy_to_stdout(
+    database_url: str,
+) -> None:
+    async with (
+        _writer(database_url) as url,
+        docstore.connect(url, read_only=True, migrate=False) as store,
+        store.acquire() as conn,
+    ):
+        assert await conn._file_capabilities() == []
+        assert await conn.execute("DO $$ BEGIN PERFORM count(*) FROM documents; END $$") == "DO"
+        with pytest.raises(ReadOnlyError, match="cannot commit"):  # the server refuses
+            await conn.execute(
+                "DO $$ BEGIN COMMIT; INSERT INTO document_sources DEFAULT VALUES; END $$"
+            )
+        with pytest.raises(ReadOnlyError, match="COPY to or from a file"):
+            await conn.execute("COPY (SELECT 1) TO '/tmp/never'")
+        out = io.BytesIO()
+        assert await conn.copy_from_query("SELECT 1 UNION ALL SELECT 2", output=out) == "COPY 2"
+        assert out.getvalue() == b"1\n2\n"
+        assert await conn.fetchval("select count(*) from documents") == 0
+
+
+REFUSED_COPY = [
+    "COPY t TO '/tmp/x'",
+    "COPY t TO PROGRAM 'true'",
+    "copy t(a, b) to program 'true'",
+    "COPY (SELECT 1) TO $$/tmp/x$$",
+    "COPY (SELECT ')') TO PROGRAM 'true'",
+    "COPY (SELECT $q$) TO STDOUT$q$) TO PROGRAM 'true'",
+    "COPY (SELECT 1 AS \") TO STDOUT\") TO PROGRAM 'true'",
+    "COPY (SELECT 1 /* ) TO STDOUT */) TO PROGRAM 'true'",
+    "COPY (SELECT 1 -- ) TO STDOUT\n) TO PROGRAM 'true'",
+    "COPY (SELECT E'\\') TO STDOUT --') TO PROGRAM 'true'",
+    "COPY (SELECT '\\') TO STDOUT --') TO PROGRAM 'true'",  # standard_conforming_strings off
+    "COPY (SELECT E'x'\n'\\') TO STDOUT --') TO PROGRAM 'true'",  # continued string
+    "COPY (SELECT 'x' -- c\n'y') TO STDOUT",  # continued: refused rather than guessed
+    "COPY (SELECT 1) TO STDOUT\x00; COPY t TO PROGRAM 'true'",
+    "COPY (SELECT 1 /* unclosed ) TO STDOUT",
+    "COPY t FROM STDIN",
+    "COPY t FROM PROGRAM 'true'",
+    "COPY t TO stdin",
+    'COPY t TO "stdout"',
+    "COPY BINARY t TO '/tmp/x'",
+    "/* x */ (COPY t TO '/tmp/x')",
+]
+ALLOWED_COPY = [
+    "COPY t TO STDOUT",
+    "COPY \"to\"(\"from\") TO STDOUT (FORMAT csv, NULL '\\N', DELIMITER '|')",
+    "copy (select 'TO PROGRAM ''x''', $$) TO '/x'$$, E'\\'' ) to stdout",
+    "COPY (SELECT 1 -- ) TO '/x'\n) TO STDOUT",
+    "/* TO PROGRAM */ COPY public.t TO STDOUT WITH (FORMAT binary)",
+]
+
+
+@pytest.mark.parametrize("sql", REFUSED_COPY)
+def test_a_copy_is_refused_unless_it_surely_reads_to_stdout(sql: str) -> None:
+    assert statement_refusal(sql, leading_keyword(sql)) is not None
+
+
+@pytest.mark.parametrize("sql", ALLOWED_COPY)
+def test_a_copy_to_stdout_is_not_refused(sql: str) -> None:
+    assert leading_keyword(sql) == "copy"
+    assert statement_refusal(sql, "copy") is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT lo_export(1, '/tmp/x')",
+        "SELECT pg_catalog.\"lo_export\"(1, '/tmp/x')",
+        "SELECT LO_EXPORT(1, '/tmp/x')",
+        "SELECT U&\"lo\\005Fexport\"(1, '/tmp/x')",
+        "SELECT u&\"lo\\+00005fexport\"(1, '/tmp/x')",
+        "SELECT U&\"lo#005fexport\" UESCAPE '#'(1, '/tmp/x')",
+        "SELECT query_to_xml('select lo_export(1, ''/tmp/x'')', true, false, '')",
+        "SELECT pg_file_write('x', 'y', false)",
+        "SELECT pg_create_physical_replication_slot('s')",
+        "PREPARE p AS SELECT lo_export($1, $2)",
+    ],
+)
+def test_a_function_writing_server_files_is_refused_however_spelled(sql: str) -> None:
+    assert statement_refusal(sql, leading_keyword(sql)) is not None
+
+
+def test_docstore_s_own_reads_are_not_refused() -> None:
+    for sql in (
+        "select 1",
+        "select * from pg_replication_slots",
+        "select doc_path, content from documents where content ilike '%copy%'",
+        "WITH x AS (SELECT 1) TABLE x",
+        'SELECT U&"d\\0061ta" FROM t',
+    ):
+        assert statement_refusal(sql, leading_keyword(sql)) is None
 
 
 # -- the guard's pure parts -----------------------------------------------------------------

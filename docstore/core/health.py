@@ -30,7 +30,7 @@ from docstore.metrics import (
     SearchRecall,
     timed,
 )
-from docstore.readonly import Guarantee, write_capabilities
+from docstore.readonly import Guarantee, file_capabilities, write_capabilities
 from docstore.schema import citus, runner
 
 logger = logging.getLogger("docstore")
@@ -84,8 +84,10 @@ class Health(BaseModel):
     ``"role"`` (the user, and every role it can ``SET ROLE`` to, is no superuser and may not
     write docstore's tables nor create objects: see :func:`docstore.readonly.create_reader_role`),
     ``"client"`` (a read-only store's guard, :class:`docstore.readonly.ReadOnlyConnection`: no
-    statement leaves a read-only transaction; PostgreSQL 16 or later), ``"none"`` (writable, or
-    only the session default ``default_transaction_read_only``, which SQL can undo)."""
+    statement leaves a read-only transaction, and the role cannot write the server's files —
+    :func:`docstore.readonly.file_capabilities` is empty; PostgreSQL 16 or later), ``"none"``
+    (writable, or only the session default ``default_transaction_read_only``, which SQL can
+    undo)."""
     in_recovery: bool
     replica_lag_seconds: float | None = None
     """On a replica: seconds since the last replayed transaction (None on a primary)."""
@@ -207,8 +209,10 @@ class Reporter:
             return "standby"
         if not await write_capabilities(conn):
             return "role"
-        # Before PostgreSQL 16, RESET transaction_read_only could undo a read-only transaction.
-        if self._read_only and row["version_num"] >= 160000:
+        # Before PostgreSQL 16, RESET transaction_read_only could undo a read-only transaction;
+        # a role that can write the server's files (a superuser, pg_write_server_files, ...)
+        # does so inside a read-only transaction too, through SQL no client check sees.
+        if self._read_only and row["version_num"] >= 160000 and not await file_capabilities(conn):
             return "client"
         return "none"
 

@@ -21,11 +21,14 @@ class ReadOnlyConnection(GuardedConnection):
     runs outside a read-only transaction (see :mod:`docstore.readonly`).
 
     Reads work as on any connection — ``fetch``, ``transaction()`` (always ``READ ONLY``),
-    cursors, prepared statements, ``copy_from_query`` — with three differences: ``execute()``
+    cursors, prepared statements, ``copy_from_query`` — with these differences: ``execute()``
     runs one statement per call (a string of several is refused with
     :class:`~docstore.errors.ReadOnlyError`), ``copy_to_table`` and ``copy_records_to_table``
-    are refused, and a cursor must be a query (``SELECT``, ``WITH``, ``VALUES``, ``TABLE``,
-    ``SHOW`` or ``EXPLAIN``).
+    are refused, a cursor must be a query (``SELECT``, ``WITH``, ``VALUES``, ``TABLE``,
+    ``SHOW`` or ``EXPLAIN``), and statements that would reach the server's filesystem are
+    refused: a ``COPY`` other than ``TO STDOUT``, a function such as ``lo_export``, and — when
+    the role could write server files — ``DO`` and ``LOAD``
+    (:mod:`docstore.readonly.server_files`).
     """
 
     __slots__ = ()

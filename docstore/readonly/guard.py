@@ -4,8 +4,9 @@
 holds the transaction state (is the open transaction known to be read-only, with its
 snapshot taken?) and runs each statement it is given through :meth:`~GuardedConnection._guarded`
 as :mod:`docstore.readonly` describes — on its own when it is a plain read under the
-read-only session default, else between ``BEGIN READ ONLY; SELECT 1`` and ``COMMIT`` — and
-turns the server's read-only refusals into :class:`~docstore.errors.ReadOnlyError`.
+read-only session default, else between ``BEGIN READ ONLY; SELECT 1`` and ``COMMIT`` — after
+refusing what would reach the server's filesystem (:mod:`docstore.readonly.server_files`),
+and turns the server's read-only refusals into :class:`~docstore.errors.ReadOnlyError`.
 Which of asyncpg's methods go through it is :mod:`docstore.readonly.connection`.
 """
 
@@ -19,6 +20,8 @@ from typing import Any, TypeVar, cast
 import asyncpg
 
 from docstore.errors import ReadOnlyError
+from docstore.readonly.roles import file_capabilities
+from docstore.readonly.server_files import CODE_KEYWORDS, statement_refusal
 from docstore.readonly.statements import READ_KEYWORDS, cached_leading_keyword
 
 logger = logging.getLogger("docstore")
@@ -67,12 +70,14 @@ class GuardedConnection(asyncpg.Connection):
     machinery of :class:`~docstore.readonly.ReadOnlyConnection`, which routes asyncpg's query
     surface through :meth:`_guarded`)."""
 
-    __slots__ = ("_ro_checked",)
+    __slots__ = ("_ro_checked", "_ro_file_capabilities")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # True while the open transaction is known to be read-only with its snapshot taken.
         self._ro_checked = False
+        # How the session's role could write the server's files (None: not asked yet).
+        self._ro_file_capabilities: list[str] | None = None
 
     async def _simple(self, sql: str, timeout: float | None = None) -> str:
         """``sql`` through the simple protocol, unguarded: only for docstore's and asyncpg's
@@ -87,7 +92,21 @@ class GuardedConnection(asyncpg.Connection):
 
     async def _guarded(self, query: str, run: Run[T]) -> T:
         """``run()`` (which returns its result and the command tag, None if unknown) inside a
-        read-only transaction; the server's read-only refusals come out as ReadOnlyError."""
+        read-only transaction; the server's read-only refusals come out as ReadOnlyError.
+        Statements that would reach the server's filesystem are refused before anything is
+        sent (:mod:`docstore.readonly.server_files`)."""
+        keyword = cached_leading_keyword(query)
+        reason = statement_refusal(query, keyword)
+        if reason is not None:
+            raise refused(reason)
+        if keyword in CODE_KEYWORDS:
+            capabilities = await self._file_capabilities()
+            if capabilities:
+                raise refused(
+                    f"{keyword.upper()} runs code the client cannot check, and a read-only "
+                    "transaction does not keep this role from writing the server's files "
+                    f"({'; '.join(capabilities)}): connect as a reader role to run it"
+                )
         try:
             return await self._guard(query, run)
         except SERVER_REFUSALS as exc:
@@ -138,6 +157,13 @@ class GuardedConnection(asyncpg.Connection):
         # a BEGIN inside the wrapper left it open: the caller's transaction now, checked
         await self._check_session_default()
         return result
+
+    async def _file_capabilities(self) -> list[str]:
+        """:func:`~docstore.readonly.file_capabilities` of the session's login role, asked once
+        per connection."""
+        if self._ro_file_capabilities is None:
+            self._ro_file_capabilities = await file_capabilities(self)
+        return self._ro_file_capabilities
 
     async def _check_transaction(self) -> None:
         """Make sure the open transaction is read-only and has its snapshot (the probe takes

@@ -3,7 +3,9 @@
 :func:`create_reader_role` makes (or updates) a role that may read docstore's tables and
 write nothing, setting its password as a SCRAM verifier (:func:`scram_verifier`) so the text
 never reaches the server; :func:`write_capabilities` lists every way a role could still
-write (what ``health()`` reports as ``read_only_guarantee: role`` when there is none).
+write (what ``health()`` reports as ``read_only_guarantee: role`` when there is none), and
+:func:`file_capabilities` every way it could write the server's files or run programs even
+inside a read-only transaction (then the client guarantee cannot hold either).
 """
 
 from __future__ import annotations
@@ -71,6 +73,49 @@ async def write_capabilities(conn: asyncpg.Connection, role: str | None = None) 
     objects aside, which any role may create outside a read-only transaction).
     """
     rows = await conn.fetch(_CAPABILITIES, role, list(DOCSTORE_TABLES))
+    return [f"role {r['rolname']} {r['what']}" for r in rows]
+
+
+# Functions that write server files, gated by EXECUTE (revoked from PUBLIC; a grant gives it).
+_FILE_WRITERS = ("lo_export", "pg_file_write", "pg_file_rename", "pg_file_unlink")
+
+# The session's login role (pg_stat_activity keeps it through SET SESSION AUTHORIZATION,
+# which that role could undo), and every role it is a member of (SET ROLE).
+_FILE_CAPABILITIES = """
+WITH base AS (
+  SELECT r.oid, r.rolname FROM pg_catalog.pg_roles r
+   WHERE r.rolname = coalesce($1, (SELECT a.usename::text FROM pg_catalog.pg_stat_activity a
+                                    WHERE a.pid = pg_catalog.pg_backend_pid()), session_user)),
+roles AS (SELECT r.oid, r.rolname, r.rolsuper, r.rolreplication
+            FROM pg_catalog.pg_roles r, base
+           WHERE pg_catalog.pg_has_role(base.oid, r.oid, 'MEMBER')),
+super AS (SELECT rolname FROM roles WHERE rolsuper)
+SELECT rolname, 'is a superuser' AS what FROM super
+UNION ALL
+SELECT b.rolname, 'has the privileges of ' || p.rolname FROM base b, pg_catalog.pg_roles p
+ WHERE NOT EXISTS (SELECT FROM super)
+   AND p.rolname IN ('pg_write_server_files', 'pg_execute_server_program')
+   AND pg_catalog.pg_has_role(b.oid, p.oid, 'MEMBER')
+UNION ALL
+SELECT r.rolname, 'may create replication slots' FROM roles r
+ WHERE NOT EXISTS (SELECT FROM super) AND r.rolreplication
+UNION ALL
+SELECT r.rolname, 'may run ' || p.oid::regprocedure::text FROM roles r, pg_catalog.pg_proc p
+ WHERE NOT EXISTS (SELECT FROM super) AND p.proname = ANY($2::text[])
+   AND pg_catalog.has_function_privilege(r.oid, p.oid, 'EXECUTE')
+ ORDER BY 1, 2
+"""
+
+
+async def file_capabilities(conn: asyncpg.Connection, role: str | None = None) -> list[str]:
+    """How ``role`` (default: the session's login role) could write the server's files or run
+    programs on it, through itself or a role it is a member of — which PostgreSQL allows inside
+    a read-only transaction: superuser, ``pg_write_server_files`` / ``pg_execute_server_program``
+    (``COPY … TO '/path'`` / ``TO PROGRAM``), ``REPLICATION`` (replication slots), ``EXECUTE`` on
+    ``lo_export`` or adminpack's file functions. ``[]``: the server refuses all of that, and a
+    read-only store's client guarantee (:class:`~docstore.readonly.ReadOnlyConnection`) holds.
+    """
+    rows = await conn.fetch(_FILE_CAPABILITIES, role, list(_FILE_WRITERS))
     return [f"role {r['rolname']} {r['what']}" for r in rows]
 
 

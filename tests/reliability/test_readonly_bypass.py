@@ -6,13 +6,20 @@ nothing changed (rows of ``documents``, ``document_sources`` and a probe table, 
 large objects), and the store must still read. The guard is
 :class:`docstore.readonly.ReadOnlyConnection`; the server-side guarantee (a reader role) and
 ``health()`` are in ``tests/test_readonly.py``, the standby at the end of this file.
+
+The embedded server's role is a superuser, which PostgreSQL lets write the server's files and
+run programs inside a read-only transaction: the attempts of ``FILE_ATTEMPTS`` try that
+(``COPY … TO PROGRAM``, ``lo_export``, …) and must fail with nothing on the filesystem.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,7 +27,7 @@ import pytest
 
 import docstore
 from docstore.errors import DocstoreError, ReadOnlyError
-from tests.conftest import sample_documents
+from tests.conftest import PgCluster, sample_documents
 from tests.replica import ReplicaPair, replica_pair_fixture, replica_primary_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,6 +45,7 @@ _SETUP = [
              INSERT INTO bypass_probe VALUES (2); RETURN 1; END $$""",
     """CREATE FUNCTION bypass_reset() RETURNS int LANGUAGE plpgsql AS $$
        BEGIN RESET transaction_read_only; INSERT INTO bypass_probe VALUES (4); RETURN 1; END $$""",
+    "SELECT lo_from_bytea(4242, 'exported')",  # a large object for lo_export to write out
 ]
 
 _STATE = """
@@ -498,6 +506,226 @@ async def test_raw_sql_cannot_write_through_a_read_only_store(
         await ATTEMPTS[name](read_only)
 
 
+# -- the server's filesystem: what a read-only transaction lets a superuser do ------------------
+
+
+def _written(directory: Path) -> list[str]:
+    """The files in ``directory``."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _take(path: Path) -> str:
+    """``path``'s text; the file is removed."""
+    text = path.read_text()
+    path.unlink()
+    return text
+
+
+@pytest.fixture
+async def server_dir(pg: PgCluster, tmp_path: Path, database_url: str) -> Path:
+    """A directory the server process may write to (it runs as another user when the tests
+    run as root); on the embedded server, a writable connection shows it can write there, so
+    an empty directory after an attempt means the attempt was refused."""
+    await asyncio.to_thread(tmp_path.chmod, 0o777)
+    if pg.embedded is not None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"COPY (SELECT 1) TO '{tmp_path / 'control'}'")
+        finally:
+            await conn.close()
+        assert _take(tmp_path / "control") == "1\n"
+    return tmp_path
+
+
+FileAttempt = Callable[[docstore.Store, Path], Awaitable[Any]]
+FILE_ATTEMPTS: dict[str, FileAttempt] = {}
+
+
+def file_attempt(name: str) -> Callable[[FileAttempt], FileAttempt]:
+    def register(fn: FileAttempt) -> FileAttempt:
+        FILE_ATTEMPTS[name] = fn
+        return fn
+
+    return register
+
+
+@file_attempt("COPY (query) TO a server file")
+async def _copy_to_file(store: docstore.Store, d: Path) -> None:
+    await store.execute(f"COPY (SELECT 1) TO '{d}/copy_to_file'")
+
+
+@file_attempt("COPY table TO PROGRAM")
+async def _copy_program(store: docstore.Store, d: Path) -> None:
+    await store.execute(f"COPY documents TO PROGRAM 'touch {d}/program'")
+
+
+@file_attempt("COPY TO PROGRAM: comments, case, line breaks, a dollar-quoted command")
+async def _copy_spelled(store: docstore.Store, d: Path) -> None:
+    await store.execute(
+        f"/* SELECT */ cOpY (select 1) -- TO STDOUT\n\tTo\n pRoGrAm $x$touch {d}/spelled$x$"
+    )
+
+
+@file_attempt("COPY TO PROGRAM behind an E'' string continued over a line break")
+async def _copy_continued(store: docstore.Store, d: Path) -> None:
+    # PostgreSQL continues E'x' with the next line's string, in E'' mode: \' escapes the quote
+    await store.execute(f"COPY (SELECT E'x'\n'\\') TO STDOUT --') TO PROGRAM 'touch {d}/cont'")
+
+
+@file_attempt("COPY TO PROGRAM behind a backslash, standard_conforming_strings off")
+async def _copy_backslash(store: docstore.Store, d: Path) -> None:
+    async with store.acquire() as conn:
+        await conn.execute("SET standard_conforming_strings = off")
+        await conn.execute(f"COPY (SELECT '\\') TO STDOUT --') TO PROGRAM 'touch {d}/scs'")
+
+
+@file_attempt("COPY TO PROGRAM in a transaction")
+async def _copy_in_transaction(store: docstore.Store, d: Path) -> None:
+    async with store.transaction() as conn:
+        await conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {d}/transaction'")
+
+
+@file_attempt("COPY TO PROGRAM as a prepared statement")
+async def _copy_prepared(store: docstore.Store, d: Path) -> None:
+    async with store.acquire() as conn:
+        statement = await conn.prepare(f"COPY (SELECT 1) TO PROGRAM 'touch {d}/prepared'")
+        await statement.fetch()
+
+
+@file_attempt("COPY TO a file through store.fetch and store.run")
+async def _copy_fetch(store: docstore.Store, d: Path) -> None:
+    with contextlib.suppress(ReadOnlyError):
+        await store.fetch(f"COPY (SELECT 1) TO '{d}/fetch'")
+    await store.run(lambda conn: conn.execute(f"COPY (SELECT 1) TO '{d}/run'"))
+
+
+@file_attempt("copy_from_query smuggling TO PROGRAM")
+async def _copy_from_query_program(store: docstore.Store, d: Path) -> None:
+    async with store.acquire() as conn:
+        await conn.copy_from_query(
+            f"SELECT 1) TO PROGRAM 'touch {d}/copy_from_query' --", output=io.BytesIO()
+        )
+
+
+@file_attempt("COPY FROM PROGRAM")
+async def _copy_from_program(store: docstore.Store, d: Path) -> None:
+    await store.execute(f"COPY bypass_probe FROM PROGRAM 'touch {d}/from_program; echo 1'")
+
+
+@file_attempt("DO block running COPY TO PROGRAM as dynamic SQL")
+async def _do_copy(store: docstore.Store, d: Path) -> None:
+    await store.execute(
+        f"DO $$ BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {d}/do'''; END $$"
+    )
+
+
+@file_attempt("DO block assembling COPY from pieces")
+async def _do_assembled(store: docstore.Store, d: Path) -> None:
+    await store.execute(
+        f"DO $$ BEGIN EXECUTE 'CO' || 'PY (SELECT 1) TO ' || quote_literal('{d}/pieces'); END $$"
+    )
+
+
+@file_attempt("DO block as a prepared statement")
+async def _do_prepared(store: docstore.Store, d: Path) -> None:
+    async with store.acquire() as conn:
+        statement = await conn.prepare(
+            f"DO $$ BEGIN EXECUTE 'COPY (SELECT 1) TO ''{d}/do_prepared'''; END $$"
+        )
+        await statement.fetch()
+
+
+@file_attempt("lo_export")
+async def _lo_export(store: docstore.Store, d: Path) -> None:
+    await store.fetchval(f"SELECT lo_export(4242, '{d}/lo_export')")
+
+
+@file_attempt('pg_catalog."lo_export"')
+async def _lo_export_quoted(store: docstore.Store, d: Path) -> None:
+    await store.fetchval(f"SELECT pg_catalog.\"lo_export\"(4242, '{d}/quoted')")
+
+
+@file_attempt("LO_EXPORT behind comments, with arguments")
+async def _lo_export_args(store: docstore.Store, d: Path) -> None:
+    await store.fetchval("SELECT /* x */ LO_EXPORT /* y */ ($1, $2)", 4242, f"{d}/args")
+
+
+@file_attempt('U&"lo\\005fexport" (a Unicode escape)')
+async def _lo_export_unicode(store: docstore.Store, d: Path) -> None:
+    await store.fetchval(f"SELECT U&\"lo\\005fexport\"(4242, '{d}/unicode')")
+
+
+@file_attempt("U&\"lo!005fexport\" UESCAPE '!'")
+async def _lo_export_uescape(store: docstore.Store, d: Path) -> None:
+    await store.fetchval(f"SELECT U&\"lo!005fexport\" UESCAPE '!'(4242, '{d}/uescape')")
+
+
+@file_attempt("lo_export in a cursor")
+async def _lo_export_cursor(store: docstore.Store, d: Path) -> None:
+    async with store.transaction() as conn:
+        await conn.cursor(f"SELECT lo_export(4242, '{d}/cursor')")
+
+
+@file_attempt("SQL PREPARE of lo_export, then EXECUTE")
+async def _lo_export_sql_prepare(store: docstore.Store, d: Path) -> None:
+    async with store.acquire() as conn:
+        await conn.execute("PREPARE exported(oid, text) AS SELECT lo_export($1, $2)")
+        await conn.execute(f"EXECUTE exported(4242, '{d}/sql_prepare')")
+
+
+@file_attempt("lo_export inside a query given as text (query_to_xml)")
+async def _lo_export_as_text(store: docstore.Store, d: Path) -> None:
+    await store.fetchval(
+        f"SELECT query_to_xml('SELECT lo_export(4242, ''{d}/as_text'')', true, false, '')"
+    )
+
+
+@file_attempt("a replication slot (files under pg_replslot)")
+async def _replication_slot(store: docstore.Store, d: Path) -> None:
+    await store.fetchval("SELECT pg_create_physical_replication_slot('ro_bypass_slot')")
+
+
+@file_attempt("LOAD a library")
+async def _load(store: docstore.Store, d: Path) -> None:
+    await store.execute("LOAD 'plpgsql'")
+
+
+@pytest.mark.parametrize("name", list(FILE_ATTEMPTS))
+async def test_a_read_only_store_writes_nothing_to_the_server_filesystem(
+    read_only: docstore.Store, server_dir: Path, name: str
+) -> None:
+    with pytest.raises(ReadOnlyError):
+        await FILE_ATTEMPTS[name](read_only, server_dir)
+    assert _written(server_dir) == []
+    slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ro_bypass_slot'"
+    assert await read_only.fetchval(slots) == 0
+
+
+async def test_copy_to_stdout_still_works_next_to_the_refusals(
+    read_only: docstore.Store, server_dir: Path
+) -> None:
+    async with read_only.acquire() as conn:
+        with pytest.raises(ReadOnlyError):
+            await conn.execute(f"COPY (SELECT 1) TO '{server_dir}/x'")
+        out = io.BytesIO()
+        status = await conn.copy_from_query(
+            "SELECT doc_path, 'a\\b' AS b, $1::text AS c FROM documents ORDER BY doc_path",
+            "it's",
+            output=out,
+            format="csv",
+            null="\\N",
+        )
+        assert status == "COPY 3"
+        assert out.getvalue().decode().splitlines()[0] == "tokio/0,a\\b,it's"
+        out = io.BytesIO()
+        status = await conn.copy_from_table("documents", columns=["doc_path"], output=out)
+        assert status == "COPY 3"
+        path = server_dir / f"client-{uuid.uuid4().hex}.txt"  # a file of the client's: fine
+        assert await conn.copy_from_table("bypass_probe", output=path) == "COPY 0"
+        assert _take(path) == ""
+    assert _written(server_dir) == []
+
+
 async def test_a_refused_attempt_leaves_the_connection_read_only_and_usable(
     read_only: docstore.Store,
 ) -> None:
@@ -542,7 +770,8 @@ async def test_a_standby_is_the_guarantee_reported(
         assert await standby.documents.count() == 2
     monkeypatch.setenv("DATABASE_READ_URL", replica_pair.replica_url)
     async with docstore.connect(replica_pair.primary_url, read_only=True) as store:
-        assert (await store.health()).read_only_guarantee == "client"
+        health = await store.health()  # the primary's guarantee, not the standby's
+        assert health.read_only and health.read_only_guarantee != "standby"
         assert await store.documents.count() == 2  # through the replica's guarded pool
         with pytest.raises(ReadOnlyError):
             await store.replica.fetch("WITH x AS (DELETE FROM documents RETURNING 1) TABLE x")
