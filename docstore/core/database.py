@@ -101,6 +101,7 @@ class Database:
             self._metrics,
             self._shards,
             distributed=lambda: self.distributed,
+            read_only=read_only,
         )
         self._reporter = Reporter(
             self._pool_set,

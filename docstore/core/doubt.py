@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from docstore.core.pools import STATELESS
 from docstore.errors import DatabaseUnavailableError
 from docstore.failures import is_closed
 
@@ -58,12 +59,19 @@ def in_doubt_error(where: str, exc: BaseException, *, committed: bool = False) -
 
 def read_only_replay(work: Work[T], where: str, first: BaseException) -> Work[T]:
     """``work`` as it runs again after ``first`` left it in doubt: with every transaction on
-    the connection read-only, so a read answers and a write is refused before it writes
-    (then :func:`in_doubt_error` for ``first`` is raised)."""
+    the connection read-only by default, so a read answers and a write is refused before it
+    writes (then :func:`in_doubt_error` for ``first`` is raised).
+
+    Not covered: a statement that asks for a read-write transaction itself (``START
+    TRANSACTION READ WRITE``), and what PostgreSQL allows in a read-only transaction
+    (``NOTIFY``, ``ANALYZE``, advisory locks): those run again."""
 
     async def replay(conn: asyncpg.Connection) -> T:
-        await conn.execute("SET default_transaction_read_only = on")
+        # the pool's reset (RESET ALL) must run when the connection goes back, even for
+        # stateless work: a cancellation may land between SET and RESET
+        STATELESS.set(False)
         try:
+            await conn.execute("SET default_transaction_read_only = on")
             result = await work(conn)
         except asyncpg.ReadOnlySQLTransactionError:
             raise in_doubt_error(where, first) from first
@@ -88,14 +96,25 @@ class CommitMarker:
         self.xid: int | None = None
 
     def wrap(self, work: Work[T], transaction: dict[str, Any]) -> Work[T]:
-        """``work`` inside one transaction that records its id just before committing."""
+        """``work`` inside one transaction that records its id just before committing. A
+        ``COMMIT`` that runs out of ``command_timeout`` is in doubt as a lost one is: the
+        connection is closed (its backend finishes or aborts the commit) and the caller
+        settles it."""
 
         async def in_tx(conn: asyncpg.Connection) -> T:
             self.committing, self.xid = False, None
-            async with conn.transaction(**transaction):
-                result = await work(conn)
-                self.xid = await conn.fetchval(MARKER_SQL)
-                self.committing = True
+            try:
+                async with conn.transaction(**transaction):
+                    result = await work(conn)
+                    self.xid = await conn.fetchval(MARKER_SQL)
+                    self.committing = True
+            except TimeoutError as exc:
+                if not self.committing:
+                    raise
+                conn.terminate()
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "connection was closed in the middle of operation (COMMIT timed out)"
+                ) from exc
             return result
 
         return in_tx
@@ -110,7 +129,8 @@ class CommitMarker:
     ) -> None:
         """Return if the broken attempt certainly did not commit (run it again); raise
         :func:`in_doubt_error` if it did, or if that cannot be known. ``ask`` runs a query on
-        a fresh connection."""
+        a fresh connection, retrying transient failures (a lost COMMIT often comes with a
+        restart or a failover that refuses the next connections for a moment too)."""
         if not self.committing:
             return  # COMMIT was never sent: the server rolls the transaction back
         if distributed:

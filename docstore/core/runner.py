@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -24,7 +25,7 @@ from docstore.core.doubt import CommitMarker, in_doubt_error, read_only_replay
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
-from docstore.errors import DocstoreError, PoolTimeoutError
+from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
 from docstore.failures import (
     first_retry_wait,
     is_closed,
@@ -35,19 +36,18 @@ from docstore.failures import (
 )
 from docstore.metrics import Metrics, timed
 
+logger = logging.getLogger("docstore")
+
 T = TypeVar("T")
-_OnDoubt = Callable[
-    [Callable[[asyncpg.Connection], Awaitable[T]], BaseException],
-    Awaitable[Callable[[asyncpg.Connection], Awaitable[T]]],
-]
-"""What to run after an attempt that may have applied, or raise (docstore.core.doubt)."""
+_Work = Callable[[asyncpg.Connection], Awaitable[T]]
+_OnDoubt = Callable[[_Work[T], BaseException], Awaitable[tuple[_Work[T], bool]]]
+"""What to run after an attempt that may have applied (docstore.core.doubt), and whether the
+doubt stands (the first attempt may have applied, so giving up must say so); or raise."""
 IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
 
 
-async def _retry_as_is(
-    work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
-) -> Callable[[asyncpg.Connection], Awaitable[T]]:
-    return work
+async def _retry_as_is(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
+    return work, False
 
 
 class Runner:
@@ -61,6 +61,7 @@ class Runner:
         metrics: Metrics,
         shards: ShardRouter | None = None,
         distributed: Callable[[], bool] = lambda: False,
+        read_only: bool = False,
     ) -> None:
         self._pools = pools
         self._router = router
@@ -68,6 +69,7 @@ class Runner:
         self._metrics = metrics
         self._shards = shards
         self._distributed = distributed
+        self._read_only = read_only  # the store's: nothing it runs can write
 
     async def _placement(self, source: str) -> Any:
         """The node holding ``source``'s shard, asked of the coordinator."""
@@ -127,9 +129,13 @@ class Runner:
         ``retry_in_doubt=False``: raise that error at once. Failures before ``work`` was handed
         a connection, or that the server answered, are retried as usual.
         """
+        if not isinstance(retry_in_doubt, bool) and retry_in_doubt != "read_only":
+            raise ValidationError(
+                'retry_in_doubt must be "read_only", True or False', field="retry_in_doubt"
+            )
         if retry_in_doubt is False:
             on_doubt: _OnDoubt[T] = self._refuse
-        elif retry_in_doubt is True or self._settings.read_only:  # safe to run it again
+        elif retry_in_doubt is True or self._read_only:  # safe to run it again
             on_doubt = _retry_as_is
         else:
             on_doubt = self._read_only_replay
@@ -137,22 +143,33 @@ class Runner:
 
     @timed("run_in_transaction")
     async def run_in_transaction(
-        self, /, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
+        self,
+        /,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        retry_in_doubt: bool = False,
+        **transaction: Any,
     ) -> T:
-        """Like :meth:`run`, inside one transaction (retried whole on 40001/40P01 etc.).
+        """Like :meth:`run`, inside one transaction (retried whole on 40001/40P01 etc.);
+        ``transaction`` are ``asyncpg.Connection.transaction``'s options.
 
         A connection lost before ``COMMIT`` was sent: the transaction rolled back and runs
-        again. Lost during ``COMMIT``: the server is asked whether it committed
-        (:class:`docstore.core.doubt.CommitMarker`); if it did, or that cannot be known,
-        :class:`DatabaseUnavailableError` says so and it is not run again."""
+        again. Lost during ``COMMIT`` (or ``COMMIT`` ran out of ``command_timeout``): the
+        server is asked whether it committed (:class:`docstore.core.doubt.CommitMarker`); if
+        it did, or that cannot be known, :class:`DatabaseUnavailableError` says so and it is
+        not run again. ``retry_in_doubt=True`` promises that running ``work`` twice does no
+        harm (an upsert of the same values): it is then run again as is."""
         marker = CommitMarker()
         distributed = self._distributed()
+        if retry_in_doubt is True:
+            return await self._run(marker.wrap(work, transaction), _retry_as_is)
 
-        async def settle(
-            attempt: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
-        ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
-            await marker.settle(self._attempt, self._where, exc, distributed=distributed)
-            return attempt
+        async def ask(query: _Work[Any]) -> Any:
+            return await self._run(query, _retry_as_is)
+
+        async def settle(attempt: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
+            await marker.settle(ask, self._where, exc, distributed=distributed)
+            return attempt, False  # settled: it did not commit
 
         return await self._run(marker.wrap(work, transaction), settle)
 
@@ -160,14 +177,10 @@ class Runner:
     def _where(self) -> str:
         return self._pools.primary.redacted
 
-    async def _read_only_replay(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
-    ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
-        return read_only_replay(work, self._where, exc)
+    async def _read_only_replay(self, work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
+        return read_only_replay(work, self._where, exc), True
 
-    async def _refuse(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], exc: BaseException
-    ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+    async def _refuse(self, work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
         raise in_doubt_error(self._where, exc) from exc
 
     async def _run(
@@ -181,6 +194,15 @@ class Runner:
     ) -> T:
         token = STATELESS.set(stateless)
         handed = [False]
+        doubt: list[BaseException] = []  # a failure that left work in doubt, still unsettled
+
+        async def settle(exc: BaseException) -> None:
+            nonlocal work
+            if handed[0] and is_transient_query_failure(exc) and may_have_run(exc):
+                work, stands = await on_doubt(work, exc)
+                if stands and not doubt:
+                    doubt.append(exc)
+
         try:
             shards = self._shards if self._pools.replica is None else None
             if shard is not None and read and shards is not None:
@@ -202,10 +224,11 @@ class Runner:
                 # an ANN search); only a transient failure enters the retry loop.
                 return await self._attempt(work, handed=handed)
             except BaseException as exc:
-                if not is_transient_query_failure(exc) or self._settings.retry_attempts < 2:
+                if not is_transient_query_failure(exc):
                     raise
-                if handed[0] and may_have_run(exc):
-                    work = await on_doubt(work, exc)
+                await settle(exc)  # with no retry left too: it may say "it committed"
+                if self._settings.retry_attempts < 2:
+                    raise
                 await first_retry_wait(self._settings, self._what, exc, self._metrics.retry)
             async for attempt in self._retrying(after_first_failure=True):
                 with attempt:
@@ -213,14 +236,15 @@ class Runner:
                     try:
                         return await self._attempt(work, handed=handed)
                     except BaseException as exc:
-                        if handed[0] and is_transient_query_failure(exc) and may_have_run(exc):
-                            work = await on_doubt(work, exc)
+                        await settle(exc)
                         raise
         except DocstoreError:
             raise
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
+            if doubt and is_transient_query_failure(exc):  # gave up: say what may have run
+                raise in_doubt_error(self._where, doubt[0]) from exc
             raise self._pools.translate(exc) from exc
         finally:
             STATELESS.reset(token)
@@ -262,14 +286,23 @@ class Runner:
         finally:
             metrics.waiting[role] -= 1
         metrics.acquired(role, time.perf_counter() - started)
+        done = False
         try:
             yield conn
+            done = True
         except BaseException as exc:
             if is_transient(exc) and not is_closed(conn):
                 conn.terminate()  # dead or mid-protocol: never hand it to the next caller
             raise
         finally:
-            await pool.release(conn)
+            try:
+                await pool.release(conn)
+            except Exception as exc:
+                # the work was done; its connection broke on the way back (asyncpg closed
+                # it): the outcome stands, and running it again could apply it twice
+                if not (done and is_transient(exc)):
+                    raise
+                logger.info("a connection broke while going back to the pool: %s", exc)
 
     @contextlib.asynccontextmanager
     async def transaction(

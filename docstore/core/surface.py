@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg
 
@@ -49,9 +49,14 @@ class Queries(Protocol):
         stateless: bool = False,
         read: bool = False,
         shard: str | None = None,
+        retry_in_doubt: bool | Literal["read_only"] = "read_only",
     ) -> T: ...
     async def run_in_transaction(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], **transaction: Any
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        retry_in_doubt: bool = False,
+        **transaction: Any,
     ) -> T: ...
     def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]: ...
     def transaction(

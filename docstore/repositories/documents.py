@@ -535,7 +535,8 @@ class DocumentRepository:
                 f"was written ({_UPSERT_ROUNDS} times)"
             )
 
-        return _record_to_document(await self.store.run_in_transaction(work))
+        # the same values written twice leave the same row: a lost COMMIT is simply redone
+        return _record_to_document(await self.store.run_in_transaction(work, retry_in_doubt=True))
 
     @timed("documents.upsert_many")
     async def upsert_many(

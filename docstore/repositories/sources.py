@@ -137,7 +137,8 @@ class SourceRepository:
                 f"time it was written ({_UPSERT_ROUNDS} times)"
             )
 
-        return _to_source(await self.store.run_in_transaction(work))
+        # the same values written twice leave the same row: a lost COMMIT is simply redone
+        return _to_source(await self.store.run_in_transaction(work, retry_in_doubt=True))
 
     @timed("sources.get")
     async def get(self, doc_type: str, source_name: str) -> Source | None:
@@ -272,16 +273,15 @@ class SourceRepository:
         check_key(doc_type, source_name)
         if self.store.distributed:
             return await self._refresh_stats_distributed(doc_type, source_name)
-        record = await self.store.fetchrow(
-            f"""UPDATE document_sources s
+        sql = f"""UPDATE document_sources s
                    SET config = s.config || jsonb_build_object(
                            'total_docs', t.docs, 'total_tokens', t.tokens)
                   FROM (SELECT count(*) AS docs, coalesce(sum(token_count), 0) AS tokens
                           FROM documents WHERE doc_type = $1 AND source_name = $2) t
                  WHERE s.doc_type = $1 AND s.source_name = $2
-             RETURNING {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}""",
-            doc_type,
-            source_name,
+             RETURNING {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}"""
+        record = await self.store.run(  # recounted and rewritten: safe to run again
+            lambda conn: conn.fetchrow(sql, doc_type, source_name), retry_in_doubt=True
         )
         return None if record is None else _to_source(record)
 
@@ -291,6 +291,6 @@ class SourceRepository:
         in one transaction."""
 
         record = await self.store.run_in_transaction(
-            lambda conn: write_totals(conn, doc_type, source_name)
+            lambda conn: write_totals(conn, doc_type, source_name), retry_in_doubt=True
         )
         return None if record is None else _to_source(record)
