@@ -50,6 +50,20 @@ async def _retry_as_is(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bo
     return work, False
 
 
+def _replay_read_only(where: str) -> _OnDoubt[Any]:
+    async def replay(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
+        return read_only_replay(work, where, exc), True  # the first attempt may have applied
+
+    return replay
+
+
+def _refuse(where: str) -> _OnDoubt[Any]:
+    async def refused(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
+        raise in_doubt_error(where, exc) from exc
+
+    return refused
+
+
 class Runner:
     """The pools plus retry: runs work on connections (see the module docstring)."""
 
@@ -134,11 +148,11 @@ class Runner:
                 'retry_in_doubt must be "read_only", True or False', field="retry_in_doubt"
             )
         if retry_in_doubt is False:
-            on_doubt: _OnDoubt[T] = self._refuse
+            on_doubt: _OnDoubt[T] = _refuse(self._where)
         elif retry_in_doubt is True or self._read_only:  # safe to run it again
             on_doubt = _retry_as_is
         else:
-            on_doubt = self._read_only_replay
+            on_doubt = _replay_read_only(self._where)
         return await self._run(work, on_doubt, stateless=stateless, read=read, shard=shard)
 
     @timed("run_in_transaction")
@@ -176,12 +190,6 @@ class Runner:
     @property
     def _where(self) -> str:
         return self._pools.primary.redacted
-
-    async def _read_only_replay(self, work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
-        return read_only_replay(work, self._where, exc), True
-
-    async def _refuse(self, work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
-        raise in_doubt_error(self._where, exc) from exc
 
     async def _run(
         self,
