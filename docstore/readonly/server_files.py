@@ -34,6 +34,8 @@ from __future__ import annotations
 import functools
 import re
 
+from docstore.readonly.statements import comment_end
+
 FILE_FUNCTIONS = frozenset(
     {
         "lo_export",  # a large object to a server file
@@ -97,17 +99,10 @@ def _check_not_continued(sql: str, i: int) -> None:
 
 def _comment_end(sql: str, i: int) -> int:
     """The end of the (nested) ``/* */`` comment starting at ``i``."""
-    depth, i, n = 1, i + 2, len(sql)
-    while depth:
-        if i >= n:
-            raise _Unreadable("an unterminated comment")
-        if sql.startswith("/*", i):
-            depth, i = depth + 1, i + 2
-        elif sql.startswith("*/", i):
-            depth, i = depth - 1, i + 2
-        else:
-            i += 1
-    return i
+    end = comment_end(sql, i)
+    if end is None:
+        raise _Unreadable("an unterminated comment")
+    return end
 
 
 def _string_end(sql: str, i: int, backslashes: bool, doubling: bool = True) -> int:

@@ -47,6 +47,21 @@ _SPACE = " \t\n\r\f\v"
 _WORD_RE = re.compile(r"[A-Za-z]+")
 
 
+def comment_end(sql: str, i: int) -> int | None:
+    """The end of the (nested) ``/* */`` comment starting at ``i``; None if unterminated."""
+    depth, i, n = 1, i + 2, len(sql)
+    while depth:
+        if i >= n:
+            return None
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i
+
+
 def leading_keyword(sql: str) -> str | None:
     """The first keyword of ``sql`` in lower case, past whitespace, ``--`` and (nested)
     ``/* */`` comments and opening parentheses, as PostgreSQL's lexer reads them; None when
@@ -63,16 +78,10 @@ def leading_keyword(sql: str) -> str | None:
             while i < n and sql[i] not in "\r\n":
                 i += 1
         elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while depth and i < n:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            if depth:
+            end = comment_end(sql, i)
+            if end is None:
                 return None
+            i = end
         else:
             break
     match = _WORD_RE.match(sql, i)
