@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import docstore
+from docstore.errors import MigrationError
 from docstore.migrate import Migrator
 from tests.conftest import PgCluster
 from tests.legacy_db import legacy_database, legacy_execute, legacy_fetch
@@ -145,3 +146,27 @@ async def test_work_under_the_migration_lock_stands_when_unlocking_fails(
         async with store.acquire() as conn:
             assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+@pytest.mark.parametrize("stored", ["0006-01-01 00:00:00 BC", "12000-01-01 00:00:00"])
+async def test_a_created_at_python_cannot_read_back_is_a_blocking_preflight_problem(
+    legacy_url: str, database_url: str, stored: str
+) -> None:
+    """Before: the copy stored it and the run failed later, in its search-parity check, with
+    an untyped QueryError (OverflowError: date value out of range) — as would every read of
+    the document afterwards. ±infinity stays fine (asyncpg reads it as datetime.max/min)."""
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET created_at = $1::text::timestamp WHERE id IN (5, 9)",
+        stored,
+    )
+    await legacy_execute(
+        legacy_url, "UPDATE doc_embeddings SET created_at = '-infinity' WHERE id = 11"
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        pre = await m.preflight()
+        (problem,) = [p for p in pre.blocking if "created_at" in p]
+        assert "2 legacy documents (doc_embeddings ids 5, 9)" in problem
+        with pytest.raises(MigrationError, match="outside the years 1–9999"):
+            await m.run()
+    assert await _target_count(database_url) == 0

@@ -232,6 +232,20 @@ def _duplicates_problem(table: str, columns: Sequence[str], rows: Sequence[Any])
     return f"{what[0]} ({'; '.join(shown)}{more}) and {what[1]} and run again"
 
 
+async def _unreadable_dates(src: asyncpg.Connection, found: int) -> str:
+    """Why legacy rows whose ``created_at`` lies outside the years 1–9999 stop a run."""
+    ids = [r["id"] for r in await src.fetch(legacy.UNREADABLE_DATES)]
+    shown = ", ".join(str(i) for i in ids[:5]) + (", …" if found > 5 else "")
+    return (
+        f"{_count(found, 'legacy document')} (doc_embeddings ids {shown}) "
+        f"{'has' if found == 1 else 'have'} a created_at outside the years 1–9999 (BC, or "
+        "past 9999): PostgreSQL stores it, but Python's datetime — and so docstore, reading "
+        "the document back — cannot hold it. Fix them in the legacy database (UPDATE "
+        "doc_embeddings SET created_at = NULL WHERE isfinite(created_at) AND (created_at < "
+        "'0001-01-01' OR created_at >= '10000-01-01')) and run again"
+    )
+
+
 def _count(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
@@ -298,6 +312,8 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> tuple[Preflight
     pre.null_embeddings = facts["null_embeddings"]
     pre.orphan_documents = facts["orphan_documents"]
     pre.max_id = facts["max_id"]
+    if facts["unreadable_dates"]:
+        pre.blocking.append(await _unreadable_dates(src, facts["unreadable_dates"]))
     cheap = legacy.sizes_vectors(src)
     pre.embedding_dims = {
         r["dims"]: r["rows"] for r in await src.fetch(legacy.embedding_dims_query(dim, cheap))
