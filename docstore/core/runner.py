@@ -100,7 +100,7 @@ class Runner:
     def _retrying(self, *, after_first_failure: bool = False) -> tenacity.AsyncRetrying:
         return retrying(
             self._settings,
-            f"query on {self._pools.primary.redacted}",
+            self._what,
             after_first_failure=after_first_failure,
             retry_on=is_transient_query_failure,
             on_retry=self._metrics.retry,
@@ -181,7 +181,9 @@ class Runner:
         it did, or that cannot be known, :class:`DatabaseUnavailableError` says so and it is
         not run again. ``retry_in_doubt=True`` promises that running ``work`` twice does no
         harm (an upsert of the same values): it is then run again as is."""
-        if retry_in_doubt is True:  # no marker to read (its round trip: ~15% of a row's)
+        # no marker to read (its round trip: ~15% of a row's) when running it again is safe,
+        # as run() decides: promised, or on a read-only store, where nothing can commit a write
+        if retry_in_doubt is True or self._read_only:
             return await self._run(_in_transaction(work, transaction), _retry_as_is)
         marker = CommitMarker()
         distributed = self._distributed()

@@ -146,21 +146,19 @@ def duplicates_query(table: str, columns: Sequence[str], limit: int = 5) -> str:
 
 # A hashed outer join, not NOT EXISTS per row: that ran as a sub-plan scanning crates for each
 # document (13 ms of 14 for 4,133 documents of 83 crates; 1.4 ms this way).
-DOCUMENT_FACTS = """
+# created_at values PostgreSQL stores and Python's datetime (years 1-9999) cannot hold
+UNREADABLE_DATE = (
+    "isfinite(created_at) AND (created_at < '0001-01-01' OR created_at >= '10000-01-01')"
+)
+DOCUMENT_FACTS = f"""
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE d.embedding IS NULL) AS null_embeddings,
        coalesce(max(d.id), 0) AS max_id,
        count(*) FILTER (WHERE c.name IS NULL) AS orphan_documents,
-       count(*) FILTER (WHERE isfinite(d.created_at) AND (d.created_at < '0001-01-01'
-                                OR d.created_at >= '10000-01-01')) AS unreadable_dates
+       count(*) FILTER (WHERE {UNREADABLE_DATE}) AS unreadable_dates
   FROM doc_embeddings d LEFT JOIN (SELECT DISTINCT name FROM crates) c ON c.name = d.crate_name
 """
-# created_at values PostgreSQL stores and Python's datetime (years 1-9999) cannot hold
-UNREADABLE_DATES = """
-SELECT id FROM doc_embeddings
- WHERE isfinite(created_at) AND (created_at < '0001-01-01' OR created_at >= '10000-01-01')
- ORDER BY id LIMIT 6
-"""
+UNREADABLE_DATES = f"SELECT id FROM doc_embeddings WHERE {UNREADABLE_DATE} ORDER BY id LIMIT 6"
 
 CRATES_WITHOUT_DOCUMENTS = """
 SELECT c.name FROM crates c

@@ -241,8 +241,7 @@ async def _unreadable_dates(src: asyncpg.Connection, found: int) -> str:
         f"{'has' if found == 1 else 'have'} a created_at outside the years 1–9999 (BC, or "
         "past 9999): PostgreSQL stores it, but Python's datetime — and so docstore, reading "
         "the document back — cannot hold it. Fix them in the legacy database (UPDATE "
-        "doc_embeddings SET created_at = NULL WHERE isfinite(created_at) AND (created_at < "
-        "'0001-01-01' OR created_at >= '10000-01-01')) and run again"
+        f"doc_embeddings SET created_at = NULL WHERE {legacy.UNREADABLE_DATE}) and run again"
     )
 
 
