@@ -513,3 +513,23 @@ async def test_all_zero_legacy_embeddings_neither_break_nor_fail_validation(
     problems = broken.problems()
     assert f"documents: legacy {DOCS + 4:,}, target {DOCS + 3:,}" in problems, problems
     assert "population jobs: legacy 3, target 2" in problems, problems
+
+
+async def test_a_stray_row_with_a_legacy_id_too_long_for_bigint_is_reported_not_a_crash(
+    legacy_url: str, database_url: str
+) -> None:
+    # every stage selects migrated rows with one predicate (legacy.MIGRATED_ROWS); the row
+    # digests once took any run of digits and failed casting this one to bigint
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        assert (await m.run()).ok
+        async with docstore.connect(database_url) as store:
+            await store.execute(
+                "insert into documents (source_name, doc_path, content, metadata)"
+                " values ('crate0', 'stray', 'text', jsonb_build_object("
+                "'migrated_from', 'rust_docs_vectors', 'legacy_id', repeat('9', 22)))"
+            )
+        stale = await m.validate()
+        assert not stale.ok and stale.problems()
+        async with docstore.connect(database_url) as store:
+            await store.execute("delete from documents where doc_path = 'stray'")
+        assert (await m.validate()).ok

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from docstore.migrate.context import LONG_TIMEOUT, run_doc_type
+from docstore.migrate.legacy import LEGACY_KEY, MIGRATED_ROWS
 from docstore.store import Store
 
 _RECORD = """
@@ -94,11 +95,9 @@ async def prune(
 # Migrated rows of doc_type $1 by checkpoint range: with $2 = [first+1, last+1, ...] of the
 # ranges in order, range i's rows fall in bucket 2i+1 (ids are integers: (first, last] is
 # [first+1, last+1)). One pass over the doc_type's rows, however many checkpoints.
-_HELD = """
-SELECT width_bucket((metadata->>'legacy_id')::bigint, $2::bigint[]) AS bucket, count(*) AS n
-  FROM documents
- WHERE doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'
-   AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'
+_HELD = f"""
+SELECT width_bucket({LEGACY_KEY}, $2::bigint[]) AS bucket, count(*) AS n
+  FROM documents WHERE {MIGRATED_ROWS}
  GROUP BY 1
 """
 

@@ -67,9 +67,8 @@ ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
 _DELETE_RANGE_NOT_STAGED = f"""
 WITH staged AS MATERIALIZED (SELECT source_name, doc_path FROM {STAGE_TABLE})
 DELETE FROM documents d
- WHERE d.doc_type = $1 AND d.metadata->>'migrated_from' = 'rust_docs_vectors'
-   AND d.metadata->>'legacy_id' ~ '^[0-9]{{1,18}}$'
-   AND (d.metadata->>'legacy_id')::bigint > $2 AND (d.metadata->>'legacy_id')::bigint <= $3
+ WHERE {legacy.MIGRATED_ROWS}
+   AND {legacy.LEGACY_KEY} > $2 AND {legacy.LEGACY_KEY} <= $3
    AND (d.source_name, d.doc_path) NOT IN (SELECT source_name, doc_path FROM staged)
 """
 

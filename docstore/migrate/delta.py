@@ -45,10 +45,7 @@ async def delta_documents(
     changed = 0
     if newest < last or not ctx.copied_into_empty:
         status = await tgt.execute(
-            "DELETE FROM documents WHERE doc_type = $1"
-            " AND metadata->>'migrated_from' = 'rust_docs_vectors'"
-            " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
-            " AND (metadata->>'legacy_id')::bigint > $2",
+            f"DELETE FROM documents WHERE {legacy.MIGRATED_ROWS} AND {legacy.LEGACY_KEY} > $2",
             ctx.doc_type,
             newest,
         )

@@ -18,6 +18,15 @@ from docstore.embeddings import MAX_EMBEDDING_VALUE
 LEGACY_TABLES = ("crates", "doc_embeddings", "crate_configs", "population_jobs")
 REQUIRED_TABLES = ("crates", "doc_embeddings")
 MIGRATED_FROM = "rust_docs_vectors"
+# The target's rows that a migration of doc_type $1 wrote, and their legacy id: what every
+# stage that matches target rows to legacy ranges selects (the copy's range delete, the delta
+# pass, checkpoints, validation's stamps and digests). 1-18 digits always fit a bigint, so a
+# row some other writer gave a longer legacy_id is not one of them instead of failing the cast.
+MIGRATED_ROWS = (
+    f"doc_type = $1 AND metadata->>'migrated_from' = '{MIGRATED_FROM}'"
+    " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
+)
+LEGACY_KEY = "(metadata->>'legacy_id')::bigint"
 
 # The legacy DDL (a verbatim copy of the deployed schema), used to build legacy-shaped
 # databases for rollback, tests and benchmarks.
@@ -364,10 +373,8 @@ def target_digest_sql() -> str:
         " ELSE coalesce(md5(metadata->>'crate_name'), '-') END",
     )
     return (
-        "SELECT (metadata->>'legacy_id')::bigint AS key, source_name, doc_path,"
-        f" {digest} AS digest FROM documents"
-        " WHERE doc_type = $1 AND metadata->>'migrated_from' = 'rust_docs_vectors'"
-        " AND metadata->>'legacy_id' ~ '^[0-9]+$'"
+        f"SELECT {LEGACY_KEY} AS key, source_name, doc_path,"
+        f" {digest} AS digest FROM documents WHERE {MIGRATED_ROWS}"
     )
 
 

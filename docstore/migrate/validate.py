@@ -34,7 +34,6 @@ from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import (
     LONG_TIMEOUT,
-    MIGRATED_DOCUMENT,
     StageContext,
     now,
     side_by_side,
@@ -50,15 +49,14 @@ from docstore.migrate.report import (
 from docstore.migrate.verify import VerifiedRange
 from docstore.store import Store
 
-_NUMERIC_LEGACY_ID = "metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
 # The target's migrated rows per checkpoint range (legacy.RANGE_STAMPS' buckets), stamped
 # like the verifier's read-back (verify.READ_BACK_STAMP).
 TARGET_RANGE_STAMPS = f"""
-SELECT width_bucket((metadata->>'legacy_id')::bigint, $2::bigint[]) AS chunk,
+SELECT width_bucket({legacy.LEGACY_KEY}, $2::bigint[]) AS chunk,
        count(*) AS rows,
        md5(string_agg(id::text || ':' || xmin::text, ','
-                      ORDER BY (metadata->>'legacy_id')::bigint, id)) AS checksum
-  FROM documents WHERE {MIGRATED_DOCUMENT} AND {_NUMERIC_LEGACY_ID}
+                      ORDER BY {legacy.LEGACY_KEY}, id)) AS checksum
+  FROM documents WHERE {legacy.MIGRATED_ROWS}
  GROUP BY 1
 """
 _LOWEST, _HIGHEST = -(2**63), 2**63 - 1
