@@ -195,6 +195,15 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 _ARG_ERROR = re.compile(r"^(invalid input for query argument \$\d+)")
+# A constraint violation's DETAIL spells out the whole row: a document's embedding and text.
+_FAILING_ROW = re.compile(r"(Failing row contains) \(.*", re.DOTALL)
+# Python's datetime holds the years 1-9999, PostgreSQL's timestamps 4713 BC-294276 AD.
+_OUT_OF_RANGE = ("date value out of range", "year ", "is out of range")
+OUT_OF_RANGE_HINT = (
+    " (a date or timestamp outside the years 1-9999 came back, which Python cannot hold: find"
+    " it with `WHERE isfinite(col) AND (col < '0001-01-01' OR col >= '10000-01-01')`, then"
+    " set it to NULL or select it as text)"
+)
 
 
 def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
@@ -203,10 +212,20 @@ def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     Client-side argument errors echo the offending value (possibly a whole vector), so only
     their first clause is kept.
     """
-    message = str(exc)
+    message = _FAILING_ROW.sub(r"\1 (the row's values are not shown)", str(exc))
     match = _ARG_ERROR.match(message)
     if match:
         message = match[1]
     sqlstate = getattr(exc, "sqlstate", None)
     code = f" [{sqlstate}]" if sqlstate else ""
-    return f"{type(exc).__name__}{code}: {scrub(message, secrets)}"
+    hint = OUT_OF_RANGE_HINT if is_out_of_range_date(exc) else ""
+    return f"{type(exc).__name__}{code}: {scrub(message, secrets)}{hint}"
+
+
+def is_out_of_range_date(exc: BaseException) -> bool:
+    """asyncpg decoding a date or timestamp Python's datetime cannot hold."""
+    message = str(exc)
+    return isinstance(exc, OverflowError | ValueError) and (
+        message.startswith(_OUT_OF_RANGE[0])
+        or (message.startswith(_OUT_OF_RANGE[1]) and message.endswith(_OUT_OF_RANGE[2]))
+    )
