@@ -170,3 +170,50 @@ async def test_a_created_at_python_cannot_read_back_is_a_blocking_preflight_prob
         with pytest.raises(MigrationError, match="outside the years 1–9999"):
             await m.run()
     assert await _target_count(database_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "UPDATE crates SET last_updated = '0006-01-01 BC' WHERE id IN (1, 2)",
+            "2 crates rows (ids 1, 2) hold a date outside the years 1–9999 in last_updated",
+        ),
+        (
+            "UPDATE crate_configs SET last_checked = '12000-01-01 00:00+00',"
+            " updated_at = '0001-01-01 00:30+01' WHERE id = 1",
+            "1 crate_configs row (id 1) holds a date outside the years 1–9999 in last_checked,"
+            " updated_at",
+        ),
+        (
+            "UPDATE population_jobs SET completed_at = '0006-01-01 00:00+00 BC' WHERE id = 1",
+            "1 population_jobs row (id 1) holds a date outside the years 1–9999 in completed_at",
+        ),
+    ],
+)
+async def test_a_date_python_cannot_hold_in_a_small_legacy_table_blocks_preflight(
+    legacy_url: str, database_url: str, sql: str, expected: str
+) -> None:
+    """Before: no preflight finding, and run() ended in a raw OverflowError from the sources
+    stage (the CLI's "internal error"). 00:30 on 1 January of year 1 at +01:00 is year 0 in
+    UTC, where asyncpg reads a timestamptz."""
+    await legacy_execute(legacy_url, sql)
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        pre = await m.preflight()
+        assert [p for p in pre.blocking if expected in p], pre.blocking
+        with pytest.raises(MigrationError, match="outside the years 1–9999"):
+            await m.run()
+    assert await _target_count(database_url) == 0
+
+
+async def test_a_legacy_date_changed_past_9999_after_the_run_fails_validate_typed(
+    legacy_url: str, database_url: str
+) -> None:
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+        await legacy_execute(
+            legacy_url, "UPDATE crates SET last_updated = '12000-01-01' WHERE id = 1"
+        )
+        with pytest.raises(MigrationError, match="outside the years 1-9999") as info:
+            await m.validate()
+        assert isinstance(info.value.__cause__, OverflowError)

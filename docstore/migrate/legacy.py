@@ -155,10 +155,50 @@ def duplicates_query(table: str, columns: Sequence[str], limit: int = 5) -> str:
 
 # A hashed outer join, not NOT EXISTS per row: that ran as a sub-plan scanning crates for each
 # document (13 ms of 14 for 4,133 documents of 83 crates; 1.4 ms this way).
-# created_at values PostgreSQL stores and Python's datetime (years 1-9999) cannot hold
-UNREADABLE_DATE = (
-    "isfinite(created_at) AND (created_at < '0001-01-01' OR created_at >= '10000-01-01')"
-)
+
+
+def unreadable_date(column: str, *, zone: bool = False) -> str:
+    """Whether ``column`` holds a value PostgreSQL stores and Python's datetime (the years
+    1-9999; a ``timestamptz`` (``zone``) read in UTC) cannot hold. ±infinity reads fine."""
+    low, high = (
+        ("'0001-01-01 00:00:00+00'", "'10000-01-01 00:00:00+00'")
+        if zone
+        else (
+            "'0001-01-01'",
+            "'10000-01-01'",
+        )
+    )
+    return f"isfinite({column}) AND ({column} < {low} OR {column} >= {high})"
+
+
+UNREADABLE_DATE = unreadable_date("created_at")
+# The other legacy tables' date columns (crates' is a timestamp, the others' timestamptz),
+# which the sources stage reads into Python.
+SMALL_TABLE_DATES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "crates": (("last_updated",), False),
+    "crate_configs": (("last_checked", "last_populated", "created_at", "updated_at"), True),
+    "population_jobs": (("started_at", "completed_at", "created_at"), True),
+}
+
+
+def unreadable_dates_query(tables: Sequence[str]) -> str:
+    """For each of ``tables`` (of :data:`SMALL_TABLE_DATES`) holding an unreadable date: how
+    many rows, the first 5 ids and the columns that hold one. One statement, one round trip."""
+    parts = []
+    for table in tables:
+        names, zone = SMALL_TABLE_DATES[table]
+        tests = [unreadable_date(c, zone=zone) for c in names]
+        columns = ", ".join(
+            f"CASE WHEN bool_or({t}) THEN '{c}' END" for c, t in zip(names, tests, strict=True)
+        )
+        parts.append(
+            f"SELECT '{table}' AS name, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS ids,"
+            f" array_remove(ARRAY[{columns}], NULL) AS columns"
+            f" FROM {table} WHERE {' OR '.join(f'({t})' for t in tests)} HAVING count(*) > 0"
+        )
+    return " UNION ALL ".join(parts)
+
+
 DOCUMENT_FACTS = f"""
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE d.embedding IS NULL) AS null_embeddings,

@@ -65,6 +65,7 @@ from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
 from docstore.store import Store, connect
+from docstore.transient import is_out_of_range_date
 
 logger = logging.getLogger("docstore")
 
@@ -211,7 +212,8 @@ class Migrator:
         """
         try:
             return await self._run(dry_run)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, *_DATE_ERRORS) as exc:
+            _raise_if_a_bug(exc)
             raise MigrationError(
                 f"migration failed: {describe(exc, self._secrets)}; the chunks committed "
                 "before stay, and a re-run resumes after them"
@@ -330,7 +332,8 @@ class Migrator:
                     result = await validate_stage.validate(
                         ctx, src, tgt, store, streamed=streamed, parity_queries=self.parity_queries
                     )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, *_DATE_ERRORS) as exc:
+                _raise_if_a_bug(exc)
                 raise MigrationError(f"validation failed: {describe(exc, self._secrets)}") from exc
         result.seconds = now() - started
         return result
@@ -422,6 +425,16 @@ async def _analyze(store: Store, ctx: StageContext, report: MigrationReport, cou
     )
     await store.execute("ANALYZE document_sources")
     report.timings["analyze"] = now() - t0
+
+
+# asyncpg reading a date Python's datetime cannot hold (a legacy value changed since preflight)
+_DATE_ERRORS = (OverflowError, ValueError)
+
+
+def _raise_if_a_bug(exc: BaseException) -> None:
+    """Let an OverflowError or ValueError that is not such a date through, as the bug it is."""
+    if isinstance(exc, _DATE_ERRORS) and not is_out_of_range_date(exc):
+        raise exc
 
 
 def _repaired(found: list[str]) -> str:

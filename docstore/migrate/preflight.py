@@ -245,6 +245,21 @@ async def _unreadable_dates(src: asyncpg.Connection, found: int) -> str:
     )
 
 
+def _unreadable_small(found: asyncpg.Record) -> str:
+    """Why rows of crates, crate_configs or population_jobs with a date outside the years
+    1–9999 stop a run (the sources stage reads them into Python)."""
+    more = ", …" if found["rows"] > len(found["ids"]) else ""
+    columns = ", ".join(found["columns"])
+    ids = ", ".join(str(i) for i in found["ids"])
+    return (
+        f"{_count(found['rows'], found['name'] + ' row')} (id{'s' if found['rows'] > 1 else ''}"
+        f" {ids}{more}) {'holds' if found['rows'] == 1 else 'hold'} a date outside the years "
+        f"1–9999 in {columns} (BC, or past 9999): PostgreSQL stores it, but Python's datetime "
+        "— and so the migration, reading it — cannot hold it. Fix them in the legacy "
+        f"database (set {columns} to NULL or a real date there) and run again"
+    )
+
+
 def _count(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
@@ -313,6 +328,10 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> tuple[Preflight
     pre.max_id = facts["max_id"]
     if facts["unreadable_dates"]:
         pre.blocking.append(await _unreadable_dates(src, facts["unreadable_dates"]))
+    small = [t for t in legacy.SMALL_TABLE_DATES if t in present and present[t]["readable"]]
+    pre.blocking += [
+        _unreadable_small(r) for r in await src.fetch(legacy.unreadable_dates_query(small))
+    ]
     cheap = legacy.sizes_vectors(src)
     pre.embedding_dims = {
         r["dims"]: r["rows"] for r in await src.fetch(legacy.embedding_dims_query(dim, cheap))
