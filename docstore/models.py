@@ -129,6 +129,20 @@ Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
 NaiveTimestamp = Annotated[datetime | None, AfterValidator(naive_utc)]
 
 
+def _integer(value: Any) -> Any:
+    """An integer (numpy's too, :func:`as_int`) as an int, None as is; anything else is a
+    ValueError: pydantic's lax mode would store ``True``, ``"7"`` or ``3.0`` as a number."""
+    if value is None:
+        return None
+    number = as_int(value)
+    if number is None:
+        raise ValueError(f"must be an integer, not {type(value).__name__}")
+    return number
+
+
+Integer = Annotated[int | None, BeforeValidator(_integer)]
+
+
 def aware_utc(value: Any) -> Any:
     """A naive datetime as UTC (docstore's convention for naive times; asyncpg would read it
     in the Python process's local zone when it fills a TIMESTAMPTZ column)."""
@@ -246,14 +260,14 @@ class Document(_Model):
     _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name", "doc_path")
     _json_fields: ClassVar[tuple[str, ...]] = ("metadata",)
 
-    id: int | None = None
+    id: Integer = None
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
     source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
     doc_path: Annotated[str, AfterValidator(_doc_path), Field(min_length=1)]
     content: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
     metadata: Metadata = Field(default_factory=dict)
     embedding: Embedding = Field(default=None, repr=False)
-    token_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    token_count: Integer = Field(default=None, ge=0, le=2**31 - 1)
     created_at: NaiveTimestamp = None
     updated_at: NaiveTimestamp = None
     _metadata_json: str | None = PrivateAttr(default=None)
@@ -272,6 +286,8 @@ class Document(_Model):
         (:meth:`take_metadata_json`), so checking costs no second serialization. Raises
         :class:`ValidationError` as the constructor would."""
         try:
+            if not isinstance(self.metadata, Mapping):  # a row another writer stored
+                raise ValueError(f"must be a JSON object, not {type(self.metadata).__name__}")
             self._metadata_json = metadata_json(self.metadata)
             if problem := self._legacy_id_problem():
                 raise ValueError(problem)
@@ -305,7 +321,8 @@ class Document(_Model):
         return self
 
     def _legacy_id_problem(self) -> str | None:  # index (doc_type, metadata->>'legacy_id')
-        size = len(self.doc_type.encode()) + indexed_text_bytes(self.metadata.get("legacy_id"))
+        metadata = self.metadata if isinstance(self.metadata, Mapping) else {}  # seal() says
+        size = len(self.doc_type.encode()) + indexed_text_bytes(metadata.get("legacy_id"))
         if size <= MAX_KEY_BYTES:
             return None
         return (
@@ -358,7 +375,7 @@ class Source(_Model):
     _key_fields: ClassVar[tuple[str, ...]] = ("doc_type", "source_name")
     _json_fields: ClassVar[tuple[str, ...]] = ("config",)
 
-    id: int | None = None
+    id: Integer = None
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
     source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
     config: Metadata = Field(default_factory=dict)

@@ -167,6 +167,19 @@ def indexed_text_bytes(value: Any) -> int:
         return 0
     if isinstance(value, str):
         return len(value.encode("utf-8"))
+    return _jsonb_text_bytes(value)
+
+
+def _jsonb_text_bytes(value: Any) -> int:
+    """UTF-8 bytes of ``value`` as jsonb prints it: ``", "`` and ``": "`` between items, and
+    every number in full — a float nested in a list or object too (``1e300`` is 301 digits
+    there, where ``json.dumps`` writes 6)."""
     if isinstance(value, float) and math.isfinite(value):
         return len(format(Decimal(repr(value)), "f"))
-    return len(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8"))
+    if isinstance(value, Mapping):
+        items = [_jsonb_text_bytes(str(k)) + 2 + _jsonb_text_bytes(v) for k, v in value.items()]
+        return 2 + sum(items) + 2 * max(len(items) - 1, 0)
+    if isinstance(value, list | tuple):
+        parts = [_jsonb_text_bytes(v) for v in value]
+        return 2 + sum(parts) + 2 * max(len(parts) - 1, 0)
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))

@@ -13,8 +13,6 @@ import docstore
 from docstore.errors import QueryError
 from tests.conftest import unit_vector
 
-pytestmark = pytest.mark.asyncio
-
 
 def _doc(path: str) -> docstore.Document:
     return docstore.Document(

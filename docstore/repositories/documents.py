@@ -29,7 +29,8 @@ the repository that runs it.
 **Concurrency.** Every docstore write to a source — a batch of ``upsert_many``,
 ``delete_source``, ``sources.delete(with_documents=True)`` — holds that source's lock for
 its transaction, so docstore's writers of one source run one after the other (writers of
-different sources never wait for each other). Each batch is therefore linearizable: its
+different sources wait for each other only when their sources share one of the 256 lock
+buckets). Each batch is therefore linearizable: its
 :class:`UpsertResult` describes what is in the database when its transaction commits, and no
 concurrent ``delete_source`` can interleave with it. Row locks are not needed for that, so
 re-upserting unchanged rows still writes nothing (a row lock would dirty every page and, after
@@ -74,6 +75,25 @@ _COLUMNS = (
     "id, doc_type, source_name, doc_path, content, metadata, embedding, token_count, "
     "created_at, updated_at"
 )
+# A row's bytes as stored: each column's stored size (an out-of-line value's TOAST size, read
+# from its pointer) plus the tuple header. pg_column_size(d.*) would build the whole row as a
+# value, fetching and decompressing every out-of-line embedding from TOAST to do so.
+_STORED_ROW_BYTES = " + ".join(
+    ["24"]
+    + [
+        f"coalesce(pg_column_size(d.{c}), 0)"
+        for c in (*_COLUMNS.replace(" ", "").split(","), "embedding_half")
+    ]
+)
+STATS = f"""
+SELECT doc_type, source_name, count(*) AS documents, count(embedding) AS with_embedding,
+       count(*) - count(embedding) AS without_embedding,
+       coalesce(sum(token_count), 0) AS tokens,
+       coalesce(sum(octet_length(content)), 0) AS content_bytes,
+       coalesce(sum({_STORED_ROW_BYTES}), 0) AS stored_bytes
+  FROM documents d GROUP BY doc_type, source_name ORDER BY doc_type, source_name
+"""
+_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 _DATA_COLUMNS = (
     "doc_type",
     "source_name",
@@ -115,21 +135,30 @@ SELECT k.ord
     ON d.source_name = k.source_name AND d.doc_type = k.doc_type AND d.doc_path = k.doc_path
 """
 
-# Transaction-level advisory locks, taken in ascending key order (the sub-select with OFFSET 0
-# fixes the order the function is called in), so two batches never wait for each other in a
-# cycle.
-_LOCK_SOURCES = """
-SELECT count(pg_advisory_xact_lock(k))
-  FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k OFFSET 0) AS s
+# Source locks are transaction-level advisory locks in the two-key form (the namespace
+# SOURCE_LOCK_SPACE, a bucket): taken in ascending order (the sub-select with OFFSET 0 fixes the
+# order the function is called in), so two batches never wait for each other in a cycle.
+# Sources share SOURCE_LOCK_BUCKETS buckets, so a transaction holds at most that many locks
+# however many sources it writes: one lock per source filled PostgreSQL's shared lock table
+# (max_locks_per_transaction x max_connections, 6,400 by default) at ~15,000 sources in one
+# atomic upsert_many, failing it and every other session's locks ("out of shared memory").
+# Two sources in one bucket only make their writers take turns.
+SOURCE_LOCK_SPACE = 0x646F6373  # "docs"
+SOURCE_LOCK_BUCKETS = 256
+_LOCK_SOURCES = f"""
+SELECT count(pg_advisory_xact_lock({SOURCE_LOCK_SPACE}, k))
+  FROM (SELECT k FROM unnest($1::int[]) AS k ORDER BY k OFFSET 0) AS s
 """
 
 
 # One statement per existing row, pipelined: is the stored row different? (Reading it costs the
-# same as an UPDATE that finds nothing to do, and an absent row returns nothing.)
+# same as an UPDATE that finds nothing to do, and an absent row returns nothing.) metadata is
+# compared as jsonb's text: jsonb's own equality takes 1 and 1.0 for the same number, so a
+# change from one to the other was reported unchanged and never written.
 _COMPARE = """
 SELECT d.doc_type, d.source_name, d.doc_path,
-       (d.content, d.metadata, d.embedding, d.token_count)
-       IS DISTINCT FROM ($4, $5::jsonb, $6::vector, $7::integer) AS changed
+       (d.content, d.metadata::text, d.embedding, d.token_count)
+       IS DISTINCT FROM ($4, $5::jsonb::text, $6::vector, $7::integer) AS changed
   FROM documents d
  WHERE d.doc_type = $1 AND d.source_name = $2 AND d.doc_path = $3
 """
@@ -138,8 +167,8 @@ _GUARDED_UPDATE = """
 UPDATE documents AS d
    SET content = $4, metadata = $5::jsonb, embedding = $6, token_count = $7
  WHERE d.doc_type = $1 AND d.source_name = $2 AND d.doc_path = $3
-   AND (d.content, d.metadata, d.embedding, d.token_count)
-       IS DISTINCT FROM ($4, $5::jsonb, $6::vector, $7::integer)
+   AND (d.content, d.metadata::text, d.embedding, d.token_count)
+       IS DISTINCT FROM ($4, $5::jsonb::text, $6::vector, $7::integer)
 RETURNING d.doc_type, d.source_name, d.doc_path
 """
 
@@ -166,23 +195,24 @@ SELECT doc_type, source_name, doc_path, content, metadata, embedding, token_coun
 ON CONFLICT (doc_type, source_name, doc_path) DO UPDATE
    SET content = excluded.content, metadata = excluded.metadata,
        embedding = excluded.embedding, token_count = excluded.token_count
- WHERE (d.content, d.metadata, d.embedding, d.token_count)
-       IS DISTINCT FROM (excluded.content, excluded.metadata, excluded.embedding,
+ WHERE (d.content, d.metadata::text, d.embedding, d.token_count)
+       IS DISTINCT FROM (excluded.content, excluded.metadata::text, excluded.embedding,
                          excluded.token_count)
 RETURNING (xmax = 0) AS inserted
 """
 
 
 def source_lock_key(doc_type: str, source_name: str) -> int:
-    """The advisory-lock key of one source: a stable signed 64-bit hash of its key.
+    """The lock bucket of one source (0 to ``SOURCE_LOCK_BUCKETS - 1``): a stable hash of its
+    key, taken as ``pg_advisory_xact_lock(SOURCE_LOCK_SPACE, bucket)``.
 
-    Stable across processes and versions (not Python's salted ``hash``); a collision between
-    two sources only makes their writers wait for each other.
+    Stable across processes and versions (not Python's salted ``hash``); two sources in one
+    bucket only make their writers wait for each other.
     """
     digest = hashlib.blake2b(
         f"{doc_type}\x1f{source_name}".encode(), digest_size=8, person=b"docstore.src"
     ).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return int.from_bytes(digest, "big") % SOURCE_LOCK_BUCKETS
 
 
 async def lock_sources(conn: asyncpg.Connection, sources: Iterable[tuple[str, str]]) -> None:
@@ -414,8 +444,12 @@ async def delete_source_documents(conn: asyncpg.Connection, doc_type: str, sourc
 
 
 def _record_to_document(record: Any) -> Document:
-    """A :class:`Document` from a trusted row (``metadata`` decoded by the pool's codec)."""
-    return Document.model_construct(**dict(record))
+    """A :class:`Document` from a trusted row (``metadata`` decoded by the pool's codec; SQL
+    NULL, which only another writer stores, as the model's default ``{}``)."""
+    fields = dict(record)
+    if fields.get("metadata", {}) is None:
+        fields["metadata"] = {}
+    return Document.model_construct(**fields)
 
 
 def _scope(doc_type: str | None, source_name: str | None, first: int = 1) -> tuple[str, list[Any]]:
@@ -492,8 +526,20 @@ class DocumentRepository:
             f" ORDER BY id LIMIT ${n}"
         )
         last = -(2**63)  # ids a caller's SQL set to 0 or below are documents too
+
+        async def page(conn: asyncpg.Connection) -> list[Any]:
+            if not params:  # the primary key's order is the plan, whatever the table holds
+                return await conn.fetch(query, last, batch_size)
+            # A scoped page's plan depends on the scope's size: a small source's rows through
+            # the key index and a sort, a large one's in primary-key order. A generic plan (a
+            # prepared statement's after five runs on a pooled connection) takes one of them
+            # for every source, and so walked the whole table for each page of a small one.
+            async with conn.transaction(readonly=True):
+                await conn.execute(_CUSTOM_PLAN)
+                return await conn.fetch(query, last, *params, batch_size)
+
         while True:
-            records = await own_reads(self.store).fetch(query, last, *params, batch_size)
+            records = await self.store.run(page, stateless=True, read=True)
             for record in records:
                 yield _record_to_document(record)
             if len(records) < batch_size:
@@ -503,15 +549,7 @@ class DocumentRepository:
     @timed("documents.stats")
     async def stats(self) -> list[SourceStats]:
         """Per (doc_type, source_name): documents, with/without embedding, tokens, bytes."""
-        records = await own_reads(self.store).fetch(
-            """SELECT doc_type, source_name, count(*) AS documents,
-                      count(embedding) AS with_embedding,
-                      count(*) - count(embedding) AS without_embedding,
-                      coalesce(sum(token_count), 0) AS tokens,
-                      coalesce(sum(octet_length(content)), 0) AS content_bytes,
-                      coalesce(sum(pg_column_size(d.*)), 0) AS stored_bytes
-                 FROM documents d GROUP BY doc_type, source_name ORDER BY doc_type, source_name"""
-        )
+        records = await own_reads(self.store).fetch(STATS)
         return [SourceStats(**dict(r)) for r in records]
 
     # -- writes ----------------------------------------------------------------------------
