@@ -212,12 +212,9 @@ class Migrator:
         """
         try:
             return await self._run(dry_run)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, *_DATE_ERRORS) as exc:
-            _raise_if_a_bug(exc)
-            raise MigrationError(
-                f"migration failed: {describe(exc, self._secrets)}; the chunks committed "
-                "before stay, and a re-run resumes after them"
-            ) from None
+        except _FAILURES as exc:
+            resumes = "; the chunks committed before stay, and a re-run resumes after them"
+            raise _failure("migration failed", exc, self._secrets, resumes) from None
 
     async def _run(self, dry_run: bool) -> MigrationReport:
         started = now()
@@ -332,9 +329,8 @@ class Migrator:
                     result = await validate_stage.validate(
                         ctx, src, tgt, store, streamed=streamed, parity_queries=self.parity_queries
                     )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, *_DATE_ERRORS) as exc:
-                _raise_if_a_bug(exc)
-                raise MigrationError(f"validation failed: {describe(exc, self._secrets)}") from exc
+            except _FAILURES as exc:
+                raise _failure("validation failed", exc, self._secrets) from exc
         result.seconds = now() - started
         return result
 
@@ -427,14 +423,17 @@ async def _analyze(store: Store, ctx: StageContext, report: MigrationReport, cou
     report.timings["analyze"] = now() - t0
 
 
-# asyncpg reading a date Python's datetime cannot hold (a legacy value changed since preflight)
-_DATE_ERRORS = (OverflowError, ValueError)
+# What a run or a validation reports as a MigrationError: the databases' and the network's
+# failures, and asyncpg reading a date Python cannot hold (a legacy value changed since
+# preflight looked) — an OverflowError or ValueError of any other kind is a bug, raised as is.
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError)
 
 
-def _raise_if_a_bug(exc: BaseException) -> None:
-    """Let an OverflowError or ValueError that is not such a date through, as the bug it is."""
-    if isinstance(exc, _DATE_ERRORS) and not is_out_of_range_date(exc):
-        raise exc
+def _failure(what: str, exc: Exception, secrets: tuple[str, ...], more: str = "") -> Exception:
+    """The MigrationError to raise for ``exc`` (``exc`` itself when it is a bug)."""
+    if isinstance(exc, OverflowError | ValueError) and not is_out_of_range_date(exc):
+        return exc
+    return MigrationError(f"{what}: {describe(exc, secrets)}{more}")
 
 
 def _repaired(found: list[str]) -> str:
