@@ -133,3 +133,12 @@ async def test_a_metadata_number_changed_from_int_to_float_is_written(
     assert again.unchanged == 1
     single = await store.documents.upsert(_doc("p", metadata={"v": 1}))
     assert single.metadata == {"v": 1} and isinstance(single.metadata["v"], int)
+
+
+async def test_a_source_config_number_changed_from_int_to_float_is_written(
+    store: docstore.Store,
+) -> None:
+    first = await store.sources.upsert(docstore.Source(source_name="s", config={"v": 1}))
+    second = await store.sources.upsert(docstore.Source(source_name="s", config={"v": 1.0}))
+    assert isinstance(second.config["v"], float) and second.updated_at is not None
+    assert first.updated_at is not None and second.updated_at > first.updated_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from docstore import cli
 from docstore.cli.base import UrlOption, async_command, console
@@ -24,7 +25,9 @@ async def compat_install(url: UrlOption = None, schema: SchemaOption = None) -> 
     """Create read views crates, doc_embeddings, crate_stats and search_similar_docs()."""
     async with cli.connect(url) as store:
         used = await LegacyDatabase(store).install_views(schema)
-    console.print(f"legacy views and search_similar_docs() installed in schema {used!r}")
+    console.print(
+        f"legacy views and search_similar_docs() installed in schema {escape(repr(used))}"
+    )
 
 
 @compat_app.command("uninstall-views")
@@ -33,4 +36,4 @@ async def compat_uninstall(url: UrlOption = None, schema: SchemaOption = None) -
     """Drop the legacy compatibility views and function."""
     async with cli.connect(url) as store:
         used = await LegacyDatabase(store).uninstall_views(schema)
-    console.print(f"legacy views removed from schema {used!r}")
+    console.print(f"legacy views removed from schema {escape(repr(used))}")

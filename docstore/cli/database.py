@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from docstore import cli
 from docstore.cli.base import UrlOption, async_command, console
@@ -72,5 +73,5 @@ async def health(
         return
     table = Table(title="docstore health", show_header=False)
     for key, value in report.model_dump().items():
-        table.add_row(key, str(value))
+        table.add_row(key, Text(str(value)))  # values from the server: never markup
     console.print(table)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import asyncpg
 import typer
+from rich.markup import escape
 
 from docstore import cli
 from docstore.cli.base import console, run_async
@@ -73,14 +74,14 @@ def demo(
     (40 crates, 4,133 documents x 3072), migrate it with progress bars, validate, search."""
 
     async def body(directory: Path) -> None:
-        console.print(f"starting embedded PostgreSQL in {directory} ...")
+        console.print(f"starting embedded PostgreSQL in {escape(str(directory))} ...")
         url = await cli.embedded_url(directory)
         legacy_url = await _sample_legacy(url)
         async with cli.connect(url) as store:
             report = await store.health()
             console.print(
                 f"PostgreSQL {report.server_version}, pgvector {report.pgvector_version}, "
-                f"schema version {report.schema_version}, {store!r}"
+                f"schema version {report.schema_version}, {escape(repr(store))}"
             )
             bars = MigrationBars()
             with bars.progress:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from docstore import cli
 from docstore.cli.base import EXIT_ERROR, UrlOption, async_command, console
@@ -26,7 +28,8 @@ def _print_indexes(indexes: list[VectorIndex]) -> None:
         table.add_column(column)
     for i in indexes:
         size = f"{i.size_bytes / 2**20:.1f} MiB"
-        table.add_row(i.name, str(i.metric), i.opclass, str(i.valid), str(i.usable), size)
+        cells = (i.name, str(i.metric), i.opclass, str(i.valid), str(i.usable), size)
+        table.add_row(*(Text(c) for c in cells))  # names from the database: never markup
     console.print(table)
 
 
@@ -82,6 +85,7 @@ async def index_drop(
     name = "full-text" if text else metric
     async with cli.connect(url) as store:
         dropped = await (store.drop_text_index() if text else store.drop_vector_index(metric))
+    name = escape(name)
     console.print(f"dropped the {name} index" if dropped else f"no {name} index to drop")
 
 
@@ -117,7 +121,7 @@ async def index_calibrate(
 
 
 def _print_calibration(c: Calibration) -> None:
-    table = Table(title=f"search calibration ({c.metric}, {c.queries} {c.query_source})")
+    table = Table(title=escape(f"search calibration ({c.metric}, {c.queries} {c.query_source})"))
     table.add_column("setting")
     table.add_column("value", justify="right")
     second = (

@@ -6,7 +6,9 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from docstore import cli
 from docstore.cli.base import UrlOption, async_command, console
@@ -24,7 +26,10 @@ def _mb(value: int | None) -> str:
 
 
 def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
-    """Render a metrics snapshot as rich tables (``docstore stats``)."""
+    """Render a metrics snapshot as rich tables (``docstore stats``). Names and the title (a
+    URL) are data, never markup: a snapshot read with ``--from`` holds whatever the endpoint
+    sent."""
+    title = escape(title)
     for heading, group in (
         ("operations", snapshot.operations),
         ("vector search by mode", snapshot.vector_search),
@@ -34,7 +39,7 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
             table.add_column(column, justify="left" if column == "name" else "right")
         for name, stats in group.items():
             table.add_row(
-                name,
+                Text(name),
                 str(stats.count),
                 str(stats.errors),
                 *(_ms(v) for v in (stats.mean_ms, stats.p50_ms, stats.p95_ms, stats.p99_ms)),
@@ -46,7 +51,7 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
         pools.add_column(column, justify="left" if column == "role" else "right")
     for pool in snapshot.pools:
         pools.add_row(
-            pool.role,
+            Text(pool.role),
             str(pool.in_use),
             str(pool.idle),
             str(pool.max_size),
@@ -57,15 +62,15 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
     console.print(pools)
     if snapshot.server_connections:
         states = ", ".join(f"{k} {v}" for k, v in sorted(snapshot.server_connections.items()))
-        console.print(f"server connections with this application_name: {states}")
+        console.print(f"server connections with this application_name: {escape(states)}")
     if snapshot.errors:
         errors = Table(title=f"{title}: errors")
         for column in ("error", "sqlstate", "count"):
             errors.add_column(column)
         for e in snapshot.errors:
-            errors.add_row(e.error, e.sqlstate or "", str(e.count))
+            errors.add_row(Text(e.error), Text(e.sqlstate or ""), str(e.count))
         console.print(errors)
-    retries = ", ".join(f"{k} {v}" for k, v in snapshot.retries.items()) or "none"
+    retries = escape(", ".join(f"{k} {v}" for k, v in snapshot.retries.items()) or "none")
     console.print(f"retries: {retries}; replica fallbacks: {snapshot.replica_fallbacks}")
     if snapshot.routed_searches or snapshot.routing_fallbacks:
         console.print(
@@ -81,7 +86,7 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
             f"{growth}"
         )
         for name, size in sorted(disk.indexes.items(), key=lambda kv: -kv[1]):
-            console.print(f"  {name}: {_mb(size)}")
+            console.print(f"  {escape(name)}: {_mb(size)}")
     recall = snapshot.search_recall
     if recall is not None:
         measured = (
@@ -93,7 +98,7 @@ def print_metrics(snapshot: MetricsSnapshot, title: str) -> None:
         settings = (
             f"calibrated ef_search {recall.ef_search}"
             + (f" / {recall.escalation_ef_search}" if recall.escalation_ef_search else "")
-            + f" on {recall.calibration_source}"
+            + f" on {escape(str(recall.calibration_source))}"
             if recall.ef_search is not None
             else "not calibrated"
         )
@@ -189,7 +194,7 @@ async def metrics_serve(
     from docstore.prometheus import serve
 
     async with cli.connect(url, migrate=False) as store:
-        console.print(f"serving metrics of {store.url} on http://{addr}:{port}/metrics")
+        console.print(escape(f"serving metrics of {store.url} on http://{addr}:{port}/metrics"))
         await serve(
             store,
             port,

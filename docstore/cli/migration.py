@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from docstore import cli
 from docstore.cli.base import async_command, checked_url, console
@@ -121,7 +122,8 @@ async def migrate(
             raise typer.Exit(1)
         return
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        # warnings quote legacy data (crate names, doc paths such as "impl-Index-for-[T]")
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(
         f"copied {result.copied_documents:,} documents ({result.skipped_chunks} chunks already "
         f"done), {result.sources} sources, {result.population_jobs} population jobs in "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,7 +41,7 @@ class PhaseBars:
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(phase, total=total or None)
+            self.tasks[phase] = self.progress.add_task(escape(phase), total=total or None)
         self.progress.update(self.tasks[phase], completed=done, total=total or None)
 
 
@@ -62,7 +63,7 @@ class MigrationBars:
 
     def __call__(self, stage: str, done: int, total: int, nbytes: int) -> None:
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total, mbps=0.0)
+            self.tasks[stage] = self.progress.add_task(escape(stage), total=total, mbps=0.0)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.progress.update(
             self.tasks[stage], completed=done, total=total, mbps=nbytes / elapsed / 1e6

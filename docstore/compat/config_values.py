@@ -12,11 +12,14 @@ come back as the legacy ``TIMESTAMPTZ`` columns did, aware datetimes in UTC (:fu
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from docstore.arguments import as_int, row_id
 from docstore.errors import ValidationError
 from docstore.models import MAX_SOURCE_NAME, aware_utc, key_text, parse_timestamp
+from docstore.repositories.sources import MAX_OLDER_THAN
+from docstore.storable import in_utc
 
 MAX_VERSION = 50
 """``version_spec`` / ``current_version`` were ``VARCHAR(50)`` columns."""
@@ -66,8 +69,37 @@ def _features(value: Any) -> list[str]:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+    count = as_int(value)  # numpy's integers too, never a bool
+    if count is None or not 0 <= count < 2**31:
         raise ValidationError("expected_docs must be a non-negative integer", field="expected_docs")
+    return count
+
+
+def config_id(value: Any, field: str) -> int:
+    """A crate config id (the legacy ``crate_configs.id``, an ``integer``) as an int: numpy's
+    integers too, never a bool or a float — which would find config 1 by ``==`` and be
+    stored as JSON ``true``/``1.0`` in a job (:class:`ValidationError` naming ``field``)."""
+    try:
+        return row_id(value)
+    except ValidationError:
+        raise ValidationError(
+            f"{field} must be an integer within PostgreSQL's integer range", field=field
+        ) from None
+
+
+def max_age(value: Any) -> timedelta:
+    """``get_crates_needing_update(max_age)``: a non-negative timedelta of at most
+    :data:`~docstore.repositories.sources.MAX_OLDER_THAN` (about 1,000 years: ``now -
+    max_age`` must stay a datetime), else :class:`ValidationError`."""
+    if not isinstance(value, timedelta):
+        raise ValidationError(
+            f"max_age must be a timedelta, got {type(value).__name__}", field="max_age"
+        )
+    if not timedelta(0) <= value <= MAX_OLDER_THAN:
+        raise ValidationError(
+            f"max_age must be from 0 to {MAX_OLDER_THAN.days:,} days (about 1,000 years)",
+            field="max_age",
+        )
     return value
 
 
@@ -83,7 +115,10 @@ def _timestamp(field: str) -> Callable[[Any], str | None]:
             return None
         if not isinstance(value, datetime):
             raise ValidationError(f"{field} must be a datetime or None", field=field)
-        return aware_utc(value).astimezone(UTC).isoformat()  # type: ignore[no-any-return]
+        try:  # a zone can move a time near year 1 or 9999 out of datetime's range
+            return in_utc(aware_utc(value)).isoformat()
+        except ValueError as exc:
+            raise ValidationError(f"{field} {exc}", field=field) from None
 
     return check
 

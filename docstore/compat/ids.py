@@ -76,6 +76,18 @@ def crate_id_sql(alias: str, new_id: str) -> str:
     )
 
 
+def integer_sql(text: str) -> str:
+    """SQL for the text value ``text`` (a ``->>`` of a config or metadata key) as the legacy
+    ``integer`` it holds, or NULL when it holds none: a decimal of at most 10 digits, optionally
+    negative, within ``integer``'s range (the nested CASE keeps the casts from seeing anything
+    else: one value beyond ``integer`` must not fail a whole view)."""
+    return (
+        f"CASE WHEN {text} ~ '^-?[0-9]{{1,10}}$' THEN"
+        f" CASE WHEN ({text})::bigint BETWEEN {-INT_MAX - 1} AND {INT_MAX}"
+        f" THEN ({text})::integer END END"
+    )
+
+
 def document_id_sql(alias: str, new_id: str) -> str:
     """SQL for a document's legacy id (``metadata.legacy_id`` of a migrated row, else
     ``new_id``)."""
@@ -83,4 +95,20 @@ def document_id_sql(alias: str, new_id: str) -> str:
         f"CASE WHEN {alias}.metadata->>'migrated_from' = '{MIGRATED_FROM}'"
         f" AND {alias}.metadata->>'legacy_id' ~ '{_LEGACY_DIGITS}'"
         f" THEN ({alias}.metadata->>'legacy_id')::integer ELSE {new_id} END"
+    )
+
+
+def document_crate_id_sql(alias: str, source_id: str) -> str:
+    """SQL for a document's ``crate_id`` (``source_id``: its crate's id, :func:`crate_id_sql`).
+    A migrated row shows the legacy row's ``crate_id``, which the legacy schema let name
+    another crate than its ``crate_name`` (a loose foreign key): its ``metadata.legacy_crate_id``
+    when that is a legacy id (below :data:`NEW_ID_OFFSET`, as :func:`crate_id_sql` shows one),
+    NULL when the legacy row had none (a ``legacy_id`` without a ``legacy_crate_id``). Any
+    other row shows its crate's id."""
+    meta = f"{alias}.metadata"
+    return (
+        f"CASE WHEN {meta} ? 'legacy_id' AND NOT {meta} ? 'legacy_crate_id' THEN NULL"
+        f" WHEN {meta}->>'migrated_from' = '{MIGRATED_FROM}'"
+        f" AND {meta}->>'legacy_crate_id' ~ '{_LEGACY_DIGITS}'"
+        f" THEN ({meta}->>'legacy_crate_id')::integer ELSE {source_id} END"
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from docstore.arguments import as_int
 from docstore.compat import ids
 from docstore.errors import ValidationError
 from docstore.models import key_text
@@ -46,20 +47,18 @@ def _where(job_id: Any) -> tuple[str, int]:
 
 def update_statement(
     job_id: Any, status: Any, error_message: Any, docs_populated: Any
-) -> tuple[str, int]:
-    """The checked ``UPDATE`` of ``update_population_job`` and its job key (``$1``); values of
-    the wrong type raise :class:`ValidationError` before anything is written."""
+) -> tuple[str, int, int | None]:
+    """The checked ``UPDATE`` of ``update_population_job``, its job key (``$1``) and
+    ``docs_populated`` as an int (numpy's integers accepted, a bool refused) or None; values
+    of the wrong type raise :class:`ValidationError` before anything is written."""
     if not isinstance(status, str) or status not in STATUSES:
         raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
     key_text("error_message", error_message, optional=True)
-    if docs_populated is not None and (
-        isinstance(docs_populated, bool)
-        or not isinstance(docs_populated, int)
-        or not -INT_MAX - 1 <= docs_populated <= INT_MAX
-    ):
+    count = as_int(docs_populated)
+    if docs_populated is not None and (count is None or not -INT_MAX - 1 <= count <= INT_MAX):
         raise ValidationError("docs_populated must be an integer or None", field="docs_populated")
     where, key = _where(job_id)
-    return _UPDATE.format(where=where), key
+    return _UPDATE.format(where=where), key, count
 
 
 def get_statement(job_id: Any) -> tuple[str, int]:

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
+from docstore.arguments import as_int
 from docstore.compat import config_values, ids, jobs, views, writes
 from docstore.compat import configs as configs_store
+from docstore.compat.rows import CrateDocument, CrateStats, LegacyDoc, SimilarDoc
 from docstore.embeddings import query_vector
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Document, Source, key_text, naive_utc
+from docstore.readonly.roles import grant_legacy_views, reader_roles
 from docstore.repositories.documents import lock_sources
 from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
@@ -32,57 +35,6 @@ from docstore.store import Store, connect
 _EXACT_SEARCH = """SELECT doc_path, content, 1 - (embedding <=> $1) AS similarity
   FROM documents WHERE doc_type = $2 AND source_name = $3 AND embedding IS NOT NULL
  ORDER BY embedding <=> $1, id LIMIT $4"""
-
-
-def _dims(embedding: Any) -> str:
-    """An embedding in a repr: its size, never its values (as :class:`Document` shows it)."""
-    if embedding is None:
-        return "None"
-    try:
-        return f"<{len(embedding)} dims>" if not isinstance(embedding, str) else "<text>"
-    except TypeError:
-        return f"<{type(embedding).__name__}>"
-
-
-class SimilarDoc(NamedTuple):
-    doc_path: str
-    content: str
-    similarity: float
-
-
-class CrateDocument(NamedTuple):
-    doc_path: str
-    content: str
-    embedding: Any
-
-    def __repr__(self) -> str:
-        return (
-            f"CrateDocument(doc_path={self.doc_path!r}, content={self.content!r},"
-            f" embedding={_dims(self.embedding)})"
-        )
-
-
-class CrateStats(NamedTuple):
-    name: str
-    version: str | None
-    last_updated: datetime | None
-    total_docs: int
-    total_tokens: int
-
-
-class LegacyDoc(NamedTuple):
-    """One document of ``insert_embeddings_batch``: (doc_path, content, embedding, tokens)."""
-
-    doc_path: str
-    content: str
-    embedding: Any
-    token_count: int | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"LegacyDoc(doc_path={self.doc_path!r}, content={self.content!r},"
-            f" embedding={_dims(self.embedding)}, token_count={self.token_count!r})"
-        )
 
 
 class LegacyDatabase:
@@ -149,11 +101,14 @@ class LegacyDatabase:
     @timed("compat.get_crate_stats")
     async def get_crate_stats(self) -> list[CrateStats]:
         """One row per crate, ordered by name: (name, version, last_updated, total_docs,
-        total_tokens) — the crate's recorded totals, as the legacy ``crates`` row held them."""
+        total_tokens) — the crate's recorded totals, as the legacy ``crates`` row held them
+        (0 when none is recorded; None for one beyond the legacy ``integer``, as the
+        ``crates`` view shows it: stored by ``store.sources.refresh_stats`` or before
+        :meth:`insert_embeddings_batch` refused such totals)."""
         rows = await self.store.fetch(
-            """SELECT source_name, config->>'version' AS version, last_populated,
-                      coalesce((config->>'total_docs')::int, 0) AS total_docs,
-                      coalesce((config->>'total_tokens')::int, 0) AS total_tokens
+            f"""SELECT source_name, config->>'version' AS version, last_populated,
+                      {views.total_sql("config", "total_docs")} AS total_docs,
+                      {views.total_sql("config", "total_tokens")} AS total_tokens
                  FROM document_sources
                 WHERE doc_type = $1 AND NOT coalesce((config->>'orphan')::boolean, false)
                 ORDER BY source_name""",
@@ -173,8 +128,9 @@ class LegacyDatabase:
     # -- documents ---------------------------------------------------------------------------
     @timed("compat.has_embeddings")
     async def has_embeddings(self, crate_name: str) -> bool:
-        """Does the crate have any document?"""
-        key_text("crate_name", crate_name)
+        """Does the crate have any document? False for None, as the legacy ``= NULL``."""
+        if key_text("crate_name", crate_name, optional=True) is None:
+            return False
         return bool(
             await self.store.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM documents WHERE doc_type = $1 AND source_name = $2)",
@@ -235,9 +191,11 @@ class LegacyDatabase:
         """Upsert many documents and recompute the crate's total_docs and total_tokens, all
         in one transaction (a stored row's metadata is kept: :mod:`docstore.compat.writes`).
         Each row is ``(doc_path, content, embedding[, token_count])``; a row of another shape
-        raises :class:`ValidationError` with its ``index``, before anything is written."""
+        or a bad value raises :class:`ValidationError` with its ``index``, and totals beyond
+        the legacy ``integer`` columns (``crates.total_docs``/``total_tokens``) one naming
+        the total, before anything is written."""
         del crate_id
-        batch = [self._document(crate_name, *row) for row in writes.legacy_rows(docs)]
+        batch = writes.batch_documents(crate_name, docs, self._document)
         await writes.upsert_crate_documents(
             self.store, self.doc_type, crate_name, batch, totals=True
         )
@@ -252,10 +210,12 @@ class LegacyDatabase:
         2,147,483,647, the legacy ``integer``) ranks the crate exactly, as the legacy function
         did. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents
         without an embedding are never returned."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= views.INT_MAX:
+        wanted = as_int(limit)  # numpy's integers too, never a bool
+        if wanted is None or not 0 <= wanted <= views.INT_MAX:
             raise ValidationError(
                 f"limit must be an integer from 0 to {views.INT_MAX}", field="limit"
             )
+        limit = wanted
         query = query_vector(embedding, self.store.embedding_dim)
         if key_text("crate_name", crate_name, optional=True) is None or limit == 0:
             return []
@@ -272,8 +232,10 @@ class LegacyDatabase:
 
     @timed("compat.get_crate_documents")
     async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
-        """All documents of a crate ordered by doc_path: (doc_path, content, embedding)."""
-        key_text("crate_name", crate_name)
+        """All documents of a crate ordered by doc_path: (doc_path, content, embedding);
+        ``[]`` for None, as the legacy ``= NULL``."""
+        if key_text("crate_name", crate_name, optional=True) is None:
+            return []
         rows = await self.store.fetch(
             "SELECT doc_path, content, embedding FROM documents"
             " WHERE doc_type = $1 AND source_name = $2 ORDER BY doc_path",
@@ -284,11 +246,16 @@ class LegacyDatabase:
 
     @timed("compat.delete_crate_embeddings")
     async def delete_crate_embeddings(self, crate_name: str) -> int:
-        """Delete all documents of a crate; returns how many."""
+        """Delete all documents of a crate; returns how many (0 for None, as the legacy
+        ``= NULL`` matched nothing)."""
+        if crate_name is None:
+            self.store.ensure_writable()
+            return 0
         return await self.store.documents.delete_source(self.doc_type, crate_name)
 
     # -- legacy SQL ----------------------------------------------------------------------------
     async def _schema(self, schema: str | None) -> str:
+        key_text("schema", schema, optional=True)  # a str, or None: the first on search_path
         return schema or str(await self.store.fetchval("SELECT current_schema()"))
 
     @timed("compat.install_views")
@@ -298,8 +265,10 @@ class LegacyDatabase:
         connection's first search_path schema), with the legacy names and types, over
         documents/document_sources. Writes through the views fail with a message pointing
         here. The function finds docstore's tables and pgvector in the schemas they are in
-        now, whatever the caller's search_path. Refuses a schema that holds real legacy
-        tables. Returns the schema used."""
+        now, whatever the caller's search_path. Reader roles
+        (:func:`docstore.readonly.create_reader_role`) may read the views (``SELECT``, and
+        ``USAGE`` on ``schema``). Refuses a schema that holds real legacy tables. Returns the
+        schema used."""
         self.store.ensure_writable()
         target = await self._schema(schema)
         clash = [r[0] for r in await self.store.fetch(views.LEGACY_TABLES_IN_SCHEMA, target)]
@@ -320,6 +289,7 @@ class LegacyDatabase:
                 search_path=path,
             ):
                 await conn.execute(statement)
+            await grant_legacy_views(conn, target, views.VIEW_NAMES, await reader_roles(conn))
         return target
 
     @timed("compat.uninstall_views")
@@ -403,7 +373,9 @@ class LegacyDatabase:
         """Set ``current_version``, ``features``, ``expected_docs``, ``enabled``,
         ``last_checked`` or ``last_populated`` of a config; False if there is none. Values
         of the wrong type raise :class:`ValidationError` before anything is written
-        (timestamps: datetimes, naive ones taken as UTC)."""
+        (timestamps: datetimes, naive ones taken as UTC; ``config_id`` an integer, numpy's
+        too, never a bool or float)."""
+        config_id = config_values.config_id(config_id, "config_id")
         checked = config_values.updates(fields)
         self.store.ensure_writable()
         async with self.store.transaction() as conn:
@@ -424,8 +396,9 @@ class LegacyDatabase:
     @timed("compat.get_crates_needing_update")
     async def get_crates_needing_update(self, max_age: timedelta) -> list[dict[str, Any]]:
         """Enabled configs never checked or last checked longer than ``max_age`` ago, oldest
-        check first (never checked first), then by name."""
-        cutoff = datetime.now(UTC) - max_age
+        check first (never checked first), then by name. ``max_age``: a non-negative
+        timedelta of at most about 1,000 years, else :class:`ValidationError`."""
+        cutoff = datetime.now(UTC) - config_values.max_age(max_age)
         due = [
             c
             for c in await self.list_crate_configs(enabled_only=True)
@@ -440,15 +413,15 @@ class LegacyDatabase:
     async def create_population_job(self, crate_config_id: int) -> int | None:
         """A ``pending`` job for a config; returns its id (its own id + 1,000,000,000, which
         :meth:`update_population_job` and :meth:`get_population_job` take; None once that is
-        past the legacy ``integer``). A config that
-        does not exist raises :class:`ValidationError` (legacy: the foreign key refused it)."""
+        past the legacy ``integer``). ``crate_config_id`` is an integer (numpy's too; a bool
+        or float is a :class:`ValidationError`); a config that does not exist raises
+        :class:`ValidationError` (legacy: the foreign key refused it)."""
         self.store.ensure_writable()
+        crate_config_id = config_values.config_id(crate_config_id, "crate_config_id")
         config = next(
             (c for c in await self.list_crate_configs() if c["id"] == crate_config_id), None
         )
-        missing = ValidationError(
-            f"no crate config {str(crate_config_id)[:20]}", field="crate_config_id"
-        )
+        missing = ValidationError(f"no crate config {crate_config_id}", field="crate_config_id")
         if config is None:
             raise missing
 
@@ -480,7 +453,9 @@ class LegacyDatabase:
         """Move a job (by its legacy id, as :meth:`create_population_job` returned it) to
         ``running`` (sets started_at), ``completed`` or ``failed`` (sets completed_at); False
         if there is no such job. Another status raises :class:`ValidationError`."""
-        sql, key = jobs.update_statement(job_id, status, error_message, docs_populated)
+        sql, key, docs_populated = jobs.update_statement(
+            job_id, status, error_message, docs_populated
+        )
         self.store.ensure_writable()
         result = await self.store.execute(
             sql,
@@ -499,3 +474,7 @@ class LegacyDatabase:
         sql, key = jobs.get_statement(job_id)
         row = await self.store.fetchrow(sql, key, self.doc_type)
         return None if row is None else jobs.as_row(row)
+
+
+# the row types were defined here first: still importable from this module
+__all__ = ["CrateDocument", "CrateStats", "LegacyDatabase", "LegacyDoc", "SimilarDoc"]

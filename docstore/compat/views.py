@@ -7,7 +7,10 @@ Ids (:mod:`docstore.compat.ids`): a row that came from the legacy database keeps
 (``metadata.legacy_id``) — and a row created after the cutover shows its own id
 ``+ 1,000,000,000``: stable across calls, never colliding with a legacy id, and the same
 :class:`~docstore.compat.LegacyDatabase` returns. ``doc_embeddings.crate_id`` is the crate's
-id, or NULL where the legacy row had a NULL ``crate_id``.
+id; a migrated row keeps the legacy row's ``crate_id`` (NULL where it was NULL; the legacy
+schema let it name another crate than the row's ``crate_name``, and ``crate_stats`` counts the
+row under that crate, as legacy did). ``crates.total_docs``/``total_tokens`` are NULL for a
+recorded total beyond the legacy ``integer``, never an error for the whole view.
 
 ``search_similar_docs`` resolves docstore's tables, index and pgvector's operators in the
 schemas it was installed against (its own ``SET search_path``), so a legacy client whose
@@ -40,7 +43,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from docstore.compat.ids import NEW_ID_OFFSET, crate_id_sql, document_id_sql
+from docstore.compat.ids import (
+    NEW_ID_OFFSET,
+    crate_id_sql,
+    document_crate_id_sql,
+    document_id_sql,
+    integer_sql,
+)
 from docstore.embeddings import MAX_EMBEDDING_VALUE
 from docstore.search.planner import (
     HALFVEC_ALWAYS_ROWS,
@@ -79,6 +88,15 @@ def _as_integer(column: str, offset: int = 0) -> str:
     return f"CASE WHEN {column} <= {INT_MAX - offset} THEN ({shifted})::integer END"
 
 
+def total_sql(config: str, key: str) -> str:
+    """SQL for a crate's recorded total ``key`` (``total_docs``/``total_tokens``) in the source
+    config ``config``, as the legacy ``crates`` column: 0 when none is recorded, NULL when the
+    value is not an ``integer`` (beyond it, stored by ``refresh_stats`` or before the compat
+    writes refused such totals: one such crate must not fail the view for every crate)."""
+    text = f"{config}->>'{key}'"
+    return f"CASE WHEN {text} IS NULL THEN 0 ELSE {integer_sql(text)} END"
+
+
 def _new_id(column: str, distributed: bool) -> str:
     """A row's own id + :data:`NEW_ID_OFFSET` as the legacy ``integer``, NULL beyond it (a
     sequence past 1,147,483,647 — upserts use up ids — or Citus's bigint ids; ``distributed``
@@ -102,7 +120,7 @@ def install_sql(
     s = _ident(schema)
     dt = doc_type.replace("'", "''")
     source_id = crate_id_sql("s", _new_id("s.id", distributed))
-    crate_id = f"{source_id} END"
+    crate_id = document_crate_id_sql("d", source_id)
     counted = "d.crate_name" if distributed else "d.id"  # d.id: NULL beyond integer there
     doc_id = document_id_sql("d", _new_id("d.id", distributed))
     not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
@@ -114,14 +132,12 @@ def install_sql(
 SELECT {source_id} AS id, s.source_name::varchar(255) AS name,
        (s.config->>'version')::varchar(50) AS version,
        (s.last_populated AT TIME ZONE 'UTC')::timestamp AS last_updated,
-       coalesce((s.config->>'total_docs')::integer, 0) AS total_docs,
-       coalesce((s.config->>'total_tokens')::integer, 0) AS total_tokens
+       {total_sql("s.config", "total_docs")} AS total_docs,
+       {total_sql("s.config", "total_tokens")} AS total_tokens
   FROM document_sources s
  WHERE s.doc_type = '{dt}' AND {not_orphan}""",
         f"""CREATE OR REPLACE VIEW {s}.doc_embeddings AS
-SELECT {doc_id} AS id,
-       CASE WHEN d.metadata ? 'legacy_id' AND NOT d.metadata ? 'legacy_crate_id' THEN NULL
-            ELSE {crate_id} AS crate_id,
+SELECT {doc_id} AS id, {crate_id} AS crate_id,
        d.source_name::varchar(255) AS crate_name, d.doc_path, d.content,
        d.embedding::vector({int(dim)}) AS embedding, d.token_count, d.created_at
   FROM documents d

@@ -1,6 +1,7 @@
 """The legacy document writes (``insert_embedding``, ``insert_embeddings_batch``) as one
 transaction each: lock the crate, merge what the stored rows' metadata holds, upsert, and (for
-a batch) recompute the crate's ``total_docs`` / ``total_tokens``.
+a batch) recompute the crate's ``total_docs`` / ``total_tokens`` — refused first, as the
+legacy ``crates`` columns (``integer``) refused them, when they would not fit.
 
 Legacy writes carry no metadata, so the upsert keeps what a stored row has (a migrated row's
 ``legacy_id``, for one). Reading it under the crate's source lock, in the transaction that
@@ -11,13 +12,13 @@ leaves neither the documents nor the totals half-written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 
 from docstore.errors import ValidationError
-from docstore.models import Document
+from docstore.models import MAX_SOURCE_NAME, Document, key_text
 from docstore.repositories.documents import dedupe, lock_sources, validate, write_batch
 from docstore.repositories.sources import write_totals
 from docstore.store import Store
@@ -26,6 +27,13 @@ _STORED_METADATA = (
     "SELECT doc_path, metadata FROM documents"
     " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])"
 )
+# the crate's documents a batch leaves as they are: its totals are theirs plus the batch's
+_OTHER_TOTALS = (
+    "SELECT count(*) AS docs, coalesce(sum(token_count), 0) AS tokens FROM documents"
+    " WHERE doc_type = $1 AND source_name = $2 AND NOT doc_path = ANY($3::text[])"
+)
+INT_MAX = 2**31 - 1
+"""``crates.total_docs`` / ``crates.total_tokens`` were ``integer`` columns."""
 
 
 async def upsert_crate_documents(
@@ -34,19 +42,66 @@ async def upsert_crate_documents(
     """Upsert ``docs`` (all of crate ``crate_name``) keeping stored metadata, in one
     transaction (retried whole on transient failures); ``totals``: recompute the crate's
     totals in it too. A bad row raises :class:`~docstore.errors.ValidationError` before
-    anything is written."""
+    anything is written, and so do totals beyond the legacy ``integer`` (checked under the
+    crate's lock, before the batch is written)."""
     store.ensure_writable()
     checked = [validate(doc, i, store.embedding_dim) for i, doc in enumerate(docs)]
     unique, _ = dedupe(checked)
 
     async def work(conn: asyncpg.Connection) -> None:
         await lock_sources(conn, [(doc_type, crate_name)])
+        if totals:
+            await _check_totals(conn, doc_type, crate_name, unique)
         merged = await _keep_metadata(conn, doc_type, crate_name, unique, store.embedding_dim)
         await write_batch(conn, merged, distributed=store.distributed)
         if totals:
             await write_totals(conn, doc_type, crate_name)  # under the source lock: exact
 
     await store.run_in_transaction(work)
+
+
+async def _check_totals(
+    conn: asyncpg.Connection, doc_type: str, crate_name: str, docs: list[Document]
+) -> None:
+    """Refuse (:class:`~docstore.errors.ValidationError`) a batch after which the crate's
+    ``total_docs``/``total_tokens`` would pass the legacy ``integer``: the views and
+    ``get_crate_stats`` could not show them, and the legacy ``UPDATE crates`` failed the
+    batch's transaction."""
+    other = await conn.fetchrow(_OTHER_TOTALS, doc_type, crate_name, [d.doc_path for d in docs])
+    assert other is not None  # an aggregate: always one row
+    totals = {
+        "total_docs": int(other["docs"]) + len(docs),
+        "total_tokens": int(other["tokens"]) + sum(d.token_count or 0 for d in docs),
+    }
+    for field, value in totals.items():
+        if value > INT_MAX:
+            raise ValidationError(
+                f"crate {crate_name[:100]}: this batch would make its {field} {value:,}, beyond"
+                f" the legacy crates.{field} (an integer, at most {INT_MAX:,}); nothing was"
+                " written",
+                field=field,
+            )
+
+
+def batch_documents(crate_name: Any, docs: Any, build: Callable[..., Document]) -> list[Document]:
+    """The rows of ``insert_embeddings_batch`` as documents of crate ``crate_name``
+    (``build(crate_name, doc_path, content, embedding, token_count)``). The crate's name is
+    checked first (its error names ``crate_name``); a row's bad value raises
+    :class:`~docstore.errors.ValidationError` with that row's ``index``."""
+    key_text("crate_name", crate_name)
+    if not 1 <= len(crate_name) <= MAX_SOURCE_NAME:
+        raise ValidationError(
+            f"crate_name must be 1 to {MAX_SOURCE_NAME} characters", field="crate_name"
+        )
+    out = []
+    for i, row in enumerate(legacy_rows(docs)):
+        try:
+            out.append(build(crate_name, *row))
+        except ValidationError as exc:
+            raise ValidationError(
+                f"row {i}: {exc}", field=exc.field, index=i, key=exc.key
+            ) from None
+    return out
 
 
 async def _keep_metadata(

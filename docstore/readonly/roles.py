@@ -6,6 +6,11 @@ never reaches the server; :func:`write_capabilities` lists every way a role coul
 write (what ``health()`` reports as ``read_only_guarantee: role`` when there is none), and
 :func:`file_capabilities` every way it could write the server's files or run programs even
 inside a read-only transaction (then the client guarantee cannot hold either).
+
+The legacy compatibility views (:mod:`docstore.compat.views`, a layer above) are readable by
+reader roles whichever comes first: :func:`create_reader_role` grants ``SELECT`` on the views
+already installed, in any schema, and ``install_views`` grants it to the reader roles already
+made (:func:`reader_roles`, :func:`grant_legacy_views`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -32,6 +38,56 @@ DOCSTORE_TABLES = (
     "docstore_search_queries",
 )
 """docstore's tables: a reader role may read them and must not be able to write any."""
+
+LEGACY_VIEWS = ("crates", "doc_embeddings", "crate_stats")
+"""The compatibility views (:mod:`docstore.compat.views`), which a reader role may read."""
+LEGACY_VIEW_GUARD = "docstore_legacy_view_is_read_only"
+"""The function every installation of the compatibility views has beside them (their write
+guard): a schema holding it holds docstore's views, not someone else's ``crates``."""
+LEGACY_FUNCTION = "search_similar_docs"
+
+# Login roles that are docstore reader roles: made read-only by default (as
+# create_reader_role makes them) and already able to read both tables the compatibility views
+# show, so granting the views to one gives it nothing it could not read anyway.
+_READER_ROLES = """
+SELECT r.rolname FROM pg_catalog.pg_roles r
+ WHERE r.rolcanlogin AND NOT r.rolsuper
+   AND EXISTS (SELECT FROM unnest(r.rolconfig) c
+                WHERE c ~* '^default_transaction_read_only=(on|true|yes|1)$')
+   AND to_regclass('documents') IS NOT NULL AND to_regclass('document_sources') IS NOT NULL
+   AND has_table_privilege(r.oid, to_regclass('documents'), 'SELECT')
+   AND has_table_privilege(r.oid, to_regclass('document_sources'), 'SELECT')
+ ORDER BY 1
+"""
+
+# The compatibility views installed in this database: (schema, view), in every schema that
+# holds the views' write guard.
+_LEGACY_VIEWS = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'v' AND c.relname = ANY($1::text[])
+   AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid AND p.proname = $2)
+ ORDER BY 1, 2
+"""
+
+# What a role still lacks to read the views of a schema, of what the connected role may grant
+# ($1 role, $2 schema, $3 views, $4 the search function's name).
+_MISSING_GRANTS = """
+SELECT 'schema' AS kind, quote_ident(n.nspname) AS object FROM pg_catalog.pg_namespace n
+ WHERE n.nspname = $2 AND NOT has_schema_privilege($1, n.oid, 'USAGE')
+   AND has_schema_privilege(current_user, n.oid, 'USAGE WITH GRANT OPTION')
+UNION ALL
+SELECT 'table', c.oid::regclass::text FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $2 AND c.relkind = 'v' AND c.relname = ANY($3::text[])
+   AND NOT has_table_privilege($1, c.oid, 'SELECT')
+   AND has_table_privilege(current_user, c.oid, 'SELECT WITH GRANT OPTION')
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = $2 AND p.proname = $4 AND NOT has_function_privilege($1, p.oid, 'EXECUTE')
+   AND has_function_privilege(current_user, p.oid, 'EXECUTE WITH GRANT OPTION')
+"""
 
 
 _CAPABILITIES = """
@@ -123,6 +179,35 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+async def reader_roles(conn: asyncpg.Connection) -> list[str]:
+    """The reader roles of this database: login roles (not superusers) that are read-only by
+    default (``default_transaction_read_only``, as :func:`create_reader_role` sets it) and may
+    read ``documents`` and ``document_sources``."""
+    return [r[0] for r in await conn.fetch(_READER_ROLES)]
+
+
+async def legacy_views(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """The compatibility views installed in this database, as ``(schema, view)``."""
+    rows = await conn.fetch(_LEGACY_VIEWS, list(LEGACY_VIEWS), LEGACY_VIEW_GUARD)
+    return [(r[0], r[1]) for r in rows]
+
+
+async def grant_legacy_views(
+    conn: asyncpg.Connection, schema: str, views: Sequence[str], roles: Sequence[str]
+) -> None:
+    """Let each of ``roles`` read the compatibility ``views`` of ``schema``: ``USAGE`` on the
+    schema, ``SELECT`` on the views, ``EXECUTE`` on the schema's ``search_similar_docs`` —
+    what a role lacks of what the connected role may grant (the views run with their owner's
+    privileges, so a role gets no more than the tables it can already read: give it only to
+    reader roles, :func:`reader_roles`). Runs in the caller's transaction."""
+    for role in roles:
+        missing = await conn.fetch(_MISSING_GRANTS, role, schema, list(views), LEGACY_FUNCTION)
+        for kind, obj in missing:
+            privilege = {"schema": "USAGE", "table": "SELECT", "function": "EXECUTE"}[kind]
+            target = "" if kind == "table" else f"{kind.upper()} "
+            await conn.execute(f"GRANT {privilege} ON {target}{obj} TO {_ident(role)}")
+
+
 def scram_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (printable ASCII), so a
     password can be set without its text reaching the server or its logs."""
@@ -144,8 +229,10 @@ async def create_reader_role(conn: asyncpg.Connection, name: str, password: str)
 
     Grants ``CONNECT`` on the database, ``USAGE`` on docstore's schema, ``SELECT`` on
     docstore's tables, ``EXECUTE`` on the schema's functions, and default privileges so tables
-    the connected role creates in that schema later are readable too. The role also gets
-    ``default_transaction_read_only = on``. A printable-ASCII password is sent as a
+    the connected role creates in that schema later are readable too; and ``SELECT`` on the
+    legacy compatibility views already installed, in any schema (with ``USAGE`` on it:
+    :func:`grant_legacy_views`; ``install_views`` grants views installed later). The role also
+    gets ``default_transaction_read_only = on``. A printable-ASCII password is sent as a
     SCRAM-SHA-256 verifier, never as text.
 
     Run it connected as the role that owns docstore's tables (it needs to grant on them and
@@ -199,6 +286,11 @@ async def create_reader_role(conn: asyncpg.Connection, name: str, password: str)
         await conn.execute(
             f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {role}"
         )
+        installed: dict[str, list[str]] = {}
+        for view_schema, view in await legacy_views(conn):
+            installed.setdefault(view_schema, []).append(view)
+        for view_schema, views in installed.items():
+            await grant_legacy_views(conn, view_schema, views, [name])
         problems = await write_capabilities(conn, name)
         if problems:
             raise ConfigurationError(

@@ -12,7 +12,7 @@ from docstore.errors import QueryError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Source, aware_utc, check_key, flag
 from docstore.repositories.documents import DELETE_SOURCE_DOCUMENTS, lock_sources
-from docstore.storable import in_utc
+from docstore.storable import in_utc, json_object
 
 if TYPE_CHECKING:
     from docstore.core.surface import Queries
@@ -33,6 +33,8 @@ _COLUMNS = (
     "updated_at"
 )
 
+# config compared as jsonb's text: jsonb's equality takes 1 and 1.0 for one number, so such a
+# change was reported unchanged and never written
 _UPSERT = f"""
 INSERT INTO document_sources AS s (doc_type, source_name, config, enabled, last_checked,
                                    last_populated)
@@ -41,8 +43,8 @@ ON CONFLICT (doc_type, source_name) DO UPDATE
    SET config = excluded.config, enabled = excluded.enabled,
        last_checked = coalesce(excluded.last_checked, s.last_checked),
        last_populated = coalesce(excluded.last_populated, s.last_populated)
- WHERE (s.config, s.enabled, s.last_checked, s.last_populated)
-       IS DISTINCT FROM (excluded.config, excluded.enabled,
+ WHERE (s.config::text, s.enabled, s.last_checked, s.last_populated)
+       IS DISTINCT FROM (excluded.config::text, excluded.enabled,
                          coalesce(excluded.last_checked, s.last_checked),
                          coalesce(excluded.last_populated, s.last_populated))
 RETURNING {_COLUMNS}
@@ -108,7 +110,9 @@ class SourceRepository:
     async def upsert(self, source: Source | dict[str, Any]) -> Source:
         """Insert or update a source (config and enabled replaced; timestamps kept if None).
 
-        An identical source is not rewritten (``updated_at`` unchanged).
+        An identical source is not rewritten (``updated_at`` unchanged). A config edited in
+        place since the source was made is checked again, and stored as the constructor would
+        store it (a ``UserDict`` put into it becomes a JSON object).
         """
         self.store.ensure_writable()
         if isinstance(source, Source):
@@ -116,10 +120,13 @@ class SourceRepository:
             src = source
         else:
             src = Source.model_validate(source)
+        # what the check accepted, as the constructor stores it: a mapping that is not a dict
+        # (UserDict, mappingproxy) put in place made a dict, which the jsonb codec can write
+        config = json_object(src.config)
         values = (
             src.doc_type,
             src.source_name,
-            src.config,  # jsonb: encoded by the pool's codec
+            config,  # jsonb: encoded by the pool's codec
             src.enabled,
             src.last_checked,
             src.last_populated,
