@@ -288,7 +288,10 @@ class Document(_Model):
         try:
             if not isinstance(self.metadata, Mapping):  # a row another writer stored
                 raise ValueError(f"must be a JSON object, not {type(self.metadata).__name__}")
-            self._metadata_json = metadata_json(self.metadata)
+            try:
+                self._metadata_json = metadata_json(self.metadata)
+            except ValueError:  # a mapping other than a dict put in place (a UserDict)?
+                self._metadata_json = metadata_json(_metadata(self.metadata))
             if problem := self._legacy_id_problem():
                 raise ValueError(problem)
         except ValueError as exc:

@@ -424,3 +424,59 @@ async def test_a_source_config_edited_in_place_to_hold_a_userdict_is_stored(
         )
         == "x"
     )
+
+
+async def test_a_source_whose_orphan_flag_is_no_boolean_breaks_no_other_crate(
+    store: docstore.Store,
+) -> None:
+    """``(config->>'orphan')::boolean`` failed the views and get_crate_stats for every crate
+    once one source's config held anything else there."""
+    db = LegacyDatabase(store)
+    await db.install_views()
+    await db.upsert_crate("serde", "1.0")
+    await db.upsert_crate("tokio", "1.40")
+    await store.execute(
+        'UPDATE document_sources SET config = config || \'{"orphan": "maybe"}\''
+        " WHERE source_name = 'tokio'"
+    )
+    assert {r["name"] for r in await store.fetch("SELECT name FROM crates")} == {"serde", "tokio"}
+    assert {s.name for s in await db.get_crate_stats()} == {"serde", "tokio"}
+    await store.execute(
+        "UPDATE document_sources SET config = config || '{\"orphan\": true}'"
+        " WHERE source_name = 'tokio'"
+    )
+    assert [r["name"] for r in await store.fetch("SELECT name FROM crates")] == ["serde"]
+
+
+async def test_search_results_and_recall_titles_print_names_as_text(
+    store: docstore.Store,
+) -> None:
+    from rich.console import Console
+
+    await store.documents.upsert_many(
+        [
+            docstore.Document(
+                doc_type="x[/y]",
+                source_name="s",
+                doc_path="p",
+                content="c",
+                embedding=unit_vector(1),
+            )
+        ]
+    )
+    results = await store.search(unit_vector(1), doc_type="x[/y]")
+    console = Console(record=True, width=120)
+    console.print(results)  # was rich.errors.MarkupError
+    assert "doc_type x[/y]" in console.export_text()
+
+
+async def test_metadata_edited_in_place_to_hold_a_userdict_is_stored_as_an_object(
+    store: docstore.Store,
+) -> None:
+    doc = docstore.Document(source_name="s", doc_path="p", content="c", metadata={"a": 1})
+    doc.metadata["b"] = collections.UserDict({"c": 2})
+    stored = await store.documents.upsert(doc)  # was a ValidationError
+    assert stored.metadata == {"a": 1, "b": {"c": 2}}
+    doc.metadata["d"] = float("nan")
+    with pytest.raises(ValidationError, match="metadata"):
+        await store.documents.upsert(doc)

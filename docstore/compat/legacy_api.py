@@ -110,7 +110,7 @@ class LegacyDatabase:
                       {views.total_sql("config", "total_docs")} AS total_docs,
                       {views.total_sql("config", "total_tokens")} AS total_tokens
                  FROM document_sources
-                WHERE doc_type = $1 AND NOT coalesce((config->>'orphan')::boolean, false)
+                WHERE doc_type = $1 AND config->>'orphan' IS DISTINCT FROM 'true'
                 ORDER BY source_name""",
             self.doc_type,
         )

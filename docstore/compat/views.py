@@ -123,7 +123,8 @@ def install_sql(
     crate_id = document_crate_id_sql("d", source_id)
     counted = "d.crate_name" if distributed else "d.id"  # d.id: NULL beyond integer there
     doc_id = document_id_sql("d", _new_id("d.id", distributed))
-    not_orphan = "NOT coalesce((s.config->>'orphan')::boolean, false)"
+    # no cast: one source whose config holds a non-boolean orphan must not fail every crate
+    not_orphan = "s.config->>'orphan' IS DISTINCT FROM 'true'"
     # the documents' bytes once a query (a subquery), not once a row; on Citus the shards'
     # (the coordinator's own table is an empty shell)
     sizer = "citus_total_relation_size" if distributed else "pg_total_relation_size"

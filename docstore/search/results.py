@@ -136,7 +136,7 @@ class SearchResults(Sequence[Hit]):
         from rich.text import Text
 
         columns = self._columns()
-        table = Table(title=self._title(), title_justify="left")
+        table = Table(title=Text(self._title()), title_justify="left")  # a doc_type "x[/y]"
         for c in columns:
             if c in ("doc_path", "content"):  # these give way when the terminal is narrow
                 table.add_column(c, ratio=2 if c == "content" else 1, overflow="fold")
@@ -221,9 +221,10 @@ class RecallReport(BaseModel):
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(
-            title=(
+            title=Text(  # text, not markup: an index may be named "x[/y]"
                 f"recall@{self.limit} = {self.recall:.3f} over {self.sample} queries"
                 f" ({self.index or 'no index'}, ef_search {self.ef_search},"
                 f" {self.candidates} candidates)"
