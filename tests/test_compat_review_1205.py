@@ -480,3 +480,41 @@ async def test_metadata_edited_in_place_to_hold_a_userdict_is_stored_as_an_objec
     doc.metadata["d"] = float("nan")
     with pytest.raises(ValidationError, match="metadata"):
         await store.documents.upsert(doc)
+
+
+async def test_search_similar_docs_never_returns_fewer_rows_than_the_crate_holds(
+    empty_database_url: str,
+) -> None:
+    """The function's ANN branch (a crate over 3,000 documents) took the HNSW scan's rows as
+    they came; an iterative scan stops after ``hnsw.max_scan_tuples`` index tuples, so a crate
+    that is a small share of a large table got fewer rows than the legacy function returns.
+    Here the cap is lowered in the session instead (16 dimensions keep the table cheap): 33
+    candidates, so 33 rows where 50 were asked for."""
+    rng = np.random.default_rng(3)
+    async with docstore.connect(empty_database_url, embedding_dim=16) as store:
+        db = LegacyDatabase(store)
+        await db.install_views()
+        for crate, n in (("big", 3_100), ("rest", 28_000)):
+            vectors = rng.standard_normal((n, 16)).astype(np.float32)
+            await store.documents.upsert_many(
+                docstore.Document(source_name=crate, doc_path=f"p{i}", content="c", embedding=v)
+                for i, v in enumerate(vectors)
+            )
+        await store.execute("ANALYZE documents")
+        await store.create_vector_index(calibrate=False)
+        query = rng.standard_normal(16).astype(np.float32)
+        # a calibration that settled on a small ef_search, as on easy queries it may
+        await store.execute(
+            "INSERT INTO docstore_search_calibration (metric, calibration)"
+            """ VALUES ('cosine', '{"ef_search": 10}')"""
+        )
+        async with store.transaction() as conn:
+            await conn.execute("SET LOCAL hnsw.max_scan_tuples = 60")
+            rows = await conn.fetch("SELECT * FROM search_similar_docs($1, 'big', 50)", query)
+            await conn.execute("SET LOCAL enable_indexscan = off")  # the exact ranking
+            exact = await conn.fetch(
+                "SELECT doc_path FROM documents WHERE source_name = 'big'"
+                " ORDER BY embedding <=> $1 LIMIT 50",
+                query,
+            )
+    assert [r["doc_path"] for r in rows] == [r["doc_path"] for r in exact]

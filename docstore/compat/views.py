@@ -56,6 +56,7 @@ from docstore.search.planner import (
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
     MAX_LIMIT,
+    MIN_CANDIDATES,
     MIN_HALFVEC_CANDIDATES,
 )
 from docstore.search.queries import (
@@ -197,6 +198,7 @@ $$""",
                  LIMIT {count}) d"""
 
     half_candidates = f"greatest(limit_results * 4, {MIN_HALFVEC_CANDIDATES})"
+    ann_asked = f"greatest(limit_results * 4, {MIN_CANDIDATES})"
     by_half = f"""        RETURN QUERY
         {ranked(candidates(half_order, half_candidates), ", d.id")};
 """
@@ -222,8 +224,17 @@ $$""",
         PERFORM set_config('hnsw.ef_search', coalesce(
             (SELECT c.calibration->>'ef_search' FROM docstore_search_calibration c
               WHERE c.metric = 'cosine'), '200'), true);
-        RETURN QUERY
-        {ranked(candidates(ann_order, "greatest(limit_results * 4, 40)"), ", d.id")};
+        -- the candidates' ids first: an iterative scan stops after hnsw.max_scan_tuples index
+        -- tuples, so for a crate that is a small share of a large table it can return fewer
+        -- candidates than asked for (and than the crate holds), missing near ones or even
+        -- rows the legacy function returns; the crate is then ranked on its in-row copy
+        ann_ids := ARRAY(SELECT d.id FROM documents d WHERE {scope} AND d.embedding IS NOT NULL
+                          ORDER BY {ann_order} LIMIT {ann_asked});
+        IF cardinality(ann_ids) < least({ann_asked}, rows) THEN
+    {by_half}        ELSE
+            RETURN QUERY
+            {ranked("documents d WHERE d.id = ANY(ann_ids)", ", d.id")};
+        END IF;
     END IF;
 """
     path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
@@ -242,6 +253,7 @@ SET enable_seqscan = off SET enable_sort = off
 DECLARE
     indexed boolean;
     rows bigint;
+    ann_ids bigint[];
 BEGIN
     SELECT i.indisvalid INTO indexed FROM pg_index i
      WHERE i.indexrelid = to_regclass('{index}');
