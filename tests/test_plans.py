@@ -118,3 +118,26 @@ async def test_statements_prepared_on_an_empty_table_stay_cheap_after_it_grows(
     assert update < 100, update  # a real update: new tuple, TOAST chunks, index entries
     assert get < 10, get
     assert compare < 20, compare  # the row and its TOAST chunks
+
+
+async def test_the_key_probe_is_planned_for_the_table_as_it_is_after_a_truncate(
+    database_url: str,
+) -> None:
+    """The batch key probe's generic plan, made at the first batch after a TRUNCATE (an empty
+    table, analyzed empty), probed each key with a sequential scan, and the connection kept it
+    while the load filled the table: quadratic (5,000 documents into an emptied table 2.2 s
+    against 0.5 s). Each batch's probe is now planned for the table as it is."""
+    async with docstore.connect(database_url, pool_min_size=1, pool_max_size=1) as store:
+        for round_ in range(7):  # past the five custom plans on the one connection
+            await store.documents.upsert_many(docs(3, start=20_000 + 3 * round_))
+        await store.execute("TRUNCATE documents")
+        await store.execute("VACUUM ANALYZE documents")
+        loaded = await store.documents.upsert_many(docs(600), batch_size=200)
+        assert loaded.inserted == 600
+        plans = await store.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE btrim(statement, E' \\n') = ANY($1::text[])",
+            [repo._SELECT_EXISTING.strip(), repo._SELECT_MISSING.strip()],
+        )
+    assert plans and all(p["generic_plans"] == 0 for p in plans), plans
+    assert sum(p["custom_plans"] for p in plans) >= 10
