@@ -167,6 +167,36 @@ async def bench_server(
             await asyncio.to_thread(server.close)
 
 
+# -- the shared folder ---------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """``../shared`` (the migration plan, the real-text corpus): ``DOCSTORE_SHARED_DIR`` if
+    set, else the first that exists of ``shared`` beside this checkout, beside the repository
+    it was cloned from (a clean clone in a scratch folder, as CI and reviewers run), and
+    ``/work/shared`` — as ``scripts/citus-cluster`` finds the vendored sources."""
+    if env := os.environ.get("DOCSTORE_SHARED_DIR"):
+        return Path(env)
+    candidates = [REPO.parent / "shared"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        origin = (
+            subprocess.run(
+                ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            .stdout.strip()
+            .removeprefix("file://")
+        )
+        if origin and (REPO / origin).is_dir():
+            candidates.append((REPO / origin).resolve().parent / "shared")
+    candidates.append(Path("/work/shared"))
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
 # -- corpora --------------------------------------------------------------------------------------
 
 

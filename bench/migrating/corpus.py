@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from pathlib import Path
 
 import asyncpg
+import common
 import numpy as np
 
 from docstore.codecs import register_codecs
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL, ROLLBACK_COLUMNS
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+CORPUS = common.shared_dir() / "corpora"
 
 
 def crate_of(path: str) -> str:

@@ -17,11 +17,12 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+import common
 
 from docstore.migrate.legacy import DOCUMENT_COLUMNS, documents_copy_query
 from docstore.migrate.verify import READ_BACK, READ_BACK_FOLDED
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+SHARED = common.shared_dir()
 PLAN = SHARED / "seed" / "migration-plan.md"
 
 # Phase 1.1 of the seed plan, used when the plan file is not beside the repository.

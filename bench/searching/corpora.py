@@ -32,7 +32,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "near300": {"rows": 100_000, "clusters": 300, "spread": 1.0, "jitter": 0.3},
 }
-SHARED_CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+SHARED_CORPORA = common.shared_dir() / "corpora"
 
 
 @dataclass
