@@ -198,7 +198,6 @@ _ARG_ERROR = re.compile(r"^(invalid input for query argument \$\d+)")
 # A constraint violation's DETAIL spells out the whole row: a document's embedding and text.
 _FAILING_ROW = re.compile(r"(Failing row contains) \(.*", re.DOTALL)
 # Python's datetime holds the years 1-9999, PostgreSQL's timestamps 4713 BC-294276 AD.
-_OUT_OF_RANGE = ("date value out of range", "year ", "is out of range")
 OUT_OF_RANGE_HINT = (
     " (a date or timestamp outside the years 1-9999 came back, which Python cannot hold: find"
     " it with `WHERE isfinite(col) AND (col < '0001-01-01' OR col >= '10000-01-01')`, then"
@@ -226,6 +225,6 @@ def is_out_of_range_date(exc: BaseException) -> bool:
     """asyncpg decoding a date or timestamp Python's datetime cannot hold."""
     message = str(exc)
     return isinstance(exc, OverflowError | ValueError) and (
-        message.startswith(_OUT_OF_RANGE[0])
-        or (message.startswith(_OUT_OF_RANGE[1]) and message.endswith(_OUT_OF_RANGE[2]))
+        message.startswith("date value out of range")  # asyncpg's decoder
+        or (message.startswith("year ") and message.endswith("is out of range"))  # datetime's
     )

@@ -16,7 +16,7 @@ from docstore.models import key_text
 
 STATUSES = ("pending", "running", "completed", "failed")
 """``population_jobs.status``'s CHECK constraint."""
-INT_MAX = 2**31 - 1
+INT_MAX = ids.INT_MAX
 
 CREATE = """INSERT INTO source_population_jobs
        (source_id, doc_type, source_name, status, metadata)

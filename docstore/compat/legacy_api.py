@@ -211,9 +211,9 @@ class LegacyDatabase:
         did. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents
         without an embedding are never returned."""
         wanted = as_int(limit)  # numpy's integers too, never a bool
-        if wanted is None or not 0 <= wanted <= views.INT_MAX:
+        if wanted is None or not 0 <= wanted <= ids.INT_MAX:
             raise ValidationError(
-                f"limit must be an integer from 0 to {views.INT_MAX}", field="limit"
+                f"limit must be an integer from 0 to {ids.INT_MAX}", field="limit"
             )
         limit = wanted
         query = query_vector(embedding, self.store.embedding_dim)

@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from docstore.compat.ids import (
+    INT_MAX,
     NEW_ID_OFFSET,
     crate_id_sql,
     document_crate_id_sql,
@@ -72,7 +73,6 @@ GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
 RULE_FUNCTION = "docstore_legacy_view_refuse_write"
 GUARD_TABLE = "docstore_legacy_view_guard"
 """Citus only: the table the views' write rules insert into (never a row: see _write_rules)."""
-INT_MAX = 2**31 - 1
 MESSAGE = (
     "% is a read-only docstore compatibility view over documents/document_sources: "
     "write through docstore.compat.LegacyDatabase (upsert_crate, insert_embedding, ...)"

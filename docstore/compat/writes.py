@@ -17,23 +17,17 @@ from typing import Any
 
 import asyncpg
 
+from docstore.compat.ids import INT_MAX  # crates.total_docs / total_tokens were integers
 from docstore.errors import ValidationError
 from docstore.models import MAX_SOURCE_NAME, Document, key_text
 from docstore.repositories.documents import dedupe, lock_sources, validate, write_batch
-from docstore.repositories.sources import write_totals
+from docstore.repositories.sources import source_totals, write_totals
 from docstore.store import Store
 
 _STORED_METADATA = (
     "SELECT doc_path, metadata FROM documents"
     " WHERE doc_type = $1 AND source_name = $2 AND doc_path = ANY($3::text[])"
 )
-# the crate's documents a batch leaves as they are: its totals are theirs plus the batch's
-_OTHER_TOTALS = (
-    "SELECT count(*) AS docs, coalesce(sum(token_count), 0) AS tokens FROM documents"
-    " WHERE doc_type = $1 AND source_name = $2 AND NOT doc_path = ANY($3::text[])"
-)
-INT_MAX = 2**31 - 1
-"""``crates.total_docs`` / ``crates.total_tokens`` were ``integer`` columns."""
 
 
 async def upsert_crate_documents(
@@ -42,37 +36,28 @@ async def upsert_crate_documents(
     """Upsert ``docs`` (all of crate ``crate_name``) keeping stored metadata, in one
     transaction (retried whole on transient failures); ``totals``: recompute the crate's
     totals in it too. A bad row raises :class:`~docstore.errors.ValidationError` before
-    anything is written, and so do totals beyond the legacy ``integer`` (checked under the
-    crate's lock, before the batch is written)."""
+    anything is written, and so do totals beyond the legacy ``integer`` (counted under the
+    crate's lock once the batch is in; the refusal rolls the transaction back)."""
     store.ensure_writable()
     checked = [validate(doc, i, store.embedding_dim) for i, doc in enumerate(docs)]
     unique, _ = dedupe(checked)
 
     async def work(conn: asyncpg.Connection) -> None:
         await lock_sources(conn, [(doc_type, crate_name)])
-        if totals:
-            await _check_totals(conn, doc_type, crate_name, unique)
         merged = await _keep_metadata(conn, doc_type, crate_name, unique, store.embedding_dim)
         await write_batch(conn, merged, distributed=store.distributed)
         if totals:
-            await write_totals(conn, doc_type, crate_name)  # under the source lock: exact
+            counted = await source_totals(conn, doc_type, crate_name)  # under the lock: exact
+            _check_totals(crate_name, counted)
+            await write_totals(conn, doc_type, crate_name, counted)
 
     await store.run_in_transaction(work)
 
 
-async def _check_totals(
-    conn: asyncpg.Connection, doc_type: str, crate_name: str, docs: list[Document]
-) -> None:
-    """Refuse (:class:`~docstore.errors.ValidationError`) a batch after which the crate's
-    ``total_docs``/``total_tokens`` would pass the legacy ``integer``: the views and
-    ``get_crate_stats`` could not show them, and the legacy ``UPDATE crates`` failed the
-    batch's transaction."""
-    other = await conn.fetchrow(_OTHER_TOTALS, doc_type, crate_name, [d.doc_path for d in docs])
-    assert other is not None  # an aggregate: always one row
-    totals = {
-        "total_docs": int(other["docs"]) + len(docs),
-        "total_tokens": int(other["tokens"]) + sum(d.token_count or 0 for d in docs),
-    }
+def _check_totals(crate_name: str, totals: dict[str, int]) -> None:
+    """Refuse (:class:`~docstore.errors.ValidationError`) totals beyond the legacy
+    ``integer``: the views and ``get_crate_stats`` could not show them, and the legacy
+    ``UPDATE crates`` failed the batch's transaction — as raising here fails this one."""
     for field, value in totals.items():
         if value > INT_MAX:
             raise ValidationError(

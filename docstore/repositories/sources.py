@@ -71,23 +71,33 @@ def _timestamp(value: Any) -> datetime:
         raise ValidationError(f"at {exc}", field="at") from None
 
 
-async def write_totals(conn: Any, doc_type: str, source_name: str) -> Any:
-    """Write the source's ``total_docs``/``total_tokens`` (from its documents) into its config,
-    read and then written as a value, in the caller's transaction; returns the source's row, or
-    None without one. The form a Citus cluster accepts (it refuses STABLE functions such as
-    ``jsonb_build_object`` over columns in an UPDATE); also the compat layer's writes'."""
+async def source_totals(conn: Any, doc_type: str, source_name: str) -> dict[str, int]:
+    """The source's ``total_docs``/``total_tokens``, counted from its documents."""
     totals = await conn.fetchrow(
         "SELECT count(*) AS total_docs, coalesce(sum(token_count), 0) AS total_tokens"
         " FROM documents WHERE doc_type = $1 AND source_name = $2",
         doc_type,
         source_name,
     )
+    return {k: int(v) for k, v in totals.items()}
+
+
+async def write_totals(
+    conn: Any, doc_type: str, source_name: str, totals: dict[str, int] | None = None
+) -> Any:
+    """Write the source's ``total_docs``/``total_tokens`` (``totals``, else
+    :func:`source_totals`) into its config, read and then written as a value, in the caller's
+    transaction; returns the source's row, or None without one. The form a Citus cluster
+    accepts (it refuses STABLE functions such as ``jsonb_build_object`` over columns in an
+    UPDATE); also the compat layer's writes'."""
+    if totals is None:
+        totals = await source_totals(conn, doc_type, source_name)
     return await conn.fetchrow(
         "UPDATE document_sources SET config = config || $3::jsonb"
         f" WHERE doc_type = $1 AND source_name = $2 RETURNING {_COLUMNS}",
         doc_type,
         source_name,
-        {k: int(v) for k, v in totals.items()},
+        totals,
     )
 
 
