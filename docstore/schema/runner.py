@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -116,6 +117,8 @@ async def apply_migrations(
     dimension differs from ``embedding_dim``, or when the database was written by a newer
     docstore.
     """
+    if not distributed and await _up_to_date(conn, embedding_dim):
+        return []
     await conn.execute("select pg_advisory_lock($1)", SCHEMA_LOCK_KEY)
     try:
         await ensure_vector_extension(conn)
@@ -129,24 +132,95 @@ async def apply_migrations(
         )
         status = await schema_status(conn)
         check_compatible(status, embedding_dim)
+        if status.current is None:
+            await _refuse_foreign_tables(conn)
         done: list[int] = []
         for migration in MIGRATIONS:
             if migration.version not in status.pending:
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql(embedding_dim))
-                await conn.execute(
-                    f"insert into {VERSION_TABLE} (version, name, checksum) values ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            await _apply(conn, migration, embedding_dim)
             done.append(migration.version)
         if distributed:
             await citus.distribute(conn)
         return done
     finally:
         await conn.execute("select pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)
+
+
+async def _up_to_date(conn: asyncpg.Connection, embedding_dim: int) -> bool:
+    """Nothing to apply: checked with reads only, so a role without DDL rights (an app role
+    with DML grants only, a reader role, a hot standby) connects to an up-to-date database.
+    Raises :class:`SchemaError` as :func:`check_compatible` does."""
+    status = await schema_status(conn)
+    check_compatible(status, embedding_dim)
+    return status.up_to_date and bool(
+        await conn.fetchval("select 1 from pg_extension where extname = 'vector'")
+    )
+
+
+_FOREIGN_TABLES = """
+select array_agg(name order by name) from unnest(array['documents', 'document_sources']) name
+where to_regclass(name) is not null
+"""
+
+
+async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:
+    """Tables of docstore's names that docstore did not create: refuse to guess what they are."""
+    found = await conn.fetchval(_FOREIGN_TABLES)
+    if found:
+        raise SchemaError(
+            f"this database already has {' and '.join(found)} but no {VERSION_TABLE}: they "
+            "were not created by docstore (e.g. by the migration plan's Phase 1.1 SQL). docstore "
+            "creates its own tables: use another database, or drop these tables if they hold "
+            "nothing you need (`docstore migrate` copies the legacy data into docstore's)"
+        )
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration, embedding_dim: int) -> None:
+    """One migration and its version row in one transaction; a failure with a known cause
+    becomes a :class:`SchemaError` saying what to do (asked after the rollback)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(migration.sql(embedding_dim))
+            await conn.execute(
+                f"insert into {VERSION_TABLE} (version, name, checksum) values ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+    except asyncpg.PostgresError as exc:
+        explain = _FAILURES.get((migration.version, exc.sqlstate or ""))
+        if explain is None:
+            raise
+    else:
+        return
+    # outside the except block: the error (which may quote a stored value) is not its context
+    raise SchemaError(await explain(conn))
+
+
+_BEYOND_HALF = """
+select count(*), (array_agg(id order by id))[1:10] from documents
+where embedding is not null
+  and exists (select 1 from unnest(embedding::real[]) v where abs(v) > 65504)
+"""
+
+
+async def _beyond_half_precision(conn: asyncpg.Connection) -> str:
+    row = await conn.fetchrow(_BEYOND_HALF)
+    count, ids = (row[0], row[1] or []) if row is not None else (0, [])
+    return (
+        f"schema migration 3 (embedding_half) cannot be applied: {count} stored embedding(s) "
+        f"hold values beyond half precision's ±65,504 (documents.id {', '.join(map(str, ids))}"
+        f"{', …' if count > len(ids) else ''}); docstore refuses such values since that "
+        "migration. Rescale or re-embed them (or set their embedding to NULL), then connect "
+        "again; until then `connect(migrate=False)` works on the old schema"
+    )
+
+
+# (migration version, SQLSTATE) → what to tell the operator
+_FAILURES: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[str]]] = {
+    (3, "22003"): _beyond_half_precision,  # numeric_value_out_of_range in the halfvec cast
+}
 
 
 def check_compatible(status: SchemaStatus, embedding_dim: int) -> None:
