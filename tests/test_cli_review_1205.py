@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -127,3 +128,56 @@ async def test_stats_prints_a_title_and_names_as_they_are(database_url: str) -> 
     text = captured.get()
     assert "http://exporter/[/]metrics [red]x" in text
     assert "[/]retry 1" in text
+
+
+async def test_an_interrupted_demo_build_is_started_over_not_taken_as_done(
+    pg: PgCluster, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Review of 2026-12-06.) Ctrl-C while ``docstore demo --data-dir D`` built its legacy
+    database left ``rust_docs_vectors`` half-filled, and every later run migrated it as if
+    complete (0 documents). The build now happens under another name, renamed when done."""
+    from docstore.cli import demo_command
+
+    real_build = demo_command.build_sample_legacy
+
+    async def interrupted(url: str) -> dict[str, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("create table crates (id int)")  # part of the work, then...
+        finally:
+            await conn.close()
+        raise KeyboardInterrupt
+
+    async def small(url: str) -> dict[str, int]:
+        return await real_build(url, crates=3, docs=30)
+
+    try:
+        monkeypatch.setattr(demo_command, "build_sample_legacy", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            await demo_command._sample_legacy(database_url)
+        monkeypatch.setattr(demo_command, "build_sample_legacy", small)
+        legacy_url = await demo_command._sample_legacy(database_url)
+        conn = await asyncpg.connect(legacy_url)
+        try:
+            assert await conn.fetchval("select count(*) from doc_embeddings") == 30
+        finally:
+            await conn.close()
+        monkeypatch.setattr(demo_command, "build_sample_legacy", interrupted)
+        assert await demo_command._sample_legacy(database_url) == legacy_url  # built once
+    finally:
+        await pg.execute(
+            "DROP DATABASE IF EXISTS rust_docs_vectors",
+            "DROP DATABASE IF EXISTS rust_docs_vectors_building",
+        )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1/metrics", "http://127.0.0.1:abc/metrics", "http://exa mple.com/metrics"],
+)
+def test_stats_from_a_malformed_url_is_one_error_line(url: str) -> None:
+    """(Review of 2026-12-06.) These ended in a traceback and exit 70 ("a bug in docstore")."""
+    result = runner.invoke(app, ["stats", "--from", url])
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert "--from is not a valid URL" in _flat(result.output)
+    assert "Traceback" not in result.output

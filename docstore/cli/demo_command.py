@@ -19,24 +19,27 @@ from docstore.models import Document
 from docstore.store import Store
 from docstore.urls import with_database
 
+_LEGACY = "rust_docs_vectors"
+_BUILDING = "rust_docs_vectors_building"
+
 
 async def _sample_legacy(url: str) -> str:
-    """A legacy rust_docs_vectors database next to docstore's (built once per data dir)."""
-    admin = with_database(url, "postgres")
-    legacy_url = with_database(url, "rust_docs_vectors")
-    conn = await asyncpg.connect(admin)
+    """A legacy rust_docs_vectors database next to docstore's, built once per data dir: under
+    another name, renamed when complete, so an interrupted build is started over, never taken
+    for a finished (partly empty) legacy database by the next run."""
+    admin = await asyncpg.connect(with_database(url, "postgres"))
     try:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = 'rust_docs_vectors'"
-        )
-        if not exists:
-            await conn.execute("CREATE DATABASE rust_docs_vectors")
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", _LEGACY):
+            await admin.execute(f"DROP DATABASE IF EXISTS {_BUILDING}")
+            await admin.execute(f"CREATE DATABASE {_BUILDING}")
+            with console.status(
+                "building a legacy database like the plan's (40 crates, 4,133 docs)"
+            ):
+                await build_sample_legacy(with_database(url, _BUILDING))
+            await admin.execute(f"ALTER DATABASE {_BUILDING} RENAME TO {_LEGACY}")
     finally:
-        await conn.close()
-    if not exists:
-        with console.status("building a legacy database like the plan's (40 crates, 4,133 docs)"):
-            await build_sample_legacy(legacy_url)
-    return legacy_url
+        await admin.close()
+    return with_database(url, _LEGACY)
 
 
 async def _demo(store: Store) -> None:

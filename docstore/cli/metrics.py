@@ -152,6 +152,7 @@ async def stats(
 
 
 def _http_get(url: str) -> str:
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -160,7 +161,12 @@ def _http_get(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             body: bytes = response.read()
-    except (urllib.error.URLError, OSError) as exc:
+    except (ValueError, http.client.InvalidURL) as exc:  # a bad port or IPv6 literal
+        raise ConfigurationError(
+            f"--from is not a valid URL ({type(exc).__name__}): give the exporter's address, "
+            "e.g. http://127.0.0.1:9108/metrics"
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise DatabaseUnavailableError(
             f"could not read {redact_url(url)}: {type(exc).__name__}"
         ) from None
@@ -194,7 +200,8 @@ async def metrics_serve(
     from docstore.prometheus import serve
 
     async with cli.connect(url, migrate=False) as store:
-        console.print(escape(f"serving metrics of {store.url} on http://{addr}:{port}/metrics"))
+        host = f"[{addr}]" if ":" in addr else addr  # an IPv6 address in a URL
+        console.print(escape(f"serving metrics of {store.url} on http://{host}:{port}/metrics"))
         await serve(
             store,
             port,
