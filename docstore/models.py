@@ -39,6 +39,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PrivateAttr,
+    StrictBool,
     model_validator,
 )
 
@@ -382,7 +383,8 @@ class Source(_Model):
     doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
     source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
     config: Metadata = Field(default_factory=dict)
-    enabled: bool = True
+    enabled: StrictBool = True
+    """True or False only: ``"no"`` or ``0`` are refused, as by ``sources.set_enabled``."""
     last_checked: AwareTimestamp = None
     last_populated: AwareTimestamp = None
     created_at: AwareTimestamp = None

@@ -155,14 +155,14 @@ class Store:
     async def health(self) -> Health:
         """:meth:`Database.health <docstore.db.Database.health>`, plus live search recall:
         ``degraded`` (with a warning) while it is under the target."""
-        return with_live_recall(await self._db.health(), self.tuner.recall())
+        return with_live_recall(await self._db.health(), await self.tuner.current_recall())
 
     @timed("metrics")
     async def metrics(self, *, disk: bool = True) -> MetricsSnapshot:
         """:meth:`Database.metrics <docstore.db.Database.metrics>`, plus live search recall
         (``snapshot.search_recall``)."""
         snapshot = await self._db.metrics(disk=disk)
-        snapshot.search_recall = self.tuner.recall()
+        snapshot.search_recall = await self.tuner.current_recall()
         return snapshot
 
     disk_usage = delegate(Database.disk_usage, "_db")

@@ -195,6 +195,24 @@ async def test_live_recall_shows_in_metrics_and_health(
     assert health.search_recall is not None and health.ok
 
 
+async def test_a_new_process_reports_the_stored_calibration(
+    indexed: tuple[docstore.Store, np.ndarray], database_url: str
+) -> None:
+    """(Review of 2026-12-06.) `docstore health` / `docstore stats` right after `docstore index
+    calibrate` said "not calibrated": a new store reported only what it had cached."""
+    store, _ = indexed
+    stored = await store.tuner.calibration()
+    assert stored is not None
+    async with docstore.connect(database_url) as fresh:  # as a new process would
+        health = await fresh.health()
+        assert health.search_recall is not None
+        assert health.search_recall.ef_search == stored.ef_search
+        assert health.search_recall.calibrated_at == stored.calibrated_at
+    async with docstore.connect(database_url) as fresh:
+        recall = (await fresh.metrics(disk=False)).search_recall
+        assert recall is not None and recall.ef_search == stored.ef_search
+
+
 async def test_recent_queries_replace_the_probes(
     indexed: tuple[docstore.Store, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:

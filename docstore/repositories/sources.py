@@ -101,9 +101,17 @@ async def write_totals(
     )
 
 
+_TIMESTAMPS = ("last_checked", "last_populated", "created_at", "updated_at")
+
+
 def _to_source(record: Any) -> Source:
-    """A :class:`Source` from a trusted row (``config`` decoded by the pool's jsonb codec)."""
-    return Source.model_construct(**dict(record))
+    """A :class:`Source` from a trusted row (``config`` decoded by the pool's jsonb codec).
+    Its timestamps are aware UTC, ``infinity`` too (asyncpg reads it as a naive
+    ``datetime.max``, which would not compare with the others)."""
+    row = dict(record)
+    for name in _TIMESTAMPS:
+        row[name] = aware_utc(row.get(name))
+    return Source.model_construct(**row)
 
 
 @dataclass

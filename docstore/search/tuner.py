@@ -43,7 +43,7 @@ import numpy as np
 from docstore.codecs import EncodedVector, encode_vector
 from docstore.core.surface import own_reads
 from docstore.embeddings import query_vector
-from docstore.errors import QueryError, SchemaError, ValidationError
+from docstore.errors import DocstoreError, QueryError, SchemaError, ValidationError
 from docstore.metrics import SearchRecall
 from docstore.search import queries
 from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress
@@ -341,6 +341,16 @@ class SearchTuner:
                 and (datetime.now(UTC) - current.calibrated_at).total_seconds() > SETTLED_SECONDS
             ):
                 self._auto(metric, f"live recall {estimate:.3f}, comfortably above the target")
+
+    async def current_recall(self, metric: str = "cosine") -> SearchRecall:
+        """:meth:`recall`, with the stored calibration read first when this process has not
+        read it yet: ``health()`` and ``metrics()`` of a new process (``docstore health``,
+        ``docstore stats``) report the calibration every process searches with, not "not
+        calibrated". A calibration that cannot be read is reported as absent."""
+        if metric not in self._cache:
+            with contextlib.suppress(DocstoreError):
+                await self.calibration(metric)
+        return self.recall(metric)
 
     def recall(self, metric: str = "cosine") -> SearchRecall:
         """The live recall estimate and the ``metric`` calibration in force."""
