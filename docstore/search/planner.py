@@ -189,7 +189,8 @@ def plan_vector_search(
     (``scope`` is then that scope's size, looked up by the caller); ``filtered``: any
     restriction at all. ``ef_search`` given by the caller wins over the calibration, which
     wins over ``default_ef_search`` (``DOCSTORE_HNSW_EF_SEARCH``), which wins over
-    :data:`DEFAULT_EF_SEARCH`. An explicit ``ef_search`` runs exactly that: no second pass.
+    :data:`DEFAULT_EF_SEARCH`. An explicit ``ef_search`` runs with no second pass, raised
+    to the candidate count when below it (pgvector returns at most ``ef_search`` rows).
 
     ``filter_size`` (a search with a ``filter``, sized by the caller; not with ``exact`` or
     ``ef_search`` given: those win): :func:`filter_mode` picks the mode; its ANN plan forces

@@ -406,6 +406,8 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     ``jit = off``: on PostgreSQL 15–17 a disabled node adds ``disable_cost`` (10^10) to the
     plan, past ``jit_above_cost``, so with JIT built in (Debian's) each search first compiled
     its expressions: 0.84 s for a 2 ms ANN search over 200 rows (PostgreSQL 18 doesn't).
+    ``plan_cache_mode = force_custom_plan``: the same statement also runs alone, and a cached
+    generic plan (a scan and sort, made without these settings) is not replanned for them.
 
     ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first (the shards get
     them too), never ``enable_sort = off`` (coordinator planning: ~10 ms → 400-600 ms).
@@ -414,6 +416,7 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     return (
         ("SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else "")
         + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"
+        " SET LOCAL plan_cache_mode = force_custom_plan;"
         " SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
         + ("; SET LOCAL enable_sort = off" if force_index and not distributed else "")
     )

@@ -34,14 +34,17 @@ def _latency(samples_ms: list[float]) -> Latency:
 
 
 def with_live_recall(health: Health, recall: SearchRecall) -> Health:
-    """``health`` plus live search recall: ``degraded`` (with a warning) while it is under
-    the target."""
+    """``health`` plus live search recall: ``degraded`` (with a warning) while the recall of
+    searches on the calibrated settings is under the target (``recall.below_target``: what
+    makes the tuner recalibrate; searches with an explicit ``ef_search`` never do)."""
     health.search_recall = recall
     if recall.below_target:
         health.degraded = True
+        overall = f"{recall.estimate:.3f}" if recall.estimate is not None else "none"
         health.warnings.append(
-            f"search recall {recall.estimate:.3f} over the last {recall.samples} sampled"
-            f" searches is under the target {recall.target:.2f} (recalibrating)"
+            f"search recall on the calibrated settings is under the target"
+            f" {recall.target:.2f} (recalibrating); {overall} over the last"
+            f" {recall.samples} sampled searches"
         )
     return health
 
@@ -64,7 +67,8 @@ class RecallEvaluator:
         ids, ms, results = [], [], []
         for vector in vectors:
             started = time.perf_counter()
-            result = await self._vector.search(vector, **options)
+            # measuring must not feed the tuner: stored vectors are no real queries
+            result = await self._vector.search(vector, **options, _observe=False)
             ms.append((time.perf_counter() - started) * 1000)
             ids.append(result.ids)
             results.append(result)
@@ -91,11 +95,21 @@ class RecallEvaluator:
         returned), the share of queries answered perfectly, and p50/p95/p99 latency of both
         paths as ``search()`` sees them — run it after ``create_vector_index()`` to prove the
         index (and any ``ef_search``/``oversample`` you pass) is good enough on your data.
-        ``seed`` (in [-1, 1]) makes the sample repeatable; None draws a fresh one. Pass
-        ``query_vectors`` (your own query embeddings) to measure on those instead of a sample.
+        ``seed`` (a number in [-1, 1], else :class:`ValidationError`) makes the sample
+        repeatable; None draws a fresh one. Pass ``query_vectors`` (your own query embeddings)
+        to measure on those instead of a sample. Measuring never feeds the tuner: these
+        searches are not kept as recent queries nor measured for live recall.
+
+        The ANN side runs with ``exact=False``: always the HNSW index. Unscoped, that is the
+        path ``search()`` takes; with ``doc_type``/``source_name``/``filter`` it is not
+        always: ``search()`` ranks a small scope or filter on ``embedding_half`` (mode
+        ``"halfvec"``) and falls back to that when a filtered index scan stops short, so a
+        scoped report measures the forced HNSW scan, which may be slower (and lower in
+        recall) than what ``search()`` does on the same scope.
         """
         sample = bounded_int(sample, "sample", 100_000)
         limit = queries.check_limit(limit)
+        seed = _check_seed(seed)
         mt = queries.metric(metric)
         index = await self._indexes.vector_index(mt.name)
         if index is None:
@@ -151,13 +165,25 @@ class RecallEvaluator:
         )
 
 
+def _check_seed(seed: float | None) -> float | None:
+    """``evaluate_recall``'s ``seed``: None, or a finite number (not a bool) in [-1, 1]
+    (``setseed``'s range), checked before anything runs."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int | float):
+        raise ValidationError("seed must be a number in [-1, 1] or None", field="seed")
+    if not (math.isfinite(seed) and -1 <= seed <= 1):
+        raise ValidationError("seed must be in [-1, 1]", field="seed")
+    return float(seed)
+
+
 def _sample_vectors(flt: Mapping[str, Any] | None, sample: int, seed: float | None) -> Any:
     where, params = build_filter(flt, first_param=2)
 
     async def work(conn: asyncpg.Connection) -> list[Any]:
         async with conn.transaction():
             if seed is not None:
-                await conn.execute("SELECT setseed($1)", float(seed))
+                await conn.execute("SELECT setseed($1)", seed)
             ids = await conn.fetch(
                 f"SELECT d.id FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
                 " ORDER BY random() LIMIT $1",

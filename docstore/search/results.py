@@ -162,7 +162,8 @@ class SearchResults(Sequence[Hit]):
         )
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One plain dict per hit (embedding as a list when it was loaded)."""
+        """One plain dict per hit (``embedding`` as the hit's ``numpy.ndarray`` when it was
+        loaded: ``.tolist()`` it for JSON)."""
         records = []
         for hit in self._hits:
             record = hit.model_dump(exclude={"embedding", "ranks"})

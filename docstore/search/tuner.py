@@ -12,8 +12,10 @@ One :class:`SearchTuner` per store. It
   memory only on a read-only store);
 * **keeps recent queries**: the last :data:`RECENT_QUERIES` query vectors of ANN searches, in
   memory (``DOCSTORE_SEARCH_KEEP_QUERIES=false`` turns it off), written to
-  ``docstore_search_queries`` (at most :data:`STORED_QUERIES` rows) when a calibration runs, so
-  ``docstore index calibrate`` in another process calibrates on real queries too;
+  ``docstore_search_queries`` when a calibration runs (each write first trims the table, all
+  metrics together, to its newest :data:`STORED_QUERIES` rows, then adds up to
+  :data:`RECENT_QUERIES`: at most their sum), so ``docstore index calibrate`` in another
+  process calibrates on real queries too (``evaluate_recall``'s searches are not kept);
 * **measures live recall** (:mod:`docstore.search.live_recall`): a sampled share
   (``DOCSTORE_SEARCH_RECALL_SAMPLE``) of ANN searches is re-run exactly in the background —
   never on the caller's path, one at a time, only when the pool has an idle connection, and
@@ -353,9 +355,12 @@ class SearchTuner:
         return self.recall(metric)
 
     def recall(self, metric: str = "cosine") -> SearchRecall:
-        """The live recall estimate and the ``metric`` calibration in force."""
+        """The live recall estimate (every measured search) and the ``metric`` calibration in
+        force. ``below_target`` counts searches on the calibrated settings only (what
+        recalibrates: :meth:`_react`; not those with an explicit ``ef_search``)."""
         n = len(self._live.window)
         estimate = sum(self._live.window) / n if n else None
+        tuned = len(self._live.tuned)
         cached = self._cache.get(metric)
         calibration = cached[1] if cached else None
         return SearchRecall(
@@ -363,9 +368,8 @@ class SearchTuner:
             estimate=estimate,
             samples=n,
             lowest=min(self._live.window) if n else None,
-            below_target=estimate is not None
-            and n >= MIN_RECALL_SAMPLES
-            and estimate < self.target,
+            below_target=tuned >= MIN_RECALL_SAMPLES
+            and sum(self._live.tuned) / tuned < self.target,
             ef_search=calibration.ef_search if calibration else None,
             escalation_ef_search=calibration.escalation_ef_search if calibration else None,
             calibration_source=calibration.query_source if calibration else None,

@@ -3,14 +3,13 @@
 :class:`VectorSearch` looks up what the pure planner needs (the usable index, the scope's
 or filter's size (:mod:`~docstore.search.filter_size`), the database's calibration from the
 tuner), runs the plan — ANN statements alone when PostgreSQL takes the HNSW index by itself
-(asked with ``EXPLAIN``, the answer cached), else under ``enable_seqscan = off`` — and a
+(:mod:`~docstore.search.ann_plans`), else under ``enable_seqscan = off`` — and a
 second, wider ANN pass when the first one's candidates come back flat. A part of
 :class:`docstore.Store`, which delegates ``search`` here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -24,13 +23,16 @@ from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import flag, query_vector
 from docstore.search import planner, queries
-from docstore.search.filter_size import FilterSizes
+from docstore.search.ann_plans import IndexPlans
+from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes
 from docstore.search.filters import build_filter
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
 from docstore.search.planner import Scope
 from docstore.search.results import Hit, SearchResults, VectorIndex
 from docstore.search.tuner import SearchTuner
 
+SCOPE_CACHE_ENTRIES = CACHE_ENTRIES
+"""Scopes whose size is kept (as :class:`FilterSizes` keeps filters')."""
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
 
 
@@ -54,7 +56,7 @@ class VectorSearch:
         self._indexes = indexes
         self._tuner = tuner
         self._scope_cache: dict[tuple[str | None, str | None], tuple[float, Scope]] = {}
-        self._index_plan_cache: tuple[float, bool] | None = None
+        self._index_plans = IndexPlans(db, indexes)
         self.filter_sizes = FilterSizes(db)
 
     @property
@@ -117,6 +119,7 @@ class VectorSearch:
         include_embedding: bool = False,
         ef_search: int | None = None,
         oversample: int | None = None,
+        _observe: bool = True,
     ) -> SearchResults:
         """The ``limit`` documents nearest to ``embedding``, best first.
 
@@ -142,7 +145,8 @@ class VectorSearch:
           ``embedding_half`` (the half-precision copy in each row, no TOAST reads) and the best
           ``limit × oversample`` (at least 10) re-ranked exactly: mode ``"halfvec"`` (a filter
           matching no more than those is simply ``"exact"``);
-        * otherwise ANN: ``limit × oversample`` candidates (at least 40) from the HNSW index,
+        * otherwise ANN: candidates from the HNSW index — ``limit × oversample`` (at least
+          40), with a calibration no more than its ``ef_search`` (at least ``2 × limit``) —
           re-ranked on full-precision vectors, ``hnsw.ef_search`` from the database's
           calibration (:meth:`calibrate_search`: the cheapest setting that meets
           ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data); unless a ``filter`` was sized, when
@@ -151,8 +155,13 @@ class VectorSearch:
           (``results.escalated``).
 
         ``ef_search``/``oversample`` given here (or ``DOCSTORE_HNSW_EF_SEARCH`` /
-        ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: exactly that, no second pass.
-        ``results.ef_search`` says what ran.
+        ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: no second pass, and never
+        moving the calibration; ``hnsw.ef_search`` is at least the candidate count (pgvector
+        returns no more than it), so ``results.ef_search`` says what ran.
+
+        ``_observe`` (private): False keeps the search out of the tuner (recent queries, live
+        recall, recalibration): ``evaluate_recall`` measures on stored vectors, which must not
+        become the "real queries" a calibration is chosen on.
         """
         started = time.perf_counter()
         vector = query_vector(embedding, self._db.embedding_dim)
@@ -211,7 +220,7 @@ class VectorSearch:
             for r in records
             if not math.isnan(r["distance"])  # a zero vector stored before validation
         ]
-        if mode == "ann":
+        if mode == "ann" and _observe:
             # live recall compares the top `limit` with the exact top `limit`, so it gets the
             # ids before min_similarity cut them
             self._tuner.observe(
@@ -328,24 +337,10 @@ class VectorSearch:
         return cast("list[Any]", await self._db.run(work, stateless=True, read=True, shard=source))
 
     async def _planner_takes_the_index(self, sql: str, params: list[Any]) -> bool:
-        """Whether PostgreSQL plans an unfiltered ANN statement on the HNSW index by itself.
-
-        Then it runs alone, in one round trip. It does on large tables; on small ones its
-        cost model (which does not count reading 12 KB vectors from TOAST) prefers a scan and
-        sort of every row — several times slower — so there the statement runs under
-        ``enable_seqscan = off``, in a transaction. Asked with EXPLAIN (no execution), and
-        the answer kept for :data:`INDEX_CACHE_SECONDS`: as the table grows, the answer
-        changes by itself.
-        """
-        now = time.monotonic()
-        cached = self._index_plan_cache
-        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
-            return cached[1]
-        rows = await self._db.run(_fetch("EXPLAIN (FORMAT JSON) " + sql, params), read=True)
-        plan = rows[0][0]
-        uses = '"Index Scan"' in (plan if isinstance(plan, str) else json.dumps(plan))
-        self._index_plan_cache = (now, uses)
-        return uses
+        """Whether PostgreSQL plans an unfiltered ANN statement on the HNSW index by itself
+        (:meth:`IndexPlans.takes_the_index <docstore.search.ann_plans.IndexPlans.takes_the_index>`):
+        then it runs alone, in one round trip, else under ``enable_seqscan = off``."""
+        return await self._index_plans.takes_the_index(sql, params)
 
 
 def _check_arguments(
@@ -409,23 +404,28 @@ async def _cached_scope(
     """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
     planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
     entries read), the table's size from the planner's statistics; cached briefly in
-    ``cache``."""
+    ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
     key = (doc_type, source_name)
     now = time.monotonic()
     cached = cache.get(key)
     if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
         return cached[1]
     scope = await _count_scope(db, doc_type, source_name)
+    cache.pop(key, None)
+    while len(cache) >= SCOPE_CACHE_ENTRIES:  # many sources: the oldest entry goes
+        del cache[next(iter(cache))]
     cache[key] = (now, scope)
     return scope
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
-    """A scope's rows (at most ``HALFVEC_SCOPE_ROWS`` + 1) and the table's ``reltuples``; on
+    """A scope's embedded rows (at most ``HALFVEC_SCOPE_ROWS`` + 1: rows with no embedding
+    never match, as in ``queries.filter_count_sql``) and the table's ``reltuples``; on
     the source's Citus worker like the search itself (there ``documents`` is the shell: 0)."""
     where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
     sql = (
-        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d WHERE {where} LIMIT $1) s)"
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d"
+        f" WHERE d.embedding IS NOT NULL AND {where} LIMIT $1) s)"
         " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
         " AS total"
     )
