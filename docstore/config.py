@@ -13,9 +13,11 @@ importable from here too: :func:`parse_url`, :func:`check_url`, :func:`redact_ur
 from __future__ import annotations
 
 import logging
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 import pydantic
@@ -30,7 +32,6 @@ from docstore.urls import (
     UrlError,
     check_url,
     parse_url,
-    read_write_urls,
     redact_url,
     url_password,
     url_secrets,
@@ -54,6 +55,19 @@ def _check_url(value: str | None) -> str | None:
     else:
         return value
     raise ValueError(f"not a valid database URL: {problem}")  # pydantic names the variable
+
+
+MAX_STATEMENT_TIMEOUT = 2147483.647
+"""The largest ``DOCSTORE_STATEMENT_TIMEOUT`` (seconds): PostgreSQL's ``statement_timeout``
+is an int of milliseconds."""
+
+
+def statement_timeout_ms(seconds: float) -> str:
+    """``statement_timeout`` for the server: whole milliseconds, rounded up so that a small
+    positive timeout is at least 1 ms (``0`` would turn the timeout off)."""
+    if seconds <= 0:
+        return "0"
+    return str(min(max(1, math.ceil(seconds * 1000)), 2**31 - 1))
 
 
 class Settings(BaseSettings):
@@ -95,12 +109,20 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(1, ge=0, validation_alias="DOCSTORE_POOL_MIN_SIZE")
     pool_max_size: int = Field(5, ge=1, validation_alias="DOCSTORE_POOL_MAX_SIZE")
     pool_acquire_timeout: float = Field(
-        30.0, gt=0, validation_alias="DOCSTORE_POOL_ACQUIRE_TIMEOUT"
+        30.0, gt=0, allow_inf_nan=False, validation_alias="DOCSTORE_POOL_ACQUIRE_TIMEOUT"
     )
-    command_timeout: float | None = Field(60.0, gt=0, validation_alias="DOCSTORE_COMMAND_TIMEOUT")
+    command_timeout: float | None = Field(
+        60.0, gt=0, allow_inf_nan=False, validation_alias="DOCSTORE_COMMAND_TIMEOUT"
+    )
     statement_timeout: float | None = Field(
-        None, ge=0, validation_alias="DOCSTORE_STATEMENT_TIMEOUT"
+        None,
+        ge=0,
+        le=MAX_STATEMENT_TIMEOUT,
+        allow_inf_nan=False,
+        validation_alias="DOCSTORE_STATEMENT_TIMEOUT",
     )
+    """Seconds, sent as whole milliseconds rounded up (:func:`statement_timeout_ms`); 0 turns
+    the server's timeout off."""
     embedding_dim: int = Field(3072, ge=1, le=16000, validation_alias="DOCSTORE_EMBEDDING_DIM")
     embedded_dir: Path = Field(
         default_factory=_default_embedded_dir, validation_alias="DOCSTORE_EMBEDDED_DIR"
@@ -110,8 +132,12 @@ class Settings(BaseSettings):
         "docstore", min_length=1, max_length=63, validation_alias="DOCSTORE_APPLICATION_NAME"
     )
     retry_attempts: int = Field(5, ge=1, le=100, validation_alias="DOCSTORE_RETRY_ATTEMPTS")
-    retry_initial_delay: float = Field(0.2, ge=0, validation_alias="DOCSTORE_RETRY_INITIAL_DELAY")
-    retry_max_delay: float = Field(5.0, ge=0, validation_alias="DOCSTORE_RETRY_MAX_DELAY")
+    retry_initial_delay: float = Field(
+        0.2, ge=0, allow_inf_nan=False, validation_alias="DOCSTORE_RETRY_INITIAL_DELAY"
+    )
+    retry_max_delay: float = Field(
+        5.0, ge=0, allow_inf_nan=False, validation_alias="DOCSTORE_RETRY_MAX_DELAY"
+    )
     hnsw_ef_search: int | None = Field(
         None, ge=1, le=1000, validation_alias="DOCSTORE_HNSW_EF_SEARCH"
     )
@@ -129,7 +155,7 @@ class Settings(BaseSettings):
     search_keep_queries: bool = Field(True, validation_alias="DOCSTORE_SEARCH_KEEP_QUERIES")
     metrics: bool = Field(True, validation_alias="DOCSTORE_METRICS")
     replica_retry_seconds: float = Field(
-        5.0, ge=0, validation_alias="DOCSTORE_REPLICA_RETRY_SECONDS"
+        5.0, ge=0, allow_inf_nan=False, validation_alias="DOCSTORE_REPLICA_RETRY_SECONDS"
     )
     """Seconds a failed read replica (or a Citus worker that failed a routed search) is
     skipped before it is tried again."""
@@ -187,19 +213,35 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
+_ENV_URL_FIELDS = frozenset({"database_url", "mcpdocs_database_url", "database_read_url"})
+
+
+def with_env_urls(settings: Settings, **overrides: Any) -> Settings:
+    """``settings`` with ``DATABASE_URL``, ``MCPDOCS_DATABASE_URL`` and ``DATABASE_READ_URL``
+    read again from the environment (what ``store.reload()`` picks up), and keyword
+    ``overrides`` (field names; None ones dropped). Every other field keeps its value in
+    ``settings``, so an unrelated variable changed (or made invalid) since does not matter.
+    """
+    kept = settings.model_dump(exclude=set(_ENV_URL_FIELDS))
+    return Settings(**kept, **{key: value for key, value in overrides.items() if value is not None})
+
+
 _legacy_fallback_logged = False
 
 
-def resolve_url(settings: Settings, url: str | None = None) -> tuple[str | None, UrlSource]:
+def resolve_url(
+    settings: Settings, url: str | None = None, *, caller: str = "connect"
+) -> tuple[str | None, UrlSource]:
     """Pick the database URL: argument → DATABASE_URL → MCPDOCS_DATABASE_URL → embedded.
 
     Returns ``(None, UrlSource.EMBEDDED)`` when no URL is configured. A URL asyncpg would
-    misread raises :class:`ConfigurationError` naming its source (see :func:`check_url`),
+    misread raises :class:`ConfigurationError` naming its source (see :func:`check_url`;
+    ``url`` is named as ``caller``'s argument: ``connect(url=...)``, ``reload(url=...)``),
     before anything connects.
     """
     global _legacy_fallback_logged
     if url:
-        return check_url(url, "connect(url=...)"), UrlSource.ARGUMENT
+        return check_url(url, f"{caller}(url=...)"), UrlSource.ARGUMENT
     if settings.database_url:
         return check_url(settings.database_url, "DATABASE_URL"), UrlSource.DATABASE_URL
     if settings.mcpdocs_database_url:
@@ -214,22 +256,51 @@ def resolve_url(settings: Settings, url: str | None = None) -> tuple[str | None,
     return None, UrlSource.EMBEDDED
 
 
+def _hosts(url: str) -> list[str]:
+    try:
+        parsed = parse_url(url)
+    except UrlError:
+        return [""]
+    return list(parsed.hosts) or parsed.query_hosts() or [""]
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    query = urlencode([*pairs, (key, value)], safe="/,")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def read_write_urls(url: str) -> tuple[str, str | None]:
+    """``(url for writes, url for reads or None)`` from one URL: a URL naming several hosts
+    (``postgresql://db1,db2,db3/docs``) is split, writes going to the host that accepts them
+    (``target_session_attrs=read-write`` unless the URL says otherwise) and reads preferring a
+    standby (``target_session_attrs=prefer-standby``); a single-host URL has no read URL."""
+    if len(_hosts(url)) < 2:
+        return url, None
+    given = dict(parse_qsl(urlsplit(url).query)).get("target_session_attrs")
+    writes = url if given else _with_query(url, "target_session_attrs", "read-write")
+    return writes, _with_query(url, "target_session_attrs", "prefer-standby")
+
+
 def split_read_write(
     settings: Settings, url: str, *, read_url: bool = True
 ) -> tuple[str, str | None]:
     """``(url for writes, url for reads or None)`` for a resolved database URL.
 
-    ``DATABASE_READ_URL`` wins (checked like ``DATABASE_URL``) unless ``read_url`` is False:
-    a URL given explicitly (``connect(url)``, the CLI's ``--url``/``--target``) is not paired
-    with a replica the environment names for whatever ``DATABASE_URL`` is — that replica may
-    hold another database. Otherwise a URL naming several hosts
-    (``postgresql://db1,db2,db3/docs``) is split: writes go to the host that accepts them
-    (``target_session_attrs=read-write`` unless the URL says otherwise), reads prefer a
-    standby (``target_session_attrs=prefer-standby``). A single-host URL has no read URL.
+    A URL naming several hosts (``postgresql://db1,db2,db3/docs``, a failover list) always
+    writes to the host that accepts them (``target_session_attrs=read-write`` unless the URL
+    says otherwise), so a failover never sends writes to a standby. Reads go to
+    ``DATABASE_READ_URL`` (checked like ``DATABASE_URL``) unless ``read_url`` is False: a URL
+    given explicitly (``connect(url)``, the CLI's ``--url``/``--target``) is not paired with
+    a replica the environment names for whatever ``DATABASE_URL`` is — that replica may hold
+    another database. Otherwise a multi-host URL reads from a standby if there is one
+    (``target_session_attrs=prefer-standby``), and a single-host URL has no read URL.
     """
+    writes, reads = read_write_urls(url)
     if read_url and settings.database_read_url:
-        return url, check_url(settings.database_read_url, "DATABASE_READ_URL")
-    return read_write_urls(url)
+        return writes, check_url(settings.database_read_url, "DATABASE_READ_URL")
+    return writes, reads
 
 
 __all__ = [
@@ -242,10 +313,13 @@ __all__ = [
     "check_url",
     "load_settings",
     "parse_url",
+    "read_write_urls",
     "redact_url",
     "resolve_url",
     "split_read_write",
+    "statement_timeout_ms",
     "url_password",
     "url_secrets",
     "with_database",
+    "with_env_urls",
 ]

@@ -24,6 +24,7 @@ from docstore.errors import (
     QueryError,
     ReadOnlyError,
     SchemaError,
+    ValidationError,
 )
 from docstore.transient import (
     POOL_CLOSED,
@@ -158,6 +159,10 @@ def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docstor
         return DatabaseUnavailableError(
             f"this store ({where}) is closed: open another with docstore.connect()"
         )
+    if _refused_timeout(exc):
+        return ValidationError(
+            "timeout must be a positive number of seconds, or None", field="timeout"
+        )
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
@@ -169,3 +174,20 @@ def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docstor
         hint = " (is the schema applied? run `docstore init`)"
         return SchemaError(describe(exc, secrets) + hint)
     return QueryError(describe(exc, secrets), sqlstate=sqlstate)
+
+
+def _refused_timeout(exc: BaseException) -> bool:
+    """asyncpg refused a statement's ``timeout`` argument (zero or negative) before sending
+    anything: a ``TimeoutError`` raised by its protocol's ``_get_timeout`` check, not a
+    statement that ran out of time."""
+    if not isinstance(exc, TimeoutError):
+        return False
+    tb, names = exc.__traceback__, []
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return (
+        len(names) >= 2
+        and names[-2].endswith("_get_timeout")
+        and names[-1].endswith("_get_timeout_impl")
+    )

@@ -185,9 +185,16 @@ def is_unique_violation(exc: BaseException) -> bool:
     )
 
 
+MIN_SCRUBBED_SECRET = 4
+"""Shorter secrets are not searched for in text: replacing every ``e`` would garble the
+message and spell the password out (URLs are redacted by their structure instead)."""
+
+
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` without ``secrets`` (those of :data:`MIN_SCRUBBED_SECRET` characters or
+    more), cut to :data:`MAX_MESSAGE` characters."""
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_SCRUBBED_SECRET:
             text = text.replace(secret, "***")
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + "…"
@@ -218,7 +225,8 @@ def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
     code = f" [{sqlstate}]" if sqlstate else ""
     hint = OUT_OF_RANGE_HINT if is_out_of_range_date(exc) else ""
-    return f"{type(exc).__name__}{code}: {scrub(message, secrets)}{hint}"
+    text = scrub(message, secrets)
+    return f"{type(exc).__name__}{code}{': ' if text else ''}{text}{hint}"
 
 
 def is_out_of_range_date(exc: BaseException) -> bool:

@@ -4,7 +4,8 @@ URLs are read as asyncpg reads them (:func:`parse_url`), and refused before any 
 is tried when asyncpg would misread them: a password with an unencoded ``@``, ``/``, ``?`` or
 ``#`` (so that part of it lands in the host, the port or the database name), a port that is
 not a number, an empty entry in a host list, a bad ``%`` escape, spaces or control
-characters, an unknown scheme, an invalid ``sslmode``/``target_session_attrs``. The error
+characters, an unknown scheme, an invalid ``sslmode``/``target_session_attrs``, a libpq
+parameter asyncpg does not implement (``connect_timeout``, ``keepalives``, ...). The error
 names where the URL came from (``DATABASE_URL``, ``connect(url=...)``, ``--url``, ...) and
 says how to percent-encode the password, without quoting any of it (:func:`check_url`).
 :func:`redact_url` hides the whole password, and when a URL is malformed everything between
@@ -18,11 +19,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import (
-    parse_qsl,
     quote,
     unquote,
     unquote_to_bytes,
-    urlencode,
     urlparse,
     urlsplit,
     urlunsplit,
@@ -73,6 +72,21 @@ _KNOWN_PARAMS = frozenset(
     }
 )
 _CHOICES = {**_SHOWN, "sslmode": _SSLMODES | {m.replace("-", "_") for m in _SSLMODES}}
+_UNSUPPORTED = (
+    "keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout "
+    "channel_binding require_auth requirepeer requiressl gssencmode gssdelegation "
+    "sslcompression sslcertmode sslcrldir sslsni sslkeylogfile load_balance_hosts "
+    "min_protocol_version max_protocol_version scram_client_key scram_server_key "
+    "oauth_issuer oauth_client_id oauth_client_secret oauth_scope tty"
+)
+_LIBPQ_ONLY: dict[str, str] = {
+    **dict.fromkeys(_UNSUPPORTED.split(), "remove it"),
+    "connect_timeout": "set DOCSTORE_POOL_ACQUIRE_TIMEOUT (seconds) instead",
+    "fallback_application_name": "set DOCSTORE_APPLICATION_NAME instead",
+    "hostaddr": "put the address in the host part instead",
+}
+"""libpq connection parameters asyncpg does not implement: it would send them to the server
+as settings, which refuses them (``unrecognized configuration parameter``)."""
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _CONNINFO = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
@@ -301,6 +315,13 @@ def parse_url(url: str) -> ParsedUrl:
 
 
 def _check_params(url: ParsedUrl) -> None:
+    for k, value in url.query:
+        if value and k in _LIBPQ_ONLY:
+            raise _problem(
+                f"its {k} parameter is a libpq option asyncpg does not support (the server "
+                f"would refuse it as an unknown setting): {_LIBPQ_ONLY[k]}",
+                hint=False,
+            )
     for key, choices in _CHOICES.items():
         for k, value in url.query:
             if k == key and value and value not in choices:
@@ -464,33 +485,6 @@ def url_secrets(*urls: str | None) -> tuple[str, ...]:
             if key.lower() in ("password", "sslpassword"):
                 found += [value, raw.partition("=")[2]]
     return tuple(dict.fromkeys(s for s in found if s))
-
-
-def _hosts(url: str) -> list[str]:
-    try:
-        parsed = parse_url(url)
-    except UrlError:
-        return [""]
-    return list(parsed.hosts) or parsed.query_hosts() or [""]
-
-
-def _with_query(url: str, key: str, value: str) -> str:
-    parts = urlsplit(url)
-    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
-    query = urlencode([*pairs, (key, value)], safe="/,")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-
-
-def read_write_urls(url: str) -> tuple[str, str | None]:
-    """``(url for writes, url for reads or None)`` from one URL: a URL naming several hosts
-    (``postgresql://db1,db2,db3/docs``) is split, writes going to the host that accepts them
-    (``target_session_attrs=read-write`` unless the URL says otherwise) and reads preferring a
-    standby (``target_session_attrs=prefer-standby``); a single-host URL has no read URL."""
-    if len(_hosts(url)) < 2:
-        return url, None
-    given = dict(parse_qsl(urlsplit(url).query)).get("target_session_attrs")
-    writes = url if given else _with_query(url, "target_session_attrs", "read-write")
-    return writes, _with_query(url, "target_session_attrs", "prefer-standby")
 
 
 def with_database(url: str, database: str) -> str:

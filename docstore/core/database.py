@@ -176,10 +176,13 @@ class Database:
         primary accepts a connection and has a compatible schema, then points the pools at
         the new URLs: connections checked out now finish their queries and are replaced when
         released, idle ones are replaced at their next use. Other settings (pool sizes,
-        timeouts) need a new store. Raises like :func:`~docstore.connect`; on failure the store
-        keeps its old URLs.
+        timeouts, the embedded server's directory) stay the store's: they need a new store.
+        A database without docstore's schema, a legacy one or an incompatible one is refused
+        with :class:`~docstore.errors.SchemaError` (a reload never migrates); where pgvector
+        lives is read from the new database. Raises like :func:`~docstore.connect`; on failure
+        the store keeps its old URLs.
         """
-        await reload_pools(self._pool_set, self._router, self.embedding_dim, url, database_read_url)
+        await reload_pools(self._pool_set, self._router, self.settings, url, database_read_url)
         await self._shards.repoint()
 
     # -- guards & errors ---------------------------------------------------------------------

@@ -18,6 +18,12 @@ settles the doubt with the server instead of guessing:
   ``txid_status`` on a fresh connection tells whether it committed (raise, saying so: it is
   not run again) or aborted (run it again). On a Citus coordinator the coordinator's own
   transaction id does not speak for the workers' commits, so there the doubt stands.
+
+A failure the server answered (it ended the session: a restart, a failover,
+``pg_terminate_backend``; or 40001/40P01) rolled back only the *current* transaction. Work
+that may have committed something before it (:meth:`Handoff.committed_earlier`: more than
+one statement sent, or the error raised inside a procedure, ``DO`` block or function, which
+may run ``COMMIT``) is in doubt too, and settled the same way.
 """
 
 from __future__ import annotations
@@ -43,6 +49,43 @@ STATUS_WAIT = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 backend has not yet noticed the client is gone)."""
 
 
+class Handoff:
+    """Whether work was handed its connection, and how many statements it sent on it (from
+    asyncpg's protocol counter, kept past the connection's death)."""
+
+    __slots__ = ("handed", "protocol", "start")
+
+    def __init__(self) -> None:
+        self.handed = False
+        self.protocol: Any = None
+        self.start = 0
+
+    def begin(self, conn: Any) -> None:
+        """``conn`` is handed to the work: from here on a failure may leave it in doubt."""
+        self.handed = True
+        self.protocol = getattr(conn, "_protocol", None)
+        self.start = self.sent()
+
+    def sent(self) -> int:
+        return int(getattr(self.protocol, "queries_count", 0))
+
+    def committed_earlier(self, exc: BaseException) -> bool:
+        """Whether work the server stopped with ``exc`` may have committed part of itself
+        first: it sent more than one statement, or ``exc`` was raised inside server-side
+        code (its context names a procedure, ``DO`` block or function)."""
+        return self.sent() - self.start > 1 or ran_server_code(exc)
+
+
+def ran_server_code(exc: BaseException) -> bool:
+    """The server's error for ``exc`` has a context: it came from inside a procedure, ``DO``
+    block or function, which may have committed part of its work (``CALL``/``DO`` with
+    transaction control)."""
+    return any(
+        isinstance(err, asyncpg.PostgresError) and getattr(err, "context", None)
+        for err in (exc, exc.__cause__)
+    )
+
+
 def in_doubt_error(where: str, exc: BaseException, *, committed: bool = False) -> Exception:
     """The error for work that was not run again because it may (or did) apply."""
     if committed:
@@ -51,10 +94,18 @@ def in_doubt_error(where: str, exc: BaseException, *, committed: bool = False) -
             " flight; the server committed it, so it was not run again (its result is lost:"
             f" read the data back) ({type(exc).__name__})"
         )
+    if getattr(exc, "sqlstate", None) in _CONFLICTS:
+        return DatabaseUnavailableError(
+            f"the server at {where} stopped the work after part of it may have committed: it"
+            f" may or may not have been applied, so it was not run again ({type(exc).__name__})"
+        )
     return DatabaseUnavailableError(
         f"the connection to {where} was lost while the statement ran: it may or may not"
         f" have been applied, so it was not run again ({type(exc).__name__})"
     )
+
+
+_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, deadlock: not a lost link
 
 
 def read_only_replay(work: Work[T], where: str, first: BaseException) -> Work[T]:

@@ -21,6 +21,7 @@ from docstore.config import (
     redact_url,
     resolve_url,
     split_read_write,
+    statement_timeout_ms,
     url_secrets,
 )
 from docstore.core.pools import (
@@ -64,6 +65,38 @@ class StoreOpener(Generic[D]):
             await self._store.close()
 
 
+class CodecInit:
+    """The pools' ``init`` (:func:`~docstore.core.pools.codec_init`) for the database whose
+    pgvector lives in :attr:`schema`, which a reload sets to the new database's: a pool that
+    kept the old database's schema would fail every new connection (``unknown type``)."""
+
+    def __init__(self, schema: str | None) -> None:
+        self.schema = schema
+        self._init = codec_init(schema)
+
+    def repoint(self, schema: str | None) -> None:
+        """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
+        self.schema, self._init = schema, codec_init(schema)
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
+        await self._init(conn)
+
+
+async def refuse_legacy(conn: asyncpg.Connection, url: str) -> None:
+    """:class:`SchemaError` if ``conn``'s database is a legacy rust_docs_vectors one
+    (``doc_embeddings`` and no docstore schema): docstore must not build its tables there
+    unasked, nor work on it."""
+    if await conn.fetchval(
+        "SELECT to_regclass('doc_embeddings') IS NOT NULL"
+        " AND to_regclass('docstore_schema_version') IS NULL"
+    ):
+        raise SchemaError(
+            f"{redact_url(url)} is a legacy rust_docs_vectors database (it has "
+            "doc_embeddings and no docstore schema): point DATABASE_URL at docstore's "
+            "database, or run `docstore init --url ...` to add docstore's tables to it"
+        )
+
+
 def open_database(
     factory: Callable[..., D],
     url: str | None = None,
@@ -91,8 +124,9 @@ def open_database(
     """
 
     # DATABASE_READ_URL pairs with a URL from the environment; with connect(url) only a read
-    # URL given as explicitly (database_read_url=..., or in the Settings passed) is used
-    explicit_read_url = "database_read_url" in overrides or settings is not None
+    # URL given as explicitly (database_read_url="...", or in the Settings passed) is used:
+    # database_read_url=None means no replica, as reload(url, database_read_url=None) does
+    explicit_read_url = overrides.get("database_read_url") is not None or settings is not None
 
     async def open_store() -> D:
         cfg = settings or load_settings(**overrides)
@@ -129,7 +163,7 @@ async def _open(
     if ro:
         server_settings["default_transaction_read_only"] = "on"
     if settings.statement_timeout is not None:
-        server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+        server_settings["statement_timeout"] = statement_timeout_ms(settings.statement_timeout)
     connect_kwargs: dict[str, Any] = {
         "server_settings": server_settings,
         "command_timeout": settings.command_timeout,
@@ -146,16 +180,8 @@ async def _open(
         try:
             # on a Citus worker docstore's schema (and its local tables) is the coordinator's
             migrate_here = do_migrate and not await citus.is_worker(conn)
-            if migrate_here and await conn.fetchval(
-                "SELECT to_regclass('doc_embeddings') IS NOT NULL"
-                " AND to_regclass('docstore_schema_version') IS NULL"
-            ):
-                raise SchemaError(
-                    f"{redact_url(resolved)} is a legacy rust_docs_vectors database (it has "
-                    "doc_embeddings and no docstore schema): point DATABASE_URL at docstore's "
-                    "database, or run `docstore init --url ...` to add docstore's tables to it"
-                )
             if migrate_here:
+                await refuse_legacy(conn, resolved)
                 applied = await runner.apply_migrations(conn, embedding_dim=settings.embedding_dim)
                 if applied:
                     logger.info("applied schema migrations %s to %s", applied, redact_url(resolved))
@@ -184,7 +210,7 @@ async def _open(
             # a database docstore has not initialised yet (`docstore init`, migrate() or the
             # next connect() creates pgvector): every new connection looks again
             logger.debug("pgvector is not enabled in %s yet", redact_url(resolved))
-        init: Any = codec_init(vector_schema)
+        init = CodecInit(vector_schema)
         pool: asyncpg.Pool | None = None
         async for attempt in policy:
             with attempt:

@@ -134,10 +134,13 @@ async def create_pool(
 async def open_replica(url: str, primary: Pool, settings: Settings) -> Pool:
     """The read pool, set up like ``primary``'s. It connects lazily (``min_size=0``) with a
     short connect timeout, so a replica that is down when the store opens costs nothing but a
-    logged fallback later."""
+    logged fallback later, and within half the acquire wait, so a replica that accepts
+    connections but never answers sends the read to the primary in time."""
     kwargs = {
         **primary.connect_kwargs,
-        "timeout": min(settings.pool_acquire_timeout, REPLICA_CONNECT_TIMEOUT),
+        # well inside the acquire wait: a replica that never answers times out connecting
+        # (the read then falls back to the primary), not waiting for the pool
+        "timeout": min(settings.pool_acquire_timeout / 2, REPLICA_CONNECT_TIMEOUT),
     }
     pool = await create_pool(
         url,
@@ -175,9 +178,10 @@ class Pools:
         """The pool of ``role`` (the primary's when there is no replica)."""
         return self.replica if role == "replica" and self.replica else self.primary
 
-    def translate(self, exc: BaseException) -> DocstoreError:
-        """Map an asyncpg/OS exception to docstore's hierarchy (message scrubbed)."""
-        return translate(exc, self.primary.url, self.secrets)
+    def translate(self, exc: BaseException, role: Role = "primary") -> DocstoreError:
+        """Map an asyncpg/OS exception that ``role``'s pool raised to docstore's hierarchy
+        (naming that pool's URL, redacted; message scrubbed)."""
+        return translate(exc, self.get(role).url, self.secrets)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line description of ``exc`` without secrets."""

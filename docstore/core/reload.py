@@ -8,35 +8,59 @@ import asyncpg
 
 from docstore import embedded
 from docstore.config import (
+    Settings,
     UrlSource,
-    load_settings,
     redact_url,
     resolve_url,
     split_read_write,
     url_secrets,
+    with_env_urls,
 )
-from docstore.core.pools import Pools, open_replica, repoint
+from docstore.core.opener import CodecInit, refuse_legacy
+from docstore.core.pools import VECTOR_SCHEMA, Pools, open_replica, repoint
 from docstore.core.routing import ReplicaRouter
-from docstore.errors import ConfigurationError
+from docstore.errors import ConfigurationError, SchemaError
 from docstore.failures import translate
 from docstore.schema import runner
 
 logger = logging.getLogger("docstore")
 
 
+async def _check_target(url: str, pools: Pools, settings: Settings) -> str | None:
+    """Connect to ``url`` as the pools would and refuse a database ``connect()`` would refuse
+    or could not work with: a legacy one, one without docstore's schema (a reload never
+    migrates), an incompatible one. Returns where its pgvector lives."""
+    conn = await asyncpg.connect(url, **pools.primary.connect_kwargs)
+    try:
+        await refuse_legacy(conn, url)
+        status = await runner.schema_status(conn)
+        vector_schema: str | None = await conn.fetchval(VECTOR_SCHEMA)
+    finally:
+        await conn.close()
+    if status.current is None:
+        raise SchemaError(
+            f"{redact_url(url)} has no docstore schema: run `docstore init --url ...` (or "
+            "connect() to it, which applies the migrations) before reloading to it"
+        )
+    runner.check_compatible(status, settings.embedding_dim)
+    return vector_schema
+
+
 async def reload_pools(
     pools: Pools,
     router: ReplicaRouter,
-    embedding_dim: int,
+    settings: Settings,
     url: str | None = None,
     read_url: str | None = None,
 ) -> None:
     """Re-read the URLs (``url`` wins), check the new primary, then re-point ``pools``.
 
-    See :meth:`docstore.core.database.Database.reload`. On failure nothing changes.
+    Only the URL variables are read from the environment again; everything else (the
+    embedded server's directory, pool sizes, timeouts) is the store's ``settings``. See
+    :meth:`docstore.core.database.Database.reload`. On failure nothing changes.
     """
-    settings = load_settings(**({} if read_url is None else {"database_read_url": read_url}))
-    resolved, source = resolve_url(settings, url)
+    settings = with_env_urls(settings, database_read_url=read_url)
+    resolved, source = resolve_url(settings, url, caller="reload")
     if resolved is None:
         if pools.url_source is not UrlSource.EMBEDDED:
             raise ConfigurationError(
@@ -50,15 +74,12 @@ async def reload_pools(
     writes, reads = split_read_write(settings, resolved, read_url=not explicit)
     secrets = url_secrets(writes, reads)
     try:
-        conn = await asyncpg.connect(writes, **pools.primary.connect_kwargs)
-        try:
-            status = await runner.schema_status(conn)
-        finally:
-            await conn.close()
+        vector_schema = await _check_target(writes, pools, settings)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise translate(exc, writes, secrets) from None
-    runner.check_compatible(status, embedding_dim)
     pools.secrets = tuple(dict.fromkeys((*pools.secrets, *secrets)))
+    if isinstance(pools.primary.init, CodecInit):  # shared with the replica's pool
+        pools.primary.init.repoint(vector_schema)
     await repoint(pools.primary, writes)
     if reads is not None and pools.replica is not None:
         await repoint(pools.replica, reads)

@@ -3,8 +3,9 @@
 With a read replica, reads (``Runner.run(read=True)``: searches, document and source reads,
 ``store.replica.fetch…``) go to it, except inside ``with store.read_from_primary():``
 (:func:`primary_reads`). When the replica fails (refused, reset, shutting down, a recovery
-conflict), :meth:`ReplicaRouter.failed` sends the read to the primary instead, logs the outage
-once at WARNING, and skips the replica for ``DOCSTORE_REPLICA_RETRY_SECONDS``; the first read
+conflict, a connect timeout), :meth:`ReplicaRouter.failed` sends the read to the primary
+instead, logs the outage once at WARNING, and skips the replica for
+``DOCSTORE_REPLICA_RETRY_SECONDS``; the first read
 that succeeds on it again logs that it is back.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from docstore.config import Settings
 from docstore.core.pools import Pools
 from docstore.errors import DocstoreError
-from docstore.failures import is_transient_query_failure
+from docstore.failures import is_transient, is_transient_query_failure
 from docstore.metrics import Metrics
 
 logger = logging.getLogger("docstore")
@@ -81,11 +82,16 @@ class ReplicaRouter:
         """Forget an outage (the replica was replaced)."""
         self.down_until = 0.0
 
-    async def failed(self, exc: BaseException) -> bool:
+    async def failed(self, exc: BaseException, *, before_work: bool = False) -> bool:
         """Whether a read that failed on the replica should run on the primary instead; if
-        so the replica is skipped for ``DOCSTORE_REPLICA_RETRY_SECONDS`` (logged once)."""
-        if isinstance(exc, DocstoreError) or not is_transient_query_failure(exc):
-            return False  # a bad query, an acquire timeout: the primary would say the same
+        so the replica is skipped for ``DOCSTORE_REPLICA_RETRY_SECONDS`` (logged once).
+        ``before_work``: it failed before the read had a connection, so a connect timeout
+        (a replica that accepts TCP and never answers) counts as an outage too."""
+        if isinstance(exc, DocstoreError):
+            return False  # an acquire timeout (a full pool): the primary would say the same
+        transient = is_transient(exc) if before_work else is_transient_query_failure(exc)
+        if not transient:
+            return False  # a bad query: the primary would say the same
         replica = self._pools.replica
         assert replica is not None
         down = self.down_until != 0.0

@@ -15,13 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import asyncpg
 import tenacity
 
 from docstore.config import Settings
-from docstore.core.doubt import CommitMarker, in_doubt_error, read_only_replay
+from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
@@ -44,6 +44,43 @@ _OnDoubt = Callable[[_Work[T], BaseException], Awaitable[tuple[_Work[T], bool]]]
 """What to run after an attempt that may have applied (docstore.core.doubt), and whether the
 doubt stands (the first attempt may have applied, so giving up must say so); or raise."""
 IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
+ISOLATION_LEVELS = frozenset(get_args(IsolationLevel))
+
+
+def _check_isolation(isolation: object) -> None:
+    if isolation is not None and isolation not in ISOLATION_LEVELS:
+        raise ValidationError(
+            f"isolation must be one of {', '.join(sorted(ISOLATION_LEVELS))} or None",
+            field="isolation",
+        )
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValidationError("timeout must be a number of seconds >= 0, or None", field="timeout")
+
+
+def _in_doubt(handoff: Handoff, exc: BaseException) -> bool:
+    """Whether a failure leaves work in doubt (:mod:`docstore.core.doubt`): transient, after
+    the work was handed its connection, and either the server may have run the statement
+    (the connection broke under it) or the work may have committed part of itself first."""
+    return (
+        handoff.handed
+        and is_transient_query_failure(exc)
+        and (may_have_run(exc) or handoff.committed_earlier(exc))
+    )
+
+
+def _retry_on(handoff: Handoff) -> Callable[[BaseException], bool]:
+    """Transient failures; a timeout only before the work had its connection (connecting
+    timed out: nothing ran), never a statement's ``command_timeout`` (it may have run)."""
+
+    def retry_on(exc: BaseException) -> bool:
+        return is_transient_query_failure(exc) or (not handoff.handed and is_transient(exc))
+
+    return retry_on
 
 
 async def _retry_as_is(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
@@ -72,6 +109,43 @@ def _refuse(where: str) -> _OnDoubt[Any]:
     return refused
 
 
+async def _acquire(pool: asyncpg.Pool, role: Role, wait: float, metrics: Metrics) -> Any:
+    """A connection of ``pool`` within ``wait`` seconds, timed; :class:`PoolTimeoutError`
+    only when that wait ran out (a connect timeout — a hung server — is raised as is: a
+    transient failure, retried, and for a replica a reason to read from the primary)."""
+    metrics.waiting[role] += 1
+    started = time.perf_counter()
+    try:
+        # asyncio.timeout rather than acquire(timeout=...): no extra task per acquire.
+        async with asyncio.timeout(wait) as waited:
+            conn = await pool.acquire()
+    except TimeoutError:
+        if not waited.expired():
+            raise
+        metrics.timed_out(role)
+        raise PoolTimeoutError(_pool_timeout_message(pool, role, wait)) from None
+    finally:
+        metrics.waiting[role] -= 1
+    metrics.acquired(role, time.perf_counter() - started)
+    return conn
+
+
+def _pool_timeout_message(pool: asyncpg.Pool, role: Role, wait: float) -> str:
+    """Why no connection came within ``wait``: every one was busy, or (the pool had room)
+    opening one did not finish — a server that does not answer."""
+    size, most = pool.get_size(), pool.get_max_size()
+    if size < most:
+        return (
+            f"no database connection within {wait:g}s ({role}): opening one did not finish"
+            f" ({size} of {most} open) — is the server answering? (DOCSTORE_POOL_ACQUIRE_TIMEOUT)"
+        )
+    return (
+        f"no database connection became free within {wait:g}s (pool max size {most}, "
+        f"{role}); raise DOCSTORE_POOL_MAX_SIZE or DOCSTORE_POOL_ACQUIRE_TIMEOUT, or reduce "
+        "concurrency"
+    )
+
+
 class Runner:
     """The pools plus retry: runs work on connections (see the module docstring)."""
 
@@ -97,12 +171,12 @@ class Runner:
         """The node holding ``source``'s shard, asked of the coordinator."""
         return await self._attempt(lambda conn: conn.fetchrow(PLACEMENT_SQL, source))
 
-    def _retrying(self, *, after_first_failure: bool = False) -> tenacity.AsyncRetrying:
+    def _retrying(self, handoff: Handoff) -> tenacity.AsyncRetrying:
         return retrying(
             self._settings,
             self._what,
-            after_first_failure=after_first_failure,
-            retry_on=is_transient_query_failure,
+            after_first_failure=True,
+            retry_on=_retry_on(handoff),
             on_retry=self._metrics.retry,
         )
 
@@ -110,11 +184,11 @@ class Runner:
         self,
         work: Callable[[asyncpg.Connection], Awaitable[T]],
         role: Role = "primary",
-        handed: list[bool] | None = None,
+        handoff: Handoff | None = None,
     ) -> T:
         async with self.checkout(role) as conn:
-            if handed is not None:
-                handed[0] = True  # from here on a broken connection leaves work in doubt
+            if handoff is not None:
+                handoff.begin(conn)  # from here on a broken connection leaves work in doubt
             return await work(conn)
 
     @timed("run")
@@ -148,8 +222,12 @@ class Runner:
         write raises :class:`DatabaseUnavailableError` saying it may or may not have been
         applied — it is never applied twice. ``retry_in_doubt=True`` promises that running
         ``work`` twice does no harm (a versioned schema migration): it is retried as is.
-        ``retry_in_doubt=False``: raise that error at once. Failures before ``work`` was handed
-        a connection, or that the server answered, are retried as usual.
+        ``retry_in_doubt=False``: raise that error at once. A failure the server answered
+        (it ended the session, 40001, 40P01) is in doubt too when ``work`` may have committed
+        part of itself first: it sent more than one statement, or the error came from inside
+        a procedure, ``DO`` block or function (``CALL`` with ``COMMIT``). Other failures the
+        server answered, and failures before ``work`` was handed a connection (a connect
+        timeout included), are retried as usual.
         """
         if not isinstance(retry_in_doubt, bool) and retry_in_doubt != "read_only":
             raise ValidationError(
@@ -211,14 +289,14 @@ class Runner:
         shard: str | None = None,
     ) -> T:
         token = STATELESS.set(stateless)
-        handed = [False]
+        handoff = Handoff()
         doubt: list[BaseException] = []  # a failure that left work in doubt, still unsettled
 
         async def settle(exc: BaseException) -> None:
             nonlocal work
-            if handed[0] and is_transient_query_failure(exc) and may_have_run(exc):
+            if not doubt and _in_doubt(handoff, exc):  # once standing, the replay is safe
                 work, stands = await on_doubt(work, exc)
-                if stands and not doubt:
+                if stands:
                     doubt.append(exc)
 
         try:
@@ -229,30 +307,25 @@ class Runner:
                 except NotRouted:
                     pass
             if read and self._router.use_replica():
-                try:
-                    result = await self._attempt(work, "replica")
-                except BaseException as exc:
-                    if not await self._router.failed(exc):
-                        raise
-                else:
-                    self._router.succeeded()
-                    return result
+                answered = await self._on_replica(work)
+                if answered:
+                    return answered[0]
             try:
                 # The first attempt runs without tenacity's machinery (~70 us a call, 2% of
                 # an ANN search); only a transient failure enters the retry loop.
-                return await self._attempt(work, handed=handed)
+                return await self._attempt(work, handoff=handoff)
             except BaseException as exc:
-                if not is_transient_query_failure(exc):
+                if not _retry_on(handoff)(exc):
                     raise
                 await settle(exc)  # with no retry left too: it may say "it committed"
                 if self._settings.retry_attempts < 2:
                     raise
                 await first_retry_wait(self._settings, self._what, exc, self._metrics.retry)
-            async for attempt in self._retrying(after_first_failure=True):
+            async for attempt in self._retrying(handoff):
                 with attempt:
-                    handed[0] = False
+                    handoff.handed = False
                     try:
-                        return await self._attempt(work, handed=handed)
+                        return await self._attempt(work, handoff=handoff)
                     except BaseException as exc:
                         await settle(exc)
                         raise
@@ -268,6 +341,21 @@ class Runner:
             STATELESS.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _on_replica(self, work: _Work[T]) -> list[T]:
+        """``[result]`` of a read on the replica; ``[]`` when it failed in a way the primary
+        may not (the read then runs there). Other failures raise, naming the replica."""
+        handoff = Handoff()
+        try:
+            result = await self._attempt(work, "replica", handoff)
+        except BaseException as exc:
+            if await self._router.failed(exc, before_work=not handoff.handed):
+                return []
+            if isinstance(exc, DocstoreError) or not isinstance(exc, Exception):
+                raise  # already typed; or a cancellation
+            raise self._pools.translate(exc, "replica") from exc
+        self._router.succeeded()
+        return [result]
+
     @property
     def _what(self) -> str:
         return f"query on {self._pools.primary.redacted}"
@@ -279,6 +367,7 @@ class Runner:
         Waits at most ``timeout`` (default ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``) for a free
         connection, then raises :class:`PoolTimeoutError`.
         """
+        _check_timeout(timeout)
         async with self.checkout("primary", timeout) as conn:
             yield conn
 
@@ -287,23 +376,7 @@ class Runner:
         """A connection of ``role``'s pool, timed; a broken one is never pooled again."""
         pool = self._pools.get(role).pool
         wait = self._settings.pool_acquire_timeout if timeout is None else timeout
-        metrics = self._metrics
-        metrics.waiting[role] += 1
-        started = time.perf_counter()
-        try:
-            # asyncio.timeout rather than acquire(timeout=...): no extra task per acquire.
-            async with asyncio.timeout(wait):
-                conn = await pool.acquire()
-        except TimeoutError:
-            metrics.timed_out(role)
-            raise PoolTimeoutError(
-                f"no database connection became free within {wait:g}s (pool max size "
-                f"{pool.get_max_size()}, {role}); raise DOCSTORE_POOL_MAX_SIZE or "
-                f"DOCSTORE_POOL_ACQUIRE_TIMEOUT, or reduce concurrency"
-            ) from None
-        finally:
-            metrics.waiting[role] -= 1
-        metrics.acquired(role, time.perf_counter() - started)
+        conn = await _acquire(pool, role, wait, self._metrics)
         done = False
         try:
             yield conn
@@ -331,6 +404,7 @@ class Runner:
         Not retried: a transaction that fails part-way raises, and the caller decides. On a
         read-only store it is always ``READ ONLY`` (:mod:`docstore.readonly`).
         """
+        _check_isolation(isolation)
         try:
             async with (
                 self.acquire() as conn,
