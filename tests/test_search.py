@@ -426,7 +426,7 @@ async def test_a_filters_size_is_measured_once_while_the_cache_holds_it(
     await corpus.search(query(1), filter={"metadata.n": {"$lt": 7}}, ef_search=50)
     await corpus.search(query(1), source_name="crate4")
     assert sizes.measured == before + 3
-    monkeypatch.setattr(filter_size, "INDEX_CACHE_SECONDS", 0.0)  # expired at once
+    monkeypatch.setattr(sizes._cache, "_seconds", 0.0)  # expired at once
     await corpus.search(query(2), filter=gin)
     assert sizes.measured == before + 4
 

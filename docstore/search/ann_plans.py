@@ -11,7 +11,6 @@ statement alone, in one round trip, or under ``enable_seqscan = off``. Only a sc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ import asyncpg
 from docstore.core.surface import Queries
 from docstore.search.filter_size import _nodes, _plan
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
+from docstore.search.kept import Kept
 
 HNSW_INDEX_PREFIX = "documents_embedding_hnsw_"
 """docstore's own HNSW indexes (:func:`docstore.search.queries.vector_index_name`)."""
@@ -34,7 +34,7 @@ class IndexPlans:
     def __init__(self, db: Queries, indexes: SearchIndexes) -> None:
         self._db = db
         self._indexes = indexes
-        self._cache: dict[tuple[Any, ...], tuple[float, bool]] = {}
+        self._cache: Kept[tuple[Any, ...], bool] = Kept(CACHE_ENTRIES, INDEX_CACHE_SECONDS)
 
     async def takes_the_index(self, sql: str, params: list[Any]) -> bool:
         """Whether PostgreSQL plans this ANN statement (``queries.ann_search_sql``, unfiltered)
@@ -44,18 +44,12 @@ class IndexPlans:
         statement's text, ``limit`` and candidates (``$2``, ``$3``): the answer differs
         between metrics and between a list of 20 and one of 1,000."""
         key = (sql, *params[1:3])
-        now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
-            return cached[1]
+        if cached is not None:
+            return cached
         names = {i.name for i in await self._indexes.vector_indexes(refresh=False)}
         explained = await self._db.run(_explain(sql, params), read=True)
-        uses = uses_hnsw(explained, names)
-        self._cache.pop(key, None)
-        while len(self._cache) >= CACHE_ENTRIES:
-            del self._cache[next(iter(self._cache))]
-        self._cache[key] = (now, uses)
-        return uses
+        return self._cache.put(key, uses_hnsw(explained, names))
 
     def forget(self) -> None:
         """Drop every kept answer (the next ANN search asks again)."""

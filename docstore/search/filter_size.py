@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ import asyncpg
 from docstore.core.surface import Queries
 from docstore.search import planner, queries
 from docstore.search.indexes import INDEX_CACHE_SECONDS
+from docstore.search.kept import Kept
 from docstore.search.planner import FilterSize
 
 SAMPLE_PAGES = 1000
@@ -54,7 +54,7 @@ class FilterSizes:
 
     def __init__(self, db: Queries) -> None:
         self._db = db
-        self._cache: dict[bytes, tuple[float, FilterSize]] = {}
+        self._cache: Kept[bytes, FilterSize] = Kept(CACHE_ENTRIES, INDEX_CACHE_SECONDS)
         self.measured = 0
 
     async def size(self, flt: Mapping[str, Any]) -> FilterSize | None:
@@ -64,17 +64,12 @@ class FilterSizes:
             return None
         count = queries.filter_count_sql(flt, planner.HALFVEC_FILTER_ROWS + 1)
         key = hashlib.blake2b(repr(count).encode(), digest_size=16).digest()  # big $in lists
-        now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
-            return cached[1]
+        if cached is not None:
+            return cached
         size: FilterSize = await self._db.run(_measure(flt, *count), stateless=True, read=True)
         self.measured += 1
-        self._cache.pop(key, None)
-        while len(self._cache) >= CACHE_ENTRIES:
-            del self._cache[next(iter(self._cache))]
-        self._cache[key] = (now, size)
-        return size
+        return self._cache.put(key, size)
 
     def forget(self) -> None:
         """Drop every kept size (the next search with each filter measures it again)."""

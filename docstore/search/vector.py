@@ -27,6 +27,7 @@ from docstore.search.ann_plans import IndexPlans
 from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes
 from docstore.search.filters import build_filter
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
+from docstore.search.kept import Kept
 from docstore.search.planner import Scope
 from docstore.search.results import Hit, SearchResults, VectorIndex
 from docstore.search.tuner import SearchTuner
@@ -55,7 +56,9 @@ class VectorSearch:
         self._db = db
         self._indexes = indexes
         self._tuner = tuner
-        self._scope_cache: dict[tuple[str | None, str | None], tuple[float, Scope]] = {}
+        self._scope_cache: Kept[tuple[str | None, str | None], Scope] = Kept(
+            SCOPE_CACHE_ENTRIES, INDEX_CACHE_SECONDS
+        )
         self._index_plans = IndexPlans(db, indexes)
         self.filter_sizes = FilterSizes(db)
 
@@ -397,25 +400,19 @@ def _short(records: list[Any], asked: int) -> bool:
 
 async def _cached_scope(
     db: Queries,
-    cache: dict[tuple[str | None, str | None], tuple[float, Scope]],
+    cache: Kept[tuple[str | None, str | None], Scope],
     doc_type: str | None,
     source_name: str | None,
 ) -> Scope:
     """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
     planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
-    entries read), the table's size from the planner's statistics; cached briefly in
+    entries read), the table's size from the planner's statistics; kept briefly in
     ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
     key = (doc_type, source_name)
-    now = time.monotonic()
     cached = cache.get(key)
-    if cached is not None and now - cached[0] < INDEX_CACHE_SECONDS:
-        return cached[1]
-    scope = await _count_scope(db, doc_type, source_name)
-    cache.pop(key, None)
-    while len(cache) >= SCOPE_CACHE_ENTRIES:  # many sources: the oldest entry goes
-        del cache[next(iter(cache))]
-    cache[key] = (now, scope)
-    return scope
+    if cached is not None:
+        return cached
+    return cache.put(key, await _count_scope(db, doc_type, source_name))
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
