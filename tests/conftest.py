@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
@@ -122,6 +122,25 @@ async def add_scram_role(
             await admin.execute("SELECT pg_reload_conf()")
     finally:
         await admin.close()
+
+
+async def scram_reader(
+    pg: PgCluster, database_url: str, prefix: str, password: str
+) -> tuple[str, str]:
+    """A new role (``prefix`` + a random suffix) with ``password`` checked by scram-sha-256
+    (:func:`add_scram_role`) that may read every table of ``database_url``'s database; returns
+    it and the database's URL as that role, the password percent-encoded."""
+    role = f"{prefix}{uuid.uuid4().hex[:8]}"
+    pgdata = pg.embedded.pgdata if pg.embedded is not None else None
+    await add_scram_role(pg.admin_url, pgdata, role, password)
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    finally:
+        await admin.close()
+    parts = urlsplit(database_url)
+    netloc = f"{role}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return role, urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 def unit_vector(seed: int, dim: int = 3072) -> np.ndarray:

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
@@ -20,7 +19,7 @@ from pgvector import SparseVector
 import docstore
 from docstore.embedded import memory_settings
 from docstore.errors import ConfigurationError, DatabaseUnavailableError, QueryError, SchemaError
-from tests.conftest import PgCluster, add_scram_role, error_texts
+from tests.conftest import PgCluster, error_texts, scram_reader
 
 UNREACHABLE = "postgresql://app:hunter2@127.0.0.1:1/docs"
 
@@ -329,18 +328,7 @@ async def test_percent_encoded_special_password_connects(
 ) -> None:
     """The fix the error message suggests works: the same password, quoted, authenticates
     (scram-sha-256 on the embedded server, so a wrongly decoded password would be refused)."""
-    role = f"enc_{uuid.uuid4().hex[:8]}"
-    pgdata = pg.embedded.pgdata if pg.embedded is not None else None
-    await add_scram_role(pg.admin_url, pgdata, role, SPECIAL_PASSWORD)
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-    finally:
-        await admin.close()
-    parts = urlsplit(database_url)
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{role}:{quote(SPECIAL_PASSWORD, safe='')}@{host}"
-    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    role, url = await scram_reader(pg, database_url, "enc_", SPECIAL_PASSWORD)
     try:
         with caplog.at_level(logging.DEBUG):
             async with docstore.connect(url, migrate=False) as store:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -22,7 +21,7 @@ from docstore.errors import (
     SchemaError,
     ValidationError,
 )
-from tests.conftest import PgCluster, add_scram_role, error_texts, with_database
+from tests.conftest import PgCluster, error_texts, scram_reader, with_database
 
 RETRIES = {"retry_attempts": 5, "retry_initial_delay": 0.01, "retry_max_delay": 0.05}
 IN_DOUBT = "may or may not have been applied"
@@ -231,17 +230,7 @@ async def test_an_error_on_the_replica_names_the_replica_url(database_url: str) 
 
 async def test_a_short_password_leaves_messages_readable(pg: PgCluster, database_url: str) -> None:
     """Password "e": every "e" of every message became "***" (and spelled the password)."""
-    role = f"short_{uuid.uuid4().hex[:8]}"
-    pgdata = pg.embedded.pgdata if pg.embedded is not None else None
-    await add_scram_role(pg.admin_url, pgdata, role, "e")
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-    finally:
-        await admin.close()
-    parts = urlsplit(database_url)
-    netloc = f"{role}:{quote('e')}@{parts.netloc.rpartition('@')[2]}"
-    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    _role, url = await scram_reader(pg, database_url, "short_", "e")
     async with docstore.connect(url, migrate=False) as store:
         with pytest.raises(SchemaError) as missing:
             await store.fetch("SELECT * FROM no_such_table_here")
