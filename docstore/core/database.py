@@ -41,7 +41,7 @@ import asyncpg
 from docstore.config import Settings, UrlSource, url_secrets
 from docstore.core.delegate import delegate
 from docstore.core.health import Reporter
-from docstore.core.pools import Pool, Pools, connection_class
+from docstore.core.pools import CodecInit, Pool, Pools, connection_class
 from docstore.core.reload import reload_pools
 from docstore.core.routing import ReplicaRouter, primary_reads
 from docstore.core.runner import Runner
@@ -71,7 +71,7 @@ class Database:
         url_source: UrlSource,
         read_only: bool,
         connect_kwargs: dict[str, Any] | None = None,
-        init: Any = None,
+        init: CodecInit | None = None,
         replica: Pool | None = None,
         distributed: bool = False,
     ) -> None:

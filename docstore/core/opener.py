@@ -26,8 +26,8 @@ from docstore.config import (
 )
 from docstore.core.pools import (
     VECTOR_SCHEMA,
+    CodecInit,
     Pool,
-    codec_init,
     connection_class,
     create_pool,
     open_replica,
@@ -63,23 +63,6 @@ class StoreOpener(Generic[D]):
     async def __aexit__(self, *exc: object) -> None:
         if self._store is not None:
             await self._store.close()
-
-
-class CodecInit:
-    """The pools' ``init`` (:func:`~docstore.core.pools.codec_init`) for the database whose
-    pgvector lives in :attr:`schema`, which a reload sets to the new database's: a pool that
-    kept the old database's schema would fail every new connection (``unknown type``)."""
-
-    def __init__(self, schema: str | None) -> None:
-        self.schema = schema
-        self._init = codec_init(schema)
-
-    def repoint(self, schema: str | None) -> None:
-        """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
-        self.schema, self._init = schema, codec_init(schema)
-
-    async def __call__(self, conn: asyncpg.Connection) -> None:
-        await self._init(conn)
 
 
 async def refuse_legacy(conn: asyncpg.Connection, url: str) -> None:

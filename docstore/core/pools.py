@@ -1,6 +1,6 @@
 """A store's asyncpg pools: how each is opened, set up, re-pointed and closed.
 
-Every pooled connection is set up by the pool's ``init`` (:func:`codec_init`: docstore's
+Every pooled connection is set up by the pool's ``init`` (:class:`CodecInit`: docstore's
 codecs, :func:`docstore.codecs.register_codecs`), is a
 :class:`~docstore.readonly.ReadOnlyConnection` in a read-only store
 (:func:`connection_class`), and goes back to the pool through :func:`reset_connection`, which
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -61,22 +60,27 @@ def connection_class(read_only: bool) -> type[asyncpg.Connection]:
     return ReadOnlyConnection if read_only else asyncpg.Connection
 
 
-def codec_init(vector_schema: str | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
-    """The pools' ``init``: the jsonb/json codecs and pgvector's on every new connection.
-    Without pgvector when the store opened, each new connection looks for it again (until it
-    is found), so a store that runs :meth:`~docstore.core.database.Database.migrate` on a new
-    database decodes vectors from then on."""
-    found = vector_schema
+class CodecInit:
+    r"""The pools' ``init``: the jsonb/json codecs and pgvector's on every new connection.
+    Without pgvector when the store opened (``schema`` None), each new connection looks for it
+    again (until it is found), so a store that runs
+    :meth:`~docstore.core.database.Database.migrate` on a new database decodes vectors from
+    then on. A reload :meth:`repoint`\ s it to the new database's schema: a pool that kept the
+    old database's would fail every new connection (``unknown type``)."""
 
-    async def init_connection(conn: asyncpg.Connection) -> None:
-        nonlocal found
+    def __init__(self, schema: str | None) -> None:
+        self.schema = schema
+
+    def repoint(self, schema: str | None) -> None:
+        """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
+        self.schema = schema
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
         await register_json_codecs(conn)
-        if found is None:
-            found = await conn.fetchval(VECTOR_SCHEMA)
-        if found is not None:
-            await register_vector_codecs(conn, found)
-
-    return init_connection
+        if self.schema is None:
+            self.schema = await conn.fetchval(VECTOR_SCHEMA)
+        if self.schema is not None:
+            await register_vector_codecs(conn, self.schema)
 
 
 @dataclass
@@ -87,7 +91,7 @@ class Pool:
     pool: asyncpg.Pool = field(repr=False)
     url: str = field(repr=False)  # its password: shown redacted (__repr__)
     connect_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
-    init: Any = None
+    init: CodecInit | None = None
     """The pool's ``init`` (codec registration), reused for a replica pool."""
     connection_class: type[asyncpg.Connection] = asyncpg.Connection
     """:class:`~docstore.readonly.ReadOnlyConnection` in a read-only store."""
@@ -114,7 +118,7 @@ async def create_pool(
     *,
     min_size: int,
     max_size: int,
-    init: Any,
+    init: CodecInit | None,
     connection_class: type[asyncpg.Connection],
     connect_kwargs: dict[str, Any],
 ) -> asyncpg.Pool:

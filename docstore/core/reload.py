@@ -16,7 +16,7 @@ from docstore.config import (
     url_secrets,
     with_env_urls,
 )
-from docstore.core.opener import CodecInit, refuse_legacy
+from docstore.core.opener import refuse_legacy
 from docstore.core.pools import VECTOR_SCHEMA, Pools, open_replica, repoint
 from docstore.core.routing import ReplicaRouter
 from docstore.errors import ConfigurationError, SchemaError
@@ -78,7 +78,7 @@ async def reload_pools(
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise translate(exc, writes, secrets) from None
     pools.secrets = tuple(dict.fromkeys((*pools.secrets, *secrets)))
-    if isinstance(pools.primary.init, CodecInit):  # shared with the replica's pool
+    if pools.primary.init is not None:  # shared with the replica's pool
         pools.primary.init.repoint(vector_schema)
     await repoint(pools.primary, writes)
     if reads is not None and pools.replica is not None:
