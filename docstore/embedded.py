@@ -279,13 +279,18 @@ async def ensure_database(admin_url: str, database: str, *, template: str | None
         await conn.close()
 
 
+async def has_vector_extension(conn: asyncpg.Connection) -> bool:
+    """Whether pgvector is enabled in ``conn``'s database."""
+    return bool(await conn.fetchval("select 1 from pg_extension where extname = 'vector'"))
+
+
 async def ensure_vector_extension(conn: asyncpg.Connection) -> None:
     """``CREATE EXTENSION IF NOT EXISTS vector``, tolerant of a concurrent creator.
 
     Raises :class:`SchemaError` saying what to do when pgvector is not installed on the
     server or the role may not create it.
     """
-    if await conn.fetchval("select 1 from pg_extension where extname = 'vector'"):
+    if await has_vector_extension(conn):
         return
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

@@ -18,7 +18,7 @@ from importlib import resources
 import asyncpg
 from pydantic import BaseModel
 
-from docstore.embedded import ensure_vector_extension
+from docstore.embedded import ensure_vector_extension, has_vector_extension
 from docstore.errors import SchemaError
 from docstore.schema import citus
 
@@ -153,9 +153,7 @@ async def _up_to_date(conn: asyncpg.Connection, embedding_dim: int) -> bool:
     Raises :class:`SchemaError` as :func:`check_compatible` does."""
     status = await schema_status(conn)
     check_compatible(status, embedding_dim)
-    return status.up_to_date and bool(
-        await conn.fetchval("select 1 from pg_extension where extname = 'vector'")
-    )
+    return status.up_to_date and await has_vector_extension(conn)
 
 
 _FOREIGN_TABLES = """
