@@ -92,7 +92,7 @@ class Pool:
     url: str = field(repr=False)  # its password: shown redacted (__repr__)
     connect_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     init: CodecInit | None = None
-    """The pool's ``init`` (codec registration), reused for a replica pool."""
+    """The pool's ``init`` (codec registration); a replica's pool has its own."""
     connection_class: type[asyncpg.Connection] = asyncpg.Connection
     """:class:`~docstore.readonly.ReadOnlyConnection` in a read-only store."""
 
@@ -139,22 +139,25 @@ async def open_replica(url: str, primary: Pool, settings: Settings) -> Pool:
     """The read pool, set up like ``primary``'s. It connects lazily (``min_size=0``) with a
     short connect timeout, so a replica that is down when the store opens costs nothing but a
     logged fallback later, and within half the acquire wait, so a replica that accepts
-    connections but never answers sends the read to the primary in time."""
+    connections but never answers sends the read to the primary in time. Its connections
+    look up pgvector's schema on the replica itself (a logical replica or another database
+    may keep it in another schema than the primary's)."""
     kwargs = {
         **primary.connect_kwargs,
         # well inside the acquire wait: a replica that never answers times out connecting
         # (the read then falls back to the primary), not waiting for the pool
         "timeout": min(settings.pool_acquire_timeout / 2, REPLICA_CONNECT_TIMEOUT),
     }
+    init = CodecInit(None)
     pool = await create_pool(
         url,
         min_size=0,
         max_size=settings.pool_max_size,
-        init=primary.init,
+        init=init,
         connection_class=primary.connection_class,
         connect_kwargs=kwargs,
     )
-    return Pool("replica", pool, url, kwargs, primary.init, primary.connection_class)
+    return Pool("replica", pool, url, kwargs, init, primary.connection_class)
 
 
 async def repoint(target: Pool, url: str) -> None:

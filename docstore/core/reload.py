@@ -78,10 +78,12 @@ async def reload_pools(
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise translate(exc, writes, secrets) from None
     pools.secrets = tuple(dict.fromkeys((*pools.secrets, *secrets)))
-    if pools.primary.init is not None:  # shared with the replica's pool
+    if pools.primary.init is not None:
         pools.primary.init.repoint(vector_schema)
     await repoint(pools.primary, writes)
     if reads is not None and pools.replica is not None:
+        if pools.replica.init is not None:  # the new replica's connections look it up
+            pools.replica.init.repoint(None)
         await repoint(pools.replica, reads)
     elif reads is not None:
         pools.replica = await open_replica(reads, pools.primary, settings)
