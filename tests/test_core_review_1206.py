@@ -270,3 +270,27 @@ async def test_a_negative_statement_timeout_is_a_validation_error_not_an_outage(
     with pytest.raises(DatabaseUnavailableError) as slow:
         await store.execute("SELECT pg_sleep(2)", timeout=0.1)
     assert not isinstance(slow.value, ValidationError)
+
+
+# -- a string of statements that COMMITs part of itself, then the server ends the session ---
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO ledger (note) VALUES ('payment'); COMMIT; SELECT pg_sleep(30)",
+        "BEGIN; INSERT INTO ledger (note) VALUES ('a;b'); END; SELECT pg_sleep(30)",
+        "INSERT INTO ledger (note) VALUES ($q$;$q$); COMMIT /* ; */; SELECT pg_sleep(30)",
+    ],
+)
+async def test_an_execute_string_that_committed_part_of_itself_is_not_run_again(
+    ledger_store: docstore.Store, database_url: str, sql: str
+) -> None:
+    """``execute()`` of several statements in one string (one round trip, so asyncpg's
+    counter says one statement): the server ended the session after the string's COMMIT,
+    and the whole string ran again, applying the INSERT twice."""
+    store = ledger_store
+    pid = await store.fetchval("SELECT pg_backend_pid()")
+    killer = asyncio.create_task(_terminate_once_committed(database_url, pid))
+    with pytest.raises(DatabaseUnavailableError, match=IN_DOUBT):
+        await store.execute(sql)
+    await killer
+    assert await store.fetchval("SELECT count(*) FROM ledger") == 1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import docstore
+from docstore.readonly.statements import several_statements
 from tests.conftest import PgCluster
 
 
@@ -70,3 +71,42 @@ async def test_reload_to_a_replica_with_pgvector_elsewhere_looks_it_up_again(
             assert row["v"].tolist() == [4.0]
     finally:
         await pg.execute(f'drop database "{other}" with (force)')
+
+
+# -- several_statements: what one execute() string holds (pure) ----------------------------
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1",
+        "select 1;",
+        "select 1; ; -- done",
+        "select 1; /* a; b */",
+        "select ';'",
+        "select 'a'';b'",
+        'select "a;b"',
+        "select $$ ; $$",
+        "select $t$ ; $x$ ; $t$",
+        "select a$b;",
+        "select E'a\\';b'",
+        "select $1",
+    ],
+)
+def test_one_statement(sql: str) -> None:
+    assert not several_statements(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1; select 2",
+        "insert into t values ('x'); commit",
+        "begin; select 1; end",
+        "select 'a\\'; commit",  # standard_conforming_strings: the backslash is a character
+        "select $1; commit",
+        "select 'unclosed",
+        "select /* unclosed",
+        "select $$ unclosed",
+    ],
+)
+def test_several_statements_or_unreadable(sql: str) -> None:
+    assert several_statements(sql)

@@ -50,6 +50,7 @@ from docstore.core.surface import ReadQueries
 from docstore.errors import DocstoreError, ReadOnlyError
 from docstore.metrics import Metrics, timed
 from docstore.readonly import create_reader_role
+from docstore.readonly.statements import cached_several_statements
 from docstore.schema import runner
 
 
@@ -221,8 +222,15 @@ class Database:
         Retried on transient failures; when the connection was lost while the statement
         ran, only as a read (:meth:`run`): a statement that writes raises
         :class:`DatabaseUnavailableError` saying it may have been applied, never runs twice.
-        On a read-only store, one statement per call (:mod:`docstore.readonly`)."""
-        return await self.run(lambda conn: conn.execute(query, *args, timeout=timeout))
+        A string of several statements (no ``args``) is in doubt also when the server ended
+        the session: it may have committed part of itself (``…; COMMIT; …``). On a read-only
+        store, one statement per call (:mod:`docstore.readonly`)."""
+        return await self.run(
+            lambda conn: conn.execute(query, *args, timeout=timeout),
+            several_statements=not args
+            and isinstance(query, str)
+            and cached_several_statements(query),
+        )
 
     @timed("executemany")
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:

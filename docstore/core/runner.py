@@ -200,6 +200,7 @@ class Runner:
         read: bool = False,
         shard: str | None = None,
         retry_in_doubt: bool | Literal["read_only"] = "read_only",
+        several_statements: bool = False,
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -224,8 +225,10 @@ class Runner:
         ``work`` twice does no harm (a versioned schema migration): it is retried as is.
         ``retry_in_doubt=False``: raise that error at once. A failure the server answered
         (it ended the session, 40001, 40P01) is in doubt too when ``work`` may have committed
-        part of itself first: it sent more than one statement, or the error came from inside
-        a procedure, ``DO`` block or function (``CALL`` with ``COMMIT``). Other failures the
+        part of itself first: it sent more than one statement, or one string of several
+        (``several_statements=True``, which :meth:`execute` sets for such a string: asyncpg
+        sends it in one round trip), or the error came from inside a procedure, ``DO`` block
+        or function (``CALL`` with ``COMMIT``). Other failures the
         server answered, and failures before ``work`` was handed a connection (a connect
         timeout included), are retried as usual.
         """
@@ -239,7 +242,9 @@ class Runner:
             on_doubt = _retry_as_is
         else:
             on_doubt = _replay_read_only(self._where)
-        return await self._run(work, on_doubt, stateless=stateless, read=read, shard=shard)
+        return await self._run(
+            work, on_doubt, stateless=stateless, read=read, shard=shard, several=several_statements
+        )
 
     @timed("run_in_transaction")
     async def run_in_transaction(
@@ -287,9 +292,10 @@ class Runner:
         stateless: bool = False,
         read: bool = False,
         shard: str | None = None,
+        several: bool = False,
     ) -> T:
         token = STATELESS.set(stateless)
-        handoff = Handoff()
+        handoff = Handoff(several)
         doubt: list[BaseException] = []  # a failure that left work in doubt, still unsettled
 
         async def settle(exc: BaseException) -> None:

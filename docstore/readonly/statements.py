@@ -93,6 +93,82 @@ def leading_keyword(sql: str) -> str | None:
     return match.group().lower()
 
 
+_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_IDENTIFIER_CHARS = frozenset("_$")
+
+
+def _quoted_end(sql: str, i: int) -> int | None:
+    """The end of the quoted token at ``i`` (``'…'``, ``E'…'``, ``"…"``, ``$tag$…$tag$``);
+    None if it never closes. ``i`` is the quote (for ``E'…'``, the quote after the E)."""
+    n = len(sql)
+    if sql[i] == "$":
+        tag = _DOLLAR_TAG_RE.match(sql, i)
+        assert tag is not None
+        end = sql.find(tag.group(), tag.end())
+        return None if end < 0 else end + len(tag.group())
+    quote, escapes = sql[i], i > 0 and sql[i - 1] in "eE" and sql[i] == "'"
+    i += 1
+    while i < n:
+        if escapes and sql[i] == "\\":
+            i += 2
+        elif sql[i] == quote:
+            if sql.startswith(quote * 2, i):
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return None
+
+
+def several_statements(sql: str) -> bool:
+    """Whether ``sql`` holds more than one statement: a ``;`` outside quotes and comments
+    with more than whitespace, comments or ``;`` after it, as PostgreSQL's lexer reads it
+    (``standard_conforming_strings`` on). Sent as one ``execute()`` string, such statements
+    may commit part of themselves (``…; COMMIT; …``) before a later one fails. Anything it
+    cannot read (an unclosed quote or comment) counts as several: the answer only ever makes
+    a failure count as in doubt (:mod:`docstore.core.doubt`)."""
+    i, n, ended = 0, len(sql), False
+    while i < n:
+        char = sql[i]
+        if char in _SPACE:
+            i += 1
+            continue
+        if sql.startswith("--", i):
+            while i < n and sql[i] not in "\r\n":
+                i += 1
+            continue
+        if sql.startswith("/*", i):
+            end = comment_end(sql, i)
+            if end is None:
+                return True
+            i = end
+            continue
+        if char == ";":
+            ended = True
+            i += 1
+            continue
+        if ended:
+            return True  # a statement after a ';'
+        if char in "'\"" or (char == "$" and _starts_dollar_quote(sql, i)):
+            end = _quoted_end(sql, i)
+            if end is None:
+                return True
+            i = end
+        else:
+            i += 1
+    return False
+
+
+def _starts_dollar_quote(sql: str, i: int) -> bool:
+    """A ``$`` at ``i`` opens a dollar quote: not part of an identifier (``a$b``) nor a
+    parameter (``$1``)."""
+    before = sql[i - 1] if i else " "
+    if before.isalnum() or before in _IDENTIFIER_CHARS or ord(before) >= 0x80:
+        return False
+    return _DOLLAR_TAG_RE.match(sql, i) is not None
+
+
 _CACHEABLE = 4096  # characters: docstore's own statements are shorter, and few
 
 
@@ -131,6 +207,12 @@ def _classify(sql: str) -> Classified:
 
 
 _classify_cached = functools.lru_cache(maxsize=512)(_classify)
+_several_cached = functools.lru_cache(maxsize=512)(several_statements)
+
+
+def cached_several_statements(sql: str) -> bool:
+    """:func:`several_statements`, remembered for the short strings a store repeats."""
+    return _several_cached(sql) if len(sql) <= _CACHEABLE else several_statements(sql)
 
 
 def classify(sql: str) -> Classified:
