@@ -50,6 +50,7 @@ class Queries(Protocol):
         read: bool = False,
         shard: str | None = None,
         retry_in_doubt: bool | Literal["read_only"] = "read_only",
+        several_statements: bool = False,
     ) -> T: ...
     async def run_in_transaction(
         self,
