@@ -10,8 +10,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import docstore
+from docstore.cli import EXIT_USAGE, app
 from docstore.readonly.statements import several_statements
 from tests.conftest import PgCluster
 
@@ -110,3 +112,31 @@ def test_one_statement(sql: str) -> None:
 )
 def test_several_statements_or_unreadable(sql: str) -> None:
     assert several_statements(sql)
+
+
+# -- index options out of pgvector's (or the API's) range are usage errors (exit 2) --------
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["index", "create", "--m", "1"], "--m"),
+        (["index", "create", "--m", "101"], "--m"),
+        (["index", "create", "--ef-construction", "3"], "--ef-construction"),
+        (["index", "create", "--m", "16", "--ef-construction", "20"], "--ef-construction"),
+        (["index", "calibrate", "--target", "0"], "--target"),
+        (["index", "calibrate", "--target", "1.5"], "--target"),
+        (["index", "calibrate", "--target", "nan"], "--target"),
+        (["index", "calibrate", "--sample", "0"], "--sample"),
+        (["index", "recall", "--limit", "1001"], "--limit"),
+        (["index", "recall", "--ef-search", "0"], "--ef-search"),
+        (["index", "recall", "--oversample", "101"], "--oversample"),
+        (["index", "recall", "--sample", "0"], "--sample"),
+    ],
+)
+def test_out_of_range_index_options_are_usage_errors(args: list[str], named: str) -> None:
+    """They reached the library and came back as ValidationError, exit 1 ("a docstore
+    error"), though the CLI documents exit 2 for an out-of-range value; nothing connects."""
+    url = "postgresql://app:hunter2secret@127.0.0.1:1/docs"
+    result = CliRunner().invoke(app, [*args, "--url", url])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert named in result.output
+    assert "hunter2secret" not in result.output

@@ -12,6 +12,15 @@ from rich.text import Text
 from docstore import cli
 from docstore.cli.base import EXIT_ERROR, UrlOption, async_command, console
 from docstore.cli.progress import PhaseBars
+from docstore.search.indexes import MAX_CALIBRATION_SAMPLE
+from docstore.search.queries import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    MAX_EF_SEARCH,
+    MAX_LIMIT,
+    MAX_OVERSAMPLE,
+)
+from docstore.search.recall import MAX_RECALL_SAMPLE
 from docstore.search.results import VectorIndex
 from docstore.search.tuning import Calibration
 
@@ -38,8 +47,15 @@ def _print_indexes(indexes: list[VectorIndex]) -> None:
 async def index_create(
     url: UrlOption = None,
     metric: MetricOption = "cosine",
-    m: Annotated[int, typer.Option(help="HNSW links per node.")] = 16,
-    ef_construction: Annotated[int, typer.Option(help="HNSW build candidate list.")] = 64,
+    m: Annotated[int, typer.Option(help="HNSW links per node.", min=HNSW_M[0], max=HNSW_M[1])] = 16,
+    ef_construction: Annotated[
+        int,
+        typer.Option(
+            help="HNSW build candidate list (at least 2 x --m).",
+            min=HNSW_EF_CONSTRUCTION[0],
+            max=HNSW_EF_CONSTRUCTION[1],
+        ),
+    ] = 64,
     concurrently: Annotated[
         bool, typer.Option(help="Build without blocking writes (CREATE INDEX CONCURRENTLY).")
     ] = True,
@@ -53,6 +69,11 @@ async def index_create(
 ) -> None:
     """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions), then
     calibrate the search settings on it; or with --text the GIN full-text index."""
+    if ef_construction < 2 * m:  # pgvector's rule, a usage error like the ranges above
+        raise typer.BadParameter(
+            f"must be at least 2 x --m ({2 * m}), got {ef_construction}",
+            param_hint="'--ef-construction'",
+        )
     async with cli.connect(url) as store:
         if text:
             with console.status("building the full-text index ..."):
@@ -97,6 +118,12 @@ async def index_list(url: UrlOption = None) -> None:
         _print_indexes(await store.vector_indexes())
 
 
+def _recall_target(value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(f"must be in (0, 1], got {value:g}")
+    return value
+
+
 @index_app.command("calibrate")
 @async_command
 async def index_calibrate(
@@ -104,9 +131,17 @@ async def index_calibrate(
     metric: MetricOption = "cosine",
     target: Annotated[
         float | None,
-        typer.Option(help="Recall@10 to meet (default DOCSTORE_SEARCH_TARGET_RECALL, 0.98)."),
+        typer.Option(
+            help="Recall@10 to meet, in (0, 1] (default DOCSTORE_SEARCH_TARGET_RECALL, 0.98).",
+            callback=_recall_target,
+        ),
     ] = None,
-    sample: Annotated[int, typer.Option(help="Probes when there are no recent queries.")] = 100,
+    sample: Annotated[
+        int,
+        typer.Option(
+            help="Probes when there are no recent queries.", min=1, max=MAX_CALIBRATION_SAMPLE
+        ),
+    ] = 100,
 ) -> None:
     """Measure the cheapest ANN settings that meet the recall target on this database's data
     (recent real queries, else probes) and store them for every process and replica."""
@@ -155,10 +190,17 @@ def _print_calibration(c: Calibration) -> None:
 async def index_recall(
     url: UrlOption = None,
     metric: MetricOption = "cosine",
-    sample: Annotated[int, typer.Option(help="Stored vectors to use as queries.")] = 100,
-    limit: Annotated[int, typer.Option(help="k of recall@k.")] = 10,
-    ef_search: Annotated[int | None, typer.Option(help="Override hnsw.ef_search.")] = None,
-    oversample: Annotated[int | None, typer.Option(help="Candidates = limit x this.")] = None,
+    sample: Annotated[
+        int, typer.Option(help="Stored vectors to use as queries.", min=1, max=MAX_RECALL_SAMPLE)
+    ] = 100,
+    limit: Annotated[int, typer.Option(help="k of recall@k.", min=1, max=MAX_LIMIT)] = 10,
+    ef_search: Annotated[
+        int | None, typer.Option(help="Override hnsw.ef_search.", min=1, max=MAX_EF_SEARCH)
+    ] = None,
+    oversample: Annotated[
+        int | None,
+        typer.Option(help="Candidates = limit x this.", min=1, max=MAX_OVERSAMPLE),
+    ] = None,
     doc_type: Annotated[str | None, typer.Option(help="Only this doc_type.")] = None,
 ) -> None:
     """Measure ANN against the exact scan on your data: recall@k and latency of both."""

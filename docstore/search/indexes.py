@@ -35,6 +35,7 @@ logger = logging.getLogger("docstore")
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
+MAX_CALIBRATION_SAMPLE = 10_000  # probes calibrate_search() may make
 
 
 class SearchIndexes:
@@ -270,7 +271,7 @@ class SearchIndexes:
         shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
         called as it goes. A read-only store keeps the result in memory only.
         """
-        sample = bounded_int(sample, "sample", 10_000)
+        sample = bounded_int(sample, "sample", MAX_CALIBRATION_SAMPLE)
         return await self._tuner.calibrate(
             metric, target=target, query_vectors=query_vectors, sample=sample, progress=progress
         )

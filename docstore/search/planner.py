@@ -45,6 +45,7 @@ from typing import Literal
 
 from docstore.errors import SchemaError
 from docstore.models import bounded_int
+from docstore.search.queries import MAX_EF_SEARCH, MAX_OVERSAMPLE
 from docstore.search.tuning import Calibration
 
 HALFVEC_ALWAYS_ROWS = 1000
@@ -54,7 +55,6 @@ MAX_LIMIT = 1000
 MIN_CANDIDATES = 40
 """Candidates of an ANN search re-ranked exactly, at least (``limit × oversample`` above)."""
 MIN_HALFVEC_CANDIDATES = 10
-MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 HNSW_MAX_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples (iterative scans)
 DEFAULT_EF_SEARCH = 100
 """``hnsw.ef_search`` before any calibration (and with ``DOCSTORE_HNSW_EF_SEARCH`` unset)."""
@@ -165,7 +165,7 @@ def check_ef_search(value: object, field: str = "ef_search") -> int:
 
 
 def check_oversample(value: object) -> int:
-    return bounded_int(value, "oversample", 100)
+    return bounded_int(value, "oversample", MAX_OVERSAMPLE)
 
 
 def plan_vector_search(

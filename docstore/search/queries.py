@@ -34,6 +34,8 @@ MetricName = Literal["cosine", "l2", "inner_product"]
 MAX_VECTOR_INDEX_DIM = 2000
 MAX_HALFVEC_INDEX_DIM = 4000
 MAX_LIMIT = 1000
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+MAX_OVERSAMPLE = 100
 HALF_COLUMN = "embedding_half"  # the generated halfvec copy of embedding (migration 3)
 
 
@@ -331,7 +333,7 @@ def ann_search_sql(
     m = metric(metric_name)
     limit = check_limit(limit)
     candidates = check_limit(max(candidates, limit), "candidates")
-    ef_search = bounded_int(ef_search, "ef_search", 1000)
+    ef_search = bounded_int(ef_search, "ef_search", MAX_EF_SEARCH)
     rerank = min(candidates, max(2 * limit, MIN_RERANK))
     where, filter_params = build_filter(filter, first_param=6)
     params: list[Any] = [query, limit, candidates, ef_search, rerank, *filter_params]
@@ -412,7 +414,7 @@ def ann_settings_sql(ef_search: int, *, force_index: bool = True, distributed: b
     ``distributed`` (Citus): ``citus.propagate_set_commands = 'local'`` first (the shards get
     them too), never ``enable_sort = off`` (coordinator planning: ~10 ms → 400-600 ms).
     """
-    ef_search = bounded_int(ef_search, "ef_search", 1000)
+    ef_search = bounded_int(ef_search, "ef_search", MAX_EF_SEARCH)
     return (
         ("SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else "")
         + f"SET LOCAL jit = off; SET LOCAL hnsw.ef_search = {ef_search};"

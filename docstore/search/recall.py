@@ -27,6 +27,8 @@ from docstore.search.indexes import SearchIndexes
 from docstore.search.results import Latency, RecallReport, SearchResults
 from docstore.search.vector import VectorSearch
 
+MAX_RECALL_SAMPLE = 100_000  # stored vectors evaluate_recall() may sample
+
 
 def _latency(samples_ms: list[float]) -> Latency:
     p50, p95, p99 = np.percentile(samples_ms, [50, 95, 99])
@@ -107,7 +109,7 @@ class RecallEvaluator:
         scoped report measures the forced HNSW scan, which may be slower (and lower in
         recall) than what ``search()`` does on the same scope.
         """
-        sample = bounded_int(sample, "sample", 100_000)
+        sample = bounded_int(sample, "sample", MAX_RECALL_SAMPLE)
         limit = queries.check_limit(limit)
         seed = _check_seed(seed)
         mt = queries.metric(metric)
