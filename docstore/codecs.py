@@ -13,6 +13,11 @@ or a ``str``, which is taken as JSON text already encoded (as asyncpg's own code
 ``json.dumps(...)`` passed to a ``$1::jsonb`` keeps working. A JSON document that is itself a
 string is therefore passed as ``json.dumps("text")``. The codecs use the binary format, so
 ``copy_records_to_table`` of a table with a ``jsonb`` column takes objects too.
+
+Numbers decode as ``json.loads`` decodes them: integers exactly, others as the nearest
+``float``, so a ``jsonb`` number beyond a double's precision (``1e-400``,
+``0.10000000000000000001``) comes back rounded (and a read-modify-write stores the rounded
+value). Select ``::text`` (or ``::numeric`` of the member) where such numbers must stay exact.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ def is_http(url: str) -> bool:
 
 
 def redact_http(url: str, fallback: Callable[[str], str]) -> str:
-    """``url`` with host, port and path kept, its password and the query's values hidden;
+    """``url`` with host, port and path kept, its password, the query's values and value-less
+    query items hidden;
     ``fallback`` for one ``urlsplit`` refuses."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -27,9 +28,11 @@ def redact_http(url: str, fallback: Callable[[str], str]) -> str:
     if parts.username is not None:
         password = f":{REDACTED}" if parts.password is not None else ""
         netloc = f"{parts.username}{password}@{netloc}"
+    # a value-less item (?s3cr3t) may be a token itself: hidden whole
     query = "&".join(
-        f"{key}={REDACTED}"
-        for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        f"{item.split('=', 1)[0]}={REDACTED}" if "=" in item else REDACTED
+        for item in parts.query.split("&")
+        if item
     )
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 import docstore
 from docstore.cli import EXIT_USAGE, app
+from docstore.config import redact_url
+from docstore.errors import ReadOnlyError
 from docstore.readonly.statements import several_statements
 from tests.conftest import PgCluster
 
@@ -140,3 +142,55 @@ def test_out_of_range_index_options_are_usage_errors(args: list[str], named: str
     assert result.exit_code == EXIT_USAGE, result.output
     assert named in result.output
     assert "hunter2secret" not in result.output
+
+
+# -- read-only store: whole function names only; cursors' refusals typed -------------------
+async def test_a_read_only_store_reads_names_that_merely_contain_a_file_function(
+    database_url: str,
+) -> None:
+    """``hello_export`` or ``'Buffalo_Exports'`` contain ``lo_export`` as a substring and were
+    refused as if they called it."""
+    async with docstore.connect(database_url, read_only=True) as store:
+        assert await store.fetchval("select 1 as hello_export") == 1
+        assert await store.fetchval("select 'Buffalo_Exports'") == "Buffalo_Exports"
+        with pytest.raises(ReadOnlyError, match="lo_export"):
+            await store.fetchval("select pg_catalog.lo_export(0, '/tmp/x')")
+        with pytest.raises(ReadOnlyError, match="lo_export"):
+            await store.fetchval("select \"lo_export\"(0, '/tmp/x')")
+
+
+@pytest.mark.parametrize("how", ["iterate", "await-fetch", "await-fetchrow", "await-forward"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "with x as (insert into canary values ('c') returning v) select * from x",
+        "select nextval('canary_seq') from generate_series(1, 3)",
+    ],
+)
+async def test_a_write_inside_a_read_only_cursor_is_a_read_only_error(
+    database_url: str, how: str, query: str
+) -> None:
+    """The server refused it, and the refusal escaped as a raw asyncpg error (fetch() on the
+    same connection gave ReadOnlyError)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("create table canary (v text); create sequence canary_seq")
+    finally:
+        await conn.close()
+    async with docstore.connect(database_url, read_only=True) as store, store.acquire() as c:
+        with pytest.raises(ReadOnlyError, match="read-only"):
+            async with c.transaction():
+                if how == "iterate":
+                    [row async for row in c.cursor(query)]
+                else:
+                    cursor = await c.cursor(query)
+                    await getattr(cursor, how.split("-")[1])(
+                        *([1] if "fetchrow" not in how else [])
+                    )
+        assert await c.fetchval("select count(*) from canary") == 0
+
+
+def test_a_value_less_query_item_of_a_metrics_url_is_hidden() -> None:
+    """``?s3cr3tt0ken`` (a token without ``=``) was printed whole as ``?s3cr3tt0ken=***``."""
+    assert redact_url("http://host/metrics?s3cr3tt0ken") == "http://host/metrics?***"
+    assert redact_url("http://host/m?a=1&tok&b=") == "http://host/m?a=***&***&b=***"

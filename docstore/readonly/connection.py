@@ -5,14 +5,14 @@ transactions) routed through the guard of :mod:`docstore.readonly.guard`.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from typing import Any, cast
 
 import asyncpg
 from asyncpg import cursor as _cursor
 from asyncpg import prepared_stmt as _prepared
 
-from docstore.readonly.guard import GuardedConnection, refused
+from docstore.readonly.guard import SERVER_REFUSALS, GuardedConnection, as_refusal, refused
 from docstore.readonly.statements import READ_KEYWORDS, classify, leading_keyword
 
 
@@ -281,7 +281,9 @@ class _ReadOnlyCursorFactory(_cursor.CursorFactory):
 
     async def _open(self) -> Any:
         await self._conn()._check_cursor(cast(Any, self)._query)
-        return await _Awaiting(super().__await__())
+        cursor = await _refusals_translated(_Awaiting(super().__await__()))
+        cursor.__class__ = _ReadOnlyCursor
+        return cursor
 
 
 class _ReadOnlyCursorIterator:
@@ -297,4 +299,32 @@ class _ReadOnlyCursorIterator:
         if not self._checked:
             await self._factory._conn()._check_cursor(cast(Any, self._factory)._query)
             self._checked = True
-        return await self._inner.__anext__()
+        return await _refusals_translated(self._inner.__anext__())
+
+
+class _ReadOnlyCursor(_cursor.Cursor):
+    """An asyncpg cursor whose fetches report the server's read-only refusals (a volatile
+    function that writes, such as ``nextval``, runs when rows are fetched) as
+    :class:`~docstore.errors.ReadOnlyError`, like every other statement of the store."""
+
+    __slots__ = ()
+
+    async def fetch(self, n: int, *, timeout: float | None = None) -> list[Any]:
+        return cast(list[Any], await _refusals_translated(super().fetch(n, timeout=timeout)))
+
+    async def fetchrow(self, *, timeout: float | None = None) -> Any:
+        return await _refusals_translated(super().fetchrow(timeout=timeout))
+
+    async def forward(self, n: int, *, timeout: float | None = None) -> int:
+        return cast(int, await _refusals_translated(super().forward(n, timeout=timeout)))
+
+
+async def _refusals_translated(work: Awaitable[Any]) -> Any:
+    """``await work``, the server's read-only refusals raised as ``ReadOnlyError``."""
+    try:
+        return await work
+    except SERVER_REFUSALS as exc:
+        refusal = as_refusal(exc)
+        if refusal is None:
+            raise
+        raise refusal from exc

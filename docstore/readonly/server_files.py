@@ -57,7 +57,12 @@ CODE_KEYWORDS = frozenset({"do", "load"})
 """Statements that run code the client cannot read (a ``DO`` block's dynamic SQL or untrusted
 language, the library ``LOAD`` loads): refused when the role can write the server's files."""
 
-_NAMES_RE = re.compile("|".join(sorted(FILE_FUNCTIONS)))  # searched in lower-cased text
+# searched in lower-cased text, as whole identifiers (hello_export names no function)
+_NAMES_RE = re.compile(
+    r"(?<![a-z0-9_$\x80-\U0010ffff])(?:"
+    + "|".join(sorted(FILE_FUNCTIONS))
+    + r")(?![a-z0-9_$\x80-\U0010ffff])"
+)
 # Cheap substring tests first: a statement with none of these needs no closer look.
 _SUSPECT = ("copy", "u&", "lo_export", "pg_file_", "replication_slot")
 _UNICODE_RE = re.compile(r"""u&(["'])((?:(?!\1).|\1\1)*)\1""", re.IGNORECASE | re.DOTALL)
