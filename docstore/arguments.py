@@ -36,6 +36,17 @@ def check_key(
         key_text("doc_path", doc_path)
 
 
+def timeout_seconds(value: Any) -> None:
+    """A ``timeout`` argument: None (the default) or a number of seconds ≥ 0 (not a bool,
+    not NaN, not a string), else :class:`ValidationError`. A NaN given to asyncpg would send
+    the statement and cancel it at once; zero is refused by asyncpg itself for a statement
+    (a :class:`ValidationError` too, see :func:`docstore.failures.translate`)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValidationError("timeout must be a number of seconds >= 0, or None", field="timeout")
+
+
 def as_int(value: Any) -> int | None:
     """``value`` as a Python int if it is an integer — an int or any other
     ``numbers.Integral`` (numpy's integers) — but not a bool (``True`` is no count); else

@@ -55,6 +55,8 @@ __all__ = [
 
 logger = logging.getLogger("docstore")
 
+STATEMENT_TIMED_OUT = "57014"  # query_canceled: what the server's statement_timeout raises
+
 
 def _describe_failure(exc: BaseException | None) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
@@ -119,9 +121,13 @@ def retrying(
     )
 
 
-def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> DocstoreError:
+def translate(
+    exc: BaseException, url: str, secrets: tuple[str, ...], *, ran: bool = False
+) -> DocstoreError:
     """``exc`` as a docstore error (itself if it already is one); ``url`` is named redacted
-    and ``secrets`` are scrubbed from the message."""
+    and ``secrets`` are scrubbed from the message. ``ran``: ``exc`` was raised while a
+    statement ran on an open connection, so a ``TimeoutError`` is that statement running out
+    of its time (not a connection that could not be made)."""
     if isinstance(exc, DocstoreError):
         return exc
     where = redact_url(url)
@@ -162,6 +168,14 @@ def translate(exc: BaseException, url: str, secrets: tuple[str, ...]) -> Docstor
     if _refused_timeout(exc):
         return ValidationError(
             "timeout must be a positive number of seconds, or None", field="timeout"
+        )
+    if ran and isinstance(exc, TimeoutError):
+        # as the server's statement_timeout reports it (57014), not as an outage
+        return QueryError(
+            "the statement ran longer than its timeout (the call's timeout= or "
+            "DOCSTORE_COMMAND_TIMEOUT) and was cancelled (TimeoutError); a write it made "
+            "outside a transaction may or may not have been applied",
+            sqlstate=STATEMENT_TIMED_OUT,
         )
     if is_transient(exc):
         return DatabaseUnavailableError(

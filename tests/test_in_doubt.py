@@ -305,6 +305,12 @@ async def test_a_commit_that_ran_out_of_command_timeout_is_settled_with_the_serv
             finally:
                 await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
                 await admin.execute("SELECT pg_reload_conf()")
+        # the waiting backend ends its transaction (becomes visible) only once the reload
+        # reaches it and releases the wait: poll, don't race it
+        deadline = asyncio.get_running_loop().time() + 10
+        while await admin.fetchval("SELECT count(*) FROM audit") == 0:
+            assert asyncio.get_running_loop().time() < deadline, "the commit never appeared"
+            await asyncio.sleep(0.05)
         assert await admin.fetchval("SELECT count(*) FROM audit") == 1
     finally:
         await admin.close()

@@ -4,18 +4,28 @@ primary, and what the later reviews found. Real PostgreSQL throughout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
+import psutil
 import pytest
 from typer.testing import CliRunner
 
 import docstore
-from docstore.cli import EXIT_USAGE, app
+from docstore.cli import EXIT_INTERRUPTED, EXIT_USAGE, app
 from docstore.config import redact_url
-from docstore.errors import ReadOnlyError
+from docstore.errors import QueryError, ReadOnlyError, ValidationError
 from docstore.readonly.statements import several_statements
 from tests.conftest import PgCluster
 
@@ -194,3 +204,112 @@ def test_a_value_less_query_item_of_a_metrics_url_is_hidden() -> None:
     """``?s3cr3tt0ken`` (a token without ``=``) was printed whole as ``?s3cr3tt0ken=***``."""
     assert redact_url("http://host/metrics?s3cr3tt0ken") == "http://host/metrics?***"
     assert redact_url("http://host/m?a=1&tok&b=") == "http://host/m?a=***&***&b=***"
+
+
+# -- timeouts: a bad value is refused before anything is sent; running out is a QueryError --
+@pytest.mark.parametrize("bad", [float("nan"), -1, "1", True])
+@pytest.mark.parametrize("call", ["execute", "fetch", "fetchrow", "fetchval", "replica"])
+async def test_a_bad_statement_timeout_is_refused_before_it_is_sent(
+    store: docstore.Store, bad: object, call: str
+) -> None:
+    """``timeout=nan`` sent the statement and cancelled it at once ("database ...
+    unavailable: TimeoutError"); a string was taken by asyncpg's float()."""
+    await store.execute("create table t (v int)")
+    sql = "insert into t values (1)" if call != "replica" else "select 1"
+    method = store.replica.fetchval if call == "replica" else getattr(store, call)
+    with pytest.raises(ValidationError, match="timeout") as info:
+        await method(sql, timeout=bad)
+    assert info.value.field == "timeout"
+    assert await store.fetchval("select count(*) from t") == 0
+
+
+async def test_a_statement_that_outruns_its_timeout_is_a_query_error_everywhere(
+    store: docstore.Store,
+) -> None:
+    """It was DatabaseUnavailableError ("database at ... unavailable: TimeoutError"), which
+    reads as an outage; the server's own statement_timeout gives QueryError 57014."""
+    slow = "select pg_sleep(2)"
+    calls = [
+        store.fetchval(slow, timeout=0.05),
+        store.replica.fetchval(slow, timeout=0.05),
+        store.run_in_transaction(lambda c: c.fetchval(slow, timeout=0.05)),
+    ]
+    for call in calls:
+        with pytest.raises(QueryError, match="ran longer than its timeout") as info:
+            await call
+        assert info.value.sqlstate == "57014"
+    with pytest.raises(QueryError, match="ran longer than its timeout"):
+        async with store.transaction() as conn:
+            await conn.fetchval(slow, timeout=0.05)
+    assert await store.fetchval("select 1") == 1  # the pool is fine afterwards
+
+
+# -- SIGTERM stops a command as Ctrl-C does: its clean-up runs ----------------------------
+def _docstore(args: list[str], env: dict[str, str], sigint: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "docstore", *args],
+        env={**os.environ, "COLUMNS": "80", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+    )
+
+
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN])
+def test_sigterm_is_one_line_and_exit_130(sigint: Any) -> None:
+    """SIGTERM killed the process outright (no clean-up, exit -15); also with SIGINT
+    ignored, as in a background job."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(60)
+        url = f"postgresql://u:hunter2@127.0.0.1:{server.getsockname()[1]}/x"
+        process = _docstore(["health", "--url", url], {"DOCSTORE_RETRY_ATTEMPTS": "1"}, sigint)
+        conn, _ = server.accept()  # the command is inside asyncpg's connect now
+        with conn:
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert err.strip() == "error: interrupted" and out == ""
+
+
+def _postgres_under(directory: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "postgres" in (proc.info["name"] or "") and str(directory) in " ".join(
+                proc.info["cmdline"] or []
+            ):
+                found.append(proc)
+    return found
+
+
+def test_a_demo_stopped_by_sigterm_stops_its_server_and_deletes_its_directory(
+    tmp_path: Path,
+) -> None:
+    """``timeout -s TERM 4 docstore demo`` left the embedded server running and ~130 MB in
+    the throwaway directory: neither the ``finally`` nor atexit ran."""
+    process = _docstore(["demo"], {"TMPDIR": str(tmp_path)}, signal.SIG_DFL)
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            if "starting embedded PostgreSQL" in line:
+                break
+        deadline = time.monotonic() + 60
+        while not _postgres_under(tmp_path):  # the server is up: the demo is under way
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "error: interrupted" in err
+    assert not list(tmp_path.glob("docstore-demo-*"))
+    deadline = time.monotonic() + 20
+    while _postgres_under(tmp_path):
+        assert time.monotonic() < deadline, "the demo's server is still running"
+        time.sleep(0.1)

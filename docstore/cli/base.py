@@ -8,14 +8,18 @@ implemented here, once, in :class:`_DocstoreGroup`, so no command handles errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
 import os
 import re
+import signal
+import threading
 import traceback
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -209,13 +213,38 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
     uvloop reads the sockets into reused buffers: a ``docstore migrate`` relays every byte of
     the legacy database through this process and reads every stored byte back, and spent
     25 % less CPU doing it (bench/RESULTS.md, issue 15)."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner, _terminate_as_interrupt():
         try:
             return runner.run(work())  # type: ignore[arg-type]
         except Exception as exc:
             if _interrupted(runner, exc):
                 raise KeyboardInterrupt from exc  # one 'error: interrupted' line, exit 130
             raise
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``timeout``, systemd, ``kill``) stops a command as Ctrl-C
+    does: whatever handles SIGINT now (asyncio.Runner's: cancel the command) handles it, so
+    the command's clean-up runs — the store closes, the embedded server is released, a
+    demo's throwaway directory is deleted — instead of the process vanishing and leaving a
+    server running. Only in the main thread (where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (started in the background): interrupt all the same
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupted(runner: asyncio.Runner, exc: BaseException) -> bool:

@@ -38,6 +38,7 @@ from typing import Any, Self
 
 import asyncpg
 
+from docstore.arguments import timeout_seconds
 from docstore.config import Settings, UrlSource, url_secrets
 from docstore.core.delegate import delegate
 from docstore.core.health import Reporter
@@ -224,7 +225,10 @@ class Database:
         :class:`DatabaseUnavailableError` saying it may have been applied, never runs twice.
         A string of several statements (no ``args``) is in doubt also when the server ended
         the session: it may have committed part of itself (``…; COMMIT; …``). On a read-only
-        store, one statement per call (:mod:`docstore.readonly`)."""
+        store, one statement per call (:mod:`docstore.readonly`). ``timeout`` (seconds, this
+        call's instead of ``DOCSTORE_COMMAND_TIMEOUT``): a statement still running then is
+        cancelled and raises :class:`QueryError` (sqlstate ``57014``)."""
+        timeout_seconds(timeout)
         return await self.run(
             lambda conn: conn.execute(query, *args, timeout=timeout),
             several_statements=not args
@@ -236,17 +240,20 @@ class Database:
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
         """Run a statement once per argument tuple (one transaction, as in asyncpg); retried
         as :meth:`execute` is."""
+        timeout_seconds(timeout)
         await self.run(lambda conn: conn.executemany(query, args, timeout=timeout))
 
     @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Run a query and return all rows (``asyncpg.Record``), on the primary; retried as
         :meth:`execute` is (a write through ``RETURNING`` never runs twice)."""
+        timeout_seconds(timeout)
         return await self.run(lambda conn: conn.fetch(query, *args, timeout=timeout))
 
     @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """Run a query and return the first row, or None."""
+        timeout_seconds(timeout)
         return await self.run(lambda conn: conn.fetchrow(query, *args, timeout=timeout))
 
     @timed("fetchval")
@@ -254,6 +261,7 @@ class Database:
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None
     ) -> Any:
         """Run a query and return one value of the first row, or None."""
+        timeout_seconds(timeout)
         return await self.run(
             lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout)
         )

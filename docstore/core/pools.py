@@ -185,10 +185,13 @@ class Pools:
         """The pool of ``role`` (the primary's when there is no replica)."""
         return self.replica if role == "replica" and self.replica else self.primary
 
-    def translate(self, exc: BaseException, role: Role = "primary") -> DocstoreError:
+    def translate(
+        self, exc: BaseException, role: Role = "primary", *, ran: bool = False
+    ) -> DocstoreError:
         """Map an asyncpg/OS exception that ``role``'s pool raised to docstore's hierarchy
-        (naming that pool's URL, redacted; message scrubbed)."""
-        return translate(exc, self.get(role).url, self.secrets)
+        (naming that pool's URL, redacted; message scrubbed). ``ran``: raised while work ran
+        on a connection it was handed (see :func:`docstore.failures.translate`)."""
+        return translate(exc, self.get(role).url, self.secrets, ran=ran)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line description of ``exc`` without secrets."""

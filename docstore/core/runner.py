@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, get_args
 import asyncpg
 import tenacity
 
+from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
 from docstore.core.pools import STATELESS, Pools, Role
@@ -53,13 +54,6 @@ def _check_isolation(isolation: object) -> None:
             f"isolation must be one of {', '.join(sorted(ISOLATION_LEVELS))} or None",
             field="isolation",
         )
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValidationError("timeout must be a number of seconds >= 0, or None", field="timeout")
 
 
 def _in_doubt(handoff: Handoff, exc: BaseException) -> bool:
@@ -342,7 +336,7 @@ class Runner:
                 raise
             if doubt and is_transient_query_failure(exc):  # gave up: say what may have run
                 raise in_doubt_error(self._where, doubt[0]) from exc
-            raise self._pools.translate(exc) from exc
+            raise self._pools.translate(exc, ran=handoff.handed) from exc
         finally:
             STATELESS.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -358,7 +352,7 @@ class Runner:
                 return []
             if isinstance(exc, DocstoreError) or not isinstance(exc, Exception):
                 raise  # already typed; or a cancellation
-            raise self._pools.translate(exc, "replica") from exc
+            raise self._pools.translate(exc, "replica", ran=handoff.handed) from exc
         self._router.succeeded()
         return [result]
 
@@ -373,7 +367,7 @@ class Runner:
         Waits at most ``timeout`` (default ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``) for a free
         connection, then raises :class:`PoolTimeoutError`.
         """
-        _check_timeout(timeout)
+        timeout_seconds(timeout)
         async with self.checkout("primary", timeout) as conn:
             yield conn
 
@@ -411,11 +405,13 @@ class Runner:
         read-only store it is always ``READ ONLY`` (:mod:`docstore.readonly`).
         """
         _check_isolation(isolation)
+        handed = False
         try:
             async with (
                 self.acquire() as conn,
                 conn.transaction(isolation=isolation, readonly=readonly),
             ):
+                handed = True
                 yield conn
         except DocstoreError:
             raise
@@ -425,7 +421,7 @@ class Runner:
             asyncpg.InternalClientError,
             OSError,
         ) as exc:  # in the body, or getting / releasing the connection
-            raise self._pools.translate(exc) from exc
+            raise self._pools.translate(exc, ran=handed) from exc
 
     def has_idle_connection(self, *, read: bool = False) -> bool:
         """Whether the pool a query would use (the replica's for ``read`` when routed there)
@@ -444,7 +440,7 @@ class Runner:
             try:
                 locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise self._pools.translate(exc) from exc
+                raise self._pools.translate(exc, ran=True) from exc
             try:
                 yield locked
             finally:

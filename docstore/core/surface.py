@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg
 
+from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core.runner import IsolationLevel
 from docstore.errors import DocstoreError
@@ -92,6 +93,7 @@ class ReadQueries:
     @timed("fetch")
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Rows of a read-only query, from the replica."""
+        timeout_seconds(timeout)
         return await self.store.run(
             lambda conn: conn.fetch(query, *args, timeout=timeout),
             stateless=self._stateless,
@@ -101,6 +103,7 @@ class ReadQueries:
     @timed("fetchrow")
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """The first row of a read-only query, from the replica, or None."""
+        timeout_seconds(timeout)
         return await self.store.run(
             lambda conn: conn.fetchrow(query, *args, timeout=timeout),
             stateless=self._stateless,
@@ -112,6 +115,7 @@ class ReadQueries:
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None
     ) -> Any:
         """One value of the first row of a read-only query, from the replica."""
+        timeout_seconds(timeout)
         return await self.store.run(
             lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout),
             stateless=self._stateless,
