@@ -40,7 +40,7 @@ EXIT_CODES = {
     "differences found (one 'error:' line on stderr)",
     EXIT_USAGE: "usage error: unknown option, missing or out-of-range value",
     EXIT_INTERNAL: "internal error: a bug in docstore (traceback on stderr)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM)",
 }
 """Every exit status of every command, documented in ``docstore --help``."""
 
