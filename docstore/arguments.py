@@ -4,6 +4,7 @@ naming the argument (re-exported by :mod:`docstore.models`)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from typing import Any
@@ -45,6 +46,34 @@ def timeout_seconds(value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValidationError("timeout must be a number of seconds >= 0, or None", field="timeout")
+
+
+def finite_number(
+    value: Any,
+    field: str,
+    *,
+    bounds: tuple[float, float] | None = None,
+    open_low: bool = False,
+    name: str | None = None,
+) -> float:
+    """``value`` as a float if it is a finite real number (an int or float, numpy's too, not
+    a bool) within ``bounds`` (inclusive; the lower one excluded with ``open_low``), else a
+    :class:`ValidationError` naming ``field`` (its message says ``name``, default ``field``)."""
+    number = (
+        None if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
+    )
+    fits = number is not None and math.isfinite(number)
+    if fits and bounds is not None:
+        low, high = bounds
+        assert number is not None
+        fits = (low < number if open_low else low <= number) and number <= high
+    if not fits:
+        where = ""
+        if bounds is not None:
+            where = f" in {'(' if open_low else '['}{bounds[0]:g}, {bounds[1]:g}]"
+        raise ValidationError(f"{name or field} must be a finite number{where}", field=field)
+    assert number is not None
+    return number
 
 
 def as_int(value: Any) -> int | None:

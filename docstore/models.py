@@ -43,7 +43,15 @@ from pydantic import (
     model_validator,
 )
 
-from docstore.arguments import as_int, bounded_int, check_key, flag, key_text, row_id
+from docstore.arguments import (
+    as_int,
+    bounded_int,
+    check_key,
+    finite_number,
+    flag,
+    key_text,
+    row_id,
+)
 from docstore.codecs import FloatArray
 from docstore.embeddings import (
     MAX_EMBEDDING_VALUE,
@@ -461,6 +469,7 @@ __all__ = [
     "bounded_int",
     "check_key",
     "embedding_array",
+    "finite_number",
     "flag",
     "half_precision_problem",
     "key_text",

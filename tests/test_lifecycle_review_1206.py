@@ -26,6 +26,7 @@ import docstore
 from docstore.cli import EXIT_INTERRUPTED, EXIT_USAGE, app
 from docstore.config import redact_url
 from docstore.errors import QueryError, ReadOnlyError, ValidationError
+from docstore.models import finite_number
 from docstore.readonly.statements import several_statements
 from tests.conftest import PgCluster
 
@@ -313,3 +314,29 @@ def test_a_demo_stopped_by_sigterm_stops_its_server_and_deletes_its_directory(
     while _postgres_under(tmp_path):
         assert time.monotonic() < deadline, "the demo's server is still running"
         time.sleep(0.1)
+
+
+# -- finite_number: the one check of a bounded real argument (pure) -----------------------
+def test_finite_number_accepts_real_numbers_within_bounds() -> None:
+    assert finite_number(np.float32(0.5), "x", bounds=(0, 1), open_low=True) == 0.5
+    assert finite_number(-1, "seed", bounds=(-1, 1)) == -1.0
+    assert finite_number(1e300, "x") == 1e300
+
+
+@pytest.mark.parametrize(
+    ("value", "bounds", "open_low", "message"),
+    [
+        (True, None, False, "x must be a finite number"),
+        ("0.5", None, False, "x must be a finite number"),
+        (float("nan"), (0, 1), False, r"x must be a finite number in \[0, 1\]"),
+        (float("inf"), None, False, "x must be a finite number"),
+        (0, (0, 1), True, r"x must be a finite number in \(0, 1\]"),
+        (1.5, (-1, 1), False, r"in \[-1, 1\]"),
+    ],
+)
+def test_finite_number_refuses_what_is_not(
+    value: object, bounds: tuple[float, float] | None, open_low: bool, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        finite_number(value, "x", bounds=bounds, open_low=open_low)
+    assert info.value.field == "x"

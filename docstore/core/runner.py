@@ -96,6 +96,19 @@ def _replay_read_only(where: str) -> _OnDoubt[Any]:
     return replay
 
 
+def _doubt_policy(retry_in_doubt: object, where: str, read_only: bool) -> _OnDoubt[Any]:
+    """What ``run(..., retry_in_doubt=...)`` does with work left in doubt (see Runner.run)."""
+    if not isinstance(retry_in_doubt, bool) and retry_in_doubt != "read_only":
+        raise ValidationError(
+            'retry_in_doubt must be "read_only", True or False', field="retry_in_doubt"
+        )
+    if retry_in_doubt is False:
+        return _refuse(where)
+    if retry_in_doubt is True or read_only:  # safe to run it again
+        return _retry_as_is
+    return _replay_read_only(where)
+
+
 def _refuse(where: str) -> _OnDoubt[Any]:
     async def refused(work: _Work[T], exc: BaseException) -> tuple[_Work[T], bool]:
         raise in_doubt_error(where, exc) from exc
@@ -222,20 +235,11 @@ class Runner:
         part of itself first: it sent more than one statement, or one string of several
         (``several_statements=True``, which :meth:`execute` sets for such a string: asyncpg
         sends it in one round trip), or the error came from inside a procedure, ``DO`` block
-        or function (``CALL`` with ``COMMIT``). Other failures the
-        server answered, and failures before ``work`` was handed a connection (a connect
-        timeout included), are retried as usual.
+        or function (``CALL`` with ``COMMIT``). Other failures the server answered, and
+        failures before ``work`` was handed a connection (a connect timeout included), are
+        retried as usual.
         """
-        if not isinstance(retry_in_doubt, bool) and retry_in_doubt != "read_only":
-            raise ValidationError(
-                'retry_in_doubt must be "read_only", True or False', field="retry_in_doubt"
-            )
-        if retry_in_doubt is False:
-            on_doubt: _OnDoubt[T] = _refuse(self._where)
-        elif retry_in_doubt is True or self._read_only:  # safe to run it again
-            on_doubt = _retry_as_is
-        else:
-            on_doubt = _replay_read_only(self._where)
+        on_doubt: _OnDoubt[T] = _doubt_policy(retry_in_doubt, self._where, self._read_only)
         return await self._run(
             work, on_doubt, stateless=stateless, read=read, shard=shard, several=several_statements
         )

@@ -20,7 +20,7 @@ from docstore.core.health import Health
 from docstore.core.surface import Queries
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, SearchRecall, timed
-from docstore.models import bounded_int, half_precision_problem, query_vector
+from docstore.models import bounded_int, finite_number, half_precision_problem, query_vector
 from docstore.search import queries
 from docstore.search.filters import build_filter
 from docstore.search.indexes import SearchIndexes
@@ -170,13 +170,7 @@ class RecallEvaluator:
 def _check_seed(seed: float | None) -> float | None:
     """``evaluate_recall``'s ``seed``: None, or a finite number (not a bool) in [-1, 1]
     (``setseed``'s range), checked before anything runs."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int | float):
-        raise ValidationError("seed must be a number in [-1, 1] or None", field="seed")
-    if not (math.isfinite(seed) and -1 <= seed <= 1):
-        raise ValidationError("seed must be in [-1, 1]", field="seed")
-    return float(seed)
+    return None if seed is None else finite_number(seed, "seed", bounds=(-1, 1))
 
 
 def _sample_vectors(flt: Mapping[str, Any] | None, sample: int, seed: float | None) -> Any:

@@ -47,6 +47,7 @@ from docstore.core.surface import own_reads
 from docstore.embeddings import query_vector
 from docstore.errors import DocstoreError, QueryError, SchemaError, ValidationError
 from docstore.metrics import SearchRecall
+from docstore.models import finite_number
 from docstore.search import queries
 from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress
 from docstore.search.live_recall import (
@@ -418,9 +419,7 @@ def _grown(then: int, now: float) -> bool:
 
 
 def _check_target(target: float) -> float:
-    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
-        raise ValidationError("the recall target must be a number in (0, 1]", field="target")
-    return float(target)
+    return finite_number(target, "target", bounds=(0, 1), open_low=True, name="the recall target")
 
 
 __all__ = [

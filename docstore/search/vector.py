@@ -19,9 +19,8 @@ from typing import Any, cast
 import asyncpg
 
 from docstore.core.surface import Queries
-from docstore.errors import ValidationError
 from docstore.metrics import Metrics, timed
-from docstore.models import flag, query_vector
+from docstore.models import finite_number, flag, query_vector
 from docstore.search import planner, queries
 from docstore.search.ann_plans import IndexPlans
 from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes
@@ -358,11 +357,7 @@ def _check_arguments(
         planner.check_oversample(oversample)
     if min_similarity is None:
         return None
-    if isinstance(min_similarity, bool) or not isinstance(min_similarity, int | float):
-        raise ValidationError("min_similarity must be a number", field="min_similarity")
-    if not math.isfinite(min_similarity):
-        raise ValidationError("min_similarity must be finite", field="min_similarity")
-    return cast(float, mt.max_distance(float(min_similarity)))
+    return cast(float, mt.max_distance(finite_number(min_similarity, "min_similarity")))
 
 
 async def filtered_rows(
