@@ -16,9 +16,12 @@ repositories is available under the same name and arguments; async iterators (su
 ``store.documents.iter()``) become ordinary iterators, and async context managers
 (``transaction()``, ``acquire()``, ``try_lock()``) ordinary ``with`` blocks, entered and
 exited on the store's loop. The connection such a block gives blocks the same way
-(``conn.fetch(...)``, ``with conn.transaction():`` for a savepoint). Do not share one
-SyncStore between threads that call it concurrently — open one per thread or use the async
-API.
+(``conn.fetch(...)``, ``with conn.transaction():`` for a savepoint), and so does every
+asyncpg object it returns: ``conn.prepare(query)`` gives a statement whose ``fetch…`` block,
+and ``conn.cursor(query)`` a cursor (in a transaction, as in asyncpg) that is iterated with
+``for`` (``prefetch`` rows per round trip, 50 by default) or read with ``fetch(n)``,
+``fetchrow()`` and ``forward(n)``. No call returns a coroutine. Do not share one SyncStore
+between threads that call it concurrently — open one per thread or use the async API.
 
 Ctrl-C during a call raises :class:`KeyboardInterrupt` once the work on the loop has been
 cancelled (its connection is back in the pool); in a ``with store.transaction()`` block it
@@ -42,7 +45,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -60,10 +63,47 @@ logger = logging.getLogger("docstore")
 # a SyncStore nobody closed may take, before the caller stops waiting for them.
 _SETTLE_TIMEOUT = 10.0
 _SHUTDOWN_TIMEOUT = 30.0
+# Rows an iterated cursor fetches per round trip once opened (asyncpg's default prefetch).
+_PREFETCH = 50
 
 
 def _closed() -> DatabaseUnavailableError:
     return DatabaseUnavailableError("this SyncStore is closed")
+
+
+_ASYNC_API: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_async_api(kind: type) -> bool:
+    """Whether ``kind`` is one of asyncpg's or docstore's classes with coroutine methods (a
+    connection, pool, prepared statement, cursor, …): its objects are handed to sync code
+    wrapped, so that their calls block instead of returning coroutines."""
+    known = _ASYNC_API.get(kind)
+    if known is None:
+        known = _ASYNC_API[kind] = _find_async_api(kind)
+    return known
+
+
+def _find_async_api(kind: type) -> bool:
+    if issubclass(kind, asyncpg.Connection | PoolConnectionProxy):
+        return True
+    if not any(k.__module__.split(".")[0] in ("asyncpg", "docstore") for k in kind.__mro__):
+        return False
+    for name in dir(kind):
+        if name.startswith("_"):
+            continue
+        try:  # unwrapped: asyncpg's @guarded hides that its methods are coroutines
+            method = inspect.unwrap(getattr(kind, name))
+        except Exception:  # a descriptor that only works on an instance
+            continue
+        if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+            return True
+    return False
+
+
+def _unwrap(value: Any) -> Any:
+    """A wrapped object passed back in (``store.pool.release(conn)``) as the object itself."""
+    return value._target if isinstance(value, _SyncProxy) else value
 
 
 def _discard(awaitable: object) -> None:
@@ -210,7 +250,7 @@ class _SyncProxy:
                     item = self._runner.run(step())
                 except StopAsyncIteration:
                     return
-                yield item
+                yield self._wrap(item)
         finally:
             self._aclose(iterator)
 
@@ -226,12 +266,17 @@ class _SyncProxy:
             logger.debug("closing an abandoned docstore.sync iteration failed", exc_info=True)
 
     def _wrap(self, value: Any) -> Any:
-        if inspect.isawaitable(value):
-            return self._wrap(self._runner.run(value))
-        if isinstance(value, contextlib.AbstractAsyncContextManager):
-            return self._part(value, _SyncContext)
+        # Iterables first: an asyncpg cursor factory is awaitable too (awaited, it opens).
         if isinstance(value, AsyncIterator):
             return self._iterate(value)
+        if hasattr(type(value), "__aiter__"):
+            return self._part(value, _SyncCursor)
+        if isinstance(value, contextlib.AbstractAsyncContextManager):
+            return self._part(value, _SyncContext)  # before awaitable: pool.acquire() is both
+        if inspect.isawaitable(value):
+            return self._wrap(self._runner.run(value))
+        if _has_async_api(type(value)):  # a connection, prepared statement, cursor, pool
+            return self._part(value)
         return value
 
     def __getattr__(self, name: str) -> Any:
@@ -242,11 +287,15 @@ class _SyncProxy:
 
             @functools.wraps(value)
             def call(*args: Any, **kwargs: Any) -> Any:
+                if self._runner.closed:  # not asyncpg's "released to the pool" error
+                    raise _closed()
+                args = tuple(_unwrap(arg) for arg in args)
+                kwargs = {key: _unwrap(arg) for key, arg in kwargs.items()}
                 return self._wrap(value(*args, **kwargs))
 
             return call
-        if hasattr(value, "store"):  # store.documents, store.sources, store.replica
-            return self._part(value)
+        if hasattr(value, "store") or _has_async_api(type(value)):
+            return self._part(value)  # store.documents, store.sources, store.replica, store.pool
         return value
 
     def __dir__(self) -> list[str]:
@@ -261,10 +310,7 @@ class _SyncContext(_SyncProxy):
     connection it gives (``transaction()``, ``acquire()``) is wrapped to block as well."""
 
     def __enter__(self) -> Any:
-        value = self._runner.run(self._target.__aenter__())
-        if isinstance(value, asyncpg.Connection | PoolConnectionProxy):
-            return self._part(value)
-        return self._wrap(value)
+        return self._wrap(self._runner.run(self._target.__aenter__()))
 
     def __exit__(
         self,
@@ -283,6 +329,48 @@ class _SyncContext(_SyncProxy):
         except (asyncio.CancelledError, Exception):
             logger.debug("leaving an interrupted docstore.sync block failed", exc_info=True)
         return False
+
+
+class _SyncCursor(_SyncProxy):
+    """An asyncpg cursor (``conn.cursor(...)``, ``statement.cursor(...)``) from sync code.
+
+    Iterated, it runs as ``async for`` does (``prefetch`` rows per round trip, 50 by
+    default). Its methods (``fetch``, ``fetchrow``, ``forward``) first open it, once, as
+    ``await conn.cursor(...)`` does; iterated after that, it yields the rows that remain.
+    """
+
+    _opened: _SyncProxy | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._opened is not None:
+            return self._rest(self._opened)
+
+        async def start() -> AsyncIterator[Any]:
+            return aiter(self._target)  # on the loop, as every call: a closed store refuses
+
+        return self._iterate(self._runner.run(start()))
+
+    @staticmethod
+    def _rest(cursor: _SyncProxy) -> Iterator[Any]:
+        while rows := cursor.fetch(_PREFETCH):
+            yield from rows
+
+    def _open(self) -> Any:
+        if self._opened is None:
+            self._opened = self._part(self._runner.run(self._target))
+        return self._opened
+
+    def fetch(self, n: int, **options: Any) -> list[Any]:
+        """Blocking :meth:`asyncpg.cursor.Cursor.fetch`: the next ``n`` rows."""
+        return cast(list[Any], self._open().fetch(n, **options))
+
+    def fetchrow(self, **options: Any) -> Any:
+        """Blocking :meth:`asyncpg.cursor.Cursor.fetchrow`: the next row, or None."""
+        return self._open().fetchrow(**options)
+
+    def forward(self, n: int, **options: Any) -> int:
+        """Blocking :meth:`asyncpg.cursor.Cursor.forward`: skip ``n`` rows (how many it did)."""
+        return cast(int, self._open().forward(n, **options))
 
 
 class SyncStore(_SyncProxy):
