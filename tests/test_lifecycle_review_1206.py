@@ -286,19 +286,19 @@ def _postgres_under(directory: Path) -> list[psutil.Process]:
     return found
 
 
-def test_a_demo_stopped_by_sigterm_stops_its_server_and_deletes_its_directory(
-    tmp_path: Path,
-) -> None:
+def test_a_demo_stopped_by_sigterm_stops_its_server_and_deletes_its_directory() -> None:
     """``timeout -s TERM 4 docstore demo`` left the embedded server running and ~130 MB in
     the throwaway directory: neither the ``finally`` nor atexit ran."""
-    process = _docstore(["demo"], {"TMPDIR": str(tmp_path)}, signal.SIG_DFL)
+    process = _docstore(["demo"], {"COLUMNS": "500"}, signal.SIG_DFL)
     assert process.stdout is not None
     try:
         for line in process.stdout:
-            if "starting embedded PostgreSQL" in line:
+            if "starting embedded PostgreSQL in " in line:
                 break
+        directory = Path(line.split("starting embedded PostgreSQL in ", 1)[1].split(" ...")[0])
+        assert directory.name.startswith("docstore-demo-"), line
         deadline = time.monotonic() + 60
-        while not _postgres_under(tmp_path):  # the server is up: the demo is under way
+        while not _postgres_under(directory):  # the server is up: the demo is under way
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.1)
         time.sleep(1.0)
@@ -309,9 +309,9 @@ def test_a_demo_stopped_by_sigterm_stops_its_server_and_deletes_its_directory(
             process.kill()
     assert process.returncode == EXIT_INTERRUPTED, err
     assert "error: interrupted" in err
-    assert not list(tmp_path.glob("docstore-demo-*"))
+    assert not directory.exists()
     deadline = time.monotonic() + 20
-    while _postgres_under(tmp_path):
+    while _postgres_under(directory):
         assert time.monotonic() < deadline, "the demo's server is still running"
         time.sleep(0.1)
 
@@ -340,3 +340,21 @@ def test_finite_number_refuses_what_is_not(
     with pytest.raises(ValidationError, match=message) as info:
         finite_number(value, "x", bounds=bounds, open_low=open_low)
     assert info.value.field == "x"
+
+
+# -- root's default embedded directory ------------------------------------------------------
+@pytest.mark.skipif(os.name == "nt" or os.geteuid() != 0, reason="root's default")
+def test_roots_default_embedded_dir_is_outside_a_closed_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As root the server runs as ``pgserver``, which cannot reach ``~/.local/share`` under a
+    0700 home (docstore refuses to open it): a new root set-up uses /var/lib/docstore, an
+    existing home one is kept (its data stays found)."""
+    from docstore import config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert config._default_embedded_dir() == config.ROOT_EMBEDDED_DIR
+    existing = tmp_path / ".local" / "share" / "docstore"
+    existing.mkdir(parents=True)
+    assert config._default_embedded_dir() == existing
