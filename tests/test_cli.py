@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -329,12 +331,22 @@ def test_help_documents_the_exit_statuses() -> None:
         assert f"{code} " in result.output
 
 
-def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130() -> None:
+@pytest.mark.parametrize(
+    ("signum", "sigint"),
+    [
+        (signal.SIGINT, signal.SIG_DFL),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGTERM, signal.SIG_IGN),
+    ],
+    ids=["ctrl-c", "sigterm", "sigterm-sigint-ignored"],
+)
+def test_ctrl_c_or_sigterm_in_a_real_process_is_one_line_and_exit_130(
+    signum: signal.Signals, sigint: signal.Handlers
+) -> None:
     """SIGINT while connecting (to a port that accepts and never answers): asyncio.run
-    cancels the command and re-raises KeyboardInterrupt, which becomes one line."""
-    import signal
-    import socket
-
+    cancels the command and re-raises KeyboardInterrupt, which becomes one line. SIGTERM
+    (docker stop, timeout, systemd) the same way — it killed the process outright, with no
+    clean-up — also when SIGINT is ignored (a background job)."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
@@ -350,11 +362,11 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130() -> None:
             # SIGINT as a terminal's Ctrl-C finds it: a test run started in the background of
             # a shell without job control inherits SIGINT ignored (then Python never raises
             # KeyboardInterrupt and the command runs into its connect timeout instead)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
         conn, _ = server.accept()  # the command is inside asyncpg's connect now
         with conn:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             out, err = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED, err
     assert err.strip() == "error: interrupted" and out == ""
