@@ -4,6 +4,8 @@ naming the argument (re-exported by :mod:`docstore.models`)."""
 
 from __future__ import annotations
 
+import contextlib
+import decimal
 import math
 import numbers
 import operator
@@ -38,13 +40,18 @@ def check_key(
 
 
 def timeout_seconds(value: Any) -> None:
-    """A ``timeout`` argument: None (the default) or a number of seconds ≥ 0 (not a bool,
-    not NaN, not a string), else :class:`ValidationError`. A NaN given to asyncpg would send
-    the statement and cancel it at once; zero is refused by asyncpg itself for a statement
-    (a :class:`ValidationError` too, see :func:`docstore.failures.translate`)."""
+    """A ``timeout`` argument: None (the default) or a number of seconds ≥ 0 (numpy's and
+    ``Decimal`` too; not a bool, not NaN, not a string), else :class:`ValidationError`. A
+    NaN given to asyncpg would send the statement and cancel it at once; zero is refused by
+    asyncpg itself for a statement (a :class:`ValidationError` too, see
+    :func:`docstore.failures.translate`)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+    number = math.nan
+    if isinstance(value, numbers.Real | decimal.Decimal) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):  # Decimal("sNaN")
+            number = float(value)
+    if not number >= 0:  # NaN too
         raise ValidationError("timeout must be a number of seconds >= 0, or None", field="timeout")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import tenacity
@@ -169,7 +170,7 @@ def translate(
         return ValidationError(
             "timeout must be a positive number of seconds, or None", field="timeout"
         )
-    if ran and isinstance(exc, TimeoutError):
+    if ran and isinstance(exc, TimeoutError) and _raised_by_asyncpg(exc):
         # as the server's statement_timeout reports it (57014), not as an outage
         return QueryError(
             "the statement ran longer than its timeout (the call's timeout= or "
@@ -188,6 +189,18 @@ def translate(
         hint = " (is the schema applied? run `docstore init`)"
         return SchemaError(describe(exc, secrets) + hint)
     return QueryError(describe(exc, secrets), sqlstate=sqlstate)
+
+
+def _raised_by_asyncpg(exc: BaseException) -> bool:
+    """Whether asyncpg raised ``exc`` itself (its innermost frame is asyncpg's: a statement's
+    ``timeout``/``command_timeout``), not the caller's code around a statement (an
+    ``asyncio.timeout`` of its own, which stays the caller's error)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return "asyncpg" in Path(tb.tb_frame.f_code.co_filename).parts
 
 
 def _refused_timeout(exc: BaseException) -> bool:

@@ -103,6 +103,8 @@ def _find_async_api(kind: type) -> bool:
 
 def _unwrap(value: Any) -> Any:
     """A wrapped object passed back in (``store.pool.release(conn)``) as the object itself."""
+    if isinstance(value, _SyncAwaitableContext) and value._awaited is not None:
+        value = value._awaited
     return value._target if isinstance(value, _SyncProxy) else value
 
 
@@ -272,7 +274,8 @@ class _SyncProxy:
         if hasattr(type(value), "__aiter__"):
             return self._part(value, _SyncCursor)
         if isinstance(value, contextlib.AbstractAsyncContextManager):
-            return self._part(value, _SyncContext)  # before awaitable: pool.acquire() is both
+            both = inspect.isawaitable(value)  # pool.acquire(): with it, or use it as is
+            return self._part(value, _SyncAwaitableContext if both else _SyncContext)
         if inspect.isawaitable(value):
             return self._wrap(self._runner.run(value))
         if _has_async_api(type(value)):  # a connection, prepared statement, cursor, pool
@@ -329,6 +332,22 @@ class _SyncContext(_SyncProxy):
         except (asyncio.CancelledError, Exception):
             logger.debug("leaving an interrupted docstore.sync block failed", exc_info=True)
         return False
+
+
+class _SyncAwaitableContext(_SyncContext):
+    """Both an async context manager and an awaitable (asyncpg's ``pool.acquire()``): a
+    ``with`` block enters it; used as is (``conn = store.pool.acquire()``), it is awaited
+    once and stands for what that gave (``conn.fetchval(...)``, ``pool.release(conn)``)."""
+
+    _awaited: _SyncProxy | None = None
+
+    def awaited(self) -> Any:
+        if self._awaited is None:
+            self._awaited = self._wrap(self._runner.run(self._target))
+        return self._awaited
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.awaited(), name)
 
 
 class _SyncCursor(_SyncProxy):

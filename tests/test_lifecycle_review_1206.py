@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +27,8 @@ from docstore.cli import EXIT_INTERRUPTED, EXIT_USAGE, app
 from docstore.config import redact_url
 from docstore.errors import QueryError, ReadOnlyError, ValidationError
 from docstore.models import finite_number
-from docstore.readonly.statements import several_statements
+from docstore.readonly.server_files import statement_refusal
+from docstore.readonly.statements import may_commit_partway
 from tests.conftest import PgCluster
 
 
@@ -87,43 +89,48 @@ async def test_reload_to_a_replica_with_pgvector_elsewhere_looks_it_up_again(
         await pg.execute(f'drop database "{other}" with (force)')
 
 
-# -- several_statements: what one execute() string holds (pure) ----------------------------
+# -- may_commit_partway: can one execute() string commit part of itself? (pure) ----------
 @pytest.mark.parametrize(
     "sql",
     [
         "select 1",
-        "select 1;",
+        "commit",
         "select 1; ; -- done",
-        "select 1; /* a; b */",
-        "select ';'",
-        "select 'a'';b'",
-        'select "a;b"',
-        "select $$ ; $$",
-        "select $t$ ; $x$ ; $t$",
-        "select a$b;",
-        "select E'a\\';b'",
-        "select $1",
+        "select 1; /* a; commit */",
+        "select ';commit'",
+        "select 'a'';commit'",
+        'select "a;commit"',
+        "select $$ ; commit $$",
+        "select $t$ ; $x$ ; commit; $t$",
+        "select E'a\\';commit'",
+        "insert into t values (1); insert into t values (2)",  # one implicit transaction
+        "select 1; select $1",
     ],
 )
-def test_one_statement(sql: str) -> None:
-    assert not several_statements(sql)
+def test_a_string_that_cannot_commit_partway(sql: str) -> None:
+    assert not may_commit_partway(sql)
 
 
 @pytest.mark.parametrize(
     "sql",
     [
-        "select 1; select 2",
-        "insert into t values ('x'); commit",
+        "insert into t values ('x'); commit; select 1",
         "begin; select 1; end",
-        "select 'a\\'; commit",  # standard_conforming_strings: the backslash is a character
-        "select $1; commit",
-        "select 'unclosed",
-        "select /* unclosed",
-        "select $$ unclosed",
+        "select 1; call p()",
+        "select 1; do $$ begin commit; end $$",
+        "select 1; ROLLBACK",
+        # an identifier ending in e before a quote is no E'' prefix (PostgreSQL: name, '\')
+        "select name'\\'; insert into t values (1); commit; select 2",
+        "select 'a' like 'b' escape'\\'; commit; select 1",
+        # standard_conforming_strings off (a database or role may say so): '\'' continues
+        "select 'x\\' -- '; commit; select 1",
+        "select 1; (commit)",  # unreadable first word: may
+        "select 'unclosed; commit",
+        "select /* unclosed; commit",
     ],
 )
-def test_several_statements_or_unreadable(sql: str) -> None:
-    assert several_statements(sql)
+def test_a_string_that_may_commit_partway(sql: str) -> None:
+    assert may_commit_partway(sql)
 
 
 # -- index options out of pgvector's (or the API's) range are usage errors (exit 2) --------
@@ -339,3 +346,109 @@ def test_roots_default_embedded_dir_is_outside_a_closed_home(
     existing = tmp_path / ".local" / "share" / "docstore"
     existing.mkdir(parents=True)
     assert config._default_embedded_dir() == existing
+
+
+# -- review of this session's change (helper-61) ------------------------------------------
+async def test_a_string_without_transaction_statements_is_retried_when_the_session_ends(
+    database_url: str,
+) -> None:
+    """Several statements without COMMIT/BEGIN/CALL… run as one implicit transaction: a
+    session the server ended mid-way applied nothing, and the string is run again (the
+    first version of the in-doubt rule for strings refused it as "may or may not")."""
+    async with docstore.connect(
+        database_url, pool_min_size=1, pool_max_size=1, retry_initial_delay=0.01
+    ) as store:
+        await store.execute("create table ledger (id serial, note text)")
+        pid = await store.fetchval("select pg_backend_pid()")
+
+        async def terminate_once_sleeping() -> None:
+            admin = await asyncpg.connect(database_url)
+            try:
+                deadline = time.monotonic() + 20
+                while (
+                    await admin.fetchval(
+                        "select wait_event from pg_stat_activity where pid = $1", pid
+                    )
+                    != "PgSleep"
+                ):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                await admin.execute("select pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+
+        killer = asyncio.create_task(terminate_once_sleeping())
+        await store.execute(
+            "insert into ledger (note) values ('a'); insert into ledger (note) values ('b');"
+            " select case when (select count(*) from pg_stat_activity where pid = "
+            f"{pid}) > 0 then pg_sleep(30) end"
+        )
+        await killer
+        assert await store.fetchval("select count(*) from ledger") == 2
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select query_to_xml(E'select\\nlo_export(1, ''/tmp/x'')', true, true, '')",
+        "select query_to_xml(E'select \\x6co_export(1, ''/tmp/x'')', true, true, '')",
+        "select query_to_xml(E'select \\154o_export(1, ''/tmp/x'')', true, true, '')",
+        "select query_to_xml('select \\u006co_export(1, ''/tmp/x'')', true, true, '')",
+    ],
+)
+def test_a_file_function_spelled_with_backslash_escapes_is_refused(sql: str) -> None:
+    """Whole-identifier matching let ``E'select\\nlo_export(…)'`` through (the escape's
+    letter read as part of a longer name); an escape may also spell the name itself."""
+    assert statement_refusal(sql, "select") == "lo_export() writes to the server's filesystem"
+
+
+async def test_a_timeout_of_the_callers_own_is_not_a_statement_timeout(
+    store: docstore.Store,
+) -> None:
+    """An ``asyncio.timeout`` of the caller's around its own work was reported as the
+    statement running past its timeout (QueryError 57014)."""
+
+    async def work(conn: asyncpg.Connection) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+
+    with pytest.raises(docstore.DocstoreError) as info:
+        await store.run(work)
+    assert getattr(info.value, "sqlstate", None) != "57014"
+    assert "ran longer than its timeout" not in str(info.value)
+
+
+@pytest.mark.parametrize("timeout", [np.int64(5), np.float32(5.0), Decimal("5")])
+async def test_numeric_timeouts_of_any_real_type_are_taken(
+    store: docstore.Store, timeout: object
+) -> None:
+    assert await store.fetchval("select 1", timeout=timeout) == 1  # type: ignore[arg-type]
+
+
+def test_a_sync_pools_acquire_used_without_with_gives_a_connection(database_url: str) -> None:
+    """``conn = store.pool.acquire()`` (asyncpg's ``await pool.acquire()``) gave a context
+    object: ``conn.fetchval`` was an AttributeError and ``release(conn)`` refused it."""
+    import docstore.sync
+
+    store = docstore.sync.connect(database_url)
+    try:
+        conn = store.pool.acquire()
+        assert conn.fetchval("select 1") == 1
+        store.pool.release(conn)
+        assert store.pool_stats()[0].in_use == 0
+        with store.pool.acquire() as other:
+            assert other.fetchval("select 2") == 2
+    finally:
+        store.close()
+
+
+def test_index_create_text_ignores_the_hnsw_options() -> None:
+    """``--text`` builds the full-text index, which takes no --m: checking 2 x --m against
+    --ef-construction made ``index create --text --m 40`` a usage error."""
+    url = "postgresql://app:secret@127.0.0.1:1/docs?connect_timeout=1"
+    result = CliRunner().invoke(
+        app,
+        ["index", "create", "--text", "--m", "40", "--url", url],
+        env={"DOCSTORE_RETRY_ATTEMPTS": "1"},
+    )
+    assert result.exit_code != EXIT_USAGE, result.output

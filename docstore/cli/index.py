@@ -69,7 +69,7 @@ async def index_create(
 ) -> None:
     """Build the HNSW index searches use (on the halfvec cast above 2,000 dimensions), then
     calibrate the search settings on it; or with --text the GIN full-text index."""
-    if ef_construction < 2 * m:  # pgvector's rule, a usage error like the ranges above
+    if not text and ef_construction < 2 * m:  # pgvector's rule, a usage error like ranges
         raise typer.BadParameter(
             f"must be at least 2 x --m ({2 * m}), got {ef_construction}",
             param_hint="'--ef-construction'",

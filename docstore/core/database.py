@@ -51,7 +51,7 @@ from docstore.core.surface import ReadQueries
 from docstore.errors import DocstoreError, ReadOnlyError
 from docstore.metrics import Metrics, timed
 from docstore.readonly import create_reader_role
-from docstore.readonly.statements import cached_several_statements
+from docstore.readonly.statements import cached_may_commit_partway
 from docstore.schema import runner
 
 
@@ -223,17 +223,18 @@ class Database:
         Retried on transient failures; when the connection was lost while the statement
         ran, only as a read (:meth:`run`): a statement that writes raises
         :class:`DatabaseUnavailableError` saying it may have been applied, never runs twice.
-        A string of several statements (no ``args``) is in doubt also when the server ended
-        the session: it may have committed part of itself (``…; COMMIT; …``). On a read-only
-        store, one statement per call (:mod:`docstore.readonly`). ``timeout`` (seconds, this
-        call's instead of ``DOCSTORE_COMMAND_TIMEOUT``): a statement still running then is
-        cancelled and raises :class:`QueryError` (sqlstate ``57014``)."""
+        A string of several statements (no ``args``) with a ``COMMIT``, ``BEGIN``, ``CALL``…
+        among them is in doubt also when the server ended the session: it may have committed
+        part of itself (``…; COMMIT; …``); without one it is a single implicit transaction.
+        On a read-only store, one statement per call (:mod:`docstore.readonly`). ``timeout``
+        (seconds, this call's instead of ``DOCSTORE_COMMAND_TIMEOUT``): a statement still
+        running then is cancelled and raises :class:`QueryError` (sqlstate ``57014``)."""
         timeout_seconds(timeout)
         return await self.run(
             lambda conn: conn.execute(query, *args, timeout=timeout),
-            several_statements=not args
+            commits_partway=not args
             and isinstance(query, str)
-            and cached_several_statements(query),
+            and cached_may_commit_partway(query),
         )
 
     @timed("executemany")

@@ -22,8 +22,9 @@ settles the doubt with the server instead of guessing:
 A failure the server answered (it ended the session: a restart, a failover,
 ``pg_terminate_backend``; or 40001/40P01) rolled back only the *current* transaction. Work
 that may have committed something before it (:meth:`Handoff.committed_earlier`: more than
-one statement sent, a string of several, or the error raised inside a procedure, ``DO``
-block or function, which may run ``COMMIT``) is in doubt too, and settled the same way.
+one statement sent, one string that may commit partway, or the error raised inside a
+procedure, ``DO`` block or function, which may run ``COMMIT``) is in doubt too, and settled
+the same way.
 """
 
 from __future__ import annotations
@@ -51,14 +52,15 @@ backend has not yet noticed the client is gone)."""
 
 class Handoff:
     """Whether work was handed its connection, and how many statements it sent on it (from
-    asyncpg's protocol counter, kept past the connection's death). ``several``: the work
-    sends a string of several statements in one round trip (``execute("…; COMMIT; …")``),
+    asyncpg's protocol counter, kept past the connection's death). ``partway``: the work
+    sends one string of statements that may commit part of itself (``execute("…; COMMIT;
+    …")``, :func:`~docstore.readonly.statements.may_commit_partway`) in one round trip,
     which the counter sees as one."""
 
-    __slots__ = ("handed", "protocol", "several", "start")
+    __slots__ = ("handed", "partway", "protocol", "start")
 
-    def __init__(self, several: bool = False) -> None:
-        self.several = several
+    def __init__(self, partway: bool = False) -> None:
+        self.partway = partway
         self.handed = False
         self.protocol: Any = None
         self.start = 0
@@ -74,10 +76,10 @@ class Handoff:
 
     def committed_earlier(self, exc: BaseException) -> bool:
         """Whether work the server stopped with ``exc`` may have committed part of itself
-        first: it sent more than one statement (or one string of several), or ``exc`` was
-        raised inside server-side code (its context names a procedure, ``DO`` block or
-        function)."""
-        return self.several or self.sent() - self.start > 1 or ran_server_code(exc)
+        first: it sent more than one statement (or one string that may commit partway), or
+        ``exc`` was raised inside server-side code (its context names a procedure, ``DO``
+        block or function)."""
+        return self.partway or self.sent() - self.start > 1 or ran_server_code(exc)
 
 
 def ran_server_code(exc: BaseException) -> bool:

@@ -68,8 +68,11 @@ class CodecInit:
     then on. A reload :meth:`repoint`\ s it to the new database's schema: a pool that kept the
     old database's would fail every new connection (``unknown type``)."""
 
-    def __init__(self, schema: str | None) -> None:
+    def __init__(self, schema: str | None, *, remember: bool = True) -> None:
         self.schema = schema
+        self.remember = remember
+        """False: every new connection looks it up on its own server (a replica's pool,
+        whose server a reload may change while a connection to the old one is opening)."""
 
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
@@ -77,10 +80,13 @@ class CodecInit:
 
     async def __call__(self, conn: asyncpg.Connection) -> None:
         await register_json_codecs(conn)
-        if self.schema is None:
-            self.schema = await conn.fetchval(VECTOR_SCHEMA)
-        if self.schema is not None:
-            await register_vector_codecs(conn, self.schema)
+        schema = self.schema
+        if schema is None:
+            schema = await conn.fetchval(VECTOR_SCHEMA)
+            if self.remember:
+                self.schema = schema
+        if schema is not None:
+            await register_vector_codecs(conn, schema)
 
 
 @dataclass
@@ -148,7 +154,7 @@ async def open_replica(url: str, primary: Pool, settings: Settings) -> Pool:
         # (the read then falls back to the primary), not waiting for the pool
         "timeout": min(settings.pool_acquire_timeout / 2, REPLICA_CONNECT_TIMEOUT),
     }
-    init = CodecInit(None)
+    init = CodecInit(None, remember=False)  # one round trip per new (pooled) connection
     pool = await create_pool(
         url,
         min_size=0,

@@ -82,9 +82,7 @@ async def reload_pools(
         pools.primary.init.repoint(vector_schema)
     await repoint(pools.primary, writes)
     if reads is not None and pools.replica is not None:
-        if pools.replica.init is not None:  # the new replica's connections look it up
-            pools.replica.init.repoint(None)
-        await repoint(pools.replica, reads)
+        await repoint(pools.replica, reads)  # its connections look pgvector up themselves
     elif reads is not None:
         pools.replica = await open_replica(reads, pools.primary, settings)
     elif pools.replica is not None:

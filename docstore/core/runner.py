@@ -207,7 +207,7 @@ class Runner:
         read: bool = False,
         shard: str | None = None,
         retry_in_doubt: bool | Literal["read_only"] = "read_only",
-        several_statements: bool = False,
+        commits_partway: bool = False,
     ) -> T:
         """Run ``work(connection)`` on a pooled connection, retrying transient failures.
 
@@ -232,16 +232,17 @@ class Runner:
         ``work`` twice does no harm (a versioned schema migration): it is retried as is.
         ``retry_in_doubt=False``: raise that error at once. A failure the server answered
         (it ended the session, 40001, 40P01) is in doubt too when ``work`` may have committed
-        part of itself first: it sent more than one statement, or one string of several
-        (``several_statements=True``, which :meth:`execute` sets for such a string: asyncpg
-        sends it in one round trip), or the error came from inside a procedure, ``DO`` block
-        or function (``CALL`` with ``COMMIT``). Other failures the server answered, and
+        part of itself first: it sent more than one statement, or one string of statements
+        that may (``commits_partway=True``, which :meth:`execute` sets for a string with a
+        ``COMMIT``, ``BEGIN``, ``CALL``… among several: asyncpg sends it in one round trip),
+        or the error came from inside a procedure, ``DO`` block or function (``CALL`` with
+        ``COMMIT``). Other failures the server answered, and
         failures before ``work`` was handed a connection (a connect timeout included), are
         retried as usual.
         """
         on_doubt: _OnDoubt[T] = _doubt_policy(retry_in_doubt, self._where, self._read_only)
         return await self._run(
-            work, on_doubt, stateless=stateless, read=read, shard=shard, several=several_statements
+            work, on_doubt, stateless=stateless, read=read, shard=shard, partway=commits_partway
         )
 
     @timed("run_in_transaction")
@@ -290,10 +291,10 @@ class Runner:
         stateless: bool = False,
         read: bool = False,
         shard: str | None = None,
-        several: bool = False,
+        partway: bool = False,
     ) -> T:
         token = STATELESS.set(stateless)
-        handoff = Handoff(several)
+        handoff = Handoff(partway)
         doubt: list[BaseException] = []  # a failure that left work in doubt, still unsettled
 
         async def settle(exc: BaseException) -> None:

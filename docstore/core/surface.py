@@ -51,7 +51,7 @@ class Queries(Protocol):
         read: bool = False,
         shard: str | None = None,
         retry_in_doubt: bool | Literal["read_only"] = "read_only",
-        several_statements: bool = False,
+        commits_partway: bool = False,
     ) -> T: ...
     async def run_in_transaction(
         self,

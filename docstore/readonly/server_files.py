@@ -15,8 +15,8 @@ statement's text, before it is sent:
   could read two ways (string continuation across a newline, an unterminated token, a NUL)
   is refused;
 * a statement that names one of :data:`FILE_FUNCTIONS` anywhere in its text (in any case,
-  quoted or not, ``U&"…"`` escapes decoded; in a string literal too, since functions such as
-  ``query_to_xml`` run SQL given as text) is refused.
+  quoted or not, ``U&"…"`` and backslash escapes decoded; in a string literal too, since
+  functions such as ``query_to_xml`` run SQL given as text) is refused.
 
 Both hold for every role (for one without those privileges the server would refuse anyway:
 the error is :class:`~docstore.errors.ReadOnlyError` rather than a permission error).
@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import re
 
-from docstore.readonly.statements import comment_end
+from docstore.readonly.lexer import Unreadable, tokens
 
 FILE_FUNCTIONS = frozenset(
     {
@@ -63,144 +63,13 @@ _NAMES_RE = re.compile(
     + "|".join(sorted(FILE_FUNCTIONS))
     + r")(?![a-z0-9_$\x80-\U0010ffff])"
 )
+# Anywhere, in text with a backslash: in an E'' string "\nlo_export(" names the function,
+# though the escape's letter reads as part of a longer word.
+_NAMES_ANYWHERE_RE = re.compile("|".join(sorted(FILE_FUNCTIONS)))
 # Cheap substring tests first: a statement with none of these needs no closer look.
 _SUSPECT = ("copy", "u&", "lo_export", "pg_file_", "replication_slot")
 _UNICODE_RE = re.compile(r"""u&(["'])((?:(?!\1).|\1\1)*)\1""", re.IGNORECASE | re.DOTALL)
 _UESCAPE_RE = re.compile(r"uescape\s*'([^'])'", re.IGNORECASE)
-
-# -- a lexer of PostgreSQL's SQL, for the boundaries of its tokens ----------------------------
-
-_SPACE = " \t\n\r\f\v"
-_IDENT_RE = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*")
-_DOLLAR_RE = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$")
-_PARAM_RE = re.compile(r"\$[0-9]+")
-
-Token = tuple[str, str]
-"""``(kind, text)``: ``word`` (an unquoted name or keyword, ASCII lower case), ``name`` (a
-quoted one), ``string``, ``param``, ``punct`` (one character)."""
-
-
-class _Unreadable(Exception):
-    """Text whose tokens the lexer cannot be sure of."""
-
-
-def _check_not_continued(sql: str, i: int) -> None:
-    """After a string ending at ``i``: blanks and ``--`` comments holding a line break, then a
-    quote, which PostgreSQL reads as the same string continued (in the first one's mode). This
-    is a superset of its rule; such text is refused rather than read one way."""
-    n, newline = len(sql), False
-    while i < n:
-        if sql[i] in _SPACE:
-            newline = newline or sql[i] in "\r\n"
-            i += 1
-        elif sql.startswith("--", i):
-            while i < n and sql[i] not in "\r\n":
-                i += 1
-        else:
-            break
-    if newline and sql.startswith("'", i):
-        raise _Unreadable("a string continued over a line break")
-
-
-def _comment_end(sql: str, i: int) -> int:
-    """The end of the (nested) ``/* */`` comment starting at ``i``."""
-    end = comment_end(sql, i)
-    if end is None:
-        raise _Unreadable("an unterminated comment")
-    return end
-
-
-def _string_end(sql: str, i: int, backslashes: bool, doubling: bool = True) -> int:
-    """The end of the string whose opening quote is at ``i``."""
-    n = len(sql)
-    i += 1
-    while i < n:
-        c = sql[i]
-        if backslashes and c == "\\":
-            i += 2
-        elif c == "'":
-            if doubling and sql.startswith("''", i):
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
-    raise _Unreadable("an unterminated string")
-
-
-def _tokens(sql: str, *, standard_strings: bool = True) -> list[Token]:
-    """The tokens of ``sql`` as PostgreSQL's lexer delimits them (comments dropped), with
-    ``standard_conforming_strings`` as given. Raises :class:`_Unreadable` for text it cannot
-    delimit with certainty (unterminated tokens, a string continued over a line break, a NUL,
-    a bit string followed by a quote)."""
-    if "\x00" in sql:
-        raise _Unreadable("a NUL character")
-    out: list[Token] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in _SPACE:
-            i += 1
-        elif sql.startswith("--", i):
-            while i < n and sql[i] not in "\r\n":
-                i += 1
-        elif sql.startswith("/*", i):
-            i = _comment_end(sql, i)
-        elif c == "'":
-            i = _string_end(sql, i, not standard_strings)
-            out.append(("string", ""))
-            _check_not_continued(sql, i)
-        elif c == '"':
-            j = i + 1
-            while True:
-                j = sql.find('"', j)
-                if j < 0:
-                    raise _Unreadable("an unterminated quoted name")
-                if not sql.startswith('""', j):
-                    break
-                j += 2
-            out.append(("name", sql[i + 1 : j].replace('""', '"')))
-            i = j + 1
-        elif c == "$":
-            if param := _PARAM_RE.match(sql, i):
-                out.append(("param", param.group()))
-                i = param.end()
-            elif tag := _DOLLAR_RE.match(sql, i):
-                end = sql.find(tag.group(), tag.end())
-                if end < 0:
-                    raise _Unreadable("an unterminated dollar-quoted string")
-                out.append(("string", ""))
-                i = end + len(tag.group())
-            else:
-                out.append(("punct", c))
-                i += 1
-        elif word := _IDENT_RE.match(sql, i):
-            text, i = word.group(), word.end()
-            prefix = text.lower() if len(text) == 1 else ""
-            if prefix and sql.startswith("'", i):  # E'…', B'…', X'…', N'…'
-                escapes = prefix == "e" or (prefix == "n" and not standard_strings)
-                bits = prefix in "bx"
-                i = _string_end(sql, i, escapes, doubling=not bits)
-                if bits and sql.startswith("'", i):
-                    raise _Unreadable("a bit string followed by a quote")
-                out.append(("string", ""))
-                _check_not_continued(sql, i)
-            elif prefix == "u" and sql.startswith("&'", i):
-                i = _string_end(sql, i + 1, False)
-                out.append(("string", ""))
-                _check_not_continued(sql, i)
-            elif prefix == "u" and sql.startswith('&"', i):
-                out.append(("punct", "&"))  # the quoted name follows, read on the next turn
-                i += 1
-            else:
-                out.append(("word", text.translate(_ASCII_LOWER)))
-        else:
-            out.append(("punct", c))
-            i += 1
-    return out
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 # -- the checks ---------------------------------------------------------------------------
 
@@ -208,8 +77,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 def _copies_to_stdout(sql: str, standard_strings: bool) -> bool:
     """Whether ``sql`` (a COPY) reads as ``COPY <table or (query)> TO STDOUT …``."""
     try:
-        found = _tokens(sql, standard_strings=standard_strings)
-    except _Unreadable:
+        found = tokens(sql, standard_strings=standard_strings)
+    except Unreadable:
         return False
     depth = 0
     for k, (kind, text) in enumerate(found):
@@ -245,6 +114,28 @@ def _unicode_decoded(sql: str) -> str:
     return "\n".join(decoded)
 
 
+_BACKSLASH_RE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[0-7]{1,3}|.)")
+_BACKSLASH_LETTERS = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _backslash_decoded(sql: str) -> str:
+    """``sql`` with every backslash escape decoded as in an ``E''`` string (``\\x6c`` is
+    ``l``): what a string PostgreSQL reads with escapes may spell. Applied to the whole text
+    (which parts are such strings depends on ``standard_conforming_strings``)."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code[0] in "xuU" and len(code) > 1:
+            value = int(code[1:], 16)
+        elif code[0] in "01234567":
+            value = int(code, 8)
+        else:
+            return _BACKSLASH_LETTERS.get(code, code)
+        return chr(value) if value < 0x110000 else ""
+
+    return _BACKSLASH_RE.sub(one, sql)
+
+
 def _code_point(hex_digits: str | None, escape: str) -> str:
     if hex_digits is None:
         return escape
@@ -254,8 +145,8 @@ def _code_point(hex_digits: str | None, escape: str) -> str:
 
 def _statement_refusal(sql: str, keyword: str | None) -> str | None:
     low = sql.lower()
-    if not any(suspect in low for suspect in _SUSPECT):
-        return None
+    if not any(suspect in low for suspect in _SUSPECT) and "\\" not in low:
+        return None  # (a backslash escape may spell a name: E'\\x6co_export(…)')
     # a COPY whose first keyword the guard could not read is checked as a COPY all the same
     copy = keyword == "copy" or (keyword is None and "copy" in low)
     if copy and not all(_copies_to_stdout(sql, s) for s in (True, False)):
@@ -264,6 +155,8 @@ def _statement_refusal(sql: str, keyword: str | None) -> str | None:
             "COPY … TO STDOUT (copy_from_query, copy_from_table) runs"
         )
     names = _NAMES_RE.search(low)
+    if names is None and "\\" in low:  # E'' strings (or plain ones, escapes on)
+        names = _NAMES_ANYWHERE_RE.search(low + "\n" + _backslash_decoded(sql).lower())
     if names is None and "u&" in low:
         names = _NAMES_RE.search(_unicode_decoded(sql).lower())
     if names is not None:

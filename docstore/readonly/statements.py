@@ -13,6 +13,8 @@ import functools
 import re
 from typing import Literal
 
+from docstore.readonly.lexer import Token, Unreadable, comment_end, tokens
+
 # Statements that cannot commit, begin or end a transaction, so one of them may run on its
 # own (an implicit transaction under the session's read-only default). CALL and DO can commit
 # outside a transaction block; every other statement that can is a transaction statement.
@@ -47,21 +49,6 @@ _SPACE = " \t\n\r\f\v"
 _WORD_RE = re.compile(r"[A-Za-z]+")
 
 
-def comment_end(sql: str, i: int) -> int | None:
-    """The end of the (nested) ``/* */`` comment starting at ``i``; None if unterminated."""
-    depth, i, n = 1, i + 2, len(sql)
-    while depth:
-        if i >= n:
-            return None
-        if sql.startswith("/*", i):
-            depth, i = depth + 1, i + 2
-        elif sql.startswith("*/", i):
-            depth, i = depth - 1, i + 2
-        else:
-            i += 1
-    return i
-
-
 def leading_keyword(sql: str) -> str | None:
     """The first keyword of ``sql`` in lower case, past whitespace, ``--`` and (nested)
     ``/* */`` comments and opening parentheses, as PostgreSQL's lexer reads them; None when
@@ -93,80 +80,40 @@ def leading_keyword(sql: str) -> str | None:
     return match.group().lower()
 
 
-_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
-_IDENTIFIER_CHARS = frozenset("_$")
+TRANSACTION_KEYWORDS = frozenset(
+    {"commit", "end", "rollback", "abort", "begin", "start", "prepare", "call", "do"}
+)
+"""Statements that end, begin or may commit a transaction inside a string of several
+(``CALL`` and ``DO`` may ``COMMIT``): without one, PostgreSQL runs the whole string as one
+implicit transaction."""
 
 
-def _quoted_end(sql: str, i: int) -> int | None:
-    """The end of the quoted token at ``i`` (``'…'``, ``E'…'``, ``"…"``, ``$tag$…$tag$``);
-    None if it never closes. ``i`` is the quote (for ``E'…'``, the quote after the E)."""
-    n = len(sql)
-    if sql[i] == "$":
-        tag = _DOLLAR_TAG_RE.match(sql, i)
-        assert tag is not None
-        end = sql.find(tag.group(), tag.end())
-        return None if end < 0 else end + len(tag.group())
-    quote, escapes = sql[i], i > 0 and sql[i - 1] in "eE" and sql[i] == "'"
-    i += 1
-    while i < n:
-        if escapes and sql[i] == "\\":
-            i += 2
-        elif sql[i] == quote:
-            if sql.startswith(quote * 2, i):
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
-    return None
-
-
-def several_statements(sql: str) -> bool:
-    """Whether ``sql`` holds more than one statement: a ``;`` outside quotes and comments
-    with more than whitespace, comments or ``;`` after it, as PostgreSQL's lexer reads it
-    (``standard_conforming_strings`` on). Sent as one ``execute()`` string, such statements
-    may commit part of themselves (``…; COMMIT; …``) before a later one fails. Anything it
-    cannot read (an unclosed quote or comment) counts as several: the answer only ever makes
-    a failure count as in doubt (:mod:`docstore.core.doubt`)."""
-    i, n, ended = 0, len(sql), False
-    while i < n:
-        char = sql[i]
-        if char in _SPACE:
-            i += 1
-            continue
-        if sql.startswith("--", i):
-            while i < n and sql[i] not in "\r\n":
-                i += 1
-            continue
-        if sql.startswith("/*", i):
-            end = comment_end(sql, i)
-            if end is None:
-                return True
-            i = end
-            continue
-        if char == ";":
-            ended = True
-            i += 1
-            continue
-        if ended:
-            return True  # a statement after a ';'
-        if char in "'\"" or (char == "$" and _starts_dollar_quote(sql, i)):
-            end = _quoted_end(sql, i)
-            if end is None:
-                return True
-            i = end
-        else:
-            i += 1
+def may_commit_partway(sql: str) -> bool:
+    """Whether ``sql``, sent as one ``execute()`` string, may commit part of itself before a
+    later statement fails: it holds several statements and one of them is a
+    :data:`TRANSACTION_KEYWORDS` statement (``INSERT …; COMMIT; SELECT …``). Read by
+    :func:`~docstore.readonly.lexer.tokens` with and without ``standard_conforming_strings``
+    (a database or role may turn it off); text it cannot delimit, or a statement whose first
+    word it cannot read, counts as "may": the answer only ever makes a failure count as in
+    doubt (:mod:`docstore.core.doubt`)."""
+    for standard_strings in (True, False):
+        try:
+            found = tokens(sql, standard_strings=standard_strings)
+        except Unreadable:
+            return True
+        firsts: list[Token] = []
+        starting = True
+        for token in found:
+            if token == ("punct", ";"):
+                starting = True
+            elif starting and token != ("punct", "("):
+                firsts.append(token)
+                starting = False
+        if len(firsts) > 1 and any(
+            kind != "word" or word in TRANSACTION_KEYWORDS for kind, word in firsts
+        ):
+            return True
     return False
-
-
-def _starts_dollar_quote(sql: str, i: int) -> bool:
-    """A ``$`` at ``i`` opens a dollar quote: not part of an identifier (``a$b``) nor a
-    parameter (``$1``)."""
-    before = sql[i - 1] if i else " "
-    if before.isalnum() or before in _IDENTIFIER_CHARS or ord(before) >= 0x80:
-        return False
-    return _DOLLAR_TAG_RE.match(sql, i) is not None
 
 
 _CACHEABLE = 4096  # characters: docstore's own statements are shorter, and few
@@ -207,12 +154,12 @@ def _classify(sql: str) -> Classified:
 
 
 _classify_cached = functools.lru_cache(maxsize=512)(_classify)
-_several_cached = functools.lru_cache(maxsize=512)(several_statements)
+_partway_cached = functools.lru_cache(maxsize=512)(may_commit_partway)
 
 
-def cached_several_statements(sql: str) -> bool:
-    """:func:`several_statements`, remembered for the short strings a store repeats."""
-    return _several_cached(sql) if len(sql) <= _CACHEABLE else several_statements(sql)
+def cached_may_commit_partway(sql: str) -> bool:
+    """:func:`may_commit_partway`, remembered for the short strings a store repeats."""
+    return _partway_cached(sql) if len(sql) <= _CACHEABLE else may_commit_partway(sql)
 
 
 def classify(sql: str) -> Classified:
