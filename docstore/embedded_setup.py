@@ -49,8 +49,9 @@ def prepare_directory(directory: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigurationError(
-            f"DOCSTORE_EMBEDDED_DIR: cannot use {directory} as the embedded PostgreSQL's "
-            f"directory ({reason}): set it to a directory this user may create and write"
+            f"cannot use {directory} as the embedded PostgreSQL's directory ({reason}): set "
+            "DOCSTORE_EMBEDDED_DIR (docstore demo: --data-dir) to a directory this user may "
+            "create and write"
         ) from exc
 
 

@@ -375,4 +375,5 @@ def test_ctrl_c_or_sigterm_in_a_real_process_is_one_line_and_exit_130(
 def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").touch()
     result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "file" / "sub")])
-    assert "Not a directory" in one_error_line(result, "NotADirectoryError")
+    line = one_error_line(result, "ConfigurationError")
+    assert "Not a directory" in line and "--data-dir" in line
