@@ -28,6 +28,26 @@ def comment_end(sql: str, i: int) -> int | None:
     return i
 
 
+def blank_end(sql: str, i: int, also: str = "") -> int | None:
+    """Where what starts at ``i`` stops being whitespace, ``--`` and (nested) ``/* */``
+    comments (and characters of ``also``); None if a comment never closes."""
+    n = len(sql)
+    while i < n:
+        if sql[i] in _SPACE or sql[i] in also:
+            i += 1
+        elif sql.startswith("--", i):
+            while i < n and sql[i] not in "\r\n":
+                i += 1
+        elif sql.startswith("/*", i):
+            end = comment_end(sql, i)
+            if end is None:
+                return None
+            i = end
+        else:
+            break
+    return i
+
+
 _SPACE = " \t\n\r\f\v"
 _IDENT_RE = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*")
 _DOLLAR_RE = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$")
@@ -60,14 +80,6 @@ def _check_not_continued(sql: str, i: int) -> None:
         raise Unreadable("a string continued over a line break")
 
 
-def _comment_end(sql: str, i: int) -> int:
-    """The end of the (nested) ``/* */`` comment starting at ``i``."""
-    end = comment_end(sql, i)
-    if end is None:
-        raise Unreadable("an unterminated comment")
-    return end
-
-
 def _string_end(sql: str, i: int, backslashes: bool, doubling: bool = True) -> int:
     """The end of the string whose opening quote is at ``i``."""
     n = len(sql)
@@ -96,15 +108,14 @@ def tokens(sql: str, *, standard_strings: bool = True) -> list[Token]:
     out: list[Token] = []
     i, n = 0, len(sql)
     while i < n:
+        blank = blank_end(sql, i)
+        if blank is None:
+            raise Unreadable("an unterminated comment")
+        if blank > i:
+            i = blank
+            continue
         c = sql[i]
-        if c in _SPACE:
-            i += 1
-        elif sql.startswith("--", i):
-            while i < n and sql[i] not in "\r\n":
-                i += 1
-        elif sql.startswith("/*", i):
-            i = _comment_end(sql, i)
-        elif c == "'":
+        if c == "'":
             i = _string_end(sql, i, not standard_strings)
             out.append(("string", ""))
             _check_not_continued(sql, i)

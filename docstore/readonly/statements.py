@@ -13,7 +13,7 @@ import functools
 import re
 from typing import Literal
 
-from docstore.readonly.lexer import Token, Unreadable, comment_end, tokens
+from docstore.readonly.lexer import Token, Unreadable, blank_end, tokens
 
 # Statements that cannot commit, begin or end a transaction, so one of them may run on its
 # own (an implicit transaction under the session's read-only default). CALL and DO can commit
@@ -45,7 +45,6 @@ _SET_LOCAL = (
 _SET_LOCALS_RE = re.compile(
     rf"\s*{_SET_LOCAL}(?:\s*;\s*{_SET_LOCAL})*\s*;?\s*", re.IGNORECASE | re.ASCII
 )
-_SPACE = " \t\n\r\f\v"
 _WORD_RE = re.compile(r"[A-Za-z]+")
 
 
@@ -57,20 +56,10 @@ def leading_keyword(sql: str) -> str | None:
     The guard only trusts the answer to let a statement skip its ``BEGIN READ ONLY`` wrapper,
     so anything it cannot read is treated as a statement that might write.
     """
-    i, n = 0, len(sql)
-    while i < n:
-        if sql[i] in _SPACE or sql[i] == "(":
-            i += 1
-        elif sql.startswith("--", i):
-            while i < n and sql[i] not in "\r\n":
-                i += 1
-        elif sql.startswith("/*", i):
-            end = comment_end(sql, i)
-            if end is None:
-                return None
-            i = end
-        else:
-            break
+    n = len(sql)
+    i = blank_end(sql, 0, "(")
+    if i is None:
+        return None
     match = _WORD_RE.match(sql, i)
     if match is None:
         return None
