@@ -452,3 +452,20 @@ def test_index_create_text_ignores_the_hnsw_options() -> None:
         env={"DOCSTORE_RETRY_ATTEMPTS": "1"},
     )
     assert result.exit_code != EXIT_USAGE, result.output
+
+
+def test_a_sigterm_during_a_commands_clean_up_does_not_cut_it_short() -> None:
+    """The demo's clean-up (release its server, delete its directory) ran after the
+    SIGTERM handler was restored: a second SIGTERM then killed it half-way."""
+    script = (
+        "import os, signal\n"
+        "from docstore.cli.base import sigterm_ignored\n"
+        "with sigterm_ignored():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('cleaned up', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # afterwards: the previous disposition again\n"
+        "print('not reached', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout == "cleaned up\n", done.stderr
+    assert done.returncode == -signal.SIGTERM

@@ -247,6 +247,21 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def sigterm_ignored() -> Iterator[None]:
+    """SIGTERM ignored while a command cleans up on its way out (its first SIGTERM already
+    stopped it, see :func:`run_async`): a second one would kill the clean-up half-way. Only
+    in the main thread (where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _interrupted(runner: asyncio.Runner, exc: BaseException) -> bool:
     """Whether ``exc`` is what a Ctrl-C left behind: its cause/context chain holds a
     ``KeyboardInterrupt``, or the ``CancelledError`` of the command the runner cancelled on

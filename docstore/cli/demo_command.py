@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from docstore import cli
-from docstore.cli.base import console, run_async
+from docstore.cli.base import console, run_async, sigterm_ignored
 from docstore.cli.progress import MigrationBars
 from docstore.demo import DEMO_DOCS, build_sample_legacy, hash_embedding
 from docstore.migrate import Migrator
@@ -97,8 +97,12 @@ def demo(
     if data_dir is not None:
         run_async(lambda: body(data_dir))
         return
-    with tempfile.TemporaryDirectory(prefix="docstore-demo-") as tmp:
-        try:
-            run_async(lambda: body(Path(tmp)))
-        finally:
-            cli.release_embedded(Path(tmp))
+    tmp = tempfile.TemporaryDirectory(prefix="docstore-demo-")
+    try:
+        run_async(lambda: body(Path(tmp.name)))
+    finally:
+        # stopping already (done, failed, Ctrl-C or SIGTERM): a SIGTERM now must not leave
+        # the server running and the directory behind
+        with sigterm_ignored():
+            cli.release_embedded(Path(tmp.name))
+            tmp.cleanup()
