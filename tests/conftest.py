@@ -238,6 +238,29 @@ def empty_database_url(pg: PgCluster) -> Iterator[str]:
 
 
 @pytest.fixture
+def ext_schema_url(pg: PgCluster) -> Iterator[str]:
+    """A docstore database whose pgvector lives in schema ``ext`` (a logical replica or
+    another database need not keep it where the primary does)."""
+    name = pg.create_database()
+    pg.run(f'alter database "{name}" set search_path = public, ext')
+    url = pg.url(name)
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("create schema ext")
+            await conn.execute("create extension vector schema ext")
+        finally:
+            await conn.close()
+        async with docstore.connect(url):  # applies docstore's schema there
+            pass
+
+    asyncio.run(setup())
+    yield url
+    pg.drop_database(name)
+
+
+@pytest.fixture
 async def store(database_url: str) -> AsyncIterator[docstore.Store]:
     async with docstore.connect(database_url) as s:
         yield s

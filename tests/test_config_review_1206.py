@@ -218,19 +218,10 @@ async def test_reload_refuses_a_legacy_database(
 
 
 async def test_reload_reads_the_new_databases_vector_schema(
-    store: docstore.Store, empty_database_url: str
+    store: docstore.Store, ext_schema_url: str
 ) -> None:
-    name = _database(empty_database_url)
-    conn = await asyncpg.connect(empty_database_url)
-    try:
-        await conn.execute("create schema ext")
-        await conn.execute("create extension vector schema ext")
-        await conn.execute(f'alter database "{name}" set search_path = public, ext')
-    finally:
-        await conn.close()
-    async with docstore.connect(empty_database_url):  # applies docstore's schema there
-        pass
-    await store.reload(empty_database_url)
+    name = _database(ext_schema_url)
+    await store.reload(ext_schema_url)
     assert await store.fetchval("select 1") == 1
     assert await store.documents.count() == 0
     assert await store.fetchval("select current_database()") == name

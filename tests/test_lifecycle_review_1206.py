@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,29 +33,6 @@ from tests.conftest import PgCluster
 
 def _database(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
-
-
-@pytest.fixture
-def ext_schema_url(pg: PgCluster) -> Iterator[str]:
-    """A docstore database whose pgvector lives in schema ``ext`` (a logical replica or
-    another database need not keep it where the primary does)."""
-    name = pg.create_database()
-    pg.run(f'alter database "{name}" set search_path = public, ext')
-    url = pg.url(name)
-
-    async def setup() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute("create schema ext")
-            await conn.execute("create extension vector schema ext")
-        finally:
-            await conn.close()
-        async with docstore.connect(url):  # applies docstore's schema there
-            pass
-
-    asyncio.run(setup())
-    yield url
-    pg.drop_database(name)
 
 
 async def test_a_replica_with_pgvector_in_another_schema_decodes_vectors(
