@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from docstore.errors import FilterError
 from docstore.search.filters import OPERATORS, build_filter
+from tests.fuzzing import examples
 
 MARK = "ZQXW"
 
@@ -124,7 +125,7 @@ json_values = st.recursive(
 marked_text = st.text().map(lambda s: s + MARK)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(key=marked_text, value=json_values, op=st.sampled_from([*sorted(OPERATORS), "$bogus"]))
 def test_no_key_or_value_ever_reaches_the_sql_text(key: str, value: Any, op: str) -> None:
     for field in (key, "metadata." + key, "source_name"):
@@ -136,7 +137,7 @@ def test_no_key_or_value_ever_reaches_the_sql_text(key: str, value: Any, op: str
             assert MARK not in sql
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(value=marked_text, op=st.sampled_from(sorted(OPERATORS)))
 def test_marked_string_values_never_reach_the_sql_text(value: str, op: str) -> None:
     for field in ("metadata.k", "doc_path"):

@@ -14,6 +14,7 @@ import docstore
 from docstore import Document
 from docstore.errors import FilterError
 from docstore.search.filters import build_filter
+from tests.fuzzing import examples
 
 ROWS = [
     ("rust", "tokio", "1.0", 10, ["rt", "net"]),
@@ -199,7 +200,7 @@ _scalars = st.one_of(
 
 
 @settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

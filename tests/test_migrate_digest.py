@@ -19,6 +19,7 @@ import docstore
 from docstore.migrate import Migrator, digest
 from docstore.migrate.digest import EMBEDDING_FIELD, FoldedDigest, sent_digest
 from tests.conftest import PgCluster
+from tests.fuzzing import examples
 from tests.legacy_db import legacy_database, legacy_execute
 
 Row = Sequence[bytes | None]
@@ -81,7 +82,7 @@ def test_the_folded_digest_is_the_hash_of_the_folded_stream_wherever_the_stream_
     assert raw.digest() == xxhash.xxh3_128(stream).digest() != expected
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     embeddings=st.lists(st.one_of(st.none(), st.binary(min_size=0, max_size=300)), max_size=6),
     points=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),

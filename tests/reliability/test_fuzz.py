@@ -45,6 +45,7 @@ import docstore
 from docstore import Document, FilterError, Source, ValidationError
 from docstore.cli import app
 from docstore.search.filters import OPERATORS
+from tests.fuzzing import examples
 from tests.reliability.conftest import DIM, PASSWORD, Figures, url_with_user
 
 pytestmark = [
@@ -64,12 +65,14 @@ MARK_TEXT = "1234.567"
 """Every rendering of the marker component (``1234.5677``, ``1234.5677490234375``) has it."""
 
 DB_SETTINGS = settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 PURE_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
@@ -657,7 +660,7 @@ def _catalog(env: Env) -> tuple[Any, ...]:
 
 
 @settings(
-    max_examples=100,
+    max_examples=examples(100),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -47,6 +47,7 @@ import docstore
 from docstore import Document, ValidationError
 from docstore.compat.legacy_api import LegacyDatabase
 from docstore.models import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR, query_vector
+from tests.fuzzing import examples
 from tests.reliability.conftest import DIM, PASSWORD, Figures
 
 pytestmark = [
@@ -60,10 +61,12 @@ MARK_TEXT = "1234.567"
 ECHOED_FLOAT = re.compile(r"\d\.\d{4,}")  # any float's repr with 4+ decimals
 
 PURE_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 DB_SETTINGS = settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -50,6 +50,7 @@ import docstore
 from docstore import config
 from docstore.cli import app
 from docstore.errors import ConfigurationError, DatabaseUnavailableError
+from tests.fuzzing import examples
 from tests.reliability.conftest import Figures
 from tests.test_config import asyncpg_reading
 
@@ -59,10 +60,12 @@ OUTCOMES: dict[str, collections.Counter[str]] = collections.defaultdict(collecti
 """Per entry point: how the examples ended (printed with the figures)."""
 
 PURE = settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(400),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 CONNECTING = settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
