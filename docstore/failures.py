@@ -178,6 +178,13 @@ def translate(
             "outside a transaction may or may not have been applied",
             sqlstate=STATEMENT_TIMED_OUT,
         )
+    if ran and isinstance(exc, TimeoutError) and not _passed_through_asyncpg(exc):
+        # the caller's own timeout inside its work (asyncio.timeout around a sleep or an
+        # await of its own): neither an outage nor a statement's timeout
+        return QueryError(
+            "the work raised a TimeoutError of its own (a timeout in the caller's code, "
+            "not a database or statement timeout; it is this error's __cause__)"
+        )
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
@@ -201,6 +208,17 @@ def _raised_by_asyncpg(exc: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return "asyncpg" in Path(tb.tb_frame.f_code.co_filename).parts
+
+
+def _passed_through_asyncpg(exc: BaseException) -> bool:
+    """Whether any frame ``exc`` was raised through is asyncpg's (a statement, a connection
+    reset or close that timed out, even through an ``asyncio.wait_for`` inside asyncpg)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if "asyncpg" in Path(tb.tb_frame.f_code.co_filename).parts:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _refused_timeout(exc: BaseException) -> bool:

@@ -388,10 +388,30 @@ async def test_a_timeout_of_the_callers_own_is_not_a_statement_timeout(
         async with asyncio.timeout(0.01):
             await asyncio.sleep(1)
 
-    with pytest.raises(docstore.DocstoreError) as info:
+    with pytest.raises(docstore.QueryError) as info:
         await store.run(work)
     assert getattr(info.value, "sqlstate", None) != "57014"
     assert "ran longer than its timeout" not in str(info.value)
+    assert "TimeoutError of its own" in str(info.value)
+    assert isinstance(info.value.__cause__, TimeoutError)
+
+
+async def test_a_timeout_of_the_callers_own_around_a_statement_is_not_an_outage(
+    store: docstore.Store,
+) -> None:
+    """The caller's ``asyncio.timeout`` cancelling its own statement was reported as the
+    database being unavailable (``DatabaseUnavailableError``), the error an outage raises;
+    the store stays usable afterwards."""
+
+    async def work(conn: asyncpg.Connection) -> None:
+        async with asyncio.timeout(0.05):
+            await conn.execute("select pg_sleep(5)")
+
+    with pytest.raises(docstore.QueryError) as info:
+        await store.run(work)
+    assert not isinstance(info.value, docstore.DatabaseUnavailableError)
+    assert "TimeoutError of its own" in str(info.value)
+    assert await store.fetchval("select 1") == 1
 
 
 @pytest.mark.parametrize("timeout", [np.int64(5), np.float32(5.0), Decimal("5")])
