@@ -3,6 +3,8 @@ SQL that sizes a filter — pure functions, no database (tests/test_search.py ru
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from docstore.search import filter_size, planner, queries
@@ -92,10 +94,13 @@ def test_unsized_filters_plan_as_before() -> None:
 
 def test_the_second_pass_reads_a_quarter_of_its_ef_search_within_bounds() -> None:
     p = plan(None)
-    assert planner.escalation_candidates(p, 10, 4) == 160  # 640 // 4
-    assert planner.escalation_candidates(p, 10, 100) == planner.MAX_LIMIT
+    assert p.oversample == 4
+    assert planner.escalation_candidates(p, 10) == 160  # 640 // 4
+    assert planner.escalation_candidates(dataclasses.replace(p, oversample=100), 10) == (
+        planner.MAX_LIMIT
+    )
     low = plan(None, calibration=calibration(escalation_ef_search=80))
-    assert planner.escalation_candidates(low, 10, 4) == 40
+    assert planner.escalation_candidates(low, 10) == 40
 
 
 # -- sizing SQL -------------------------------------------------------------------------------

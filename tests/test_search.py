@@ -253,6 +253,22 @@ async def test_evaluate_recall_reports_recall_and_latency_of_both_paths(
     assert (small.ef_search, small.candidates) == (40, 40)
 
 
+async def test_an_oversample_given_per_call_is_honoured_under_the_calibration(
+    corpus: docstore.Store,
+) -> None:
+    """``search(q, oversample=20)`` re-ranked the calibration's ``ef_search`` candidates
+    (64 here), not the 200 asked for; and the second pass ignored the call's oversample."""
+    calibration = await corpus.tuner.calibration()
+    assert calibration is not None and calibration.ef_search < 200
+    report = await corpus.evaluate_recall(sample=5, limit=10, oversample=20)
+    assert (report.candidates, report.ef_search) == (200, 200)
+    assert report.recall >= 0.98
+    results = await corpus.search(query(3), oversample=20)
+    assert results.mode == "ann" and results.ef_search == 200 and len(results) == 10
+    default = await corpus.search(query(3))
+    assert default.ef_search == calibration.ef_search
+
+
 async def test_explain_shows_the_hnsw_index_on_the_halfvec_cast(corpus: docstore.Store) -> None:
     sql, params = queries.vector_search_sql(query(5), dim=DIM, limit=10, candidates=100)
     async with corpus.transaction() as conn:

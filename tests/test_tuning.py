@@ -69,6 +69,21 @@ def test_small_scopes_are_ranked_on_embedding_half() -> None:
     assert plan(exact=False, scoped_only=True, filtered=True, scope=Scope(5, 10)).mode == "ann"
 
 
+def test_an_oversample_given_by_the_caller_is_honoured_under_a_calibration() -> None:
+    """``oversample=20`` asked for 200 candidates and got the calibration's 64: the level's
+    cap applies to the default the calibration measured with, not to the caller's own."""
+    default = plan(limit=10, oversample=20, calibration=calibration())
+    assert (default.candidates, default.ef_search, default.source) == (64, 64, "calibration")
+    given = plan(limit=10, oversample=20, oversample_given=True, calibration=calibration())
+    assert (given.candidates, given.ef_search, given.source) == (200, 200, "oversample")
+    assert given.escalate_below == 0.09 and given.escalation_ef_search == 640  # kept
+    assert planner.escalation_candidates(given, 10) == 200
+    small = plan(limit=10, oversample=1, oversample_given=True, calibration=calibration())
+    assert (small.candidates, small.ef_search) == (40, 64)  # at least 40; ef as calibrated
+    top = plan(limit=100, oversample=100, oversample_given=True, calibration=calibration())
+    assert (top.candidates, top.ef_search) == (planner.MAX_LIMIT, planner.MAX_EF_SEARCH)
+
+
 def test_ann_uses_the_calibration_with_its_second_pass() -> None:
     p = plan(calibration=calibration())
     assert (p.mode, p.ef_search, p.escalate_below, p.escalation_ef_search) == (

@@ -108,7 +108,10 @@ class VectorPlan:
     """ANN: run a second pass when the candidates' spread is under this."""
     escalation_ef_search: int = 0
     source: str = ""
-    """Where ``ef_search`` came from: "argument", "calibration", "setting" or "default"."""
+    """Where ``ef_search`` came from: "argument", "calibration", "setting" or "default";
+    "oversample": the calibration's, raised for the caller's own ``oversample``."""
+    oversample: int = 0
+    """ANN: candidates per requested hit this search asked for (the second pass's too)."""
 
 
 def halfvec_scope(rows: int, table_rows: float) -> bool:
@@ -147,10 +150,11 @@ def level_candidates(ef_search: int, limit: int, oversample: int) -> int:
     return min(ann_candidates(limit, oversample), max(ef_search, 2 * limit))
 
 
-def escalation_candidates(plan: VectorPlan, limit: int, oversample: int) -> int:
+def escalation_candidates(plan: VectorPlan, limit: int) -> int:
     """Candidates of the second, wider pass: a quarter of its ``ef_search``, at least
-    :func:`ann_candidates`, at most :data:`MAX_LIMIT`."""
-    return min(max(ann_candidates(limit, oversample), plan.escalation_ef_search // 4), MAX_LIMIT)
+    :func:`ann_candidates` of the plan's ``oversample``, at most :data:`MAX_LIMIT`."""
+    wide = ann_candidates(limit, max(plan.oversample, 1))
+    return min(max(wide, plan.escalation_ef_search // 4), MAX_LIMIT)
 
 
 def halfvec_candidates(limit: int, oversample: int) -> int:
@@ -178,6 +182,7 @@ def plan_vector_search(
     scope: Scope | None,
     filtered: bool,
     oversample: int,
+    oversample_given: bool = False,
     ef_search: int | None = None,
     calibration: Calibration | None = None,
     configured_ef_search: int | None = None,
@@ -191,6 +196,11 @@ def plan_vector_search(
     wins over ``default_ef_search`` (``DOCSTORE_HNSW_EF_SEARCH``), which wins over
     :data:`DEFAULT_EF_SEARCH`. An explicit ``ef_search`` runs with no second pass, raised
     to the candidate count when below it (pgvector returns at most ``ef_search`` rows).
+
+    ``oversample_given`` (the caller's own ``oversample``, not ``DOCSTORE_SEARCH_OVERSAMPLE``):
+    a calibrated search takes ``limit × oversample`` candidates, not the fewer the calibration
+    measured with (:func:`level_candidates`), its ``ef_search`` raised to at least that many;
+    the second pass stays (source ``"oversample"``: it never moves the calibration).
 
     ``filter_size`` (a search with a ``filter``, sized by the caller; not with ``exact`` or
     ``ef_search`` given: those win): :func:`filter_mode` picks the mode; its ANN plan forces
@@ -230,6 +240,7 @@ def plan_vector_search(
             max(ef, min(candidates, MAX_EF_SEARCH)),
             force,
             source="argument" if ef_search is not None else "setting",
+            oversample=oversample,
         )
     if calibration is not None:
         # a sized filter's candidates are flatter than the unfiltered calibration's: one pass
@@ -238,16 +249,22 @@ def plan_vector_search(
             and calibration.escalation_ef_search is not None
             and (calibration.escalate_below is not None)
         )
+        level = level_candidates(calibration.ef_search, limit, oversample)
+        if oversample_given:
+            level = candidates
         return VectorPlan(
             "ann",
-            level_candidates(calibration.ef_search, limit, oversample),
-            calibration.ef_search,
+            level,
+            max(calibration.ef_search, min(level, MAX_EF_SEARCH))
+            if oversample_given
+            else calibration.ef_search,
             force,
             escalate_below=calibration.escalate_below if escalate else None,
             escalation_ef_search=max(calibration.escalation_ef_search or 0, candidates)
             if escalate
             else 0,
-            source="calibration",
+            source="oversample" if oversample_given else "calibration",
+            oversample=oversample,
         )
     return VectorPlan(
         "ann",
@@ -255,6 +272,7 @@ def plan_vector_search(
         max(DEFAULT_EF_SEARCH, min(candidates, MAX_EF_SEARCH)),
         force,
         source="default",
+        oversample=oversample,
     )
 
 

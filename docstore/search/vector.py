@@ -99,6 +99,7 @@ class VectorSearch:
             scope=scope,
             filtered=bool(filter or doc_type or source_name),
             oversample=self._db.settings.search_oversample if oversample is None else oversample,
+            oversample_given=oversample is not None,
             ef_search=ef_search,
             calibration=calibration,
             configured_ef_search=self._db.settings.hnsw_ef_search,
@@ -148,7 +149,8 @@ class VectorSearch:
           ``limit × oversample`` (at least 10) re-ranked exactly: mode ``"halfvec"`` (a filter
           matching no more than those is simply ``"exact"``);
         * otherwise ANN: candidates from the HNSW index — ``limit × oversample`` (at least
-          40), with a calibration no more than its ``ef_search`` (at least ``2 × limit``) —
+          40; with a calibration and no ``oversample`` given here, no more than its
+          ``ef_search``, at least ``2 × limit``) —
           re-ranked on full-precision vectors, ``hnsw.ef_search`` from the database's
           calibration (:meth:`calibrate_search`: the cheapest setting that meets
           ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data); unless a ``filter`` was sized, when
@@ -156,10 +158,14 @@ class VectorSearch:
           search that missed the query's neighbourhood), a second, wider pass is merged in
           (``results.escalated``).
 
-        ``ef_search``/``oversample`` given here (or ``DOCSTORE_HNSW_EF_SEARCH`` /
-        ``DOCSTORE_SEARCH_OVERSAMPLE``) are explicit overrides: no second pass, and never
-        moving the calibration; ``hnsw.ef_search`` is at least the candidate count (pgvector
-        returns no more than it), so ``results.ef_search`` says what ran.
+        ``ef_search`` given here (or ``DOCSTORE_HNSW_EF_SEARCH``) is an explicit override: no
+        second pass, and never moving the calibration; ``hnsw.ef_search`` is at least the
+        candidate count (pgvector returns no more than it), so ``results.ef_search`` says what
+        ran. ``oversample`` given here is honoured under a calibration too: ``limit ×
+        oversample`` candidates (at least 40), the calibrated ``ef_search`` raised to at least
+        that many, the second pass kept, the calibration never moved by it.
+        ``DOCSTORE_SEARCH_OVERSAMPLE`` is the default the calibration measures with: a
+        calibrated search takes at most its ``ef_search`` candidates (at least ``2 × limit``).
 
         ``_observe`` (private): False keeps the search out of the tuner (recent queries, live
         recall, recalibration): ``evaluate_recall`` measures on stored vectors, which must not
@@ -293,8 +299,7 @@ class VectorSearch:
                 self._tuner.note_escalation(flat)
             if not flat:
                 return records, False, "ann"
-        oversample = self._db.settings.search_oversample
-        wide = planner.escalation_candidates(plan, shape["limit"], oversample)
+        wide = planner.escalation_candidates(plan, shape["limit"])
         sql, params = queries.ann_search_sql(
             vector,
             candidates=wide,
