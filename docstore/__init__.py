@@ -2,8 +2,9 @@
 
 Public API: :func:`connect`, :class:`Store`, :class:`Migrator`, :class:`Settings`, the models
 (:class:`Document`, :class:`Source`, :class:`UpsertResult`, :class:`SourceStats`), search
-results (:class:`SearchResults`, :class:`Hit`, :class:`VectorIndex`, :class:`RecallReport`) and
-the errors in :mod:`docstore.errors`. Scripts that prefer no ``await`` use :mod:`docstore.sync`.
+results (:class:`SearchResults`, :class:`Hit`, :class:`VectorIndex`, :class:`RecallReport`),
+:class:`Health` (``store.health()``), :class:`MigrationReport` (``Migrator.run()``) and the
+errors in :mod:`docstore.errors`. Scripts that prefer no ``await`` use :mod:`docstore.sync`.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ MAX_DOC_TYPE = 50
 MAX_SOURCE_NAME = 255
 MAX_DOC_PATH_BYTES = 2048
 MAX_CONTENT_CHARS = 10_000_000
-"""Nesting levels of metadata: deeper JSON is refused before Python's own recursion limit
-(about 1,000 frames) can turn validation or ``json.dumps`` into a RecursionError."""
+"""Characters of ``content`` at most; longer content is a :class:`ValidationError` before
+anything is sent."""
 MAX_KEY_BYTES = 2600
 """UTF-8 bytes of ``doc_type`` + ``source_name`` + ``doc_path`` together: one row of the
 unique btree index on them, which PostgreSQL caps at 2,704 bytes including ~31 bytes of

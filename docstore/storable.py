@@ -15,7 +15,10 @@ from decimal import Decimal
 from typing import Any
 
 MAX_METADATA_BYTES = 1_000_000
+"""Bytes of a metadata object serialized as JSON, at most."""
 MAX_METADATA_DEPTH = 100
+"""Nesting levels of metadata: deeper JSON is refused before Python's own recursion limit
+(about 1,000 frames) can turn validation or ``json.dumps`` into a RecursionError."""
 
 
 def unstorable(text: str) -> str | None:

@@ -92,6 +92,8 @@ class Store:
 
     @property
     def embedding_dim(self) -> int:
+        """The dimension of ``documents.embedding`` (``DOCSTORE_EMBEDDING_DIM``, checked
+        against the database at connect): every stored and query vector has it."""
         return self._db.embedding_dim
 
     @property

@@ -92,7 +92,9 @@ async def migrate(
     report: Annotated[
         Path | None, typer.Option(help="Save the report as JSON.", callback=_writable_report)
     ] = None,
-    build_index: Annotated[bool, typer.Option(help="Build the HNSW index after.")] = False,
+    build_index: Annotated[
+        bool, typer.Option(help="Build the HNSW and full-text indexes after.")
+    ] = False,
     chunk_rows: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 2000,
     copy_streams: Annotated[
         int, typer.Option(min=1, max=16, help="Chunks copied at once (one snapshot).")

@@ -58,6 +58,8 @@ class LegacyDatabase:
         return db
 
     async def close(self) -> None:
+        """Close the store this facade opened itself (:meth:`connect`); a store given to the
+        constructor stays open: its owner closes it."""
         if self._owns_store:
             await self.store.close()
 

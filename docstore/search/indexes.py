@@ -267,9 +267,9 @@ class SearchIndexes:
         whose recall@10 meets ``target`` (default ``DOCSTORE_SEARCH_TARGET_RECALL``, 0.98)
         with no query under 0.7. ``create_vector_index()`` calls it; the store calls it
         again in the background when live recall falls under the target, when it has
-        ``MIN_RECENT`` real queries to replace probes with, and when the table has grown or
-        shrunk by half (:mod:`docstore.search.tuner`). ``progress(phase, done, total)`` is
-        called as it goes. A read-only store keeps the result in memory only.
+        ``MIN_RECENT`` real queries to replace probes with, and when the table has grown by
+        half or shrunk by a third (:mod:`docstore.search.tuner`). ``progress(phase, done,
+        total)`` is called as it goes. A read-only store keeps the result in memory only.
         """
         sample = bounded_int(sample, "sample", MAX_CALIBRATION_SAMPLE)
         return await self._tuner.calibrate(

@@ -49,7 +49,8 @@ class SearchResults(Sequence[Hit]):
     """The hits of one search, best first: a read-only sequence of :class:`Hit`.
 
     ``mode`` says how they were found (``"exact"`` scan, ``"ann"`` index + exact re-rank,
-    ``"halfvec"`` half-precision scan of one source + exact re-rank, ``"text"``, ``"hybrid"``).
+    ``"halfvec"`` half-precision scan of a small scope (a source, a ``doc_type``, a
+    selective filter) + exact re-rank, ``"text"``, ``"hybrid"``).
     In Jupyter the results render as a table; in a terminal, ``rich.print(results)`` does.
     :meth:`to_pandas` gives a DataFrame.
     """

@@ -24,9 +24,10 @@ One :class:`SearchTuner` per store. It
   rolling recall estimate (:meth:`SearchTuner.recall`);
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
-  :data:`MIN_RECENT` real queries, and when the table has grown or shrunk by half since the
-  calibration. At most one calibration runs at a time (an advisory lock across processes), and
-  automatic ones at most every :data:`RECALIBRATE_SECONDS`.
+  :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
+  (:data:`GROWTH_FACTOR` either way) since the calibration. At most one calibration runs at
+  a time (an advisory lock across processes), and automatic ones at most every
+  :data:`RECALIBRATE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ class SearchTuner:
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
         """The stored calibration of ``metric`` (cached for :data:`CACHE_SECONDS`), or None.
 
-        Looking it up may start a background recalibration when the table has grown or
-        shrunk by half since.
+        Looking it up may start a background recalibration when the table has grown by half
+        or shrunk by a third since.
         """
         now = time.monotonic()
         cached = self._cache.get(metric)
