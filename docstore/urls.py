@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import re
 from dataclasses import dataclass
-from urllib.parse import (
-    quote,
-    unquote,
-    unquote_to_bytes,
-    urlparse,
-    urlsplit,
-    urlunsplit,
-)
+from urllib.parse import quote, unquote, unquote_to_bytes, urlparse, urlsplit, urlunsplit
 
 from docstore.errors import ConfigurationError
 from docstore.http_urls import REDACTED as REDACTED
@@ -93,6 +87,7 @@ _CONNINFO = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 _CONNINFO_SECRET = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)")
 _QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:(?:ssl)?password|passfile)=)[^&#]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _PORT = re.compile(r"[0-9]{1,5}")
 _IPV6_SPEC = re.compile(r"\[([^\]]*)\](?::(.*))?")
 
@@ -389,11 +384,8 @@ def redact_url(url: str) -> str:
         return _malformed(url)[0]
     # A secret also written elsewhere (as the user name, say) is hidden there too; scheme and
     # hosts stay as written: the redacted URL still says where it points.
-    secrets = sorted((s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET), key=len)
-
-    def scrub(text: str) -> str:
-        return functools.reduce(lambda t, secret: t.replace(secret, REDACTED), secrets[::-1], text)
-
+    secrets = [s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET]
+    scrub = functools.partial(_scrub_raw, secrets=secrets)
     userinfo = ""
     if parsed.raw_user is not None:
         userinfo = scrub(parsed.raw_user) + (f":{REDACTED}" if parsed.raw_password else "") + "@"
@@ -410,6 +402,21 @@ def redact_url(url: str) -> str:
 
 
 MIN_SCRUBBED_SECRET = 4  # shorter secrets are not searched for in text (they'd mangle it)
+
+
+def _scrub_raw(text: str, secrets: list[str]) -> str:
+    """``text`` (a part of a URL as written) with every secret in it masked, the mask widened
+    to whole ``%XX`` escapes so it still decodes (``%40000`` less ``0000``: ``***``, not
+    ``%4***``)."""
+    hidden = [False] * len(text)
+    for secret in secrets:
+        for found in re.finditer(f"(?={re.escape(secret)})", text):
+            hidden[found.start() : found.start() + len(secret)] = [True] * len(secret)
+    for escape in _ESCAPE.finditer(text):
+        if any(hidden[escape.start() : escape.end()]):
+            hidden[escape.start() : escape.end()] = [True] * 3
+    runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])
+    return "".join(REDACTED if mask else "".join(c for c, _ in run) for mask, run in runs)
 
 
 def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:

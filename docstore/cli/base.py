@@ -66,6 +66,11 @@ def _control(char: str) -> bool:
     return unicodedata.category(char).startswith("C")  # control, format, unassigned, …
 
 
+# what click escapes in a usage error's values (typer/_click/utils.py), as \xNN: C0 and C1
+# controls only, while a format, private-use or unassigned character is printed as it is
+_CLICK_ESCAPED = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _written(text: str) -> list[str]:
     """``text`` and the escaped forms click may print it in (a control character in an
     argument appears as ``\\x1f`` — a tab too, as ``\\x09`` in click's "unexpected extra
@@ -76,6 +81,7 @@ def _written(text: str) -> list[str]:
         repr(text)[1:-1],
         "".join(c.encode("unicode_escape").decode("ascii") if _control(c) else c for c in text),
         "".join(_hex_escape(c) if _control(c) else c for c in text),
+        _CLICK_ESCAPED.sub(lambda m: _hex_escape(m[0]), text),
     }
     return sorted(forms, key=len, reverse=True)
 
@@ -96,7 +102,8 @@ def _pieces(secret: str) -> list[str]:
     """The runs of ``secret`` between its control characters that are long enough to scrub:
     whatever form a printer escapes those characters in, these runs appear as they are."""
     runs = "".join("\0" if _control(c) else c for c in secret).split("\0")
-    return [r for r in runs if len(r) >= MIN_SCRUBBED_SECRET and r != secret]
+    runs += _CLICK_ESCAPED.split(secret)
+    return [r for r in dict.fromkeys(runs) if len(r) >= MIN_SCRUBBED_SECRET and r != secret]
 
 
 def _clean(text: str, argv: list[str]) -> str:
