@@ -87,7 +87,7 @@ _CONNINFO = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 _CONNINFO_SECRET = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)")
 _QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:(?:ssl)?password|passfile)=)[^&#]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # one run: a UTF-8 character may span several
 _PORT = re.compile(r"[0-9]{1,5}")
 _IPV6_SPEC = re.compile(r"\[([^\]]*)\](?::(.*))?")
 
@@ -406,15 +406,15 @@ MIN_SCRUBBED_SECRET = 4  # shorter secrets are not searched for in text (they'd 
 
 def _scrub_raw(text: str, secrets: list[str]) -> str:
     """``text`` (a part of a URL as written) with every secret in it masked, the mask widened
-    to whole ``%XX`` escapes so it still decodes (``%40000`` less ``0000``: ``***``, not
-    ``%4***``)."""
+    to whole runs of ``%XX`` escapes so it still decodes (``%40000`` less ``0000``: ``***``,
+    not ``%4***``; ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half character ``%EF%BC``)."""
     hidden = [False] * len(text)
     for secret in secrets:
         for found in re.finditer(f"(?={re.escape(secret)})", text):
             hidden[found.start() : found.start() + len(secret)] = [True] * len(secret)
-    for escape in _ESCAPE.finditer(text):
-        if any(hidden[escape.start() : escape.end()]):
-            hidden[escape.start() : escape.end()] = [True] * 3
+    for run in _ESCAPES.finditer(text):
+        if any(hidden[run.start() : run.end()]):
+            hidden[run.start() : run.end()] = [True] * (run.end() - run.start())
     runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])
     return "".join(REDACTED if mask else "".join(c for c, _ in run) for mask, run in runs)
 

@@ -18,6 +18,9 @@ from docstore.urls import parse_url, redact_url
         ("postgresql://%40000@127.0.0.1:1/db?password=0000", ["0000"]),
         # the user "%3A%40" (":@") holds the password written "A%40" ("A@")
         ("postgresql://%3A%40@127.0.0.1:1/db?password=A%40", ["A%40", "A@"]),
+        # "0%3A" begins inside the last byte of U+FF20 (%EF%BC%A0): masking from that byte's
+        # escape on left "%EF%BC", half a character, which is not UTF-8
+        ("postgresql://%EF%BC%A0%3A@127.0.0.1:1/db?password=0%3A", ["0%3A", "0:"]),
     ],
 )
 def test_redaction_never_cuts_a_percent_escape_in_half(url: str, secret_forms: list[str]) -> None:

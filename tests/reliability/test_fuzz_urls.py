@@ -222,6 +222,8 @@ def innocent(piece: str, case: dict[str, Any]) -> bool:
     (``postgresql://***@`` is not the password ``postgresql://*``)."""
     others = case["others"]
     contexts = [others, unquote(others), others.replace(" ", "***")]
+    scheme, _, rest = others.partition("://")  # a host list is shown with a lower-case scheme
+    contexts += [f"{scheme.lower()}://{text}" for text in (rest, rest.replace(" ", "***"))]
     if "@" in others:  # a URL parse_url refuses: all between "://" and the last "@" is masked
         contexts.append(others[: others.index("://") + 3] + "***" + others[others.rindex("@") :])
     contexts += [repr(text)[1:-1] for text in contexts]  # \x.., \u...., \U........ escapes
@@ -417,8 +419,18 @@ async def _connect(url: str | None) -> None:
     raise AssertionError("connected to an address where nothing listens")  # pragma: no cover
 
 
+FOUND_1206_SCHEME = {  # shown as "postgresql://:***@127.0.0.1:1,127.0.0.1:1/db?target_…"
+    "url": "POSTGRESQL://:postgresql%3A%2F%2F%3A@127.0.0.1:1,127.0.0.1:1/db",
+    "others": "POSTGRESQL://: @127.0.0.1:1,127.0.0.1:1/db",
+    "password": "postgresql://:",
+    "written": "postgresql%3A%2F%2F%3A",
+    "how": "quote",
+}
+
+
 @CONNECTING
 @given(case=hostile_urls(), via_environment=st.booleans())
+@example(case=FOUND_1206_SCHEME, via_environment=False)
 def test_connect_raises_configuration_or_unavailable_error_only(
     case: dict[str, Any],
     via_environment: bool,
