@@ -183,7 +183,8 @@ def translate(
         # await of its own): neither an outage nor a statement's timeout
         return QueryError(
             "the work raised a TimeoutError of its own (a timeout in the caller's code, "
-            "not a database or statement timeout; it is this error's __cause__)"
+            "not a database or statement timeout; it is this error's __cause__); a write it "
+            "had sent outside a transaction may or may not have been applied"
         )
     if is_transient(exc):
         return DatabaseUnavailableError(
@@ -207,7 +208,7 @@ def _raised_by_asyncpg(exc: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return "asyncpg" in Path(tb.tb_frame.f_code.co_filename).parts
+    return _asyncpg_file(tb.tb_frame.f_code.co_filename)
 
 
 def _passed_through_asyncpg(exc: BaseException) -> bool:
@@ -215,10 +216,22 @@ def _passed_through_asyncpg(exc: BaseException) -> bool:
     reset or close that timed out, even through an ``asyncio.wait_for`` inside asyncpg)."""
     tb = exc.__traceback__
     while tb is not None:
-        if "asyncpg" in Path(tb.tb_frame.f_code.co_filename).parts:
+        if _asyncpg_file(tb.tb_frame.f_code.co_filename):
             return True
         tb = tb.tb_next
     return False
+
+
+_ASYNCPG_DIR = Path(asyncpg.__file__).parent
+
+
+def _asyncpg_file(filename: str) -> bool:
+    """Whether code of ``filename`` is asyncpg's: a module of the installed package, or one of
+    its Cython sources (named relative: ``asyncpg/protocol/protocol.pyx``)."""
+    path = Path(filename)
+    if path.is_absolute():
+        return path.is_relative_to(_ASYNCPG_DIR)
+    return path.parts[:1] == ("asyncpg",)
 
 
 def _refused_timeout(exc: BaseException) -> bool:

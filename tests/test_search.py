@@ -259,12 +259,13 @@ async def test_an_oversample_given_per_call_is_honoured_under_the_calibration(
     """``search(q, oversample=20)`` re-ranked the calibration's ``ef_search`` candidates
     (64 here), not the 200 asked for; and the second pass ignored the call's oversample."""
     calibration = await corpus.tuner.calibration()
-    assert calibration is not None and calibration.ef_search < 200
+    assert calibration is not None
+    ef = max(calibration.ef_search, 200)  # the calibration's own, chosen on this host's timings
     report = await corpus.evaluate_recall(sample=5, limit=10, oversample=20)
-    assert (report.candidates, report.ef_search) == (200, 200)
+    assert (report.candidates, report.ef_search) == (200, ef)
     assert report.recall >= 0.98
     results = await corpus.search(query(3), oversample=20)
-    assert results.mode == "ann" and results.ef_search == 200 and len(results) == 10
+    assert results.mode == "ann" and results.ef_search == ef and len(results) == 10
     default = await corpus.search(query(3))
     assert default.ef_search == calibration.ef_search
 

@@ -101,3 +101,32 @@ async def test_close_stops_look_ups_and_their_callers_go_to_the_coordinator(
     for task in waiting:
         with pytest.raises(NotRouted):
             await asyncio.wait_for(task, 10)  # a look-up left waiting: TimeoutError
+
+
+async def test_a_statement_timeout_on_a_routed_read_is_the_statements_not_an_outage(
+    store: docstore.Store,
+) -> None:
+    """A read routed to a Citus worker never told the runner its work had the connection, so
+    a statement's ``timeout=`` there came out as ``DatabaseUnavailableError`` (an outage),
+    where the same work on the coordinator is ``QueryError`` 57014. The "worker" here is the
+    store's own server, pinned for the source (helper-64's review)."""
+    row = await store.fetchrow(
+        "select coalesce(host(inet_server_addr()),"
+        " split_part(current_setting('unix_socket_directories'), ',', 1)) as host,"
+        " current_setting('port')::int as port"
+    )
+    assert row is not None
+    store._db._shards.remember("crate1", (row["host"].strip(), row["port"]))
+
+    async def fast(conn: Any) -> int:
+        return int(await conn.fetchval("select 1"))
+
+    async def slow(conn: Any) -> None:
+        await conn.fetch("select pg_sleep(2)", timeout=0.2)
+
+    assert await store.run(fast, read=True, shard="crate1") == 1
+    assert (await store.metrics()).routed_searches == 1  # it did go through the router
+    for shard in (None, "crate1"):
+        with pytest.raises(docstore.QueryError) as info:
+            await store.run(slow, read=True, shard=shard)
+        assert info.value.sqlstate == "57014", (shard, info.value)

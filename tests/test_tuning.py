@@ -82,6 +82,13 @@ def test_an_oversample_given_by_the_caller_is_honoured_under_a_calibration() -> 
     assert (small.candidates, small.ef_search) == (40, 64)  # at least 40; ef as calibrated
     top = plan(limit=100, oversample=100, oversample_given=True, calibration=calibration())
     assert (top.candidates, top.ef_search) == (planner.MAX_LIMIT, planner.MAX_EF_SEARCH)
+    # a first pass as wide as the second: no second pass (it would run the same search again)
+    assert top.escalate_below is None and top.escalation_ef_search == 0
+    wide = plan(limit=10, oversample=64, oversample_given=True, calibration=calibration())
+    assert wide.ef_search == 640 and wide.escalate_below is None
+    # without a calibration the caller's oversample is still explicit: no live-recall sample
+    assert plan(oversample=20, oversample_given=True).source == "oversample"
+    assert plan(oversample=20).source == "default"
 
 
 def test_ann_uses_the_calibration_with_its_second_pass() -> None:

@@ -308,9 +308,9 @@ class Runner:
             shards = self._shards if self._pools.replica is None else None
             if shard is not None and read and shards is not None:
                 try:
-                    return await shards.run(shard, work, self._placement)
+                    return await shards.run(shard, work, self._placement, handoff.begin)
                 except NotRouted:
-                    pass
+                    handoff.handed = False  # on to the coordinator: a connection of its own
             if read and self._router.use_replica():
                 answered = await self._on_replica(work)
                 if answered:

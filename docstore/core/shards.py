@@ -171,10 +171,14 @@ class ShardRouter:
         source: str,
         work: Callable[[asyncpg.Connection], Awaitable[T]],
         lookup: Callable[[str], Awaitable[Any]],
+        begin: Callable[[asyncpg.Connection], None] | None = None,
     ) -> T:
         """``work`` on a connection to ``source``'s worker; :class:`NotRouted` when it should
         run through the coordinator (no worker holds it, the worker is down, or it failed in
-        a way the coordinator would not). Other errors (a bad query) are raised as they are."""
+        a way the coordinator would not). Other errors (a bad query) are raised as they are.
+        ``begin(conn)`` is called when ``work`` is handed the worker's connection (the
+        runner's :class:`~docstore.core.doubt.Handoff`: a timeout from then on is a
+        statement's, not a connection's)."""
         if self._closed:
             raise NotRouted
         try:
@@ -203,6 +207,8 @@ class ShardRouter:
             await self._failed(node, exc)
             raise NotRouted from None
         try:
+            if begin is not None:
+                begin(conn)  # the caller's Handoff: a timeout from here on is the statement's
             result = await work(conn)
         except BaseException as exc:
             if is_transient(exc) and not is_closed(conn):

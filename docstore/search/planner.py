@@ -244,20 +244,19 @@ def plan_vector_search(
         )
     if calibration is not None:
         # a sized filter's candidates are flatter than the unfiltered calibration's: one pass
-        escalate = (
+        level = level_candidates(calibration.ef_search, limit, oversample)
+        ef = calibration.ef_search
+        if oversample_given:
+            level, ef = candidates, max(ef, min(candidates, MAX_EF_SEARCH))
+        escalate = (  # and only when the second pass is wider than the first
             not sized
-            and calibration.escalation_ef_search is not None
+            and (calibration.escalation_ef_search or 0) > ef
             and (calibration.escalate_below is not None)
         )
-        level = level_candidates(calibration.ef_search, limit, oversample)
-        if oversample_given:
-            level = candidates
         return VectorPlan(
             "ann",
             level,
-            max(calibration.ef_search, min(level, MAX_EF_SEARCH))
-            if oversample_given
-            else calibration.ef_search,
+            ef,
             force,
             escalate_below=calibration.escalate_below if escalate else None,
             escalation_ef_search=max(calibration.escalation_ef_search or 0, candidates)
@@ -271,7 +270,7 @@ def plan_vector_search(
         candidates,
         max(DEFAULT_EF_SEARCH, min(candidates, MAX_EF_SEARCH)),
         force,
-        source="default",
+        source="oversample" if oversample_given else "default",
         oversample=oversample,
     )
 
