@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import itertools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_to_bytes, urlparse, urlsplit, urlunsplit
 
@@ -47,24 +48,12 @@ _SHOWN = {
 }
 """Query parameters asyncpg checks when it connects, and their values."""
 _KNOWN_PARAMS = frozenset(
-    {
-        "host",
-        "port",
-        "dbname",
-        "database",
-        "user",
-        "password",
-        "passfile",
-        "sslpassword",
-        "sslcert",
-        "sslkey",
-        "sslrootcert",
-        "sslcrl",
-        "service",
-        "krbsrvname",
-        *_SHOWN,
-    }
+    {"host", "port", "dbname", "database", "user", "password", "passfile", "sslpassword"}
+    | {"sslcert", "sslkey", "sslrootcert", "sslcrl", "service", "krbsrvname", *_SHOWN}
 )
+_AS_WRITTEN = frozenset({"host", "port", *_SHOWN})
+"""Query parameters redaction leaves alone: where the URL points, and values asyncpg checks
+(masking a secret found in them would make the redacted URL one that cannot be read)."""
 _CHOICES = {**_SHOWN, "sslmode": _SSLMODES | {m.replace("-", "_") for m in _SSLMODES}}
 _UNSUPPORTED = (
     "keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout "
@@ -385,18 +374,14 @@ def redact_url(url: str) -> str:
     # A secret also written elsewhere (as the user name, say) is hidden there too; scheme and
     # hosts stay as written: the redacted URL still says where it points.
     secrets = [s for s in url_secrets(url) if len(s) >= MIN_SCRUBBED_SECRET]
-    scrub = functools.partial(_scrub_raw, secrets=secrets)
+    scrub = functools.partial(mask_secrets, secrets=secrets, whole_escapes=True)
     userinfo = ""
     if parsed.raw_user is not None:
         userinfo = scrub(parsed.raw_user) + (f":{REDACTED}" if parsed.raw_password else "") + "@"
     query = ""
     if parsed.raw_query is not None:
-        query = "?" + "&".join(
-            f"{raw.partition('=')[0]}={REDACTED}"
-            if key.lower() in _SECRET_QUERY_KEYS
-            else scrub(raw)
-            for raw, key, _ in _query_fields(parsed)
-        )
+        fields = _query_fields(parsed)
+        query = "?" + "&".join(_redact_field(raw, key, scrub) for raw, key, _ in fields)
     scheme = url[: url.index("://") + 3]
     return f"{scheme}{userinfo}{parsed.raw_hosts}{scrub(parsed.raw_path)}{query}"
 
@@ -404,15 +389,26 @@ def redact_url(url: str) -> str:
 MIN_SCRUBBED_SECRET = 4  # shorter secrets are not searched for in text (they'd mangle it)
 
 
-def _scrub_raw(text: str, secrets: list[str]) -> str:
-    """``text`` (a part of a URL as written) with every secret in it masked, the mask widened
-    to whole runs of ``%XX`` escapes so it still decodes (``%40000`` less ``0000``: ``***``,
-    not ``%4***``; ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half character ``%EF%BC``)."""
+def _redact_field(raw: str, key: str, scrub: Callable[[str], str]) -> str:
+    """One ``key=value`` of the query string redacted: a secret's value hidden whole; key and
+    value scrubbed apart (the ``=`` kept), except the :data:`_AS_WRITTEN` ones."""
+    name, equals, value = raw.partition("=")
+    if key.lower() in _SECRET_QUERY_KEYS:
+        return f"{name}={REDACTED}"
+    return raw if key in _AS_WRITTEN else scrub(name) + equals + scrub(value)
+
+
+def mask_secrets(text: str, secrets: Iterable[str], *, whole_escapes: bool = False) -> str:
+    """``text`` with every occurrence of every secret (overlapping ones too) replaced by
+    ``***``, all found in the original text first, so masking one cannot break another's.
+    ``whole_escapes`` (a part of a URL as written): the mask widens to whole runs of ``%XX``
+    escapes so it still decodes (``%40000`` less ``0000``: ``***``, not ``%4***``;
+    ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half character ``%EF%BC``)."""
     hidden = [False] * len(text)
-    for secret in secrets:
+    for secret in filter(None, secrets):
         for found in re.finditer(f"(?={re.escape(secret)})", text):
             hidden[found.start() : found.start() + len(secret)] = [True] * len(secret)
-    for run in _ESCAPES.finditer(text):
+    for run in _ESCAPES.finditer(text) if whole_escapes else ():
         if any(hidden[run.start() : run.end()]):
             hidden[run.start() : run.end()] = [True] * (run.end() - run.start())
     runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])

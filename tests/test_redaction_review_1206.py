@@ -64,3 +64,51 @@ def test_a_usage_error_never_shows_a_password_with_characters_click_does_not_esc
     escaped = "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 else c for c in password)
     for form in (password, escaped, escaped[-5:], password[-2:]):
         assert form not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:require@h/db?sslmode=require", "sslmode=require"),
+        ("postgresql://u:erif@h/db?sslmode=verify-full", "sslmode=verify-full"),
+        ("postgresql://u:-wri@h/db?target_session_attrs=read-write", "=read-write"),
+        ("postgresql://u:5432@h/db?port=5432,5433&host=a,b", "port=5432,5433&host=a,b"),
+        ("postgresql://u:e%3Dxy@h/db?application_name=xyz", "application_name=xyz"),
+        ("postgresql://u:abcd@h/db?host=%5B::1%5D&password=::1%5D", "host=%5B::1%5D&"),
+        ("postgresql://u:tmp,@h/db?host=/tmp,/var", "host=/tmp,/var"),
+    ],
+)
+def test_redaction_keeps_the_query_parameters_asyncpg_reads(url: str, shown: str) -> None:
+    """A secret found inside ``sslmode``, ``target_session_attrs``, ``port`` or ``host`` (or
+    across a parameter's ``=``) was masked there: the redacted URL said something else or
+    could not be read at all (``sslmode=v***y-full``, ``port=***,5433``,
+    ``application_nam***z``). Those stay as written, like the authority's hosts (review 64)."""
+    redacted = redact_url(url)
+    assert shown in redacted
+    assert parse_url(redacted).hosts == parse_url(url).hosts
+    assert parse_url(redacted).ports == parse_url(url).ports
+    assert ":***@" in redacted
+
+
+def test_other_query_values_are_still_scrubbed_apart_from_their_key() -> None:
+    assert redact_url("postgresql://u:secretpw@h/db?application_name=secretpw") == (
+        "postgresql://u:***@h/db?application_name=***"
+    )
+    assert redact_url("postgresql://u:secretpw@h/db?sslpassword=zz&passfile=/x") == (
+        "postgresql://u:***@h/db?sslpassword=***&passfile=***"
+    )
+
+
+def test_a_usage_error_scrubs_every_secret_before_any_of_them_breaks_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The secrets of a URL ``parse_url`` refuses are ``user:pw`` and ``pw``; scrubbing the
+    first's pieces one secret at a time broke the second's written form and left
+    ``abc\\x01de\\x02***`` — 7 of the password's 12 characters — on the screen (review 64)."""
+    password = "abc\x01de\x02xyzqq"
+    monkeypatch.setenv("COLUMNS", "1000")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{password}@127.0.0.1:1/db")
+    result = CliRunner().invoke(app, ["health", password])
+    assert result.exit_code == 2
+    for piece in ("abc", "de\\x02", "xyzqq", "\\x01"):
+        assert piece not in result.output, result.output

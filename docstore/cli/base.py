@@ -28,7 +28,13 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from docstore.errors import DocstoreError
-from docstore.urls import MIN_SCRUBBED_SECRET, check_url, redact_url, url_secrets
+from docstore.urls import (
+    MIN_SCRUBBED_SECRET,
+    check_url,
+    mask_secrets,
+    redact_url,
+    url_secrets,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -111,9 +117,9 @@ def _clean(text: str, argv: list[str]) -> str:
     for arg in sorted((a for a in argv if "://" in a), key=len, reverse=True):
         for form in _written(arg):
             text = text.replace(form, redact_url(arg))
-    for secret in _secrets(argv):
-        for form in (*_written(secret), *sorted(_pieces(secret), key=len, reverse=True)):
-            text = text.replace(form, "***")
+    # every form of every secret found in the text first: replacing one secret's form before
+    # looking for the next could break the other's (a URL's "user:pw" and its "pw")
+    text = mask_secrets(text, [f for s in _secrets(argv) for f in (*_written(s), *_pieces(s))])
     return _URL.sub(lambda m: redact_url(m[0]), text)
 
 

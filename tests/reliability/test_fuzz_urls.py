@@ -71,6 +71,9 @@ CONNECTING = settings(
 )
 
 NOWHERE = "/tmp/docstore-fuzz-nowhere"
+# values asyncpg checks among them: a redacted URL must still be readable (review 64)
+EXTRAS = ["", "sslmode=disable", "application_name=fuzz", "sslmode=require"]
+EXTRAS += ["target_session_attrs=read-write"]
 """A socket directory that does not exist: connecting there fails at once."""
 
 # -- strategies -------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def hostile_urls(draw: st.DrawFn) -> dict[str, Any]:
     host = st.one_of(st.sampled_from(GOOD_HOSTS), st.sampled_from(ODD_HOSTS))
     hosts = ",".join(draw(st.lists(host, min_size=1, max_size=3)))
     database = draw(st.sampled_from(["/db", "", "/", "/d%20b", "/x"]))
-    extra = draw(st.sampled_from(["", "sslmode=disable", "application_name=fuzz"]))
+    extra = draw(st.sampled_from(EXTRAS))
     scheme = draw(st.sampled_from(["postgresql", "postgres", "postgresql", "POSTGRESQL"]))
     in_query = draw(st.integers(0, 4)) == 0
     head, tail = url_around_password(scheme, user_written, hosts, database, extra, in_query)
