@@ -200,7 +200,8 @@ def plan_vector_search(
     ``oversample_given`` (the caller's own ``oversample``, not ``DOCSTORE_SEARCH_OVERSAMPLE``):
     a calibrated search takes ``limit × oversample`` candidates, not the fewer the calibration
     measured with (:func:`level_candidates`), its ``ef_search`` raised to at least that many;
-    the second pass stays (source ``"oversample"``: it never moves the calibration).
+    the second pass stays while it is wider than the first (source ``"oversample"``: it never
+    moves the calibration).
 
     ``filter_size`` (a search with a ``filter``, sized by the caller; not with ``exact`` or
     ``ef_search`` given: those win): :func:`filter_mode` picks the mode; its ANN plan forces

@@ -163,7 +163,8 @@ class VectorSearch:
         candidate count (pgvector returns no more than it), so ``results.ef_search`` says what
         ran. ``oversample`` given here is honoured under a calibration too: ``limit ×
         oversample`` candidates (at least 40), the calibrated ``ef_search`` raised to at least
-        that many, the second pass kept, the calibration never moved by it.
+        that many, the second pass kept while wider than the first, the calibration never
+        moved by it.
         ``DOCSTORE_SEARCH_OVERSAMPLE`` is the default the calibration measures with: a
         calibrated search takes at most its ``ef_search`` candidates (at least ``2 × limit``).
 
