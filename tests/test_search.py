@@ -268,6 +268,14 @@ async def test_an_oversample_given_per_call_is_honoured_under_the_calibration(
     assert results.mode == "ann" and results.ef_search == ef and len(results) == 10
     default = await corpus.search(query(3))
     assert default.ef_search == calibration.ef_search
+    # nor do such searches count in the window that sends calibrated ones to the second pass
+    window = corpus.tuner._escalations
+    before = len(window)
+    for i in range(5):
+        await corpus.search(query(i), oversample=20)
+    assert len(window) == before
+    await corpus.search(query(6))
+    assert len(window) == before + (calibration.escalate_below is not None)
 
 
 async def test_explain_shows_the_hnsw_index_on_the_halfvec_cast(corpus: docstore.Store) -> None:

@@ -209,7 +209,8 @@ class VectorSearch:
                 filtered=flt is not None,
                 # exact=False insists on the index: no fallback to the filtered rows then
                 may_rank_filtered=flt is not None and exact is None,
-                notes_escalation=filter is None,  # a filter's flat lists aren't the stream's
+                # a filter's flat lists, or a caller's own oversample, aren't the stream's
+                notes_escalation=filter is None and plan.source == "calibration",
                 source=shard(self._db, source_name),
             )
             ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
