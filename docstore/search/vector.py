@@ -161,12 +161,9 @@ class VectorSearch:
         ``ef_search`` given here (or ``DOCSTORE_HNSW_EF_SEARCH``) is an explicit override: no
         second pass, and never moving the calibration; ``hnsw.ef_search`` is at least the
         candidate count (pgvector returns no more than it), so ``results.ef_search`` says what
-        ran. ``oversample`` given here is honoured under a calibration too: ``limit ×
-        oversample`` candidates (at least 40), the calibrated ``ef_search`` raised to at least
-        that many, the second pass kept while wider than the first, the calibration never
-        moved by it.
-        ``DOCSTORE_SEARCH_OVERSAMPLE`` is the default the calibration measures with: a
-        calibrated search takes at most its ``ef_search`` candidates (at least ``2 × limit``).
+        ran. ``oversample`` given here is honoured under a calibration too (``ef_search``
+        raised to the candidates; the calibration never moved by it); the default,
+        ``DOCSTORE_SEARCH_OVERSAMPLE``, is what the calibration measures with.
 
         ``_observe`` (private): False keeps the search out of the tuner (recent queries, live
         recall, recalibration): ``evaluate_recall`` measures on stored vectors, which must not
@@ -209,8 +206,7 @@ class VectorSearch:
                 filtered=flt is not None,
                 # exact=False insists on the index: no fallback to the filtered rows then
                 may_rank_filtered=flt is not None and exact is None,
-                # a filter's flat lists, or a caller's own oversample, aren't the stream's
-                notes_escalation=filter is None and plan.source == "calibration",
+                notes_escalation=filter is None and plan.source == "calibration",  # the stream's
                 source=shard(self._db, source_name),
             )
             ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
