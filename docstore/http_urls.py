@@ -8,7 +8,7 @@ import contextlib
 import urllib.parse
 from collections.abc import Callable
 
-REDACTED = "***"
+from docstore.masking import REDACTED
 
 
 def is_http(url: str) -> bool:

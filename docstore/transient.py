@@ -3,9 +3,9 @@
 Transient failures (refused/reset connections, connect timeouts, SQLSTATE 08xxx, 57P01-03,
 53300, 40001, 40P01) are worth retrying; everything else (authentication, missing database,
 TLS set-up problems, syntax, constraint and data errors) is not. Descriptions never contain a
-password or a vector. Only asyncpg and the standard library below this module: the embedded
-server's start (``docstore.embedded``) retries by the same rules as the pools
-(``docstore.failures``, which builds the retry policy and the translation on these).
+password or a vector. Only asyncpg, the standard library and :mod:`docstore.masking` below
+this module: the embedded server's start (``docstore.embedded``) retries by the same rules as
+the pools (``docstore.failures``, which builds the retry policy and the translation on these).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import ssl
 from typing import Any
 
 import asyncpg
+
+from docstore.masking import scrub_secrets
 
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 _FATAL_CONNECT_SQLSTATES = frozenset({"28P01", "28000", "3D000", "42501"})
@@ -185,17 +187,11 @@ def is_unique_violation(exc: BaseException) -> bool:
     )
 
 
-MIN_SCRUBBED_SECRET = 4
-"""Shorter secrets are not searched for in text: replacing every ``e`` would garble the
-message and spell the password out (URLs are redacted by their structure instead)."""
-
-
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` without ``secrets`` (those of :data:`MIN_SCRUBBED_SECRET` characters or
-    more), cut to :data:`MAX_MESSAGE` characters."""
-    for secret in secrets:
-        if len(secret) >= MIN_SCRUBBED_SECRET:
-            text = text.replace(secret, "***")
+    """``text`` without ``secrets`` (those of :data:`~docstore.masking.MIN_SCRUBBED_SECRET`
+    characters or more, all masked at once: :func:`~docstore.masking.mask_secrets`), cut to
+    :data:`MAX_MESSAGE` characters."""
+    text = scrub_secrets(text, secrets)
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + "…"
     return text

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_to_bytes, urlparse, urlsplit, urlunsplit
 
 from docstore.errors import ConfigurationError
-from docstore.http_urls import REDACTED as REDACTED
 from docstore.http_urls import http_secrets, is_http, redact_http
+from docstore.masking import MIN_SCRUBBED_SECRET as MIN_SCRUBBED_SECRET
+from docstore.masking import REDACTED as REDACTED
+from docstore.masking import mask_secrets as mask_secrets
 
 _POSTGRES_SCHEMES = ("postgres", "postgresql")
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
@@ -76,7 +77,6 @@ _CONNINFO = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 _CONNINFO_SECRET = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)")
 _QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:(?:ssl)?password|passfile)=)[^&#]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # one run: a UTF-8 character may span several
 _PORT = re.compile(r"[0-9]{1,5}")
 _IPV6_SPEC = re.compile(r"\[([^\]]*)\](?::(.*))?")
 
@@ -386,9 +386,6 @@ def redact_url(url: str) -> str:
     return f"{scheme}{userinfo}{parsed.raw_hosts}{scrub(parsed.raw_path)}{query}"
 
 
-MIN_SCRUBBED_SECRET = 4  # shorter secrets are not searched for in text (they'd mangle it)
-
-
 def _redact_field(raw: str, key: str, scrub: Callable[[str], str]) -> str:
     """One ``key=value`` of the query string redacted: a secret's value hidden whole; key and
     value scrubbed apart (the ``=`` kept), except the :data:`_AS_WRITTEN` ones."""
@@ -396,23 +393,6 @@ def _redact_field(raw: str, key: str, scrub: Callable[[str], str]) -> str:
     if key.lower() in _SECRET_QUERY_KEYS:
         return f"{name}={REDACTED}"
     return raw if key in _AS_WRITTEN else scrub(name) + equals + scrub(value)
-
-
-def mask_secrets(text: str, secrets: Iterable[str], *, whole_escapes: bool = False) -> str:
-    """``text`` with every occurrence of every secret (overlapping ones too) replaced by
-    ``***``, all found in the original text first, so masking one cannot break another's.
-    ``whole_escapes`` (a part of a URL as written): the mask widens to whole runs of ``%XX``
-    escapes so it still decodes (``%40000`` less ``0000``: ``***``, not ``%4***``;
-    ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half character ``%EF%BC``)."""
-    hidden = [False] * len(text)
-    for secret in filter(None, secrets):
-        for found in re.finditer(f"(?={re.escape(secret)})", text):
-            hidden[found.start() : found.start() + len(secret)] = [True] * len(secret)
-    for run in _ESCAPES.finditer(text) if whole_escapes else ():
-        if any(hidden[run.start() : run.end()]):
-            hidden[run.start() : run.end()] = [True] * (run.end() - run.start())
-    runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])
-    return "".join(REDACTED if mask else "".join(c for c, _ in run) for mask, run in runs)
 
 
 def _query_fields(parsed: ParsedUrl) -> list[tuple[str, str, str]]:

@@ -28,13 +28,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from docstore.errors import DocstoreError
-from docstore.urls import (
-    MIN_SCRUBBED_SECRET,
-    check_url,
-    mask_secrets,
-    redact_url,
-    url_secrets,
-)
+from docstore.masking import MIN_SCRUBBED_SECRET, mask_secrets
+from docstore.urls import check_url, redact_url, url_secrets
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -1,0 +1,96 @@
+"""Secrets masked all at once (``docstore.masking``): error descriptions used to replace one
+secret after another, so a secret overlapping another (or itself) left its tail in the text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import docstore
+from docstore.errors import QueryError
+from docstore.masking import MIN_SCRUBBED_SECRET, REDACTED, mask_secrets, scrub_secrets
+from docstore.transient import MAX_MESSAGE, describe, scrub
+from tests.conftest import PgCluster, scram_reader
+from tests.fuzzing import examples
+
+
+def test_a_secret_overlapping_itself_is_hidden_whole() -> None:
+    # one replace after another: "k9k9k9k9".replace("k9k9k9", "***") == "***k9"
+    assert scrub('invalid input: "k9k9k9k9"', ("k9k9k9",)) == f'invalid input: "{REDACTED}"'
+
+
+def test_two_overlapping_secrets_are_hidden_together() -> None:
+    text = "at hunter22wolf now"
+    assert scrub(text, ("hunter22", "er22wolf")) == f"at {REDACTED} now"
+    assert scrub(text, ("er22wolf", "hunter22")) == f"at {REDACTED} now"
+
+
+def test_short_secrets_are_not_searched_for_in_free_text() -> None:
+    assert scrub("every e of the message", ("e",)) == "every e of the message"
+    assert scrub_secrets("abc abcd", ("abc", "abcd")) == f"abc {REDACTED}"
+    # redact_url and the CLI choose their own secrets; mask_secrets takes them as given
+    assert mask_secrets("abc", ("abc",)) == REDACTED
+
+
+def test_text_without_secrets_comes_back_unchanged() -> None:
+    text = "division by zero"
+    assert scrub_secrets(text, ("hunter22",)) is text
+    assert mask_secrets("", ("", "hunter22")) == ""
+
+
+def test_a_long_message_is_scrubbed_before_it_is_cut() -> None:
+    secret = "s3cretpass"
+    text = "x" * (MAX_MESSAGE - 4) + secret + "y" * 10
+    scrubbed = scrub(text, (secret,))
+    assert "s3cr" not in scrubbed
+    assert scrubbed.endswith("…")
+
+
+_SAFE = st.characters(blacklist_characters="*\x00", blacklist_categories=("Cs",))
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    text=st.text(st.sampled_from("abk9*-"), max_size=60),
+    secrets=st.lists(st.text(st.sampled_from("abk9"), min_size=1, max_size=8), max_size=4),
+)
+def test_no_secret_survives_and_the_rest_is_kept(text: str, secrets: list[str]) -> None:
+    """Every occurrence of every long-enough secret is gone, and whatever is not part of one
+    stays, in order (a small alphabet makes overlaps the common case)."""
+    out = scrub_secrets(text, secrets)
+    for secret in secrets:
+        if len(secret) >= MIN_SCRUBBED_SECRET:
+            assert secret not in out.replace(REDACTED, "\0")
+    kept = out.replace(REDACTED, "")
+    it = iter(text)
+    assert all(char in it for char in kept)  # a subsequence of the original
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(text=st.text(_SAFE, max_size=40), secret=st.text(_SAFE, min_size=4, max_size=12))
+def test_a_secret_anywhere_in_any_text_is_hidden(text: str, secret: str) -> None:
+    for placed in (secret + text, text + secret, text + secret + secret[1:] + text):
+        assert secret not in scrub_secrets(placed, [secret]).replace(REDACTED, "\0")
+
+
+async def test_a_server_error_echoing_an_overlapping_password_shows_none_of_it(
+    pg: PgCluster, database_url: str
+) -> None:
+    """The server's message quotes the bad literal; the password overlaps itself in it (one
+    replace after another showed ``"***k9"``)."""
+    password = "k9k9k9"
+    _role, url = await scram_reader(pg, database_url, "overlap_", password)
+    async with docstore.connect(url, migrate=False) as store:
+        with pytest.raises(QueryError) as info:
+            await store.fetchval(f"SELECT '{password}k9'::int")
+    # docstore's own error; its __cause__ is asyncpg's, which quotes the caller's own SQL
+    texts = f"{info.value}\n{info.value!r}"
+    assert "invalid input syntax for type integer" in texts
+    assert "k9" not in texts.replace(password, "")  # no tail of it, and no whole one either
+    assert password not in texts
+
+
+def test_describe_uses_the_same_masking() -> None:
+    exc = ValueError("token hunter22wolf refused")
+    assert describe(exc, ("hunter22", "er22wolf")) == f"ValueError: token {REDACTED} refused"
