@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import CodeType
 
 import asyncpg
 import tenacity
@@ -166,11 +168,12 @@ def translate(
         return DatabaseUnavailableError(
             f"this store ({where}) is closed: open another with docstore.connect()"
         )
-    if _refused_timeout(exc):
+    frames = _frames(exc) if isinstance(exc, TimeoutError) else []
+    if _refused_timeout(frames):
         return ValidationError(
             "timeout must be a positive number of seconds, or None", field="timeout"
         )
-    if ran and isinstance(exc, TimeoutError) and _raised_by_asyncpg(exc):
+    if ran and isinstance(exc, TimeoutError) and _raised_by_asyncpg(frames):
         # as the server's statement_timeout reports it (57014), not as an outage
         return QueryError(
             "the statement ran longer than its timeout (the call's timeout= or "
@@ -178,7 +181,7 @@ def translate(
             "outside a transaction may or may not have been applied",
             sqlstate=STATEMENT_TIMED_OUT,
         )
-    if ran and isinstance(exc, TimeoutError) and not _passed_through_asyncpg(exc):
+    if ran and isinstance(exc, TimeoutError) and not _passed_through_asyncpg(frames):
         # the caller's own timeout inside its work (asyncio.timeout around a sleep or an
         # await of its own): neither an outage nor a statement's timeout
         return QueryError(
@@ -199,27 +202,23 @@ def translate(
     return QueryError(describe(exc, secrets), sqlstate=sqlstate)
 
 
-def _raised_by_asyncpg(exc: BaseException) -> bool:
-    """Whether asyncpg raised ``exc`` itself (its innermost frame is asyncpg's: a statement's
-    ``timeout``/``command_timeout``), not the caller's code around a statement (an
+def _frames(exc: BaseException) -> list[CodeType]:
+    """The code of every frame ``exc`` was raised through, outermost first."""
+    return [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+
+
+def _raised_by_asyncpg(frames: list[CodeType]) -> bool:
+    """Whether asyncpg raised the exception itself (its innermost frame is asyncpg's: a
+    statement's ``timeout``/``command_timeout``), not the caller's code around a statement (an
     ``asyncio.timeout`` of its own, which stays the caller's error)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return _asyncpg_file(tb.tb_frame.f_code.co_filename)
+    return bool(frames) and _asyncpg_file(frames[-1].co_filename)
 
 
-def _passed_through_asyncpg(exc: BaseException) -> bool:
-    """Whether any frame ``exc`` was raised through is asyncpg's (a statement, a connection
-    reset or close that timed out, even through an ``asyncio.wait_for`` inside asyncpg)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if _asyncpg_file(tb.tb_frame.f_code.co_filename):
-            return True
-        tb = tb.tb_next
-    return False
+def _passed_through_asyncpg(frames: list[CodeType]) -> bool:
+    """Whether any frame the exception was raised through is asyncpg's (a statement, a
+    connection reset or close that timed out, even through an ``asyncio.wait_for`` inside
+    asyncpg)."""
+    return any(_asyncpg_file(code.co_filename) for code in frames)
 
 
 _ASYNCPG_DIR = Path(asyncpg.__file__).parent
@@ -234,18 +233,13 @@ def _asyncpg_file(filename: str) -> bool:
     return path.parts[:1] == ("asyncpg",)
 
 
-def _refused_timeout(exc: BaseException) -> bool:
+def _refused_timeout(frames: list[CodeType]) -> bool:
     """asyncpg refused a statement's ``timeout`` argument (zero or negative) before sending
     anything: a ``TimeoutError`` raised by its protocol's ``_get_timeout`` check, not a
     statement that ran out of time."""
-    if not isinstance(exc, TimeoutError):
-        return False
-    tb, names = exc.__traceback__, []
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
+    names = [code.co_name for code in frames[-2:]]
     return (
-        len(names) >= 2
-        and names[-2].endswith("_get_timeout")
-        and names[-1].endswith("_get_timeout_impl")
+        len(names) == 2
+        and names[0].endswith("_get_timeout")
+        and names[1].endswith("_get_timeout_impl")
     )
