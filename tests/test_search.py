@@ -753,7 +753,7 @@ async def test_search_leaves_no_session_state_and_other_work_is_still_reset(
 
 
 def test_hits_are_built_like_model_construct_builds_them() -> None:
-    """search() builds Hits from trusted rows with model_construct: the same as validated."""
+    """search() builds Hits from trusted rows (Hit.from_row): what model_construct builds."""
     from docstore.search.api import _HIT_DEFAULTS, _hit
     from docstore.search.results import Hit
 

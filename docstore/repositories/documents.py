@@ -459,7 +459,7 @@ def _record_to_document(record: Any) -> Document:
     fields = dict(record)
     if fields.get("metadata", {}) is None:
         fields["metadata"] = {}
-    return Document.model_construct(**fields)
+    return Document.from_row(fields)
 
 
 def _scope(doc_type: str | None, source_name: str | None, first: int = 1) -> tuple[str, list[Any]]:

@@ -111,7 +111,7 @@ def _to_source(record: Any) -> Source:
     row = dict(record)
     for name in _TIMESTAMPS:
         row[name] = aware_utc(row.get(name))
-    return Source.model_construct(**row)
+    return Source.from_row(row)
 
 
 @dataclass

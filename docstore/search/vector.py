@@ -45,7 +45,7 @@ def _hit(record: Any, **scores: Any) -> Hit:
     data.pop("spread", None)  # ANN: the planner's signal, not a document field
     for signal in ("found", "table_rows", "scan_cap"):  # ANN: whether the scan was cut short
         data.pop(signal, None)
-    return Hit.model_construct(None, **data)
+    return Hit.from_row(data)
 
 
 class VectorSearch:
