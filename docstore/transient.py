@@ -191,10 +191,7 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     """``text`` without ``secrets`` (those of :data:`~docstore.masking.MIN_SCRUBBED_SECRET`
     characters or more, all masked at once: :func:`~docstore.masking.mask_secrets`), cut to
     :data:`MAX_MESSAGE` characters."""
-    text = scrub_secrets(text, secrets)
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "…"
-    return text
+    return scrub_secrets(text, secrets, limit=MAX_MESSAGE)
 
 
 _ARG_ERROR = re.compile(r"^(invalid input for query argument \$\d+)")

@@ -3,6 +3,9 @@ secret after another, so a secret overlapping another (or itself) left its tail 
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +48,58 @@ def test_a_long_message_is_scrubbed_before_it_is_cut() -> None:
     scrubbed = scrub(text, (secret,))
     assert "s3cr" not in scrubbed
     assert scrubbed.endswith("…")
+
+
+def test_occurrences_that_touch_are_one_mask() -> None:
+    assert scrub("xx abcdefgh yy", ("abcd", "efgh")) == f"xx {REDACTED} yy"
+    assert scrub("pw=hunter22hunter22", ("hunter22",)) == f"pw={REDACTED}"
+
+
+def test_a_periodic_secret_through_a_periodic_text() -> None:
+    """A run of occurrences is found as one (``aaaa`` in a megabyte of ``a``)."""
+    assert mask_secrets("b" + "a" * 100_000 + "b", ["aaaa"]) == f"b{REDACTED}b"
+    assert mask_secrets("aabaaabaa", ["aabaa"]) == REDACTED  # at 0 and at 4, overlapping
+    assert mask_secrets("abcabcab.abcab", ["abcab"]) == f"{REDACTED}.{REDACTED}"
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    text=st.text(st.sampled_from("ab%4F0"), max_size=60),
+    secrets=st.lists(st.text(st.sampled_from("ab%4F0"), min_size=1, max_size=8), max_size=4),
+    whole_escapes=st.booleans(),
+)
+def test_masking_hides_exactly_the_characters_of_the_occurrences(
+    text: str, secrets: list[str], whole_escapes: bool
+) -> None:
+    """The reference: one flag per character, every occurrence's characters set (and with
+    ``whole_escapes`` every ``%XX`` run holding a set one), runs of set flags shown as ``***``."""
+    hidden = [False] * len(text)
+    for secret in secrets:
+        for i in range(len(text) - len(secret) + 1):
+            if text.startswith(secret, i):
+                hidden[i : i + len(secret)] = [True] * len(secret)
+    for run in re.finditer(r"(?:%[0-9A-Fa-f]{2})+", text) if whole_escapes else ():
+        if any(hidden[run.start() : run.end()]):
+            hidden[run.start() : run.end()] = [True] * (run.end() - run.start())
+    runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])
+    want = "".join(REDACTED if h else "".join(c for c, _ in run) for h, run in runs)
+    assert mask_secrets(text, secrets, whole_escapes=whole_escapes) == want
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    text=st.text(st.sampled_from("abk9"), max_size=80),
+    secrets=st.lists(st.text(st.sampled_from("abk9"), min_size=1, max_size=9), max_size=3),
+    limit=st.integers(0, 30),
+)
+def test_a_limited_scrub_is_the_whole_text_scrubbed_then_cut(
+    text: str, secrets: list[str], limit: int
+) -> None:
+    """Only as much of the text is searched as the limit needs, with the same result."""
+    whole = scrub_secrets(text, secrets)
+    assert scrub_secrets(text, secrets, limit=limit) == (
+        whole if len(whole) <= limit else whole[:limit] + "…"
+    )
 
 
 _SAFE = st.characters(blacklist_characters="*\x00", blacklist_categories=("Cs",))

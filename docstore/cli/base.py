@@ -109,9 +109,12 @@ def _pieces(secret: str) -> list[str]:
 
 def _clean(text: str, argv: list[str]) -> str:
     """``text`` safe to print: URL arguments redacted, every known secret scrubbed."""
-    for arg in sorted((a for a in argv if "://" in a), key=len, reverse=True):
-        for form in _written(arg):
-            text = text.replace(form, redact_url(arg))
+    # every form of every URL argument found in the text as given, longest first where two
+    # start at one place: replacing one argument first could break another's form
+    redacted = {form: redact_url(arg) for arg in argv if "://" in arg for form in _written(arg)}
+    if redacted:
+        forms = sorted(redacted, key=len, reverse=True)
+        text = re.sub("|".join(map(re.escape, forms)), lambda m: redacted[m[0]], text)
     # every form of every secret found in the text first: replacing one secret's form before
     # looking for the next could break the other's (a URL's "user:pw" and its "pw")
     text = mask_secrets(text, [f for s in _secrets(argv) for f in (*_written(s), *_pieces(s))])

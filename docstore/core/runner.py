@@ -398,7 +398,9 @@ class Runner:
                 # it): the outcome stands, and running it again could apply it twice
                 if not (done and is_transient(exc)):
                     raise
-                logger.info("a connection broke while going back to the pool: %s", exc)
+                logger.info(
+                    "a connection broke while going back to the pool: %s", self._pools.describe(exc)
+                )
 
     @contextlib.asynccontextmanager
     async def transaction(

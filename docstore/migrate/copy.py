@@ -36,6 +36,7 @@ from docstore.migrate.preflight import beyond_half_problem, nonpositive_ids
 from docstore.migrate.report import MigrationReport, Validation
 from docstore.migrate.verify import StreamedRange, StreamVerifier
 from docstore.store import Store
+from docstore.transient import describe
 
 logger = logging.getLogger("docstore")
 
@@ -292,7 +293,7 @@ async def copy_documents(
             if opened:  # leaving it (a lost connection's rollback) failed
                 failures.append(exc)
             else:
-                logger.info("a copy stream fewer: it could not open (%s)", exc)
+                logger.info("a copy stream fewer: it could not open (%s)", describe(exc))
         except Exception as exc:
             failures.append(exc)
 
@@ -314,7 +315,7 @@ async def _export_snapshot(src: asyncpg.Connection) -> str | None:
     try:
         snapshot = await src.fetchval("SELECT pg_export_snapshot()")
     except asyncpg.PostgresError as exc:  # a standby, say: one stream
-        logger.info("one copy stream: cannot export the legacy snapshot (%s)", exc)
+        logger.info("one copy stream: cannot export the legacy snapshot (%s)", describe(exc))
         return None
     return str(snapshot) if _SNAPSHOT_ID.match(str(snapshot)) else None
 

@@ -12,6 +12,7 @@ import asyncpg
 from docstore.errors import MigrationError
 from docstore.failures import is_closed
 from docstore.migrate.context import cancelling
+from docstore.transient import describe
 
 logger = logging.getLogger("docstore")
 
@@ -37,7 +38,9 @@ async def migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
             except Exception as exc:
                 # the connection broke after the work was done (and committed): ending the
                 # session releases the lock, and the work's outcome stands
-                logger.info("migration lock: unlocking failed (%s): closing its session", exc)
+                logger.info(
+                    "migration lock: unlocking failed (%s): closing its session", describe(exc)
+                )
                 tgt.terminate()
             except BaseException:
                 if not cancelling():

@@ -41,6 +41,7 @@ from docstore.migrate import legacy
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
 from docstore.migrate.digest import FOLDED_EMBEDDING, stored_digest
 from docstore.store import Store
+from docstore.transient import describe
 
 logger = logging.getLogger("docstore")
 
@@ -164,7 +165,7 @@ class StreamVerifier:
                 await self._serve(conn)
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             _stop_if_cancelled(exc)
-            logger.info("one streaming verification reader fewer: %s", exc)
+            logger.info("one streaming verification reader fewer: %s", describe(exc))
 
     async def _run(self) -> None:
         served = False  # the stop marker was taken: serving again would wait forever
@@ -175,11 +176,15 @@ class StreamVerifier:
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             _stop_if_cancelled(exc)
             if served:  # giving the connection back failed, after every range was done
-                logger.info("streaming verification reader: releasing its connection: %s", exc)
+                logger.info(
+                    "streaming verification reader: releasing its connection: %s", describe(exc)
+                )
                 return
             # never fails the copy: the ranges stay unverified, validation reads them again
             self.failed = f"{type(exc).__name__}"
-            logger.warning("streaming verification stopped (%s): validation re-reads", exc)
+            logger.warning(
+                "streaming verification stopped (%s): validation re-reads", describe(exc)
+            )
         if not served:
             await self._serve(None)  # let drain() return: the ranges are done, unverified
 
@@ -192,7 +197,9 @@ class StreamVerifier:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 _stop_if_cancelled(exc)
                 self.failed = f"{type(exc).__name__}"
-                logger.warning("streaming verification stopped (%s): validation re-reads", exc)
+                logger.warning(
+                    "streaming verification stopped (%s): validation re-reads", describe(exc)
+                )
             except Exception as exc:  # the progress callback's: the run stops at drain()
                 _stop_if_cancelled(exc)
                 self.failed = f"{type(exc).__name__}"

@@ -58,6 +58,7 @@ from docstore.search.live_recall import (
     LiveRecall,
 )
 from docstore.search.tuning import Calibration, QuerySource, probe_vectors
+from docstore.transient import describe
 
 if TYPE_CHECKING:
     from docstore.search.surface import SearchDatabase
@@ -395,7 +396,7 @@ class SearchTuner:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
         except Exception as exc:  # background: logged, never raised into a search
-            logger.warning("background search calibration failed: %s", exc)
+            logger.warning("background search calibration failed: %s", describe(exc))
 
     async def wait(self) -> None:
         """Wait for background work in flight (a recalibration, a live-recall re-run)."""
