@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 REDACTED = "***"
 """What a hidden secret is shown as."""
@@ -29,13 +30,17 @@ def mask_secrets(text: str, secrets: Iterable[str], *, whole_escapes: bool = Fal
     """``text`` with every occurrence of every secret (overlapping ones too) replaced by
     ``***``, all found in the original text first, so masking one cannot break another's;
     occurrences that overlap or touch are one ``***``.
-    ``whole_escapes`` (a part of a URL as written): the mask widens to whole runs of ``%XX``
-    escapes so it still decodes (``%40000`` less ``0000``: ``***``, not ``%4***``;
-    ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half character ``%EF%BC``)."""
-    found = [s for s in dict.fromkeys(secrets) if s and s in text]
-    if not found:
+    ``whole_escapes`` (a part of a URL as written): a secret is also found where the text
+    spells it with other escapes (the user name ``%61%40bc`` for the password ``a@bc``), and
+    the mask widens to whole runs of ``%XX`` escapes so it still decodes (``%40000`` less
+    ``0000``: ``***``, not ``%4***``; ``%EF%BC%A0%3A`` less ``0%3A``: ``***``, not the half
+    character ``%EF%BC``)."""
+    wanted = [s for s in dict.fromkeys(secrets) if s]
+    found = [s for s in wanted if s in text]
+    written = [] if not whole_escapes or "%" not in text else _written_otherwise(text, wanted)
+    if not found and not written:
         return text
-    spans = _merged(span for secret in found for span in _occurrences(text, secret))
+    spans = _merged([*written, *(span for secret in found for span in _occurrences(text, secret))])
     if whole_escapes:
         spans = _merged([*spans, *_touched_escapes(text, spans)])
     shown, end = [], 0
@@ -102,6 +107,30 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             joined.append((start, stop))
     return joined
+
+
+def _written_otherwise(text: str, secrets: list[str]) -> list[tuple[int, int]]:
+    """Where ``text`` percent-decoded holds one of ``secrets``, as spans of ``text`` (a run
+    of escapes is one piece: whatever part of it a secret covers, all of it is hidden)."""
+    pieces: list[tuple[int, int]] = []  # the span of text each decoded character came from
+    decoded: list[str] = []
+    end = 0
+    for run in [*_ESCAPES.finditer(text), None]:
+        start = len(text) if run is None else run.start()
+        pieces += [(i, i + 1) for i in range(end, start)]
+        decoded.append(text[end:start])
+        if run is not None:
+            part = unquote(run[0])
+            pieces += [run.span()] * len(part)
+            decoded.append(part)
+            end = run.end()
+    plain = "".join(decoded)
+    return [
+        (pieces[start][0], pieces[stop - 1][1])
+        for secret in secrets
+        if secret in plain
+        for start, stop in _occurrences(plain, secret)
+    ]
 
 
 def _touched_escapes(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ import docstore
 from docstore.errors import QueryError
 from docstore.masking import MIN_SCRUBBED_SECRET, REDACTED, mask_secrets, scrub_secrets
 from docstore.transient import MAX_MESSAGE, describe, scrub
+from docstore.urls import redact_url
 from tests.conftest import PgCluster, scram_reader
 from tests.fuzzing import examples
 
@@ -86,6 +88,23 @@ def test_masking_hides_exactly_the_characters_of_the_occurrences(
     assert mask_secrets(text, secrets, whole_escapes=whole_escapes) == want
 
 
+_WRITTEN = st.sampled_from(["a", "@", "%61", "%40", "%41", "%C3%A9", "é", "%", "4"])
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    text=st.lists(_WRITTEN, max_size=20).map("".join),
+    secrets=st.lists(st.text(st.sampled_from("a@é"), min_size=1, max_size=5), max_size=3),
+)
+def test_a_url_part_shows_no_secret_however_it_is_escaped(text: str, secrets: list[str]) -> None:
+    """With ``whole_escapes``, no secret survives in the part as it decodes (``%61`` is
+    ``a``), and what is kept still decodes to a piece of the original."""
+    shown = mask_secrets(text, secrets, whole_escapes=True)
+    for piece in shown.split(REDACTED):
+        assert all(secret not in unquote(piece) for secret in secrets)
+        assert unquote(piece) in unquote(text)
+
+
 @settings(max_examples=examples(300), deadline=None)
 @given(
     text=st.text(st.sampled_from("abk9"), max_size=80),
@@ -144,6 +163,26 @@ async def test_a_server_error_echoing_an_overlapping_password_shows_none_of_it(
     assert "invalid input syntax for type integer" in texts
     assert "k9" not in texts.replace(password, "")  # no tail of it, and no whole one either
     assert password not in texts
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        # the user name spells the password a@bc with other escapes than the password's
+        ("postgresql://%61%40bc:a%40bc@db.example/app", "postgresql://***:***@db.example/app"),
+        ("postgresql://u:a%40bc@h/%61%40bcd", "postgresql://u:***@h/***d"),
+        ("postgresql://u:p%C3%A9ssw@h/p%c3%a9ssw", "postgresql://u:***@h/***"),
+        ("postgresql://u:s3cret@h/db?application_name=x%73%33cret", None),
+    ],
+)
+def test_a_url_part_spelling_the_password_with_other_escapes_is_masked(
+    url: str, redacted: str | None
+) -> None:
+    shown = redact_url(url)
+    if redacted is not None:
+        assert shown == redacted
+    assert unquote(shown).count("a@bc") + unquote(shown).count("s3cret") == 0
+    assert unquote(shown).count("péssw") == 0
 
 
 def test_describe_uses_the_same_masking() -> None:
