@@ -23,6 +23,10 @@ MIN_SCRUBBED_SECRET = 4
 """Shorter secrets are not searched for in text: replacing every ``e`` would garble the
 message and spell the password out (URLs are redacted by their structure instead)."""
 
+SCAN_LIMIT = 1 << 14
+"""Characters of a text :func:`scrub_secrets` searches at most when it cuts the result (a
+text so dense with secrets that its masked start stays short is shown only that far)."""
+
 _ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # one run: a UTF-8 character may span several
 
 
@@ -68,7 +72,9 @@ def scrub_secrets(text: str, secrets: Iterable[str], *, limit: int | None = None
         # ``limit`` are those of the whole text masked.
         if len(masked) >= limit + longest:
             return masked[:limit] + "…"
-        window *= 2
+        if window >= SCAN_LIMIT:  # a long text dense with secrets: what is surely not one
+            return masked[: max(0, min(limit, len(masked) - longest + 1))] + "…"
+        window = min(window * 2, max(SCAN_LIMIT, limit + longest))
     masked = mask_secrets(text, found)
     return masked if len(masked) <= limit else masked[:limit] + "…"
 

@@ -96,10 +96,9 @@ def test_a_row_missing_fields_gets_their_defaults_as_model_construct_gives_them(
     assert Document.from_row(dict(row)).embedding is None
 
 
-def test_a_row_with_unknown_columns_drops_them_as_model_construct_does() -> None:
-    row = {**_document_row(), "rank": 3}
+def test_a_row_with_unknown_columns_is_what_model_construct_makes_of_it() -> None:
+    row = {**_document_row(), "rank": 3}  # (pydantic 2.4 keeps "rank", later ones drop it)
     _same(Document.from_row(dict(row)), Document.model_construct(**row))
-    assert "rank" not in Document.from_row(dict(row)).__dict__
 
 
 def test_a_source_from_a_row() -> None:

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import docstore
+from docstore import masking
+from docstore.cli.base import _clean
 from docstore.errors import QueryError
 from docstore.masking import MIN_SCRUBBED_SECRET, REDACTED, mask_secrets, scrub_secrets
 from docstore.transient import MAX_MESSAGE, describe, scrub
@@ -86,6 +88,28 @@ def test_masking_hides_exactly_the_characters_of_the_occurrences(
     runs = itertools.groupby(zip(text, hidden, strict=True), key=lambda pair: pair[1])
     want = "".join(REDACTED if h else "".join(c for c, _ in run) for h, run in runs)
     assert mask_secrets(text, secrets, whole_escapes=whole_escapes) == want
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    text=st.text(st.sampled_from("ab"), max_size=120),
+    secrets=st.lists(st.text(st.sampled_from("ab"), min_size=4, max_size=9), max_size=3),
+    limit=st.integers(0, 12),
+    scan=st.integers(1, 40),
+)
+def test_a_text_dense_with_secrets_past_the_scan_limit_shows_less_never_more(
+    text: str, secrets: list[str], limit: int, scan: int
+) -> None:
+    """Past ``SCAN_LIMIT`` characters the shown part is a prefix of the whole text masked."""
+    saved, masking.SCAN_LIMIT = masking.SCAN_LIMIT, scan
+    try:
+        shown = scrub_secrets(text, secrets, limit=limit)
+    finally:
+        masking.SCAN_LIMIT = saved
+    whole = scrub_secrets(text, secrets)
+    reference = whole if len(whole) <= limit else whole[:limit] + "…"
+    assert shown == reference or (shown.endswith("…") and whole.startswith(shown[:-1]))
+    assert len(shown) <= limit + 1
 
 
 _WRITTEN = st.sampled_from(["a", "@", "%61", "%40", "%41", "%C3%A9", "é", "%", "4"])
@@ -183,6 +207,19 @@ def test_a_url_part_spelling_the_password_with_other_escapes_is_masked(
         assert shown == redacted
     assert unquote(shown).count("a@bc") + unquote(shown).count("s3cret") == 0
     assert unquote(shown).count("péssw") == 0
+
+
+def test_cli_arguments_whose_forms_overlap_are_hidden_together() -> None:
+    """One argument's URL ending inside another's left the rest of a password on screen
+    when the first was replaced alone."""
+    first = "postgres://u:sec(retpw@h/a_long_database_name"
+    second = "x://h?password=postgres://u:sec"
+    argv = ["docstore", first, second]
+    assert _clean(f"error: x://h?password={first} end", argv) == f"error: {REDACTED} end"
+    apart = _clean(f"error: {first} and {second} end", argv)
+    kept = "postgres://u:***@h/a_long_database_name"
+    assert apart == f"error: {kept} and x://h?password={REDACTED} end"
+    assert "retpw" not in apart and "sec(" not in apart
 
 
 def test_describe_uses_the_same_masking() -> None:

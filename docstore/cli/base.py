@@ -28,7 +28,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from docstore.errors import DocstoreError
-from docstore.masking import MIN_SCRUBBED_SECRET, mask_secrets
+from docstore.masking import MIN_SCRUBBED_SECRET, REDACTED, mask_secrets
 from docstore.urls import check_url, redact_url, url_secrets
 
 EXIT_ERROR = 1
@@ -107,14 +107,34 @@ def _pieces(secret: str) -> list[str]:
     return [r for r in dict.fromkeys(runs) if len(r) >= MIN_SCRUBBED_SECRET and r != secret]
 
 
+def _redact_arguments(text: str, urls: list[str]) -> str:
+    """``text`` with every form of every URL argument shown redacted, all found in the text as
+    given first: a form that overlaps another's (an argument ending inside the next) is
+    hidden together with it, as ``***``, so neither is left half shown."""
+    shown = {form: redact_url(url) for url in urls for form in _written(url)}
+    found = sorted(
+        (m.start(), m.start() + len(form), form)
+        for form in shown
+        for m in re.finditer(f"(?={re.escape(form)})", text)
+    )
+    parts: list[str] = []
+    group: list[tuple[int, int, str]] = []  # occurrences overlapping one another
+    end = 0
+    for occurrence in [*found, None]:
+        if group and (occurrence is None or occurrence[0] >= max(o[1] for o in group)):
+            start, stop = group[0][0], max(o[1] for o in group)
+            widest = max(group, key=lambda o: o[1] - o[0])
+            whole = all(widest[0] <= o[0] and o[1] <= widest[1] for o in group)
+            parts += [text[end:start], shown[widest[2]] if whole else REDACTED]
+            end, group = stop, []
+        if occurrence is not None:
+            group.append(occurrence)
+    return "".join([*parts, text[end:]])
+
+
 def _clean(text: str, argv: list[str]) -> str:
     """``text`` safe to print: URL arguments redacted, every known secret scrubbed."""
-    # every form of every URL argument found in the text as given, longest first where two
-    # start at one place: replacing one argument first could break another's form
-    redacted = {form: redact_url(arg) for arg in argv if "://" in arg for form in _written(arg)}
-    if redacted:
-        forms = sorted(redacted, key=len, reverse=True)
-        text = re.sub("|".join(map(re.escape, forms)), lambda m: redacted[m[0]], text)
+    text = _redact_arguments(text, [arg for arg in argv if "://" in arg])
     # every form of every secret found in the text first: replacing one secret's form before
     # looking for the next could break the other's (a URL's "user:pw" and its "pw")
     text = mask_secrets(text, [f for s in _secrets(argv) for f in (*_written(s), *_pieces(s))])

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -67,6 +67,8 @@ class StageContext:
     # The streaming validation's digest folds each embedding to its CRC-32C (the target can
     # compute it: docstore.migrate.digest.target_folds); both sides of a run use the same form.
     fold_embeddings: bool = False
+    # The URLs' secrets, scrubbed from what the stages log (never shown: repr=False).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def count_bytes(self, n: int) -> None:
         self.streamed_bytes += n

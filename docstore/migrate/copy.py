@@ -293,7 +293,9 @@ async def copy_documents(
             if opened:  # leaving it (a lost connection's rollback) failed
                 failures.append(exc)
             else:
-                logger.info("a copy stream fewer: it could not open (%s)", describe(exc))
+                logger.info(
+                    "a copy stream fewer: it could not open (%s)", describe(exc, ctx.secrets)
+                )
         except Exception as exc:
             failures.append(exc)
 

@@ -170,6 +170,7 @@ class Migrator:
             copy_streams=self.copy_streams,
             progress=self._progress,
             fold_embeddings=self.run_validation and await target_folds(store),
+            secrets=self._secrets,
         )
 
     async def close(self) -> None:

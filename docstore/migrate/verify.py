@@ -165,7 +165,10 @@ class StreamVerifier:
                 await self._serve(conn)
         except (DocstoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             _stop_if_cancelled(exc)
-            logger.info("one streaming verification reader fewer: %s", describe(exc))
+            logger.info("one streaming verification reader fewer: %s", self._describe(exc))
+
+    def _describe(self, exc: BaseException) -> str:
+        return describe(exc, self.ctx.secrets)
 
     async def _run(self) -> None:
         served = False  # the stop marker was taken: serving again would wait forever
@@ -177,13 +180,14 @@ class StreamVerifier:
             _stop_if_cancelled(exc)
             if served:  # giving the connection back failed, after every range was done
                 logger.info(
-                    "streaming verification reader: releasing its connection: %s", describe(exc)
+                    "streaming verification reader: giving its connection back: %s",
+                    self._describe(exc),
                 )
                 return
             # never fails the copy: the ranges stay unverified, validation reads them again
             self.failed = f"{type(exc).__name__}"
             logger.warning(
-                "streaming verification stopped (%s): validation re-reads", describe(exc)
+                "streaming verification stopped (%s): validation re-reads", self._describe(exc)
             )
         if not served:
             await self._serve(None)  # let drain() return: the ranges are done, unverified
@@ -198,7 +202,7 @@ class StreamVerifier:
                 _stop_if_cancelled(exc)
                 self.failed = f"{type(exc).__name__}"
                 logger.warning(
-                    "streaming verification stopped (%s): validation re-reads", describe(exc)
+                    "streaming verification stopped (%s): validation re-reads", self._describe(exc)
                 )
             except Exception as exc:  # the progress callback's: the run stops at drain()
                 _stop_if_cancelled(exc)
