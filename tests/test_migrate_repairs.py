@@ -414,3 +414,65 @@ async def test_a_crate_version_changed_between_two_killed_runs_reaches_every_doc
         "SELECT DISTINCT metadata->>'crate_version' FROM documents WHERE source_name = 'crate0'",
     )
     assert [r[0] for r in rows] == ["9.9.9"]
+
+
+# -- review 67: two servers on one host, each with the same legacy database name -----------
+
+
+async def _same_named_legacy(server: Any, name: str, docs: int, *, history: int = 0) -> str:
+    """``name`` on ``server`` with ``docs`` legacy documents, after ``history`` other
+    transactions (two fresh clusters loaded alike give their rows the same xmin, so the same
+    checkpoint stamps: what only a physical copy of one database has)."""
+    admin = await asyncpg.connect(server.url("postgres"))
+    try:
+        for _ in range(history):
+            await admin.execute("SELECT pg_current_xact_id()")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = server.url(name)
+    extension = await asyncpg.connect(url)
+    try:
+        await extension.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    finally:
+        await extension.close()
+    await build_legacy(url, crates=6, docs=docs)
+    return url
+
+
+async def test_same_named_legacy_databases_of_two_servers_over_sockets_are_told_apart(
+    tmp_path: Any, database_url: str
+) -> None:
+    """Over a Unix socket the run id was ``legacy@socket:`` for every server: a second server's
+    ``legacy`` passed preflight as the first one's and the run deleted the first one's
+    documents (1,515 of them, in the review). The id now holds the port and the cluster's
+    system identifier."""
+    from docstore.embedded import EmbeddedServer
+    from docstore.migrate.context import run_id
+
+    first = EmbeddedServer(tmp_path / "first", cleanup="delete").start()
+    second = EmbeddedServer(tmp_path / "second", cleanup="delete").start()
+    try:
+        first_url = await _same_named_legacy(first, "legacy_same", DOCS)
+        second_url = await _same_named_legacy(second, "legacy_same", 40, history=50)
+        ids = []
+        for url in (first_url, second_url):
+            conn = await asyncpg.connect(url)
+            try:
+                ids.append(await run_id(conn, "rust"))
+            finally:
+                await conn.close()
+        assert ids[0] != ids[1] and all("@socket:" in i for i in ids)
+        async with Migrator(first_url, database_url, chunk_rows=CHUNK) as m:
+            assert (await m.run()).ok
+        async with Migrator(second_url, database_url, chunk_rows=CHUNK) as m:
+            with pytest.raises(MigrationError, match="another legacy database"):
+                await m.run()
+        rows = await target_fetch(database_url, "SELECT count(*) FROM documents")
+        assert rows[0][0] == DOCS  # nothing of the first server's deleted
+        async with Migrator(first_url, database_url, chunk_rows=CHUNK) as m:
+            again = await m.run()  # the first server's re-run still resumes
+        assert again.ok and again.skipped_chunks == 5
+    finally:
+        first.close()
+        second.close()

@@ -97,12 +97,24 @@ def run_doc_type(doc_type: str) -> str:
 
 async def run_id(src: asyncpg.Connection, doc_type: str) -> str:
     """The id of a migration of ``src`` into ``doc_type``: re-runs find their checkpoints, and
-    preflight tells another legacy database's checkpoints in the doc_type by it."""
-    where = await src.fetchval(
-        "SELECT current_database() || '@' || coalesce(inet_server_addr()::text, 'socket')"
-        " || ':' || coalesce(inet_server_port()::text, '')"
-    )
+    preflight tells another legacy database's checkpoints in the doc_type by it.
+
+    ``<database>@<server address>:<port>`` over TCP; over a Unix socket, which has neither,
+    ``<database>@socket:<port>/<the cluster's system identifier>``: two servers on one host
+    (staging and production, each with its ``rust_docs_vectors``) were both ``…@socket:``
+    before, and one's run took the other's checkpoints for its own."""
+    where = await src.fetchval(_WHERE)
     return f"{run_doc_type(doc_type)}:{where}"
+
+
+# (no statement that may fail: the caller's transaction holds the copy's snapshot)
+_WHERE = """
+SELECT current_database() || '@' || coalesce(
+         inet_server_addr()::text || ':' || inet_server_port()::text,
+         'socket:' || current_setting('port') || coalesce('/' || CASE
+           WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+           THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) END, ''))
+"""
 
 
 @contextlib.asynccontextmanager
