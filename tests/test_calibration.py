@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -323,3 +324,51 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
     calibrated = await store.tuner.calibration()
     assert calibrated is not None and calibrated.queries >= 2
     assert abs(calibrated.table_rows - 1200) <= 24
+
+
+# -- review 68: a calibration measured while the table is written --------------------------
+
+
+def _writer(store: docstore.Store, *, writes: int) -> tuple[Any, list[asyncio.Task[Any]]]:
+    """A progress callback that, for its first ``writes`` calls, inserts a row beside the
+    calibration (in a task of its own: the write lands while the measurement goes on)."""
+    tasks: list[asyncio.Task[Any]] = []
+    extra = clustered(writes or 1, seed=77)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if len(tasks) < writes:
+            i = len(tasks)
+            doc = Document(source_name="new", doc_path=f"w{i}", content="w", embedding=extra[i])
+            tasks.append(asyncio.ensure_future(store.documents.upsert_many([doc])))
+
+    return progress, tasks
+
+
+async def test_a_calibration_measured_while_rows_are_written_is_measured_again(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    """A bulk load beside the background recalibration made the exact answers stale while
+    the trials ran (recall fell as ef_search rose) and ef_search 20 was stored: recall 0.95
+    with queries at 0.0 until the next recalibration minutes later. The table is now checked
+    before and after; a try whose table changed is measured again."""
+    store, points = indexed
+    queries = noisy_queries(points, 20, noise=0.05, seed=11)
+    progress, tasks = _writer(store, writes=3)  # all during the first try's truths
+    calibration = await store.calibrate_search(query_vectors=queries, progress=progress)
+    await asyncio.gather(*tasks)
+    assert len(tasks) == 3
+    assert calibration.table_rows == ROWS + 3  # counted, not the planner's stale estimate
+    assert calibration.met_target and calibration.lowest_recall >= 0.7
+
+
+async def test_a_table_that_keeps_changing_stores_no_calibration(
+    indexed: tuple[docstore.Store, np.ndarray],
+) -> None:
+    store, points = indexed
+    before = await store.tuner.calibration()
+    queries = noisy_queries(points, 20, noise=0.05, seed=12)
+    progress, tasks = _writer(store, writes=10_000)  # a row on every step of every try
+    with pytest.raises(docstore.QueryError, match="changed while the search calibration"):
+        await store.calibrate_search(query_vectors=queries, progress=progress)
+    await asyncio.gather(*tasks)
+    assert await store.tuner.calibration() == before  # nothing stored

@@ -24,6 +24,7 @@ import asyncpg
 import numpy as np
 
 from docstore.core.surface import own_reads
+from docstore.errors import QueryError
 from docstore.search import queries
 from docstore.search.planner import level_candidates
 from docstore.search.tuning import (
@@ -66,6 +67,16 @@ _UNKNOWN_SIZE_PERCENT = 0.1
 Citus), the first draw's share of pages; each further draw takes 10× more."""
 
 
+# What tells a table that changed: its rows, its last id, and every row version's xmin
+# (an update or a re-embedding changes no count; Citus: the count and id only).
+_STATE = "SELECT count(*), max(id), sum(xmin::text::bigint) FROM documents"
+_STATE_DISTRIBUTED = "SELECT count(*), max(id), NULL::numeric FROM documents"
+
+
+MEASURE_ATTEMPTS = 3
+"""Measurements tried before a calibration whose table kept changing is given up."""
+
+
 class Calibrator:
     """The calibration procedure of one store (see the module docstring)."""
 
@@ -92,8 +103,24 @@ class Calibrator:
         store = self._store
         started = time.perf_counter() if started is None else started
         oversample = store.settings.search_oversample
-        truths = await self._truths(vectors, metric, progress, pace)
-        trials, latency = await self._trials(vectors, truths, metric, oversample, progress, pace)
+        for attempt in range(1, MEASURE_ATTEMPTS + 1):
+            before = await self._table_state()
+            truths = await self._truths(vectors, metric, progress, pace)
+            trials, latency = await self._trials(
+                vectors, truths, metric, oversample, progress, pace
+            )
+            after = await self._table_state()
+            if after == before:
+                break
+            # rows written meanwhile: the exact answers were taken on another table than the
+            # trials ran on (a bulk load made recall fall as ef_search rose: ef 20 won)
+            if attempt == MEASURE_ATTEMPTS:
+                raise QueryError(
+                    f"the documents table changed while the search calibration measured, "
+                    f"{MEASURE_ATTEMPTS} times ({before[0]:,} rows when the last try began, "
+                    f"{after[0]:,} at its end): nothing was stored; calibrate again when the "
+                    "writes pause"
+                )
         exact_ms = await self._exact_latency(vectors[:5], metric)
         choose = functools.partial(
             choose_settings,
@@ -106,9 +133,7 @@ class Calibrator:
         choice = choose(floor=SELECTION_FLOOR)
         if not choice.met_target:  # this index cannot keep every query at 0.9
             choice = choose(floor=RECALL_FLOOR)
-        table_rows = await own_reads(store).fetchval(
-            "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
-        )
+        table_rows = after[0]  # counted: reltuples lags a load until ANALYZE
         return Calibration(
             metric=metric,
             target_recall=target,
@@ -127,6 +152,12 @@ class Calibrator:
             calibrated_at=datetime.now(UTC),
             seconds=time.perf_counter() - started,
         )
+
+    async def _table_state(self) -> tuple[int, Any, Any]:
+        """The rows, the last id and the sum of the row versions' xmin of ``documents``."""
+        sql = _STATE_DISTRIBUTED if self._store.distributed else _STATE
+        row = await own_reads(self._store).fetchrow(sql)
+        return int(row[0]), row[1], row[2]
 
     async def sample_stored(self, n: int) -> list[np.ndarray]:
         """About ``n`` stored embeddings from random pages (no full scan of the table).
