@@ -18,7 +18,7 @@ from docstore.migrate import Migrator
 from docstore.migrate.pipe import pipe
 from docstore.migrate.report import ParityCheck
 from tests.conftest import PgCluster
-from tests.legacy_db import build_legacy, legacy_database, legacy_execute
+from tests.legacy_db import build_legacy, legacy_database, legacy_execute, legacy_fetch
 
 DOCS = 120
 CHUNK = 25  # 5 chunks: (0, 25], (25, 50], (50, 75], (75, 100], (100, 120]
@@ -476,3 +476,42 @@ async def test_same_named_legacy_databases_of_two_servers_over_sockets_are_told_
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "postgresql://op:s3cr3t@pw@/legacy",  # an unencoded '@' in the password
+        "postgresql://op:s3cr3t%zz@/legacy",  # a bad escape
+        "postgresql://op:s3cr3t@127.0.0.1:99999/legacy",  # asyncpg connected to port 34463
+    ],
+)
+def test_the_python_api_refuses_a_malformed_legacy_url_as_the_cli_does(source: str) -> None:
+    """Review 67: ``Migrator(source)`` handed it to asyncpg as given, which misread it."""
+    from docstore.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"Migrator\(source=\.\.\.\)") as info:
+        Migrator(source, "postgresql://u@127.0.0.1:1/target")
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in repr(info.value)
+
+
+def test_migration_commands_name_both_databases_and_rollback_refuses_the_embedded_fallback(
+    legacy_url: str, database_url: str
+) -> None:
+    """Review 67: with DATABASE_URL unset, `docstore migrate` copied into the embedded server
+    and `docstore rollback` then overwrote the legacy database from it, neither naming where."""
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    runner = CliRunner()
+    checked = runner.invoke(app, ["validate", "--source", legacy_url, "--target", database_url])
+    lines = checked.stdout.splitlines()
+    assert lines[0].startswith("source: ") and urlsplit(legacy_url).path in lines[0]
+    assert lines[1].startswith("target: ") and lines[1].endswith("(argument)")
+    before = asyncio.run(legacy_fetch(legacy_url, "SELECT count(*) FROM doc_embeddings"))
+    refused = runner.invoke(app, ["rollback", "--source", legacy_url])  # no target anywhere
+    assert refused.exit_code == 1
+    assert "embedded PostgreSQL" in refused.stderr and "pass --target" in refused.stderr
+    after = asyncio.run(legacy_fetch(legacy_url, "SELECT count(*) FROM doc_embeddings"))
+    assert after == before  # nothing written into the legacy database

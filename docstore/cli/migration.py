@@ -12,7 +12,7 @@ from rich.markup import escape
 from docstore import cli
 from docstore.cli.base import async_command, checked_url, console
 from docstore.cli.progress import MigrationBars
-from docstore.config import load_settings
+from docstore.config import UrlSource, load_settings, redact_url
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
 from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
@@ -76,6 +76,32 @@ async def _target(target: str | None, *, migrate: bool = True) -> Store:
     return await cli.connect(target, migrate=migrate)
 
 
+def _say_where(legacy: str, store: Store, command: str) -> None:
+    """Name both databases (redacted) before the command works on them: with no target
+    configured the embedded server is the target, which a cutover never means."""
+    # (not wrapped: an operator copies these)
+    console.print(escape(f"source: {redact_url(legacy)}"), highlight=False, soft_wrap=True)
+    console.print(
+        escape(f"target: {store.url} ({store.url_source})"), highlight=False, soft_wrap=True
+    )
+    if store.url_source != UrlSource.EMBEDDED:
+        return
+    where = f"docstore's embedded PostgreSQL in {store.settings.embedded_dir}"
+    if command == "rollback":  # it would overwrite the legacy database from there
+        raise MigrationError(
+            f"no --target, DATABASE_URL or MCPDOCS_DATABASE_URL: the target would be {where},"
+            " and rollback copies its documents over the legacy database's; pass --target"
+            " (that server's URL, if it really is the one) to roll back from it"
+        )
+    console.print(
+        escape(
+            f"warning: the target is {where}: no --target, DATABASE_URL or MCPDOCS_DATABASE_URL"
+        ),
+        style="yellow",
+        highlight=False,
+    )
+
+
 NEXT_STEPS = """next steps (docs/cutover.md):
   1. freeze the legacy database, then re-run `docstore migrate` (copies only what changed)
   2. `docstore validate`; point the app at the new database with READ_ONLY=true, smoke-test
@@ -104,6 +130,7 @@ async def migrate(
     bars = MigrationBars()
     legacy = _legacy_url(source)
     async with await _target(target, migrate=not dry_run) as store:
+        _say_where(legacy, store, "migrate")
         migrator = Migrator(
             legacy,
             store,
@@ -145,6 +172,7 @@ async def validate(
     """Compare the legacy database with docstore row by row; exit 1 on any mismatch."""
     legacy = _legacy_url(source)
     async with await _target(target, migrate=False) as store:
+        _say_where(legacy, store, "validate")
         result = await Migrator(legacy, store, doc_type=doc_type).validate()
     console.print(result)
     if not result.ok:
@@ -173,6 +201,7 @@ async def rollback(
     """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
     legacy = _legacy_url(source)
     async with await _target(target, migrate=False) as store:
+        _say_where(legacy, store, "rollback")
         result = await Migrator(legacy, store, doc_type=doc_type).rollback(
             force=force, dry_run=dry_run
         )

@@ -66,6 +66,7 @@ from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, 
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
 from docstore.store import Store, connect
 from docstore.transient import is_out_of_range_date
+from docstore.urls import check_url
 
 logger = logging.getLogger("docstore")
 
@@ -108,6 +109,8 @@ class Migrator:
             raise MigrationError("copy_streams must be from 1 to 16")
         if not doc_type_ok(doc_type):
             raise MigrationError(f"doc_type must be {DOC_TYPE_RULE}")
+        if isinstance(source, str):  # refused as connect() refuses its url= (the CLI did)
+            source = check_url(source, "Migrator(source=...)")
         self._source_arg = source
         self._target_arg = target
         self.doc_type = doc_type
