@@ -530,3 +530,23 @@ async def test_search_parity_compares_first_answers_and_times_warm_ones() -> Non
 
     answer, ms = await _twice(search)
     assert answer == 1 and calls == [0, 1] and ms >= 0
+
+
+async def test_a_failed_validation_exits_1_with_one_error_line_on_stderr(
+    legacy_url: str, database_url: str
+) -> None:
+    """Review 67: `docstore validate` exited 1 with an empty stderr, where `docstore --help`
+    promises one 'error:' line."""
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    await target_fetch(database_url, "UPDATE documents SET content = content || '!' WHERE id = 7")
+    args = ["validate", "--source", legacy_url, "--target", database_url]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: validation found differences")
+    assert "FAILED" in result.stdout

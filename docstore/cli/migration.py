@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
 
 from docstore import cli
-from docstore.cli.base import async_command, checked_url, console
+from docstore.cli.base import async_command, checked_url, console, err_console
 from docstore.cli.progress import MigrationBars
 from docstore.config import UrlSource, load_settings, redact_url
 from docstore.errors import MigrationError
@@ -102,6 +102,12 @@ def _say_where(legacy: str, store: Store, command: str) -> None:
     )
 
 
+def _fail(why: str) -> NoReturn:
+    """Exit 1 with the one ``error:`` line on stderr the CLI's exit statuses promise."""
+    err_console.print(f"[bold red]error:[/] {escape(why)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
 NEXT_STEPS = """next steps (docs/cutover.md):
   1. freeze the legacy database, then re-run `docstore migrate` (copies only what changed)
   2. `docstore validate`; point the app at the new database with READ_ONLY=true, smoke-test
@@ -148,7 +154,7 @@ async def migrate(
     if dry_run:
         console.print("dry run: nothing was written")
         if not result.preflight.ok:
-            raise typer.Exit(1)
+            _fail("preflight found what blocks the migration (listed above)")
         return
     for warning in result.warnings:
         # warnings quote legacy data (crate names, doc paths such as "impl-Index-for-[T]")
@@ -161,7 +167,7 @@ async def migrate(
     if result.validation is not None:
         console.print(result.validation)
     if not result.ok:
-        raise typer.Exit(1)
+        _fail("the copy finished, but validation found differences (listed above)")
     console.print(NEXT_STEPS, highlight=False)
 
 
@@ -176,7 +182,7 @@ async def validate(
         result = await Migrator(legacy, store, doc_type=doc_type).validate()
     console.print(result)
     if not result.ok:
-        raise typer.Exit(1)
+        _fail("validation found differences (listed above)")
 
 
 @async_command
