@@ -550,3 +550,35 @@ async def test_a_failed_validation_exits_1_with_one_error_line_on_stderr(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: validation found differences")
     assert "FAILED" in result.stdout
+
+
+async def test_a_dry_run_lists_legacy_rows_docstore_would_refuse(
+    legacy_url: str, database_url: str
+) -> None:
+    """Review 67: rows docstore's own writes refuse (empty content or path, a negative
+    token_count, an over-long path, a zero or underflowing vector) were copied with no word;
+    the app could not then re-write them, and ANN searches missed the vectors."""
+    tiny = "[" + ",".join(["1e-9"] * 3072) + "]"
+    zero = "[" + ",".join(["0"] * 3072) + "]"
+    await legacy_execute(
+        legacy_url,
+        "UPDATE doc_embeddings SET content = '' WHERE id = 3;"
+        " UPDATE doc_embeddings SET doc_path = '' WHERE id = 4;"
+        " UPDATE doc_embeddings SET token_count = -1 WHERE id = 5;"
+        " UPDATE doc_embeddings SET doc_path = repeat('p', 3000) WHERE id = 6;"
+        f" UPDATE doc_embeddings SET embedding = '{zero}' WHERE id = 7;"
+        f" UPDATE doc_embeddings SET embedding = '{tiny}' WHERE id IN (8, 9);",
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        result = await m.run(dry_run=True)
+    warnings = "\n".join(result.preflight.warnings)
+    for what, ids in [
+        ("an empty content", "3"),
+        ("an empty doc_path", "4"),
+        ("a negative token_count", "5"),
+        ("a doc_path over 2,048 bytes", "6"),
+        ("an all-zero embedding", "7"),
+        ("an embedding half precision loses", "8, 9"),
+    ]:
+        assert f"with {what}" in warnings and f"ids {ids})" in warnings, (what, warnings)
+    assert result.preflight.ok  # warnings: the run may go on

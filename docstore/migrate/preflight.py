@@ -8,7 +8,8 @@ legacy tables this role may not read (:func:`missing_grants`), legacy ids <= 0
 (:func:`duplicate_keys`), a read-only target, a doc_type that already holds documents
 migrated from another legacy database (:func:`other_legacy_database`) and, in a thorough
 preflight (a dry run), embedding values half precision cannot hold
-(:func:`beyond_half_precision`). Otherwise nothing here detoasts an embedding stored
+(:func:`beyond_half_precision`); a thorough preflight also warns of rows the copy keeps but
+docstore's own writes refuse (:func:`refused_by_docstore`). Otherwise nothing here detoasts an embedding stored
 uncompressed with the target's dimension (:func:`~docstore.migrate.legacy.dims_sql`).
 """
 
@@ -20,10 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from docstore.embeddings import MAX_EMBEDDING_VALUE
+from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
 from docstore.migrate import checkpoints, legacy
 from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.report import Preflight, TableInfo
+from docstore.models import MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
 from docstore.store import Store
 
 _MIGRATED_ROWS = (
@@ -55,6 +57,8 @@ async def preflight(
         pre.blocking.extend(await duplicate_keys(src))
         if thorough and (problem := await beyond_half_precision(src, store.embedding_dim)):
             pre.blocking.append(problem)
+        if thorough:
+            pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
     if not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
         pre.warnings.append(
             "the target has no docstore schema yet: the run creates it (as `docstore init`)"
@@ -274,6 +278,58 @@ async def beyond_half_precision(src: asyncpg.Connection, dim: int) -> str | None
     if not rows:
         return None
     return beyond_half_problem([r["id"] for r in rows], rows[0]["found"]) + " and run again"
+
+
+# Legacy rows the copy takes as they are but docstore's own writes refuse (models.Document,
+# embeddings.half_precision_problem): name, condition (over doc_embeddings; $1 the target's
+# dimension, $2 the doc_type's UTF-8 bytes).
+_REFUSED = {
+    "an empty content": "content = ''",
+    "an empty doc_path": "doc_path = ''",
+    "a negative token_count": "token_count < 0",
+    f"a doc_path over {MAX_DOC_PATH_BYTES:,} bytes": (
+        f"octet_length(doc_path) > {MAX_DOC_PATH_BYTES}"
+    ),
+    f"a key (doc_type, crate, doc_path) over {MAX_KEY_BYTES:,} bytes": (
+        f"$2 + octet_length(crate_name) + octet_length(doc_path) > {MAX_KEY_BYTES}"
+    ),
+    "an all-zero embedding (no search finds it)": (
+        "embedding IS NOT NULL AND vector_dims(embedding) = $1 AND vector_norm(embedding) = 0"
+    ),
+    "an embedding half precision loses (ANN and scoped searches miss it)": (
+        "embedding IS NOT NULL AND vector_dims(embedding) = $1 AND CASE WHEN"
+        f" vector_norm(embedding) > 0 AND vector_norm(embedding) <= {int(MAX_EMBEDDING_VALUE)}"
+        " THEN l2_distance(embedding::halfvec::vector, embedding)"
+        f" > {MAX_HALF_PRECISION_ERROR} * vector_norm(embedding) ELSE false END"
+    ),
+}
+
+
+async def refused_by_docstore(src: asyncpg.Connection, dim: int, doc_type: str) -> list[str]:
+    """Warnings for legacy documents the copy keeps as they are although docstore's own
+    writes refuse them (re-upserting one unchanged raises ``ValidationError``): how many of
+    each kind, and the first ids. A thorough preflight's full scan (every embedding read)."""
+    columns = ", ".join(
+        f"count(*) FILTER (WHERE {condition}),"
+        f" (array_agg(id ORDER BY id) FILTER (WHERE {condition}))[1:3]"
+        for condition in _REFUSED.values()
+    )
+    row = await src.fetchrow(
+        f"SELECT {columns} FROM doc_embeddings", dim, len(doc_type.encode()), timeout=LONG_TIMEOUT
+    )
+    assert row is not None  # an aggregate: one row
+    found = []
+    for i, what in enumerate(_REFUSED):
+        count, ids = row[2 * i], row[2 * i + 1]
+        if count:
+            shown = ", ".join(map(str, ids)) + (", …" if count > len(ids) else "")
+            found.append(
+                f"{_count(count, 'legacy document')} with {what} (doc_embeddings ids {shown}):"
+                " copied as they are, but docstore's own writes refuse such a document"
+                " (re-writing it unchanged raises ValidationError); fix it in the legacy"
+                " database if that matters"
+            )
+    return found
 
 
 def beyond_half_problem(ids: Sequence[int], found: int) -> str:
