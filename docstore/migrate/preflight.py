@@ -9,8 +9,9 @@ legacy tables this role may not read (:func:`missing_grants`), legacy ids <= 0
 migrated from another legacy database (:func:`other_legacy_database`) and, in a thorough
 preflight (a dry run), embedding values half precision cannot hold
 (:func:`beyond_half_precision`); a thorough preflight also warns of rows the copy keeps but
-docstore's own writes refuse (:func:`refused_by_docstore`). Otherwise nothing here detoasts an embedding stored
-uncompressed with the target's dimension (:func:`~docstore.migrate.legacy.dims_sql`).
+docstore's own writes refuse (:func:`refused_by_docstore`). Otherwise nothing here detoasts
+an embedding stored uncompressed with the target's dimension
+(:func:`~docstore.migrate.legacy.dims_sql`).
 """
 
 from __future__ import annotations
