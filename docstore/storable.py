@@ -117,7 +117,8 @@ def json_object(value: Any) -> dict[str, Any]:
         raise ValueError("must be a JSON object (a dict)")
     value = check_json(value)
     try:
-        size = len(json.dumps(value))
+        # UTF-8 bytes: json.dumps' default \uXXXX escapes counted a CJK character as 6
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:  # e.g. an int past Python's 4,300-digit limit
         raise ValueError(f"is not storable as JSON ({exc})") from None
     if size > MAX_METADATA_BYTES:

@@ -338,3 +338,17 @@ def test_model_validate_from_attributes_still_works_with_docstores_errors() -> N
         Document.model_validate(SimpleNamespace(source_name="tokio"), from_attributes=True)
     with pytest.raises(ValidationError, match="expected a Document or a dict"):
         Document.model_validate(SimpleNamespace(**fields))
+
+
+def test_the_metadata_size_limit_counts_utf8_bytes_not_escapes() -> None:
+    """Review 68: ~998 KB of "é" was refused as over 1,000,000 bytes (json.dumps' default
+    escapes made each character 6), a third of the limit for CJK text."""
+    from docstore.storable import MAX_METADATA_BYTES
+
+    fits = {"a": "é" * ((MAX_METADATA_BYTES - 20) // 2)}
+    doc = docstore.Document(source_name="s", doc_path="p", content="c", metadata=fits)
+    assert len(doc.metadata["a"]) == (MAX_METADATA_BYTES - 20) // 2
+    with pytest.raises(docstore.ValidationError, match="more than 1000000 bytes"):
+        docstore.Document(
+            source_name="s", doc_path="p", content="c", metadata={"a": "漢" * 333_400}
+        )
