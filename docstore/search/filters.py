@@ -46,6 +46,8 @@ COLUMNS: dict[str, str] = {
 }
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
+MAX_LIST = 10_000
+"""Values an ``$in``/``$nin`` list may hold (a million took 2 s to check, blocking the loop)."""
 _INT4 = (-(2**31), 2**31 - 1)
 MAX_PARAMETER = 32_767 - 16
 """The highest placeholder a filter may use: PostgreSQL binds at most 32,767 parameters per
@@ -237,6 +239,11 @@ def _comparison(sql_op: str, name: str) -> Builder:
 def _list(v: Any, t: _Target, op: str) -> list[Any]:
     if not isinstance(v, list | tuple) or not v:
         raise FilterError(f"{op} on {t.name} needs a non-empty list")
+    if len(v) > MAX_LIST:  # each value is checked in Python, on the event loop: ~2 us each
+        raise FilterError(
+            f"{op} on {t.name} takes at most {MAX_LIST:,} values, not {len(v):,}: filter on "
+            "what those documents share (a metadata key, a source), or split the search"
+        )
     return list(v)
 
 
