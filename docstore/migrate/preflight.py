@@ -409,8 +409,9 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> tuple[Preflight
         )
     if pre.orphan_documents:
         pre.warnings.append(
-            f"{pre.orphan_documents} documents belong to crates without a crates row "
-            f"({', '.join(pre.orphan_crates[:5])}); each still gets a source"
+            f"{_count(pre.orphan_documents, 'document')}"
+            f" {'belongs' if pre.orphan_documents == 1 else 'belong'} to crates without a"
+            f" crates row ({', '.join(pre.orphan_crates[:5])}); each still gets a source"
         )
     if high := await _ids_past_compat(src, present, pre.max_id):
         pre.warnings.append(

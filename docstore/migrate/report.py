@@ -60,9 +60,14 @@ class Preflight(BaseModel):
         table.add_row("NULL embeddings", f"{self.null_embeddings:,}")
         table.add_row("documents without a crates row", f"{self.orphan_documents:,}")
         table.add_row("crates without documents", f"{len(self.crates_without_documents):,}")
+        schema = (
+            f"schema v{self.target_schema_version}"
+            if self.target_schema_version
+            else "no docstore schema yet"
+        )
         table.add_row(
             "target",
-            f"pgvector {self.target_pgvector}, schema v{self.target_schema_version}, "
+            f"pgvector {self.target_pgvector or 'not installed'}, {schema}, "
             f"{self.target_existing_documents:,} documents of this doc_type, "
             f"{self.checkpoints} checkpoints",
         )
