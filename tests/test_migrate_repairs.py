@@ -582,3 +582,23 @@ async def test_a_dry_run_lists_legacy_rows_docstore_would_refuse(
     ]:
         assert f"with {what}" in warnings and f"ids {ids})" in warnings, (what, warnings)
     assert result.preflight.ok  # warnings: the run may go on
+
+
+async def test_validation_counts_documents_written_in_docstore(
+    legacy_url: str, database_url: str
+) -> None:
+    """Review 67: a document the app wrote into the doc_type (no legacy id) was counted
+    nowhere, so a stray write before the switch passed the no-go check unseen."""
+    from rich.console import Console
+
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        doc = docstore.Document(source_name="tokio", doc_path="tokio/new.html", content="new")
+        await store.documents.upsert_many([doc])
+        async with Migrator(legacy_url, store) as m:
+            validation = await m.validate()
+    assert validation.ok and validation.target_own_documents == 1
+    shown = Console(width=200, record=True)
+    shown.print(validation)
+    assert "documents written in docstore (not compared)" in shown.export_text()

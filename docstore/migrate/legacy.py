@@ -27,6 +27,21 @@ MIGRATED_ROWS = (
     " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
 )
 LEGACY_KEY = "(metadata->>'legacy_id')::bigint"
+# The target's documents of doc_type $1 that no migration wrote (the app's, after the
+# cutover): validation counts them and compares nothing of them.
+WRITTEN_IN_DOCSTORE = (
+    "SELECT count(*) FROM documents WHERE doc_type = $1 AND NOT coalesce("
+    + MIGRATED_ROWS.removeprefix("doc_type = $1 AND ")
+    + ", false)"
+)
+# The legacy search_similar_docs query over the rows that have an embedding of dimension $3
+# (validation's search parity).
+PARITY_SEARCH = """
+SELECT d.doc_path, d.embedding <=> $1::vector AS distance
+  FROM doc_embeddings d
+ WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
+ ORDER BY d.embedding <=> $1::vector, d.id LIMIT $4
+"""
 
 # The legacy DDL (a verbatim copy of the deployed schema), used to build legacy-shaped
 # databases for rollback, tests and benchmarks.

@@ -62,12 +62,6 @@ SELECT width_bucket({legacy.LEGACY_KEY}, $2::bigint[]) AS chunk,
 """
 _LOWEST, _HIGHEST = -(2**63), 2**63 - 1
 PARITY_TOP = 5  # the legacy search_similar_docs default
-_LEGACY_PARITY = """
-SELECT d.doc_path, d.embedding <=> $1::vector AS distance
-  FROM doc_embeddings d
- WHERE d.crate_name = $2 AND vector_dims(d.embedding) = $3
- ORDER BY d.embedding <=> $1::vector, d.id LIMIT $4
-"""
 
 
 async def _twice(search: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
@@ -138,6 +132,7 @@ async def validate(
         target_documents=sum(target_counts.values()),
         per_source_mismatch=per_source,
         target_per_source=target_counts,
+        target_own_documents=target.own,
         legacy_null_embeddings=old.nulls,
         target_null_embeddings=target_nulls,
         checksum_chunks=chunks,
@@ -172,6 +167,7 @@ class _TargetSide:
     job_diffs: list[JobMismatch]
     jobs: int
     stamps: Checksums  # TARGET_RANGE_STAMPS over the checkpoint ranges (none without)
+    own: int  # documents of the doc_type written in docstore, not migrated
 
 
 @dataclass
@@ -194,12 +190,13 @@ async def _target_side(
     jobs = await tgt.fetchval(
         "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
     )
+    own = await tgt.fetchval(legacy.WRITTEN_IN_DOCSTORE, ctx.doc_type, timeout=LONG_TIMEOUT)
     stamps: Checksums = {}
     if bounds:
         stamps = _by_chunk(
             await tgt.fetch(TARGET_RANGE_STAMPS, ctx.doc_type, bounds, timeout=LONG_TIMEOUT)
         )
-    return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps)
+    return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps, own)
 
 
 async def _legacy_side(
@@ -427,7 +424,9 @@ async def parity(
             continue  # every embedding of the crate is all zeros: no search can use one
         # the legacy search_similar_docs query, over the rows that have an embedding
         # (legacy sorted NULL-embedding rows last; docstore never returns them)
-        legacy_search = functools.partial(src.fetch, _LEGACY_PARITY, q, crate, dim, PARITY_TOP)
+        legacy_search = functools.partial(
+            src.fetch, legacy.PARITY_SEARCH, q, crate, dim, PARITY_TOP
+        )
         docstore_search = functools.partial(
             store.search,
             q,
