@@ -40,6 +40,7 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     StrictBool,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -133,6 +134,7 @@ Embedding = Annotated[
     FloatArray | None,
     BeforeValidator(_to_embedding),
     PlainSerializer(_embedding_json, when_used="json"),
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "null"}]}),
 ]
 Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
 NaiveTimestamp = Annotated[datetime | None, AfterValidator(naive_utc)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -289,3 +290,15 @@ def test_a_legacy_id_too_long_for_its_index_is_refused_before_the_database_sees_
     short = Document(source_name="s", doc_path="p", content="c", metadata={"legacy_id": "x" * 2500})
     assert short.metadata["legacy_id"] == "x" * 2500
     assert indexed_text_bytes(1e300) == 301  # as jsonb prints it: every digit
+
+
+@pytest.mark.parametrize("mode", ["validation", "serialization"])
+def test_the_models_have_a_json_schema_for_request_bodies_and_tool_schemas(mode: Any) -> None:
+    """Review 68: a validation-mode schema (FastAPI request bodies, MCP tool inputs) raised
+    PydanticInvalidForJsonSchema on the numpy embedding field."""
+    from docstore.search.results import Hit
+
+    for model in (Document, Hit, Source):
+        assert model.model_json_schema(mode=mode)["title"] == model.__name__
+    embedding = Document.model_json_schema(mode=mode)["properties"]["embedding"]
+    assert {"type": "array", "items": {"type": "number"}} in embedding["anyOf"]
