@@ -602,3 +602,16 @@ async def test_validation_counts_documents_written_in_docstore(
     shown = Console(width=200, record=True)
     shown.print(validation)
     assert "documents written in docstore (not compared)" in shown.export_text()
+
+
+async def test_a_dry_run_into_a_legacy_database_is_blocked_as_the_run_is(legacy_url: str) -> None:
+    """Review 67: `migrate --dry-run --target <the legacy database>` passed ("the run creates
+    it"), and only the real run refused."""
+    async with Migrator(legacy_url, legacy_url) as m:
+        result = await m.run(dry_run=True)
+    assert not result.preflight.ok
+    (problem,) = result.preflight.blocking
+    assert "is a legacy rust_docs_vectors database" in problem
+    with pytest.raises(docstore.SchemaError, match="legacy rust_docs_vectors database"):
+        async with Migrator(legacy_url, legacy_url) as m:
+            await m.run()

@@ -50,6 +50,7 @@ async def preflight(
         pre, readable = await _source_findings(src, store.embedding_dim)
     finally:
         found = await target
+    target_is_legacy = found.pop("target_is_legacy", False)
     if readable:  # a legacy database whose tables this role may read
         for name, value in found.items():
             setattr(pre, name, value)
@@ -60,7 +61,12 @@ async def preflight(
             pre.blocking.append(problem)
         if thorough:
             pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
-    if not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
+    if target_is_legacy:  # what the run itself refuses (core.opener)
+        pre.blocking.append(
+            "the target is a legacy rust_docs_vectors database (it has doc_embeddings and no"
+            " docstore schema): point --target / DATABASE_URL at docstore's database"
+        )
+    elif not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
         pre.warnings.append(
             "the target has no docstore schema yet: the run creates it (as `docstore init`)"
         )
@@ -79,6 +85,9 @@ async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, o
         return {
             "target_pgvector": health.pgvector_version,
             "target_schema_version": health.schema_version,
+            "target_is_legacy": await store.fetchval(
+                "SELECT to_regclass('doc_embeddings') IS NOT NULL"
+            ),
         }
     return {
         "target_pgvector": health.pgvector_version,
