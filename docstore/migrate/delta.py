@@ -143,9 +143,10 @@ async def delta(
     )
     if report.delta_documents or changed:
         report.warnings.append(
-            f"the legacy database changed during the copy: {report.delta_documents} "
-            f"documents, {report.delta_sources} sources and {report.delta_population_jobs} "
-            "population jobs were re-copied by the delta pass"
+            "the legacy database changed during the copy: the delta pass copied again "
+            f"{report.delta_documents} documents (the whole id ranges holding changed rows, a "
+            f"range as often as it changed), {report.delta_sources} sources and "
+            f"{report.delta_population_jobs} population jobs"
             + (f" ({'; '.join(changed[:10])})" if changed else "")
             + "; keep it read-only for the cutover"
         )
