@@ -46,7 +46,7 @@ COLUMNS: dict[str, str] = {
 }
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
-MAX_LIST = 10_000
+MAX_LIST = 100_000
 """Values an ``$in``/``$nin`` list may hold (a million took 2 s to check, blocking the loop)."""
 _INT4 = (-(2**31), 2**31 - 1)
 MAX_PARAMETER = 32_767 - 16
