@@ -372,3 +372,18 @@ async def test_a_table_that_keeps_changing_stores_no_calibration(
         await store.calibrate_search(query_vectors=queries, progress=progress)
     await asyncio.gather(*tasks)
     assert await store.tuner.calibration() == before  # nothing stored
+
+
+async def test_an_index_built_while_rows_are_written_defers_its_calibration(
+    store: docstore.Store,
+) -> None:
+    """The index is built and returned; its calibration, which three changed tries refused,
+    is deferred to the background instead of failing the build."""
+    await load(store, clustered(ROWS))
+    progress, tasks = _writer(store, writes=10_000)
+    index = await store.create_vector_index(progress=progress)
+    await asyncio.gather(*tasks)
+    assert index.usable
+    assert await store.tuner.calibration() is None  # deferred: searches use the defaults
+    results = await store.search(clustered(1, seed=9)[0])
+    assert results.mode == "ann"

@@ -77,6 +77,11 @@ MEASURE_ATTEMPTS = 3
 """Measurements tried before a calibration whose table kept changing is given up."""
 
 
+class TableChangedError(QueryError):
+    """The documents table changed during each of :data:`MEASURE_ATTEMPTS` measurements of a
+    calibration: nothing was stored (``create_vector_index`` defers the calibration then)."""
+
+
 class Calibrator:
     """The calibration procedure of one store (see the module docstring)."""
 
@@ -115,7 +120,7 @@ class Calibrator:
             # rows written meanwhile: the exact answers were taken on another table than the
             # trials ran on (a bulk load made recall fall as ef_search rose: ef 20 won)
             if attempt == MEASURE_ATTEMPTS:
-                raise QueryError(
+                raise TableChangedError(
                     f"the documents table changed while the search calibration measured, "
                     f"{MEASURE_ATTEMPTS} times ({before[0]:,} rows when the last try began, "
                     f"{after[0]:,} at its end): nothing was stored; calibrate again when the "

@@ -24,6 +24,7 @@ from docstore.errors import DocstoreError, SchemaError
 from docstore.metrics import Metrics, timed
 from docstore.models import bounded_int
 from docstore.search import queries, text_sql
+from docstore.search.calibration import TableChangedError
 from docstore.search.results import VectorIndex
 from docstore.search.tuner import Progress, SearchTuner
 from docstore.search.tuning import Calibration
@@ -145,7 +146,11 @@ class SearchIndexes:
                 )
                 await self._tuner.defer(name)
             else:
-                await self.calibrate_search(name, progress=progress)
+                try:
+                    await self.calibrate_search(name, progress=progress)
+                except TableChangedError as exc:  # writes going on: it calibrates by itself
+                    logger.warning("search calibration (%s) deferred: %s", name, exc)
+                    await self._tuner.defer(name)
         return built
 
     @timed("drop_vector_index")
