@@ -65,14 +65,18 @@ class StoreOpener(Generic[D]):
             await self._store.close()
 
 
+IS_LEGACY_DATABASE = (
+    "SELECT to_regclass('doc_embeddings') IS NOT NULL"
+    " AND to_regclass('docstore_schema_version') IS NULL"
+)
+"""Whether a database is a legacy rust_docs_vectors one docstore must not work on."""
+
+
 async def refuse_legacy(conn: asyncpg.Connection, url: str) -> None:
     """:class:`SchemaError` if ``conn``'s database is a legacy rust_docs_vectors one
     (``doc_embeddings`` and no docstore schema): docstore must not build its tables there
     unasked, nor work on it."""
-    if await conn.fetchval(
-        "SELECT to_regclass('doc_embeddings') IS NOT NULL"
-        " AND to_regclass('docstore_schema_version') IS NULL"
-    ):
+    if await conn.fetchval(IS_LEGACY_DATABASE):
         raise SchemaError(
             f"{redact_url(url)} is a legacy rust_docs_vectors database (it has "
             "doc_embeddings and no docstore schema): point DATABASE_URL at docstore's "

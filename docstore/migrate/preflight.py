@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from docstore.core.opener import IS_LEGACY_DATABASE
 from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
 from docstore.migrate import checkpoints, legacy
 from docstore.migrate.context import LONG_TIMEOUT, run_id
@@ -61,7 +62,7 @@ async def preflight(
             pre.blocking.append(problem)
         if thorough:
             pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
-    if target_is_legacy:  # what the run itself refuses (core.opener)
+    if target_is_legacy:  # what the run itself refuses (core.opener.refuse_legacy)
         pre.blocking.append(
             "the target is a legacy rust_docs_vectors database (it has doc_embeddings and no"
             " docstore schema): point --target / DATABASE_URL at docstore's database"
@@ -85,9 +86,7 @@ async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, o
         return {
             "target_pgvector": health.pgvector_version,
             "target_schema_version": health.schema_version,
-            "target_is_legacy": await store.fetchval(
-                "SELECT to_regclass('doc_embeddings') IS NOT NULL"
-            ),
+            "target_is_legacy": await store.fetchval(IS_LEGACY_DATABASE),
         }
     return {
         "target_pgvector": health.pgvector_version,
