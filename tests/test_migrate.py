@@ -511,7 +511,11 @@ def test_cli_migrate_validate_rollback(
     assert "migration preflight" in dry.output and "nothing was written" in dry.output
     report = Path(str(tmp_path)) / "report.json"
     done = runner.invoke(
-        app, ["migrate", "--report", str(report), "--chunk-rows", "30", "--copy-streams", "3"]
+        app,
+        [
+            *("migrate", "--report", str(report), "--chunk-rows", "30", "--copy-streams", "3"),
+            *("--reconnect-attempts", "2"),
+        ],
     )
     assert done.exit_code == 0, done.output
     assert f"copied {DOCS} documents" in done.output and "validation: OK" in done.output
@@ -675,6 +679,7 @@ def test_cli_checks_its_arguments_and_a_dry_run_writes_nothing(
         ["--doc-type", ""],
         ["--doc-type", "x" * 51],
         ["--chunk-rows", "0"],
+        ["--reconnect-attempts", "-1"],
         ["--report", str(Path(str(tmp_path)) / "no" / "such" / "dir" / "r.json")],
     ):
         usage = runner.invoke(app, ["migrate", *source, *target, *args])

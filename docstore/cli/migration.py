@@ -16,6 +16,7 @@ from docstore.config import UrlSource, load_settings, redact_url
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
 from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
+from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS
 from docstore.store import Store
 
 SourceOption = Annotated[
@@ -131,6 +132,10 @@ async def migrate(
     copy_streams: Annotated[
         int, typer.Option(min=1, max=16, help="Chunks copied at once (one snapshot).")
     ] = 2,
+    reconnect_attempts: Annotated[
+        int,
+        typer.Option(min=0, help="Times a lost connection is resumed within the run (0: never)."),
+    ] = DEFAULT_RECONNECT_ATTEMPTS,
 ) -> None:
     """Copy the legacy rust_docs_vectors database into docstore (resumable; validated)."""
     bars = MigrationBars()
@@ -143,6 +148,7 @@ async def migrate(
             doc_type=doc_type,
             chunk_rows=chunk_rows,
             copy_streams=copy_streams,
+            reconnect_attempts=reconnect_attempts,
             restart=restart,
             build_index=build_index,
             report_path=report,

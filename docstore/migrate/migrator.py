@@ -63,6 +63,7 @@ from docstore.migrate.digest import target_folds
 from docstore.migrate.lock import MIGRATION_LOCK_KEY, migration_lock
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
+from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS, resumed_run
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
 from docstore.store import Store, connect
 from docstore.transient import is_out_of_range_date
@@ -83,9 +84,10 @@ class Migrator:
     ``validate`` runs validation at the end of :meth:`run` (streaming with the copy).
     ``copy_streams`` chunks are copied at once (each on its own pair of connections, all in
     one legacy snapshot; 1 copies them one after the other).
-    ``report_path`` saves the report as JSON. ``progress(stage, done, total, nbytes)`` is
-    called after every committed chunk (stage ``"documents"``) and every chunk verified while
-    streaming (``"verified"``).
+    ``reconnect_attempts``: how often :meth:`run` resumes after a lost connection
+    (:mod:`~docstore.migrate.resume`). ``report_path`` saves the report as JSON.
+    ``progress(stage, done, total, nbytes)`` is called after every committed chunk (stage
+    ``"documents"``) and every chunk verified while streaming (``"verified"``).
     """
 
     def __init__(
@@ -100,15 +102,11 @@ class Migrator:
         build_index: bool = False,
         validate: bool = True,
         parity_queries: int = 5,
+        reconnect_attempts: int = DEFAULT_RECONNECT_ATTEMPTS,
         report_path: str | Path | None = None,
         progress: Progress | None = None,
     ) -> None:
-        if chunk_rows < 1:
-            raise MigrationError("chunk_rows must be at least 1")
-        if not 1 <= copy_streams <= 16:
-            raise MigrationError("copy_streams must be from 1 to 16")
-        if not doc_type_ok(doc_type):
-            raise MigrationError(f"doc_type must be {DOC_TYPE_RULE}")
+        _check_arguments(doc_type, chunk_rows, copy_streams, reconnect_attempts)
         if isinstance(source, str):  # refused as connect() refuses its url= (the CLI did)
             source = check_url(source, "Migrator(source=...)")
         self._source_arg = source
@@ -120,6 +118,7 @@ class Migrator:
         self.build_index = build_index
         self.run_validation = validate
         self.parity_queries = parity_queries
+        self.reconnect_attempts = reconnect_attempts
         self.report_path = Path(report_path) if report_path else None
         self._progress = progress
         self._target: Store | None = None
@@ -205,23 +204,29 @@ class Migrator:
         :class:`~docstore.ReadOnlyError` before reading or writing anything when the target is
         read-only (``READ_ONLY``, ``connect(read_only=True)``, a standby or a database with
         ``default_transaction_read_only``), :class:`MigrationError` on a blocking preflight
-        problem or when another migrator holds the lock, and when a statement fails (a
-        permission missing, a value the target refuses, a connection lost): what committed
-        stays, and a re-run resumes after the last committed chunk.
+        problem or when another migrator holds the lock, and when a statement fails: what
+        committed stays, and a re-run resumes after it (a lost connection does so within the
+        call, ``reconnect_attempts`` times).
 
         With validation on, ``report.ok`` means the target equals the legacy database as of
         the validation's snapshot, taken at the end of the run: documents, sources and their
         configs, derived document metadata and population jobs. ``report.verified_chunks``
         lists the id ranges whose stored rows were verified while the copy streamed.
         """
+        started = now()
         try:
-            return await self._run(dry_run)
+            report = await resumed_run(
+                lambda: self._run(dry_run, started), self.reconnect_attempts, self._secrets
+            )
         except _FAILURES as exc:
             resumes = "; the chunks committed before stay, and a re-run resumes after them"
             raise _failure("migration failed", exc, self._secrets, resumes) from None
+        if self.report_path is not None:
+            self.report_path.write_text(report.model_dump_json(indent=2))
+        return report
 
-    async def _run(self, dry_run: bool) -> MigrationReport:
-        started = now()
+    async def _run(self, dry_run: bool, started: float) -> MigrationReport:
+        t0 = now()
         store = await self._target_store(schema=not dry_run)
         if not dry_run:
             await ensure_writable(store, "migrate")
@@ -233,7 +238,7 @@ class Migrator:
                 run_id=ctx.run_id, doc_type=self.doc_type, dry_run=dry_run, preflight=pre
             )
             report.warnings.extend(pre.warnings)
-            report.timings["preflight"] = now() - started
+            report.timings["preflight"] = now() - t0
             if dry_run:
                 return report
             if pre.blocking:
@@ -277,27 +282,23 @@ class Migrator:
         if validation is not None:
             report.validation = validation
             report.timings["validate"] = validation.seconds
-            await self._repair_if_needed(report, validation)  # may validate again
+            if _repairable(validation):
+                await self._repair(report, validation)  # validates again
             report.per_source = dict((report.validation or validation).target_per_source)
         report.timings["total"] = now() - started
-        if self.report_path is not None:
-            self.report_path.write_text(report.model_dump_json(indent=2))
         return report
 
-    async def _repair_if_needed(self, report: MigrationReport, validation: Validation) -> None:
+    async def _repair(self, report: MigrationReport, validation: Validation) -> None:
         """What the stamps and the delta pass can't see (rows edited in the target, legacy
         changes after the delta pass): copied again under the lock, then validated again."""
-        if not _repairable(validation):
-            return
         t0 = now()
-        found = validation.problems()
         store = await self._target_store()  # copied again under the lock (copy.repair)
         async with self._source() as src, store.acquire() as tgt, migration_lock(tgt):
             ctx = await self._context(src, store)
             report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
         report.validation = await self.validate()
         report.timings["repair"] = now() - t0
-        report.warnings.append(_repaired(found))
+        report.warnings.append(_repaired(validation.problems()))
 
     @cancellation_wins
     async def validate(self) -> Validation:
@@ -373,6 +374,20 @@ class Migrator:
             )
         report.seconds = now() - started
         return report
+
+
+def _check_arguments(
+    doc_type: str, chunk_rows: int, copy_streams: int, reconnect_attempts: int
+) -> None:
+    """:class:`MigrationError` for a Migrator argument out of its range."""
+    if chunk_rows < 1:
+        raise MigrationError("chunk_rows must be at least 1")
+    if not 1 <= copy_streams <= 16:
+        raise MigrationError("copy_streams must be from 1 to 16")
+    if not doc_type_ok(doc_type):
+        raise MigrationError(f"doc_type must be {DOC_TYPE_RULE}")
+    if reconnect_attempts < 0:
+        raise MigrationError("reconnect_attempts must be 0 or more")
 
 
 def _show(x: str | Store) -> str:

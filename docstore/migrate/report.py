@@ -414,6 +414,11 @@ class MigrationReport(BaseModel):
         "(docstore.migrate.digest); ranges it did not verify are re-read by validation, every "
         "byte. None without validation",
     )
+    resumed: int = Field(
+        default=0,
+        description="times a connection was lost and the run resumed after its committed "
+        "chunks (Migrator reconnect_attempts)",
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     validation: Validation | None = None
