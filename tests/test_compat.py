@@ -402,8 +402,11 @@ async def test_views_refuse_a_schema_with_legacy_tables_and_uninstall_cleanly(
             await compat.install_views("legacy_here")
         assert await compat.install_views("compat") == "compat"
         assert await store.fetchval("select count(*) from compat.doc_embeddings") == 0
+        assert await compat.installed_views("compat") == ["crate_stats", "crates", "doc_embeddings"]
+        assert await compat.installed_views("legacy_here") == []  # a table is no view
         await compat.uninstall_views("compat")
         assert await store.fetchval("select to_regclass('compat.doc_embeddings')") is None
+        assert await compat.installed_views("compat") == []
 
 
 def test_cli_installs_and_removes_the_views(
@@ -418,7 +421,11 @@ def test_cli_installs_and_removes_the_views(
     done = runner.invoke(app, ["compat", "install-views", "--schema", "legacy_compat"])
     assert done.exit_code == 0 and "installed in schema 'legacy_compat'" in done.output
     gone = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
-    assert gone.exit_code == 0 and "removed" in gone.output
+    assert gone.exit_code == 0 and "legacy views removed from schema" in gone.output
+    # run twice, it says there was nothing to remove (it had said "removed" again)
+    again = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
+    assert again.exit_code == 0, again.output
+    assert "no legacy views in schema 'legacy_compat': nothing to remove" in again.output
 
 
 # -- crate configs and population jobs ------------------------------------------------------

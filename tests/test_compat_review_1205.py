@@ -336,6 +336,8 @@ async def test_install_views_refuses_a_schema_that_is_no_string(store: docstore.
         assert refused.value.field == "schema"
         with pytest.raises(ValidationError):
             await db.uninstall_views(wrong)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await db.installed_views(wrong)  # type: ignore[arg-type]
 
 
 # -- 6: reader roles read the views, whichever came first ----------------------------------

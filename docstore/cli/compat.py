@@ -35,5 +35,10 @@ async def compat_install(url: UrlOption = None, schema: SchemaOption = None) -> 
 async def compat_uninstall(url: UrlOption = None, schema: SchemaOption = None) -> None:
     """Drop the legacy compatibility views and function."""
     async with cli.connect(url) as store:
-        used = await LegacyDatabase(store).uninstall_views(schema)
-    console.print(f"legacy views removed from schema {escape(repr(used))}")
+        legacy = LegacyDatabase(store)
+        had = await legacy.installed_views(schema)
+        used = await legacy.uninstall_views(schema)
+    if had:
+        console.print(f"legacy views removed from schema {escape(repr(used))}")
+    else:
+        console.print(f"no legacy views in schema {escape(repr(used))}: nothing to remove")

@@ -294,6 +294,13 @@ class LegacyDatabase:
             await grant_legacy_views(conn, target, views.VIEW_NAMES, await reader_roles(conn))
         return target
 
+    async def installed_views(self, schema: str | None = None) -> list[str]:
+        """The compatibility views (``crate_stats``, ``crates``, ``doc_embeddings``) that
+        ``schema`` holds: empty before :meth:`install_views` and after :meth:`uninstall_views`."""
+        target = await self._schema(schema)
+        rows = await self.store.fetch(views.INSTALLED_VIEWS, target, list(views.VIEW_NAMES))
+        return [r[0] for r in rows]
+
     @timed("compat.uninstall_views")
     async def uninstall_views(self, schema: str | None = None) -> str:
         """Drop what :meth:`install_views` created in ``schema``; returns the schema."""

@@ -69,6 +69,11 @@ from docstore.search.queries import (
 )
 
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
+# which of VIEW_NAMES ($2) schema $1 holds as views
+INSTALLED_VIEWS = (
+    "SELECT viewname::text FROM pg_views WHERE schemaname = $1 AND viewname = ANY($2::text[])"
+    " ORDER BY viewname"
+)
 GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
 RULE_FUNCTION = "docstore_legacy_view_refuse_write"
 GUARD_TABLE = "docstore_legacy_view_guard"
