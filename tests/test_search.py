@@ -205,6 +205,10 @@ async def test_query_vectors_are_validated_like_stored_ones(
         ({"metric": "dot"}, "metric"),
         ({"min_similarity": float("nan")}, "min_similarity"),
         ({"min_similarity": "high"}, "min_similarity"),
+        # beyond the metric's similarities: nothing could match (it returned [] silently)
+        ({"min_similarity": 1.01}, "min_similarity"),
+        ({"min_similarity": -1.5}, "min_similarity"),
+        ({"metric": "l2", "min_similarity": 2}, "min_similarity"),
         ({"ef_search": 0}, "ef_search"),
         ({"oversample": 1000}, "oversample"),
     ],
@@ -215,6 +219,16 @@ async def test_bad_options_are_validation_errors(
     with pytest.raises(ValidationError) as info:
         await corpus.search(query(0), **kwargs)
     assert info.value.field == field
+
+
+async def test_min_similarity_at_the_ends_of_the_metrics_range_is_accepted(
+    corpus: docstore.Store,
+) -> None:
+    q = query(0)
+    assert len(await corpus.search(q, exact=True, min_similarity=-1.0)) == 10
+    assert len(await corpus.search(q, exact=True, metric="l2", min_similarity=0)) == 10
+    await corpus.search(q, exact=True, min_similarity=1.0)  # only exact duplicates
+    await corpus.search(q, exact=True, metric="inner_product", min_similarity=1e6)  # unbounded
 
 
 # -- ANN --------------------------------------------------------------------------------------

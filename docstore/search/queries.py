@@ -51,10 +51,8 @@ class Metric:
     similarity: Callable[[float], float]
     # the largest distance whose similarity is still >= s (None: no bound)
     max_distance: Callable[[float], float | None]
-
-
-def _l2_max_distance(s: float) -> float | None:
-    return None if s <= 0 else 1.0 / s - 1.0
+    # the similarities there are (None: unbounded): a min_similarity outside is refused
+    similarity_bounds: tuple[float, float] | None = None
 
 
 METRICS: dict[str, Metric] = {
@@ -66,6 +64,7 @@ METRICS: dict[str, Metric] = {
         "halfvec_cosine_ops",
         lambda d: 1.0 - d,
         lambda s: 1.0 - s,
+        (-1.0, 1.0),
     ),
     # similarity = 1 / (1 + euclidean distance): 1 for identical vectors, towards 0 far away
     "l2": Metric(
@@ -74,7 +73,8 @@ METRICS: dict[str, Metric] = {
         "vector_l2_ops",
         "halfvec_l2_ops",
         lambda d: 1.0 / (1.0 + d),
-        _l2_max_distance,
+        lambda s: None if s <= 0 else 1.0 / s - 1.0,
+        (0.0, 1.0),
     ),
     # pgvector's <#> is the *negative* inner product; similarity is the inner product itself
     "inner_product": Metric(

@@ -135,7 +135,8 @@ class VectorSearch:
         has a NaN similarity.
         ``filter`` is a :mod:`~docstore.search.filters` document; ``doc_type`` and
         ``source_name`` are shortcuts ANDed with it. ``min_similarity`` drops weaker hits
-        (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server).
+        (cosine similarity is ``1 - (embedding <=> q)``, as in the legacy server); it must
+        lie within the metric's similarities: [-1, 1] for cosine, [0, 1] for l2.
 
         How it searches is decided by :func:`docstore.search.planner.plan_vector_search`:
 
@@ -360,7 +361,10 @@ def _check_arguments(
         planner.check_oversample(oversample)
     if min_similarity is None:
         return None
-    return cast(float, mt.max_distance(finite_number(min_similarity, "min_similarity")))
+    bounds = mt.similarity_bounds  # above its top no hit could match: a mistake, not a query
+    return cast(
+        float, mt.max_distance(finite_number(min_similarity, "min_similarity", bounds=bounds))
+    )
 
 
 async def filtered_rows(
