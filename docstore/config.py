@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 import pydantic
-from pydantic import Field, field_validator
+from pydantic import Field, field_serializer, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docstore.errors import ConfigurationError
@@ -80,6 +80,9 @@ def statement_timeout_ms(seconds: float) -> str:
     if seconds <= 0:
         return "0"
     return str(min(max(1, math.ceil(seconds * 1000)), 2**31 - 1))
+
+
+_URL_FIELDS = ("database_url", "mcpdocs_database_url", "legacy_database_url", "database_read_url")
 
 
 class Settings(BaseSettings):
@@ -176,12 +179,16 @@ class Settings(BaseSettings):
     holding the source's shard instead of through the coordinator, which prints the query
     vector into the SQL it sends the worker (:mod:`docstore.core.shards`)."""
 
-    @field_validator(
-        "database_url", "mcpdocs_database_url", "legacy_database_url", "database_read_url"
-    )
+    @field_validator(*_URL_FIELDS)
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         return _check_url(value)
+
+    @field_serializer(*_URL_FIELDS)
+    def _redacted(self, value: str | None) -> str | None:
+        """``model_dump()`` / ``model_dump_json()`` show URLs without their passwords, as
+        ``repr`` does (:func:`settings_values` has the real ones)."""
+        return redact_url(value) if value else value
 
     @pydantic.model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
@@ -225,6 +232,12 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
+def settings_values(settings: Settings) -> dict[str, Any]:
+    """Every field of ``settings`` by name, URLs with their passwords (``model_dump()`` hides
+    them): what a copy with other values is built from."""
+    return {name: getattr(settings, name) for name in type(settings).model_fields}
+
+
 _ENV_URL_FIELDS = frozenset({"database_url", "mcpdocs_database_url", "database_read_url"})
 
 
@@ -234,7 +247,7 @@ def with_env_urls(settings: Settings, **overrides: Any) -> Settings:
     ``overrides`` (field names; None ones dropped). Every other field keeps its value in
     ``settings``, so an unrelated variable changed (or made invalid) since does not matter.
     """
-    kept = settings.model_dump(exclude=set(_ENV_URL_FIELDS))
+    kept = {k: v for k, v in settings_values(settings).items() if k not in _ENV_URL_FIELDS}
     return Settings(**kept, **{key: value for key, value in overrides.items() if value is not None})
 
 

@@ -231,3 +231,29 @@ async def test_reload_reads_the_new_databases_vector_schema(
 async def test_reload_with_a_bad_url_names_reload(store: docstore.Store) -> None:
     with pytest.raises(ConfigurationError, match=r"^reload\(url=\.\.\.\)"):
         await store.reload(f"postgresql://app:{SECRET}@db.example/docs?connect_timeout=1")
+
+
+async def test_settings_dumps_hide_passwords_and_connect_still_gets_them(
+    database_url: str,
+) -> None:
+    """Before: ``Settings().model_dump()`` (and ``model_dump_json()``) held the plain URLs, so
+    logging a dump printed the password; ``repr`` already hid them. Now dumps show the URLs
+    redacted, and docstore's own copies of a Settings (``connect(settings=…, **overrides)``,
+    ``store.reload()``) still connect with the real ones."""
+    from docstore.config import Settings, settings_values
+
+    url = f"postgresql://u:{SECRET}@db.example:5432/x"
+    settings = Settings(
+        DATABASE_URL=url, LEGACY_DATABASE_URL=url, DATABASE_READ_URL=url, MCPDOCS_DATABASE_URL=url
+    )
+    dumped = settings.model_dump()
+    assert SECRET not in str(dumped) and SECRET not in settings.model_dump_json()
+    assert dumped["legacy_database_url"] == "postgresql://u:***@db.example:5432/x"
+    assert settings_values(settings)["database_url"] == url
+    real = load_settings(database_url=database_url)
+    async with docstore.connect(settings=real, pool_max_size=2) as store:  # copied with overrides
+        assert await store.fetchval("SELECT 1") == 1
+        assert store.settings.pool_max_size == 2
+        await store.reload(database_url)  # rebuilt from the settings' values
+        assert await store.fetchval("SELECT 2") == 2
+        assert store.settings.pool_max_size == 2

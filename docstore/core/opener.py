@@ -20,6 +20,7 @@ from docstore.config import (
     load_settings,
     redact_url,
     resolve_url,
+    settings_values,
     split_read_write,
     statement_timeout_ms,
     url_secrets,
@@ -118,7 +119,7 @@ def open_database(
     async def open_store() -> D:
         cfg = settings or load_settings(**overrides)
         if overrides and settings is not None:
-            cfg = load_settings(**{**settings.model_dump(), **overrides})
+            cfg = load_settings(**{**settings_values(settings), **overrides})
         return await _open(factory, cfg, url, read_only, migrate, explicit_read_url)
 
     return StoreOpener(open_store)
