@@ -40,6 +40,7 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     StrictBool,
+    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
@@ -104,12 +105,6 @@ def _doc_path(value: str) -> str:
     return value
 
 
-def _to_embedding(value: Any) -> FloatArray | None:
-    if value is None:
-        return None
-    return embedding_array(value)
-
-
 def naive_utc(value: Any) -> Any:
     """An aware datetime as naive UTC (how TIMESTAMP columns hold time); anything else as is.
     ``ValueError`` if UTC moves it outside the years 1–9999 (:func:`~docstore.storable.in_utc`)."""
@@ -125,15 +120,17 @@ def parse_timestamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
-def _embedding_json(value: FloatArray | None) -> list[float] | None:
-    return None if value is None else value.tolist()
-
-
-NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+_NoNul = AfterValidator(_no_nul)
+NoNulStr = Annotated[str, _NoNul]
+# lengths checked on the str itself ("String should have at most 50 characters"), not after
+# the NUL check (where pydantic says "Value should have at most 50 items")
+DocType = Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOC_TYPE), _NoNul]
+SourceName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SOURCE_NAME), _NoNul]
+Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), _NoNul]
 Embedding = Annotated[
     FloatArray | None,
-    BeforeValidator(_to_embedding),
-    PlainSerializer(_embedding_json, when_used="json"),
+    BeforeValidator(lambda value: None if value is None else embedding_array(value)),
+    PlainSerializer(lambda value: None if value is None else value.tolist(), when_used="json"),
     WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "null"}]}),
 ]
 Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
@@ -289,10 +286,10 @@ class Document(_Model):
     _json_fields: ClassVar[tuple[str, ...]] = ("metadata",)
 
     id: Integer = None
-    doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
-    source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
+    doc_type: DocType = "rust"
+    source_name: SourceName
     doc_path: Annotated[str, AfterValidator(_doc_path), Field(min_length=1)]
-    content: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
+    content: Content
     metadata: Metadata = Field(default_factory=dict)
     embedding: Embedding = Field(default=None, repr=False)
     token_count: Integer = Field(default=None, ge=0, le=2**31 - 1)
@@ -395,7 +392,7 @@ class Document(_Model):
 
     def _checked_embedding(self, value: Any) -> FloatArray | None:
         try:
-            return _to_embedding(value)
+            return None if value is None else embedding_array(value)
         except ValueError as exc:
             raise self._invalid(f"embedding: {exc}", "embedding") from None
 
@@ -407,8 +404,8 @@ class Source(_Model):
     _json_fields: ClassVar[tuple[str, ...]] = ("config",)
 
     id: Integer = None
-    doc_type: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)] = "rust"
-    source_name: Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
+    doc_type: DocType = "rust"
+    source_name: SourceName
     config: Metadata = Field(default_factory=dict)
     enabled: StrictBool = True
     """True or False only: ``"no"`` or ``0`` are refused, as by ``sources.set_enabled``."""

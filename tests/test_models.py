@@ -302,3 +302,21 @@ def test_the_models_have_a_json_schema_for_request_bodies_and_tool_schemas(mode:
         assert model.model_json_schema(mode=mode)["title"] == model.__name__
     embedding = Document.model_json_schema(mode=mode)["properties"]["embedding"]
     assert {"type": "array", "items": {"type": "number"}} in embedding["anyOf"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("doc_type", "t" * 51, "doc_type: String should have at most 50 characters"),
+        ("source_name", "s" * 256, "source_name: String should have at most 255 characters"),
+        ("doc_type", "", "doc_type: String should have at least 1 character"),
+    ],
+)
+def test_length_errors_speak_of_characters(field: str, value: str, message: str) -> None:
+    """They read "Value should have at most 50 items after validation, not 51": the length
+    was checked after the NUL check, as pydantic checks a sequence."""
+    fields = {"source_name": "s", "doc_path": "p", "content": "c", field: value}
+    with pytest.raises(ValidationError, match=message):
+        Document(**fields)
+    with pytest.raises(ValidationError, match=message.split(":")[1].strip()):
+        Source(**{k: v for k, v in fields.items() if k in ("doc_type", "source_name")})
