@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
@@ -215,9 +216,8 @@ class Migrator:
         """
         started = now()
         try:
-            report = await resumed_run(
-                lambda: self._run(dry_run, started), self.reconnect_attempts, self._secrets
-            )
+            attempt = functools.partial(self._run, dry_run, started)  # attempt(again)
+            report = await resumed_run(attempt, self.reconnect_attempts, self._secrets)
         except _FAILURES as exc:
             resumes = "; the chunks committed before stay, and a re-run resumes after them"
             raise _failure("migration failed", exc, self._secrets, resumes) from None
@@ -225,7 +225,8 @@ class Migrator:
             self.report_path.write_text(report.model_dump_json(indent=2))
         return report
 
-    async def _run(self, dry_run: bool, started: float) -> MigrationReport:
+    async def _run(self, dry_run: bool, started: float, again: bool) -> MigrationReport:
+        """One attempt of :meth:`run`; ``again``: a resume (``restart`` was done before)."""
         t0 = now()
         store = await self._target_store(schema=not dry_run)
         if not dry_run:
@@ -244,7 +245,7 @@ class Migrator:
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
             async with store.acquire() as tgt, migration_lock(tgt):
-                await _claim_doc_type(tgt, ctx, src, restart=self.restart)
+                await _claim_doc_type(tgt, ctx, src, restart=self.restart and not again)
                 verifying = _verifier(ctx, store, report) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
                     snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)

@@ -52,14 +52,14 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 async def resumed_run(
-    run: Callable[[], Awaitable[MigrationReport]], attempts: int, secrets: tuple[str, ...]
+    run: Callable[[bool], Awaitable[MigrationReport]], attempts: int, secrets: tuple[str, ...]
 ) -> MigrationReport:
-    """``run()``'s report, ``run`` called again after each lost connection (up to
+    """``run(False)``'s report, ``run(True)`` called after each lost connection (up to
     ``attempts`` times); the report counts the resumes and warns of them first."""
     resumed: list[str] = []
     async for attempt in resuming(attempts, secrets, resumed):
         with attempt:
-            report = await run()
+            report = await run(bool(resumed))
     if resumed:
         report.resumed = len(resumed)
         report.warnings.insert(0, resumed_warning(resumed))

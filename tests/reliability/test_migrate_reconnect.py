@@ -243,3 +243,27 @@ def test_which_failures_count_as_a_lost_connection() -> None:
     assert not connection_lost(asyncpg.InvalidPasswordError("no"))
     assert not connection_lost(asyncpg.UniqueViolationError("dup"))
     assert not connection_lost(MigrationError("another migrator holds the lock"))
+
+
+async def test_a_restart_run_that_resumes_keeps_what_it_copied_itself(
+    urls: tuple[str, str],
+) -> None:
+    """``restart=True`` forgets the checkpoints of earlier runs once: the attempt that resumes
+    after a lost connection keeps the chunks the run itself committed before it."""
+    legacy_url, target_url = urls
+    async with Migrator(legacy_url, target_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok  # an earlier run: all its chunks checkpointed
+    killing: list[asyncio.Task[int]] = []
+
+    def progress(stage: str, done: int, total: int, nbytes: int) -> None:
+        if stage == "documents" and done >= 6 * CHUNK and not killing:
+            killing.append(asyncio.get_running_loop().create_task(_terminate(legacy_url)))
+
+    async with Migrator(
+        legacy_url, target_url, chunk_rows=CHUNK, progress=progress, restart=True
+    ) as m:
+        report = await asyncio.wait_for(m.run(), 120)
+    assert report.ok and report.resumed == 1
+    assert report.skipped_chunks >= 5  # this run's own, not forgotten a second time
+    assert report.copied_documents <= DOCS - 5 * CHUNK
+    await _same_rows(legacy_url, target_url)
