@@ -105,7 +105,23 @@ def test_ann_uses_the_calibration_with_its_second_pass() -> None:
     small = plan(calibration=calibration(ef_search=20))
     assert (small.ef_search, small.candidates) == (20, 20)
     wide = plan(calibration=calibration(ef_search=16), limit=50)
-    assert (wide.ef_search, wide.candidates) == (16, 100)
+    assert (wide.ef_search, wide.candidates) == (80, 100)  # the beam scaled by 50 / 10
+
+
+def test_a_larger_limit_gets_a_proportionally_wider_beam() -> None:
+    """Calibration measures recall@10: at limit 50 its ef_search alone left the real-text
+    corpus's worst question at recall@50 0.52; scaled by limit / 10 at 0.98."""
+    assert planner.scaled_ef_search(100, 10) == 100 and planner.scaled_ef_search(100, 3) == 100
+    assert planner.scaled_ef_search(100, 50) == 500
+    assert planner.scaled_ef_search(64, 15) == 96
+    assert planner.scaled_ef_search(33, 11) == 37  # rounded up
+    assert planner.scaled_ef_search(400, 100) == planner.MAX_EF_SEARCH  # pgvector's cap
+    p = plan(calibration=calibration(), limit=50)  # ef 64, second pass at 640
+    assert (p.ef_search, p.candidates, p.escalation_ef_search) == (320, 200, 640)
+    assert p.escalate_below == 0.09
+    # a first pass as wide as the second: the second pass would search the same again
+    top = plan(calibration=calibration(), limit=100)
+    assert top.ef_search == 640 and top.escalate_below is None
 
 
 def test_explicit_settings_win_and_run_exactly_what_they_say() -> None:
