@@ -65,7 +65,13 @@ def _check_url(value: str | None) -> str | None:
     except UrlError as exc:
         problem = str(exc)
     else:
-        return value
+        if url_password(value) != REDACTED:
+            return value
+        # a URL out of model_dump(): connecting with it would fail authentication, unexplained
+        problem = (
+            f"its password is {REDACTED!r}, as Settings.model_dump() shows it: copy settings "
+            "with docstore.config.settings_values(settings)"
+        )
     raise ValueError(f"not a valid database URL: {problem}")  # pydantic names the variable
 
 

@@ -3,6 +3,7 @@ same operations through ``LegacyDatabase`` on docstore — identical observable 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -402,7 +403,11 @@ async def test_views_refuse_a_schema_with_legacy_tables_and_uninstall_cleanly(
             await compat.install_views("legacy_here")
         assert await compat.install_views("compat") == "compat"
         assert await store.fetchval("select count(*) from compat.doc_embeddings") == 0
-        assert await compat.installed_views("compat") == ["crate_stats", "crates", "doc_embeddings"]
+        installed = await compat.installed_views("compat")
+        assert {"crate_stats", "crates", "doc_embeddings", "search_similar_docs()"} <= set(
+            installed
+        )
+        assert installed == sorted(installed)
         assert await compat.installed_views("legacy_here") == []  # a table is no view
         await compat.uninstall_views("compat")
         assert await store.fetchval("select to_regclass('compat.doc_embeddings')") is None
@@ -426,6 +431,24 @@ def test_cli_installs_and_removes_the_views(
     again = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
     assert again.exit_code == 0, again.output
     assert "no legacy views in schema 'legacy_compat': nothing to remove" in again.output
+    # views dropped by hand, their function left: that is still something to remove
+    assert (
+        runner.invoke(app, ["compat", "install-views", "--schema", "legacy_compat"]).exit_code == 0
+    )
+
+    async def drop_views() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "DROP VIEW legacy_compat.crate_stats, legacy_compat.doc_embeddings,"
+                " legacy_compat.crates"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(drop_views())
+    leftovers = runner.invoke(app, ["compat", "uninstall-views", "--schema", "legacy_compat"])
+    assert "legacy views removed from schema" in leftovers.output, leftovers.output
 
 
 # -- crate configs and population jobs ------------------------------------------------------

@@ -250,6 +250,14 @@ async def test_settings_dumps_hide_passwords_and_connect_still_gets_them(
     assert SECRET not in str(dumped) and SECRET not in settings.model_dump_json()
     assert dumped["legacy_database_url"] == "postgresql://u:***@db.example:5432/x"
     assert settings_values(settings)["database_url"] == url
+    # a dump fed back is refused, saying why, rather than failing authentication later
+    for copy in (
+        lambda: Settings(**dumped),
+        lambda: Settings.model_validate_json(settings.model_dump_json()),
+    ):
+        with pytest.raises(ConfigurationError, match="settings_values"):
+            copy()
+    assert Settings(**settings_values(settings)).database_url == url
     real = load_settings(database_url=database_url)
     async with docstore.connect(settings=real, pool_max_size=2) as store:  # copied with overrides
         assert await store.fetchval("SELECT 1") == 1

@@ -230,12 +230,16 @@ async def test_validate_names_an_edited_character_and_an_edited_float(
 async def test_a_second_migrator_is_refused(legacy_url: str, database_url: str) -> None:
     from docstore.migrate.migrator import MIGRATION_LOCK_KEY
 
-    holder = await asyncpg.connect(database_url)
+    holder = await asyncpg.connect(database_url, server_settings={"application_name": "other"})
     try:
         await holder.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-        with pytest.raises(MigrationError, match="another docstore migrator is running"):
+        pid = await holder.fetchval("select pg_backend_pid()")
+        with pytest.raises(MigrationError, match="another docstore migrator is running") as e:
             async with Migrator(legacy_url, database_url) as m:
                 await m.run()
+        # the holder named, and how to end it if it is a cut-off migrator's orphaned session
+        assert f"by server process {pid} 'other', connected " in str(e.value)
+        assert f"SELECT pg_terminate_backend({pid}) releases it" in str(e.value)
     finally:
         await holder.close()
 

@@ -295,10 +295,15 @@ class LegacyDatabase:
         return target
 
     async def installed_views(self, schema: str | None = None) -> list[str]:
-        """The compatibility views (``crate_stats``, ``crates``, ``doc_embeddings``) that
-        ``schema`` holds: empty before :meth:`install_views` and after :meth:`uninstall_views`."""
+        """What :meth:`install_views` creates that ``schema`` holds, sorted: the views
+        ``crate_stats``, ``crates``, ``doc_embeddings``, the functions (``"name()"``:
+        ``search_similar_docs()`` and the write guard's) and the guard's table. Empty before
+        :meth:`install_views` and after :meth:`uninstall_views`."""
         target = await self._schema(schema)
-        rows = await self.store.fetch(views.INSTALLED_VIEWS, target, list(views.VIEW_NAMES))
+        functions = ["search_similar_docs", views.GUARD_FUNCTION, views.RULE_FUNCTION]
+        rows = await self.store.fetch(
+            views.INSTALLED, target, list(views.VIEW_NAMES), functions, [views.GUARD_TABLE]
+        )
         return [r[0] for r in rows]
 
     @timed("compat.uninstall_views")

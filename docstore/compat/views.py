@@ -69,11 +69,18 @@ from docstore.search.queries import (
 )
 
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
-# which of VIEW_NAMES ($2) schema $1 holds as views
-INSTALLED_VIEWS = (
-    "SELECT viewname::text FROM pg_views WHERE schemaname = $1 AND viewname = ANY($2::text[])"
-    " ORDER BY viewname"
-)
+# what of install_sql's objects schema $1 holds: views named $2, functions $3, tables $4
+INSTALLED = """
+SELECT name FROM (
+  SELECT viewname::text AS name FROM pg_views WHERE schemaname = $1 AND viewname = ANY($2::text[])
+  UNION ALL
+  SELECT p.proname || '()' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+   WHERE n.nspname = $1 AND p.proname = ANY($3::text[])
+  UNION ALL
+  SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname = $1 AND c.relname = ANY($4::text[]) AND c.relkind = 'r'
+) installed ORDER BY name
+"""
 GUARD_FUNCTION = "docstore_legacy_view_is_read_only"
 RULE_FUNCTION = "docstore_legacy_view_refuse_write"
 GUARD_TABLE = "docstore_legacy_view_guard"

@@ -23,7 +23,7 @@ import asyncpg
 
 from docstore.codecs import register_codecs
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
-from docstore.failures import connect_problem, describe
+from docstore.failures import connect_problem, describe, is_transient
 from docstore.models import MAX_DOC_TYPE
 from docstore.store import Store
 
@@ -147,7 +147,10 @@ async def open_legacy(
         raise
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
         problem = connect_problem(exc, secrets) or describe(exc, secrets)
-        raise MigrationError(f"cannot reach the legacy database: {problem}") from None
+        # a server away for now (refused, starting up, reset) stays the cause, so a run
+        # resumes after it (migrate.resume); no other cause is chained
+        cause = exc if is_transient(exc) else None
+        raise MigrationError(f"cannot reach the legacy database: {problem}") from cause
     try:
         schema = await conn.fetchval(
             "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"

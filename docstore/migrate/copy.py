@@ -274,6 +274,7 @@ async def copy_documents(
                 straight = direct and not _overlaps(done.values(), low, high)
                 n = await _copy_chunk(ctx, s, t, low, high, rows, straight, verifier)
                 report.copied_documents += n
+                report.copied_chunks += 1
                 progress["copied"] += rows
                 ctx.report("documents", progress["copied"], total_rows)
         except Exception as exc:

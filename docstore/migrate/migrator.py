@@ -125,6 +125,7 @@ class Migrator:
         self._target: Store | None = None
         self._owns_target = False
         self._target_schema = False
+        self._forgot = False  # run(): restart's checkpoints forgotten (once a call)
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
@@ -151,18 +152,6 @@ class Migrator:
     def _source(self, *, writable: bool = False) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection to the legacy database; read-only unless ``writable`` (rollback)."""
         return open_legacy(self._source_arg, self._secrets, writable=writable)
-
-    @contextlib.asynccontextmanager
-    async def _stream(self, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
-        """Another copy stream: legacy and target connections, the legacy one in ``snapshot``."""
-        store = await self._target_store()
-        async with (
-            self._source() as src,
-            store.acquire(timeout=5) as tgt,
-            transaction(src, isolation="repeatable_read", readonly=True),
-        ):
-            await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            yield src, tgt
 
     async def _context(self, src: asyncpg.Connection, store: Store) -> StageContext:
         return StageContext(
@@ -214,9 +203,9 @@ class Migrator:
         configs, derived document metadata and population jobs. ``report.verified_chunks``
         lists the id ranges whose stored rows were verified while the copy streamed.
         """
-        started = now()
+        started, self._forgot = now(), False
         try:
-            attempt = functools.partial(self._run, dry_run, started)  # attempt(again)
+            attempt = functools.partial(self._run, dry_run, started)  # attempt(reports)
             report = await resumed_run(attempt, self.reconnect_attempts, self._secrets)
         except _FAILURES as exc:
             resumes = "; the chunks committed before stay, and a re-run resumes after them"
@@ -225,8 +214,10 @@ class Migrator:
             self.report_path.write_text(report.model_dump_json(indent=2))
         return report
 
-    async def _run(self, dry_run: bool, started: float, again: bool) -> MigrationReport:
-        """One attempt of :meth:`run`; ``again``: a resume (``restart`` was done before)."""
+    async def _run(
+        self, dry_run: bool, started: float, reports: list[MigrationReport]
+    ) -> MigrationReport:
+        """One attempt of :meth:`run`: its report is added to ``reports`` as it starts."""
         t0 = now()
         store = await self._target_store(schema=not dry_run)
         if not dry_run:
@@ -240,15 +231,19 @@ class Migrator:
             )
             report.warnings.extend(pre.warnings)
             report.timings["preflight"] = now() - t0
+            reports.append(report)
             if dry_run:
                 return report
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
             async with store.acquire() as tgt, migration_lock(tgt):
-                await _claim_doc_type(tgt, ctx, src, restart=self.restart and not again)
+                # restart: once a call (an attempt after a lost connection keeps what it copied)
+                await _claim_doc_type(tgt, ctx, src, restart=self.restart and not self._forgot)
+                self._forgot = self._forgot or self.restart
                 verifying = _verifier(ctx, store, report) if self.run_validation else None
                 async with verifying or contextlib.nullcontext():
-                    snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, self._stream)
+                    streams = functools.partial(_stream, self)
+                    snapshot = await copy_stage.copy(ctx, src, tgt, report, verifying, streams)
                     t0 = now()
                     await delta_stage.delta(ctx, src, tgt, snapshot, report, verifying)
                     report.timings["delta"] = now() - t0
@@ -389,6 +384,20 @@ def _check_arguments(
         raise MigrationError(f"doc_type must be {DOC_TYPE_RULE}")
     if reconnect_attempts < 0:
         raise MigrationError("reconnect_attempts must be 0 or more")
+
+
+@contextlib.asynccontextmanager
+async def _stream(m: Migrator, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
+    """Another copy stream of ``m``'s run: legacy and target connections, the legacy one in
+    ``snapshot``."""
+    store = await m._target_store()
+    async with (
+        m._source() as src,
+        store.acquire(timeout=5) as tgt,
+        transaction(src, isolation="repeatable_read", readonly=True),
+    ):
+        await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        yield src, tgt
 
 
 def _show(x: str | Store) -> str:

@@ -377,6 +377,7 @@ class MigrationReport(BaseModel):
     dry_run: bool = False
     preflight: Preflight
     copied_documents: int = 0
+    copied_chunks: int = Field(default=0, description="chunks this call copied and committed")
     skipped_chunks: int = Field(default=0, description="chunks already committed by an earlier run")
     sources: int = 0
     population_jobs: int = 0

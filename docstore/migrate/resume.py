@@ -4,20 +4,23 @@ Every stage of :meth:`~docstore.migrate.Migrator.run` is resumable: a chunk comm
 checkpoint row in one transaction, so a chunk is either stored and checkpointed or neither,
 and a run resumes after the last committed chunk (``tests/reliability/test_migrate_kill.py``
 SIGKILLs the migrator mid-copy and mid-validation to prove it). A lost connection — a server
-restart or failover, a network cut, ``pg_terminate_backend`` — is the same situation as a
+restart or failover, a connection reset, ``pg_terminate_backend`` — is the same situation as a
 killed migrator, seen from the databases, so :meth:`~docstore.migrate.Migrator.run` starts
-over from its checkpoints up to ``reconnect_attempts`` times, waiting 0.5, 1, 2, 4, 8, 8 …
-seconds (jittered) between attempts, before it gives up with the
-:class:`~docstore.MigrationError` that says a re-run resumes.
+over from its checkpoints up to ``reconnect_attempts`` times, waiting 0.5, 1, 2, 4, 8, 16 …
+seconds (plus jitter) between attempts, before it gives up with the
+:class:`~docstore.MigrationError` that says a re-run resumes. Its report is the whole call's:
+what earlier attempts copied is counted, not taken for an earlier run's work.
 
 Only connection losses are resumed: a failure the server answered (a value the target
 refuses, a permission missing, another migrator holding the lock, a blocking preflight
-finding), a statement that ran out of its time (it would again) and a pool with no free
-connection are raised at once.
+finding), a statement that ran out of its time (it would again; a network cut that leaves a
+connection hanging ends so) and a pool with no free connection are raised at once, and so is
+any interruption (Ctrl-C), whatever it was chained to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,46 +33,90 @@ from docstore.transient import is_transient
 
 logger = logging.getLogger("docstore")
 
-DEFAULT_RECONNECT_ATTEMPTS = 5
+DEFAULT_RECONNECT_ATTEMPTS = 6
 FIRST_WAIT = 0.5
-MAX_WAIT = 8.0
+MAX_WAIT = 16.0
+"""Waits between attempts: 0.5, 1, 2, 4, 8, 16 s (each plus up to 0.5 s of jitter), about
+30 s in all for the default attempts: a restart with crash recovery or a failover."""
+
+# What the attempts of one call add up to (a later attempt skips what an earlier one copied)
+_COUNTS = (
+    "copied_documents",
+    "copied_chunks",
+    "refreshed_documents",
+    "delta_documents",
+    "repaired_documents",
+    "delta_sources",
+    "delta_population_jobs",
+)
 
 
 def connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from: validation's and the store's errors wrap
-    asyncpg's) means a connection to either database went away or could not be made."""
+    asyncpg's) means a connection to either database went away or could not be made. Never
+    for an interruption (``CancelledError``, ``KeyboardInterrupt``, ``SystemExit``) anywhere
+    in the chain: Ctrl-C during a failure ends the run."""
     seen: set[int] = set()
     current: BaseException | None = exc
+    lost = False
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if not isinstance(current, Exception):
+            return False
         if isinstance(current, TimeoutError | PoolTimeoutError):
             return False  # the same statement or pool would time out again
         if not isinstance(current, DatabaseUnavailableError) and is_transient(current):
-            return True
+            lost = True
         suppressed = current.__suppress_context__  # raise ... from None
         current = current.__cause__ or (None if suppressed else current.__context__)
-    return False
+    return lost
 
 
 async def resumed_run(
-    run: Callable[[bool], Awaitable[MigrationReport]], attempts: int, secrets: tuple[str, ...]
+    run: Callable[[list[MigrationReport]], Awaitable[MigrationReport]],
+    attempts: int,
+    secrets: tuple[str, ...],
 ) -> MigrationReport:
-    """``run(False)``'s report, ``run(True)`` called after each lost connection (up to
-    ``attempts`` times); the report counts the resumes and warns of them first."""
+    """``run(reports)``'s report, ``run`` called again after each lost connection (up to
+    ``attempts`` times; never once this task is being cancelled). Each attempt adds its
+    report to ``reports`` as it starts; the last one's comes back with the others' counts and
+    warnings merged in, the resumes counted and warned of first."""
+    task = asyncio.current_task()
+    interrupted = task.cancelling() if task is not None else 0
+
+    def worth_resuming(exc: BaseException) -> bool:
+        return connection_lost(exc) and (task is None or task.cancelling() <= interrupted)
+
     resumed: list[str] = []
-    async for attempt in resuming(attempts, secrets, resumed):
+    reports: list[MigrationReport] = []
+    async for attempt in _resuming(attempts, secrets, resumed, worth_resuming):
         with attempt:
-            report = await run(bool(resumed))
+            report = await run(reports)
     if resumed:
+        _merge(report, [r for r in reports if r is not report])
         report.resumed = len(resumed)
         report.warnings.insert(0, resumed_warning(resumed))
     return report
 
 
-def resuming(attempts: int, secrets: tuple[str, ...], resumed: list[str]) -> tenacity.AsyncRetrying:
-    """The policy :meth:`Migrator.run` runs its attempts under: up to ``attempts`` resumes
-    after a lost connection; each one's cause (described without ``secrets``) is appended to
-    ``resumed`` and logged."""
+def _merge(final: MigrationReport, earlier: list[MigrationReport]) -> None:
+    """``final`` as the report of the whole call: what ``earlier`` attempts copied is not
+    "committed by an earlier run", and their counts and warnings stand."""
+    final.skipped_chunks = max(0, final.skipped_chunks - sum(r.copied_chunks for r in earlier))
+    for r in earlier:
+        for name in _COUNTS:
+            setattr(final, name, getattr(final, name) + getattr(r, name))
+        final.warnings.extend(w for w in r.warnings if w not in final.warnings)
+
+
+def _resuming(
+    attempts: int,
+    secrets: tuple[str, ...],
+    resumed: list[str],
+    retry_on: Callable[[BaseException], bool],
+) -> tenacity.AsyncRetrying:
+    """The policy the attempts run under; each resume's cause (described without
+    ``secrets``) is appended to ``resumed`` and logged."""
 
     def note(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -86,9 +133,10 @@ def resuming(attempts: int, secrets: tuple[str, ...], resumed: list[str]) -> ten
         )
 
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(connection_lost),
+        retry=tenacity.retry_if_exception(retry_on),
         stop=tenacity.stop_after_attempt(attempts + 1),
-        wait=tenacity.wait_random_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT),
+        wait=tenacity.wait_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT)
+        + tenacity.wait_random(0, FIRST_WAIT),
         before_sleep=note,
         reraise=True,
     )

@@ -154,9 +154,9 @@ def scaled_ef_search(ef_search: int, limit: int) -> int:
     """The calibration's ``ef_search`` for a search of ``limit`` hits. It was measured on
     recall@:data:`~docstore.search.tuning.CALIBRATION_K`; a larger ``limit`` gets a beam
     ``limit / CALIBRATION_K`` times as wide (at most :data:`MAX_EF_SEARCH`). Measured on the
-    real-text corpus's 200 questions (bench/RESULTS.md, 2026-12-06): at limit 50 the
-    calibrated beam alone left the worst question at recall 0.52 (mean 0.986), the scaled
-    one at 0.98 (mean 1.000), 2× the latency and still 4× faster than the exact scan."""
+    real-text corpus's 200 questions (``bench/recall_k.py``): at limit 50 the calibrated
+    beam alone left the worst question at recall 0.54 (mean 0.993), the scaled one at 0.98
+    (mean 1.000), at ~1.7× the latency and still 4× faster than the exact scan."""
     if limit <= CALIBRATION_K:
         return ef_search
     return min(MAX_EF_SEARCH, -(-ef_search * limit // CALIBRATION_K))

@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from docstore import Document
-from docstore.embedded import EmbeddedServer, ensure_vector_extension
+from docstore.embedded import EmbeddedServer, ensure_database, ensure_vector_extension
 from tests.conftest import PgCluster, add_scram_role, with_database
 from tests.processes import wait_gone
 
@@ -147,6 +147,36 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
         _remove_stale_pid_file(server)
         server.restart_server()
     server.close()
+
+
+MIGRATION_DOCS = 300
+
+
+@pytest.fixture
+def migration_urls(own_server: EmbeddedServer) -> tuple[str, str]:
+    """(legacy, target) databases on the test's own server: a legacy database of
+    :data:`MIGRATION_DOCS` documents of 5 crates, and an empty target."""
+    from tests.legacy_db import build_legacy
+
+    async def make() -> tuple[str, str]:
+        admin = own_server.url("postgres")
+        for name in ("legacy", "target"):
+            await ensure_database(admin, name)
+        await build_legacy(own_server.url("legacy"), crates=5, docs=MIGRATION_DOCS)
+        return own_server.url("legacy"), own_server.url("target")
+
+    return asyncio.run(make())
+
+
+async def assert_same_rows(legacy_url: str, target_url: str) -> None:
+    """The target holds the legacy database's :data:`MIGRATION_DOCS` documents, each once
+    and field by field the same (nothing lost, doubled or changed)."""
+    from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, legacy_fetch
+
+    legacy = await legacy_fetch(legacy_url, ROWS_LEGACY)
+    target = await legacy_fetch(target_url, ROWS_TARGET)
+    assert len(target) == len(set(target)) == MIGRATION_DOCS  # nothing doubled
+    assert target == legacy  # nothing lost or changed
 
 
 @pytest.fixture

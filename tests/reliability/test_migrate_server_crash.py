@@ -10,41 +10,24 @@ finds every checkpoint and copies nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from docstore import MigrationError
-from docstore.embedded import EmbeddedServer, ensure_database
+from docstore.embedded import EmbeddedServer
 from docstore.migrate import Migrator
-from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, build_legacy, legacy_fetch
-from tests.reliability.conftest import Figures, kill_server
+from tests.legacy_db import legacy_fetch
+from tests.reliability.conftest import (
+    MIGRATION_DOCS,
+    Figures,
+    assert_same_rows,
+    kill_server,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
-DOCS = 300
+DOCS = MIGRATION_DOCS
 CHUNK = 20  # 15 chunks
-
-
-@pytest.fixture
-def urls(own_server: EmbeddedServer) -> Iterator[tuple[str, str]]:
-    """(legacy, target) databases on the test's own server."""
-
-    async def make() -> tuple[str, str]:
-        admin = own_server.url("postgres")
-        for name in ("legacy", "target"):
-            await ensure_database(admin, name)
-        await build_legacy(own_server.url("legacy"), crates=5, docs=DOCS)
-        return own_server.url("legacy"), own_server.url("target")
-
-    yield asyncio.run(make())
-
-
-async def _same_rows(legacy_url: str, target_url: str) -> None:
-    legacy = await legacy_fetch(legacy_url, ROWS_LEGACY)
-    target = await legacy_fetch(target_url, ROWS_TARGET)
-    assert len(target) == len(set(target)) == DOCS  # nothing doubled
-    assert target == legacy  # nothing lost or changed
 
 
 async def _checkpoints(url: str) -> int:
@@ -53,15 +36,15 @@ async def _checkpoints(url: str) -> int:
 
 
 async def test_a_server_crash_right_after_run_returned_loses_nothing(
-    own_server: EmbeddedServer, urls: tuple[str, str], figures: Figures
+    own_server: EmbeddedServer, migration_urls: tuple[str, str], figures: Figures
 ) -> None:
-    legacy_url, target_url = urls
+    legacy_url, target_url = migration_urls
     async with Migrator(legacy_url, target_url, chunk_rows=CHUNK) as m:
         report = await m.run()
     assert report.ok
     killed = await asyncio.to_thread(kill_server, own_server)  # no checkpoint, no flush
     await asyncio.to_thread(own_server.restart_server)  # crash recovery from the WAL
-    await _same_rows(legacy_url, target_url)
+    await assert_same_rows(legacy_url, target_url)
     assert await _checkpoints(target_url) == DOCS // CHUNK
     async with Migrator(legacy_url, target_url, chunk_rows=CHUNK) as m:
         again = await m.run()
@@ -74,9 +57,9 @@ async def test_a_server_crash_right_after_run_returned_loses_nothing(
 
 @pytest.mark.parametrize("after_chunks", [3, 9])
 async def test_a_server_crash_during_the_copy_then_a_rerun_is_exact(
-    own_server: EmbeddedServer, urls: tuple[str, str], after_chunks: int, figures: Figures
+    own_server: EmbeddedServer, migration_urls: tuple[str, str], after_chunks: int, figures: Figures
 ) -> None:
-    legacy_url, target_url = urls
+    legacy_url, target_url = migration_urls
     killed: list[int] = []
 
     def progress(stage: str, done: int, total: int, nbytes: int) -> None:
@@ -100,7 +83,7 @@ async def test_a_server_crash_during_the_copy_then_a_rerun_is_exact(
         report = await m.run()
     assert report.ok, report.validation
     assert report.skipped_chunks == kept  # every recovered checkpoint's rows were there
-    await _same_rows(legacy_url, target_url)
+    await assert_same_rows(legacy_url, target_url)
     figures.add(
         f"server killed after {after_chunks} chunks reported: {kept} checkpoints survived "
         f"recovery; the re-run skipped {report.skipped_chunks}, copied "
