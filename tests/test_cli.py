@@ -377,3 +377,17 @@ def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "file" / "sub")])
     line = one_error_line(result, "ConfigurationError")
     assert "Not a directory" in line and "--data-dir" in line
+
+
+def test_migration_bars_do_not_go_back_when_a_run_resumes() -> None:
+    """A resumed run reports its rows from 0 again (its committed chunks come back as
+    skipped); the bar kept jumping back to them."""
+    from docstore.cli.progress import MigrationBars
+
+    bars = MigrationBars()
+    bars("documents", 120, 300, 10_000)
+    bars("documents", 20, 300, 12_000)  # the resumed attempt's first skipped chunk
+    task = bars.progress.tasks[bars.tasks["documents"]]
+    assert task.completed == 120
+    bars("documents", 300, 300, 30_000)
+    assert task.completed == 300

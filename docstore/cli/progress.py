@@ -59,12 +59,15 @@ class MigrationBars:
             console=console,
         )
         self.tasks: dict[str, TaskID] = {}
+        self.done: dict[str, int] = {}
         self.started = time.monotonic()
 
     def __call__(self, stage: str, done: int, total: int, nbytes: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(escape(stage), total=total, mbps=0.0)
+        task = self.tasks[stage]
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        self.progress.update(
-            self.tasks[stage], completed=done, total=total, mbps=nbytes / elapsed / 1e6
-        )
+        # a run that resumed after a lost connection counts its rows again from 0 (the chunks
+        # it committed come back as skipped): the bar stays where it was until they pass it
+        done = self.done[stage] = max(done, self.done.get(stage, 0))
+        self.progress.update(task, completed=done, total=total, mbps=nbytes / elapsed / 1e6)
