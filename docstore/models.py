@@ -40,7 +40,6 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     StrictBool,
-    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
@@ -120,13 +119,10 @@ def parse_timestamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
-_NoNul = AfterValidator(_no_nul)
-NoNulStr = Annotated[str, _NoNul]
-# lengths checked on the str itself ("String should have at most 50 characters"), not after
-# the NUL check (where pydantic says "Value should have at most 50 items")
-DocType = Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOC_TYPE), _NoNul]
-SourceName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SOURCE_NAME), _NoNul]
-Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), _NoNul]
+NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+DocType = Annotated[NoNulStr, Field(min_length=1, max_length=MAX_DOC_TYPE)]
+SourceName = Annotated[NoNulStr, Field(min_length=1, max_length=MAX_SOURCE_NAME)]
+Content = Annotated[NoNulStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
 Embedding = Annotated[
     FloatArray | None,
     BeforeValidator(lambda value: None if value is None else embedding_array(value)),
@@ -170,6 +166,10 @@ AwareTimestamp = Annotated[datetime | None, AfterValidator(_aware_timestamp)]
 # --- models ----------------------------------------------------------------------------------
 
 
+_LENGTHS = {"too_long": "String should have at most {max_length} characters"}
+_LENGTHS["too_short"] = "String should have at least {min_length} character"
+
+
 def _describe(exc: pydantic.ValidationError) -> tuple[str, str | None]:
     problems = []
     first_field = None
@@ -177,6 +177,9 @@ def _describe(exc: pydantic.ValidationError) -> tuple[str, str | None]:
         field = ".".join(str(p) for p in error.get("loc", ())) or "document"
         first_field = first_field or field
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error["type"] in _LENGTHS and error.get("ctx", {}).get("field_type") == "Value":
+            # text, length checked after _no_nul (so it names a lone surrogate): not "items"
+            message = _LENGTHS[error["type"]].format(**error["ctx"])
         problems.append(f"{field}: {message}")
     return "; ".join(problems), first_field
 
