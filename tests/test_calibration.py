@@ -326,40 +326,6 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
     assert abs(calibrated.table_rows - 1200) <= 24
 
 
-async def test_growth_is_noticed_before_the_table_is_analyzed(
-    store: docstore.Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Growth was read from ``reltuples`` alone, which moves only with (auto)ANALYZE: after a
-    bulk load the old calibration stayed in force until autovacuum came by (a minute or
-    more). The live-row count of the statistics system sees committed rows within seconds."""
-    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
-    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
-    monkeypatch.setattr(tuner_module, "BACKGROUND_PACE", None)  # no rests: a quick test
-    await store.execute("ALTER TABLE documents SET (autovacuum_enabled = false)")
-    points = clustered(1500)
-    await load(store, points[:500])  # analyzed
-    await store.create_vector_index()
-    first = await store.tuner.calibration()
-    assert first is not None and first.table_rows == 500
-    await store.documents.upsert_many(  # 3× the rows, never analyzed
-        Document(source_name="more", doc_path=f"m{i}", content=f"m {i}", embedding=v)
-        for i, v in enumerate(points[500:])
-    )
-    reltuples = "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
-    assert await store.fetchval(reltuples) == 500
-    caplog.set_level("INFO", logger="docstore")
-    async with asyncio.timeout(60):  # statistics are flushed within ~1-10 s of a commit
-        while not any("recalibrating search" in r.getMessage() for r in caplog.records):
-            await store.tuner.calibration()
-            await asyncio.sleep(0.2)
-    await store.tuner.wait()
-    while (found := await store.tuner.calibration()) is not None and found.table_rows < 1500:
-        await store.tuner.wait()  # noticed at a partial flush: once more for the rest
-        await asyncio.sleep(0.2)
-    assert found is not None and found.table_rows == 1500
-    assert await store.fetchval(reltuples) == 500  # and still never analyzed
-
-
 # -- review 68: a calibration measured while the table is written --------------------------
 
 

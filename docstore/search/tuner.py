@@ -85,13 +85,9 @@ GROWTH_FACTOR = 1.5
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
-# The table's rows: the planner's estimate (reltuples, as of the last ANALYZE) or, when
-# higher, the live rows the statistics system counts as writes commit — a bulk load is seen
-# within a second or so, not after the next (auto)ANALYZE, which may be a minute away.
 _LOAD = """
 SELECT c.calibration,
-       (SELECT greatest(reltuples, pg_stat_get_live_tuples(oid)) FROM pg_class
-         WHERE oid = 'documents'::regclass) AS table_rows
+       (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS table_rows
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
