@@ -1,15 +1,23 @@
 """The migration lock: one PostgreSQL advisory lock on the target, held by a migration, its
-repairs and a rollback, so no two of them ever write the same target at once."""
+repairs and a rollback, so no two of them ever write the same target at once.
+
+A connection cut on the client's side only (a middlebox resetting it, a client-side network
+failure) leaves its server session behind, holding the lock — and, mid-chunk, the chunk's
+uncommitted rows, which block a second insert of the same keys — until the server notices the
+peer is gone (TCP keepalive: two hours by default). :class:`Orphans` remembers the target
+sessions a ``run()`` call's attempts lost and ends them before the next attempt takes the lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
 
-from docstore.errors import MigrationError
+from docstore.errors import MigrationError, QueryError
 from docstore.failures import is_closed
 from docstore.migrate.context import cancelling
 from docstore.transient import describe
@@ -44,10 +52,78 @@ def _holder(row: asyncpg.Record) -> str:
     )
 
 
+# Each session a run() call works on holds a shared advisory lock on (MARK_KEY, the call's
+# token) while it does; one that ends normally unlocks it. A session still holding it at the
+# next attempt is one a lost connection left behind: a pid or a pooled connection that went
+# on to other work cannot hold it, and a PgBouncer-style reset (DISCARD ALL) releases it.
+MARK_KEY = 0x646F6373  # "docs"
+_MARK = "SELECT pg_try_advisory_lock_shared($1::int, $2::int)"
+_UNMARK = "SELECT pg_advisory_unlock_shared($1::int, $2::int)"
+# pg_terminate_backend waits up to $3 ms for each to exit.
+_END = """
+SELECT l.pid, pg_terminate_backend(l.pid, $3) AS ended
+  FROM pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+   AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.pid <> pg_backend_pid()
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+END_WAIT_MS = 5000
+
+
+class Orphans:
+    """Target sessions one ``run()`` call's attempts lost (see the module docs)."""
+
+    def __init__(self) -> None:
+        self.token = secrets.randbelow(2**31 - 1) + 1
+        self._marked = False
+
+    @contextlib.asynccontextmanager
+    async def watch(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """The block's work on ``conn``, its session marked as this call's until it ends."""
+        await conn.fetchval(_MARK, MARK_KEY, self.token)
+        self._marked = True
+        try:
+            yield
+        finally:
+            if not (is_closed(conn) or cancelling()):
+                # a connection broken now keeps its mark: end() finds the session if it lives
+                with contextlib.suppress(Exception):
+                    await conn.fetchval(_UNMARK, MARK_KEY, self.token)
+
+    async def end(self, conn: asyncpg.Connection) -> list[int]:
+        """End the sessions earlier attempts lost that still live (the same role may end its
+        own sessions); the pids ended. One that could not be ended (it did not exit in
+        :data:`END_WAIT_MS`, a privilege missing) is logged: the lock error then names it."""
+        if not self._marked:
+            return []
+        try:
+            rows = await conn.fetch(_END, MARK_KEY, self.token, END_WAIT_MS)
+        except (asyncpg.PostgresError, QueryError) as exc:
+            logger.warning("migration: could not end the lost sessions (%s)", describe(exc))
+            return []
+        for row in rows:
+            logger.warning(
+                "migration: the session of a lost connection (server process %d) %s",
+                row["pid"],
+                "was ended" if row["ended"] else "could not be ended",
+            )
+        return [row["pid"] for row in rows if row["ended"]]
+
+
 @contextlib.asynccontextmanager
-async def migration_lock(tgt: asyncpg.Connection) -> AsyncIterator[None]:
+async def migration_lock(
+    tgt: asyncpg.Connection, orphans: Orphans | None = None
+) -> AsyncIterator[None]:
     """The migration's advisory lock on the target, for the duration of the block. A
-    connection closed meanwhile (a COPY cancelled on it) released it with its session."""
+    connection closed meanwhile (a COPY cancelled on it) released it with its session.
+
+    ``orphans``: the sessions earlier attempts lost are ended first, and ``tgt``'s is watched.
+    """
+    if orphans is not None:
+        await orphans.end(tgt)
+        async with orphans.watch(tgt), migration_lock(tgt):
+            yield
+        return
     if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
         holder = await tgt.fetchrow(_HOLDER, MIGRATION_LOCK_KEY)
         raise MigrationError(

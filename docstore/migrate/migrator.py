@@ -61,7 +61,7 @@ from docstore.migrate.context import (
     run_id,
 )
 from docstore.migrate.digest import target_folds
-from docstore.migrate.lock import MIGRATION_LOCK_KEY, migration_lock
+from docstore.migrate.lock import MIGRATION_LOCK_KEY, Orphans, migration_lock
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS, resumed_run
@@ -126,6 +126,7 @@ class Migrator:
         self._owns_target = False
         self._target_schema = False
         self._forgot = False  # run(): restart's checkpoints forgotten (once a call)
+        self._orphans = Orphans()  # run(): target sessions its attempts lost
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
@@ -203,7 +204,7 @@ class Migrator:
         configs, derived document metadata and population jobs. ``report.verified_chunks``
         lists the id ranges whose stored rows were verified while the copy streamed.
         """
-        started, self._forgot = now(), False
+        started, self._forgot, self._orphans = now(), False, Orphans()
         try:
             attempt = functools.partial(self._run, dry_run, started)  # attempt(reports)
             report = await resumed_run(attempt, self.reconnect_attempts, self._secrets)
@@ -236,7 +237,7 @@ class Migrator:
                 return report
             if pre.blocking:
                 raise MigrationError("cannot migrate: " + "; ".join(pre.blocking))
-            async with store.acquire() as tgt, migration_lock(tgt):
+            async with store.acquire() as tgt, migration_lock(tgt, self._orphans):
                 # restart: once a call (an attempt after a lost connection keeps what it copied)
                 await _claim_doc_type(tgt, ctx, src, restart=self.restart and not self._forgot)
                 self._forgot = self._forgot or self.restart
@@ -289,7 +290,11 @@ class Migrator:
         changes after the delta pass): copied again under the lock, then validated again."""
         t0 = now()
         store = await self._target_store()  # copied again under the lock (copy.repair)
-        async with self._source() as src, store.acquire() as tgt, migration_lock(tgt):
+        async with (
+            self._source() as src,
+            store.acquire() as tgt,
+            migration_lock(tgt, self._orphans),
+        ):
             ctx = await self._context(src, store)
             report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
         report.validation = await self.validate()
@@ -394,6 +399,7 @@ async def _stream(m: Migrator, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
     async with (
         m._source() as src,
         store.acquire(timeout=5) as tgt,
+        m._orphans.watch(tgt),
         transaction(src, isolation="repeatable_read", readonly=True),
     ):
         await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")

@@ -9,7 +9,9 @@ killed migrator, seen from the databases, so :meth:`~docstore.migrate.Migrator.r
 over from its checkpoints up to ``reconnect_attempts`` times, waiting 0.5, 1, 2, 4, 8, 16 …
 seconds (plus jitter) between attempts, before it gives up with the
 :class:`~docstore.MigrationError` that says a re-run resumes. Its report is the whole call's:
-what earlier attempts copied is counted, not taken for an earlier run's work.
+what earlier attempts copied is counted, not taken for an earlier run's work. Target sessions
+an earlier attempt lost but the server kept (a connection cut on the client's side only) are
+ended before the next attempt takes the lock (:class:`~docstore.migrate.lock.Orphans`).
 
 Only connection losses are resumed: a failure the server answered (a value the target
 refuses, a permission missing, another migrator holding the lock, a blocking preflight

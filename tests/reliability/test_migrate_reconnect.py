@@ -24,7 +24,7 @@ from docstore import DatabaseUnavailableError, MigrationError, PoolTimeoutError
 from docstore.embedded import EmbeddedServer
 from docstore.migrate import Migrator
 from docstore.migrate import migrator as migrator_module
-from docstore.migrate.lock import migration_lock
+from docstore.migrate.lock import MARK_KEY, migration_lock
 from docstore.migrate.report import MigrationReport, Preflight
 from docstore.migrate.resume import connection_lost, resumed_run
 from tests.reliability.conftest import (
@@ -262,7 +262,9 @@ async def test_a_restart_run_that_resumes_keeps_what_it_copied_itself(
 
 class Proxy:
     """TCP → the server's Unix socket, for one database's connections; :meth:`down` cuts them
-    all and refuses new ones for a while, as a restart of that server would."""
+    all and refuses new ones for a while, as a restart of that server would; :meth:`cut`
+    cuts the clients' side only and leaves the server's sessions running, as a middlebox
+    resetting the connections would (the server notices hours later, by TCP keepalive)."""
 
     def __init__(self, url: str) -> None:
         query = parse_qs(urlsplit(url).query)
@@ -270,6 +272,9 @@ class Proxy:
         self.user = query.get("user", ["postgres"])[0]
         self.database = urlsplit(url).path.lstrip("/")
         self.writers: list[asyncio.StreamWriter] = []
+        self.clients: list[asyncio.StreamWriter] = []
+        self.upstreams: list[asyncio.StreamWriter] = []
+        self.cut_off: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -280,6 +285,8 @@ class Proxy:
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_unix_connection(self.sock)
         self.writers += [w, uw]
+        self.clients.append(w)
+        self.upstreams.append(uw)
 
         async def pump(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
             try:
@@ -289,9 +296,21 @@ class Proxy:
             except OSError:
                 pass
             finally:
-                b.close()
+                if b not in self.upstreams or w not in self.cut_off:
+                    b.close()
 
         await asyncio.gather(pump(r, uw), pump(ur, w))
+
+    def cut(self) -> None:
+        """Reset every client's connection; the server's sessions live on (see the class)."""
+        self.cut_off = list(self.clients)
+        for w in self.cut_off:
+            w.transport.abort()
+        self.clients.clear()
+
+    def close_upstreams(self) -> None:
+        for uw in self.upstreams:
+            uw.close()
 
     async def up(self) -> None:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -327,6 +346,77 @@ async def test_the_legacy_server_away_for_seconds_is_waited_for(
     await cut[0]
     assert report.ok and report.resumed >= 2  # refused while down, then back
     await assert_same_rows(legacy_url, target_url)
+
+
+async def _sessions_of(url: str, pids: list[int]) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids)
+        )
+    finally:
+        await conn.close()
+
+
+async def test_sessions_a_cut_left_holding_the_lock_and_a_chunk_are_ended_on_resume(
+    migration_urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: connections reset on the client's side only left their server sessions alive,
+    holding the migration lock (and a chunk's uncommitted rows), so the resumed attempt met
+    "another docstore migrator is running" and the call failed; those sessions lived on until
+    TCP keepalive ended them, hours later. Now the resumed attempt ends them first."""
+    legacy_url, target_url = migration_urls
+    proxy = Proxy(target_url)
+    await proxy.up()
+    cut: list[list[int]] = []
+
+    def progress(stage: str, done: int, total: int, nbytes: int) -> None:
+        if stage == "documents" and done >= 5 * CHUNK and not cut:
+            proxy.cut()
+            cut.append([])
+
+    caplog.set_level(logging.WARNING, "docstore")
+    try:
+        async with Migrator(legacy_url, proxy.url, chunk_rows=CHUNK, progress=progress) as m:
+            report = await asyncio.wait_for(m.run(), 120)
+    finally:
+        proxy.close_upstreams()
+    assert cut and report.ok and report.resumed == 1
+    ended = [
+        int(r.getMessage().split("server process ")[1].split(")")[0])
+        for r in caplog.records
+        if "the session of a lost connection" in r.getMessage()
+    ]
+    assert ended, "the lock holder's session was ended"
+    assert all(
+        "was ended" in r.getMessage()
+        for r in caplog.records
+        if "lost connection (" in r.getMessage()
+    )
+    assert await _sessions_of(target_url, ended) == 0
+    await assert_same_rows(legacy_url, target_url)
+
+
+async def test_sessions_that_end_normally_are_never_taken_for_lost_ones(
+    migration_urls: tuple[str, str],
+) -> None:
+    """The mark (a shared advisory lock on the call's token) is released by every session
+    whose work ended normally: a pooled connection that goes on to the app's work is never
+    ended by a later attempt, and a pid reused by a new session holds no mark."""
+    legacy_url, target_url = migration_urls
+    async with docstore.connect(target_url) as store:
+        async with Migrator(legacy_url, store, chunk_rows=CHUNK) as m:
+            assert (await m.run()).ok
+            orphans = m._orphans
+        assert orphans._marked  # the run's sessions were marked
+        marks = await store.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid",
+            MARK_KEY,
+        )
+        assert marks == 0
+        async with store.acquire() as conn:
+            assert await orphans.end(conn) == []  # nothing to end: the pool's sessions live on
+        assert await store.fetchval("SELECT 1") == 1
 
 
 async def test_the_report_of_a_resumed_call_counts_every_attempts_work(
