@@ -420,7 +420,11 @@ class MigrationReport(BaseModel):
         description="times a connection was lost and the run resumed after its committed "
         "chunks (Migrator reconnect_attempts)",
     )
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per stage (summed over the attempts of a resumed call; a stage "
+        "an attempt did not finish is not counted) and in all ('total', the whole call)",
+    )
     warnings: list[str] = Field(default_factory=list)
     validation: Validation | None = None
 

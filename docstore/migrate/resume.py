@@ -103,11 +103,15 @@ async def resumed_run(
 
 def _merge(final: MigrationReport, earlier: list[MigrationReport]) -> None:
     """``final`` as the report of the whole call: what ``earlier`` attempts copied is not
-    "committed by an earlier run", and their counts and warnings stand."""
+    "committed by an earlier run", and their counts, stage timings and warnings stand (the
+    ``total`` timing already spans the call)."""
     final.skipped_chunks = max(0, final.skipped_chunks - sum(r.copied_chunks for r in earlier))
     for r in earlier:
         for name in _COUNTS:
             setattr(final, name, getattr(final, name) + getattr(r, name))
+        for stage, seconds in r.timings.items():
+            if stage != "total":
+                final.timings[stage] = final.timings.get(stage, 0.0) + seconds
         final.warnings.extend(w for w in r.warnings if w not in final.warnings)
 
 

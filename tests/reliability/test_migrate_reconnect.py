@@ -461,6 +461,24 @@ async def test_restart_forgets_once_even_when_the_first_attempt_fails_before_it(
     await assert_same_rows(legacy_url, target_url)
 
 
+async def test_a_resumed_calls_report_sums_the_attempts_stage_timings() -> None:
+    """Before: a resumed report's stage timings were the last attempt's alone."""
+    preflight = Preflight(tables=[])
+
+    async def attempt(reports: list[MigrationReport]) -> MigrationReport:
+        report = MigrationReport(run_id="rust:x", doc_type="rust", preflight=preflight)
+        report.timings.update(preflight=0.25, sources=0.5)
+        reports.append(report)
+        if len(reports) == 1:
+            raise ConnectionResetError("connection reset by peer")
+        report.timings.update(documents=2.0, total=9.0)
+        return report
+
+    report = await resumed_run(attempt, 1, ())
+    assert report.resumed == 1
+    assert report.timings == {"preflight": 0.5, "sources": 1.0, "documents": 2.0, "total": 9.0}
+
+
 async def test_an_interruption_during_a_lost_connection_is_not_resumed() -> None:
     """Ctrl-C while the lock's unlock hangs after a lost connection: the lock swallows the
     cancellation to end its session, and the connection error went on — it was resumed and
