@@ -4,8 +4,11 @@ repairs and a rollback, so no two of them ever write the same target at once.
 A connection cut on the client's side only (a middlebox resetting it, a client-side network
 failure) leaves its server session behind, holding the lock — and, mid-chunk, the chunk's
 uncommitted rows, which block a second insert of the same keys — until the server notices the
-peer is gone (TCP keepalive: two hours by default). :class:`Orphans` remembers the target
-sessions a ``run()`` call's attempts lost and ends them before the next attempt takes the lock.
+peer is gone (TCP keepalive: two hours by default). :class:`Orphans` marks the sessions that
+hold either (the lock's connection and the copy streams' target connections) while they work,
+and ends the marked sessions a ``run()`` call's earlier attempts lost before the next attempt
+takes the lock. The other connections of a run (preflight, the streaming verification's
+readers, ANALYZE) hold neither, and an orphaned one finishes its statement and is idle.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SELECT a.pid, a.application_name, a.state, a.backend_start, a.state_change
   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
  WHERE l.locktype = 'advisory' AND l.granted
    AND l.classid::bigint = ($1::bigint >> 32) AND l.objid::bigint = ($1::bigint & 4294967295)
+   AND l.objsubid = 1
  LIMIT 1
 """
 
@@ -52,13 +56,15 @@ def _holder(row: asyncpg.Record) -> str:
     )
 
 
-# Each session a run() call works on holds a shared advisory lock on (MARK_KEY, the call's
-# token) while it does; one that ends normally unlocks it. A session still holding it at the
-# next attempt is one a lost connection left behind: a pid or a pooled connection that went
-# on to other work cannot hold it, and a PgBouncer-style reset (DISCARD ALL) releases it.
+# A marked session holds a shared advisory lock on (MARK_KEY, the call's token), the two-int4
+# form (objsubid 2; the migration lock's bigint form is objsubid 1). The pools' reset on
+# release (pg_advisory_unlock_all) drops it, and a connection whose reset fails is closed: a
+# session still holding the mark at the next attempt is one whose connection was lost and
+# that the server kept. A reused pid or a pooled connection gone on to other work cannot hold
+# it. (Session advisory locks, the migration lock included, need a direct connection or
+# session pooling: a transaction-pooling PgBouncer is not supported.)
 MARK_KEY = 0x646F6373  # "docs"
 _MARK = "SELECT pg_try_advisory_lock_shared($1::int, $2::int)"
-_UNMARK = "SELECT pg_advisory_unlock_shared($1::int, $2::int)"
 # pg_terminate_backend waits up to $3 ms for each to exit.
 _END = """
 SELECT l.pid, pg_terminate_backend(l.pid, $3) AS ended
@@ -71,7 +77,8 @@ END_WAIT_MS = 5000
 
 
 class Orphans:
-    """Target sessions one ``run()`` call's attempts lost (see the module docs)."""
+    """Marks the lock's and the copy streams' target sessions of one ``run()`` call, and ends
+    those its earlier attempts lost (see the module docs)."""
 
     def __init__(self) -> None:
         self.token = secrets.randbelow(2**31 - 1) + 1
@@ -79,21 +86,18 @@ class Orphans:
 
     @contextlib.asynccontextmanager
     async def watch(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """The block's work on ``conn``, its session marked as this call's until it ends."""
+        """Mark ``conn``'s session as this call's: ``conn`` is a pooled connection, which the
+        pool's reset unmarks when it is released (no statement here that a connection hanging
+        after a network cut could hold up)."""
         await conn.fetchval(_MARK, MARK_KEY, self.token)
         self._marked = True
-        try:
-            yield
-        finally:
-            if not (is_closed(conn) or cancelling()):
-                # a connection broken now keeps its mark: end() finds the session if it lives
-                with contextlib.suppress(Exception):
-                    await conn.fetchval(_UNMARK, MARK_KEY, self.token)
+        yield
 
     async def end(self, conn: asyncpg.Connection) -> list[int]:
-        """End the sessions earlier attempts lost that still live (the same role may end its
-        own sessions); the pids ended. One that could not be ended (it did not exit in
-        :data:`END_WAIT_MS`, a privilege missing) is logged: the lock error then names it."""
+        """End the marked sessions earlier attempts lost that still live (the same role may
+        end its own sessions); the pids ended. One that did not exit within
+        :data:`END_WAIT_MS` is logged (the lock error then names it); a failure of the
+        statement is logged and ends nothing."""
         if not self._marked:
             return []
         try:

@@ -397,23 +397,35 @@ async def test_sessions_a_cut_left_holding_the_lock_and_a_chunk_are_ended_on_res
     await assert_same_rows(legacy_url, target_url)
 
 
+_MARKS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+    " AND classid = $1::int::oid AND database ="
+    " (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 async def test_sessions_that_end_normally_are_never_taken_for_lost_ones(
     migration_urls: tuple[str, str],
 ) -> None:
-    """The mark (a shared advisory lock on the call's token) is released by every session
-    whose work ended normally: a pooled connection that goes on to the app's work is never
-    ended by a later attempt, and a pid reused by a new session holds no mark."""
+    """The lock's and the copy streams' sessions are marked while they copy; the pool's reset
+    drops the mark when they go back to the pool, so a pooled connection that goes on to the
+    app's work is never ended by a later attempt (and a reused pid holds no mark)."""
     legacy_url, target_url = migration_urls
     async with docstore.connect(target_url) as store:
-        async with Migrator(legacy_url, store, chunk_rows=CHUNK) as m:
+        during: list[asyncio.Task[int]] = []
+
+        def progress(stage: str, done: int, total: int, nbytes: int) -> None:
+            if stage == "documents" and done >= 3 * CHUNK and not during:
+                during.append(asyncio.get_running_loop().create_task(marks()))
+
+        async def marks() -> int:
+            return int(await store.fetchval(_MARKS, MARK_KEY))
+
+        async with Migrator(legacy_url, store, chunk_rows=CHUNK, progress=progress) as m:
             assert (await m.run()).ok
             orphans = m._orphans
-        assert orphans._marked  # the run's sessions were marked
-        marks = await store.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid",
-            MARK_KEY,
-        )
-        assert marks == 0
+        assert during and await during[0] >= 2  # the lock's and a further stream's
+        assert await marks() == 0
         async with store.acquire() as conn:
             assert await orphans.end(conn) == []  # nothing to end: the pool's sessions live on
         assert await store.fetchval("SELECT 1") == 1
