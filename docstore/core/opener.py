@@ -25,6 +25,7 @@ from docstore.config import (
     statement_timeout_ms,
     url_secrets,
 )
+from docstore.core import tcp
 from docstore.core.pools import (
     VECTOR_SCHEMA,
     CodecInit,
@@ -152,6 +153,7 @@ async def _open(
         server_settings["default_transaction_read_only"] = "on"
     if settings.statement_timeout is not None:
         server_settings["statement_timeout"] = statement_timeout_ms(settings.statement_timeout)
+    server_settings.update(tcp.server_settings(settings.tcp_timeout))
     connect_kwargs: dict[str, Any] = {
         "server_settings": server_settings,
         "command_timeout": settings.command_timeout,
@@ -165,6 +167,7 @@ async def _open(
         conn = await asyncpg.connect(
             resolved, server_settings=server_settings, timeout=settings.pool_acquire_timeout
         )
+        tcp.apply(conn, settings.tcp_timeout)
         try:
             # on a Citus worker docstore's schema (and its local tables) is the coordinator's
             migrate_here = do_migrate and not await citus.is_worker(conn)
@@ -198,7 +201,7 @@ async def _open(
             # a database docstore has not initialised yet (`docstore init`, migrate() or the
             # next connect() creates pgvector): every new connection looks again
             logger.debug("pgvector is not enabled in %s yet", redact_url(resolved))
-        init = CodecInit(vector_schema)
+        init = CodecInit(vector_schema, tcp_timeout=settings.tcp_timeout)
         pool: asyncpg.Pool | None = None
         async for attempt in policy:
             with attempt:

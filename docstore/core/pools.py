@@ -21,6 +21,7 @@ import asyncpg
 
 from docstore.codecs import register_json_codecs, register_vector_codecs
 from docstore.config import Settings, UrlSource, redact_url
+from docstore.core import tcp
 from docstore.errors import DocstoreError
 from docstore.failures import describe, translate
 from docstore.readonly import ReadOnlyConnection
@@ -68,17 +69,22 @@ class CodecInit:
     then on. A reload :meth:`repoint`\ s it to the new database's schema: a pool that kept the
     old database's would fail every new connection (``unknown type``)."""
 
-    def __init__(self, schema: str | None, *, remember: bool = True) -> None:
+    def __init__(
+        self, schema: str | None, *, remember: bool = True, tcp_timeout: float = 0.0
+    ) -> None:
         self.schema = schema
         self.remember = remember
         """False: every new connection looks it up on its own server (a replica's pool,
         whose server a reload may change while a connection to the old one is opening)."""
+        self.tcp_timeout = tcp_timeout
+        """``DOCSTORE_TCP_TIMEOUT``, set on every new connection's socket (:mod:`.tcp`)."""
 
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
         self.schema = schema
 
     async def __call__(self, conn: asyncpg.Connection) -> None:
+        tcp.apply(conn, self.tcp_timeout)
         await register_json_codecs(conn)
         schema = self.schema
         if schema is None:
@@ -154,7 +160,8 @@ async def open_replica(url: str, primary: Pool, settings: Settings) -> Pool:
         # (the read then falls back to the primary), not waiting for the pool
         "timeout": min(settings.pool_acquire_timeout / 2, REPLICA_CONNECT_TIMEOUT),
     }
-    init = CodecInit(None, remember=False)  # one round trip per new (pooled) connection
+    # one round trip per new (pooled) connection
+    init = CodecInit(None, remember=False, tcp_timeout=settings.tcp_timeout)
     pool = await create_pool(
         url,
         min_size=0,

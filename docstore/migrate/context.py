@@ -22,6 +22,8 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from docstore.codecs import register_codecs
+from docstore.config import load_settings
+from docstore.core import tcp
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe, is_transient
 from docstore.models import MAX_DOC_TYPE
@@ -141,8 +143,11 @@ async def open_legacy(
             )
             yield pooled
         return
+    tcp_timeout = load_settings().tcp_timeout  # (the target's store read the same environment)
     try:
         conn = await asyncpg.connect(source, server_settings=settings)
+        # the client's side only: the legacy server's version is not known before connecting
+        tcp.apply(conn, tcp_timeout)
     except DocstoreError:
         raise
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:

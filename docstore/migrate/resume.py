@@ -15,9 +15,10 @@ ended before the next attempt takes the lock (:class:`~docstore.migrate.lock.Orp
 
 Only connection losses are resumed: a failure the server answered (a value the target
 refuses, a permission missing, another migrator holding the lock, a blocking preflight
-finding), a statement that ran out of its time (it would again; a network cut that leaves a
-connection hanging ends so) and a pool with no free connection are raised at once, and so is
-any interruption (Ctrl-C), whatever it was chained to.
+finding), a statement that ran out of its time (it would again) and a pool with no free
+connection are raised at once, and so is any interruption (Ctrl-C), whatever it was chained
+to. A network cut that drops packets leaves a connection silent rather than closed: it is
+lost, and resumed after, once ``DOCSTORE_TCP_TIMEOUT`` passes (:mod:`docstore.core.tcp`).
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ def connection_lost(exc: BaseException) -> bool:
         seen.add(id(current))
         if not isinstance(current, Exception):
             return False
-        if isinstance(current, TimeoutError | PoolTimeoutError):
+        if isinstance(current, PoolTimeoutError) or (
+            isinstance(current, TimeoutError) and current.errno is None
+        ):
             return False  # the same statement or pool would time out again
+        # (an OSError ETIMEDOUT is a TimeoutError too: the peer stopped answering — TCP
+        # keepalive or retransmissions gave up, DOCSTORE_TCP_TIMEOUT — a lost connection)
         if not isinstance(current, DatabaseUnavailableError) and is_transient(current):
             lost = True
         suppressed = current.__suppress_context__  # raise ... from None

@@ -11,10 +11,10 @@ resumed. Failures that are not lost connections are raised at once, without wait
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -33,6 +33,7 @@ from tests.reliability.conftest import (
     assert_same_rows,
     kill_server,
 )
+from tests.reliability.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -225,6 +226,9 @@ def test_which_failures_count_as_a_lost_connection() -> None:
     assert connection_lost(asyncpg.AdminShutdownError("terminating connection"))
     assert connection_lost(raised_from(MigrationError("validation failed"), lost))
     assert connection_lost(raised_from(DatabaseUnavailableError("gone"), ConnectionRefusedError()))
+    # the socket's ETIMEDOUT: TCP keepalive or retransmissions gave up on a silent peer
+    assert connection_lost(TimeoutError(errno.ETIMEDOUT, "Connection timed out"))
+    assert connection_lost(raised_from(MigrationError("x"), TimeoutError(errno.ETIMEDOUT, "")))
     # not lost connections: a timeout would time out again; a busy pool; credentials; data
     assert not connection_lost(TimeoutError())
     assert not connection_lost(raised_from(DatabaseUnavailableError("x"), TimeoutError()))
@@ -258,72 +262,6 @@ async def test_a_restart_run_that_resumes_keeps_what_it_copied_itself(
     # it committed was copied again
     assert report.skipped_chunks == 0 and report.copied_documents <= DOCS
     await assert_same_rows(legacy_url, target_url)
-
-
-class Proxy:
-    """TCP → the server's Unix socket, for one database's connections; :meth:`down` cuts them
-    all and refuses new ones for a while, as a restart of that server would; :meth:`cut`
-    cuts the clients' side only and leaves the server's sessions running, as a middlebox
-    resetting the connections would (the server notices hours later, by TCP keepalive)."""
-
-    def __init__(self, url: str) -> None:
-        query = parse_qs(urlsplit(url).query)
-        self.sock = f"{query['host'][0]}/.s.PGSQL.{query.get('port', ['5432'])[0]}"
-        self.user = query.get("user", ["postgres"])[0]
-        self.database = urlsplit(url).path.lstrip("/")
-        self.writers: list[asyncio.StreamWriter] = []
-        self.clients: list[asyncio.StreamWriter] = []
-        self.upstreams: list[asyncio.StreamWriter] = []
-        self.cut_off: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_unix_connection(self.sock)
-        self.writers += [w, uw]
-        self.clients.append(w)
-        self.upstreams.append(uw)
-
-        async def pump(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
-            try:
-                while data := await a.read(65536):
-                    b.write(data)
-                    await b.drain()
-            except OSError:
-                pass
-            finally:
-                if b not in self.upstreams or w not in self.cut_off:
-                    b.close()
-
-        await asyncio.gather(pump(r, uw), pump(ur, w))
-
-    def cut(self) -> None:
-        """Reset every client's connection; the server's sessions live on (see the class)."""
-        self.cut_off = list(self.clients)
-        for w in self.cut_off:
-            w.transport.abort()
-        self.clients.clear()
-
-    def close_upstreams(self) -> None:
-        for uw in self.upstreams:
-            uw.close()
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def down(self, seconds: float) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.transport.abort()
-        self.writers.clear()
-        await asyncio.sleep(seconds)
-        await self.up()
 
 
 async def test_the_legacy_server_away_for_seconds_is_waited_for(

@@ -1,0 +1,142 @@
+"""A plain TCP proxy in front of a server's Unix socket, and a network cut that drops packets.
+
+:class:`Proxy` relays one database's connections over TCP on 127.0.0.1, so the tests can cut
+them: all at once as a server restart would (:meth:`Proxy.down`), or the clients' side only,
+as a middlebox resetting them would (:meth:`Proxy.cut`). Neither looks like a cut that drops
+packets — the proxy's kernel still answers for the connections — so :func:`blackhole` drops
+every packet to and from the proxy's port on the loopback device with ``tc``: TCP keepalive
+probes and retransmissions then go unanswered, as across a dead network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+
+class Proxy:
+    """TCP → the server's Unix socket, for one database's connections; :meth:`down` cuts them
+    all and refuses new ones for a while, as a restart of that server would; :meth:`cut`
+    cuts the clients' side only and leaves the server's sessions running, as a middlebox
+    resetting the connections would (the server notices hours later, by TCP keepalive)."""
+
+    def __init__(self, url: str) -> None:
+        query = parse_qs(urlsplit(url).query)
+        self.sock = f"{query['host'][0]}/.s.PGSQL.{query.get('port', ['5432'])[0]}"
+        self.user = query.get("user", ["postgres"])[0]
+        self.database = urlsplit(url).path.lstrip("/")
+        self.writers: list[asyncio.StreamWriter] = []
+        self.clients: list[asyncio.StreamWriter] = []
+        self.upstreams: list[asyncio.StreamWriter] = []
+        self.cut_off: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_unix_connection(self.sock)
+        self.writers += [w, uw]
+        self.clients.append(w)
+        self.upstreams.append(uw)
+
+        async def pump(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+            try:
+                while data := await a.read(65536):
+                    b.write(data)
+                    await b.drain()
+            except OSError:
+                pass
+            finally:
+                if b not in self.upstreams or w not in self.cut_off:
+                    b.close()
+
+        await asyncio.gather(pump(r, uw), pump(ur, w))
+
+    def client_ports(self) -> list[int]:
+        """The clients' own ports of the connections open now."""
+        return [w.get_extra_info("peername")[1] for w in self.clients if not w.is_closing()]
+
+    def cut(self) -> None:
+        """Reset every client's connection; the server's sessions live on (see the class)."""
+        self.cut_off = list(self.clients)
+        for w in self.cut_off:
+            w.transport.abort()
+        self.clients.clear()
+
+    def close_upstreams(self) -> None:
+        for uw in self.upstreams:
+            uw.close()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self, seconds: float) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await asyncio.sleep(seconds)
+        await self.up()
+
+
+def _tc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tc", *args], capture_output=True, text=True, check=False)
+
+
+def blackhole_available() -> str | None:
+    """Why :func:`blackhole` cannot run here (None: it can): it needs ``tc``, the privilege to
+    change the loopback device's queueing and the kernel's netem."""
+    if shutil.which("tc") is None:
+        return "tc (iproute2) is not installed"
+    if _tc("qdisc", "show", "dev", "lo").returncode != 0:
+        return "tc cannot read the loopback device's queueing"
+    try:
+        with blackhole(sport=1):
+            pass
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+@contextlib.contextmanager
+def blackhole(*, sport: int | None = None, dports: Iterable[int] = ()) -> Iterator[None]:
+    """Drop every packet on the loopback device *from* TCP port ``sport`` (a server's every
+    connection, new ones included: the way back from it is cut), or *to* the ports ``dports``
+    (those connections only, as a NAT or firewall that forgot them), while the block runs.
+
+    Only the way back: a packet the client's own kernel could not send (dropped by a queue on
+    its way out) counts for TCP as local congestion, retried every half second for ever and
+    never as a dead peer; a probe or segment that left and was never answered is what a dead
+    network looks like. An ``htb`` root queue: other traffic goes to class 1:1 (100 Gbit/s, no
+    limit in effect), and ``u32`` filters send the chosen packets to class 1:2, whose ``pfifo``
+    holds none (``limit 0``: each is dropped). Built from what the smallest kernels have (no
+    netem, no tc actions); the root queue is removed afterwards, which restores the device's
+    default.
+    """
+    lo = ("dev", "lo")
+    band = ("filter", "add", *lo, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match")
+    ports = ([("sport", sport)] if sport is not None else []) + [("dport", p) for p in dports]
+    steps = [
+        ("qdisc", "add", *lo, "root", "handle", "1:", "htb", "default", "1"),
+        ("class", "add", *lo, "parent", "1:", "classid", "1:1", "htb", "rate", "100gbit"),
+        ("class", "add", *lo, "parent", "1:", "classid", "1:2", "htb", "rate", "100gbit"),
+        ("qdisc", "add", *lo, "parent", "1:2", "handle", "20:", "pfifo", "limit", "0"),
+        *((*band, "ip", way, str(port), "0xffff", "flowid", "1:2") for way, port in ports),
+    ]
+    try:
+        for step in steps:
+            done = _tc(*step)
+            if done.returncode != 0:
+                raise RuntimeError(f"tc {' '.join(step[:2])} failed: {done.stderr.strip()}")
+        yield
+    finally:
+        _tc("qdisc", "del", "dev", "lo", "root")
