@@ -153,7 +153,6 @@ async def _open(
         server_settings["default_transaction_read_only"] = "on"
     if settings.statement_timeout is not None:
         server_settings["statement_timeout"] = statement_timeout_ms(settings.statement_timeout)
-    server_settings.update(tcp.server_settings(settings.tcp_timeout))
     connect_kwargs: dict[str, Any] = {
         "server_settings": server_settings,
         "command_timeout": settings.command_timeout,

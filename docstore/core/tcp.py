@@ -9,10 +9,16 @@ after about *T*, and the failure is a lost connection, which docstore retries an
 resumes after (:mod:`docstore.migrate.resume`):
 
 * a silent connection is probed after *T*/2 seconds, every *T*/6 seconds, and ended after
-  :data:`PROBES` unanswered probes (``TCP_KEEPIDLE``/``TCP_KEEPINTVL``/``TCP_KEEPCNT`` on
-  docstore's sockets; ``tcp_keepalives_idle``/``_interval``/``_count`` on the server's);
-* data sent and not acknowledged for *T* seconds ends it (``TCP_USER_TIMEOUT``;
-  ``tcp_user_timeout``).
+  :data:`PROBES` unanswered probes (``TCP_KEEPIDLE``/``TCP_KEEPINTVL``/``TCP_KEEPCNT``);
+* data sent and not acknowledged for *T* seconds ends it (``TCP_USER_TIMEOUT``).
+
+docstore's sockets get them all: the store's pools (:class:`~docstore.core.pools.CodecInit`)
+and the migrator's legacy connections. The server's side (``tcp_keepalives_idle``/
+``_interval``/``_count``, ``tcp_user_timeout``: :func:`server_settings`) is set on the
+migrator's sessions that hold the migration lock or a chunk's uncommitted rows
+(:class:`~docstore.migrate.lock.Orphans`), so the server ends such a session whose client
+vanished after *T* instead of two hours; it is not sent when connecting, where a pooler that
+refuses unknown startup parameters (PgBouncer) would refuse the connection.
 
 A busy but healthy peer's kernel answers the probes and acknowledges the data, so a slow
 statement is never cut. Unix-domain sockets are left alone (the server ignores the settings
@@ -38,7 +44,7 @@ def _parts(seconds: float) -> tuple[int, int, int]:
 
 
 def server_settings(seconds: float) -> dict[str, str]:
-    """The server's side of ``seconds``, as connection settings (none for 0)."""
+    """The server's side of ``seconds``, as session settings (none for 0)."""
     if not seconds:
         return {}
     idle, interval, unacknowledged = _parts(seconds)

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from docstore.config import load_settings
+from docstore.core import tcp
 from docstore.errors import MigrationError, QueryError
 from docstore.failures import is_closed
 from docstore.migrate.context import cancelling
@@ -64,7 +66,14 @@ def _holder(row: asyncpg.Record) -> str:
 # it. (Session advisory locks, the migration lock included, need a direct connection or
 # session pooling: a transaction-pooling PgBouncer is not supported.)
 MARK_KEY = 0x646F6373  # "docs"
-_MARK = "SELECT pg_try_advisory_lock_shared($1::int, $2::int)"
+# ... and asks the server to end the session after DOCSTORE_TCP_TIMEOUT of silence from a
+# vanished client (docstore.core.tcp): such a session holds the lock or a chunk's rows; the
+# pools' reset (RESET ALL) puts the settings back.
+_MARK = """
+SELECT pg_try_advisory_lock_shared($1::int, $2::int),
+       (SELECT count(set_config(name, value, false))
+          FROM unnest($3::text[], $4::text[]) AS s(name, value))
+"""
 # pg_terminate_backend waits up to $3 ms for each to exit.
 _END = """
 SELECT l.pid, pg_terminate_backend(l.pid, $3) AS ended
@@ -80,16 +89,20 @@ class Orphans:
     """Marks the lock's and the copy streams' target sessions of one ``run()`` call, and ends
     those its earlier attempts lost (see the module docs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tcp_timeout: float | None = None) -> None:
         self.token = secrets.randbelow(2**31 - 1) + 1
         self._marked = False
+        seconds = load_settings().tcp_timeout if tcp_timeout is None else tcp_timeout
+        self._server = tcp.server_settings(seconds)
+        """The server's side of ``DOCSTORE_TCP_TIMEOUT`` for the marked sessions."""
 
     @contextlib.asynccontextmanager
     async def watch(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """Mark ``conn``'s session as this call's: ``conn`` is a pooled connection, which the
-        pool's reset unmarks when it is released (no statement here that a connection hanging
-        after a network cut could hold up)."""
-        await conn.fetchval(_MARK, MARK_KEY, self.token)
+        """Mark ``conn``'s session as this call's (and set the server's side of
+        ``DOCSTORE_TCP_TIMEOUT`` on it): ``conn`` is a pooled connection, which the pool's
+        reset unmarks when it is released (no statement here that a connection hanging after
+        a network cut could hold up)."""
+        await conn.fetchval(_MARK, MARK_KEY, self.token, [*self._server], [*self._server.values()])
         self._marked = True
         yield
 

@@ -349,24 +349,29 @@ async def test_sessions_that_end_normally_are_never_taken_for_lost_ones(
     drops the mark when they go back to the pool, so a pooled connection that goes on to the
     app's work is never ended by a later attempt (and a reused pid holds no mark)."""
     legacy_url, target_url = migration_urls
-    async with docstore.connect(target_url) as store:
-        during: list[asyncio.Task[int]] = []
+    probe = await asyncpg.connect(target_url)  # its own connection: the run's pool is busy
+    seen: list[int] = []
 
-        def progress(stage: str, done: int, total: int, nbytes: int) -> None:
-            if stage == "documents" and done >= 3 * CHUNK and not during:
-                during.append(asyncio.get_running_loop().create_task(marks()))
+    async def watch_marks() -> None:
+        while True:
+            seen.append(int(await probe.fetchval(_MARKS, MARK_KEY)))
+            await asyncio.sleep(0.002)
 
-        async def marks() -> int:
-            return int(await store.fetchval(_MARKS, MARK_KEY))
-
-        async with Migrator(legacy_url, store, chunk_rows=CHUNK, progress=progress) as m:
-            assert (await m.run()).ok
-            orphans = m._orphans
-        assert during and await during[0] >= 2  # the lock's and a further stream's
-        assert await marks() == 0
-        async with store.acquire() as conn:
-            assert await orphans.end(conn) == []  # nothing to end: the pool's sessions live on
-        assert await store.fetchval("SELECT 1") == 1
+    try:
+        async with docstore.connect(target_url) as store:
+            watching = asyncio.create_task(watch_marks())
+            async with Migrator(legacy_url, store, chunk_rows=CHUNK) as m:
+                assert (await m.run()).ok
+                orphans = m._orphans
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            assert max(seen) >= 2  # the lock's and a further copy stream's, while they copied
+            assert await probe.fetchval(_MARKS, MARK_KEY) == 0
+            async with store.acquire() as conn:
+                assert await orphans.end(conn) == []  # nothing to end: the pool's live on
+            assert await store.fetchval("SELECT 1") == 1
+    finally:
+        await probe.close()
 
 
 async def test_the_report_of_a_resumed_call_counts_every_attempts_work(
