@@ -148,8 +148,9 @@ class Settings(BaseSettings):
         60.0, ge=0, le=32767, allow_inf_nan=False, validation_alias="DOCSTORE_TCP_TIMEOUT"
     )
     """Seconds after which a TCP connection whose peer stopped answering (a network cut) is
-    declared lost, by docstore and by the server (:mod:`docstore.core.tcp`); 0: the OS's
-    defaults (about two hours)."""
+    declared lost, by docstore's keepalive and, for the migrator's sessions, by the server's
+    (:mod:`docstore.core.tcp`); 0: none on docstore's side, the server's defaults (about two
+    hours) on its side."""
     embedding_dim: int = Field(3072, ge=1, le=16000, validation_alias="DOCSTORE_EMBEDDING_DIM")
     embedded_dir: Path = Field(
         default_factory=_default_embedded_dir, validation_alias="DOCSTORE_EMBEDDED_DIR"

@@ -166,8 +166,8 @@ async def _open(
         conn = await asyncpg.connect(
             resolved, server_settings=server_settings, timeout=settings.pool_acquire_timeout
         )
-        tcp.apply(conn, settings.tcp_timeout)
         try:
+            tcp.apply(conn, settings.tcp_timeout)
             # on a Citus worker docstore's schema (and its local tables) is the coordinator's
             migrate_here = do_migrate and not await citus.is_worker(conn)
             if migrate_here:

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from docstore.codecs import register_codecs
-from docstore.config import load_settings
+from docstore.config import Settings
 from docstore.core import tcp
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe, is_transient
@@ -119,9 +119,16 @@ SELECT current_database() || '@' || coalesce(
 """
 
 
+_TCP_DEFAULT: float = Settings.model_fields["tcp_timeout"].default
+
+
 @contextlib.asynccontextmanager
 async def open_legacy(
-    source: str | Store, secrets: tuple[str, ...] = (), *, writable: bool = False
+    source: str | Store,
+    secrets: tuple[str, ...] = (),
+    *,
+    writable: bool = False,
+    target: Store | None = None,
 ) -> AsyncIterator[Any]:
     """A connection to the legacy database (a URL, or a Store whose pool lends one);
     read-only unless ``writable`` (rollback), with docstore's codecs when it has pgvector.
@@ -130,6 +137,8 @@ async def open_legacy(
     frozen with ``ALTER DATABASE … SET default_transaction_read_only = on``
     (docs/cutover.md), which keeps the legacy application out while it runs. A failure to
     connect is a :class:`MigrationError` that names the problem, never the password.
+    ``target``: the store migrated into, whose ``DOCSTORE_TCP_TIMEOUT`` a connection from a
+    URL takes (:mod:`docstore.core.tcp`; without it, the default's).
     """
     settings = {
         "application_name": "docstore-migrate",
@@ -143,11 +152,8 @@ async def open_legacy(
             )
             yield pooled
         return
-    tcp_timeout = load_settings().tcp_timeout  # (the target's store read the same environment)
     try:
         conn = await asyncpg.connect(source, server_settings=settings)
-        # the client's side only: the legacy server's version is not known before connecting
-        tcp.apply(conn, tcp_timeout)
     except DocstoreError:
         raise
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
@@ -157,6 +163,12 @@ async def open_legacy(
         cause = exc if is_transient(exc) else None
         raise MigrationError(f"cannot reach the legacy database: {problem}") from cause
     try:
+        # DOCSTORE_TCP_TIMEOUT on both ends: the session holds a snapshot the legacy server's
+        # vacuum waits for, which it should not keep for hours after the migrator vanished
+        tcp.apply(conn, _TCP_DEFAULT if target is None else target.settings.tcp_timeout)
+        names, values = tcp.server_side(conn)
+        if names:
+            await conn.fetchval(tcp.SET_SERVER_SIDE, names, values)
         schema = await conn.fetchval(
             "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
             " WHERE t.typname = 'vector' LIMIT 1"

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from docstore.config import load_settings
 from docstore.core import tcp
 from docstore.errors import MigrationError, QueryError
 from docstore.failures import is_closed
@@ -89,20 +88,17 @@ class Orphans:
     """Marks the lock's and the copy streams' target sessions of one ``run()`` call, and ends
     those its earlier attempts lost (see the module docs)."""
 
-    def __init__(self, tcp_timeout: float | None = None) -> None:
+    def __init__(self) -> None:
         self.token = secrets.randbelow(2**31 - 1) + 1
         self._marked = False
-        seconds = load_settings().tcp_timeout if tcp_timeout is None else tcp_timeout
-        self._server = tcp.server_settings(seconds)
-        """The server's side of ``DOCSTORE_TCP_TIMEOUT`` for the marked sessions."""
 
     @contextlib.asynccontextmanager
     async def watch(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """Mark ``conn``'s session as this call's (and set the server's side of
-        ``DOCSTORE_TCP_TIMEOUT`` on it): ``conn`` is a pooled connection, which the pool's
-        reset unmarks when it is released (no statement here that a connection hanging after
-        a network cut could hold up)."""
-        await conn.fetchval(_MARK, MARK_KEY, self.token, [*self._server], [*self._server.values()])
+        """Mark ``conn``'s session as this call's, and give it the server's side of the
+        socket's keepalive (:func:`docstore.core.tcp.server_side`): ``conn`` is a pooled
+        connection, which the pool's reset unmarks and resets when it is released (no
+        statement here that a connection hanging after a network cut could hold up)."""
+        await conn.fetchval(_MARK, MARK_KEY, self.token, *tcp.server_side(conn))
         self._marked = True
         yield
 

@@ -126,7 +126,7 @@ class Migrator:
         self._owns_target = False
         self._target_schema = False
         self._forgot = False  # run(): restart's checkpoints forgotten (once a call)
-        self._orphans = Orphans()  # run(): target sessions its attempts lost
+        self._orphans = Orphans()  # run(): target sessions its attempts lost (new each call)
         self._secrets = url_secrets(*(a for a in (source, target) if isinstance(a, str)))
 
     def __repr__(self) -> str:
@@ -152,7 +152,7 @@ class Migrator:
 
     def _source(self, *, writable: bool = False) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection to the legacy database; read-only unless ``writable`` (rollback)."""
-        return open_legacy(self._source_arg, self._secrets, writable=writable)
+        return open_legacy(self._source_arg, self._secrets, writable=writable, target=self._target)
 
     async def _context(self, src: asyncpg.Connection, store: Store) -> StageContext:
         return StageContext(
@@ -311,8 +311,8 @@ class Migrator:
         :meth:`Validation.problems` names each. Reads only: works on a read-only store.
         (:meth:`run` validates through the same code, accepting the ranges verified while
         streaming whose stamps still hold.)"""
+        store = await self._target_store(schema=False)
         async with self._source() as src:
-            store = await self._target_store(schema=False)
             return await self._validate(src, await self._context(src, store))
 
     async def _validate(

@@ -4,8 +4,8 @@
 them: all at once as a server restart would (:meth:`Proxy.down`), or the clients' side only,
 as a middlebox resetting them would (:meth:`Proxy.cut`). Neither looks like a cut that drops
 packets — the proxy's kernel still answers for the connections — so :func:`blackhole` drops
-every packet to and from the proxy's port on the loopback device with ``tc``: TCP keepalive
-probes and retransmissions then go unanswered, as across a dead network.
+the packets the proxy's port sends, on the loopback device with ``tc``: the client's TCP
+keepalive probes then go unanswered, as across a dead network.
 """
 
 from __future__ import annotations
@@ -94,13 +94,12 @@ def _tc(*args: str) -> subprocess.CompletedProcess[str]:
 
 def blackhole_available() -> str | None:
     """Why :func:`blackhole` cannot run here (None: it can): it needs ``tc``, the privilege to
-    change the loopback device's queueing and the kernel's netem."""
+    change the loopback device's queueing, the kernel's htb, pfifo and u32, and no queue of
+    someone else's on the device (it is tried once, on an unused port)."""
     if shutil.which("tc") is None:
         return "tc (iproute2) is not installed"
-    if _tc("qdisc", "show", "dev", "lo").returncode != 0:
-        return "tc cannot read the loopback device's queueing"
     try:
-        with blackhole(sport=1):
+        with blackhole(1):
             pass
     except RuntimeError as exc:
         return str(exc)
@@ -108,10 +107,11 @@ def blackhole_available() -> str | None:
 
 
 @contextlib.contextmanager
-def blackhole(*, sport: int | None = None, dports: Iterable[int] = ()) -> Iterator[None]:
-    """Drop every packet on the loopback device *from* TCP port ``sport`` (a server's every
-    connection, new ones included: the way back from it is cut), or *to* the ports ``dports``
-    (those connections only, as a NAT or firewall that forgot them), while the block runs.
+def blackhole(port: int, clients: Iterable[int] | None = None) -> Iterator[None]:
+    """Drop every packet on the loopback device *from* TCP ``port`` — the server's side of its
+    connections: its data, and its kernel's answers to keepalive probes and acknowledgements
+    — while the block runs; only those to the ports ``clients`` if given (those connections
+    alone, as a NAT or firewall that forgot them; new ones work).
 
     Only the way back: a packet the client's own kernel could not send (dropped by a queue on
     its way out) counts for TCP as local congestion, retried every half second for ever and
@@ -119,19 +119,28 @@ def blackhole(*, sport: int | None = None, dports: Iterable[int] = ()) -> Iterat
     network looks like. An ``htb`` root queue: other traffic goes to class 1:1 (100 Gbit/s, no
     limit in effect), and ``u32`` filters send the chosen packets to class 1:2, whose ``pfifo``
     holds none (``limit 0``: each is dropped). Built from what the smallest kernels have (no
-    netem, no tc actions); the root queue is removed afterwards, which restores the device's
-    default.
+    netem, no tc actions). Refused (``RuntimeError``) when the device already has a root queue
+    (another test's cut, an administrator's); the one added is removed afterwards, which
+    restores the device's default.
     """
+    shown = _tc("qdisc", "show", "dev", "lo")
+    if shown.returncode != 0:
+        raise RuntimeError(f"tc cannot read the loopback device's queueing: {shown.stderr}")
+    if not shown.stdout.startswith("qdisc noqueue 0: root"):
+        raise RuntimeError("the loopback device already has a queue: " + shown.stdout[:80])
     lo = ("dev", "lo")
-    band = ("filter", "add", *lo, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match")
-    ports = ([("sport", sport)] if sport is not None else []) + [("dport", p) for p in dports]
+    band = ("filter", "add", *lo, "parent", "1:", "protocol", "ip", "prio", "1", "u32")
+    source = ("match", "ip", "sport", str(port), "0xffff")
+    matches = [(*source, "match", "ip", "dport", str(c), "0xffff") for c in clients or ()]
     steps = [
-        ("qdisc", "add", *lo, "root", "handle", "1:", "htb", "default", "1"),
         ("class", "add", *lo, "parent", "1:", "classid", "1:1", "htb", "rate", "100gbit"),
         ("class", "add", *lo, "parent", "1:", "classid", "1:2", "htb", "rate", "100gbit"),
         ("qdisc", "add", *lo, "parent", "1:2", "handle", "20:", "pfifo", "limit", "0"),
-        *((*band, "ip", way, str(port), "0xffff", "flowid", "1:2") for way, port in ports),
+        *((*band, *match, "flowid", "1:2") for match in (matches or [source])),
     ]
+    root = _tc("qdisc", "add", *lo, "root", "handle", "1:", "htb", "default", "1")
+    if root.returncode != 0:
+        raise RuntimeError(f"tc qdisc add failed: {root.stderr.strip()}")
     try:
         for step in steps:
             done = _tc(*step)

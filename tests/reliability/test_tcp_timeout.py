@@ -24,6 +24,7 @@ from docstore.core import tcp
 from docstore.migrate import Migrator
 from docstore.migrate.context import open_legacy
 from docstore.migrate.lock import Orphans
+from docstore.migrate.resume import connection_lost
 from docstore.transient import is_transient
 from tests.reliability.conftest import MIGRATION_DOCS, assert_same_rows
 from tests.reliability.tcp_proxy import Proxy, blackhole, blackhole_available
@@ -33,8 +34,7 @@ pytestmark = pytest.mark.timeout(180)
 CHUNK = 20
 _SERVER_SIDE = """
 SELECT name, source FROM pg_settings
- WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count',
-                'tcp_user_timeout')
+ WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count')
 """
 
 
@@ -50,16 +50,8 @@ def _options(conn: object) -> tuple[int, ...]:
     )
 
 
-def test_the_server_side_follows_the_timeout() -> None:
-    assert tcp.server_settings(12) == {
-        "tcp_keepalives_idle": "6",
-        "tcp_keepalives_interval": "2",
-        "tcp_keepalives_count": "3",
-        "tcp_user_timeout": "12000",
-    }
-    assert tcp.server_settings(1)["tcp_keepalives_interval"] == "1"  # never 0: the OS's default
-    assert tcp.server_settings(0) == {}
-    assert Settings().tcp_timeout == 60.0
+async def _sources(conn: object) -> set[str]:
+    return {r["source"] for r in await conn.fetch(_SERVER_SIDE)}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("value", ["-1", "inf", "nan", "40000", "soon"])
@@ -71,29 +63,43 @@ def test_a_bad_tcp_timeout_is_refused_naming_the_variable(
         Settings()
 
 
-async def test_store_and_legacy_connections_over_tcp_get_the_timeout(
+async def test_connections_over_tcp_get_the_timeout(
     migration_urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     legacy_url, target_url = migration_urls
     target, legacy = Proxy(target_url), Proxy(legacy_url)
     await target.up()
     await legacy.up()
+    assert Settings().tcp_timeout == 60.0
     monkeypatch.setenv("DOCSTORE_TCP_TIMEOUT", "12")
+    monkeypatch.setenv("DOCSTORE_POOL_MAX_SIZE", "1")  # the same session every time
+    async with docstore.connect(target.url) as store:
+        async with store.acquire() as conn:
+            assert _options(conn) == (1, 6, 2, 3, 12000)
+            assert tcp.server_side(conn) == (
+                ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"],
+                ["6", "2", "3"],
+            )
+            # nothing sent when connecting (a pooler may refuse unknown startup parameters);
+            # the migrator's lock and chunk sessions set it (the server shows 0 here: the proxy
+            # reaches it over a Unix socket, so the setting's source says it)
+            assert await _sources(conn) == {"default"}
+            async with Orphans().watch(conn):
+                assert await _sources(conn) == {"session"}
+            pid = conn.get_server_pid()
+        async with store.acquire() as conn:  # the pool's reset put them back
+            assert conn.get_server_pid() == pid and await _sources(conn) == {"default"}
+        async with open_legacy(legacy.url, target=store) as src:
+            assert _options(src) == (1, 6, 2, 3, 12000) and await _sources(src) == {"session"}
+    async with open_legacy(legacy.url) as src:  # no store to take it from: the default
+        assert _options(src) == (1, 30, 10, 3, 60000)
+    monkeypatch.setenv("DOCSTORE_TCP_TIMEOUT", "0")  # nothing set
     async with docstore.connect(target.url) as store, store.acquire() as conn:
-        assert _options(conn) == (1, 6, 2, 3, 12000)
-        # nothing sent when connecting (a pooler may refuse unknown startup parameters) ...
-        assert {r["source"] for r in await conn.fetch(_SERVER_SIDE)} == {"default"}
-        # ... the migrator's lock and chunk sessions set it (the server shows 0 here: the
-        # proxy reaches it over a Unix socket)
+        assert _options(conn)[0] == 0 and tcp.server_side(conn) == ([], [])
         async with Orphans().watch(conn):
-            assert {r["source"] for r in await conn.fetch(_SERVER_SIDE)} == {"session"}
-    async with open_legacy(legacy.url) as src:
-        assert _options(src) == (1, 6, 2, 3, 12000)
-    monkeypatch.setenv("DOCSTORE_TCP_TIMEOUT", "0")  # the OS's defaults
-    async with docstore.connect(target.url) as store, store.acquire() as conn:
-        assert _options(conn)[0] == 0
-        async with Orphans().watch(conn):
-            assert {r["source"] for r in await conn.fetch(_SERVER_SIDE)} == {"default"}
+            assert await _sources(conn) == {"default"}
+    async with docstore.connect(target_url) as store, store.acquire() as conn:
+        assert tcp.connection_socket(conn) is None  # a Unix-domain socket: nothing to set
 
 
 needs_blackhole = pytest.mark.skipif(
@@ -114,13 +120,13 @@ async def test_a_query_across_a_cut_that_drops_packets_fails_after_the_timeout(
         waiting = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(60)", timeout=120))
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        with blackhole(sport=proxy.port):
+        with blackhole(proxy.port):
             with pytest.raises(Exception) as info:
                 await waiting
             seconds = time.monotonic() - started
     # a lost connection, as docstore's retries and a migration's resume take it
-    assert is_transient(info.value), repr(info.value)
-    assert seconds < 10, seconds  # 2 s silent, then 3 probes 1 s apart
+    assert is_transient(info.value) and connection_lost(info.value), repr(info.value)
+    assert seconds < 10, seconds  # 2 s silent, then 3 probes 1 s apart (before: 120 s)
 
 
 @needs_blackhole
@@ -141,7 +147,7 @@ async def test_a_migration_whose_legacy_connections_go_dead_resumes(
         def progress(stage: str, done: int, total: int, nbytes: int) -> None:
             if stage == "documents" and done >= 5 * CHUNK and not cut:
                 cut.extend(proxy.client_ports())
-                cuts.enter_context(blackhole(dports=cut))
+                cuts.enter_context(blackhole(proxy.port, clients=cut))
 
         async with Migrator(proxy.url, target_url, chunk_rows=CHUNK, progress=progress) as m:
             report = await asyncio.wait_for(m.run(), 120)
