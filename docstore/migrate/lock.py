@@ -92,15 +92,13 @@ class Orphans:
         self.token = secrets.randbelow(2**31 - 1) + 1
         self._marked = False
 
-    @contextlib.asynccontextmanager
-    async def watch(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+    async def mark(self, conn: asyncpg.Connection) -> None:
         """Mark ``conn``'s session as this call's, and give it the server's side of the
         socket's keepalive (:func:`docstore.core.tcp.server_side`): ``conn`` is a pooled
         connection, which the pool's reset unmarks and resets when it is released (no
-        statement here that a connection hanging after a network cut could hold up)."""
+        statement to undo it that a connection hanging after a network cut could hold up)."""
         await conn.fetchval(_MARK, MARK_KEY, self.token, *tcp.server_side(conn))
         self._marked = True
-        yield
 
     async def end(self, conn: asyncpg.Connection) -> list[int]:
         """End the marked sessions earlier attempts lost that still live (the same role may
@@ -130,13 +128,11 @@ async def migration_lock(
     """The migration's advisory lock on the target, for the duration of the block. A
     connection closed meanwhile (a COPY cancelled on it) released it with its session.
 
-    ``orphans``: the sessions earlier attempts lost are ended first, and ``tgt``'s is watched.
+    ``orphans``: the sessions earlier attempts lost are ended first, and ``tgt``'s is marked.
     """
     if orphans is not None:
         await orphans.end(tgt)
-        async with orphans.watch(tgt), migration_lock(tgt):
-            yield
-        return
+        await orphans.mark(tgt)
     if not await tgt.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
         holder = await tgt.fetchrow(_HOLDER, MIGRATION_LOCK_KEY)
         raise MigrationError(

@@ -399,9 +399,9 @@ async def _stream(m: Migrator, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
     async with (
         m._source() as src,
         store.acquire(timeout=5) as tgt,
-        m._orphans.watch(tgt),
         transaction(src, isolation="repeatable_read", readonly=True),
     ):
+        await m._orphans.mark(tgt)
         await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         yield src, tgt
 

@@ -84,8 +84,8 @@ async def test_connections_over_tcp_get_the_timeout(
             # the migrator's lock and chunk sessions set it (the server shows 0 here: the proxy
             # reaches it over a Unix socket, so the setting's source says it)
             assert await _sources(conn) == {"default"}
-            async with Orphans().watch(conn):
-                assert await _sources(conn) == {"session"}
+            await Orphans().mark(conn)
+            assert await _sources(conn) == {"session"}
             pid = conn.get_server_pid()
         async with store.acquire() as conn:  # the pool's reset put them back
             assert conn.get_server_pid() == pid and await _sources(conn) == {"default"}
@@ -96,8 +96,8 @@ async def test_connections_over_tcp_get_the_timeout(
     monkeypatch.setenv("DOCSTORE_TCP_TIMEOUT", "0")  # nothing set
     async with docstore.connect(target.url) as store, store.acquire() as conn:
         assert _options(conn)[0] == 0 and tcp.server_side(conn) == ([], [])
-        async with Orphans().watch(conn):
-            assert await _sources(conn) == {"default"}
+        await Orphans().mark(conn)
+        assert await _sources(conn) == {"default"}
     async with docstore.connect(target_url) as store, store.acquire() as conn:
         assert tcp.connection_socket(conn) is None  # a Unix-domain socket: nothing to set
 
