@@ -17,7 +17,7 @@ the cut the failure is a lost connection, which docstore retries and a migration
 
 docstore's sockets get it: the store's pools (:class:`~docstore.core.pools.CodecInit`) and
 the migrator's legacy connections. The server's side (``tcp_keepalives_idle``/``_interval``/
-``_count``: :data:`SET_SERVER_SIDE`, from the socket's own options) is set on the migrator's
+``_count``: :func:`mirror_on_server`, from the socket's own options) is set on the migrator's
 sessions — the target's that hold the migration lock or a chunk's uncommitted rows
 (:class:`~docstore.migrate.lock.Orphans`), and the legacy ones that hold a snapshot — so the
 server ends such a session after *T* once its client vanished; it is not sent when
@@ -42,11 +42,9 @@ from typing import Any
 logger = logging.getLogger("docstore")
 
 PROBES = 3
-SET_SERVER_SIDE = """
+_SET_SERVER_SIDE = """
 SELECT count(set_config(name, value, false)) FROM unnest($1::text[], $2::text[]) AS s(name, value)
 """
-"""Sets :func:`server_side`'s ``(names, values)`` for the session (the pools' ``RESET ALL``
-puts them back)."""
 
 _OPTIONS = (
     ("tcp_keepalives_idle", "TCP_KEEPIDLE"),
@@ -69,13 +67,14 @@ def apply(conn: Any, seconds: float) -> bool:
     sock = connection_socket(conn) if seconds else None
     if sock is None:
         return False
+    idle = max(1, round(seconds / 2))
     values = {
-        "TCP_KEEPIDLE": max(1, round(seconds / 2)),
+        "TCP_KEEPIDLE": idle,
+        "TCP_KEEPALIVE": idle,  # macOS's name for it
         "TCP_KEEPINTVL": max(1, round(seconds / 6)),
+        "TCP_KEEPCNT": PROBES,
+        "TCP_USER_TIMEOUT": max(1, round(seconds * 1000)),  # milliseconds
     }
-    values["TCP_KEEPCNT"] = PROBES
-    values["TCP_USER_TIMEOUT"] = max(1, round(seconds * 1000))  # milliseconds
-    values["TCP_KEEPALIVE"] = values["TCP_KEEPIDLE"]  # macOS's name for the idle time
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for name, value in values.items():
@@ -88,8 +87,8 @@ def apply(conn: Any, seconds: float) -> bool:
 
 
 def server_side(conn: Any) -> tuple[list[str], list[str]]:
-    """The server settings that mirror ``conn``'s socket keepalive, as :data:`SET_SERVER_SIDE`'s
-    arguments (none without one)."""
+    """The server settings that mirror ``conn``'s socket keepalive: (names, values), none
+    without one."""
     sock = connection_socket(conn)
     if sock is None or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
         return [], []
@@ -99,3 +98,11 @@ def server_side(conn: Any) -> tuple[list[str], list[str]]:
             names.append(setting)
             values.append(str(sock.getsockopt(socket.IPPROTO_TCP, option)))
     return names, values
+
+
+async def mirror_on_server(conn: Any) -> None:
+    """Set :func:`server_side` for ``conn``'s session (nothing to send without a keepalive: a
+    Unix-domain socket, ``0``); the pools' ``RESET ALL`` puts it back on release."""
+    names, values = server_side(conn)
+    if names:
+        await conn.fetchval(_SET_SERVER_SIDE, names, values)

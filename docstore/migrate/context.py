@@ -166,9 +166,7 @@ async def open_legacy(
         # DOCSTORE_TCP_TIMEOUT on both ends: the session holds a snapshot the legacy server's
         # vacuum waits for, which it should not keep for hours after the migrator vanished
         tcp.apply(conn, _TCP_DEFAULT if target is None else target.settings.tcp_timeout)
-        names, values = tcp.server_side(conn)
-        if names:
-            await conn.fetchval(tcp.SET_SERVER_SIDE, names, values)
+        await tcp.mirror_on_server(conn)
         schema = await conn.fetchval(
             "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
             " WHERE t.typname = 'vector' LIMIT 1"

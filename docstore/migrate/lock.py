@@ -65,14 +65,7 @@ def _holder(row: asyncpg.Record) -> str:
 # it. (Session advisory locks, the migration lock included, need a direct connection or
 # session pooling: a transaction-pooling PgBouncer is not supported.)
 MARK_KEY = 0x646F6373  # "docs"
-# ... and asks the server to end the session after DOCSTORE_TCP_TIMEOUT of silence from a
-# vanished client (docstore.core.tcp): such a session holds the lock or a chunk's rows; the
-# pools' reset (RESET ALL) puts the settings back.
-_MARK = """
-SELECT pg_try_advisory_lock_shared($1::int, $2::int),
-       (SELECT count(set_config(name, value, false))
-          FROM unnest($3::text[], $4::text[]) AS s(name, value))
-"""
+_MARK = "SELECT pg_try_advisory_lock_shared($1::int, $2::int)"
 # pg_terminate_backend waits up to $3 ms for each to exit.
 _END = """
 SELECT l.pid, pg_terminate_backend(l.pid, $3) AS ended
@@ -93,11 +86,14 @@ class Orphans:
         self._marked = False
 
     async def mark(self, conn: asyncpg.Connection) -> None:
-        """Mark ``conn``'s session as this call's, and give it the server's side of the
-        socket's keepalive (:func:`docstore.core.tcp.server_side`): ``conn`` is a pooled
-        connection, which the pool's reset unmarks and resets when it is released (no
-        statement to undo it that a connection hanging after a network cut could hold up)."""
-        await conn.fetchval(_MARK, MARK_KEY, self.token, *tcp.server_side(conn))
+        """Mark ``conn``'s session as this call's, and ask the server to end it after
+        ``DOCSTORE_TCP_TIMEOUT`` of silence from a vanished client
+        (:func:`docstore.core.tcp.mirror_on_server`): it holds the lock or a chunk's rows.
+        ``conn`` is a pooled connection, whose reset unmarks and resets it when it is
+        released (no statement to undo it that a connection hanging after a network cut
+        could hold up)."""
+        await conn.fetchval(_MARK, MARK_KEY, self.token)
+        await tcp.mirror_on_server(conn)
         self._marked = True
 
     async def end(self, conn: asyncpg.Connection) -> list[int]:
