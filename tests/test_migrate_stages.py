@@ -13,7 +13,7 @@ import pytest
 
 import docstore
 from docstore.codecs import register_codecs
-from docstore.migrate import Migrator, checkpoints
+from docstore.migrate import Migrator, checkpoints, legacy
 from docstore.migrate import copy as copy_stage
 from docstore.migrate import delta as delta_stage
 from docstore.migrate import preflight as preflight_stage
@@ -22,7 +22,7 @@ from docstore.migrate.context import StageContext, run_id, side_by_side
 from docstore.migrate.report import MigrationReport
 from docstore.migrate.verify import StreamVerifier
 from tests.conftest import PgCluster
-from tests.legacy_db import legacy_database, legacy_execute
+from tests.legacy_db import legacy_database, legacy_execute, legacy_fetch
 
 DOCS = 120
 CRATES = 6
@@ -109,6 +109,59 @@ async def test_validate_stage_alone_on_a_copied_database(
     for result in (await stages.validate(), await stages.validate(streamed={})):
         assert not result.ok and result.mismatched_chunks == 1
         assert [(m.legacy_id, m.fields) for m in result.mismatches] == [(60, ["token_count"])]
+
+
+async def test_validation_reads_each_side_once_for_its_counts(
+    stages: Stages, legacy_url: str, database_url: str
+) -> None:
+    """Validation's per-crate facts (documents, unusable embeddings, parity's sample) come
+    from one legacy scan, and the target's per-source counts with the documents written in
+    docstore from one target scan (2026-12-06; they were five scans): each answers what its
+    separate query answered, in both modes."""
+    crate, first = (
+        await legacy_fetch(
+            legacy_url,
+            "SELECT crate_name, min(id) FROM doc_embeddings"
+            " WHERE embedding IS NOT NULL GROUP BY 1 ORDER BY 1 LIMIT 1",
+        )
+    )[0]
+    # the crate's lowest id has no embedding now: its parity sample is the next usable row
+    await legacy_execute(
+        legacy_url, "UPDATE doc_embeddings SET embedding = NULL WHERE id = $1", first
+    )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    src = stages.src
+    fused = await src.fetch(legacy.per_crate_sql(3072, legacy.sizes_vectors(src)))
+    assert {r["source_name"]: r["documents"] for r in fused} == dict(
+        await src.fetch("SELECT crate_name, count(*) FROM doc_embeddings GROUP BY 1")
+    )
+    assert sum(r["unusable"] for r in fused) == await src.fetchval(
+        "SELECT count(*) FROM doc_embeddings WHERE embedding IS NULL"
+        " OR vector_dims(embedding) <> 3072"
+    )
+    samples = await src.fetch(
+        "SELECT DISTINCT ON (crate_name) crate_name, id FROM doc_embeddings"
+        " WHERE embedding IS NOT NULL AND vector_dims(embedding) = 3072 ORDER BY crate_name, id"
+    )
+    assert [(r["source_name"], r["sample"]) for r in fused if r["sample"] is not None] == [
+        tuple(r) for r in samples
+    ]
+    assert dict(samples)[crate] > first
+    # documents the app wrote: one in a migrated source, one in a source of its own
+    await stages.store.documents.upsert_many(
+        [
+            docstore.Document(source_name=crate, doc_path=f"{crate}/app.html", content="app"),
+            docstore.Document(source_name="app-only", doc_path="app/1.html", content="app"),
+        ]
+    )
+    legacy_counts = {r["source_name"]: r["documents"] for r in fused}
+    for result in (await stages.validate(), await stages.validate(streamed={})):
+        assert result.ok, result.problems()
+        assert result.target_own_documents == 2
+        assert result.target_per_source == legacy_counts  # migrated documents only
+        assert result.legacy_null_embeddings == result.target_null_embeddings
+        assert result.parity[0].source_name == crate and all(p.same for p in result.parity)
 
 
 async def test_a_failing_check_on_one_side_fails_validation_with_its_own_error(

@@ -27,12 +27,10 @@ MIGRATED_ROWS = (
     " AND metadata->>'legacy_id' ~ '^[0-9]{1,18}$'"
 )
 LEGACY_KEY = "(metadata->>'legacy_id')::bigint"
-# The target's documents of doc_type $1 that no migration wrote (the app's, after the
+# Of the target's documents of a doc_type, those no migration wrote (the app's, after the
 # cutover): validation counts them and compares nothing of them.
 WRITTEN_IN_DOCSTORE = (
-    "SELECT count(*) FROM documents WHERE doc_type = $1 AND NOT coalesce("
-    + MIGRATED_ROWS.removeprefix("doc_type = $1 AND ")
-    + ", false)"
+    "NOT coalesce(" + MIGRATED_ROWS.removeprefix("doc_type = $1 AND ") + ", false)"
 )
 # The legacy search_similar_docs query over the rows that have an embedding of dimension $3
 # (validation's search parity).
@@ -123,12 +121,18 @@ def beyond_half_query(dim: int, cheap: bool, *, id_range: bool, limit: int) -> s
     )
 
 
-def null_embeddings_query(dim: int, cheap: bool) -> str:
-    """Documents whose embedding the target can't hold: NULL, or of another dimension."""
-    return (
-        "SELECT count(*) FROM doc_embeddings WHERE embedding IS NULL"
-        f" OR {dims_sql('embedding', dim, cheap)} <> {int(dim)}"
-    )
+def per_crate_sql(dim: int, cheap: bool) -> str:
+    """One scan for validation's per-crate facts, in crate-name order: ``documents``,
+    ``unusable`` (an embedding the target can't hold: NULL, or of another dimension) and
+    ``sample`` (the lowest id with a usable embedding, search parity's first candidate; NULL
+    when there is none)."""
+    dims = dims_sql("embedding", dim, cheap)
+    return f"""
+SELECT crate_name AS source_name, count(*) AS documents,
+       count(*) FILTER (WHERE embedding IS NULL OR {dims} <> {int(dim)}) AS unusable,
+       min(id) FILTER (WHERE embedding IS NOT NULL AND {dims} = {int(dim)}) AS sample
+  FROM doc_embeddings GROUP BY 1 ORDER BY 1
+"""
 
 
 # The legacy keys the migration relies on, (table, columns), each enforced by a unique
@@ -229,9 +233,6 @@ SELECT DISTINCT d.crate_name FROM doc_embeddings d
  ORDER BY 1
 """
 
-PER_CRATE_COUNTS = """
-SELECT crate_name AS source_name, count(*) AS documents FROM doc_embeddings GROUP BY 1
-"""
 
 # Chunk boundaries over doc_embeddings.id: the last id of every `$1`-th row, and the max.
 CHUNK_BOUNDARIES = """

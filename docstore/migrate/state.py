@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -70,13 +70,16 @@ SELECT j.id, j.legacy_id, j.source_name, j.source_id, s.id AS linked_id, j.statu
   LEFT JOIN document_sources s ON s.doc_type = j.doc_type AND s.source_name = j.source_name
  WHERE j.doc_type = $1
 """
-# Per source: migrated documents, those without embedding, and the distinct
-# metadata.crate_version among them (NULL when absent): one scan, no detoasting.
+# Per source of the doc_type: migrated documents, those without embedding, the distinct
+# metadata.crate_version among them (NULL when absent) and the documents written in docstore
+# (legacy.WRITTEN_IN_DOCSTORE): one scan, no detoasting.
+_MIGRATED = MIGRATED_DOCUMENT.removeprefix("doc_type = $1 AND ")
 TARGET_PER_SOURCE = f"""
-SELECT source_name, count(*) AS documents,
-       count(*) FILTER (WHERE embedding IS NULL) AS null_embeddings,
-       array_agg(DISTINCT metadata->>'crate_version') AS versions
-  FROM documents WHERE {MIGRATED_DOCUMENT} GROUP BY 1
+SELECT source_name, count(*) FILTER (WHERE {_MIGRATED}) AS documents,
+       count(*) FILTER (WHERE {_MIGRATED} AND embedding IS NULL) AS null_embeddings,
+       array_agg(DISTINCT metadata->>'crate_version') FILTER (WHERE {_MIGRATED}) AS versions,
+       count(*) FILTER (WHERE {legacy.WRITTEN_IN_DOCSTORE}) AS own
+  FROM documents WHERE doc_type = $1 GROUP BY 1
 """
 # Two statements, not one CASE on $3: Citus refuses a non-IMMUTABLE function
 # (jsonb_build_object) inside CASE in an UPDATE of a distributed table.
@@ -256,16 +259,30 @@ async def sync_jobs(
     return diffs
 
 
-async def version_diffs(
-    doc_type: str, state: LegacyState, tgt: asyncpg.Connection
-) -> tuple[list[SourceMismatch], dict[str, int], int]:
-    """Sources whose migrated documents' ``metadata.crate_version`` is not their crate's
-    version (one aggregate over the target), the target's per-source document counts and its
-    migrated documents without embedding."""
-    per_source = await tgt.fetch(TARGET_PER_SOURCE, doc_type, timeout=LONG_TIMEOUT)
-    counts = {r["source_name"]: r["documents"] for r in per_source}
-    nulls = sum(r["null_embeddings"] for r in per_source)
-    return diff_versions(state.sources, per_source), counts, nulls
+class TargetCounts(NamedTuple):
+    """What :func:`version_diffs` found in the target's documents of a doc_type."""
+
+    diffs: list[SourceMismatch]
+    """Sources whose migrated documents' ``metadata.crate_version`` is not their crate's."""
+    counts: dict[str, int]
+    """Migrated documents per source (sources that have some)."""
+    nulls: int
+    """Migrated documents without embedding."""
+    own: int
+    """Documents written in docstore, not migrated (``legacy.WRITTEN_IN_DOCSTORE``)."""
+
+
+async def version_diffs(doc_type: str, state: LegacyState, tgt: asyncpg.Connection) -> TargetCounts:
+    """The sources whose migrated documents' ``metadata.crate_version`` is not their crate's
+    version, with the target's document counts: one aggregate over the target."""
+    rows = await tgt.fetch(TARGET_PER_SOURCE, doc_type, timeout=LONG_TIMEOUT)
+    migrated = [r for r in rows if r["documents"]]
+    return TargetCounts(
+        diff_versions(state.sources, migrated),
+        {r["source_name"]: r["documents"] for r in migrated},
+        sum(r["null_embeddings"] for r in migrated),
+        sum(r["own"] for r in rows),
+    )
 
 
 async def sync_versions(
@@ -278,8 +295,7 @@ async def sync_versions(
     crate's version; returns how many documents were rewritten. ``names``: only these sources
     (an indexed update each, no scan); None: find them with one aggregate over the target."""
     if names is None:
-        diffs, _, _ = await version_diffs(doc_type, state, tgt)
-        names = [d.source_name for d in diffs]
+        names = [d.source_name for d in (await version_diffs(doc_type, state, tgt)).diffs]
     rewritten = 0
     for name in names:
         if name not in state.sources:

@@ -112,7 +112,7 @@ async def validate(
         _target_side(ctx, snapshot, tgt, bounds),
         _legacy_side(ctx, src, store, parity_queries, bounds),
     )
-    version_diffs, target_counts, target_nulls = target.versions
+    version_diffs, target_counts, target_nulls, target_own = target.versions
     per_source = {
         name: (old.counts.get(name, 0), target_counts.get(name, 0))
         for name in set(old.counts) | set(target_counts)
@@ -132,7 +132,7 @@ async def validate(
         target_documents=sum(target_counts.values()),
         per_source_mismatch=per_source,
         target_per_source=target_counts,
-        target_own_documents=target.own,
+        target_own_documents=target_own,
         legacy_null_embeddings=old.nulls,
         target_null_embeddings=target_nulls,
         checksum_chunks=chunks,
@@ -161,13 +161,12 @@ def _bounds(cps: Sequence[checkpoints.Checkpoint]) -> list[int]:
 
 @dataclass
 class _TargetSide:
-    versions: tuple[list[SourceMismatch], dict[str, int], int]  # state.version_diffs
+    versions: state.TargetCounts
     source_diffs: list[SourceMismatch]
     sources: dict[str, Any]  # the target's sources by name
     job_diffs: list[JobMismatch]
     jobs: int
     stamps: Checksums  # TARGET_RANGE_STAMPS over the checkpoint ranges (none without)
-    own: int  # documents of the doc_type written in docstore, not migrated
 
 
 @dataclass
@@ -190,13 +189,12 @@ async def _target_side(
     jobs = await tgt.fetchval(
         "SELECT count(*) FROM source_population_jobs WHERE doc_type = $1", ctx.doc_type
     )
-    own = await tgt.fetchval(legacy.WRITTEN_IN_DOCSTORE, ctx.doc_type, timeout=LONG_TIMEOUT)
     stamps: Checksums = {}
     if bounds:
         stamps = _by_chunk(
             await tgt.fetch(TARGET_RANGE_STAMPS, ctx.doc_type, bounds, timeout=LONG_TIMEOUT)
         )
-    return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps, own)
+    return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps)
 
 
 async def _legacy_side(
@@ -204,9 +202,13 @@ async def _legacy_side(
 ) -> _LegacySide:
     """The legacy database's checks, on its one connection in turn (in the caller's
     snapshot); the search parity's docstore side on the store's pool."""
-    cheap = legacy.sizes_vectors(src)
-    counts = {r[0]: r[1] for r in await src.fetch(legacy.PER_CRATE_COUNTS)}
-    nulls = await src.fetchval(legacy.null_embeddings_query(ctx.embedding_dim, cheap))
+    # counts, unusable embeddings and parity's samples: one scan
+    per_crate = await src.fetch(
+        legacy.per_crate_sql(ctx.embedding_dim, legacy.sizes_vectors(src)), timeout=LONG_TIMEOUT
+    )
+    counts = {r["source_name"]: r["documents"] for r in per_crate}
+    nulls = sum(r["unusable"] for r in per_crate)
+    samples = [(r["source_name"], r["sample"]) for r in per_crate if r["sample"] is not None]
     names = set(counts) | {r[0] for r in await src.fetch("SELECT name FROM crates")}
     jobs = None
     if await src.fetchval("SELECT to_regclass('population_jobs') IS NOT NULL"):
@@ -214,7 +216,7 @@ async def _legacy_side(
     stamps: Checksums = {}
     if bounds:
         stamps = _by_chunk(await src.fetch(legacy.RANGE_STAMPS, bounds, timeout=LONG_TIMEOUT))
-    checks = await parity(ctx, src, store, queries, cheap)
+    checks = await parity(ctx, src, store, queries, samples)
     return _LegacySide(counts, nulls, names, jobs, checks, stamps)
 
 
@@ -402,24 +404,23 @@ def _mismatch(
 
 
 async def parity(
-    ctx: StageContext, src: asyncpg.Connection, store: Store, queries: int, cheap: bool
+    ctx: StageContext,
+    src: asyncpg.Connection,
+    store: Store,
+    queries: int,
+    samples: Sequence[tuple[str, int]],
 ) -> list[ParityCheck]:
     """Exact top-5 per sampled crate: the legacy search_similar_docs query vs docstore, with
-    their distances (ties may come in either order: :class:`ParityCheck`)."""
+    their distances (ties may come in either order: :class:`ParityCheck`). ``samples``: per
+    crate in name order, its lowest id with a usable embedding (``legacy.per_crate_sql``);
+    ``queries`` of them, evenly spaced, are searched."""
     if queries < 1:
         return []
     dim = ctx.embedding_dim
-    samples = await src.fetch(
-        f"""SELECT DISTINCT ON (crate_name) crate_name, id FROM doc_embeddings
-             WHERE embedding IS NOT NULL AND {legacy.dims_sql("embedding", dim, cheap)} = $1
-             ORDER BY crate_name, id""",
-        dim,
-    )
     step = max(1, len(samples) // queries)
     checks = []
-    for sample in samples[::step][:queries]:
-        crate = sample["crate_name"]
-        q = await _query_vector(src, sample["id"], crate, dim)
+    for crate, first in samples[::step][:queries]:
+        q = await _query_vector(src, first, crate, dim)
         if q is None:
             continue  # every embedding of the crate is all zeros: no search can use one
         # the legacy search_similar_docs query, over the rows that have an embedding
