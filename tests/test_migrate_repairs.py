@@ -124,6 +124,42 @@ async def test_a_legacy_id_held_twice_in_the_target_is_named_and_repaired(
     assert [tuple(r) for r in rows] == [tuple(original)]
 
 
+async def test_a_metadata_value_of_another_json_type_is_a_difference(
+    legacy_url: str, database_url: str
+) -> None:
+    """From review 67: validation read ``metadata.legacy_id`` (and ``legacy_crate_id``,
+    ``crate_name``) as text, so the string "7" passed for the number 7 that the migration
+    stored. It compares jsonb's text of each value now; the run repairs them."""
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        for key, legacy_id, value in [
+            ("legacy_id", 7, "to_jsonb('7'::text)"),
+            ("legacy_crate_id", 8, "to_jsonb((metadata->>'legacy_crate_id'))"),
+            ("crate_name", 9, "jsonb_build_array(metadata->>'crate_name')"),
+        ]:
+            await store.execute(
+                f"UPDATE documents SET metadata = jsonb_set(metadata, '{{{key}}}', {value})"
+                f" WHERE metadata->>'legacy_id' = '{legacy_id}'"
+            )
+    async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+        found = await m.validate()
+        assert [(x.legacy_id, x.fields) for x in found.mismatches] == [
+            (7, ["legacy_id"]),
+            (8, ["metadata.legacy_crate_id"]),
+            (9, ["metadata.crate_name"]),
+        ]
+        report = await m.run()
+        assert report.ok and (await m.validate()).ok
+    rows = await target_fetch(
+        database_url,
+        "SELECT jsonb_typeof(metadata->'legacy_id'), jsonb_typeof(metadata->'legacy_crate_id'),"
+        " jsonb_typeof(metadata->'crate_name') FROM documents"
+        " WHERE metadata->>'legacy_id' IN ('7', '8', '9')",
+    )
+    assert {tuple(r) for r in rows} == {("number", "number", "string")}
+
+
 # -- 2: a second legacy database into the same doc_type ------------------------------------
 
 

@@ -413,13 +413,14 @@ def legacy_digest_sql(dim: int, cheap: bool = False) -> str:
 
 def target_digest_sql() -> str:
     """Per-row digests of migrated ``documents`` (``$1`` doc_type), keyed by legacy id."""
+    # jsonb's text of the values, not ->>'s: the string "42" is not the number 42
     digest = row_digest_sql(
-        id_expr="metadata->>'legacy_id'",
+        id_expr="(metadata->'legacy_id')::text",
         crate_expr="source_name",
         embedding_expr="embedding",
-        crate_id_expr="metadata->>'legacy_crate_id'",
-        meta_crate_expr="CASE WHEN metadata->>'crate_name' = source_name THEN '='"
-        " ELSE coalesce(md5(metadata->>'crate_name'), '-') END",
+        crate_id_expr="(metadata->'legacy_crate_id')::text",
+        meta_crate_expr="CASE WHEN metadata->'crate_name' = to_jsonb(source_name::text) THEN '='"
+        " ELSE coalesce(md5((metadata->'crate_name')::text), '-') END",
     )
     return (
         f"SELECT {LEGACY_KEY} AS key, source_name, doc_path,"
