@@ -164,6 +164,27 @@ async def test_validation_reads_each_side_once_for_its_counts(
         assert result.parity[0].source_name == crate and all(p.same for p in result.parity)
 
 
+async def test_a_migration_makes_asyncpg_introspect_no_type(
+    legacy_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg introspects an array type other than text[] the first time a connection meets
+    it, with a catalog query of 5-10 ms on a new session (three per run, one before the copy
+    and two in validation, 2026-12-06): the migration's statements pass and return ids as
+    text[] instead. A first run, a resumed one and a full validation, each on new sessions."""
+    seen: list[list[int]] = []
+    original = asyncpg.connection.Connection._introspect_types
+
+    async def spy(self: Any, typeoids: Any, timeout: Any) -> Any:
+        seen.append(sorted(typeoids))
+        return await original(self, typeoids, timeout)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "_introspect_types", spy)
+    for step in ("run", "run", "validate"):
+        async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
+            assert (await getattr(m, step)()).ok
+    assert seen == []
+
+
 async def test_a_failing_check_on_one_side_fails_validation_with_its_own_error(
     stages: Stages, legacy_url: str, database_url: str
 ) -> None:

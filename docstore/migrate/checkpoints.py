@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from docstore.migrate.context import LONG_TIMEOUT, run_doc_type
-from docstore.migrate.legacy import LEGACY_KEY, MIGRATED_ROWS
+from docstore.migrate.legacy import LEGACY_KEY, MIGRATED_ROWS, keys_param
 from docstore.store import Store
 
 _RECORD = """
@@ -85,9 +85,9 @@ async def prune(
     if stale:
         await tgt.execute(
             "DELETE FROM docstore_migration_checkpoints WHERE run_id = $1"
-            " AND table_name = 'doc_embeddings' AND first_key = ANY($2::bigint[])",
+            " AND table_name = 'doc_embeddings' AND first_key = ANY($2::text[]::bigint[])",
             run_id,
-            stale,
+            keys_param(stale),
         )
     return kept
 
@@ -96,7 +96,7 @@ async def prune(
 # ranges in order, range i's rows fall in bucket 2i+1 (ids are integers: (first, last] is
 # [first+1, last+1)). One pass over the doc_type's rows, however many checkpoints.
 _HELD = f"""
-SELECT width_bucket({LEGACY_KEY}, $2::bigint[]) AS bucket, count(*) AS n
+SELECT width_bucket({LEGACY_KEY}, $2::text[]::bigint[]) AS bucket, count(*) AS n
   FROM documents WHERE {MIGRATED_ROWS}
  GROUP BY 1
 """
@@ -114,7 +114,7 @@ async def still_held(
         return done
     ordered = sorted(done.values(), key=lambda c: c.first_key)
     bounds = [key for c in ordered for key in (c.first_key + 1, c.last_key + 1)]
-    rows = await tgt.fetch(_HELD, doc_type, bounds, timeout=LONG_TIMEOUT)
+    rows = await tgt.fetch(_HELD, doc_type, keys_param(bounds), timeout=LONG_TIMEOUT)
     counts = {r["bucket"]: r["n"] for r in rows}
     return {c.first_key: c for i, c in enumerate(ordered) if counts.get(2 * i + 1, 0) == c.rows}
 

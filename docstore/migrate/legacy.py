@@ -9,7 +9,7 @@ some deployments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -121,6 +121,16 @@ def beyond_half_query(dim: int, cheap: bool, *, id_range: bool, limit: int) -> s
     )
 
 
+def keys_param(keys: Iterable[int]) -> list[str]:
+    """Integer keys (ids, range bounds) for a ``$n::text[]::bigint[]`` parameter.
+
+    asyncpg knows ``text[]`` on every connection, but introspects any other array type the
+    first time a connection meets it (a catalog query of 5–10 ms on a new session, and a
+    migration's sessions are new): so the migration's statements take and return ids as
+    ``text[]`` (results ``array_agg(id::text …)``)."""
+    return [str(k) for k in keys]
+
+
 def per_crate_sql(dim: int, cheap: bool) -> str:
     """One scan for validation's per-crate facts, in crate-name order: ``documents``,
     ``unusable`` (an embedding the target can't hold: NULL, or of another dimension) and
@@ -166,7 +176,7 @@ def duplicates_query(table: str, columns: Sequence[str], limit: int = 5) -> str:
     there are. A scan of the key columns: run only when no unique index enforces them."""
     key = ", ".join(columns)
     return (
-        f"SELECT {key}, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS ids,"
+        f"SELECT {key}, count(*) AS rows, (array_agg(id::text ORDER BY id))[1:5] AS ids,"
         f" count(*) OVER () AS keys FROM {table} GROUP BY {key} HAVING count(*) > 1"
         f" ORDER BY {key} LIMIT {int(limit)}"
     )
@@ -202,7 +212,8 @@ def unreadable_dates_query(tables: Sequence[str]) -> str:
             f"CASE WHEN bool_or({t}) THEN '{c}' END" for c, t in zip(names, tests, strict=True)
         )
         parts.append(
-            f"SELECT '{table}' AS name, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS ids,"
+            f"SELECT '{table}' AS name, count(*) AS rows,"
+            " (array_agg(id::text ORDER BY id))[1:5] AS ids,"
             f" array_remove(ARRAY[{columns}], NULL) AS columns"
             f" FROM {table} WHERE {' OR '.join(f'({t})' for t in tests)} HAVING count(*) > 0"
         )
@@ -259,7 +270,7 @@ SELECT md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY id)) AS stamp,
 # range's last id + 1 (width_bucket's thresholds); bucket i is range i, 0 and n + 1 are the
 # ids before the first and after the last range.
 RANGE_STAMPS = """
-SELECT width_bucket(id, $1::bigint[]) AS chunk, count(*) AS rows,
+SELECT width_bucket(id, $1::text[]::bigint[]) AS chunk, count(*) AS rows,
        md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY id)) AS checksum
   FROM doc_embeddings GROUP BY 1
 """

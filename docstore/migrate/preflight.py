@@ -320,7 +320,7 @@ async def refused_by_docstore(src: asyncpg.Connection, dim: int, doc_type: str) 
     each kind, and the first ids. A thorough preflight's full scan (every embedding read)."""
     columns = ", ".join(
         f"count(*) FILTER (WHERE {condition}),"
-        f" (array_agg(id ORDER BY id) FILTER (WHERE {condition}))[1:3]"
+        f" (array_agg(id::text ORDER BY id) FILTER (WHERE {condition}))[1:3]"
         for condition in _REFUSED.values()
     )
     row = await src.fetchrow(

@@ -53,7 +53,7 @@ from docstore.store import Store
 # The target's migrated rows per checkpoint range (legacy.RANGE_STAMPS' buckets), stamped
 # like the verifier's read-back (verify.READ_BACK_STAMP).
 TARGET_RANGE_STAMPS = f"""
-SELECT width_bucket({legacy.LEGACY_KEY}, $2::bigint[]) AS chunk,
+SELECT width_bucket({legacy.LEGACY_KEY}, $2::text[]::bigint[]) AS chunk,
        count(*) AS rows,
        md5(string_agg(id::text || ':' || xmin::text, ','
                       ORDER BY {legacy.LEGACY_KEY}, id)) AS checksum
@@ -192,7 +192,9 @@ async def _target_side(
     stamps: Checksums = {}
     if bounds:
         stamps = _by_chunk(
-            await tgt.fetch(TARGET_RANGE_STAMPS, ctx.doc_type, bounds, timeout=LONG_TIMEOUT)
+            await tgt.fetch(
+                TARGET_RANGE_STAMPS, ctx.doc_type, legacy.keys_param(bounds), timeout=LONG_TIMEOUT
+            )
         )
     return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps)
 
@@ -215,7 +217,9 @@ async def _legacy_side(
         jobs = await src.fetchval("SELECT count(*) FROM population_jobs")
     stamps: Checksums = {}
     if bounds:
-        stamps = _by_chunk(await src.fetch(legacy.RANGE_STAMPS, bounds, timeout=LONG_TIMEOUT))
+        stamps = _by_chunk(
+            await src.fetch(legacy.RANGE_STAMPS, legacy.keys_param(bounds), timeout=LONG_TIMEOUT)
+        )
     checks = await parity(ctx, src, store, queries, samples)
     return _LegacySide(counts, nulls, names, jobs, checks, stamps)
 
@@ -310,8 +314,8 @@ async def _streamed_rows(
         tgt,
         _bucketed(legacy.legacy_digest_sql(ctx.embedding_dim, cheap), "$1", "$2"),
         _bucketed(legacy.target_digest_sql(), "$2", "$3"),
-        (bounds, unproven),
-        (ctx.doc_type, bounds, unproven),
+        (legacy.keys_param(bounds), legacy.keys_param(unproven)),
+        (ctx.doc_type, legacy.keys_param(bounds), legacy.keys_param(unproven)),
     )
     bad = [spans[b] for b in unproven if legacy_sums.get(b) != target_sums.get(b)]
     checked = len(cps) + sum(1 for b in (0, len(cps) + 1) if b in unproven)
@@ -321,11 +325,11 @@ async def _streamed_rows(
 def _bucketed(digest_query: str, bounds: str, buckets: str) -> str:
     """md5 over the rows of a digest query in each of the checkpoint ranges ``buckets``
     (``width_bucket`` over the thresholds ``bounds``), in key order."""
-    bucket = f"width_bucket(key, {bounds}::bigint[])"
+    bucket = f"width_bucket(key, {bounds}::text[]::bigint[])"
     return (
         f"SELECT {bucket} AS chunk, count(*) AS rows,"
         " md5(string_agg(digest, ',' ORDER BY key)) AS checksum"
-        f" FROM ({digest_query}) r WHERE {bucket} = ANY({buckets}::int[]) GROUP BY 1"
+        f" FROM ({digest_query}) r WHERE {bucket} = ANY({buckets}::text[]::int[]) GROUP BY 1"
     )
 
 
