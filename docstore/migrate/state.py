@@ -81,6 +81,16 @@ SELECT source_name, count(*) FILTER (WHERE {_MIGRATED}) AS documents,
        count(*) FILTER (WHERE {legacy.WRITTEN_IN_DOCSTORE}) AS own
   FROM documents WHERE doc_type = $1 GROUP BY 1
 """
+# Validation's stamps of the target's migrated rows per checkpoint range (legacy.RANGE_STAMPS'
+# buckets), stamped like the verifier's read-back (verify.READ_BACK_STAMP).
+TARGET_RANGE_STAMPS = f"""
+SELECT width_bucket({legacy.LEGACY_KEY}, $2::text[]::bigint[]) AS chunk,
+       count(*) AS rows,
+       md5(string_agg(id::text || ':' || xmin::text, ','
+                      ORDER BY {legacy.LEGACY_KEY}, id)) AS checksum
+  FROM documents WHERE {legacy.MIGRATED_ROWS}
+ GROUP BY 1
+"""
 # Two statements, not one CASE on $3: Citus refuses a non-IMMUTABLE function
 # (jsonb_build_object) inside CASE in an UPDATE of a distributed table.
 _SET_CRATE_VERSION = f"""

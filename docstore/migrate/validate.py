@@ -50,16 +50,6 @@ from docstore.migrate.report import (
 from docstore.migrate.verify import VerifiedRange
 from docstore.store import Store
 
-# The target's migrated rows per checkpoint range (legacy.RANGE_STAMPS' buckets), stamped
-# like the verifier's read-back (verify.READ_BACK_STAMP).
-TARGET_RANGE_STAMPS = f"""
-SELECT width_bucket({legacy.LEGACY_KEY}, $2::text[]::bigint[]) AS chunk,
-       count(*) AS rows,
-       md5(string_agg(id::text || ':' || xmin::text, ','
-                      ORDER BY {legacy.LEGACY_KEY}, id)) AS checksum
-  FROM documents WHERE {legacy.MIGRATED_ROWS}
- GROUP BY 1
-"""
 _LOWEST, _HIGHEST = -(2**63), 2**63 - 1
 PARITY_TOP = 5  # the legacy search_similar_docs default
 
@@ -166,7 +156,7 @@ class _TargetSide:
     sources: dict[str, Any]  # the target's sources by name
     job_diffs: list[JobMismatch]
     jobs: int
-    stamps: Checksums  # TARGET_RANGE_STAMPS over the checkpoint ranges (none without)
+    stamps: Checksums  # state.TARGET_RANGE_STAMPS over the checkpoint ranges (none without)
 
 
 @dataclass
@@ -193,7 +183,10 @@ async def _target_side(
     if bounds:
         stamps = _by_chunk(
             await tgt.fetch(
-                TARGET_RANGE_STAMPS, ctx.doc_type, legacy.keys_param(bounds), timeout=LONG_TIMEOUT
+                state.TARGET_RANGE_STAMPS,
+                ctx.doc_type,
+                legacy.keys_param(bounds),
+                timeout=LONG_TIMEOUT,
             )
         )
     return _TargetSide(versions, source_diffs, sources, job_diffs, jobs, stamps)

@@ -55,7 +55,7 @@ _ORDER = "(metadata->>'legacy_id')::bigint, id"
 READ_BACK = f"SELECT {', '.join(legacy.DOCUMENT_COLUMNS)} {_SELECTED} ORDER BY {_ORDER}"
 # The same with each embedding as the CRC-32C of its stored binary value (digest's folded form).
 READ_BACK_FOLDED = READ_BACK.replace(" embedding,", f" {FOLDED_EMBEDDING},", 1)
-# The rows read back, as (id, xmin): validation compares it with TARGET_RANGE_STAMPS.
+# The rows read back, as (id, xmin): validation compares it with state.TARGET_RANGE_STAMPS.
 READ_BACK_STAMP = (
     "SELECT count(*) AS rows,"
     f" md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY {_ORDER})) AS stamp"
