@@ -326,6 +326,45 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
     assert abs(calibrated.table_rows - 1200) <= 24
 
 
+async def test_a_table_grown_by_a_bulk_load_is_noticed_before_analyze(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The growth check read ``reltuples``, which a bulk load leaves where the last ANALYZE
+    (or index build) put it: a calibration made on 1,200 rows stayed in force while the table
+    tripled, until autovacuum's ANALYZE came by. It reads the live-row count the statistics
+    system keeps per committed insert now."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    await store.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
+    try:
+        points = clustered(3600)
+        await load(store, points[:1200])
+        await store.create_vector_index()
+        first = await store.tuner.calibration()
+        assert first is not None and abs(first.table_rows - 1200) <= 24
+        await store.documents.upsert_many(
+            Document(source_name="more", doc_path=f"m{i}", content=f"more {i}", embedding=v)
+            for i, v in enumerate(points[1200:])
+        )
+        for _ in range(100):  # the inserting session's statistics reach the server
+            if (
+                await store.fetchval("SELECT pg_stat_get_live_tuples('documents'::regclass)")
+                >= 3600
+            ):
+                break
+            await asyncio.sleep(0.1)
+        reltuples = await store.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
+        )
+        assert reltuples < 1800  # no ANALYZE ran: the planner's estimate is still the old one
+        await store.tuner.calibration()  # notices the rows
+        await store.tuner.wait()
+        again = await store.tuner.calibration()
+        assert again is not None and abs(again.table_rows - 3600) <= 72
+    finally:
+        await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
+
+
 # -- review 68: a calibration measured while the table is written --------------------------
 
 
