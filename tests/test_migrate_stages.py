@@ -170,7 +170,8 @@ async def test_a_migration_makes_asyncpg_introspect_no_type(
     """asyncpg introspects an array type other than text[] the first time a connection meets
     it, with a catalog query of 5-10 ms on a new session (three per run, one before the copy
     and two in validation, 2026-12-06): the migration's statements pass and return ids as
-    text[] instead. A first run, a resumed one and a full validation, each on new sessions."""
+    text[] instead. A first run, a resumed one, a full validation and a run after legacy
+    deletions (a population job, a crate's documents), each on new sessions."""
     seen: list[list[int]] = []
     original = asyncpg.connection.Connection._introspect_types
 
@@ -179,7 +180,13 @@ async def test_a_migration_makes_asyncpg_introspect_no_type(
         return await original(self, typeoids, timeout)
 
     monkeypatch.setattr(asyncpg.connection.Connection, "_introspect_types", spy)
-    for step in ("run", "run", "validate"):
+    for step in ("run", "run", "validate", "delete", "run"):
+        if step == "delete":  # a job and a crate's documents gone: their deletions
+            await legacy_execute(legacy_url, "DELETE FROM population_jobs WHERE id = 2")
+            await legacy_execute(
+                legacy_url, "DELETE FROM doc_embeddings WHERE crate_name = 'orphan-crate'"
+            )
+            continue
         async with Migrator(legacy_url, database_url, chunk_rows=CHUNK) as m:
             assert (await getattr(m, step)()).ok
     assert seen == []

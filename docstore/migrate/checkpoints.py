@@ -163,29 +163,6 @@ async def samples_of_others(
     return out
 
 
-async def adopt(tgt: asyncpg.Connection, doc_type: str, run_id: str, legacy: Sequence[str]) -> int:
-    """Make the checkpoints of the other runs into ``doc_type`` that read this same legacy
-    database (``legacy``: the legacy part of their run ids, :func:`others`' names) this run's,
-    where it has none for the range: the same database reached through another address, or
-    under an older docstore's run id, resumes rather than copying everything again. The
-    ranges' stamps are checked before any is skipped, as for the run's own. Returns how many
-    were taken."""
-    taken = 0
-    for name in legacy:
-        status = await tgt.execute(_ADOPT, run_id, f"{run_doc_type(doc_type)}:{name}")
-        taken += int(status.split()[-1])
-    return taken
-
-
-_ADOPT = """
-UPDATE docstore_migration_checkpoints o SET run_id = $1
- WHERE o.run_id = $2 AND o.table_name = 'doc_embeddings'
-   AND NOT EXISTS (SELECT 1 FROM docstore_migration_checkpoints c
-                    WHERE c.run_id = $1 AND c.table_name = 'doc_embeddings'
-                      AND c.first_key = o.first_key)
-"""
-
-
 async def forget_others(tgt: asyncpg.Connection, doc_type: str, run_id: str) -> None:
     """Drop the checkpoints of the other runs into ``doc_type``: when a run starts on a
     doc_type that holds no migrated documents (theirs are gone), and after a rollback has

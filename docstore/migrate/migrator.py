@@ -414,14 +414,11 @@ async def _claim_doc_type(
     tgt: asyncpg.Connection, ctx: StageContext, src: asyncpg.Connection, *, restart: bool
 ) -> None:
     """Under the migration lock, before the copy: preflight's check that the doc_type holds no
-    other legacy database's documents, again (another migrator may have run since); the
-    checkpoints of runs of this same database under another run id taken over, the other
-    runs' forgotten (their documents are gone) and, with ``restart``, this run's too."""
-    same, problem = await preflight_stage.other_runs(tgt, ctx.doc_type, ctx.run_id, src)
-    if problem:
+    other legacy database's documents, again (another migrator may have run since), then the
+    other runs' checkpoints forgotten (their documents are gone) and, with ``restart``, this
+    run's too."""
+    if problem := await preflight_stage.other_legacy_database(tgt, ctx.doc_type, ctx.run_id, src):
         raise MigrationError("cannot migrate: " + problem)
-    if not restart:
-        await checkpoints.adopt(tgt, ctx.doc_type, ctx.run_id, same)
     await checkpoints.forget_others(tgt, ctx.doc_type, ctx.run_id)
     if restart:
         await checkpoints.forget(tgt, ctx.run_id)

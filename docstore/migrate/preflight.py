@@ -113,28 +113,19 @@ async def other_legacy_database(
     copy of it, has them) read this legacy database through another address: not another
     one. Reads only the checkpoints unless there are such; then a few legacy stamps and the
     doc_type's migrated documents."""
-    return (await other_runs(tgt, doc_type, run, src))[1]
-
-
-async def other_runs(
-    tgt: asyncpg.Connection | Store, doc_type: str, run: str, src: asyncpg.Connection
-) -> tuple[list[str], str | None]:
-    """The other runs into ``doc_type`` that read this same legacy database (by the legacy
-    part of their run ids: their stamps hold on ``src``), and :func:`other_legacy_database`'s
-    problem."""
     others = await checkpoints.others(tgt, doc_type, run)
     if not others:
-        return [], None
+        return None
     samples = await checkpoints.samples_of_others(tgt, doc_type, run)
     same = [name for name, taken in samples.items() if await _stamps_hold(src, taken)]
     others = [(name, rows) for name, rows in others if name not in same]
     if not others:
-        return same, None
+        return None
     migrated = await tgt.fetchval(_MIGRATED_ROWS, doc_type, legacy.MIGRATED_FROM)
     if not migrated:
-        return same, None
+        return None
     where = ", ".join(f"{name} ({rows:,} rows copied)" for name, rows in others)
-    return same, (
+    return (
         f"doc_type {doc_type!r} already holds {migrated:,} documents migrated from another "
         f"legacy database ({where}); this run's is {run[len(doc_type) + 1 :]}. Migrating a "
         "second legacy database into the same doc_type would delete them: use another "

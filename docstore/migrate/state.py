@@ -262,9 +262,10 @@ async def sync_jobs(
     gone = [d.legacy_id for d in diffs if d.legacy_id is not None and d.legacy_id not in state.jobs]
     if delete and gone:
         await tgt.execute(
-            "DELETE FROM source_population_jobs WHERE doc_type = $1 AND legacy_id = ANY($2::int[])",
+            "DELETE FROM source_population_jobs"
+            " WHERE doc_type = $1 AND legacy_id = ANY($2::text[]::int[])",
             doc_type,
-            gone,
+            legacy.keys_param(gone),
         )
     return diffs
 
