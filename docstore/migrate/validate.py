@@ -302,13 +302,14 @@ async def _streamed_rows(
     unproven.sort()
     # re-read both sides of the ranges the stream did not prove: per-range checksums of the
     # row digests (server-side aggregates), then the differing ranges row by row
+    ranges = (legacy.keys_param(bounds), legacy.keys_param(unproven))
     legacy_sums, target_sums = await _checksums(
         src,
         tgt,
         _bucketed(legacy.legacy_digest_sql(ctx.embedding_dim, cheap), "$1", "$2"),
         _bucketed(legacy.target_digest_sql(), "$2", "$3"),
-        (legacy.keys_param(bounds), legacy.keys_param(unproven)),
-        (ctx.doc_type, legacy.keys_param(bounds), legacy.keys_param(unproven)),
+        ranges,
+        (ctx.doc_type, *ranges),
     )
     bad = [spans[b] for b in unproven if legacy_sums.get(b) != target_sums.get(b)]
     checked = len(cps) + sum(1 for b in (0, len(cps) + 1) if b in unproven)
