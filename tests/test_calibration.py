@@ -326,66 +326,6 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
     assert abs(calibrated.table_rows - 1200) <= 24
 
 
-async def _live_rows(store: docstore.Store, want: int) -> None:
-    """Wait until the statistics system counts ``want`` live rows in documents (the
-    inserting sessions report theirs within a second or so, or ten when idle)."""
-    live = "SELECT pg_stat_get_live_tuples('documents'::regclass)"
-    for _ in range(300):
-        if await store.fetchval(live) == want:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"live rows {await store.fetchval(live)}, not {want}, after 30 s")
-
-
-async def test_a_table_grown_by_a_bulk_load_is_noticed_before_analyze(
-    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The growth check read ``reltuples``, which a bulk load leaves where the last ANALYZE
-    (or index build) put it: a calibration made on 1,200 rows stayed in force while the table
-    tripled, until autovacuum's ANALYZE came by. It also reads the live-row count the
-    statistics system keeps per committed insert now. A live count that restarts from zero
-    (``pg_stat_reset()``, a crash) is not a shrunken table (review 74: that recalibrated in a
-    loop)."""
-    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
-    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
-    await store.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
-
-    async def add(points: np.ndarray, first: int) -> None:
-        await store.documents.upsert_many(
-            Document(source_name="s", doc_path=f"d{i}", content=f"doc {i}", embedding=v)
-            for i, v in enumerate(points, start=first)
-        )
-
-    try:
-        points = clustered(3600)
-        await add(points[:1200], 0)
-        await _live_rows(store, 1200)  # reported before the index build's count
-        await store.create_vector_index()
-        first = await store.tuner.calibration()
-        assert first is not None and abs(first.table_rows - 1200) <= 24
-        await add(points[1200:], 1200)
-        await _live_rows(store, 3600)
-        reltuples = await store.fetchval(
-            "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
-        )
-        assert reltuples < 1800  # no ANALYZE ran: the planner's estimate is still the old one
-        await store.tuner.calibration()  # notices the rows
-        await store.tuner.wait()
-        again = await store.tuner.calibration()
-        assert again is not None and abs(again.table_rows - 3600) <= 72
-        # statistics reset: the live count starts again from 0 and counts one insert
-        await store.execute("ANALYZE documents")
-        await store.execute("SELECT pg_stat_reset()")
-        await add(clustered(1, seed=9), 3600)
-        await _live_rows(store, 1)
-        await store.tuner.calibration()
-        await store.tuner.wait()
-        after = await store.tuner.calibration()
-        assert after is not None and after.calibrated_at == again.calibrated_at  # none ran
-    finally:
-        await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
-
-
 # -- review 68: a calibration measured while the table is written --------------------------
 
 

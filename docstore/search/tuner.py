@@ -25,9 +25,7 @@ One :class:`SearchTuner` per store. It
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
-  (:data:`GROWTH_FACTOR` either way) since the calibration (growth from the statistics
-  system's live-row count, which a bulk load moves at once; shrinking from the planner's
-  estimate, which waits for ANALYZE). At most one calibration runs at
+  (:data:`GROWTH_FACTOR` either way) since the calibration. At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
   :data:`RECALIBRATE_SECONDS`.
 """
@@ -87,18 +85,9 @@ GROWTH_FACTOR = 1.5
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
-# The table's rows for the growth check: the larger of reltuples, which a bulk load leaves
-# where the last ANALYZE put it, and the statistics system's live-row count, which every
-# committed insert moves within a second or so — so growth is seen at once, while shrinking
-# still waits for ANALYZE (a live count restarting from 0 after a stats reset or a crash
-# never reads as a shrunken table). reltuples alone where the live count is not kept up: on
-# a standby (replay does not count), or with track_counts off.
 _LOAD = """
 SELECT c.calibration,
-       (SELECT CASE WHEN pg_is_in_recovery() OR NOT current_setting('track_counts')::bool
-                    THEN t.reltuples
-                    ELSE greatest(t.reltuples, pg_stat_get_live_tuples(t.oid)::real) END
-          FROM pg_class t WHERE t.oid = 'documents'::regclass) AS table_rows
+       (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS table_rows
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
