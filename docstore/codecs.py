@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -55,6 +56,16 @@ class EncodedVector:
 
 
 MAX_DIM = 65535  # the binary formats' 16-bit dimension count
+
+
+def keys_param(keys: Iterable[int]) -> list[str]:
+    """Integer keys (ids, range bounds) for a ``$n::text[]::bigint[]`` parameter.
+
+    asyncpg knows ``text[]`` on every connection, but introspects any other array type the
+    first time a connection meets it (a catalog query of 5–10 ms on a new session, and a
+    migration's sessions are new): so the migration's statements (and the deletion of
+    sources' jobs) take and return ids as ``text[]`` (results ``array_agg(id::text …)``)."""
+    return [str(k) for k in keys]
 
 
 def _as_array(value: Any) -> npt.NDArray[Any]:

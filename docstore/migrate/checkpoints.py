@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from docstore.codecs import keys_param
 from docstore.migrate.context import LONG_TIMEOUT, run_doc_type
-from docstore.migrate.legacy import LEGACY_KEY, MIGRATED_ROWS, keys_param
+from docstore.migrate.legacy import LEGACY_KEY, MIGRATED_ROWS
 from docstore.store import Store
 
 _RECORD = """

@@ -9,7 +9,7 @@ some deployments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -119,16 +119,6 @@ def beyond_half_query(dim: int, cheap: bool, *, id_range: bool, limit: int) -> s
         " ELSE false END"
         f" ORDER BY id LIMIT {int(limit)}"
     )
-
-
-def keys_param(keys: Iterable[int]) -> list[str]:
-    """Integer keys (ids, range bounds) for a ``$n::text[]::bigint[]`` parameter.
-
-    asyncpg knows ``text[]`` on every connection, but introspects any other array type the
-    first time a connection meets it (a catalog query of 5–10 ms on a new session, and a
-    migration's sessions are new): so the migration's statements take and return ids as
-    ``text[]`` (results ``array_agg(id::text …)``)."""
-    return [str(k) for k in keys]
 
 
 def per_crate_sql(dim: int, cheap: bool) -> str:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from docstore.codecs import keys_param
 from docstore.migrate import legacy
 from docstore.migrate.compare import (
     LegacySource,
@@ -265,7 +266,7 @@ async def sync_jobs(
             "DELETE FROM source_population_jobs"
             " WHERE doc_type = $1 AND legacy_id = ANY($2::text[]::int[])",
             doc_type,
-            legacy.keys_param(gone),
+            keys_param(gone),
         )
     return diffs
 

@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from docstore.codecs import keys_param
 from docstore.errors import MigrationError
 from docstore.migrate import checkpoints, legacy, state
 from docstore.migrate.compare import LegacyState
@@ -185,7 +186,7 @@ async def _target_side(
             await tgt.fetch(
                 state.TARGET_RANGE_STAMPS,
                 ctx.doc_type,
-                legacy.keys_param(bounds),
+                keys_param(bounds),
                 timeout=LONG_TIMEOUT,
             )
         )
@@ -211,7 +212,7 @@ async def _legacy_side(
     stamps: Checksums = {}
     if bounds:
         stamps = _by_chunk(
-            await src.fetch(legacy.RANGE_STAMPS, legacy.keys_param(bounds), timeout=LONG_TIMEOUT)
+            await src.fetch(legacy.RANGE_STAMPS, keys_param(bounds), timeout=LONG_TIMEOUT)
         )
     checks = await parity(ctx, src, store, queries, samples)
     return _LegacySide(counts, nulls, names, jobs, checks, stamps)
@@ -302,7 +303,7 @@ async def _streamed_rows(
     unproven.sort()
     # re-read both sides of the ranges the stream did not prove: per-range checksums of the
     # row digests (server-side aggregates), then the differing ranges row by row
-    ranges = (legacy.keys_param(bounds), legacy.keys_param(unproven))
+    ranges = (keys_param(bounds), keys_param(unproven))
     legacy_sums, target_sums = await _checksums(
         src,
         tgt,

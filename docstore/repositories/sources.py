@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from docstore.codecs import keys_param
 from docstore.core.surface import own_reads
 from docstore.errors import QueryError, ValidationError
 from docstore.metrics import Metrics, timed
@@ -21,13 +22,12 @@ if TYPE_CHECKING:
 async def delete_source_jobs(conn: Any, source_ids: list[int]) -> None:
     """Delete the population jobs of deleted sources (``source_ids``), in the caller's
     transaction. On one node the foreign key's cascade already did; a Citus cluster's
-    conversion had to drop that key, so every path that deletes sources calls this. (The ids
-    go as text[]: asyncpg introspects an int8[] on each new session first, a catalog query of
-    5-10 ms; see ``docstore.migrate.legacy.keys_param``.)"""
+    conversion had to drop that key, so every path that deletes sources calls this (the ids
+    as text[]: :func:`docstore.codecs.keys_param`)."""
     if source_ids:
         await conn.execute(
             "DELETE FROM source_population_jobs WHERE source_id = ANY($1::text[]::bigint[])",
-            [str(i) for i in source_ids],
+            keys_param(source_ids),
         )
 
 
