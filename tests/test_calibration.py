@@ -326,6 +326,36 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
     assert abs(calibrated.table_rows - 1200) <= 24
 
 
+async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration lock was held on a pooled connection while the calibration's own
+    queries took others: on a one-connection pool every background recalibration waited for
+    the connection its lock held (``PoolTimeoutError`` after the pool's timeout) and so did
+    every search meanwhile. The lock holds a connection of its own now; the recalibration
+    finishes and the searches beside it are served."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    opener = docstore.connect(
+        database_url, pool_min_size=1, pool_max_size=1, pool_acquire_timeout=5.0
+    )
+    async with opener as store:
+        await load(store, clustered(1200))
+        await store.create_vector_index()
+        first = await store.tuner.calibration()
+        assert first is not None and first.query_source == "probes"
+        questions = clustered(tuner_module.MIN_RECENT + 16, seed=5)
+        for q in questions:  # the 64th real query starts the recalibration
+            await store.search(q)
+        running = store.tuner._calibrating
+        assert running is not None and not running.done()
+        while not running.done():  # searches beside it are served
+            assert (await store.search(questions[0])).mode == "ann"
+        await store.tuner.wait()
+        again = await store.tuner.calibration()
+        assert again is not None and again.query_source == "recent queries"
+
+
 # -- review 68: a calibration measured while the table is written --------------------------
 
 

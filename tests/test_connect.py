@@ -223,6 +223,34 @@ async def test_pool_exhaustion_is_a_clear_timeout(database_url: str) -> None:
                 pass  # pragma: no cover
 
 
+async def test_try_lock_holds_its_lock_outside_the_pool(database_url: str) -> None:
+    """``try_lock`` holds the advisory lock on a connection of its own: the work inside has the
+    whole pool (a one-connection pool waited for the connection its own lock held, and so did
+    every other caller), another session cannot take the lock meanwhile, and it is released on
+    exit, also when the body raises."""
+    opener = docstore.connect(
+        database_url, pool_max_size=1, pool_min_size=1, pool_acquire_timeout=2.0
+    )
+    async with opener as store, docstore.connect(database_url) as other:
+        async with store.try_lock(4242) as locked:
+            assert locked is True
+            assert store.pool_stats()[0].in_use == 0
+            assert await store.fetchval("SELECT 1") == 1  # the pool's only connection is free
+            async with other.try_lock(4242) as again:
+                assert again is False
+            held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
+            assert await store.fetchval(held) == 1
+        async with other.try_lock(4242) as again:
+            assert again is True  # released on exit
+        with pytest.raises(ZeroDivisionError):
+            async with store.try_lock(4242) as locked:
+                assert locked is True
+                _ = 1 / 0
+        async with other.try_lock(4242) as again:
+            assert again is True
+        assert await store.fetchval(held) == 0
+
+
 @pytest.mark.parametrize("surface", ["replica", "primary"])
 async def test_session_settings_never_outlive_the_callers_query(
     database_url: str, surface: str
