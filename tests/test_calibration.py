@@ -356,6 +356,52 @@ async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(
         assert again is not None and again.query_source == "recent queries"
 
 
+async def test_a_table_grown_by_a_bulk_load_is_noticed_before_analyze(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The growth check read ``reltuples``, which a bulk load leaves where the last ANALYZE (or
+    index build) put it: a calibration made on 1,000 rows stayed in force while the table
+    doubled, until autovacuum's ANALYZE came by. It reads the planner's estimate now (rows per
+    page then, times the pages now). Dead rows an update leaves also read as growth until
+    VACUUM: that starts one recalibration, not one every ``RECALIBRATE_SECONDS``."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    await store.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
+    try:
+        points = clustered(2000)
+        await load(store, points[:1000])
+        await store.create_vector_index()
+        first = await store.tuner.calibration()
+        assert first is not None and abs(first.table_rows - 1000) <= 20
+        await store.documents.upsert_many(
+            Document(source_name="more", doc_path=f"m{i}", content=f"more {i}", embedding=v)
+            for i, v in enumerate(points[1000:])
+        )
+        reltuples = "SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass"
+        assert await store.fetchval(reltuples) < 1100  # not analyzed since
+        await store.tuner.calibration()  # notices the pages
+        await store.tuner.wait()
+        again = await store.tuner.calibration()
+        assert again is not None and abs(again.table_rows - 2000) <= 40
+        # every row updated: twice the pages, as many rows (dead ones until VACUUM)
+        await store.execute("UPDATE documents SET content = content || ' (updated)'")
+        await store.tuner.calibration()
+        await store.tuner.wait()
+        bloated = await store.tuner.calibration()
+        assert bloated is not None and bloated.calibrated_at > again.calibrated_at
+        assert abs(bloated.table_rows - 2000) <= 40
+        for _ in range(3):  # the same estimate: no calibration again
+            await store.tuner.calibration()
+            await store.tuner.wait()
+        after = await store.tuner.calibration()
+        assert after is not None and after.calibrated_at == bloated.calibrated_at
+        await store.execute("VACUUM documents")  # the estimate agrees with the count again
+        assert (await store.tuner.calibration()) is not None
+        assert store.tuner._growth_at == {}
+    finally:
+        await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
+
+
 # -- review 68: a calibration measured while the table is written --------------------------
 
 

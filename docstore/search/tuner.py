@@ -25,7 +25,9 @@ One :class:`SearchTuner` per store. It
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
-  (:data:`GROWTH_FACTOR` either way) since the calibration. At most one calibration runs at
+  (:data:`GROWTH_FACTOR` either way) since the calibration (the planner's estimate: the last
+  ANALYZE's rows per page times the pages the table has now, so a bulk load is seen without
+  waiting for ANALYZE; shrinking is seen after VACUUM or ANALYZE). At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
   :data:`RECALIBRATE_SECONDS`.
 """
@@ -85,9 +87,21 @@ GROWTH_FACTOR = 1.5
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
+# The table's rows as the planner estimates them (estimate_rel_size): the density of the last
+# ANALYZE, VACUUM or index build (reltuples / relpages) times the pages the table has now, so
+# a bulk load is seen as soon as it has grown the table, not when ANALYZE next comes by (the
+# statistics system's live-row count over-counts inserts reported after an ANALYZE). Dead
+# rows an update left also count until VACUUM: the growth a recalibration starts from is
+# remembered (SearchTuner._growth_at) so such an estimate starts one, not one a minute.
+# reltuples as it is where there is no density: never analyzed (-1: waits for ANALYZE), a
+# partitioned parent or a Citus coordinator's shell table (no pages of its own).
 _LOAD = """
 SELECT c.calibration,
-       (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS table_rows
+       (SELECT CASE WHEN t.relpages > 0 AND t.reltuples >= 0
+                    THEN t.reltuples / t.relpages
+                         * (pg_relation_size(t.oid) / current_setting('block_size')::real)
+                    ELSE t.reltuples END
+          FROM pg_class t WHERE t.oid = 'documents'::regclass) AS table_rows
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
@@ -130,6 +144,8 @@ class SearchTuner:
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
+        self._growth_at: dict[str, float] = {}
+        """Per metric, the row estimate a growth recalibration last started from (_grew)."""
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
@@ -164,7 +180,9 @@ class SearchTuner:
         rows = float(row["table_rows"]) if row is not None else -1.0
         self._cache[metric] = (now, found, rows)
         if found is not None and _grown(found.table_rows, rows):
-            self._auto(metric, f"the table has {rows:,.0f} rows, {found.table_rows:,} then")
+            self._grew(metric, f"the table has ~{rows:,.0f} rows, {found.table_rows:,} then", rows)
+        elif found is not None:
+            self._growth_at.pop(metric, None)  # the estimate agrees with the calibration again
         elif deferred and _grown(0, rows):
             self._auto(metric, f"deferred at index build; the table has {rows:,.0f} rows now")
         return found
@@ -380,14 +398,26 @@ class SearchTuner:
         )
 
     # -- background work -------------------------------------------------------------------
-    def _auto(self, metric: str, why: str) -> None:
+    def _grew(self, metric: str, why: str, rows: float) -> None:
+        """Recalibrate for a table whose estimate moved :data:`GROWTH_FACTOR` from the
+        calibration's count — unless a growth recalibration already started from about this
+        estimate: one that stays apart from the count it measured (dead rows an update left,
+        until VACUUM) would otherwise start another every :data:`RECALIBRATE_SECONDS`."""
+        then = self._growth_at.get(metric)
+        if (then is None or _grown(round(then), rows)) and self._auto(metric, why):
+            self._growth_at[metric] = rows
+
+    def _auto(self, metric: str, why: str) -> bool:
+        """Start a background recalibration of ``metric`` unless one runs or one started
+        less than :data:`RECALIBRATE_SECONDS` ago; whether it started."""
         now = time.monotonic()
         if self._calibrating is not None and not self._calibrating.done():
-            return
+            return False
         if now - self._last_auto < RECALIBRATE_SECONDS:
-            return
+            return False
         self._last_auto = now
         self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
+        return True
 
     async def _recalibrate(self, metric: str, why: str) -> None:
         logger.info("recalibrating search (%s): %s", metric, why)
@@ -396,6 +426,7 @@ class SearchTuner:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
         except Exception as exc:  # background: logged, never raised into a search
+            self._growth_at.pop(metric, None)  # growth may start it again
             logger.warning("background search calibration failed: %s", describe(exc))
 
     async def wait(self) -> None:
