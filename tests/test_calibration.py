@@ -40,12 +40,15 @@ def noisy_queries(points: np.ndarray, n: int, *, noise: float, seed: int) -> np.
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-async def load(store: docstore.Store, points: np.ndarray) -> None:
+async def load(
+    store: docstore.Store, points: np.ndarray, *, start: int = 0, analyze: bool = True
+) -> None:
     await store.documents.upsert_many(
         Document(source_name=f"s{i % 10}", doc_path=f"d{i}", content=f"doc {i}", embedding=v)
-        for i, v in enumerate(points)
+        for i, v in enumerate(points, start=start)
     )
-    await store.execute("ANALYZE documents")
+    if analyze:
+        await store.execute("ANALYZE documents")
 
 
 @pytest.fixture
@@ -306,24 +309,34 @@ async def test_search_uses_the_defaults_where_the_calibration_cannot_be_read(
     assert len(warned) == 1
 
 
+@pytest.mark.parametrize("analyzed", [True, False])
 async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown(
-    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch, analyzed: bool
 ) -> None:
     """The setup order "index first, then load" does not fail: with fewer than two stored
     embeddings the calibration is deferred (defaults meanwhile), and the lookup runs it in the
-    background once the table has 1,000 rows."""
+    background once the table has 1,000 rows — also before any ANALYZE (review 75: the table,
+    never analyzed, has no rows per page to estimate from, so it waited for autovacuum)."""
     monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
     monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
-    index = await store.create_vector_index()
-    assert index.usable and await store.tuner.calibration() is None
-    points = clustered(1200)
-    assert (await store.search(points[0])).mode == "ann"  # the defaults
-    await load(store, points)
-    await store.tuner.calibration()  # notices the rows
-    await store.tuner.wait()
-    calibrated = await store.tuner.calibration()
-    assert calibrated is not None and calibrated.queries >= 2
-    assert abs(calibrated.table_rows - 1200) <= 24
+    await store.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
+    try:
+        index = await store.create_vector_index()
+        assert index.usable and await store.tuner.calibration() is None
+        points = clustered(1200)
+        assert (await store.search(points[0])).mode == "ann"  # the defaults
+        await load(store, points[:999], analyze=analyzed)
+        await store.tuner.calibration()
+        await store.tuner.wait()
+        assert await store.tuner.calibration() is None  # not yet 1,000 rows
+        await load(store, points[999:], start=999, analyze=analyzed)
+        await store.tuner.calibration()  # notices the rows
+        await store.tuner.wait()
+        calibrated = await store.tuner.calibration()
+        assert calibrated is not None and calibrated.queries >= 2
+        assert abs(calibrated.table_rows - 1200) <= 24
+    finally:
+        await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
 
 
 async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(
@@ -397,9 +410,38 @@ async def test_a_table_grown_by_a_bulk_load_is_noticed_before_analyze(
         assert after is not None and after.calibrated_at == bloated.calibrated_at
         await store.execute("VACUUM documents")  # the estimate agrees with the count again
         assert (await store.tuner.calibration()) is not None
-        assert store.tuner._growth_at == {}
+        assert store.tuner._growth.ran_from == {}
     finally:
         await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
+
+
+async def test_growth_seen_while_another_process_calibrates_is_acted_on_later(
+    store: docstore.Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 75: the growth a recalibration started from was remembered when the task
+    started, also when another process held the calibration lock and this one calibrated
+    nothing: if that process's calibration did not cover the growth, this one never
+    recalibrated for it. It is remembered once a recalibration runs under the lock."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    points = clustered(2000)
+    await load(store, points[:1000])
+    await store.create_vector_index()
+    first = await store.tuner.calibration()
+    assert first is not None and first.table_rows == 1000
+    async with (
+        docstore.connect(database_url) as other,
+        other.try_lock(tuner_module.CALIBRATION_LOCK_KEY) as held,
+    ):
+        assert held is True
+        await load(store, points[1000:], start=1000)
+        assert (await store.tuner.calibration()) == first  # growth seen, lock taken
+        await store.tuner.wait()
+        assert (await store.tuner.calibration()) == first
+    await store.tuner.calibration()  # the other process is gone, nothing calibrated
+    await store.tuner.wait()
+    again = await store.tuner.calibration()
+    assert again is not None and abs(again.table_rows - 2000) <= 40
 
 
 # -- review 68: a calibration measured while the table is written --------------------------

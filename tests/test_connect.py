@@ -229,12 +229,19 @@ async def test_try_lock_holds_its_lock_outside_the_pool(database_url: str) -> No
     every other caller), another session cannot take the lock meanwhile, and it is released on
     exit, also when the body raises."""
     opener = docstore.connect(
-        database_url, pool_max_size=1, pool_min_size=1, pool_acquire_timeout=2.0
+        database_url,
+        pool_max_size=1,
+        pool_min_size=1,
+        pool_acquire_timeout=2.0,
+        application_name="try-lock-test",
     )
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'try-lock-test'"
     async with opener as store, docstore.connect(database_url) as other:
+        assert await other.fetchval(sessions) == 1  # the pool's
         async with store.try_lock(4242) as locked:
             assert locked is True
             assert store.pool_stats()[0].in_use == 0
+            assert await other.fetchval(sessions) == 2  # and the lock's own
             assert await store.fetchval("SELECT 1") == 1  # the pool's only connection is free
             async with other.try_lock(4242) as again:
                 assert again is False
@@ -249,6 +256,33 @@ async def test_try_lock_holds_its_lock_outside_the_pool(database_url: str) -> No
         async with other.try_lock(4242) as again:
             assert again is True
         assert await store.fetchval(held) == 0
+        assert await other.fetchval(sessions) == 1  # the lock's connection was closed
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+async def test_try_lock_where_no_connection_beyond_the_pool_is_allowed(
+    pg: PgCluster, database_url: str, pool: int
+) -> None:
+    """A role (or server) that allows no connection beyond the pool's (``53300``): a pool of
+    two or more lends one of its connections for the lock; a one-connection pool cannot
+    (the work inside would wait for it) and says why, without the password."""
+    role, url = await scram_reader(pg, database_url, "limited", "s3cret-pw")
+    await pg.execute(f"ALTER ROLE {role} CONNECTION LIMIT {pool}")
+    async with docstore.connect(
+        url, pool_min_size=pool, pool_max_size=pool, migrate=False
+    ) as store:
+        assert store.pool_stats()[0].size == pool  # the role's every connection
+        if pool == 1:
+            with pytest.raises(DatabaseUnavailableError) as info:
+                async with store.try_lock(4343):
+                    pass  # pragma: no cover
+            assert info.value.sqlstate == "53300" and "s3cret" not in error_texts(info.value)
+            return
+        async with store.try_lock(4343) as locked:
+            assert locked is True
+            assert await store.fetchval("SELECT 1") == 1  # the pool's other connection
+        async with docstore.connect(database_url) as other, other.try_lock(4343) as again:
+            assert again is True  # released on exit
 
 
 @pytest.mark.parametrize("surface", ["replica", "primary"])

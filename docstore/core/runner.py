@@ -22,7 +22,7 @@ import tenacity
 
 from docstore.arguments import timeout_seconds
 from docstore.config import Settings
-from docstore.core import tcp
+from docstore.core import locks
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
 from docstore.core.pools import STATELESS, Pools, Role
 from docstore.core.routing import ReplicaRouter
@@ -41,7 +41,6 @@ from docstore.metrics import Metrics, timed
 logger = logging.getLogger("docstore")
 
 T = TypeVar("T")
-CLOSE_TIMEOUT = 10.0  # seconds try_lock() waits for its connection to close
 _Work = Callable[[asyncpg.Connection], Awaitable[T]]
 _OnDoubt = Callable[[_Work[T], BaseException], Awaitable[tuple[_Work[T], bool]]]
 """What to run after an attempt that may have applied (docstore.core.doubt), and whether the
@@ -440,8 +439,7 @@ class Runner:
         pool = (target or self._pools.primary).pool
         return pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
 
-    @contextlib.asynccontextmanager
-    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+    def try_lock(self, key: int) -> contextlib.AbstractAsyncContextManager[bool]:
         """``async with store.try_lock(key) as locked:`` — a session advisory lock on the
         primary if nobody holds it (``locked`` False otherwise, without waiting), released on
         exit. For work one process at a time should do (a search calibration).
@@ -450,28 +448,7 @@ class Runner:
         also releases the lock if the process dies), not on one of the pool's: the work inside
         may use every pooled connection — on a one-connection pool it would otherwise wait for
         the connection its own lock holds (``PoolTimeoutError`` after
-        ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``), and every other caller with it."""
-        primary = self._pools.primary
-        conn: asyncpg.Connection | None = None
-        try:
-            conn = await asyncpg.connect(
-                primary.url, connection_class=primary.connection_class, **primary.connect_kwargs
-            )
-            tcp.apply(conn, self._settings.tcp_timeout)
-            locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-        except BaseException as exc:
-            if conn is not None:
-                conn.terminate()
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
-                raise self._pools.translate(exc) from exc
-            raise
-        try:
-            yield locked
-        finally:
-            # closing the session releases the lock; a close that cannot finish (the server
-            # or the network gone) ends the socket, which the server also sees as the end
-            try:
-                await conn.close(timeout=CLOSE_TIMEOUT)
-            except BaseException:
-                conn.terminate()
-                raise
+        ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``), and every other caller with it. Where the server
+        or the role allows no connection beyond the pool's (``53300``), a pool of two or more
+        lends one of its own for the lock instead (:mod:`docstore.core.locks`)."""
+        return locks.try_lock(self._pools, self._settings.tcp_timeout, self.acquire, key)

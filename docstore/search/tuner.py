@@ -25,9 +25,8 @@ One :class:`SearchTuner` per store. It
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
-  (:data:`GROWTH_FACTOR` either way) since the calibration (the planner's estimate: the last
-  ANALYZE's rows per page times the pages the table has now, so a bulk load is seen without
-  waiting for ANALYZE; shrinking is seen after VACUUM or ANALYZE). At most one calibration runs at
+  since the calibration (:mod:`docstore.search.growth`: the planner's estimate, so a bulk load
+  is seen without waiting for ANALYZE). At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
   :data:`RECALIBRATE_SECONDS`.
 """
@@ -51,8 +50,9 @@ from docstore.embeddings import query_vector
 from docstore.errors import DocstoreError, QueryError, SchemaError, ValidationError
 from docstore.metrics import SearchRecall
 from docstore.models import finite_number
-from docstore.search import queries
+from docstore.search import growth, queries
 from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress
+from docstore.search.growth import DEFERRED_ROWS, GrowthWatch
 from docstore.search.live_recall import (
     BUDGET_BURST_SECONDS,
     MIN_RECALL_SAMPLES,
@@ -83,25 +83,13 @@ CALIBRATION_QUERIES = 128
 BACKGROUND_PACE = 0.25
 """Share of the time an automatic (background) calibration keeps working: after each query
 it measured it pauses three times as long, so it never takes over a busy server."""
-GROWTH_FACTOR = 1.5
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
-# The table's rows as the planner estimates them (estimate_rel_size): the density of the last
-# ANALYZE, VACUUM or index build (reltuples / relpages) times the pages the table has now, so
-# a bulk load is seen as soon as it has grown the table, not when ANALYZE next comes by (the
-# statistics system's live-row count over-counts inserts reported after an ANALYZE). Dead
-# rows an update left also count until VACUUM: the growth a recalibration starts from is
-# remembered (SearchTuner._growth_at) so such an estimate starts one, not one a minute.
-# reltuples as it is where there is no density: never analyzed (-1: waits for ANALYZE), a
-# partitioned parent or a Citus coordinator's shell table (no pages of its own).
-_LOAD = """
-SELECT c.calibration,
-       (SELECT CASE WHEN t.relpages > 0 AND t.reltuples >= 0
-                    THEN t.reltuples / t.relpages
-                         * (pg_relation_size(t.oid) / current_setting('block_size')::real)
-                    ELSE t.reltuples END
-          FROM pg_class t WHERE t.oid = 'documents'::regclass) AS table_rows
+_LOAD = f"""
+SELECT c.calibration, {growth.TABLE_ROWS} AS table_rows,
+       CASE WHEN c.calibration ? 'deferred' THEN {growth.DEFERRED_COUNT.format(limit="$2")}
+       END AS deferred_rows
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
@@ -111,7 +99,7 @@ ON CONFLICT (metric) DO UPDATE SET calibration = excluded.calibration, updated_a
 """
 # What create_vector_index() stores when asked to calibrate a table with fewer than two
 # embeddings: no settings, but the lookup then calibrates in the background once the table
-# has grown (as from a calibration made at 0 rows: _grown)
+# has grown (as from a calibration made at 0 rows: growth.grown)
 _DEFERRED = '{"deferred": "fewer than two stored embeddings when the index was built"}'
 _SAVE_QUERIES = """
 WITH added AS (
@@ -144,8 +132,7 @@ class SearchTuner:
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
-        self._growth_at: dict[str, float] = {}
-        """Per metric, the row estimate a growth recalibration last started from (_grew)."""
+        self._growth = GrowthWatch()
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
@@ -159,7 +146,7 @@ class SearchTuner:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         try:
-            row = await own_reads(self._store).fetchrow(_LOAD, metric)
+            row = await own_reads(self._store).fetchrow(_LOAD, metric, DEFERRED_ROWS)
         except (QueryError, SchemaError) as exc:
             if isinstance(exc, QueryError) and exc.sqlstate not in _UNREADABLE:
                 raise
@@ -172,26 +159,21 @@ class SearchTuner:
                 self._unreadable_logged = True
             self._cache[metric] = (now, None, -1.0)
             return None
-        found, deferred = None, False
-        if row is not None and row["calibration"] is not None:
-            stored = row["calibration"]  # decoded by the pools' jsonb codec
-            deferred = "deferred" in stored
-            found = None if deferred else Calibration.model_validate(stored)
-        rows = float(row["table_rows"]) if row is not None else -1.0
+        stored = row["calibration"]  # one row, always; decoded by the pools' jsonb codec
+        deferred = stored is not None and "deferred" in stored
+        found = None if stored is None or deferred else Calibration.model_validate(stored)
+        rows = float(row["table_rows"])
         self._cache[metric] = (now, found, rows)
-        if found is not None and _grown(found.table_rows, rows):
-            self._grew(metric, f"the table has ~{rows:,.0f} rows, {found.table_rows:,} then", rows)
-        elif found is not None:
-            self._growth_at.pop(metric, None)  # the estimate agrees with the calibration again
-        elif deferred and _grown(0, rows):
-            self._auto(metric, f"deferred at index build; the table has {rows:,.0f} rows now")
+        calibrated = None if found is None else found.table_rows
+        why = self._growth.reason(metric, calibrated, deferred, rows, row["deferred_rows"])
+        if why is not None:
+            self._auto(metric, why)
         return found
 
     async def defer(self, metric: str) -> None:
-        """Record that ``metric`` is to be calibrated once the table has data (the index was
-        built on fewer than two embeddings): searches use the defaults until then, and the
-        lookup calibrates in the background when the table reaches 1,000 rows (or call
-        :meth:`calibrate`)."""
+        """Record that ``metric`` is to be calibrated in the background once the table has
+        :data:`~docstore.search.growth.DEFERRED_ROWS` (the index was built on fewer than two
+        embeddings); searches use the defaults until then (or call :meth:`calibrate`)."""
         if not self._store.read_only:
             await self._store.execute(_SAVE, metric, _DEFERRED)
         self._cache.pop(metric, None)
@@ -398,35 +380,24 @@ class SearchTuner:
         )
 
     # -- background work -------------------------------------------------------------------
-    def _grew(self, metric: str, why: str, rows: float) -> None:
-        """Recalibrate for a table whose estimate moved :data:`GROWTH_FACTOR` from the
-        calibration's count — unless a growth recalibration already started from about this
-        estimate: one that stays apart from the count it measured (dead rows an update left,
-        until VACUUM) would otherwise start another every :data:`RECALIBRATE_SECONDS`."""
-        then = self._growth_at.get(metric)
-        if (then is None or _grown(round(then), rows)) and self._auto(metric, why):
-            self._growth_at[metric] = rows
-
-    def _auto(self, metric: str, why: str) -> bool:
-        """Start a background recalibration of ``metric`` unless one runs or one started
-        less than :data:`RECALIBRATE_SECONDS` ago; whether it started."""
+    def _auto(self, metric: str, why: str) -> None:
         now = time.monotonic()
         if self._calibrating is not None and not self._calibrating.done():
-            return False
+            return
         if now - self._last_auto < RECALIBRATE_SECONDS:
-            return False
+            return
         self._last_auto = now
         self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
-        return True
 
     async def _recalibrate(self, metric: str, why: str) -> None:
         logger.info("recalibrating search (%s): %s", metric, why)
         try:
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
+                    self._growth.ran(metric)
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
         except Exception as exc:  # background: logged, never raised into a search
-            self._growth_at.pop(metric, None)  # growth may start it again
+            self._growth.failed(metric)
             logger.warning("background search calibration failed: %s", describe(exc))
 
     async def wait(self) -> None:
@@ -443,12 +414,6 @@ class SearchTuner:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-
-
-def _grown(then: int, now: float) -> bool:
-    if then <= 0 or now <= 0:
-        return then <= 0 < now and now >= 1000
-    return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
 def _check_target(target: float) -> float:
