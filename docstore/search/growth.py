@@ -4,39 +4,63 @@ The tuner (:mod:`docstore.search.tuner`) recalibrates in the background when the
 grown by half or shrunk by a third (:data:`GROWTH_FACTOR` either way) since the calibration,
 and runs a calibration deferred at index build once the table has :data:`DEFERRED_ROWS`.
 
-The table's rows are the planner's estimate (``estimate_rel_size``, :data:`TABLE_ROWS`): the
-rows per page of the last ANALYZE, VACUUM or index build (``reltuples / relpages``) times the
-pages the table has now, so a bulk load is seen as soon as it has grown the table, not when
-ANALYZE next comes by. (The statistics system's live-row count over-counts: inserts a session
-reports after another session's ANALYZE are added on top of ANALYZE's count.) Where there is no
-density — never analyzed, a partitioned parent, a Citus coordinator's shell table (no pages of
-its own) — ``reltuples`` as it is (-1 or 0: no growth); a deferred calibration counts the rows
-instead, up to :data:`DEFERRED_ROWS` (:data:`DEFERRED_COUNT`), since the table it waits for
-was empty when the index was built and has not been analyzed since.
+The table's rows are counted in a sample of about :data:`SAMPLE_PAGES` of its pages and scaled
+to the pages it has now (:func:`table_rows`; every row of a smaller table): a bulk load is
+seen as soon as it has grown the table, not when ANALYZE next comes by, and only live rows
+count. Each estimate that was tried before read something else than the rows:
 
-Dead rows an update left count as rows until VACUUM, so such a table reads as grown though the
-count a recalibration measures has not moved: :class:`GrowthWatch` remembers the estimate a
-growth recalibration ran from, and starts the next only once the estimate has moved
-:data:`GROWTH_FACTOR` from there (or agreed with the calibration in between) — one
-recalibration per process, not one every ``RECALIBRATE_SECONDS``.
+* ``reltuples`` stays where the last ANALYZE put it: a calibration made on 1,000 rows stayed in
+  force while the table grew tenfold, until autovacuum's ANALYZE came by (never, with
+  autovacuum off), and a table never analyzed since an index was built on it empty has none;
+* the statistics system's live-row count over-counts: inserts a session reports after another
+  session's ANALYZE are added on top of ANALYZE's count (a loaded, analyzed table read as
+  grown ×2 and recalibrated in the background);
+* the planner's ``reltuples / relpages`` × today's pages counts the dead rows an update leaves
+  as rows until VACUUM (a table whose rows were all updated read as grown ×2).
+
+The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an unchanged
+table reads the same. Where the table has no pages of its own — a partitioned parent, a Citus
+coordinator's shell table — ``reltuples`` as it is.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from docstore.errors import DocstoreError
+
+if TYPE_CHECKING:
+    from docstore.core.surface import ReadQueries
+
+logger = logging.getLogger("docstore")
+
 GROWTH_FACTOR = 1.5
 DEFERRED_ROWS = 1000
 """A calibration deferred at index build (fewer than two embeddings then) runs once the table
-has this many rows."""
+has about this many rows."""
+SAMPLE_PAGES = 256
+"""Pages the row count reads (~2 MB), once per ``CACHE_SECONDS`` per metric and process."""
 
-TABLE_ROWS = """
-(SELECT CASE WHEN t.relpages > 0 AND t.reltuples >= 0
-             THEN t.reltuples / t.relpages
-                  * (pg_relation_size(t.oid) / current_setting('block_size')::real)
-             ELSE t.reltuples END
+PAGES = """
+(SELECT CASE WHEN t.relkind = 'r'
+             THEN pg_relation_size(t.oid) / current_setting('block_size')::int ELSE 0 END
    FROM pg_class t WHERE t.oid = 'documents'::regclass)"""
-"""The planner's estimate of the table's rows (see the module docstring)."""
-DEFERRED_COUNT = "(SELECT count(*) FROM (SELECT FROM documents LIMIT {limit}) AS deferred)"
-"""The table's rows, counted up to ``{limit}`` (a bound parameter)."""
+"""The table's pages now (0 for a table with no storage of its own)."""
+RELTUPLES = "(SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
+_SAMPLED = "SELECT count(*) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
+
+
+async def table_rows(reads: ReadQueries, pages: int, reltuples: float) -> float:
+    """The table's live rows: counted in a sample of about :data:`SAMPLE_PAGES` of its
+    ``pages`` and scaled to them (counted outright in a smaller table); ``reltuples`` for a
+    table with no pages of its own."""
+    if pages <= 0:
+        return reltuples
+    percent = min(100.0, 100.0 * SAMPLE_PAGES / pages)
+    seen: int = await reads.fetchval(_SAMPLED, percent)
+    return seen * 100.0 / percent
 
 
 def grown(then: int, now: float) -> bool:
@@ -47,42 +71,22 @@ def grown(then: int, now: float) -> bool:
     return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
-class GrowthWatch:
-    """Per metric, the row estimate the last calibration in the background ran from."""
-
-    def __init__(self) -> None:
-        self.ran_from: dict[str, float] = {}
-        self._seen: dict[str, float] = {}
-
-    def reason(
-        self, metric: str, calibrated: int | None, deferred: bool, rows: float, counted: int | None
-    ) -> str | None:
-        """Why to recalibrate ``metric`` — calibrated on ``calibrated`` rows, or ``deferred``
-        — at an estimate of ``rows`` (``counted``: :data:`DEFERRED_COUNT`), or None: the
-        estimate agrees with the calibration (which forgets where the last one ran from), or
-        has not moved :data:`GROWTH_FACTOR` from there."""
-        self._seen[metric] = rows
-        if calibrated is None:
-            now = max(rows, counted or 0)
-            return (
-                f"deferred at index build; the table has {now:,.0f} rows"
-                if deferred and grown(0, now)
-                else None
-            )
-        if not grown(calibrated, rows):
-            self.ran_from.pop(metric, None)
-            return None
-        then = self.ran_from.get(metric)
-        if then is not None and not grown(round(then), rows):
-            return None
+async def stale(
+    reads: ReadQueries, table: Mapping[str, Any], calibrated: int | None, deferred: bool
+) -> str | None:
+    """Why a calibration made on ``calibrated`` rows (or ``deferred``) is to be made again —
+    the table grew or shrank (:func:`grown`) — or None. ``table``: its ``pages`` and
+    ``reltuples`` (:data:`PAGES`, :data:`RELTUPLES`). A count that fails is logged and
+    tried again at the next lookup: the search that looked goes on."""
+    if calibrated is None and not deferred:
+        return None
+    try:
+        rows = await table_rows(reads, table["pages"], table["reltuples"])
+    except DocstoreError as exc:
+        logger.info("search calibration: the table's rows not counted: %s", exc)
+        return None
+    if calibrated is not None and grown(calibrated, rows):
         return f"the table has ~{rows:,.0f} rows, {calibrated:,} then"
-
-    def ran(self, metric: str) -> None:
-        """A calibration of ``metric`` runs in the background (under the lock): it measures the
-        table as it is, at the estimate last seen."""
-        if metric in self._seen:
-            self.ran_from[metric] = self._seen[metric]
-
-    def failed(self, metric: str) -> None:
-        """It failed: growth may start one again."""
-        self.ran_from.pop(metric, None)
+    if deferred and grown(0, rows):
+        return f"deferred at index build; the table has ~{rows:,.0f} rows now"
+    return None

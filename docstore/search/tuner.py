@@ -25,8 +25,8 @@ One :class:`SearchTuner` per store. It
 * **recalibrates in the background** when the estimate falls under the target, when it is
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
-  since the calibration (:mod:`docstore.search.growth`: the planner's estimate, so a bulk load
-  is seen without waiting for ANALYZE). At most one calibration runs at
+  since the calibration (:mod:`docstore.search.growth`: live rows counted in a sample of pages,
+  so a bulk load is seen without waiting for ANALYZE). At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
   :data:`RECALIBRATE_SECONDS`.
 """
@@ -52,7 +52,6 @@ from docstore.metrics import SearchRecall
 from docstore.models import finite_number
 from docstore.search import growth, queries
 from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress
-from docstore.search.growth import DEFERRED_ROWS, GrowthWatch
 from docstore.search.live_recall import (
     BUDGET_BURST_SECONDS,
     MIN_RECALL_SAMPLES,
@@ -87,9 +86,7 @@ _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a Schem
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
 _LOAD = f"""
-SELECT c.calibration, {growth.TABLE_ROWS} AS table_rows,
-       CASE WHEN c.calibration ? 'deferred' THEN {growth.DEFERRED_COUNT.format(limit="$2")}
-       END AS deferred_rows
+SELECT c.calibration, {growth.PAGES} AS pages, {growth.RELTUPLES} AS reltuples
   FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
@@ -132,7 +129,6 @@ class SearchTuner:
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
-        self._growth = GrowthWatch()
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
@@ -146,7 +142,7 @@ class SearchTuner:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         try:
-            row = await own_reads(self._store).fetchrow(_LOAD, metric, DEFERRED_ROWS)
+            row = await own_reads(self._store).fetchrow(_LOAD, metric)
         except (QueryError, SchemaError) as exc:
             if isinstance(exc, QueryError) and exc.sqlstate not in _UNREADABLE:
                 raise
@@ -162,10 +158,9 @@ class SearchTuner:
         stored = row["calibration"]  # one row, always; decoded by the pools' jsonb codec
         deferred = stored is not None and "deferred" in stored
         found = None if stored is None or deferred else Calibration.model_validate(stored)
-        rows = float(row["table_rows"])
-        self._cache[metric] = (now, found, rows)
-        calibrated = None if found is None else found.table_rows
-        why = self._growth.reason(metric, calibrated, deferred, rows, row["deferred_rows"])
+        self._cache[metric] = (now, found, -1.0)
+        calibrated = found.table_rows if found is not None else None
+        why = await growth.stale(own_reads(self._store), row, calibrated, deferred)
         if why is not None:
             self._auto(metric, why)
         return found
@@ -394,10 +389,8 @@ class SearchTuner:
         try:
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
-                    self._growth.ran(metric)
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
         except Exception as exc:  # background: logged, never raised into a search
-            self._growth.failed(metric)
             logger.warning("background search calibration failed: %s", describe(exc))
 
     async def wait(self) -> None:
