@@ -12,7 +12,7 @@ import pytest
 
 import docstore
 from docstore import Document
-from docstore.search import planner
+from docstore.search import growth, planner
 from docstore.search import tuner as tuner_module
 from docstore.search.calibration import Calibrator
 from docstore.search.tuning import Calibration
@@ -404,6 +404,33 @@ async def test_a_table_grown_by_a_bulk_load_is_noticed_before_analyze(
         assert after is not None and after.calibrated_at == again.calibrated_at  # none ran
     finally:
         await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
+
+
+async def test_a_biased_row_estimate_does_not_recalibrate_in_a_loop(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 77: the sampled row count draws the same pages each time, so on a table whose
+    rows per page vary a lot it can stay off the exact count by more than half: compared with
+    the count a calibration stores, it started a calibration every ``RECALIBRATE_SECONDS``.
+    A calibration stores the estimate too, and later estimates are compared with it."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    exact = growth.table_rows
+
+    async def twice(*args: Any) -> float:  # a sample that reads the table as twice its size
+        return 2 * await exact(*args)
+
+    monkeypatch.setattr(growth, "table_rows", twice)
+    await load(store, clustered(1000))
+    await store.create_vector_index()
+    first = await store.tuner.calibration()
+    assert first is not None and first.table_rows == 1000
+    assert first.table_estimate is not None and abs(first.table_estimate - 2000) <= 200
+    for _ in range(3):
+        await store.tuner.calibration()
+        await store.tuner.wait()
+    after = await store.tuner.calibration()
+    assert after is not None and after.calibrated_at == first.calibrated_at  # none ran
 
 
 async def test_growth_seen_while_another_process_calibrates_is_acted_on_later(

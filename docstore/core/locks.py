@@ -46,7 +46,7 @@ async def try_lock(
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate != TOO_MANY_CONNECTIONS or pools.primary.pool.get_max_size() < 2:
             raise
-        logger.info("try_lock: no connection beyond the pool's (%s); holding one of it", exc)
+        logger.info("try_lock: no connection beyond the pool's (%s): the lock on a pooled one", exc)
         async with acquire() as pooled:
             locked = await _lock(pools, pooled, key, own=False)
             try:

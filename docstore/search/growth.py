@@ -7,7 +7,15 @@ and runs a calibration deferred at index build once the table has :data:`DEFERRE
 The table's rows are counted in a sample of about :data:`SAMPLE_PAGES` of its pages and scaled
 to the pages it has now (:func:`table_rows`; every row of a smaller table): a bulk load is
 seen as soon as it has grown the table, not when ANALYZE next comes by, and only live rows
-count. Each estimate that was tried before read something else than the rows:
+count. The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an
+unchanged table reads the same; on a table whose rows per page vary a lot (embedded rows fill
+a page, rows without an embedding do not) that reading can stay well off the exact count, so
+a calibration stores the estimate of its moment (``Calibration.table_estimate``) and later
+estimates are compared with it, not with its count. The check runs in the background
+(:meth:`~docstore.search.tuner.SearchTuner.calibration` starts it, once per cache period, when
+the pool has an idle connection), never on a search's path.
+
+Each estimate that was tried before read something else than the rows:
 
 * ``reltuples`` stays where the last ANALYZE put it: a calibration made on 1,000 rows stayed in
   force while the table grew tenfold, until autovacuum's ANALYZE came by (never, with
@@ -18,9 +26,10 @@ count. Each estimate that was tried before read something else than the rows:
 * the planner's ``reltuples / relpages`` × today's pages counts the dead rows an update leaves
   as rows until VACUUM (a table whose rows were all updated read as grown ×2).
 
-The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an unchanged
-table reads the same. Where the table has no pages of its own — a partitioned parent, a Citus
-coordinator's shell table — ``reltuples`` as it is.
+A partitioned table's pages are its partitions'. A Citus coordinator's shell table has no
+pages (its rows are on the workers): there ``reltuples`` as it is (-1 or 0: no growth is seen
+and a deferred calibration waits for ``docstore index calibrate``; live recall still
+recalibrates).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from docstore.errors import DocstoreError
 
 if TYPE_CHECKING:
     from docstore.core.surface import ReadQueries
+    from docstore.search.tuning import Calibration
 
 logger = logging.getLogger("docstore")
 
@@ -44,11 +54,16 @@ SAMPLE_PAGES = 256
 """Pages the row count reads (~2 MB), once per ``CACHE_SECONDS`` per metric and process."""
 
 PAGES = """
-(SELECT CASE WHEN t.relkind = 'r'
-             THEN pg_relation_size(t.oid) / current_setting('block_size')::int ELSE 0 END
+(SELECT CASE t.relkind
+        WHEN 'r' THEN pg_relation_size(t.oid)
+        WHEN 'p' THEN (SELECT coalesce(sum(pg_relation_size(p.relid)), 0)::bigint
+                         FROM pg_partition_tree(t.oid) p WHERE p.isleaf)
+        ELSE 0 END / current_setting('block_size')::int
    FROM pg_class t WHERE t.oid = 'documents'::regclass)"""
-"""The table's pages now (0 for a table with no storage of its own)."""
+"""The table's pages now (its partitions' on a partitioned table; 0 for a Citus
+coordinator's shell table, whose rows are on the workers)."""
 RELTUPLES = "(SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
+_TABLE = f"SELECT {PAGES} AS pages, {RELTUPLES} AS reltuples"
 _SAMPLED = "SELECT count(*) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
 
 
@@ -71,22 +86,32 @@ def grown(then: int, now: float) -> bool:
     return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
+async def estimate(reads: ReadQueries) -> float:
+    """:func:`table_rows` of the table as it is now."""
+    table = await reads.fetchrow(_TABLE)
+    return await table_rows(reads, table["pages"], table["reltuples"])
+
+
 async def stale(
-    reads: ReadQueries, table: Mapping[str, Any], calibrated: int | None, deferred: bool
+    reads: ReadQueries, table: Mapping[str, Any], calibration: Calibration | None, deferred: bool
 ) -> str | None:
-    """Why a calibration made on ``calibrated`` rows (or ``deferred``) is to be made again —
-    the table grew or shrank (:func:`grown`) — or None. ``table``: its ``pages`` and
-    ``reltuples`` (:data:`PAGES`, :data:`RELTUPLES`). A count that fails is logged and
-    tried again at the next lookup: the search that looked goes on."""
-    if calibrated is None and not deferred:
+    """Why ``calibration`` (or a ``deferred`` one) is to be made again — the table grew or
+    shrank (:func:`grown`) since it was measured: today's estimate against the estimate then
+    (``table_estimate``; its count where it has none) — or None. ``table``: the table's
+    ``pages`` and ``reltuples`` (:data:`PAGES`, :data:`RELTUPLES`). A count that fails is
+    logged and tried again at the next lookup."""
+    if calibration is None and not deferred:
         return None
     try:
         rows = await table_rows(reads, table["pages"], table["reltuples"])
     except DocstoreError as exc:
         logger.info("search calibration: the table's rows not counted: %s", exc)
         return None
-    if calibrated is not None and grown(calibrated, rows):
-        return f"the table has ~{rows:,.0f} rows, {calibrated:,} then"
-    if deferred and grown(0, rows):
+    if calibration is not None:
+        estimated = calibration.table_estimate
+        then = estimated if estimated is not None and estimated > 0 else calibration.table_rows
+        if grown(round(then), rows):
+            return f"the table has ~{rows:,.0f} rows, ~{then:,.0f} then"
+    elif grown(0, rows):
         return f"deferred at index build; the table has ~{rows:,.0f} rows now"
     return None

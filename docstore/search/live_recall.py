@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from docstore.search.tuning import recall_at
+from docstore.metrics import SearchRecall
+from docstore.search.tuning import Calibration, recall_at
 
 if TYPE_CHECKING:
     from docstore.search.surface import SearchDatabase
@@ -120,3 +121,20 @@ class LiveRecall:
         if calibrated:
             self.tuned.append(recall)
             self._on_calibrated(metric)
+
+    def snapshot(self, target: float, calibration: Calibration | None) -> SearchRecall:
+        """The live recall estimate (every measured search) and ``calibration``, the one in
+        force. ``below_target`` counts searches on the calibrated settings only (what
+        recalibrates; not those with an explicit ``ef_search``)."""
+        n, tuned = len(self.window), len(self.tuned)
+        return SearchRecall(
+            target=target,
+            estimate=sum(self.window) / n if n else None,
+            samples=n,
+            lowest=min(self.window) if n else None,
+            below_target=tuned >= MIN_RECALL_SAMPLES and sum(self.tuned) / tuned < target,
+            ef_search=calibration.ef_search if calibration else None,
+            escalation_ef_search=calibration.escalation_ef_search if calibration else None,
+            calibration_source=calibration.query_source if calibration else None,
+            calibrated_at=calibration.calibrated_at if calibration else None,
+        )

@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,7 @@ class SearchTuner:
         self._recent: dict[str, collections.deque[np.ndarray]] = {}
         self._since_calibration: collections.Counter[str] = collections.Counter()
         self._calibrator = Calibrator(store)
+        self._reads = own_reads(store)
         self._live = LiveRecall(store, self._calibrator.truth, self._react)
         self._calibrating: asyncio.Task[Any] | None = None
         self._last_auto = -RECALIBRATE_SECONDS
@@ -159,10 +161,8 @@ class SearchTuner:
         deferred = stored is not None and "deferred" in stored
         found = None if stored is None or deferred else Calibration.model_validate(stored)
         self._cache[metric] = (now, found, -1.0)
-        calibrated = found.table_rows if found is not None else None
-        why = await growth.stale(own_reads(self._store), row, calibrated, deferred)
-        if why is not None:
-            self._auto(metric, why)
+        if (found is not None or deferred) and self._store.has_idle_connection(read=True):
+            self._auto(metric, functools.partial(growth.stale, self._reads, row, found, deferred))
         return found
 
     async def defer(self, metric: str) -> None:
@@ -226,6 +226,8 @@ class SearchTuner:
                 pace=pace,
                 started=started,
             )
+            estimated = await growth.estimate(self._reads)  # what later estimates compare with
+            calibration = calibration.model_copy(update={"table_estimate": estimated})
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
             self._remember(calibration)
@@ -353,40 +355,33 @@ class SearchTuner:
         return self.recall(metric)
 
     def recall(self, metric: str = "cosine") -> SearchRecall:
-        """The live recall estimate (every measured search) and the ``metric`` calibration in
-        force. ``below_target`` counts searches on the calibrated settings only (what
-        recalibrates: :meth:`_react`; not those with an explicit ``ef_search``)."""
-        n = len(self._live.window)
-        estimate = sum(self._live.window) / n if n else None
-        tuned = len(self._live.tuned)
+        """The live recall estimate and the ``metric`` calibration in force
+        (:meth:`LiveRecall.snapshot <docstore.search.live_recall.LiveRecall.snapshot>`)."""
         cached = self._cache.get(metric)
-        calibration = cached[1] if cached else None
-        return SearchRecall(
-            target=self.target,
-            estimate=estimate,
-            samples=n,
-            lowest=min(self._live.window) if n else None,
-            below_target=tuned >= MIN_RECALL_SAMPLES
-            and sum(self._live.tuned) / tuned < self.target,
-            ef_search=calibration.ef_search if calibration else None,
-            escalation_ef_search=calibration.escalation_ef_search if calibration else None,
-            calibration_source=calibration.query_source if calibration else None,
-            calibrated_at=calibration.calibrated_at if calibration else None,
-        )
+        return self._live.snapshot(self.target, cached[1] if cached else None)
 
     # -- background work -------------------------------------------------------------------
-    def _auto(self, metric: str, why: str) -> None:
-        now = time.monotonic()
+    def _auto(self, metric: str, why: str | Callable[[], Awaitable[str | None]]) -> None:
+        """Recalibrate ``metric`` in the background, unless a calibration (or a check) runs or
+        one started less than :data:`RECALIBRATE_SECONDS` ago. ``why``: the reason, or a check
+        that finds it (:func:`docstore.search.growth.stale`; None: nothing to do), run in the
+        background too: its row count is not on a search's path."""
         if self._calibrating is not None and not self._calibrating.done():
             return
-        if now - self._last_auto < RECALIBRATE_SECONDS:
-            return
-        self._last_auto = now
-        self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
+        if time.monotonic() - self._last_auto >= RECALIBRATE_SECONDS:
+            self._calibrating = asyncio.get_running_loop().create_task(
+                self._recalibrate(metric, why)
+            )
 
-    async def _recalibrate(self, metric: str, why: str) -> None:
-        logger.info("recalibrating search (%s): %s", metric, why)
+    async def _recalibrate(
+        self, metric: str, why: str | Callable[[], Awaitable[str | None]]
+    ) -> None:
         try:
+            reason = why if isinstance(why, str) else await why()
+            if reason is None:
+                return
+            self._last_auto = time.monotonic()
+            logger.info("recalibrating search (%s): %s", metric, reason)
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
