@@ -51,7 +51,8 @@ DEFERRED_ROWS = 1000
 """A calibration deferred at index build (fewer than two embeddings then) runs once the table
 has about this many rows."""
 SAMPLE_PAGES = 256
-"""Pages the row count reads (~2 MB), once per ``CACHE_SECONDS`` per metric and process."""
+"""Pages the row count reads (~2 MB): once per ``CACHE_SECONDS`` per metric and process, and
+once per calibration."""
 
 PAGES = """
 (SELECT CASE t.relkind

@@ -26,7 +26,8 @@ One :class:`SearchTuner` per store. It
   comfortably above it (cheaper settings), when a probe calibration can be redone on
   :data:`MIN_RECENT` real queries, and when the table has grown by half or shrunk by a third
   since the calibration (:mod:`docstore.search.growth`: live rows counted in a sample of pages,
-  so a bulk load is seen without waiting for ANALYZE). At most one calibration runs at
+  in the background when the pool has an idle connection, so a bulk load is seen without
+  waiting for ANALYZE). At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
   :data:`RECALIBRATE_SECONDS`.
 """
@@ -127,6 +128,7 @@ class SearchTuner:
         self._reads = own_reads(store)
         self._live = LiveRecall(store, self._calibrator.truth, self._react)
         self._calibrating: asyncio.Task[Any] | None = None
+        self._checking: asyncio.Task[Any] | None = None  # the growth check (_check)
         self._last_auto = -RECALIBRATE_SECONDS
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
@@ -161,8 +163,13 @@ class SearchTuner:
         deferred = stored is not None and "deferred" in stored
         found = None if stored is None or deferred else Calibration.model_validate(stored)
         self._cache[metric] = (now, found, -1.0)
-        if (found is not None or deferred) and self._store.has_idle_connection(read=True):
-            self._auto(metric, functools.partial(growth.stale, self._reads, row, found, deferred))
+        idle = self._store.has_idle_connection(read=True)
+        if (found is not None or deferred) and idle and _done(self._checking):
+            self._checking = asyncio.get_running_loop().create_task(
+                self._check(
+                    metric, functools.partial(growth.stale, self._reads, row, found, deferred)
+                )
+            )
         return found
 
     async def defer(self, metric: str) -> None:
@@ -226,8 +233,9 @@ class SearchTuner:
                 pace=pace,
                 started=started,
             )
-            estimated = await growth.estimate(self._reads)  # what later estimates compare with
-            calibration = calibration.model_copy(update={"table_estimate": estimated})
+            with contextlib.suppress(DocstoreError):  # what later estimates compare with
+                estimated = await growth.estimate(self._reads)  # (else: with the count)
+                calibration = calibration.model_copy(update={"table_estimate": estimated})
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
             self._remember(calibration)
@@ -361,27 +369,23 @@ class SearchTuner:
         return self._live.snapshot(self.target, cached[1] if cached else None)
 
     # -- background work -------------------------------------------------------------------
-    def _auto(self, metric: str, why: str | Callable[[], Awaitable[str | None]]) -> None:
-        """Recalibrate ``metric`` in the background, unless a calibration (or a check) runs or
-        one started less than :data:`RECALIBRATE_SECONDS` ago. ``why``: the reason, or a check
-        that finds it (:func:`docstore.search.growth.stale`; None: nothing to do), run in the
-        background too: its row count is not on a search's path."""
-        if self._calibrating is not None and not self._calibrating.done():
+    def _auto(self, metric: str, why: str) -> None:
+        now = time.monotonic()
+        if not _done(self._calibrating) or now - self._last_auto < RECALIBRATE_SECONDS:
             return
-        if time.monotonic() - self._last_auto >= RECALIBRATE_SECONDS:
-            self._calibrating = asyncio.get_running_loop().create_task(
-                self._recalibrate(metric, why)
-            )
+        self._last_auto = now
+        self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
 
-    async def _recalibrate(
-        self, metric: str, why: str | Callable[[], Awaitable[str | None]]
-    ) -> None:
+    async def _check(self, metric: str, stale: Callable[[], Awaitable[str | None]]) -> None:
+        """The growth check (:func:`docstore.search.growth.stale`), in the background: its row
+        count is not on a search's path; a calibration if it finds a reason."""
+        why = await stale()
+        if why is not None:
+            self._auto(metric, why)
+
+    async def _recalibrate(self, metric: str, why: str) -> None:
+        logger.info("recalibrating search (%s): %s", metric, why)
         try:
-            reason = why if isinstance(why, str) else await why()
-            if reason is None:
-                return
-            self._last_auto = time.monotonic()
-            logger.info("recalibrating search (%s): %s", metric, reason)
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
@@ -390,18 +394,26 @@ class SearchTuner:
 
     async def wait(self) -> None:
         """Wait for background work in flight (a recalibration, a live-recall re-run)."""
-        for task in (self._calibrating, self._live.task):
+        for slot in ("_checking", "_calibrating"):  # in order: a check may start a calibration
+            task = getattr(self, slot)
             if task is not None:
                 with contextlib.suppress(Exception):
                     await task
+        if self._live.task is not None:
+            with contextlib.suppress(Exception):
+                await self._live.task
 
     async def aclose(self) -> None:
         """Stop background work (the store is closing)."""
-        for task in (self._calibrating, self._live.task):
+        for task in (self._checking, self._calibrating, self._live.task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+
+def _done(task: asyncio.Task[Any] | None) -> bool:
+    return task is None or task.done()
 
 
 def _check_target(target: float) -> float:
