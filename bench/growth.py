@@ -1,0 +1,86 @@
+"""Benchmark: what the search tuner's growth check costs, and how close its row count comes.
+
+    python bench/growth.py                  # 30,000 documents x 3072 (one row per page)
+    python bench/growth.py --rows 60000 --url postgresql://...
+
+The tuner counts the table's live rows in a sample of about ``growth.SAMPLE_PAGES`` pages
+(``docstore.search.growth.table_rows``) once per cache period per metric, in the background.
+Against a baseline in the same process: a bare round trip (``SELECT 1``) and the exact
+``count(*)`` it replaces. Two table shapes: every row with an embedding (one row per page at
+3,072 dimensions), and the same plus as many rows without one (many rows per page: the
+uneven pages where a fixed sample can stay off the count). Timings are medians of
+``--repeat`` runs with the table's pages in shared buffers (the warm case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import common
+
+import docstore
+from docstore.core.surface import own_reads
+from docstore.search import growth
+
+_FILL = """
+INSERT INTO documents (doc_type, source_name, doc_path, content, embedding)
+SELECT 'rust', 's' || (g % 40), $1 || g, repeat('word ', 50),
+       CASE WHEN $2 THEN (SELECT array_agg(random()::real - 0.5)
+                            FROM generate_series(1, 3072) WHERE g > 0)::vector END
+  FROM generate_series(1, $3::int) g
+"""
+
+
+async def _median_ms(work: Callable[[], Awaitable[Any]], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
+    await store.execute("ANALYZE documents")
+    reads = own_reads(store)
+    table = await store.fetchrow(f"SELECT {growth.PAGES} AS pages, {growth.RELTUPLES} AS r")
+    exact = await store.fetchval("SELECT count(*) FROM documents")
+
+    async def sampled() -> float:
+        return await growth.table_rows(reads, table["pages"], table["r"])
+
+    estimate = await sampled()
+    trip = await _median_ms(lambda: store.fetchval("SELECT 1"), repeat)
+    sample = await _median_ms(sampled, repeat)
+    count = await _median_ms(lambda: store.fetchval("SELECT count(*) FROM documents"), repeat)
+    print(
+        f"{shape}: {exact:,} rows, {table['pages']:,} pages; sampled estimate {estimate:,.0f}"
+        f" ({(estimate - exact) / exact:+.1%}); sample {sample:.2f} ms = {sample / trip:.1f}x a"
+        f" round trip ({trip:.2f} ms), {sample / count:.3f}x the exact count ({count:.1f} ms)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=30_000)
+    parser.add_argument("--repeat", type=int, default=21)
+    parser.add_argument("--url", help="a database to empty and use (default: embedded)")
+    args = parser.parse_args()
+    print(common.machine_line("bench/growth.py"))
+    async with common.bench_server(args.url) as server:
+        url = await server.database("growth")
+        async with docstore.connect(url) as store:
+            await store.execute("TRUNCATE documents")
+            await store.execute(_FILL, "e", True, args.rows)
+            await _measure(store, "embedded rows only", args.repeat)
+            await store.execute(_FILL, "n", False, args.rows)
+            await _measure(store, "plus as many rows without embedding", args.repeat)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
