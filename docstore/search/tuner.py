@@ -121,7 +121,7 @@ class SearchTuner:
         settings = store.settings
         self.target = settings.search_target_recall
         self._keep = settings.search_keep_queries
-        self._cache: dict[str, tuple[float, Calibration | None, float]] = {}
+        self._cache: dict[str, tuple[float, Calibration | None]] = {}
         self._recent: dict[str, collections.deque[np.ndarray]] = {}
         self._since_calibration: collections.Counter[str] = collections.Counter()
         self._calibrator = Calibrator(store)
@@ -157,12 +157,12 @@ class SearchTuner:
                     "search calibration unreadable (%s): ANN searches use the defaults", exc
                 )
                 self._unreadable_logged = True
-            self._cache[metric] = (now, None, -1.0)
+            self._cache[metric] = (now, None)
             return None
         stored = row["calibration"]  # one row, always; decoded by the pools' jsonb codec
         deferred = stored is not None and "deferred" in stored
         found = None if stored is None or deferred else Calibration.model_validate(stored)
-        self._cache[metric] = (now, found, -1.0)
+        self._cache[metric] = (now, found)
         idle = self._store.has_idle_connection(read=True)
         if (found is not None or deferred) and idle and _done(self._checking):
             self._checking = asyncio.get_running_loop().create_task(
@@ -185,7 +185,7 @@ class SearchTuner:
         self._cache.clear()
 
     def _remember(self, calibration: Calibration) -> None:
-        self._cache[calibration.metric] = (time.monotonic(), calibration, calibration.table_rows)
+        self._cache[calibration.metric] = (time.monotonic(), calibration)
 
     # -- calibrating ------------------------------------------------------------------------
     async def calibrate(
