@@ -37,10 +37,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -166,9 +165,7 @@ class SearchTuner:
         idle = self._store.has_idle_connection(read=True)
         if (found is not None or deferred) and idle and _done(self._checking):
             self._checking = asyncio.get_running_loop().create_task(
-                self._check(
-                    metric, functools.partial(growth.stale, self._reads, row, found, deferred)
-                )
+                self._check(metric, row, found, deferred)
             )
         return found
 
@@ -376,10 +373,12 @@ class SearchTuner:
         self._last_auto = now
         self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
 
-    async def _check(self, metric: str, stale: Callable[[], Awaitable[str | None]]) -> None:
+    async def _check(
+        self, metric: str, table: Mapping[str, Any], found: Calibration | None, deferred: bool
+    ) -> None:
         """The growth check (:func:`docstore.search.growth.stale`), in the background: its row
         count is not on a search's path; a calibration if it finds a reason."""
-        why = await stale()
+        why = await growth.stale(self._reads, table, found, deferred)
         if why is not None:
             self._auto(metric, why)
 
