@@ -3,10 +3,11 @@
     python bench/growth.py                  # 30,000 documents x 3072 (one row per page)
     python bench/growth.py --rows 60000 --url postgresql://...
 
-The tuner counts the table's live rows in a sample of about ``growth.SAMPLE_PAGES`` pages
-(``docstore.search.growth.table_rows``) once per cache period per metric, in the background.
+The tuner counts the table's live rows with an embedding in a sample of about
+``growth.SAMPLE_PAGES`` pages (``docstore.search.growth.table_rows``) once per cache period per
+metric, in the background.
 Against a baseline in the same process: a bare round trip (``SELECT 1``) and the exact
-``count(*)`` it replaces. Two table shapes: every row with an embedding (one row per page at
+``count(embedding)`` it replaces. Two table shapes: every row with an embedding (one row per page at
 3,072 dimensions), and the same plus as many rows without one (many rows per page: the
 uneven pages where a fixed sample can stay off the count). Timings are medians of
 ``--repeat`` runs with the table's pages in shared buffers (the warm case).
@@ -35,6 +36,8 @@ SELECT 'rust', 's' || (g % 40), $1 || g, repeat('word ', 50),
   FROM generate_series(1, $3::int) g
 """
 
+_EXACT = "SELECT count(embedding) FROM documents"
+
 
 async def _median_ms(work: Callable[[], Awaitable[Any]], repeat: int) -> float:
     times = []
@@ -49,7 +52,7 @@ async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
     await store.execute("ANALYZE documents")
     reads = own_reads(store)
     table = await store.fetchrow(f"SELECT {growth.PAGES} AS pages, {growth.RELTUPLES} AS r")
-    exact = await store.fetchval("SELECT count(*) FROM documents")
+    exact = await store.fetchval(_EXACT)
 
     async def sampled() -> float:
         return await growth.table_rows(reads, table["pages"], table["r"])
@@ -57,7 +60,7 @@ async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
     estimate = await sampled()
     trip = await _median_ms(lambda: store.fetchval("SELECT 1"), repeat)
     sample = await _median_ms(sampled, repeat)
-    count = await _median_ms(lambda: store.fetchval("SELECT count(*) FROM documents"), repeat)
+    count = await _median_ms(lambda: store.fetchval(_EXACT), repeat)
     print(
         f"{shape}: {exact:,} rows, {table['pages']:,} pages; sampled estimate {estimate:,.0f}"
         f" ({(estimate - exact) / exact:+.1%}); sample {sample:.2f} ms = {sample / trip:.1f}x a"

@@ -339,6 +339,39 @@ async def test_an_index_built_before_loading_calibrates_once_the_table_has_grown
         await store.execute("ALTER TABLE documents RESET (autovacuum_enabled)")
 
 
+async def test_rows_without_an_embedding_do_not_start_a_deferred_calibration(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred calibration waits for 1,000 rows *with* an embedding: the growth check
+    counted every row, so a table of documents still waiting for their embeddings started a
+    background calibration at each lookup, which failed with a logged ``ValidationError``
+    (fewer than two stored embeddings to probe with) — every ``RECALIBRATE_SECONDS``."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    calibrate = tuner_module.SearchTuner.calibrate
+    calls: list[str] = []
+
+    async def counted(self: tuner_module.SearchTuner, *args: Any, **kwargs: Any) -> Calibration:
+        calls.append("calibrate")
+        return await calibrate(self, *args, **kwargs)
+
+    monkeypatch.setattr(tuner_module.SearchTuner, "calibrate", counted)
+    await store.create_vector_index()
+    assert await store.tuner.calibration() is None  # deferred
+    await store.documents.upsert_many(
+        Document(source_name="s", doc_path=f"bare{i}", content=f"doc {i}") for i in range(1500)
+    )
+    for _ in range(3):
+        await store.tuner.calibration()
+        await store.tuner.wait()
+    assert calls == [] and await store.tuner.calibration() is None
+    await load(store, clustered(1100))
+    await store.tuner.calibration()  # 1,100 embedded rows now
+    await store.tuner.wait()
+    calibrated = await store.tuner.calibration()
+    assert calls == ["calibrate"] and calibrated is not None
+
+
 async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

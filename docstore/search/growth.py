@@ -4,11 +4,16 @@ The tuner (:mod:`docstore.search.tuner`) recalibrates in the background when the
 grown by half or shrunk by a third (:data:`GROWTH_FACTOR` either way) since the calibration,
 and runs a calibration deferred at index build once the table has :data:`DEFERRED_ROWS`.
 
-The table's rows are counted in a sample of about :data:`SAMPLE_PAGES` of its pages and scaled
-to the pages it has now (:func:`table_rows`; every row of a smaller table): a bulk load is
-seen as soon as it has grown the table, not when ANALYZE next comes by, and only live rows
-count. The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an
-unchanged table reads the same; on a table whose rows per page vary a lot (embedded rows fill
+What is counted is the rows with an embedding — the rows an HNSW index holds and a calibration
+probes with: documents still waiting for their embeddings are neither growth nor enough for a
+deferred calibration (counting them started, on a table of such documents, a calibration at
+each lookup that failed for want of two embeddings to probe with).
+
+They are counted in a sample of about :data:`SAMPLE_PAGES` of the table's pages and scaled to
+the pages it has now (:func:`table_rows`; every row of a smaller table): a bulk load is seen as
+soon as it has grown the table, not when ANALYZE next comes by, and only live rows count.
+The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an unchanged
+table reads the same; on a table whose rows per page vary a lot (embedded rows fill
 a page, rows without an embedding do not) that reading can stay well off the exact count, so
 a calibration stores the estimate of its moment (``Calibration.table_estimate``) and later
 estimates are compared with it, not with its count. The check runs in the background
@@ -49,7 +54,7 @@ logger = logging.getLogger("docstore")
 GROWTH_FACTOR = 1.5
 DEFERRED_ROWS = 1000
 """A calibration deferred at index build (fewer than two embeddings then) runs once the table
-has about this many rows."""
+has about this many rows with an embedding."""
 SAMPLE_PAGES = 256
 """Pages the row count reads (~2 MB): once per ``CACHE_SECONDS`` per metric and process, and
 once per calibration."""
@@ -65,13 +70,15 @@ PAGES = """
 coordinator's shell table, whose rows are on the workers)."""
 RELTUPLES = "(SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
 _TABLE = f"SELECT {PAGES} AS pages, {RELTUPLES} AS reltuples"
-_SAMPLED = "SELECT count(*) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
+_SAMPLED = "SELECT count(embedding) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
+"""Rows with an embedding in the sample (``count(embedding)`` tests for NULL: nothing is
+detoasted)."""
 
 
 async def table_rows(reads: ReadQueries, pages: int, reltuples: float) -> float:
-    """The table's live rows: counted in a sample of about :data:`SAMPLE_PAGES` of its
-    ``pages`` and scaled to them (counted outright in a smaller table); ``reltuples`` for a
-    table with no pages of its own."""
+    """The table's live rows with an embedding: counted in a sample of about
+    :data:`SAMPLE_PAGES` of its ``pages`` and scaled to them (counted outright in a smaller
+    table); ``reltuples`` for a table with no pages of its own."""
     if pages <= 0:
         return reltuples
     percent = min(100.0, 100.0 * SAMPLE_PAGES / pages)

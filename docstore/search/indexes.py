@@ -141,7 +141,8 @@ class SearchIndexes:
             if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
                 logger.info(
                     "search calibration (%s) deferred: fewer than two stored embeddings; it"
-                    " runs by itself once the table has 1,000 rows (or calibrate_search())",
+                    " runs by itself once the table has 1,000 rows with an embedding (or"
+                    " calibrate_search())",
                     name,
                 )
                 await self._tuner.defer(name)

@@ -91,8 +91,9 @@ class Calibration(BaseModel):
     query_source: QuerySource
     table_rows: int
     table_estimate: float | None = None
-    """The table's rows as :func:`docstore.search.growth.table_rows` estimated them when this
-    was measured: later estimates are compared with it, so the sample's own bias cancels."""
+    """The table's rows with an embedding as :func:`docstore.search.growth.table_rows`
+    estimated them when this was measured: later estimates are compared with it, so the
+    sample's own bias cancels."""
     calibrated_at: datetime
     seconds: float = 0.0
     """How long the calibration took."""
