@@ -26,7 +26,7 @@ import common
 
 import docstore
 from docstore.core.surface import own_reads
-from docstore.search import growth
+from docstore.search import growth, table_size
 
 _FILL = """
 INSERT INTO documents (doc_type, source_name, doc_path, content, embedding)
@@ -51,7 +51,7 @@ async def _median_ms(work: Callable[[], Awaitable[Any]], repeat: int) -> float:
 async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
     await store.execute("ANALYZE documents")
     reads = own_reads(store)
-    table = await store.fetchrow(f"SELECT {growth.PAGES} AS pages, {growth.RELTUPLES} AS r")
+    table = await store.fetchrow(f"SELECT {table_size.PAGES} AS pages, {table_size.RELTUPLES} AS r")
     exact = await store.fetchval(_EXACT)
 
     async def sampled() -> float:

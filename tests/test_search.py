@@ -20,7 +20,7 @@ import pytest
 import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
 from docstore.models import MAX_KEY_BYTES
-from docstore.search import filter_size, planner, queries, text_sql, tuning
+from docstore.search import filter_size, growth, planner, queries, table_size, text_sql, tuning
 from tests.conftest import PgCluster
 
 DIM = 3072
@@ -444,6 +444,37 @@ async def test_filtered_searches_neither_escalate_nor_move_the_tuners_escalation
     # a search scoped by keyword arguments alone is the query stream the window is about
     scoped = await corpus.search(query(1), doc_type="rust", limit=10, exact=False)
     assert scoped.mode == "ann" and scoped.escalated and list(window) == [True]
+
+
+async def test_a_partitioned_table_is_sized_by_its_partitions_pages(database_url: str) -> None:
+    """What a ``TABLESAMPLE``'s share is taken of: the filter sizer read the parent relation's
+    pages, which a partitioned table's are not (0: its rows are in its partitions), so its
+    sample read every page of the table. It shares the growth check's pages now, which sum
+    the partitions' (one query, ``table_size.PAGES``)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            CREATE SCHEMA parted;
+            CREATE TABLE parted.documents (id int, embedding vector(3)) PARTITION BY RANGE (id);
+            CREATE TABLE parted.low PARTITION OF parted.documents FOR VALUES FROM (0) TO (1000);
+            CREATE TABLE parted.high PARTITION OF parted.documents
+                FOR VALUES FROM (1000) TO (3000);
+            INSERT INTO parted.documents
+            SELECT g, CASE WHEN g % 4 > 0 THEN '[1,2,3]'::vector END
+              FROM generate_series(0, 2999) g;
+            SET search_path = parted, public;
+            """
+        )
+        partitions = await conn.fetchval(
+            "SELECT (pg_relation_size('parted.low') + pg_relation_size('parted.high'))"
+            " / current_setting('block_size')::int"
+        )
+        size = await conn.fetchrow(table_size.TABLE_SIZE)
+        assert size["pages"] == partitions > 0
+        assert await growth.estimate(conn) == 2250  # the rows with an embedding, all counted
+    finally:
+        await conn.close()
 
 
 async def test_a_filters_size_is_measured_once_while_the_cache_holds_it(

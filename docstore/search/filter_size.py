@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from docstore.core.surface import Queries
-from docstore.search import planner, queries
+from docstore.search import planner, queries, table_size
 from docstore.search.indexes import INDEX_CACHE_SECONDS
 from docstore.search.kept import Kept
 from docstore.search.planner import FilterSize
@@ -79,7 +79,7 @@ class FilterSizes:
 def _measure(flt: Mapping[str, Any], sql: str, params: list[Any]) -> Any:
     async def work(conn: asyncpg.Connection) -> FilterSize:
         plan = _plan(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *params))
-        table = await conn.fetchrow(queries.TABLE_SIZE)
+        table = await conn.fetchrow(table_size.TABLE_SIZE)
         table_rows = float(table["rows"]) if table is not None else -1.0
         counted = None if _seq_scan(plan) else await _bounded_count(conn, sql, params)
         if counted is not None:

@@ -31,19 +31,18 @@ Each estimate that was tried before read something else than the rows:
 * the planner's ``reltuples / relpages`` × today's pages counts the dead rows an update leaves
   as rows until VACUUM (a table whose rows were all updated read as grown ×2).
 
-A partitioned table's pages are its partitions'. A Citus coordinator's shell table has no
-pages (its rows are on the workers): there ``reltuples`` as it is (-1 or 0: no growth is seen
-and a deferred calibration waits for ``docstore index calibrate``; live recall still
-recalibrates).
+A partitioned table's pages are its partitions'. A Citus distributed table's are its shards'
+(``citus_relation_size``; the coordinator's shell table has none), and the sample is drawn from
+every shard (Citus runs ``TABLESAMPLE`` on each), so growth is seen on a cluster as on one node.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from docstore.errors import DocstoreError
+from docstore.search import table_size
 
 if TYPE_CHECKING:
     from docstore.core.surface import ReadQueries
@@ -59,17 +58,10 @@ SAMPLE_PAGES = 256
 """Pages the row count reads (~2 MB): once per ``CACHE_SECONDS`` per metric and process, and
 once per calibration."""
 
-PAGES = """
-(SELECT CASE t.relkind
-        WHEN 'r' THEN pg_relation_size(t.oid)
-        WHEN 'p' THEN (SELECT coalesce(sum(pg_relation_size(p.relid)), 0)::bigint
-                         FROM pg_partition_tree(t.oid) p WHERE p.isleaf)
-        ELSE 0 END / current_setting('block_size')::int
-   FROM pg_class t WHERE t.oid = 'documents'::regclass)"""
-"""The table's pages now (its partitions' on a partitioned table; 0 for a Citus
-coordinator's shell table, whose rows are on the workers)."""
-RELTUPLES = "(SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
-_TABLE = f"SELECT {PAGES} AS pages, {RELTUPLES} AS reltuples"
+_TABLE = {
+    distributed: f"SELECT {pages} AS pages, {table_size.RELTUPLES} AS reltuples"
+    for distributed, pages in ((False, table_size.PAGES), (True, table_size.SHARD_PAGES))
+}
 _SAMPLED = "SELECT count(embedding) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
 """Rows with an embedding in the sample (``count(embedding)`` tests for NULL: nothing is
 detoasted)."""
@@ -94,24 +86,24 @@ def grown(then: int, now: float) -> bool:
     return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
-async def estimate(reads: ReadQueries) -> float:
-    """:func:`table_rows` of the table as it is now."""
-    table = await reads.fetchrow(_TABLE)
+async def estimate(reads: ReadQueries, *, distributed: bool = False) -> float:
+    """:func:`table_rows` of the table as it is now (``distributed``: a Citus distributed
+    table's, its shards' pages sampled on the workers)."""
+    table = await reads.fetchrow(_TABLE[distributed])
     return await table_rows(reads, table["pages"], table["reltuples"])
 
 
 async def stale(
-    reads: ReadQueries, table: Mapping[str, Any], calibration: Calibration | None, deferred: bool
+    reads: ReadQueries, calibration: Calibration | None, deferred: bool, *, distributed: bool
 ) -> str | None:
     """Why ``calibration`` (or a ``deferred`` one) is to be made again — the table grew or
-    shrank (:func:`grown`) since it was measured: today's estimate against the estimate then
-    (``table_estimate``; its count where it has none) — or None. ``table``: the table's
-    ``pages`` and ``reltuples`` (:data:`PAGES`, :data:`RELTUPLES`). A count that fails is
-    logged and tried again at the next lookup."""
+    shrank (:func:`grown`) since it was measured: today's :func:`estimate` against the
+    estimate then (``table_estimate``; its count where it has none) — or None. A count that
+    fails is logged and tried again at the next lookup."""
     if calibration is None and not deferred:
         return None
     try:
-        rows = await table_rows(reads, table["pages"], table["reltuples"])
+        rows = await estimate(reads, distributed=distributed)
     except DocstoreError as exc:
         logger.info("search calibration: the table's rows not counted: %s", exc)
         return None

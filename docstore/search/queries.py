@@ -279,14 +279,6 @@ def filter_sample_sql(filter: Mapping[str, Any] | None, percent: float) -> tuple
     ), [min(max(float(percent), 0.0), 100.0), *params]
 
 
-# The table's rows from the planner's statistics and its pages now (what a sample's share is of).
-TABLE_SIZE = (
-    "SELECT reltuples AS rows, pg_relation_size('documents'::regclass)"
-    " / current_setting('block_size')::int AS pages"
-    " FROM pg_class WHERE oid = 'documents'::regclass"
-)
-
-
 MIN_RERANK = 20
 """ANN candidates re-ranked on full-precision vectors, at least (``2 × limit`` above)."""
 

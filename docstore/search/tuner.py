@@ -86,9 +86,8 @@ it measured it pauses three times as long, so it never takes over a busy server.
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
 
-_LOAD = f"""
-SELECT c.calibration, {growth.PAGES} AS pages, {growth.RELTUPLES} AS reltuples
-  FROM (SELECT 1) one
+_LOAD = """
+SELECT c.calibration FROM (SELECT 1) one
   LEFT JOIN docstore_search_calibration c ON c.metric = $1
 """
 _SAVE = """
@@ -165,7 +164,7 @@ class SearchTuner:
         idle = self._store.has_idle_connection(read=True)
         if (found is not None or deferred) and idle and _done(self._checking):
             self._checking = asyncio.get_running_loop().create_task(
-                self._check(metric, row, found, deferred)
+                self._check(metric, found, deferred)
             )
         return found
 
@@ -231,7 +230,7 @@ class SearchTuner:
                 started=started,
             )
             with contextlib.suppress(DocstoreError):  # what later estimates compare with
-                estimated = await growth.estimate(self._reads)  # (else: with the count)
+                estimated = await growth.estimate(self._reads, distributed=store.distributed)
                 calibration = calibration.model_copy(update={"table_estimate": estimated})
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
@@ -373,12 +372,11 @@ class SearchTuner:
         self._last_auto = now
         self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
 
-    async def _check(
-        self, metric: str, table: Mapping[str, Any], found: Calibration | None, deferred: bool
-    ) -> None:
+    async def _check(self, metric: str, found: Calibration | None, deferred: bool) -> None:
         """The growth check (:func:`docstore.search.growth.stale`), in the background: its row
         count is not on a search's path; a calibration if it finds a reason."""
-        why = await growth.stale(self._reads, table, found, deferred)
+        distributed = self._store.distributed
+        why = await growth.stale(self._reads, found, deferred, distributed=distributed)
         if why is not None:
             self._auto(metric, why)
 

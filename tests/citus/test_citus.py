@@ -26,7 +26,8 @@ from docstore.migrate import Migrator
 from docstore.migrate.legacy import LEGACY_SCHEMA_SQL
 from docstore.prometheus import registry_for, snapshot_from_text
 from docstore.repositories.documents import _insert_new
-from docstore.search import planner, queries
+from docstore.search import growth, planner, queries, table_size
+from docstore.search import tuner as tuner_module
 from docstore.search.calibration import Calibrator
 from docstore.testing import printed_vector
 from tests.citus.conftest import SCRIPT
@@ -458,6 +459,41 @@ async def test_ann_fans_out_and_merges(dstore: docstore.Store) -> None:
         axum = [d for d in docs if d.source_name == "axum"]
         assert [h.doc_path for h in scoped] == exact_top(axum, query, 5)
     assert hits / 30 >= 0.9
+
+
+async def test_the_tuner_sees_a_distributed_table_grow(
+    dstore: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The growth check measured the coordinator's shell table, which has no pages: on a
+    cluster no growth was seen, and a calibration deferred at index build (index first, then
+    load) waited for ``docstore index calibrate``. It reads the shards' pages
+    (``citus_relation_size``) and samples every shard now: the deferred calibration is started
+    once the rows are there, and so is a recalibration of a table grown threefold. (The
+    background calibrations are recorded, not run: paced, each takes minutes on a cluster.)"""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(growth, "DEFERRED_ROWS", 100)
+    started: list[str] = []
+    monkeypatch.setattr(tuner_module.SearchTuner, "_auto", lambda _, m, why: started.append(why))
+    tuner = dstore.tuner
+    await dstore.create_vector_index()
+    assert await tuner.calibration() is None  # deferred: no embeddings yet
+    await dstore.documents.upsert_many(corpus(20))  # 120 documents, a page each
+    await tuner.calibration()
+    await tuner.wait()
+    assert started == ["deferred at index build; the table has ~120 rows now"]
+    first = await tuner.calibrate(sample=10)
+    assert first.table_rows == 120
+    assert first.table_estimate is not None and abs(first.table_estimate - 120) <= 12
+    await tuner.calibration()
+    await tuner.wait()
+    assert len(started) == 1  # no growth since
+    await dstore.documents.upsert_many(corpus(60))  # 360: more pages than the sample's 256
+    assert await dstore.fetchval(f"SELECT {table_size.SHARD_PAGES}") > growth.SAMPLE_PAGES
+    await tuner.calibration()
+    await tuner.wait()
+    assert len(started) == 2 and re.fullmatch(r"the table has ~(\d+) rows, ~120 then", started[1])
+    estimate = int(re.findall(r"\d+", started[1])[0])
+    assert abs(estimate - 360) <= 72
 
 
 async def test_fanned_out_statements_send_the_vector_once_not_in_each_shards_sql(
