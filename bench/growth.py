@@ -3,13 +3,13 @@
     python bench/growth.py                  # 30,000 documents x 3072 (one row per page)
     python bench/growth.py --rows 60000 --url postgresql://...
 
-The tuner counts the table's live rows with an embedding in a sample of about
+The tuner counts the table's live rows, and those with an embedding, in a sample of about
 ``growth.SAMPLE_PAGES`` pages (``docstore.search.growth.table_rows``) once per cache period per
-metric, in the background.
-Against a baseline in the same process: a bare round trip (``SELECT 1``) and the exact
-``count(embedding)`` it replaces. Two table shapes: every row with an embedding (one row per page at
-3,072 dimensions), and the same plus as many rows without one (many rows per page: the
-uneven pages where a fixed sample can stay off the count). Timings are medians of
+metric, in the background. Against a baseline in the same process: a bare round trip
+(``SELECT 1``) and the exact ``count(*), count(embedding)`` it replaces. Two table shapes:
+every row with an embedding (one row per page at 3,072 dimensions), and the same plus as many
+rows without one (many rows per page: the uneven pages where a fixed sample can stay off the
+count). Timings are medians of
 ``--repeat`` runs with the table's pages in shared buffers (the warm case).
 """
 
@@ -36,7 +36,7 @@ SELECT 'rust', 's' || (g % 40), $1 || g, repeat('word ', 50),
   FROM generate_series(1, $3::int) g
 """
 
-_EXACT = "SELECT count(embedding) FROM documents"
+_EXACT = "SELECT count(*) AS rows, count(embedding) AS embedded FROM documents"
 
 
 async def _median_ms(work: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -52,19 +52,23 @@ async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
     await store.execute("ANALYZE documents")
     reads = own_reads(store)
     table = await store.fetchrow(f"SELECT {table_size.PAGES} AS pages, {table_size.RELTUPLES} AS r")
-    exact = await store.fetchval(_EXACT)
+    exact = await store.fetchrow(_EXACT)
 
-    async def sampled() -> float:
+    async def sampled() -> growth.Rows:
         return await growth.table_rows(reads, table["pages"], table["r"])
 
     estimate = await sampled()
     trip = await _median_ms(lambda: store.fetchval("SELECT 1"), repeat)
     sample = await _median_ms(sampled, repeat)
-    count = await _median_ms(lambda: store.fetchval(_EXACT), repeat)
+    count = await _median_ms(lambda: store.fetchrow(_EXACT), repeat)
     print(
-        f"{shape}: {exact:,} rows, {table['pages']:,} pages; sampled estimate {estimate:,.0f}"
-        f" ({(estimate - exact) / exact:+.1%}); sample {sample:.2f} ms = {sample / trip:.1f}x a"
-        f" round trip ({trip:.2f} ms), {sample / count:.3f}x the exact count ({count:.1f} ms)"
+        f"{shape}: {exact['rows']:,} rows, {exact['embedded']:,} with an embedding,"
+        f" {table['pages']:,} pages; sampled estimate {estimate.rows:,.0f}"
+        f" ({(estimate.rows - exact['rows']) / exact['rows']:+.1%}),"
+        f" {estimate.embedded:,.0f} with an embedding"
+        f" ({(estimate.embedded - exact['embedded']) / exact['embedded']:+.1%});"
+        f" sample {sample:.2f} ms = {sample / trip:.1f}x a round trip ({trip:.2f} ms),"
+        f" {sample / count:.3f}x the exact counts ({count:.1f} ms)"
     )
 
 

@@ -14,7 +14,7 @@ import docstore
 from docstore import Document
 from docstore.search import growth, planner
 from docstore.search import tuner as tuner_module
-from docstore.search.calibration import Calibrator
+from docstore.search.calibration import Calibrator, TableChangedError
 from docstore.search.tuning import Calibration
 
 DIM = 3072
@@ -248,13 +248,19 @@ async def test_no_query_vectors_kept_when_opted_out(
 
 
 async def test_read_only_store_calibrates_in_memory(
-    indexed: tuple[docstore.Store, np.ndarray], database_url: str
+    indexed: tuple[docstore.Store, np.ndarray], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A read-only store keeps its calibration in memory — past the cache period too (it went
+    back to the stored one after 30 s: after growth a background calibration each minute)."""
     store, _ = indexed
     before = await store.fetchval("SELECT calibration::text FROM docstore_search_calibration")
     async with docstore.connect(database_url, read_only=True) as reader:
         calibration = await reader.calibrate_search(sample=30)
         assert (await reader.tuner.calibration()) == calibration
+        monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)  # read again: still its own
+        assert (await reader.tuner.calibration()) == calibration
+        await reader.tuner.wait()
+        assert reader.tuner._calibrating is None  # no growth against its own estimate
     after = await store.fetchval("SELECT calibration::text FROM docstore_search_calibration")
     assert before == after
 
@@ -365,11 +371,56 @@ async def test_rows_without_an_embedding_do_not_start_a_deferred_calibration(
         await store.tuner.calibration()
         await store.tuner.wait()
     assert calls == [] and await store.tuner.calibration() is None
-    await load(store, clustered(1100))
-    await store.tuner.calibration()  # 1,100 embedded rows now
+    await load(store, clustered(1400))
+    await store.tuner.calibration()  # 1,400 embedded rows now
     await store.tuner.wait()
     calibrated = await store.tuner.calibration()
     assert calls == ["calibrate"] and calibrated is not None
+
+
+async def test_failed_background_calibrations_back_off(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background calibration that failed was started again ``RECALIBRATE_SECONDS`` later,
+    however often it had failed: under a bulk load of hours the table changes during each of a
+    calibration's three measurements, so a paced calibration ran all the time, its exact scans
+    for nothing. The wait doubles after each failure in a row (up to ``MAX_BACKOFF_SECONDS``)
+    and is back to ``RECALIBRATE_SECONDS`` after a success. (A clock of the test's; the table
+    reads as grown at every lookup.)"""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    await load(store, clustered(1000))
+    await store.create_vector_index()
+    first = await store.tuner.calibration()
+    assert first is not None
+    now = [1000.0]
+    store.tuner._spacing.clock = lambda: now[0]
+    started: list[float] = []
+    failing = [True]
+
+    async def grown(*args: Any, **kwargs: Any) -> str:
+        return "the table has grown"
+
+    async def calibrate(self: tuner_module.SearchTuner, *args: Any, **kwargs: Any) -> Calibration:
+        started.append(now[0])
+        if failing[0]:
+            raise TableChangedError("the documents table changed while the calibration measured")
+        return first
+
+    monkeypatch.setattr(growth, "stale", grown)
+    monkeypatch.setattr(tuner_module.SearchTuner, "calibrate", calibrate)
+
+    async def lookups(start: int, stop: int) -> None:
+        for t in range(start, stop, 10):
+            now[0] = float(t)
+            await store.tuner.calibration()
+            await store.tuner.wait()
+
+    await lookups(1000, 2000)
+    assert started == [1000, 1120, 1360, 1840]  # 120, 240, 480 s after failures in a row
+    failing[0] = False
+    await lookups(2000, 3000)
+    assert started[4:] == [2800, 2860, 2920, 2980]  # 960 s (the cap); after a success 60 s
+    assert tuner_module.MAX_BACKOFF_SECONDS == 960
 
 
 async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(
@@ -450,8 +501,9 @@ async def test_a_biased_row_estimate_does_not_recalibrate_in_a_loop(
     monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
     exact = growth.table_rows
 
-    async def twice(*args: Any) -> float:  # a sample that reads the table as twice its size
-        return 2 * await exact(*args)
+    async def twice(*args: Any, **kwargs: Any) -> growth.Rows:  # a sample reading double
+        rows = await exact(*args, **kwargs)
+        return growth.Rows(2 * rows.rows, 2 * rows.embedded)
 
     monkeypatch.setattr(growth, "table_rows", twice)
     await load(store, clustered(1000))
@@ -459,11 +511,48 @@ async def test_a_biased_row_estimate_does_not_recalibrate_in_a_loop(
     first = await store.tuner.calibration()
     assert first is not None and first.table_rows == 1000
     assert first.table_estimate is not None and abs(first.table_estimate - 2000) <= 200
+    assert first.embedded_estimate is not None and abs(first.embedded_estimate - 2000) <= 200
     for _ in range(3):
         await store.tuner.calibration()
         await store.tuner.wait()
     after = await store.tuner.calibration()
     assert after is not None and after.calibrated_at == first.calibrated_at  # none ran
+
+
+async def test_growth_is_measured_in_the_same_rows_as_the_calibrations_estimate(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 79: once growth was counted in rows with an embedding, a calibration stored by an
+    earlier docstore (its ``table_estimate`` counting every row) was compared with that count:
+    a table a third of whose rows have no embedding read as shrunk and was recalibrated (in a
+    loop on a read-only store). Growth compares like with like: rows with an embedding where
+    the calibration has their count, all rows where it has only ``table_estimate``."""
+    monkeypatch.setattr(tuner_module, "CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(tuner_module, "RECALIBRATE_SECONDS", 0.0)
+    await load(store, clustered(1000))
+    await store.documents.upsert_many(
+        Document(source_name="s", doc_path=f"bare{i}", content=f"doc {i}") for i in range(600)
+    )
+    await store.create_vector_index()
+    first = await store.tuner.calibration()
+    assert first is not None and first.table_rows == 1600
+    assert first.embedded_estimate is not None and abs(first.embedded_estimate - 1000) <= 100
+    assert first.table_estimate is not None and first.table_estimate > first.embedded_estimate
+    await store.execute(  # as an earlier docstore stored it
+        "UPDATE docstore_search_calibration SET calibration = calibration - 'embedded_estimate'"
+    )
+    for _ in range(3):
+        await store.tuner.calibration()
+        await store.tuner.wait()
+    after = await store.tuner.calibration()
+    assert after is not None and after.calibrated_at == first.calibrated_at  # none ran
+    assert after.embedded_estimate is None
+    await load(store, clustered(2000, seed=1), start=1000)  # 3,600 rows: × 2.25
+    await store.tuner.calibration()
+    await store.tuner.wait()
+    again = await store.tuner.calibration()
+    assert again is not None and again.calibrated_at > first.calibrated_at
+    assert again.embedded_estimate is not None and abs(again.embedded_estimate - 3000) <= 300
 
 
 async def test_growth_seen_while_another_process_calibrates_is_acted_on_later(

@@ -4,19 +4,23 @@ The tuner (:mod:`docstore.search.tuner`) recalibrates in the background when the
 grown by half or shrunk by a third (:data:`GROWTH_FACTOR` either way) since the calibration,
 and runs a calibration deferred at index build once the table has :data:`DEFERRED_ROWS`.
 
-What is counted is the rows with an embedding — the rows an HNSW index holds and a calibration
-probes with: documents still waiting for their embeddings are neither growth nor enough for a
-deferred calibration (counting them started, on a table of such documents, a calibration at
-each lookup that failed for want of two embeddings to probe with).
+Two counts are kept: the table's rows, and its rows with an embedding — the rows an HNSW index
+holds and a calibration probes with. A deferred calibration waits for the latter (counting
+every row started, on a table of documents still waiting for their embeddings, a calibration
+at each lookup that failed for want of two embeddings to probe with); growth since a
+calibration compares the latter with the same count then (``Calibration.embedded_estimate``),
+or all rows with all rows where a calibration stored before that count has only
+``table_estimate`` (never one count with the other: a table a third of whose rows have no
+embedding would read as shrunk).
 
 They are counted in a sample of about :data:`SAMPLE_PAGES` of the table's pages and scaled to
 the pages it has now (:func:`table_rows`; every row of a smaller table): a bulk load is seen as
 soon as it has grown the table, not when ANALYZE next comes by, and only live rows count.
-The sample's pages are the same from one lookup to the next (``REPEATABLE``), so an unchanged
-table reads the same; on a table whose rows per page vary a lot (embedded rows fill
-a page, rows without an embedding do not) that reading can stay well off the exact count, so
-a calibration stores the estimate of its moment (``Calibration.table_estimate``) and later
-estimates are compared with it, not with its count. The check runs in the background
+On one node the sample's pages are the same from one lookup to the next (``REPEATABLE``), so
+an unchanged table reads the same; on a table whose rows per page vary a lot (embedded rows
+fill a page, rows without an embedding do not) that reading can stay well off the exact count,
+so a calibration stores the estimates of its moment and later estimates are compared with
+them, not with its count. The check runs in the background
 (:meth:`~docstore.search.tuner.SearchTuner.calibration` starts it, once per cache period, when
 the pool has an idle connection), never on a search's path.
 
@@ -32,14 +36,18 @@ Each estimate that was tried before read something else than the rows:
   as rows until VACUUM (a table whose rows were all updated read as grown ×2).
 
 A partitioned table's pages are its partitions'. A Citus distributed table's are its shards'
-(``citus_relation_size``; the coordinator's shell table has none), and the sample is drawn from
-every shard (Citus runs ``TABLESAMPLE`` on each), so growth is seen on a cluster as on one node.
+(``citus_relation_size``, which asks every node; the coordinator's shell table has none), and
+the sample is drawn from every shard (Citus runs ``TABLESAMPLE`` on each) without
+``REPEATABLE``: with one seed every shard would read the pages at the same positions, ~256 / N
+independent draws for N shards, where fresh draws on each shard make ~256 (a few per cent of
+noise, well inside :data:`GROWTH_FACTOR`). While a node does not answer, the check fails like
+any search fanned out to it (retried, then logged) and is tried again at the next lookup.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from docstore.errors import DocstoreError
 from docstore.search import table_size
@@ -62,20 +70,32 @@ _TABLE = {
     distributed: f"SELECT {pages} AS pages, {table_size.RELTUPLES} AS reltuples"
     for distributed, pages in ((False, table_size.PAGES), (True, table_size.SHARD_PAGES))
 }
-_SAMPLED = "SELECT count(embedding) FROM documents TABLESAMPLE SYSTEM ($1) REPEATABLE (0)"
-"""Rows with an embedding in the sample (``count(embedding)`` tests for NULL: nothing is
-detoasted)."""
+_SAMPLED = (
+    "SELECT count(*) AS rows, count(embedding) AS embedded FROM documents TABLESAMPLE SYSTEM ($1)"
+)
+"""The rows and the rows with an embedding in the sample (``count(embedding)`` tests for NULL:
+nothing is detoasted); on one node the same pages each time (``REPEATABLE``)."""
+_SAMPLE = {False: _SAMPLED + " REPEATABLE (0)", True: _SAMPLED}
 
 
-async def table_rows(reads: ReadQueries, pages: int, reltuples: float) -> float:
-    """The table's live rows with an embedding: counted in a sample of about
-    :data:`SAMPLE_PAGES` of its ``pages`` and scaled to them (counted outright in a smaller
-    table); ``reltuples`` for a table with no pages of its own."""
+class Rows(NamedTuple):
+    """The table's estimated live rows, and how many of them have an embedding."""
+
+    rows: float
+    embedded: float
+
+
+async def table_rows(
+    reads: ReadQueries, pages: int, reltuples: float, *, distributed: bool = False
+) -> Rows:
+    """The table's live :class:`Rows`: counted in a sample of about :data:`SAMPLE_PAGES` of
+    its ``pages`` and scaled to them (counted outright in a smaller table); ``reltuples`` for
+    both where the table has no pages of its own (empty, or a Citus shell table)."""
     if pages <= 0:
-        return reltuples
+        return Rows(reltuples, reltuples)
     percent = min(100.0, 100.0 * SAMPLE_PAGES / pages)
-    seen: int = await reads.fetchval(_SAMPLED, percent)
-    return seen * 100.0 / percent
+    seen = await reads.fetchrow(_SAMPLE[distributed], percent)
+    return Rows(seen["rows"] * 100.0 / percent, seen["embedded"] * 100.0 / percent)
 
 
 def grown(then: int, now: float) -> bool:
@@ -86,11 +106,20 @@ def grown(then: int, now: float) -> bool:
     return now > then * GROWTH_FACTOR or now < then / GROWTH_FACTOR
 
 
-async def estimate(reads: ReadQueries, *, distributed: bool = False) -> float:
+async def estimate(reads: ReadQueries, *, distributed: bool = False) -> Rows:
     """:func:`table_rows` of the table as it is now (``distributed``: a Citus distributed
     table's, its shards' pages sampled on the workers)."""
     table = await reads.fetchrow(_TABLE[distributed])
-    return await table_rows(reads, table["pages"], table["reltuples"])
+    return await table_rows(reads, table["pages"], table["reltuples"], distributed=distributed)
+
+
+def _baseline(calibration: Calibration, now: Rows) -> tuple[float, float, str]:
+    """``(then, now, what)``: the calibration's count and today's, of the same rows."""
+    embedded, everything = calibration.embedded_estimate, calibration.table_estimate
+    if embedded is not None and embedded > 0:
+        return embedded, now.embedded, "rows with an embedding"
+    then = everything if everything is not None and everything > 0 else calibration.table_rows
+    return then, now.rows, "rows"
 
 
 async def stale(
@@ -98,8 +127,8 @@ async def stale(
 ) -> str | None:
     """Why ``calibration`` (or a ``deferred`` one) is to be made again — the table grew or
     shrank (:func:`grown`) since it was measured: today's :func:`estimate` against the
-    estimate then (``table_estimate``; its count where it has none) — or None. A count that
-    fails is logged and tried again at the next lookup."""
+    estimate then, of the same rows (see the module docs) — or None. A count that fails is
+    logged and tried again at the next lookup."""
     if calibration is None and not deferred:
         return None
     try:
@@ -108,10 +137,9 @@ async def stale(
         logger.info("search calibration: the table's rows not counted: %s", exc)
         return None
     if calibration is not None:
-        estimated = calibration.table_estimate
-        then = estimated if estimated is not None and estimated > 0 else calibration.table_rows
-        if grown(round(then), rows):
-            return f"the table has ~{rows:,.0f} rows, ~{then:,.0f} then"
-    elif grown(0, rows):
-        return f"deferred at index build; the table has ~{rows:,.0f} rows now"
+        then, now, what = _baseline(calibration, rows)
+        if grown(round(then), now):
+            return f"the table has ~{now:,.0f} {what}, ~{then:,.0f} then"
+    elif grown(0, rows.embedded):
+        return f"deferred at index build; the table has ~{rows.embedded:,.0f} embedded rows now"
     return None

@@ -29,7 +29,8 @@ One :class:`SearchTuner` per store. It
   in the background when the pool has an idle connection, so a bulk load is seen without
   waiting for ANALYZE). At most one calibration runs at
   a time (an advisory lock across processes), and automatic ones at most every
-  :data:`RECALIBRATE_SECONDS`.
+  :data:`RECALIBRATE_SECONDS` — twice that after one failed, four times after two failed in a
+  row, up to :data:`MAX_BACKOFF_SECONDS`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +77,10 @@ MIN_RECENT = 64
 """Real queries needed before a calibration uses them instead of probes."""
 PROBES = 100
 RECALIBRATE_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 960.0
+"""After automatic calibrations that failed in a row — a table that kept changing through each
+one's measurements under a long bulk load, a connection limit — the wait before the next
+doubles from :data:`RECALIBRATE_SECONDS` up to this; a success sets it back."""
 SETTLED_SECONDS = 3600.0
 """A calibration this old (or older) may be redone for cheaper settings when live recall is
 comfortably above the target; a younger one is left alone (it was measured on this data)."""
@@ -111,6 +118,27 @@ SELECT embedding FROM docstore_search_queries WHERE metric = $1 ORDER BY id DESC
 """
 
 
+@dataclasses.dataclass
+class _Spacing:
+    """When the next automatic calibration may start: :data:`RECALIBRATE_SECONDS` after the
+    last one began, doubled for each that failed in a row (up to :data:`MAX_BACKOFF_SECONDS`)."""
+
+    clock: Callable[[], float] = time.monotonic
+    last: float = -math.inf
+    failures: int = 0
+
+    def interval(self) -> float:
+        return min(RECALIBRATE_SECONDS * 2.0**self.failures, MAX_BACKOFF_SECONDS)
+
+    def start(self) -> bool:
+        """Whether one may start now (then counted as started)."""
+        now = self.clock()
+        if now - self.last < self.interval():
+            return False
+        self.last = now
+        return True
+
+
 class SearchTuner:
     """Calibration, recent queries and live recall of one store (see the module docstring)."""
 
@@ -127,9 +155,10 @@ class SearchTuner:
         self._live = LiveRecall(store, self._calibrator.truth, self._react)
         self._calibrating: asyncio.Task[Any] | None = None
         self._checking: asyncio.Task[Any] | None = None  # the growth check (_check)
-        self._last_auto = -RECALIBRATE_SECONDS
+        self._spacing = _Spacing()
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
+        self._unstored: dict[str, Calibration] = {}  # a read-only store's own calibrations
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
 
     # -- the calibration in force --------------------------------------------------------------
@@ -155,11 +184,14 @@ class SearchTuner:
                     "search calibration unreadable (%s): ANN searches use the defaults", exc
                 )
                 self._unreadable_logged = True
-            self._cache[metric] = (now, None)
-            return None
+            self._cache[metric] = (now, self._unstored.get(metric))
+            return self._unstored.get(metric)
         stored = row["calibration"]  # one row, always; decoded by the pools' jsonb codec
         deferred = stored is not None and "deferred" in stored
         found = None if stored is None or deferred else Calibration.model_validate(stored)
+        mine = self._unstored.get(metric)  # read-only: kept while newer than the stored one
+        if mine is not None and (found is None or mine.calibrated_at > found.calibrated_at):
+            found, deferred = mine, False
         self._cache[metric] = (now, found)
         idle = self._store.has_idle_connection(read=True)
         if (found is not None or deferred) and idle and _done(self._checking):
@@ -230,10 +262,13 @@ class SearchTuner:
                 started=started,
             )
             with contextlib.suppress(DocstoreError):  # what later estimates compare with
-                estimated = await growth.estimate(self._reads, distributed=store.distributed)
-                calibration = calibration.model_copy(update={"table_estimate": estimated})
+                rows = await growth.estimate(self._reads, distributed=store.distributed)
+                update = {"table_estimate": rows.rows, "embedded_estimate": rows.embedded}
+                calibration = calibration.model_copy(update=update)
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
+            else:
+                self._unstored[mt.name] = calibration
             self._remember(calibration)
             self._since_calibration[mt.name] = 0
             self._live.tuned.clear()
@@ -277,17 +312,6 @@ class SearchTuner:
         if len(stored) < 2:
             return list(stored), "probes"
         return list(probe_vectors(np.stack(stored), sample, seed=len(stored))), "probes"
-
-    async def truth(
-        self,
-        vector: np.ndarray,
-        metric: str,
-        limit: int,
-        flt: Mapping[str, Any] | None = None,
-    ) -> list[int]:
-        """The exact top ``limit`` ids (:meth:`Calibrator.truth
-        <docstore.search.calibration.Calibrator.truth>`)."""
-        return await self._calibrator.truth(vector, metric, limit, flt)
 
     # -- the second pass ----------------------------------------------------------------------
     def note_escalation(self, escalated: bool) -> None:
@@ -366,10 +390,8 @@ class SearchTuner:
 
     # -- background work -------------------------------------------------------------------
     def _auto(self, metric: str, why: str) -> None:
-        now = time.monotonic()
-        if not _done(self._calibrating) or now - self._last_auto < RECALIBRATE_SECONDS:
+        if not _done(self._calibrating) or not self._spacing.start():
             return
-        self._last_auto = now
         self._calibrating = asyncio.get_running_loop().create_task(self._recalibrate(metric, why))
 
     async def _check(self, metric: str, found: Calibration | None, deferred: bool) -> None:
@@ -386,8 +408,14 @@ class SearchTuner:
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
+                    self._spacing.failures = 0
         except Exception as exc:  # background: logged, never raised into a search
-            logger.warning("background search calibration failed: %s", describe(exc))
+            self._spacing.failures += 1
+            logger.warning(
+                "background search calibration failed: %s; the next in %.0f s at the earliest",
+                describe(exc),
+                self._spacing.interval(),
+            )
 
     async def wait(self) -> None:
         """Wait for background work in flight (a recalibration, a live-recall re-run)."""

@@ -91,9 +91,11 @@ class Calibration(BaseModel):
     query_source: QuerySource
     table_rows: int
     table_estimate: float | None = None
-    """The table's rows with an embedding as :func:`docstore.search.growth.table_rows`
-    estimated them when this was measured: later estimates are compared with it, so the
-    sample's own bias cancels."""
+    """The table's rows as :func:`docstore.search.growth.table_rows` estimated them when this
+    was measured: later estimates are compared with it, so the sample's own bias cancels."""
+    embedded_estimate: float | None = None
+    """The same estimate's rows with an embedding, what later growth is measured in (a
+    calibration stored without it, by an earlier docstore, is compared on all rows)."""
     calibrated_at: datetime
     seconds: float = 0.0
     """How long the calibration took."""

@@ -480,10 +480,10 @@ async def test_the_tuner_sees_a_distributed_table_grow(
     await dstore.documents.upsert_many(corpus(20))  # 120 documents, a page each
     await tuner.calibration()
     await tuner.wait()
-    assert started == ["deferred at index build; the table has ~120 rows now"]
+    assert started == ["deferred at index build; the table has ~120 embedded rows now"]
     first = await tuner.calibrate(sample=10)
     assert first.table_rows == 120
-    assert first.table_estimate is not None and abs(first.table_estimate - 120) <= 12
+    assert first.embedded_estimate is not None and abs(first.embedded_estimate - 120) <= 12
     await tuner.calibration()
     await tuner.wait()
     assert len(started) == 1  # no growth since
@@ -491,9 +491,10 @@ async def test_the_tuner_sees_a_distributed_table_grow(
     assert await dstore.fetchval(f"SELECT {table_size.SHARD_PAGES}") > growth.SAMPLE_PAGES
     await tuner.calibration()
     await tuner.wait()
-    assert len(started) == 2 and re.fullmatch(r"the table has ~(\d+) rows, ~120 then", started[1])
-    estimate = int(re.findall(r"\d+", started[1])[0])
-    assert abs(estimate - 360) <= 72
+    assert len(started) == 2
+    grown = re.fullmatch(r"the table has ~(\d+) rows with an embedding, ~(\d+) then", started[1])
+    assert grown is not None and int(grown[2]) == round(first.embedded_estimate or 0)
+    assert abs(int(grown[1]) - 360) <= 72
 
 
 async def test_fanned_out_statements_send_the_vector_once_not_in_each_shards_sql(
