@@ -51,11 +51,11 @@ async def _median_ms(work: Callable[[], Awaitable[Any]], repeat: int) -> float:
 async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
     await store.execute("ANALYZE documents")
     reads = own_reads(store)
-    table = await store.fetchrow(f"SELECT {table_size.PAGES} AS pages, {table_size.RELTUPLES} AS r")
+    table = await store.fetchrow(f"SELECT {table_size.PAGES} AS pages")
     exact = await store.fetchrow(_EXACT)
 
     async def sampled() -> growth.Rows:
-        return await growth.table_rows(reads, table["pages"], table["r"])
+        return await growth.table_rows(reads, table["pages"])
 
     estimate = await sampled()
     trip = await _median_ms(lambda: store.fetchval("SELECT 1"), repeat)

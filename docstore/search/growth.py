@@ -66,15 +66,12 @@ SAMPLE_PAGES = 256
 """Pages the row count reads (~2 MB): once per ``CACHE_SECONDS`` per metric and process, and
 once per calibration."""
 
-_TABLE = {
-    distributed: f"SELECT {pages} AS pages, {table_size.RELTUPLES} AS reltuples"
-    for distributed, pages in ((False, table_size.PAGES), (True, table_size.SHARD_PAGES))
-}
+_PAGES = {False: f"SELECT {table_size.PAGES}", True: f"SELECT {table_size.SHARD_PAGES}"}
 _SAMPLED = (
     "SELECT count(*) AS rows, count(embedding) AS embedded FROM documents TABLESAMPLE SYSTEM ($1)"
 )
 """The rows and the rows with an embedding in the sample (``count(embedding)`` tests for NULL:
-nothing is detoasted); on one node the same pages each time (``REPEATABLE``)."""
+nothing is detoasted); on one node the same pages each time (``REPEATABLE``, :data:`_SAMPLE`)."""
 _SAMPLE = {False: _SAMPLED + " REPEATABLE (0)", True: _SAMPLED}
 
 
@@ -85,14 +82,12 @@ class Rows(NamedTuple):
     embedded: float
 
 
-async def table_rows(
-    reads: ReadQueries, pages: int, reltuples: float, *, distributed: bool = False
-) -> Rows:
+async def table_rows(reads: ReadQueries, pages: int, *, distributed: bool = False) -> Rows:
     """The table's live :class:`Rows`: counted in a sample of about :data:`SAMPLE_PAGES` of
-    its ``pages`` and scaled to them (counted outright in a smaller table); ``reltuples`` for
-    both where the table has no pages of its own (empty, or a Citus shell table)."""
+    its ``pages`` and scaled to them (counted outright in a smaller table); none without
+    pages."""
     if pages <= 0:
-        return Rows(reltuples, reltuples)
+        return Rows(0.0, 0.0)
     percent = min(100.0, 100.0 * SAMPLE_PAGES / pages)
     seen = await reads.fetchrow(_SAMPLE[distributed], percent)
     return Rows(seen["rows"] * 100.0 / percent, seen["embedded"] * 100.0 / percent)
@@ -109,14 +104,14 @@ def grown(then: int, now: float) -> bool:
 async def estimate(reads: ReadQueries, *, distributed: bool = False) -> Rows:
     """:func:`table_rows` of the table as it is now (``distributed``: a Citus distributed
     table's, its shards' pages sampled on the workers)."""
-    table = await reads.fetchrow(_TABLE[distributed])
-    return await table_rows(reads, table["pages"], table["reltuples"], distributed=distributed)
+    pages = await reads.fetchval(_PAGES[distributed])
+    return await table_rows(reads, pages, distributed=distributed)
 
 
 def _baseline(calibration: Calibration, now: Rows) -> tuple[float, float, str]:
     """``(then, now, what)``: the calibration's count and today's, of the same rows."""
     embedded, everything = calibration.embedded_estimate, calibration.table_estimate
-    if embedded is not None and embedded > 0:
+    if embedded is not None:  # (none then: grown() as for a deferred calibration)
         return embedded, now.embedded, "rows with an embedding"
     then = everything if everything is not None and everything > 0 else calibration.table_rows
     return then, now.rows, "rows"
@@ -141,5 +136,6 @@ async def stale(
         if grown(round(then), now):
             return f"the table has ~{now:,.0f} {what}, ~{then:,.0f} then"
     elif grown(0, rows.embedded):
-        return f"deferred at index build; the table has ~{rows.embedded:,.0f} embedded rows now"
+        embedded = f"~{rows.embedded:,.0f} rows with an embedding"
+        return f"deferred at index build; the table has {embedded} now"
     return None

@@ -9,7 +9,7 @@ One :class:`SearchTuner` per store. It
   :mod:`docstore.search.calibration`, the choice :mod:`docstore.search.tuning`): exact ground
   truth for the calibration queries, ANN trials over ``ef_search``, the cheapest policy
   meeting the recall target; stored in the database for every process and replica (kept in
-  memory only on a read-only store);
+  memory only on a read-only store, and in force there until a writer stores a newer one);
 * **keeps recent queries**: the last :data:`RECENT_QUERIES` query vectors of ANN searches, in
   memory (``DOCSTORE_SEARCH_KEEP_QUERIES=false`` turns it off), written to
   ``docstore_search_queries`` when a calibration runs (each write first trims the table, all
@@ -28,9 +28,9 @@ One :class:`SearchTuner` per store. It
   since the calibration (:mod:`docstore.search.growth`: live rows counted in a sample of pages,
   in the background when the pool has an idle connection, so a bulk load is seen without
   waiting for ANALYZE). At most one calibration runs at
-  a time (an advisory lock across processes), and automatic ones at most every
-  :data:`RECALIBRATE_SECONDS` — twice that after one failed, four times after two failed in a
-  row, up to :data:`MAX_BACKOFF_SECONDS`.
+  a time (an advisory lock across processes), and an automatic one starts
+  :data:`RECALIBRATE_SECONDS` after the last ended at the earliest — twice that after one
+  failed, four times after two failed in a row, up to :data:`MAX_BACKOFF_SECONDS`.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ BACKGROUND_PACE = 0.25
 it measured it pauses three times as long, so it never takes over a busy server."""
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
+_UNSEEN = datetime.min.replace(tzinfo=UTC)  # no stored calibration read before one was kept
 
 _LOAD = """
 SELECT c.calibration FROM (SELECT 1) one
@@ -121,14 +122,16 @@ SELECT embedding FROM docstore_search_queries WHERE metric = $1 ORDER BY id DESC
 @dataclasses.dataclass
 class _Spacing:
     """When the next automatic calibration may start: :data:`RECALIBRATE_SECONDS` after the
-    last one began, doubled for each that failed in a row (up to :data:`MAX_BACKOFF_SECONDS`)."""
+    last one began and ended, doubled for each that failed in a row (up to
+    :data:`MAX_BACKOFF_SECONDS`)."""
 
     clock: Callable[[], float] = time.monotonic
     last: float = -math.inf
     failures: int = 0
 
     def interval(self) -> float:
-        return min(RECALIBRATE_SECONDS * 2.0**self.failures, MAX_BACKOFF_SECONDS)
+        doubled = RECALIBRATE_SECONDS * 2.0 ** min(self.failures, 16)
+        return max(min(doubled, MAX_BACKOFF_SECONDS), RECALIBRATE_SECONDS)
 
     def start(self) -> bool:
         """Whether one may start now (then counted as started)."""
@@ -137,6 +140,40 @@ class _Spacing:
             return False
         self.last = now
         return True
+
+    def ended(self, *, failed: bool) -> None:
+        """One ended (a success resets :attr:`failures` in ``calibrate``): the interval counts
+        from now — a paced calibration that failed after longer than the interval would
+        otherwise start again at once."""
+        self.last = self.clock()
+        self.failures += failed
+
+
+class _Unstored:
+    """A read-only store's own calibrations, which it cannot store. Each is used until the
+    stored calibration differs from the one stored when it was made (a writer stored a newer
+    one): stamps are compared, never the clocks of different hosts."""
+
+    def __init__(self) -> None:
+        self._own: dict[str, tuple[Calibration, datetime | None]] = {}
+        self._stored: dict[str, datetime | None] = {}  # the stored one's, as last read
+
+    def keep(self, calibration: Calibration) -> None:
+        metric = calibration.metric
+        self._own[metric] = (calibration, self._stored.get(metric, _UNSEEN))
+
+    def pick(self, metric: str, stored: Calibration | None) -> Calibration | None:
+        """The calibration in force: the store's own, or ``stored`` (``None``: none, or
+        unreadable)."""
+        stamp = stored.calibrated_at if stored is not None else None
+        self._stored[metric] = stamp
+        own, then = self._own.get(metric, (None, None))
+        if own is not None and then is _UNSEEN:  # kept before any read: the stored one now
+            self._own[metric], then = (own, stamp), stamp
+        if own is None or then != stamp:
+            self._own.pop(metric, None)
+            return stored
+        return own
 
 
 class SearchTuner:
@@ -158,12 +195,13 @@ class SearchTuner:
         self._spacing = _Spacing()
         self._lock = asyncio.Lock()
         self._unreadable_logged = False
-        self._unstored: dict[str, Calibration] = {}  # a read-only store's own calibrations
+        self._unstored = _Unstored()
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
-        """The stored calibration of ``metric`` (cached for :data:`CACHE_SECONDS`), or None.
+        """The stored calibration of ``metric`` (cached for :data:`CACHE_SECONDS`), or None
+        (a read-only store: its own, until a newer one is stored).
 
         Looking it up may start a background recalibration when the table has grown by half
         or shrunk by a third since.
@@ -173,7 +211,7 @@ class SearchTuner:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         try:
-            row = await own_reads(self._store).fetchrow(_LOAD, metric)
+            stored = (await own_reads(self._store).fetchrow(_LOAD, metric))["calibration"]
         except (QueryError, SchemaError) as exc:
             if isinstance(exc, QueryError) and exc.sqlstate not in _UNREADABLE:
                 raise
@@ -184,14 +222,11 @@ class SearchTuner:
                     "search calibration unreadable (%s): ANN searches use the defaults", exc
                 )
                 self._unreadable_logged = True
-            self._cache[metric] = (now, self._unstored.get(metric))
-            return self._unstored.get(metric)
-        stored = row["calibration"]  # one row, always; decoded by the pools' jsonb codec
-        deferred = stored is not None and "deferred" in stored
+            stored = None
+        deferred = stored is not None and "deferred" in stored  # (decoded by the jsonb codec)
         found = None if stored is None or deferred else Calibration.model_validate(stored)
-        mine = self._unstored.get(metric)  # read-only: kept while newer than the stored one
-        if mine is not None and (found is None or mine.calibrated_at > found.calibrated_at):
-            found, deferred = mine, False
+        if (own := self._unstored.pick(metric, found)) is not found:
+            found, deferred = own, False
         self._cache[metric] = (now, found)
         idle = self._store.has_idle_connection(read=True)
         if (found is not None or deferred) and idle and _done(self._checking):
@@ -211,6 +246,7 @@ class SearchTuner:
     def forget(self) -> None:
         """Drop the cached calibrations (the next search reads them again)."""
         self._cache.clear()
+        self._unstored = _Unstored()
 
     def _remember(self, calibration: Calibration) -> None:
         self._cache[calibration.metric] = (time.monotonic(), calibration)
@@ -268,7 +304,8 @@ class SearchTuner:
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
             else:
-                self._unstored[mt.name] = calibration
+                self._unstored.keep(calibration)
+            self._spacing.failures = 0
             self._remember(calibration)
             self._since_calibration[mt.name] = 0
             self._live.tuned.clear()
@@ -408,9 +445,9 @@ class SearchTuner:
             async with self._store.try_lock(CALIBRATION_LOCK_KEY) as locked:
                 if locked:
                     await self.calibrate(metric, pace=BACKGROUND_PACE)
-                    self._spacing.failures = 0
+            self._spacing.ended(failed=False)
         except Exception as exc:  # background: logged, never raised into a search
-            self._spacing.failures += 1
+            self._spacing.ended(failed=True)
             logger.warning(
                 "background search calibration failed: %s; the next in %.0f s at the earliest",
                 describe(exc),

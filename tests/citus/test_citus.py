@@ -480,7 +480,7 @@ async def test_the_tuner_sees_a_distributed_table_grow(
     await dstore.documents.upsert_many(corpus(20))  # 120 documents, a page each
     await tuner.calibration()
     await tuner.wait()
-    assert started == ["deferred at index build; the table has ~120 embedded rows now"]
+    assert started == ["deferred at index build; the table has ~120 rows with an embedding now"]
     first = await tuner.calibrate(sample=10)
     assert first.table_rows == 120
     assert first.embedded_estimate is not None and abs(first.embedded_estimate - 120) <= 12
