@@ -265,6 +265,9 @@ async def test_read_only_store_calibrates_in_memory(
         assert before == after  # nothing stored
         newer = await store.calibrate_search(sample=30)  # a writer stores one: it is in force
         assert (await reader.tuner.calibration()) == newer
+        await reader.calibrate_search(sample=30)  # review 81: a writer's stored before the
+        newest = await store.calibrate_search(sample=30)  # reader's next lookup is in force
+        assert (await reader.tuner.calibration()) == newest
 
 
 async def test_growth_triggers_a_background_recalibration(
@@ -410,6 +413,7 @@ async def test_failed_background_calibrations_back_off(
         self._spacing.failures = 0  # as calibrate() does after storing
         return first
 
+    real = tuner_module.SearchTuner.calibrate
     monkeypatch.setattr(growth, "stale", grown)
     monkeypatch.setattr(tuner_module.SearchTuner, "calibrate", calibrate)
 
@@ -428,6 +432,10 @@ async def test_failed_background_calibrations_back_off(
     failing[0], taking[0] = False, 0.0
     await lookups(5000, 6000)
     assert started[6:] == [5720, 5780, 5840, 5900, 5960]  # 4,760 + 960; after a success 60 s
+    store.tuner._spacing.failures = 3
+    monkeypatch.setattr(tuner_module.SearchTuner, "calibrate", real)
+    await store.calibrate_search(sample=10)  # any success resets the count, a foreground one too
+    assert store.tuner._spacing.failures == 0
 
 
 async def test_a_background_recalibration_leaves_a_one_connection_pool_serving(

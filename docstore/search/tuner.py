@@ -92,7 +92,6 @@ BACKGROUND_PACE = 0.25
 it measured it pauses three times as long, so it never takes over a busy server."""
 _UNREADABLE = {"42501"}  # insufficient_privilege (an undefined table is a SchemaError)
 CALIBRATION_LOCK_KEY = 0x646F6373_63616C69 & 0x7FFFFFFFFFFFFFFF  # "docscali"
-_UNSEEN = datetime.min.replace(tzinfo=UTC)  # no stored calibration read before one was kept
 
 _LOAD = """
 SELECT c.calibration FROM (SELECT 1) one
@@ -122,8 +121,8 @@ SELECT embedding FROM docstore_search_queries WHERE metric = $1 ORDER BY id DESC
 @dataclasses.dataclass
 class _Spacing:
     """When the next automatic calibration may start: :data:`RECALIBRATE_SECONDS` after the
-    last one began and ended, doubled for each that failed in a row (up to
-    :data:`MAX_BACKOFF_SECONDS`)."""
+    last automatic one ended (or began, while it runs), doubled for each that failed in a row
+    (up to :data:`MAX_BACKOFF_SECONDS`)."""
 
     clock: Callable[[], float] = time.monotonic
     last: float = -math.inf
@@ -146,33 +145,27 @@ class _Spacing:
         from now — a paced calibration that failed after longer than the interval would
         otherwise start again at once."""
         self.last = self.clock()
-        self.failures += failed
+        self.failures += int(failed)
 
 
 class _Unstored:
-    """A read-only store's own calibrations, which it cannot store. Each is used until the
-    stored calibration differs from the one stored when it was made (a writer stored a newer
-    one): stamps are compared, never the clocks of different hosts."""
+    """A read-only store's own calibrations, which it cannot store. Each is in force until the
+    stored calibration (its row's JSON, or None: none, or unreadable) differs from the one
+    stored when it was made — a writer stored a newer one, or deferred one for a new index:
+    the rows are compared, never the clocks of different hosts."""
 
     def __init__(self) -> None:
-        self._own: dict[str, tuple[Calibration, datetime | None]] = {}
-        self._stored: dict[str, datetime | None] = {}  # the stored one's, as last read
+        self._own: dict[str, tuple[Calibration, Any]] = {}
 
-    def keep(self, calibration: Calibration) -> None:
-        metric = calibration.metric
-        self._own[metric] = (calibration, self._stored.get(metric, _UNSEEN))
+    def keep(self, calibration: Calibration, stored: Any) -> None:
+        self._own[calibration.metric] = (calibration, stored)
 
-    def pick(self, metric: str, stored: Calibration | None) -> Calibration | None:
-        """The calibration in force: the store's own, or ``stored`` (``None``: none, or
-        unreadable)."""
-        stamp = stored.calibrated_at if stored is not None else None
-        self._stored[metric] = stamp
+    def pick(self, metric: str, stored: Any) -> Calibration | None:
+        """The store's own calibration while ``stored`` is the row it was made beside."""
         own, then = self._own.get(metric, (None, None))
-        if own is not None and then is _UNSEEN:  # kept before any read: the stored one now
-            self._own[metric], then = (own, stamp), stamp
-        if own is None or then != stamp:
-            self._own.pop(metric, None)
-            return stored
+        if own is not None and then != stored:
+            del self._own[metric]
+            return None
         return own
 
 
@@ -210,8 +203,23 @@ class SearchTuner:
         cached = self._cache.get(metric)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        stored = await self._stored(metric)
+        deferred = stored is not None and "deferred" in stored
+        found = None if stored is None or deferred else Calibration.model_validate(stored)
+        if (own := self._unstored.pick(metric, stored)) is not None:
+            found, deferred = own, False
+        self._cache[metric] = (now, found)
+        idle = self._store.has_idle_connection(read=True)
+        if (found is not None or deferred) and idle and _done(self._checking):
+            self._checking = asyncio.get_running_loop().create_task(
+                self._check(metric, found, deferred)
+            )
+        return found
+
+    async def _stored(self, metric: str) -> Any:
+        """The stored calibration row's JSON (decoded by the pools' jsonb codec), or None."""
         try:
-            stored = (await own_reads(self._store).fetchrow(_LOAD, metric))["calibration"]
+            return (await own_reads(self._store).fetchrow(_LOAD, metric))["calibration"]
         except (QueryError, SchemaError) as exc:
             if isinstance(exc, QueryError) and exc.sqlstate not in _UNREADABLE:
                 raise
@@ -222,18 +230,7 @@ class SearchTuner:
                     "search calibration unreadable (%s): ANN searches use the defaults", exc
                 )
                 self._unreadable_logged = True
-            stored = None
-        deferred = stored is not None and "deferred" in stored  # (decoded by the jsonb codec)
-        found = None if stored is None or deferred else Calibration.model_validate(stored)
-        if (own := self._unstored.pick(metric, found)) is not found:
-            found, deferred = own, False
-        self._cache[metric] = (now, found)
-        idle = self._store.has_idle_connection(read=True)
-        if (found is not None or deferred) and idle and _done(self._checking):
-            self._checking = asyncio.get_running_loop().create_task(
-                self._check(metric, found, deferred)
-            )
-        return found
+            return None
 
     async def defer(self, metric: str) -> None:
         """Record that ``metric`` is to be calibrated in the background once the table has
@@ -303,8 +300,8 @@ class SearchTuner:
                 calibration = calibration.model_copy(update=update)
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
-            else:
-                self._unstored.keep(calibration)
+            else:  # in force here until the stored one changes
+                self._unstored.keep(calibration, await self._stored(mt.name))
             self._spacing.failures = 0
             self._remember(calibration)
             self._since_calibration[mt.name] = 0
