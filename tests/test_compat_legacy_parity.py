@@ -357,6 +357,45 @@ async def test_search_similar_docs_reads_the_primary(database_url: str, pg: Any)
         await pg.execute(f'DROP DATABASE "{lagging}" WITH (FORCE)')
 
 
+async def test_search_similar_docs_without_an_index_answers_as_store_search(
+    store: docstore.Store,
+) -> None:
+    """Without a vector index the legacy search runs the legacy function's exact query itself
+    (three columns, no hits built, not through ``store.search``): the same rows, order (ties
+    by id) and similarities as ``store.search``; never a document without an embedding nor a
+    zero vector migrated before validation (NaN); with an index, ``store.search`` again."""
+    compat = LegacyDatabase(store)
+    tied = unit_vector(500)
+    docs = [(f"p{i:03}", f"c{i}", unit_vector(i % 40), i) for i in range(60)]
+    docs += [("tie-b", "b", tied, 1), ("tie-a", "a", tied, 1)]
+    await compat.insert_embeddings_batch(None, "tokio", docs)  # type: ignore[arg-type]
+    await compat.insert_embeddings_batch(None, "serde", docs[:5])  # type: ignore[arg-type]
+    await store.execute(
+        "INSERT INTO documents (doc_type, source_name, doc_path, content, embedding)"
+        " VALUES ('rust', 'tokio', 'zero', 'z', $1), ('rust', 'tokio', 'bare', 'b', NULL)",
+        np.zeros(3072, dtype=np.float32),
+    )
+    before = (await store.metrics(disk=False)).vector_search
+    for query in (tied, unit_vector(3), unit_vector(1234)):
+        for limit in (1, 5, 100, 1000):
+            similar = await compat.search_similar_docs("tokio", query, limit)
+            hits = await store.search(query, source_name="tokio", limit=limit)
+            assert hits.mode == "exact"
+            assert [(s.doc_path, s.content) for s in similar] == [
+                (h.doc_path, h.content) for h in hits
+            ]
+            assert [s.similarity for s in similar] == [h.similarity for h in hits]
+            assert {"zero", "bare"}.isdisjoint(s.doc_path for s in similar)
+    assert len(await compat.search_similar_docs("tokio", tied, 100)) == 62
+    # store.search recorded its own exact searches only: the legacy ones did not go through it
+    after = (await store.metrics(disk=False)).vector_search
+    assert after["exact"].count - (before["exact"].count if "exact" in before else 0) == 12
+    await store.create_vector_index()
+    similar = await compat.search_similar_docs("tokio", tied, 5)
+    assert {s.doc_path for s in similar[:2]} == {"tie-a", "tie-b"}
+    assert (await store.metrics(disk=False)).vector_search["halfvec"].count >= 1
+
+
 async def test_search_similar_docs_limits_like_the_legacy_function(
     both: tuple[asyncpg.Connection, LegacyDatabase],
 ) -> None:

@@ -14,9 +14,12 @@ class so a port can be read side by side with the legacy code it replaces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import asyncpg
 
 from docstore.arguments import as_int
 from docstore.compat import config_values, ids, jobs, views, writes
@@ -31,10 +34,20 @@ from docstore.repositories.documents import lock_sources
 from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
 
-# a limit beyond what store.search() ranks: the crate ranked exactly, as the legacy function
-_EXACT_SEARCH = """SELECT doc_path, content, 1 - (embedding <=> $1) AS similarity
+# the crate ranked exactly, as the legacy function: for a limit beyond what store.search()
+# ranks, and whenever store.search() would scan exactly anyway (LegacyDatabase._exact_only)
+# (the distance computed once a row: in the ORDER BY and the select list apart, PostgreSQL
+# reads the vector from TOAST twice)
+_EXACT_SEARCH = """SELECT doc_path, content, embedding <=> $1 AS distance
   FROM documents WHERE doc_type = $2 AND source_name = $3 AND embedding IS NOT NULL
- ORDER BY embedding <=> $1, id LIMIT $4"""
+ ORDER BY distance, id LIMIT $4"""
+
+
+def _fetch(sql: str, *params: Any) -> Callable[[asyncpg.Connection], Awaitable[list[Any]]]:
+    async def work(conn: asyncpg.Connection) -> list[Any]:
+        return await conn.fetch(sql, *params)
+
+    return work
 
 
 class LegacyDatabase:
@@ -208,10 +221,12 @@ class LegacyDatabase:
     ) -> list[SimilarDoc]:
         """Cosine similarity ``1 - (embedding <=> q)``, best first, within one crate, on the
         primary (a search right after a write sees it). Up to 1,000 results through
-        :meth:`Store.search` (the ANN index when one exists); a larger ``limit`` (up to
-        2,147,483,647, the legacy ``integer``) ranks the crate exactly, as the legacy function
-        did. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents
-        without an embedding are never returned."""
+        :meth:`Store.search` when there is a cosine ANN index; a larger ``limit`` (up to
+        2,147,483,647, the legacy ``integer``), or no index, ranks the crate exactly with the
+        legacy function's query (ties by id, as ``store.search``), reading only the three
+        columns returned. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` /
+        ``= NULL``). Documents without an embedding are never returned, nor a zero vector
+        migrated before validation (its cosine similarity is NaN)."""
         wanted = as_int(limit)  # numpy's integers too, never a bool
         if wanted is None or not 0 <= wanted <= ids.INT_MAX:
             raise ValidationError(
@@ -222,15 +237,27 @@ class LegacyDatabase:
         if key_text("crate_name", crate_name, optional=True) is None or limit == 0:
             return []
         with self.store.read_from_primary():
-            if limit > MAX_LIMIT:
-                rows = await self.store.fetch(
-                    _EXACT_SEARCH, query, self.doc_type, crate_name, limit
+            if limit > MAX_LIMIT or await self._exact_only():
+                # the legacy function's own exact query, its three columns only: no Hit
+                # models, no metadata decoded (a third of a small crate's search on the client)
+                rows = await self.store.run(
+                    _fetch(_EXACT_SEARCH, query, self.doc_type, crate_name, limit),
+                    stateless=True,
+                    read=True,
                 )
-                return [SimilarDoc(r[0], r[1], float(r[2])) for r in rows]
+                # an all-zero vector migrated before validation has no cosine similarity (NaN):
+                # never returned, as by store.search
+                return [SimilarDoc(r[0], r[1], 1 - r[2]) for r in rows if not math.isnan(r[2])]
             hits = await self.store.search(
                 query, doc_type=self.doc_type, source_name=crate_name, limit=limit
             )
         return [SimilarDoc(h.doc_path, h.content, float(h.similarity or 0.0)) for h in hits]
+
+    async def _exact_only(self) -> bool:
+        """Whether ``store.search`` would scan exactly anyway: no usable cosine index (looked up
+        in the store's index cache), on one node (a Citus cluster keeps the search's own SQL,
+        which sends the query vector to the shards once)."""
+        return not self.store.distributed and await self.store.vector_index("cosine") is None
 
     @timed("compat.get_crate_documents")
     async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
