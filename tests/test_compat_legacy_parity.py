@@ -360,10 +360,11 @@ async def test_search_similar_docs_reads_the_primary(database_url: str, pg: Any)
 async def test_search_similar_docs_without_an_index_answers_as_store_search(
     store: docstore.Store,
 ) -> None:
-    """Without a vector index the legacy search runs the legacy function's exact query itself
-    (three columns, no hits built, not through ``store.search``): the same rows, order (ties
-    by id) and similarities as ``store.search``; never a document without an embedding nor a
-    zero vector migrated before validation (NaN); with an index, ``store.search`` again."""
+    """Without a vector index the legacy search runs its own exact query (three columns, no
+    hits built, not through ``store.search``): the same rows, order (ties by id) and
+    similarities as ``store.search``; never another doc_type's document, one without an
+    embedding, nor a zero vector migrated before validation (NaN) — above 1,000 results
+    neither; counted as exact searches; with an index, ``store.search`` again."""
     compat = LegacyDatabase(store)
     tied = unit_vector(500)
     docs = [(f"p{i:03}", f"c{i}", unit_vector(i % 40), i) for i in range(60)]
@@ -372,28 +373,37 @@ async def test_search_similar_docs_without_an_index_answers_as_store_search(
     await compat.insert_embeddings_batch(None, "serde", docs[:5])  # type: ignore[arg-type]
     await store.execute(
         "INSERT INTO documents (doc_type, source_name, doc_path, content, embedding)"
-        " VALUES ('rust', 'tokio', 'zero', 'z', $1), ('rust', 'tokio', 'bare', 'b', NULL)",
+        " VALUES ('rust', 'tokio', 'zero', 'z', $1), ('rust', 'tokio', 'bare', 'b', NULL),"
+        " ('solana', 'tokio', 'other-type', 'o', $2)",
         np.zeros(3072, dtype=np.float32),
+        tied,
     )
-    before = (await store.metrics(disk=False)).vector_search
+    apart = {"zero", "bare", "other-type"}
+
+    async def exact_count() -> int:
+        modes = (await store.metrics(disk=False)).vector_search
+        return modes["exact"].count if "exact" in modes else 0
+
+    before = await exact_count()
     for query in (tied, unit_vector(3), unit_vector(1234)):
         for limit in (1, 5, 100, 1000):
             similar = await compat.search_similar_docs("tokio", query, limit)
-            hits = await store.search(query, source_name="tokio", limit=limit)
+            hits = await store.search(query, doc_type="rust", source_name="tokio", limit=limit)
             assert hits.mode == "exact"
             assert [(s.doc_path, s.content) for s in similar] == [
                 (h.doc_path, h.content) for h in hits
             ]
             assert [s.similarity for s in similar] == [h.similarity for h in hits]
-            assert {"zero", "bare"}.isdisjoint(s.doc_path for s in similar)
+            assert apart.isdisjoint(s.doc_path for s in similar)
+        assert await compat.search_similar_docs("tokio", query, 5000) == similar
     assert len(await compat.search_similar_docs("tokio", tied, 100)) == 62
-    # store.search recorded its own exact searches only: the legacy ones did not go through it
-    after = (await store.metrics(disk=False)).vector_search
-    assert after["exact"].count - (before["exact"].count if "exact" in before else 0) == 12
+    assert await exact_count() - before == 12 + 12 + 3 + 1  # store.search, the facade
     await store.create_vector_index()
+    halfvec = (await store.metrics(disk=False)).vector_search.get("halfvec")
     similar = await compat.search_similar_docs("tokio", tied, 5)
     assert {s.doc_path for s in similar[:2]} == {"tie-a", "tie-b"}
-    assert (await store.metrics(disk=False)).vector_search["halfvec"].count >= 1
+    after = (await store.metrics(disk=False)).vector_search["halfvec"].count
+    assert after - (halfvec.count if halfvec else 0) == 1  # through store.search
 
 
 async def test_search_similar_docs_limits_like_the_legacy_function(

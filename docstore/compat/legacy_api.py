@@ -15,6 +15,7 @@ class so a port can be read side by side with the legacy code it replaces.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ from docstore.repositories.documents import lock_sources
 from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
 
-# the crate ranked exactly, as the legacy function: for a limit beyond what store.search()
+# the crate ranked exactly, like the legacy function: for a limit beyond what store.search()
 # ranks, and whenever store.search() would scan exactly anyway (LegacyDatabase._exact_only)
 # (the distance computed once a row: in the ORDER BY and the select list apart, PostgreSQL
 # reads the vector from TOAST twice)
@@ -221,12 +222,13 @@ class LegacyDatabase:
     ) -> list[SimilarDoc]:
         """Cosine similarity ``1 - (embedding <=> q)``, best first, within one crate, on the
         primary (a search right after a write sees it). Up to 1,000 results through
-        :meth:`Store.search` when there is a cosine ANN index; a larger ``limit`` (up to
-        2,147,483,647, the legacy ``integer``), or no index, ranks the crate exactly with the
-        legacy function's query (ties by id, as ``store.search``), reading only the three
-        columns returned. ``limit`` 0 or a None crate: ``[]`` (legacy ``LIMIT 0`` /
-        ``= NULL``). Documents without an embedding are never returned, nor a zero vector
-        migrated before validation (its cosine similarity is NaN)."""
+        :meth:`Store.search` when there is a cosine ANN index (or on a Citus cluster); a
+        larger ``limit`` (up to 2,147,483,647, the legacy ``integer``), or no index, ranks the
+        crate exactly with a query like the legacy function's (ties by id, as
+        ``store.search``), reading only the three columns returned. ``limit`` 0 or a None
+        crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents without an embedding are
+        never returned, nor a zero vector migrated before validation (its cosine similarity
+        is NaN)."""
         wanted = as_int(limit)  # numpy's integers too, never a bool
         if wanted is None or not 0 <= wanted <= ids.INT_MAX:
             raise ValidationError(
@@ -238,13 +240,16 @@ class LegacyDatabase:
             return []
         with self.store.read_from_primary():
             if limit > MAX_LIMIT or await self._exact_only():
-                # the legacy function's own exact query, its three columns only: no Hit
+                # an exact query like the legacy function's, its three columns only: no Hit
                 # models, no metadata decoded (a third of a small crate's search on the client)
+                started = time.perf_counter()
                 rows = await self.store.run(
                     _fetch(_EXACT_SEARCH, query, self.doc_type, crate_name, limit),
                     stateless=True,
                     read=True,
                 )
+                # counted with store.search's exact scans (the signal to build an index)
+                self._metrics.search_mode("exact", time.perf_counter() - started)
                 # an all-zero vector migrated before validation has no cosine similarity (NaN):
                 # never returned, as by store.search
                 return [SimilarDoc(r[0], r[1], 1 - r[2]) for r in rows if not math.isnan(r[2])]
