@@ -14,16 +14,12 @@ class so a port can be read side by side with the legacy code it replaces.
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from docstore.arguments import as_int
-from docstore.compat import config_values, ids, jobs, views, writes
+from docstore.compat import config_values, ids, jobs, similar, views, writes
 from docstore.compat import configs as configs_store
 from docstore.compat.rows import CrateDocument, CrateStats, LegacyDoc, SimilarDoc
 from docstore.embeddings import query_vector
@@ -34,21 +30,6 @@ from docstore.readonly.roles import grant_legacy_views, reader_roles
 from docstore.repositories.documents import lock_sources
 from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
-
-# the crate ranked exactly, like the legacy function: for a limit beyond what store.search()
-# ranks, and whenever store.search() would scan exactly anyway (LegacyDatabase._exact_only)
-# (the distance computed once a row: in the ORDER BY and the select list apart, PostgreSQL
-# reads the vector from TOAST twice)
-_EXACT_SEARCH = """SELECT doc_path, content, embedding <=> $1 AS distance
-  FROM documents WHERE doc_type = $2 AND source_name = $3 AND embedding IS NOT NULL
- ORDER BY distance, id LIMIT $4"""
-
-
-def _fetch(sql: str, *params: Any) -> Callable[[asyncpg.Connection], Awaitable[list[Any]]]:
-    async def work(conn: asyncpg.Connection) -> list[Any]:
-        return await conn.fetch(sql, *params)
-
-    return work
 
 
 class LegacyDatabase:
@@ -225,7 +206,8 @@ class LegacyDatabase:
         :meth:`Store.search` when there is a cosine ANN index (or on a Citus cluster); a
         larger ``limit`` (up to 2,147,483,647, the legacy ``integer``), or no index, ranks the
         crate exactly with a query like the legacy function's (ties by id, as
-        ``store.search``), reading only the three columns returned. ``limit`` 0 or a None
+        ``store.search``), reading only the three columns returned
+        (:mod:`docstore.compat.similar`). ``limit`` 0 or a None
         crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents without an embedding are
         never returned, nor a zero vector migrated before validation (its cosine similarity
         is NaN)."""
@@ -239,30 +221,14 @@ class LegacyDatabase:
         if key_text("crate_name", crate_name, optional=True) is None or limit == 0:
             return []
         with self.store.read_from_primary():
-            if limit > MAX_LIMIT or await self._exact_only():
-                # an exact query like the legacy function's, its three columns only: no Hit
-                # models, no metadata decoded (a third of a small crate's search on the client)
-                started = time.perf_counter()
-                rows = await self.store.run(
-                    _fetch(_EXACT_SEARCH, query, self.doc_type, crate_name, limit),
-                    stateless=True,
-                    read=True,
+            if limit > MAX_LIMIT or await similar.exact_only(self.store):
+                return await similar.exact_similar(
+                    self.store, self.doc_type, crate_name, query, limit
                 )
-                # counted with store.search's exact scans (the signal to build an index)
-                self._metrics.search_mode("exact", time.perf_counter() - started)
-                # an all-zero vector migrated before validation has no cosine similarity (NaN):
-                # never returned, as by store.search
-                return [SimilarDoc(r[0], r[1], 1 - r[2]) for r in rows if not math.isnan(r[2])]
             hits = await self.store.search(
                 query, doc_type=self.doc_type, source_name=crate_name, limit=limit
             )
         return [SimilarDoc(h.doc_path, h.content, float(h.similarity or 0.0)) for h in hits]
-
-    async def _exact_only(self) -> bool:
-        """Whether ``store.search`` would scan exactly anyway: no usable cosine index (looked up
-        in the store's index cache), on one node (a Citus cluster keeps the search's own SQL,
-        which sends the query vector to the shards once)."""
-        return not self.store.distributed and await self.store.vector_index("cosine") is None
 
     @timed("compat.get_crate_documents")
     async def get_crate_documents(self, crate_name: str) -> list[CrateDocument]:
