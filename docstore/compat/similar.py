@@ -14,9 +14,8 @@ import math
 import time
 from typing import Any
 
-import asyncpg
-
 from docstore.compat.rows import SimilarDoc
+from docstore.core.surface import own_reads
 from docstore.store import Store
 
 # the distance computed once a row: in the ORDER BY and the select list apart, PostgreSQL
@@ -41,11 +40,7 @@ async def exact_similar(
     exactly; counted with ``store.search``'s exact scans in the metrics (the signal to build
     an index). An all-zero vector migrated before validation has no cosine similarity (NaN):
     never returned, as by ``store.search``."""
-
-    async def work(conn: asyncpg.Connection) -> list[Any]:
-        return await conn.fetch(EXACT_SEARCH, query, doc_type, crate_name, limit)
-
     started = time.perf_counter()
-    rows = await store.run(work, stateless=True, read=True)
+    rows = await own_reads(store).fetch(EXACT_SEARCH, query, doc_type, crate_name, limit)
     store._metrics.search_mode("exact", time.perf_counter() - started)
     return [SimilarDoc(r[0], r[1], 1 - r[2]) for r in rows if not math.isnan(r[2])]
