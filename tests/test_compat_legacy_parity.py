@@ -360,11 +360,12 @@ async def test_search_similar_docs_reads_the_primary(database_url: str, pg: Any)
 async def test_search_similar_docs_without_an_index_answers_as_store_search(
     store: docstore.Store,
 ) -> None:
-    """Without a vector index the legacy search runs its own exact query (three columns, no
-    hits built, not through ``store.search``): the same rows, order (ties by id) and
-    similarities as ``store.search``; never another doc_type's document, one without an
-    embedding, nor a zero vector migrated before validation (NaN) — above 1,000 results
-    neither; counted as exact searches; with an index, ``store.search`` again."""
+    """Without a vector index the legacy search ranks the crate exactly with its own
+    three-column query (``docstore.compat.similar``; its speed is ``bench/compat.py``'s): the
+    same rows, order (ties by id) and similarities as ``store.search``; never another
+    doc_type's document, one without an embedding, nor a zero vector migrated before
+    validation (NaN) — above 1,000 results neither; counted as exact searches; with an
+    index, ``store.search`` again (a halfvec search for this small crate)."""
     compat = LegacyDatabase(store)
     tied = unit_vector(500)
     docs = [(f"p{i:03}", f"c{i}", unit_vector(i % 40), i) for i in range(60)]

@@ -207,10 +207,9 @@ class LegacyDatabase:
         larger ``limit`` (up to 2,147,483,647, the legacy ``integer``), or no index, ranks the
         crate exactly with a query like the legacy function's (ties by id, as
         ``store.search``), reading only the three columns returned
-        (:mod:`docstore.compat.similar`). ``limit`` 0 or a None
-        crate: ``[]`` (legacy ``LIMIT 0`` / ``= NULL``). Documents without an embedding are
-        never returned, nor a zero vector migrated before validation (its cosine similarity
-        is NaN)."""
+        (:mod:`docstore.compat.similar`). ``limit`` 0 or a None crate: ``[]`` (legacy
+        ``LIMIT 0`` / ``= NULL``). Documents without an embedding are never returned, nor a
+        zero vector migrated before validation (its cosine similarity is NaN)."""
         wanted = as_int(limit)  # numpy's integers too, never a bool
         if wanted is None or not 0 <= wanted <= ids.INT_MAX:
             raise ValidationError(
