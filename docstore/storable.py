@@ -96,6 +96,29 @@ def in_utc(value: datetime) -> datetime:
         ) from None
 
 
+def naive_utc(value: Any) -> Any:
+    """An aware datetime as naive UTC (how TIMESTAMP columns hold time); anything else as is.
+    ``ValueError`` if UTC moves it outside the years 1–9999 (:func:`in_utc`)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return in_utc(value).replace(tzinfo=None)
+    return value
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """None, a datetime, or an ISO-8601 string (as stored in JSON) → datetime or None."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def aware_utc(value: Any) -> Any:
+    """A naive datetime as UTC (docstore's convention for naive times; asyncpg would read it
+    in the Python process's local zone when it fills a TIMESTAMPTZ column)."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 def printable(text: str) -> str:
     """``text`` for an error message: NUL bytes and lone surrogates escaped."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
@@ -180,6 +203,8 @@ def _jsonb_text_bytes(value: Any) -> int:
     there, where ``json.dumps`` writes 6)."""
     if isinstance(value, float) and math.isfinite(value):
         return len(format(Decimal(repr(value)), "f"))
+    if type(value) is int:  # as json.dumps writes it (a bool is no int here): 6x cheaper
+        return len(str(value))
     if isinstance(value, Mapping):
         items = [_jsonb_text_bytes(str(k)) + 2 + _jsonb_text_bytes(v) for k, v in value.items()]
         return 2 + sum(items) + 2 * max(len(items) - 1, 0)

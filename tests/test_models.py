@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from decimal import Decimal
@@ -290,6 +291,13 @@ def test_a_legacy_id_too_long_for_its_index_is_refused_before_the_database_sees_
     short = Document(source_name="s", doc_path="p", content="c", metadata={"legacy_id": "x" * 2500})
     assert short.metadata["legacy_id"] == "x" * 2500
     assert indexed_text_bytes(1e300) == 301  # as jsonb prints it: every digit
+
+
+@pytest.mark.parametrize("value", [0, 7, -12, 10**40, -(10**40), True, False, [1, -2], {"a": 3}])
+def test_indexed_text_bytes_of_integers_is_what_json_writes(value: object) -> None:
+    """The integer fast path counts what ``json.dumps`` writes (and jsonb prints) for every
+    int, and a bool is not taken for one (``true``, not ``1``)."""
+    assert indexed_text_bytes(value) == len(json.dumps(value, separators=(", ", ": ")))
 
 
 @pytest.mark.parametrize("mode", ["validation", "serialization"])
