@@ -257,7 +257,12 @@ class _Model(BaseModel):
 
 def _private(model: pydantic.BaseModel) -> dict[str, Any]:
     """``model``'s private attributes, read and written past pydantic's ``__getattr__`` and
-    ``__setattr__`` (~1.7 and ~0.5 µs an access; a write validates four a document)."""
+    ``__setattr__`` (~1.7 and ~0.5 µs an access; a write validates four a document). Set
+    to the defaults where pydantic left none: a subclass's ``model_post_init`` that does not
+    call ``super()`` skips pydantic's, which fills them (on pydantic 2.4)."""
+    if model.__pydantic_private__ is None:
+        defaults = {n: a.get_default() for n, a in type(model).__private_attributes__.items()}
+        object.__setattr__(model, "__pydantic_private__", defaults)
     return cast(dict[str, Any], model.__pydantic_private__)
 
 

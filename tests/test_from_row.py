@@ -15,6 +15,7 @@ import pytest
 import docstore
 from docstore.errors import ValidationError
 from docstore.models import Document, Source
+from docstore.repositories.documents import validate
 from docstore.search.results import Hit
 from tests.conftest import sample_documents
 
@@ -81,6 +82,22 @@ def test_private_attributes_are_fresh_for_every_instance() -> None:
     a.seal()
     assert json.loads(str(a.take_metadata_json())) == {"kind": "module"}
     assert b.__pydantic_private__ == {"_metadata_json": None, "_embedding_checked": False}
+
+
+def test_a_subclass_whose_model_post_init_skips_pydantics_still_validates() -> None:
+    """A subclass's ``model_post_init`` without ``super()`` leaves the private attributes
+    unset on pydantic 2.4 (pydantic fills them only there): a Document of it is still
+    checked, sealed and written like any other (the models set the defaults themselves)."""
+
+    class Tagged(Document):
+        def model_post_init(self, context: Any, /) -> None:
+            pass
+
+    doc = Tagged(source_name="s", doc_path="p", content="c", metadata={"legacy_id": 3})
+    assert doc.embedding_checked
+    checked = validate(doc, 0, 3)
+    assert checked.take_metadata_json() == '{"legacy_id": 3}'
+    assert checked.__pydantic_private__ == {"_metadata_json": None, "_embedding_checked": True}
 
 
 def _document_row() -> dict[str, Any]:
