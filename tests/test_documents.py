@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -419,3 +421,34 @@ async def test_a_legacy_id_the_index_cannot_hold_writes_nothing_of_the_list(
         )
         == 1
     )
+
+
+async def test_writes_and_reads_make_asyncpg_introspect_no_type(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg looks an array type other than text[] (and the built-in scalars) up in the
+    catalog the first time a connection meets it: a query of 5-10 ms here, a round trip more
+    to a remote server, on every new connection of a pool. Writes and reads on a new store's
+    connections send none: the source locks' buckets go as text[]."""
+    seen: list[list[int]] = []
+    original = asyncpg.connection.Connection._introspect_types
+
+    async def spy(self: Any, typeoids: Any, timeout: Any) -> Any:
+        seen.append(sorted(typeoids))
+        return await original(self, typeoids, timeout)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "_introspect_types", spy)
+    async with docstore.connect(database_url) as store:
+        docs = make_docs(5, source="nointro")
+        assert (await store.documents.upsert_many(docs)).inserted == 5
+        assert (await store.documents.upsert_many(docs)).unchanged == 5
+        changed = [docs[0].model_copy(update={"content": "new"}), *docs[1:]]
+        assert (await store.documents.upsert_many(changed)).updated == 1
+        assert (await store.documents.upsert(docs[0])).content == docs[0].content
+        assert await store.documents.get_by_key(*docs[1].key) is not None
+        assert len([d async for d in store.documents.iter(source_name="nointro")]) == 5
+        assert await store.documents.stats()
+        hits = await store.search(docs[2].embedding, filter={"source_name": {"$in": ["nointro"]}})
+        assert hits[0].doc_path == docs[2].doc_path
+        assert await store.documents.delete_source("rust", "nointro") == 5
+    assert seen == []

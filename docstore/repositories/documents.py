@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from docstore.codecs import EncodedVector, encode_vector
+from docstore.codecs import EncodedVector, encode_vector, keys_param
 from docstore.core.surface import own_reads
 from docstore.errors import QueryError, ValidationError
 from docstore.failures import is_unique_violation
@@ -148,8 +148,8 @@ SOURCE_LOCK_SPACE = 0x646F6373  # "docs"
 SOURCE_LOCK_BUCKETS = 256
 _LOCK_SOURCES = f"""
 SELECT count(pg_advisory_xact_lock({SOURCE_LOCK_SPACE}, k))
-  FROM (SELECT k FROM unnest($1::int[]) AS k ORDER BY k OFFSET 0) AS s
-"""
+  FROM (SELECT k FROM unnest($1::text[]::int[]) AS k ORDER BY k OFFSET 0) AS s
+"""  # the buckets as text[]: asyncpg would look int[] up in the catalog on each new connection
 
 
 # One statement per existing row, pipelined: is the stored row different? (Reading it costs the
@@ -224,7 +224,7 @@ async def lock_sources(conn: asyncpg.Connection, sources: Iterable[tuple[str, st
     """
     keys = sorted({source_lock_key(*source) for source in sources})
     if keys:
-        await conn.fetchval(_LOCK_SOURCES, keys)
+        await conn.fetchval(_LOCK_SOURCES, keys_param(keys))
 
 
 def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
