@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from docstore.errors import FilterError
-from docstore.search.filters import OPERATORS, build_filter
+from docstore.search.filters import OPERATORS, binds_a_long_list, build_filter
 from tests.fuzzing import examples
 
 MARK = "ZQXW"
@@ -224,3 +224,19 @@ def test_an_in_list_past_its_limit_is_a_filter_error_before_any_value_is_checked
     for op in ("$in", "$nin"):
         with pytest.raises(FilterError, match=f"at most {MAX_LIST:,} values, not 1,000,000"):
             build_filter({"token_count": {op: list(range(1_000_000))}})
+
+
+def test_a_statement_binding_a_list_postgresql_would_hash_is_told_apart() -> None:
+    """PostgreSQL hashes an ``$in`` list of 9 values or more, and only in a plan made with
+    them: such statements are planned with their values every time
+    (``docstore/search/statements.py``); shorter lists and list-free filters are not."""
+    for values, long in ((8, False), (9, True), (500, True)):
+        for op in ("$in", "$nin"):
+            for field_ in ("metadata.v", "token_count", "source_name"):
+                items = [f"{i}" if field_ != "token_count" else i for i in range(values)]
+                sql, params = build_filter({field_: {op: items}})
+                assert binds_a_long_list(sql, params) is long, (values, op, field_)
+    short_list_long_path = build_filter({"metadata.a.b.c.d.e.f.g.h.i": {"$in": ["x"]}})
+    assert binds_a_long_list(*short_list_long_path)  # a path is a list too: only round trips
+    assert not binds_a_long_list(*build_filter({"metadata.v": {"$eq": list(range(20))}}))
+    assert not binds_a_long_list(*build_filter(None))

@@ -141,3 +141,40 @@ async def test_the_key_probe_is_planned_for_the_table_as_it_is_after_a_truncate(
         )
     assert plans and all(p["generic_plans"] == 0 for p in plans), plans
     assert sum(p["custom_plans"] for p in plans) >= 10
+
+
+async def test_a_search_binding_a_list_is_never_run_on_a_generic_plan(database_url: str) -> None:
+    """PostgreSQL hashes an ``$in`` list only in a plan made with its values; the generic plan
+    a prepared statement switches to from its sixth run compared every row with every value
+    (an exact search with 300 metadata values: 55 → 370 ms from the sixth run on). Vector
+    and text searches binding a list are planned with their values each time, on a connection
+    that runs them again and again (without an index the default search is the exact one; the
+    halfvec-ranked path runs its statement through the same ``statements.fetch``). Without
+    that, PostgreSQL switched them to generic plans."""
+    async with docstore.connect(database_url, pool_min_size=1, pool_max_size=1) as store:
+        rows = docs(300, source="lists")
+        for i, doc in enumerate(rows):
+            doc.metadata = {"v": str(i % 50)}
+        await store.documents.upsert_many(rows)
+        await store.execute("VACUUM ANALYZE documents")
+        values = [str(i) for i in range(0, 50, 2)]
+        filters = [
+            {"metadata.v": {"$in": values}},
+            {"metadata.v": {"$nin": values}},
+            {"token_count": {"$in": list(range(0, 300, 3))}},
+            {"source_name": {"$in": ["lists", "other"]}, "metadata.v": {"$in": values}},
+        ]
+        query = rows[7].embedding
+        for _ in range(8):  # past the five custom plans on the one connection
+            for flt in filters:
+                exact = await store.search(query, filter=flt, exact=True)
+                ranked = await store.search(query, filter=flt, limit=5)
+                assert ranked.ids == exact.ids[:5]
+                await store.search_text("c", filter=flt)
+        kept = await store.fetch(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '% = ANY(%' AND statement NOT LIKE '%pg_prepared_statements%'"
+        )
+    # each run prepared a statement of its own, whose first run PostgreSQL plans with its
+    # values; none is kept to be run again (and switched to a generic plan)
+    assert kept == [], [dict(p) for p in kept]

@@ -33,9 +33,10 @@ from docstore.search.indexes import (
     SearchIndexes,
 )
 from docstore.search.recall import RecallEvaluator
+from docstore.search.statements import fetch as _fetch
 from docstore.search.surface import SearchDatabase
 from docstore.search.text import TextSearch
-from docstore.search.vector import _HIT_DEFAULTS, VectorSearch, _ann_fetch, _fetch, _hit
+from docstore.search.vector import _HIT_DEFAULTS, VectorSearch, _ann_fetch, _hit
 
 __all__ = [
     "BUILD_PROGRESS_SECONDS",

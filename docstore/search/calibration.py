@@ -16,17 +16,17 @@ import asyncio
 import functools
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import numpy as np
 
 from docstore.core.surface import own_reads
 from docstore.errors import QueryError
 from docstore.search import queries
 from docstore.search.planner import level_candidates
+from docstore.search.statements import fetch as _fetch
 from docstore.search.tuning import (
     CALIBRATION_K,
     EF_GRID,
@@ -322,10 +322,3 @@ def _min_escalation(trials: Mapping[int, Sequence[Trial]]) -> int:
     enough = next((ef for ef in grid if min(t.recall for t in trials[ef]) >= 0.9), grid[-1])
     wanted = max(2 * enough, MIN_ESCALATION)
     return next((ef for ef in grid if ef >= wanted), grid[-1])
-
-
-def _fetch(sql: str, params: list[Any]) -> Callable[[asyncpg.Connection], Awaitable[Any]]:
-    async def work(conn: asyncpg.Connection) -> Any:
-        return await conn.fetch(sql, *params)
-
-    return work

@@ -36,6 +36,7 @@ from docstore.search import planner, queries, table_size
 from docstore.search.indexes import INDEX_CACHE_SECONDS
 from docstore.search.kept import Kept
 from docstore.search.planner import FilterSize
+from docstore.search.statements import planned_for
 
 SAMPLE_PAGES = 1000
 """Heap pages a filter no index serves is sampled on (all of a smaller table)."""
@@ -67,7 +68,8 @@ class FilterSizes:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        size: FilterSize = await self._db.run(_measure(flt, *count), stateless=True, read=True)
+        work = planned_for(*count, _measure(flt, *count))  # its sample binds the same lists
+        size: FilterSize = await self._db.run(work, stateless=True, read=True)
         self.measured += 1
         return self._cache.put(key, size)
 

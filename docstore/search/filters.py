@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import numbers
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -52,6 +52,22 @@ _INT4 = (-(2**31), 2**31 - 1)
 MAX_PARAMETER = 32_767 - 16
 """The highest placeholder a filter may use: PostgreSQL binds at most 32,767 parameters per
 statement, and the statement the filter goes into has a few of its own after it."""
+
+LIST_OPERAND = " = ANY("
+"""How ``$in`` and ``$nin`` compare with their bound list (:func:`binds_a_long_list`)."""
+HASHED_LIST = 9
+"""The shortest list PostgreSQL hashes for ``x = ANY(list)`` (``MIN_ARRAY_SIZE_FOR_HASHED_SAOP``);
+it does so only in a plan made with the list's values."""
+
+
+def binds_a_long_list(sql: str, params: Sequence[Any]) -> bool:
+    """Whether a statement holding a filter of :func:`build_filter` compares with a bound list
+    (``$in``, ``$nin``) long enough for PostgreSQL to hash: one to plan with its values every
+    time (:mod:`docstore.search.statements`). A metadata path is a list too, so a long one
+    counts here as well (it costs those round trips, nothing else)."""
+    return LIST_OPERAND in sql and any(
+        isinstance(p, list) and len(p) >= HASHED_LIST for p in params
+    )
 
 
 @dataclass
@@ -251,8 +267,8 @@ def _in(t: _Target, v: Any, p: _Params, a: str) -> str:
     items = _list(v, t, "$in")
     if t.column is not None:
         values = [_column_value(t, item, "$in") for item in items]
-        return f"{t.sql(a, p)} = ANY({p.add(values)}::{COLUMNS[t.column]}[])"
-    return f"{t.sql(a, p)} = ANY({p.add([_json(i, t, '$in') for i in items])}::jsonb[])"
+        return f"{t.sql(a, p)}{LIST_OPERAND}{p.add(values)}::{COLUMNS[t.column]}[])"
+    return f"{t.sql(a, p)}{LIST_OPERAND}{p.add([_json(i, t, '$in') for i in items])}::jsonb[])"
 
 
 def _nin(t: _Target, v: Any, p: _Params, a: str) -> str:

@@ -22,9 +22,10 @@ from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, SearchRecall, timed
 from docstore.models import bounded_int, finite_number, half_precision_problem, query_vector
 from docstore.search import queries
-from docstore.search.filters import build_filter
+from docstore.search.filters import binds_a_long_list, build_filter
 from docstore.search.indexes import SearchIndexes
 from docstore.search.results import Latency, RecallReport, SearchResults
+from docstore.search.statements import CUSTOM_PLANS
 from docstore.search.vector import VectorSearch
 
 MAX_RECALL_SAMPLE = 100_000  # stored vectors evaluate_recall() may sample
@@ -178,6 +179,8 @@ def _sample_vectors(flt: Mapping[str, Any] | None, sample: int, seed: float | No
 
     async def work(conn: asyncpg.Connection) -> list[Any]:
         async with conn.transaction():
+            if binds_a_long_list(where, params):  # :mod:`docstore.search.statements`
+                await conn.execute(CUSTOM_PLANS)
             if seed is not None:
                 await conn.execute("SELECT setseed($1)", seed)
             ids = await conn.fetch(

@@ -19,7 +19,8 @@ from docstore.models import flag, query_vector
 from docstore.search import queries, text_sql
 from docstore.search.filters import build_filter
 from docstore.search.results import Hit, SearchResults
-from docstore.search.vector import VectorSearch, _fetch, _hit, shard
+from docstore.search.statements import fetch
+from docstore.search.vector import VectorSearch, _hit, shard
 
 
 class TextSearch:
@@ -66,7 +67,7 @@ class TextSearch:
             include_embedding=include_embedding,
         )
         records = await self._db.run(
-            _fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
+            fetch(sql, params), stateless=True, read=True, shard=shard(self._db, source_name)
         )
         hits = [_hit(r, text_rank=r["rank"]) for r in records]
         return SearchResults(hits, mode="text", elapsed_ms=(time.perf_counter() - started) * 1000)

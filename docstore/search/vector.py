@@ -29,6 +29,7 @@ from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
 from docstore.search.kept import Kept
 from docstore.search.planner import Scope
 from docstore.search.results import Hit, SearchResults, VectorIndex
+from docstore.search.statements import fetch as _fetch
 from docstore.search.tuner import SearchTuner
 
 SCOPE_CACHE_ENTRIES = CACHE_ENTRIES
@@ -440,13 +441,6 @@ def shard(db: Queries, source_name: str | None) -> str | None:
     if source_name is None or not db.distributed or not db.settings.citus_route_searches:
         return None
     return source_name
-
-
-def _fetch(sql: str, params: list[Any]) -> Any:
-    async def work(conn: asyncpg.Connection) -> list[Any]:
-        return await conn.fetch(sql, *params)
-
-    return work
 
 
 def _ann_fetch(
