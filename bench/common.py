@@ -29,6 +29,7 @@ Scripts with parts of their own keep them in a package beside them (``bench/scal
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -617,6 +618,30 @@ def human_bytes(n: float) -> str:
 def vector_literal(q: np.ndarray) -> str:
     """``'[0.1,…]'``: ``q`` as a quoted pgvector literal, for EXPLAIN of a prepared statement."""
     return "'[" + ",".join(f"{x:.7g}" for x in q) + "]'"
+
+
+def table_parser(doc: str, *, rows: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that fills a table of its own: ``--rows`` (default ``rows``)
+    and ``--url`` (a database it empties; default a throwaway embedded server)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--url", help="a database to empty and use (default: embedded)")
+    return parser
+
+
+@contextlib.asynccontextmanager
+async def emptied_documents(
+    args: argparse.Namespace, script: str, name: str
+) -> AsyncIterator[tuple[str, docstore.Store]]:
+    """For a benchmark of :func:`table_parser`'s options: its machine line printed, then the
+    URL of database ``name`` (``--url``'s own, else on a throwaway embedded server) and a
+    store on it whose ``documents`` table was just emptied."""
+    print(machine_line(script))
+    async with bench_server(args.url) as server:
+        url = await server.database(name)
+        async with docstore.connect(url) as store:
+            await store.execute("TRUNCATE documents")
+            yield url, store
 
 
 def machine_line(script: str) -> str:

@@ -15,7 +15,6 @@ count). Timings are medians of
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -73,20 +72,14 @@ async def _measure(store: docstore.Store, shape: str, repeat: int) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=30_000)
+    parser = common.table_parser(__doc__, rows=30_000)
     parser.add_argument("--repeat", type=int, default=21)
-    parser.add_argument("--url", help="a database to empty and use (default: embedded)")
     args = parser.parse_args()
-    print(common.machine_line("bench/growth.py"))
-    async with common.bench_server(args.url) as server:
-        url = await server.database("growth")
-        async with docstore.connect(url) as store:
-            await store.execute("TRUNCATE documents")
-            await store.execute(_FILL, "e", True, args.rows)
-            await _measure(store, "embedded rows only", args.repeat)
-            await store.execute(_FILL, "n", False, args.rows)
-            await _measure(store, "plus as many rows without embedding", args.repeat)
+    async with common.emptied_documents(args, "bench/growth.py", "growth") as (_, store):
+        await store.execute(_FILL, "e", True, args.rows)
+        await _measure(store, "embedded rows only", args.repeat)
+        await store.execute(_FILL, "n", False, args.rows)
+        await _measure(store, "plus as many rows without embedding", args.repeat)
 
 
 if __name__ == "__main__":

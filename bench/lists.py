@@ -20,7 +20,6 @@ first five, for every list length.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -76,19 +75,13 @@ async def _measure(url: str, values: int, runs: int) -> Goal:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=20_000)
+    parser = common.table_parser(__doc__, rows=20_000)
     parser.add_argument("--values", type=int, nargs="+", default=[30, 300])
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--url", help="a database to empty and use (default: embedded)")
     args = parser.parse_args()
-    print(common.machine_line("bench/lists.py"))
-    async with common.bench_server(args.url) as server:
-        url = await server.database("lists")
-        async with docstore.connect(url) as store:
-            await store.execute("TRUNCATE documents")
-            await store.execute(_FILL, args.rows, DIM)
-            await store.execute("VACUUM ANALYZE documents")
+    async with common.emptied_documents(args, "bench/lists.py", "lists") as (url, store):
+        await store.execute(_FILL, args.rows, DIM)
+        await store.execute("VACUUM ANALYZE documents")
         goals = [await _measure(url, n, args.runs) for n in args.values]
     print()
     raise SystemExit(0 if common.print_goals(goals) else 1)

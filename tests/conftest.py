@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -264,3 +265,21 @@ def ext_schema_url(pg: PgCluster) -> Iterator[str]:
 async def store(database_url: str) -> AsyncIterator[docstore.Store]:
     async with docstore.connect(database_url) as s:
         yield s
+
+
+@pytest.fixture
+def introspections(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The type oids asyncpg looks up in the catalog during the test, one list a lookup.
+
+    asyncpg does so the first time a connection meets a type it does not know (any array
+    type but text[], an extension's type): a query of 5-10 ms, a round trip more to a remote
+    server, on every new connection."""
+    seen: list[list[int]] = []
+    original = asyncpg.connection.Connection._introspect_types
+
+    async def spy(self: Any, typeoids: Any, timeout: Any) -> Any:
+        seen.append(sorted(typeoids))
+        return await original(self, typeoids, timeout)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "_introspect_types", spy)
+    return seen

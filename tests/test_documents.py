@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
 
-import asyncpg
 import numpy as np
 import pytest
 
@@ -424,20 +422,11 @@ async def test_a_legacy_id_the_index_cannot_hold_writes_nothing_of_the_list(
 
 
 async def test_writes_and_reads_make_asyncpg_introspect_no_type(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, introspections: list[list[int]]
 ) -> None:
-    """asyncpg looks an array type other than text[] (and the built-in scalars) up in the
-    catalog the first time a connection meets it: a query of 5-10 ms here, a round trip more
-    to a remote server, on every new connection of a pool. Writes and reads on a new store's
-    connections send none: the source locks' buckets go as text[]."""
-    seen: list[list[int]] = []
-    original = asyncpg.connection.Connection._introspect_types
-
-    async def spy(self: Any, typeoids: Any, timeout: Any) -> Any:
-        seen.append(sorted(typeoids))
-        return await original(self, typeoids, timeout)
-
-    monkeypatch.setattr(asyncpg.connection.Connection, "_introspect_types", spy)
+    """Writes and reads on a new store's connections make asyncpg look up no type in the
+    catalog (a query of 5-10 ms here on each new connection): the source locks' buckets go as
+    text[]."""
     async with docstore.connect(database_url) as store:
         docs = make_docs(5, source="nointro")
         assert (await store.documents.upsert_many(docs)).inserted == 5
@@ -451,4 +440,4 @@ async def test_writes_and_reads_make_asyncpg_introspect_no_type(
         hits = await store.search(docs[2].embedding, filter={"source_name": {"$in": ["nointro"]}})
         assert hits[0].doc_path == docs[2].doc_path
         assert await store.documents.delete_source("rust", "nointro") == 5
-    assert seen == []
+    assert introspections == []
