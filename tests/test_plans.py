@@ -148,9 +148,9 @@ async def test_a_search_binding_a_list_is_never_run_on_a_generic_plan(database_u
     a prepared statement switches to from its sixth run compared every row with every value
     (an exact search with 300 metadata values: 55 → 370 ms from the sixth run on). Vector
     and text searches binding a list are planned with their values each time, on a connection
-    that runs them again and again (without an index the default search is the exact one; the
-    halfvec-ranked path runs its statement through the same ``statements.fetch``). Without
-    that, PostgreSQL switched them to generic plans."""
+    that runs them again and again: exact and text searches, then with an index the default
+    search ranking the filtered rows on ``embedding_half``. Without that, PostgreSQL switched
+    them to generic plans."""
     async with docstore.connect(database_url, pool_min_size=1, pool_max_size=1) as store:
         rows = docs(300, source="lists")
         for i, doc in enumerate(rows):
@@ -180,12 +180,23 @@ async def test_a_search_binding_a_list_is_never_run_on_a_generic_plan(database_u
                 ranked = await store.search(query, filter=flt, limit=5)
                 assert ranked.ids == exact.ids[:5]
                 await store.search_text("c", filter=flt)
-        kept = await store.fetch(
-            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE '% = ANY(%' AND statement NOT LIKE '%pg_prepared_statements%'"
-        )
-    # each run prepared a statement of its own, whose first run PostgreSQL plans with its
-    # values; none is kept to be run again (and switched to a generic plan), and none is left
-    # behind: only the short lists' statements, in asyncpg's cache, and never generic
-    assert all(p["generic_plans"] == 0 for p in kept), [dict(p) for p in kept]
-    assert len(kept) <= 2 * len(filters), [p["statement"][-60:] for p in kept]
+        kept = await store.fetch(_KEPT_LISTS)
+        # each run prepared a statement of its own, whose first run PostgreSQL plans with its
+        # values; none is kept to be run again (and switched to a generic plan), and none is
+        # left behind: only the short lists' statements, in asyncpg's cache
+        assert len(kept) <= 2 * len(filters), [p["statement"][-60:] for p in kept]
+        await store.create_vector_index(calibrate=False)  # sized filters, ranked on halfvec
+        selective = {"metadata.v": {"$in": ["0", *(f"absent {i}" for i in range(10))]}}
+        modes = set()
+        for _ in range(8):
+            for flt in [*filters, selective]:  # 6 of 300 rows match the last one
+                modes.add((await store.search(query, filter=flt, limit=5)).mode)
+        assert "halfvec" in modes, modes
+        kept = await store.fetch(_KEPT_LISTS)  # the ANN and sizing statements: custom plans
+    assert kept and all(p["generic_plans"] == 0 for p in kept), [dict(p) for p in kept]
+
+
+_KEPT_LISTS = (
+    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+    " WHERE statement LIKE '% = ANY(%' AND statement NOT LIKE '%pg_prepared_statements%'"
+)
