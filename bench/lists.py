@@ -32,6 +32,7 @@ from common import DIM, Goal
 
 import docstore
 from docstore.codecs import register_codecs
+from docstore.core.pools import VECTOR_SCHEMA
 from docstore.search import queries
 
 _FILL = """
@@ -60,7 +61,7 @@ async def _measure(url: str, values: int, runs: int) -> Goal:
     sql, params = queries.vector_search_sql(query, dim=DIM, filter=flt)
     conn = await asyncpg.connect(url)
     try:
-        await register_codecs(conn, "public")
+        await register_codecs(conn, await conn.fetchval(VECTOR_SCHEMA))  # pgvector's schema
         statement = await conn.prepare(sql)
         raw_first, raw_later = await _runs(lambda: statement.fetch(*params), runs)
     finally:
