@@ -550,32 +550,53 @@ async def test_unreachable_legacy_database_error_never_shows_the_password(
         chain = chain.__cause__ or chain.__context__
 
 
-async def test_a_rerun_after_chunk_boundaries_moved_reports_no_phantom_delta(
+async def test_a_rerun_after_a_deletion_copies_only_the_chunks_that_changed(
     legacy_url: str, database_url: str
 ) -> None:
-    """A deletion early in the table moves every later chunk boundary; checkpoints of the
-    earlier run's boundaries must not make the delta pass re-copy ranges (and warn that the
-    legacy database changed during the copy) when nothing changed during this run."""
+    """Chunk boundaries were drawn every ``chunk_rows`` rows anew on each run: one deletion
+    early in the table moved every later boundary, and the final run before a cutover copied
+    every chunk again (an operator's rehearsal: 33 of 33 chunks after deleting one row). A
+    re-run keeps the ranges the earlier run checkpointed: the chunks holding a deleted or
+    edited row are copied again, the others skipped, rows added after the last range make a
+    new chunk, and a range whose rows were all deleted loses them on the target too. No
+    phantom delta (the legacy database did not change during this run)."""
     async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
-        assert (await m.run()).ok
-    # between the warm copy and the cutover: a deletion in the first chunk, an edit later on
+        first = await m.run()
+    assert first.ok and first.copied_chunks == 5  # (0,25] … (100,120]
     await legacy_execute(
         legacy_url,
         "delete from doc_embeddings where id = 3;"
-        " update doc_embeddings set content = content || ' edited' where id = 60",
+        " update doc_embeddings set content = content || ' edited' where id = 60;"
+        " delete from doc_embeddings where id > 75 and id <= 100;"
+        " insert into doc_embeddings (crate_name, doc_path, content)"
+        " select 'crate1', 'added/' || g, 'added ' || g from generate_series(1, 30) g",
     )
     async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
         report = await m.run()
     assert report.ok, report.validation
+    assert report.skipped_chunks == 2  # (25,50] and (100,120]
+    assert report.copied_chunks == 5  # (0,25], (50,75], the emptied (75,100], 30 new rows
+    assert report.copied_documents == 24 + 25 + 0 + 30
     assert report.delta_documents == 0, report.warnings
     assert not [w for w in report.warnings if "changed during the copy" in w]
     async with docstore.connect(database_url) as store:
-        assert await store.documents.count() == DOCS - 1
-        stale = await store.fetchval(
-            "select count(*) from docstore_migration_checkpoints where first_key not in"
-            " (0, 26, 51, 76, 101)"  # the boundaries of 119 rows without id 3, 25 per chunk
+        assert await store.documents.count() == DOCS - 1 - 25 + 30
+        ranges = await store.fetch(
+            "select first_key, last_key, rows from docstore_migration_checkpoints"
+            " order by first_key"
         )
-        assert stale == 0
+        assert [tuple(r) for r in ranges] == [
+            (0, 25, 24),
+            (25, 50, 25),
+            (50, 75, 25),
+            (75, 100, 0),
+            (100, 120, 20),
+            (120, 145, 25),
+            (145, 150, 5),
+        ]
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        again = await m.run()
+    assert again.ok and again.copied_chunks == 0 and again.skipped_chunks == 7
 
 
 async def test_a_crate_gone_from_the_legacy_database_goes_with_its_jobs_on_a_rerun(

@@ -67,18 +67,21 @@ async def forget(tgt: asyncpg.Connection, run_id: str) -> None:
 
 
 async def prune(
-    tgt: asyncpg.Connection, run_id: str, first_keys: Sequence[int]
+    tgt: asyncpg.Connection,
+    run_id: str,
+    first_keys: Sequence[int],
+    loaded: Sequence[Checkpoint] | None = None,
 ) -> dict[int, Checkpoint]:
     """The run's checkpoints of the current chunks (by first key), after dropping those whose
-    first key is not among ``first_keys``.
+    first key is not among ``first_keys`` (``loaded``: the run's checkpoints, already read).
 
-    A deletion since the last run moves every later chunk boundary: kept, those checkpoints'
-    stale stamps would make the delta pass re-copy their ranges and report that the legacy
-    database changed during this run. (Nothing is deleted, and no statement sent, when none is
-    stale, as on a first run.)"""
+    The chunk plan keeps an earlier run's ranges (:func:`~docstore.migrate.copy.plan_chunks`),
+    so only a plan drawn anew drops any: kept, checkpoints of other boundaries would make the
+    delta pass re-copy their ranges and report that the legacy database changed during this
+    run. (Nothing is deleted, and no statement sent, when none is stale.)"""
     current = set(first_keys)
     kept, stale = {}, []
-    for c in await load(tgt, run_id):
+    for c in await load(tgt, run_id) if loaded is None else loaded:
         if c.first_key in current:
             kept[c.first_key] = c
         else:

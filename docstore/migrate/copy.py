@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import asyncpg
 
+from docstore.codecs import keys_param
 from docstore.errors import DocstoreError, MigrationError
 from docstore.failures import is_unique_violation
 from docstore.migrate import checkpoints, legacy, state
@@ -74,20 +76,48 @@ DELETE FROM documents d
 """
 
 
-async def plan_chunks(src: asyncpg.Connection, chunk_rows: int) -> list[tuple[int, int, int]]:
+async def plan_chunks(
+    src: asyncpg.Connection, chunk_rows: int, kept: Sequence[checkpoints.Checkpoint] = ()
+) -> list[tuple[int, int, int]]:
     """(exclusive low id, inclusive high id, rows) of every chunk, in the caller's snapshot.
+
+    The ranges an earlier run of this migration checkpointed (``kept``) stay chunks as they
+    are, whatever the legacy application inserted into or deleted from them since; only the
+    ids around them — new rows above the last range, above all — are cut into chunks of
+    ``chunk_rows``. So a deletion changes the one chunk that held the row (copied again) and
+    the chunks after it are still skipped, where boundaries drawn every ``chunk_rows`` rows
+    anew would all move and the final run before a cutover would copy everything again.
+    (Overlapping ``kept`` ranges — never written by one plan — are not kept: a plan anew.)
 
     Chunks start after id 0: a row with an id <= 0 (preflight blocks on them, but one may
     have been written since) raises :class:`MigrationError` naming them."""
     if problem := await nonpositive_ids(src):
         raise MigrationError(f"cannot migrate: {problem}")
-    bounds = [r["id"] for r in await src.fetch(legacy.CHUNK_BOUNDARIES, chunk_rows)]
-    chunks, low = [], 0
-    total = await src.fetchval("SELECT count(*) FROM doc_embeddings")
-    for i, high in enumerate(bounds):
-        rows = chunk_rows if i < len(bounds) - 1 else total - chunk_rows * i
-        chunks.append((low, high, rows))
-        low = high
+    ranges = sorted(kept, key=lambda c: c.first_key)
+    if any(a.last_key > b.first_key for a, b in itertools.pairwise(ranges)):
+        ranges = []
+    bounds = [key for c in ranges for key in (c.first_key + 1, c.last_key + 1)]
+    parts: dict[int, list[tuple[int, int]]] = {}
+    for r in await src.fetch(legacy.CHUNKS_AROUND, chunk_rows, keys_param(bounds)):
+        parts.setdefault(r["bucket"], []).append((r["high"], r["rows"]))
+    chunks: list[tuple[int, int, int]] = []
+    low = 0
+    for bucket in range(2 * len(ranges) + 1):
+        if bucket % 2:  # a kept range: one chunk, even one whose rows were all deleted
+            c = ranges[bucket // 2]
+            chunks.append((c.first_key, c.last_key, sum(n for _, n in parts.get(bucket, ()))))
+            low = c.last_key
+            continue
+        found = parts.get(bucket, [])
+        if bucket < 2 * len(ranges):  # up to the next kept range: the chunks leave no hole
+            end = ranges[bucket // 2].first_key
+            if not found and low < end:
+                found = [(end, 0)]
+            elif found:
+                found[-1] = (end, found[-1][1])
+        for high, rows in found:
+            chunks.append((low, high, rows))
+            low = high
     return chunks
 
 
@@ -230,8 +260,9 @@ async def copy_documents(
     connection. Each chunk is still one target transaction with its checkpoint, so a resume
     sees committed chunks whatever the order; a stream that cannot be opened is done without.
     """
-    chunks = await plan_chunks(src, ctx.chunk_rows)
-    done = await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks])
+    earlier = await checkpoints.load(tgt, ctx.run_id)
+    chunks = await plan_chunks(src, ctx.chunk_rows, earlier)
+    done = await checkpoints.prune(tgt, ctx.run_id, [low for low, _, _ in chunks], earlier)
     done = await checkpoints.still_held(tgt, ctx.doc_type, done)
     existing = await tgt.fetchval(
         "SELECT count(*) FROM documents WHERE doc_type = $1", ctx.doc_type
@@ -253,7 +284,8 @@ async def copy_documents(
             previous is not None
             and previous.last_key == high
             and previous.rows == rows
-            and previous.stamp == await src.fetchval(legacy.CHUNK_VERSION, low, high)
+            # a range whose rows were all deleted has no stamp (recorded as "")
+            and previous.stamp == (await src.fetchval(legacy.CHUNK_VERSION, low, high) or "")
         ):
             report.skipped_chunks += 1
             progress["copied"] += rows
@@ -344,7 +376,8 @@ async def _copy_chunk(
         await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
     if verifier is not None:
         verifier.submit(
-            StreamedRange(low, high, rows, facts["stamp"] or "", sent, list(facts["ids"]))
+            # a kept range whose rows were all deleted has none (array_agg of none is NULL)
+            StreamedRange(low, high, rows, facts["stamp"] or "", sent, list(facts["ids"] or ()))
         )
     return n
 

@@ -235,12 +235,18 @@ SELECT DISTINCT d.crate_name FROM doc_embeddings d
 """
 
 
-# Chunk boundaries over doc_embeddings.id: the last id of every `$1`-th row, and the max.
-CHUNK_BOUNDARIES = """
-SELECT id FROM (
-    SELECT id, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS total
-      FROM doc_embeddings
-) s WHERE n % $1 = 0 OR n = total ORDER BY id
+# The chunks of doc_embeddings.id around the ranges an earlier run of the same migration
+# checkpointed. $2 holds [first + 1, last + 1, ...] of those ranges in order (width_bucket's
+# thresholds): odd buckets are those ranges, each one chunk whatever it holds now; even
+# buckets are the ids before, between and after them, cut into parts of $1 rows. One row per
+# non-empty chunk: its bucket, its last id and its rows. With no ranges (a first run), every
+# id is in bucket 0: parts of $1 rows from the first id.
+CHUNKS_AROUND = """
+SELECT bucket, max(id) AS high, count(*) AS rows FROM (
+    SELECT id, bucket, (row_number() OVER (PARTITION BY bucket ORDER BY id) - 1) / $1 AS part
+      FROM (SELECT id, width_bucket(id, $2::text[]::bigint[]) AS bucket
+              FROM doc_embeddings) s
+) s GROUP BY bucket, CASE WHEN bucket % 2 = 1 THEN 0 ELSE part END ORDER BY bucket, high
 """
 
 
