@@ -323,3 +323,32 @@ async def test_a_dry_run_leaves_the_legacy_sequences_where_the_next_insert_needs
     async with Migrator(legacy_url, database_url) as back:  # that row: never received
         assert (await back.rollback(force=True)).deleted_documents == 2
         assert (await back.validate()).ok
+
+
+# -- what a rollback rewrites ------------------------------------------------------------------
+
+
+async def test_a_rollback_rewrites_only_the_legacy_rows_that_differ(
+    legacy_url: str, database_url: str
+) -> None:
+    """An operator's rehearsal: a rollback of an unchanged target updated all 16,174 legacy
+    rows (each 12 KB embedding written again, a dead tuple each), and the retried migration
+    after it copied every chunk again, their stamps (``xmin``) all moved. Only the rows that
+    differ are written now: the next run skips every chunk but the changed row's."""
+    await migrated(legacy_url, database_url)
+    versions = "SELECT id, xmin::text FROM doc_embeddings ORDER BY id"
+    before = dict(await legacy_fetch(legacy_url, versions))
+    await rolled_back(legacy_url, database_url)
+    assert dict(await legacy_fetch(legacy_url, versions)) == before
+    async with docstore.connect(database_url) as store:
+        await store.execute(
+            "UPDATE documents SET content = 'changed after the cutover'"
+            " WHERE metadata->>'legacy_id' = '60'"
+        )
+    await rolled_back(legacy_url, database_url)
+    after = dict(await legacy_fetch(legacy_url, versions))
+    assert [i for i in before if after[i] != before[i]] == [60]
+    async with Migrator(legacy_url, database_url, chunk_rows=25) as m:
+        report = await m.run()
+    assert report.ok, report.validation
+    assert (report.copied_chunks, report.skipped_chunks) == (1, 4)

@@ -35,6 +35,13 @@ from docstore.migrate.rollback_guard import refuse_deleting_unreceived
 from docstore.models import naive_utc, parse_timestamp
 
 _ROLLBACK_STAGE = "docstore_rollback_stage"
+# What a rollback writes into a legacy row's embedding: the target's, except where the target
+# could not hold the legacy one (another dimension: copied as NULL), which is kept.
+_KEPT_EMBEDDING = """CASE WHEN EXCLUDED.embedding IS NULL
+                                     AND doc_embeddings.embedding IS NOT NULL
+                                     AND vector_dims(doc_embeddings.embedding) <> $1
+                                    THEN doc_embeddings.embedding
+                                    ELSE EXCLUDED.embedding END"""
 
 
 class _DryRun(Exception):
@@ -289,6 +296,11 @@ async def _rollback_documents(
                     OR s.id IS NULL
                        AND EXISTS (SELECT 1 FROM {_ROLLBACK_STAGE} o WHERE o.id = d.id))"""
     )
+    # Only rows that differ are written (compared as stored, the vector by its bytes, as the
+    # forward copy compares): a row rewritten unchanged gets a new version (xmin), 12 KB of
+    # TOAST and WAL, a dead tuple — and the next `docstore migrate` copies its chunk again. A
+    # rollback of an unchanged target rewrote every legacy row, and the retried cutover
+    # after it copied everything again.
     await leg.execute(
         f"""INSERT INTO doc_embeddings
                 (id, crate_id, crate_name, doc_path, content, embedding, token_count,
@@ -302,12 +314,13 @@ async def _rollback_documents(
             ON CONFLICT (crate_name, doc_path) DO UPDATE
                SET crate_id = EXCLUDED.crate_id, content = EXCLUDED.content,
                    token_count = EXCLUDED.token_count, created_at = EXCLUDED.created_at,
-                   -- an embedding the target could not hold (another dimension) is kept
-                   embedding = CASE WHEN EXCLUDED.embedding IS NULL
-                                     AND doc_embeddings.embedding IS NOT NULL
-                                     AND vector_dims(doc_embeddings.embedding) <> $1
-                                    THEN doc_embeddings.embedding
-                                    ELSE EXCLUDED.embedding END""",
+                   embedding = {_KEPT_EMBEDDING}
+             WHERE (doc_embeddings.crate_id, doc_embeddings.content,
+                    doc_embeddings.token_count, doc_embeddings.created_at,
+                    vector_send(doc_embeddings.embedding))
+                   IS DISTINCT FROM (EXCLUDED.crate_id, EXCLUDED.content,
+                                     EXCLUDED.token_count, EXCLUDED.created_at,
+                                     vector_send({_KEPT_EMBEDDING}))""",
         embedding_dim,
     )
     assigned = await leg.fetch(
