@@ -62,11 +62,13 @@ from docstore.search.planner import (
 )
 from docstore.search.queries import (
     HALF_COLUMN,
+    MAX_EF_SEARCH,
     half_query,
     index_expression,
     query_expression,
     vector_index_name,
 )
+from docstore.search.tuning import CALIBRATION_K, SPREAD_RANK
 
 VIEW_NAMES = ("crate_stats", "doc_embeddings", "crates")  # drop order
 # what of install_sql's objects schema $1 holds: views named $2, functions $3, tables $4
@@ -232,21 +234,44 @@ $$""",
         -- (the rule and its measurements: docstore.search.planner.halfvec_scope)
 {by_half}    ELSE
         -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank;
-        -- hnsw.ef_search as calibrated for this database (docstore.search.tuning), else 200
-        PERFORM set_config('hnsw.ef_search', coalesce(
-            (SELECT c.calibration->>'ef_search' FROM docstore_search_calibration c
-              WHERE c.metric = 'cosine'), '200'), true);
-        -- the candidates' ids first: an iterative scan stops after hnsw.max_scan_tuples index
-        -- tuples, so for a crate that is a small share of a large table it can return fewer
-        -- candidates than asked for (and than the crate holds), missing near ones or even
-        -- rows the legacy function returns; the crate is then ranked on its in-row copy
-        ann_ids := ARRAY(SELECT d.id FROM documents d WHERE {scope} AND d.embedding IS NOT NULL
-                          ORDER BY {ann_order} LIMIT {ann_asked});
-        IF cardinality(ann_ids) < least({ann_asked}, rows) THEN
-    {by_half}        ELSE
-            RETURN QUERY
-            {ranked("documents d WHERE d.id = ANY(ann_ids)", ", d.id")};
+        -- hnsw.ef_search as calibrated for this database (docstore.search.tuning; a beam
+        -- limit_results / {CALIBRATION_K} times as wide above {CALIBRATION_K} hits), else 200
+        SELECT c.calibration INTO tuned FROM docstore_search_calibration c
+         WHERE c.metric = 'cosine';
+        ef := coalesce((tuned->>'ef_search')::int, 200);
+        IF tuned IS NOT NULL AND limit_results > {CALIBRATION_K} THEN
+            ef := least({MAX_EF_SEARCH}, ceil(ef * limit_results / {CALIBRATION_K}.0)::int);
         END IF;
+        wide := coalesce((tuned->>'escalation_ef_search')::int, 0);
+        asked := {ann_asked};
+        FOR pass IN 1..2 LOOP
+            PERFORM set_config('hnsw.ef_search', ef::text, true);
+            -- the candidates' ids first: an iterative scan stops after hnsw.max_scan_tuples
+            -- index tuples, so for a crate that is a small share of a large table it can
+            -- return fewer candidates than asked for (and than the crate holds), missing near
+            -- ones or even rows the legacy function returns; the crate is then ranked on its
+            -- in-row copy
+            SELECT array_agg(c.id ORDER BY c.half, c.id), array_agg(c.half ORDER BY c.half, c.id)
+              INTO ann_ids, spreads
+              FROM (SELECT d.id, {ann_order} AS half FROM documents d
+                     WHERE {scope} AND d.embedding IS NOT NULL
+                     ORDER BY {ann_order} LIMIT asked) c;
+            ann_ids := coalesce(ann_ids, '{{}}');
+            IF cardinality(ann_ids) < least(asked, rows) THEN
+    {by_half}            RETURN;
+            END IF;
+            -- the calibrated second pass (docstore.search.vector): candidates as flat as
+            -- those of a graph search lost far from the query's neighbourhood (the
+            -- {SPREAD_RANK}th's distance minus the best's under escalate_below) are searched
+            -- again with the wider escalation_ef_search, as store.search does
+            EXIT WHEN pass = 2 OR wide <= ef OR cardinality(ann_ids) = 0
+                   OR spreads[least({SPREAD_RANK}, cardinality(spreads))] - spreads[1]
+                      >= coalesce((tuned->>'escalate_below')::float8, '-Infinity');
+            asked := least(greatest(asked, wide / 4), {MAX_LIMIT});
+            ef := greatest(wide, asked);
+        END LOOP;
+        RETURN QUERY
+        {ranked("documents d WHERE d.id = ANY(ann_ids)", ", d.id")};
     END IF;
 """
     path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
@@ -266,6 +291,11 @@ DECLARE
     indexed boolean;
     rows bigint;
     ann_ids bigint[];
+    spreads float8[];
+    tuned jsonb;
+    ef int;
+    wide int;
+    asked int;
 BEGIN
     SELECT i.indisvalid INTO indexed FROM pg_index i
      WHERE i.indexrelid = to_regclass('{index}');
