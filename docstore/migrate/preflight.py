@@ -5,7 +5,11 @@ orphans; the target's pgvector, schema, existing rows and checkpoints).
 ``Preflight.blocking`` lists what stops a run: a source that is not a legacy database,
 legacy tables this role may not read (:func:`missing_grants`), legacy ids <= 0
 (:func:`nonpositive_ids`), keys whose unique constraint was dropped and that rows share
-(:func:`duplicate_keys`), a read-only target, a doc_type that already holds documents
+(:func:`duplicate_keys`), a read-only target (``READ_ONLY``, a standby,
+``default_transaction_read_only``), a target the run's ``connect()`` refuses or whose tables
+this role may not write (:func:`~docstore.migrate.target_access.problems`: pgvector it may not
+create, tables of docstore's names docstore did not create, no CREATE on the schema, missing
+GRANTs — what the run says, computed from the catalog), a doc_type that already holds documents
 migrated from another legacy database (:func:`other_legacy_database`) and, in a thorough
 preflight (a dry run), embedding values half precision cannot hold
 (:func:`beyond_half_precision`); a thorough preflight also warns of rows the copy keeps but
@@ -18,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from docstore.core.opener import IS_LEGACY_DATABASE
 from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
-from docstore.migrate import checkpoints, legacy
-from docstore.migrate.context import LONG_TIMEOUT, run_id
+from docstore.errors import ReadOnlyError
+from docstore.migrate import checkpoints, legacy, target_access
+from docstore.migrate.context import LONG_TIMEOUT, ensure_writable, run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.models import MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
 from docstore.store import Store
@@ -52,6 +57,7 @@ async def preflight(
     finally:
         found = await target
     target_is_legacy = found.pop("target_is_legacy", False)
+    refused = cast(list[str], found.pop("target_refuses", []))
     if readable:  # a legacy database whose tables this role may read
         for name, value in found.items():
             setattr(pre, name, value)
@@ -67,30 +73,57 @@ async def preflight(
             "the target is a legacy rust_docs_vectors database (it has doc_embeddings and no"
             " docstore schema): point --target / DATABASE_URL at docstore's database"
         )
+    elif refused:  # what connect() (creating or upgrading the schema) or the copy refuses
+        pre.blocking.extend(refused)
     elif not found["target_schema_version"]:  # a dry run on a target nobody initialised yet
         pre.warnings.append(
             "the target has no docstore schema yet: the run creates it (as `docstore init`)"
         )
     elif readable and (problem := await other_legacy_database(store, doc_type, run, src)):
         pre.blocking.append(problem)
-    if store.read_only:
-        pre.blocking.append("the target store is read-only: unset READ_ONLY to migrate")
+    if problem := await _read_only(store):
+        pre.blocking.append(problem)
     return pre
+
+
+async def _read_only(store: Store) -> str | None:
+    """Why the run refuses this target as read-only (:func:`~docstore.migrate.context.
+    ensure_writable`: ``READ_ONLY``, a standby, ``default_transaction_read_only``), or None."""
+    if store.read_only:
+        return "the target store is read-only: unset READ_ONLY to migrate"
+    try:
+        await ensure_writable(store, "migrate")
+    except ReadOnlyError as exc:
+        return str(exc)
+    return None
 
 
 async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, object]:
     """What the target holds; only its versions when docstore's schema is not there yet (a
-    dry run connects without creating it: nothing to count)."""
+    dry run connects without creating it: nothing to count) or when this role could not
+    migrate into it (``target_refuses``: :func:`~docstore.migrate.target_access.problems`)."""
     health = await store.health()
     if not health.schema_version:
+        legacy_target = await store.fetchval(IS_LEGACY_DATABASE)
         return {
             "target_pgvector": health.pgvector_version,
             "target_schema_version": health.schema_version,
-            "target_is_legacy": await store.fetchval(IS_LEGACY_DATABASE),
+            "target_is_legacy": legacy_target,
+            "target_refuses": []
+            if legacy_target
+            else await target_access.problems(store, None, health.latest_schema_version),
         }
-    return {
+    found: dict[str, object] = {
         "target_pgvector": health.pgvector_version,
         "target_schema_version": health.schema_version,
+        "target_refuses": await target_access.problems(
+            store, health.schema_version, health.latest_schema_version
+        ),
+    }
+    if found["target_refuses"]:  # this role may not even read them, perhaps: not counted
+        return found
+    return {
+        **found,
         "target_existing_documents": await store.documents.count(doc_type=doc_type),
         "target_existing_sources": len(await store.sources.list(doc_type=doc_type)),
         "checkpoints": await checkpoints.count(store, run),

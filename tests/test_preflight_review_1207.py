@@ -1,0 +1,342 @@
+"""Review 2026-12-07 (cutover rehearsal): `docstore migrate --dry-run` said GO (exit 0) for
+targets the real run then refused at once. Every case is driven through both the dry run and
+the real run: the dry run blocks exactly when the run refuses, with the run's message."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+import docstore
+from docstore.errors import DocstoreError, MigrationError, ReadOnlyError, SchemaError
+from docstore.migrate import Migrator
+from docstore.models import MAX_CONTENT_CHARS
+from docstore.schema.runner import LATEST_VERSION
+from tests.conftest import PgCluster
+from tests.legacy_db import legacy_database, legacy_execute
+
+DOCS = 30
+PASSWORD = "Pf-1207-pw"
+
+# The migration plan's Phase 1.1 DDL (/work/shared/seed/migration-plan.md), run by hand.
+PLAN_PHASE_1_1 = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE documents (
+    id SERIAL PRIMARY KEY,
+    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
+    source_name VARCHAR(255) NOT NULL,
+    doc_path TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata JSONB DEFAULT '{}',
+    embedding vector(3072),
+    token_count INTEGER,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE(doc_type, source_name, doc_path)
+);
+CREATE TABLE document_sources (
+    id SERIAL PRIMARY KEY,
+    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
+    source_name VARCHAR(255) NOT NULL,
+    config JSONB NOT NULL DEFAULT '{}',
+    enabled BOOLEAN DEFAULT true,
+    last_checked TIMESTAMPTZ,
+    last_populated TIMESTAMPTZ,
+    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE(doc_type, source_name)
+);
+"""
+
+
+@pytest.fixture
+def legacy_url(pg: PgCluster) -> Iterator[str]:
+    yield from legacy_database(pg, crates=4, docs=DOCS)
+
+
+class Role:
+    """A LOGIN role with a password, and the databases a test made for it (dropped with it)."""
+
+    def __init__(self, pg: PgCluster) -> None:
+        self.pg = pg
+        self.name = "pf_" + uuid.uuid4().hex[:8]
+        self.databases: list[str] = []
+        pg.run(f"CREATE ROLE {self.name} LOGIN PASSWORD '{PASSWORD}'")
+
+    async def database(self, *, template: bool = False, owned: bool = False) -> str:
+        """A new database (docstore's schema in it with ``template``), owned by the role with
+        ``owned``; returns its admin URL."""
+        name = f"pf_{uuid.uuid4().hex[:12]}"
+        self.databases.append(name)
+        copy = f' TEMPLATE "{self.pg.template}" STRATEGY FILE_COPY' if template else ""
+        owner = f" OWNER {self.name}" if owned else ""
+        await self.pg.execute(f'CREATE DATABASE "{name}"{copy}{owner}')
+        return self.pg.url(name)
+
+    def url(self, admin_url: str) -> str:
+        """``admin_url``'s database as this role."""
+        parts = urlsplit(admin_url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{self.name}:{PASSWORD}@{host}"))
+
+    def drop(self) -> None:
+        for name in self.databases:
+            self.pg.drop_database(name)
+        self.pg.run(f"DROP ROLE {self.name}")
+
+
+@pytest.fixture
+def role(pg: PgCluster) -> Iterator[Role]:
+    made = Role(pg)
+    yield made
+    made.drop()
+
+
+async def admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fetchval(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def dry_run(legacy_url: str, target: str) -> list[str]:
+    """The blocking lines of a dry run (``Migrator.run(dry_run=True)``) into ``target``."""
+    async with Migrator(legacy_url, target) as m:
+        report = await m.run(dry_run=True)
+    assert report.dry_run
+    return report.preflight.blocking
+
+
+async def real_run(legacy_url: str, target: str) -> DocstoreError | None:
+    """What the real run into ``target`` raised (None: it migrated and validated)."""
+    try:
+        async with Migrator(legacy_url, target) as m:
+            report = await m.run()
+    except DocstoreError as exc:
+        return exc
+    assert report.ok and report.copied_documents == DOCS, report
+    return None
+
+
+GRANTS = re.compile(r"as their owner \(or a superuser\), (.*); then run again")
+
+
+# -- a: pgvector missing, and this role may not create it ------------------------------------
+
+
+async def test_pgvector_this_role_may_not_create_blocks_the_dry_run_as_the_run(
+    legacy_url: str, role: Role
+) -> None:
+    """Was: the dry run warned "the run creates it" and exited 0; the run then failed with
+    SchemaError. Now the dry run blocks with the run's SchemaError message; once an
+    administrator created pgvector, the database's owner (no superuser) migrates, and the
+    dry run says so first."""
+    owned = await role.database(owned=True)
+    target = role.url(owned)
+    blocking = await dry_run(legacy_url, target)
+    refused = await real_run(legacy_url, target)
+    assert isinstance(refused, SchemaError)
+    assert blocking == [str(refused)], blocking
+    assert (
+        "may not create it: ask an administrator to run `CREATE EXTENSION vector;`" in (blocking[0])
+    )
+    assert await fetchval(owned, "select to_regclass('docstore_schema_version')") is None
+
+    await admin(owned, "CREATE EXTENSION vector")
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
+# -- b: documents / document_sources made by hand (the plan's Phase 1.1) ----------------------
+
+
+async def test_tables_of_docstores_names_it_did_not_create_block_the_dry_run_as_the_run(
+    legacy_url: str, role: Role
+) -> None:
+    """Was: GO, then the run's SchemaError (tables not created by docstore). A second run
+    (the first left an empty docstore_schema_version behind) is refused the same way."""
+    target = await role.database()
+    await admin(target, PLAN_PHASE_1_1)
+    for _ in range(2):
+        blocking = await dry_run(legacy_url, target)
+        refused = await real_run(legacy_url, target)
+        assert isinstance(refused, SchemaError)
+        assert blocking == [str(refused)], blocking
+        assert "already has document_sources and documents" in blocking[0]
+        assert "not created by docstore" in blocking[0]
+    await admin(target, "DROP TABLE documents, document_sources")
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
+# -- c: a role that may only read docstore's tables ------------------------------------------
+
+
+async def test_a_select_only_role_blocks_the_dry_run_and_the_grants_it_names_suffice(
+    legacy_url: str, role: Role
+) -> None:
+    """Was: GO, then the run failed on `permission denied for table
+    docstore_migration_checkpoints`. Now both name the missing privileges and the GRANTs;
+    run as the owner, those GRANTs are all a non-owner role needs to migrate."""
+    owner_url = await role.database(template=True)
+    await admin(owner_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role.name}")
+    target = role.url(owner_url)
+    blocking = await dry_run(legacy_url, target)
+    refused = await real_run(legacy_url, target)
+    assert isinstance(refused, MigrationError)
+    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    (problem,) = blocking
+    assert f"the target's role {role.name} lacks privileges the migration needs" in problem
+    assert (
+        "INSERT, UPDATE, DELETE on documents, document_sources, source_population_jobs,"
+        " docstore_migration_checkpoints; USAGE on sequence public." in problem
+    )
+    found = GRANTS.search(problem)
+    assert found is not None, problem
+    assert await fetchval(owner_url, "select count(*) from documents") == 0
+
+    for grant in found[1].split("; "):
+        await admin(owner_url, grant)
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
+# -- the other ways connect() or the copy refuse a target -------------------------------------
+
+
+async def test_no_create_on_the_schema_blocks_a_target_docstore_must_initialise(
+    legacy_url: str, role: Role
+) -> None:
+    """A role that may not create tables (PostgreSQL 15+ grants no CREATE on public) in a
+    database with pgvector but no docstore schema: the run fails creating it."""
+    owner_url = await role.database()
+    await admin(owner_url, "CREATE EXTENSION vector")
+    target = role.url(owner_url)
+    blocking = await dry_run(legacy_url, target)
+    assert await real_run(legacy_url, target) is not None
+    (problem,) = blocking
+    assert "may not create tables in schema public, which the run does" in problem
+    assert f"GRANT CREATE ON SCHEMA public TO {role.name}" in problem
+
+    await admin(owner_url, f"GRANT CREATE ON SCHEMA public TO {role.name}")
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
+async def test_pending_schema_migrations_a_non_owner_may_not_apply_block(
+    legacy_url: str, role: Role
+) -> None:
+    """A target one schema version behind, migrated by a role with every DML grant but not
+    the tables' owner: the run fails applying the migration; `docstore init` as the owner
+    first, and it migrates."""
+    owner_url = await role.database(template=True)
+    await admin(
+        owner_url,
+        f"DELETE FROM docstore_schema_version WHERE version = {LATEST_VERSION};"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role.name};"
+        f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role.name}",
+    )
+    target = role.url(owner_url)
+    blocking = await dry_run(legacy_url, target)
+    assert await real_run(legacy_url, target) is not None
+    (problem,) = blocking
+    assert f"schema is at version {LATEST_VERSION - 1} and this docstore's at" in problem
+    assert "run `docstore init --url ...` as postgres" in problem
+
+    async with docstore.connect(owner_url):  # `docstore init` as the owner
+        pass
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
+async def test_a_read_only_target_database_blocks_the_dry_run_as_the_run(
+    legacy_url: str, role: Role
+) -> None:
+    """default_transaction_read_only on the target database (READ_ONLY unset): the run
+    raised ReadOnlyError while the dry run said GO."""
+    target = await role.database(template=True)
+    name = urlsplit(target).path.lstrip("/")
+    await role.pg.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    blocking = await dry_run(legacy_url, target)
+    refused = await real_run(legacy_url, target)
+    assert isinstance(refused, ReadOnlyError)
+    assert blocking == [str(refused)], blocking
+
+
+async def test_targets_the_run_migrates_into_pass_the_dry_run(legacy_url: str, role: Role) -> None:
+    """No false NO-GO: an empty database as a superuser (pgvector and the schema created),
+    an initialised one as its owner."""
+    empty = await role.database()
+    initialised = await role.database(template=True)
+    for target in (empty, initialised):
+        assert await dry_run(legacy_url, target) == []
+        assert await real_run(legacy_url, target) is None
+    # and again, into what the first run left
+    assert await dry_run(legacy_url, empty) == []
+
+
+# -- d: content over docstore's own limit ------------------------------------------------------
+
+
+async def test_content_over_docstores_limit_is_copied(legacy_url: str, role: Role) -> None:
+    """Legacy content over MAX_CONTENT_CHARS: the copy takes it as it is (binary COPY, no
+    model), validation passes; nothing blocks it."""
+    target = await role.database(template=True)
+    await legacy_execute(
+        legacy_url,
+        f"UPDATE doc_embeddings SET content = repeat('x', {MAX_CONTENT_CHARS + 1}) WHERE id = 2",
+    )
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+    length = await fetchval(
+        target, "select max(char_length(content)) from documents where metadata->>'legacy_id' = '2'"
+    )
+    assert length == MAX_CONTENT_CHARS + 1
+
+
+# -- the CLI: exit 1 on both sides -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["pgvector", "plan-tables", "select-only"])
+def test_cli_dry_run_exits_1_where_the_run_does(
+    case: str, legacy_url: str, role: Role, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from docstore.cli import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    async def target() -> str:
+        if case == "pgvector":
+            return role.url(await role.database(owned=True))
+        if case == "plan-tables":
+            url = await role.database()
+            await admin(url, PLAN_PHASE_1_1)
+            return url
+        url = await role.database(template=True)
+        await admin(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role.name}")
+        return role.url(url)
+
+    args = ["migrate", "--source", legacy_url, "--target", asyncio.run(target())]
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 1, dry.output
+    assert "blocking" in dry.output and "preflight found what blocks" in dry.output
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 1, run.output
+    assert "error:" in run.output and "Traceback" not in run.output
