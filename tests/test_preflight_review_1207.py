@@ -340,3 +340,30 @@ def test_cli_dry_run_exits_1_where_the_run_does(
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 1, run.output
     assert "error:" in run.output and "Traceback" not in run.output
+
+
+async def test_the_dry_run_names_documents_written_in_docstore_the_run_replaces(
+    legacy_url: str, database_url: str
+) -> None:
+    """The rehearsal: a document written in docstore before the migration, at the key of a
+    legacy document, was replaced by the legacy row without a word; the dry run only said
+    "2 documents of this doc_type". It names the documents the run replaces now (those at
+    keys the legacy database does not hold are kept, and not named)."""
+    async with docstore.connect(database_url) as store:
+        await store.documents.upsert_many(
+            docstore.Document(source_name=source, doc_path=path, content="written in docstore")
+            for source, path in (("crate1", "crate1/module1/index.html"), ("crate1", "mine"))
+        )
+    async with Migrator(legacy_url, database_url) as m:
+        report = await m.run(dry_run=True)
+    replaced = [w for w in report.preflight.warnings if "written in docstore" in w]
+    assert replaced == [
+        "1 document written in docstore (not migrated) has the key of a legacy document"
+        " (crate1/crate1/module1/index.html): the run replaces it with the legacy row; keep a"
+        " copy, or move it to another path, if that matters"
+    ]
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    async with docstore.connect(database_url) as store:
+        mine = await store.documents.get_by_key("rust", "crate1", "mine")
+        assert mine is not None and mine.content == "written in docstore"

@@ -321,3 +321,38 @@ async def sync_versions(
             )
         rewritten += int(status.split()[-1])
     return rewritten
+
+
+# Documents written in docstore (no migration wrote them) of doc_type $1, by key: the rows a
+# migration's upsert would replace when the legacy database holds the same key.
+_OWN_KEYS = f"""
+SELECT source_name, doc_path FROM documents
+ WHERE doc_type = $1 AND {legacy.WRITTEN_IN_DOCSTORE} ORDER BY source_name, doc_path
+"""
+# Of the keys ($1 crate names, $2 doc paths, in pairs), those the legacy database holds.
+_LEGACY_HOLDS = """
+SELECT k.crate_name, k.doc_path
+  FROM unnest($1::text[], $2::text[]) AS k(crate_name, doc_path)
+ WHERE EXISTS (SELECT 1 FROM doc_embeddings d
+                WHERE d.crate_name = k.crate_name AND d.doc_path = k.doc_path)
+ ORDER BY 1, 2
+"""
+
+
+async def replaced_documents(
+    src: asyncpg.Connection, tgt: asyncpg.Connection | Any, doc_type: str
+) -> list[tuple[str, str]]:
+    """The (source, path) keys of documents written in docstore (not migrated) that the
+    legacy database also holds: a migration's upsert replaces each with the legacy row. One
+    scan of the doc_type's documents on the target (``tgt``: a connection or a store), then
+    one indexed lookup of those keys on the legacy database."""
+    own = await tgt.fetch(_OWN_KEYS, doc_type, timeout=LONG_TIMEOUT)
+    if not own:
+        return []
+    rows = await src.fetch(
+        _LEGACY_HOLDS,
+        [r["source_name"] for r in own],
+        [r["doc_path"] for r in own],
+        timeout=LONG_TIMEOUT,
+    )
+    return [(r["crate_name"], r["doc_path"]) for r in rows]
