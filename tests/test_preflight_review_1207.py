@@ -16,6 +16,7 @@ import pytest
 import docstore
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError, SchemaError
 from docstore.migrate import Migrator
+from docstore.migrate.lock import MIGRATION_LOCK_KEY
 from docstore.models import MAX_CONTENT_CHARS
 from docstore.schema.runner import LATEST_VERSION
 from tests.conftest import PgCluster
@@ -367,3 +368,23 @@ async def test_the_dry_run_names_documents_written_in_docstore_the_run_replaces(
     async with docstore.connect(database_url) as store:
         mine = await store.documents.get_by_key("rust", "crate1", "mine")
         assert mine is not None and mine.content == "written in docstore"
+
+
+async def test_validate_says_a_migration_is_running_instead_of_listing_mismatches(
+    legacy_url: str, database_url: str
+) -> None:
+    """The rehearsal: `docstore validate` while a migration ran printed "validation: FAILED"
+    and a long list of mismatches (half a copy). It says a migration is running now."""
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.run()).ok
+    running = await asyncpg.connect(database_url)
+    try:
+        assert await running.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        pid = await running.fetchval("SELECT pg_backend_pid()")
+        async with Migrator(legacy_url, database_url) as m:
+            with pytest.raises(MigrationError, match=f"running .* server process {pid}"):
+                await m.validate()
+    finally:
+        await running.close()
+    async with Migrator(legacy_url, database_url) as m:
+        assert (await m.validate()).ok

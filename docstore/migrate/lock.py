@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -115,6 +116,14 @@ class Orphans:
                 "was ended" if row["ended"] else "could not be ended",
             )
         return [row["pid"] for row in rows if row["ended"]]
+
+
+async def holder(conn: asyncpg.Connection | Any) -> str | None:
+    """Who holds the migration lock on ``conn``'s database (a running migration or rollback,
+    named as :func:`migration_lock` names it), or None. Reads ``pg_locks`` only: takes no
+    lock, works on a read-only store (``conn``: a connection or a store)."""
+    row = await conn.fetchrow(_HOLDER, MIGRATION_LOCK_KEY)
+    return None if row is None else _holder(row)
 
 
 @contextlib.asynccontextmanager

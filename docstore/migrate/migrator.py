@@ -61,7 +61,7 @@ from docstore.migrate.context import (
     run_id,
 )
 from docstore.migrate.digest import target_folds
-from docstore.migrate.lock import MIGRATION_LOCK_KEY, Orphans, migration_lock
+from docstore.migrate.lock import MIGRATION_LOCK_KEY, Orphans, holder, migration_lock
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS, resumed_run
@@ -312,6 +312,12 @@ class Migrator:
         (:meth:`run` validates through the same code, accepting the ranges verified while
         streaming whose stamps still hold.)"""
         store = await self._target_store(schema=False)
+        if (held := await holder(store)) is not None:
+            # half a copy reads as hundreds of mismatches: say what is going on instead
+            raise MigrationError(
+                "a docstore migration or rollback is running against this target (its lock is"
+                f" held{held}); validate after it ends"
+            )
         async with self._source() as src:
             return await self._validate(src, await self._context(src, store))
 
