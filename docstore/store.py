@@ -156,8 +156,13 @@ class Store:
     @timed("health")
     async def health(self) -> Health:
         """:meth:`Database.health <docstore.db.Database.health>`, plus live search recall:
-        ``degraded`` (with a warning) while it is under the target."""
-        return with_live_recall(await self._db.health(), await self.tuner.current_recall())
+        ``degraded`` (with a warning) while it is under the target. A database without
+        docstore's schema yet has no calibration to read (nor a warning that it is
+        unreadable)."""
+        health = await self._db.health()
+        if health.schema_version is None:
+            return with_live_recall(health, self.tuner.recall())
+        return with_live_recall(health, await self.tuner.current_recall())
 
     @timed("metrics")
     async def metrics(self, *, disk: bool = True) -> MetricsSnapshot:

@@ -388,3 +388,15 @@ async def test_validate_says_a_migration_is_running_instead_of_listing_mismatche
         await running.close()
     async with Migrator(legacy_url, database_url) as m:
         assert (await m.validate()).ok
+
+
+async def test_a_dry_run_into_a_new_database_warns_of_no_unreadable_calibration(
+    legacy_url: str, empty_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rehearsal: a dry run against a database docstore had not initialised yet logged
+    "search calibration unreadable … run `docstore init`" — its health check read a table
+    the run was about to create. ``store.health()`` reads no calibration there now."""
+    async with Migrator(legacy_url, empty_database_url) as m:
+        report = await m.run(dry_run=True)
+    assert report.preflight.target_schema_version is None
+    assert not [r for r in caplog.records if "calibration unreadable" in r.getMessage()]
