@@ -126,6 +126,16 @@ async def holder(conn: asyncpg.Connection | Any) -> str | None:
     return None if row is None else _holder(row)
 
 
+async def refuse_while_running(conn: asyncpg.Connection | Any, what: str) -> None:
+    """Raise :class:`MigrationError` while a migration or rollback holds the lock: ``what``
+    (validation, say) would read a target it is half-way through writing."""
+    if (held := await holder(conn)) is not None:
+        raise MigrationError(
+            "a docstore migration or rollback is running against this target (its lock is"
+            f" held{held}); {what} after it ends"
+        )
+
+
 @contextlib.asynccontextmanager
 async def migration_lock(
     tgt: asyncpg.Connection, orphans: Orphans | None = None

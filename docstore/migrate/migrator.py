@@ -61,7 +61,12 @@ from docstore.migrate.context import (
     run_id,
 )
 from docstore.migrate.digest import target_folds
-from docstore.migrate.lock import MIGRATION_LOCK_KEY, Orphans, holder, migration_lock
+from docstore.migrate.lock import (
+    MIGRATION_LOCK_KEY,
+    Orphans,
+    migration_lock,
+    refuse_while_running,
+)
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS, resumed_run
@@ -305,19 +310,13 @@ class Migrator:
     async def validate(self) -> Validation:
         """Compare the target with the legacy database as it is now (one legacy snapshot),
         re-reading both: counts; every document row through chunked checksums, drilled down to
-        the differing documents and fields; every source's derived config and columns and its
-        documents' ``metadata.crate_version``; every population job; exact top-k search parity
-        (:mod:`~docstore.migrate.validate`). ``.ok`` is False on any mismatch,
-        :meth:`Validation.problems` names each. Reads only: works on a read-only store.
-        (:meth:`run` validates through the same code, accepting the ranges verified while
-        streaming whose stamps still hold.)"""
+        the differing documents and fields; sources' derived config, columns and documents'
+        ``metadata.crate_version``; population jobs; exact top-k search parity
+        (:mod:`~docstore.migrate.validate`). ``.ok`` is False on any mismatch
+        (:meth:`Validation.problems` names each). Reads only (a read-only store will do);
+        raises :class:`MigrationError` while a migration or rollback runs (half a copy)."""
         store = await self._target_store(schema=False)
-        if (held := await holder(store)) is not None:
-            # half a copy reads as hundreds of mismatches: say what is going on instead
-            raise MigrationError(
-                "a docstore migration or rollback is running against this target (its lock is"
-                f" held{held}); validate after it ends"
-            )
+        await refuse_while_running(store, "validate")
         async with self._source() as src:
             return await self._validate(src, await self._context(src, store))
 
