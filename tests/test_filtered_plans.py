@@ -52,14 +52,15 @@ def test_a_filter_no_index_serves_takes_hnsw_only_for_a_large_share() -> None:
 # -- the plans --------------------------------------------------------------------------------
 
 
-def test_sized_filters_plan_exact_halfvec_or_one_forced_ann_pass() -> None:
+def test_sized_filters_plan_exact_halfvec_or_a_forced_ann_search_with_its_second_pass() -> None:
     assert plan(FilterSize(True, 30, 50_000)).mode == "exact"
     half = plan(FilterSize(True, 5_000, 50_000))
     assert (half.mode, half.candidates) == ("halfvec", 40)
     ann = plan(FilterSize(False, 25_000, 50_000))
     assert (ann.mode, ann.ef_search, ann.source) == ("ann", 64, "calibration")
     assert ann.force_index  # enable_sort off: never a filter index plus a sort of every vector
-    assert (ann.escalate_below, ann.escalation_ef_search) == (None, 0)  # one pass
+    # the calibration's second pass, as unfiltered (tests/test_search_review_1207.py)
+    assert (ann.escalate_below, ann.escalation_ef_search) == (0.09, 640)
     unmet = plan(FilterSize(False, 25_000, 50_000), calibration=calibration(met_target=False))
     assert unmet.mode == "halfvec"
     # uncalibrated (or another metric's calibration): the default ef_search, still forced

@@ -22,7 +22,7 @@ from docstore.search.queries import (
 )
 from docstore.search.recall import MAX_RECALL_SAMPLE
 from docstore.search.results import VectorIndex
-from docstore.search.tuning import Calibration
+from docstore.search.tuning import Calibration, shortfall
 
 index_app = typer.Typer(help="The HNSW vector index: create, drop, list, measure its recall.")
 """``docstore index``: mounted on the app by :mod:`docstore.cli`."""
@@ -180,8 +180,8 @@ def _print_calibration(c: Calibration) -> None:
     console.print(table)
     if not c.met_target:
         console.print(
-            "[yellow]the target is not met at any setting: this index cannot reach it"
-            " (rebuild with a larger --m / --ef-construction)[/yellow]"
+            f"[yellow]the target is not met: {escape(shortfall(c))} (a larger --m /"
+            " --ef-construction may reach it)[/yellow]"
         )
 
 

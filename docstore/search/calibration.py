@@ -146,6 +146,7 @@ class Calibrator:
             escalation_ef_search=choice.escalation_ef_search,
             escalate_below=choice.escalate_below,
             expected_recall=choice.expected_recall,
+            recall_error=choice.recall_error,
             lowest_recall=choice.lowest_recall,
             escalation_rate=choice.escalation_rate,
             expected_ms=choice.expected_ms,

@@ -6,7 +6,16 @@ Operators: ``$eq $ne $lt $lte $gt $gte $in $nin $between $exists $like $ilike $c
 combined with ``$and $or $not``; a plain value means ``$eq`` and several keys in one object
 mean AND. A list (a tuple is one), or an object, given to ``$eq``/``$ne`` is compared for
 equality with the stored JSON, never containment (``["a"]`` does not equal ``["a", "b"]``: use
-``$contains`` for that). A metadata path segment PostgreSQL reads as an integer (``tags.0``,
+``$contains`` for that). ``$contains`` is a substring test on the text columns; on a metadata
+field its operand decides: a string is found as an element of an array or within a string
+value (``"tok"`` matches ``["tok", "x"]`` and ``"tokio"``), a list or an object by JSON
+containment (``["a", "b"]``: an array holding both, in any order), a number, boolean or None
+as an array element. At a path of object keys each but the substring test is served by the
+GIN index on ``metadata`` (``{"$contains": ["tok"]}`` asks for an element alone). On a metadata
+field ``None`` is JSON's null: ``{"metadata.k": None}`` matches an explicit null, not a
+missing key, and ``$ne``/``$nin`` match documents without the key (``$exists`` tests
+presence); on a column ``None`` is SQL's NULL (``IS NULL``, and ``$ne`` ``IS NOT NULL``).
+A metadata path segment PostgreSQL reads as an integer (``tags.0``,
 ``tags.-1``: the last element) indexes an array, for every operator. A timestamp column takes
 a plain date or datetime too (an aware one as naive UTC). Every value *and every metadata key*
 is a bound parameter: nothing from the filter enters the SQL text except the fixed column names
@@ -300,13 +309,56 @@ def _like(sql_op: str, name: str) -> Builder:
     return build
 
 
+def _contained(t: _Target, value: Any, p: _Params, a: str) -> str:
+    """The metadata value at ``t`` contains the JSON ``value`` (jsonb ``@>``): as the whole
+    document's containment (the GIN index on ``metadata`` serves it) unless a path segment
+    indexes an array, which only the path operator can follow."""
+    if any(_ARRAY_INDEX.fullmatch(part) for part in t.path):
+        return f"coalesce({t.sql(a, p)} @> {p.add(_json(value, t, '$contains'))}::jsonb, false)"
+    return f"{a}.metadata @> {p.add(_json(_nested(t.path, value), t, '$contains'))}::jsonb"
+
+
+def _contains_json(t: _Target, v: Any, p: _Params, a: str) -> str:
+    # a list or object: JSON containment (["a", "b"] is in ["b", "c", "a"]; a tuple is a list)
+    return _contained(t, list(v) if isinstance(v, tuple) else v, p, a)
+
+
+def _contains_element(t: _Target, v: Any, p: _Params, a: str) -> str:
+    # a number, true/false or null: an array holding it
+    return _contained(t, [v], p, a)
+
+
+def _contains_text(t: _Target, v: Any, p: _Params, a: str) -> str:
+    # a string: an array holding it, or a string value holding it (as on the text columns)
+    text = _text_value(t, v, "$contains")
+    element = _contained(t, [text], p, a)
+    substring = (
+        f"strpos(CASE WHEN jsonb_typeof({t.sql(a, p)}) = 'string'"
+        f" THEN {t.sql(a, p, as_text=True)} END, {p.add(text)}) > 0"
+    )
+    return f"({element} OR coalesce({substring}, false))"
+
+
+# what $contains means on a metadata field, by the operand's kind (:func:`_operand_kind`)
+_CONTAINS: dict[str, Builder] = {
+    "text": _contains_text,
+    "json": _contains_json,
+    "scalar": _contains_element,
+}
+
+
+def _operand_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
+    return "json" if isinstance(value, list | tuple | dict) else "scalar"
+
+
 def _contains(t: _Target, v: Any, p: _Params, a: str) -> str:
     if t.column is not None:
         if COLUMNS[t.column] != "text":
             raise FilterError(f"$contains applies to text or metadata fields, not {t.name}")
         return f"strpos({t.sql(a, p)}, {p.add(_column_value(t, v, '$contains'))}) > 0"
-    wrapped = v if isinstance(v, list | dict) else [v]
-    return f"coalesce({t.sql(a, p)} @> {p.add(_json(wrapped, t, '$contains'))}::jsonb, false)"
+    return _CONTAINS[_operand_kind(v)](t, v, p, a)
 
 
 _OPS: dict[str, Builder] = {

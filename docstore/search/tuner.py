@@ -62,7 +62,7 @@ from docstore.search.live_recall import (
     RECALL_WINDOW,
     LiveRecall,
 )
-from docstore.search.tuning import Calibration, QuerySource, probe_vectors
+from docstore.search.tuning import Calibration, QuerySource, probe_vectors, summary
 from docstore.transient import describe
 
 if TYPE_CHECKING:
@@ -307,21 +307,13 @@ class SearchTuner:
             self._since_calibration[mt.name] = 0
             self._live.tuned.clear()
             self._escalations.clear()
-            c = calibration
             logger.log(
-                logging.INFO if c.met_target else logging.WARNING,
-                "search calibrated (%s, %d %s): ef_search %d%s, recall %.3f (target %.2f)%s",
+                logging.INFO if calibration.met_target else logging.WARNING,
+                "search calibrated (%s, %d %s): %s",
                 mt.name,
                 len(vectors),
                 source,
-                c.ef_search,
-                f", {c.escalation_ef_search} below spread {c.escalate_below:.4g}"
-                f" ({c.escalation_rate:.0%})"
-                if c.escalation_ef_search
-                else "",
-                c.expected_recall,
-                goal,
-                "" if c.met_target else " — target not met: the index cannot reach it",
+                summary(calibration),
             )
             return calibration
 

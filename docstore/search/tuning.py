@@ -28,6 +28,7 @@ units on the same data, so a query distribution of far-away questions simply esc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class Calibration(BaseModel):
     """Spread threshold; None: never escalate."""
     expected_recall: float
     """Mean recall@k of the chosen policy on the calibration queries."""
+    recall_error: float | None = None
+    """One standard error of ``expected_recall`` (the queries are a sample): the target is met
+    when the mean less this reaches it (None: stored by a docstore that did not keep it)."""
     lowest_recall: float
     escalation_rate: float
     """Share of the calibration queries that escalated."""
@@ -122,6 +126,8 @@ class Choice:
     escalation_rate: float
     expected_ms: float
     met_target: bool
+    recall_error: float = 0.0
+    """One standard error of ``expected_recall``."""
 
 
 def recall_at(found: Sequence[object], truth: Sequence[object]) -> float:
@@ -130,12 +136,53 @@ def recall_at(found: Sequence[object], truth: Sequence[object]) -> float:
     return len(set(found) & expected) / len(expected) if expected else 1.0
 
 
+def _error(recalls: np.ndarray) -> float:
+    """One standard error of the mean recall (0 for a single query)."""
+    n = len(recalls)
+    return float(recalls.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+
+
 def _meets(recalls: np.ndarray, target: float, floor: float) -> bool:
     """Mean recall at least ``target`` after one standard error (the calibration queries are
     a sample of what will be asked), and no query under ``floor``."""
-    n = len(recalls)
-    error = float(recalls.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
-    return float(recalls.mean()) - error >= target and float(recalls.min()) >= floor
+    return float(recalls.mean()) - _error(recalls) >= target and float(recalls.min()) >= floor
+
+
+def summary(c: Calibration) -> str:
+    """What a calibration chose, for the log: its levels and recall, and :func:`shortfall`."""
+    second = (
+        f", {c.escalation_ef_search} below spread {c.escalate_below:.4g} ({c.escalation_rate:.0%})"
+        if c.escalation_ef_search
+        else ""
+    )
+    text = (
+        f"ef_search {c.ef_search}{second}, recall {c.expected_recall:.3f}"
+        f" (target {c.target_recall:g})"
+    )
+    return text if c.met_target else f"{text} — target not met: {shortfall(c)}"
+
+
+def shortfall(c: Calibration, floor: float = RECALL_FLOOR) -> str:
+    """Which of :func:`_meets`' conditions the chosen policy of a calibration that did not meet
+    its target failed, with the figures: its mean recall itself, the mean less one standard
+    error (:attr:`Calibration.recall_error`), or its worst query, under ``floor`` (an unmet
+    calibration's last choice was made under :data:`RECALL_FLOOR`). Empty when it met it."""
+    if c.met_target:
+        return ""
+    mean, target, error = c.expected_recall, c.target_recall, c.recall_error
+    unmet = []
+    if mean < target:
+        unmet.append(f"mean recall {mean:.4f} is under {target:g}")
+    elif error is not None and mean - error < target:
+        unmet.append(
+            f"mean recall {mean:.4f} less one standard error ({error:.4f} over {c.queries}"
+            f" queries) is {mean - error:.4f}, under {target:g}"
+        )
+    if c.lowest_recall < floor:
+        unmet.append(f"the worst query's recall {c.lowest_recall:.2f} is under the floor {floor:g}")
+    if not unmet:  # stored by a docstore that kept no standard error
+        unmet.append(f"mean recall less one standard error is under {target:g}")
+    return "; ".join(unmet)
 
 
 def choose_settings(
@@ -173,6 +220,7 @@ def choose_settings(
 
     def consider(choice: Choice, recalls: np.ndarray) -> None:
         nonlocal best, fallback
+        choice = dataclasses.replace(choice, recall_error=_error(recalls))
         if _meets(recalls, target, floor) and (best is None or choice.expected_ms < best[0]):
             best = (choice.expected_ms, choice)
         key = (float(recalls.mean()), -choice.expected_ms)

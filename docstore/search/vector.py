@@ -155,10 +155,10 @@ class VectorSearch:
           ``ef_search``, at least ``2 × limit``) —
           re-ranked on full-precision vectors, ``hnsw.ef_search`` from the database's
           calibration (:meth:`calibrate_search`: the cheapest setting that meets
-          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data); unless a ``filter`` was sized, when
-          the candidates come back flat (their spread under the calibrated threshold: a graph
-          search that missed the query's neighbourhood), a second, wider pass is merged in
-          (``results.escalated``).
+          ``DOCSTORE_SEARCH_TARGET_RECALL`` on this data); when the candidates come back
+          flat (their spread under the calibrated threshold: a graph search that missed the
+          query's neighbourhood), a second, wider pass is merged in (``results.escalated``),
+          with a ``filter`` as without one.
 
         ``ef_search`` given here (or ``DOCSTORE_HNSW_EF_SEARCH``) is an explicit override: no
         second pass, and never moving the calibration; ``hnsw.ef_search`` is at least the
