@@ -19,41 +19,12 @@ from docstore.migrate import Migrator
 from docstore.migrate.lock import MIGRATION_LOCK_KEY
 from docstore.models import MAX_CONTENT_CHARS
 from docstore.schema.runner import LATEST_VERSION
+from docstore.testing.plan import PLAN_SCHEMA  # the plan's Phase 1.1, run by hand
 from tests.conftest import PgCluster
 from tests.legacy_db import legacy_database, legacy_execute
 
 DOCS = 30
 PASSWORD = "Pf-1207-pw"
-
-# The migration plan's Phase 1.1 DDL (/work/shared/seed/migration-plan.md), run by hand.
-PLAN_PHASE_1_1 = """
-CREATE EXTENSION IF NOT EXISTS vector;
-CREATE TABLE documents (
-    id SERIAL PRIMARY KEY,
-    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
-    source_name VARCHAR(255) NOT NULL,
-    doc_path TEXT NOT NULL,
-    content TEXT NOT NULL,
-    metadata JSONB DEFAULT '{}',
-    embedding vector(3072),
-    token_count INTEGER,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    UNIQUE(doc_type, source_name, doc_path)
-);
-CREATE TABLE document_sources (
-    id SERIAL PRIMARY KEY,
-    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
-    source_name VARCHAR(255) NOT NULL,
-    config JSONB NOT NULL DEFAULT '{}',
-    enabled BOOLEAN DEFAULT true,
-    last_checked TIMESTAMPTZ,
-    last_populated TIMESTAMPTZ,
-    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    UNIQUE(doc_type, source_name)
-);
-"""
 
 
 @pytest.fixture
@@ -172,7 +143,7 @@ async def test_tables_of_docstores_names_it_did_not_create_block_the_dry_run_as_
     """Was: GO, then the run's SchemaError (tables not created by docstore). A second run
     (the first left an empty docstore_schema_version behind) is refused the same way."""
     target = await role.database()
-    await admin(target, PLAN_PHASE_1_1)
+    await admin(target, PLAN_SCHEMA)
     for _ in range(2):
         blocking = await dry_run(legacy_url, target)
         refused = await real_run(legacy_url, target)
@@ -328,7 +299,7 @@ def test_cli_dry_run_exits_1_where_the_run_does(
             return role.url(await role.database(owned=True))
         if case == "plan-tables":
             url = await role.database()
-            await admin(url, PLAN_PHASE_1_1)
+            await admin(url, PLAN_SCHEMA)
             return url
         url = await role.database(template=True)
         await admin(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role.name}")

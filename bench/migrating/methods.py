@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -21,56 +20,10 @@ import common
 
 from docstore.migrate.legacy import DOCUMENT_COLUMNS, documents_copy_query
 from docstore.migrate.verify import READ_BACK, READ_BACK_FOLDED
+from docstore.testing import plan
 
 SHARED = common.shared_dir()
 PLAN = SHARED / "seed" / "migration-plan.md"
-
-# Phase 1.1 of the seed plan, used when the plan file is not beside the repository.
-PLAN_SCHEMA_FALLBACK = """
-CREATE EXTENSION IF NOT EXISTS vector;
-CREATE TABLE documents (
-    id SERIAL PRIMARY KEY,
-    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
-    source_name VARCHAR(255) NOT NULL,
-    doc_path TEXT NOT NULL,
-    content TEXT NOT NULL,
-    metadata JSONB DEFAULT '{}',
-    embedding vector(3072),
-    token_count INTEGER,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    UNIQUE(doc_type, source_name, doc_path)
-);
-CREATE TABLE document_sources (
-    id SERIAL PRIMARY KEY,
-    doc_type VARCHAR(50) NOT NULL DEFAULT 'rust',
-    source_name VARCHAR(255) NOT NULL,
-    config JSONB NOT NULL DEFAULT '{}',
-    enabled BOOLEAN DEFAULT true,
-    last_checked TIMESTAMPTZ,
-    last_populated TIMESTAMPTZ,
-    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
-    UNIQUE(doc_type, source_name)
-);
-CREATE INDEX idx_documents_doc_type ON documents(doc_type);
-CREATE INDEX idx_documents_source_name ON documents(source_name);
-CREATE INDEX idx_documents_type_source ON documents(doc_type, source_name);
-CREATE INDEX idx_documents_metadata ON documents USING gin(metadata);
-CREATE OR REPLACE FUNCTION update_updated_at_column()
-RETURNS TRIGGER AS $$
-BEGIN
-    NEW.updated_at = CURRENT_TIMESTAMP;
-    RETURN NEW;
-END;
-$$ language 'plpgsql';
-CREATE TRIGGER update_documents_updated_at
-    BEFORE UPDATE ON documents
-    FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-CREATE TRIGGER update_document_sources_updated_at
-    BEFORE UPDATE ON document_sources
-    FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-"""
 
 PLAN_IMPORT_SQL = """
 CREATE TEMP TABLE temp_crates (id integer, name varchar(255), version varchar(50),
@@ -101,13 +54,7 @@ SOURCES_PIPE_QUERY = (
 
 def plan_schema_sql() -> str:
     """The ``sql`` block of the plan's Phase 1.1 (its CREATE TABLEs, indexes, triggers)."""
-    if PLAN.exists():
-        text = PLAN.read_text(encoding="utf-8")
-        section = text[text.index("#### 1.1") :]
-        found = re.search(r"```sql\n(.*?)```", section, re.S)
-        if found:
-            return found.group(1)
-    return PLAN_SCHEMA_FALLBACK
+    return plan.plan_schema_sql(PLAN)
 
 
 def sh(command: str, cwd: Path | None = None) -> None:

@@ -7,6 +7,9 @@
   tests and for ``bench/scale.py``.
 - :mod:`docstore.testing.citus`: :func:`~docstore.testing.citus.printed_vector`, a Citus
   search statement in the form that printed its query vector into every shard's SQL.
+- :mod:`docstore.testing.plan`: the migration plan's Phase 1.1 schema
+  (:data:`~docstore.testing.plan.PLAN_SCHEMA`), for ``bench/migrate.py``'s pipe into the plan's
+  own schema and for tests of a target set up by hand with it.
 
 docstore's runtime modules do not import this package (``lint-imports`` checks it).
 """
