@@ -128,7 +128,12 @@ async def migrate(
     build_index: Annotated[
         bool, typer.Option(help="Build the HNSW and full-text indexes after.")
     ] = False,
-    chunk_rows: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 2000,
+    chunk_rows: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Documents per committed chunk (new ones: checkpointed ranges are kept)."
+        ),
+    ] = 2000,
     copy_streams: Annotated[
         int, typer.Option(min=1, max=16, help="Chunks copied at once (one snapshot).")
     ] = 2,

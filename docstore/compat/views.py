@@ -267,11 +267,12 @@ $$""",
             EXIT WHEN pass = 2 OR wide <= ef OR cardinality(ann_ids) = 0
                    OR spreads[least({SPREAD_RANK}, cardinality(spreads))] - spreads[1]
                       >= coalesce((tuned->>'escalate_below')::float8, '-Infinity');
+            first_ids := ann_ids;  -- merged with the second pass's, as store.search does
             asked := least(greatest(asked, wide / 4), {MAX_LIMIT});
             ef := greatest(wide, asked);
         END LOOP;
         RETURN QUERY
-        {ranked("documents d WHERE d.id = ANY(ann_ids)", ", d.id")};
+        {ranked("documents d WHERE d.id = ANY(first_ids || ann_ids)", ", d.id")};
     END IF;
 """
     path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
@@ -291,6 +292,7 @@ DECLARE
     indexed boolean;
     rows bigint;
     ann_ids bigint[];
+    first_ids bigint[] := '{{}}';
     spreads float8[];
     tuned jsonb;
     ef int;

@@ -33,11 +33,14 @@ logger = logging.getLogger("docstore")
 MIGRATION_LOCK_KEY = 0x646F6373_6D696772 & 0x7FFFFFFFFFFFFFFF
 
 
-# The session holding the lock (what pg_stat_activity shows this role of it).
+# The session holding the lock in this database (what pg_stat_activity shows this role of
+# it): pg_locks lists the whole server's, and an advisory lock belongs to one database — a
+# migration into another database on the same server is not one into this target.
 _HOLDER = """
 SELECT a.pid, a.application_name, a.state, a.backend_start, a.state_change
   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
  WHERE l.locktype = 'advisory' AND l.granted
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
    AND l.classid::bigint = ($1::bigint >> 32) AND l.objid::bigint = ($1::bigint & 4294967295)
    AND l.objsubid = 1
  LIMIT 1

@@ -302,7 +302,7 @@ class Migrator:
         ):
             ctx = await self._context(src, store)
             report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
-        report.validation = await self.validate()
+            report.validation = await self._validate(src, ctx, target=tgt)  # still ours
         report.timings["repair"] = now() - t0
         report.warnings.append(_repaired(validation.problems()))
 

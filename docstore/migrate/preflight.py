@@ -68,20 +68,17 @@ async def preflight(
             pre.blocking.append(problem)
         if thorough:
             pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
-        if (
-            thorough
-            and pre.target_existing_documents
-            and (replaced := await state.replaced_documents(src, store, doc_type))
-        ):
-            shown = ", ".join(f"{s}/{p}" for s, p in replaced[:5])
-            pre.warnings.append(
-                f"{_count(len(replaced), 'document')} written in docstore (not migrated) "
-                f"{'has' if len(replaced) == 1 else 'have'} the key of a legacy document "
-                f"({shown}{', …' if len(replaced) > 5 else ''}): the run replaces "
-                f"{'it' if len(replaced) == 1 else 'them'} with the legacy "
-                f"{'row' if len(replaced) == 1 else 'rows'}; keep a copy, or move "
-                f"{'it' if len(replaced) == 1 else 'them'} to another path, if that matters"
-            )
+        if thorough and pre.target_existing_documents:
+            n, shown = await state.replaced_documents(src, store, doc_type)
+            if n:
+                pre.warnings.append(
+                    f"{_count(n, 'document')} written in docstore (not migrated) "
+                    f"{'has' if n == 1 else 'have'} the key of a legacy document "
+                    f"({', '.join(shown)}{', …' if n > len(shown) else ''}): the run replaces "
+                    f"{'it with the legacy row' if n == 1 else 'them with the legacy rows'};"
+                    f" keep a copy, or move {'it' if n == 1 else 'them'} to another path, if"
+                    " that matters"
+                )
     if target_is_legacy:  # what the run itself refuses (core.opener.refuse_legacy)
         pre.blocking.append(
             "the target is a legacy rust_docs_vectors database (it has doc_embeddings and no"

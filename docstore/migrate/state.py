@@ -329,30 +329,51 @@ _OWN_KEYS = f"""
 SELECT source_name, doc_path FROM documents
  WHERE doc_type = $1 AND {legacy.WRITTEN_IN_DOCSTORE} ORDER BY source_name, doc_path
 """
-# Of the keys ($1 crate names, $2 doc paths, in pairs), those the legacy database holds.
+# Of the keys ($1 crate names, $2 doc paths, in pairs), how many the legacy database holds,
+# and the first $3 of them.
 _LEGACY_HOLDS = """
-SELECT k.crate_name, k.doc_path
+SELECT count(*) AS n,
+       (array_agg(k.crate_name || '/' || k.doc_path ORDER BY k.crate_name, k.doc_path))[1:$3]
+           AS shown
   FROM unnest($1::text[], $2::text[]) AS k(crate_name, doc_path)
  WHERE EXISTS (SELECT 1 FROM doc_embeddings d
                 WHERE d.crate_name = k.crate_name AND d.doc_path = k.doc_path)
- ORDER BY 1, 2
 """
+REPLACED_PAGE = 10_000
+"""Keys of documents written in docstore sent to the legacy database at once."""
 
 
 async def replaced_documents(
-    src: asyncpg.Connection, tgt: asyncpg.Connection | Any, doc_type: str
-) -> list[tuple[str, str]]:
-    """The (source, path) keys of documents written in docstore (not migrated) that the
-    legacy database also holds: a migration's upsert replaces each with the legacy row. One
-    scan of the doc_type's documents on the target (``tgt``: a connection or a store), then
-    one indexed lookup of those keys on the legacy database."""
-    own = await tgt.fetch(_OWN_KEYS, doc_type, timeout=LONG_TIMEOUT)
-    if not own:
-        return []
-    rows = await src.fetch(
-        _LEGACY_HOLDS,
-        [r["source_name"] for r in own],
-        [r["doc_path"] for r in own],
-        timeout=LONG_TIMEOUT,
-    )
-    return [(r["crate_name"], r["doc_path"]) for r in rows]
+    src: asyncpg.Connection, store: Any, doc_type: str, shown: int = 5
+) -> tuple[int, list[str]]:
+    """How many documents written in docstore (not migrated) the legacy database also holds
+    — a migration's upsert replaces each with the legacy row — and the first ``shown`` of them
+    (``source/path``). The doc_type's documents are read on one target connection through a
+    cursor, their keys looked up on the legacy database :data:`REPLACED_PAGE` at a time
+    (indexed): memory and parameters stay bounded however many there are."""
+    found = 0
+    first: list[str] = []
+
+    async def look_up(page: list[Any]) -> None:
+        nonlocal found
+        row = await src.fetchrow(
+            _LEGACY_HOLDS,
+            [r["source_name"] for r in page],
+            [r["doc_path"] for r in page],
+            shown,
+            timeout=LONG_TIMEOUT,
+        )
+        assert row is not None  # an aggregate: one row
+        found += row["n"]
+        first.extend((row["shown"] or [])[: shown - len(first)])
+
+    async with store.acquire() as tgt, tgt.transaction(readonly=True):
+        page: list[Any] = []
+        async for r in tgt.cursor(_OWN_KEYS, doc_type, prefetch=REPLACED_PAGE):
+            page.append(r)
+            if len(page) == REPLACED_PAGE:
+                await look_up(page)
+                page = []
+        if page:
+            await look_up(page)
+    return found, first
