@@ -267,13 +267,22 @@ async def test_targets_the_run_migrates_into_pass_the_dry_run(legacy_url: str, r
 
 async def test_content_over_docstores_limit_is_copied(legacy_url: str, role: Role) -> None:
     """Legacy content over MAX_CONTENT_CHARS: the copy takes it as it is (binary COPY, no
-    model), validation passes; nothing blocks it."""
+    model), validation passes; nothing blocks it, and the dry run warns that docstore's own
+    writes refuse such a document (the rehearsal: it said nothing)."""
     target = await role.database(template=True)
     await legacy_execute(
         legacy_url,
         f"UPDATE doc_embeddings SET content = repeat('x', {MAX_CONTENT_CHARS + 1}) WHERE id = 2",
     )
-    assert await dry_run(legacy_url, target) == []
+    async with Migrator(legacy_url, target) as m:
+        report = await m.run(dry_run=True)
+    assert report.preflight.blocking == []
+    assert [w for w in report.preflight.warnings if "characters" in w] == [
+        f"1 legacy document with a content over {MAX_CONTENT_CHARS:,} characters (doc_embeddings"
+        " ids 2): copied as they are, but docstore's own writes refuse such a document"
+        " (re-writing it unchanged raises ValidationError); fix it in the legacy database if"
+        " that matters"
+    ]
     assert await real_run(legacy_url, target) is None
     length = await fetchval(
         target, "select max(char_length(content)) from documents where metadata->>'legacy_id' = '2'"

@@ -32,7 +32,7 @@ from docstore.errors import ReadOnlyError
 from docstore.migrate import checkpoints, legacy, state, target_access
 from docstore.migrate.context import LONG_TIMEOUT, ensure_writable, run_id
 from docstore.migrate.report import Preflight, TableInfo
-from docstore.models import MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
+from docstore.models import MAX_CONTENT_CHARS, MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
 from docstore.store import Store
 
 _MIGRATED_ROWS = (
@@ -338,6 +338,10 @@ async def beyond_half_precision(src: asyncpg.Connection, dim: int) -> str | None
 # dimension, $2 the doc_type's UTF-8 bytes).
 _REFUSED = {
     "an empty content": "content = ''",
+    f"a content over {MAX_CONTENT_CHARS:,} characters": (  # octet_length: no decompression
+        f"octet_length(content) > {MAX_CONTENT_CHARS}"
+        f" AND char_length(content) > {MAX_CONTENT_CHARS}"
+    ),
     "an empty doc_path": "doc_path = ''",
     "a negative token_count": "token_count < 0",
     f"a doc_path over {MAX_DOC_PATH_BYTES:,} bytes": (
