@@ -342,12 +342,14 @@ class TargetEditor(Migrator):
         super().__init__(*args, **kwargs)
         self.edits, self.target_url = edits, target_url
 
-    async def _validate(self, src: Any, ctx: Any, streamed: Any = None, *args: Any) -> Any:
+    async def _validate(
+        self, src: Any, ctx: Any, streamed: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         if self.edits:
             if streamed is not None:
                 await streamed  # the last ranges read back: every streaming check is done
             await legacy_execute(self.target_url, self.edits.pop(0))
-        return await super()._validate(src, ctx, streamed, *args)
+        return await super()._validate(src, ctx, streamed, *args, **kwargs)
 
 
 async def test_a_target_change_after_the_streamed_check_is_re_read_and_repaired(

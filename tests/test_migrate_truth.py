@@ -152,10 +152,12 @@ class LateWriter(Migrator):
         super().__init__(*args, **kwargs)
         self.writes = writes
 
-    async def _validate(self, src: Any, ctx: Any, streamed: Any = None, *args: Any) -> Any:
+    async def _validate(
+        self, src: Any, ctx: Any, streamed: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         if self.writes:
             await legacy_execute(self._legacy_url, self.writes.pop(0))
-        return await super()._validate(src, ctx, streamed, *args)
+        return await super()._validate(src, ctx, streamed, *args, **kwargs)
 
     @property
     def _legacy_url(self) -> str:
