@@ -25,6 +25,10 @@ from tests.test_tuning import calibration
 from tests.test_tuning import plan as unfiltered_plan
 
 LARGE = FilterSize(False, 25_000, 50_000)  # no index serves it, half the table: ANN
+QUERIES = 40
+"""Enough that the first pass's losses do not hang on one random graph: at ``ef_search`` 10
+a fifth to a third of these queries lost neighbours on each of six builds measured (on one CI
+build, the former 12 queries at noise 0.05 lost almost none)."""
 PASSES = ("mode", "candidates", "ef_search", "escalate_below", "escalation_ef_search", "source")
 
 
@@ -74,7 +78,7 @@ def test_explicit_settings_still_run_one_pass_with_a_filter() -> None:
 async def test_a_filter_matching_every_row_finds_what_the_unfiltered_search_finds(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Queries far from every document (cosine ~0.34 to the best), a first pass at
+    """Queries far from every document (cosine ~0.18 to the best), a first pass at
     ``ef_search`` 10 that misses some of their neighbours, a second at 400 that finds them:
     with a filter matching every row (no index serves it: sized by a page sample, ANN), the
     search runs the second pass and returns exactly the unfiltered search's hits. (The
@@ -93,7 +97,7 @@ async def test_a_filter_matching_every_row_finds_what_the_unfiltered_search_find
         )
         await store.execute("ANALYZE documents")
         await store.create_vector_index(calibrate=False)
-        for q in noisy_queries(points, 12, noise=0.05, seed=11):
+        for q in noisy_queries(points, QUERIES, noise=0.1, seed=11):
             exact = set((await store.search(q, limit=10, exact=True)).ids)
             store.tuner._remember(one_pass)  # the plan a sized filter had: its first pass only
             first = await store.search(q, limit=10, filter=every_row)
