@@ -8,6 +8,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -86,18 +87,18 @@ async def fetchval(url: str, sql: str) -> object:
         await conn.close()
 
 
-async def dry_run(legacy_url: str, target: str) -> list[str]:
+async def dry_run(legacy_url: str, target: str, **options: Any) -> list[str]:
     """The blocking lines of a dry run (``Migrator.run(dry_run=True)``) into ``target``."""
-    async with Migrator(legacy_url, target) as m:
+    async with Migrator(legacy_url, target, **options) as m:
         report = await m.run(dry_run=True)
     assert report.dry_run
     return report.preflight.blocking
 
 
-async def real_run(legacy_url: str, target: str) -> DocstoreError | None:
+async def real_run(legacy_url: str, target: str, **options: Any) -> DocstoreError | None:
     """What the real run into ``target`` raised (None: it migrated and validated)."""
     try:
-        async with Migrator(legacy_url, target) as m:
+        async with Migrator(legacy_url, target, **options) as m:
             report = await m.run()
     except DocstoreError as exc:
         return exc
@@ -248,6 +249,46 @@ async def test_a_read_only_target_database_blocks_the_dry_run_as_the_run(
     refused = await real_run(legacy_url, target)
     assert isinstance(refused, ReadOnlyError)
     assert blocking == [str(refused)], blocking
+
+
+async def test_build_index_by_a_role_not_owning_documents_blocks_the_dry_run_as_the_run(
+    legacy_url: str, role: Role
+) -> None:
+    """Was: GO, then `--build-index` copied and verified every document and failed at the
+    end on `must be owner of table documents` (CREATE INDEX is the owner's), validation not
+    run. Now both refuse before copying, naming the indexes and their owner; without
+    `--build-index` the same role migrates, and once the owner built the indexes (valid:
+    nothing left to build) `--build-index` does too."""
+    owner_url = await role.database(template=True)
+    await admin(
+        owner_url,
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role.name};"
+        f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role.name}",
+    )
+    target = role.url(owner_url)
+    blocking = await dry_run(legacy_url, target, build_index=True)
+    refused = await real_run(legacy_url, target, build_index=True)
+    assert isinstance(refused, MigrationError)
+    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    (problem,) = blocking
+    assert problem.startswith(
+        "--build-index builds indexes on documents (documents_embedding_hnsw_cosine,"
+        " idx_documents_content_fts), which only its owner postgres (or a superuser)"
+        f" may, not {role.name}: migrate without --build-index, then as postgres run"
+    ), problem
+    assert await fetchval(owner_url, "select count(*) from documents") == 0
+    assert await dry_run(legacy_url, target) == []  # only --build-index needs the owner
+
+    async with docstore.connect(owner_url) as owner:  # `docstore index create [--text]`
+        await owner.create_vector_index()
+        await owner.create_text_index()
+    await admin(owner_url, f"REVOKE INSERT ON docstore_search_calibration FROM {role.name}")
+    (problem,) = await dry_run(legacy_url, target, build_index=True)
+    assert "(INSERT on docstore_search_calibration)" in problem, problem
+    assert f"GRANT INSERT ON docstore_search_calibration TO {role.name}" in problem, problem
+    await admin(owner_url, f"GRANT INSERT ON docstore_search_calibration TO {role.name}")
+    assert await dry_run(legacy_url, target, build_index=True) == []
+    assert await real_run(legacy_url, target, build_index=True) is None
 
 
 async def test_targets_the_run_migrates_into_pass_the_dry_run(legacy_url: str, role: Role) -> None:

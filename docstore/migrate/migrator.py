@@ -14,7 +14,7 @@ its own module (``docs/migration.md`` has the column mapping and the guarantees)
    target on another connection and compares, while later chunks copy.
 4. :mod:`~docstore.migrate.delta` — what the legacy application changed meanwhile, re-copied
    (and verified the same way) in fresh snapshots.
-5. ``ANALYZE``, optionally the HNSW and full-text indexes.
+5. :mod:`~docstore.migrate.finish` — ``ANALYZE``, optionally the HNSW and full-text indexes.
 6. :mod:`~docstore.migrate.validate` — in one legacy snapshot: counts, sources, jobs, derived
    metadata, search parity, and the document rows: ranges verified while streaming whose
    stamps held are accepted, every other range is read again on both sides. What differs is
@@ -61,6 +61,7 @@ from docstore.migrate.context import (
     run_id,
 )
 from docstore.migrate.digest import target_folds
+from docstore.migrate.finish import analyze, build_indexes
 from docstore.migrate.lock import (
     MIGRATION_LOCK_KEY,
     Orphans,
@@ -190,7 +191,12 @@ class Migrator:
         half precision's ±65,504, which docstore cannot store."""
         store = await self._target_store(schema=False)
         async with self._source() as src:
-            return await preflight_stage.preflight(src, store, self.doc_type, thorough=thorough)
+            return await self._preflight(src, store, thorough)
+
+    async def _preflight(self, src: asyncpg.Connection, store: Store, thorough: bool) -> Preflight:
+        return await preflight_stage.preflight(
+            src, store, self.doc_type, thorough=thorough, build_index=self.build_index
+        )
 
     @cancellation_wins
     async def run(self, *, dry_run: bool = False) -> MigrationReport:
@@ -231,7 +237,7 @@ class Migrator:
         validation: Validation | None = None
         async with self._source() as src:
             ctx = await self._context(src, store)
-            pre = await preflight_stage.preflight(src, store, self.doc_type, thorough=dry_run)
+            pre = await self._preflight(src, store, dry_run)
             report = MigrationReport(
                 run_id=ctx.run_id, doc_type=self.doc_type, dry_run=dry_run, preflight=pre
             )
@@ -261,16 +267,10 @@ class Migrator:
                     readback = None
                     if verifying is not None:
                         readback = asyncio.create_task(_drained(verifying, report))
-                    analyzing = asyncio.create_task(_analyze(store, ctx, report, readback is None))
+                    analyzing = asyncio.create_task(analyze(store, ctx, report, readback is None))
                     try:
                         if self.build_index:
-                            if readback is not None:
-                                await readback  # the readers' connections back to the pool first
-                            await analyzing  # the index build's planner wants the statistics
-                            t0 = now()
-                            await store.create_vector_index()
-                            await store.create_text_index()
-                            report.timings["index"] = now() - t0
+                            await build_indexes(store, report, readback, analyzing)
                         if readback is not None:
                             validation = await self._validate(src, ctx, readback, tgt)
                             report.verified_chunks = sorted(
@@ -445,22 +445,6 @@ def _verifier(ctx: StageContext, store: Store, report: MigrationReport) -> Strea
     """The run's streaming verifier; the report says how it compares embeddings."""
     report.embeddings_checked_by = "crc32c" if ctx.fold_embeddings else "bytes"
     return StreamVerifier(ctx, store)
-
-
-async def _analyze(store: Store, ctx: StageContext, report: MigrationReport, count: bool) -> None:
-    """With ``count`` (no validation, whose scan counts them), the report's per-source counts;
-    then ANALYZE (timed into the report)."""
-    if count:
-        await copy_stage.count_per_source(ctx, store, report)
-    t0 = now()
-    # The planner's columns only: statistics on content and embedding (and the full-text
-    # expression index) would detoast and re-tokenize every sampled document.
-    await store.execute(
-        "ANALYZE documents (doc_type, source_name, doc_path, metadata, token_count,"
-        " created_at, updated_at)"
-    )
-    await store.execute("ANALYZE document_sources")
-    report.timings["analyze"] = now() - t0
 
 
 # What a run or a validation reports as a MigrationError: the databases' and the network's

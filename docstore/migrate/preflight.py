@@ -28,9 +28,8 @@ import asyncpg
 
 from docstore.core.opener import IS_LEGACY_DATABASE
 from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
-from docstore.errors import ReadOnlyError
 from docstore.migrate import checkpoints, legacy, state, target_access
-from docstore.migrate.context import LONG_TIMEOUT, ensure_writable, run_id
+from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.models import MAX_CONTENT_CHARS, MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
 from docstore.store import Store
@@ -41,7 +40,12 @@ _MIGRATED_ROWS = (
 
 
 async def preflight(
-    src: asyncpg.Connection, store: Store, doc_type: str, *, thorough: bool = False
+    src: asyncpg.Connection,
+    store: Store,
+    doc_type: str,
+    *,
+    thorough: bool = False,
+    build_index: bool = False,
 ) -> Preflight:
     """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``.
 
@@ -49,9 +53,10 @@ async def preflight(
     are (on ``src``). ``thorough`` (a dry run) also reads every embedding, for values half
     precision cannot hold (:func:`beyond_half_precision`); otherwise nothing here scans a
     table beyond counting it, unless a legacy key lost its unique constraint
-    (:func:`duplicate_keys`)."""
+    (:func:`duplicate_keys`). ``build_index``: the run builds the indexes after the copy
+    (this role must be able to)."""
     run = await run_id(src, doc_type)
-    target = asyncio.create_task(_target_findings(store, doc_type, run))
+    target = asyncio.create_task(_target_findings(store, doc_type, run, build_index))
     try:
         pre, readable = await _source_findings(src, store.embedding_dim)
     finally:
@@ -92,24 +97,14 @@ async def preflight(
         )
     elif readable and (problem := await other_legacy_database(store, doc_type, run, src)):
         pre.blocking.append(problem)
-    if problem := await _read_only(store):
+    if problem := await target_access.read_only(store):
         pre.blocking.append(problem)
     return pre
 
 
-async def _read_only(store: Store) -> str | None:
-    """Why the run refuses this target as read-only (:func:`~docstore.migrate.context.
-    ensure_writable`: ``READ_ONLY``, a standby, ``default_transaction_read_only``), or None."""
-    if store.read_only:
-        return "the target store is read-only: unset READ_ONLY to migrate"
-    try:
-        await ensure_writable(store, "migrate")
-    except ReadOnlyError as exc:
-        return str(exc)
-    return None
-
-
-async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, object]:
+async def _target_findings(
+    store: Store, doc_type: str, run: str, build_index: bool
+) -> dict[str, object]:
     """What the target holds; only its versions when docstore's schema is not there yet (a
     dry run connects without creating it: nothing to count) or when this role could not
     migrate into it (``target_refuses``: :func:`~docstore.migrate.target_access.problems`)."""
@@ -128,7 +123,7 @@ async def _target_findings(store: Store, doc_type: str, run: str) -> dict[str, o
         "target_pgvector": health.pgvector_version,
         "target_schema_version": health.schema_version,
         "target_refuses": await target_access.problems(
-            store, health.schema_version, health.latest_schema_version
+            store, health.schema_version, health.latest_schema_version, build_index=build_index
         ),
     }
     if found["target_refuses"]:  # this role may not even read them, perhaps: not counted

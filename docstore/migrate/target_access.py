@@ -8,7 +8,8 @@ refused), then writes ``documents``, ``document_sources``, ``source_population_j
 ``docstore_migration_checkpoints`` (through a temporary staging table). :func:`problems`
 names what of that this role could not do, each as the run says it (or, where the run fails
 with PostgreSQL's bare ``permission denied``, with the GRANT that fixes it); nothing for a
-target the run can migrate.
+target the run can migrate. With ``--build-index`` the run also builds the HNSW and full-text
+indexes on ``documents`` (only its owner may) and stores the search calibration.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from docstore.errors import ReadOnlyError
+from docstore.migrate.context import ensure_writable
+from docstore.search import queries, text_sql
 from docstore.store import Store
 
 # What the copy, the delta pass, validation's repairs and the checkpoints do to each table
@@ -27,6 +31,11 @@ WRITTEN_TABLES = (
     "docstore_migration_checkpoints",
 )
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# What ``build_index`` adds: the calibration create_vector_index() stores (an upsert), and the
+# indexes it builds unless a valid one is there (Store.create_vector_index/create_text_index).
+INDEX_TABLES = ("docstore_search_calibration",)
+INDEX_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
+BUILT_INDEXES = (queries.vector_index_name("cosine"), text_sql.TEXT_INDEX_NAME)
 # Tables whose rows the run inserts without an id: their id's sequence must give one.
 _SERIAL_TABLES = ("documents", "document_sources", "source_population_jobs")
 
@@ -65,16 +74,25 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 ORDER BY t.i
 """
 
+_UNBUILT = """
+SELECT array_agg(name ORDER BY name) FROM unnest($1::text[]) name
+WHERE NOT EXISTS (SELECT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                  WHERE c.relname = name AND i.indrelid = 'documents'::regclass AND i.indisvalid)
+"""
+
 _SEQUENCES_UNUSABLE = """
 SELECT array_agg(s ORDER BY s) FROM unnest($1::text[]) s
 WHERE NOT (has_sequence_privilege(s, 'USAGE') OR has_sequence_privilege(s, 'UPDATE'))
 """
 
 
-async def problems(store: Store, schema_version: int | None, latest: int) -> list[str]:
+async def problems(
+    store: Store, schema_version: int | None, latest: int, *, build_index: bool = False
+) -> list[str]:
     """What stops a run on ``store``'s target with this role (blocking, one line each, what
     to do in it); ``schema_version``: docstore's schema there (None: not created yet),
-    ``latest``: this docstore's. The catalog only."""
+    ``latest``: this docstore's; ``build_index``: the run builds the indexes after the copy.
+    The catalog only."""
     role: Any = await store.fetchrow(_ROLE)
     if role is None:  # current_user is always a role: pg_roles has it
         return []
@@ -91,6 +109,10 @@ async def problems(store: Store, schema_version: int | None, latest: int) -> lis
     )
     if schema_version < latest and (problem := _pending(role, tables, schema_version, latest)):
         found.append(problem)
+    if build_index:
+        if problem := await _index_owner(store, role, tables):
+            found.append(problem)
+        tables += await store.fetch(_TABLES, list(INDEX_TABLES), list(INDEX_PRIVILEGES), [])
     sequences = [t["sequence"] for t in tables if t["sequence"]]
     unusable = (await store.fetchval(_SEQUENCES_UNUSABLE, sequences)) if sequences else None
     if problem := _grants(role, tables, unusable or [], not role["temporary"]):
@@ -162,6 +184,25 @@ def _pending(role: Any, tables: Sequence[Any], version: int, latest: int) -> str
     )
 
 
+async def _index_owner(store: Store, role: Any, tables: Sequence[Any]) -> str | None:
+    """Why this role can't build the indexes ``build_index`` builds, or None: CREATE INDEX is
+    the table owner's (the run would fail on it after the whole copy); none is built where a
+    valid one is there already."""
+    documents = next((t for t in tables if t["name"] == "documents"), None)
+    if documents is None or documents["owned"]:
+        return None
+    unbuilt = await store.fetchval(_UNBUILT, list(BUILT_INDEXES))
+    if not unbuilt:
+        return None
+    owner = documents["owner"]
+    return (
+        f"--build-index builds indexes on documents ({', '.join(unbuilt)}), which only its "
+        f"owner {owner} (or a superuser) may, not {role['role']}: migrate without "
+        f"--build-index, then as {owner} run `docstore index create --url ...` and `docstore "
+        "index create --text --url ...`, which build the same indexes"
+    )
+
+
 def _grants(
     role: Any, tables: Sequence[Any], sequences: Sequence[str], temporary: bool
 ) -> str | None:
@@ -177,9 +218,9 @@ def _grants(
     what = [f"{', '.join(p)} on {', '.join(names)}" for p, names in grouped.items()]
     what += [f"USAGE on schema {s}" for s in schemas]
     fixes = [f"GRANT USAGE ON SCHEMA {s} TO {role['role']}" for s in schemas]
-    if any(t["missing"] for t in lacking):
-        names = ", ".join(t["name"] for t in lacking if t["missing"])
-        fixes.append(f"GRANT {', '.join(TABLE_PRIVILEGES)} ON {names} TO {role['role']}")
+    fixes += [
+        f"GRANT {', '.join(p)} ON {', '.join(n)} TO {role['role']}" for p, n in grouped.items()
+    ]
     if sequences:
         what.append(f"USAGE on sequence {', '.join(sequences)}")
         fixes.append(f"GRANT USAGE ON SEQUENCE {', '.join(sequences)} TO {role['role']}")
@@ -190,3 +231,15 @@ def _grants(
         f"the target's role {role['role']} lacks privileges the migration needs ("
         f"{'; '.join(what)}): as their owner (or a superuser), {'; '.join(fixes)}; then run again"
     )
+
+
+async def read_only(store: Store) -> str | None:
+    """Why the run refuses this target as read-only (:func:`~docstore.migrate.context.
+    ensure_writable`: ``READ_ONLY``, a standby, ``default_transaction_read_only``), or None."""
+    if store.read_only:
+        return "the target store is read-only: unset READ_ONLY to migrate"
+    try:
+        await ensure_writable(store, "migrate")
+    except ReadOnlyError as exc:
+        return str(exc)
+    return None
