@@ -291,6 +291,52 @@ async def test_build_index_by_a_role_not_owning_documents_blocks_the_dry_run_as_
     assert await real_run(legacy_url, target, build_index=True) is None
 
 
+@pytest.mark.parametrize("schema", ["none", "behind"])
+async def test_a_run_that_applies_no_schema_blocks_where_the_target_lacks_it(
+    schema: str, legacy_url: str, role: Role, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DOCSTORE_AUTO_MIGRATE=false the run neither creates nor upgrades docstore's
+    schema. Was, without one: the dry run said "the run creates it" (exit 0) and the run
+    failed on `relation "docstore_migration_checkpoints" does not exist`; one version behind,
+    both went ahead on the old schema. Now both stop before writing anything and say to run
+    `docstore init`; after it, both pass. A Store given as target is used as connected."""
+    monkeypatch.setenv("DOCSTORE_AUTO_MIGRATE", "false")
+    target = await role.database(template=schema == "behind")
+    if schema == "behind":
+        await admin(target, f"DELETE FROM docstore_schema_version WHERE version = {LATEST_VERSION}")
+    blocking = await dry_run(legacy_url, target)
+    refused = await real_run(legacy_url, target)
+    assert isinstance(refused, MigrationError)
+    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    (problem,) = blocking
+    if schema == "none":
+        assert problem == (
+            "the target has no docstore schema, and the run does not create it"
+            " (DOCSTORE_AUTO_MIGRATE is false): run `docstore init --url ...` and run again"
+        )
+        assert await fetchval(target, "select to_regclass('docstore_schema_version')") is None
+    else:
+        assert problem.startswith(
+            f"the target's docstore schema is at version {LATEST_VERSION - 1} and this"
+            f" docstore's at {LATEST_VERSION}, and the run does not apply the migrations in"
+            " between (DOCSTORE_AUTO_MIGRATE is false): run `docstore init"
+        ), problem
+        assert await fetchval(target, "select count(*) from documents") == 0
+    async with (
+        docstore.connect(target, migrate=False) as store,  # used as it was connected
+        Migrator(legacy_url, store) as m,
+    ):
+        (given,) = (await m.run(dry_run=True)).preflight.blocking
+    assert given == problem.replace(
+        "DOCSTORE_AUTO_MIGRATE is false", "the target Store is used as it was connected"
+    )
+
+    async with docstore.connect(target, migrate=True):  # `docstore init`
+        pass
+    assert await dry_run(legacy_url, target) == []
+    assert await real_run(legacy_url, target) is None
+
+
 async def test_targets_the_run_migrates_into_pass_the_dry_run(legacy_url: str, role: Role) -> None:
     """No false NO-GO: an empty database as a superuser (pgvector and the schema created),
     an initialised one as its owner."""

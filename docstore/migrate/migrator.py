@@ -71,6 +71,7 @@ from docstore.migrate.lock import (
 from docstore.migrate.pipe import transaction
 from docstore.migrate.report import MigrationReport, Preflight, RollbackReport, Validation
 from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS, resumed_run
+from docstore.migrate.target_access import TargetUse
 from docstore.migrate.verify import StreamVerifier, VerifiedRange
 from docstore.store import Store, connect
 from docstore.transient import is_out_of_range_date
@@ -194,8 +195,9 @@ class Migrator:
             return await self._preflight(src, store, thorough)
 
     async def _preflight(self, src: asyncpg.Connection, store: Store, thorough: bool) -> Preflight:
+        use = TargetUse(self.build_index, _keeps_schema(self._target_arg, store))
         return await preflight_stage.preflight(
-            src, store, self.doc_type, thorough=thorough, build_index=self.build_index
+            src, store, self.doc_type, thorough=thorough, use=use
         )
 
     @cancellation_wins
@@ -285,26 +287,10 @@ class Migrator:
             report.validation = validation
             report.timings["validate"] = validation.seconds
             if _repairable(validation):
-                await self._repair(report, validation)  # validates again
+                await _repair(self, report, validation)  # validates again
             report.per_source = dict((report.validation or validation).target_per_source)
         report.timings["total"] = now() - started
         return report
-
-    async def _repair(self, report: MigrationReport, validation: Validation) -> None:
-        """What the stamps and the delta pass can't see (rows edited in the target, legacy
-        changes after the delta pass): copied again under the lock, then validated again."""
-        t0 = now()
-        store = await self._target_store()  # copied again under the lock (copy.repair)
-        async with (
-            self._source() as src,
-            store.acquire() as tgt,
-            migration_lock(tgt, self._orphans),
-        ):
-            ctx = await self._context(src, store)
-            report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
-            report.validation = await self._validate(src, ctx, target=tgt)  # still ours
-        report.timings["repair"] = now() - t0
-        report.warnings.append(_repaired(validation.problems()))
 
     @cancellation_wins
     async def validate(self) -> Validation:
@@ -409,6 +395,33 @@ async def _stream(m: Migrator, snapshot: str) -> AsyncIterator[tuple[Any, Any]]:
         await m._orphans.mark(tgt)
         await src.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         yield src, tgt
+
+
+async def _repair(m: Migrator, report: MigrationReport, validation: Validation) -> None:
+    """What the stamps and the delta pass can't see (rows edited in the target, legacy
+    changes after the delta pass): copied again under the lock, then validated again."""
+    t0 = now()
+    store = await m._target_store()  # copied again under the lock (copy.repair)
+    async with (
+        m._source() as src,
+        store.acquire() as tgt,
+        migration_lock(tgt, m._orphans),
+    ):
+        ctx = await m._context(src, store)
+        report.repaired_documents = await copy_stage.repair(ctx, src, tgt, validation)
+        report.validation = await m._validate(src, ctx, target=tgt)  # still ours
+    report.timings["repair"] = now() - t0
+    report.warnings.append(_repaired(validation.problems()))
+
+
+def _keeps_schema(target: str | Store, store: Store) -> str | None:
+    """Why a run into ``target`` (opened as ``store``) neither creates nor upgrades docstore's
+    schema there, or None: it does, as ``connect()`` does by default."""
+    if isinstance(target, Store):
+        return "the target Store is used as it was connected"
+    if not store.settings.auto_migrate:
+        return "DOCSTORE_AUTO_MIGRATE is false"
+    return None
 
 
 def _show(x: str | Store) -> str:

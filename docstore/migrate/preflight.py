@@ -45,7 +45,7 @@ async def preflight(
     doc_type: str,
     *,
     thorough: bool = False,
-    build_index: bool = False,
+    use: target_access.TargetUse = target_access.PLAIN_RUN,
 ) -> Preflight:
     """Preflight of migrating ``src`` (a legacy database) into ``store`` as ``doc_type``.
 
@@ -53,10 +53,10 @@ async def preflight(
     are (on ``src``). ``thorough`` (a dry run) also reads every embedding, for values half
     precision cannot hold (:func:`beyond_half_precision`); otherwise nothing here scans a
     table beyond counting it, unless a legacy key lost its unique constraint
-    (:func:`duplicate_keys`). ``build_index``: the run builds the indexes after the copy
-    (this role must be able to)."""
+    (:func:`duplicate_keys`). ``use``: what else the run does to the target (this role
+    must be able to, and without a schema the run creates it must have one)."""
     run = await run_id(src, doc_type)
-    target = asyncio.create_task(_target_findings(store, doc_type, run, build_index))
+    target = asyncio.create_task(_target_findings(store, doc_type, run, use))
     try:
         pre, readable = await _source_findings(src, store.embedding_dim)
     finally:
@@ -103,7 +103,7 @@ async def preflight(
 
 
 async def _target_findings(
-    store: Store, doc_type: str, run: str, build_index: bool
+    store: Store, doc_type: str, run: str, use: target_access.TargetUse
 ) -> dict[str, object]:
     """What the target holds; only its versions when docstore's schema is not there yet (a
     dry run connects without creating it: nothing to count) or when this role could not
@@ -117,13 +117,13 @@ async def _target_findings(
             "target_is_legacy": legacy_target,
             "target_refuses": []
             if legacy_target
-            else await target_access.problems(store, None, health.latest_schema_version),
+            else await target_access.problems(store, None, health.latest_schema_version, use),
         }
     found: dict[str, object] = {
         "target_pgvector": health.pgvector_version,
         "target_schema_version": health.schema_version,
         "target_refuses": await target_access.problems(
-            store, health.schema_version, health.latest_schema_version, build_index=build_index
+            store, health.schema_version, health.latest_schema_version, use
         ),
     }
     if found["target_refuses"]:  # this role may not even read them, perhaps: not counted

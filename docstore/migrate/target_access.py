@@ -14,6 +14,7 @@ indexes on ``documents`` (only its owner may) and stores the search calibration.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,21 @@ INDEX_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
 BUILT_INDEXES = (queries.vector_index_name("cosine"), text_sql.TEXT_INDEX_NAME)
 # Tables whose rows the run inserts without an id: their id's sequence must give one.
 _SERIAL_TABLES = ("documents", "document_sources", "source_population_jobs")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetUse:
+    """What the run does to the target beyond what every run does: ``build_index`` (the
+    indexes after the copy); ``keeps_schema``: why it will neither create nor upgrade
+    docstore's schema there (None: it does, as ``docstore init``)."""
+
+    build_index: bool = False
+    keeps_schema: str | None = None
+
+
+PLAIN_RUN = TargetUse()
+"""A run that builds no index and creates or upgrades docstore's schema."""
+
 
 _ROLE = """
 SELECT quote_ident(current_user) AS role, r.rolsuper AS superuser,
@@ -87,12 +103,16 @@ WHERE NOT (has_sequence_privilege(s, 'USAGE') OR has_sequence_privilege(s, 'UPDA
 
 
 async def problems(
-    store: Store, schema_version: int | None, latest: int, *, build_index: bool = False
+    store: Store, schema_version: int | None, latest: int, use: TargetUse = PLAIN_RUN
 ) -> list[str]:
     """What stops a run on ``store``'s target with this role (blocking, one line each, what
     to do in it); ``schema_version``: docstore's schema there (None: not created yet),
-    ``latest``: this docstore's; ``build_index``: the run builds the indexes after the copy.
-    The catalog only."""
+    ``latest``: this docstore's; ``use``: what else the run does there. The catalog only."""
+    if schema_version is None and use.keeps_schema:
+        return [
+            f"the target has no docstore schema, and the run does not create it "
+            f"({use.keeps_schema}): run `docstore init --url ...` and run again"
+        ]
     role: Any = await store.fetchrow(_ROLE)
     if role is None:  # current_user is always a role: pg_roles has it
         return []
@@ -107,9 +127,15 @@ async def problems(
     tables = await store.fetch(
         _TABLES, list(WRITTEN_TABLES), list(TABLE_PRIVILEGES), list(_SERIAL_TABLES)
     )
-    if schema_version < latest and (problem := _pending(role, tables, schema_version, latest)):
+    if schema_version < latest and use.keeps_schema:
+        found.append(
+            f"the target's docstore schema is at version {schema_version} and this docstore's "
+            f"at {latest}, and the run does not apply the migrations in between "
+            f"({use.keeps_schema}): run `docstore init --url ...` and run again"
+        )
+    elif schema_version < latest and (problem := _pending(role, tables, schema_version, latest)):
         found.append(problem)
-    if build_index:
+    if use.build_index:
         if problem := await _index_owner(store, role, tables):
             found.append(problem)
         tables += await store.fetch(_TABLES, list(INDEX_TABLES), list(INDEX_PRIVILEGES), [])
