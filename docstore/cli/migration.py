@@ -12,7 +12,7 @@ from rich.markup import escape
 from docstore import cli
 from docstore.cli.base import async_command, checked_url, console, err_console
 from docstore.cli.progress import MigrationBars
-from docstore.config import UrlSource, load_settings, redact_url
+from docstore.config import UrlSource, load_settings, redact_url, resolve_url
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
 from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
@@ -77,7 +77,7 @@ async def _target(target: str | None, *, migrate: bool = True) -> Store:
     return await cli.connect(target, migrate=migrate)
 
 
-def _say_where(legacy: str, store: Store, command: str) -> None:
+def _say_where(legacy: str, store: Store) -> None:
     """Name both databases (redacted) before the command works on them: with no target
     configured the embedded server is the target, which a cutover never means."""
     # (not wrapped: an operator copies these)
@@ -88,12 +88,6 @@ def _say_where(legacy: str, store: Store, command: str) -> None:
     if store.url_source != UrlSource.EMBEDDED:
         return
     where = f"docstore's embedded PostgreSQL in {store.settings.embedded_dir}"
-    if command == "rollback":  # it would overwrite the legacy database from there
-        raise MigrationError(
-            f"no --target, DATABASE_URL or MCPDOCS_DATABASE_URL: the target would be {where},"
-            " and rollback copies its documents over the legacy database's; pass --target"
-            " (that server's URL, if it really is the one) to roll back from it"
-        )
     console.print(
         escape(
             f"warning: the target is {where}: no --target, DATABASE_URL or MCPDOCS_DATABASE_URL"
@@ -146,7 +140,7 @@ async def migrate(
     bars = MigrationBars()
     legacy = _legacy_url(source)
     async with await _target(target, migrate=not dry_run) as store:
-        _say_where(legacy, store, "migrate")
+        _say_where(legacy, store)
         migrator = Migrator(
             legacy,
             store,
@@ -189,7 +183,7 @@ async def validate(
     """Compare the legacy database with docstore row by row; exit 1 on any mismatch."""
     legacy = _legacy_url(source)
     async with await _target(target, migrate=False) as store:
-        _say_where(legacy, store, "validate")
+        _say_where(legacy, store)
         result = await Migrator(legacy, store, doc_type=doc_type).validate()
     console.print(result)
     if not result.ok:
@@ -217,8 +211,16 @@ async def rollback(
 ) -> None:
     """Copy docstore's documents back into the legacy-shaped database (the plan's Phase 7)."""
     legacy = _legacy_url(source)
+    settings = load_settings()
+    if resolve_url(settings, target)[1] is UrlSource.EMBEDDED:  # refused before it starts
+        raise MigrationError(
+            "no --target, DATABASE_URL or MCPDOCS_DATABASE_URL: the target would be docstore's"
+            f" embedded PostgreSQL in {settings.embedded_dir}, and rollback copies its documents"
+            " over the legacy database's; pass --target (that server's URL, if it really is the"
+            " one) to roll back from it"
+        )
     async with await _target(target, migrate=False) as store:
-        _say_where(legacy, store, "rollback")
+        _say_where(legacy, store)
         result = await Migrator(legacy, store, doc_type=doc_type).rollback(
             force=force, dry_run=dry_run
         )
