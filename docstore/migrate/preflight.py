@@ -53,8 +53,8 @@ async def preflight(
     are (on ``src``). ``thorough`` (a dry run) also reads every embedding, for values half
     precision cannot hold (:func:`beyond_half_precision`); otherwise nothing here scans a
     table beyond counting it, unless a legacy key lost its unique constraint
-    (:func:`duplicate_keys`). ``use``: what else the run does to the target (this role
-    must be able to, and without a schema the run creates it must have one)."""
+    (:func:`duplicate_keys`). ``use``: what else the run does to the target, which this
+    role must be able to do, and whether it creates or upgrades docstore's schema there."""
     run = await run_id(src, doc_type)
     target = asyncio.create_task(_target_findings(store, doc_type, run, use))
     try:
