@@ -39,6 +39,7 @@ from docstore.transient import (
     is_transient_query_failure,
     is_unique_violation,
     may_have_run,
+    must_close,
     scrub,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "is_transient_query_failure",
     "is_unique_violation",
     "may_have_run",
+    "must_close",
     "retrying",
     "translate",
 ]

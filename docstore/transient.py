@@ -165,6 +165,15 @@ def may_have_run(exc: BaseException) -> bool:
     return True
 
 
+def must_close(conn: Any, exc: BaseException) -> bool:
+    """Whether ``conn``, on which ``exc`` was raised, must be closed rather than pooled
+    again: dead or mid-protocol after a transient failure. Not after asyncpg's command
+    timeout (``TimeoutError``): asyncpg has asked the server to cancel the statement, and the
+    pool's release waits for that, as after a task's cancellation. Closing the connection
+    instead dropped the cancel request, and the server ran the statement on to its end."""
+    return is_transient(exc) and not isinstance(exc, TimeoutError) and not is_closed(conn)
+
+
 def is_closed(conn: Any) -> bool:
     """Whether ``conn`` is closed — also for a pooled connection that died: asyncpg released
     it to its pool then, and its proxy answers every call, ``is_closed()`` included, with

@@ -30,10 +30,10 @@ from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
 from docstore.failures import (
     first_retry_wait,
-    is_closed,
     is_transient,
     is_transient_query_failure,
     may_have_run,
+    must_close,
     retrying,
 )
 from docstore.metrics import Metrics, timed
@@ -383,21 +383,21 @@ class Runner:
         pool = self._pools.get(role).pool
         wait = self._settings.pool_acquire_timeout if timeout is None else timeout
         conn = await _acquire(pool, role, wait, self._metrics)
-        done = False
         try:
             yield conn
-            done = True
         except BaseException as exc:
-            if is_transient(exc) and not is_closed(conn):
+            if must_close(conn, exc):
                 conn.terminate()  # dead or mid-protocol: never hand it to the next caller
             raise
         finally:
             try:
                 await pool.release(conn)
             except Exception as exc:
-                # the work was done; its connection broke on the way back (asyncpg closed
-                # it): the outcome stands, and running it again could apply it twice
-                if not (done and is_transient(exc)):
+                # the connection broke on the way back (asyncpg closed it; or the cancel of a
+                # timed-out statement did not finish in time): when the work was done its
+                # outcome stands (running it again could apply it twice), and when it failed
+                # the caller gets that failure, not this one
+                if not is_transient(exc):
                     raise
                 logger.info(
                     "a connection broke while going back to the pool: %s", self._pools.describe(exc)

@@ -36,7 +36,7 @@ import asyncpg
 from docstore.config import Settings
 from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool
 from docstore.errors import DocstoreError
-from docstore.failures import is_closed, is_transient, is_transient_query_failure
+from docstore.failures import is_transient_query_failure, must_close
 from docstore.metrics import Metrics
 
 logger = logging.getLogger("docstore")
@@ -211,7 +211,7 @@ class ShardRouter:
                 begin(conn)  # the caller's Handoff: a timeout from here on is the statement's
             result = await work(conn)
         except BaseException as exc:
-            if is_transient(exc) and not is_closed(conn):
+            if must_close(conn, exc):
                 conn.terminate()  # never hand a broken connection to the next search
             if is_transient_query_failure(exc) or isinstance(exc, _WORKER_PROBLEMS):
                 await self._failed(node, exc)

@@ -1,0 +1,51 @@
+"""Review of 2026-12-07 (a Doc Server integrator): cancellation, timeouts and shutdown under
+concurrency, on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+import docstore
+
+RUNNING = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE state = 'active' AND query LIKE $1 AND pid <> pg_backend_pid()"
+)
+
+
+async def still_running(store: docstore.Store, tag: str, *, within: float = 2.0) -> int:
+    """How many backends still run the statement tagged ``tag`` after up to ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        n = int(await store.fetchval(RUNNING, f"%{tag}%"))
+        if n == 0 or time.monotonic() > deadline:
+            return n
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["timeout=", "DOCSTORE_COMMAND_TIMEOUT"])
+async def test_a_statement_out_of_its_command_timeout_is_cancelled_on_the_server(
+    how: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the caller got QueryError 57014 after 0.3 s, and the server ran the statement on
+    to its end (4 s here; an hour-long scan for an hour, holding its locks and a core): the
+    connection was closed under asyncpg's cancel request before it was sent. Now the server
+    cancels it, the connection goes back to the pool, and the pool serves on."""
+    if how == "DOCSTORE_COMMAND_TIMEOUT":
+        monkeypatch.setenv("DOCSTORE_COMMAND_TIMEOUT", "0.3")
+    options = {"timeout": 0.3} if how == "timeout=" else {}
+    async with docstore.connect(database_url, pool_min_size=2, pool_max_size=2) as store:
+        for _ in range(3):  # more timeouts than the pool has connections
+            tag = f"t{uuid.uuid4().hex}"
+            started = time.monotonic()
+            with pytest.raises(docstore.QueryError) as raised:
+                await store.fetch(f"SELECT pg_sleep(4) /* {tag} */", **options)
+            assert raised.value.sqlstate == "57014"
+            assert time.monotonic() - started < 2
+            assert await still_running(store, tag) == 0
+        results = await asyncio.gather(*(store.fetchval("SELECT 1") for _ in range(6)))
+        assert results == [1] * 6
