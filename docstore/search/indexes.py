@@ -136,7 +136,7 @@ class SearchIndexes:
             built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
             if built is None:
                 raise SchemaError(f"index {index_name} was not found after it was built")
-            self._tuner.forget()
+            await self._tuner.discard(name)  # measured on another graph, if any
         if calibrate and built.usable and (await self._tuner.calibration(name)) is None:
             if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
                 logger.info(
@@ -161,6 +161,8 @@ class SearchIndexes:
         index_name = queries.vector_index_name(metric)
         existed = any(i.name == index_name for i in await self.vector_indexes())
         await self._drop_index(index_name, concurrently)
+        if existed:  # its settings measured this graph, not the next one
+            await self._tuner.discard(queries.metric(metric).name)
         return existed
 
     @timed("text_index")

@@ -101,6 +101,7 @@ _SAVE = """
 INSERT INTO docstore_search_calibration (metric, calibration) VALUES ($1, $2::jsonb)
 ON CONFLICT (metric) DO UPDATE SET calibration = excluded.calibration, updated_at = now()
 """
+_DISCARD = "DELETE FROM docstore_search_calibration WHERE metric = $1"
 # What create_vector_index() stores when asked to calibrate a table with fewer than two
 # embeddings: no settings, but the lookup then calibrates in the background once the table
 # has grown (as from a calibration made at 0 rows: growth.grown)
@@ -240,9 +241,12 @@ class SearchTuner:
             await self._store.execute(_SAVE, metric, _DEFERRED)
         self._cache.pop(metric, None)
 
-    def forget(self) -> None:
-        """Drop the cached calibrations (the next search reads them again)."""
-        self._cache.clear()
+    async def discard(self, metric: str) -> None:
+        """Delete ``metric``'s stored calibration: the index it measured is gone (dropped, or
+        rebuilt as another graph), and its settings would be applied to the next one."""
+        if not self._store.read_only:
+            await self._store.execute(_DISCARD, metric)
+        self._cache.pop(metric, None)
         self._unstored = _Unstored()
 
     def _remember(self, calibration: Calibration) -> None:
