@@ -159,3 +159,34 @@ async def _sql_function_scans_the_index(store: docstore.Store, query: object) ->
         await conn.execute("SELECT pg_stat_force_next_flush()")
         await conn.execute("SELECT 1")
         return bool(await conn.fetchval(INDEX_SCANS) > before)
+
+
+@pytest.mark.parametrize("closers", [1, 2])
+async def test_closing_a_store_with_callers_waiting_tells_them_it_is_closed(
+    closers: int, database_url: str
+) -> None:
+    """Was: callers waiting for a connection when ``close()`` began were handed one by a
+    statement that ended, and close() closed it under them: QueryError 57014 ("canceling
+    statement due to user request") or "got result for unknown protocol state 3". Two
+    overlapping close() calls (a shutdown hook and an ``async with``) waited the whole 30 s
+    POOL_CLOSE_TIMEOUT, then terminated connections. Now running statements finish, every
+    waiting caller gets DatabaseUnavailableError (the store is closed), and close() returns
+    when the running statements end."""
+    for _ in range(3):
+        store = await docstore.connect(database_url, pool_min_size=2, pool_max_size=2)
+
+        async def request(s: docstore.Store = store) -> str:
+            try:
+                await s.fetch("SELECT pg_sleep(0.2)")
+            except docstore.DatabaseUnavailableError as exc:
+                assert "closed" in str(exc), exc
+                return "closed"
+            return "ok"
+
+        requests = [asyncio.create_task(request()) for _ in range(10)]  # 2 run, 8 wait
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.gather(*(store.close() for _ in range(closers)))
+        assert time.monotonic() - started < 5
+        outcomes = await asyncio.gather(*requests)
+        assert sorted(outcomes) == ["closed"] * 8 + ["ok"] * 2, outcomes

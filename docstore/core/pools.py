@@ -190,6 +190,7 @@ class Pools:
     replica: Pool | None
     url_source: UrlSource
     secrets: tuple[str, ...] = field(repr=False)
+    _closing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     def all(self) -> list[Pool]:
         return [self.primary] + ([self.replica] if self.replica else [])
@@ -213,8 +214,14 @@ class Pools:
     async def close(self) -> None:
         """Close every pool, waiting up to :data:`POOL_CLOSE_TIMEOUT` for checked-out
         connections to be released, then terminating what is left (logged): a connection
-        some code never gave back must not make ``store.close()`` wait forever."""
+        some code never gave back must not make ``store.close()`` wait forever. Callers
+        waiting for a connection are told the store is closed (``runner._acquire``). Calls
+        made while one runs (a shutdown hook and an ``async with``) wait for that one."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
 
+    async def _close(self) -> None:
         async def close(pool: Pool) -> None:
             try:
                 await asyncio.wait_for(pool.pool.close(), POOL_CLOSE_TIMEOUT)

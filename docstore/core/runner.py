@@ -134,6 +134,13 @@ async def _acquire(pool: asyncpg.Pool, role: Role, wait: float, metrics: Metrics
         raise PoolTimeoutError(_pool_timeout_message(pool, role, wait)) from None
     finally:
         metrics.waiting[role] -= 1
+    if pool.is_closing():
+        # handed over by a statement that ended while the store closes: asyncpg's close()
+        # would close the connection under the caller's statement (57014, or a protocol
+        # error), and a release would reset it while close() closes it; it is closed now
+        # (which releases it), and the caller is told the store is closed, as one arriving now
+        conn.terminate()
+        raise asyncpg.InterfaceError("pool is closing")
     metrics.acquired(role, time.perf_counter() - started)
     return conn
 
