@@ -4,35 +4,15 @@ concurrency, on a real database."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 
 import docstore
 from docstore.compat import LegacyDatabase
 from tests.test_calibration import clustered, load
-
-
-def _calibration_json(**changes: object) -> str:
-    base: dict[str, object] = {
-        "metric": "cosine",
-        "target_recall": 0.98,
-        "ef_search": 40,
-        "expected_recall": 0.99,
-        "lowest_recall": 0.9,
-        "escalation_rate": 0.1,
-        "expected_ms": 1.0,
-        "met_target": True,
-        "queries": 100,
-        "query_source": "probes",
-        "table_rows": 3400,
-        "calibrated_at": datetime.now(UTC).isoformat(),
-    }
-    return json.dumps(base | changes)
-
+from tests.test_tuning import calibration
 
 RUNNING = (
     "SELECT count(*) FROM pg_stat_activity"
@@ -131,7 +111,7 @@ async def test_a_scope_is_ranked_on_embedding_half_while_the_calibration_missed_
         await store.execute(
             "INSERT INTO docstore_search_calibration (metric, calibration) VALUES ('cosine', $1)"
             " ON CONFLICT (metric) DO UPDATE SET calibration = excluded.calibration",
-            _calibration_json(met_target=met),
+            calibration(met_target=met, table_rows=3400).model_dump_json(),
         )
         store.tuner._cache.clear()
         hits = await store.search(query, source_name="big", limit=10)
