@@ -10,6 +10,8 @@ import uuid
 import pytest
 
 import docstore
+from docstore.search.calibration import TableChangedError
+from docstore.search.tuning import Calibration
 from tests.test_calibration import clustered, load
 
 RUNNING = (
@@ -111,3 +113,20 @@ async def test_closing_a_store_with_callers_waiting_tells_them_it_is_closed(
         assert time.monotonic() - started < 5
         outcomes = await asyncio.gather(*requests)
         assert sorted(outcomes) == ["closed"] * 8 + ["ok"] * 2, outcomes
+
+
+async def test_a_calibration_measuring_a_dropped_graph_stores_nothing(
+    store: docstore.Store,
+) -> None:
+    """Review 91: a calibration still measuring when the index was dropped and rebuilt saved
+    the old graph's settings afterwards, in force on the new one. Whichever ends first, none
+    of the old graph's settings stay stored."""
+    await load(store, clustered(1500))
+    await store.create_vector_index(calibrate=False)
+    running = asyncio.create_task(store.tuner.calibrate(pace=0.25))
+    await asyncio.sleep(0.5)
+    await store.drop_vector_index()
+    await store.create_vector_index(calibrate=False)
+    outcome = await asyncio.gather(running, return_exceptions=True)
+    assert isinstance(outcome[0], TableChangedError | Calibration), outcome
+    assert await store.fetchval(CALIBRATED_AT) is None

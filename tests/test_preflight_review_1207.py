@@ -13,8 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
 
 import docstore
+from docstore.cli import app
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError, SchemaError
 from docstore.migrate import Migrator, state
 from docstore.migrate.lock import MIGRATION_LOCK_KEY
@@ -291,6 +293,49 @@ async def test_build_index_by_a_role_not_owning_documents_blocks_the_dry_run_as_
     assert await real_run(legacy_url, target, build_index=True) is None
 
 
+async def test_build_index_by_the_owner_of_documents_without_create_on_its_schema_blocks(
+    legacy_url: str, role: Role
+) -> None:
+    """Review 91: a role owning documents but without CREATE on its schema (PostgreSQL 15+
+    grants none on public) passed the dry run, then failed after the copy on `permission
+    denied for schema public` (CREATE INDEX needs it). Also: a fresh build deletes the old
+    graph's calibration, and the calibration reads recent queries (DELETE on
+    docstore_search_calibration, SELECT on docstore_search_queries)."""
+    owner_url = await role.database(template=True)
+    await admin(
+        owner_url,
+        f"ALTER TABLE documents OWNER TO {role.name};"
+        " REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role.name};"
+        f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role.name};"
+        f" REVOKE DELETE ON docstore_search_calibration FROM {role.name};"
+        f" REVOKE SELECT ON docstore_search_queries FROM {role.name}",
+    )
+    target = role.url(owner_url)
+    blocking = await dry_run(legacy_url, target, build_index=True)
+    refused = await real_run(legacy_url, target, build_index=True)
+    assert isinstance(refused, MigrationError)
+    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    assert any(
+        f"which needs CREATE on schema public, which {role.name} lacks: GRANT CREATE ON SCHEMA"
+        f" public TO {role.name}" in problem
+        for problem in blocking
+    ), blocking
+    assert any(
+        "DELETE on docstore_search_calibration" in p and "SELECT on docstore_search_queries" in p
+        for p in blocking
+    ), blocking
+    assert await fetchval(owner_url, "select count(*) from documents") == 0
+    await admin(
+        owner_url,
+        f"GRANT CREATE ON SCHEMA public TO {role.name};"
+        f" GRANT DELETE ON docstore_search_calibration TO {role.name};"
+        f" GRANT SELECT ON docstore_search_queries TO {role.name}",
+    )
+    assert await dry_run(legacy_url, target, build_index=True) == []
+    assert await real_run(legacy_url, target, build_index=True) is None
+
+
 @pytest.mark.parametrize("schema", ["none", "behind"])
 async def test_a_run_that_applies_no_schema_blocks_where_the_target_lacks_it(
     schema: str, legacy_url: str, role: Role, monkeypatch: pytest.MonkeyPatch
@@ -299,7 +344,7 @@ async def test_a_run_that_applies_no_schema_blocks_where_the_target_lacks_it(
     schema. Was, without one: the dry run said "the run creates it" (exit 0) and the run
     failed on `relation "docstore_migration_checkpoints" does not exist`; one version behind,
     both went ahead on the old schema. Now both stop before writing anything and say to run
-    `docstore init`; after it, both pass. A Store given as target is used as connected."""
+    `docstore init`; after it, both pass."""
     monkeypatch.setenv("DOCSTORE_AUTO_MIGRATE", "false")
     target = await role.database(template=schema == "behind")
     if schema == "behind":
@@ -322,19 +367,35 @@ async def test_a_run_that_applies_no_schema_blocks_where_the_target_lacks_it(
             " between (DOCSTORE_AUTO_MIGRATE is false): run `docstore init"
         ), problem
         assert await fetchval(target, "select count(*) from documents") == 0
-    async with (
-        docstore.connect(target, migrate=False) as store,  # used as it was connected
-        Migrator(legacy_url, store) as m,
-    ):
-        (given,) = (await m.run(dry_run=True)).preflight.blocking
-    assert given == problem.replace(
-        "DOCSTORE_AUTO_MIGRATE is false", "the target Store is used as it was connected"
-    )
-
     async with docstore.connect(target, migrate=True):  # `docstore init`
         pass
     assert await dry_run(legacy_url, target) == []
     assert await real_run(legacy_url, target) is None
+
+
+@pytest.mark.parametrize("schema", ["none", "behind"])
+def test_the_cli_dry_run_passes_where_its_run_creates_the_schema(
+    schema: str, legacy_url: str, role: Role, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 91: the CLI's dry run passes the Migrator a Store it connected without the
+    schema, and its run connects with it (``migrate=True``, DOCSTORE_AUTO_MIGRATE or not): a
+    dry run that refused such a target said NO-GO where the run migrates."""
+    monkeypatch.setenv("DOCSTORE_AUTO_MIGRATE", "false")
+    monkeypatch.setenv("COLUMNS", "200")
+
+    async def target() -> str:
+        url = await role.database(template=schema == "behind")
+        if schema == "behind":
+            await admin(
+                url, f"DELETE FROM docstore_schema_version WHERE version = {LATEST_VERSION}"
+            )
+        return url
+
+    args = ["migrate", "--source", legacy_url, "--target", asyncio.run(target())]
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
 
 
 async def test_targets_the_run_migrates_into_pass_the_dry_run(legacy_url: str, role: Role) -> None:

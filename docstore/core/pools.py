@@ -33,6 +33,11 @@ logger = logging.getLogger("docstore")
 
 REPLICA_CONNECT_TIMEOUT = 5.0
 POOL_CLOSE_TIMEOUT = 30.0  # seconds store.close() waits for checked-out connections
+CANCEL_WAIT = 2.0
+"""Seconds a connection whose statement ran out of time or was cancelled may take to go back
+to its pool: asyncpg waits there for the server to confirm the cancel it sent (milliseconds on
+a server that answers). Past this the connection is closed, as when the network is gone, and
+the caller is not kept waiting for it: asyncpg 0.31 would otherwise wait forever."""
 
 # Set while docstore's own stateless work holds a connection (see Runner.run): releasing it
 # then skips asyncpg's reset query (RESET ALL, UNLISTEN *, ...), a server round trip that
@@ -178,6 +183,20 @@ async def repoint(target: Pool, url: str) -> None:
     target.pool.set_connect_args(url, **target.connect_kwargs)
     await target.pool.expire_connections()
     target.url = url
+
+
+async def release(pool: asyncpg.Pool, conn: Any, failure: BaseException | None) -> None:
+    """Give ``conn`` back to ``pool`` after work that ended with ``failure`` (None: done).
+    After a command timeout or a cancellation asyncpg has asked the server to cancel the
+    statement, and the release waits for that, at most :data:`CANCEL_WAIT` (then asyncpg closes
+    the connection); a release that fails then is logged, not raised over ``failure``."""
+    if not isinstance(failure, TimeoutError | asyncio.CancelledError):
+        await pool.release(conn)
+        return
+    try:
+        await pool.release(conn, timeout=CANCEL_WAIT)
+    except Exception as exc:  # asyncpg closed it; a cancellation of this wait propagates
+        logger.info("a cancelled statement's connection was closed: %s", describe(exc))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core import locks
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
-from docstore.core.pools import STATELESS, Pools, Role
+from docstore.core.pools import STATELESS, Pools, Role, release
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
@@ -390,20 +390,21 @@ class Runner:
         pool = self._pools.get(role).pool
         wait = self._settings.pool_acquire_timeout if timeout is None else timeout
         conn = await _acquire(pool, role, wait, self._metrics)
+        failure: BaseException | None = None
         try:
             yield conn
         except BaseException as exc:
+            failure = exc
             if must_close(conn, exc):
                 conn.terminate()  # dead or mid-protocol: never hand it to the next caller
             raise
         finally:
             try:
-                await pool.release(conn)
+                await release(pool, conn, failure)
             except Exception as exc:
-                # the connection broke on the way back (asyncpg closed it; or the cancel of a
-                # timed-out statement did not finish in time): when the work was done its
-                # outcome stands (running it again could apply it twice), and when it failed
-                # the caller gets that failure, not this one
+                # the connection broke on the way back (asyncpg closed it): when the work was
+                # done its outcome stands (running it again could apply it twice), and when
+                # it failed the caller gets that failure, not this one
                 if not is_transient(exc):
                     raise
                 logger.info(

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from docstore.config import Settings
-from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool
+from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool, release
 from docstore.errors import DocstoreError
 from docstore.failures import is_transient_query_failure, must_close
 from docstore.metrics import Metrics
@@ -206,11 +206,13 @@ class ShardRouter:
         except BaseException as exc:  # refused, timed out, TLS, authentication, ...
             await self._failed(node, exc)
             raise NotRouted from None
+        failure: BaseException | None = None
         try:
             if begin is not None:
                 begin(conn)  # the caller's Handoff: a timeout from here on is the statement's
             result = await work(conn)
         except BaseException as exc:
+            failure = exc
             if must_close(conn, exc):
                 conn.terminate()  # never hand a broken connection to the next search
             if is_transient_query_failure(exc) or isinstance(exc, _WORKER_PROBLEMS):
@@ -218,7 +220,7 @@ class ShardRouter:
                 raise NotRouted from None
             raise
         finally:
-            await pool.release(conn)
+            await release(pool, conn, failure)
         self._succeeded(node, attempted)
         self._metrics.routed_searches += 1
         return result

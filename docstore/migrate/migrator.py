@@ -415,11 +415,10 @@ async def _repair(m: Migrator, report: MigrationReport, validation: Validation) 
 
 
 def _keeps_schema(target: str | Store, store: Store) -> str | None:
-    """Why a run into ``target`` (opened as ``store``) neither creates nor upgrades docstore's
-    schema there, or None: it does, as ``connect()`` does by default."""
-    if isinstance(target, Store):
-        return "the target Store is used as it was connected"
-    if not store.settings.auto_migrate:
+    """Why a run into the URL ``target`` (opened as ``store``) neither creates nor upgrades
+    docstore's schema there, or None: it does, as ``connect()`` does by default. A Store is
+    the caller's: the CLI's dry run connects without the schema, its run with it."""
+    if isinstance(target, str) and not store.settings.auto_migrate:
         return "DOCSTORE_AUTO_MIGRATE is false"
     return None
 

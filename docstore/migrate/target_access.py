@@ -34,8 +34,12 @@ WRITTEN_TABLES = (
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # What ``build_index`` adds: the calibration create_vector_index() stores (an upsert), and the
 # indexes it builds unless a valid one is there (Store.create_vector_index/create_text_index).
-INDEX_TABLES = ("docstore_search_calibration",)
-INDEX_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
+# (the calibration reads recent queries, upserts its result, and a fresh build deletes the
+# dropped graph's; CREATE INDEX also needs CREATE on the table's schema)
+INDEX_TABLES = {
+    "docstore_search_calibration": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "docstore_search_queries": ("SELECT",),
+}
 BUILT_INDEXES = (queries.vector_index_name("cosine"), text_sql.TEXT_INDEX_NAME)
 # Tables whose rows the run inserts without an id: their id's sequence must give one.
 _SERIAL_TABLES = ("documents", "document_sources", "source_population_jobs")
@@ -81,6 +85,7 @@ SELECT t.name,
        has_schema_privilege(c.relnamespace, 'USAGE') AS schema_usage,
        quote_ident(n.nspname) AS schema,
        pg_has_role(c.relowner, 'USAGE') AS owned,
+       has_schema_privilege(c.relnamespace, 'CREATE') AS schema_create,
        quote_ident(pg_get_userbyid(c.relowner)) AS owner,
        CASE WHEN t.name = ANY($3::text[]) THEN pg_get_serial_sequence(t.name, 'id') END
            AS sequence
@@ -138,7 +143,8 @@ async def problems(
     if use.build_index:
         if problem := await _index_owner(store, role, tables):
             found.append(problem)
-        tables += await store.fetch(_TABLES, list(INDEX_TABLES), list(INDEX_PRIVILEGES), [])
+        for name, privileges in INDEX_TABLES.items():
+            tables += await store.fetch(_TABLES, [name], list(privileges), [])
     sequences = [t["sequence"] for t in tables if t["sequence"]]
     unusable = (await store.fetchval(_SEQUENCES_UNUSABLE, sequences)) if sequences else None
     if problem := _grants(role, tables, unusable or [], not role["temporary"]):
@@ -215,17 +221,25 @@ async def _index_owner(store: Store, role: Any, tables: Sequence[Any]) -> str | 
     the table owner's (the run would fail on it after the whole copy); none is built where a
     valid one is there already."""
     documents = next((t for t in tables if t["name"] == "documents"), None)
-    if documents is None or documents["owned"]:
+    if documents is None or (documents["owned"] and documents["schema_create"]):
         return None
     unbuilt = await store.fetchval(_UNBUILT, list(BUILT_INDEXES))
     if not unbuilt:
         return None
-    owner = documents["owner"]
+    owner, schema = documents["owner"], documents["schema"]
+    instead = (
+        f"migrate without --build-index, then as {owner} run `docstore index create --url ...`"
+        " and `docstore index create --text --url ...`, which build the same indexes"
+    )
+    if not documents["owned"]:
+        return (
+            f"--build-index builds indexes on documents ({', '.join(unbuilt)}), which only its "
+            f"owner {owner} (or a superuser) may, not {role['role']}: {instead}"
+        )
     return (
-        f"--build-index builds indexes on documents ({', '.join(unbuilt)}), which only its "
-        f"owner {owner} (or a superuser) may, not {role['role']}: migrate without "
-        f"--build-index, then as {owner} run `docstore index create --url ...` and `docstore "
-        "index create --text --url ...`, which build the same indexes"
+        f"--build-index builds indexes on documents ({', '.join(unbuilt)}), which needs CREATE"
+        f" on schema {schema}, which {role['role']} lacks: GRANT CREATE ON SCHEMA {schema} TO"
+        f" {role['role']}, or {instead}"
     )
 
 

@@ -129,15 +129,19 @@ class SearchIndexes:
         for index in await self.vector_indexes():
             if index.name == index_name and index.usable:
                 built = index
+        fresh = built is None
         if built is None:
+            await self._tuner.discard(name)  # measured on another graph, if any (first: a
+            # build interrupted after it must not leave the old graph's calibration in force)
             await self._build_index(
                 index_name, sql, concurrently, maintenance_work_mem, progress=progress
             )
             built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
             if built is None:
                 raise SchemaError(f"index {index_name} was not found after it was built")
-            await self._tuner.discard(name)  # measured on another graph, if any
-        if calibrate and built.usable and (await self._tuner.calibration(name)) is None:
+        # a fresh index is calibrated without asking the calibration (a replica may still
+        # return the dropped graph's)
+        if calibrate and built.usable and (fresh or await self._tuner.calibration(name) is None):
             if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
                 logger.info(
                     "search calibration (%s) deferred: fewer than two stored embeddings; it"

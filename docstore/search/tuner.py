@@ -55,7 +55,7 @@ from docstore.errors import DocstoreError, QueryError, SchemaError, ValidationEr
 from docstore.metrics import SearchRecall
 from docstore.models import finite_number
 from docstore.search import growth, queries
-from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress
+from docstore.search.calibration import MIN_ESCALATION, Calibrator, Progress, TableChangedError
 from docstore.search.live_recall import (
     BUDGET_BURST_SECONDS,
     MIN_RECALL_SAMPLES,
@@ -191,6 +191,7 @@ class SearchTuner:
         self._unreadable_logged = False
         self._unstored = _Unstored()
         self._escalations: collections.deque[bool] = collections.deque(maxlen=ESCALATION_WINDOW)
+        self._discarded = 0  # discard() calls: a calibration measuring across one is not saved
 
     # -- the calibration in force --------------------------------------------------------------
     async def calibration(self, metric: str = "cosine") -> Calibration | None:
@@ -244,6 +245,7 @@ class SearchTuner:
     async def discard(self, metric: str) -> None:
         """Delete ``metric``'s stored calibration: the index it measured is gone (dropped, or
         rebuilt as another graph), and its settings would be applied to the next one."""
+        self._discarded += 1
         if not self._store.read_only:
             await self._store.execute(_DISCARD, metric)
         self._cache.pop(metric, None)
@@ -272,7 +274,7 @@ class SearchTuner:
         vectors. ``pace`` (0–1): work only that share of the time, pausing between queries
         (background calibrations), instead of running flat out.
         """
-        store = self._store
+        store, discarded = self._store, self._discarded
         mt = queries.metric(metric)
         goal = self.target if target is None else _check_target(target)
         index = await store.vector_index(mt.name)
@@ -302,6 +304,8 @@ class SearchTuner:
                 rows = await growth.estimate(self._reads, distributed=store.distributed)
                 update = {"table_estimate": rows.rows, "embedded_estimate": rows.embedded}
                 calibration = calibration.model_copy(update=update)
+            if discarded != self._discarded:  # measured a graph dropped meanwhile
+                raise TableChangedError("the HNSW index was rebuilt while it was calibrated")
             if not store.read_only:
                 await store.execute(_SAVE, mt.name, calibration.model_dump_json())
             else:  # in force here until the stored one changes
