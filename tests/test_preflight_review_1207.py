@@ -108,6 +108,16 @@ async def real_run(legacy_url: str, target: str, **options: Any) -> DocstoreErro
     return None
 
 
+async def refused_alike(legacy_url: str, target: str, **options: Any) -> list[str]:
+    """The dry run's blocking lines, once the real run refused with exactly them (nothing
+    copied: MigrationError before the copy)."""
+    blocking = await dry_run(legacy_url, target, **options)
+    refused = await real_run(legacy_url, target, **options)
+    assert isinstance(refused, MigrationError)
+    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    return blocking
+
+
 GRANTS = re.compile(r"as their owner \(or a superuser\), (.*); then run again")
 
 
@@ -171,10 +181,7 @@ async def test_a_select_only_role_blocks_the_dry_run_and_the_grants_it_names_suf
     owner_url = await role.database(template=True)
     await admin(owner_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role.name}")
     target = role.url(owner_url)
-    blocking = await dry_run(legacy_url, target)
-    refused = await real_run(legacy_url, target)
-    assert isinstance(refused, MigrationError)
-    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    blocking = await refused_alike(legacy_url, target)
     (problem,) = blocking
     assert f"the target's role {role.name} lacks privileges the migration needs" in problem
     assert (
@@ -268,10 +275,7 @@ async def test_build_index_by_a_role_not_owning_documents_blocks_the_dry_run_as_
         f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role.name}",
     )
     target = role.url(owner_url)
-    blocking = await dry_run(legacy_url, target, build_index=True)
-    refused = await real_run(legacy_url, target, build_index=True)
-    assert isinstance(refused, MigrationError)
-    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    blocking = await refused_alike(legacy_url, target, build_index=True)
     (problem,) = blocking
     assert problem.startswith(
         "--build-index builds indexes on documents (documents_embedding_hnsw_cosine,"
@@ -312,10 +316,7 @@ async def test_build_index_by_the_owner_of_documents_without_create_on_its_schem
         f" REVOKE SELECT ON docstore_search_queries FROM {role.name}",
     )
     target = role.url(owner_url)
-    blocking = await dry_run(legacy_url, target, build_index=True)
-    refused = await real_run(legacy_url, target, build_index=True)
-    assert isinstance(refused, MigrationError)
-    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    blocking = await refused_alike(legacy_url, target, build_index=True)
     assert any(
         f"which needs CREATE on schema public, which {role.name} lacks: GRANT CREATE ON SCHEMA"
         f" public TO {role.name}" in problem
@@ -349,10 +350,7 @@ async def test_a_run_that_applies_no_schema_blocks_where_the_target_lacks_it(
     target = await role.database(template=schema == "behind")
     if schema == "behind":
         await admin(target, f"DELETE FROM docstore_schema_version WHERE version = {LATEST_VERSION}")
-    blocking = await dry_run(legacy_url, target)
-    refused = await real_run(legacy_url, target)
-    assert isinstance(refused, MigrationError)
-    assert str(refused) == "cannot migrate: " + "; ".join(blocking)
+    blocking = await refused_alike(legacy_url, target)
     (problem,) = blocking
     if schema == "none":
         assert problem == (
