@@ -9,7 +9,8 @@ refused), then writes ``documents``, ``document_sources``, ``source_population_j
 names what of that this role could not do, each as the run says it (or, where the run fails
 with PostgreSQL's bare ``permission denied``, with the GRANT that fixes it); nothing for a
 target the run can migrate. With ``--build-index`` the run also builds the HNSW and full-text
-indexes on ``documents`` (only its owner may) and stores the search calibration.
+indexes on ``documents`` (only its owner may, with CREATE on its schema) and stores the search
+calibration.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ WRITTEN_TABLES = (
     "docstore_migration_checkpoints",
 )
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
-# What ``build_index`` adds: the calibration create_vector_index() stores (an upsert), and the
-# indexes it builds unless a valid one is there (Store.create_vector_index/create_text_index).
-# (the calibration reads recent queries, upserts its result, and a fresh build deletes the
-# dropped graph's; CREATE INDEX also needs CREATE on the table's schema)
+# What ``build_index`` adds (Store.create_vector_index/create_text_index): the indexes, unless
+# a valid one is there (CREATE INDEX: the table's owner, with CREATE on its schema); a fresh
+# build deletes the dropped graph's calibration, and calibrating reads recent queries and
+# upserts its result.
 INDEX_TABLES = {
     "docstore_search_calibration": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "docstore_search_queries": ("SELECT",),
