@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -176,11 +177,34 @@ def test_halfvec_candidates_oversample_with_a_floor_and_a_cap() -> None:
 
 
 def test_halfvec_scope_rule_counts_rows_and_their_share_of_the_table() -> None:
-    halfvec_scope = planner.halfvec_scope
-    assert halfvec_scope(1000, 1000)  # always, up to 1,000 rows
-    assert halfvec_scope(3000, 20_000) and not halfvec_scope(3001, 1_000_000)
-    assert not halfvec_scope(2000, 5_000)  # 40 % of the table: the index does better
-    assert halfvec_scope(2000, -1)  # never analyzed: rows alone decide
+    def halfvec(rows: float, table_rows: float, ann_ok: bool = True) -> bool:
+        return planner.halfvec_scope(planner.Scope(rows, table_rows), ann_ok)
+
+    assert halfvec(1000, 1000)  # always, up to 1,000 rows
+    assert halfvec(3000, 20_000) and not halfvec(3001, 50_000)
+    assert not halfvec(2000, 5_000)  # 40 % of the table: the index does better
+    assert halfvec(2000, -1)  # never analyzed: rows alone decide
+    assert not halfvec(5000, -1) and halfvec(5000, -1, ann_ok=False)
+
+
+def test_scope_rule_keeps_the_filter_rules_recall_conditions_up_to_the_filter_bound() -> None:
+    """Past the speed rule a scope takes the HNSW index only while it keeps MIN_ANN_SHARE of
+    the table and the calibration met its target (integrator review 2026-12-07: a 4,000-row
+    crate of 36,000 lost a question entirely through the index) — but only up to
+    HALFVEC_FILTER_ROWS: a larger scope takes the index whatever its share (review 91: a
+    capped count sent a whole-table scope of 420,000 rows to a 104 ms scan)."""
+
+    def halfvec(rows: float, table_rows: float, ann_ok: bool = True) -> bool:
+        return planner.halfvec_scope(planner.Scope(rows, table_rows), ann_ok)
+
+    bound = planner.HALFVEC_FILTER_ROWS
+    assert halfvec(4000, 36_000, ann_ok=False) and not halfvec(4000, 36_000)
+    assert halfvec(2500, 5_000, ann_ok=False)  # a large share, but the calibration missed
+    assert halfvec(3001, 1_000_000) and halfvec(bound, 10**6)  # under 5 %
+    assert not halfvec(bound + 1, 10**6) and not halfvec(bound + 1, 10**6, ann_ok=False)
+    assert not halfvec(420_000, 420_000, ann_ok=False)  # the whole table: the index
+    assert not halfvec(math.inf, 10**6, ann_ok=False)  # unknown past the count (Citus)
+    assert planner.Scope(100, -1).share == 1.0 and planner.Scope(5, 10).share == 0.5
 
 
 def test_ann_search_is_one_statement_with_its_settings_bound() -> None:

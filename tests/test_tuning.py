@@ -64,7 +64,20 @@ def test_small_scopes_are_ranked_on_embedding_half() -> None:
     assert share.mode == "halfvec"
     large_share = plan(scoped_only=True, filtered=True, scope=Scope(2500, 5_000))
     assert large_share.mode == "ann" and large_share.force_index
-    assert plan(scoped_only=True, filtered=True, scope=Scope(3001, 10**6)).mode == "ann"
+    assert plan(scoped_only=True, filtered=True, scope=Scope(3001, 50_000)).mode == "ann"
+    # past the speed rule, the filter rule's recall conditions up to HALFVEC_FILTER_ROWS
+    # (integrator review 2026-12-07): under MIN_ANN_SHARE of the table, or a calibration that
+    # missed its target, is ranked on embedding_half; a larger scope takes the index
+    assert plan(scoped_only=True, filtered=True, scope=Scope(3001, 10**6)).mode == "halfvec"
+    unmet = calibration(met_target=False)
+    missed = plan(scoped_only=True, filtered=True, scope=Scope(4000, 36_000), calibration=unmet)
+    assert missed.mode == "halfvec"
+    met = plan(
+        scoped_only=True, filtered=True, scope=Scope(4000, 36_000), calibration=calibration()
+    )
+    assert met.mode == "ann" and met.force_index
+    huge = plan(scoped_only=True, filtered=True, scope=Scope(60_000, 10**6), calibration=unmet)
+    assert huge.mode == "ann" and huge.force_index
     # exact=False insists on the index
     assert plan(exact=False, scoped_only=True, filtered=True, scope=Scope(5, 10)).mode == "ann"
 

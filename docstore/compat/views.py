@@ -54,9 +54,11 @@ from docstore.compat.ids import (
 from docstore.embeddings import MAX_EMBEDDING_VALUE
 from docstore.search.planner import (
     HALFVEC_ALWAYS_ROWS,
+    HALFVEC_FILTER_ROWS,
     HALFVEC_MAX_SHARE,
     HALFVEC_SCOPE_ROWS,
     MAX_LIMIT,
+    MIN_ANN_SHARE,
     MIN_CANDIDATES,
     MIN_HALFVEC_CANDIDATES,
 )
@@ -228,16 +230,32 @@ $$""",
     else:
         ranking = f"""    SELECT count(*) INTO rows FROM (SELECT 1 FROM documents d WHERE {scope}
                                      LIMIT {HALFVEC_SCOPE_ROWS + 1}) s;
-    IF rows <= {HALFVEC_ALWAYS_ROWS} OR (rows <= {HALFVEC_SCOPE_ROWS} AND rows < {HALFVEC_MAX_SHARE}
-            * (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'documents'::regclass)) THEN
+    SELECT reltuples INTO total FROM pg_class WHERE oid = 'documents'::regclass;
+    IF rows <= {HALFVEC_ALWAYS_ROWS}
+       OR (rows <= {HALFVEC_SCOPE_ROWS} AND (total <= 0 OR rows < {HALFVEC_MAX_SHARE} * total)) THEN
         -- a small crate: rank it by the in-row half-precision copy, re-rank the best exactly
         -- (the rule and its measurements: docstore.search.planner.halfvec_scope)
 {by_half}    ELSE
+        SELECT c.calibration INTO tuned FROM docstore_search_calibration c
+         WHERE c.metric = 'cosine';
+        IF rows > {HALFVEC_SCOPE_ROWS} THEN
+            -- past the count, the planner's estimate of the crate (a capped count would
+            -- make every crate of a large table look like a small share of it)
+            EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM documents d'
+                    ' WHERE d.doc_type = $1 AND d.source_name = $2'
+               INTO plan USING '{dt}'::text, target_crate_name;
+            rows := greatest(rows, (SELECT max(r::text::float8) FROM jsonb_path_query(plan::jsonb,
+                        '$.** ? (@."Relation Name" == "documents")."Plan Rows"') r));
+        END IF;
+        IF rows <= {HALFVEC_FILTER_ROWS} AND ((total > 0 AND rows < {MIN_ANN_SHARE} * total)
+                OR (tuned->>'met_target')::boolean IS FALSE) THEN
+            -- under {MIN_ANN_SHARE:.0%} of the table, or a calibration that missed its target: the
+            -- in-row copy too, up to {HALFVEC_FILTER_ROWS:,} rows (planner.halfvec_scope)
+    {by_half}            RETURN;
+        END IF;
         -- ANN: candidates from the HNSW index (the indexed halfvec expression), exact re-rank;
         -- hnsw.ef_search as calibrated for this database (docstore.search.tuning; a beam
         -- limit_results / {CALIBRATION_K} times as wide above {CALIBRATION_K} hits), else 200
-        SELECT c.calibration INTO tuned FROM docstore_search_calibration c
-         WHERE c.metric = 'cosine';
         ef := coalesce((tuned->>'ef_search')::int, 200);
         IF tuned IS NOT NULL AND limit_results > {CALIBRATION_K} THEN
             ef := least({MAX_EF_SEARCH}, ceil(ef * limit_results / {CALIBRATION_K}.0)::int);
@@ -290,7 +308,9 @@ SET enable_seqscan = off SET enable_sort = off
 {set_path}AS $$
 DECLARE
     indexed boolean;
-    rows bigint;
+    rows float8;
+    total float8;
+    plan json;
     ann_ids bigint[];
     first_ids bigint[] := '{{}}';
     spreads float8[];

@@ -134,6 +134,12 @@ def _seq_scan(plan: Mapping[str, Any]) -> bool:
     return any(n.get("Node Type") == "Seq Scan" for n in _nodes(plan))
 
 
+def planned_rows(explained: Any) -> float:
+    """The planner's estimate of the rows of ``documents`` in an ``EXPLAIN (FORMAT JSON)``
+    answer."""
+    return _planned_rows(_plan(explained))
+
+
 def _planned_rows(plan: Mapping[str, Any]) -> float:
     """The planner's estimate of the filter's rows: its scan of ``documents`` (the ``LIMIT``
     above it does not lower a child's estimate)."""

@@ -14,7 +14,16 @@ the in-row ``embedding_half`` scan costs ~0.3 ms + ~2.5 us a row (100 / 1,000 / 
 always ranked on ``embedding_half``, and up to :data:`HALFVEC_SCOPE_ROWS` while it is under
 :data:`HALFVEC_MAX_SHARE` of the table. That scan reads every row of the scope: its recall is
 that of half precision (~1e-4 in distance) before the exact re-rank, so it needs no
-calibration.
+calibration. A larger scope takes the HNSW index under the filter rule's conditions for
+recall (below): while it keeps :data:`MIN_ANN_SHARE` of the table and the calibration met its
+target. A scope failing them is ranked on ``embedding_half`` too, up to
+:data:`HALFVEC_FILTER_ROWS` rows (~50 ms at 3,072 dimensions); past that it takes the index
+whatever the share, bounding what one search costs. (An integrator's 4,000-document crate in
+a 36,000-row table whose calibration missed its target: recall@10 0.993 with one question at
+0 through the index; 1.000 on ``embedding_half``, and faster.) The scope is counted up to
+:data:`HALFVEC_SCOPE_ROWS` + 1 rows; past that its size is the planner's estimate (at least
+the count): a capped count would make every scope of a table past ~400,000 rows look under
+5 % of it.
 
 The filter rule (bench/filtered.py, and plan-by-plan measurements on 50,000 and 100,000
 clustered 3,072-dim documents with filters matching 0.01-10 % of them): a search with a
@@ -80,11 +89,17 @@ VectorMode = Literal["exact", "ann", "halfvec"]
 
 @dataclass(frozen=True)
 class Scope:
-    """A doc_type/source_name scope: its rows (counted up to :data:`HALFVEC_SCOPE_ROWS` + 1)
-    and the table's (``reltuples``; below 0 when never analyzed)."""
+    """A doc_type/source_name scope: its rows — counted up to :data:`HALFVEC_SCOPE_ROWS` + 1;
+    past that the planner's estimate, at least the count (``math.inf`` where none is known:
+    on a Citus cluster) — and the table's (``reltuples``; below 0 when never analyzed)."""
 
-    rows: int
+    rows: float
     table_rows: float
+
+    @property
+    def share(self) -> float:
+        """The share of the table the scope keeps (1 when the table's size is unknown)."""
+        return _share(self.rows, self.table_rows)
 
 
 @dataclass(frozen=True)
@@ -101,7 +116,11 @@ class FilterSize:
     @property
     def share(self) -> float:
         """The share of the table the filter keeps (1 when the table's size is unknown)."""
-        return min(self.rows / self.table_rows, 1.0) if self.table_rows > 0 else 1.0
+        return _share(self.rows, self.table_rows)
+
+
+def _share(rows: float, table_rows: float) -> float:
+    return min(rows / table_rows, 1.0) if table_rows > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -124,13 +143,20 @@ class VectorPlan:
     """ANN: candidates per requested hit this search asked for (the second pass's too)."""
 
 
-def halfvec_scope(rows: int, table_rows: float) -> bool:
-    """The halfvec rule: a scope of ``rows`` documents in a table of about ``table_rows``
-    (``reltuples``; below 0 when never analyzed) is ranked on ``embedding_half``."""
+def halfvec_scope(scope: Scope, ann_ok: bool = True) -> bool:
+    """The scope rule (module docstring): whether a doc_type/source_name ``scope`` is ranked
+    on ``embedding_half`` — for speed, a small scope (at most :data:`HALFVEC_ALWAYS_ROWS`
+    rows, or :data:`HALFVEC_SCOPE_ROWS` under :data:`HALFVEC_MAX_SHARE` of the table); for
+    recall, one of at most :data:`HALFVEC_FILTER_ROWS` rows under :data:`MIN_ANN_SHARE` of
+    the table or while the calibration missed its target (``ann_ok`` False). A table never
+    analyzed lets the rows alone decide."""
+    rows, known = scope.rows, scope.table_rows > 0
     if rows <= HALFVEC_ALWAYS_ROWS:
         return True
-    share_ok = table_rows <= 0 or rows < HALFVEC_MAX_SHARE * table_rows
-    return rows <= HALFVEC_SCOPE_ROWS and share_ok
+    if rows <= HALFVEC_SCOPE_ROWS and (not known or scope.share < HALFVEC_MAX_SHARE):
+        return True
+    small_share = known and scope.share < MIN_ANN_SHARE
+    return rows <= HALFVEC_FILTER_ROWS and (small_share or not ann_ok)
 
 
 def filter_mode(size: FilterSize, candidates: int, ann_ok: bool) -> VectorMode:
@@ -237,12 +263,12 @@ def plan_vector_search(
             )
         return VectorPlan("exact")
     oversample = check_oversample(oversample)
-    if exact is None and scoped_only and scope is not None and halfvec_scope(*_size(scope)):
-        return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
     calibration = calibration if calibration is not None and calibration.metric == metric else None
+    ann_ok = calibration is None or calibration.met_target
+    if exact is None and scoped_only and scope is not None and halfvec_scope(scope, ann_ok):
+        return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
     sized = exact is None and ef_search is None and filter_size is not None
     if filter_size is not None and sized:
-        ann_ok = calibration is None or calibration.met_target
         mode = filter_mode(filter_size, halfvec_candidates(limit, oversample), ann_ok)
         if mode == "exact":
             return VectorPlan("exact")
@@ -294,7 +320,3 @@ def plan_vector_search(
         source="oversample" if oversample_given else "default",
         oversample=oversample,
     )
-
-
-def _size(scope: Scope) -> tuple[int, float]:
-    return scope.rows, scope.table_rows

@@ -23,7 +23,7 @@ from docstore.metrics import Metrics, timed
 from docstore.models import finite_number, flag, query_vector
 from docstore.search import planner, queries
 from docstore.search.ann_plans import IndexPlans
-from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes
+from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes, planned_rows
 from docstore.search.filters import build_filter
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
 from docstore.search.kept import Kept
@@ -407,10 +407,10 @@ async def _cached_scope(
     doc_type: str | None,
     source_name: str | None,
 ) -> Scope:
-    """A doc_type/source_name scope's size for the halfvec rule (:func:`~docstore.search.
+    """A doc_type/source_name scope's size for the scope rule (:func:`~docstore.search.
     planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
-    entries read), the table's size from the planner's statistics; kept briefly in
-    ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
+    entries read; past that the planner's estimate), the table's size from the planner's
+    statistics; kept briefly in ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
     key = (doc_type, source_name)
     cached = cache.get(key)
     if cached is not None:
@@ -419,19 +419,31 @@ async def _cached_scope(
 
 
 async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
-    """A scope's embedded rows (at most ``HALFVEC_SCOPE_ROWS`` + 1: rows with no embedding
-    never match, as in ``queries.filter_count_sql``) and the table's ``reltuples``; on
-    the source's Citus worker like the search itself (there ``documents`` is the shell: 0)."""
+    """A scope's embedded rows (rows with no embedding never match, as in
+    ``queries.filter_count_sql``) — counted up to ``HALFVEC_SCOPE_ROWS`` + 1, past that the
+    planner's estimate of them (at least the count; ``math.inf`` on a Citus cluster, whose
+    coordinator cannot estimate the shards) — and the table's ``reltuples``; on the source's
+    Citus worker like the search itself (there ``documents`` is the shell: 0)."""
     where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
+    scoped = f"SELECT 1 FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
     sql = (
-        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM documents d"
-        f" WHERE d.embedding IS NOT NULL AND {where} LIMIT $1) s)"
-        " AS rows, (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass)"
-        " AS total"
+        f"SELECT (SELECT count(*) FROM ({scoped} LIMIT $1) s) AS rows,"
+        " (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS total"
     )
-    work = _fetch(sql, [planner.HALFVEC_SCOPE_ROWS + 1, *params])
-    rows = await db.run(work, stateless=True, read=True, shard=shard(db, source_name))
-    return Scope(rows[0]["rows"], rows[0]["total"])
+    cap, estimate = planner.HALFVEC_SCOPE_ROWS + 1, not db.distributed
+
+    async def work(conn: asyncpg.Connection) -> Scope:
+        row = await conn.fetchrow(sql, cap, *params)
+        assert row is not None
+        rows: float = row["rows"]
+        if rows >= cap:  # past the count: the share decides, so the planner's estimate
+            if not estimate:
+                return Scope(math.inf, row["total"])
+            planned = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {scoped} LIMIT $1", cap, *params)
+            rows = max(rows, planned_rows(planned))
+        return Scope(rows, row["total"])
+
+    return cast(Scope, await db.run(work, stateless=True, read=True, shard=shard(db, source_name)))
 
 
 def shard(db: Queries, source_name: str | None) -> str | None:
