@@ -44,6 +44,7 @@ from docstore.transient import (
 )
 
 __all__ = [
+    "POOL_CLOSED",
     "TRANSIENT_SQLSTATES",
     "connect_problem",
     "describe",

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 
+import asyncpg
 import pytest
 
 import docstore
@@ -113,6 +114,44 @@ async def test_closing_a_store_with_callers_waiting_tells_them_it_is_closed(
         assert time.monotonic() - started < 5
         outcomes = await asyncio.gather(*requests)
         assert sorted(outcomes) == ["closed"] * 8 + ["ok"] * 2, outcomes
+
+
+async def test_acquire_refuses_a_closed_store_as_its_methods_do(database_url: str) -> None:
+    """Was: ``store.acquire()`` waiting when ``close()`` began, or called after it, raised
+    asyncpg's InterfaceError "pool is closing"/"pool is closed" where every other method
+    raised DatabaseUnavailableError. Now it is the same typed error; an InterfaceError the
+    caller's own block raises is left as it is."""
+    store = await docstore.connect(database_url, pool_min_size=1, pool_max_size=1)
+
+    async def hold() -> None:
+        async with store.acquire() as conn:
+            await conn.fetch("SELECT pg_sleep(0.3)")
+
+    async def wait() -> str:
+        try:
+            async with store.acquire(timeout=5):
+                return "got one"
+        except docstore.DatabaseUnavailableError as exc:
+            assert "closed" in str(exc) and "pool is clos" not in str(exc), exc
+            return "closed"
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)
+    waiters = [asyncio.create_task(wait()) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    await store.close()
+    await holder
+    assert await asyncio.gather(*waiters) == ["closed"] * 3
+    assert await wait() == "closed"  # after close()
+    with pytest.raises(docstore.DatabaseUnavailableError, match="closed"):
+        await store.fetch("SELECT 1")
+
+
+async def test_acquire_leaves_the_callers_own_interface_errors_alone(database_url: str) -> None:
+    async with docstore.connect(database_url) as store:
+        with pytest.raises(asyncpg.InterfaceError, match="pool is closing"):
+            async with store.acquire():
+                raise asyncpg.InterfaceError("pool is closing (the caller's own)")
 
 
 async def test_a_calibration_measuring_a_dropped_graph_stores_nothing(

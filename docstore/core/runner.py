@@ -29,6 +29,7 @@ from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
 from docstore.failures import (
+    POOL_CLOSED,
     first_retry_wait,
     is_transient,
     is_transient_query_failure,
@@ -143,6 +144,24 @@ async def _acquire(pool: asyncpg.Pool, role: Role, wait: float, metrics: Metrics
         raise asyncpg.InterfaceError("pool is closing")
     metrics.acquired(role, time.perf_counter() - started)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def _closed_typed(
+    checkout: contextlib.AbstractAsyncContextManager[Any], pools: Pools
+) -> AsyncIterator[Any]:
+    """``checkout``'s connection, a closed store's refusal to give one typed as the store's
+    methods type it (:class:`~docstore.errors.DatabaseUnavailableError`, "this store … is
+    closed") rather than asyncpg's "pool is closing"/"pool is closed"; what the caller's own
+    block raises is left as it is."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            conn = await stack.enter_async_context(checkout)
+        except asyncpg.InterfaceError as exc:
+            if POOL_CLOSED not in str(exc):
+                raise
+            raise pools.translate(exc) from exc
+        yield conn
 
 
 def _pool_timeout_message(pool: asyncpg.Pool, role: Role, wait: float) -> str:
@@ -378,10 +397,11 @@ class Runner:
         """Check a connection out of the primary's pool (``async with store.acquire() as c``).
 
         Waits at most ``timeout`` (default ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``) for a free
-        connection, then raises :class:`PoolTimeoutError`.
+        connection, then raises :class:`PoolTimeoutError`; on a closed (or closing) store,
+        :class:`DatabaseUnavailableError`.
         """
         timeout_seconds(timeout)
-        async with self.checkout("primary", timeout) as conn:
+        async with _closed_typed(self.checkout("primary", timeout), self._pools) as conn:
             yield conn
 
     @contextlib.asynccontextmanager
