@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -150,3 +151,26 @@ async def test_a_scope_past_the_bound_takes_the_index_in_a_table_many_times_the_
         hits = await store.search(points[3], source_name="big", limit=10)
         assert hits.mode == "ann" and {h.source_name for h in hits} == {"big"}
         assert await sql_function_scans_the_index(store, "big", points[3])
+
+
+async def test_a_role_that_may_not_read_the_calibration_searches_a_large_crate(
+    crates: tuple[docstore.Store, np.ndarray],
+) -> None:
+    """Was: the SQL function read ``docstore_search_calibration`` for every crate past the
+    count, so a role granted the documents but not that table got "permission denied" for
+    large crates only. Now it searches them as an uncalibrated database would."""
+    store, points = crates
+    role = f"crate_reader_{uuid.uuid4().hex[:8]}"
+    await calibrate(store, met_target=True)
+    await store.execute(f"CREATE ROLE {role}")
+    try:
+        await store.execute(f"GRANT SELECT ON documents, document_sources TO {role}")
+        async with store.transaction() as conn:
+            await conn.execute(f"SET LOCAL ROLE {role}")
+            for crate in ("big", "mid", "small"):
+                rows = await conn.fetch(
+                    "SELECT crate_name FROM search_similar_docs($1, $2, 10)", points[3], crate
+                )
+                assert len(rows) == 10 and {r[0] for r in rows} == {crate}
+    finally:
+        await store.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -236,8 +236,10 @@ $$""",
         -- a small crate: rank it by the in-row half-precision copy, re-rank the best exactly
         -- (the rule and its measurements: docstore.search.planner.halfvec_scope)
 {by_half}    ELSE
-        SELECT c.calibration INTO tuned FROM docstore_search_calibration c
-         WHERE c.metric = 'cosine';
+        IF has_table_privilege('docstore_search_calibration', 'SELECT') THEN  -- else: none
+            SELECT c.calibration INTO tuned FROM docstore_search_calibration c
+             WHERE c.metric = 'cosine';
+        END IF;
         IF rows > {HALFVEC_SCOPE_ROWS} THEN
             -- past the count, the planner's estimate of the crate (a capped count would
             -- make every crate of a large table look like a small share of it)
