@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from docstore.core.surface import own_reads
+from docstore.core.together import together
 from docstore.errors import QueryError
 from docstore.search import queries
 from docstore.search.planner import level_candidates
@@ -213,7 +214,7 @@ class Calibrator:
                 progress("exact top-10", done, len(vectors))
             return ids
 
-        return list(await asyncio.gather(*(one(v) for v in vectors)))
+        return await together(*(one(v) for v in vectors))  # a failure stops the rest
 
     async def truth(
         self,

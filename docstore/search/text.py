@@ -8,12 +8,12 @@ and fuses their rankings. A part of :class:`docstore.Store`, which delegates bot
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from docstore.core.surface import Queries
+from docstore.core.together import together
 from docstore.metrics import Metrics, timed
 from docstore.models import flag, query_vector
 from docstore.search import queries, text_sql
@@ -116,7 +116,7 @@ class TextSearch:
             "limit": max(pool, limit),
             "include_embedding": include_embedding,
         }
-        semantic, keyword = await asyncio.gather(
+        semantic, keyword = await together(  # one failing cancels the other
             self._vector.search(embedding, metric=metric, exact=exact, **common),
             self.search_text(text, **common),
         )
