@@ -144,7 +144,8 @@ class VectorSearch:
         * ``exact=True``, or no HNSW index for ``metric``: the exact scan
           (``exact=False`` requires the index: :class:`SchemaError` without one);
         * scoped only by ``doc_type``/``source_name`` to a few documents — up to 1,000, or
-          3,000 while under 20 % of the table — or with a ``filter`` its own index serves
+          3,000 while under 20 % of the table; up to 20,000 while under 5 % of it or while
+          the calibration missed its target — or with a ``filter`` its own index serves
           matching up to 20,000 (or one no index serves under 5 % of the table; sized on the
           data: :mod:`~docstore.search.filter_size`), the rows are ranked on
           ``embedding_half`` (the half-precision copy in each row, no TOAST reads) and the best
