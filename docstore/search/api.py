@@ -25,10 +25,9 @@ lookup and the ANN statement runner.
 
 from __future__ import annotations
 
+from docstore.search.index_ddl import BUILD_PROGRESS_SECONDS, INDEX_BUILD_TIMEOUT
 from docstore.search.indexes import (
-    BUILD_PROGRESS_SECONDS,
     DEFAULT_MAINTENANCE_WORK_MEM,
-    INDEX_BUILD_TIMEOUT,
     INDEX_CACHE_SECONDS,
     SearchIndexes,
 )

@@ -10,20 +10,18 @@ the tuner, :mod:`docstore.search.tuner`). A part of :class:`docstore.Store`, whi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncpg
 
 from docstore.core.surface import Queries
-from docstore.errors import DocstoreError, SchemaError
+from docstore.errors import SchemaError
 from docstore.metrics import Metrics, timed
 from docstore.models import bounded_int
-from docstore.search import queries, text_sql
+from docstore.search import index_ddl, queries, text_sql
 from docstore.search.calibration import TableChangedError
 from docstore.search.results import VectorIndex
 from docstore.search.tuner import Progress, SearchTuner
@@ -35,7 +33,6 @@ logger = logging.getLogger("docstore")
 # built or dropped by another process is noticed within this time).
 INDEX_CACHE_SECONDS = 30.0
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
-INDEX_BUILD_TIMEOUT = 24 * 3600.0
 MAX_CALIBRATION_SAMPLE = 10_000  # probes calibrate_search() may make
 
 
@@ -57,27 +54,9 @@ class SearchIndexes:
         cached = self._index_cache
         if not refresh and cached and time.monotonic() - cached[0] < INDEX_CACHE_SECONDS:
             return cached[1]
-        dim = self._db.embedding_dim
-        wanted = queries.index_expression(dim)
-        indexes = []
-        for r in await self._db.fetch(queries.LIST_VECTOR_INDEXES):
-            expression = r["definition"].split(" USING hnsw ", 1)[-1]
-            on_ours = (
-                r["on_expression"] and f"halfvec({dim})" in expression
-                if dim > queries.MAX_VECTOR_INDEX_DIM
-                else not r["on_expression"] and wanted in expression
-            )
-            indexes.append(
-                VectorIndex(
-                    name=r["name"],
-                    metric=queries.OPCLASS_METRIC.get(r["opclass"]),
-                    opclass=r["opclass"],
-                    valid=r["valid"],
-                    usable=bool(r["valid"] and on_ours),
-                    size_bytes=r["size_bytes"],
-                    definition=r["definition"],
-                )
-            )
+        indexes = _read_indexes(
+            await self._db.fetch(queries.LIST_VECTOR_INDEXES), self._db.embedding_dim
+        )
         self._index_cache = (time.monotonic(), indexes)
         return indexes
 
@@ -125,16 +104,30 @@ class SearchIndexes:
             concurrently=concurrently,
         )
         index_name = queries.vector_index_name(name)
-        built = None
-        for index in await self.vector_indexes():
-            if index.name == index_name and index.usable:
-                built = index
-        fresh = built is None
-        if built is None:
+
+        dim = self._db.embedding_dim
+
+        def usable(indexes: list[VectorIndex]) -> VectorIndex | None:
+            return next((i for i in indexes if i.name == index_name and i.usable), None)
+
+        async def built_meanwhile(conn: asyncpg.Connection) -> bool:  # by another session
+            return (
+                usable(_read_indexes(await conn.fetch(queries.LIST_VECTOR_INDEXES), dim))
+                is not None
+            )
+
+        built = usable(await self.vector_indexes())
+        fresh = False
+        if built is None:  # built here, or by another session while this one waited for it
             await self._tuner.discard(name)  # measured on another graph, if any (first: a
             # build interrupted after it must not leave the old graph's calibration in force)
-            await self._build_index(
-                index_name, sql, concurrently, maintenance_work_mem, progress=progress
+            fresh = await self._build_index(
+                index_name,
+                sql,
+                concurrently=concurrently,
+                maintenance_work_mem=maintenance_work_mem,
+                built=built_meanwhile,
+                progress=progress,
             )
             built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
             if built is None:
@@ -162,9 +155,7 @@ class SearchIndexes:
     async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
         """Drop docstore's HNSW index for ``metric``; True if there was one."""
         self._db.ensure_writable()
-        index_name = queries.vector_index_name(metric)
-        existed = any(i.name == index_name for i in await self.vector_indexes())
-        await self._drop_index(index_name, concurrently)
+        existed = await self._drop_index(queries.vector_index_name(metric), concurrently)
         if existed:  # its settings measured this graph, not the next one
             await self._tuner.discard(queries.metric(metric).name)
         return existed
@@ -172,14 +163,7 @@ class SearchIndexes:
     @timed("text_index")
     async def text_index(self) -> bool | None:
         """True if the full-text index exists and is valid, False if invalid, None if absent."""
-        return cast(
-            "bool | None",
-            await self._db.fetchval(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass",
-                text_sql.TEXT_INDEX_NAME,
-            ),
-        )
+        return cast("bool | None", await self._db.fetchval(_TEXT_INDEX, text_sql.TEXT_INDEX_NAME))
 
     @timed("create_text_index")
     async def create_text_index(
@@ -201,63 +185,30 @@ class SearchIndexes:
         await self._build_index(
             text_sql.TEXT_INDEX_NAME,
             text_sql.create_text_index_sql(concurrently=concurrently),
-            concurrently,
-            maintenance_work_mem,
+            concurrently=concurrently,
+            maintenance_work_mem=maintenance_work_mem,
+            built=_text_built,
         )
 
     @timed("drop_text_index")
     async def drop_text_index(self, *, concurrently: bool = True) -> bool:
         """Drop the full-text index; True if there was one."""
         self._db.ensure_writable()
-        existed = await self.text_index() is not None
-        await self._drop_index(text_sql.TEXT_INDEX_NAME, concurrently)
-        return existed
+        return await self._drop_index(text_sql.TEXT_INDEX_NAME, concurrently)
 
-    async def _build_index(
-        self,
-        name: str,
-        sql: str,
-        concurrently: bool,
-        maintenance_work_mem: str | None,
-        *,
-        progress: Progress | None = None,
-    ) -> None:
-        """Run index DDL (``name`` is one of docstore's fixed index names) on one connection:
-        drop a leftover invalid index, raise ``maintenance_work_mem`` for the build only;
-        ``progress`` is fed from ``pg_stat_progress_create_index`` while it runs."""
-        async with self._db.acquire() as conn, _build_progress(self._db, conn, progress):
-            try:
-                await conn.execute(
-                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}"
-                )
-                if maintenance_work_mem is not None:
-                    await conn.execute(
-                        "SELECT set_config('maintenance_work_mem', $1, false)",
-                        maintenance_work_mem,
-                    )
-                try:
-                    # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
-                    # index behind after a CONCURRENTLY build
-                    await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
-                finally:
-                    await conn.execute("RESET maintenance_work_mem")
-            except DocstoreError:
-                raise
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise self._db.translate(exc) from exc
-            finally:
-                self._index_cache = None
+    async def _build_index(self, name: str, sql: str, **options: Any) -> bool:
+        """:func:`~docstore.search.index_ddl.build_index` with ``options``; the index list is
+        asked again after."""
+        try:
+            return await index_ddl.build_index(self._db, name, sql, **options)
+        finally:
+            self._index_cache = None
 
-    async def _drop_index(self, name: str, concurrently: bool) -> None:
-        async with self._db.acquire() as conn:
-            try:
-                await conn.execute(
-                    f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}"
-                )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise self._db.translate(exc) from exc
-            finally:
-                self._index_cache = None
+    async def _drop_index(self, name: str, concurrently: bool) -> bool:
+        try:
+            return await index_ddl.drop_index(self._db, name, concurrently=concurrently)
+        finally:
+            self._index_cache = None
 
     @timed("calibrate_search")
     async def calibrate_search(
@@ -292,40 +243,39 @@ class SearchIndexes:
 _TWO_EMBEDDINGS = (
     "SELECT count(*) FROM (SELECT 1 FROM documents WHERE embedding IS NOT NULL LIMIT 2) s"
 )
-_BUILD_PROGRESS = """
-SELECT phase,
-       CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END AS done,
-       CASE WHEN tuples_total > 0 THEN tuples_total ELSE blocks_total END AS total
-  FROM pg_stat_progress_create_index WHERE pid = $1
-"""
-BUILD_PROGRESS_SECONDS = 0.5
 
 
-@contextlib.asynccontextmanager
-async def _build_progress(
-    store: Queries, conn: asyncpg.Connection, progress: Progress | None
-) -> AsyncIterator[None]:
-    """While the body builds an index on ``conn``, report its phase and tuples (or blocks)
-    done from another connection every :data:`BUILD_PROGRESS_SECONDS`."""
-    if progress is None:
-        yield
-        return
-    pid = conn.get_server_pid()
+_TEXT_INDEX = (
+    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass"
+)
 
-    async def poll() -> None:
-        while True:
-            await asyncio.sleep(BUILD_PROGRESS_SECONDS)
-            with contextlib.suppress(DocstoreError):
-                row = await store.fetchrow(_BUILD_PROGRESS, pid)
-                if row is not None:
-                    progress(
-                        f"index: {row['phase']}", int(row["done"] or 0), int(row["total"] or 0)
-                    )
 
-    task = asyncio.get_running_loop().create_task(poll())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def _text_built(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval(_TEXT_INDEX, text_sql.TEXT_INDEX_NAME))
+
+
+def _read_indexes(rows: Sequence[Any], dim: int) -> list[VectorIndex]:
+    """The HNSW indexes of ``queries.LIST_VECTOR_INDEXES``' rows; ``usable``: valid, and on
+    the expression searches at ``dim`` dimensions order by."""
+    wanted = queries.index_expression(dim)
+    indexes = []
+    for r in rows:
+        expression = r["definition"].split(" USING hnsw ", 1)[-1]
+        on_ours = (
+            r["on_expression"] and f"halfvec({dim})" in expression
+            if dim > queries.MAX_VECTOR_INDEX_DIM
+            else not r["on_expression"] and wanted in expression
+        )
+        indexes.append(
+            VectorIndex(
+                name=r["name"],
+                metric=queries.OPCLASS_METRIC.get(r["opclass"]),
+                opclass=r["opclass"],
+                valid=r["valid"],
+                usable=bool(r["valid"] and on_ours),
+                size_bytes=r["size_bytes"],
+                definition=r["definition"],
+            )
+        )
+    return indexes
