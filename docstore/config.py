@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     declared lost, by docstore's keepalive and, for the migrator's sessions, by the server's
     (:mod:`docstore.core.tcp`); 0: none on docstore's side, the server's defaults (about two
     hours) on its side."""
-    embedding_dim: int = Field(3072, ge=1, le=16000, validation_alias="DOCSTORE_EMBEDDING_DIM")
+    embedding_dim: int = Field(3072, ge=2, le=16000, validation_alias="DOCSTORE_EMBEDDING_DIM")
     embedded_dir: Path = Field(
         default_factory=_default_embedded_dir, validation_alias="DOCSTORE_EMBEDDED_DIR"
     )

@@ -381,6 +381,7 @@ async def ensure_vector_extension(conn: asyncpg.Connection) -> None:
     server or the role may not create it.
     """
     if await has_vector_extension(conn):
+        await _vector_on_search_path(conn)
         return
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -397,6 +398,23 @@ async def ensure_vector_extension(conn: asyncpg.Connection) -> None:
             "pgvector (https://github.com/pgvector/pgvector#installation) or use the embedded "
             "database (`pip install docstore[embedded]` and unset DATABASE_URL)"
         ) from None
+
+
+async def _vector_on_search_path(conn: asyncpg.Connection) -> None:
+    """:class:`SchemaError` when pgvector is enabled in a schema this session does not see:
+    creating docstore's tables would fail on "type vector does not exist"."""
+    row = await conn.fetchrow(
+        "select to_regtype('vector') is not null as seen, current_setting('search_path') as path,"
+        " e.extnamespace::regnamespace::text as schema"
+        " from pg_extension e where e.extname = 'vector'"
+    )
+    if row is not None and not row["seen"]:
+        raise SchemaError(
+            f"pgvector is enabled in schema {row['schema']}, which is not on this session's "
+            f"search_path ({row['path']}): add it (ALTER DATABASE … SET search_path = "
+            f"{row['path']}, {row['schema']}) or move the extension (ALTER EXTENSION vector "
+            "SET SCHEMA public)"
+        )
 
 
 def _ident(name: str) -> str:

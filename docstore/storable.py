@@ -141,7 +141,7 @@ def json_object(value: Any) -> dict[str, Any]:
     value = check_json(value)
     try:
         # UTF-8 bytes: json.dumps' default \uXXXX escapes counted a CJK character as 6
-        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        size = _utf8_size(value)
     except (TypeError, ValueError) as exc:  # e.g. an int past Python's 4,300-digit limit
         raise ValueError(f"is not storable as JSON ({exc})") from None
     if size > MAX_METADATA_BYTES:
@@ -181,9 +181,16 @@ def metadata_json(value: Mapping[str, Any]) -> str:
         raise ValueError("holds a NUL byte, which PostgreSQL cannot store")
     if "\\ud" in text and _lone_surrogate(text):
         raise ValueError("holds a lone surrogate, which UTF-8 cannot encode")
-    if len(text) > MAX_METADATA_BYTES:
+    # the limit is on UTF-8 bytes, as the constructor counts them: the text sent escapes every
+    # non-ASCII character (an emoji is 12 characters of it, 4 bytes of UTF-8), so its length
+    # is an upper bound, and only text past the limit is measured again
+    if len(text) > MAX_METADATA_BYTES and _utf8_size(value) > MAX_METADATA_BYTES:
         raise ValueError(f"serializes to more than {MAX_METADATA_BYTES} bytes")
     return text
+
+
+def _utf8_size(value: Mapping[str, Any]) -> int:
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
 
 def indexed_text_bytes(value: Any) -> int:

@@ -82,6 +82,7 @@ def test_search_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
         ("DOCSTORE_POOL_MAX_SIZE", "lots"),
         ("DOCSTORE_POOL_MAX_SIZE", "0"),
         ("DOCSTORE_EMBEDDING_DIM", "-3"),
+        ("DOCSTORE_EMBEDDING_DIM", "1"),  # no direction to rank by (calibration: NaN)
         ("DOCSTORE_POOL_ACQUIRE_TIMEOUT", "soon"),
         ("READ_ONLY", "perhaps"),
         ("DOCSTORE_RETRY_ATTEMPTS", "0"),

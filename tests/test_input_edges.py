@@ -352,3 +352,24 @@ def test_the_metadata_size_limit_counts_utf8_bytes_not_escapes() -> None:
         docstore.Document(
             source_name="s", doc_path="p", content="c", metadata={"a": "漢" * 333_400}
         )
+
+
+async def test_metadata_within_the_limit_in_utf8_bytes_is_written(store: docstore.Store) -> None:
+    """Fresh-database exploration 2026-12-07: the constructor counted UTF-8 bytes, but the
+    check at write time (``seal``) counted the escaped JSON sent, so 400 KB of emoji (an emoji
+    is 12 characters escaped) or 900 KB of CJK text passed ``Document()`` and then failed the
+    upsert with "serializes to more than 1000000 bytes"."""
+    from docstore.storable import MAX_METADATA_BYTES
+
+    metadata = [
+        {"emoji": "\U0001f600" * 100_000},  # 400,000 bytes, 1,200,000 characters escaped
+        {"cjk": "漢" * ((MAX_METADATA_BYTES - 20) // 3)},  # ~1 MB, 3x that escaped
+    ]
+    docs = [
+        docstore.Document(source_name="s", doc_path=f"p{i}", content="c", metadata=m)
+        for i, m in enumerate(metadata)
+    ]
+    assert (await store.documents.upsert_many(docs)).inserted == 2
+    for i, m in enumerate(metadata):
+        stored = await store.documents.get_by_key("rust", "s", f"p{i}")
+        assert stored is not None and stored.metadata == m

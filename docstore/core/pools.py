@@ -84,6 +84,24 @@ class CodecInit:
         self.tcp_timeout = tcp_timeout
         """``DOCSTORE_TCP_TIMEOUT``, set on every new connection's socket (:mod:`.tcp`)."""
 
+    @property
+    def looking(self) -> bool:
+        """Still looking for pgvector: not found when the pool's connections opened."""
+        return self.schema is None and self.remember
+
+    async def found_late(self, conn: Any, pool: asyncpg.Pool) -> None:
+        """Look for pgvector again on a connection opened before it was there (a store opened
+        without the schema while a deploy step runs ``docstore init`` in another process):
+        once found, register its codecs on ``conn`` and expire the pool's other connections,
+        which have none (vectors failed on them: "no binary format encoder for type
+        vector"). Asked on every checkout while :attr:`looking`, never after."""
+        schema = await conn.fetchval(VECTOR_SCHEMA)
+        if schema is None or self.schema is not None:
+            return
+        await register_vector_codecs(conn, schema)
+        self.schema = schema
+        await pool.expire_connections()
+
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
         self.schema = schema

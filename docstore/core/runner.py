@@ -24,7 +24,7 @@ from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core import locks
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
-from docstore.core.pools import STATELESS, Pools, Role, release
+from docstore.core.pools import STATELESS, Pool, Pools, Role, release
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
 from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
@@ -118,10 +118,12 @@ def _refuse(where: str) -> _OnDoubt[Any]:
     return refused
 
 
-async def _acquire(pool: asyncpg.Pool, role: Role, wait: float, metrics: Metrics) -> Any:
-    """A connection of ``pool`` within ``wait`` seconds, timed; :class:`PoolTimeoutError`
+async def _acquire(pooled: Pool, role: Role, wait: float, metrics: Metrics) -> Any:
+    """A connection of ``pooled`` within ``wait`` seconds, timed; :class:`PoolTimeoutError`
     only when that wait ran out (a connect timeout — a hung server — is raised as is: a
-    transient failure, retried, and for a replica a reason to read from the primary)."""
+    transient failure, retried, and for a replica a reason to read from the primary). While
+    pgvector was not found, each connection asks again (:meth:`CodecInit.found_late`)."""
+    pool = pooled.pool
     metrics.waiting[role] += 1
     started = time.perf_counter()
     try:
@@ -142,6 +144,12 @@ async def _acquire(pool: asyncpg.Pool, role: Role, wait: float, metrics: Metrics
         # (which releases it), and the caller is told the store is closed, as one arriving now
         conn.terminate()
         raise asyncpg.InterfaceError("pool is closing")
+    if pooled.init is not None and pooled.init.looking:
+        try:
+            await pooled.init.found_late(conn, pool)
+        except BaseException:
+            conn.terminate()  # closed, which releases it
+            raise
     metrics.acquired(role, time.perf_counter() - started)
     return conn
 
@@ -407,9 +415,9 @@ class Runner:
     @contextlib.asynccontextmanager
     async def checkout(self, role: Role, timeout: float | None = None) -> AsyncIterator[Any]:
         """A connection of ``role``'s pool, timed; a broken one is never pooled again."""
-        pool = self._pools.get(role).pool
+        pooled = self._pools.get(role)
         wait = self._settings.pool_acquire_timeout if timeout is None else timeout
-        conn = await _acquire(pool, role, wait, self._metrics)
+        conn = await _acquire(pooled, role, wait, self._metrics)
         failure: BaseException | None = None
         try:
             yield conn
@@ -420,7 +428,7 @@ class Runner:
             raise
         finally:
             try:
-                await release(pool, conn, failure)
+                await release(pooled.pool, conn, failure)
             except Exception as exc:
                 # the connection broke on the way back (asyncpg closed it): when the work was
                 # done its outcome stands (running it again could apply it twice), and when

@@ -74,6 +74,8 @@ class SchemaStatus(BaseModel):
     """Dimension of ``documents.embedding`` in the database (None without the table)."""
     distributed: bool = False
     """``documents`` is a Citus distributed table (:mod:`docstore.schema.citus`)."""
+    encoding: str = "UTF8"
+    """The database's character encoding (``server_encoding``): docstore needs UTF8."""
 
     @property
     def up_to_date(self) -> bool:
@@ -101,6 +103,7 @@ async def schema_status(conn: asyncpg.Connection) -> SchemaStatus:
         pending=[m.version for m in MIGRATIONS if m.version not in applied],
         embedding_dim=dim,
         distributed=await citus.is_distributed(conn),
+        encoding=await conn.fetchval("select current_setting('server_encoding')"),
     )
 
 
@@ -122,14 +125,21 @@ async def apply_migrations(
     await conn.execute("select pg_advisory_lock($1)", SCHEMA_LOCK_KEY)
     try:
         await ensure_vector_extension(conn)
-        await conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    checksum   text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )"""
-        )
+        try:
+            await conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+                        version    integer PRIMARY KEY,
+                        name       text NOT NULL,
+                        checksum   text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now()
+                    )"""
+            )
+        except asyncpg.InsufficientPrivilegeError:
+            denied = True
+        else:
+            denied = False
+        if denied:  # outside the except block: no chained server error
+            raise SchemaError(await _not_allowed(conn))
         status = await schema_status(conn)
         check_compatible(status, embedding_dim)
         if status.current is None:
@@ -187,7 +197,8 @@ async def _apply(conn: asyncpg.Connection, migration: Migration, embedding_dim: 
                 migration.checksum,
             )
     except asyncpg.PostgresError as exc:
-        explain = _FAILURES.get((migration.version, exc.sqlstate or ""))
+        sqlstate = exc.sqlstate or ""
+        explain = _FAILURES.get((migration.version, sqlstate)) or _FAILURES.get((0, sqlstate))
         if explain is None:
             raise
     else:
@@ -215,14 +226,35 @@ async def _beyond_half_precision(conn: asyncpg.Connection) -> str:
     )
 
 
-# (migration version, SQLSTATE) → what to tell the operator
+async def _not_allowed(conn: asyncpg.Connection) -> str:
+    row = await conn.fetchrow("select current_user as role, current_schema() as schema")
+    role, schema = (row["role"], row["schema"]) if row is not None else ("?", None)
+    return (
+        f"docstore's schema is not applied and role {role} may not create it here (permission "
+        f"denied in schema {schema or '(none on the search_path)'}): run `docstore init` once "
+        "as the database's owner (or a role with CREATE on that schema), then connect as this "
+        "role; or GRANT CREATE ON SCHEMA to it"
+    )
+
+
+# (migration version, SQLSTATE) → what to tell the operator (version 0: any migration)
 _FAILURES: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[str]]] = {
     (3, "22003"): _beyond_half_precision,  # numeric_value_out_of_range in the halfvec cast
+    (0, "42501"): _not_allowed,  # insufficient_privilege: CREATE on the schema (PG15+ public)
 }
 
 
 def check_compatible(status: SchemaStatus, embedding_dim: int) -> None:
     """Raise :class:`SchemaError` if this docstore cannot work with the database as it is."""
+    if status.encoding != "UTF8":
+        # text is Unicode end to end: in another encoding varchar limits count bytes, jsonb
+        # refuses the \uXXXX escapes of non-ASCII metadata, and LATIN1 cannot hold most
+        # characters — valid documents would fail inside PostgreSQL, after validation
+        raise SchemaError(
+            f"this database's encoding is {status.encoding}; docstore needs UTF8 (documents "
+            "are Unicode text): use a database created with ENCODING 'UTF8' (e.g. CREATE "
+            "DATABASE … TEMPLATE template0 ENCODING 'UTF8')"
+        )
     if status.current is not None and status.current > LATEST_VERSION:
         raise SchemaError(
             f"the database's schema version {status.current} is newer than this docstore "

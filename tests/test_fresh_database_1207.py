@@ -1,0 +1,104 @@
+"""Fresh databases a deploy step prepares (an exploration of 2026-12-07).
+
+A database that is not UTF8 is refused at connect, before anything is applied (a LATIN1
+database got migrations 1-3 and then a raw UntranslatableCharacterError on every connect; a
+SQL_ASCII one was accepted and then valid documents failed inside PostgreSQL: varchar limits
+counted bytes, jsonb refused the escapes of non-ASCII metadata). A store opened before the
+schema existed works once another process applies it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+import docstore
+from tests.conftest import PgCluster, sample_documents
+
+
+@pytest.fixture(params=["LATIN1", "SQL_ASCII"])
+def other_encoding_url(pg: PgCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"enc_{uuid.uuid4().hex[:12]}"
+    pg.run(
+        f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{request.param}'"
+        " LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+async def test_connect_refuses_a_database_that_is_not_utf8(other_encoding_url: str) -> None:
+    with pytest.raises(docstore.SchemaError, match="needs UTF8") as refused:
+        await docstore.connect(other_encoding_url)
+    assert "TEMPLATE template0 ENCODING 'UTF8'" in str(refused.value)
+    conn = await asyncpg.connect(other_encoding_url)
+    try:  # nothing was applied: no version table, no tables, no extension
+        assert await conn.fetchval("SELECT to_regclass('documents')") is None
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 0
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_store_opened_before_the_schema_works_once_another_process_applies_it(
+    empty_database_url: str,
+) -> None:
+    """Was: a store opened with migrate=False (DOCSTORE_AUTO_MIGRATE=false) on a database a
+    deploy step had not yet initialized kept connections without pgvector's codecs after the
+    deploy step ran ``docstore init``: every upsert failed with "no binary format encoder for
+    type vector", every search with "invalid input for query argument $1", while health()
+    said ok. Now a connection asks for pgvector again until it is found, and the pool's older
+    connections are replaced."""
+    early = await docstore.connect(empty_database_url, migrate=False, pool_min_size=3)
+    try:
+        async with early.acquire() as a, early.acquire() as b:  # three idle connections
+            assert await a.fetchval("SELECT 1") == await b.fetchval("SELECT 1") == 1
+        async with docstore.connect(empty_database_url):  # the deploy step: docstore init
+            pass
+        for round_ in range(3):  # whichever pooled connection each call gets
+            docs = sample_documents(5, start=10 * round_)
+            assert (await early.documents.upsert_many(docs)).inserted == 5
+            hits = await early.search(docs[0].embedding, limit=1)
+            assert hits[0].doc_path == docs[0].doc_path
+    finally:
+        await early.close()
+
+
+async def test_pgvector_in_a_schema_off_the_search_path_is_a_schema_error(
+    empty_database_url: str,
+) -> None:
+    """Was: QueryError 42704 'type "vector" does not exist' in the middle of the first
+    migration; the README promises a SchemaError for pgvector problems."""
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
+        with pytest.raises(docstore.SchemaError, match="schema extensions, which is not on"):
+            await docstore.connect(empty_database_url)
+        assert await conn.fetchval("SELECT to_regclass('documents')") is None
+    finally:
+        await conn.close()
+
+
+async def test_a_role_that_may_not_create_in_the_schema_is_told_to_run_init_as_the_owner(
+    empty_database_url: str,
+) -> None:
+    """Was: QueryError 42501 "permission denied for schema public" (PostgreSQL 15's default
+    for roles that do not own the database) with no hint of what to do."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute("CREATE EXTENSION vector; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'")
+        url = empty_database_url.replace(
+            "postgresql://postgres:@", f"postgresql://{role}:pw-{role}@"
+        )
+        assert url != empty_database_url
+        with pytest.raises(docstore.SchemaError, match="run `docstore init` once as the"):
+            await docstore.connect(url)
+        assert await conn.fetchval("SELECT to_regclass('docstore_schema_version')") is None
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        await conn.close()
