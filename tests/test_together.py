@@ -4,6 +4,7 @@ raised as it is — and ``hybrid_search`` built on it, on a real database."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -25,14 +26,19 @@ async def test_results_come_back_in_order() -> None:
     assert await together() == []
 
 
-async def test_a_failure_cancels_the_others_and_is_raised_as_it_is() -> None:
-    ended: list[str] = []
-
+def _slow(ended: list[str]) -> Callable[[], Awaitable[None]]:
     async def slow() -> None:
         try:
             await asyncio.sleep(5)
         finally:
             ended.append("slow")
+
+    return slow
+
+
+async def test_a_failure_cancels_the_others_and_is_raised_as_it_is() -> None:
+    ended: list[str] = []
+    slow = _slow(ended)
 
     async def fails() -> None:
         await asyncio.sleep(0.01)
@@ -45,12 +51,7 @@ async def test_a_failure_cancels_the_others_and_is_raised_as_it_is() -> None:
 
 async def test_cancelling_the_caller_cancels_them_all() -> None:
     ended: list[str] = []
-
-    async def slow() -> None:
-        try:
-            await asyncio.sleep(5)
-        finally:
-            ended.append("slow")
+    slow = _slow(ended)
 
     task = asyncio.create_task(together(slow(), slow()))
     await asyncio.sleep(0.01)
