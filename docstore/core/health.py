@@ -165,7 +165,9 @@ class Reporter:
     @timed("health")
     async def health(self) -> Health:
         """Round-trip to the server and report versions, schema, read-only state, replica lag,
-        the search indexes (present, valid) and the read replica's state."""
+        the search indexes (present, valid) and the read replica's state. It waits for a pool
+        connection like any query: under load, bound it (``asyncio.wait_for``) when it serves
+        as a liveness probe."""
 
         async def probe(conn: asyncpg.Connection) -> Health:
             started = time.perf_counter()
