@@ -78,3 +78,20 @@ async def test_hybrid_search_stops_its_text_half_when_the_vector_half_fails(
         await store.hybrid_search("spawn", vector, metric="l2", exact=False)
     await asyncio.sleep(0.3)  # a text half left running has sent its statement by now
     assert await still_running(store, tag, within=1.0) == 0
+
+
+async def test_a_failure_leaves_the_caller_free_to_time_out() -> None:
+    """Review 94: with asyncio.TaskGroup, a child's failure left the caller marked as being
+    cancelled on Python 3.11, so an ``asyncio.timeout()`` around it later raised
+    CancelledError instead of TimeoutError."""
+
+    async def fails() -> None:
+        raise QueryError("bad")
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            with pytest.raises(QueryError):
+                await together(fails(), asyncio.sleep(1))
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0
+            await asyncio.sleep(1)

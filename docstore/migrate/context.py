@@ -17,13 +17,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import asyncpg
 
 from docstore.codecs import register_codecs
 from docstore.config import Settings
 from docstore.core import tcp
+from docstore.core.together import together
 from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe, is_transient
 from docstore.models import MAX_DOC_TYPE
@@ -262,18 +263,8 @@ async def side_by_side(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]
     """Both awaited concurrently (each on its own connection). The first failure cancels and
     awaits the other and is raised as itself, so callers catching asyncpg's errors
     (``Migrator`` turns them into a ``MigrationError``) still do; cancelled, both are cancelled
-    and awaited. (Not an ``asyncio.TaskGroup``: it raises an ``ExceptionGroup``, and on
-    Python 3.11 a child's failure leaves the awaiting task marked as being cancelled, which
-    ``cancellation_wins`` would then report as an interruption.)"""
-    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
-    try:
-        done, _ = await asyncio.wait((one, two), return_when=asyncio.FIRST_EXCEPTION)
-    finally:  # one failed, or this task was cancelled: the other stops too
-        for task in (one, two):
-            task.cancel()
-        await asyncio.wait((one, two))
-    tasks: list[asyncio.Future[Any]] = [*done, one, two]  # what failed first, then the rest
-    for ended in tasks:
-        if not ended.cancelled() and (error := ended.exception()) is not None:
-            raise error
-    return one.result(), two.result()
+    and awaited (:func:`docstore.core.together.together`: not an ``asyncio.TaskGroup``, whose
+    child failure on Python 3.11 leaves the awaiting task marked as being cancelled, which
+    ``cancellation_wins`` would then report as an interruption)."""
+    one, two = await together(first, second)
+    return cast(A, one), cast(B, two)
