@@ -102,3 +102,26 @@ async def test_a_role_that_may_not_create_in_the_schema_is_told_to_run_init_as_t
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         await conn.close()
+
+
+async def test_a_connection_held_across_the_init_gets_the_codecs_too(
+    empty_database_url: str,
+) -> None:
+    """Review 94: a request held connection A across the deploy step's init while another
+    opened connection B, whose set-up found pgvector; the pool stopped looking, A went back
+    without codecs and failed every vector call after."""
+    early = await docstore.connect(
+        empty_database_url, migrate=False, pool_min_size=1, pool_max_size=2
+    )
+    try:
+        async with early.acquire() as held:  # a request in flight across the deploy
+            async with docstore.connect(empty_database_url):  # docstore init elsewhere
+                pass
+            async with early.acquire() as other:  # another request: a new connection
+                assert other.get_server_pid() != held.get_server_pid()
+        for round_ in range(6):  # whichever pooled connection each call gets
+            docs = sample_documents(2, start=10 * round_)
+            assert (await early.documents.upsert_many(docs)).inserted == 2
+            assert (await early.search(docs[0].embedding, limit=1))[0].doc_path == docs[0].doc_path
+    finally:
+        await early.close()

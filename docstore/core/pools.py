@@ -83,28 +83,33 @@ class CodecInit:
         whose server a reload may change while a connection to the old one is opening)."""
         self.tcp_timeout = tcp_timeout
         """``DOCSTORE_TCP_TIMEOUT``, set on every new connection's socket (:mod:`.tcp`)."""
+        self._stale = False
+        """pgvector was found by a new connection after others had opened without it."""
 
     @property
     def looking(self) -> bool:
-        """Still looking for pgvector: not found when the pool's connections opened."""
-        return self.schema is None and self.remember
+        """pgvector was not there when some of the pool's connections opened: either it is
+        still not found, or it was found since and those connections have not been
+        replaced yet (:meth:`found_late`)."""
+        return self.remember and (self.schema is None or self._stale)
 
     async def found_late(self, conn: Any, pool: asyncpg.Pool) -> None:
-        """Look for pgvector again on a connection opened before it was there (a store opened
-        without the schema while a deploy step runs ``docstore init`` in another process):
-        once found, register its codecs on ``conn`` and expire the pool's other connections,
-        which have none (vectors failed on them: "no binary format encoder for type
-        vector"). Asked on every checkout while :attr:`looking`, never after."""
-        schema = await conn.fetchval(VECTOR_SCHEMA)
-        if schema is None or self.schema is not None:
+        """On a checkout while :attr:`looking`: look for pgvector (a store opened without the
+        schema while a deploy step runs ``docstore init`` in another process); once it is
+        there, register its codecs on ``conn`` — which may have opened before — and expire
+        the pool's connections once, so none without them is handed out again (vectors
+        failed on them: "no binary format encoder for type vector"). Never asked after."""
+        schema = self.schema or await conn.fetchval(VECTOR_SCHEMA)
+        if schema is None:
             return
         await register_vector_codecs(conn, schema)
-        self.schema = schema
-        await pool.expire_connections()
+        if self.schema is None or self._stale:
+            self.schema, self._stale = schema, False
+            await pool.expire_connections()
 
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
-        self.schema = schema
+        self.schema, self._stale = schema, False  # the reload replaces every connection
 
     async def __call__(self, conn: asyncpg.Connection) -> None:
         tcp.apply(conn, self.tcp_timeout)
@@ -112,8 +117,8 @@ class CodecInit:
         schema = self.schema
         if schema is None:
             schema = await conn.fetchval(VECTOR_SCHEMA)
-            if self.remember:
-                self.schema = schema
+            if self.remember and schema is not None and self.schema is None:
+                self.schema, self._stale = schema, True  # the older connections have none
         if schema is not None:
             await register_vector_codecs(conn, schema)
 
