@@ -426,12 +426,17 @@ async def _count_scope(db: Queries, doc_type: str | None, source_name: str | Non
     coordinator cannot estimate the shards) — and the table's ``reltuples``; on the source's
     Citus worker like the search itself (there ``documents`` is the shell: 0)."""
     where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
-    scoped = f"SELECT 1 FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
+    scoped = f"{_EMBEDDED} AND {where}"
     sql = (
         f"SELECT (SELECT count(*) FROM ({scoped} LIMIT $1) s) AS rows,"
         " (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS total"
     )
     cap, estimate = planner.HALFVEC_SCOPE_ROWS + 1, not db.distributed
+    # each condition estimated alone, the smaller kept: a source lies within one doc_type,
+    # and the planner, taking the two as independent, shrank a crate by its doc_type's share
+    singles = [
+        {k: v} for k, v in (("doc_type", doc_type), ("source_name", source_name)) if v is not None
+    ]
 
     async def work(conn: asyncpg.Connection) -> Scope:
         row = await conn.fetchrow(sql, cap, *params)
@@ -440,11 +445,20 @@ async def _count_scope(db: Queries, doc_type: str | None, source_name: str | Non
         if rows >= cap:  # past the count: the share decides, so the planner's estimate
             if not estimate:
                 return Scope(math.inf, row["total"])
-            planned = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {scoped} LIMIT $1", cap, *params)
-            rows = max(rows, planned_rows(planned))
+            rows = max(rows, min([await _planned(conn, cap, one) for one in singles], default=rows))
         return Scope(rows, row["total"])
 
     return cast(Scope, await db.run(work, stateless=True, read=True, shard=shard(db, source_name)))
+
+
+async def _planned(conn: asyncpg.Connection, cap: int, flt: Mapping[str, Any]) -> float:
+    """The planner's estimate of the embedded rows ``flt`` keeps."""
+    where, params = build_filter(flt, first_param=2)
+    sql = f"EXPLAIN (FORMAT JSON) {_EMBEDDED} AND {where} LIMIT $1"
+    return planned_rows(await conn.fetchval(sql, cap, *params))
+
+
+_EMBEDDED = "SELECT 1 FROM documents d WHERE d.embedding IS NOT NULL"
 
 
 def shard(db: Queries, source_name: str | None) -> str | None:
