@@ -125,3 +125,31 @@ async def test_a_connection_held_across_the_init_gets_the_codecs_too(
             assert (await early.search(docs[0].embedding, limit=1))[0].doc_path == docs[0].doc_path
     finally:
         await early.close()
+
+
+async def test_an_upgrade_by_a_role_that_does_not_own_the_tables_says_so(
+    database_url: str,
+) -> None:
+    """Review 94: every 42501 of any migration was reported as "docstore's schema is not
+    applied … GRANT CREATE ON SCHEMA", also for an app role (DML grants, CREATE on the schema)
+    upgrading tables it does not own, whose server error was "must be owner of table"."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'")
+        await conn.execute(
+            f"GRANT CREATE, USAGE ON SCHEMA public TO {role};"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+        await conn.execute("DELETE FROM docstore_schema_version WHERE version >= 7")
+        latest = 7  # ALTER TABLE documents ADD CONSTRAINT: only its owner may
+        url = database_url.replace("postgresql://postgres:@", f"postgresql://{role}:pw-{role}@")
+        assert url != database_url
+        with pytest.raises(docstore.SchemaError) as refused:
+            await docstore.connect(url)
+        message = str(refused.value)
+        assert f"schema migration {latest}" in message and "owner" in message
+        assert "GRANT CREATE" not in message and "is not applied" not in message
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        await conn.close()

@@ -196,14 +196,23 @@ async def _apply(conn: asyncpg.Connection, migration: Migration, embedding_dim: 
                 migration.name,
                 migration.checksum,
             )
+    except asyncpg.InsufficientPrivilegeError as exc:
+        if migration.version > 1:  # an upgrade by a role that does not own the tables
+            raise SchemaError(
+                f"schema migration {migration.version} ({migration.name}) needs privileges "
+                f"this role lacks ({exc.args[0] if exc.args else exc}): run `docstore init` "
+                "once as the owner of docstore's tables (until then connect with "
+                "migrate=False / DOCSTORE_AUTO_MIGRATE=false to use the schema as it is)"
+            ) from exc
+        explain: Callable[[asyncpg.Connection], Awaitable[str]] | None = _not_allowed
     except asyncpg.PostgresError as exc:
-        sqlstate = exc.sqlstate or ""
-        explain = _FAILURES.get((migration.version, sqlstate)) or _FAILURES.get((0, sqlstate))
+        explain = _FAILURES.get((migration.version, exc.sqlstate or ""))
         if explain is None:
             raise
     else:
         return
     # outside the except block: the error (which may quote a stored value) is not its context
+    assert explain is not None
     raise SchemaError(await explain(conn))
 
 
@@ -237,10 +246,9 @@ async def _not_allowed(conn: asyncpg.Connection) -> str:
     )
 
 
-# (migration version, SQLSTATE) → what to tell the operator (version 0: any migration)
+# (migration version, SQLSTATE) → what to tell the operator
 _FAILURES: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[str]]] = {
     (3, "22003"): _beyond_half_precision,  # numeric_value_out_of_range in the halfvec cast
-    (0, "42501"): _not_allowed,  # insufficient_privilege: CREATE on the schema (PG15+ public)
 }
 
 
