@@ -28,15 +28,17 @@ async def test_stores_building_the_same_index_at_once_all_succeed_and_it_is_buil
     """Was: every caller ran DROP INDEX CONCURRENTLY IF EXISTS then CREATE INDEX; one dropped
     or deadlocked with another's build in progress (DuplicateTableError, 40P01, XX000 "tuple
     concurrently updated"), often no caller succeeded and an INVALID index was left. Now one
-    builds, the others wait for it and return the index it built."""
+    builds and calibrates, the others wait for it and return the index it built (review 94:
+    each of them calibrated it again)."""
     async with docstore.connect(database_url) as store:
         await store.documents.upsert_many(sample_documents(400))
     stores = [await docstore.connect(database_url, pool_max_size=3) for _ in range(3)]
     try:
         caplog.set_level(logging.INFO, logger="docstore")
         if kind == "vector":
-            built = await asyncio.gather(*(s.create_vector_index(calibrate=False) for s in stores))
+            built = await asyncio.gather(*(s.create_vector_index() for s in stores))
             assert all(index.valid and index.usable for index in built)
+            assert caplog.text.count("search calibrated (cosine") == 1
         else:
             await asyncio.gather(*(s.create_text_index() for s in stores))
             assert all([await s.text_index() for s in stores])
@@ -57,10 +59,7 @@ async def test_a_drop_waits_for_a_build_in_progress(
     async with docstore.connect(database_url) as builder, docstore.connect(database_url) as other:
         await builder.documents.upsert_many(sample_documents(400))
         build = asyncio.create_task(builder.create_vector_index(calibrate=False))
-        while not await other.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1",
-            index_ddl.LOCK_SPACE,
-        ):
+        while not await other.fetchval("SELECT count(*) FROM pg_stat_progress_create_index"):
             await asyncio.sleep(0.01)
         assert await other.drop_vector_index()  # waited for the build, then dropped it
         assert (await build).valid

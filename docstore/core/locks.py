@@ -12,6 +12,7 @@ lends one of its connections for the lock instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -35,11 +36,13 @@ _Acquire = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 @contextlib.asynccontextmanager
 async def try_lock(
-    pools: Pools, tcp_timeout: float, acquire: _Acquire, key: int
+    pools: Pools, tcp_timeout: float, acquire: _Acquire, key: int, poll: float | None = None
 ) -> AsyncIterator[bool]:
     """``pg_try_advisory_lock(key)`` on a connection of its own to ``pools``' primary (see
     the module docstring); whether it was taken. ``acquire``: the pool's checkout, for the
-    fallback."""
+    fallback. ``poll``: asked again every ``poll`` seconds on that connection until it is
+    taken (a waiting ``pg_advisory_lock`` would hold a snapshot, which a ``CREATE INDEX
+    CONCURRENTLY`` under the lock waits for)."""
     try:
         conn = await _connect_aside(pools, tcp_timeout)
     except DocstoreError as exc:
@@ -48,7 +51,7 @@ async def try_lock(
             raise
         logger.info("try_lock: no connection beyond the pool's (%s): the lock on a pooled one", exc)
         async with acquire() as pooled:
-            locked = await _lock(pools, pooled, key, own=False)
+            locked = await _lock(pools, pooled, key, own=False, poll=poll)
             try:
                 yield locked
             finally:
@@ -56,7 +59,7 @@ async def try_lock(
                     await pooled.execute("SELECT pg_advisory_unlock($1)", key)
         return
     try:
-        yield await _lock(pools, conn, key, own=True)
+        yield await _lock(pools, conn, key, own=True, poll=poll)
     finally:
         # closing the session releases the lock; a close that cannot finish (the server or
         # the network gone) ends the socket instead, which ends the session too: the work
@@ -85,11 +88,18 @@ async def _connect_aside(pools: Pools, tcp_timeout: float) -> asyncpg.Connection
     return conn
 
 
-async def _lock(pools: Pools, conn: asyncpg.Connection, key: int, *, own: bool) -> bool:
-    """``pg_try_advisory_lock(key)`` on ``conn``; a connection of its ``own`` that fails is
-    ended (its lock with it; a pooled one is the checkout's to handle)."""
+async def _lock(
+    pools: Pools, conn: asyncpg.Connection, key: int, *, own: bool, poll: float | None
+) -> bool:
+    """``pg_try_advisory_lock(key)`` on ``conn`` (every ``poll`` seconds until taken); a
+    connection of its ``own`` that fails is ended (its lock with it; a pooled one is the
+    checkout's to handle)."""
     try:
-        return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if poll is None:
+                return False
+            await asyncio.sleep(poll)
+        return True
     except BaseException as exc:
         if own:
             conn.terminate()

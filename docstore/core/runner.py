@@ -475,16 +475,16 @@ class Runner:
         pool = (target or self._pools.primary).pool
         return pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
 
-    def try_lock(self, key: int) -> contextlib.AbstractAsyncContextManager[bool]:
+    def try_lock(
+        self, key: int, *, poll: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
         """``async with store.try_lock(key) as locked:`` — a session advisory lock on the
-        primary if nobody holds it (``locked`` False otherwise, without waiting), released on
-        exit. For work one process at a time should do (a search calibration).
+        primary if nobody holds it (``locked`` False otherwise, without waiting; with ``poll``,
+        asked every ``poll`` seconds until taken), released on exit. For work one process at a
+        time should do (a search calibration, an index build).
 
         The lock is held on a connection of its own, opened for it and closed on exit (which
-        also releases the lock if the process dies), not on one of the pool's: the work inside
-        may use every pooled connection — on a one-connection pool it would otherwise wait for
-        the connection its own lock holds (``PoolTimeoutError`` after
-        ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``), and every other caller with it. Where the server
-        or the role allows no connection beyond the pool's (``53300``), a pool of two or more
-        lends one of its own for the lock instead (:mod:`docstore.core.locks`)."""
-        return locks.try_lock(self._pools, self._settings.tcp_timeout, self.acquire, key)
+        releases it if the process dies), not on a pooled one, which the work inside may need
+        (a one-connection pool deadlocked). Where the server allows no more connections
+        (``53300``), a pool of two or more lends one (:mod:`docstore.core.locks`)."""
+        return locks.try_lock(self._pools, self._settings.tcp_timeout, self.acquire, key, poll)

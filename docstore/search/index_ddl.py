@@ -2,13 +2,14 @@
 several processes do it at once, and in whichever schema ``documents`` lives.
 
 * **One build at a time.** Every app replica may call ``create_vector_index()`` at start-up,
-  or an operator run ``docstore index create`` twice. A build holds a session advisory lock
-  keyed on the index's qualified name; a second caller waits for it (polling
-  ``pg_try_advisory_lock``: a waiting statement would hold a snapshot that the running
-  ``CREATE INDEX CONCURRENTLY`` waits for, a deadlock), then finds the index built and
-  returns. Before, both ran ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX``: one
-  dropped or deadlocked with the other's build in progress, and often no caller succeeded
-  and an INVALID index was left.
+  or an operator run ``docstore index create`` twice. :func:`index_lock` is a session
+  advisory lock keyed on the index's qualified name, held on a connection of its own
+  (``store.try_lock``: the build and the calibration after it may use every pooled
+  connection) and waited for by polling (a waiting ``pg_advisory_lock`` would hold a snapshot
+  that the running ``CREATE INDEX CONCURRENTLY`` waits for). The caller builds *and
+  calibrates* under it; the next one finds both done and returns. Before, every caller ran
+  ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX``: one dropped or deadlocked with
+  another's build in progress, often no caller succeeded and an INVALID index was left.
 * **The table's own schema.** The names are schema-qualified with the schema of the
   ``documents`` the session resolves: an unqualified ``DROP INDEX`` follows the
   ``search_path`` and dropped another tenant's index (``tenantb, public``: tenant B's drop
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -31,7 +33,6 @@ from docstore.search.tuner import Progress
 logger = logging.getLogger("docstore")
 
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
-LOCK_SPACE = 0x646F6378  # "docx": (this, hashtext(qualified index name)) advisory locks
 LOCK_POLL_SECONDS = 0.25
 """How often a caller waiting for another session's build of the same index asks again."""
 BUILD_PROGRESS_SECONDS = 0.5
@@ -47,42 +48,50 @@ SELECT phase,
 """
 
 
+@contextlib.asynccontextmanager
+async def index_lock(db: Queries, name: str, progress: Progress | None) -> AsyncIterator[str]:
+    """Hold the lock of index ``name`` (see the module docstring), waiting for another
+    session's build, drop or calibration under it; yields the index's qualified name."""
+    qualified = f"{await db.fetchval(_SCHEMA)}.{name}"
+    key = int.from_bytes(hashlib.blake2b(qualified.encode(), digest_size=8).digest(), signed=True)
+    async with db.try_lock(key) as locked:
+        if locked:
+            yield qualified
+            return
+    logger.info("index %s: waiting for another session's build or drop", qualified)
+    if progress is not None:
+        progress("index: waiting for another session's build", 0, 0)
+    async with db.try_lock(key, poll=LOCK_POLL_SECONDS):
+        yield qualified
+
+
 async def build_index(
     db: Queries,
-    name: str,
+    qualified: str,
     sql: str,
     *,
     concurrently: bool,
     maintenance_work_mem: str | None,
-    built: Callable[[asyncpg.Connection], Awaitable[bool]],
     progress: Progress | None = None,
-) -> bool:
-    """Build index ``name`` (one of docstore's fixed names) with ``sql``, on one connection,
-    under the index's lock; True if this call built it, False if ``built(conn)`` — asked on
-    that connection once the lock is held (a pool of one has no other) — found it built by
-    another session meanwhile. A leftover of the name (an INVALID index of a failed
-    concurrent build, one on other columns) is dropped first; ``maintenance_work_mem`` is
-    raised for the build only; ``progress`` is fed from ``pg_stat_progress_create_index``."""
-    async with db.acquire() as conn:
+) -> None:
+    """Build index ``qualified`` (one of docstore's fixed names, from :func:`index_lock`,
+    which the caller holds) with ``sql`` on one connection: a leftover of the name (an
+    INVALID index of a failed concurrent build, one on other columns) dropped first,
+    ``maintenance_work_mem`` raised for the build only, ``progress`` fed from
+    ``pg_stat_progress_create_index``."""
+    async with db.acquire() as conn, _build_progress(db, conn, progress):
         try:
-            qualified = f"{await conn.fetchval(_SCHEMA)}.{name}"
-            async with _locked(conn, qualified, progress):
-                if await built(conn):
-                    return False
-                async with _build_progress(db, conn, progress):
-                    await conn.execute(_drop_sql(qualified, concurrently))
-                    if maintenance_work_mem is not None:
-                        await conn.execute(
-                            "SELECT set_config('maintenance_work_mem', $1, false)",
-                            maintenance_work_mem,
-                        )
-                    try:
-                        # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an
-                        # INVALID index behind after a CONCURRENTLY build
-                        await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
-                    finally:
-                        await conn.execute("RESET maintenance_work_mem")
-                return True
+            await conn.execute(_drop_sql(qualified, concurrently))
+            if maintenance_work_mem is not None:
+                await conn.execute(
+                    "SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem
+                )
+            try:
+                # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
+                # index behind after a CONCURRENTLY build
+                await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
+            finally:
+                await conn.execute("RESET maintenance_work_mem")
         except DocstoreError:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -91,43 +100,15 @@ async def build_index(
 
 async def drop_index(db: Queries, name: str, *, concurrently: bool) -> bool:
     """Drop index ``name`` of the ``documents`` this session resolves, if there is one —
-    under the index's lock, so a build in progress elsewhere ends first; True if there was
-    one."""
-    async with db.acquire() as conn:
-        try:
-            qualified = f"{await conn.fetchval(_SCHEMA)}.{name}"
-            async with _locked(conn, qualified, None):
-                existed = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
-                await conn.execute(_drop_sql(qualified, concurrently))
-                return bool(existed)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise db.translate(exc) from exc
+    under its lock, so a build in progress elsewhere ends first; True if there was one."""
+    async with index_lock(db, name, None) as qualified:
+        existed = await db.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
+        await db.execute(_drop_sql(qualified, concurrently))
+        return bool(existed)
 
 
 def _drop_sql(qualified: str, concurrently: bool) -> str:
     return f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {qualified}"
-
-
-@contextlib.asynccontextmanager
-async def _locked(
-    conn: asyncpg.Connection, qualified: str, progress: Progress | None
-) -> AsyncIterator[None]:
-    """The session advisory lock of index ``qualified`` on ``conn`` (see the module
-    docstring), released on the way out (or with the session, if it breaks)."""
-    key = "SELECT pg_try_advisory_lock($1, hashtext($2))"
-    waited = False
-    while not await conn.fetchval(key, LOCK_SPACE, qualified):
-        if not waited:
-            waited = True
-            logger.info("index %s: waiting for another session's build or drop", qualified)
-        if progress is not None:
-            progress("index: waiting for another session's build", 0, 0)
-        await asyncio.sleep(LOCK_POLL_SECONDS)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_SPACE, qualified)
 
 
 @contextlib.asynccontextmanager

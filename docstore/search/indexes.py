@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-import asyncpg
-
 from docstore.core.surface import Queries
 from docstore.errors import SchemaError
 from docstore.metrics import Metrics, timed
@@ -105,51 +103,54 @@ class SearchIndexes:
         )
         index_name = queries.vector_index_name(name)
 
-        dim = self._db.embedding_dim
-
         def usable(indexes: list[VectorIndex]) -> VectorIndex | None:
             return next((i for i in indexes if i.name == index_name and i.usable), None)
 
-        async def built_meanwhile(conn: asyncpg.Connection) -> bool:  # by another session
-            return (
-                usable(_read_indexes(await conn.fetch(queries.LIST_VECTOR_INDEXES), dim))
-                is not None
-            )
-
         built = usable(await self.vector_indexes())
-        fresh = False
-        if built is None:  # built here, or by another session while this one waited for it
-            await self._tuner.discard(name)  # measured on another graph, if any (first: a
-            # build interrupted after it must not leave the old graph's calibration in force)
-            fresh = await self._build_index(
-                index_name,
-                sql,
-                concurrently=concurrently,
-                maintenance_work_mem=maintenance_work_mem,
-                built=built_meanwhile,
-                progress=progress,
-            )
-            built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
+        if built is not None and not (calibrate and await self._tuner.calibration(name) is None):
+            return built
+        # under the index's lock: built (and calibrated) here, or found so once another
+        # session that was at it let go (index_ddl)
+        async with index_ddl.index_lock(self._db, index_name, progress) as qualified:
+            built = usable(await self.vector_indexes())
+            fresh = built is None
             if built is None:
-                raise SchemaError(f"index {index_name} was not found after it was built")
-        # a fresh index is calibrated without asking the calibration (a replica may still
-        # return the dropped graph's)
-        if calibrate and built.usable and (fresh or await self._tuner.calibration(name) is None):
-            if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
-                logger.info(
-                    "search calibration (%s) deferred: fewer than two stored embeddings; it"
-                    " runs by itself once the table has 1,000 rows with an embedding (or"
-                    " calibrate_search())",
-                    name,
+                await self._tuner.discard(name)  # measured on another graph, if any (first: a
+                # build interrupted after it must not leave the old graph's calibration)
+                await self._build_index(
+                    qualified,
+                    sql,
+                    concurrently=concurrently,
+                    maintenance_work_mem=maintenance_work_mem,
+                    progress=progress,
                 )
-                await self._tuner.defer(name)
-            else:
-                try:
-                    await self.calibrate_search(name, progress=progress)
-                except TableChangedError as exc:  # writes going on: it calibrates by itself
-                    logger.warning("search calibration (%s) deferred: %s", name, exc)
-                    await self._tuner.defer(name)
+                built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
+                if built is None:
+                    raise SchemaError(f"index {index_name} was not found after it was built")
+            # a fresh index is calibrated without asking the calibration (a replica may still
+            # return the dropped graph's); another's, if its calibration is not stored
+            calibrated = not fresh and await self._db.fetchval(_CALIBRATED, name)
+            if calibrate and built.usable and not calibrated:
+                await self._calibrate_built(name, progress)
         return built
+
+    async def _calibrate_built(self, name: str, progress: Progress | None) -> None:
+        """Calibrate a just-built index, or defer it (fewer than two embeddings; writes going
+        on): the tuner calibrates by itself then."""
+        if await self._db.fetchval(_TWO_EMBEDDINGS) < 2:  # nothing to calibrate on yet
+            logger.info(
+                "search calibration (%s) deferred: fewer than two stored embeddings; it"
+                " runs by itself once the table has 1,000 rows with an embedding (or"
+                " calibrate_search())",
+                name,
+            )
+            await self._tuner.defer(name)
+            return
+        try:
+            await self.calibrate_search(name, progress=progress)
+        except TableChangedError as exc:  # writes going on: it calibrates by itself
+            logger.warning("search calibration (%s) deferred: %s", name, exc)
+            await self._tuner.defer(name)
 
     @timed("drop_vector_index")
     async def drop_vector_index(self, metric: str = "cosine", *, concurrently: bool = True) -> bool:
@@ -182,13 +183,14 @@ class SearchIndexes:
         self._db.ensure_writable()
         if await self.text_index():
             return
-        await self._build_index(
-            text_sql.TEXT_INDEX_NAME,
-            text_sql.create_text_index_sql(concurrently=concurrently),
-            concurrently=concurrently,
-            maintenance_work_mem=maintenance_work_mem,
-            built=_text_built,
-        )
+        async with index_ddl.index_lock(self._db, text_sql.TEXT_INDEX_NAME, None) as qualified:
+            if not await self.text_index():  # built by another session meanwhile
+                await self._build_index(
+                    qualified,
+                    text_sql.create_text_index_sql(concurrently=concurrently),
+                    concurrently=concurrently,
+                    maintenance_work_mem=maintenance_work_mem,
+                )
 
     @timed("drop_text_index")
     async def drop_text_index(self, *, concurrently: bool = True) -> bool:
@@ -196,11 +198,11 @@ class SearchIndexes:
         self._db.ensure_writable()
         return await self._drop_index(text_sql.TEXT_INDEX_NAME, concurrently)
 
-    async def _build_index(self, name: str, sql: str, **options: Any) -> bool:
+    async def _build_index(self, qualified: str, sql: str, **options: Any) -> None:
         """:func:`~docstore.search.index_ddl.build_index` with ``options``; the index list is
         asked again after."""
         try:
-            return await index_ddl.build_index(self._db, name, sql, **options)
+            await index_ddl.build_index(self._db, qualified, sql, **options)
         finally:
             self._index_cache = None
 
@@ -245,14 +247,13 @@ _TWO_EMBEDDINGS = (
 )
 
 
+_CALIBRATED = (
+    "SELECT NOT (calibration ? 'deferred') FROM docstore_search_calibration WHERE metric = $1"
+)
 _TEXT_INDEX = (
     "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
     " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass"
 )
-
-
-async def _text_built(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval(_TEXT_INDEX, text_sql.TEXT_INDEX_NAME))
 
 
 def _read_indexes(rows: Sequence[Any], dim: int) -> list[VectorIndex]:
