@@ -193,8 +193,10 @@ def translate(
             "had sent outside a transaction may or may not have been applied"
         )
     if is_transient(exc):
+        # a deadlock or serialization failure is transient too, but no outage: say which
+        what = "conflict with another transaction" if sqlstate in _CONFLICTS else "unavailable"
         return DatabaseUnavailableError(
-            f"database at {where} unavailable: {describe(exc, secrets)}", sqlstate=sqlstate
+            f"database at {where} {what}: {describe(exc, secrets)}", sqlstate=sqlstate
         )
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError) and not (
         # 42P01 too, but a statement's own mistake (a name its FROM lacks), not the schema's
@@ -203,6 +205,9 @@ def translate(
         hint = " (is the schema applied? run `docstore init`)"
         return SchemaError(describe(exc, secrets) + hint)
     return QueryError(describe(exc, secrets), sqlstate=sqlstate)
+
+
+_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
 def _frames(exc: BaseException) -> list[CodeType]:

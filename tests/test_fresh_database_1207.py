@@ -153,3 +153,19 @@ async def test_an_upgrade_by_a_role_that_does_not_own_the_tables_says_so(
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         await conn.close()
+
+
+async def test_a_deadlock_that_outlasts_the_retries_is_not_called_an_outage(
+    store: docstore.Store,
+) -> None:
+    """Fresh-database exploration: a deadlock (40P01) left after the retries read "database
+    at … unavailable", as if the server were down."""
+
+    async def deadlocked(conn: asyncpg.Connection) -> None:
+        await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40P01'; END $$")
+
+    with pytest.raises(docstore.DatabaseUnavailableError) as failed:
+        await store.run(deadlocked, retry_in_doubt=True)
+    assert "conflict with another transaction" in str(failed.value)
+    assert "unavailable" not in str(failed.value)
+    assert failed.value.sqlstate == "40P01"
