@@ -2,14 +2,18 @@
 several processes do it at once, and in whichever schema ``documents`` lives.
 
 * **One build at a time.** Every app replica may call ``create_vector_index()`` at start-up,
-  or an operator run ``docstore index create`` twice. :func:`index_lock` is a session
-  advisory lock keyed on the index's qualified name, held on a connection of its own
-  (``store.try_lock``: the build and the calibration after it may use every pooled
-  connection) and waited for by polling (a waiting ``pg_advisory_lock`` would hold a snapshot
-  that the running ``CREATE INDEX CONCURRENTLY`` waits for). The caller builds *and
-  calibrates* under it; the next one finds both done and returns. Before, every caller ran
-  ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX``: one dropped or deadlocked with
-  another's build in progress, often no caller succeeded and an INVALID index was left.
+  or an operator run ``docstore index create`` twice. A build or drop holds a session advisory
+  lock keyed on ``documents``' qualified name — the table's, not the index's: a vector and a
+  text build side by side deadlocked — on the very connection that runs the DDL, waited for
+  by polling (a waiting ``pg_advisory_lock`` would hold a snapshot that the running ``CREATE
+  INDEX CONCURRENTLY`` waits for). On that connection, so a build whose client was killed
+  keeps it until its backend ends (a lock on a connection of its own let a second build in
+  beside the orphaned one: "tuple concurrently updated"), and no connection beyond the pool's
+  is needed. The next caller finds the index built and returns it; ``after`` lets the
+  builder take the calibration's lock before it lets go (:mod:`docstore.search.indexes`).
+  Before, every caller ran ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX``: one
+  dropped or deadlocked with another's build in progress, often no caller succeeded and an
+  INVALID index was left.
 * **The table's own schema.** The names are schema-qualified with the schema of the
   ``documents`` the session resolves: an unqualified ``DROP INDEX`` follows the
   ``search_path`` and dropped another tenant's index (``tenantb, public``: tenant B's drop
@@ -20,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -33,8 +36,10 @@ from docstore.search.tuner import Progress
 logger = logging.getLogger("docstore")
 
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
+LOCK_SPACE = 0x646F6378  # "docx": (this, hashtext(documents' qualified name)) advisory lock
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
 LOCK_POLL_SECONDS = 0.25
-"""How often a caller waiting for another session's build of the same index asks again."""
+"""How often a caller waiting for another session's index DDL asks again."""
 BUILD_PROGRESS_SECONDS = 0.5
 _SCHEMA = (
     "SELECT quote_ident(n.nspname) FROM pg_class c"
@@ -48,50 +53,50 @@ SELECT phase,
 """
 
 
-@contextlib.asynccontextmanager
-async def index_lock(db: Queries, name: str, progress: Progress | None) -> AsyncIterator[str]:
-    """Hold the lock of index ``name`` (see the module docstring), waiting for another
-    session's build, drop or calibration under it; yields the index's qualified name."""
-    qualified = f"{await db.fetchval(_SCHEMA)}.{name}"
-    key = int.from_bytes(hashlib.blake2b(qualified.encode(), digest_size=8).digest(), signed=True)
-    async with db.try_lock(key) as locked:
-        if locked:
-            yield qualified
-            return
-    logger.info("index %s: waiting for another session's build or drop", qualified)
-    if progress is not None:
-        progress("index: waiting for another session's build", 0, 0)
-    async with db.try_lock(key, poll=LOCK_POLL_SECONDS):
-        yield qualified
-
-
 async def build_index(
     db: Queries,
-    qualified: str,
+    name: str,
     sql: str,
     *,
     concurrently: bool,
     maintenance_work_mem: str | None,
+    built: Callable[[asyncpg.Connection], Awaitable[bool]],
+    before: Callable[[asyncpg.Connection], Awaitable[object]] | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
     progress: Progress | None = None,
-) -> None:
-    """Build index ``qualified`` (one of docstore's fixed names, from :func:`index_lock`,
-    which the caller holds) with ``sql`` on one connection: a leftover of the name (an
-    INVALID index of a failed concurrent build, one on other columns) dropped first,
-    ``maintenance_work_mem`` raised for the build only, ``progress`` fed from
+) -> bool:
+    """Build index ``name`` (one of docstore's fixed names) with ``sql`` on one connection,
+    under the lock (module docstring); True if this call built it, False if ``built(conn)``
+    — asked on that connection once the lock is held (a pool of one has no other) — found
+    it built by another session meanwhile. ``before(conn)`` runs under the lock just before
+    a build, ``after()`` just after it, before the lock is let go. A leftover of the name (an
+    INVALID index of a failed concurrent build, one on other columns) is dropped first;
+    ``maintenance_work_mem`` is raised for the build only; ``progress`` is fed from
     ``pg_stat_progress_create_index``."""
-    async with db.acquire() as conn, _build_progress(db, conn, progress):
+    async with db.acquire() as conn:
         try:
-            await conn.execute(_drop_sql(qualified, concurrently))
-            if maintenance_work_mem is not None:
-                await conn.execute(
-                    "SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem
-                )
-            try:
-                # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
-                # index behind after a CONCURRENTLY build
-                await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
-            finally:
-                await conn.execute("RESET maintenance_work_mem")
+            schema = await conn.fetchval(_SCHEMA)
+            async with _locked(conn, schema, progress):
+                if await built(conn):
+                    return False
+                if before is not None:
+                    await before(conn)
+                async with _build_progress(db, conn, progress):
+                    await conn.execute(_drop_sql(f"{schema}.{name}", concurrently))
+                    if maintenance_work_mem is not None:
+                        await conn.execute(
+                            "SELECT set_config('maintenance_work_mem', $1, false)",
+                            maintenance_work_mem,
+                        )
+                    try:
+                        # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an
+                        # INVALID index behind after a CONCURRENTLY build
+                        await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
+                    finally:
+                        await conn.execute("RESET maintenance_work_mem")
+                if after is not None:
+                    await after()
+                return True
         except DocstoreError:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -100,15 +105,43 @@ async def build_index(
 
 async def drop_index(db: Queries, name: str, *, concurrently: bool) -> bool:
     """Drop index ``name`` of the ``documents`` this session resolves, if there is one —
-    under its lock, so a build in progress elsewhere ends first; True if there was one."""
-    async with index_lock(db, name, None) as qualified:
-        existed = await db.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
-        await db.execute(_drop_sql(qualified, concurrently))
-        return bool(existed)
+    under the lock, so a build in progress elsewhere ends first; True if there was one."""
+    async with db.acquire() as conn:
+        try:
+            schema = await conn.fetchval(_SCHEMA)
+            async with _locked(conn, schema, None):
+                qualified = f"{schema}.{name}"
+                existed = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
+                await conn.execute(_drop_sql(qualified, concurrently))
+                return bool(existed)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise db.translate(exc) from exc
 
 
 def _drop_sql(qualified: str, concurrently: bool) -> str:
     return f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {qualified}"
+
+
+@contextlib.asynccontextmanager
+async def _locked(
+    conn: asyncpg.Connection, schema: str, progress: Progress | None
+) -> AsyncIterator[None]:
+    """The index DDL lock of ``schema``'s ``documents`` on ``conn`` (module docstring),
+    released on the way out (or with the session, if it breaks)."""
+    table = f"{schema}.documents"
+    waited = False
+    while not await conn.fetchval(_TRY_LOCK, LOCK_SPACE, table):
+        if not waited:
+            waited = True
+            logger.info("index DDL on %s: waiting for another session's build or drop", table)
+        if progress is not None:
+            progress("index: waiting for another session's build", 0, 0)
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_SPACE, table)
 
 
 @contextlib.asynccontextmanager

@@ -10,19 +10,22 @@ the tuner, :mod:`docstore.search.tuner`). A part of :class:`docstore.Store`, whi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+import asyncpg
+
 from docstore.core.surface import Queries
-from docstore.errors import SchemaError
+from docstore.errors import DocstoreError, SchemaError
 from docstore.metrics import Metrics, timed
 from docstore.models import bounded_int
 from docstore.search import index_ddl, queries, text_sql
 from docstore.search.calibration import TableChangedError
 from docstore.search.results import VectorIndex
-from docstore.search.tuner import Progress, SearchTuner
+from docstore.search.tuner import CALIBRATION_LOCK_KEY, Progress, SearchTuner
 from docstore.search.tuning import Calibration
 
 logger = logging.getLogger("docstore")
@@ -106,32 +109,46 @@ class SearchIndexes:
         def usable(indexes: list[VectorIndex]) -> VectorIndex | None:
             return next((i for i in indexes if i.name == index_name and i.usable), None)
 
+        dim = self._db.embedding_dim
+
+        async def built_meanwhile(conn: asyncpg.Connection) -> bool:  # by another session
+            rows = await conn.fetch(queries.LIST_VECTOR_INDEXES)
+            return usable(_read_indexes(rows, dim)) is not None
+
         built = usable(await self.vector_indexes())
         if built is not None and not (calibrate and await self._tuner.calibration(name) is None):
             return built
-        # under the index's lock: built (and calibrated) here, or found so once another
-        # session that was at it let go (index_ddl)
-        async with index_ddl.index_lock(self._db, index_name, progress) as qualified:
-            built = usable(await self.vector_indexes())
-            fresh = built is None
+        async with contextlib.AsyncExitStack() as held:
+
+            async def hold_calibration() -> None:  # before the builder lets go of the index
+                await _enter(held, self._db.try_lock(CALIBRATION_LOCK_KEY))
+
+            fresh = built is None and await self._build_index(
+                index_name,
+                sql,
+                concurrently=concurrently,
+                maintenance_work_mem=maintenance_work_mem,
+                built=built_meanwhile,
+                # the old graph's settings go first: a build interrupted after must not
+                # leave them in force
+                before=lambda conn: self._tuner.discard(name, conn),
+                after=hold_calibration if calibrate else None,
+                progress=progress,
+            )
+            built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
             if built is None:
-                await self._tuner.discard(name)  # measured on another graph, if any (first: a
-                # build interrupted after it must not leave the old graph's calibration)
-                await self._build_index(
-                    qualified,
-                    sql,
-                    concurrently=concurrently,
-                    maintenance_work_mem=maintenance_work_mem,
-                    progress=progress,
-                )
-                built = next((i for i in await self.vector_indexes() if i.name == index_name), None)
-                if built is None:
-                    raise SchemaError(f"index {index_name} was not found after it was built")
+                raise SchemaError(f"index {index_name} was not found after it was built")
+            if not calibrate or not built.usable:
+                return built
             # a fresh index is calibrated without asking the calibration (a replica may still
-            # return the dropped graph's); another's, if its calibration is not stored
-            calibrated = not fresh and await self._db.fetchval(_CALIBRATED, name)
-            if calibrate and built.usable and not calibrated:
+            # return the dropped graph's); another session's is calibrated by it: wait for
+            # the end of that (the calibration's lock), and calibrate only if none is stored
+            if not fresh and not await self._db.fetchval(_CALIBRATED, name):
+                await _enter(held, self._db.try_lock(CALIBRATION_LOCK_KEY, poll=1.0))
+            if fresh or not await self._db.fetchval(_CALIBRATED, name):
                 await self._calibrate_built(name, progress)
+            else:
+                self._tuner._cache.pop(name, None)  # it cached "none" before waiting
         return built
 
     async def _calibrate_built(self, name: str, progress: Progress | None) -> None:
@@ -183,14 +200,13 @@ class SearchIndexes:
         self._db.ensure_writable()
         if await self.text_index():
             return
-        async with index_ddl.index_lock(self._db, text_sql.TEXT_INDEX_NAME, None) as qualified:
-            if not await self.text_index():  # built by another session meanwhile
-                await self._build_index(
-                    qualified,
-                    text_sql.create_text_index_sql(concurrently=concurrently),
-                    concurrently=concurrently,
-                    maintenance_work_mem=maintenance_work_mem,
-                )
+        await self._build_index(
+            text_sql.TEXT_INDEX_NAME,
+            text_sql.create_text_index_sql(concurrently=concurrently),
+            concurrently=concurrently,
+            maintenance_work_mem=maintenance_work_mem,
+            built=_text_built,
+        )
 
     @timed("drop_text_index")
     async def drop_text_index(self, *, concurrently: bool = True) -> bool:
@@ -198,11 +214,11 @@ class SearchIndexes:
         self._db.ensure_writable()
         return await self._drop_index(text_sql.TEXT_INDEX_NAME, concurrently)
 
-    async def _build_index(self, qualified: str, sql: str, **options: Any) -> None:
+    async def _build_index(self, name: str, sql: str, **options: Any) -> bool:
         """:func:`~docstore.search.index_ddl.build_index` with ``options``; the index list is
         asked again after."""
         try:
-            await index_ddl.build_index(self._db, qualified, sql, **options)
+            return await index_ddl.build_index(self._db, name, sql, **options)
         finally:
             self._index_cache = None
 
@@ -254,6 +270,17 @@ _TEXT_INDEX = (
     "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
     " WHERE c.relname = $1 AND i.indrelid = 'documents'::regclass"
 )
+
+
+async def _text_built(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval(_TEXT_INDEX, text_sql.TEXT_INDEX_NAME))
+
+
+async def _enter(held: contextlib.AsyncExitStack, lock: Any) -> None:
+    """Hold the calibration's lock (``store.try_lock``) until ``held`` closes; where no
+    connection beside the pool can be had, calibrate without it."""
+    with contextlib.suppress(DocstoreError):
+        await held.enter_async_context(lock)
 
 
 def _read_indexes(rows: Sequence[Any], dim: int) -> list[VectorIndex]:

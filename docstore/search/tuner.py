@@ -242,12 +242,13 @@ class SearchTuner:
             await self._store.execute(_SAVE, metric, _DEFERRED)
         self._cache.pop(metric, None)
 
-    async def discard(self, metric: str) -> None:
-        """Delete ``metric``'s stored calibration: the index it measured is gone (dropped, or
-        rebuilt as another graph), and its settings would be applied to the next one."""
+    async def discard(self, metric: str, conn: Any = None) -> None:
+        """Delete ``metric``'s stored calibration (on ``conn``, else the store's): the index it
+        measured is gone (dropped, or rebuilt as another graph), and its settings would be
+        applied to the next one."""
         self._discarded += 1
         if not self._store.read_only:
-            await self._store.execute(_DISCARD, metric)
+            await (conn or self._store).execute(_DISCARD, metric)
         self._cache.pop(metric, None)
         self._unstored = _Unstored()
 
