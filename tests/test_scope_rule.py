@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 import docstore
 from docstore.compat import LegacyDatabase, views
-from docstore.search import planner, vector
+from docstore.search import planner, scopes
 from tests.test_calibration import clustered
 
 # sources and their rows: "big" past the halfvec bound, "mid" a fifth of the table, "small"
@@ -128,9 +128,9 @@ async def test_past_the_count_a_scope_is_the_planners_estimate(
     past it (ANALYZE saw every row here, so the estimate is the count)."""
     store, _ = crates
     db = store._vector._db
-    assert (await vector._count_scope(db, None, "r3")).rows == 5
+    assert (await scopes.count_scope(db, None, "r3")).rows == 5
     for name in ("big", "mid", "small"):
-        scope = await vector._count_scope(db, None, name)
+        scope = await scopes.count_scope(db, None, name)
         assert scope.rows == pytest.approx(SOURCES[name], rel=0.05), name
         assert scope.table_rows == 1000
 
@@ -182,19 +182,56 @@ async def test_a_crate_is_not_shrunk_by_its_doc_types_share(
     """Review 94: past the count, the scope's size was the planner's estimate of
     ``doc_type = $1 AND source_name = $2``, which takes the two as independent: a crate that is
     a whole doc_type holding 20 % of the table was estimated at 20 % x 20 % = 4 % and scanned
-    on embedding_half instead of the index. Each condition is estimated alone now, the smaller
-    kept, in Python and in SQL."""
+    on embedding_half instead of the index. Migration 9's extended statistics on (doc_type,
+    source_name) give the planner the pair's own frequency, in Python and in SQL."""
+    points = await load_keyed(
+        store, monkeypatch, lambda i: ("rust", "big") if i < 200 else ("python", f"p{i % 10}")
+    )
+    scope = await scopes.count_scope(store._vector._db, "rust", "big")
+    assert scope.rows == pytest.approx(200, rel=0.05)
+    hits = await store.search(points[3], doc_type="rust", source_name="big", limit=10)
+    assert hits.mode == "ann" and {h.source_name for h in hits} == {"big"}
+    assert await sql_function_scans_the_index(store, "big", points[3])
+
+
+async def test_a_source_name_other_doc_types_use_is_sized_by_its_own_rows(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 95: sized by each condition alone (the smaller kept), a source name that other
+    doc_types use too was taken for all of their rows: ("rust", "main"), 45 of 1,000 rows, was
+    sized 300 (the whole of "rust") and took the index under 5 % of the table. Taken as
+    independent, it would be 133. The extended statistics give 45: the halfvec scan."""
+
+    def key(i: int) -> tuple[str, str]:
+        if i < 300:
+            return "rust", "main" if i < 45 else f"r{i % 5}"
+        return "python", "main" if i < 700 else f"p{i % 5}"
+
+    points = await load_keyed(store, monkeypatch, key, seed=6)
+    scope = await scopes.count_scope(store._vector._db, "rust", "main")
+    assert scope.rows == pytest.approx(45, abs=5)
+    hits = await store.search(points[3], doc_type="rust", source_name="main", limit=10)
+    assert hits.mode == "halfvec" and {h.source_name for h in hits} == {"main"}
+    assert {h.doc_type for h in hits} == {"rust"}
+    assert not await sql_function_scans_the_index(store, "main", points[3])
+
+
+async def load_keyed(
+    store: docstore.Store,
+    monkeypatch: pytest.MonkeyPatch,
+    key: Callable[[int], tuple[str, str]],
+    *,
+    seed: int = 5,
+) -> np.ndarray:
+    """1,000 documents, the i-th under ``key(i)`` (doc_type, source_name), under the scaled
+    bounds; analyzed, indexed, the legacy views installed, a calibration that met its target."""
     for name, value in BOUNDS.items():
         monkeypatch.setattr(planner, name, value)
         monkeypatch.setattr(views, name, value)
-    points = clustered(1000, seed=5)
+    points = clustered(1000, seed=seed)
     await store.documents.upsert_many(
         docstore.Document(
-            doc_type="rust" if i < 200 else "python",
-            source_name="big" if i < 200 else f"p{i % 10}",
-            doc_path=f"d{i}",
-            content=f"doc {i}",
-            embedding=v,
+            doc_type=key(i)[0], source_name=key(i)[1], doc_path=f"d{i}", content="c", embedding=v
         )
         for i, v in enumerate(points)
     )
@@ -202,8 +239,4 @@ async def test_a_crate_is_not_shrunk_by_its_doc_types_share(
     await store.create_vector_index(calibrate=False)
     await LegacyDatabase(store).install_views()
     await calibrate(store, met_target=True)
-    scope = await vector._count_scope(store._vector._db, "rust", "big")
-    assert scope.rows == pytest.approx(200, rel=0.05)
-    hits = await store.search(points[3], doc_type="rust", source_name="big", limit=10)
-    assert hits.mode == "ann" and {h.source_name for h in hits} == {"big"}
-    assert await sql_function_scans_the_index(store, "big", points[3])
+    return points

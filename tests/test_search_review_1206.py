@@ -15,7 +15,7 @@ import pytest
 
 import docstore
 from docstore import Document, ValidationError
-from docstore.search import ann_plans, queries, vector
+from docstore.search import ann_plans, queries, scopes
 from tests.conftest import sample_documents, unit_vector
 
 DIM = 3072
@@ -114,7 +114,7 @@ async def test_scope_counts_only_embedded_rows(database_url: str) -> None:
         embedded = sample_documents(20, source="big", start=5_000)
         await store.documents.upsert_many([*pending, *embedded])
         await store.execute("ANALYZE documents")
-        scope = await vector._count_scope(store._vector._db, None, "big")
+        scope = await scopes.count_scope(store._vector._db, None, "big")
         assert scope.rows == 20
         results = await store.search(unit_vector(5_003), source_name="big")
         assert results.mode == "halfvec"
@@ -158,7 +158,7 @@ async def test_evaluate_recall_accepts_seeds_in_range(database_url: str) -> None
 
 async def test_scope_cache_is_capped(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding 7: the doc_type/source_name scope cache grew by one entry per source."""
-    monkeypatch.setattr(vector, "SCOPE_CACHE_ENTRIES", 5)
+    monkeypatch.setattr(scopes, "SCOPE_CACHE_ENTRIES", 5)
     async with _indexed_store(database_url, 100, search_recall_sample=0.0) as store:
         for i in range(12):
             await store.search(unit_vector(i), source_name=f"crate{i}")

@@ -242,15 +242,12 @@ $$""",
         END IF;
         IF rows > {HALFVEC_SCOPE_ROWS} THEN
             -- past the count, the planner's estimate of the crate (a capped count would
-            -- make every crate of a large table look like a small share of it): each
-            -- condition alone, the smaller kept (a crate lies within its doc_type; taken as
-            -- independent, the two would shrink it by the doc_type's share)
-            EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM documents d WHERE d.source_name = $1'
-               INTO plan USING target_crate_name;
-            estimate := {_PLAN_ROWS};
-            EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM documents d WHERE d.doc_type = $1'
-               INTO plan USING '{dt}'::text;
-            rows := greatest(rows, least(estimate, {_PLAN_ROWS}));
+            -- make every crate of a large table look like a small share of it), from the
+            -- extended statistics on (doc_type, source_name) (docstore.search.scopes)
+            EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM documents d'
+                    ' WHERE d.doc_type = $1 AND d.source_name = $2'
+               INTO plan USING '{dt}'::text, target_crate_name;
+            rows := greatest(rows, {_PLAN_ROWS});
         END IF;
         IF rows <= {HALFVEC_FILTER_ROWS} AND ((total > 0 AND rows < {MIN_ANN_SHARE} * total)
                 OR (tuned->>'met_target')::boolean IS FALSE) THEN
@@ -315,7 +312,6 @@ DECLARE
     indexed boolean;
     rows float8;
     total float8;
-    estimate float8;
     plan json;
     ann_ids bigint[];
     first_ids bigint[] := '{{}}';

@@ -19,8 +19,9 @@ from docstore.models import flag, query_vector
 from docstore.search import queries, text_sql
 from docstore.search.filters import build_filter
 from docstore.search.results import Hit, SearchResults
+from docstore.search.scopes import shard
 from docstore.search.statements import fetch
-from docstore.search.vector import VectorSearch, _hit, shard
+from docstore.search.vector import VectorSearch, _hit
 
 
 class TextSearch:

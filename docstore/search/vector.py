@@ -21,18 +21,17 @@ import asyncpg
 from docstore.core.surface import Queries
 from docstore.metrics import Metrics, timed
 from docstore.models import finite_number, flag, query_vector
-from docstore.search import planner, queries
+from docstore.search import planner, queries, scopes
 from docstore.search.ann_plans import IndexPlans
-from docstore.search.filter_size import CACHE_ENTRIES, FilterSizes, planned_rows
-from docstore.search.filters import build_filter
+from docstore.search.filter_size import FilterSizes
 from docstore.search.indexes import INDEX_CACHE_SECONDS, SearchIndexes
 from docstore.search.kept import Kept
 from docstore.search.planner import Scope
 from docstore.search.results import Hit, SearchResults, VectorIndex
+from docstore.search.scopes import shard
 from docstore.search.statements import fetch as _fetch
 from docstore.search.tuner import SearchTuner
 
-SCOPE_CACHE_ENTRIES = CACHE_ENTRIES
 """Scopes whose size is kept (as :class:`FilterSizes` keeps filters')."""
 _HIT_DEFAULTS = {name: None for name in Hit.model_fields if name not in queries.DOCUMENT_COLUMNS}
 
@@ -57,7 +56,7 @@ class VectorSearch:
         self._indexes = indexes
         self._tuner = tuner
         self._scope_cache: Kept[tuple[str | None, str | None], Scope] = Kept(
-            SCOPE_CACHE_ENTRIES, INDEX_CACHE_SECONDS
+            scopes.SCOPE_CACHE_ENTRIES, INDEX_CACHE_SECONDS
         )
         self._index_plans = IndexPlans(db, indexes)
         self.filter_sizes = FilterSizes(db)
@@ -83,7 +82,7 @@ class VectorSearch:
         scoped_only = filter is None and bool(doc_type or source_name)
         scope = None
         if index is not None and exact is None and scoped_only:
-            scope = await _cached_scope(self._db, self._scope_cache, doc_type, source_name)
+            scope = await scopes.cached_scope(self._db, self._scope_cache, doc_type, source_name)
         flt = None if scoped_only else queries.scoped_filter(doc_type, source_name, filter)
         size = None
         if index is not None and exact is None and ef_search is None and flt is not None:
@@ -400,74 +399,6 @@ def _short(records: list[Any], asked: int) -> bool:
     rows, cap = first.get("table_rows"), first.get("scan_cap")
     cap = int(cap) if cap else planner.HNSW_MAX_SCAN_TUPLES
     return rows is None or rows < 0 or 2 * rows >= cap
-
-
-async def _cached_scope(
-    db: Queries,
-    cache: Kept[tuple[str | None, str | None], Scope],
-    doc_type: str | None,
-    source_name: str | None,
-) -> Scope:
-    """A doc_type/source_name scope's size for the scope rule (:func:`~docstore.search.
-    planner.halfvec_scope`): counted on the B-tree (at most ``HALFVEC_SCOPE_ROWS`` + 1
-    entries read; past that the planner's estimate), the table's size from the planner's
-    statistics; kept briefly in ``cache`` (at most :data:`SCOPE_CACHE_ENTRIES` scopes)."""
-    key = (doc_type, source_name)
-    cached = cache.get(key)
-    if cached is not None:
-        return cached
-    return cache.put(key, await _count_scope(db, doc_type, source_name))
-
-
-async def _count_scope(db: Queries, doc_type: str | None, source_name: str | None) -> Scope:
-    """A scope's embedded rows (rows with no embedding never match, as in
-    ``queries.filter_count_sql``) — counted up to ``HALFVEC_SCOPE_ROWS`` + 1, past that the
-    planner's estimate of them (at least the count; ``math.inf`` on a Citus cluster, whose
-    coordinator cannot estimate the shards) — and the table's ``reltuples``; on the source's
-    Citus worker like the search itself (there ``documents`` is the shell: 0)."""
-    where, params = build_filter(queries.scoped_filter(doc_type, source_name, None), first_param=2)
-    scoped = f"{_EMBEDDED} AND {where}"
-    sql = (
-        f"SELECT (SELECT count(*) FROM ({scoped} LIMIT $1) s) AS rows,"
-        " (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS total"
-    )
-    cap, estimate = planner.HALFVEC_SCOPE_ROWS + 1, not db.distributed
-    # each condition estimated alone, the smaller kept: a source lies within one doc_type,
-    # and the planner, taking the two as independent, shrank a crate by its doc_type's share
-    singles = [
-        {k: v} for k, v in (("doc_type", doc_type), ("source_name", source_name)) if v is not None
-    ]
-
-    async def work(conn: asyncpg.Connection) -> Scope:
-        row = await conn.fetchrow(sql, cap, *params)
-        assert row is not None
-        rows: float = row["rows"]
-        if rows >= cap:  # past the count: the share decides, so the planner's estimate
-            if not estimate:
-                return Scope(math.inf, row["total"])
-            rows = max(rows, min([await _planned(conn, cap, one) for one in singles], default=rows))
-        return Scope(rows, row["total"])
-
-    return cast(Scope, await db.run(work, stateless=True, read=True, shard=shard(db, source_name)))
-
-
-async def _planned(conn: asyncpg.Connection, cap: int, flt: Mapping[str, Any]) -> float:
-    """The planner's estimate of the embedded rows ``flt`` keeps."""
-    where, params = build_filter(flt, first_param=2)
-    sql = f"EXPLAIN (FORMAT JSON) {_EMBEDDED} AND {where} LIMIT $1"
-    return planned_rows(await conn.fetchval(sql, cap, *params))
-
-
-_EMBEDDED = "SELECT 1 FROM documents d WHERE d.embedding IS NOT NULL"
-
-
-def shard(db: Queries, source_name: str | None) -> str | None:
-    """The source whose Citus worker runs a search scoped to ``source_name``
-    (:mod:`docstore.core.shards`): None — through the coordinator, or a single node — unless
-    the database is distributed and ``DOCSTORE_CITUS_ROUTE_SEARCHES`` is on."""
-    if source_name is None or not db.distributed or not db.settings.citus_route_searches:
-        return None
-    return source_name
 
 
 def _ann_fetch(
