@@ -169,3 +169,23 @@ async def test_a_deadlock_that_outlasts_the_retries_is_not_called_an_outage(
     assert "conflict with another transaction" in str(failed.value)
     assert "unavailable" not in str(failed.value)
     assert failed.value.sqlstate == "40P01"
+
+
+async def test_a_read_replicas_pool_gets_the_codecs_too(empty_database_url: str) -> None:
+    """Review 95: the replica's pool (which looks pgvector up on its own server for every
+    new connection) kept the connections it had opened before the init, without codecs:
+    every search (read from the replica) failed with "invalid input for query argument $1"."""
+    url = empty_database_url
+    early = await docstore.connect(
+        url, migrate=False, database_read_url=url, pool_min_size=1, pool_max_size=2
+    )
+    try:
+        assert await early.replica.fetchval("SELECT 1") == 1  # a replica connection, no codecs
+        async with docstore.connect(url):  # docstore init elsewhere
+            pass
+        docs = sample_documents(4)
+        await early.documents.upsert_many(docs)
+        for doc in docs:  # reads go to the replica's pool
+            assert (await early.search(doc.embedding, limit=1))[0].doc_path == doc.doc_path
+    finally:
+        await early.close()

@@ -84,28 +84,31 @@ class CodecInit:
         self.tcp_timeout = tcp_timeout
         """``DOCSTORE_TCP_TIMEOUT``, set on every new connection's socket (:mod:`.tcp`)."""
         self._stale = False
-        """pgvector was found by a new connection after others had opened without it."""
+        """Some connections were set up without pgvector's codecs (it was not there yet): the
+        pool's connections are to be replaced once it is found (:meth:`found_late`)."""
 
     @property
     def looking(self) -> bool:
-        """pgvector was not there when some of the pool's connections opened: either it is
-        still not found, or it was found since and those connections have not been
-        replaced yet (:meth:`found_late`)."""
-        return self.remember and (self.schema is None or self._stale)
+        """While pgvector is not known to the pool (its primary), or some connection was set
+        up without it, each checkout asks (:meth:`found_late`)."""
+        return (self.remember and self.schema is None) or self._stale
 
     async def found_late(self, conn: Any, pool: asyncpg.Pool) -> None:
         """On a checkout while :attr:`looking`: look for pgvector (a store opened without the
         schema while a deploy step runs ``docstore init`` in another process); once it is
         there, register its codecs on ``conn`` — which may have opened before — and expire
-        the pool's connections once, so none without them is handed out again (vectors
-        failed on them: "no binary format encoder for type vector"). Never asked after."""
-        schema = self.schema or await conn.fetchval(VECTOR_SCHEMA)
+        the pool's connections, so none without them is handed out again (vectors failed on
+        them: "no binary format encoder for type vector"). A replica's pool (``remember``
+        False) looks on its own server each time. Asked no more once every connection has
+        the codecs."""
+        schema = (self.schema if self.remember else None) or await conn.fetchval(VECTOR_SCHEMA)
         if schema is None:
             return
         await register_vector_codecs(conn, schema)
-        if self.schema is None or self._stale:
-            self.schema, self._stale = schema, False
-            await pool.expire_connections()
+        if self.remember:
+            self.schema = schema
+        self._stale = False
+        await pool.expire_connections()
 
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
@@ -117,7 +120,9 @@ class CodecInit:
         schema = self.schema
         if schema is None:
             schema = await conn.fetchval(VECTOR_SCHEMA)
-            if self.remember and schema is not None and self.schema is None:
+            if schema is None:  # this one has no codecs: replaced once pgvector is there
+                self._stale = True
+            elif self.remember and self.schema is None:
                 self.schema, self._stale = schema, True  # the older connections have none
         if schema is not None:
             await register_vector_codecs(conn, schema)
