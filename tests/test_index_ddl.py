@@ -100,3 +100,71 @@ async def test_another_schemas_indexes_are_never_dropped(empty_database_url: str
         assert await admin.fetch(INDEXES) == before
     finally:
         await admin.close()
+
+
+async def test_a_caller_waiting_for_another_build_holds_no_pooled_connection(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 96: the wait for the DDL lock polled on a pooled connection, held for the whole
+    of another session's build (hours on a large index): with a pool of 2 a second wait left
+    the store's queries a PoolTimeoutError. The lock is asked for on a connection checked out
+    per attempt now."""
+    monkeypatch.setattr(index_ddl, "LOCK_POLL_SECONDS", 0.05)
+    async with docstore.connect(database_url) as builder:
+        await builder.documents.upsert_many(sample_documents(200))
+        blocker = await asyncpg.connect(database_url)  # an open snapshot the build waits for
+        await blocker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await blocker.fetchval("SELECT count(*) FROM documents")
+        waiter = await docstore.connect(database_url, pool_max_size=2, pool_acquire_timeout=3)
+        try:
+            build = asyncio.create_task(builder.create_vector_index(calibrate=False))
+            while not await waiter.fetchval("SELECT count(*) FROM pg_stat_progress_create_index"):
+                await asyncio.sleep(0.02)
+            waits = [
+                asyncio.create_task(waiter.create_vector_index(calibrate=False)),
+                asyncio.create_task(waiter.create_text_index()),
+            ]
+            await asyncio.sleep(0.5)  # both polling the DDL lock
+            assert await asyncio.gather(*(waiter.fetchval("SELECT 1") for _ in range(2))) == [1, 1]
+            await blocker.execute("COMMIT")
+            assert (await build).valid
+            await asyncio.gather(*waits)
+            assert await waiter.text_index()
+        finally:
+            await blocker.close()
+            await waiter.close()
+
+
+async def test_migration_9_fills_its_statistics_and_an_older_schema_estimates_each_alone(
+    database_url: str,
+) -> None:
+    """Review 96: ``CREATE STATISTICS`` leaves an empty object until the next ANALYZE (after
+    ~10 % of the rows changed), and a store that does not migrate has none: the planner took
+    doc_type and source_name as independent again. Migration 9 now analyzes the two columns,
+    and while no data is there the scope is sized by each condition alone."""
+    from docstore.search import planner, scopes
+
+    async with docstore.connect(database_url) as store:
+        docs = [
+            docstore.Document(
+                doc_type="rust" if i < 3400 else "python",
+                source_name="big" if i < 3400 else f"p{i % 10}",
+                doc_path=f"d{i}",
+                content="c",
+            )
+            for i in range(17_000)
+        ]
+        await store.documents.upsert_many(docs)
+        await store.execute("UPDATE documents SET embedding = array_fill(0.5, ARRAY[3072])::vector")
+        await store.execute(  # back to schema 8, analyzed there
+            "DROP STATISTICS documents_scope_statistics;"
+            " DELETE FROM docstore_schema_version WHERE version = 9; ANALYZE documents"
+        )
+    async with docstore.connect(database_url, migrate=False) as old:  # schema 8: each alone
+        scope = await scopes.count_scope(old._vector._db, "rust", "big")
+        assert scope.rows == pytest.approx(3400, rel=0.1)
+    async with docstore.connect(database_url) as upgraded:  # applies migration 9, no ANALYZE
+        assert await upgraded.fetchval(scopes._STATISTICS_READY)  # filled by the migration
+        scope = await scopes.count_scope(upgraded._vector._db, "rust", "big")
+        assert scope.rows == pytest.approx(3400, rel=0.1)
+        assert planner.HALFVEC_SCOPE_ROWS < 3400

@@ -50,14 +50,17 @@ async def try_lock(
         if sqlstate != TOO_MANY_CONNECTIONS or pools.primary.pool.get_max_size() < 2:
             raise
         logger.info("try_lock: no connection beyond the pool's (%s): the lock on a pooled one", exc)
-        async with acquire() as pooled:
-            locked = await _lock(pools, pooled, key, own=False, poll=poll)
-            try:
-                yield locked
-            finally:
-                if locked and not is_closed(pooled):
-                    await pooled.execute("SELECT pg_advisory_unlock($1)", key)
-        return
+        while True:  # with poll, a pooled connection is held only once the lock is taken
+            async with acquire() as pooled:
+                locked = await _lock(pools, pooled, key, own=False, poll=None)
+                if locked or poll is None:
+                    try:
+                        yield locked
+                    finally:
+                        if locked and not is_closed(pooled):
+                            await pooled.execute("SELECT pg_advisory_unlock($1)", key)
+                    return
+            await asyncio.sleep(poll)
     try:
         yield await _lock(pools, conn, key, own=True, poll=poll)
     finally:

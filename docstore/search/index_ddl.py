@@ -4,12 +4,14 @@ several processes do it at once, and in whichever schema ``documents`` lives.
 * **One build at a time.** Every app replica may call ``create_vector_index()`` at start-up,
   or an operator run ``docstore index create`` twice. A build or drop holds a session advisory
   lock keyed on ``documents``' qualified name — the table's, not the index's: a vector and a
-  text build side by side deadlocked — on the very connection that runs the DDL, waited for
-  by polling (a waiting ``pg_advisory_lock`` would hold a snapshot that the running ``CREATE
-  INDEX CONCURRENTLY`` waits for). On that connection, so a build whose client was killed
-  keeps it until its backend ends (a lock on a connection of its own let a second build in
-  beside the orphaned one: "tuple concurrently updated"), and no connection beyond the pool's
-  is needed. The next caller finds the index built and returns it; ``after`` lets the
+  text build side by side deadlocked — on the very connection that runs the DDL, asked for
+  again every :data:`LOCK_POLL_SECONDS` on a connection checked out for that one attempt (a
+  waiting ``pg_advisory_lock`` would hold a snapshot that the running ``CREATE INDEX
+  CONCURRENTLY`` waits for; a caller polling on a connection it kept held it for the whole
+  of another's build). On that connection, so a build whose client was killed keeps it until
+  its backend ends (a lock on a connection of its own let a second build in beside the
+  orphaned one: "tuple concurrently updated"), and no connection beyond the pool's is
+  needed. The next caller finds the index built and returns it; ``after`` lets the
   builder take the calibration's lock before it lets go (:mod:`docstore.search.indexes`).
   Before, every caller ran ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX``: one
   dropped or deadlocked with another's build in progress, often no caller succeeded and an
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
@@ -38,6 +41,8 @@ logger = logging.getLogger("docstore")
 INDEX_BUILD_TIMEOUT = 24 * 3600.0
 LOCK_SPACE = 0x646F6378  # "docx": (this, hashtext(documents' qualified name)) advisory lock
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+_UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
+T = TypeVar("T")
 LOCK_POLL_SECONDS = 0.25
 """How often a caller waiting for another session's index DDL asks again."""
 BUILD_PROGRESS_SECONDS = 0.5
@@ -73,75 +78,81 @@ async def build_index(
     INVALID index of a failed concurrent build, one on other columns) is dropped first;
     ``maintenance_work_mem`` is raised for the build only; ``progress`` is fed from
     ``pg_stat_progress_create_index``."""
-    async with db.acquire() as conn:
-        try:
-            schema = await conn.fetchval(_SCHEMA)
-            async with _locked(conn, schema, progress):
-                if await built(conn):
-                    return False
-                if before is not None:
-                    await before(conn)
-                async with _build_progress(db, conn, progress):
-                    await conn.execute(_drop_sql(f"{schema}.{name}", concurrently))
-                    if maintenance_work_mem is not None:
-                        await conn.execute(
-                            "SELECT set_config('maintenance_work_mem', $1, false)",
-                            maintenance_work_mem,
-                        )
-                    try:
-                        # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an
-                        # INVALID index behind after a CONCURRENTLY build
-                        await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
-                    finally:
-                        await conn.execute("RESET maintenance_work_mem")
-                if after is not None:
-                    await after()
-                return True
-        except DocstoreError:
-            raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise db.translate(exc) from exc
+
+    async def build(conn: asyncpg.Connection, schema: str) -> bool:
+        if await built(conn):
+            return False
+        if before is not None:
+            await before(conn)
+        async with _build_progress(db, conn, progress):
+            await conn.execute(_drop_sql(f"{schema}.{name}", concurrently))
+            if maintenance_work_mem is not None:
+                await conn.execute(
+                    "SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem
+                )
+            try:
+                # not bound by DOCSTORE_COMMAND_TIMEOUT: a timeout would leave an INVALID
+                # index behind after a CONCURRENTLY build
+                await conn.execute(sql, timeout=INDEX_BUILD_TIMEOUT)
+            finally:
+                await conn.execute("RESET maintenance_work_mem")
+        if after is not None:
+            await after()
+        return True
+
+    return await _locked(db, build, progress)
 
 
 async def drop_index(db: Queries, name: str, *, concurrently: bool) -> bool:
     """Drop index ``name`` of the ``documents`` this session resolves, if there is one —
     under the lock, so a build in progress elsewhere ends first; True if there was one."""
-    async with db.acquire() as conn:
-        try:
-            schema = await conn.fetchval(_SCHEMA)
-            async with _locked(conn, schema, None):
-                qualified = f"{schema}.{name}"
-                existed = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
-                await conn.execute(_drop_sql(qualified, concurrently))
-                return bool(existed)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise db.translate(exc) from exc
+
+    async def drop(conn: asyncpg.Connection, schema: str) -> bool:
+        qualified = f"{schema}.{name}"
+        existed = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
+        await conn.execute(_drop_sql(qualified, concurrently))
+        return bool(existed)
+
+    return await _locked(db, drop, None)
 
 
-def _drop_sql(qualified: str, concurrently: bool) -> str:
-    return f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {qualified}"
-
-
-@contextlib.asynccontextmanager
 async def _locked(
-    conn: asyncpg.Connection, schema: str, progress: Progress | None
-) -> AsyncIterator[None]:
-    """The index DDL lock of ``schema``'s ``documents`` on ``conn`` (module docstring),
-    released on the way out (or with the session, if it breaks)."""
-    table = f"{schema}.documents"
+    db: Queries,
+    work: Callable[[asyncpg.Connection, str], Awaitable[T]],
+    progress: Progress | None,
+) -> T:
+    """``work(conn, schema)`` on a pooled connection holding the index DDL lock of the
+    ``documents`` it resolves (module docstring), released after (or with the session, if it
+    breaks). The lock is asked for on a connection checked out for that one attempt: a
+    caller waiting for another session's build holds no pooled connection meanwhile."""
     waited = False
-    while not await conn.fetchval(_TRY_LOCK, LOCK_SPACE, table):
+    while True:
+        async with db.acquire() as conn:
+            try:
+                schema = await conn.fetchval(_SCHEMA)
+                table = f"{schema}.documents"
+                if await conn.fetchval(_TRY_LOCK, LOCK_SPACE, table):
+                    try:
+                        return await work(conn, schema)
+                    finally:
+                        with contextlib.suppress(
+                            asyncpg.PostgresError, asyncpg.InterfaceError, OSError
+                        ):
+                            await conn.execute(_UNLOCK, LOCK_SPACE, table)
+            except DocstoreError:
+                raise
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise db.translate(exc) from exc
         if not waited:
             waited = True
             logger.info("index DDL on %s: waiting for another session's build or drop", table)
         if progress is not None:
             progress("index: waiting for another session's build", 0, 0)
         await asyncio.sleep(LOCK_POLL_SECONDS)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_SPACE, table)
+
+
+def _drop_sql(qualified: str, concurrently: bool) -> str:
+    return f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {qualified}"
 
 
 @contextlib.asynccontextmanager

@@ -121,9 +121,12 @@ class SearchIndexes:
         async with contextlib.AsyncExitStack() as held:
 
             async def hold_calibration() -> None:  # before the builder lets go of the index
-                await _enter(held, self._db.try_lock(CALIBRATION_LOCK_KEY))
+                # (waiting out a background recalibration: the fresh graph's must come last)
+                await _enter(held, self._db.try_lock(CALIBRATION_LOCK_KEY, poll=1.0))
 
-            fresh = built is None and await self._build_index(
+            # also when built but not calibrated: through the DDL lock, so a caller arriving
+            # between another's CREATE INDEX and its taking the calibration's lock waits
+            fresh = await self._build_index(
                 index_name,
                 sql,
                 concurrently=concurrently,

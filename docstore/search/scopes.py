@@ -11,7 +11,9 @@ it (review 91: a whole-table scope of 420,000 rows taken for 5 %). The estimate 
 pairs' most common values and the dependency between the columns): taken as independent, a
 crate that is a whole doc_type was shrunk by that doc_type's share (review 94); each
 condition estimated alone, a source name several doc_types use counted all of their rows
-(review 95).
+(review 95). Migration 9 analyzes the two columns itself; while its statistics hold no data
+(a store that does not migrate, on an older schema), each condition is estimated alone and
+the smaller kept, which sizes a crate within one doc_type right (review 96).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from docstore.search.planner import Scope
 SCOPE_CACHE_ENTRIES = CACHE_ENTRIES
 """Scopes whose size is kept at once (the oldest go first)."""
 _EMBEDDED = "SELECT 1 FROM documents d WHERE d.embedding IS NOT NULL"
+_STATISTICS_READY = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stats_ext"
+    " WHERE statistics_name = 'documents_scope_statistics' AND most_common_vals IS NOT NULL)"
+)
 
 
 async def cached_scope(
@@ -58,6 +64,11 @@ async def count_scope(db: Queries, doc_type: str | None, source_name: str | None
         " (SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass) AS total"
     )
     cap, estimate = planner.HALFVEC_SCOPE_ROWS + 1, not db.distributed
+    singles = []
+    for column, value in (("doc_type", doc_type), ("source_name", source_name)):
+        if value is not None:
+            one_where, one_params = build_filter({column: value}, first_param=2)
+            singles.append((f"{_EMBEDDED} AND {one_where} LIMIT $1", [cap, *one_params]))
 
     async def work(conn: asyncpg.Connection) -> Scope:
         row = await conn.fetchrow(sql, cap, *params)
@@ -66,15 +77,21 @@ async def count_scope(db: Queries, doc_type: str | None, source_name: str | None
         if rows >= cap:  # past the count: the share decides, so the planner's estimate
             if not estimate:
                 return Scope(math.inf, row["total"])
-            rows = max(rows, await _estimate(conn, scoped, [cap, *params]))
+            rows = max(rows, await _estimate(conn, scoped, [cap, *params], singles))
         return Scope(rows, row["total"])
 
     return cast(Scope, await db.run(work, stateless=True, read=True, shard=shard(db, source_name)))
 
 
-async def _estimate(conn: asyncpg.Connection, sql: str, params: list[Any]) -> float:
+async def _estimate(
+    conn: asyncpg.Connection, sql: str, params: list[Any], singles: list[tuple[str, list[Any]]]
+) -> float:
     """The planner's estimate of the rows of ``sql`` (the count's scan; the ``LIMIT`` above
-    it does not lower the scan's estimate)."""
+    it does not lower the scan's estimate) — or, while migration 9's statistics hold no data
+    (a store that does not migrate, on an older schema), the smaller of each condition's
+    alone (``singles``), which sizes a crate within one doc_type right."""
+    if len(singles) > 1 and not await conn.fetchval(_STATISTICS_READY):
+        return min([await _estimate(conn, one, one_params, []) for one, one_params in singles])
     return planned_rows(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))
 
 

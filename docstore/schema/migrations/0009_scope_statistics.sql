@@ -12,3 +12,24 @@
 
 CREATE STATISTICS IF NOT EXISTS documents_scope_statistics (dependencies, mcv)
     ON doc_type, source_name FROM documents;
+
+-- filled now, not at the next ANALYZE (autovacuum's comes after ~10 % of the rows changed):
+-- an empty statistics object leaves the planner taking the columns as independent. Two
+-- columns sampled, ~0.1 s at 100,000 rows. Not on a Citus distributed table, whose estimate
+-- docstore does not use (its coordinator cannot see the shards), nor on an empty one.
+DO $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN  -- Citus is installed
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition'
+                ' WHERE logicalrelid = ''documents''::regclass)' INTO distributed;
+    END IF;
+    -- not an empty table: analyzed, it would tell the planner "0 rows" (reltuples 0, where a
+    -- table never analyzed says -1: unknown), and a bulk load after it would be planned as
+    -- into an empty table until autovacuum analyzes it
+    IF NOT distributed AND EXISTS (SELECT 1 FROM documents) THEN
+        ANALYZE documents (doc_type, source_name);
+    END IF;
+END
+$$;
