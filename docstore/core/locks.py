@@ -40,9 +40,10 @@ async def try_lock(
 ) -> AsyncIterator[bool]:
     """``pg_try_advisory_lock(key)`` on a connection of its own to ``pools``' primary (see
     the module docstring); whether it was taken. ``acquire``: the pool's checkout, for the
-    fallback. ``poll``: asked again every ``poll`` seconds on that connection until it is
-    taken (a waiting ``pg_advisory_lock`` would hold a snapshot, which a ``CREATE INDEX
-    CONCURRENTLY`` under the lock waits for)."""
+    fallback. ``poll``: asked again every ``poll`` seconds until it is taken — on that
+    connection, or in the fallback on a pooled one checked out for each attempt, so none is
+    held while waiting (a waiting ``pg_advisory_lock`` would hold a snapshot, which a
+    ``CREATE INDEX CONCURRENTLY`` under the lock waits for)."""
     try:
         conn = await _connect_aside(pools, tcp_timeout)
     except DocstoreError as exc:
