@@ -42,3 +42,25 @@ async def compat_uninstall(url: UrlOption = None, schema: SchemaOption = None) -
         console.print(f"legacy views removed from schema {escape(repr(used))}")
     else:
         console.print(f"no legacy views in schema {escape(repr(used))}: nothing to remove")
+
+
+@compat_app.command("status")
+@async_command
+async def compat_status(url: UrlOption = None) -> None:
+    """List the schemas holding the legacy views and whether each is up to date."""
+    async with cli.connect(url, migrate=False) as store:
+        found = await LegacyDatabase(store).views_status()
+    if not found:
+        console.print("no legacy views in this database")
+    for install in found:
+        state = (
+            "up to date"
+            if install.up_to_date
+            else "stale: run `docstore init`"
+            if install.doc_type is not None
+            else "stale, its doc type unknown: install it again (`docstore compat install-views`)"
+        )
+        console.print(
+            f"schema {escape(repr(install.schema))}: doc type"
+            f" {escape(repr(install.doc_type))}, {state}"
+        )

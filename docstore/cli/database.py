@@ -12,6 +12,7 @@ from rich.text import Text
 
 from docstore import cli
 from docstore.cli.base import UrlOption, async_command, console
+from docstore.compat import LegacyDatabase
 
 
 @async_command
@@ -47,17 +48,24 @@ async def init(
         status = await store.schema_status()
         if reader_role is not None and password is not None:
             await store.create_reader_role(reader_role, password)
-    if applied:
-        console.print(f"applied schema migrations {applied}; now at version {status.current}")
-    else:
-        console.print(f"schema already at version {status.current}: nothing to do")
-    if status.distributed:
-        console.print("documents and document_sources are distributed by source_name (Citus)")
-    if reader_role is not None:
-        console.print(
-            f"role {escape(reader_role)} can read docstore's tables and write nothing: connect"
-            " a read-only service as it; `docstore health` then shows read_only_guarantee: role"
-        )
+        if applied:
+            console.print(f"applied schema migrations {applied}; now at version {status.current}")
+        else:
+            console.print(f"schema already at version {status.current}: nothing to do")
+        if status.distributed:
+            console.print("documents and document_sources are distributed by source_name (Citus)")
+        if reader_role is not None:
+            console.print(
+                f"role {escape(reader_role)} can read docstore's tables and write nothing:"
+                " connect a read-only service as it; `docstore health` then shows"
+                " read_only_guarantee: role"
+            )
+        # the legacy SQL of an older docstore (or made before the tables or pgvector moved)
+        for schema in await LegacyDatabase(store).refresh_views():
+            console.print(
+                f"legacy views and search_similar_docs() in schema {escape(repr(schema))}"
+                " brought up to date"
+            )
 
 
 @async_command

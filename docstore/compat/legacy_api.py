@@ -19,14 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from docstore.arguments import as_int
-from docstore.compat import config_values, ids, jobs, similar, views, writes
+from docstore.compat import config_values, ids, installs, jobs, similar, views, writes
 from docstore.compat import configs as configs_store
 from docstore.compat.rows import CrateDocument, CrateStats, LegacyDoc, SimilarDoc
 from docstore.embeddings import query_vector
 from docstore.errors import SchemaError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Document, Source, key_text, naive_utc
-from docstore.readonly.roles import grant_legacy_views, reader_roles
 from docstore.repositories.documents import lock_sources
 from docstore.search.planner import MAX_LIMIT
 from docstore.store import Store, connect
@@ -47,9 +46,19 @@ class LegacyDatabase:
     @classmethod
     async def connect(cls, url: str | None = None, *, doc_type: str = "rust") -> LegacyDatabase:
         """Open a store like :func:`docstore.connect` (DATABASE_URL → MCPDOCS_DATABASE_URL →
-        embedded) and wrap it."""
+        embedded) and wrap it. Like the schema, stale legacy views are brought up to date
+        (:meth:`refresh_views`) unless the store is read-only or ``DOCSTORE_AUTO_MIGRATE`` is
+        off; one the connected role may not replace is logged as a warning and left as is."""
         db = cls(await connect(url), doc_type)
         db._owns_store = True
+        try:
+            if db.store.settings.auto_migrate and not db.store.read_only:
+                await db.refresh_views()
+        except SchemaError as exc:
+            installs.logger.warning("%s", exc)
+        except BaseException:
+            await db.store.close()
+            raise
         return db
 
     async def close(self) -> None:
@@ -270,47 +279,38 @@ class LegacyDatabase:
         schema used."""
         self.store.ensure_writable()
         target = await self._schema(schema)
-        clash = [r[0] for r in await self.store.fetch(views.LEGACY_TABLES_IN_SCHEMA, target)]
-        if clash:
-            raise SchemaError(
-                f"schema {target!r} already has real legacy tables ({', '.join(sorted(clash))}): "
-                "install the compatibility views in another schema (schema=...) and put it "
-                "first on the legacy clients' search_path"
-            )
-        async with self.store.transaction() as conn:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {views._ident(target)}")
-            path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
-            for statement in views.install_sql(
-                target,
-                self.doc_type,
-                self.store.embedding_dim,
-                distributed=self.store.distributed,
-                search_path=path,
-            ):
-                await conn.execute(statement)
-            await grant_legacy_views(conn, target, views.VIEW_NAMES, await reader_roles(conn))
+        await installs.install(self.store, target, self.doc_type)
         return target
+
+    async def views_status(self) -> list[installs.LegacyViews]:
+        """Every install of the legacy views in the database (whatever its doc type), and
+        whether it is what this docstore would install in its place; a stale one (from an
+        older docstore, or before docstore's tables or pgvector moved) still runs the SQL it
+        was installed with until :meth:`refresh_views`."""
+        return await installs.status(self.store)
+
+    @timed("compat.refresh_views")
+    async def refresh_views(self) -> list[str]:
+        """Install every stale install again (:meth:`views_status`), each for its own doc type;
+        returns the schemas refreshed. ``docstore init`` runs it, and :meth:`connect` when the
+        store migrates its schema. Raises :class:`~docstore.errors.SchemaError` when the
+        connected role may not replace them (run it as their owner)."""
+        self.store.ensure_writable()
+        return await installs.refresh(self.store)
 
     async def installed_views(self, schema: str | None = None) -> list[str]:
         """What :meth:`install_views` creates that ``schema`` holds, sorted: the views
         ``crate_stats``, ``crates``, ``doc_embeddings``, the functions (``"name()"``:
         ``search_similar_docs()`` and the write guard's) and the guard's table. Empty before
         :meth:`install_views` and after :meth:`uninstall_views`."""
-        target = await self._schema(schema)
-        functions = ["search_similar_docs", views.GUARD_FUNCTION, views.RULE_FUNCTION]
-        rows = await self.store.fetch(
-            views.INSTALLED, target, list(views.VIEW_NAMES), functions, [views.GUARD_TABLE]
-        )
-        return [r[0] for r in rows]
+        return await installs.installed(self.store, await self._schema(schema))
 
     @timed("compat.uninstall_views")
     async def uninstall_views(self, schema: str | None = None) -> str:
         """Drop what :meth:`install_views` created in ``schema``; returns the schema."""
         self.store.ensure_writable()
         target = await self._schema(schema)
-        async with self.store.transaction() as conn:
-            for statement in views.uninstall_sql(target, self.store.embedding_dim):
-                await conn.execute(statement)
+        await installs.uninstall(self.store, target)
         return target
 
     # -- crate configs & population jobs -----------------------------------------------------

@@ -403,10 +403,15 @@ END
     return statements
 
 
+def function_signature(schema: str, dim: int) -> str:
+    """``search_similar_docs``'s qualified name and argument types, as DDL names it."""
+    return f"{_ident(schema)}.search_similar_docs(vector({int(dim)}), varchar, integer)"
+
+
 def uninstall_sql(schema: str, dim: int) -> list[str]:
     s = _ident(schema)
     return [
-        f"DROP FUNCTION IF EXISTS {s}.search_similar_docs(vector({int(dim)}), varchar, integer)",
+        f"DROP FUNCTION IF EXISTS {function_signature(schema, dim)}",
         *(f"DROP VIEW IF EXISTS {s}.{view}" for view in VIEW_NAMES),
         f"DROP FUNCTION IF EXISTS {s}.{GUARD_FUNCTION}()",
         f"DROP FUNCTION IF EXISTS {s}.{RULE_FUNCTION}(text)",

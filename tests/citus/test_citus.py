@@ -708,6 +708,47 @@ async def test_compat_function_ranks_a_large_crate_exactly(dstore: docstore.Stor
         assert [r[0] for r in rows] == truth
 
 
+async def test_an_older_install_of_the_legacy_views_is_refreshed_on_a_cluster(
+    dstore: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp and the refresh (docstore.compat.installs) on a coordinator: an install with
+    another rule and no stamp is found stale, installed again with the cluster's rules, and
+    searches."""
+    from docstore.compat import views
+
+    schema = f"old_{uuid.uuid4().hex[:8]}"
+    await dstore.documents.upsert_many(sample := _few_documents(12))
+    with monkeypatch.context() as m:
+        m.setattr(views, "HALFVEC_FILTER_ROWS", 12_345)
+        await LegacyDatabase(dstore).install_views(schema)
+    await dstore.execute(f"COMMENT ON FUNCTION {views.function_signature(schema, 3072)} IS NULL")
+    legacy = LegacyDatabase(dstore)
+    mine = [v for v in await legacy.views_status() if v.schema == schema]
+    assert [(v.doc_type, v.up_to_date) for v in mine] == [("rust", False)]
+    assert schema in await legacy.refresh_views()
+    mine = [v for v in await legacy.views_status() if v.schema == schema]
+    assert [(v.doc_type, v.up_to_date) for v in mine] == [("rust", True)]
+    query = sample[0].embedding
+    rows = await dstore.fetch(
+        f"SELECT doc_path FROM {schema}.search_similar_docs($1, 'few', 3)", query
+    )
+    assert rows[0][0] == sample[0].doc_path
+    await legacy.uninstall_views(schema)
+
+
+def _few_documents(n: int) -> list[docstore.Document]:
+    rng = np.random.default_rng(11)
+    return [
+        docstore.Document(
+            source_name="few",
+            doc_path=f"f{i}",
+            content="c",
+            embedding=rng.normal(size=3072).astype(np.float32),
+        )
+        for i in range(n)
+    ]
+
+
 async def test_migrate_a_legacy_database_into_the_cluster_and_back(
     dstore: docstore.Store, citus_url: str, pg: PgCluster
 ) -> None:
