@@ -130,3 +130,30 @@ async def test_a_statement_timeout_on_a_routed_read_is_the_statements_not_an_out
         with pytest.raises(docstore.QueryError) as info:
             await store.run(slow, read=True, shard=shard)
         assert info.value.sqlstate == "57014", (shard, info.value)
+
+
+async def test_a_worker_pool_has_its_own_codec_init(store: docstore.Store) -> None:
+    """A worker pool shared the coordinator's ``CodecInit``: a worker connection set up
+    without pgvector marked the coordinator's pool stale. Each worker pool has its own, set
+    up like the coordinator's; routed reads still decode vectors."""
+    row = await store.fetchrow(
+        "select coalesce(host(inet_server_addr()),"
+        " split_part(current_setting('unix_socket_directories'), ',', 1)) as host,"
+        " current_setting('port')::int as port"
+    )
+    assert row is not None
+    node = (row["host"].strip(), row["port"])
+    store._db._shards.remember("crate1", node)
+
+    async def vector(conn: Any) -> Any:
+        return await conn.fetchval("select '[1,2,3]'::vector")
+
+    assert list(await store.run(vector, read=True, shard="crate1")) == [1, 2, 3]
+    primary = store._db._pool_set.primary.init
+    worker = store._db._shards._workers[node]._init  # asyncpg.Pool keeps its init there
+    assert worker is not primary and worker is not None
+    assert (worker.schema, worker.remember, worker.tcp_timeout) == (
+        primary.schema,
+        primary.remember,
+        primary.tcp_timeout,
+    )

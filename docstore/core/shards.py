@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from docstore.config import Settings
-from docstore.core.pools import POOL_CLOSE_TIMEOUT, Pools, create_pool, release
+from docstore.core.pools import POOL_CLOSE_TIMEOUT, CodecInit, Pools, create_pool, release
 from docstore.errors import DocstoreError
 from docstore.failures import is_transient_query_failure, must_close
 from docstore.metrics import Metrics
@@ -239,7 +239,7 @@ class ShardRouter:
                     primary.url,
                     min_size=0,
                     max_size=self._settings.pool_max_size,
-                    init=primary.init,
+                    init=_own(primary.init),
                     connection_class=primary.connection_class,
                     connect_kwargs=self._connect_kwargs(node),
                 )
@@ -317,3 +317,12 @@ class ShardRouter:
             "workers": sorted(f"{h}:{p}" for h, p in self._workers),
             "lookups": self.lookups,
         }
+
+
+def _own(init: CodecInit | None) -> CodecInit | None:
+    """A worker pool's own ``init``, like the coordinator's: a worker connection set up
+    without pgvector's codecs must not mark the coordinator's pool stale (nor the other way
+    round)."""
+    if init is None:
+        return None
+    return CodecInit(init.schema, remember=init.remember, tcp_timeout=init.tcp_timeout)
