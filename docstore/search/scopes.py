@@ -91,7 +91,11 @@ async def _estimate(
     (a store that does not migrate, on an older schema), the smaller of each condition's
     alone (``singles``), which sizes a crate within one doc_type right."""
     if len(singles) > 1 and not await conn.fetchval(_STATISTICS_READY):
-        return min([await _estimate(conn, one, one_params, []) for one, one_params in singles])
+        return min([await _planned(conn, one, one_params) for one, one_params in singles])
+    return await _planned(conn, sql, params)
+
+
+async def _planned(conn: asyncpg.Connection, sql: str, params: list[Any]) -> float:
     return planned_rows(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))
 
 
