@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -57,6 +58,29 @@ def with_database(url: str, database: str) -> str:
     """``url`` pointing at another database on the same server."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """``url`` logging in as ``user`` with ``password`` (both percent-encoded)."""
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextlib.asynccontextmanager
+async def writer_role(database_url: str) -> AsyncIterator[str]:
+    """A login role that may write docstore's tables and is no superuser (nor may it write
+    the server's files) nor owner of anything; yields its URL, drops it afterwards."""
+    name, password = f"writer_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        await conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
+        await conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
+        yield as_user(database_url, name, password)
+    finally:
+        await conn.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
+        await conn.close()
 
 
 def _quote(name: str) -> str:

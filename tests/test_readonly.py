@@ -9,7 +9,7 @@ import contextlib
 import io
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -26,7 +26,7 @@ from docstore.readonly import (
 from docstore.readonly.statements import _BEGIN_RE, _SET_LOCALS_RE
 from docstore.schema.runner import LATEST_VERSION
 from docstore.search.queries import ann_settings_sql
-from tests.conftest import PgCluster, sample_documents, unit_vector
+from tests.conftest import PgCluster, as_user, sample_documents, unit_vector, writer_role
 
 
 async def test_read_only_env_blocks_ddl_and_nothing_is_created(
@@ -242,12 +242,6 @@ async def test_every_write_api_refuses_a_read_only_store_and_changes_nothing(
 # -- which guarantee is in force: health() and the reader role ------------------------------
 
 
-def _as_user(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 @contextlib.asynccontextmanager
 async def _reader(pg: PgCluster, database_url: str, password: str) -> AsyncIterator[str]:
     """A reader role made by ``Store.create_reader_role`` (its password checked by the
@@ -261,7 +255,7 @@ async def _reader(pg: PgCluster, database_url: str, password: str) -> AsyncItera
         hba.write_text(line + hba.read_text())
         await pg.execute("SELECT pg_reload_conf()")
     try:
-        yield _as_user(database_url, name, password)
+        yield as_user(database_url, name, password)
     finally:
         if hba is not None:
             hba.write_text(hba.read_text().replace(line, ""))
@@ -273,28 +267,12 @@ async def _reader(pg: PgCluster, database_url: str, password: str) -> AsyncItera
             await conn.close()
 
 
-@contextlib.asynccontextmanager
-async def _writer(database_url: str) -> AsyncIterator[str]:
-    """A login role that may write docstore's tables and is no superuser (nor may it write
-    the server's files); yields its URL, drops it afterwards."""
-    name, password = f"writer_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
-        await conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
-        await conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
-        yield _as_user(database_url, name, password)
-    finally:
-        await conn.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
-        await conn.close()
-
-
 async def test_health_names_the_guarantee_in_force(database_url: str) -> None:
     async with docstore.connect(database_url) as writable:
         health = await writable.health()
         assert not health.read_only and health.read_only_guarantee == "none"
     async with (
-        _writer(database_url) as url,
+        writer_role(database_url) as url,
         docstore.connect(url, read_only=True, migrate=False) as store,
     ):
         health = await store.health()
@@ -317,7 +295,7 @@ async def test_a_reader_role_reads_and_the_server_refuses_its_writes(
     async with _reader(pg, corpus_url, "Rd-" + uuid.uuid4().hex) as url:
         if pg.embedded is not None:  # the password is checked
             with pytest.raises(asyncpg.InvalidPasswordError):
-                await asyncpg.connect(_as_user(url, urlsplit(url).username or "", "wrong"))
+                await asyncpg.connect(as_user(url, urlsplit(url).username or "", "wrong"))
         # not even read-only in docstore: the guarantee is the server's
         async with docstore.connect(url, read_only=False, migrate=False) as store:
             health = await store.health()
@@ -406,7 +384,7 @@ async def test_a_role_without_file_privileges_keeps_do_blocks_and_copy_to_stdout
     database_url: str,
 ) -> None:
     async with (
-        _writer(database_url) as url,
+        writer_role(database_url) as url,
         docstore.connect(url, read_only=True, migrate=False) as store,
         store.acquire() as conn,
     ):
