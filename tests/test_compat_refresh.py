@@ -1,11 +1,14 @@
-"""The legacy SQL is kept current: an install made by an older docstore (or before docstore's
-tables moved) is found stale and installed again, each for its own doc type, once however
-many processes start together; a role that may not replace it gets a clear error (a warning
-on connect) and nothing changes."""
+"""The legacy SQL is kept current: an install of this store's made by an older docstore (or
+before docstore's tables moved, or changed by hand since) is found stale and installed again,
+each for its own doc type, once however many processes start together. Another tenant's
+install, a newer docstore's, a lookalike are left alone; what cannot be refreshed (a role that
+may not replace it, a read-only session, a long transaction on a view) is a clear error — a
+warning on connect, which opens all the same — and nothing changes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from urllib.parse import urlsplit
 
@@ -19,7 +22,7 @@ from docstore.cli import app
 from docstore.compat import LegacyDatabase, LegacyViews, installs, views
 from docstore.errors import ReadOnlyError, SchemaError
 from docstore.search import planner
-from tests.conftest import sample_documents, unit_vector, writer_role
+from tests.conftest import as_user, sample_documents, unit_vector, writer_role
 
 runner = CliRunner()
 DIM = 3072
@@ -44,7 +47,7 @@ async def test_a_fresh_install_is_up_to_date_and_stamped(store: docstore.Store) 
     legacy = LegacyDatabase(store)
     assert await legacy.views_status() == []
     await legacy.install_views("compat_a")
-    assert await legacy.views_status() == [LegacyViews("compat_a", "rust", True)]
+    assert await legacy.views_status() == [LegacyViews("compat_a", "rust", "current")]
     assert await legacy.refresh_views() == []
 
 
@@ -55,14 +58,14 @@ async def test_an_older_install_is_found_stale_and_refreshed_for_its_own_doc_typ
     await _install_as_older_docstore(store, "old_rust", "rust", monkeypatch)
     legacy = LegacyDatabase(store)  # a rust facade refreshes the solana install as solana
     assert await legacy.views_status() == [
-        LegacyViews("old_rust", "rust", False),
-        LegacyViews("old_sol", "sol'ana", False),
+        LegacyViews("old_rust", "rust", "stale"),
+        LegacyViews("old_sol", "sol'ana", "stale"),
     ]
     assert "12345" in await store.fetchval(_function_source("old_rust"))
     assert await legacy.refresh_views() == ["old_rust", "old_sol"]
     assert await legacy.views_status() == [
-        LegacyViews("old_rust", "rust", True),
-        LegacyViews("old_sol", "sol'ana", True),
+        LegacyViews("old_rust", "rust", "current"),
+        LegacyViews("old_sol", "sol'ana", "current"),
     ]
     source = await store.fetchval(_function_source("old_rust"))
     assert "12345" not in source and f"{planner.HALFVEC_FILTER_ROWS}" in source
@@ -77,7 +80,7 @@ async def test_an_install_stamped_by_another_docstore_is_stale(
         m.setattr(views, "HALFVEC_FILTER_ROWS", 777)
         await LegacyDatabase(store).install_views("stamped")
     legacy = LegacyDatabase(store)
-    assert await legacy.views_status() == [LegacyViews("stamped", "rust", False)]
+    assert await legacy.views_status() == [LegacyViews("stamped", "rust", "stale")]
     assert await legacy.refresh_views() == ["stamped"]
     assert "777" not in await store.fetchval(_function_source("stamped"))
 
@@ -115,7 +118,7 @@ async def test_connect_refreshes_a_stale_install(
     async with docstore.connect(database_url) as store:
         await _install_as_older_docstore(store, "at_connect", "rust", monkeypatch)
     async with await LegacyDatabase.connect(database_url) as legacy:
-        assert await legacy.views_status() == [LegacyViews("at_connect", "rust", True)]
+        assert await legacy.views_status() == [LegacyViews("at_connect", "rust", "current")]
 
 
 async def test_a_read_only_store_reports_but_does_not_refresh(
@@ -126,7 +129,7 @@ async def test_a_read_only_store_reports_but_does_not_refresh(
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("READ_ONLY", "true")
     async with await LegacyDatabase.connect() as legacy:  # no refresh, no error
-        assert await legacy.views_status() == [LegacyViews("ro", "rust", False)]
+        assert await legacy.views_status() == [LegacyViews("ro", "rust", "stale")]
         with pytest.raises(ReadOnlyError):
             await legacy.refresh_views()
 
@@ -166,9 +169,186 @@ async def test_an_install_whose_doc_type_cannot_be_read_is_named(
         " LANGUAGE sql AS 'SELECT NULL::int, NULL::varchar, NULL, NULL, NULL::float'"
     )
     legacy = LegacyDatabase(store)
-    assert await legacy.views_status() == [LegacyViews("odd", None, False)]
+    assert await legacy.views_status() == [LegacyViews("odd", None, "unknown")]
     with pytest.raises(SchemaError, match=r"'odd'.*install them again"):
         await legacy.refresh_views()
+
+
+def test_the_generation_is_raised_with_the_sql() -> None:
+    """Changing what install_sql makes needs GENERATION raised (and the digest updated):
+    an older docstore then leaves a newer install alone instead of undoing it."""
+    digest = installs._digest(installs.canonical_statements())
+    assert digest == installs.GENERATION_DIGEST, (
+        f"install_sql changed: raise installs.GENERATION to {installs.GENERATION + 1} and set"
+        f" GENERATION_DIGEST = {digest!r}"
+    )
+
+
+async def test_another_tenants_install_is_neither_listed_nor_touched(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tenants in one database, each with docstore's tables in its own schema."""
+    admin = await asyncpg.connect(empty_database_url)
+    await admin.execute("CREATE EXTENSION vector; CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b")
+    url_a, url_b = (
+        f"{empty_database_url}&search_path={t}%2Cpublic" for t in ("tenant_a", "tenant_b")
+    )
+    try:
+        async with docstore.connect(url_a) as a:
+            await a.sources.upsert(docstore.Source(doc_type="rust", source_name="a-crate"))
+            await LegacyDatabase(a).install_views("compat_a")
+        async with docstore.connect(url_b) as b:
+            await b.sources.upsert(docstore.Source(doc_type="rust", source_name="b-crate"))
+            await _install_as_older_docstore(b, "compat_b", "rust", monkeypatch)
+        before = await admin.fetchval(_function_source("compat_b"))
+        async with await LegacyDatabase.connect(url_a) as legacy:
+            assert await legacy.views_status() == [LegacyViews("compat_a", "rust", "current")]
+            assert await legacy.refresh_views() == []
+        assert await admin.fetchval(_function_source("compat_b")) == before
+        assert [r[0] for r in await admin.fetch("SELECT name FROM compat_b.crates")] == ["b-crate"]
+        async with await LegacyDatabase.connect(url_b) as legacy:  # its own tenant refreshes it
+            assert await legacy.views_status() == [LegacyViews("compat_b", "rust", "current")]
+        assert [r[0] for r in await admin.fetch("SELECT name FROM compat_b.crates")] == ["b-crate"]
+        assert [r[0] for r in await admin.fetch("SELECT name FROM compat_a.crates")] == ["a-crate"]
+    finally:
+        await admin.close()
+
+
+async def test_a_lookalike_of_another_role_is_not_an_install(store: docstore.Store) -> None:
+    await store.execute("CREATE SCHEMA look")
+    await store.execute("CREATE TABLE look.crates (id int)")
+    await store.execute(
+        "CREATE FUNCTION look.search_similar_docs(query_embedding vector(3072),"
+        " target_crate_name varchar, limit_results integer DEFAULT 5) RETURNS int"
+        " LANGUAGE sql AS 'SELECT 1'"
+    )
+    await store.execute(
+        f"CREATE FUNCTION look.{views.GUARD_FUNCTION}() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+    )
+    legacy = LegacyDatabase(store)
+    assert await legacy.views_status() == []
+    assert await legacy.refresh_views() == []
+
+
+async def test_a_newer_docstores_install_is_left_alone(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:  # the next release: other SQL, a higher generation
+        m.setattr(views, "HALFVEC_FILTER_ROWS", 4_321)
+        m.setattr(installs, "GENERATION", installs.GENERATION + 1)
+        await LegacyDatabase(store).install_views("rolling")
+    legacy = LegacyDatabase(store)
+    assert await legacy.views_status() == [LegacyViews("rolling", "rust", "newer")]
+    assert await legacy.refresh_views() == []
+    assert "4321" in await store.fetchval(_function_source("rolling"))
+
+
+async def test_what_the_database_holds_is_checked_not_only_the_stamp(
+    store: docstore.Store,
+) -> None:
+    legacy = LegacyDatabase(store)
+    await legacy.install_views("held")
+    await store.execute("DROP VIEW held.crate_stats")
+    assert await legacy.views_status() == [LegacyViews("held", "rust", "stale")]
+    assert await legacy.refresh_views() == ["held"]
+    assert "crate_stats" in await legacy.installed_views("held")
+    source = await store.fetchval(_function_source("held"))
+    await store.execute(  # edited by hand; the comment (the stamp) survives a REPLACE
+        "CREATE OR REPLACE FUNCTION held.search_similar_docs(query_embedding vector(3072),"
+        " target_crate_name varchar, limit_results integer DEFAULT 5) RETURNS TABLE"
+        " (id int, crate_name varchar, doc_path text, content text, similarity float)"
+        " LANGUAGE plpgsql AS $$" + source.replace("RETURN;", "RETURN; -- edited", 1) + "$$"
+    )
+    assert await legacy.views_status() == [LegacyViews("held", "rust", "stale")]
+    assert await legacy.refresh_views() == ["held"]
+    assert await store.fetchval(_function_source("held")) == source
+
+
+async def test_one_install_that_cannot_be_refreshed_does_not_hold_up_the_others(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _install_as_older_docstore(store, "a_odd", "rust", monkeypatch)
+    await store.execute(
+        "CREATE OR REPLACE FUNCTION a_odd.search_similar_docs(query_embedding vector(3072),"
+        " target_crate_name varchar, limit_results integer DEFAULT 5) RETURNS TABLE"
+        " (id int, crate_name varchar, doc_path text, content text, similarity float)"
+        " LANGUAGE sql AS 'SELECT NULL::int, NULL::varchar, NULL, NULL, NULL::float'"
+    )
+    await _install_as_older_docstore(store, "b_stale", "rust", monkeypatch)
+    legacy = LegacyDatabase(store)
+    with pytest.raises(SchemaError, match=r"'a_odd'.*--doc-type"):
+        await legacy.refresh_views()
+    assert await legacy.views_status() == [
+        LegacyViews("a_odd", None, "unknown"),
+        LegacyViews("b_stale", "rust", "current"),
+    ]
+
+
+async def test_a_reader_role_connects_with_a_warning(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader role's sessions are read-only by default (``READ_ONLY`` unset): connect must
+    open, the install stays stale."""
+    async with docstore.connect(database_url) as store:
+        await _install_as_older_docstore(store, "by_reader", "rust", monkeypatch)
+        await store.create_reader_role("compat_reader", "Rd-secret-9")
+    url = as_user(database_url, "compat_reader", "Rd-secret-9")
+    try:
+        with caplog.at_level(logging.WARNING, logger="docstore.compat"):
+            async with await LegacyDatabase.connect(url) as legacy:
+                assert await legacy.views_status() == [LegacyViews("by_reader", "rust", "stale")]
+                assert await legacy.store.fetchval("SELECT count(*) FROM by_reader.crates") == 0
+        assert "read-only" in caplog.text and "Rd-secret-9" not in caplog.text
+    finally:
+        admin = await asyncpg.connect(database_url)
+        await admin.execute("DROP OWNED BY compat_reader; DROP ROLE compat_reader")
+        await admin.close()
+
+
+async def test_a_long_transaction_on_a_view_delays_connect_by_the_lock_timeout_only(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with docstore.connect(database_url) as store:
+        await _install_as_older_docstore(store, "busy", "rust", monkeypatch)
+    reader = await asyncpg.connect(database_url)
+    other = await asyncpg.connect(database_url)
+    try:
+        await reader.execute("BEGIN; SELECT count(*) FROM busy.crates")  # a legacy client
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with caplog.at_level(logging.WARNING, logger="docstore.compat"):
+            legacy = await LegacyDatabase.connect(database_url)
+        waited = loop.time() - start
+        async with legacy:
+            assert waited < installs.REFRESH_LOCK_TIMEOUT + 5, waited
+            assert "long transaction" in caplog.text
+            assert await legacy.views_status() == [LegacyViews("busy", "rust", "stale")]
+            # other legacy readers were not queued behind it for longer than that
+            assert await other.fetchval("SELECT count(*) FROM busy.crates", timeout=5) == 0
+        await reader.execute("COMMIT")
+        async with await LegacyDatabase.connect(database_url) as legacy:
+            assert await legacy.views_status() == [LegacyViews("busy", "rust", "current")]
+    finally:
+        await reader.close()
+        await other.close()
+
+
+async def test_a_session_without_standard_conforming_strings_installs_the_same(
+    database_url: str,
+) -> None:
+    admin = await asyncpg.connect(database_url)
+    try:
+        database = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f'ALTER DATABASE "{database}" SET standard_conforming_strings = off')
+        async with docstore.connect(database_url) as store:
+            assert await store.fetchval("SHOW standard_conforming_strings") == "off"
+            await store.sources.upsert(docstore.Source(doc_type="a\\b", source_name="tokio"))
+            legacy = LegacyDatabase(store, "a\\b")
+            await legacy.install_views("scs")
+            assert await legacy.views_status() == [LegacyViews("scs", "a\\b", "current")]
+            assert await store.fetch("SELECT name FROM scs.crates") == [("tokio",)]
+    finally:
+        await admin.close()
 
 
 def test_init_brings_the_legacy_views_up_to_date_and_status_says_so(
@@ -188,17 +368,29 @@ def test_init_brings_the_legacy_views_up_to_date_and_status_says_so(
     assert "schema 'cli_views': doc type 'rust', up to date" in fresh.output
     again = runner.invoke(app, ["init", "--url", database_url])
     assert "brought up to date" not in again.output
+    other = runner.invoke(
+        app,
+        [
+            "compat",
+            "install-views",
+            "--url",
+            database_url,
+            "--schema",
+            "sol",
+            "--doc-type",
+            "solana",
+        ],
+    )
+    assert other.exit_code == 0 and "'solana'" in other.output, other.output
+    listed = runner.invoke(app, ["compat", "status", "--url", database_url])
+    assert "schema 'sol': doc type 'solana', up to date" in listed.output
+    bad = runner.invoke(app, ["compat", "install-views", "--url", database_url, "--doc-type", ""])
+    assert bad.exit_code == 2 and "--doc-type" in bad.output
 
 
 def test_the_stamp_reads_back() -> None:
-    assert installs._stamped_doc_type('{"docstore_compat": "ab", "doc_type": "x"}', None) == (
-        "x",
-        "ab",
-    )
-    assert installs._stamped_doc_type(
-        None, "WHERE d.doc_type = 'it''s' AND d.source_name = target_crate_name"
-    ) == (
-        "it's",
-        None,
-    )
-    assert installs._stamped_doc_type("[1]", None) == (None, None)
+    stamp = {"docstore_compat": "ab", "doc_type": "x", "generation": 7}
+    assert installs._stamp(json.dumps(stamp), None) == stamp
+    older = "WHERE d.doc_type = 'it''s' AND d.source_name = target_crate_name"
+    assert installs._stamp(None, older) == {"doc_type": "it's", "generation": 1}
+    assert installs._stamp("[1]", None) == {"doc_type": None, "generation": 1}

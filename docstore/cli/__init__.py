@@ -38,6 +38,7 @@ from docstore.cli.base import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    DocTypeOption,
     UrlOption,
     app,
     console,
@@ -58,7 +59,6 @@ from docstore.cli.index import (
 from docstore.cli.metrics import metrics_app, metrics_serve, print_metrics, stats
 from docstore.cli.migration import (
     NEXT_STEPS,
-    DocTypeOption,
     SourceOption,
     TargetOption,
     migrate,

@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 
 from docstore.errors import DocstoreError
 from docstore.masking import MIN_SCRUBBED_SECRET, REDACTED, mask_secrets
+from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
 from docstore.urls import check_url, redact_url, url_secrets
 
 EXIT_ERROR = 1
@@ -330,3 +331,16 @@ def async_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         return run_async(lambda: fn(*args, **kwargs))
 
     return wrapper
+
+
+def checked_doc_type(ctx: typer.Context, value: str) -> str:
+    """A doc_type docstore can store, or a usage error before anything connects."""
+    if not ctx.resilient_parsing and not doc_type_ok(value):
+        raise typer.BadParameter(f"must be {DOC_TYPE_RULE}")
+    return value
+
+
+DocTypeOption = Annotated[
+    str,
+    typer.Option("--doc-type", help="doc_type of the legacy docs.", callback=checked_doc_type),
+]

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from docstore import cli
-from docstore.cli.base import UrlOption, async_command, console
+from docstore.cli.base import DocTypeOption, UrlOption, async_command, console
 from docstore.compat import LegacyDatabase
 
 compat_app = typer.Typer(help="Legacy SQL compatibility: views and search_similar_docs().")
@@ -21,12 +21,15 @@ SchemaOption = Annotated[
 
 @compat_app.command("install-views")
 @async_command
-async def compat_install(url: UrlOption = None, schema: SchemaOption = None) -> None:
+async def compat_install(
+    url: UrlOption = None, schema: SchemaOption = None, doc_type: DocTypeOption = "rust"
+) -> None:
     """Create read views crates, doc_embeddings, crate_stats and search_similar_docs()."""
     async with cli.connect(url) as store:
-        used = await LegacyDatabase(store).install_views(schema)
+        used = await LegacyDatabase(store, doc_type).install_views(schema)
     console.print(
         f"legacy views and search_similar_docs() installed in schema {escape(repr(used))}"
+        f" for doc type {escape(repr(doc_type))}"
     )
 
 
@@ -53,14 +56,16 @@ async def compat_status(url: UrlOption = None) -> None:
     if not found:
         console.print("no legacy views in this database")
     for install in found:
-        state = (
-            "up to date"
-            if install.up_to_date
-            else "stale: run `docstore init`"
-            if install.doc_type is not None
-            else "stale, its doc type unknown: install it again (`docstore compat install-views`)"
-        )
         console.print(
-            f"schema {escape(repr(install.schema))}: doc type"
-            f" {escape(repr(install.doc_type))}, {state}"
+            f"schema {escape(repr(install.schema))}: doc type {escape(repr(install.doc_type))},"
+            f" {_STATES[install.state]}"
         )
+
+
+_STATES = {
+    "current": "up to date",
+    "stale": "stale: run `docstore init`",
+    "newer": "made by a newer docstore: left as it is",
+    "unknown": "doc type unknown: install it again"
+    " (`docstore compat install-views --schema S --doc-type T`)",
+}

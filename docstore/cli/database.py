@@ -11,8 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from docstore import cli
-from docstore.cli.base import UrlOption, async_command, console
+from docstore.cli.base import UrlOption, async_command, console, err_console
 from docstore.compat import LegacyDatabase
+from docstore.errors import SchemaError
 
 
 @async_command
@@ -60,8 +61,14 @@ async def init(
                 " connect a read-only service as it; `docstore health` then shows"
                 " read_only_guarantee: role"
             )
-        # the legacy SQL of an older docstore (or made before the tables or pgvector moved)
-        for schema in await LegacyDatabase(store).refresh_views():
+        # the legacy SQL of an older docstore (or made before the tables or pgvector moved):
+        # what cannot be refreshed is a warning, the schema's upgrade stands
+        try:
+            refreshed = await LegacyDatabase(store).refresh_views()
+        except SchemaError as exc:
+            refreshed = []
+            err_console.print(f"warning: {escape(str(exc))}")
+        for schema in refreshed:
             console.print(
                 f"legacy views and search_similar_docs() in schema {escape(repr(schema))}"
                 " brought up to date"

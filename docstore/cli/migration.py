@@ -10,12 +10,11 @@ import typer
 from rich.markup import escape
 
 from docstore import cli
-from docstore.cli.base import async_command, checked_url, console, err_console
+from docstore.cli.base import DocTypeOption, async_command, checked_url, console, err_console
 from docstore.cli.progress import MigrationBars
 from docstore.config import UrlSource, load_settings, redact_url, resolve_url
 from docstore.errors import MigrationError
 from docstore.migrate import Migrator
-from docstore.migrate.context import DOC_TYPE_RULE, doc_type_ok
 from docstore.migrate.resume import DEFAULT_RECONNECT_ATTEMPTS
 from docstore.store import Store
 
@@ -39,13 +38,6 @@ TargetOption = Annotated[
 ]
 
 
-def _checked_doc_type(ctx: typer.Context, value: str) -> str:
-    """A doc_type docstore can store, or a usage error before anything connects."""
-    if not ctx.resilient_parsing and not doc_type_ok(value):
-        raise typer.BadParameter(f"must be {DOC_TYPE_RULE}")
-    return value
-
-
 def _writable_report(ctx: typer.Context, value: Path | None) -> Path | None:
     """The report's directory must exist and be writable, checked before the run (not found
     out after it)."""
@@ -56,12 +48,6 @@ def _writable_report(ctx: typer.Context, value: Path | None) -> Path | None:
         if not os.access(directory, os.W_OK) or value.is_dir():
             raise typer.BadParameter(f"cannot write {str(value)[:200]!r}")
     return value
-
-
-DocTypeOption = Annotated[
-    str,
-    typer.Option("--doc-type", help="doc_type of the legacy docs.", callback=_checked_doc_type),
-]
 
 
 def _legacy_url(source: str | None) -> str:

@@ -4,17 +4,29 @@ The views and ``search_similar_docs()`` are SQL that docstore generates: the ran
 its thresholds and the schemas it resolves names in are this docstore's, copied into the
 database when they are installed. A newer docstore generates different SQL, and the copy in
 the database would keep the old rule until someone installed it again. So each install is
-stamped (a comment on its ``search_similar_docs()``, JSON: the doc type it was installed for
-and a digest of the statements that installed it), and :func:`status` compares every install
-in the database with what this docstore would install in its place, today's tables and
-pgvector's schema included. :func:`refresh` installs the stale ones again, each for its own
-doc type; ``docstore init`` and :meth:`LegacyDatabase.connect
-<docstore.compat.LegacyDatabase.connect>` (when the store migrates its schema) run it.
+stamped — a comment on its ``search_similar_docs()``, JSON: the doc type it was installed for,
+the :data:`GENERATION` of docstore's legacy SQL, a digest of the statements that made it and
+one of what the database then held (the function's source, the views' definitions) — and
+:func:`status` compares each install with what this docstore would install in its place.
 
-An install made before stamps existed has no stamp: it is stale, and its doc type is read
-from its ``crates`` view's definition. Installs and refreshes of one schema take an advisory
-lock, so many processes starting at once refresh it once (two concurrent ``CREATE OR
-REPLACE`` of one function would fail with "tuple concurrently updated").
+Which installs are this store's: those whose views read *this* store's ``documents`` and
+``document_sources`` (the tables the connection resolves; ``pg_depend``). Another tenant's
+install in the same database (its own tables in its own schema), a lookalike of another
+role's, the legacy database's own ``search_similar_docs`` — none is looked at or touched.
+
+An install is ``"stale"`` when it was made by an older generation, or by this one with other
+statements (docstore's tables or pgvector moved since), or when the database no longer holds
+what it was stamped with (a view dropped, the function edited by hand); ``"newer"`` when a
+newer docstore made it (during a rolling upgrade the older processes leave it alone, instead
+of the two releases undoing each other's); ``"unknown"`` when its doc type cannot be read.
+An install made before stamps existed is stale, its doc type read from its function's source.
+
+:func:`refresh` installs the stale ones again, each for its own doc type, one transaction
+each, under an advisory lock per schema (many processes starting at once refresh it once),
+waiting at most ``lock_timeout`` for a lock (a legacy client's long transaction on a view is
+not queued behind), with ``standard_conforming_strings`` on. ``docstore init`` and
+:meth:`LegacyDatabase.connect <docstore.compat.LegacyDatabase.connect>` run it and report a
+failure as a warning: the store works whatever the legacy views are.
 """
 
 from __future__ import annotations
@@ -24,30 +36,58 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import asyncpg
 
 from docstore.compat import views
-from docstore.errors import SchemaError
+from docstore.errors import DocstoreError, SchemaError
 from docstore.readonly.roles import grant_legacy_views, reader_roles
 from docstore.store import Store
 
 logger = logging.getLogger("docstore.compat")
 
+GENERATION = 2
+"""The generation of the legacy SQL :func:`~docstore.compat.views.install_sql` makes: raised
+whenever that SQL changes (``tests/test_compat_refresh.py`` fails until it is, comparing
+:data:`GENERATION_DIGEST` with the statements of a fixed install). 1: before stamps."""
+GENERATION_DIGEST = "65b097cbcc159c729d038c6bcaea1502"
+"""The digest (:func:`_digest`, first 32 hex digits) of :func:`canonical_statements`."""
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time
-_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext($1))"
+REFRESH_LOCK_TIMEOUT = 2.0
+"""Seconds a refresh waits for a lock (a view a legacy client reads in a long transaction,
+another process's install of the schema): then the install stays as it is, with a warning."""
+State = Literal["current", "stale", "newer", "unknown"]
 
-# Every schema holding docstore's search_similar_docs (beside the views' write guard, which
-# only an install of docstore makes): its stamp and its source.
+_SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext($1))"
+_WRITABLE = "SELECT current_setting('transaction_read_only') = 'off' AND NOT pg_is_in_recovery()"
+_SIGNATURE = """p.pronargs = 3 AND p.proargtypes[1] = 'varchar'::regtype
+   AND p.proargtypes[2] = 'int4'::regtype
+   AND (SELECT t.typname FROM pg_type t WHERE t.oid = p.proargtypes[0]) = 'vector'"""
+# This store's installs ($1: one schema, or NULL for all): search_similar_docs beside the
+# views' write guard, in a schema whose crates or doc_embeddings view reads this store's
+# tables; its stamp, source and the three views' parsed queries (NULL for a missing one;
+# not pg_get_viewdef, whose literals depend on the session's standard_conforming_strings).
 _INSTALLS = f"""
-SELECT n.nspname AS schema, obj_description(p.oid, 'pg_proc') AS stamp, p.prosrc AS source
+SELECT n.nspname AS schema, obj_description(p.oid, 'pg_proc') AS stamp, p.prosrc AS source,
+       ARRAY(SELECT (SELECT r.ev_action::text FROM pg_rewrite r
+                      WHERE r.ev_class = to_regclass(format('%I.%I', n.nspname, v))
+                        AND r.rulename = '_RETURN')
+               FROM unnest($2::text[]) v) AS views
   FROM pg_proc p
   JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE p.proname = 'search_similar_docs'
+ WHERE p.proname = 'search_similar_docs' AND {_SIGNATURE}
+   AND ($1::text IS NULL OR n.nspname = $1)
    AND EXISTS (SELECT 1 FROM pg_proc g
                 WHERE g.pronamespace = n.oid AND g.proname = '{views.GUARD_FUNCTION}')
-   AND ($1::text IS NULL OR n.nspname = $1)
+   AND EXISTS (SELECT 1 FROM pg_class c
+                 JOIN pg_rewrite r ON r.ev_class = c.oid
+                 JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                WHERE c.relnamespace = n.oid AND c.relkind = 'v'
+                  AND c.relname IN ('crates', 'doc_embeddings')
+                  AND d.refobjid IN ('documents'::regclass, 'document_sources'::regclass))
  ORDER BY n.nspname
 """
 # the crate's scope in the function's source (kept as written), in every docstore's install
@@ -58,17 +98,28 @@ _SOURCE_DOC_TYPE = re.compile(
 
 @dataclass(frozen=True)
 class LegacyViews:
-    """One install of the legacy views and ``search_similar_docs()`` in the database."""
+    """One install of the legacy views and ``search_similar_docs()`` over this store's tables."""
 
     schema: str
     doc_type: str | None
     """The doc type its views show (``None``: not recoverable; install it again by hand)."""
-    up_to_date: bool
-    """Whether it is what this docstore would install in its place (else :func:`refresh`)."""
+    state: State
+    """``"current"``: what this docstore would install in its place; ``"stale"``: to be
+    installed again (:func:`refresh`); ``"newer"``: made by a newer docstore, left alone;
+    ``"unknown"``: its doc type cannot be read (install it again with the right one)."""
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.state == "current"
 
 
-def _digest(statements: list[str]) -> str:
-    return hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\n;\n".join(parts).encode()).hexdigest()[:32]
+
+
+def canonical_statements() -> list[str]:
+    """A fixed install's statements, whose digest is :data:`GENERATION_DIGEST`."""
+    return views.install_sql("compat", "rust", 3072, search_path=["public", "public"])
 
 
 async def _statements(
@@ -80,33 +131,48 @@ async def _statements(
     )
 
 
-def _stamped_doc_type(stamp: str | None, source: str | None) -> tuple[str | None, str | None]:
-    """(doc type, digest) of an install: from its stamp, else (an install older than stamps)
-    the doc type from its function's source and no digest."""
+def _held(row: Any) -> str:
+    """A digest of what the database holds of an install: its function's source, its views'."""
+    return _digest([row["source"], *(v or "" for v in row["views"])])
+
+
+def _stamp(stamp: str | None, source: str | None) -> dict[str, Any]:
+    """An install's stamp; for one older than stamps, its doc type from its function."""
     try:
         data = json.loads(stamp) if stamp else None
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get(STAMP_KEY), str):
-        doc_type = data.get("doc_type")
-        return (doc_type if isinstance(doc_type, str) else None), data[STAMP_KEY]
+        return data
     found = _SOURCE_DOC_TYPE.search(source or "")
-    return (found.group(1).replace("''", "'") if found else None), None
+    return {"doc_type": found.group(1).replace("''", "'") if found else None, "generation": 1}
 
 
 async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> list[LegacyViews]:
     found = []
-    for row in await conn.fetch(_INSTALLS, schema):
-        doc_type, digest = _stamped_doc_type(row["stamp"], row["source"])
-        current = doc_type is not None and digest == _digest(
-            await _statements(conn, store, row["schema"], doc_type)
-        )
-        found.append(LegacyViews(row["schema"], doc_type, current))
+    for row in await conn.fetch(_INSTALLS, schema, list(views.VIEW_NAMES)):
+        stamp = _stamp(row["stamp"], row["source"])
+        doc_type = stamp.get("doc_type")
+        generation = stamp.get("generation")
+        state: State
+        if not isinstance(doc_type, str):
+            doc_type, state = None, "unknown"
+        elif isinstance(generation, int) and generation > GENERATION:
+            state = "newer"
+        elif (
+            generation == GENERATION
+            and stamp.get(STAMP_KEY) == _digest(await _statements(conn, store, row[0], doc_type))
+            and stamp.get("held") == _held(row)
+        ):
+            state = "current"
+        else:
+            state = "stale"
+        found.append(LegacyViews(row["schema"], doc_type, state))
     return found
 
 
 async def status(store: Store) -> list[LegacyViews]:
-    """Every install of the legacy views in the database, by schema."""
+    """Every install of the legacy views over this store's tables, by schema."""
     async with store.acquire() as conn:
         return await _read(conn, store, None)
 
@@ -116,24 +182,32 @@ async def install(store: Store, schema: str, doc_type: str) -> None:
     ``doc_type``, stamp them, and let the reader roles read them: one transaction."""
     async with store.transaction() as conn:
         await conn.execute(_LOCK, schema)
-        clash = [r[0] for r in await conn.fetch(views.LEGACY_TABLES_IN_SCHEMA, schema)]
-        if clash:
-            raise SchemaError(
-                f"schema {schema!r} already has real legacy tables ({', '.join(sorted(clash))}):"
-                " install the compatibility views in another schema (schema=...) and put it"
-                " first on the legacy clients' search_path"
-            )
         await _install(conn, store, schema, doc_type)
 
 
 async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type: str) -> None:
+    clash = [r[0] for r in await conn.fetch(views.LEGACY_TABLES_IN_SCHEMA, schema)]
+    if clash:
+        raise SchemaError(
+            f"schema {schema!r} already has real legacy tables ({', '.join(sorted(clash))}):"
+            " install the compatibility views in another schema (schema=...) and put it"
+            " first on the legacy clients' search_path"
+        )
+    await conn.execute("SET LOCAL standard_conforming_strings = on")  # install_sql's quoting
     try:
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {views._ident(schema)}")
+        if not await conn.fetchval(_SCHEMA_EXISTS, schema):  # else CREATE needs more rights
+            await conn.execute(f"CREATE SCHEMA {views._ident(schema)}")
         statements = await _statements(conn, store, schema, doc_type)
         for statement in statements:
             await conn.execute(statement)
-        stamp = json.dumps({STAMP_KEY: _digest(statements), "doc_type": doc_type})
-        literal = await conn.fetchval("SELECT quote_literal($1::text)", stamp)
+        held = await conn.fetchrow(_INSTALLS, schema, list(views.VIEW_NAMES))
+        stamp = {
+            STAMP_KEY: _digest(statements),
+            "generation": GENERATION,
+            "doc_type": doc_type,
+            "held": _held(held) if held is not None else None,
+        }
+        literal = await conn.fetchval("SELECT quote_literal($1::text)", json.dumps(stamp))
         await conn.execute(
             f"COMMENT ON FUNCTION {views.function_signature(schema, store.embedding_dim)}"
             f" IS {literal}"
@@ -163,27 +237,55 @@ async def uninstall(store: Store, schema: str) -> None:
             await conn.execute(statement)
 
 
-async def refresh(store: Store) -> list[str]:
-    """Install again every stale install (:func:`status`), each for its own doc type; returns
-    the schemas refreshed. Raises :class:`~docstore.errors.SchemaError` for an install whose
-    doc type cannot be told or that the connected role may not replace (the ones before it
-    stay refreshed)."""
-    refreshed = []
+async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -> list[str]:
+    """Install every stale install (:func:`status`) again, each for its own doc type, each in
+    its own transaction; returns the schemas refreshed. Then raises
+    :class:`~docstore.errors.SchemaError` naming each install it could not refresh and why
+    (its doc type unknown, a role that may not replace it, a read-only session, a lock not
+    had within ``lock_timeout`` seconds); the others are refreshed all the same."""
+    refreshed: list[str] = []
+    failed: list[str] = []
     for found in await status(store):
-        if found.up_to_date:
-            continue
-        if found.doc_type is None:
-            raise SchemaError(
+        if found.state == "unknown":
+            failed.append(
                 f"the legacy views in schema {found.schema!r} are from an older docstore and"
-                " their doc type cannot be read from them: install them again"
-                " (LegacyDatabase(store, doc_type).install_views(schema))"
+                " their doc type cannot be read from them: install them again (`docstore compat"
+                " install-views --schema S --doc-type T`)"
             )
-        async with store.transaction() as conn:
-            await conn.execute(_LOCK, found.schema)  # then look again: another may have done it
-            again = await _read(conn, store, found.schema)
-            if again and not again[0].up_to_date and again[0].doc_type is not None:
-                await _install(conn, store, found.schema, again[0].doc_type)
+        if found.state != "stale":
+            continue
+        try:
+            if await _refresh_one(store, found.schema, lock_timeout):
                 refreshed.append(found.schema)
+        except DocstoreError as exc:
+            failed.append(f"{found.schema!r}: {_why(exc)}")
     if refreshed:
         logger.info("refreshed the legacy views in %s", ", ".join(map(repr, refreshed)))
+    if failed:
+        raise SchemaError("legacy views left as they are: " + "; ".join(failed))
     return refreshed
+
+
+async def _refresh_one(store: Store, schema: str, lock_timeout: float) -> bool:
+    async with store.transaction() as conn:
+        if not await conn.fetchval(_WRITABLE):
+            raise SchemaError(
+                "this session is read-only (a reader role, or a standby): run `docstore init`"
+                " with a role that owns them"
+            )
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
+        await conn.execute(_LOCK, schema)  # then look again: another may have done it
+        again = await _read(conn, store, schema)
+        if not again or again[0].state != "stale" or again[0].doc_type is None:
+            return False
+        await _install(conn, store, schema, again[0].doc_type)
+        return True
+
+
+def _why(exc: DocstoreError) -> str:
+    if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available
+        return (
+            "a lock on them was held by another session (a long transaction reading them?):"
+            " run `docstore init` again once it ended"
+        )
+    return str(exc) if isinstance(exc, SchemaError) else f"{type(exc).__name__}: {exc}"

@@ -23,7 +23,7 @@ from docstore.compat import config_values, ids, installs, jobs, similar, views, 
 from docstore.compat import configs as configs_store
 from docstore.compat.rows import CrateDocument, CrateStats, LegacyDoc, SimilarDoc
 from docstore.embeddings import query_vector
-from docstore.errors import SchemaError, ValidationError
+from docstore.errors import DocstoreError, ValidationError
 from docstore.metrics import Metrics, timed
 from docstore.models import Document, Source, key_text, naive_utc
 from docstore.repositories.documents import lock_sources
@@ -46,15 +46,17 @@ class LegacyDatabase:
     @classmethod
     async def connect(cls, url: str | None = None, *, doc_type: str = "rust") -> LegacyDatabase:
         """Open a store like :func:`docstore.connect` (DATABASE_URL → MCPDOCS_DATABASE_URL →
-        embedded) and wrap it. Like the schema, stale legacy views are brought up to date
-        (:meth:`refresh_views`) unless the store is read-only or ``DOCSTORE_AUTO_MIGRATE`` is
-        off; one the connected role may not replace is logged as a warning and left as is."""
+        embedded) and wrap it. Like the schema, this store's stale legacy views are brought up
+        to date (:meth:`refresh_views`) unless the store is read-only or
+        ``DOCSTORE_AUTO_MIGRATE`` is off; one that cannot be (a role that may not replace
+        it, a read-only session, a long transaction holding it) is logged as a warning and
+        left as is: the store opens all the same."""
         db = cls(await connect(url), doc_type)
         db._owns_store = True
         try:
             if db.store.settings.auto_migrate and not db.store.read_only:
                 await db.refresh_views()
-        except SchemaError as exc:
+        except DocstoreError as exc:
             installs.logger.warning("%s", exc)
         except BaseException:
             await db.store.close()
@@ -283,18 +285,18 @@ class LegacyDatabase:
         return target
 
     async def views_status(self) -> list[installs.LegacyViews]:
-        """Every install of the legacy views in the database (whatever its doc type), and
-        whether it is what this docstore would install in its place; a stale one (from an
-        older docstore, or before docstore's tables or pgvector moved) still runs the SQL it
-        was installed with until :meth:`refresh_views`."""
+        """Every install of the legacy views over this store's tables (whatever its doc type)
+        and its state (:class:`~docstore.compat.LegacyViews`): a stale one (from an older
+        docstore, made before docstore's tables or pgvector moved, or changed since) still
+        runs the SQL it was installed with until :meth:`refresh_views`."""
         return await installs.status(self.store)
 
     @timed("compat.refresh_views")
     async def refresh_views(self) -> list[str]:
         """Install every stale install again (:meth:`views_status`), each for its own doc type;
         returns the schemas refreshed. ``docstore init`` runs it, and :meth:`connect` when the
-        store migrates its schema. Raises :class:`~docstore.errors.SchemaError` when the
-        connected role may not replace them (run it as their owner)."""
+        store migrates its schema. Raises :class:`~docstore.errors.SchemaError` naming those
+        it could not refresh (:func:`docstore.compat.installs.refresh`), after the others."""
         self.store.ensure_writable()
         return await installs.refresh(self.store)
 

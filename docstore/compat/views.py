@@ -421,11 +421,13 @@ def uninstall_sql(schema: str, dim: int) -> list[str]:
 
 # The schemas of documents and of pgvector, in that order: search_similar_docs' search_path.
 FUNCTION_SEARCH_PATH = """
-SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = 'documents'::regclass
-UNION ALL
-SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
- WHERE e.extname = 'vector'
+SELECT nspname FROM (
+  SELECT 1 AS o, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = 'documents'::regclass
+  UNION ALL
+  SELECT 2, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+   WHERE e.extname = 'vector'
+) p ORDER BY o
 """
 
 # Real tables (not our views) with a legacy name in the schema: installing would shadow them.
