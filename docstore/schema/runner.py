@@ -61,6 +61,15 @@ def _load() -> tuple[Migration, ...]:
 
 MIGRATIONS: tuple[Migration, ...] = _load()
 LATEST_VERSION = MIGRATIONS[-1].version
+ADDITIVE: frozenset[int] = frozenset({9})
+"""Migrations after which the code of the version before still works (they only add: an index,
+statistics, a table older code does not read). Recorded with the version row, so an *older*
+docstore meeting a database a newer one upgraded can tell whether it may run (a rolling
+deploy, a pod of the previous release restarting, a rollback of the code): it may when every
+version beyond the ones it knows is additive. Every migration is classified
+(``tests/test_schema.py``): additive here, else :data:`BREAKING`."""
+BREAKING: frozenset[int] = frozenset(range(1, 9))
+"""Migrations older code cannot work after (they change or add what it reads or writes)."""
 
 
 class SchemaStatus(BaseModel):
@@ -74,6 +83,10 @@ class SchemaStatus(BaseModel):
     """Dimension of ``documents.embedding`` in the database (None without the table)."""
     distributed: bool = False
     """``documents`` is a Citus distributed table (:mod:`docstore.schema.citus`)."""
+    ahead: list[int] = []
+    """Versions applied by a newer docstore, beyond :data:`LATEST_VERSION`."""
+    ahead_breaking: list[int] = []
+    """Those of :attr:`ahead` after which this docstore cannot work (not recorded additive)."""
     encoding: str = "UTF8"
     """The database's character encoding (``server_encoding``): docstore needs UTF8."""
 
@@ -82,11 +95,16 @@ class SchemaStatus(BaseModel):
         return not self.pending
 
 
-async def _applied_versions(conn: asyncpg.Connection) -> set[int]:
+async def _applied_versions(conn: asyncpg.Connection) -> dict[int, bool]:
+    """Applied version → additive (``false`` where the column is not there yet: versions
+    recorded by a docstore before it, which knows them all)."""
     if not await conn.fetchval("select to_regclass($1) is not null", VERSION_TABLE):
-        return set()
-    rows = await conn.fetch(f"select version from {VERSION_TABLE}")
-    return {row["version"] for row in rows}
+        return {}
+    rows = await conn.fetch(
+        f"select version, coalesce((to_jsonb(v) ->> 'additive')::boolean, false) as additive"
+        f" from {VERSION_TABLE} v"
+    )
+    return {row["version"]: row["additive"] for row in rows}
 
 
 async def schema_status(conn: asyncpg.Connection) -> SchemaStatus:
@@ -97,10 +115,13 @@ async def schema_status(conn: asyncpg.Connection) -> SchemaStatus:
         "where attrelid = to_regclass('documents') and attname = 'embedding' "
         "and not attisdropped"
     )
+    ahead = sorted(v for v in applied if v > LATEST_VERSION)
     return SchemaStatus(
         current=max(applied) if applied else None,
         latest=LATEST_VERSION,
         pending=[m.version for m in MIGRATIONS if m.version not in applied],
+        ahead=ahead,
+        ahead_breaking=[v for v in ahead if not applied[v]],
         embedding_dim=dim,
         distributed=await citus.is_distributed(conn),
         encoding=await conn.fetchval("select current_setting('server_encoding')"),
@@ -131,7 +152,8 @@ async def apply_migrations(
                         version    integer PRIMARY KEY,
                         name       text NOT NULL,
                         checksum   text NOT NULL,
-                        applied_at timestamptz NOT NULL DEFAULT now()
+                        applied_at timestamptz NOT NULL DEFAULT now(),
+                        additive   boolean NOT NULL DEFAULT false
                     )"""
             )
         except asyncpg.InsufficientPrivilegeError:
@@ -155,6 +177,18 @@ async def apply_migrations(
         return done
     finally:
         await conn.execute("select pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)
+
+
+# The version table's column telling older code it may run (ADDITIVE), added to a table an
+# older docstore made; older code's inserts name their columns, so the default keeps them
+# working.
+_HAS_ADDITIVE = f"""select exists (select 1 from pg_attribute where attname = 'additive'
+ and attrelid = '{VERSION_TABLE}'::regclass and not attisdropped)"""
+_ADDITIVE_COLUMN = f"""
+ALTER TABLE {VERSION_TABLE} ADD COLUMN IF NOT EXISTS additive boolean NOT NULL DEFAULT false;
+UPDATE {VERSION_TABLE} SET additive = true
+ WHERE version = ANY('{{{",".join(map(str, sorted(ADDITIVE)))}}}'::int[]) AND NOT additive
+"""
 
 
 async def _up_to_date(conn: asyncpg.Connection, embedding_dim: int) -> bool:
@@ -189,12 +223,16 @@ async def _apply(conn: asyncpg.Connection, migration: Migration, embedding_dim: 
     becomes a :class:`SchemaError` saying what to do (asked after the rollback)."""
     try:
         async with conn.transaction():
+            if not await conn.fetchval(_HAS_ADDITIVE):  # a table an older docstore made
+                await conn.execute(_ADDITIVE_COLUMN)
             await conn.execute(migration.sql(embedding_dim))
             await conn.execute(
-                f"insert into {VERSION_TABLE} (version, name, checksum) values ($1, $2, $3)",
+                f"insert into {VERSION_TABLE} (version, name, checksum, additive)"
+                " values ($1, $2, $3, $4)",
                 migration.version,
                 migration.name,
                 migration.checksum,
+                migration.version in ADDITIVE,
             )
     except asyncpg.InsufficientPrivilegeError as exc:
         if migration.version > 1:  # an upgrade by a role that does not own the tables
@@ -263,10 +301,11 @@ def check_compatible(status: SchemaStatus, embedding_dim: int) -> None:
             "are Unicode text): use a database created with ENCODING 'UTF8' (e.g. CREATE "
             "DATABASE … TEMPLATE template0 ENCODING 'UTF8')"
         )
-    if status.current is not None and status.current > LATEST_VERSION:
+    if status.ahead_breaking:
         raise SchemaError(
             f"the database's schema version {status.current} is newer than this docstore "
-            f"knows ({LATEST_VERSION}): upgrade docstore"
+            f"knows ({LATEST_VERSION}), and this docstore cannot work after migration"
+            f" {status.ahead_breaking[0]}: upgrade docstore"
         )
     if status.embedding_dim is not None and status.embedding_dim != embedding_dim:
         raise SchemaError(
