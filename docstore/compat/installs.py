@@ -72,6 +72,7 @@ _SIGNATURE = """p.pronargs = 3 AND p.proargtypes[1] = 'varchar'::regtype
 # not pg_get_viewdef, whose literals depend on the session's standard_conforming_strings).
 _INSTALLS = f"""
 SELECT n.nspname AS schema, obj_description(p.oid, 'pg_proc') AS stamp, p.prosrc AS source,
+       ARRAY({views.FUNCTION_SEARCH_PATH}) AS path,
        ARRAY(SELECT (SELECT r.ev_action::text FROM pg_rewrite r
                       WHERE r.ev_class = to_regclass(format('%I.%I', n.nspname, v))
                         AND r.rulename = '_RETURN')
@@ -122,10 +123,8 @@ def canonical_statements() -> list[str]:
     return views.install_sql("compat", "rust", 3072, search_path=["public", "public"])
 
 
-async def _statements(
-    conn: asyncpg.Connection, store: Store, schema: str, doc_type: str
-) -> list[str]:
-    path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
+def _statements(store: Store, schema: str, doc_type: str, path: list[str]) -> list[str]:
+    """What this docstore installs in ``schema`` (``path``: :data:`views.FUNCTION_SEARCH_PATH`)."""
     return views.install_sql(
         schema, doc_type, store.embedding_dim, distributed=store.distributed, search_path=path
     )
@@ -161,7 +160,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
             state = "newer"
         elif (
             generation == GENERATION
-            and stamp.get(STAMP_KEY) == _digest(await _statements(conn, store, row[0], doc_type))
+            and stamp.get(STAMP_KEY) == _digest(_statements(store, row[0], doc_type, row["path"]))
             and stamp.get("held") == _held(row)
         ):
             state = "current"
@@ -197,7 +196,8 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
     try:
         if not await conn.fetchval(_SCHEMA_EXISTS, schema):  # else CREATE needs more rights
             await conn.execute(f"CREATE SCHEMA {views._ident(schema)}")
-        statements = await _statements(conn, store, schema, doc_type)
+        path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
+        statements = _statements(store, schema, doc_type, path)
         for statement in statements:
             await conn.execute(statement)
         held = await conn.fetchrow(_INSTALLS, schema, list(views.VIEW_NAMES))
