@@ -65,7 +65,9 @@ async def run(args: argparse.Namespace) -> None:
                 )
             for i in range(done):  # an upgrade: every install stale, one connect refreshes all
                 await store.execute(
-                    f"COMMENT ON FUNCTION {views.function_signature(f'compat_{i}', 3072)} IS NULL"
+                    f"COMMENT ON FUNCTION {views.function_signature(f'compat_{i}', 3072)} IS NULL;"
+                    f" COMMENT ON VIEW compat_{i}.crates IS NULL;"
+                    f" COMMENT ON VIEW compat_{i}.doc_embeddings IS NULL"
                 )
             took = await common.timed(lambda: _open_close(url, True))
             assert all(v.up_to_date for v in await legacy.views_status())

@@ -41,6 +41,8 @@ async def _install_as_older_docstore(
         m.setattr(views, "HALFVEC_FILTER_ROWS", 12_345)
         await LegacyDatabase(store, doc_type).install_views(schema)
     await store.execute(f"COMMENT ON FUNCTION {views.function_signature(schema, DIM)} IS NULL")
+    for view in ("crates", "doc_embeddings"):
+        await store.execute(f'COMMENT ON VIEW "{schema}".{view} IS NULL')
 
 
 async def test_a_fresh_install_is_up_to_date_and_stamped(store: docstore.Store) -> None:
@@ -349,6 +351,97 @@ async def test_a_session_without_standard_conforming_strings_installs_the_same(
             assert await store.fetch("SELECT name FROM scs.crates") == [("tokio",)]
     finally:
         await admin.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP VIEW held.crates, held.doc_embeddings CASCADE",
+        f"DROP FUNCTION {views.function_signature('held', DIM)}",
+        "DROP TRIGGER docstore_read_only ON held.crates",
+        f"ALTER FUNCTION {views.function_signature('held', DIM)} RESET enable_seqscan",
+        f"ALTER FUNCTION {views.function_signature('held', DIM)} SECURITY DEFINER",
+        f"CREATE OR REPLACE FUNCTION held.{views.GUARD_FUNCTION}() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
+    ],
+)
+async def test_a_partly_dropped_or_altered_install_is_repaired(
+    store: docstore.Store, damage: str
+) -> None:
+    await store.sources.upsert(docstore.Source(doc_type="rust", source_name="tokio"))
+    legacy = LegacyDatabase(store)
+    await legacy.install_views("held")
+    whole = await legacy.installed_views("held")
+    await store.execute(damage)
+    assert await legacy.views_status() == [LegacyViews("held", "rust", "stale")]
+    assert await legacy.refresh_views() == ["held"]
+    assert await legacy.views_status() == [LegacyViews("held", "rust", "current")]
+    assert await legacy.installed_views("held") == whole
+    with pytest.raises(docstore.QueryError, match="read-only docstore compatibility view"):
+        await store.execute("DELETE FROM held.crates")
+
+
+async def test_a_generation_with_other_view_columns_replaces_the_views(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CREATE OR REPLACE VIEW cannot change a column's type: the refresh drops and creates."""
+    legacy = LegacyDatabase(store)
+    await legacy.install_views("cols")
+    total_sql = views.total_sql
+    monkeypatch.setattr(views, "total_sql", lambda c, k: f"({total_sql(c, k)})::bigint")
+    monkeypatch.setattr(installs, "GENERATION", installs.GENERATION + 1)
+    assert await legacy.views_status() == [LegacyViews("cols", "rust", "stale")]
+    assert await legacy.refresh_views() == ["cols"]
+    assert await legacy.views_status() == [LegacyViews("cols", "rust", "current")]
+    assert (
+        await store.fetchval(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'cols.crates'::regclass AND attname = 'total_docs'"
+        )
+        == "bigint"
+    )
+
+
+async def test_a_role_that_cannot_read_the_catalog_still_connects(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with docstore.connect(database_url) as store:
+        await LegacyDatabase(store).install_views("cat")
+        await store.execute("REVOKE SELECT ON pg_rewrite FROM PUBLIC")
+    async with writer_role(database_url) as url:
+        with caplog.at_level(logging.WARNING, logger="docstore.compat"):
+            async with await LegacyDatabase.connect(url) as legacy:
+                with pytest.raises(docstore.DocstoreError, match="pg_rewrite"):
+                    await legacy.views_status()
+        assert "cannot read this store's legacy views" in caplog.text
+
+
+async def test_a_refresh_under_repeatable_read_sees_a_concurrent_uninstall(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With default_transaction_isolation 'repeatable read' the look after the lock took its
+    snapshot before the lock: it brought back views another process had just removed."""
+    admin = await asyncpg.connect(database_url)
+    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(
+        f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'"
+    )
+    await admin.close()
+    async with docstore.connect(database_url) as a, docstore.connect(database_url) as b:
+        await _install_as_older_docstore(a, "race", "rust", monkeypatch)
+
+        async def uninstall_holding_the_lock() -> None:
+            async with b.transaction(isolation="read_committed") as conn:
+                await conn.execute(installs._LOCK, "race")
+                await asyncio.sleep(0.5)  # A lists the install stale and waits for the lock
+                for statement in views.uninstall_sql("race", DIM):
+                    await conn.execute(statement)
+
+        task = asyncio.create_task(uninstall_holding_the_lock())
+        await asyncio.sleep(0.2)
+        assert await LegacyDatabase(a).refresh_views() == []
+        await task
+        assert await LegacyDatabase(a).installed_views("race") == []
 
 
 def test_init_brings_the_legacy_views_up_to_date_and_status_says_so(

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from docstore.compat import install_queries as queries
 from docstore.compat import views
 from docstore.errors import DocstoreError, SchemaError
 from docstore.readonly.roles import grant_legacy_views, reader_roles
@@ -51,7 +52,7 @@ GENERATION = 2
 """The generation of the legacy SQL :func:`~docstore.compat.views.install_sql` makes: raised
 whenever that SQL changes (``tests/test_compat_refresh.py`` fails until it is, comparing
 :data:`GENERATION_DIGEST` with the statements of a fixed install). 1: before stamps."""
-GENERATION_DIGEST = "65b097cbcc159c729d038c6bcaea1502"
+GENERATION_DIGEST = "07cba390554bf2b509f1a892aed007e3"
 """The digest (:func:`_digest`, first 32 hex digits) of :func:`canonical_statements`."""
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time
@@ -63,41 +64,12 @@ State = Literal["current", "stale", "newer", "unknown"]
 _SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
 _LOCK = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext($1))"
 _WRITABLE = "SELECT current_setting('transaction_read_only') = 'off' AND NOT pg_is_in_recovery()"
-_SIGNATURE = """p.pronargs = 3 AND p.proargtypes[1] = 'varchar'::regtype
-   AND p.proargtypes[2] = 'int4'::regtype
-   AND (SELECT t.typname FROM pg_type t WHERE t.oid = p.proargtypes[0]) = 'vector'"""
-# This store's installs ($1: one schema, or NULL for all): search_similar_docs beside the
-# views' write guard, in a schema whose crates or doc_embeddings view reads this store's
-# tables; its stamp, source and the three views' parsed queries (NULL for a missing one;
-# not pg_get_viewdef, whose literals depend on the session's standard_conforming_strings).
-_INSTALLS = f"""
-SELECT n.nspname AS schema, obj_description(p.oid, 'pg_proc') AS stamp, p.prosrc AS source,
-       ARRAY({views.FUNCTION_SEARCH_PATH})::text[] AS path,
-       ARRAY(SELECT (SELECT r.ev_action::text FROM pg_rewrite r
-                      WHERE r.ev_class = to_regclass(format('%I.%I', n.nspname, v))
-                        AND r.rulename = '_RETURN')
-               FROM unnest($2::text[]) v) AS views
-  FROM pg_proc p
-  JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE p.proname = 'search_similar_docs' AND {_SIGNATURE}
-   AND ($1::text IS NULL OR n.nspname = $1)
-   AND EXISTS (SELECT 1 FROM pg_proc g
-                WHERE g.pronamespace = n.oid AND g.proname = '{views.GUARD_FUNCTION}')
-   AND EXISTS (SELECT 1 FROM pg_class c
-                 JOIN pg_rewrite r ON r.ev_class = c.oid
-                 JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                WHERE c.relnamespace = n.oid AND c.relkind = 'v'
-                  AND c.relname IN ('crates', 'doc_embeddings')
-                  AND d.refobjid IN ('documents'::regclass, 'document_sources'::regclass))
- ORDER BY n.nspname
-"""
-_ANY_INSTALL = f"""SELECT EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = 'search_similar_docs'
-   AND p.pronamespace IN (SELECT pronamespace FROM pg_proc
-                           WHERE proname = '{views.GUARD_FUNCTION}'))"""
 # the crate's scope in the function's source (kept as written), in every docstore's install
 _SOURCE_DOC_TYPE = re.compile(
     r"d\.doc_type = '((?:[^']|'')*)' AND d\.source_name = target_crate_name"
 )
+# a view's columns or the function's result changed: CREATE OR REPLACE cannot, DROP first
+_REPLACE_REFUSED = (asyncpg.InvalidTableDefinitionError, asyncpg.InvalidFunctionDefinitionError)
 
 
 @dataclass(frozen=True)
@@ -122,8 +94,17 @@ def _digest(parts: list[str]) -> str:
 
 
 def canonical_statements() -> list[str]:
-    """A fixed install's statements, whose digest is :data:`GENERATION_DIGEST`."""
-    return views.install_sql("compat", "rust", 3072, search_path=["public", "public"])
+    """Fixed installs' statements, one of each shape install_sql makes (one node and Citus; a
+    dimension the index takes as is, and one it takes as ``halfvec``): their digest is
+    :data:`GENERATION_DIGEST`."""
+    return [
+        statement
+        for distributed in (False, True)
+        for dim in (1536, 3072)
+        for statement in views.install_sql(
+            "compat", "rust", dim, distributed=distributed, search_path=["public", "public"]
+        )
+    ]
 
 
 def _statements(store: Store, schema: str, doc_type: str, path: list[str]) -> list[str]:
@@ -131,11 +112,6 @@ def _statements(store: Store, schema: str, doc_type: str, path: list[str]) -> li
     return views.install_sql(
         schema, doc_type, store.embedding_dim, distributed=store.distributed, search_path=path
     )
-
-
-def _held(row: Any) -> str:
-    """A digest of what the database holds of an install: its function's source, its views'."""
-    return _digest([row["source"], *(v or "" for v in row["views"])])
 
 
 def _stamp(stamp: str | None, source: str | None) -> dict[str, Any]:
@@ -150,11 +126,15 @@ def _stamp(stamp: str | None, source: str | None) -> dict[str, Any]:
     return {"doc_type": found.group(1).replace("''", "'") if found else None, "generation": 1}
 
 
+async def _rows(conn: asyncpg.Connection, schema: str | None) -> list[asyncpg.Record]:
+    return await conn.fetch(queries.INSTALLS, schema, list(views.VIEW_NAMES), list(queries.GUARDS))
+
+
 async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> list[LegacyViews]:
-    if not await conn.fetchval(_ANY_INSTALL):  # ~1 ms on a new session, the query below ~9
+    if not await conn.fetchval(queries.ANY_INSTALL):
         return []
     found = []
-    for row in await conn.fetch(_INSTALLS, schema, list(views.VIEW_NAMES)):
+    for row in await _rows(conn, schema):
         stamp = _stamp(row["stamp"], row["source"])
         doc_type = stamp.get("doc_type")
         generation = stamp.get("generation")
@@ -166,7 +146,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
         elif (
             generation == GENERATION
             and stamp.get(STAMP_KEY) == _digest(_statements(store, row[0], doc_type, row["path"]))
-            and stamp.get("held") == _held(row)
+            and stamp.get("held") == _digest([row["held"]])
         ):
             state = "current"
         else:
@@ -177,14 +157,14 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
 
 async def status(store: Store) -> list[LegacyViews]:
     """Every install of the legacy views over this store's tables, by schema."""
-    async with store.acquire() as conn:
-        return await _read(conn, store, None)
+    result: list[LegacyViews] = await store.run(lambda conn: _read(conn, store, None))
+    return result
 
 
 async def install(store: Store, schema: str, doc_type: str) -> None:
     """(Re)create the views, their write guards and ``search_similar_docs()`` in ``schema`` for
     ``doc_type``, stamp them, and let the reader roles read them: one transaction."""
-    async with store.transaction() as conn:
+    async with store.transaction(isolation="read_committed") as conn:
         await conn.execute(_LOCK, schema)
         await _install(conn, store, schema, doc_type)
 
@@ -203,26 +183,42 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
             await conn.execute(f"CREATE SCHEMA {views._ident(schema)}")
         path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
         statements = _statements(store, schema, doc_type, path)
-        for statement in statements:
-            await conn.execute(statement)
-        held = await conn.fetchrow(_INSTALLS, schema, list(views.VIEW_NAMES))
-        stamp = {
-            STAMP_KEY: _digest(statements),
-            "generation": GENERATION,
-            "doc_type": doc_type,
-            "held": _held(held) if held is not None else None,
-        }
-        literal = await conn.fetchval("SELECT quote_literal($1::text)", json.dumps(stamp))
-        await conn.execute(
-            f"COMMENT ON FUNCTION {views.function_signature(schema, store.embedding_dim)}"
-            f" IS {literal}"
-        )
+        try:
+            async with conn.transaction():  # a savepoint
+                for statement in statements:
+                    await conn.execute(statement)
+        except _REPLACE_REFUSED:  # another generation's columns: drop, then create
+            for statement in [*views.uninstall_sql(schema, store.embedding_dim), *statements]:
+                await conn.execute(statement)
+        await _stamp_install(conn, store, schema, doc_type, statements)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise SchemaError(
             f"cannot (re)install the legacy views in schema {schema!r}: {exc.args[0]} — run"
             " `docstore init` (or `docstore compat install-views`) as the role that owns them"
         ) from None
     await grant_legacy_views(conn, schema, views.VIEW_NAMES, await reader_roles(conn))
+
+
+async def _stamp_install(
+    conn: asyncpg.Connection, store: Store, schema: str, doc_type: str, statements: list[str]
+) -> None:
+    """The stamp, on the function and on the two views that read docstore's tables (a view or
+    the function dropped later, the others still tell what it was)."""
+    held = await _rows(conn, schema)
+    stamp = {
+        STAMP_KEY: _digest(statements),
+        "generation": GENERATION,
+        "doc_type": doc_type,
+        "held": _digest([held[0]["held"]]) if held else None,
+    }
+    literal = await conn.fetchval("SELECT quote_literal($1::text)", json.dumps(stamp))
+    s = views._ident(schema)
+    for target in (
+        f"FUNCTION {views.function_signature(schema, store.embedding_dim)}",
+        f"VIEW {s}.crates",
+        f"VIEW {s}.doc_embeddings",
+    ):
+        await conn.execute(f"COMMENT ON {target} IS {literal}")
 
 
 async def installed(store: Store, schema: str) -> list[str]:
@@ -236,7 +232,7 @@ async def installed(store: Store, schema: str) -> list[str]:
 
 async def uninstall(store: Store, schema: str) -> None:
     """Drop what :func:`install` created in ``schema``: one transaction."""
-    async with store.transaction() as conn:
+    async with store.transaction(isolation="read_committed") as conn:
         await conn.execute(_LOCK, schema)
         for statement in views.uninstall_sql(schema, store.embedding_dim):
             await conn.execute(statement)
@@ -248,22 +244,26 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
     :class:`~docstore.errors.SchemaError` naming each install it could not refresh and why
     (its doc type unknown, a role that may not replace it, a read-only session, a lock not
     had within ``lock_timeout`` seconds); the others are refreshed all the same."""
+    try:
+        found = await status(store)
+    except DocstoreError as exc:
+        raise SchemaError(f"cannot read this store's legacy views: {_why(exc)}") from None
     refreshed: list[str] = []
     failed: list[str] = []
-    for found in await status(store):
-        if found.state == "unknown":
+    for one in found:
+        if one.state == "unknown":
             failed.append(
-                f"the legacy views in schema {found.schema!r} are from an older docstore and"
+                f"the legacy views in schema {one.schema!r} are from an older docstore and"
                 " their doc type cannot be read from them: install them again (`docstore compat"
                 " install-views --schema S --doc-type T`)"
             )
-        if found.state != "stale":
+        if one.state != "stale":
             continue
         try:
-            if await _refresh_one(store, found.schema, lock_timeout):
-                refreshed.append(found.schema)
+            if await _refresh_one(store, one.schema, lock_timeout):
+                refreshed.append(one.schema)
         except DocstoreError as exc:
-            failed.append(f"{found.schema!r}: {_why(exc)}")
+            failed.append(f"{one.schema!r}: {_why(exc)}")
     if refreshed:
         logger.info("refreshed the legacy views in %s", ", ".join(map(repr, refreshed)))
     if failed:
@@ -272,7 +272,8 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
 
 
 async def _refresh_one(store: Store, schema: str, lock_timeout: float) -> bool:
-    async with store.transaction() as conn:
+    # read committed: the look after the lock must see what another process did meanwhile
+    async with store.transaction(isolation="read_committed") as conn:
         if not await conn.fetchval(_WRITABLE):
             raise SchemaError(
                 "this session is read-only (a reader role, or a standby): run `docstore init`"

@@ -1,0 +1,97 @@
+"""The catalog queries :mod:`docstore.compat.installs` finds and checks installs with (pure SQL).
+
+An install is *this store's* when its ``crates`` or ``doc_embeddings`` view reads this store's
+``documents`` / ``document_sources`` (``pg_depend``: the tables the connection resolves), or,
+its views gone, when its ``search_similar_docs()`` resolves names in the schema of this
+store's ``documents`` (the function's ``SET search_path``) — beside the views' write guard,
+which only an install of docstore makes, in both cases. Another tenant's install in the same
+database, a lookalike of another role's, the legacy database's own function are not.
+
+*Held*: what the database holds of an install, as text that depends on nothing but the
+objects (not on the session's ``search_path`` or ``standard_conforming_strings``): the
+function's source, settings and security; the guard functions'; the views' parsed queries
+(``pg_rewrite``, not ``pg_get_viewdef``, whose literals depend on the session), their write
+rules and triggers. A missing piece is ``-``.
+"""
+
+from __future__ import annotations
+
+from docstore.compat import views
+
+GUARDS = (views.GUARD_FUNCTION, views.RULE_FUNCTION)
+_GUARD = views.GUARD_FUNCTION
+_SIGNATURE = """p.pronargs = 3 AND p.proargtypes[1] = 'varchar'::regtype
+       AND p.proargtypes[2] = 'int4'::regtype
+       AND (SELECT t.typname FROM pg_type t WHERE t.oid = p.proargtypes[0]) = 'vector'"""
+
+ANY_INSTALL = f"SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = '{_GUARD}')"
+"""Whether the database may hold any install (~1 ms on a new session; :data:`INSTALLS` ~4)."""
+
+_HELD = """concat_ws(E'\\n;\\n',
+         coalesce(f.prosrc, '-'), coalesce(f.proconfig::text, '-'),
+         coalesce(f.prosecdef::text, '-'),
+         coalesce((SELECT string_agg(g.proname || ' ' || g.prosrc || ' '
+                                     || coalesce(g.proconfig::text, '') || g.prosecdef::text,
+                                     E'\\n' ORDER BY g.proname)
+                     FROM pg_proc g
+                    WHERE g.pronamespace = n.oid AND g.proname = ANY($3::text[])), '-'),
+         array_to_string(ARRAY(
+             SELECT coalesce((SELECT r.ev_action::text FROM pg_rewrite r
+                               WHERE r.ev_class = to_regclass(format('%I.%I', n.nspname, v.name))
+                                 AND r.rulename = '_RETURN'), '-')
+               FROM unnest($2::text[]) WITH ORDINALITY v(name, i) ORDER BY v.i), E'\\n'),
+         coalesce((SELECT string_agg(c.relname || ' ' || r.rulename || ' ' || r.ev_type::text
+                                     || r.is_instead::text || ' ' || r.ev_action::text,
+                                     E'\\n' ORDER BY c.relname, r.rulename)
+                     FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+                    WHERE c.relnamespace = n.oid AND c.relname = ANY($2::text[])
+                      AND r.rulename <> '_RETURN'), '-'),
+         coalesce((SELECT string_agg(c.relname || ' ' || t.tgname || ' ' || t.tgtype || ' '
+                                     || t.tgenabled::text || ' ' || g.proname,
+                                     E'\\n' ORDER BY c.relname, t.tgname)
+                     FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                     JOIN pg_proc g ON g.oid = t.tgfoid
+                    WHERE c.relnamespace = n.oid AND c.relname = ANY($2::text[])
+                      AND NOT t.tgisinternal), '-'))"""
+
+INSTALLS = f"""
+WITH docs AS (
+  SELECT quote_ident(n.nspname) AS ident
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = 'documents'::regclass
+), fns AS (
+  SELECT p.oid, p.pronamespace, p.prosrc, p.proconfig, p.prosecdef FROM pg_proc p
+   WHERE p.proname = 'search_similar_docs' AND {_SIGNATURE}
+), guarded AS (
+  SELECT DISTINCT pronamespace AS nsp FROM pg_proc WHERE proname = '{_GUARD}'
+), mine AS (
+  SELECT c.relnamespace AS nsp FROM pg_class c
+    JOIN guarded ON guarded.nsp = c.relnamespace
+    JOIN pg_rewrite r ON r.ev_class = c.oid
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+   WHERE c.relkind = 'v' AND c.relname IN ('crates', 'doc_embeddings')
+     AND d.refobjid IN ('documents'::regclass, 'document_sources'::regclass)
+  UNION
+  SELECT f.pronamespace FROM fns f JOIN guarded ON guarded.nsp = f.pronamespace, docs
+   WHERE EXISTS (SELECT 1 FROM unnest(f.proconfig) cfg
+                  WHERE starts_with(cfg, 'search_path=' || docs.ident || ','))
+)
+SELECT n.nspname AS schema,
+       coalesce(obj_description(f.oid, 'pg_proc'),
+                obj_description(to_regclass(format('%I.doc_embeddings', n.nspname)), 'pg_class'),
+                obj_description(to_regclass(format('%I.crates', n.nspname)), 'pg_class'))
+         AS stamp,
+       f.prosrc AS source,
+       ARRAY({views.FUNCTION_SEARCH_PATH})::text[] AS path,
+       {_HELD} AS held
+  FROM mine m
+  JOIN pg_namespace n ON n.oid = m.nsp
+  LEFT JOIN fns f ON f.pronamespace = m.nsp
+ WHERE $1::text IS NULL OR n.nspname = $1
+ ORDER BY n.nspname
+"""
+"""This store's installs (``$1``: one schema, or NULL for all; ``$2``: the view names,
+``$3``: the guard functions'): schema, stamp (on the function, else on a view), the
+function's source, the function's search path as this docstore would set it, and what the
+database holds (:data:`_HELD`). Its path is text[]: asyncpg would look ``name[]`` up on every
+new connection (~6 ms)."""
