@@ -718,16 +718,29 @@ async def test_an_older_install_of_the_legacy_views_is_refreshed_on_a_cluster(
 
     schema = f"old_{uuid.uuid4().hex[:8]}"
     await dstore.documents.upsert_many(sample := _few_documents(12))
-    with monkeypatch.context() as m:
-        m.setattr(views, "HALFVEC_FILTER_ROWS", 12_345)
+    with monkeypatch.context() as m:  # what an older docstore left: other SQL, no stamps
+        m.setattr(views, "MIN_HALFVEC_CANDIDATES", 12_345)
         await LegacyDatabase(dstore).install_views(schema)
-    await dstore.execute(f"COMMENT ON FUNCTION {views.function_signature(schema, 3072)} IS NULL")
+    await dstore.execute(
+        f"COMMENT ON FUNCTION {views.function_signature(schema, 3072)} IS NULL;"
+        f" COMMENT ON VIEW {schema}.crates IS NULL; COMMENT ON VIEW {schema}.doc_embeddings IS NULL"
+    )
+    assert "12345" in await dstore.fetchval(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'search_similar_docs'"
+        f" AND pronamespace = '{schema}'::regnamespace"
+    )
     legacy = LegacyDatabase(dstore)
     mine = [v for v in await legacy.views_status() if v.schema == schema]
     assert [(v.doc_type, v.up_to_date) for v in mine] == [("rust", False)]
     assert schema in await legacy.refresh_views()
     mine = [v for v in await legacy.views_status() if v.schema == schema]
     assert [(v.doc_type, v.up_to_date) for v in mine] == [("rust", True)]
+    assert "12345" not in await dstore.fetchval(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'search_similar_docs'"
+        f" AND pronamespace = '{schema}'::regnamespace"
+    )
+    with pytest.raises(docstore.QueryError, match="read-only docstore compatibility view"):
+        await dstore.execute(f"INSERT INTO {schema}.crates (name) VALUES ('x')")
     query = sample[0].embedding
     rows = await dstore.fetch(
         f"SELECT doc_path FROM {schema}.search_similar_docs($1, 'few', 3)", query
