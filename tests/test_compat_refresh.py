@@ -361,6 +361,10 @@ async def test_a_session_without_standard_conforming_strings_installs_the_same(
         "DROP TRIGGER docstore_read_only ON held.crates",
         f"ALTER FUNCTION {views.function_signature('held', DIM)} RESET enable_seqscan",
         f"ALTER FUNCTION {views.function_signature('held', DIM)} SECURITY DEFINER",
+        f"ALTER FUNCTION {views.function_signature('held', DIM)} STRICT",
+        "ALTER VIEW held.crates SET (security_invoker = true)",
+        f"DROP FUNCTION {views.function_signature('held', DIM)};"
+        " COMMENT ON VIEW held.doc_embeddings IS 'a note of the DBA'",
         f"CREATE OR REPLACE FUNCTION held.{views.GUARD_FUNCTION}() RETURNS trigger"
         " LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
     ],
@@ -483,7 +487,8 @@ def test_init_brings_the_legacy_views_up_to_date_and_status_says_so(
 
 def test_the_stamp_reads_back() -> None:
     stamp = {"docstore_compat": "ab", "doc_type": "x", "generation": 7}
-    assert installs._stamp(json.dumps(stamp), None) == stamp
+    assert installs._stamp([json.dumps(stamp)], None) == stamp
+    assert installs._stamp(["a DBA's note", None, json.dumps(stamp)], None) == stamp
     older = "WHERE d.doc_type = 'it''s' AND d.source_name = target_crate_name"
-    assert installs._stamp(None, older) == {"doc_type": "it's", "generation": 1}
-    assert installs._stamp("[1]", None) == {"doc_type": None, "generation": 1}
+    assert installs._stamp([None, None, None], older) == {"doc_type": "it's", "generation": 1}
+    assert installs._stamp(["[1]"], None) == {"doc_type": None, "generation": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -15,7 +16,7 @@ import docstore
 from docstore.cli import app
 from docstore.errors import SchemaError
 from docstore.schema.runner import ADDITIVE, BREAKING, LATEST_VERSION, MIGRATIONS, VERSION_TABLE
-from tests.conftest import sample_documents, unit_vector
+from tests.conftest import sample_documents, unit_vector, writer_role
 
 runner = CliRunner()
 
@@ -91,3 +92,71 @@ async def test_an_older_docstores_version_table_gets_the_column(database_url: st
         assert not await conn.fetchval(f"SELECT additive FROM {VERSION_TABLE} WHERE version = 1000")
     finally:
         await conn.close()
+
+
+async def _as_before_the_column(url: str) -> asyncpg.Connection:
+    """The database as a docstore before the ``additive`` column left it, one migration
+    behind (9 not applied); returns an admin connection."""
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"ALTER TABLE {VERSION_TABLE} DROP COLUMN additive")
+    await conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = {LATEST_VERSION}")
+    await conn.execute("DROP STATISTICS IF EXISTS documents_scope_statistics")
+    return conn
+
+
+async def test_adding_the_column_does_not_hold_readers_during_the_migrations(
+    database_url: str,
+) -> None:
+    """Added in its own short transaction: a migration waiting on a lock (here migration 9 on
+    a CREATE INDEX CONCURRENTLY's lock on documents) keeps no connect or health() waiting on
+    the version table."""
+    admin = await _as_before_the_column(database_url)
+    try:
+        await admin.execute("BEGIN; LOCK documents IN SHARE UPDATE EXCLUSIVE MODE")
+        upgrading = asyncio.create_task(docstore.connect(database_url).__aenter__())
+        await asyncio.sleep(1.0)  # it added the column and now waits on documents
+        assert not upgrading.done()
+        async with docstore.connect(database_url, read_only=True) as reader:
+            health = await asyncio.wait_for(reader.health(), 5)
+            assert health.schema_version == LATEST_VERSION - 1
+        await admin.execute("COMMIT")
+        store = await asyncio.wait_for(upgrading, 30)
+        await store.close()
+        rows = dict(await admin.fetch(f"SELECT version, additive FROM {VERSION_TABLE}"))
+        assert rows == {m.version: m.version in ADDITIVE for m in MIGRATIONS}
+    finally:
+        await admin.close()
+
+
+async def test_a_role_that_may_not_alter_the_version_table_still_migrates(
+    database_url: str,
+) -> None:
+    """It owns docstore's tables but not the version table: the migration is applied and
+    recorded without the flag (the conservative reading), as before the column."""
+    admin = await _as_before_the_column(database_url)
+    try:
+        async with writer_role(database_url) as url:
+            role = urlsplit(url).username
+            await admin.execute(f"ALTER TABLE documents OWNER TO {role}")
+            await admin.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+            async with docstore.connect(url) as store:
+                assert (await store.schema_status()).up_to_date
+            assert not await admin.fetchval(
+                "SELECT count(*) FROM pg_attribute WHERE attname = 'additive'"
+                f" AND attrelid = '{VERSION_TABLE}'::regclass"
+            )
+            await admin.execute("ALTER TABLE documents OWNER TO CURRENT_USER")
+    finally:
+        await admin.close()
+
+
+async def test_health_and_reload_say_the_schema_is_ahead(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _newer_docstore_applied(database_url, additive=True)
+    async with docstore.connect(database_url) as store:
+        assert any("newer than this docstore" in w for w in (await store.health()).warnings)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="docstore"):
+            await store.reload(database_url)
+        assert "newer than this docstore" in caplog.text

@@ -29,16 +29,19 @@ ANY_INSTALL = f"SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = '{_GUARD}')
 
 _HELD = """concat_ws(E'\\n;\\n',
          coalesce(f.prosrc, '-'), coalesce(f.proconfig::text, '-'),
-         coalesce(f.prosecdef::text, '-'),
+         coalesce(f.prosecdef::text || f.provolatile::text || f.proisstrict::text
+                  || f.proparallel::text, '-'),
          coalesce((SELECT string_agg(g.proname || ' ' || g.prosrc || ' '
                                      || coalesce(g.proconfig::text, '') || g.prosecdef::text,
                                      E'\\n' ORDER BY g.proname)
                      FROM pg_proc g
                     WHERE g.pronamespace = n.oid AND g.proname = ANY($3::text[])), '-'),
          array_to_string(ARRAY(
-             SELECT coalesce((SELECT r.ev_action::text FROM pg_rewrite r
-                               WHERE r.ev_class = to_regclass(format('%I.%I', n.nspname, v.name))
-                                 AND r.rulename = '_RETURN'), '-')
+             SELECT coalesce((SELECT r.ev_action::text || ' ' || coalesce(c.reloptions::text, '')
+                                FROM pg_class c
+                                JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN'
+                               WHERE c.oid = to_regclass(format('%I.%I', n.nspname, v.name))),
+                             '-')
                FROM unnest($2::text[]) WITH ORDINALITY v(name, i) ORDER BY v.i), E'\\n'),
          coalesce((SELECT string_agg(c.relname || ' ' || r.rulename || ' ' || r.ev_type::text
                                      || r.is_instead::text || ' ' || r.ev_action::text,
@@ -55,32 +58,37 @@ _HELD = """concat_ws(E'\\n;\\n',
                       AND NOT t.tgisinternal), '-'))"""
 
 INSTALLS = f"""
-WITH docs AS (
+WITH docs AS MATERIALIZED (
   SELECT quote_ident(n.nspname) AS ident
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = 'documents'::regclass
 ), fns AS (
-  SELECT p.oid, p.pronamespace, p.prosrc, p.proconfig, p.prosecdef FROM pg_proc p
+  SELECT p.oid, p.pronamespace, p.prosrc, p.proconfig, p.prosecdef, p.provolatile,
+         p.proisstrict, p.proparallel
+    FROM pg_proc p
    WHERE p.proname = 'search_similar_docs' AND {_SIGNATURE}
 ), guarded AS (
   SELECT DISTINCT pronamespace AS nsp FROM pg_proc WHERE proname = '{_GUARD}'
 ), mine AS (
-  SELECT c.relnamespace AS nsp FROM pg_class c
+  -- from the dependencies on this store's two tables (indexed): the cost follows this
+  -- store's installs, not every tenant's in the database
+  SELECT c.relnamespace AS nsp FROM pg_depend d
+    JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+    JOIN pg_class c ON c.oid = r.ev_class
     JOIN guarded ON guarded.nsp = c.relnamespace
-    JOIN pg_rewrite r ON r.ev_class = c.oid
-    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-   WHERE c.relkind = 'v' AND c.relname IN ('crates', 'doc_embeddings')
+   WHERE d.refclassid = 'pg_class'::regclass
      AND d.refobjid IN ('documents'::regclass, 'document_sources'::regclass)
+     AND c.relkind = 'v' AND c.relname IN ('crates', 'doc_embeddings')
   UNION
   SELECT f.pronamespace FROM fns f JOIN guarded ON guarded.nsp = f.pronamespace, docs
    WHERE EXISTS (SELECT 1 FROM unnest(f.proconfig) cfg
                   WHERE starts_with(cfg, 'search_path=' || docs.ident || ','))
 )
 SELECT n.nspname AS schema,
-       coalesce(obj_description(f.oid, 'pg_proc'),
-                obj_description(to_regclass(format('%I.doc_embeddings', n.nspname)), 'pg_class'),
-                obj_description(to_regclass(format('%I.crates', n.nspname)), 'pg_class'))
-         AS stamp,
+       ARRAY[obj_description(f.oid, 'pg_proc'),
+             obj_description(to_regclass(format('%I.doc_embeddings', n.nspname)), 'pg_class'),
+             obj_description(to_regclass(format('%I.crates', n.nspname)), 'pg_class')]
+         AS stamps,
        f.prosrc AS source,
        ARRAY({views.FUNCTION_SEARCH_PATH})::text[] AS path,
        {_HELD} AS held
@@ -91,7 +99,8 @@ SELECT n.nspname AS schema,
  ORDER BY n.nspname
 """
 """This store's installs (``$1``: one schema, or NULL for all; ``$2``: the view names,
-``$3``: the guard functions'): schema, stamp (on the function, else on a view), the
+``$3``: the guard functions'): schema, the comments that may hold its stamp (the
+function's, the two views'; a DBA's own comment is not a stamp), the
 function's source, the function's search path as this docstore would set it, and what the
 database holds (:data:`_HELD`). Its path is text[]: asyncpg would look ``name[]`` up on every
 new connection (~6 ms)."""

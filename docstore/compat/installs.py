@@ -114,14 +114,16 @@ def _statements(store: Store, schema: str, doc_type: str, path: list[str]) -> li
     )
 
 
-def _stamp(stamp: str | None, source: str | None) -> dict[str, Any]:
-    """An install's stamp; for one older than stamps, its doc type from its function."""
-    try:
-        data = json.loads(stamp) if stamp else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get(STAMP_KEY), str):
-        return data
+def _stamp(comments: list[str | None], source: str | None) -> dict[str, Any]:
+    """An install's stamp, from the first of ``comments`` that is one; for an install older
+    than stamps, its doc type from its function's source."""
+    for comment in comments:
+        try:
+            data = json.loads(comment) if comment else None
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get(STAMP_KEY), str):
+            return data
     found = _SOURCE_DOC_TYPE.search(source or "")
     return {"doc_type": found.group(1).replace("''", "'") if found else None, "generation": 1}
 
@@ -135,7 +137,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
         return []
     found = []
     for row in await _rows(conn, schema):
-        stamp = _stamp(row["stamp"], row["source"])
+        stamp = _stamp(row["stamps"], row["source"])
         doc_type = stamp.get("doc_type")
         generation = stamp.get("generation")
         state: State

@@ -198,7 +198,10 @@ class Reporter:
                 distributed=status.distributed,
                 cluster=[ClusterNode.model_validate(n) for n in nodes],
                 degraded=bool(down),
-                warnings=[f"Citus node {n} is unreachable from the coordinator" for n in down],
+                warnings=[
+                    *(f"Citus node {n} is unreachable from the coordinator" for n in down),
+                    *filter(None, [runner.ahead_warning(status)]),
+                ],
             )
 
         health = await self._runner.run(probe)

@@ -177,15 +177,8 @@ async def _open(
                     logger.info("applied schema migrations %s to %s", applied, redact_url(resolved))
             status = await runner.schema_status(conn)
             runner.check_compatible(status, settings.embedding_dim)
-            if status.ahead:
-                logger.warning(
-                    "schema of %s is at version %s, newer than this docstore knows (%s); the"
-                    " migrations since only add what this docstore does not use: running as"
-                    " is, upgrade docstore",
-                    redact_url(resolved),
-                    status.current,
-                    status.latest,
-                )
+            if ahead := runner.ahead_warning(status):
+                logger.warning("%s: %s", redact_url(resolved), ahead)
             if status.pending and status.current is not None:
                 logger.warning(
                     "schema of %s is at version %s, docstore expects %s: run `docstore init`",

@@ -43,6 +43,8 @@ async def _check_target(url: str, pools: Pools, settings: Settings) -> str | Non
             "connect() to it, which applies the migrations) before reloading to it"
         )
     runner.check_compatible(status, settings.embedding_dim)
+    if ahead := runner.ahead_warning(status):
+        logger.warning("%s: %s", redact_url(url), ahead)
     return vector_schema
 
 

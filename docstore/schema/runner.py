@@ -167,10 +167,11 @@ async def apply_migrations(
         if status.current is None:
             await _refuse_foreign_tables(conn)
         done: list[int] = []
+        recorded = await _additive_column(conn) if status.pending else False
         for migration in MIGRATIONS:
             if migration.version not in status.pending:
                 continue
-            await _apply(conn, migration, embedding_dim)
+            await _apply(conn, migration, embedding_dim, recorded)
             done.append(migration.version)
         if distributed:
             await citus.distribute(conn)
@@ -218,22 +219,46 @@ async def _refuse_foreign_tables(conn: asyncpg.Connection) -> None:
         )
 
 
-async def _apply(conn: asyncpg.Connection, migration: Migration, embedding_dim: int) -> None:
-    """One migration and its version row in one transaction; a failure with a known cause
-    becomes a :class:`SchemaError` saying what to do (asked after the rollback)."""
+async def _additive_column(conn: asyncpg.Connection) -> bool:
+    """Whether the version table has the ``additive`` column, adding it to one an older
+    docstore made: on its own, in a short transaction (a catalog change, no rewrite) that
+    waits at most 5 s for its lock, so the migrations that follow do not keep every reader of
+    the version table (each connect, ``health()``) waiting. A role that may not alter the
+    table, or a lock not had, leaves it without: versions are then recorded without the
+    flag (older code may not run after them, the conservative reading)."""
+    if await conn.fetchval(_HAS_ADDITIVE):
+        return True
     try:
         async with conn.transaction():
-            if not await conn.fetchval(_HAS_ADDITIVE):  # a table an older docstore made
-                await conn.execute(_ADDITIVE_COLUMN)
+            await conn.execute("SET LOCAL lock_timeout = '5s'")
+            await conn.execute(_ADDITIVE_COLUMN)
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.LockNotAvailableError):
+        return False
+    return True
+
+
+async def _apply(
+    conn: asyncpg.Connection, migration: Migration, embedding_dim: int, recorded: bool
+) -> None:
+    """One migration and its version row in one transaction (``recorded``: with its
+    ``additive`` flag); a failure with a known cause becomes a :class:`SchemaError` saying
+    what to do (asked after the rollback)."""
+    try:
+        async with conn.transaction():
             await conn.execute(migration.sql(embedding_dim))
-            await conn.execute(
-                f"insert into {VERSION_TABLE} (version, name, checksum, additive)"
-                " values ($1, $2, $3, $4)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-                migration.version in ADDITIVE,
-            )
+            row = [migration.version, migration.name, migration.checksum]
+            if recorded:
+                await conn.execute(
+                    f"insert into {VERSION_TABLE} (version, name, checksum, additive)"
+                    " values ($1, $2, $3, $4)",
+                    *row,
+                    migration.version in ADDITIVE,
+                )
+            else:
+                await conn.execute(
+                    f"insert into {VERSION_TABLE} (version, name, checksum) values ($1, $2, $3)",
+                    *row,
+                )
     except asyncpg.InsufficientPrivilegeError as exc:
         if migration.version > 1:  # an upgrade by a role that does not own the tables
             raise SchemaError(
@@ -288,6 +313,18 @@ async def _not_allowed(conn: asyncpg.Connection) -> str:
 _FAILURES: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[str]]] = {
     (3, "22003"): _beyond_half_precision,  # numeric_value_out_of_range in the halfvec cast
 }
+
+
+def ahead_warning(status: SchemaStatus) -> str | None:
+    """What to tell an operator when a newer docstore upgraded the schema (and this one runs
+    on it: :func:`check_compatible` let it); None otherwise."""
+    if not status.ahead:
+        return None
+    return (
+        f"the schema is at version {status.current}, newer than this docstore knows"
+        f" ({status.latest}); the migrations since only add what this docstore does not use:"
+        " running as is, upgrade docstore"
+    )
 
 
 def check_compatible(status: SchemaStatus, embedding_dim: int) -> None:
