@@ -27,7 +27,7 @@ _SIGNATURE = """p.pronargs = 3 AND p.proargtypes[1] = 'varchar'::regtype
 ANY_INSTALL = f"SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = '{_GUARD}')"
 """Whether the database may hold any install (~1 ms on a new session; :data:`INSTALLS` ~4)."""
 
-_HELD = """concat_ws(E'\\n;\\n',
+_HELD = """md5(concat_ws(E'\\n;\\n',
          coalesce(f.prosrc, '-'), coalesce(f.proconfig::text, '-'),
          coalesce(f.prosecdef::text || f.provolatile::text || f.proisstrict::text
                   || f.proparallel::text, '-'),
@@ -55,7 +55,7 @@ _HELD = """concat_ws(E'\\n;\\n',
                      FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                      JOIN pg_proc g ON g.oid = t.tgfoid
                     WHERE c.relnamespace = n.oid AND c.relname = ANY($2::text[])
-                      AND NOT t.tgisinternal), '-'))"""
+                      AND NOT t.tgisinternal), '-')))"""
 
 INSTALLS = f"""
 WITH docs AS MATERIALIZED (
@@ -101,6 +101,7 @@ SELECT n.nspname AS schema,
 """This store's installs (``$1``: one schema, or NULL for all; ``$2``: the view names,
 ``$3``: the guard functions'): schema, the comments that may hold its stamp (the
 function's, the two views'; a DBA's own comment is not a stamp), the
-function's source, the function's search path as this docstore would set it, and what the
-database holds (:data:`_HELD`). Its path is text[]: asyncpg would look ``name[]`` up on every
-new connection (~6 ms)."""
+function's source, the function's search path as this docstore would set it, and an md5 of
+what the database holds (:data:`_HELD`: the parsed queries' text runs to ~100 KB an install,
+not worth sending; md5 detects a change, it guards nothing). Its path is text[]: asyncpg
+would look ``name[]`` up on every new connection (~6 ms)."""

@@ -148,7 +148,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
         elif (
             generation == GENERATION
             and stamp.get(STAMP_KEY) == _digest(_statements(store, row[0], doc_type, row["path"]))
-            and stamp.get("held") == _digest([row["held"]])
+            and stamp.get("held") == row["held"]
         ):
             state = "current"
         else:
@@ -211,7 +211,7 @@ async def _stamp_install(
         STAMP_KEY: _digest(statements),
         "generation": GENERATION,
         "doc_type": doc_type,
-        "held": _digest([held[0]["held"]]) if held else None,
+        "held": held[0]["held"] if held else None,
     }
     literal = await conn.fetchval("SELECT quote_literal($1::text)", json.dumps(stamp))
     s = views._ident(schema)
