@@ -325,7 +325,7 @@ async def test_a_long_transaction_on_a_view_delays_connect_by_the_lock_timeout_o
             assert waited < installs.REFRESH_LOCK_TIMEOUT + 5, waited
             assert "long transaction" in caplog.text
             assert await legacy.views_status() == [LegacyViews("busy", "rust", "stale")]
-            # other legacy readers were not queued behind it for longer than that
+            # a legacy reader after it: the views were left as they were, and read
             assert await other.fetchval("SELECT count(*) FROM busy.crates", timeout=5) == 0
         await reader.execute("COMMIT")
         async with await LegacyDatabase.connect(database_url) as legacy:
@@ -388,9 +388,25 @@ async def test_a_partly_dropped_or_altered_install_is_repaired(
 async def test_a_generation_with_other_view_columns_replaces_the_views(
     store: docstore.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CREATE OR REPLACE VIEW cannot change a column's type: the refresh drops and creates."""
+    """CREATE OR REPLACE VIEW cannot change a column's type: the refresh drops and creates,
+    keeping the grants a DBA made on the views and the function."""
     legacy = LegacyDatabase(store)
     await legacy.install_views("cols")
+    fn = views.function_signature("cols", DIM)
+    await store.execute(
+        "CREATE ROLE cols_app; CREATE ROLE cols_other;"
+        " GRANT USAGE ON SCHEMA cols TO cols_app, cols_other;"
+        " GRANT SELECT ON cols.crates TO cols_app;"
+        f" REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC;"
+        f" GRANT EXECUTE ON FUNCTION {fn} TO cols_app WITH GRANT OPTION"
+    )
+    granted = (
+        "SELECT has_table_privilege('cols_app', 'cols.crates', 'SELECT'),"
+        " has_table_privilege('cols_other', 'cols.crates', 'SELECT'),"
+        f" has_function_privilege('cols_app', '{fn}', 'EXECUTE WITH GRANT OPTION'),"
+        f" has_function_privilege('cols_other', '{fn}', 'EXECUTE')"
+    )
+    assert tuple(await store.fetchrow(granted)) == (True, False, True, False)
     total_sql = views.total_sql
     monkeypatch.setattr(views, "total_sql", lambda c, k: f"({total_sql(c, k)})::bigint")
     monkeypatch.setattr(installs, "GENERATION", installs.GENERATION + 1)
@@ -404,6 +420,8 @@ async def test_a_generation_with_other_view_columns_replaces_the_views(
         )
         == "bigint"
     )
+    assert tuple(await store.fetchrow(granted)) == (True, False, True, False)
+    await store.execute("DROP OWNED BY cols_app, cols_other; DROP ROLE cols_app, cols_other")
 
 
 async def test_a_role_that_cannot_read_the_catalog_still_connects(

@@ -84,7 +84,9 @@ async def test_an_older_docstores_version_table_gets_the_column(database_url: st
         await conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = {LATEST_VERSION}")
         async with docstore.connect(database_url) as store:
             assert await store.schema_status() is not None
-        rows = dict(await conn.fetch(f"SELECT version, additive FROM {VERSION_TABLE}"))
+        rows = {
+            r[0]: r[1] for r in await conn.fetch(f"SELECT version, additive FROM {VERSION_TABLE}")
+        }
         assert rows == {m.version: m.version in ADDITIVE for m in MIGRATIONS}
         await conn.execute(
             f"INSERT INTO {VERSION_TABLE} (version, name, checksum) VALUES (1000, 'old', 'x')"
@@ -122,7 +124,9 @@ async def test_adding_the_column_does_not_hold_readers_during_the_migrations(
         await admin.execute("COMMIT")
         store = await asyncio.wait_for(upgrading, 30)
         await store.close()
-        rows = dict(await admin.fetch(f"SELECT version, additive FROM {VERSION_TABLE}"))
+        rows = {
+            r[0]: r[1] for r in await admin.fetch(f"SELECT version, additive FROM {VERSION_TABLE}")
+        }
         assert rows == {m.version: m.version in ADDITIVE for m in MIGRATIONS}
     finally:
         await admin.close()
@@ -160,3 +164,13 @@ async def test_health_and_reload_say_the_schema_is_ahead(
         with caplog.at_level(logging.WARNING, logger="docstore"):
             await store.reload(database_url)
         assert "newer than this docstore" in caplog.text
+
+
+async def test_health_of_a_store_opened_before_a_breaking_upgrade_says_so(
+    database_url: str,
+) -> None:
+    async with docstore.connect(database_url) as store:
+        await _newer_docstore_applied(database_url, additive=False)
+        warnings = (await store.health()).warnings
+        assert any("cannot work after migration" in w for w in warnings), warnings
+        assert not any("only add" in w for w in warnings)

@@ -132,10 +132,8 @@ async def test_a_statement_timeout_on_a_routed_read_is_the_statements_not_an_out
         assert info.value.sqlstate == "57014", (shard, info.value)
 
 
-async def test_a_worker_pool_has_its_own_codec_init(store: docstore.Store) -> None:
-    """A worker pool shared the coordinator's ``CodecInit``: a worker connection set up
-    without pgvector marked the coordinator's pool stale. Each worker pool has its own, set
-    up like the coordinator's; routed reads still decode vectors."""
+async def _route_to_own_server(store: docstore.Store) -> tuple[str, int]:
+    """The "worker" of source crate1 is the store's own server; returns it."""
     row = await store.fetchrow(
         "select coalesce(host(inet_server_addr()),"
         " split_part(current_setting('unix_socket_directories'), ',', 1)) as host,"
@@ -144,6 +142,18 @@ async def test_a_worker_pool_has_its_own_codec_init(store: docstore.Store) -> No
     assert row is not None
     node = (row["host"].strip(), row["port"])
     store._db._shards.remember("crate1", node)
+    return node
+
+
+async def _vector(conn: Any) -> Any:
+    return await conn.fetchval("select '[1,2,3]'::vector")
+
+
+async def test_a_worker_pool_has_its_own_codec_init(store: docstore.Store) -> None:
+    """A worker pool shared the coordinator's ``CodecInit``: a worker connection set up
+    without pgvector marked the coordinator's pool stale. Each worker pool has its own, set
+    up like the coordinator's; routed reads still decode vectors."""
+    node = await _route_to_own_server(store)
 
     async def vector(conn: Any) -> Any:
         return await conn.fetchval("select '[1,2,3]'::vector")
@@ -157,3 +167,19 @@ async def test_a_worker_pool_has_its_own_codec_init(store: docstore.Store) -> No
         primary.remember,
         primary.tcp_timeout,
     )
+
+
+async def test_a_reload_repoints_the_worker_pools_codecs(
+    store: docstore.Store, ext_schema_url: str
+) -> None:
+    """After ``store.reload`` to a database whose pgvector lives in another schema, a worker
+    pool's own ``CodecInit`` follows the coordinator's (it kept the old schema: "unknown
+    type: public.vector", the worker marked down, every routed search on the coordinator)."""
+    node = await _route_to_own_server(store)
+    assert list(await store.run(_vector, read=True, shard="crate1")) == [1, 2, 3]
+    await store.reload(ext_schema_url)
+    node = await _route_to_own_server(store)
+    fallbacks = (await store.metrics()).routing_fallbacks
+    assert list(await store.run(_vector, read=True, shard="crate1")) == [1, 2, 3]
+    assert (await store.metrics()).routing_fallbacks == fallbacks
+    assert store._db._shards._inits[node].schema == store._db._pool_set.primary.init.schema == "ext"

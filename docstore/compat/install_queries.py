@@ -7,11 +7,13 @@ store's ``documents`` (the function's ``SET search_path``) — beside the views'
 which only an install of docstore makes, in both cases. Another tenant's install in the same
 database, a lookalike of another role's, the legacy database's own function are not.
 
-*Held*: what the database holds of an install, as text that depends on nothing but the
-objects (not on the session's ``search_path`` or ``standard_conforming_strings``): the
-function's source, settings and security; the guard functions'; the views' parsed queries
+*Held*: what the database holds of an install, as text that does not depend on the session
+(its ``search_path`` or ``standard_conforming_strings``): the function's source, settings,
+security and volatility; the guard functions'; the views' parsed queries and options
 (``pg_rewrite``, not ``pg_get_viewdef``, whose literals depend on the session), their write
-rules and triggers. A missing piece is ``-``.
+rules and triggers. A missing piece is ``-``. The parsed queries hold OIDs and parse
+positions: a restored database (``pg_dump``, ``pg_upgrade``) reads stale once and is
+refreshed by its owner; so does a view re-created by hand with the same text.
 """
 
 from __future__ import annotations
@@ -105,3 +107,24 @@ function's source, the function's search path as this docstore would set it, and
 what the database holds (:data:`_HELD`: the parsed queries' text runs to ~100 KB an install,
 not worth sending; md5 detects a change, it guards nothing). Its path is text[]: asyncpg
 would look ``name[]`` up on every new connection (~6 ms)."""
+
+GRANTS = """
+SELECT o.obj, o.acl IS NOT NULL AS explicit,
+       ARRAY(SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, o.obj,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+               FROM aclexplode(o.acl) a WHERE a.grantee <> o.owner) AS grants
+  FROM (SELECT format('TABLE %I.%I', n.nspname, c.relname) AS obj, c.relacl AS acl,
+               c.relowner AS owner
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+        UNION ALL
+        SELECT format('FUNCTION %I.%I(%s)', n.nspname, p.proname,
+                      pg_get_function_identity_arguments(p.oid)), p.proacl, p.proowner
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = $1 AND p.proname = 'search_similar_docs') o
+"""
+"""The grants on an install's views and function (``$1`` its schema, ``$2`` the view names),
+as the statements that give them again, beside whether the object had any of its own (then
+its default ``PUBLIC`` privileges had been replaced): what a drop and re-create keeps."""

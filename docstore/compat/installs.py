@@ -4,27 +4,35 @@ The views and ``search_similar_docs()`` are SQL that docstore generates: the ran
 its thresholds and the schemas it resolves names in are this docstore's, copied into the
 database when they are installed. A newer docstore generates different SQL, and the copy in
 the database would keep the old rule until someone installed it again. So each install is
-stamped — a comment on its ``search_similar_docs()``, JSON: the doc type it was installed for,
-the :data:`GENERATION` of docstore's legacy SQL, a digest of the statements that made it and
-one of what the database then held (the function's source, the views' definitions) — and
-:func:`status` compares each install with what this docstore would install in its place.
+stamped — a comment on its ``search_similar_docs()`` and on its ``crates`` and
+``doc_embeddings`` views (a DBA's own comment there is replaced), JSON: the doc type it was
+installed for, the :data:`GENERATION` of docstore's legacy SQL, a digest of the statements
+that made it and an md5 of what the database then held (the functions' sources, settings,
+security and volatility, the views' parsed queries and options, their write rules and
+triggers: :mod:`docstore.compat.install_queries`) — and :func:`status` compares each install
+with what this docstore would install in its place.
 
-Which installs are this store's: those whose views read *this* store's ``documents`` and
-``document_sources`` (the tables the connection resolves; ``pg_depend``). Another tenant's
-install in the same database (its own tables in its own schema), a lookalike of another
-role's, the legacy database's own ``search_similar_docs`` — none is looked at or touched.
+Which installs are this store's (:mod:`~docstore.compat.install_queries`): those whose views
+read *this* store's ``documents`` and ``document_sources`` (``pg_depend``), or, their views
+gone, whose function resolves names in the schema of this store's ``documents``; beside the
+views' write guard in both cases. Another tenant's install in the same database (its own
+tables in its own schema), a lookalike of another role's, the legacy database's own
+``search_similar_docs`` — none is looked at or touched.
 
 An install is ``"stale"`` when it was made by an older generation, or by this one with other
 statements (docstore's tables or pgvector moved since), or when the database no longer holds
-what it was stamped with (a view dropped, the function edited by hand); ``"newer"`` when a
+what it was stamped with (a view, trigger or the function dropped or altered by hand; a
+restore, whose catalog has other OIDs, reads stale once too); ``"newer"`` when a
 newer docstore made it (during a rolling upgrade the older processes leave it alone, instead
 of the two releases undoing each other's); ``"unknown"`` when its doc type cannot be read.
 An install made before stamps existed is stale, its doc type read from its function's source.
 
 :func:`refresh` installs the stale ones again, each for its own doc type, one transaction
-each, under an advisory lock per schema (many processes starting at once refresh it once),
-waiting at most ``lock_timeout`` for a lock (a legacy client's long transaction on a view is
-not queued behind), with ``standard_conforming_strings`` on. ``docstore init`` and
+each (read committed), under an advisory lock per schema (many processes starting at once
+refresh it once), waiting at most ``lock_timeout`` for each lock it takes (a legacy client's
+long transaction on a view is not queued behind), with ``standard_conforming_strings`` on. A
+generation whose views change a column's type drops and re-creates them, keeping the grants
+on the views and the function. ``docstore init`` and
 :meth:`LegacyDatabase.connect <docstore.compat.LegacyDatabase.connect>` run it and report a
 failure as a warning: the store works whatever the legacy views are.
 """
@@ -34,12 +42,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
 
+from docstore.arguments import timeout_seconds
 from docstore.compat import install_queries as queries
 from docstore.compat import views
 from docstore.errors import DocstoreError, SchemaError
@@ -190,8 +200,7 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
                 for statement in statements:
                     await conn.execute(statement)
         except _REPLACE_REFUSED:  # another generation's columns: drop, then create
-            for statement in [*views.uninstall_sql(schema, store.embedding_dim), *statements]:
-                await conn.execute(statement)
+            await _recreate(conn, store, schema, statements)
         await _stamp_install(conn, store, schema, doc_type, statements)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise SchemaError(
@@ -199,6 +208,21 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
             " `docstore init` (or `docstore compat install-views`) as the role that owns them"
         ) from None
     await grant_legacy_views(conn, schema, views.VIEW_NAMES, await reader_roles(conn))
+
+
+async def _recreate(
+    conn: asyncpg.Connection, store: Store, schema: str, statements: list[str]
+) -> None:
+    """Drop the install and create it from ``statements``, keeping the grants on its views
+    and function (a legacy client's role the DBA let read them)."""
+    saved = await conn.fetch(queries.GRANTS, schema, list(views.VIEW_NAMES))
+    for statement in [*views.uninstall_sql(schema, store.embedding_dim), *statements]:
+        await conn.execute(statement)
+    for row in saved:
+        if row["explicit"]:  # its own privileges replaced the defaults: so again
+            await conn.execute(f"REVOKE ALL ON {row['obj']} FROM PUBLIC")
+        for grant in row["grants"]:
+            await conn.execute(grant)
 
 
 async def _stamp_install(
@@ -246,6 +270,7 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
     :class:`~docstore.errors.SchemaError` naming each install it could not refresh and why
     (its doc type unknown, a role that may not replace it, a read-only session, a lock not
     had within ``lock_timeout`` seconds); the others are refreshed all the same."""
+    timeout_seconds(lock_timeout)  # a number of seconds ≥ 0, else ValidationError
     try:
         found = await status(store)
     except DocstoreError as exc:
@@ -281,7 +306,8 @@ async def _refresh_one(store: Store, schema: str, lock_timeout: float) -> bool:
                 "this session is read-only (a reader role, or a standby): run `docstore init`"
                 " with a role that owns them"
             )
-        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
+        # at least 1 ms: 0 would mean no limit
+        await conn.execute(f"SET LOCAL lock_timeout = {max(1, math.ceil(lock_timeout * 1000))}")
         await conn.execute(_LOCK, schema)  # then look again: another may have done it
         again = await _read(conn, store, schema)
         if not again or again[0].state != "stale" or again[0].doc_type is None:

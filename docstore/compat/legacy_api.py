@@ -294,9 +294,10 @@ class LegacyDatabase:
     @timed("compat.refresh_views")
     async def refresh_views(self) -> list[str]:
         """Install every stale install again (:meth:`views_status`), each for its own doc type;
-        returns the schemas refreshed. ``docstore init`` runs it, and :meth:`connect` when the
-        store migrates its schema. Raises :class:`~docstore.errors.SchemaError` naming those
-        it could not refresh (:func:`docstore.compat.installs.refresh`), after the others."""
+        returns the schemas refreshed. ``docstore init`` runs it, and :meth:`connect` unless
+        the store is read-only or ``DOCSTORE_AUTO_MIGRATE`` is off. Raises
+        :class:`~docstore.errors.SchemaError` naming those it could not refresh
+        (:func:`docstore.compat.installs.refresh`), after the others."""
         self.store.ensure_writable()
         return await installs.refresh(self.store)
 

@@ -93,6 +93,7 @@ class ShardRouter:
         self._forgets = 0  # forget(node) calls so far
         self._forgotten: dict[Node, int] = {}  # node → its last forget(node)
         self._workers: dict[Node, asyncpg.Pool] = {}
+        self._inits: dict[Node, CodecInit] = {}  # each worker pool's own (see _own)
         self._opening = asyncio.Lock()
         self._down_until: dict[Node, float] = {}
         self._closed = False
@@ -235,15 +236,18 @@ class ShardRouter:
             pool = self._workers.get(node)
             if pool is None:
                 primary = self._pools.primary
+                init = _own(primary.init)
                 pool = await create_pool(
                     primary.url,
                     min_size=0,
                     max_size=self._settings.pool_max_size,
-                    init=_own(primary.init),
+                    init=init,
                     connection_class=primary.connection_class,
                     connect_kwargs=self._connect_kwargs(node),
                 )
                 self._workers[node] = pool
+                if init is not None:
+                    self._inits[node] = init
             return pool
 
     def _connect_kwargs(self, node: Node) -> dict[str, Any]:
@@ -290,15 +294,18 @@ class ShardRouter:
         outages are looked up and tried afresh (the new URL may name another cluster)."""
         self.forget()
         self._down_until.clear()
+        schema = self._pools.primary.init.schema if self._pools.primary.init else None
         for node, pool in self._workers.items():
             pool.set_connect_args(self._pools.primary.url, **self._connect_kwargs(node))
+            if node in self._inits:  # where the new database's pgvector lives, as the primary's
+                self._inits[node].repoint(schema)
             await pool.expire_connections()
 
     async def close(self) -> None:
         """Close every worker pool (``store.close()``)."""
         async with self._opening:  # no search opens a pool after this
             self._closed = True
-            pools, self._workers = list(self._workers.values()), {}
+            pools, self._workers, self._inits = list(self._workers.values()), {}, {}
         looking = list(self._looking.values())
         for task in looking:  # their callers go to the coordinator (NotRouted)
             task.cancel()

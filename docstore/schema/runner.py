@@ -67,7 +67,7 @@ statistics, a table older code does not read). Recorded with the version row, so
 docstore meeting a database a newer one upgraded can tell whether it may run (a rolling
 deploy, a pod of the previous release restarting, a rollback of the code): it may when every
 version beyond the ones it knows is additive. Every migration is classified
-(``tests/test_schema.py``): additive here, else :data:`BREAKING`."""
+(``tests/test_schema_ahead.py``): additive here, else :data:`BREAKING`."""
 BREAKING: frozenset[int] = frozenset(range(1, 9))
 """Migrations older code cannot work after (they change or add what it reads or writes)."""
 
@@ -316,10 +316,17 @@ _FAILURES: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[str]]]
 
 
 def ahead_warning(status: SchemaStatus) -> str | None:
-    """What to tell an operator when a newer docstore upgraded the schema (and this one runs
-    on it: :func:`check_compatible` let it); None otherwise."""
+    """What to tell an operator when a newer docstore upgraded the schema; None otherwise. A
+    store opened before a newer docstore applied a migration it cannot work after (its
+    ``health()``) is told so: a new connect would be refused."""
     if not status.ahead:
         return None
+    if status.ahead_breaking:
+        return (
+            f"the schema is at version {status.current}, newer than this docstore knows"
+            f" ({status.latest}), and this docstore cannot work after migration"
+            f" {status.ahead_breaking[0]}: upgrade docstore (a new connect is refused)"
+        )
     return (
         f"the schema is at version {status.current}, newer than this docstore knows"
         f" ({status.latest}); the migrations since only add what this docstore does not use:"
