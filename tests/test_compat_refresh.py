@@ -389,24 +389,32 @@ async def test_a_generation_with_other_view_columns_replaces_the_views(
     store: docstore.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CREATE OR REPLACE VIEW cannot change a column's type: the refresh drops and creates,
-    keeping the grants a DBA made on the views and the function."""
+    giving the views and the function back their owner and exactly their privileges."""
     legacy = LegacyDatabase(store)
     await legacy.install_views("cols")
     fn = views.function_signature("cols", DIM)
+    plain_fn = "cols.search_similar_docs(vector, varchar, integer)"
     await store.execute(
-        "CREATE ROLE cols_app; CREATE ROLE cols_other;"
+        "CREATE ROLE cols_app; CREATE ROLE cols_other; CREATE ROLE cols_owner;"
         " GRANT USAGE ON SCHEMA cols TO cols_app, cols_other;"
         " GRANT SELECT ON cols.crates TO cols_app;"
+        " GRANT SELECT (name) ON cols.crates TO cols_other;"
         f" REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC;"
-        f" GRANT EXECUTE ON FUNCTION {fn} TO cols_app WITH GRANT OPTION"
+        f" GRANT EXECUTE ON FUNCTION {fn} TO cols_app WITH GRANT OPTION;"
+        " ALTER TABLE cols.doc_embeddings OWNER TO cols_owner;"
+        # what the re-creating role's default privileges would give, and must not
+        " ALTER DEFAULT PRIVILEGES IN SCHEMA cols GRANT SELECT ON TABLES TO cols_other;"
+        " ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO cols_other"
     )
-    granted = (
-        "SELECT has_table_privilege('cols_app', 'cols.crates', 'SELECT'),"
-        " has_table_privilege('cols_other', 'cols.crates', 'SELECT'),"
-        f" has_function_privilege('cols_app', '{fn}', 'EXECUTE WITH GRANT OPTION'),"
-        f" has_function_privilege('cols_other', '{fn}', 'EXECUTE')"
-    )
-    assert tuple(await store.fetchrow(granted)) == (True, False, True, False)
+    granted = f"""SELECT has_table_privilege('cols_app', 'cols.crates', 'SELECT'),
+        has_table_privilege('cols_other', 'cols.crates', 'SELECT'),
+        has_column_privilege('cols_other', 'cols.crates', 'name', 'SELECT'),
+        has_function_privilege('cols_app', '{plain_fn}', 'EXECUTE WITH GRANT OPTION'),
+        has_function_privilege('cols_other', '{plain_fn}', 'EXECUTE'),
+        (SELECT pg_get_userbyid(relowner) FROM pg_class
+          WHERE oid = 'cols.doc_embeddings'::regclass)"""
+    held = (True, False, True, True, False, "cols_owner")
+    assert tuple(await store.fetchrow(granted)) == held
     total_sql = views.total_sql
     monkeypatch.setattr(views, "total_sql", lambda c, k: f"({total_sql(c, k)})::bigint")
     monkeypatch.setattr(installs, "GENERATION", installs.GENERATION + 1)
@@ -420,8 +428,12 @@ async def test_a_generation_with_other_view_columns_replaces_the_views(
         )
         == "bigint"
     )
-    assert tuple(await store.fetchrow(granted)) == (True, False, True, False)
-    await store.execute("DROP OWNED BY cols_app, cols_other; DROP ROLE cols_app, cols_other")
+    assert tuple(await store.fetchrow(granted)) == held
+    await store.execute(
+        "REASSIGN OWNED BY cols_owner TO CURRENT_USER;"
+        " DROP OWNED BY cols_app, cols_other, cols_owner;"
+        " DROP ROLE cols_app, cols_other, cols_owner"
+    )
 
 
 async def test_a_role_that_cannot_read_the_catalog_still_connects(

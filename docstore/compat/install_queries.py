@@ -108,23 +108,45 @@ what the database holds (:data:`_HELD`: the parsed queries' text runs to ~100 KB
 not worth sending; md5 detects a change, it guards nothing). Its path is text[]: asyncpg
 would look ``name[]`` up on every new connection (~6 ms)."""
 
-GRANTS = """
-SELECT o.obj, o.acl IS NOT NULL AS explicit,
-       ARRAY(SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, o.obj,
-                           CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
-               FROM aclexplode(o.acl) a WHERE a.grantee <> o.owner) AS grants
-  FROM (SELECT format('TABLE %I.%I', n.nspname, c.relname) AS obj, c.relacl AS acl,
-               c.relowner AS owner
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
-        UNION ALL
-        SELECT format('FUNCTION %I.%I(%s)', n.nspname, p.proname,
-                      pg_get_function_identity_arguments(p.oid)), p.proacl, p.proowner
-          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = $1 AND p.proname = 'search_similar_docs') o
+_GRANTEE = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END"
+_OPTION = "CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END"
+# An install's views and function ($1 its schema, $2 the view names): kind as acldefault()
+# takes it, the object as GRANT names it, its ACL (NULL: the built-in default) and owner.
+_OBJECTS = """
+SELECT c.oid, 'r'::"char" AS kind, format('TABLE %I.%I', n.nspname, c.relname) AS obj,
+       c.relacl AS acl, c.relowner AS owner
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+UNION ALL
+SELECT p.oid, 'f', format('FUNCTION %I.%I(%s)', n.nspname, p.proname,
+                          pg_get_function_identity_arguments(p.oid)), p.proacl, p.proowner
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = $1 AND p.proname = 'search_similar_docs'
 """
-"""The grants on an install's views and function (``$1`` its schema, ``$2`` the view names),
-as the statements that give them again, beside whether the object had any of its own (then
-its default ``PUBLIC`` privileges had been replaced): what a drop and re-create keeps."""
+GRANTS = f"""
+SELECT o.obj, quote_ident(pg_get_userbyid(o.owner)) AS owner,
+       ARRAY(SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, o.obj, {_GRANTEE},
+                           {_OPTION})
+               FROM aclexplode(coalesce(o.acl, acldefault(o.kind, o.owner))) a
+              WHERE a.grantee <> o.owner) AS grants,
+       ARRAY(SELECT format('GRANT %s (%I) ON %s TO %s%s', a.privilege_type, t.attname, o.obj,
+                           {_GRANTEE}, {_OPTION})
+               FROM pg_attribute t, aclexplode(t.attacl) a
+              WHERE o.kind = 'r' AND t.attrelid = o.oid AND t.attnum > 0
+                AND NOT t.attisdropped AND a.grantee <> o.owner) AS column_grants
+  FROM ({_OBJECTS}) o
+"""
+"""What a drop and re-create of an install must give back (``$1`` its schema, ``$2`` the view
+names), per view and the function: its owner, the grants of its ACL — the built-in default's
+where it has none of its own (a function's ``EXECUTE`` for ``PUBLIC``) — and its columns'
+grants. The grantor becomes the role that re-creates (a grant chain is flattened)."""
+REVOKES = f"""
+SELECT o.obj,
+       ARRAY(SELECT DISTINCT format('REVOKE ALL ON %s FROM %s', o.obj, {_GRANTEE})
+               FROM aclexplode(coalesce(o.acl, acldefault(o.kind, o.owner))) a
+              WHERE a.grantee <> o.owner) AS revokes
+  FROM ({_OBJECTS}) o
+"""
+"""Per re-created view and function, what clears every privilege its owner's default
+privileges (``ALTER DEFAULT PRIVILEGES``) or the built-in default gave, before
+:data:`GRANTS`' are given back."""

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from docstore.arguments import timeout_seconds
+from docstore.arguments import finite_number
 from docstore.compat import install_queries as queries
 from docstore.compat import views
 from docstore.errors import DocstoreError, SchemaError
@@ -213,16 +213,27 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
 async def _recreate(
     conn: asyncpg.Connection, store: Store, schema: str, statements: list[str]
 ) -> None:
-    """Drop the install and create it from ``statements``, keeping the grants on its views
-    and function (a legacy client's role the DBA let read them)."""
-    saved = await conn.fetch(queries.GRANTS, schema, list(views.VIEW_NAMES))
+    """Drop the install and create it from ``statements``, giving its views and function back
+    their owners and exactly their privileges (a legacy client's role the DBA let read them;
+    columns' grants too, of the columns still there)."""
+    names = list(views.VIEW_NAMES)
+    saved = {r["obj"]: r for r in await conn.fetch(queries.GRANTS, schema, names)}
     for statement in [*views.uninstall_sql(schema, store.embedding_dim), *statements]:
         await conn.execute(statement)
-    for row in saved:
-        if row["explicit"]:  # its own privileges replaced the defaults: so again
-            await conn.execute(f"REVOKE ALL ON {row['obj']} FROM PUBLIC")
-        for grant in row["grants"]:
-            await conn.execute(grant)
+    for obj, row in saved.items():
+        await conn.execute(f"ALTER {obj} OWNER TO {row['owner']}")
+    for row in await conn.fetch(queries.REVOKES, schema, names):
+        before = saved.get(row["obj"])
+        if before is None:  # new in this generation: its defaults
+            continue
+        for statement in [*row["revokes"], *before["grants"]]:
+            await conn.execute(statement)
+        for grant in before["column_grants"]:
+            try:
+                async with conn.transaction():  # a column this generation no longer has
+                    await conn.execute(grant)
+            except asyncpg.UndefinedColumnError:
+                pass
 
 
 async def _stamp_install(
@@ -270,7 +281,7 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
     :class:`~docstore.errors.SchemaError` naming each install it could not refresh and why
     (its doc type unknown, a role that may not replace it, a read-only session, a lock not
     had within ``lock_timeout`` seconds); the others are refreshed all the same."""
-    timeout_seconds(lock_timeout)  # a number of seconds ≥ 0, else ValidationError
+    finite_number(lock_timeout, "lock_timeout", bounds=(0, 2_147_483.647))
     try:
         found = await status(store)
     except DocstoreError as exc:

@@ -295,11 +295,12 @@ class ShardRouter:
         self.forget()
         self._down_until.clear()
         schema = self._pools.primary.init.schema if self._pools.primary.init else None
-        for node, pool in self._workers.items():
-            pool.set_connect_args(self._pools.primary.url, **self._connect_kwargs(node))
-            if node in self._inits:  # where the new database's pgvector lives, as the primary's
-                self._inits[node].repoint(schema)
-            await pool.expire_connections()
+        async with self._opening:  # no worker pool opens meanwhile
+            for node, pool in list(self._workers.items()):
+                pool.set_connect_args(self._pools.primary.url, **self._connect_kwargs(node))
+                if node in self._inits:  # where the new database's pgvector lives
+                    self._inits[node].repoint(schema)
+                await pool.expire_connections()
 
     async def close(self) -> None:
         """Close every worker pool (``store.close()``)."""
