@@ -9,12 +9,14 @@ schema existed works once another process applies it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 import docstore
+from docstore.core.pools import VECTOR_SCHEMA, CodecInit
 from tests.conftest import PgCluster, sample_documents
 
 
@@ -189,3 +191,47 @@ async def test_a_read_replicas_pool_gets_the_codecs_too(empty_database_url: str)
             assert (await early.search(doc.embedding, limit=1))[0].doc_path == doc.doc_path
     finally:
         await early.close()
+
+
+class _ReloadDuringLookup(asyncpg.Connection):
+    """A real connection on which a reload re-points the pool's ``CodecInit`` while its
+    lookup of pgvector's schema is in flight (after the server answered, before the answer
+    is used)."""
+
+    during_lookup: Callable[[], None] = staticmethod(lambda: None)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        answer = await super().fetchval(query, *args, **kwargs)
+        if query == VECTOR_SCHEMA:
+            self.during_lookup()
+        return answer
+
+
+@pytest.mark.parametrize("reloaded", ["schema_of_the_new_database", None])
+@pytest.mark.parametrize("path", ["checkout", "new connection"])
+async def test_a_lookup_of_the_old_database_does_not_overwrite_a_reload(
+    empty_database_url: str, path: str, reloaded: str | None
+) -> None:
+    """Review 102: ``CodecInit`` looked pgvector up on a connection to the database the store
+    had before a reload, and wrote that database's schema over the one the reload had just
+    set (or over the reload's None: the new database has no pgvector yet), so every new
+    connection to the new database registered the codecs in the wrong schema."""
+    conn = await asyncpg.connect(empty_database_url, connection_class=_ReloadDuringLookup)
+    pool = await asyncpg.create_pool(empty_database_url, min_size=0, max_size=1)
+    try:
+        await conn.execute("CREATE EXTENSION vector")
+        init = CodecInit(None)
+        conn.during_lookup = lambda: init.repoint(reloaded)
+        if path == "checkout":
+            await init.found_late(conn, pool)
+        else:
+            await init(conn)
+        assert init.schema == reloaded
+        assert init.looking == (reloaded is None)  # the reload's state, untouched
+        if reloaded is None:  # no reload this time: what the lookup found is kept
+            conn.during_lookup = lambda: None
+            await (init.found_late(conn, pool) if path == "checkout" else init(conn))
+            assert init.schema == "public"
+    finally:
+        await pool.close()
+        await conn.close()

@@ -86,6 +86,9 @@ class CodecInit:
         self._stale = False
         """Some connections were set up without pgvector's codecs (it was not there yet): the
         pool's connections are to be replaced once it is found (:meth:`found_late`)."""
+        self._epoch = 0
+        """Raised by :meth:`repoint`: a lookup that began before it (on a connection to the
+        old database) must not write its answer over the new one."""
 
     @property
     def looking(self) -> bool:
@@ -101,10 +104,13 @@ class CodecInit:
         them: "no binary format encoder for type vector"). A replica's pool (``remember``
         False) looks on its own server each time. Asked no more once every connection has
         the codecs."""
+        epoch = self._epoch
         schema = (self.schema if self.remember else None) or await conn.fetchval(VECTOR_SCHEMA)
         if schema is None:
             return
         await register_vector_codecs(conn, schema)
+        if epoch != self._epoch:
+            return  # re-pointed meanwhile: the reload replaces the pool's connections itself
         if self.remember:
             self.schema = schema
         self._stale = False
@@ -113,14 +119,17 @@ class CodecInit:
     def repoint(self, schema: str | None) -> None:
         """New connections register pgvector's codecs in ``schema`` (None: look it up)."""
         self.schema, self._stale = schema, False  # the reload replaces every connection
+        self._epoch += 1
 
     async def __call__(self, conn: asyncpg.Connection) -> None:
         tcp.apply(conn, self.tcp_timeout)
         await register_json_codecs(conn)
-        schema = self.schema
+        schema, epoch = self.schema, self._epoch
         if schema is None:
             schema = await conn.fetchval(VECTOR_SCHEMA)
-            if schema is None:  # this one has no codecs: replaced once pgvector is there
+            if epoch != self._epoch:
+                pass  # re-pointed meanwhile: this answer is the old database's
+            elif schema is None:  # this one has no codecs: replaced once pgvector is there
                 self._stale = True
             elif self.remember and self.schema is None:
                 self.schema, self._stale = schema, True  # the older connections have none
