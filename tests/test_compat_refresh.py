@@ -335,6 +335,54 @@ async def test_a_long_transaction_on_a_view_delays_connect_by_the_lock_timeout_o
         await other.close()
 
 
+@pytest.mark.parametrize("other_refreshes", [True, False])
+async def test_a_refresh_that_waited_for_another_processes_refresh_says_nothing(
+    store: docstore.Store,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    other_refreshes: bool,
+) -> None:
+    """Was: a process that waited more than ``lock_timeout`` for the schema's install lock,
+    held by another process refreshing the same install (itself waiting on a view's lock, then
+    succeeding), warned that the views were left stale, although they were current by then.
+    Now it waits ``ADVISORY_WAIT`` times as long and looks again; it warns only when the
+    install is still stale, saying another session held it."""
+    await _install_as_older_docstore(store, "handoff", "rust", monkeypatch)
+    other = await asyncpg.connect(database_url)  # another process
+    lock_timeout = 1.0
+    locked = asyncio.Event()
+
+    async def other_process() -> None:  # holds the lock more than lock_timeout
+        async with other.transaction():
+            await other.execute(installs._LOCK, "handoff")
+            locked.set()
+            await asyncio.sleep(
+                1.2 * lock_timeout
+                if other_refreshes
+                else 1.5 * installs.ADVISORY_WAIT * lock_timeout
+            )
+            if other_refreshes:
+                await installs._install(other, store, "handoff", "rust")
+
+    try:
+        holding = asyncio.create_task(other_process())
+        await locked.wait()
+        if other_refreshes:
+            assert await installs.refresh(store, lock_timeout=lock_timeout) == []
+            assert await LegacyDatabase(store).views_status() == [
+                LegacyViews("handoff", "rust", "current")
+            ]
+        else:
+            with pytest.raises(SchemaError, match="another session was installing them"):
+                await installs.refresh(store, lock_timeout=lock_timeout)
+        await holding
+    finally:
+        await other.close()
+    assert await installs.refresh(store, lock_timeout=lock_timeout) == (
+        [] if other_refreshes else ["handoff"]
+    )
+
+
 async def test_a_session_without_standard_conforming_strings_installs_the_same(
     database_url: str,
 ) -> None:

@@ -1,6 +1,6 @@
 """Compatibility with the legacy Doc Server: its data operations on docstore's schema."""
 
-from docstore.compat.installs import LegacyViews
+from docstore.compat.installs import LegacyViews, LegacyViewsState
 from docstore.compat.legacy_api import LegacyDatabase
 from docstore.compat.rows import CrateDocument, CrateStats, LegacyDoc, SimilarDoc
 
@@ -10,5 +10,6 @@ __all__ = [
     "LegacyDatabase",
     "LegacyDoc",
     "LegacyViews",
+    "LegacyViewsState",
     "SimilarDoc",
 ]

@@ -29,10 +29,12 @@ An install made before stamps existed is stale, its doc type read from its funct
 
 :func:`refresh` installs the stale ones again, each for its own doc type, one transaction
 each (read committed), under an advisory lock per schema (many processes starting at once
-refresh it once), waiting at most ``lock_timeout`` for each lock it takes (a legacy client's
-long transaction on a view is not queued behind), with ``standard_conforming_strings`` on. A
-generation whose views change a column's type drops and re-creates them, keeping the grants
-on the views and the function. ``docstore init`` and
+refresh it once; a process that waited for another's refresh of the same install finds it
+current and says nothing), waiting at most ``lock_timeout`` for each lock on the views and the
+function (a legacy client's long transaction on a view is not queued behind) and
+:data:`ADVISORY_WAIT` times that for the schema's advisory lock, with
+``standard_conforming_strings`` on. A generation whose views change a column's type drops
+and re-creates them, keeping the grants on the views and the function. ``docstore init`` and
 :meth:`LegacyDatabase.connect <docstore.compat.LegacyDatabase.connect>` run it and report a
 failure as a warning: the store works whatever the legacy views are.
 """
@@ -67,9 +69,14 @@ GENERATION_DIGEST = "07cba390554bf2b509f1a892aed007e3"
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time
 REFRESH_LOCK_TIMEOUT = 2.0
-"""Seconds a refresh waits for a lock (a view a legacy client reads in a long transaction,
-another process's install of the schema): then the install stays as it is, with a warning."""
-State = Literal["current", "stale", "newer", "unknown"]
+"""Seconds a refresh waits for a lock (a view a legacy client reads in a long transaction;
+:data:`ADVISORY_WAIT` times that for another process's install of the schema): then the
+install stays as it is, with a warning."""
+ADVISORY_WAIT = 2
+"""A refresh waits this many times ``lock_timeout`` for another process's install of the
+same schema (which may itself wait ``lock_timeout`` for a view's lock and then succeed)."""
+LegacyViewsState = Literal["current", "stale", "newer", "unknown"]
+"""What :attr:`LegacyViews.state` can be (``docstore.compat.LegacyViewsState``)."""
 
 _SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
 _LOCK = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext($1))"
@@ -89,7 +96,7 @@ class LegacyViews:
     schema: str
     doc_type: str | None
     """The doc type its views show (``None``: not recoverable; install it again by hand)."""
-    state: State
+    state: LegacyViewsState
     """``"current"``: what this docstore would install in its place; ``"stale"``: to be
     installed again (:func:`refresh`); ``"newer"``: made by a newer docstore, left alone;
     ``"unknown"``: its doc type cannot be read (install it again with the right one)."""
@@ -143,6 +150,13 @@ async def _rows(conn: asyncpg.Connection, schema: str | None) -> list[asyncpg.Re
 
 
 async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> list[LegacyViews]:
+    return [found for found, _ in await _found(conn, store, schema)]
+
+
+async def _found(
+    conn: asyncpg.Connection, store: Store, schema: str | None
+) -> list[tuple[LegacyViews, list[str]]]:
+    """The installs, each with the search path this docstore would give its function."""
     if not await conn.fetchval(queries.ANY_INSTALL):
         return []
     found = []
@@ -150,7 +164,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
         stamp = _stamp(row["stamps"], row["source"])
         doc_type = stamp.get("doc_type")
         generation = stamp.get("generation")
-        state: State
+        state: LegacyViewsState
         if not isinstance(doc_type, str):
             doc_type, state = None, "unknown"
         elif isinstance(generation, int) and generation > GENERATION:
@@ -163,7 +177,7 @@ async def _read(conn: asyncpg.Connection, store: Store, schema: str | None) -> l
             state = "current"
         else:
             state = "stale"
-        found.append(LegacyViews(row["schema"], doc_type, state))
+        found.append((LegacyViews(row["schema"], doc_type, state), list(row["path"])))
     return found
 
 
@@ -181,7 +195,14 @@ async def install(store: Store, schema: str, doc_type: str) -> None:
         await _install(conn, store, schema, doc_type)
 
 
-async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type: str) -> None:
+async def _install(
+    conn: asyncpg.Connection,
+    store: Store,
+    schema: str,
+    doc_type: str,
+    path: list[str] | None = None,
+) -> None:
+    """``path``: :data:`views.FUNCTION_SEARCH_PATH`'s answer, when the caller just read it."""
     clash = [r[0] for r in await conn.fetch(views.LEGACY_TABLES_IN_SCHEMA, schema)]
     if clash:
         raise SchemaError(
@@ -193,7 +214,8 @@ async def _install(conn: asyncpg.Connection, store: Store, schema: str, doc_type
     try:
         if not await conn.fetchval(_SCHEMA_EXISTS, schema):  # else CREATE needs more rights
             await conn.execute(f"CREATE SCHEMA {views._ident(schema)}")
-        path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
+        if path is None:
+            path = [r[0] for r in await conn.fetch(views.FUNCTION_SEARCH_PATH)]
         statements = _statements(store, schema, doc_type, path)
         try:
             async with conn.transaction():  # a savepoint
@@ -310,6 +332,21 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
 
 
 async def _refresh_one(store: Store, schema: str, lock_timeout: float) -> bool:
+    try:
+        return await _refresh_locked(store, schema, lock_timeout)
+    except _InstallBusy:
+        # another process held the schema's install lock all that time: if it was refreshing
+        # the same install, it is current now and there is nothing to say
+        again = await store.run(lambda conn: _read(conn, store, schema))
+        if again and again[0].state == "stale":
+            raise SchemaError(
+                "another session was installing them and held their lock for more than"
+                f" {ADVISORY_WAIT * lock_timeout:g} s: run `docstore init` again once it ended"
+            ) from None
+        return False
+
+
+async def _refresh_locked(store: Store, schema: str, lock_timeout: float) -> bool:
     # read committed: the look after the lock must see what another process did meanwhile
     async with store.transaction(isolation="read_committed") as conn:
         if not await conn.fetchval(_WRITABLE):
@@ -317,14 +354,30 @@ async def _refresh_one(store: Store, schema: str, lock_timeout: float) -> bool:
                 "this session is read-only (a reader role, or a standby): run `docstore init`"
                 " with a role that owns them"
             )
-        # at least 1 ms: 0 would mean no limit
-        await conn.execute(f"SET LOCAL lock_timeout = {max(1, math.ceil(lock_timeout * 1000))}")
-        await conn.execute(_LOCK, schema)  # then look again: another may have done it
-        again = await _read(conn, store, schema)
-        if not again or again[0].state != "stale" or again[0].doc_type is None:
+        # Another process refreshing the same install holds the schema's advisory lock while
+        # it waits (up to lock_timeout each) for the views' locks: wait that out, then look.
+        await _set_lock_timeout(conn, ADVISORY_WAIT * lock_timeout)
+        try:
+            await conn.execute(_LOCK, schema)
+        except asyncpg.LockNotAvailableError:
+            raise _InstallBusy from None
+        await _set_lock_timeout(conn, lock_timeout)
+        again = await _found(conn, store, schema)  # another may have done it meanwhile
+        if not again or again[0][0].state != "stale" or again[0][0].doc_type is None:
             return False
-        await _install(conn, store, schema, again[0].doc_type)
+        found, path = again[0]
+        assert found.doc_type is not None
+        await _install(conn, store, schema, found.doc_type, path)
         return True
+
+
+class _InstallBusy(Exception):
+    """The schema's install lock was not had in time."""
+
+
+async def _set_lock_timeout(conn: asyncpg.Connection, seconds: float) -> None:
+    # at least 1 ms: 0 would mean no limit
+    await conn.execute(f"SET LOCAL lock_timeout = {max(1, math.ceil(seconds * 1000))}")
 
 
 def _why(exc: DocstoreError) -> str:
