@@ -72,7 +72,9 @@ class QueryError(DocstoreError):
     """The server rejected a statement (syntax, constraint, data error, ...).
 
     ``sqlstate`` carries the PostgreSQL error code; the original asyncpg exception is the
-    ``__cause__``. The message is truncated so large literals never flood logs.
+    ``__cause__``, its message and detail without the values they quoted (a failing row, a
+    vector literal, an argument's ``repr``: a traceback prints the cause). The message is
+    truncated so large literals never flood logs.
     """
 
     def __init__(self, message: str, *, sqlstate: str | None = None) -> None:

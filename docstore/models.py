@@ -25,6 +25,7 @@ field and the document's key but never echoes a vector's values:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self, cast
@@ -253,6 +254,23 @@ class _Model(BaseModel):
                 raise ValidationError(f"invalid {cls.__name__}: {_describe(exc)[0]}") from None
         what = "a dict with a non-string key" if isinstance(obj, Mapping) else type(obj).__name__
         raise ValidationError(f"expected a {cls.__name__} or a dict, got {what}")
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+        """One from a JSON object of its fields: :meth:`model_validate` of the parsed JSON
+        (never pydantic's error, and no value of it in the message)."""
+        try:
+            data = json.loads(json_data)
+        except (ValueError, TypeError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise ValidationError(f"invalid {cls.__name__} JSON: {why}") from None
+        return cls.model_validate(data)
+
+    @classmethod
+    def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Any:
+        """:meth:`model_validate` of ``obj``: the constructor's rules (a string is not taken
+        for a number); never pydantic's error."""
+        return cls.model_validate(obj)
 
 
 def _private(model: pydantic.BaseModel) -> dict[str, Any]:

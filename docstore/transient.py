@@ -206,6 +206,10 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
 _ARG_ERROR = re.compile(r"^(invalid input for query argument \$\d+)")
 # A constraint violation's DETAIL spells out the whole row: a document's embedding and text.
 _FAILING_ROW = re.compile(r"(Failing row contains) \(.*", re.DOTALL)
+# The server quotes the text it could not parse: a vector literal's values.
+_VECTOR_INPUT = re.compile(
+    r"(invalid input syntax for type (?:vector|halfvec|sparsevec)): \".*", re.DOTALL
+)
 # Python's datetime holds the years 1-9999, PostgreSQL's timestamps 4713 BC-294276 AD.
 OUT_OF_RANGE_HINT = (
     " (a date or timestamp outside the years 1-9999 came back, which Python cannot hold: find"
@@ -214,16 +218,45 @@ OUT_OF_RANGE_HINT = (
 )
 
 
-def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
-    """A short, safe description of ``exc``: class, SQLSTATE, scrubbed and truncated message.
+def withhold_values(text: str) -> str:
+    """``text`` without the values a message can quote: a failing row (a document's
+    embedding and text), a vector literal the server could not parse, a query argument
+    asyncpg could not encode (the start of its ``repr``)."""
+    text = _FAILING_ROW.sub(r"\1 (the row's values are not shown)", text)
+    text = _VECTOR_INPUT.sub(r"\1 (the value is not shown)", text)
+    match = _ARG_ERROR.match(text)
+    return match[1] if match else text
 
-    Client-side argument errors echo the offending value (possibly a whole vector), so only
-    their first clause is kept.
-    """
-    message = _FAILING_ROW.sub(r"\1 (the row's values are not shown)", str(exc))
-    match = _ARG_ERROR.match(message)
-    if match:
-        message = match[1]
+
+def redact(exc: BaseException) -> None:
+    """Withhold the values (:func:`withhold_values`) in the messages of ``exc`` and of the
+    asyncpg errors in its ``__cause__``/``__context__`` chain, in place: docstore's errors keep
+    the asyncpg error as their ``__cause__``, and a traceback prints it (a logged exception, an
+    unhandled one). Other exceptions in the chain are left as they are."""
+    stack, seen = [exc], set()
+    while stack:
+        one = stack.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        if isinstance(one, _ASYNCPG_MESSAGES) and one.args and isinstance(one.args[0], str):
+            one.args = (withhold_values(one.args[0]), *one.args[1:])
+            for attr in ("message", "detail"):
+                value = getattr(one, attr, None)
+                if isinstance(value, str):
+                    setattr(one, attr, withhold_values(value))
+        stack.extend(e for e in (one.__cause__, one.__context__) if e is not None)
+
+
+_ASYNCPG_MESSAGES = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """A short, safe description of ``exc``: class, SQLSTATE, scrubbed and truncated message,
+    without the values it quotes (:func:`withhold_values`; in ``exc`` and its chain too:
+    :func:`redact`)."""
+    redact(exc)
+    message = withhold_values(str(exc))
     sqlstate = getattr(exc, "sqlstate", None)
     code = f" [{sqlstate}]" if sqlstate else ""
     hint = OUT_OF_RANGE_HINT if is_out_of_range_date(exc) else ""

@@ -353,6 +353,26 @@ async def test_a_constructed_document_with_an_unsearchable_vector_is_refused(
     assert await store.documents.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("token_count", -5), ("doc_path", ""), ("content", "nul\x00"), ("doc_type", "x" * 60)],
+)
+async def test_a_constructed_document_is_validated_whole(
+    store: docstore.Store, field: str, value: object
+) -> None:
+    """Ground-rules audit (2026-12-07): a ``model_construct`` Document skipped every rule but
+    the embedding's and metadata's: a negative token_count and an empty doc_path were
+    written, a NUL byte or an oversize doc type failed in the server without the row's index."""
+    good, other = make_docs(2)
+    raw = Document.model_construct(**{**other.model_dump(), field: value})
+    with pytest.raises(ValidationError, match=field) as info:
+        await store.documents.upsert_many([good, raw])
+    assert info.value.field == field and info.value.index == 1
+    assert await store.documents.count() == 0
+    read_back = await store.documents.upsert(good)  # rows read back are constructed: they pass
+    assert (await store.documents.upsert_many([read_back])).unchanged == 1
+
+
 async def test_iter_checks_its_batch_size_and_yields_every_row(store: docstore.Store) -> None:
     """A float batch size used to return one page and stop (1 of 10 documents); any id, also
     one a caller's SQL set to 0 or below, is a document iter() yields."""

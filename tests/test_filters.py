@@ -73,11 +73,25 @@ def test_or_of_in_and_eq() -> None:
         {"source_name": ["a", "b"]},
         [],
         "source_name = 'x'",
+        # ground-rules audit (2026-12-07): a number the driver sent as 0, keys json.dumps
+        # made strings (an operator object taken for a value to equal)
+        {"metadata.k": {"$gt": 10**1001}},
+        {"metadata.k": {"$between": [0, -(10**140_000)]}},
+        {"metadata.k": {"$gt": 5, 0: "stray"}},
+        {"metadata.k": {"$in": [10], None: 1}},
+        {"metadata.k": {1: "a", "1": "b"}},
+        {"metadata.k": {"$eq": {"a": [{2: "x"}]}}},
+        {"metadata.k": {"$in": [{"a": 1}, {(1, 2): 3}]}},
     ],
 )
 def test_malformed_filters_raise_filter_error(flt: Any) -> None:
     with pytest.raises(FilterError):
         build_filter(flt)
+
+
+def test_a_number_of_a_thousand_digits_is_still_compared() -> None:
+    sql, params = build_filter({"metadata.k": {"$lt": 10**999}})
+    assert params[-1] == 10**999 and "::numeric" in sql
 
 
 def test_every_operator_builds() -> None:

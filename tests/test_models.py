@@ -109,6 +109,26 @@ def test_json_round_trip_of_a_document() -> None:
     assert again == d
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"source_name": "s", "doc_path": "p", "embedding": [0.125, 1e6]}',
+        '{"source_name": "s", "doc_path": "p", "embedding": [0.125, 0.5], "token_count": -1}',
+        '{"source_name": "s", "doc_path": "p", "content": "a\\u0000b"}',
+        '{"source_name": "s", "doc_path": "p"',
+        "[0.125, 0.5]",
+    ],
+)
+def test_a_document_from_json_fails_with_docstores_error_only(text: str) -> None:
+    """Ground-rules audit (2026-12-07): ``model_validate_json`` raised pydantic's error,
+    whose message quoted the input (an embedding's last value)."""
+    with pytest.raises(ValidationError) as info:
+        Document.model_validate_json(text)
+    assert "0.125" not in str(info.value) and "input_value" not in str(info.value)
+    with pytest.raises(ValidationError):
+        Document.model_validate_strings(json.loads(text) if text.endswith("}") else text)
+
+
 def test_source_validation() -> None:
     assert Source(source_name="tokio").doc_type == "rust"
     with pytest.raises(ValidationError, match="config"):

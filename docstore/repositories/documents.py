@@ -61,7 +61,6 @@ from docstore.models import (
     UpsertResult,
     bounded_int,
     check_key,
-    embedding_array,
     flag,
     row_id,
 )
@@ -238,21 +237,22 @@ def validate(item: Document | dict[str, Any], index: int, dim: int) -> Document:
         raise ValidationError(
             f"row {index}: {exc}", field=exc.field, index=index, key=exc.key
         ) from None
-    if doc.embedding is not None and not doc.embedding_checked:
-        # a Document made with model_construct (read back from the database) skipped the
-        # embedding rule: a vector stored before it (a migrated zero vector) must not slip in;
-        # a deep copy's or an unpickled Document's array is writable again, so maybe edited
+    if not doc.embedding_checked:
+        # A Document made with model_construct (read back from the database, or built so by a
+        # caller) skipped every rule: a vector stored before them (a migrated zero vector), a
+        # negative token_count, an empty doc_path must not slip in. A deep copy's or an
+        # unpickled Document's array is writable again, so maybe edited. Validated again whole.
+        given = doc.__dict__
+        fields = {name: given[name] for name in Document.model_fields if name in given}
         try:
-            checked = embedding_array(doc.embedding)
-        except ValueError as exc:
+            doc = Document(**fields)
+        except ValidationError as exc:
             raise ValidationError(
-                f"row {index} ({'/'.join(doc.key)}): embedding {exc}",
-                field="embedding",
+                f"row {index}: {exc}",
+                field=exc.field,
                 index=index,
-                key=doc.key,
+                key=exc.key,
             ) from None
-        if checked is not doc.embedding:
-            doc = doc.model_copy(update={"embedding": checked})
     if doc.embedding is not None and doc.embedding.shape[0] != dim:
         raise ValidationError(
             f"row {index} ({'/'.join(doc.key)}): embedding has {doc.embedding.shape[0]} "

@@ -55,6 +55,8 @@ COLUMNS: dict[str, str] = {
 }
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
+MAX_INT_BITS = 3_322
+"""Bits of an integer compared with a metadata number, at most (1,000 decimal digits)."""
 MAX_LIST = 100_000
 """Values an ``$in``/``$nin`` list may hold (a million took 2 s to check, blocking the loop)."""
 _INT4 = (-(2**31), 2**31 - 1)
@@ -181,6 +183,8 @@ def _plain_number(value: Any) -> Any:
 
 
 def _json(value: Any, target: _Target, op: str) -> str:
+    if isinstance(value, Mapping | list | tuple) and _nonstring_key(value):
+        raise FilterError(f"{op} on {target.name}: an object in the value has a non-string key")
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, default=_plain_number)
     except (TypeError, ValueError):
@@ -193,6 +197,22 @@ def _json(value: Any, target: _Target, op: str) -> str:
     if problem:
         raise FilterError(f"{op} on {target.name}: value {problem}")
     return text
+
+
+def _nonstring_key(value: Any) -> bool:
+    """Whether a mapping in ``value`` has a key that is not a string (json.dumps would make
+    it one: ``{1: "a", "1": "b"}`` a duplicate)."""
+    stack, seen = [value], 0
+    while stack and seen < 1_000_000:  # a cycle: json.dumps refuses it
+        one = stack.pop()
+        seen += 1
+        if isinstance(one, Mapping):
+            if not all(isinstance(k, str) for k in one):
+                return True
+            stack.extend(v for v in one.values() if isinstance(v, Mapping | list | tuple))
+        elif isinstance(one, list | tuple):
+            stack.extend(v for v in one if isinstance(v, Mapping | list | tuple))
+    return False
 
 
 # a path segment PostgreSQL's #> reads as an array subscript (strtol: leading blanks and a
@@ -250,6 +270,8 @@ def _comparison(sql_op: str, name: str) -> Builder:
             )
         if v != v or v in (float("inf"), float("-inf")):
             raise FilterError(f"{name} on {t.name} needs a finite number")
+        if isinstance(v, int) and v.bit_length() > MAX_INT_BITS:  # the driver sent these as 0
+            raise FilterError(f"{name} on {t.name}: the number has more than 1,000 digits")
         # a float bound as is would be sent as its exact binary expansion (0.1 as
         # 0.1000000000000000055…) while the stored JSON holds the shortest form (0.1): bind that
         number = Decimal(repr(float(v))) if isinstance(v, float) else int(v)
@@ -407,8 +429,12 @@ def _node(node: Any, p: _Params, alias: str, depth: int) -> str:
 
 
 def _condition(target: _Target, spec: Any, p: _Params, alias: str) -> str:
-    is_ops = isinstance(spec, Mapping) and spec and all(isinstance(k, str) for k in spec)
-    if is_ops and any(k.startswith("$") for k in spec):
+    if isinstance(spec, Mapping) and not all(isinstance(k, str) for k in spec):
+        # json.dumps would make them strings: an operator object taken for a value to equal
+        raise FilterError(
+            f"{target.name[:80]}: an operator object's (or a value's) keys must be strings"
+        )
+    if isinstance(spec, Mapping) and any(k.startswith("$") for k in spec):
         parts = []
         for op, value in spec.items():
             builder = _OPS.get(op)
