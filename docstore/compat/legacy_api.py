@@ -110,9 +110,10 @@ class LegacyDatabase:
     async def get_crate_stats(self) -> list[CrateStats]:
         """One row per crate, ordered by name: (name, version, last_updated, total_docs,
         total_tokens) — the crate's recorded totals, as the legacy ``crates`` row held them
-        (0 when none is recorded; None for one beyond the legacy ``integer``, as the
-        ``crates`` view shows it: stored by ``store.sources.refresh_stats`` or before
-        :meth:`insert_embeddings_batch` refused such totals)."""
+        (0 when none is recorded; None for one recorded as null — a legacy NULL — or beyond
+        the legacy ``integer``, as the ``crates`` view shows it: stored by
+        ``store.sources.refresh_stats`` or before :meth:`insert_embeddings_batch` refused such
+        totals)."""
         rows = await self.store.fetch(
             f"""SELECT source_name, config->>'version' AS version, last_populated,
                       {views.total_sql("config", "total_docs")} AS total_docs,

@@ -40,7 +40,7 @@ class CrateStats(NamedTuple):
     name: str
     version: str | None
     last_updated: datetime | None
-    total_docs: int | None  # None: a recorded total beyond the legacy integer (as the view)
+    total_docs: int | None  # None: recorded as null, or beyond the legacy integer (as the view)
     total_tokens: int | None
 
 

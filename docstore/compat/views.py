@@ -107,11 +107,12 @@ def _as_integer(column: str, offset: int = 0) -> str:
 
 def total_sql(config: str, key: str) -> str:
     """SQL for a crate's recorded total ``key`` (``total_docs``/``total_tokens``) in the source
-    config ``config``, as the legacy ``crates`` column: 0 when none is recorded, NULL when the
-    value is not an ``integer`` (beyond it, stored by ``refresh_stats`` or before the compat
-    writes refused such totals: one such crate must not fail the view for every crate)."""
+    config ``config``, as the legacy ``crates`` column: 0 when none is recorded (the legacy
+    column's default), NULL when it is recorded as null (a legacy NULL, migrated) or is not an
+    ``integer`` (beyond it, stored by ``refresh_stats`` or before the compat writes refused
+    such totals: one such crate must not fail the view for every crate)."""
     text = f"{config}->>'{key}'"
-    return f"CASE WHEN {text} IS NULL THEN 0 ELSE {integer_sql(text)} END"
+    return f"CASE WHEN {config} ? '{key}' THEN {integer_sql(text)} ELSE 0 END"
 
 
 def _new_id(column: str, distributed: bool) -> str:

@@ -29,7 +29,7 @@ import asyncpg
 from docstore.codecs import keys_param
 from docstore.errors import DocstoreError, MigrationError
 from docstore.failures import is_unique_violation
-from docstore.migrate import checkpoints, legacy, state
+from docstore.migrate import checkpoints, keys, legacy, state
 from docstore.migrate.compare import LegacyState
 from docstore.migrate.context import LONG_TIMEOUT, StageContext, now
 from docstore.migrate.digest import sent_digest
@@ -155,6 +155,17 @@ async def copy_range(
     copy itself looks at no value); the caller's transaction must roll back."""
     try:
         return await _copy_range(ctx, src, tgt, low, high, direct=direct)
+    except asyncpg.ProgramLimitExceededError as exc:  # an index row too large: a long key
+        query = keys.long_keys_query(id_range=True, limit=10)
+        rows = await src.fetch(query, len(ctx.doc_type.encode()), low, high)
+        if not rows:
+            raise
+        problem = keys.problem([r["id"] for r in rows], rows[0]["found"], maybe=True)
+        raise MigrationError(
+            f"cannot copy doc_embeddings ids ({low}, {high}]: {problem}, then run again (the"
+            " run resumes after the chunks already committed; `docstore migrate --dry-run`"
+            " names every such row)"
+        ) from exc
     except asyncpg.PostgresError as exc:
         if not _out_of_range(exc):
             raise

@@ -28,7 +28,7 @@ import asyncpg
 
 from docstore.core.opener import IS_LEGACY_DATABASE
 from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
-from docstore.migrate import checkpoints, legacy, state, target_access
+from docstore.migrate import checkpoints, keys, legacy, state, target_access
 from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.models import MAX_CONTENT_CHARS, MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
@@ -70,6 +70,8 @@ async def preflight(
             pre.blocking.append(problem)
         pre.blocking.extend(await duplicate_keys(src))
         if thorough and (problem := await beyond_half_precision(src, store.embedding_dim)):
+            pre.blocking.append(problem)
+        if thorough and (problem := await keys.unindexable(src, store, doc_type)):
             pre.blocking.append(problem)
         if thorough:
             pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
@@ -377,9 +379,10 @@ async def refused_by_docstore(src: asyncpg.Connection, dim: int, doc_type: str) 
             shown = ", ".join(map(str, ids)) + (", …" if count > len(ids) else "")
             found.append(
                 f"{_count(count, 'legacy document')} with {what} (doc_embeddings ids {shown}):"
-                " copied as they are, but docstore's own writes refuse such a document"
-                " (re-writing it unchanged raises ValidationError); fix it in the legacy"
-                " database if that matters"
+                " copied as they are (unless a blocking finding says the target cannot hold"
+                " them), but docstore's own writes refuse such a document (re-writing it"
+                " unchanged raises ValidationError); fix it in the legacy database if that"
+                " matters"
             )
     return found
 

@@ -25,7 +25,7 @@ import asyncpg
 
 from docstore.errors import MigrationError
 from docstore.failures import describe
-from docstore.migrate import checkpoints, legacy, state
+from docstore.migrate import checkpoints, legacy, sequences, state
 from docstore.migrate.compare import config_dict
 from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.lock import migration_lock
@@ -141,23 +141,25 @@ async def rollback(
             if (configs or jobs) and not has_optional:
                 await leg.execute(legacy.LEGACY_OPTIONAL_SCHEMA_SQL)
                 has_optional = True
-            report.crates, crate_names = await _rollback_crates(leg, sources)
+            report.crates, crate_names = await _rollback_crates(leg, sources, dry_run=dry_run)
             (
                 report.documents,
                 report.deleted_documents,
                 assigned,
-            ) = await _rollback_documents(doc_type, embedding_dim, leg, tgt, received, force=force)
+            ) = await _rollback_documents(
+                doc_type, embedding_dim, leg, tgt, received, force=force, dry_run=dry_run
+            )
             # after the documents: a crates row's delete cascades to the rows pointing at it
             await _delete_gone_crates(leg, crate_names)
             job_ids: list[tuple[int, int]] = []
             if has_optional:
-                report.crate_configs = await _rollback_configs(leg, configs, jobs)
-                report.population_jobs, job_ids = await _rollback_jobs(leg, jobs)
-            if dry_run:  # everything written and counted: rolled back (sequences untouched)
+                report.crate_configs = await _rollback_configs(leg, configs, jobs, dry_run)
+                report.population_jobs, job_ids = await _rollback_jobs(leg, jobs, dry_run)
+            if dry_run:  # everything written and counted: rolled back (temporary sequences)
                 raise _DryRun
             for table in ("crates", "doc_embeddings", "crate_configs", "population_jobs"):
                 if await leg.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                    await _advance_sequence(leg, table, [])
+                    await sequences.advance(leg, table, [], dry_run=False)
     except _DryRun:
         report.dry_run = True
         return
@@ -183,7 +185,9 @@ async def rollback(
         ) from None
 
 
-async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> tuple[int, list[str]]:
+async def _rollback_crates(
+    leg: asyncpg.Connection, sources: list[Any], *, dry_run: bool
+) -> tuple[int, list[str]]:
     """Upsert a ``crates`` row per source that has one; returns (rows written, their names)."""
     rows = []
     for r in sources:
@@ -200,15 +204,14 @@ async def _rollback_crates(leg: asyncpg.Connection, sources: list[Any]) -> tuple
                 config.get("total_tokens", 0),
             )
         )
-    await _advance_sequence(leg, "crates", [r[0] for r in rows])
+    seq = await sequences.advance(leg, "crates", [r[0] for r in rows], dry_run=dry_run)
     await leg.executemany(
         """INSERT INTO crates (id, name, version, last_updated, total_docs, total_tokens)
-           VALUES (coalesce($1, nextval(pg_get_serial_sequence('crates', 'id'))),
-                   $2, $3, $4, $5, $6)
+           VALUES (coalesce($1, nextval($7::regclass)), $2, $3, $4, $5, $6)
            ON CONFLICT (name) DO UPDATE
               SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated,
                   total_docs = EXCLUDED.total_docs, total_tokens = EXCLUDED.total_tokens""",
-        rows,
+        [(*r, seq) for r in rows],
     )
     return len(rows), [r[1] for r in rows]
 
@@ -233,6 +236,7 @@ async def _rollback_documents(
     received: list[checkpoints.Checkpoint],
     *,
     force: bool,
+    dry_run: bool,
 ) -> tuple[int, int, list[Any]]:
     """Mirror the target's documents into ``doc_embeddings``; returns (copied, deleted,
     the (id, crate_id, crate_name, doc_path) the legacy side gave documents it had no id
@@ -279,8 +283,11 @@ async def _rollback_documents(
                AND vector_dims(d.embedding) <> $1""",
         embedding_dim,
     )
-    await _advance_sequence(
-        leg, "doc_embeddings", [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")]
+    seq = await sequences.advance(
+        leg,
+        "doc_embeddings",
+        [await leg.fetchval(f"SELECT max(id) FROM {_ROLLBACK_STAGE}")],
+        dry_run=dry_run,
     )
     if not force:
         await refuse_deleting_unreceived(leg, doc_type, received, _ROLLBACK_STAGE)
@@ -305,7 +312,7 @@ async def _rollback_documents(
         f"""INSERT INTO doc_embeddings
                 (id, crate_id, crate_name, doc_path, content, embedding, token_count,
                  created_at)
-            SELECT coalesce(s.id, nextval(pg_get_serial_sequence('doc_embeddings', 'id'))),
+            SELECT coalesce(s.id, nextval($2::regclass)),
                    CASE WHEN s.id IS NOT NULL THEN s.crate_id ELSE c.id END,
                    s.crate_name, s.doc_path, s.content, s.embedding, s.token_count,
                    s.created_at
@@ -322,6 +329,7 @@ async def _rollback_documents(
                                      EXCLUDED.token_count, EXCLUDED.created_at,
                                      vector_send({_KEPT_EMBEDDING}))""",
         embedding_dim,
+        seq,
     )
     assigned = await leg.fetch(
         f"""SELECT d.id, d.crate_id, d.crate_name, d.doc_path
@@ -333,7 +341,7 @@ async def _rollback_documents(
 
 
 async def _rollback_configs(
-    leg: asyncpg.Connection, configs: list[dict[str, Any]], jobs: list[Any]
+    leg: asyncpg.Connection, configs: list[dict[str, Any]], jobs: list[Any], dry_run: bool
 ) -> int:
     """Mirror the sources' crate configs into ``crate_configs``: configs the target no longer
     has are deleted first (their jobs with them, by the legacy cascade), unless a target job
@@ -343,7 +351,7 @@ async def _rollback_configs(
         [c["id"] for c in configs]
         + [i for j in jobs if (i := config_dict(j["metadata"]).get("crate_config_id")) is not None],
     )
-    await _advance_sequence(leg, "crate_configs", [c["id"] for c in configs])
+    await sequences.advance(leg, "crate_configs", [c["id"] for c in configs], dry_run=dry_run)
     await leg.executemany(
         """INSERT INTO crate_configs
                (id, name, version_spec, current_version, features, expected_docs, enabled,
@@ -377,7 +385,7 @@ async def _rollback_configs(
 
 
 async def _rollback_jobs(
-    leg: asyncpg.Connection, jobs: list[Any]
+    leg: asyncpg.Connection, jobs: list[Any], dry_run: bool
 ) -> tuple[int, list[tuple[int, int]]]:
     """Mirror the target's jobs into ``population_jobs`` (jobs the target no longer has are
     deleted); returns (jobs written, the (target id, legacy id) of jobs that had no legacy
@@ -386,7 +394,9 @@ async def _rollback_jobs(
         "DELETE FROM population_jobs WHERE NOT id = ANY($1::int[])",
         [j["legacy_id"] for j in jobs if j["legacy_id"] is not None],
     )
-    await _advance_sequence(leg, "population_jobs", [j["legacy_id"] for j in jobs])
+    seq = await sequences.advance(
+        leg, "population_jobs", [j["legacy_id"] for j in jobs], dry_run=dry_run
+    )
 
     def values(j: Any) -> tuple[Any, ...]:
         return (
@@ -398,13 +408,13 @@ async def _rollback_jobs(
             j["error_message"],
             j["docs_populated"],
             j["created_at"],
+            seq,
         )
 
     sql = """INSERT INTO population_jobs
                (id, crate_config_id, status, started_at, completed_at, error_message,
                 docs_populated, created_at)
-           VALUES (coalesce($1, nextval(pg_get_serial_sequence('population_jobs', 'id'))),
-                   $2, $3, $4, $5, $6, $7, $8)
+           VALUES (coalesce($1, nextval($9::regclass)), $2, $3, $4, $5, $6, $7, $8)
            ON CONFLICT (id) DO UPDATE
               SET crate_config_id = EXCLUDED.crate_config_id, status = EXCLUDED.status,
                   started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
@@ -465,18 +475,3 @@ async def _record_job_ids(tgt: asyncpg.Connection, assigned: list[tuple[int, int
         [a[1] for a in assigned],
     )
     return int(status.split()[-1])
-
-
-async def _advance_sequence(leg: asyncpg.Connection, table: str, explicit: list[Any]) -> None:
-    """Move ``table``'s id sequence past its rows and the explicit ids about to be inserted,
-    so rows without an id (written after the cutover) never collide with them — never back:
-    ``setval`` is not undone by a rollback (of the transaction or a dry run), and a sequence
-    set below a row the transaction deleted would hand that row's id out again after it
-    came back."""
-    top = max((int(i) for i in explicit if i is not None), default=0)
-    await leg.execute(
-        f"SELECT setval(s.seq, greatest((SELECT max(id) FROM {table}), $1::bigint,"
-        " coalesce(pg_sequence_last_value(s.seq), 1), 1))"
-        f" FROM (SELECT pg_get_serial_sequence('{table}', 'id')::regclass AS seq) s",
-        top,
-    )
