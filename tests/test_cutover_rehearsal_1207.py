@@ -129,3 +129,32 @@ async def test_a_key_the_targets_index_cannot_hold_blocks_the_dry_run_and_names_
         assert report.ok
     async with docstore.connect(database_url) as store:
         assert await store.fetchval("SELECT count(*) FROM documents") == 8
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "instead"),
+    [
+        ("crates", "last_updated", "0001-01-01 00:00:00", "-infinity"),
+        ("crate_configs", "last_checked", "9999-12-31 23:59:59.999999+00", "infinity"),
+        ("crate_configs", "created_at", "0001-01-01 00:00:00+00", "2020-01-01 00:00:00+00"),
+    ],
+)
+async def test_a_date_at_the_very_end_of_pythons_range_blocks_the_run_naming_it(
+    legacy_url: str, database_url: str, table: str, column: str, value: str, instead: str
+) -> None:
+    """Was: a finite ``0001-01-01 00:00:00`` in ``crates.last_updated`` became ``-infinity``
+    in the target (asyncpg reads and writes ±infinity as Python's first and last instants),
+    and a rollback wrote ``-infinity`` back into the legacy database; the same in
+    ``crate_configs`` or ``population_jobs`` made every run fail validation, for ever."""
+    cast = "timestamp" if table == "crates" else "timestamptz"
+    update = f"UPDATE {table} SET {column} = $1::text::{cast}"
+    await legacy_execute(legacy_url, f"{update} WHERE id = (SELECT min(id) FROM {table})", value)
+    async with Migrator(legacy_url, database_url) as m:
+        blocking = (await m.preflight()).blocking
+        assert any(f"{table} row" in b and column in b for b in blocking), blocking
+        with pytest.raises(MigrationError, match="very ends"):
+            await m.run()
+        await legacy_execute(
+            legacy_url, f"{update} WHERE {column} = $2::text::{cast}", instead, value
+        )
+        assert (await m.run()).ok

@@ -172,13 +172,15 @@ def duplicates_query(table: str, columns: Sequence[str], limit: int = 5) -> str:
     )
 
 
-def unreadable_date(column: str, *, zone: bool = False) -> str:
+def unreadable_date(column: str, *, zone: bool = False, ends: bool = False) -> str:
     """Whether ``column`` holds a value PostgreSQL stores and Python's datetime (the years
-    1-9999; a ``timestamptz`` (``zone``) read in UTC) cannot hold. ±infinity reads fine."""
-    utc = " 00:00:00+00" if zone else ""
-    return (
-        f"isfinite({column}) AND ({column} < '0001-01-01{utc}' OR {column} >= '10000-01-01{utc}')"
-    )
+    1-9999; a ``timestamptz`` (``zone``) read in UTC) cannot hold. ±infinity reads fine.
+    ``ends``: also the very first and last instants Python holds, which asyncpg reads
+    ±infinity as and writes back as ±infinity (what is read into Python and written again)."""
+    utc = "+00" if zone else ""
+    first, last = ("<=", "0001-01-01 00:00:00") if ends else ("<", "0001-01-01 00:00:00")
+    after = "9999-12-31 23:59:59.999999" if ends else "10000-01-01 00:00:00"
+    return f"isfinite({column}) AND ({column} {first} '{last}{utc}' OR {column} >= '{after}{utc}')"
 
 
 UNREADABLE_DATE = unreadable_date("created_at")
@@ -197,7 +199,7 @@ def unreadable_dates_query(tables: Sequence[str]) -> str:
     parts = []
     for table in tables:
         names, zone = SMALL_TABLE_DATES[table]
-        tests = [unreadable_date(c, zone=zone) for c in names]
+        tests = [unreadable_date(c, zone=zone, ends=True) for c in names]
         columns = ", ".join(
             f"CASE WHEN bool_or({t}) THEN '{c}' END" for c, t in zip(names, tests, strict=True)
         )

@@ -301,16 +301,18 @@ async def _unreadable_dates(src: asyncpg.Connection, found: int) -> str:
 
 def _unreadable_small(found: asyncpg.Record) -> str:
     """Why rows of crates, crate_configs or population_jobs with a date outside the years
-    1–9999 stop a run (the sources stage reads them into Python)."""
+    1–9999, or at their very ends, stop a run (the sources stage reads them into Python)."""
     more = ", …" if found["rows"] > len(found["ids"]) else ""
     columns = ", ".join(found["columns"])
     ids = ", ".join(str(i) for i in found["ids"])
     return (
         f"{_count(found['rows'], found['name'] + ' row')} (id{'s' if found['rows'] > 1 else ''}"
         f" {ids}{more}) {'holds' if found['rows'] == 1 else 'hold'} a date outside the years "
-        f"1–9999 in {columns} (BC, or past 9999): PostgreSQL stores it, but Python's datetime "
-        "— and so the migration, reading it — cannot hold it. Fix them in the legacy "
-        f"database (set {columns} to NULL or a real date there) and run again"
+        f"1–9999 in {columns} (BC, or past 9999), or at their very ends (0001-01-01 00:00:00 or"
+        " 9999-12-31 23:59:59.999999 UTC): PostgreSQL stores it, but Python's datetime — and so"
+        " the migration, reading it — cannot hold the former, and the driver reads and writes"
+        " the latter as -infinity / infinity. Fix them in the legacy database (set"
+        f" {columns} to NULL, '-infinity', 'infinity' or a real date there) and run again"
     )
 
 
