@@ -64,8 +64,10 @@ GENERATION = 3
 """The generation of the legacy SQL :func:`~docstore.compat.views.install_sql` makes: raised
 whenever that SQL changes (``tests/test_compat_refresh.py`` fails until it is, comparing
 :data:`GENERATION_DIGEST` with the statements of a fixed install). 1: before stamps; 3: a
-crate total recorded as null reads NULL (it read 0)."""
-GENERATION_DIGEST = "2e490afb7229bce0957aa57324dbaa33"
+crate total recorded as null reads NULL (it read 0); ``search_similar_docs()`` through the
+index returns a crate's documents without an embedding after the others, up to the limit, as
+the legacy function does, and takes a query of another dimension the legacy way."""
+GENERATION_DIGEST = "aaf03b1466cf5d5ae47da2afb3275854"
 """The digest (:func:`_digest`, first 32 hex digits) of :func:`canonical_statements`."""
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time

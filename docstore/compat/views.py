@@ -216,9 +216,19 @@ $$""",
 
     half_candidates = f"greatest(limit_results * 4, {MIN_HALFVEC_CANDIDATES})"
     ann_asked = f"greatest(limit_results * 4, {MIN_CANDIDATES})"
+    # The legacy function ranks every row of the crate, those without an embedding last (a NULL
+    # distance): the indexed paths rank those with one, then add the others up to the limit.
+    without = f"""        GET DIAGNOSTICS returned = ROW_COUNT;
+        IF returned < limit_results THEN
+            RETURN QUERY
+            SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content, NULL::float
+              FROM documents d WHERE {scope} AND d.embedding IS NULL
+             LIMIT limit_results - returned;
+        END IF;
+"""
     by_half = f"""        RETURN QUERY
         {ranked(candidates(half_order, half_candidates), ", d.id")};
-"""
+{without}"""
     if distributed:
         # Every crate by its in-row half-precision copy, re-ranked exactly: the HNSW scan needs
         # hnsw.ef_search and hnsw.iterative_scan on the shard, and Citus passes neither a
@@ -294,7 +304,7 @@ $$""",
         END LOOP;
         RETURN QUERY
         {ranked("documents d WHERE d.id = ANY(first_ids || ann_ids)", ", d.id")};
-    END IF;
+{without}    END IF;
 """
     path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
     set_path = f"SET search_path = {path}, pg_temp\n" if path else ""
@@ -321,12 +331,14 @@ DECLARE
     ef int;
     wide int;
     asked int;
+    returned bigint;
 BEGIN
     SELECT i.indisvalid INTO indexed FROM pg_index i
      WHERE i.indexrelid = to_regclass('{index}');
     IF indexed IS NOT TRUE OR limit_results IS NULL OR limit_results > {MAX_LIMIT}
-       OR {_beyond_half("query_embedding")} THEN
-        -- no index, no limit (LIMIT NULL), a limit beyond ANN's, or a query half precision
+       OR vector_dims(query_embedding) <> {int(dim)} OR {_beyond_half("query_embedding")} THEN
+        -- no index, no limit (LIMIT NULL), a limit beyond ANN's, a query of another dimension
+        -- (the legacy function's error, or no row for an empty crate) or one half precision
         -- cannot hold: exact, as the legacy function (same order, no tie-break)
         RETURN QUERY
         {ranked(f"documents d WHERE {scope}", "")};
