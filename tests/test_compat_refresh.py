@@ -383,6 +383,15 @@ async def test_a_refresh_that_waited_for_another_processes_refresh_says_nothing(
     )
 
 
+async def test_the_largest_lock_timeout_is_taken(
+    store: docstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 105: twice the largest lock_timeout the setting takes (the wait for another
+    process's install) was sent as is: InvalidParameterValueError."""
+    await _install_as_older_docstore(store, "patient", "rust", monkeypatch)
+    assert await installs.refresh(store, lock_timeout=2_147_483.647) == ["patient"]
+
+
 async def test_a_session_without_standard_conforming_strings_installs_the_same(
     database_url: str,
 ) -> None:

@@ -66,8 +66,11 @@ async def test_a_dry_run_rollback_leaves_the_legacy_sequences_as_they_were(
     await legacy_execute(
         legacy_url,
         "INSERT INTO doc_embeddings (id, crate_id, crate_name, doc_path, content, embedding)"
-        " SELECT $1, id, name, 'max.html', 'max', $2 FROM crates ORDER BY id LIMIT 1",
+        " SELECT v.id, c.id, c.name, v.path, 'x', $3"
+        " FROM (SELECT id, name FROM crates ORDER BY id LIMIT 1) c,"
+        " (VALUES ($1::int, 'max.html'), ($2::int, 'above.html')) v(id, path)",
         INT_MAX,
+        51,  # above the sequence (a row inserted with its id): the sequence moves past it
         unit_vector(3),
     )
     await legacy_execute(legacy_url, "SELECT setval('doc_embeddings_id_seq', 50)")
@@ -82,11 +85,11 @@ async def test_a_dry_run_rollback_leaves_the_legacy_sequences_as_they_were(
         report = await m.rollback(dry_run=True)
         assert report.dry_run and await _sequence(legacy_url) == before
         report = await m.rollback()
-    assert await _sequence(legacy_url) == (51, True)  # the new document's id, where it was
+    assert await _sequence(legacy_url) == (52, True)  # past 51, not to the maximum
     rows = await legacy_fetch(
         legacy_url, "SELECT id FROM doc_embeddings WHERE doc_path = 'after-cutover.html'"
     )
-    assert rows == [(51,)]
+    assert rows == [(52,)]
     await legacy_execute(  # the legacy application's next insert
         legacy_url,
         "INSERT INTO doc_embeddings (crate_id, crate_name, doc_path, content)"
@@ -107,28 +110,30 @@ async def test_a_key_the_targets_index_cannot_hold_blocks_the_dry_run_and_names_
     length = 2_702 - (13 + len(crate.encode()) + 3) // 4 * 4
     rng = random.Random(4)  # incompressible
     long_path = "".join(rng.choices(string.ascii_letters + string.digits, k=length))
-    fits = "".join(rng.choices(string.ascii_letters + string.digits, k=2_500))
+    # keys as long or longer that compress, which the index holds: tried, not named
+    paths = [(1000 + i, f"{i:04}" + "docs/" * 700) for i in range(1, 40)]
+    paths += [(1050, long_path)]
     await legacy_execute(
         legacy_url,
         "INSERT INTO doc_embeddings (id, crate_id, crate_name, doc_path, content)"
         " SELECT v.id, c.id, c.name, v.path, 'x' FROM (SELECT id, name FROM crates"
-        " ORDER BY id LIMIT 1) c, (VALUES (1001, $1), (1002, $2)) v(id, path)",
-        long_path,
-        fits,
+        " ORDER BY id LIMIT 1) c, unnest($1::int[], $2::text[]) v(id, path)",
+        [p[0] for p in paths],
+        [p[1] for p in paths],
     )
     async with Migrator(legacy_url, database_url) as m:
         dry = await m.run(dry_run=True)
         blocking = [b for b in dry.preflight.blocking if "unique index" in b]
-        assert len(blocking) == 1 and "ids 1001)" in blocking[0], dry.preflight.blocking
-        with pytest.raises(MigrationError, match=r"ids \(\d+, \d+\]: one of .* ids 1001\)"):
+        assert len(blocking) == 1 and "ids 1050)" in blocking[0], dry.preflight.blocking
+        with pytest.raises(MigrationError, match=r"ids \(\d+, \d+\]: 1 legacy .* ids 1050\)"):
             await m.run()
         await legacy_execute(
-            legacy_url, "UPDATE doc_embeddings SET doc_path = 'short.html' WHERE id = 1001"
+            legacy_url, "UPDATE doc_embeddings SET doc_path = 'short.html' WHERE id = 1050"
         )
-        report = await m.run()  # resumes; the key 2,500 bytes long fits
+        report = await m.run()  # resumes; the long keys that compress fit
         assert report.ok
     async with docstore.connect(database_url) as store:
-        assert await store.fetchval("SELECT count(*) FROM documents") == 8
+        assert await store.fetchval("SELECT count(*) FROM documents") == 6 + len(paths)
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def test_or_of_in_and_eq() -> None:
         "source_name = 'x'",
         # ground-rules audit (2026-12-07): a number the driver sent as 0, keys json.dumps
         # made strings (an operator object taken for a value to equal)
-        {"metadata.k": {"$gt": 10**1001}},
+        {"metadata.k": {"$gt": 10**1000}},
         {"metadata.k": {"$between": [0, -(10**140_000)]}},
         {"metadata.k": {"$gt": 5, 0: "stray"}},
         {"metadata.k": {"$in": [10], None: 1}},
@@ -87,6 +87,17 @@ def test_or_of_in_and_eq() -> None:
 def test_malformed_filters_raise_filter_error(flt: Any) -> None:
     with pytest.raises(FilterError):
         build_filter(flt)
+
+
+def test_a_cyclic_or_huge_value_is_refused_at_once() -> None:
+    """Review 105: the key check walked a cyclic value (``d["a"] = [d] * 100``) for 15 s and
+    434 MB, and gave up on a value of more than a million lists without looking at its keys."""
+    cyclic: dict[str, Any] = {}
+    cyclic["a"] = [cyclic] * 100
+    with pytest.raises(FilterError, match="not JSON-serializable"):
+        build_filter({"metadata.k": {"$eq": cyclic}})
+    with pytest.raises(FilterError, match="more than 1,000,000 objects and lists"):
+        build_filter({"metadata.k": {"$eq": [[] for _ in range(1_000_001)]}})
 
 
 def test_a_number_of_a_thousand_digits_is_still_compared() -> None:

@@ -306,7 +306,7 @@ async def refresh(store: Store, *, lock_timeout: float = REFRESH_LOCK_TIMEOUT) -
     :class:`~docstore.errors.SchemaError` naming each install it could not refresh and why
     (its doc type unknown, a role that may not replace it, a read-only session, a lock not
     had within ``lock_timeout`` seconds); the others are refreshed all the same."""
-    finite_number(lock_timeout, "lock_timeout", bounds=(0, 2_147_483.647))
+    finite_number(lock_timeout, "lock_timeout", bounds=(0, _MAX_LOCK_TIMEOUT_MS / 1000))
     try:
         found = await status(store)
     except DocstoreError as exc:
@@ -379,8 +379,12 @@ class _InstallBusy(Exception):
 
 
 async def _set_lock_timeout(conn: asyncpg.Connection, seconds: float) -> None:
-    # at least 1 ms: 0 would mean no limit
-    await conn.execute(f"SET LOCAL lock_timeout = {max(1, math.ceil(seconds * 1000))}")
+    # at least 1 ms (0 would mean no limit), at most what the setting takes
+    ms = min(max(1, math.ceil(seconds * 1000)), _MAX_LOCK_TIMEOUT_MS)
+    await conn.execute(f"SET LOCAL lock_timeout = {ms}")
+
+
+_MAX_LOCK_TIMEOUT_MS = 2_147_483_647
 
 
 def _why(exc: DocstoreError) -> str:

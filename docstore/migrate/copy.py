@@ -155,32 +155,35 @@ async def copy_range(
     copy itself looks at no value); the caller's transaction must roll back."""
     try:
         return await _copy_range(ctx, src, tgt, low, high, direct=direct)
-    except asyncpg.ProgramLimitExceededError as exc:  # an index row too large: a long key
-        query = keys.long_keys_query(id_range=True, limit=10)
-        rows = await src.fetch(query, len(ctx.doc_type.encode()), low, high)
-        if not rows:
-            raise
-        problem = keys.problem([r["id"] for r in rows], rows[0]["found"], maybe=True)
-        raise MigrationError(
-            f"cannot copy doc_embeddings ids ({low}, {high}]: {problem}, then run again (the"
-            " run resumes after the chunks already committed; `docstore migrate --dry-run`"
-            " names every such row)"
-        ) from exc
     except asyncpg.PostgresError as exc:
-        if not _out_of_range(exc):
+        found: MigrationError | None
+        if keys.too_long(exc):  # an index row too large: a long key
+            found = await keys.chunk_error(src, ctx.doc_type, low, high)
+        elif _out_of_range(exc):
+            found = await _beyond_half(ctx, src, low, high)
+        else:
             raise
-        query = legacy.beyond_half_query(
-            ctx.embedding_dim, legacy.sizes_vectors(src), id_range=True, limit=10
-        )
-        rows = await src.fetch(query, low, high, timeout=LONG_TIMEOUT)
-        if not rows:
+        if found is None:
             raise
-        problem = beyond_half_problem([r["id"] for r in rows], rows[0]["found"])
-        raise MigrationError(
-            f"cannot copy doc_embeddings ids ({low}, {high}]: {problem}, then run again: the "
-            "run resumes after the chunks already committed. `docstore migrate --dry-run` "
-            "lists every such row"
-        ) from exc
+        raise found from exc
+
+
+async def _beyond_half(
+    ctx: StageContext, src: asyncpg.Connection, low: int, high: int
+) -> MigrationError | None:
+    """The range's legacy embeddings beyond half precision, as the chunk's error."""
+    query = legacy.beyond_half_query(
+        ctx.embedding_dim, legacy.sizes_vectors(src), id_range=True, limit=10
+    )
+    rows = await src.fetch(query, low, high, timeout=LONG_TIMEOUT)
+    if not rows:
+        return None
+    problem = beyond_half_problem([r["id"] for r in rows], rows[0]["found"])
+    return MigrationError(
+        f"cannot copy doc_embeddings ids ({low}, {high}]: {problem}, then run again: the "
+        "run resumes after the chunks already committed. `docstore migrate --dry-run` "
+        "lists every such row"
+    )
 
 
 def _out_of_range(exc: asyncpg.PostgresError) -> bool:
@@ -378,13 +381,18 @@ async def _copy_chunk(
 ) -> int:
     """One chunk in one target transaction with its checkpoint; handed to the verifier once
     committed."""
-    async with transaction(tgt):
-        n, sent, _ = await copy_range(ctx, src, tgt, low, high, direct=direct)
-        if n != rows:
-            raise MigrationError(f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}")
-        facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
-        assert facts is not None
-        await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
+    try:
+        async with transaction(tgt):
+            n, sent, _ = await copy_range(ctx, src, tgt, low, high, direct=direct)
+            if n != rows:
+                raise MigrationError(
+                    f"chunk ({low}, {high}] copied {n} rows, the snapshot has {rows}"
+                )
+            facts = await src.fetchrow(legacy.CHUNK_FACTS, low, high)
+            assert facts is not None
+            await checkpoints.record(tgt, ctx.run_id, low, high, rows, facts["stamp"])
+    except keys.KeyTooLong as exc:  # rolled back: which of its long keys the index refuses
+        raise await keys.proven(tgt, ctx.doc_type, exc) from exc.__cause__
     if verifier is not None:
         verifier.submit(
             # a kept range whose rows were all deleted has none (array_agg of none is NULL)

@@ -71,8 +71,10 @@ async def preflight(
         pre.blocking.extend(await duplicate_keys(src))
         if thorough and (problem := await beyond_half_precision(src, store.embedding_dim)):
             pre.blocking.append(problem)
-        if thorough and (problem := await keys.unindexable(src, store, doc_type)):
-            pre.blocking.append(problem)
+        if thorough:
+            unheld, untried = await keys.unindexable(src, store, doc_type)
+            pre.blocking.extend([unheld] if unheld else [])
+            pre.warnings.extend([untried] if untried else [])
         if thorough:
             pre.warnings.extend(await refused_by_docstore(src, store.embedding_dim, doc_type))
         if thorough and pre.target_existing_documents:

@@ -5,9 +5,9 @@ table's sequence, after moving it past the table's rows and the ids it inserts e
 never back (a sequence set below a row the transaction deleted would hand that row's id out
 again after the row came back), and never to its maximum: a legacy table can hold an id of
 2,147,483,647 beside a sequence far below it, which the legacy application used as it was,
-and a sequence set there fails every later insert. ``setval`` is not undone when a
-transaction rolls back, so a dry run moves a temporary copy of each sequence instead and
-leaves the legacy database's own as they were.
+and a sequence set there fails every later insert: it goes past the ids below its maximum.
+``setval`` is not undone when a transaction rolls back, so a dry run moves a temporary copy
+of each sequence instead and leaves the legacy database's own as they were.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncpg
 
 _STATE = """
 SELECT s.seqrelid::regclass::text AS seq, s.seqmax, pg_sequence_last_value(s.seqrelid) AS last,
-       greatest((SELECT max(id) FROM {table}), $1::bigint) AS top
+       (SELECT max(id) FROM {table} WHERE id < s.seqmax) AS below
   FROM pg_sequence s WHERE s.seqrelid = pg_get_serial_sequence('{table}', 'id')::regclass
 """
 
@@ -31,13 +31,12 @@ async def advance(
     inserted (see the module's docstring); returns the sequence that rows without an id take
     theirs from (``nextval($n::regclass)``): the table's own, or in a dry run a temporary
     copy of it, moved instead."""
-    top = max((int(i) for i in explicit if i is not None), default=0)
-    row = await leg.fetchrow(_STATE.format(table=table), top)
+    row = await leg.fetchrow(_STATE.format(table=table))
     assert row is not None, f"{table}.id has no sequence"  # the legacy schema's SERIAL
     last: int | None = row["last"]  # None: never used
-    wanted = max(row["top"] or 0, last or 0)
-    if wanted >= row["seqmax"]:  # the ids reach its maximum: where the legacy app had it
-        wanted = last or 0
+    # past every id below the sequence's maximum (one at it, the legacy app never had past)
+    top = max((int(i) for i in explicit if i is not None and int(i) < row["seqmax"]), default=0)
+    wanted = max(row["below"] or 0, top, last or 0)
     seq: str = row["seq"]
     if dry_run:
         seq = f"pg_temp.docstore_dry_run_{table}"

@@ -55,8 +55,13 @@ COLUMNS: dict[str, str] = {
 }
 METADATA_PREFIX = "metadata."
 MAX_DEPTH = 32
-MAX_INT_BITS = 3_322
-"""Bits of an integer compared with a metadata number, at most (1,000 decimal digits)."""
+MAX_INT_DIGITS = 1_000
+"""Decimal digits of an integer compared with a metadata number, at most."""
+_INT_BOUND = 10**MAX_INT_DIGITS
+MAX_VALUE_CONTAINERS = 1_000_000
+"""Objects and lists in one filter value, at most (each is looked at for its keys)."""
+_CONTAINERS = (dict, list, tuple, Mapping)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 MAX_LIST = 100_000
 """Values an ``$in``/``$nin`` list may hold (a million took 2 s to check, blocking the loop)."""
 _INT4 = (-(2**31), 2**31 - 1)
@@ -182,8 +187,9 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _json(value: Any, target: _Target, op: str) -> str:
-    if isinstance(value, Mapping | list | tuple) and _nonstring_key(value):
+def _json(value: Any, target: _Target, op: str, *, keys_checked: bool = False) -> str:
+    """``value`` as JSON text, or a FilterError (``keys_checked``: its keys were)."""
+    if not keys_checked and isinstance(value, _CONTAINERS) and _nonstring_key(value, target, op):
         raise FilterError(f"{op} on {target.name}: an object in the value has a non-string key")
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, default=_plain_number)
@@ -199,19 +205,34 @@ def _json(value: Any, target: _Target, op: str) -> str:
     return text
 
 
-def _nonstring_key(value: Any) -> bool:
+def _json_list(items: list[Any], target: _Target, op: str) -> list[str]:
+    """Each of ``items`` as JSON text, their keys checked in one walk of the list."""
+    if _nonstring_key(items, target, op):
+        raise FilterError(f"{op} on {target.name}: an object in the value has a non-string key")
+    return [_json(i, target, op, keys_checked=True) for i in items]
+
+
+def _nonstring_key(value: Any, target: _Target, op: str) -> bool:
     """Whether a mapping in ``value`` has a key that is not a string (json.dumps would make
-    it one: ``{1: "a", "1": "b"}`` a duplicate)."""
-    stack, seen = [value], 0
-    while stack and seen < 1_000_000:  # a cycle: json.dumps refuses it
+    it one: ``{1: "a", "1": "b"}`` a duplicate). Each container once (a cycle, which
+    json.dumps then refuses, ends the walk); more than :data:`MAX_VALUE_CONTAINERS` is a
+    :class:`FilterError`."""
+    stack, seen = [value], {id(value)}
+    while stack:
         one = stack.pop()
-        seen += 1
         if isinstance(one, Mapping):
             if not all(isinstance(k, str) for k in one):
                 return True
-            stack.extend(v for v in one.values() if isinstance(v, Mapping | list | tuple))
-        elif isinstance(one, list | tuple):
-            stack.extend(v for v in one if isinstance(v, Mapping | list | tuple))
+            one = one.values()
+        for item in one:
+            if type(item) not in _PLAIN and isinstance(item, _CONTAINERS) and id(item) not in seen:
+                seen.add(id(item))
+                stack.append(item)
+        if len(seen) > MAX_VALUE_CONTAINERS:
+            raise FilterError(
+                f"{op} on {target.name}: the value holds more than"
+                f" {MAX_VALUE_CONTAINERS:,} objects and lists"
+            )
     return False
 
 
@@ -244,7 +265,8 @@ def _eq(t: _Target, v: Any, p: _Params, a: str) -> str:
     if isinstance(v, list | tuple | dict):
         # a list or object contains its supersets (["a"] is in ["a", "b"]): the index narrows,
         # equality decides (as $in does)
-        return f"({contained} AND {t.sql(a, p)} = {p.add(_json(v, t, '$eq'))}::jsonb)"
+        same = _json(v, t, "$eq", keys_checked=True)  # checked in the nested value just now
+        return f"({contained} AND {t.sql(a, p)} = {p.add(same)}::jsonb)"
     return contained
 
 
@@ -270,7 +292,7 @@ def _comparison(sql_op: str, name: str) -> Builder:
             )
         if v != v or v in (float("inf"), float("-inf")):
             raise FilterError(f"{name} on {t.name} needs a finite number")
-        if isinstance(v, int) and v.bit_length() > MAX_INT_BITS:  # the driver sent these as 0
+        if isinstance(v, int) and not -_INT_BOUND < v < _INT_BOUND:  # the driver sent some as 0
             raise FilterError(f"{name} on {t.name}: the number has more than 1,000 digits")
         # a float bound as is would be sent as its exact binary expansion (0.1 as
         # 0.1000000000000000055…) while the stored JSON holds the shortest form (0.1): bind that
@@ -299,7 +321,7 @@ def _in(t: _Target, v: Any, p: _Params, a: str) -> str:
     if t.column is not None:
         values = [_column_value(t, item, "$in") for item in items]
         return f"{t.sql(a, p)}{LIST_OPERAND}{p.add(values)}::{COLUMNS[t.column]}[])"
-    return f"{t.sql(a, p)}{LIST_OPERAND}{p.add([_json(i, t, '$in') for i in items])}::jsonb[])"
+    return f"{t.sql(a, p)}{LIST_OPERAND}{p.add(_json_list(items, t, '$in'))}::jsonb[])"
 
 
 def _nin(t: _Target, v: Any, p: _Params, a: str) -> str:
