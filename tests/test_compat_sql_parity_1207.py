@@ -4,6 +4,8 @@ embedding, and a query vector of another dimension."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import numpy as np
 import pytest
@@ -67,3 +69,42 @@ async def test_a_query_of_another_dimension_answers_as_the_legacy_function(
         with pytest.raises((asyncpg.PostgresError, QueryError)) as failed:
             await conn.fetch(SEARCH, short, "tokio", 5)
         assert "different vector dimensions 3072 and 1536" in str(failed.value)
+
+
+async def test_a_writer_beside_the_search_never_doubles_or_drops_a_row(
+    both: tuple[asyncpg.Connection, LegacyDatabase],  # noqa: F811
+    database_url: str,
+) -> None:
+    """Review 107: the documents without an embedding were added by a second statement of
+    the (VOLATILE) function, with a snapshot of its own: beside a writer setting and clearing
+    one document's embedding, 3-5 % of the calls returned that document twice (ranked, then
+    with a NULL similarity) or not at all. One statement now: every call sees the crate once."""
+    await _same_rows(*both, embedded=8, bare=3)
+    writer = await asyncpg.connect(database_url)
+    reader = await asyncpg.connect(database_url)
+    stop = asyncio.Event()
+
+    async def flip() -> None:
+        vector = f"[{','.join(['0.5'] * 3072)}]"
+        while not stop.is_set():
+            for value in (None, vector):
+                await writer.execute(
+                    "UPDATE documents SET embedding = $1::text::vector"
+                    " WHERE source_name = 'tokio' AND doc_path = 'e00'",
+                    value,
+                )
+
+    flipping = asyncio.create_task(flip())
+    try:
+        query = f"[{','.join(str(x) for x in unit_vector(5))}]"
+        for _ in range(300):
+            rows = await reader.fetch(
+                "SELECT doc_path FROM search_similar_docs($1::text::vector, 'tokio', 20)", query
+            )
+            paths = [r[0] for r in rows]
+            assert sorted(paths) == sorted(set(paths)) and len(paths) == 11, paths
+    finally:
+        stop.set()
+        await flipping
+        await writer.close()
+        await reader.close()

@@ -193,19 +193,28 @@ $$""",
     )
     half_order = f"d.{HALF_COLUMN} <=> {half_query(dim, 'query_embedding')}"
 
-    def ranked(source: str, tiebreak: str) -> str:
+    def ranked(source: str, tiebreak: str, *, bare: bool = False) -> str:
         """The legacy result columns of the best ``limit_results`` rows of ``source``: the
         distance computed once a row (in a select list and an ORDER BY it was computed, and
         the 12 KB vector read from TOAST, twice: 0.69x against 1.07x the legacy function),
-        the legacy id only for the rows returned."""
-        return f"""SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
-               (1 - d.distance)::float
-          FROM (SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata,
+        the legacy id only for the rows returned. ``bare``: then the crate's documents
+        without an embedding up to the limit, as the legacy function lists them (its NULL
+        distances last) — in the same statement, so one snapshot sees both (two statements
+        of this VOLATILE function returned a row twice, or none, beside a writer)."""
+        best = f"""SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata,
                        d.embedding <=> query_embedding AS distance
                   FROM {source}
                  ORDER BY distance{tiebreak}
-                 LIMIT limit_results) d
-         ORDER BY d.distance{tiebreak}"""
+                 LIMIT limit_results"""
+        if bare:
+            best = f"""({best}) UNION ALL
+                SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, NULL
+                  FROM documents d WHERE {scope} AND d.embedding IS NULL"""
+        limit = "\n         LIMIT limit_results" if bare else ""
+        return f"""SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+               (1 - d.distance)::float
+          FROM ({best}) d
+         ORDER BY d.distance{" NULLS LAST" if bare else ""}{tiebreak}{limit}"""
 
     def candidates(order: str, count: str) -> str:
         return f"""(SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, d.embedding
@@ -216,19 +225,9 @@ $$""",
 
     half_candidates = f"greatest(limit_results * 4, {MIN_HALFVEC_CANDIDATES})"
     ann_asked = f"greatest(limit_results * 4, {MIN_CANDIDATES})"
-    # The legacy function ranks every row of the crate, those without an embedding last (a NULL
-    # distance): the indexed paths rank those with one, then add the others up to the limit.
-    without = f"""        GET DIAGNOSTICS returned = ROW_COUNT;
-        IF returned < limit_results THEN
-            RETURN QUERY
-            SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content, NULL::float
-              FROM documents d WHERE {scope} AND d.embedding IS NULL
-             LIMIT limit_results - returned;
-        END IF;
-"""
     by_half = f"""        RETURN QUERY
-        {ranked(candidates(half_order, half_candidates), ", d.id")};
-{without}"""
+        {ranked(candidates(half_order, half_candidates), ", d.id", bare=True)};
+"""
     if distributed:
         # Every crate by its in-row half-precision copy, re-ranked exactly: the HNSW scan needs
         # hnsw.ef_search and hnsw.iterative_scan on the shard, and Citus passes neither a
@@ -303,8 +302,8 @@ $$""",
             ef := greatest(wide, asked);
         END LOOP;
         RETURN QUERY
-        {ranked("documents d WHERE d.id = ANY(first_ids || ann_ids)", ", d.id")};
-{without}    END IF;
+        {ranked("documents d WHERE d.id = ANY(first_ids || ann_ids)", ", d.id", bare=True)};
+    END IF;
 """
     path = ", ".join(dict.fromkeys(_ident(p) for p in search_path))  # in order, once each
     set_path = f"SET search_path = {path}, pg_temp\n" if path else ""
@@ -331,7 +330,6 @@ DECLARE
     ef int;
     wide int;
     asked int;
-    returned bigint;
 BEGIN
     SELECT i.indisvalid INTO indexed FROM pg_index i
      WHERE i.indexrelid = to_regclass('{index}');

@@ -5,7 +5,8 @@ table's sequence, after moving it past the table's rows and the ids it inserts e
 never back (a sequence set below a row the transaction deleted would hand that row's id out
 again after the row came back), and never to its maximum: a legacy table can hold an id of
 2,147,483,647 beside a sequence far below it, which the legacy application used as it was,
-and a sequence set there fails every later insert: it goes past the ids below its maximum.
+and a sequence set there fails every later insert: then it stays where the legacy application
+had it, moved only past the ids taken right after it.
 ``setval`` is not undone when a transaction rolls back, so a dry run moves a temporary copy
 of each sequence instead and leaves the legacy database's own as they were.
 """
@@ -19,8 +20,17 @@ import asyncpg
 
 _STATE = """
 SELECT s.seqrelid::regclass::text AS seq, s.seqmax, pg_sequence_last_value(s.seqrelid) AS last,
-       (SELECT max(id) FROM {table} WHERE id < s.seqmax) AS below
+       (SELECT max(id) FROM {table}) AS top
   FROM pg_sequence s WHERE s.seqrelid = pg_get_serial_sequence('{table}', 'id')::regclass
+"""
+# The end of the run of taken ids (the table's and the explicit ones $2) right after $1, or
+# NULL when $1 + 1 is free.
+_RUN_END = """
+WITH ids AS (SELECT id::bigint FROM {table} WHERE id > $1
+             UNION SELECT i FROM unnest($2::bigint[]) i WHERE i > $1)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM ids WHERE id = $1 + 1)
+            THEN (SELECT min(a.id) FROM ids a
+                   WHERE NOT EXISTS (SELECT 1 FROM ids b WHERE b.id = a.id + 1)) END
 """
 
 
@@ -34,9 +44,13 @@ async def advance(
     row = await leg.fetchrow(_STATE.format(table=table))
     assert row is not None, f"{table}.id has no sequence"  # the legacy schema's SERIAL
     last: int | None = row["last"]  # None: never used
-    # past every id below the sequence's maximum (one at it, the legacy app never had past)
-    top = max((int(i) for i in explicit if i is not None and int(i) < row["seqmax"]), default=0)
-    wanted = max(row["below"] or 0, top, last or 0)
+    given = [int(i) for i in explicit if i is not None]
+    top = max([row["top"] or 0, *given])
+    if top < row["seqmax"]:  # room past every id: there
+        wanted = max(top, last or 0)
+    else:  # an id at the maximum: from where the legacy app had it, past the ids right after
+        end = await leg.fetchval(_RUN_END.format(table=table), last or 0, given)
+        wanted = max(end or 0, last or 0)
     seq: str = row["seq"]
     if dry_run:
         seq = f"pg_temp.docstore_dry_run_{table}"
