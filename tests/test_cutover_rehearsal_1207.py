@@ -68,10 +68,10 @@ async def test_a_dry_run_rollback_leaves_the_legacy_sequences_as_they_were(
         "INSERT INTO doc_embeddings (id, crate_id, crate_name, doc_path, content, embedding)"
         " SELECT v.id, c.id, c.name, v.path, 'x', $3"
         " FROM (SELECT id, name FROM crates ORDER BY id LIMIT 1) c,"
-        " (VALUES ($1::int, 'max.html'), ($1::int - 1, 'max-1.html'), ($2::int, 'above.html'))"
-        " v(id, path)",
+        " (VALUES ($1::int, 'max.html'), ($1::int - 1, 'max-1.html'), ($2::int, 'above.html'),"
+        " ($2::int + 2, 'further.html')) v(id, path)",
         INT_MAX,
-        51,  # above the sequence (a row inserted with its id): the sequence moves past it
+        51,  # above the sequence, with a gap after it (rows inserted with their ids): past both
         unit_vector(3),
     )
     await legacy_execute(legacy_url, "SELECT setval('doc_embeddings_id_seq', 50)")
@@ -86,12 +86,12 @@ async def test_a_dry_run_rollback_leaves_the_legacy_sequences_as_they_were(
         report = await m.rollback(dry_run=True)
         assert report.dry_run and await _sequence(legacy_url) == before
         report = await m.rollback()
-    # past 51, not to the maximum nor past 2,147,483,646 (review 107: the next id collided)
-    assert await _sequence(legacy_url) == (52, True)
+    # past 53, not to the maximum nor past 2,147,483,646 (review 107: the next id collided)
+    assert await _sequence(legacy_url) == (54, True)
     rows = await legacy_fetch(
         legacy_url, "SELECT id FROM doc_embeddings WHERE doc_path = 'after-cutover.html'"
     )
-    assert rows == [(52,)]
+    assert rows == [(54,)]
     await legacy_execute(  # the legacy application's next insert
         legacy_url,
         "INSERT INTO doc_embeddings (crate_id, crate_name, doc_path, content)"

@@ -206,15 +206,24 @@ $$""",
                   FROM {source}
                  ORDER BY distance{tiebreak}
                  LIMIT limit_results"""
-        if bare:
-            best = f"""({best}) UNION ALL
-                SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, NULL
-                  FROM documents d WHERE {scope} AND d.embedding IS NULL"""
-        limit = "\n         LIMIT limit_results" if bare else ""
-        return f"""SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+        if not bare:
+            return f"""SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
                (1 - d.distance)::float
           FROM ({best}) d
-         ORDER BY d.distance{" NULLS LAST" if bare else ""}{tiebreak}{limit}"""
+         ORDER BY d.distance{tiebreak}"""
+        # the second part runs only when the first is short (a one-time filter), and reads
+        # no more rows than the limit
+        return f"""WITH r AS MATERIALIZED ({best})
+        SELECT {doc_id}, d.source_name::varchar(255), d.doc_path, d.content,
+               (1 - d.distance)::float
+          FROM (SELECT * FROM r UNION ALL
+                (SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, NULL
+                   FROM documents d
+                  WHERE (SELECT count(*) FROM r) < limit_results
+                    AND {scope} AND d.embedding IS NULL
+                  LIMIT limit_results)) d
+         ORDER BY d.distance NULLS LAST{tiebreak}
+         LIMIT limit_results"""
 
     def candidates(order: str, count: str) -> str:
         return f"""(SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata, d.embedding

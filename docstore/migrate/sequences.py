@@ -5,8 +5,9 @@ table's sequence, after moving it past the table's rows and the ids it inserts e
 never back (a sequence set below a row the transaction deleted would hand that row's id out
 again after the row came back), and never to its maximum: a legacy table can hold an id of
 2,147,483,647 beside a sequence far below it, which the legacy application used as it was,
-and a sequence set there fails every later insert: then it stays where the legacy application
-had it, moved only past the ids taken right after it.
+and a sequence set there fails every later insert: then it goes past the ids below the block
+of taken ids that ends at the maximum (ids 2,147,483,646 and 2,147,483,647: past the largest
+below 2,147,483,646), never back.
 ``setval`` is not undone when a transaction rolls back, so a dry run moves a temporary copy
 of each sequence instead and leaves the legacy database's own as they were.
 """
@@ -23,15 +24,10 @@ SELECT s.seqrelid::regclass::text AS seq, s.seqmax, pg_sequence_last_value(s.seq
        (SELECT max(id) FROM {table}) AS top
   FROM pg_sequence s WHERE s.seqrelid = pg_get_serial_sequence('{table}', 'id')::regclass
 """
-# The end of the run of taken ids (the table's and the explicit ones $2) right after $1, or
-# NULL when $1 + 1 is free.
-_RUN_END = """
-WITH ids AS (SELECT id::bigint FROM {table} WHERE id > $1
-             UNION SELECT i FROM unnest($2::bigint[]) i WHERE i > $1)
-SELECT CASE WHEN EXISTS (SELECT 1 FROM ids WHERE id = $1 + 1)
-            THEN (SELECT min(a.id) FROM ids a
-                   WHERE NOT EXISTS (SELECT 1 FROM ids b WHERE b.id = a.id + 1)) END
-"""
+TOP_WINDOW = 10_000
+"""Ids under the sequence's maximum looked at for the block of taken ids ending at it."""
+_TOP_IDS = "SELECT id FROM {table} WHERE id >= $1::bigint - $2::bigint AND id <= $1::bigint"
+_BELOW = "SELECT max(id) FROM {table} WHERE id < $1"
 
 
 async def advance(
@@ -45,12 +41,18 @@ async def advance(
     assert row is not None, f"{table}.id has no sequence"  # the legacy schema's SERIAL
     last: int | None = row["last"]  # None: never used
     given = [int(i) for i in explicit if i is not None]
+    seqmax: int = row["seqmax"]
     top = max([row["top"] or 0, *given])
-    if top < row["seqmax"]:  # room past every id: there
+    if top < seqmax:  # room past every id: there
         wanted = max(top, last or 0)
-    else:  # an id at the maximum: from where the legacy app had it, past the ids right after
-        end = await leg.fetchval(_RUN_END.format(table=table), last or 0, given)
-        wanted = max(end or 0, last or 0)
+    else:  # past every id below the block of taken ids that ends at the maximum
+        taken = {r[0] for r in await leg.fetch(_TOP_IDS.format(table=table), seqmax, TOP_WINDOW)}
+        taken.update(i for i in given if i >= seqmax - TOP_WINDOW)
+        start = seqmax
+        while start - 1 in taken:
+            start -= 1
+        below = await leg.fetchval(_BELOW.format(table=table), start)
+        wanted = max([below or 0, *(i for i in given if i < start), last or 0])
     seq: str = row["seq"]
     if dry_run:
         seq = f"pg_temp.docstore_dry_run_{table}"
