@@ -101,7 +101,7 @@ async def test_metadata_stored_as_null_reads_back_as_an_empty_object(store: docs
     assert listed is not None
     copied = listed.model_copy(update={"content": "new"})  # was AttributeError
     for write in (store.documents.upsert(copied), store.documents.upsert_many([copied])):
-        with pytest.raises(ValidationError, match="metadata must be a JSON object, not list"):
+        with pytest.raises(ValidationError, match="metadata: must be a JSON object"):
             await write
     assert await store.fetchval("SELECT content FROM documents WHERE doc_path = 'list'") == "c"
 

@@ -383,10 +383,9 @@ async def refused_by_docstore(src: asyncpg.Connection, dim: int, doc_type: str) 
             shown = ", ".join(map(str, ids)) + (", …" if count > len(ids) else "")
             found.append(
                 f"{_count(count, 'legacy document')} with {what} (doc_embeddings ids {shown}):"
-                " copied as they are (unless a blocking finding says the target cannot hold"
-                " them), but docstore's own writes refuse such a document (re-writing it"
-                " unchanged raises ValidationError); fix it in the legacy database if that"
-                " matters"
+                " copied as they are, but docstore's own writes refuse such a document"
+                " (re-writing it unchanged raises ValidationError); fix it in the legacy"
+                " database if that matters"
             )
     return found
 
