@@ -649,6 +649,37 @@ async def test_at_or_below_2000_dimensions_the_column_itself_is_indexed(
         assert results.mode == "ann" and exact.mode == "exact" and results.ids == exact.ids
 
 
+async def test_exact_stays_a_full_scan_where_the_column_itself_is_indexed(
+    empty_database_url: str,
+) -> None:
+    """At or below 2,000 dimensions the HNSW index is on ``embedding`` itself: an exact
+    search must not be answered from it (at most ``ef_search`` = 40 approximate rows)."""
+    dim = 768
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3000, dim)).astype(np.float32)
+    async with docstore.connect(empty_database_url, embedding_dim=dim) as store:
+        await store.documents.upsert_many(
+            Document(source_name="s", doc_path=f"p{i}", content="c", embedding=v)
+            for i, v in enumerate(vectors)
+        )
+        await store.create_vector_index()
+        rows = await store.fetch("SELECT id, doc_path FROM documents")
+        paths = {r["id"]: r["doc_path"] for r in rows}
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        for _ in range(3):
+            q = rng.normal(size=dim).astype(np.float32)
+            truth = [f"p{i}" for i in np.argsort(-(unit @ (q / np.linalg.norm(q))))[:100]]
+            exact = await store.search(q, limit=100, exact=True)
+            assert exact.mode == "exact" and len(exact) == 100
+            # float32 sums in another order: a near-tie at the 100th place may swap
+            assert len({paths[h.id] for h in exact} & set(truth)) >= 98
+            sql, _ = queries.vector_search_sql(q, dim=dim, limit=100)
+            plan = "\n".join(
+                r[0] for r in await store.fetch("EXPLAIN " + sql.replace("$2", "100"), q)
+            )
+            assert "hnsw" not in plan and "Seq Scan" in plan
+
+
 async def test_read_only_store_searches_but_cannot_build_indexes(corpus_url: str) -> None:
     async with docstore.connect(corpus_url, read_only=True) as store:
         assert (await store.search(query(1))).mode == "ann"

@@ -60,14 +60,16 @@ from docstore.store import Store
 
 logger = logging.getLogger("docstore.compat")
 
-GENERATION = 3
+GENERATION = 4
 """The generation of the legacy SQL :func:`~docstore.compat.views.install_sql` makes: raised
 whenever that SQL changes (``tests/test_compat_refresh.py`` fails until it is, comparing
 :data:`GENERATION_DIGEST` with the statements of a fixed install). 1: before stamps; 3: a
 crate total recorded as null reads NULL (it read 0); ``search_similar_docs()`` through the
 index returns a crate's documents without an embedding after the others, up to the limit, as
-the legacy function does, and takes a query of another dimension the legacy way."""
-GENERATION_DIGEST = "dbbc1c12bf84afc7c8ae59550d30cbc8"
+the legacy function does, and takes a query of another dimension the legacy way; 4: the
+exact path stays a full scan at or below 2,000 dimensions, where the HNSW index is on the
+column itself (:func:`~docstore.search.queries.unindexed`)."""
+GENERATION_DIGEST = "099c97c881ee5caf22f2549b67eb57c2"
 """The digest (:func:`_digest`, first 32 hex digits) of :func:`canonical_statements`."""
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time

@@ -16,12 +16,13 @@ from typing import Any
 
 from docstore.compat.rows import SimilarDoc
 from docstore.core.surface import own_reads
+from docstore.search.queries import unindexed
 from docstore.store import Store
 
 # the distance computed once a row: in the ORDER BY and the select list apart, PostgreSQL
 # reads the 12 KB vector from TOAST twice (1.40 against 1.20 ms a small crate); ties by id
 # and no NULL embedding, as store.search
-EXACT_SEARCH = """SELECT doc_path, content, embedding <=> $1 AS distance
+EXACT_SEARCH = f"""SELECT doc_path, content, {unindexed("embedding <=> $1")} AS distance
   FROM documents WHERE doc_type = $2 AND source_name = $3 AND embedding IS NOT NULL
  ORDER BY distance, id LIMIT $4"""
 

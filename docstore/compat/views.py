@@ -68,6 +68,7 @@ from docstore.search.queries import (
     half_query,
     index_expression,
     query_expression,
+    unindexed,
     vector_index_name,
 )
 from docstore.search.tuning import CALIBRATION_K, SPREAD_RANK
@@ -202,7 +203,7 @@ $$""",
         distances last) — in the same statement, so one snapshot sees both (two statements
         of this VOLATILE function returned a row twice, or none, beside a writer)."""
         best = f"""SELECT d.id, d.source_name, d.doc_path, d.content, d.metadata,
-                       d.embedding <=> query_embedding AS distance
+                       {unindexed("d.embedding <=> query_embedding")} AS distance
                   FROM {source}
                  ORDER BY distance{tiebreak}
                  LIMIT limit_results"""

@@ -6,7 +6,8 @@ tables below and integers (the vector dimension) that were checked first.
 
 Vector search has three shapes:
 
-* **exact** — ``ORDER BY embedding <op> $1`` over every row: a full scan, always correct;
+* **exact** — ``ORDER BY (embedding <op> $1) + 0`` over every row: a full scan (no index can
+  serve the ``+ 0``), always correct;
 * **ann** — the inner query asks the HNSW index for ``candidates`` rows ordered by exactly
   the indexed expression (``embedding::halfvec(N)`` above 2,000 dimensions, where pgvector
   cannot index ``vector``), the outer query re-ranks them by full-precision distance;
@@ -194,6 +195,15 @@ def select_list(alias: str, include_embedding: bool) -> str:
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
+def unindexed(distance: str) -> str:
+    """``distance`` as an expression no index can order by, for an exact scan: at or below
+    2,000 dimensions the HNSW index is on ``embedding`` itself, and ``ORDER BY embedding <=> q``
+    (either way round: the planner commutes it) would be answered from the index — at most
+    ``hnsw.ef_search`` approximate rows. ``+ 0`` is exact (every distance is finite), costs
+    one addition a row and, unlike a subquery fence, still runs on each Citus shard."""
+    return f"({distance}) + 0"
+
+
 def vector_search_sql(
     query: Any,
     *,
@@ -225,7 +235,7 @@ def vector_search_sql(
     distance = f"d.embedding {m.operator} {q.vector}"
     if candidates is None:
         inner = (
-            f"SELECT {select_list('d', include_embedding)}, {distance} AS distance"
+            f"SELECT {select_list('d', include_embedding)}, {unindexed(distance)} AS distance"
             f" FROM documents d WHERE d.embedding IS NOT NULL AND {where}"
             " ORDER BY distance, d.id LIMIT $2"
         )
