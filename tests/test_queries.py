@@ -22,7 +22,8 @@ def test_exact_search_orders_by_the_metric_operator_and_binds_everything() -> No
         Q, dim=3072, metric_name="l2", limit=7, filter={"source_name": "tokio"}
     )
     assert params == [Q, 7, "tokio"]
-    assert "d.embedding <-> $1::vector AS distance" in sql
+    # "+ 0": no index can serve the order (at <= 2,000 dims one is on the column itself)
+    assert "(d.embedding <-> $1::vector) + 0 AS distance" in sql
     assert "ORDER BY distance, d.id LIMIT $2" in sql
     assert "d.embedding IS NOT NULL AND d.source_name = $3" in sql
     assert "halfvec" not in sql and "tokio" not in sql

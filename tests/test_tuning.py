@@ -234,8 +234,21 @@ def test_the_net_escalates_the_flattest_even_when_no_query_failed() -> None:
 
 
 def test_recall_at() -> None:
-    assert tuning.recall_at([1, 2, 3], [3, 4]) == 0.5
+    assert tuning.recall_at([(3, 0.3), (5, 0.5), (4, 0.4)], [(3, 0.3), (4, 0.4)]) == 0.5
     assert tuning.recall_at([], []) == 1.0
+    assert tuning.recall_at([], [(1, 0.1)]) == 0.0
+    # only the top k of what was found counts
+    assert tuning.recall_at([(9, 0.5), (8, 0.6), (1, 0.1)], [(1, 0.1), (2, 0.2)]) == 0.0
+
+
+def test_recall_at_counts_rows_tied_with_the_kth_exact_one() -> None:
+    """With duplicated vectors the exact top k is one pick among equals: other equals found
+    are no misses (a row counted once, and never more than k)."""
+    truth = [(1, 0.1), (2, 0.25), (3, 0.25)]
+    assert tuning.recall_at([(1, 0.1), (7, 0.25), (8, 0.25)], truth) == 1.0
+    assert tuning.recall_at([(7, 0.25), (7, 0.25), (8, 0.25)], truth) == 2 / 3
+    assert tuning.recall_at([(1, 0.1), (2, 0.25), (9, 0.2500001)], truth) == 2 / 3
+    assert tuning.recall_at([(5, 0.01), (6, 0.02), (7, 0.03)], truth) == 1.0
 
 
 # -- probes -----------------------------------------------------------------------------------

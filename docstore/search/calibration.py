@@ -37,6 +37,7 @@ from docstore.search.tuning import (
     SELECTION_FLOOR,
     Calibration,
     QuerySource,
+    Ranked,
     Trial,
     choose_settings,
     recall_at,
@@ -195,15 +196,15 @@ class Calibrator:
         metric: str,
         progress: Progress | None,
         pace: float | None,
-    ) -> list[list[int]]:
-        """Exact top-k ids of each vector (half-precision scan + exact re-rank), on up to
-        half the pool's connections (one when paced)."""
+    ) -> list[Ranked]:
+        """Exact top-k ``(id, distance)`` of each vector (half-precision scan + exact
+        re-rank), on up to half the pool's connections (one when paced)."""
         store = self._store
         limit = 1 if pace else max(1, (store.settings.pool_max_size - 2) // 2)
         gate = asyncio.Semaphore(limit)  # leave the callers connections
         done = 0
 
-        async def one(vector: np.ndarray) -> list[int]:
+        async def one(vector: np.ndarray) -> Ranked:
             nonlocal done
             async with gate:
                 started = time.perf_counter()
@@ -222,11 +223,11 @@ class Calibrator:
         metric: str,
         limit: int,
         flt: Mapping[str, Any] | None = None,
-    ) -> list[int]:
-        """The exact top ``limit`` ids: every row in scope ranked on ``embedding_half`` (read
-        from the row itself, no TOAST), the best ``max(4 × limit, 40)`` re-ranked on the
-        full-precision vectors — exact unless half precision reorders a document from outside
-        the first 4k into the top k."""
+    ) -> Ranked:
+        """The exact top ``limit`` as ``(id, distance)``: every row in scope ranked on
+        ``embedding_half`` (read from the row itself, no TOAST), the best
+        ``max(4 × limit, 40)`` re-ranked on the full-precision vectors — exact unless half
+        precision reorders a document from outside the first 4k into the top k."""
         store = self._store
         sql, params = queries.vector_search_sql(
             vector,
@@ -240,12 +241,12 @@ class Calibrator:
         )
         # ORDER BY embedding_half is no index's expression: a scan of the scope, as wanted
         rows = await store.run(_fetch(sql, params), stateless=True, read=True)
-        return [r["id"] for r in rows]
+        return [(r["id"], r["distance"]) for r in rows]
 
     async def _trials(
         self,
         vectors: list[np.ndarray],
-        truths: list[list[int]],
+        truths: list[Ranked],
         metric: str,
         oversample: int,
         progress: Progress | None,
@@ -281,7 +282,7 @@ class Calibrator:
                 took = time.perf_counter() - started
                 times.append(took * 1000)
                 await _pause(took, pace)
-                found = [r["id"] for r in rows]
+                found = [(r["id"], r["distance"]) for r in rows]
                 results.append(Trial(recall_at(found, truth), rows[0]["spread"] if rows else 0.0))
             trials[ef] = results
             latency[ef] = statistics.median(times)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from docstore.metrics import SearchRecall
-from docstore.search.tuning import Calibration, recall_at
+from docstore.search.tuning import Calibration, Ranked, recall_at
 
 if TYPE_CHECKING:
     from docstore.search.surface import SearchDatabase
@@ -37,8 +37,8 @@ BUDGET_BURST_SECONDS = 0.25
 second and holds at most this much, so time the store spends idle is not saved up and spent
 in a burst when the load returns."""
 
-Truth = Callable[[np.ndarray, str, int, Mapping[str, Any] | None], Awaitable[list[int]]]
-"""``truth(vector, metric, limit, filter)``: the exact top ``limit`` ids."""
+Truth = Callable[[np.ndarray, str, int, Mapping[str, Any] | None], Awaitable[Ranked]]
+"""``truth(vector, metric, limit, filter)``: the exact top ``limit`` as ``(id, distance)``."""
 
 
 class LiveRecall:
@@ -74,7 +74,7 @@ class LiveRecall:
         metric: str,
         limit: int,
         flt: Mapping[str, Any] | None,
-        found: list[int],
+        found: Ranked,
         calibrated: bool,
     ) -> None:
         """Maybe start a background exact re-run of a search that returned ``found`` (cheap;
@@ -103,7 +103,7 @@ class LiveRecall:
         metric: str,
         limit: int,
         flt: Mapping[str, Any] | None,
-        found: list[int],
+        found: Ranked,
         calibrated: bool,
     ) -> None:
         started = time.monotonic()

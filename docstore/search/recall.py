@@ -26,6 +26,7 @@ from docstore.search.filters import binds_a_long_list, build_filter
 from docstore.search.indexes import SearchIndexes
 from docstore.search.results import Latency, RecallReport, SearchResults
 from docstore.search.statements import CUSTOM_PLANS
+from docstore.search.tuning import Ranked, recall_at
 from docstore.search.vector import VectorSearch
 
 MAX_RECALL_SAMPLE = 100_000  # stored vectors evaluate_recall() may sample
@@ -66,14 +67,17 @@ class RecallEvaluator:
 
     async def _timed_searches(
         self, vectors: list[Any], options: dict[str, Any]
-    ) -> tuple[list[list[int]], list[float], list[SearchResults]]:
-        ids, ms, results = [], [], []
+    ) -> tuple[list[Ranked], list[float], list[SearchResults]]:
+        ids: list[Ranked] = []
+        ms, results = [], []
         for vector in vectors:
             started = time.perf_counter()
             # measuring must not feed the tuner: stored vectors are no real queries
             result = await self._vector.search(vector, **options, _observe=False)
             ms.append((time.perf_counter() - started) * 1000)
-            ids.append(result.ids)
+            ids.append(
+                [(h.id, h.distance) for h in result if h.id is not None and h.distance is not None]
+            )
             results.append(result)
         return ids, ms, results
 
@@ -136,10 +140,7 @@ class RecallEvaluator:
         truths, exact_ms, _ = await self._timed_searches(vectors, {**options, "exact": True})
         await self._timed_searches(vectors[:10], ann_options)  # warm-up, not measured
         answers, ann_ms, results = await self._timed_searches(vectors, ann_options)
-        recalls = [
-            len(set(truth) & set(answer)) / len(truth) if truth else 1.0
-            for truth, answer in zip(truths, answers, strict=True)
-        ]
+        recalls = [recall_at(a, t) for t, a in zip(truths, answers, strict=True)]
         ann_lat, exact_lat = _latency(ann_ms), _latency(exact_ms)
         plan, _ = await self._vector.plan(
             metric=mt.name,

@@ -62,7 +62,7 @@ from docstore.search.live_recall import (
     RECALL_WINDOW,
     LiveRecall,
 )
-from docstore.search.tuning import Calibration, QuerySource, probe_vectors, summary
+from docstore.search.tuning import Calibration, QuerySource, Ranked, probe_vectors, summary
 from docstore.transient import describe
 
 if TYPE_CHECKING:
@@ -368,7 +368,7 @@ class SearchTuner:
         metric: str,
         limit: int,
         flt: Mapping[str, Any] | None,
-        found: list[int],
+        found: Ranked,
         *,
         calibrated: bool = True,
     ) -> None:

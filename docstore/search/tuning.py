@@ -130,10 +130,29 @@ class Choice:
     """One standard error of ``expected_recall``."""
 
 
-def recall_at(found: Sequence[object], truth: Sequence[object]) -> float:
-    """Share of ``truth`` (the exact top k) among ``found``."""
-    expected = set(truth)
-    return len(set(found) & expected) / len(expected) if expected else 1.0
+Ranked = Sequence[tuple[int, float]]
+"""Rows of a search as ``(id, distance)``, best first (the distance as the server computed it
+on the full-precision vectors)."""
+
+TIE = 1e-9
+"""Relative slack under which a found row's distance counts as equal to the k-th exact one.
+Both sides come from one server expression on the same stored vectors, so rows with equal
+vectors have bit-equal distances; the slack only absorbs the last bit."""
+
+
+def recall_at(found: Ranked, truth: Ranked) -> float:
+    """Share of the exact top k (``truth``) that the top k of ``found`` holds. A found row
+    counts when it is one of ``truth``'s rows or as near as its k-th: where several rows tie
+    at the k-th distance (duplicated vectors), the exact top k is one arbitrary pick among
+    equals, and an ANN search that picked other equals lost nothing."""
+    k = len(truth)
+    if not k:
+        return 1.0
+    expected = {i for i, _ in truth}
+    kth = truth[-1][1]
+    bound = kth + TIE * max(1.0, abs(kth))
+    hits = {i for i, d in found[:k] if i in expected or d <= bound}
+    return min(len(hits), k) / k
 
 
 def _error(recalls: np.ndarray) -> float:

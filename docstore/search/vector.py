@@ -211,7 +211,7 @@ class VectorSearch:
                 notes_escalation=filter is None and plan.source == "calibration",  # the stream's
                 source=shard(self._db, source_name),
             )
-            ann_ids = [r["id"] for r in records]  # the top limit, before min_similarity
+            ann_found = [(r["id"], r["distance"]) for r in records]  # before min_similarity
             if max_distance is not None:  # the bound on the ordered rows: a prefix of them
                 records = [r for r in records if r["distance"] <= max_distance]
         else:
@@ -230,13 +230,13 @@ class VectorSearch:
         ]
         if mode == "ann" and _observe:
             # live recall compares the top `limit` with the exact top `limit`, so it gets the
-            # ids before min_similarity cut them
+            # rows before min_similarity cut them
             self._tuner.observe(
                 vector,
                 mt.name,
                 limit,
                 flt,
-                [i for i in ann_ids if i],
+                [(i, d) for i, d in ann_found if i],
                 calibrated=plan.source in ("calibration", "default"),
             )
         return SearchResults(
