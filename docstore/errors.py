@@ -32,6 +32,12 @@ class PoolTimeoutError(DatabaseUnavailableError):
     """No pooled connection became free within ``DOCSTORE_POOL_ACQUIRE_TIMEOUT``."""
 
 
+class EventLoopError(DocstoreError, RuntimeError):
+    """A store was used from another event loop than the one it was opened on (its
+    connections belong to that loop): a notebook cell's ``asyncio.run()`` after the one that
+    opened it, or another thread's loop."""
+
+
 class ReadOnlyError(DocstoreError):
     """A write was attempted on a store opened in read-only mode (``READ_ONLY``)."""
 

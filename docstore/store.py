@@ -121,8 +121,11 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def close(self) -> None:
-        """Stop the tuner's background work, then close the pools."""
-        await self.tuner.aclose()
+        """Stop the tuner's background work, then close the pools. From another event loop
+        than the store's: :class:`~docstore.errors.EventLoopError` while that loop runs; once
+        it is closed (a notebook cell's ``asyncio.run()`` ended), the connections are let go."""
+        if self._db.check_loop():
+            await self.tuner.aclose()
         await self._db.close()
 
     async def __aenter__(self) -> Self:

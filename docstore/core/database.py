@@ -157,10 +157,16 @@ class Database:
         return self._pool_set.all()
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def check_loop(self) -> bool:
+        """Whether this is the store's event loop (:meth:`Pools.check_loop
+        <docstore.core.pools.Pools.check_loop>`)."""
+        return self._pool_set.check_loop()
+
     async def close(self) -> None:
         """Close the pools (the Citus workers' too), waiting for checked-out connections to
         be released."""
-        await self._shards.close()
+        if self._pool_set.check_loop():
+            await self._shards.close()
         await self._pool_set.close()
 
     async def __aenter__(self) -> Self:

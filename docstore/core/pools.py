@@ -12,6 +12,7 @@ must never show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import asyncpg
 from docstore.codecs import register_json_codecs, register_vector_codecs
 from docstore.config import Settings, UrlSource, redact_url
 from docstore.core import tcp
-from docstore.errors import DocstoreError
+from docstore.errors import DocstoreError, EventLoopError
 from docstore.failures import describe, translate
 from docstore.readonly import ReadOnlyConnection
 
@@ -34,6 +35,12 @@ logger = logging.getLogger("docstore")
 REPLICA_CONNECT_TIMEOUT = 5.0
 POOL_CLOSE_TIMEOUT = 30.0  # seconds store.close() waits for checked-out connections
 CANCEL_WAIT = 2.0
+OTHER_LOOP = (
+    "this store was opened on another event loop, and its connections belong to that loop:"
+    " open the store in the loop that uses it (`async with docstore.connect()` inside the same"
+    " `asyncio.run()`), hand the work to its loop (`asyncio.run_coroutine_threadsafe(coro,"
+    " store.loop)`), or use `docstore.sync.connect()`, which runs the store on a loop of its own"
+)
 """Seconds a connection whose statement ran out of time or was cancelled may take to go back
 to its pool: asyncpg waits there for the server to confirm the cancel it sent (milliseconds on
 a server that answers). Past this the connection is closed, as when the network is gone, and
@@ -247,6 +254,19 @@ class Pools:
     url_source: UrlSource
     secrets: tuple[str, ...] = field(repr=False)
     _closing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    loop: asyncio.AbstractEventLoop = field(
+        default_factory=asyncio.get_running_loop, init=False, repr=False
+    )
+    """The event loop the pools were opened on: their connections belong to it."""
+
+    def check_loop(self) -> bool:
+        """Whether this is the pools' loop; :class:`EventLoopError` when it is another one and
+        theirs still runs, False when theirs is closed (nothing can close them there)."""
+        if asyncio.get_running_loop() is self.loop:
+            return True
+        if self.loop.is_closed():
+            return False
+        raise EventLoopError(OTHER_LOOP)
 
     def all(self) -> list[Pool]:
         return [self.primary] + ([self.replica] if self.replica else [])
@@ -273,6 +293,11 @@ class Pools:
         some code never gave back must not make ``store.close()`` wait forever. Callers
         waiting for a connection are told the store is closed (``runner._acquire``). Calls
         made while one runs (a shutdown hook and an ``async with``) wait for that one."""
+        if not self.check_loop():
+            for pool in self.all():  # their loop is gone: let go of the sockets
+                with contextlib.suppress(RuntimeError):
+                    pool.pool.terminate()
+            return
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)

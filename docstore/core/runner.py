@@ -24,10 +24,10 @@ from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core import locks
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
-from docstore.core.pools import STATELESS, Pool, Pools, Role, release
+from docstore.core.pools import OTHER_LOOP, STATELESS, Pools, Role, release
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
-from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
+from docstore.errors import DocstoreError, EventLoopError, PoolTimeoutError, ValidationError
 from docstore.failures import (
     POOL_CLOSED,
     first_retry_wait,
@@ -118,11 +118,15 @@ def _refuse(where: str) -> _OnDoubt[Any]:
     return refused
 
 
-async def _acquire(pooled: Pool, role: Role, wait: float, metrics: Metrics) -> Any:
+async def _acquire(pools: Pools, role: Role, wait: float, metrics: Metrics) -> Any:
     """A connection of ``pooled`` within ``wait`` seconds, timed; :class:`PoolTimeoutError`
     only when that wait ran out (a connect timeout — a hung server — is raised as is: a
     transient failure, retried, and for a replica a reason to read from the primary). While
-    pgvector was not found, each connection asks again (:meth:`CodecInit.found_late`)."""
+    pgvector was not found, each connection asks again (:meth:`CodecInit.found_late`). From
+    another event loop than the store's, :class:`EventLoopError` before anything is touched."""
+    if not pools.check_loop():
+        raise EventLoopError(OTHER_LOOP)
+    pooled = pools.get(role)
     pool = pooled.pool
     metrics.waiting[role] += 1
     started = time.perf_counter()
@@ -417,7 +421,7 @@ class Runner:
         """A connection of ``role``'s pool, timed; a broken one is never pooled again."""
         pooled = self._pools.get(role)
         wait = self._settings.pool_acquire_timeout if timeout is None else timeout
-        conn = await _acquire(pooled, role, wait, self._metrics)
+        conn = await _acquire(self._pools, role, wait, self._metrics)
         failure: BaseException | None = None
         try:
             yield conn

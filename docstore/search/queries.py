@@ -196,11 +196,10 @@ def select_list(alias: str, include_embedding: bool) -> str:
 
 
 def unindexed(distance: str) -> str:
-    """``distance`` as an expression no index can order by, for an exact scan: at or below
-    2,000 dimensions the HNSW index is on ``embedding`` itself, and ``ORDER BY embedding <=> q``
-    (either way round: the planner commutes it) would be answered from the index — at most
-    ``hnsw.ef_search`` approximate rows. ``+ 0`` is exact (every distance is finite), costs
-    one addition a row and, unlike a subquery fence, still runs on each Citus shard."""
+    """``distance`` as an expression no index can order by, for an exact scan: at <= 2,000
+    dimensions the HNSW index is on ``embedding`` itself, which would answer ``ORDER BY
+    embedding <=> q`` (either way round) with at most ``hnsw.ef_search`` approximate rows.
+    ``+ 0`` is exact, costs one addition a row and runs on each Citus shard as it is."""
     return f"({distance}) + 0"
 
 
