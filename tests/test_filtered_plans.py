@@ -57,10 +57,11 @@ def test_sized_filters_plan_exact_halfvec_or_a_forced_ann_search_with_its_second
     half = plan(FilterSize(True, 5_000, 50_000))
     assert (half.mode, half.candidates) == ("halfvec", 40)
     ann = plan(FilterSize(False, 25_000, 50_000))
-    assert (ann.mode, ann.ef_search, ann.source) == ("ann", 64, "calibration")
+    # the calibration's 64 / 640, widened by 1 / the share (planner.restricted_ef_search)
+    assert (ann.mode, ann.ef_search, ann.source) == ("ann", 128, "calibration")
     assert ann.force_index  # enable_sort off: never a filter index plus a sort of every vector
     # the calibration's second pass, as unfiltered (tests/test_search_review_1207.py)
-    assert (ann.escalate_below, ann.escalation_ef_search) == (0.09, 640)
+    assert (ann.escalate_below, ann.escalation_ef_search) == (0.09, 1000)
     unmet = plan(FilterSize(False, 25_000, 50_000), calibration=calibration(met_target=False))
     assert unmet.mode == "halfvec"
     # uncalibrated (or another metric's calibration): the default ef_search, still forced

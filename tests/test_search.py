@@ -438,7 +438,8 @@ async def test_filtered_searches_escalate_but_leave_the_tuners_escalation_window
     common = {"metadata.n": {"$gt": 100}}
     for i in range(6):
         got = await corpus.search(query(i), filter=common, limit=10)
-        assert (got.mode, got.escalated, got.ef_search) == ("ann", True, 64)
+        assert (got.mode, got.escalated) == ("ann", True)
+        assert 64 < got.ef_search < 80  # widened by 1 / the filter's share (~0.9)
         small = await corpus.search(query(i), filter={"doc_type": "solana"}, limit=10)
         assert small.mode == "halfvec" and not small.escalated
     assert not window and not corpus.tuner.mostly_escalating()

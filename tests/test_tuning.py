@@ -57,6 +57,25 @@ def test_exact_without_an_index_and_when_asked() -> None:
         plan(exact=False, has_index=False)
 
 
+def test_a_restricted_search_widens_the_calibrated_beam_by_its_share() -> None:
+    """A filtered HNSW scan keeps only the filter's share of the beam it walks (helper 110:
+    a filter keeping 54 % of the real-text corpus left real questions at recall@10 0.5)."""
+    cal = calibration(ef_search=100, escalation_ef_search=1000)
+    assert plan(calibration=cal).ef_search == 100
+    half = planner.FilterSize(indexed=False, rows=5_000, table_rows=10_000)
+    filtered = plan(filtered=True, filter_size=half, calibration=cal)
+    assert filtered.mode == "ann" and filtered.ef_search == 200
+    assert filtered.escalation_ef_search == 1000 and filtered.escalate_below == 0.09
+    small = planner.FilterSize(indexed=False, rows=600, table_rows=10_000)  # 6 %: capped
+    assert plan(filtered=True, filter_size=small, calibration=cal).ef_search == 1000
+    scope = plan(scoped_only=True, filtered=True, scope=Scope(9_000, 10_000), calibration=cal)
+    assert scope.mode == "ann" and scope.ef_search == 112
+    # an explicit ef_search is the caller's: not widened
+    assert plan(filtered=True, filter_size=half, calibration=cal, ef_search=50).ef_search == 50
+    assert planner.restricted_ef_search(64, 1.0) == 64
+    assert planner.restricted_ef_search(64, 0.0) == planner.MAX_EF_SEARCH
+
+
 def test_small_scopes_are_ranked_on_embedding_half() -> None:
     small = plan(scoped_only=True, filtered=True, scope=Scope(800, 50_000))
     assert small.mode == "halfvec" and small.candidates == 40

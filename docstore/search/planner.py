@@ -52,13 +52,16 @@ real-text corpus (7,959 documents, its 200 real queries, filters no index serves
 9.5 % of the lists flat (13.5 % unfiltered), and the median exact spread grew from 0.195 to
 0.217. One pass there gave recall@10 0.990 with three queries under 0.7 (filter keeping every
 row) and 0.990 with one (~50 %); with the second pass, 0.998-0.999 and none at every share,
-as unfiltered (p95 latency +10-20 ms for the escalated tenth). Filtered searches still stay
+as unfiltered (p95 latency +10-20 ms for the escalated tenth). The first pass's beam
+is widened by ``1 / share`` (:func:`restricted_ef_search`), since a filtered scan keeps only that
+share of what it walks. Filtered searches still stay
 out of the tuner's escalation window (:meth:`~docstore.search.tuner.SearchTuner.
 mostly_escalating`), which follows the unfiltered query stream the calibration measures.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -212,6 +215,17 @@ def halfvec_candidates(limit: int, oversample: int) -> int:
     return min(max(limit * oversample, MIN_HALFVEC_CANDIDATES, limit), MAX_LIMIT)
 
 
+def restricted_ef_search(ef_search: int, share: float) -> int:
+    """The calibration's ``ef_search`` (either pass's) for a search restricted to ``share`` of
+    the table (a filter, a large scope): a filtered HNSW scan keeps only that share of the
+    beam it walks, so the beam is widened by ``1 / share`` (at most :data:`MAX_EF_SEARCH`) to
+    reach as deep as the calibration's did unfiltered (measured: bench/RESULTS.md, "A filter's
+    share widens the beam")."""
+    if share >= 1 or not ef_search:
+        return ef_search
+    return min(MAX_EF_SEARCH, math.ceil(ef_search / max(share, 1e-9)))
+
+
 def check_ef_search(value: object, field: str = "ef_search") -> int:
     return bounded_int(value, field, MAX_EF_SEARCH)
 
@@ -275,6 +289,9 @@ def plan_vector_search(
         if mode == "halfvec":
             return VectorPlan("halfvec", candidates=halfvec_candidates(limit, oversample))
     candidates = ann_candidates(limit, oversample)
+    share = filter_size.share if sized and filter_size is not None else 1.0
+    if scoped_only and scope is not None:
+        share = scope.share
     # the index for sure when asked for, unscoped, a scope found large (not small enough for
     # halfvec) or a filter sized for it; an unsized filter (Citus, an explicit ef_search) may
     # match a handful of rows, where the planner's B-tree plan is the fast one
@@ -292,23 +309,21 @@ def plan_vector_search(
             oversample=oversample,
         )
     if calibration is not None:
-        ef = scaled_ef_search(calibration.ef_search, limit)
+        ef = restricted_ef_search(scaled_ef_search(calibration.ef_search, limit), share)
         level = level_candidates(ef, limit, oversample)
         if oversample_given:
             level, ef = candidates, max(ef, min(candidates, MAX_EF_SEARCH))
-        # the second pass, filtered or not (module docstring), while it is wider than the first
-        escalate = (calibration.escalation_ef_search or 0) > ef and (
-            calibration.escalate_below is not None
-        )
+        # the second pass, filtered or not (module docstring), while it is wider than the first;
+        # widened by the share as the first is
+        second = restricted_ef_search(calibration.escalation_ef_search or 0, share)
+        escalate = second > ef and calibration.escalate_below is not None
         return VectorPlan(
             "ann",
             level,
             ef,
             force,
             escalate_below=calibration.escalate_below if escalate else None,
-            escalation_ef_search=max(calibration.escalation_ef_search or 0, candidates)
-            if escalate
-            else 0,
+            escalation_ef_search=max(second, candidates) if escalate else 0,
             source="oversample" if oversample_given else "calibration",
             oversample=oversample,
         )
