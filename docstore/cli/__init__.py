@@ -14,7 +14,8 @@ No command shows a traceback for a user error. Exit status, the same for every c
   ``error: <ErrorClass>: <message>``.
 - 2: usage error: an unknown option, a missing or out-of-range option value (click's message).
 - 70: internal error, a bug in docstore: the traceback, then an ``internal error:`` line.
-- 130: interrupted (Ctrl-C or SIGTERM; the command cleans up first).
+- 130: interrupted (Ctrl-C or SIGTERM; the command cleans up first, and further Ctrl-Cs or
+  SIGTERMs while it does are ignored).
 
 Passwords are never printed: URLs in messages are redacted, and the secrets of every URL on
 the command line or in the URL variables are scrubbed from whatever is printed, usage

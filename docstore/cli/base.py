@@ -244,39 +244,75 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
 
     uvloop reads the sockets into reused buffers: a ``docstore migrate`` relays every byte of
     the legacy database through this process and reads every stored byte back, and spent
-    25 % less CPU doing it (bench/RESULTS.md, issue 15)."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner, _terminate_as_interrupt():
+    25 % less CPU doing it (bench/RESULTS.md, issue 15).
+
+    Ctrl-C and SIGTERM cancel the command (:class:`_Stop`); it then raises
+    ``KeyboardInterrupt`` (one ``error: interrupted`` line, exit 130)."""
+    stop = _Stop()
+    with _stopped_by_signals(stop), asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
-            return runner.run(work())  # type: ignore[arg-type]
-        except Exception as exc:
-            if _interrupted(runner, exc):
+            result = runner.run(stop.run(work))
+        except (Exception, asyncio.CancelledError) as exc:
+            if stop.requested or _interrupted(exc):
                 raise KeyboardInterrupt from exc  # one 'error: interrupted' line, exit 130
             raise
+    if stop.requested:  # during the loop's shutdown, or the command swallowed the cancel
+        raise KeyboardInterrupt
+    return result
+
+
+class _Stop:
+    """How a command stops on Ctrl-C or SIGTERM (``docker stop``, ``timeout``, systemd,
+    ``kill``): the first cancels its task, as asyncio.Runner's Ctrl-C does, so its clean-up
+    runs — connections cancel their statements and close, the store closes, the embedded
+    server is released, a demo's throwaway directory is deleted. Every later one finds it
+    stopping already and changes nothing: asyncio.Runner's second Ctrl-C raised
+    ``KeyboardInterrupt`` wherever the clean-up was (a connection never given back, a pool
+    close waiting 30 s for it, asyncio's warnings), and a SIGTERM once the handler was
+    restored killed the process half-way (status -15)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            return  # stopping already
+        self.requested = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            # wake the loop if it sleeps in select() (as asyncio.Runner's handler does)
+            task.get_loop().call_soon_threadsafe(lambda: None)
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` as the task a signal cancels (at once if one came before it began)."""
+        self._task = asyncio.current_task()
+        if self.requested:
+            raise asyncio.CancelledError
+        return await work()
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``docker stop``, ``timeout``, systemd, ``kill``) stops a command as Ctrl-C
-    does: whatever handles SIGINT now (asyncio.Runner's: cancel the command) handles it, so
-    the command's clean-up runs — the store closes, the embedded server is released, a
-    demo's throwaway directory is deleted — instead of the process vanishing and leaving a
-    server running. Only in the main thread (where signals are handled)."""
+def _stopped_by_signals(stop: _Stop) -> Iterator[None]:
+    """SIGTERM, and SIGINT unless it is ignored (a background job: ``nohup … &``, a shell
+    without job control) or handled by someone else, go to ``stop``. Once one came, both are
+    ignored from then on: nothing may interrupt the rest of the process's way out — not even
+    the interpreter's shutdown, which puts its default back for a signal Python handles
+    (a SIGTERM then ended the process with status -15 instead of 130). Only in the main
+    thread (where signals are handled)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:  # SIGINT ignored (started in the background): interrupt all the same
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, stop.on_signal) for signum in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if stop.requested else handler)
 
 
 @contextlib.contextmanager
@@ -294,11 +330,10 @@ def sigterm_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted(runner: asyncio.Runner, exc: BaseException) -> bool:
-    """Whether ``exc`` is what a Ctrl-C left behind: its cause/context chain holds a
-    ``KeyboardInterrupt``, or the ``CancelledError`` of the command the runner cancelled on
-    SIGINT (some clean-up on the way out raised another error over it)."""
-    sigints: int = getattr(runner, "_interrupt_count", 0)  # asyncio.Runner's (CPython 3.11+)
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is what an interruption left behind: its cause/context chain holds a
+    ``KeyboardInterrupt`` (raised by code the command ran, not by a signal: :class:`_Stop`
+    handles those)."""
     seen: set[int] = set()
     chain: list[BaseException | None] = [exc]
     while chain:
@@ -307,8 +342,6 @@ def _interrupted(runner: asyncio.Runner, exc: BaseException) -> bool:
             continue
         seen.add(id(current))
         if isinstance(current, KeyboardInterrupt):
-            return True
-        if isinstance(current, asyncio.CancelledError) and sigints > 0:
             return True
         chain += [current.__cause__, current.__context__]
     return False

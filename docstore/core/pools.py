@@ -34,17 +34,21 @@ logger = logging.getLogger("docstore")
 
 REPLICA_CONNECT_TIMEOUT = 5.0
 POOL_CLOSE_TIMEOUT = 30.0  # seconds store.close() waits for checked-out connections
+INTERRUPTED_CLOSE_TIMEOUT = 3.0
+"""The same wait for a store closed by a cancelled task (Ctrl-C): its work was cancelled, and
+each connection it held goes back within :data:`CANCEL_WAIT`; one that does not is not worth
+keeping an interrupted command from exiting for."""
 CANCEL_WAIT = 2.0
+"""Seconds a connection whose statement ran out of time or was cancelled may take to go back
+to its pool: asyncpg waits there for the server to confirm the cancel it sent (milliseconds on
+a server that answers). Past this the connection is closed, as when the network is gone, and
+the caller is not kept waiting for it: asyncpg 0.31 would otherwise wait forever."""
 OTHER_LOOP = (
     "this store was opened on another event loop, and its connections belong to that loop:"
     " open the store in the loop that uses it (`async with docstore.connect()` inside the same"
     " `asyncio.run()`), hand the work to its loop (`asyncio.run_coroutine_threadsafe(coro,"
     " store.loop)`), or use `docstore.sync.connect()`, which runs the store on a loop of its own"
 )
-"""Seconds a connection whose statement ran out of time or was cancelled may take to go back
-to its pool: asyncpg waits there for the server to confirm the cancel it sent (milliseconds on
-a server that answers). Past this the connection is closed, as when the network is gone, and
-the caller is not kept waiting for it: asyncpg 0.31 would otherwise wait forever."""
 
 # Set while docstore's own stateless work holds a connection (see Runner.run): releasing it
 # then skips asyncpg's reset query (RESET ALL, UNLISTEN *, ...), a server round trip that
@@ -289,28 +293,33 @@ class Pools:
 
     async def close(self) -> None:
         """Close every pool, waiting up to :data:`POOL_CLOSE_TIMEOUT` for checked-out
-        connections to be released, then terminating what is left (logged): a connection
-        some code never gave back must not make ``store.close()`` wait forever. Callers
-        waiting for a connection are told the store is closed (``runner._acquire``). Calls
-        made while one runs (a shutdown hook and an ``async with``) wait for that one."""
+        connections to be released (:data:`INTERRUPTED_CLOSE_TIMEOUT` when the closing task is
+        being cancelled), then terminating what is left (logged): a connection some code
+        never gave back must not make ``store.close()`` wait forever. Callers waiting for a
+        connection are told the store is closed (``runner._acquire``). Calls made while one
+        runs (a shutdown hook and an ``async with``) wait for that one. From another event
+        loop than the store's, see :meth:`check_loop`."""
         if not self.check_loop():
             for pool in self.all():  # their loop is gone: let go of the sockets
                 with contextlib.suppress(RuntimeError):
                     pool.pool.terminate()
             return
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close())
+            task = asyncio.current_task()
+            cancelled = task is not None and task.cancelling() > 0
+            wait = INTERRUPTED_CLOSE_TIMEOUT if cancelled else POOL_CLOSE_TIMEOUT
+            self._closing = asyncio.ensure_future(self._close(wait))
         await asyncio.shield(self._closing)
 
-    async def _close(self) -> None:
+    async def _close(self, wait: float) -> None:
         async def close(pool: Pool) -> None:
             try:
-                await asyncio.wait_for(pool.pool.close(), POOL_CLOSE_TIMEOUT)
+                await asyncio.wait_for(pool.pool.close(), wait)
             except TimeoutError:  # asyncpg terminates the pool when its close() is cancelled
                 logger.warning(
                     "closing the %s pool: connections still checked out after %gs were terminated",
                     pool.role,
-                    POOL_CLOSE_TIMEOUT,
+                    wait,
                 )
 
         await asyncio.gather(*(close(p) for p in self.all()))

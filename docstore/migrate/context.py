@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from docstore.errors import DocstoreError, MigrationError, ReadOnlyError
 from docstore.failures import connect_problem, describe, is_transient
 from docstore.models import MAX_DOC_TYPE
 from docstore.store import Store
+
+logger = logging.getLogger("docstore")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -121,6 +124,17 @@ SELECT current_database() || '@' || coalesce(
 
 
 _TCP_DEFAULT: float = Settings.model_fields["tcp_timeout"].default
+CANCEL_SEND_WAIT = 1.0
+"""Seconds a cancelled legacy connection waits for the cancel request of the statement it
+ran to reach the server (milliseconds on a server that answers) before it is closed."""
+# The server polls the client's socket every second while a statement runs (PostgreSQL 14+;
+# set after connecting, not as a startup parameter, which PgBouncer refuses): a statement of
+# a migrator that vanished (killed, its cancel request lost) ends within a second, where a
+# lock wait or a long scan went on until it sent its first row.
+_WATCH_CLIENT = """
+SELECT set_config('client_connection_check_interval', '1s', false)
+ WHERE current_setting('server_version_num')::int >= 140000
+"""
 
 
 @contextlib.asynccontextmanager
@@ -168,6 +182,7 @@ async def open_legacy(
         # vacuum waits for, which it should not keep for hours after the migrator vanished
         tcp.apply(conn, _TCP_DEFAULT if target is None else target.settings.tcp_timeout)
         await tcp.mirror_on_server(conn)
+        await _watch_client(conn)
         schema = await conn.fetchval(
             "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
             " WHERE t.typname = 'vector' LIMIT 1"
@@ -178,11 +193,34 @@ async def open_legacy(
     except BaseException:
         if cancelling():
             # cancelled (Ctrl-C): it may be stuck in a COPY or a cancelled query, where a
-            # graceful close fails or waits; the server rolls its transaction back
-            conn.terminate()
+            # graceful close fails or waits; the server rolls its transaction back. Closed
+            # once the statement's cancel request went out: closing the connection drops it,
+            # and the server went on with the statement (a lock wait until the lock was free)
+            try:
+                await cancel_sent(conn)
+            finally:
+                conn.terminate()
         raise
     finally:
         await conn.close()
+
+
+async def _watch_client(conn: asyncpg.Connection) -> None:
+    """:data:`_WATCH_CLIENT` on ``conn``'s session; a server that cannot (a platform without
+    the socket check) is left as it is."""
+    try:
+        await conn.fetchval(_WATCH_CLIENT)
+    except asyncpg.PostgresError as exc:
+        logger.debug("client_connection_check_interval not set: %s", describe(exc))
+
+
+async def cancel_sent(conn: asyncpg.Connection, wait: float = CANCEL_SEND_WAIT) -> None:
+    """Wait up to ``wait`` seconds for the cancel requests asyncpg sends for ``conn``'s
+    cancelled statement (on a connection of their own) to be done: ``conn.terminate()``
+    abandons those still pending. Never cancels them, nor raises their errors."""
+    pending = [t for t in getattr(conn, "_cancellations", ()) if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=wait)
 
 
 async def ensure_writable(store: Store, action: str) -> None:
