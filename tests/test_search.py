@@ -773,6 +773,9 @@ async def test_hybrid_search_fuses_both_rankings_with_rrf(corpus: docstore.Store
     assert mine.ranks is not None and mine.ranks["vector"] == 1
     assert ("text" in mine.ranks) == (mine.id in text) == (mine.text_rank is not None)
     assert mine.similarity == pytest.approx(1.0)
+    # each ranking contributes its top `candidates`, also below the limit (helper 110)
+    few = await corpus.hybrid_search("runtime", q, limit=10, candidates=1)
+    assert 1 <= len(few) <= 2 and all(r == 1 for h in few for r in (h.ranks or {}).values())
 
 
 # -- results ergonomics ---------------------------------------------------------------------

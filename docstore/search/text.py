@@ -92,7 +92,8 @@ class TextSearch:
         """Vector and full-text search fused by Reciprocal Rank Fusion.
 
         Each ranking contributes ``1 / (k + rank)`` for its top ``candidates`` (default
-        ``max(5 × limit, 50)``, at most 1,000); hits carry ``score``, ``ranks`` and, where
+        ``max(5 × limit, 50)``, at most 1,000; fewer than ``limit`` give at most ``2 ×
+        candidates`` hits); hits carry ``score``, ``ranks`` and, where
         found, their ``similarity`` and ``text_rank``. Both searches run concurrently, after
         both inputs were validated: ``text`` as in :meth:`search_text`, ``embedding`` as in
         :meth:`search` (:class:`ValidationError` before anything is sent).
@@ -114,7 +115,7 @@ class TextSearch:
             "doc_type": doc_type,
             "source_name": source_name,
             "filter": filter,
-            "limit": max(pool, limit),
+            "limit": pool,
             "include_embedding": include_embedding,
         }
         semantic, keyword = await together(  # one failing cancels the other
