@@ -40,7 +40,7 @@ import asyncpg
 from docstore.config import redact_url, url_secrets
 from docstore.errors import MigrationError, ReadOnlyError
 from docstore.failures import describe
-from docstore.migrate import checkpoints
+from docstore.migrate import checkpoints, claims
 from docstore.migrate import copy as copy_stage
 from docstore.migrate import delta as delta_stage
 from docstore.migrate import preflight as preflight_stage
@@ -434,7 +434,7 @@ async def _claim_doc_type(
     other legacy database's documents, again (another migrator may have run since), then the
     other runs' checkpoints forgotten (their documents are gone) and, with ``restart``, this
     run's too."""
-    if problem := await preflight_stage.other_legacy_database(tgt, ctx.doc_type, ctx.run_id, src):
+    if problem := await claims.other_legacy_database(tgt, ctx.doc_type, ctx.run_id, src):
         raise MigrationError("cannot migrate: " + problem)
     await checkpoints.forget_others(tgt, ctx.doc_type, ctx.run_id)
     if restart:

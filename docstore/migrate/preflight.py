@@ -3,17 +3,22 @@ anything is written (which legacy tables exist, sizes, embedding dimensions, NUL
 orphans; the target's pgvector, schema, existing rows and checkpoints).
 
 ``Preflight.blocking`` lists what stops a run: a source that is not a legacy database,
-legacy tables this role may not read (:func:`missing_grants`), legacy ids <= 0
+legacy tables this role may not read (:func:`missing_grants`), or without a column the
+migration reads, or with one of a type it cannot read as it is
+(:func:`~docstore.migrate.legacy_columns.problems`), legacy ids <= 0
 (:func:`nonpositive_ids`), keys whose unique constraint was dropped and that rows share
 (:func:`duplicate_keys`), a read-only target (``READ_ONLY``, a standby,
 ``default_transaction_read_only``), a target the run's ``connect()`` refuses or whose tables
 this role may not write (:func:`~docstore.migrate.target_access.problems`: pgvector it may not
 create, tables of docstore's names docstore did not create, no CREATE on the schema, missing
 GRANTs — what the run says, computed from the catalog), a doc_type that already holds documents
-migrated from another legacy database (:func:`other_legacy_database`) and, in a thorough
+migrated from another legacy database
+(:func:`~docstore.migrate.claims.other_legacy_database`) and, in a thorough
 preflight (a dry run), embedding values half precision cannot hold
 (:func:`beyond_half_precision`); a thorough preflight also warns of rows the copy keeps but
-docstore's own writes refuse (:func:`refused_by_docstore`). Otherwise nothing here detoasts
+docstore's own writes refuse (:func:`refused_by_docstore`), and every preflight of a legacy
+database already migrated into another doc_type (a mistyped ``--doc-type``:
+:func:`~docstore.migrate.claims.migrated_elsewhere`). Otherwise nothing here detoasts
 an embedding stored uncompressed with the target's dimension
 (:func:`~docstore.migrate.legacy.dims_sql`).
 """
@@ -28,15 +33,11 @@ import asyncpg
 
 from docstore.core.opener import IS_LEGACY_DATABASE
 from docstore.embeddings import MAX_EMBEDDING_VALUE, MAX_HALF_PRECISION_ERROR
-from docstore.migrate import checkpoints, keys, legacy, state, target_access
+from docstore.migrate import checkpoints, claims, keys, legacy, legacy_columns, state, target_access
 from docstore.migrate.context import LONG_TIMEOUT, run_id
 from docstore.migrate.report import Preflight, TableInfo
 from docstore.models import MAX_CONTENT_CHARS, MAX_DOC_PATH_BYTES, MAX_KEY_BYTES
 from docstore.store import Store
-
-_MIGRATED_ROWS = (
-    "SELECT count(*) FROM documents WHERE doc_type = $1 AND metadata->>'migrated_from' = $2"
-)
 
 
 async def preflight(
@@ -99,8 +100,10 @@ async def preflight(
         pre.warnings.append(
             "the target has no docstore schema yet: the run creates it (as `docstore init`)"
         )
-    elif readable and (problem := await other_legacy_database(store, doc_type, run, src)):
-        pre.blocking.append(problem)
+    elif readable:  # another legacy database in this doc_type; this one in another doc_type
+        if problem := await claims.other_legacy_database(store, doc_type, run, src):
+            pre.blocking.append(problem)
+        pre.warnings.extend(await claims.migrated_elsewhere(store, doc_type, run, src))
     if problem := await target_access.read_only(store):
         pre.blocking.append(problem)
     return pre
@@ -138,52 +141,6 @@ async def _target_findings(
         "target_existing_sources": len(await store.sources.list(doc_type=doc_type)),
         "checkpoints": await checkpoints.count(store, run),
     }
-
-
-async def other_legacy_database(
-    tgt: asyncpg.Connection | Store, doc_type: str, run: str, src: asyncpg.Connection
-) -> str | None:
-    """Why ``doc_type`` can't take this run's legacy database (run id ``run``), or None.
-
-    A doc_type holds the documents of one legacy database: a run deletes the migrated rows
-    of its id ranges that its legacy database does not have, and the legacy ids of two
-    databases overlap, so a second one would delete the first one's documents. Detected by
-    the checkpoints of another run into the doc_type (another legacy database, or the same
-    one reached through another address: run ids name both) while it holds migrated
-    documents; a run that starts on none forgets those checkpoints
-    (:func:`~docstore.migrate.checkpoints.forget_others`). A run whose checkpoint stamps still
-    hold on ``src`` (the ``(id, xmin)`` of its ranges: only the same database, or a physical
-    copy of it, has them) read this legacy database through another address: not another
-    one. Reads only the checkpoints unless there are such; then a few legacy stamps and the
-    doc_type's migrated documents."""
-    others = await checkpoints.others(tgt, doc_type, run)
-    if not others:
-        return None
-    samples = await checkpoints.samples_of_others(tgt, doc_type, run)
-    same = [name for name, taken in samples.items() if await _stamps_hold(src, taken)]
-    others = [(name, rows) for name, rows in others if name not in same]
-    if not others:
-        return None
-    migrated = await tgt.fetchval(_MIGRATED_ROWS, doc_type, legacy.MIGRATED_FROM)
-    if not migrated:
-        return None
-    where = ", ".join(f"{name} ({rows:,} rows copied)" for name, rows in others)
-    return (
-        f"doc_type {doc_type!r} already holds {migrated:,} documents migrated from another "
-        f"legacy database ({where}); this run's is {run[len(doc_type) + 1 :]}. Migrating a "
-        "second legacy database into the same doc_type would delete them: use another "
-        "--doc-type, or roll back / delete that doc_type's documents first (if it is the same "
-        "database reached through another address whose rows all changed since, connect to "
-        "it as that run did)"
-    )
-
-
-async def _stamps_hold(src: asyncpg.Connection, taken: list[checkpoints.Checkpoint]) -> bool:
-    """Whether any of these checkpoints' stamps is still what ``src`` has for its range."""
-    for c in taken:
-        if c.stamp and c.stamp == await src.fetchval(legacy.CHUNK_VERSION, c.first_key, c.last_key):
-            return True
-    return False
 
 
 async def nonpositive_ids(src: asyncpg.Connection) -> str | None:
@@ -434,6 +391,9 @@ async def _source_findings(src: asyncpg.Connection, dim: int) -> tuple[Preflight
         pre.blocking.append(problem)
         if any(not present[t]["readable"] for t in legacy.REQUIRED_TABLES):
             return pre, False
+    if columns := await legacy_columns.problems(src, present):
+        pre.blocking.extend(columns)  # (what follows reads those columns)
+        return pre, False
     facts = await src.fetchrow(legacy.DOCUMENT_FACTS)
     assert facts is not None
     pre.documents = facts["rows"]
