@@ -34,7 +34,7 @@ MetricOption = Annotated[
 def _print_indexes(indexes: list[VectorIndex]) -> None:
     table = Table(title="HNSW indexes on documents")
     for column in ("name", "metric", "opclass", "valid", "usable", "size"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names copied into SQL: never elided
     for i in indexes:
         size = f"{i.size_bytes / 2**20:.1f} MiB"
         cells = (i.name, str(i.metric), i.opclass, str(i.valid), str(i.usable), size)
