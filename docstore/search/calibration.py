@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from docstore.core.surface import own_reads
 from docstore.core.together import together
 from docstore.errors import QueryError
 from docstore.search import queries
 from docstore.search.planner import level_candidates
 from docstore.search.statements import fetch as _fetch
+from docstore.search.table_changes import table_state, tolerated
 from docstore.search.tuning import (
     CALIBRATION_K,
     EF_GRID,
@@ -45,6 +46,8 @@ from docstore.search.tuning import (
 
 if TYPE_CHECKING:
     from docstore.search.surface import SearchDatabase
+
+logger = logging.getLogger("docstore")
 
 MIN_ESCALATION = 640
 """The least second-pass ``ef_search`` a calibration chooses (see _min_escalation)."""
@@ -69,19 +72,14 @@ _UNKNOWN_SIZE_PERCENT = 0.1
 Citus), the first draw's share of pages; each further draw takes 10× more."""
 
 
-# What tells a table that changed: its rows, its last id, and every row version's xmin
-# (an update or a re-embedding changes no count; Citus: the count and id only).
-_STATE = "SELECT count(*), max(id), sum(xmin::text::bigint) FROM documents"
-_STATE_DISTRIBUTED = "SELECT count(*), max(id), NULL::numeric FROM documents"
-
-
 MEASURE_ATTEMPTS = 3
 """Measurements tried before a calibration whose table kept changing is given up."""
 
 
 class TableChangedError(QueryError):
-    """The documents table changed during each of :data:`MEASURE_ATTEMPTS` measurements of a
-    calibration: nothing was stored (``create_vector_index`` defers the calibration then)."""
+    """More than :data:`~docstore.search.table_changes.TOLERANCE` of the documents table
+    changed during each of :data:`MEASURE_ATTEMPTS` measurements of a calibration: nothing
+    was stored (``create_vector_index`` defers the calibration then)."""
 
 
 class Calibrator:
@@ -111,22 +109,30 @@ class Calibrator:
         started = time.perf_counter() if started is None else started
         oversample = store.settings.search_oversample
         for attempt in range(1, MEASURE_ATTEMPTS + 1):
-            before = await self._table_state()
+            before = await table_state(store)
             truths = await self._truths(vectors, metric, progress, pace)
             trials, latency = await self._trials(
                 vectors, truths, metric, oversample, progress, pace
             )
-            after = await self._table_state()
-            if after == before:
+            after = await table_state(store, before)
+            if tolerated(before, after):
+                if after.changed_since(before):
+                    logger.info(
+                        "search calibration: %s; its measurement stands",
+                        after.describe_change(before),
+                    )
                 break
             # rows written meanwhile: the exact answers were taken on another table than the
             # trials ran on (a bulk load made recall fall as ef_search rose: ef 20 won)
+            logger.info(
+                "search calibration measured again (try %d of %d): %s",
+                *(attempt, MEASURE_ATTEMPTS, after.describe_change(before)),
+            )
             if attempt == MEASURE_ATTEMPTS:
                 raise TableChangedError(
                     f"the documents table changed while the search calibration measured, "
-                    f"{MEASURE_ATTEMPTS} times ({before[0]:,} rows when the last try began, "
-                    f"{after[0]:,} at its end): nothing was stored; calibrate again when the "
-                    "writes pause"
+                    f"{MEASURE_ATTEMPTS} times (the last: {after.describe_change(before)}): "
+                    "nothing was stored; calibrate again when the writes pause"
                 )
         exact_ms = await self._exact_latency(vectors[:5], metric)
         choose = functools.partial(
@@ -140,7 +146,7 @@ class Calibrator:
         choice = choose(floor=SELECTION_FLOOR)
         if not choice.met_target:  # this index cannot keep every query at 0.9
             choice = choose(floor=RECALL_FLOOR)
-        table_rows = after[0]  # counted: reltuples lags a load until ANALYZE
+        table_rows = after.rows  # counted: reltuples lags a load until ANALYZE
         return Calibration(
             metric=metric,
             target_recall=target,
@@ -160,12 +166,6 @@ class Calibrator:
             calibrated_at=datetime.now(UTC),
             seconds=time.perf_counter() - started,
         )
-
-    async def _table_state(self) -> tuple[int, Any, Any]:
-        """The rows, the last id and the sum of the row versions' xmin of ``documents``."""
-        sql = _STATE_DISTRIBUTED if self._store.distributed else _STATE
-        row = await own_reads(self._store).fetchrow(sql)
-        return int(row[0]), row[1], row[2]
 
     async def sample_stored(self, n: int) -> list[np.ndarray]:
         """About ``n`` stored embeddings from random pages (no full scan of the table).
