@@ -45,6 +45,9 @@ async def test_another_running_loop_gets_a_typed_error_and_the_store_goes_on(
             with pytest.raises(EventLoopError, match="another event loop") as caught:
                 in_thread(lambda call=call: asyncio.run(call()))
             assert isinstance(caught.value, RuntimeError)  # as asyncio's own error was
+        for entered in (lambda: _locked(store), lambda: store.reload(database_url)):
+            with pytest.raises(EventLoopError):
+                in_thread(lambda entered=entered: asyncio.run(entered()))
         assert await store.fetchval("SELECT 2") == 2
         assert await store.documents.count() == 0
 
@@ -59,6 +62,11 @@ def test_a_closed_loops_store_says_so_and_closes(database_url: str) -> None:
         asyncio.run(store.close())  # its loop is gone: the connections are let go
 
     in_thread(cells)
+
+
+async def _locked(store: docstore.Store) -> None:
+    async with store.try_lock(4242):
+        pass
 
 
 async def _open(url: str) -> docstore.Store:

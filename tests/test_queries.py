@@ -43,7 +43,8 @@ def test_halfvec_shape_ranks_the_in_row_copy_then_re_ranks_exactly() -> None:
         Q, dim=3072, limit=5, candidates=20, candidate_source="halfvec", metric_name="l2"
     )
     # the query cast once per execution (a sub-select), not once per row in a generic plan
-    assert "ORDER BY d.embedding_half <-> (SELECT $1::vector::halfvec(3072)) LIMIT $3" in sql
+    # "+ 0": a scan even where someone indexed embedding_half
+    assert "ORDER BY (d.embedding_half <-> (SELECT $1::vector::halfvec(3072))) + 0 LIMIT $3" in sql
     assert "c.embedding <-> $1::vector AS distance" in sql and "ORDER BY distance, c.id" in sql
     assert "embedding::halfvec" not in sql  # not the HNSW index's expression
     assert params[1:] == [5, 20]
@@ -256,7 +257,7 @@ def test_distributed_statements_bind_the_query_vector_once(dim: int, indexed: st
     assert "d.embedding <=> (SELECT q.v FROM q) AS distance" in ann
     assert "ORDER BY distance, d.id" in exact
     assert f"<=> {indexed} LIMIT $3" in indexed_shape
-    assert f"ORDER BY d.embedding_half <=> (SELECT q.v::halfvec({dim}) FROM q)" in half_shape
+    assert f"ORDER BY (d.embedding_half <=> (SELECT q.v::halfvec({dim}) FROM q)) + 0" in half_shape
     # one node: unchanged, no CTE
     single = queries.vector_search_sql([0.0] * 3, dim=dim, candidates=40)[0]
     assert single.startswith("SELECT ") and "q.v" not in single

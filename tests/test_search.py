@@ -21,6 +21,7 @@ import docstore
 from docstore import Document, ReadOnlyError, SchemaError, ValidationError
 from docstore.models import MAX_KEY_BYTES
 from docstore.search import filter_size, growth, planner, queries, table_size, text_sql, tuning
+from docstore.search.calibration import Calibrator
 from tests.conftest import PgCluster
 
 DIM = 3072
@@ -679,6 +680,42 @@ async def test_exact_stays_a_full_scan_where_the_column_itself_is_indexed(
                 r[0] for r in await store.fetch("EXPLAIN " + sql.replace("$2", "100"), q)
             )
             assert "hnsw" not in plan and "Seq Scan" in plan
+
+
+async def test_half_precision_ranking_is_a_scan_even_over_an_index_on_embedding_half(
+    empty_database_url: str,
+) -> None:
+    """A half-precision HNSW index on ``embedding_half`` (a common pgvector recipe) must not
+    serve the halfvec shape or the calibration's exact answers (review 116: 40 of 100)."""
+    dim = 16
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((1500, dim)).astype(np.float32)
+    async with docstore.connect(empty_database_url, embedding_dim=dim) as store:
+        await store.documents.upsert_many(
+            Document(source_name=f"s{i % 3}", doc_path=f"p{i}", content="x", embedding=v)
+            for i, v in enumerate(vectors)
+        )
+        await store.create_vector_index()
+        await store.execute(
+            "CREATE INDEX user_half ON documents USING hnsw (embedding_half halfvec_cosine_ops)"
+        )
+        await store.execute("ANALYZE documents")
+        q = rng.standard_normal(dim).astype(np.float32)
+        exact = await store.search(q, limit=100, source_name="s1", exact=True)
+        scoped = await store.search(q, limit=100, source_name="s1")
+        assert scoped.mode == "halfvec" and len(scoped) == 100
+        assert len(set(scoped.ids) & set(exact.ids)) >= 98
+        whole = await store.search(q, limit=100, exact=True)
+        truth = await Calibrator(store).truth(q, "cosine", 100)
+        assert len({i for i, _ in truth} & set(whole.ids)) >= 98
+        sql, _ = queries.vector_search_sql(
+            q, dim=dim, limit=100, candidates=400, candidate_source="halfvec"
+        )
+        sql = sql.replace("$2", "100").replace("$3", "400")
+        async with store.transaction() as conn:
+            await conn.execute("SET LOCAL enable_seqscan = off")  # the index if it can serve
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, q))
+        assert "user_half" not in plan
 
 
 async def test_read_only_store_searches_but_cannot_build_indexes(corpus_url: str) -> None:

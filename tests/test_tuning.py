@@ -267,7 +267,9 @@ def test_recall_at_counts_rows_tied_with_the_kth_exact_one() -> None:
     assert tuning.recall_at([(1, 0.1), (7, 0.25), (8, 0.25)], truth) == 1.0
     assert tuning.recall_at([(7, 0.25), (7, 0.25), (8, 0.25)], truth) == 2 / 3
     assert tuning.recall_at([(1, 0.1), (2, 0.25), (9, 0.2500001)], truth) == 2 / 3
-    assert tuning.recall_at([(5, 0.01), (6, 0.02), (7, 0.03)], truth) == 1.0
+    # a row strictly nearer than the k-th is no tie: equals found cannot stand in for it
+    assert tuning.recall_at([(4, 0.25), (5, 0.25), (6, 0.25)], truth) == 2 / 3
+    assert tuning.recall_at([(1, 0.1), (4, 0.25), (5, 0.25)], truth) == 1.0
 
 
 # -- probes -----------------------------------------------------------------------------------

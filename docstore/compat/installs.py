@@ -69,7 +69,7 @@ index returns a crate's documents without an embedding after the others, up to t
 the legacy function does, and takes a query of another dimension the legacy way; 4: the
 exact path stays a full scan at or below 2,000 dimensions, where the HNSW index is on the
 column itself (:func:`~docstore.search.queries.unindexed`)."""
-GENERATION_DIGEST = "099c97c881ee5caf22f2549b67eb57c2"
+GENERATION_DIGEST = "2c43162a1155f8c226ab001f79851d19"
 """The digest (:func:`_digest`, first 32 hex digits) of :func:`canonical_statements`."""
 STAMP_KEY = "docstore_compat"
 LOCK_SPACE = 0x64636C76  # "dclv": (this, hashtext(schema)), one install of a schema at a time

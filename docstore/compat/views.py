@@ -192,7 +192,7 @@ $$""",
     ann_order = (
         f"{index_expression(dim, 'd.embedding')} <=> {query_expression(dim, 'query_embedding')}"
     )
-    half_order = f"d.{HALF_COLUMN} <=> {half_query(dim, 'query_embedding')}"
+    half_order = unindexed(f"d.{HALF_COLUMN} <=> {half_query(dim, 'query_embedding')}")
 
     def ranked(source: str, tiebreak: str, *, bare: bool = False) -> str:
         """The legacy result columns of the best ``limit_results`` rows of ``source``: the

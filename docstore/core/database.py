@@ -190,6 +190,7 @@ class Database:
         lives is read from the new database. Raises like :func:`~docstore.connect`; on failure
         the store keeps its old URLs.
         """
+        self._pool_set.require_loop()  # new pools would belong to the calling loop
         await reload_pools(self._pool_set, self._router, self.settings, url, database_read_url)
         await self._shards.repoint()
 

@@ -44,6 +44,7 @@ async def try_lock(
     connection, or in the fallback on a pooled one checked out for each attempt, so none is
     held while waiting (a waiting ``pg_advisory_lock`` would hold a snapshot, which a
     ``CREATE INDEX CONCURRENTLY`` under the lock waits for)."""
+    pools.require_loop()  # the store's work under the lock runs on its loop
     try:
         conn = await _connect_aside(pools, tcp_timeout)
     except DocstoreError as exc:

@@ -272,6 +272,11 @@ class Pools:
             return False
         raise EventLoopError(OTHER_LOOP)
 
+    def require_loop(self) -> None:
+        """:class:`EventLoopError` unless this is the pools' loop (:meth:`check_loop`)."""
+        if not self.check_loop():
+            raise EventLoopError(OTHER_LOOP)
+
     def all(self) -> list[Pool]:
         return [self.primary] + ([self.replica] if self.replica else [])
 

@@ -24,10 +24,10 @@ from docstore.arguments import timeout_seconds
 from docstore.config import Settings
 from docstore.core import locks
 from docstore.core.doubt import CommitMarker, Handoff, in_doubt_error, read_only_replay
-from docstore.core.pools import OTHER_LOOP, STATELESS, Pools, Role, release
+from docstore.core.pools import STATELESS, Pools, Role, release
 from docstore.core.routing import ReplicaRouter
 from docstore.core.shards import PLACEMENT_SQL, NotRouted, ShardRouter
-from docstore.errors import DocstoreError, EventLoopError, PoolTimeoutError, ValidationError
+from docstore.errors import DocstoreError, PoolTimeoutError, ValidationError
 from docstore.failures import (
     POOL_CLOSED,
     first_retry_wait,
@@ -124,8 +124,7 @@ async def _acquire(pools: Pools, role: Role, wait: float, metrics: Metrics) -> A
     transient failure, retried, and for a replica a reason to read from the primary). While
     pgvector was not found, each connection asks again (:meth:`CodecInit.found_late`). From
     another event loop than the store's, :class:`EventLoopError` before anything is touched."""
-    if not pools.check_loop():
-        raise EventLoopError(OTHER_LOOP)
+    pools.require_loop()
     pooled = pools.get(role)
     pool = pooled.pool
     metrics.waiting[role] += 1

@@ -180,6 +180,7 @@ class ShardRouter:
         ``begin(conn)`` is called when ``work`` is handed the worker's connection (the
         runner's :class:`~docstore.core.doubt.Handoff`: a timeout from then on is a
         statement's, not a connection's)."""
+        self._pools.require_loop()  # a worker's pool is the store loop's too
         if self._closed:
             raise NotRouted
         try:

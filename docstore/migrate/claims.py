@@ -97,14 +97,18 @@ async def migrated_elsewhere(
             checkpoints.Checkpoint(int(first), int(last), 0, stamp)
             for (first, last), stamp in zip(r["ranges"], r["stamps"], strict=True)
         ]
-        if r["legacy"] != mine and not await _stamps_hold(src, taken):
+        held = await _stamps_hold(src, taken)
+        if r["legacy"] != mine and not held:
             continue
         other = unquote(r["doc_type"])
         migrated = await tgt.fetchval(_MIGRATED_ROWS, other, legacy.MIGRATED_FROM)
         if migrated:
             via = "" if r["legacy"] == mine else f", read through {r['legacy']}"
+            # the run id alone names a database and an address: another server's legacy
+            # database behind the same address (two containers) has it too
+            what = "this legacy database" if held else f"a legacy database at {mine}"
             found.append(
-                f"this legacy database is already migrated into doc_type {other!r}"
+                f"{what} is already migrated into doc_type {other!r}"
                 f" ({migrated:,} documents{via}): migrating it as {doc_type!r} copies all its"
                 " documents a second time, next to them. A mistyped --doc-type? Run with"
                 f" --doc-type {other} instead (a second copy already made: delete doc_type"

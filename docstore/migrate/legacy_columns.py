@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 
 _INT = ("int4", "int8")  # ids and counts read into Python or jsonb
-_STRING = ("text", "varchar", "bpchar", "name")  # one binary form: the string's bytes
-_STRINGS = ("_text", "_varchar", "_bpchar")
+_STRING = ("text", "varchar", "name")  # one binary form: the string's bytes (char(n): padded)
+_STRINGS = ("_text", "_varchar")
 _TIMESTAMP = ("timestamp", "timestamptz")
 
 # table -> (column, the types it may have (pg_type.typname, a domain's base type), the
@@ -83,18 +83,29 @@ MAX_NAME_CHARS = 255
 # more than $2 characters (text, or a varchar or char longer or unbounded; a typmod counts
 # 4 bytes of header).
 COLUMNS_FOUND = """
-SELECT c.relname AS tbl, a.attname AS col, coalesce(b.typname, t.typname) AS type,
+SELECT c.relname AS tbl, a.attname AS col, b.base AS type,
        format_type(a.atttypid, a.atttypmod) AS shown,
-       CASE coalesce(b.typname, t.typname)
+       CASE b.base
          WHEN 'name' THEN false
          WHEN 'text' THEN true
-         ELSE (CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE t.typtypmod END)
+         ELSE (CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE coalesce(b.mod, -1) END)
               NOT BETWEEN 0 AND $2 + 4 END AS long
   FROM unnest($1::text[]) AS n(name)
   JOIN pg_class c ON c.oid = to_regclass(quote_ident(n.name))
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-  JOIN pg_type t ON t.oid = a.atttypid
-  LEFT JOIN pg_type b ON b.oid = t.typbasetype AND t.typtype = 'd'
+  CROSS JOIN LATERAL (
+      -- a domain (over a domain ...) is its base type; its length the nearest one declared
+      WITH RECURSIVE chain AS (
+          SELECT t.typname, t.typtype, t.typbasetype, t.typtypmod, 0 AS depth
+            FROM pg_type t WHERE t.oid = a.atttypid
+          UNION ALL
+          SELECT p.typname, p.typtype, p.typbasetype, p.typtypmod, chain.depth + 1
+            FROM chain JOIN pg_type p ON p.oid = chain.typbasetype
+           WHERE chain.typtype = 'd'
+      )
+      SELECT (SELECT typname FROM chain WHERE typtype <> 'd' ORDER BY depth LIMIT 1) AS base,
+             (SELECT typtypmod FROM chain WHERE typtypmod >= 0 ORDER BY depth LIMIT 1) AS mod
+  ) b
 """
 
 

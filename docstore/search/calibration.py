@@ -239,7 +239,8 @@ class Calibrator:
             candidate_source="halfvec",
             distributed=store.distributed,
         )
-        # ORDER BY embedding_half is no index's expression: a scan of the scope, as wanted
+        # the embedding_half order is unindexed(): a scan of the scope, even where someone
+        # indexed that column
         rows = await store.run(_fetch(sql, params), stateless=True, read=True)
         return [(r["id"], r["distance"]) for r in rows]
 

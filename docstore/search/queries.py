@@ -243,7 +243,7 @@ def vector_search_sql(
         if candidate_source == "halfvec":
             # the cast in a sub-select (an InitPlan) runs once; inline, a generic plan of the
             # prepared statement converted the query vector again for every row (2x the CPU)
-            ann_order = f"d.{HALF_COLUMN} {m.operator} {q.half}"
+            ann_order = unindexed(f"d.{HALF_COLUMN} {m.operator} {q.half}")  # a scan, always
         else:
             ann_order = f"{index_expression(dim, 'd.embedding')} {m.operator} {q.indexed}"
         inner = (

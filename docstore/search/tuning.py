@@ -148,11 +148,13 @@ def recall_at(found: Ranked, truth: Ranked) -> float:
     k = len(truth)
     if not k:
         return 1.0
-    expected = {i for i, _ in truth}
     kth = truth[-1][1]
-    bound = kth + TIE * max(1.0, abs(kth))
-    hits = {i for i, d in found[:k] if i in expected or d <= bound}
-    return min(len(hits), k) / k
+    slack = TIE * max(1.0, abs(kth))
+    nearer = {i for i, d in truth if d < kth - slack}  # each must be found itself
+    tied = k - len(nearer)  # the places equals may fill, in any pick
+    rows = dict(found[:k])
+    ties = sum(1 for i, d in rows.items() if i not in nearer and d <= kth + slack)
+    return (len(nearer & rows.keys()) + min(ties, tied)) / k
 
 
 def _error(recalls: np.ndarray) -> float:
