@@ -13,6 +13,9 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -167,6 +170,58 @@ async def scram_reader(
     parts = urlsplit(database_url)
     netloc = f"{role}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
     return role, urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def slow_inserts(database_url: str) -> str:
+    """``database_url``'s ``documents`` storing ~1 ms a row (a trigger), as a remote or busier
+    target does: a migration's COPY is mid-stream for seconds. Returns the URL."""
+
+    async def slow_down() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "CREATE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;"
+                " CREATE TRIGGER test_slow_insert BEFORE INSERT ON documents"
+                " FOR EACH ROW EXECUTE FUNCTION test_slow_insert()"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(slow_down())
+    return database_url
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def migrate_process(
+    legacy_url: str,
+    target_url: str,
+    out: Path,
+    *extra: str,
+    chunk_rows: int,
+    sigint: Any = signal.SIG_DFL,
+) -> subprocess.Popen[bytes]:
+    """``docstore migrate`` as a process of its own (stdout and stderr in ``out``), in its own
+    process group, SIGINT as ``sigint`` (a terminal's Ctrl-C by default: a test run started in
+    the background of a shell without job control inherits SIGINT ignored)."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "docstore", "migrate", *extra),
+            *("--source", legacy_url, "--target", target_url, "--chunk-rows", str(chunk_rows)),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "COLUMNS": "100",
+        },
+        stdout=(out / "stdout").open("wb"),
+        stderr=(out / "stderr").open("wb"),
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+    )
 
 
 def unit_vector(seed: int, dim: int = 3072) -> np.ndarray:

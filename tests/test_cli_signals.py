@@ -23,10 +23,10 @@ keep coming until the process exits, so a loaded machine only moves when they la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +39,7 @@ import docstore
 from docstore.cli.base import EXIT_INTERRUPTED
 from docstore.core.pools import POOL_CLOSE_TIMEOUT
 from docstore.migrate.context import open_legacy
-from tests.conftest import PgCluster
+from tests.conftest import PgCluster, migrate_process, slow_inserts
 from tests.legacy_db import legacy_database
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,37 +63,24 @@ def slow_target(database_url: str) -> str:
     """A target storing ~1 ms a document (as tests/test_migrate_interrupt.py's): the copy
     runs for seconds, a chunk's COPY mid-stream most of that time."""
 
-    async def slow_down() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(
-                "CREATE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS"
-                " $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;"
-                " CREATE TRIGGER test_slow_insert BEFORE INSERT ON documents"
-                " FOR EACH ROW EXECUTE FUNCTION test_slow_insert()"
-            )
-        finally:
-            await conn.close()
+    return slow_inserts(database_url)
 
-    asyncio.run(slow_down())
-    return database_url
+
+@contextlib.contextmanager
+def _reaped(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """``process``, its group SIGKILLed if the test leaves it running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _migrate(
     legacy_url: str, target_url: str, out: Path, *extra: str, sigint: Any = signal.SIG_DFL
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "docstore", "migrate", *extra),
-            *("--source", legacy_url, "--target", target_url, "--chunk-rows", str(CHUNK)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
-        stdout=(out / "stdout").open("wb"),
-        stderr=(out / "stderr").open("wb"),
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
-    )
+    return migrate_process(legacy_url, target_url, out, *extra, chunk_rows=CHUNK, sigint=sigint)
 
 
 async def _poll(url: str, query: str, process: subprocess.Popen[bytes], out: Path) -> None:
@@ -231,14 +218,9 @@ def test_a_legacy_session_asks_the_server_to_watch_for_its_client(legacy_url: st
 def test_signals_after_the_first_while_a_migration_stops_change_nothing(
     legacy_url: str, slow_target: str, tmp_path: Path, first: int, then: int, gap: float
 ) -> None:
-    process = _migrate(legacy_url, slow_target, tmp_path)
-    try:
+    with _reaped(_migrate(legacy_url, slow_target, tmp_path)) as process:
         _copying(slow_target, process, tmp_path)
         took = _signal_until_exit(process, first, then, gap)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     _one_interrupted_line(process, tmp_path)
     assert took < PROMPT
 
@@ -248,14 +230,9 @@ def test_signals_after_the_first_while_a_migration_stops_change_nothing(
 def test_sigterm_with_sigint_ignored_stops_a_copy_as_ctrl_c_does(
     legacy_url: str, slow_target: str, tmp_path: Path, repeat: bool
 ) -> None:
-    process = _migrate(legacy_url, slow_target, tmp_path, sigint=signal.SIG_IGN)
-    try:
+    with _reaped(_migrate(legacy_url, slow_target, tmp_path, sigint=signal.SIG_IGN)) as process:
         _copying(slow_target, process, tmp_path)
         _signal_until_exit(process, signal.SIGTERM, signal.SIGTERM if repeat else None, 0.005)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     _one_interrupted_line(process, tmp_path)
 
 
@@ -264,17 +241,12 @@ def test_ctrl_c_is_still_ignored_when_it_was_ignored_at_start(
 ) -> None:
     """A background job (``nohup … &``) started with SIGINT ignored keeps ignoring it: the
     terminal's Ctrl-C is not meant for it. SIGTERM still stops it."""
-    process = _migrate(legacy_url, slow_target, tmp_path, sigint=signal.SIG_IGN)
-    try:
+    with _reaped(_migrate(legacy_url, slow_target, tmp_path, sigint=signal.SIG_IGN)) as process:
         _copying(slow_target, process, tmp_path)
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.5)
         assert process.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
         _signal_until_exit(process, signal.SIGTERM, None, 0.01)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     _one_interrupted_line(process, tmp_path)
 
 

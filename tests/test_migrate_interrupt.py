@@ -19,7 +19,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import docstore
 from docstore.cli.base import EXIT_INTERRUPTED
 from docstore.migrate import Migrator
 from docstore.migrate.migrator import MIGRATION_LOCK_KEY
-from tests.conftest import PgCluster
+from tests.conftest import PgCluster, migrate_process, slow_inserts
 from tests.legacy_db import ROWS_LEGACY, ROWS_TARGET, legacy_database
 
 pytestmark = pytest.mark.timeout(420)
@@ -56,20 +55,7 @@ def target_url(database_url: str) -> str:
     as a remote or busier target does): a chunk's COPY is mid-stream with the pipe's queue
     full for most of its time, where a cancellation used to hang or break the connection."""
 
-    async def slow_down() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(
-                "CREATE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS"
-                " $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;"
-                " CREATE TRIGGER test_slow_insert BEFORE INSERT ON documents"
-                " FOR EACH ROW EXECUTE FUNCTION test_slow_insert()"
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(slow_down())
-    return database_url
+    return slow_inserts(database_url)
 
 
 # -- watching the target ---------------------------------------------------------------------
@@ -259,20 +245,7 @@ async def _cancel_at_several_points(legacy_url: str, database_url: str) -> None:
 
 # -- the CLI ---------------------------------------------------------------------------------
 def _migrate(legacy_url: str, database_url: str, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "docstore", "migrate"),
-            *("--source", legacy_url, "--target", database_url, "--chunk-rows", str(CHUNK)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
-        stdout=(out / "stdout").open("wb"),
-        stderr=(out / "stderr").open("wb"),
-        # its own process group, SIGINT as a terminal's Ctrl-C finds it: a test run started in
-        # the background of a shell without job control inherits SIGINT ignored
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    return migrate_process(legacy_url, database_url, out, chunk_rows=CHUNK)
 
 
 def _exited(process: subprocess.Popen[bytes], out: Path) -> str:
