@@ -52,8 +52,8 @@ real-text corpus (7,959 documents, its 200 real queries, filters no index serves
 9.5 % of the lists flat (13.5 % unfiltered), and the median exact spread grew from 0.195 to
 0.217. One pass there gave recall@10 0.990 with three queries under 0.7 (filter keeping every
 row) and 0.990 with one (~50 %); with the second pass, 0.998-0.999 and none at every share,
-as unfiltered (p95 latency +10-20 ms for the escalated tenth). The first pass's beam
-is widened by ``1 / share`` (:func:`restricted_ef_search`), since a filtered scan keeps only that
+as unfiltered (p95 latency +10-20 ms for the escalated tenth). Both passes' beams
+are widened by ``1 / share`` (:func:`restricted_ef_search`), since a filtered scan keeps only that
 share of what it walks. Filtered searches still stay
 out of the tuner's escalation window (:meth:`~docstore.search.tuner.SearchTuner.
 mostly_escalating`), which follows the unfiltered query stream the calibration measures.
